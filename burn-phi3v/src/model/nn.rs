@@ -1,0 +1,78 @@
+//! Leaf blocks shared by the decoder and the vision tower. Weights keep the checkpoint's
+//! names; numerically sensitive reductions run in f32 as the reference does.
+
+use burn::tensor::{DType, FloatDType, Tensor, backend::Backend, module::linear};
+
+use crate::error::Result;
+use crate::weights::Weights;
+
+/// `nn.Linear` as stored by PyTorch (`weight` is `[out, in]`), applied as `x · weightᵀ + bias`.
+#[derive(Debug, Clone)]
+pub struct Linear<B: Backend> {
+    /// `[in, out]`: the checkpoint's `[out, in]` transposed once at load.
+    pub weight: Tensor<B, 2>,
+    /// `[out]`.
+    pub bias: Option<Tensor<B, 1>>,
+}
+
+impl<B: Backend> Linear<B> {
+    /// Loads `{prefix}.weight` (`[d_out, d_in]`) and, if `bias`, `{prefix}.bias` (`[d_out]`).
+    pub fn load(w: &Weights<B>, prefix: &str, d_in: usize, d_out: usize, bias: bool) -> Result<Self> {
+        let weight = w.tensor(&format!("{prefix}.weight"), [d_out, d_in])?.transpose();
+        let bias = if bias {
+            Some(w.tensor(&format!("{prefix}.bias"), [d_out])?)
+        } else {
+            None
+        };
+        Ok(Self { weight, bias })
+    }
+
+    /// # Shapes
+    /// `[..., d_in]` → `[..., d_out]`
+    pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
+        linear(x, self.weight.clone(), self.bias.clone())
+    }
+}
+
+/// Casts to f32 for a reduction, remembering the dtype to return to.
+pub(crate) fn to_f32<const D: usize, B: Backend>(x: Tensor<B, D>) -> (Tensor<B, D>, DType) {
+    let dtype = x.dtype();
+    (x.cast(FloatDType::F32), dtype)
+}
+
+/// Casts back to `dtype` after an f32 step.
+pub(crate) fn from_f32<const D: usize, B: Backend>(x: Tensor<B, D>, dtype: DType) -> Tensor<B, D> {
+    x.cast(dtype)
+}
+
+/// CLIP's `nn.LayerNorm` (with bias), statistics in f32.
+#[derive(Debug, Clone)]
+pub struct LayerNorm<B: Backend> {
+    /// `[d]`.
+    pub weight: Tensor<B, 1>,
+    /// `[d]`.
+    pub bias: Tensor<B, 1>,
+    /// Epsilon.
+    pub eps: f64,
+}
+
+impl<B: Backend> LayerNorm<B> {
+    /// Loads `{prefix}.weight` and `{prefix}.bias`.
+    pub fn load(w: &Weights<B>, prefix: &str, d: usize, eps: f64) -> Result<Self> {
+        Ok(Self {
+            weight: w.tensor(&format!("{prefix}.weight"), [d])?,
+            bias: w.tensor(&format!("{prefix}.bias"), [d])?,
+            eps,
+        })
+    }
+
+    /// # Shapes
+    /// `[..., d]` → `[..., d]`
+    pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
+        let (x, dtype) = to_f32(x);
+        let (var, mean) = x.clone().var_mean_bias(D - 1);
+        let x = (x - mean) / (var + self.eps).sqrt();
+        let x = from_f32(x, dtype);
+        x * self.weight.clone().unsqueeze() + self.bias.clone().unsqueeze()
+    }
+}

@@ -1,0 +1,474 @@
+//! The Phi-3 text decoder (Phi-3-mini body shared by Phi-3-vision and Phi-3.5-vision).
+//!
+//! Reads top to bottom: rotary embedding → RMSNorm → attention → MLP → decoder layer → model.
+//! Reference: `modeling_phi3_v.py` (Phi3RMSNorm, Phi3SuScaledRotaryEmbedding, Phi3Attention,
+//! Phi3MLP, Phi3DecoderLayer, Phi3VModel) of microsoft/Phi-3-vision-128k-instruct; spec §2.
+
+use burn::tensor::{
+    Bool, DType, Int, Tensor, TensorData,
+    activation::silu,
+    backend::Backend,
+    module::{attention, embedding},
+    ops::AttentionModuleOptions,
+};
+
+use crate::config::{RopeScaling, TextConfig};
+use crate::error::Result;
+use crate::model::nn::{Linear, from_f32, to_f32};
+use crate::weights::Weights;
+
+// ---------------------------------------------------------------------------------------------
+// Rotary embedding (LongRoPE "su", YaRN, or plain)
+// ---------------------------------------------------------------------------------------------
+
+/// Which LongRoPE factor set a forward pass uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RopeRegime {
+    /// `short_factor`: the whole pass fits `original_max_position_embeddings`.
+    Short,
+    /// `long_factor`: some position of the pass is at or beyond it.
+    Long,
+}
+
+/// Host-side rotary tables, computed in f32 exactly as the reference does.
+#[derive(Debug, Clone)]
+pub struct RotaryEmbedding {
+    head_dim: usize,
+    /// `inv_freq` for the short regime (or plain RoPE), `head_dim / 2` values.
+    short_inv_freq: Vec<f32>,
+    /// `inv_freq` for the long regime; `None` without rope scaling.
+    long_inv_freq: Option<Vec<f32>>,
+    /// cos/sin multiplier (`scaling_factor` in the reference; 1 without scaling).
+    mscale: f32,
+    original_max_position_embeddings: usize,
+}
+
+impl RotaryEmbedding {
+    /// Builds the tables for `config`.
+    pub fn new(config: &TextConfig) -> Self {
+        let head_dim = config.head_dim();
+        let base = config.rope_theta as f32;
+        // base ** (arange(0, dim, 2).float() / dim), in float32 (torch.pow(scalar, tensor)).
+        let powers: Vec<f32> = (0..head_dim / 2)
+            .map(|j| base.powf((2 * j) as f32 / head_dim as f32))
+            .collect();
+        let inv = |factors: &[f32]| -> Vec<f32> {
+            powers.iter().zip(factors).map(|(p, f)| 1.0 / (f * p)).collect()
+        };
+        let scale = config.max_position_embeddings as f64 / config.original_max_position_embeddings as f64;
+        let (short_inv_freq, long_inv_freq, mscale) = match &config.rope_scaling {
+            RopeScaling::None => (powers.iter().map(|p| 1.0 / p).collect(), None, 1.0),
+            RopeScaling::LongRope {
+                short_factor,
+                long_factor,
+            } => {
+                let m = if scale <= 1.0 {
+                    1.0
+                } else {
+                    (1.0 + scale.ln() / (config.original_max_position_embeddings as f64).ln()).sqrt()
+                };
+                (inv(short_factor), Some(inv(long_factor)), m)
+            }
+            RopeScaling::Yarn {
+                short_factor,
+                long_factor,
+            } => {
+                let m = if scale <= 1.0 { 1.0 } else { 0.1 * scale.ln() + 1.0 };
+                (inv(short_factor), Some(inv(long_factor)), m)
+            }
+        };
+        Self {
+            head_dim,
+            short_inv_freq,
+            long_inv_freq,
+            mscale: mscale as f32,
+            original_max_position_embeddings: config.original_max_position_embeddings,
+        }
+    }
+
+    /// The regime of a forward pass whose largest position is `max_position` (HF: long iff
+    /// `max(position_ids) + 1 > original_max_position_embeddings`).
+    pub fn regime(&self, max_position: usize) -> RopeRegime {
+        if self.long_inv_freq.is_some() && max_position + 1 > self.original_max_position_embeddings {
+            RopeRegime::Long
+        } else {
+            RopeRegime::Short
+        }
+    }
+
+    /// cos and sin for `positions[b][s]`, already multiplied by the attention factor.
+    ///
+    /// # Shapes
+    /// → (`[batch, 1, seq, head_dim]`, `[batch, 1, seq, head_dim]`)
+    pub fn tables<B: Backend>(
+        &self,
+        positions: &[Vec<usize>],
+        regime: RopeRegime,
+        device: &B::Device,
+        dtype: DType,
+    ) -> (Tensor<B, 4>, Tensor<B, 4>) {
+        let inv_freq = match (regime, &self.long_inv_freq) {
+            (RopeRegime::Long, Some(long)) => long,
+            _ => &self.short_inv_freq,
+        };
+        let batch = positions.len();
+        let seq = positions.first().map_or(0, Vec::len);
+        let half = self.head_dim / 2;
+        let mut cos = Vec::with_capacity(batch * seq * self.head_dim);
+        let mut sin = Vec::with_capacity(batch * seq * self.head_dim);
+        for row in positions {
+            for &p in row {
+                // emb = cat(freqs, freqs): both halves use the same angles.
+                for _ in 0..2 {
+                    for f in inv_freq.iter().take(half) {
+                        let angle = f * p as f32;
+                        cos.push(angle.cos() * self.mscale);
+                        sin.push(angle.sin() * self.mscale);
+                    }
+                }
+            }
+        }
+        let shape = [batch, 1, seq, self.head_dim];
+        let cos = Tensor::from_data(TensorData::new(cos, shape), (device, dtype));
+        let sin = Tensor::from_data(TensorData::new(sin, shape), (device, dtype));
+        (cos, sin)
+    }
+}
+
+/// `[x1, x2] → [−x2, x1]` over the last dimension.
+fn rotate_half<B: Backend>(x: Tensor<B, 4>) -> Tensor<B, 4> {
+    let half = x.dims()[3] / 2;
+    let x1 = x.clone().narrow(3, 0, half);
+    let x2 = x.narrow(3, half, half);
+    Tensor::cat(vec![x2.neg(), x1], 3)
+}
+
+/// `x·cos + rotate_half(x)·sin`.
+fn apply_rotary<B: Backend>(x: Tensor<B, 4>, cos: &Tensor<B, 4>, sin: &Tensor<B, 4>) -> Tensor<B, 4> {
+    x.clone() * cos.clone() + rotate_half(x) * sin.clone()
+}
+
+// ---------------------------------------------------------------------------------------------
+// RMSNorm
+// ---------------------------------------------------------------------------------------------
+
+/// `Phi3RMSNorm`: normalise in f32, cast back, then multiply by the weight.
+#[derive(Debug, Clone)]
+pub struct Phi3RmsNorm<B: Backend> {
+    /// `[hidden]`.
+    pub weight: Tensor<B, 1>,
+    /// Epsilon.
+    pub eps: f64,
+}
+
+impl<B: Backend> Phi3RmsNorm<B> {
+    fn load(w: &Weights<B>, prefix: &str, d: usize, eps: f64) -> Result<Self> {
+        Ok(Self {
+            weight: w.tensor(&format!("{prefix}.weight"), [d])?,
+            eps,
+        })
+    }
+
+    /// # Shapes
+    /// `[batch, seq, hidden]` → same
+    pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+        let (x, dtype) = to_f32(x);
+        let variance = x.clone().square().mean_dim(2);
+        let x = from_f32(x * (variance + self.eps).sqrt().recip(), dtype);
+        x * self.weight.clone().unsqueeze()
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Attention
+// ---------------------------------------------------------------------------------------------
+
+/// Keys and values of one layer, after RoPE.
+#[derive(Debug, Clone)]
+pub struct LayerKv<B: Backend> {
+    /// `[batch, kv_heads, cached, head_dim]`.
+    pub k: Tensor<B, 4>,
+    /// `[batch, kv_heads, cached, head_dim]`.
+    pub v: Tensor<B, 4>,
+}
+
+/// The attention state a caller keeps between forward passes (one entry per layer).
+/// The model appends to it; the caller owns it, sizes it and decides when to drop it.
+#[derive(Debug, Clone)]
+pub struct KvCache<B: Backend> {
+    /// Per layer; `None` until the first pass.
+    pub layers: Vec<Option<LayerKv<B>>>,
+    /// The LongRoPE regime the cached keys were rotated with.
+    pub regime: Option<RopeRegime>,
+}
+
+impl<B: Backend> KvCache<B> {
+    /// An empty cache for `num_layers` layers.
+    pub fn new(num_layers: usize) -> Self {
+        Self {
+            layers: vec![None; num_layers],
+            regime: None,
+        }
+    }
+
+    /// Cached positions (0 when empty).
+    pub fn len(&self) -> usize {
+        self.layers
+            .first()
+            .and_then(|l| l.as_ref())
+            .map_or(0, |kv| kv.k.dims()[2])
+    }
+
+    /// Whether nothing is cached.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Drops everything cached.
+    pub fn clear(&mut self) {
+        self.layers.iter_mut().for_each(|l| *l = None);
+        self.regime = None;
+    }
+}
+
+/// `Phi3Attention`: fused `qkv_proj`, rotary, causal softmax attention, `o_proj`.
+#[derive(Debug, Clone)]
+pub struct Phi3Attention<B: Backend> {
+    /// `[hidden, (heads + 2·kv_heads)·head_dim]`: q rows, then k, then v.
+    pub qkv_proj: Linear<B>,
+    /// `[heads·head_dim, hidden]`.
+    pub o_proj: Linear<B>,
+    num_heads: usize,
+    num_kv_heads: usize,
+    head_dim: usize,
+}
+
+impl<B: Backend> Phi3Attention<B> {
+    fn load(w: &Weights<B>, prefix: &str, c: &TextConfig) -> Result<Self> {
+        let hd = c.head_dim();
+        let qkv_out = (c.num_attention_heads + 2 * c.num_key_value_heads) * hd;
+        Ok(Self {
+            qkv_proj: Linear::load(w, &format!("{prefix}.qkv_proj"), c.hidden_size, qkv_out, false)?,
+            o_proj: Linear::load(w, &format!("{prefix}.o_proj"), c.num_attention_heads * hd, c.hidden_size, false)?,
+            num_heads: c.num_attention_heads,
+            num_kv_heads: c.num_key_value_heads,
+            head_dim: hd,
+        })
+    }
+
+    /// # Shapes
+    /// - `x`: `[batch, seq, hidden]`; `cos`, `sin`: `[batch, 1, seq, head_dim]`
+    /// - `mask`: `[batch, heads, seq, cached + seq]`, `true` = masked; `None` = causal
+    /// - → `[batch, seq, hidden]`
+    pub fn forward(
+        &self,
+        x: Tensor<B, 3>,
+        cos: &Tensor<B, 4>,
+        sin: &Tensor<B, 4>,
+        cache: &mut Option<LayerKv<B>>,
+        mask: Option<Tensor<B, 4, Bool>>,
+    ) -> Tensor<B, 3> {
+        let [b, s, _] = x.dims();
+        let (h, kvh, hd) = (self.num_heads, self.num_kv_heads, self.head_dim);
+        let qkv = self.qkv_proj.forward(x); // [b, s, (h + 2kvh)·hd]
+        let heads = |t: Tensor<B, 3>, n: usize| t.reshape([b, s, n, hd]).swap_dims(1, 2); // [b, n, s, hd]
+        let q = heads(qkv.clone().narrow(2, 0, h * hd), h);
+        let k = heads(qkv.clone().narrow(2, h * hd, kvh * hd), kvh);
+        let v = heads(qkv.narrow(2, (h + kvh) * hd, kvh * hd), kvh);
+        let q = apply_rotary(q, cos, sin);
+        let k = apply_rotary(k, cos, sin);
+        let (k, v) = match cache.take() {
+            Some(prev) => (Tensor::cat(vec![prev.k, k], 2), Tensor::cat(vec![prev.v, v], 2)),
+            None => (k, v),
+        };
+        *cache = Some(LayerKv {
+            k: k.clone(),
+            v: v.clone(),
+        });
+        // Grouped-query attention: repeat kv heads (a no-op for Phi-3-vision, 32 = 32).
+        let (k, v) = if kvh != h {
+            let rep = h / kvh;
+            let t = k.dims()[2];
+            let expand = |x: Tensor<B, 4>| {
+                x.unsqueeze_dim::<5>(2)
+                    .expand([b, kvh, rep, t, hd])
+                    .reshape([b, h, t, hd])
+            };
+            (expand(k), expand(v))
+        } else {
+            (k, v)
+        };
+        let options = AttentionModuleOptions {
+            scale: None, // 1/sqrt(head_dim)
+            softcap: None,
+            is_causal: mask.is_none(),
+        };
+        let out = attention(q, k, v, mask, None, options); // [b, h, s, hd]
+        let out = out.swap_dims(1, 2).reshape([b, s, h * hd]);
+        self.o_proj.forward(out)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// MLP
+// ---------------------------------------------------------------------------------------------
+
+/// `Phi3MLP`: fused `gate_up_proj` (gate first), `up · silu(gate)`, `down_proj`.
+#[derive(Debug, Clone)]
+pub struct Phi3Mlp<B: Backend> {
+    /// `[hidden, 2·intermediate]`.
+    pub gate_up_proj: Linear<B>,
+    /// `[intermediate, hidden]`.
+    pub down_proj: Linear<B>,
+    intermediate: usize,
+}
+
+impl<B: Backend> Phi3Mlp<B> {
+    fn load(w: &Weights<B>, prefix: &str, c: &TextConfig) -> Result<Self> {
+        Ok(Self {
+            gate_up_proj: Linear::load(w, &format!("{prefix}.gate_up_proj"), c.hidden_size, 2 * c.intermediate_size, false)?,
+            down_proj: Linear::load(w, &format!("{prefix}.down_proj"), c.intermediate_size, c.hidden_size, false)?,
+            intermediate: c.intermediate_size,
+        })
+    }
+
+    /// # Shapes
+    /// `[batch, seq, hidden]` → same
+    pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+        let gate_up = self.gate_up_proj.forward(x); // [b, s, 2·intermediate]
+        let gate = gate_up.clone().narrow(2, 0, self.intermediate);
+        let up = gate_up.narrow(2, self.intermediate, self.intermediate);
+        self.down_proj.forward(up * silu(gate))
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Decoder layer and model
+// ---------------------------------------------------------------------------------------------
+
+/// `Phi3DecoderLayer`: pre-norm attention and MLP with residuals.
+#[derive(Debug, Clone)]
+pub struct Phi3DecoderLayer<B: Backend> {
+    /// RMSNorm before attention.
+    pub input_layernorm: Phi3RmsNorm<B>,
+    /// Attention.
+    pub self_attn: Phi3Attention<B>,
+    /// RMSNorm before the MLP.
+    pub post_attention_layernorm: Phi3RmsNorm<B>,
+    /// MLP.
+    pub mlp: Phi3Mlp<B>,
+}
+
+impl<B: Backend> Phi3DecoderLayer<B> {
+    fn load(w: &Weights<B>, prefix: &str, c: &TextConfig) -> Result<Self> {
+        let eps = c.rms_norm_eps;
+        Ok(Self {
+            input_layernorm: Phi3RmsNorm::load(w, &format!("{prefix}.input_layernorm"), c.hidden_size, eps)?,
+            self_attn: Phi3Attention::load(w, &format!("{prefix}.self_attn"), c)?,
+            post_attention_layernorm: Phi3RmsNorm::load(w, &format!("{prefix}.post_attention_layernorm"), c.hidden_size, eps)?,
+            mlp: Phi3Mlp::load(w, &format!("{prefix}.mlp"), c)?,
+        })
+    }
+
+    /// # Shapes
+    /// `[batch, seq, hidden]` → same
+    pub fn forward(
+        &self,
+        x: Tensor<B, 3>,
+        cos: &Tensor<B, 4>,
+        sin: &Tensor<B, 4>,
+        cache: &mut Option<LayerKv<B>>,
+        mask: Option<Tensor<B, 4, Bool>>,
+    ) -> Tensor<B, 3> {
+        let h = x.clone() + self.self_attn.forward(self.input_layernorm.forward(x), cos, sin, cache, mask);
+        h.clone() + self.mlp.forward(self.post_attention_layernorm.forward(h))
+    }
+}
+
+/// What a decoder pass returns.
+#[derive(Debug, Clone)]
+pub struct DecoderOutput<B: Backend> {
+    /// After the final `norm`: `[batch, seq, hidden]`.
+    pub last_hidden_state: Tensor<B, 3>,
+    /// When requested, HF's `hidden_states`: the input embeddings, the output of every layer
+    /// but the last, and the normed output of the last (`num_layers + 1` entries).
+    pub hidden_states: Option<Vec<Tensor<B, 3>>>,
+}
+
+/// The Phi-3 decoder stack: `embed_tokens`, `layers`, `norm` (checkpoint prefix `model.`).
+#[derive(Debug, Clone)]
+pub struct Phi3Model<B: Backend> {
+    /// `[vocab, hidden]`.
+    pub embed_tokens: Tensor<B, 2>,
+    /// Decoder layers.
+    pub layers: Vec<Phi3DecoderLayer<B>>,
+    /// Final RMSNorm.
+    pub norm: Phi3RmsNorm<B>,
+    /// Rotary tables.
+    pub rotary_emb: RotaryEmbedding,
+}
+
+impl<B: Backend> Phi3Model<B> {
+    /// Loads the decoder under `prefix` (`model`). `embed_aliases` are other names the
+    /// checkpoint may store `embed_tokens` under.
+    pub fn load(w: &Weights<B>, prefix: &str, c: &TextConfig, embed_aliases: &[&str]) -> Result<Self> {
+        let embed_name = format!("{prefix}.embed_tokens.weight");
+        let mut names = vec![embed_name.as_str()];
+        names.extend_from_slice(embed_aliases);
+        let embed_tokens = w.tensor_aliased(&names, [c.vocab_size, c.hidden_size])?;
+        let layers = (0..c.num_hidden_layers)
+            .map(|i| Phi3DecoderLayer::load(w, &format!("{prefix}.layers.{i}"), c))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self {
+            embed_tokens,
+            layers,
+            norm: Phi3RmsNorm::load(w, &format!("{prefix}.norm"), c.hidden_size, c.rms_norm_eps)?,
+            rotary_emb: RotaryEmbedding::new(c),
+        })
+    }
+
+    /// Token embeddings of non-negative ids.
+    ///
+    /// # Shapes
+    /// `[batch, seq]` → `[batch, seq, hidden]`
+    pub fn embed(&self, ids: Tensor<B, 2, Int>) -> Tensor<B, 3> {
+        embedding(self.embed_tokens.clone(), ids)
+    }
+
+    /// Runs the decoder over `inputs_embeds` at `positions` (one row per sequence), appending
+    /// to `cache`. The caller makes sure the cache's RoPE regime matches `regime`.
+    ///
+    /// # Shapes
+    /// - `inputs_embeds`: `[batch, seq, hidden]`; `positions`: `batch × seq`
+    /// - `mask`: `[batch, heads, seq, cached + seq]` (`true` = masked) or `None` for causal
+    pub fn forward(
+        &self,
+        inputs_embeds: Tensor<B, 3>,
+        positions: &[Vec<usize>],
+        regime: RopeRegime,
+        cache: &mut KvCache<B>,
+        mask: Option<Tensor<B, 4, Bool>>,
+        output_hidden_states: bool,
+    ) -> DecoderOutput<B> {
+        let device = inputs_embeds.device();
+        let dtype = inputs_embeds.dtype();
+        let (cos, sin) = self.rotary_emb.tables::<B>(positions, regime, &device, dtype);
+        let mut hidden_states = output_hidden_states.then(Vec::new);
+        let mut x = inputs_embeds;
+        for (layer, kv) in self.layers.iter().zip(cache.layers.iter_mut()) {
+            if let Some(hs) = hidden_states.as_mut() {
+                hs.push(x.clone());
+            }
+            x = layer.forward(x, &cos, &sin, kv, mask.clone());
+        }
+        cache.regime = Some(regime);
+        let x = self.norm.forward(x);
+        if let Some(hs) = hidden_states.as_mut() {
+            hs.push(x.clone());
+        }
+        DecoderOutput {
+            last_hidden_state: x,
+            hidden_states,
+        }
+    }
+}

@@ -1,0 +1,288 @@
+//! Prompt processing (`Phi3VProcessor`): chat template, `<|image_N|>` tags, per-chunk
+//! tokenisation with its own BOS, and image placeholder runs of `−k` (spec §5).
+
+use std::path::Path;
+
+use image::DynamicImage;
+use tokenizers::Tokenizer;
+
+use crate::config::{preprocessor_config_from_file, read_json};
+use crate::error::{Phi3vError, Result};
+use crate::image_processor::{ImageProcessorConfig, ProcessedImage, preprocess};
+
+/// One chat message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Message {
+    /// `system`, `user` or `assistant`.
+    pub role: String,
+    /// Text, possibly with `<|image_N|>` tags.
+    pub content: String,
+}
+
+impl Message {
+    /// A message with `role` and `content`.
+    pub fn new(role: impl Into<String>, content: impl Into<String>) -> Self {
+        Self {
+            role: role.into(),
+            content: content.into(),
+        }
+    }
+}
+
+/// The Phi-3(-vision) chat template: `<|{role}|>\n{content}<|end|>\n` per message, then
+/// `<|assistant|>\n` when a generation prompt is asked for and the last turn is not the
+/// assistant's (tokenizer_config.json `chat_template`).
+pub fn apply_chat_template(messages: &[Message], add_generation_prompt: bool) -> String {
+    let mut out = String::new();
+    for m in messages {
+        out.push_str(&format!("<|{}|>\n{}<|end|>\n", m.role, m.content));
+    }
+    if add_generation_prompt && messages.last().is_none_or(|m| m.role != "assistant") {
+        out.push_str("<|assistant|>\n");
+    }
+    out
+}
+
+/// A piece of a prompt split at image tags.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Piece<'a> {
+    Text(&'a str),
+    /// `<|image_k|>` with its number k (1-based).
+    Image(usize),
+}
+
+/// Splits at every `<|image_N|>` (the reference's regex `<\|image_\d+\|>`).
+fn split_image_tags(prompt: &str) -> Vec<Piece<'_>> {
+    const OPEN: &str = "<|image_";
+    let mut pieces = Vec::new();
+    let mut rest = prompt;
+    let mut text_start = 0;
+    let mut offset = 0;
+    while let Some(i) = rest.find(OPEN) {
+        let after = &rest[i + OPEN.len()..];
+        let digits = after.bytes().take_while(u8::is_ascii_digit).count();
+        if digits > 0 && after[digits..].starts_with("|>") {
+            let tag_start = offset + i;
+            pieces.push(Piece::Text(&prompt[text_start..tag_start]));
+            // An absurd number cannot match any image; usize::MAX keeps it an error later.
+            pieces.push(Piece::Image(after[..digits].parse().unwrap_or(usize::MAX)));
+            let tag_len = OPEN.len() + digits + 2;
+            text_start = tag_start + tag_len;
+            offset = text_start;
+            rest = &prompt[text_start..];
+        } else {
+            offset += i + OPEN.len();
+            rest = &prompt[offset..];
+        }
+    }
+    pieces.push(Piece::Text(&prompt[text_start..]));
+    pieces
+}
+
+/// Token ids and images of one prompt, ready for the model.
+pub struct ProcessedPrompt {
+    /// Prompt ids; image k occupies `num_img_tokens` copies of `−k`.
+    pub input_ids: Vec<i64>,
+    /// The images, in the order their tags appear (= the order their features fill slots).
+    pub images: Vec<ProcessedImage>,
+}
+
+impl std::fmt::Debug for ProcessedPrompt {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProcessedPrompt")
+            .field("tokens", &self.input_ids.len())
+            .field("image_tokens", &self.num_image_tokens())
+            .finish()
+    }
+}
+
+impl ProcessedPrompt {
+    /// Image tokens per image.
+    pub fn num_image_tokens(&self) -> Vec<usize> {
+        self.images.iter().map(|i| i.num_img_tokens).collect()
+    }
+}
+
+/// Tokenizer plus image processor of one model folder.
+pub struct Phi3VProcessor {
+    /// The `tokenizers` tokenizer from `tokenizer.json`.
+    pub tokenizer: Tokenizer,
+    /// Image preprocessing settings (`num_crops` from preprocessor_config.json).
+    pub image_config: ImageProcessorConfig,
+    /// EOS declared by tokenizer_config.json, if any.
+    pub tokenizer_eos: Option<u32>,
+}
+
+impl std::fmt::Debug for Phi3VProcessor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Phi3VProcessor")
+            .field("vocab", &self.tokenizer.get_vocab_size(true))
+            .field("image_config", &self.image_config)
+            .finish()
+    }
+}
+
+impl Phi3VProcessor {
+    /// Loads `tokenizer.json` (and `tokenizer_config.json`, `preprocessor_config.json` when
+    /// present) from a model folder.
+    pub fn from_dir(dir: &Path) -> Result<Self> {
+        let path = dir.join("tokenizer.json");
+        if !path.is_file() {
+            return Err(Phi3vError::io(&path, std::io::Error::new(std::io::ErrorKind::NotFound, "tokenizer.json not found")));
+        }
+        let tokenizer = Tokenizer::from_file(&path)
+            .map_err(|e| Phi3vError::Tokenizer(format!("{}: {e}", path.display())))?;
+        let pre = dir.join("preprocessor_config.json");
+        let image_config = if pre.is_file() {
+            preprocessor_config_from_file(&pre)?
+        } else {
+            ImageProcessorConfig {
+                num_crops: 1,
+                image_mean: crate::image_processor::CLIP_MEAN,
+                image_std: crate::image_processor::CLIP_STD,
+                max_pixels: crate::image_processor::DEFAULT_MAX_PIXELS,
+            }
+        };
+        let tc = dir.join("tokenizer_config.json");
+        let tokenizer_eos = if tc.is_file() {
+            let v = read_json(&tc)?;
+            let eos = match v.get("eos_token") {
+                Some(serde_json::Value::String(s)) => Some(s.clone()),
+                Some(serde_json::Value::Object(o)) => o.get("content").and_then(|c| c.as_str()).map(str::to_string),
+                _ => None,
+            };
+            eos.and_then(|s| tokenizer.token_to_id(&s))
+        } else {
+            None
+        };
+        Ok(Self {
+            tokenizer,
+            image_config,
+            tokenizer_eos,
+        })
+    }
+
+    /// Overrides `num_crops`.
+    pub fn with_num_crops(mut self, num_crops: usize) -> Self {
+        self.image_config.num_crops = num_crops;
+        self
+    }
+
+    /// Id of a token string, if it is in the vocabulary.
+    pub fn token_id(&self, token: &str) -> Option<u32> {
+        self.tokenizer.token_to_id(token)
+    }
+
+    fn encode(&self, text: &str) -> Result<Vec<i64>> {
+        let enc = self
+            .tokenizer
+            .encode(text, true)
+            .map_err(|e| Phi3vError::Tokenizer(format!("cannot encode {text:?}: {e}")))?;
+        Ok(enc.get_ids().iter().map(|&i| i as i64).collect())
+    }
+
+    /// Tokenises a prompt (already in chat format) with its images.
+    ///
+    /// Without images the text is encoded once with BOS. With images it is split at every
+    /// `<|image_k|>` tag, every chunk is encoded with its own BOS, and tag k becomes
+    /// `num_img_tokens(k)` copies of `−k` (spec §5.4). Every image must be referenced exactly
+    /// once by tags numbered 1…n; images are returned in tag order.
+    pub fn process(&self, prompt: &str, images: &[DynamicImage]) -> Result<ProcessedPrompt> {
+        let pieces = split_image_tags(prompt);
+        let tags: Vec<usize> = pieces
+            .iter()
+            .filter_map(|p| if let Piece::Image(k) = p { Some(*k) } else { None })
+            .collect();
+        if tags.is_empty() {
+            if !images.is_empty() {
+                return Err(Phi3vError::ImageTags(format!(
+                    "{} image(s) given but the prompt has no <|image_N|> tag",
+                    images.len()
+                )));
+            }
+            return Ok(ProcessedPrompt {
+                input_ids: self.encode(prompt)?,
+                images: Vec::new(),
+            });
+        }
+        let mut seen = vec![false; images.len()];
+        for &k in &tags {
+            if k == 0 || k > images.len() {
+                return Err(Phi3vError::ImageTags(format!(
+                    "tag <|image_{k}|> but {} image(s) given (tags are numbered from 1)",
+                    images.len()
+                )));
+            }
+            if std::mem::replace(&mut seen[k - 1], true) {
+                return Err(Phi3vError::ImageTags(format!("tag <|image_{k}|> appears more than once")));
+            }
+        }
+        if let Some(k) = seen.iter().position(|s| !s) {
+            return Err(Phi3vError::ImageTags(format!(
+                "image {} is given but the prompt has no <|image_{}|> tag",
+                k + 1,
+                k + 1
+            )));
+        }
+        let mut processed: Vec<Option<ProcessedImage>> = images
+            .iter()
+            .map(|img| preprocess(img, &self.image_config).map(Some))
+            .collect::<std::result::Result<_, _>>()?;
+        let mut input_ids = Vec::new();
+        let mut ordered = Vec::with_capacity(images.len());
+        for piece in pieces {
+            match piece {
+                Piece::Text(t) => input_ids.extend(self.encode(t)?),
+                Piece::Image(k) => {
+                    let img = processed[k - 1].take().ok_or_else(|| {
+                        Phi3vError::ImageTags(format!("tag <|image_{k}|> appears more than once"))
+                    })?;
+                    input_ids.extend(std::iter::repeat_n(-(k as i64), img.num_img_tokens));
+                    ordered.push(img);
+                }
+            }
+        }
+        Ok(ProcessedPrompt {
+            input_ids,
+            images: ordered,
+        })
+    }
+
+    /// Decodes generated ids to text, skipping special tokens (the MMMU/HF convention).
+    pub fn decode(&self, ids: &[u32], skip_special_tokens: bool) -> Result<String> {
+        self.tokenizer
+            .decode(ids, skip_special_tokens)
+            .map_err(|e| Phi3vError::Tokenizer(format!("cannot decode {ids:?}: {e}")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn splits_at_tags_only() {
+        let p = split_image_tags("<|user|>\n<|image_1|>\nhi <|image_x|> <|image_12|>");
+        assert_eq!(
+            p,
+            vec![
+                Piece::Text("<|user|>\n"),
+                Piece::Image(1),
+                Piece::Text("\nhi <|image_x|> "),
+                Piece::Image(12),
+                Piece::Text(""),
+            ]
+        );
+        assert_eq!(split_image_tags("plain"), vec![Piece::Text("plain")]);
+    }
+
+    #[test]
+    fn chat_template_matches_the_reference() {
+        let m = [Message::new("user", "<|image_1|>\nWhat?"), Message::new("assistant", "A cat."), Message::new("user", "More?")];
+        assert_eq!(
+            apply_chat_template(&m, true),
+            "<|user|>\n<|image_1|>\nWhat?<|end|>\n<|assistant|>\nA cat.<|end|>\n<|user|>\nMore?<|end|>\n<|assistant|>\n"
+        );
+        assert_eq!(apply_chat_template(&m[..2], true), "<|user|>\n<|image_1|>\nWhat?<|end|>\n<|assistant|>\nA cat.<|end|>\n");
+    }
+}

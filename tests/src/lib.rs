@@ -1,0 +1,10 @@
+//! The accuracy loop in one place: fixture readers, named tolerances, and a parity runner
+//! written once and run on every backend (tests, and the GPU parity report).
+
+pub mod fixtures;
+pub mod parity;
+pub mod tolerance;
+
+pub use fixtures::{Case, FixtureTensor, fixtures_dir, model_dir};
+pub use parity::{CaseReport, run_case};
+pub use tolerance::Tolerance;

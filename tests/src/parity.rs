@@ -1,0 +1,263 @@
+//! The fixture parity check, written once for every backend and dtype. It returns a report of
+//! what it measured; tests assert on it and the GPU parity run prints it.
+
+use burn::tensor::{DType, Tensor, TensorData, backend::Backend};
+use burn_phi3v::image_processor::{ProcessedImage, load_image};
+use burn_phi3v::model::CropGrid;
+use burn_phi3v::{LoadedModel, Phi3VForCausalLM};
+
+use crate::fixtures::{Case, model_dir};
+use crate::tolerance::{JPEG_PIXELS, Tolerance, max_abs_diff};
+
+/// What one case measured on one backend.
+#[derive(Debug, Clone, Default)]
+pub struct CaseReport {
+    /// Case name.
+    pub case: String,
+    /// Largest pixel error over all crops (pooled and strided samples).
+    pub pixels_max_err: Option<f32>,
+    /// Largest error of the projected image tokens.
+    pub vision_embeds_max_err: Option<f32>,
+    /// Largest error of the last-position hidden states over all layers.
+    pub hidden_max_err: f32,
+    /// Largest error of the reference's top-5 logits at every position.
+    pub topk_logits_max_err: f32,
+    /// Largest error over all last-position logits.
+    pub logits_last_max_err: f32,
+    /// Positions whose top-1 id agrees / positions.
+    pub top1_agree: (usize, usize),
+    /// Greedy ids produced.
+    pub greedy_ids: Vec<i64>,
+    /// Largest error of the reference's greedy top-5 logits (steps before any divergence).
+    pub greedy_logits_max_err: f32,
+    /// Whether every greedy id equals the reference's.
+    pub greedy_equal: bool,
+    /// Every failed check, in words; empty when the case passes.
+    pub failures: Vec<String>,
+}
+
+impl CaseReport {
+    /// Panics with every failure listed.
+    pub fn assert_ok(&self) {
+        assert!(self.failures.is_empty(), "case {} failed:\n  {}", self.case, self.failures.join("\n  "));
+    }
+
+    fn check(&mut self, ok: bool, what: impl FnOnce() -> String) {
+        if !ok {
+            self.failures.push(what());
+        }
+    }
+}
+
+/// 16×16 block means and strided samples of one crop, as the fixtures store them.
+fn pooled_and_strided(crop: &[f32]) -> (Vec<f32>, Vec<f32>) {
+    const S: usize = 336;
+    const B: usize = 16;
+    const N: usize = S / B;
+    let mut pooled = Vec::with_capacity(3 * N * N);
+    let mut strided = Vec::with_capacity(3 * N * N);
+    for ch in 0..3 {
+        let plane = &crop[ch * S * S..(ch + 1) * S * S];
+        for a in 0..N {
+            for b in 0..N {
+                let mut sum = 0.0f64;
+                for y in 0..B {
+                    for x in 0..B {
+                        sum += plane[(a * B + y) * S + b * B + x] as f64;
+                    }
+                }
+                pooled.push((sum / (B * B) as f64) as f32);
+                strided.push(plane[(8 + B * a) * S + 8 + B * b]);
+            }
+        }
+    }
+    (pooled, strided)
+}
+
+/// Top-k of a row, largest first.
+fn topk(row: &[f32], k: usize) -> Vec<usize> {
+    let mut idx: Vec<usize> = (0..row.len()).collect();
+    idx.select_nth_unstable_by(k, |a, b| row[*b].total_cmp(&row[*a]));
+    let mut top = idx[..k].to_vec();
+    top.sort_by(|a, b| row[*b].total_cmp(&row[*a]));
+    top
+}
+
+fn to_vec<B: Backend, const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
+    t.into_data()
+        .convert::<f32>()
+        .to_vec::<f32>()
+        .expect("f32 data")
+}
+
+/// Logits of positions `range` of `hidden` (`[1, S, D]`), as host rows.
+fn logits_rows<B: Backend>(model: &Phi3VForCausalLM<B>, hidden: &Tensor<B, 3>, start: usize, len: usize) -> Vec<f32> {
+    to_vec(model.logits(hidden.clone().narrow(1, start, len)))
+}
+
+/// Uploads preprocessed images as one `[Σ crops, 3, 336, 336]` tensor.
+pub fn pixel_tensor<B: Backend>(images: &[ProcessedImage], device: &B::Device, dtype: DType) -> Option<(Tensor<B, 4>, Vec<CropGrid>)> {
+    if images.is_empty() {
+        return None;
+    }
+    let crops: usize = images.iter().map(|i| i.num_used_crops).sum();
+    let data: Vec<f32> = images.iter().flat_map(|i| i.pixel_values.iter().copied()).collect();
+    let t = Tensor::from_data(TensorData::new(data, [crops, 3, 336, 336]), (device, dtype));
+    Some((t, images.iter().map(|i| i.crop_grid).collect()))
+}
+
+/// Runs one fixture case on `device` in `dtype` and measures everything the fixtures pin down.
+pub fn run_case<B: Backend>(case: &Case, device: &B::Device, dtype: DType) -> CaseReport {
+    let tol = Tolerance::for_dtype(dtype);
+    let mut r = CaseReport {
+        case: case.name.clone(),
+        ..Default::default()
+    };
+    let loaded = LoadedModel::<B>::load(&model_dir(&case.model), device, dtype, None).expect("tiny checkpoint loads");
+    let model = &loaded.model;
+
+    // 1. Prompt and images → ids and pixels.
+    let images: Vec<_> = case
+        .images
+        .iter()
+        .map(|f| load_image(&Case::image_path(f), u64::MAX).expect("fixture image decodes"))
+        .collect();
+    let processed = loaded.processor.process(&case.prompt, &images).expect("prompt processes");
+    let ref_ids = case.tensor("input_ids").i64();
+    r.check(processed.input_ids == ref_ids, || {
+        let first = processed.input_ids.iter().zip(ref_ids).position(|(a, b)| a != b);
+        format!("input_ids differ (len {} vs {}, first difference at {first:?})", processed.input_ids.len(), ref_ids.len())
+    });
+    if !case.images.is_empty() {
+        let sizes: Vec<i64> = processed.images.iter().flat_map(|i| i.hd_size.map(|s| s as i64)).collect();
+        r.check(sizes == case.tensor("image_sizes").i64(), || format!("image_sizes {sizes:?}"));
+        let counts: Vec<u64> = processed.images.iter().map(|i| i.num_img_tokens as u64).collect();
+        let want: Vec<u64> = case.json["num_img_tokens"].as_array().map(|a| a.iter().filter_map(|v| v.as_u64()).collect()).unwrap_or_default();
+        r.check(counts == want, || format!("image token counts {counts:?}, reference {want:?}"));
+        let mut pix = 0.0f32;
+        for (i, img) in processed.images.iter().enumerate() {
+            let crop_len = 3 * 336 * 336;
+            let (mut pooled, mut strided) = (Vec::new(), Vec::new());
+            for c in 0..img.num_used_crops {
+                let (p, s) = pooled_and_strided(&img.pixel_values[c * crop_len..(c + 1) * crop_len]);
+                pooled.extend(p);
+                strided.extend(s);
+            }
+            pix = pix
+                .max(max_abs_diff(&pooled, case.tensor(&format!("crops_pooled16.{i}")).f32()))
+                .max(max_abs_diff(&strided, case.tensor(&format!("crops_strided16.{i}")).f32()));
+        }
+        r.pixels_max_err = Some(pix);
+        let jpeg = case.images.iter().any(|f| f.ends_with(".jpg") || f.ends_with(".jpeg"));
+        let bound = if jpeg { JPEG_PIXELS } else { tol.pixels };
+        r.check(pix <= bound, || format!("pixel error {pix:e} > {bound:e}"));
+    }
+
+    // 2. Image tokens.
+    let features = pixel_tensor::<B>(&processed.images, device, dtype)
+        .map(|(px, grids)| model.embed_images(px, &grids).expect("images embed"));
+    if let Some(f) = &features {
+        let got = to_vec(f.clone());
+        let err = max_abs_diff(&got, case.tensor("vision_embeds").f32());
+        r.vision_embeds_max_err = Some(err);
+        if tol.assert_values {
+            r.check(err <= tol.vision_embeds, || format!("vision_embeds error {err:e} > {:e}", tol.vision_embeds));
+        }
+    }
+
+    // 3. One pass over the prompt: hidden states and top-k logits at every position.
+    let seq = ref_ids.len();
+    let ids = vec![ref_ids.to_vec()];
+    let embeds = model.embed_inputs(&ids, features.clone()).expect("inputs embed");
+    let positions = vec![(0..seq).collect::<Vec<_>>()];
+    let mut cache = model.new_cache();
+    let out = model.forward(embeds, &positions, model.rope_regime(seq - 1), &mut cache, None, true);
+    let hidden_ref = case.tensor("hidden_last").f32();
+    let d = model.config.text.hidden_size;
+    let mut h_err = 0.0f32;
+    for (l, h) in out.hidden_states.expect("requested").into_iter().enumerate() {
+        let last = to_vec(h.narrow(1, seq - 1, 1));
+        h_err = h_err.max(max_abs_diff(&last, &hidden_ref[l * d..(l + 1) * d]));
+    }
+    r.hidden_max_err = h_err;
+    if tol.assert_values {
+        r.check(h_err <= tol.hidden, || format!("hidden_last error {h_err:e} > {:e}", tol.hidden));
+    }
+
+    let (ref_top_ids, ref_top_logits) = (case.tensor("topk_ids").i64(), case.tensor("topk_logits").f32());
+    let vocab = model.config.text.vocab_size;
+    let k = 5;
+    let (mut lerr, mut agree, mut clear_disagree) = (0.0f32, 0usize, Vec::new());
+    const CHUNK: usize = 512;
+    for start in (0..seq).step_by(CHUNK) {
+        let len = CHUNK.min(seq - start);
+        let rows = logits_rows(model, &out.last_hidden_state, start, len);
+        for p in start..start + len {
+            let row = &rows[(p - start) * vocab..(p - start + 1) * vocab];
+            let rid = &ref_top_ids[p * k..(p + 1) * k];
+            let rl = &ref_top_logits[p * k..(p + 1) * k];
+            for j in 0..k {
+                lerr = lerr.max((row[rid[j] as usize] - rl[j]).abs());
+            }
+            let ours = topk(row, k + 1);
+            if ours[0] as i64 == rid[0] {
+                agree += 1;
+            }
+            for j in 0..k {
+                let above_clear = j == 0 || rl[j - 1] - rl[j] > tol.clear_gap;
+                let below_clear = j + 1 == k || rl[j] - rl[j + 1] > tol.clear_gap;
+                if above_clear && below_clear && ours[j] as i64 != rid[j] {
+                    // The reference's 6th logit is unknown: at j = 4 accept a near-tie with it.
+                    let tie_below = j + 1 == k && (row[ours[j]] - row[rid[j] as usize]).abs() <= tol.clear_gap;
+                    if !tie_below {
+                        clear_disagree.push((p, j));
+                    }
+                }
+            }
+            if p == seq - 1 {
+                r.logits_last_max_err = max_abs_diff(row, case.tensor("logits_last").f32());
+            }
+        }
+    }
+    r.topk_logits_max_err = lerr;
+    r.top1_agree = (agree, seq);
+    if tol.assert_values {
+        r.check(lerr <= tol.logits, || format!("top-k logits error {lerr:e} > {:e}", tol.logits));
+        let last = r.logits_last_max_err;
+        r.check(last <= tol.logits, || format!("logits_last error {last:e} > {:e}", tol.logits));
+    }
+    r.check(clear_disagree.is_empty(), || {
+        format!("top-k ids differ at {} (position, rank) pairs with clear gaps, first {:?}", clear_disagree.len(), &clear_disagree[..clear_disagree.len().min(5)])
+    });
+
+    // 4. Greedy continuation, recomputing the whole sequence each step as the reference did.
+    let (gids, glog) = (case.tensor("greedy_topk_ids").i64(), case.tensor("greedy_topk_logits").f32());
+    let mut seq_ids = ref_ids.to_vec();
+    r.greedy_equal = true;
+    for step in 0..case.tensor("greedy_ids").i64().len() {
+        let n = seq_ids.len();
+        let embeds = model.embed_inputs(&[seq_ids.clone()], features.clone()).expect("inputs embed");
+        let mut cache = model.new_cache();
+        let out = model.forward(embeds, &[(0..n).collect()], model.rope_regime(n - 1), &mut cache, None, false);
+        let row = logits_rows(model, &out.last_hidden_state, n - 1, 1);
+        let next = topk(&row, 1)[0] as i64;
+        r.greedy_ids.push(next);
+        let rid = &gids[step * k..(step + 1) * k];
+        let rl = &glog[step * k..(step + 1) * k];
+        if next != rid[0] {
+            r.greedy_equal = false;
+            let gap = rl[0] - rl[1];
+            r.check(gap <= tol.clear_gap, || format!("greedy step {step}: {next} instead of {} (reference gap {gap})", rid[0]));
+            break;
+        }
+        for j in 0..k {
+            r.greedy_logits_max_err = r.greedy_logits_max_err.max((row[rid[j] as usize] - rl[j]).abs());
+        }
+        seq_ids.push(next);
+    }
+    if tol.assert_values {
+        let e = r.greedy_logits_max_err;
+        r.check(e <= tol.logits, || format!("greedy logits error {e:e} > {:e}", tol.logits));
+    }
+    r
+}
