@@ -261,3 +261,68 @@ pub fn run_case<B: Backend>(case: &Case, device: &B::Device, dtype: DType) -> Ca
     }
     r
 }
+
+/// What a vision probe measured: the CLIP tower and the HD merge + projector on synthetic
+/// pixels, with no image preprocessing involved.
+#[derive(Debug, Clone, Default)]
+pub struct ProbeReport {
+    /// Model folder name.
+    pub model: String,
+    /// Largest error of the CLIP features (second-to-last layer, CLS dropped).
+    pub clip_features_max_err: f32,
+    /// Largest error of the projected image tokens.
+    pub vision_embeds_max_err: f32,
+    /// Failed checks, in words.
+    pub failures: Vec<String>,
+}
+
+impl ProbeReport {
+    /// Panics with every failure listed.
+    pub fn assert_ok(&self) {
+        assert!(self.failures.is_empty(), "vision probe {} failed:\n  {}", self.model, self.failures.join("\n  "));
+    }
+}
+
+/// The probe's pixels: `1.5·sin(0.05x + 0.031(c+1)y + 0.7n + 1.3c)` in f64, rounded to f32
+/// (fixtures README, "Vision probes"); 3 crops: global, top tile, bottom tile.
+pub fn probe_pixels() -> Vec<f32> {
+    let mut v = Vec::with_capacity(3 * 3 * 336 * 336);
+    for n in 0..3 {
+        for c in 0..3 {
+            for y in 0..336 {
+                for x in 0..336 {
+                    let (n, c, y, x) = (n as f64, c as f64, y as f64, x as f64);
+                    v.push((1.5 * (0.05 * x + 0.031 * (c + 1.0) * y + 0.7 * n + 1.3 * c).sin()) as f32);
+                }
+            }
+        }
+    }
+    v
+}
+
+/// Runs `vision_probe.<model>.safetensors` on `device` in `dtype`.
+pub fn run_vision_probe<B: Backend>(model_name: &str, device: &B::Device, dtype: DType) -> ProbeReport {
+    let tol = Tolerance::for_dtype(dtype);
+    let tensors = crate::fixtures::read_tensors(&crate::fixtures::fixtures_dir().join(format!("cases/vision_probe.{model_name}.safetensors")));
+    let loaded = LoadedModel::<B>::load(&model_dir(model_name), device, dtype, None).expect("tiny checkpoint loads");
+    let vision = loaded.model.vision_embed_tokens.as_ref().expect("vision tower");
+    let sizes = tensors["image_sizes"].i64();
+    let grid = [sizes[0] as usize / 336, sizes[1] as usize / 336];
+    let px = Tensor::<B, 4>::from_data(TensorData::new(probe_pixels(), [3, 3, 336, 336]), (device, dtype));
+    let mut r = ProbeReport {
+        model: model_name.to_string(),
+        ..Default::default()
+    };
+    r.clip_features_max_err = max_abs_diff(&to_vec(vision.img_processor.forward(px.clone())), tensors["clip_features"].f32());
+    r.vision_embeds_max_err = max_abs_diff(&to_vec(loaded.model.embed_images(px, &[grid]).expect("embeds")), tensors["vision_embeds"].f32());
+    if tol.assert_values {
+        let (c, e) = (r.clip_features_max_err, r.vision_embeds_max_err);
+        if c > tol.clip_features {
+            r.failures.push(format!("clip_features error {c:e} > {:e}", tol.clip_features));
+        }
+        if e > tol.vision_embeds {
+            r.failures.push(format!("vision_embeds error {e:e} > {:e}", tol.vision_embeds));
+        }
+    }
+    r
+}

@@ -15,3 +15,19 @@ fn check(name: &str) {
 fn text_only() {
     check("text_only");
 }
+
+fn probe(model: &str) {
+    let report = phi3v_tests::parity::run_vision_probe::<Flex>(model, &Default::default(), DType::F32);
+    eprintln!("{report:?}");
+    report.assert_ok();
+}
+
+#[test]
+fn vision_probe_phi3v() {
+    probe("phi3v-tiny");
+}
+
+#[test]
+fn vision_probe_phi35v() {
+    probe("phi35v-tiny");
+}
