@@ -5,6 +5,7 @@
 
 pub mod config;
 pub mod error;
+pub mod generation;
 pub mod image_processor;
 pub mod loader;
 pub mod model;
@@ -13,6 +14,7 @@ pub mod weights;
 
 pub use config::{GenerationConfig, Phi3VConfig};
 pub use error::{Phi3vError, Result};
+pub use generation::{FinishReason, GenerationOutput, GenerationParams, SamplingParams, StreamEvent, generate};
 pub use loader::LoadedModel;
 pub use model::Phi3VForCausalLM;
 pub use processor::{Message, Phi3VProcessor, ProcessedPrompt, apply_chat_template};

@@ -6,5 +6,5 @@ pub mod parity;
 pub mod tolerance;
 
 pub use fixtures::{Case, FixtureTensor, fixtures_dir, model_dir};
-pub use parity::{CaseReport, run_case};
+pub use parity::{CaseReport, JpegSource, run_case, run_case_with};
 pub use tolerance::Tolerance;

@@ -96,27 +96,28 @@ impl RotaryEmbedding {
         }
     }
 
-    /// cos and sin for `positions[b][s]`, already multiplied by the attention factor.
+    /// cos and sin for `positions[b][s]` with row b in `regimes[b]`, already multiplied by
+    /// the attention factor.
     ///
     /// # Shapes
     /// → (`[batch, 1, seq, head_dim]`, `[batch, 1, seq, head_dim]`)
     pub fn tables<B: Backend>(
         &self,
         positions: &[Vec<usize>],
-        regime: RopeRegime,
+        regimes: &[RopeRegime],
         device: &B::Device,
         dtype: DType,
     ) -> (Tensor<B, 4>, Tensor<B, 4>) {
-        let inv_freq = match (regime, &self.long_inv_freq) {
-            (RopeRegime::Long, Some(long)) => long,
-            _ => &self.short_inv_freq,
-        };
         let batch = positions.len();
         let seq = positions.first().map_or(0, Vec::len);
         let half = self.head_dim / 2;
         let mut cos = Vec::with_capacity(batch * seq * self.head_dim);
         let mut sin = Vec::with_capacity(batch * seq * self.head_dim);
-        for row in positions {
+        for (row, regime) in positions.iter().zip(regimes) {
+            let inv_freq = match (regime, &self.long_inv_freq) {
+                (RopeRegime::Long, Some(long)) => long,
+                _ => &self.short_inv_freq,
+            };
             for &p in row {
                 // emb = cat(freqs, freqs): both halves use the same angles.
                 for _ in 0..2 {
@@ -198,8 +199,8 @@ pub struct LayerKv<B: Backend> {
 pub struct KvCache<B: Backend> {
     /// Per layer; `None` until the first pass.
     pub layers: Vec<Option<LayerKv<B>>>,
-    /// The LongRoPE regime the cached keys were rotated with.
-    pub regime: Option<RopeRegime>,
+    /// The LongRoPE regime each row's cached keys were rotated with (empty until the first pass).
+    pub regimes: Vec<RopeRegime>,
 }
 
 impl<B: Backend> KvCache<B> {
@@ -207,7 +208,7 @@ impl<B: Backend> KvCache<B> {
     pub fn new(num_layers: usize) -> Self {
         Self {
             layers: vec![None; num_layers],
-            regime: None,
+            regimes: Vec::new(),
         }
     }
 
@@ -227,7 +228,7 @@ impl<B: Backend> KvCache<B> {
     /// Drops everything cached.
     pub fn clear(&mut self) {
         self.layers.iter_mut().for_each(|l| *l = None);
-        self.regime = None;
+        self.regimes.clear();
     }
 }
 
@@ -435,8 +436,9 @@ impl<B: Backend> Phi3Model<B> {
         embedding(self.embed_tokens.clone(), ids)
     }
 
-    /// Runs the decoder over `inputs_embeds` at `positions` (one row per sequence), appending
-    /// to `cache`. The caller makes sure the cache's RoPE regime matches `regime`.
+    /// Runs the decoder over `inputs_embeds` at `positions` (one row per sequence, row b rotated
+    /// in `regimes[b]`), appending to `cache`. Keys already cached keep the rotation they were
+    /// made with: the caller recomputes the cache when a row's regime changes.
     ///
     /// # Shapes
     /// - `inputs_embeds`: `[batch, seq, hidden]`; `positions`: `batch × seq`
@@ -445,14 +447,14 @@ impl<B: Backend> Phi3Model<B> {
         &self,
         inputs_embeds: Tensor<B, 3>,
         positions: &[Vec<usize>],
-        regime: RopeRegime,
+        regimes: &[RopeRegime],
         cache: &mut KvCache<B>,
         mask: Option<Tensor<B, 4, Bool>>,
         output_hidden_states: bool,
     ) -> DecoderOutput<B> {
         let device = inputs_embeds.device();
         let dtype = inputs_embeds.dtype();
-        let (cos, sin) = self.rotary_emb.tables::<B>(positions, regime, &device, dtype);
+        let (cos, sin) = self.rotary_emb.tables::<B>(positions, regimes, &device, dtype);
         let mut hidden_states = output_hidden_states.then(Vec::new);
         let mut x = inputs_embeds;
         for (layer, kv) in self.layers.iter().zip(cache.layers.iter_mut()) {
@@ -461,7 +463,7 @@ impl<B: Backend> Phi3Model<B> {
             }
             x = layer.forward(x, &cos, &sin, kv, mask.clone());
         }
-        cache.regime = Some(regime);
+        cache.regimes = regimes.to_vec();
         let x = self.norm.forward(x);
         if let Some(hs) = hidden_states.as_mut() {
             hs.push(x.clone());

@@ -233,13 +233,13 @@ impl<B: Backend> Phi3VForCausalLM<B> {
         &self,
         inputs_embeds: Tensor<B, 3>,
         positions: &[Vec<usize>],
-        regime: RopeRegime,
+        regimes: &[RopeRegime],
         cache: &mut KvCache<B>,
         mask: Option<Tensor<B, 4, Bool>>,
         output_hidden_states: bool,
     ) -> DecoderOutput<B> {
         self.model
-            .forward(inputs_embeds, positions, regime, cache, mask, output_hidden_states)
+            .forward(inputs_embeds, positions, regimes, cache, mask, output_hidden_states)
     }
 
     /// `lm_head` in the compute dtype, returned in f32 (step 4).

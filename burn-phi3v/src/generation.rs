@@ -1,0 +1,644 @@
+//! Generation over the model's steps: KV cache, LongRoPE policy, sampling, stop conditions,
+//! streaming text, and static batches. This is engine code: the model never sees it.
+//!
+//! LongRoPE policy (as the Hugging Face reference behaves when it recomputes): every pass uses
+//! the factors of its sequence length (long once the largest position reaches
+//! `original_max_position_embeddings`). When a sequence crosses that boundary while
+//! generating, its cache — rotated with the short factors — is dropped and the whole sequence
+//! is prefilled again with the long factors, so cached generation equals full recomputation.
+
+use std::time::{Duration, Instant};
+
+use burn::tensor::{Bool, Int, Tensor, TensorData, backend::Backend};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use crate::error::{Phi3vError, Result};
+use crate::model::{CropGrid, KvCache, Phi3VForCausalLM, RopeRegime};
+use crate::processor::{Phi3VProcessor, ProcessedPrompt};
+
+/// How the next token is chosen. The default is greedy.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SamplingParams {
+    /// 0 = greedy; otherwise logits are divided by it before sampling.
+    pub temperature: f32,
+    /// Keep only the k most likely tokens (0 = off).
+    pub top_k: usize,
+    /// Keep the smallest set of tokens whose probability reaches `top_p` (1 = off).
+    pub top_p: f32,
+    /// HF's repetition penalty over prompt and generated tokens (1 = off).
+    pub repetition_penalty: f32,
+    /// Seed of the sampler: the same seed on the same device gives the same tokens.
+    pub seed: u64,
+}
+
+impl Default for SamplingParams {
+    fn default() -> Self {
+        Self {
+            temperature: 0.0,
+            top_k: 0,
+            top_p: 1.0,
+            repetition_penalty: 1.0,
+            seed: 0,
+        }
+    }
+}
+
+/// Everything one sequence's generation needs besides the prompt.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GenerationParams {
+    /// Upper bound on generated tokens (≥ 1).
+    pub max_new_tokens: usize,
+    /// Stop tokens are suppressed until this many tokens are generated.
+    pub min_new_tokens: usize,
+    /// Sampling.
+    pub sampling: SamplingParams,
+    /// Token ids that end generation (see `LoadedModel::stop_token_ids`).
+    pub stop_token_ids: Vec<u32>,
+    /// Strings that end generation; the text is cut before them.
+    pub stop_strings: Vec<String>,
+}
+
+impl Default for GenerationParams {
+    fn default() -> Self {
+        Self {
+            max_new_tokens: 128,
+            min_new_tokens: 0,
+            sampling: SamplingParams::default(),
+            stop_token_ids: Vec::new(),
+            stop_strings: Vec::new(),
+        }
+    }
+}
+
+impl GenerationParams {
+    /// Refuses out-of-range values with a typed error naming the parameter.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |name: &'static str, reason: String| Err(Phi3vError::InvalidParameter { name, reason });
+        let s = &self.sampling;
+        if self.max_new_tokens == 0 {
+            return bad("max_new_tokens", "must be at least 1".into());
+        }
+        if self.min_new_tokens > self.max_new_tokens {
+            return bad(
+                "min_new_tokens",
+                format!("{} is larger than max_new_tokens {}", self.min_new_tokens, self.max_new_tokens),
+            );
+        }
+        if !(s.temperature.is_finite() && s.temperature >= 0.0) {
+            return bad("temperature", format!("{} is not a finite number ≥ 0", s.temperature));
+        }
+        if !(s.top_p > 0.0 && s.top_p <= 1.0) {
+            return bad("top_p", format!("{} is outside (0, 1]", s.top_p));
+        }
+        if !(s.repetition_penalty.is_finite() && s.repetition_penalty > 0.0) {
+            return bad("repetition_penalty", format!("{} is not a finite number > 0", s.repetition_penalty));
+        }
+        if self.stop_strings.iter().any(String::is_empty) {
+            return bad("stop_strings", "an empty stop string would stop at once".into());
+        }
+        Ok(())
+    }
+}
+
+/// Chooses tokens from logits on the host.
+#[derive(Debug, Clone)]
+pub struct Sampler {
+    params: SamplingParams,
+    rng: ChaCha8Rng,
+}
+
+impl Sampler {
+    /// A sampler seeded with `params.seed`.
+    pub fn new(params: SamplingParams) -> Self {
+        let rng = ChaCha8Rng::seed_from_u64(params.seed);
+        Self { params, rng }
+    }
+
+    /// Whether sampling reduces to an argmax of the raw logits.
+    pub fn is_plain_greedy(&self) -> bool {
+        self.params.temperature == 0.0 && self.params.repetition_penalty == 1.0
+    }
+
+    /// Picks a token from one row of logits; `history` is every id seen so far (for the
+    /// repetition penalty; image placeholders are not tokens and are left out by the caller).
+    pub fn sample(&mut self, logits: &mut [f32], history: &[u32]) -> u32 {
+        let p = &self.params;
+        if p.repetition_penalty != 1.0 {
+            let mut seen = history.to_vec();
+            seen.sort_unstable();
+            seen.dedup();
+            for &id in &seen {
+                if let Some(l) = logits.get_mut(id as usize) {
+                    *l = if *l < 0.0 { *l * p.repetition_penalty } else { *l / p.repetition_penalty };
+                }
+            }
+        }
+        if p.temperature == 0.0 {
+            return argmax(logits);
+        }
+        let mut idx: Vec<usize> = (0..logits.len()).filter(|&i| logits[i].is_finite()).collect();
+        if idx.is_empty() {
+            return argmax(logits);
+        }
+        idx.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]).then(a.cmp(&b)));
+        if p.top_k > 0 {
+            idx.truncate(p.top_k);
+        }
+        let max = logits[idx[0]];
+        let mut probs: Vec<f64> = idx.iter().map(|&i| (((logits[i] - max) / p.temperature) as f64).exp()).collect();
+        let total: f64 = probs.iter().sum();
+        probs.iter_mut().for_each(|q| *q /= total);
+        if p.top_p < 1.0 {
+            let mut acc = 0.0;
+            let mut keep = probs.len();
+            for (n, q) in probs.iter().enumerate() {
+                acc += q;
+                if acc >= p.top_p as f64 {
+                    keep = n + 1;
+                    break;
+                }
+            }
+            probs.truncate(keep);
+            idx.truncate(keep);
+            let total: f64 = probs.iter().sum();
+            probs.iter_mut().for_each(|q| *q /= total);
+        }
+        let u: f64 = self.rng.random();
+        let mut acc = 0.0;
+        for (q, &i) in probs.iter().zip(&idx) {
+            acc += q;
+            if u < acc {
+                return i as u32;
+            }
+        }
+        idx[idx.len() - 1] as u32
+    }
+}
+
+fn argmax(row: &[f32]) -> u32 {
+    let mut best = 0;
+    for (i, v) in row.iter().enumerate() {
+        if *v > row[best] {
+            best = i;
+        }
+    }
+    best as u32
+}
+
+/// Turns generated ids into text incrementally, correct across byte-fallback tokens and
+/// multi-byte UTF-8 (text is held back while it ends in an incomplete character) and across
+/// stop strings (text that could begin a stop string is held back until it cannot).
+#[derive(Debug, Clone, Default)]
+pub struct TextStreamer {
+    ids: Vec<u32>,
+    emitted: String,
+    stop_strings: Vec<String>,
+    stopped: bool,
+}
+
+impl TextStreamer {
+    /// A streamer that cuts the text before any of `stop_strings`.
+    pub fn new(stop_strings: Vec<String>) -> Self {
+        Self {
+            stop_strings,
+            ..Default::default()
+        }
+    }
+
+    /// Text decoded so far (special tokens skipped), and whether a stop string was found.
+    fn full_text(&self, processor: &Phi3VProcessor) -> Result<(String, bool)> {
+        let text = processor.decode(&self.ids, true)?;
+        let cut = self.stop_strings.iter().filter_map(|s| text.find(s.as_str())).min();
+        Ok(match cut {
+            Some(i) => (text[..i].to_string(), true),
+            None => (text, false),
+        })
+    }
+
+    /// Adds a token; returns the new text that is safe to show, and whether a stop string ended
+    /// the text.
+    pub fn push(&mut self, id: u32, processor: &Phi3VProcessor) -> Result<(String, bool)> {
+        if self.stopped {
+            return Ok((String::new(), true));
+        }
+        self.ids.push(id);
+        let (text, stopped) = self.full_text(processor)?;
+        self.stopped = stopped;
+        let mut ready = text.as_str();
+        if !stopped {
+            if ready.ends_with('\u{FFFD}') {
+                return Ok((String::new(), false));
+            }
+            // Hold back a suffix that may still grow into a stop string.
+            let hold = self
+                .stop_strings
+                .iter()
+                .flat_map(|s| (1..s.len()).filter(|&n| s.is_char_boundary(n)).map(move |n| &s[..n]))
+                .filter(|prefix| ready.ends_with(prefix))
+                .map(str::len)
+                .max()
+                .unwrap_or(0);
+            ready = &ready[..ready.len() - hold];
+        }
+        Ok(self.advance(ready))
+            .map(|delta| (delta, stopped))
+    }
+
+    fn advance(&mut self, ready: &str) -> String {
+        if ready.len() > self.emitted.len() && ready.starts_with(self.emitted.as_str()) {
+            let delta = ready[self.emitted.len()..].to_string();
+            self.emitted = ready.to_string();
+            delta
+        } else {
+            String::new()
+        }
+    }
+
+    /// Emits whatever is left once generation has ended; returns (delta, final text).
+    pub fn finish(&mut self, processor: &Phi3VProcessor) -> Result<(String, String)> {
+        let (text, _) = self.full_text(processor)?;
+        let delta = self.advance(&text);
+        Ok((delta, text))
+    }
+}
+
+/// Why a sequence stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FinishReason {
+    /// A stop token or stop string.
+    Stop,
+    /// `max_new_tokens` reached.
+    Length,
+}
+
+/// One streamed step of one sequence.
+#[derive(Debug, Clone)]
+pub struct StreamEvent<'a> {
+    /// Index of the sequence in the batch.
+    pub sequence: usize,
+    /// The token just chosen.
+    pub token_id: u32,
+    /// Text that became final with it (may be empty).
+    pub text_delta: &'a str,
+}
+
+/// The result of one sequence.
+#[derive(Debug, Clone)]
+pub struct GenerationOutput {
+    /// Generated ids (a stop token that ended generation is included).
+    pub token_ids: Vec<u32>,
+    /// Generated text, special tokens skipped, cut before a stop string.
+    pub text: String,
+    /// Why it stopped.
+    pub finish_reason: FinishReason,
+    /// Prompt length in tokens (image tokens included).
+    pub prompt_tokens: usize,
+    /// Image tokens in the prompt.
+    pub image_tokens: usize,
+    /// Time from the start of the call to this sequence's first token.
+    pub time_to_first_token: Duration,
+    /// Time spent after the first token.
+    pub decode_time: Duration,
+}
+
+impl GenerationOutput {
+    /// Generated tokens per second after the first one.
+    pub fn decode_tokens_per_s(&self) -> f64 {
+        let n = self.token_ids.len().saturating_sub(1);
+        if n == 0 || self.decode_time.is_zero() {
+            0.0
+        } else {
+            n as f64 / self.decode_time.as_secs_f64()
+        }
+    }
+}
+
+struct Row {
+    ids: Vec<i64>,
+    prompt_len: usize,
+    params: GenerationParams,
+    sampler: Sampler,
+    streamer: TextStreamer,
+    generated: Vec<u32>,
+    finished: Option<FinishReason>,
+    first_token_at: Option<Instant>,
+    finished_at: Option<Instant>,
+}
+
+/// Generates for one or more prompts at once (a static batch: the prompts are left-padded to
+/// one length and masked, so each row computes what it would alone). `on_event` sees every
+/// token as soon as it is chosen.
+pub fn generate<B: Backend>(
+    model: &Phi3VForCausalLM<B>,
+    processor: &Phi3VProcessor,
+    prompts: &[&ProcessedPrompt],
+    params: &[GenerationParams],
+    mut on_event: impl FnMut(StreamEvent<'_>),
+) -> Result<Vec<GenerationOutput>> {
+    if prompts.is_empty() {
+        return Ok(Vec::new());
+    }
+    if params.len() != prompts.len() && params.len() != 1 {
+        return Err(Phi3vError::InvalidInput(format!(
+            "{} parameter sets for {} prompts (give one, or one per prompt)",
+            params.len(),
+            prompts.len()
+        )));
+    }
+    let max_pos = model.config.text.max_position_embeddings;
+    let mut rows = Vec::with_capacity(prompts.len());
+    for (i, prompt) in prompts.iter().enumerate() {
+        let p = params.get(i).unwrap_or(&params[0]).clone();
+        p.validate()?;
+        if prompt.input_ids.is_empty() {
+            return Err(Phi3vError::InvalidInput(format!("prompt {i} has no tokens")));
+        }
+        let requested = prompt.input_ids.len() + p.max_new_tokens;
+        if requested > max_pos {
+            return Err(Phi3vError::ContextOverflow { requested, max: max_pos });
+        }
+        rows.push(Row {
+            ids: prompt.input_ids.clone(),
+            prompt_len: prompt.input_ids.len(),
+            sampler: Sampler::new(p.sampling.clone()),
+            streamer: TextStreamer::new(p.stop_strings.clone()),
+            params: p,
+            generated: Vec::new(),
+            finished: None,
+            first_token_at: None,
+            finished_at: None,
+        });
+    }
+    let start = Instant::now();
+    let device = model.device();
+    let dtype = model.dtype();
+
+    // Image tokens of every prompt, in (batch, position) order.
+    let images: Vec<_> = prompts.iter().flat_map(|p| p.images.iter()).collect();
+    let features = if images.is_empty() {
+        None
+    } else {
+        let crops: usize = images.iter().map(|i| i.num_used_crops).sum();
+        let data: Vec<f32> = images.iter().flat_map(|i| i.pixel_values.iter().copied()).collect();
+        let px = Tensor::<B, 4>::from_data(TensorData::new(data, [crops, 3, 336, 336]), (&device, dtype));
+        let grids: Vec<CropGrid> = images.iter().map(|i| i.crop_grid).collect();
+        Some(model.embed_images(px, &grids)?)
+    };
+
+    let mut cache = model.new_cache();
+    // Prefill: every row left-padded to the longest.
+    let mut logits = prefill(model, &rows, features.clone(), &mut cache)?;
+    loop {
+        // Choose one token per unfinished row.
+        let next = choose(&mut rows, logits)?;
+        for (b, row) in rows.iter_mut().enumerate() {
+            let Some(id) = next[b] else { continue };
+            let now = Instant::now();
+            row.first_token_at.get_or_insert(now);
+            row.generated.push(id);
+            row.ids.push(id as i64);
+            let (delta, stop_string) = row.streamer.push(id, processor)?;
+            on_event(StreamEvent {
+                sequence: b,
+                token_id: id,
+                text_delta: &delta,
+            });
+            let n = row.generated.len();
+            let stop_token = n > row.params.min_new_tokens && row.params.stop_token_ids.contains(&id);
+            if stop_token || stop_string {
+                row.finished = Some(FinishReason::Stop);
+            } else if n >= row.params.max_new_tokens {
+                row.finished = Some(FinishReason::Length);
+            }
+            if row.finished.is_some() {
+                row.finished_at = Some(now);
+                let (delta, _) = row.streamer.finish(processor)?;
+                if !delta.is_empty() {
+                    on_event(StreamEvent {
+                        sequence: b,
+                        token_id: id,
+                        text_delta: &delta,
+                    });
+                }
+            }
+        }
+        if rows.iter().all(|r| r.finished.is_some()) {
+            break;
+        }
+        // Finished rows keep stepping with their last token (ignored) so the batch stays
+        // rectangular. A row whose LongRoPE regime changes forces a recompute.
+        let regimes: Vec<RopeRegime> = rows.iter().map(|r| model.rope_regime(r.ids.len() - 1)).collect();
+        if regimes != cache.regimes {
+            cache.clear();
+            logits = prefill(model, &rows, features.clone(), &mut cache)?;
+        } else {
+            logits = decode_step(model, &rows, &regimes, &mut cache)?;
+        }
+    }
+
+    let mut outputs = Vec::with_capacity(rows.len());
+    for row in rows.iter_mut() {
+        let (_, text) = row.streamer.finish(processor)?;
+        let first = row.first_token_at.unwrap_or(start);
+        outputs.push(GenerationOutput {
+            token_ids: row.generated.clone(),
+            text,
+            finish_reason: row.finished.unwrap_or(FinishReason::Length),
+            prompt_tokens: row.prompt_len,
+            image_tokens: row.ids[..row.prompt_len].iter().filter(|&&i| i < 0).count(),
+            time_to_first_token: first - start,
+            decode_time: row.finished_at.unwrap_or(first) - first,
+        });
+    }
+    Ok(outputs)
+}
+
+/// Last-position logits of every row, still on the device: `[batch, vocab]`.
+type RowLogits<B> = Tensor<B, 2>;
+
+/// Full pass over every row's ids (prompt plus anything generated), left-padded.
+fn prefill<B: Backend>(
+    model: &Phi3VForCausalLM<B>,
+    rows: &[Row],
+    features: Option<Tensor<B, 2>>,
+    cache: &mut KvCache<B>,
+) -> Result<RowLogits<B>> {
+    let seq = rows.iter().map(|r| r.ids.len()).max().unwrap_or(0);
+    let padded: Vec<Vec<i64>> = rows
+        .iter()
+        .map(|r| {
+            let mut v = vec![0; seq - r.ids.len()];
+            v.extend_from_slice(&r.ids);
+            v
+        })
+        .collect();
+    let positions: Vec<Vec<usize>> = rows
+        .iter()
+        .map(|r| {
+            let pad = seq - r.ids.len();
+            (0..seq).map(|i| i.saturating_sub(pad)).collect()
+        })
+        .collect();
+    let regimes: Vec<RopeRegime> = rows.iter().map(|r| model.rope_regime(r.ids.len() - 1)).collect();
+    let mask = padding_mask::<B>(model, rows, seq, seq, &model.device());
+    let embeds = model.embed_inputs(&padded, features)?;
+    let out = model.forward(embeds, &positions, &regimes, cache, mask, false);
+    let [b, s, _] = out.last_hidden_state.dims();
+    let last = out.last_hidden_state.narrow(1, s - 1, 1); // rows end together (left padding)
+    Ok(model.logits(last).reshape([b, model.config.text.vocab_size]))
+}
+
+/// One new token per row.
+fn decode_step<B: Backend>(
+    model: &Phi3VForCausalLM<B>,
+    rows: &[Row],
+    regimes: &[RopeRegime],
+    cache: &mut KvCache<B>,
+) -> Result<RowLogits<B>> {
+    let ids: Vec<Vec<i64>> = rows.iter().map(|r| vec![*r.ids.last().unwrap_or(&0)]).collect();
+    let positions: Vec<Vec<usize>> = rows.iter().map(|r| vec![r.ids.len() - 1]).collect();
+    let keys = cache.len() + 1;
+    let mask = padding_mask::<B>(model, rows, 1, keys, &model.device());
+    let embeds = model.embed_inputs(&ids, None)?;
+    let out = model.forward(embeds, &positions, regimes, cache, mask, false);
+    let b = rows.len();
+    Ok(model.logits(out.last_hidden_state).reshape([b, model.config.text.vocab_size]))
+}
+
+/// For rows shorter than the batch: a mask hiding their left padding (`true` = masked), causal
+/// for the last `queries` of `keys` columns. Padding queries see only themselves, so no row is
+/// fully masked. `None` when no row is padded (plain causal attention).
+fn padding_mask<B: Backend>(
+    model: &Phi3VForCausalLM<B>,
+    rows: &[Row],
+    queries: usize,
+    keys: usize,
+    device: &B::Device,
+) -> Option<Tensor<B, 4, Bool>> {
+    let longest = rows.iter().map(|r| r.ids.len()).max().unwrap_or(0);
+    if rows.iter().all(|r| r.ids.len() == longest) {
+        return None;
+    }
+    let b = rows.len();
+    let mut m = Vec::with_capacity(b * queries * keys);
+    for r in rows {
+        let pad = longest - r.ids.len();
+        for q in 0..queries {
+            let qcol = keys - queries + q; // this query's own column
+            for k in 0..keys {
+                let masked = if qcol < pad { k != qcol } else { k < pad || k > qcol };
+                m.push(masked);
+            }
+        }
+    }
+    let heads = model.config.text.num_attention_heads;
+    let mask = Tensor::<B, 4, Bool>::from_data(TensorData::new(m, [b, 1, queries, keys]), device);
+    Some(mask.expand([b, heads, queries, keys]))
+}
+
+/// Picks the next token of every unfinished row (`None` for finished rows).
+fn choose<B: Backend>(rows: &mut [Row], logits: RowLogits<B>) -> Result<Vec<Option<u32>>> {
+    let [b, vocab] = logits.dims();
+    let host_needed = rows.iter().any(|r| {
+        r.finished.is_none()
+            && (!r.sampler.is_plain_greedy() || (r.generated.len() < r.params.min_new_tokens && !r.params.stop_token_ids.is_empty()))
+    });
+    if !host_needed {
+        // Greedy for everyone: only the argmax leaves the device.
+        let ids: Tensor<B, 2, Int> = logits.argmax(1);
+        let ids = ids
+            .into_data()
+            .convert::<i64>()
+            .to_vec::<i64>()
+            .map_err(|e| Phi3vError::Backend(format!("{e:?}")))?;
+        return Ok(rows
+            .iter()
+            .zip(ids)
+            .map(|(r, id)| r.finished.is_none().then_some(id as u32))
+            .collect());
+    }
+    let mut host = logits
+        .into_data()
+        .convert::<f32>()
+        .to_vec::<f32>()
+        .map_err(|e| Phi3vError::Backend(format!("{e:?}")))?;
+    let mut out = Vec::with_capacity(b);
+    for (i, row) in rows.iter_mut().enumerate() {
+        if row.finished.is_some() {
+            out.push(None);
+            continue;
+        }
+        let slice = &mut host[i * vocab..(i + 1) * vocab];
+        if row.generated.len() < row.params.min_new_tokens {
+            for &id in &row.params.stop_token_ids {
+                if let Some(l) = slice.get_mut(id as usize) {
+                    *l = f32::NEG_INFINITY;
+                }
+            }
+        }
+        let history: Vec<u32> = row.ids.iter().filter(|&&i| i >= 0).map(|&i| i as u32).collect();
+        out.push(Some(row.sampler.sample(slice, &history)));
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn invalid_parameters_are_typed_errors() {
+        let cases: Vec<(GenerationParams, &str)> = vec![
+            (GenerationParams { max_new_tokens: 0, ..Default::default() }, "max_new_tokens"),
+            (GenerationParams { max_new_tokens: 4, min_new_tokens: 5, ..Default::default() }, "min_new_tokens"),
+            (GenerationParams { sampling: SamplingParams { temperature: -0.5, ..Default::default() }, ..Default::default() }, "temperature"),
+            (GenerationParams { sampling: SamplingParams { temperature: f32::NAN, ..Default::default() }, ..Default::default() }, "temperature"),
+            (GenerationParams { sampling: SamplingParams { top_p: 0.0, ..Default::default() }, ..Default::default() }, "top_p"),
+            (GenerationParams { sampling: SamplingParams { top_p: 1.5, ..Default::default() }, ..Default::default() }, "top_p"),
+            (GenerationParams { sampling: SamplingParams { repetition_penalty: 0.0, ..Default::default() }, ..Default::default() }, "repetition_penalty"),
+            (GenerationParams { stop_strings: vec![String::new()], ..Default::default() }, "stop_strings"),
+        ];
+        for (p, name) in cases {
+            match p.validate() {
+                Err(Phi3vError::InvalidParameter { name: n, .. }) => assert_eq!(n, name),
+                other => panic!("{name}: expected InvalidParameter, got {other:?}"),
+            }
+        }
+        assert!(GenerationParams::default().validate().is_ok());
+    }
+
+    #[test]
+    fn sampler_is_reproducible_and_respects_top_k() {
+        let logits: Vec<f32> = (0..100).map(|i| (i as f32 * 0.37).sin() * 3.0).collect();
+        let params = SamplingParams { temperature: 1.0, top_k: 5, seed: 7, ..Default::default() };
+        let draw = |p: &SamplingParams| {
+            let mut s = Sampler::new(p.clone());
+            (0..50).map(|_| s.sample(&mut logits.clone(), &[])).collect::<Vec<_>>()
+        };
+        let a = draw(&params);
+        assert_eq!(a, draw(&params));
+        let mut top5: Vec<usize> = (0..100).collect();
+        top5.sort_by(|&x, &y| logits[y].total_cmp(&logits[x]));
+        assert!(a.iter().all(|t| top5[..5].contains(&(*t as usize))));
+        assert_ne!(a, draw(&SamplingParams { seed: 8, ..params.clone() }), "another seed gives other tokens");
+        let mut greedy = Sampler::new(SamplingParams::default());
+        assert_eq!(greedy.sample(&mut logits.clone(), &[]) as usize, top5[0]);
+    }
+
+    #[test]
+    fn top_p_keeps_the_nucleus() {
+        // One token holds 90% of the mass: top_p 0.5 must always pick it.
+        let mut logits = vec![0.0f32; 10];
+        logits[3] = 10.0;
+        let mut s = Sampler::new(SamplingParams { temperature: 1.0, top_p: 0.5, seed: 1, ..Default::default() });
+        assert!((0..100).all(|_| s.sample(&mut logits.clone(), &[]) == 3));
+    }
+
+    #[test]
+    fn repetition_penalty_discourages_seen_tokens() {
+        let mut s = Sampler::new(SamplingParams { repetition_penalty: 2.0, ..Default::default() });
+        let mut logits = vec![1.0f32, 1.5, 0.2];
+        assert_eq!(s.sample(&mut logits, &[1]), 0, "1.5/2 = 0.75 < 1.0");
+    }
+}
