@@ -316,6 +316,8 @@ impl GenerationOutput {
 
 struct Row {
     ids: Vec<i64>,
+    /// Left-padding columns of this row in the cache (set by every prefill).
+    pad: usize,
     prompt_len: usize,
     params: GenerationParams,
     sampler: Sampler,
@@ -360,6 +362,7 @@ pub fn generate<B: Backend>(
         }
         rows.push(Row {
             ids: prompt.input_ids.clone(),
+            pad: 0,
             prompt_len: prompt.input_ids.len(),
             sampler: Sampler::new(p.sampling.clone()),
             streamer: TextStreamer::new(p.stop_strings.clone()),
@@ -388,7 +391,7 @@ pub fn generate<B: Backend>(
 
     let mut cache = model.new_cache();
     // Prefill: every row left-padded to the longest.
-    let mut logits = prefill(model, &rows, features.clone(), &mut cache)?;
+    let mut logits = prefill(model, &mut rows, features.clone(), &mut cache)?;
     loop {
         // Choose one token per unfinished row.
         let next = choose(&mut rows, logits)?;
@@ -431,7 +434,7 @@ pub fn generate<B: Backend>(
         let regimes: Vec<RopeRegime> = rows.iter().map(|r| model.rope_regime(r.ids.len() - 1)).collect();
         if regimes != cache.regimes {
             cache.clear();
-            logits = prefill(model, &rows, features.clone(), &mut cache)?;
+            logits = prefill(model, &mut rows, features.clone(), &mut cache)?;
         } else {
             logits = decode_step(model, &rows, &regimes, &mut cache)?;
         }
@@ -460,11 +463,14 @@ type RowLogits<B> = Tensor<B, 2>;
 /// Full pass over every row's ids (prompt plus anything generated), left-padded.
 fn prefill<B: Backend>(
     model: &Phi3VForCausalLM<B>,
-    rows: &[Row],
+    rows: &mut [Row],
     features: Option<Tensor<B, 2>>,
     cache: &mut KvCache<B>,
 ) -> Result<RowLogits<B>> {
     let seq = rows.iter().map(|r| r.ids.len()).max().unwrap_or(0);
+    for r in rows.iter_mut() {
+        r.pad = seq - r.ids.len();
+    }
     let padded: Vec<Vec<i64>> = rows
         .iter()
         .map(|r| {
@@ -508,7 +514,8 @@ fn decode_step<B: Backend>(
 
 /// For rows shorter than the batch: a mask hiding their left padding (`true` = masked), causal
 /// for the last `queries` of `keys` columns. Padding queries see only themselves, so no row is
-/// fully masked. `None` when no row is padded (plain causal attention).
+/// fully masked. `None` when no row is padded (plain causal attention). Rows that finished
+/// keep stepping, so the padding recorded at prefill stays right for every row.
 fn padding_mask<B: Backend>(
     model: &Phi3VForCausalLM<B>,
     rows: &[Row],
@@ -516,14 +523,13 @@ fn padding_mask<B: Backend>(
     keys: usize,
     device: &B::Device,
 ) -> Option<Tensor<B, 4, Bool>> {
-    let longest = rows.iter().map(|r| r.ids.len()).max().unwrap_or(0);
-    if rows.iter().all(|r| r.ids.len() == longest) {
+    if rows.iter().all(|r| r.pad == 0) {
         return None;
     }
     let b = rows.len();
     let mut m = Vec::with_capacity(b * queries * keys);
     for r in rows {
-        let pad = longest - r.ids.len();
+        let pad = r.pad;
         for q in 0..queries {
             let qcol = keys - queries + q; // this query's own column
             for k in 0..keys {

@@ -95,6 +95,28 @@ fn logits_rows<B: Backend>(model: &Phi3VForCausalLM<B>, hidden: &Tensor<B, 3>, s
     to_vec(model.logits(hidden.clone().narrow(1, start, len)))
 }
 
+/// Last-position logits of one sequence computed from scratch (no cache), as the reference's
+/// greedy loop did.
+pub fn last_logits_by_recompute<B: Backend>(model: &Phi3VForCausalLM<B>, ids: &[i64], features: Option<Tensor<B, 2>>) -> Vec<f32> {
+    let n = ids.len();
+    let embeds = model.embed_inputs(&[ids.to_vec()], features).expect("inputs embed");
+    let mut cache = model.new_cache();
+    let out = model.forward(embeds, &[(0..n).collect()], &[model.rope_regime(n - 1)], &mut cache, None, false);
+    logits_rows(model, &out.last_hidden_state, n - 1, 1)
+}
+
+/// Greedy ids by full recomputation at every step.
+pub fn greedy_by_recompute<B: Backend>(model: &Phi3VForCausalLM<B>, prompt: &[i64], features: Option<Tensor<B, 2>>, steps: usize) -> Vec<u32> {
+    let mut ids = prompt.to_vec();
+    let mut out = Vec::new();
+    for _ in 0..steps {
+        let next = topk(&last_logits_by_recompute(model, &ids, features.clone()), 1)[0] as u32;
+        out.push(next);
+        ids.push(next as i64);
+    }
+    out
+}
+
 /// Uploads preprocessed images as one `[Σ crops, 3, 336, 336]` tensor.
 pub fn pixel_tensor<B: Backend>(images: &[ProcessedImage], device: &B::Device, dtype: DType) -> Option<(Tensor<B, 4>, Vec<CropGrid>)> {
     if images.is_empty() {
@@ -265,11 +287,7 @@ pub fn run_case_with<B: Backend>(case: &Case, device: &B::Device, dtype: DType, 
     let mut seq_ids = ref_ids.to_vec();
     r.greedy_equal = true;
     for step in 0..case.tensor("greedy_ids").i64().len() {
-        let n = seq_ids.len();
-        let embeds = model.embed_inputs(&[seq_ids.clone()], features.clone()).expect("inputs embed");
-        let mut cache = model.new_cache();
-        let out = model.forward(embeds, &[(0..n).collect()], &[model.rope_regime(n - 1)], &mut cache, None, false);
-        let row = logits_rows(model, &out.last_hidden_state, n - 1, 1);
+        let row = last_logits_by_recompute(model, &seq_ids, features.clone());
         let next = topk(&row, 1)[0] as i64;
         r.greedy_ids.push(next);
         let rid = &gids[step * k..(step + 1) * k];
