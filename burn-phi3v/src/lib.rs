@@ -4,6 +4,7 @@
 //! defined once over Burn's [`Backend`](burn::tensor::backend::Backend) trait.
 
 pub mod config;
+pub mod device;
 pub mod error;
 pub mod generation;
 pub mod image_processor;
@@ -17,4 +18,4 @@ pub use error::{Phi3vError, Result};
 pub use generation::{FinishReason, GenerationOutput, GenerationParams, SamplingParams, StreamEvent, generate};
 pub use loader::LoadedModel;
 pub use model::Phi3VForCausalLM;
-pub use processor::{Message, Phi3VProcessor, ProcessedPrompt, apply_chat_template};
+pub use processor::{Message, Phi3VProcessor, ProcessedPrompt, apply_chat_template, with_image_tags};

@@ -43,6 +43,18 @@ pub fn apply_chat_template(messages: &[Message], add_generation_prompt: bool) ->
     out
 }
 
+/// A user message for `n_images` images: `<|image_1|>\n…<|image_n|>\n` before `text`, unless
+/// `text` already places its own `<|image_k|>` tags (the model cards' multi-image format).
+pub fn with_image_tags(text: &str, n_images: usize) -> String {
+    let tagged = split_image_tags(text).iter().any(|p| matches!(p, Piece::Image(_)));
+    if n_images == 0 || tagged {
+        return text.to_string();
+    }
+    let mut out: String = (1..=n_images).map(|k| format!("<|image_{k}|>\n")).collect();
+    out.push_str(text);
+    out
+}
+
 /// A piece of a prompt split at image tags.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Piece<'a> {
@@ -274,6 +286,13 @@ mod tests {
             ]
         );
         assert_eq!(split_image_tags("plain"), vec![Piece::Text("plain")]);
+    }
+
+    #[test]
+    fn image_tags_are_prepended_once() {
+        assert_eq!(with_image_tags("Compare.", 2), "<|image_1|>\n<|image_2|>\nCompare.");
+        assert_eq!(with_image_tags("See <|image_1|> here", 1), "See <|image_1|> here");
+        assert_eq!(with_image_tags("No images", 0), "No images");
     }
 
     #[test]
