@@ -57,6 +57,9 @@ pub struct GenerationParams {
     pub stop_token_ids: Vec<u32>,
     /// Strings that end generation; the text is cut before them.
     pub stop_strings: Vec<String>,
+    /// Token ids whose log-probabilities (log-softmax over the whole vocabulary, before any
+    /// sampling transform) are reported at the first generated position — e.g. option letters.
+    pub first_step_logprobs: Vec<u32>,
 }
 
 impl Default for GenerationParams {
@@ -67,6 +70,7 @@ impl Default for GenerationParams {
             sampling: SamplingParams::default(),
             stop_token_ids: Vec::new(),
             stop_strings: Vec::new(),
+            first_step_logprobs: Vec::new(),
         }
     }
 }
@@ -174,6 +178,15 @@ impl Sampler {
         }
         idx[idx.len() - 1] as u32
     }
+}
+
+/// `log_softmax(row)[id]` for each id (−∞ for ids outside the row), computed in f64.
+fn log_softmax_at(row: &[f32], ids: &[u32]) -> Vec<f32> {
+    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+    let lse = max + row.iter().map(|&x| (x as f64 - max).exp()).sum::<f64>().ln();
+    ids.iter()
+        .map(|&id| row.get(id as usize).map_or(f32::NEG_INFINITY, |&x| (x as f64 - lse) as f32))
+        .collect()
 }
 
 fn argmax(row: &[f32]) -> u32 {
@@ -300,6 +313,8 @@ pub struct GenerationOutput {
     pub time_to_first_token: Duration,
     /// Time spent after the first token.
     pub decode_time: Duration,
+    /// Log-probabilities of `GenerationParams::first_step_logprobs` at the first position.
+    pub first_step_logprobs: Vec<f32>,
 }
 
 impl GenerationOutput {
@@ -326,6 +341,7 @@ struct Row {
     finished: Option<FinishReason>,
     first_token_at: Option<Instant>,
     finished_at: Option<Instant>,
+    first_logprobs: Vec<f32>,
 }
 
 /// Generates for one or more prompts at once (a static batch: the prompts are left-padded to
@@ -371,6 +387,7 @@ pub fn generate<B: Backend>(
             finished: None,
             first_token_at: None,
             finished_at: None,
+            first_logprobs: Vec::new(),
         });
     }
     let start = Instant::now();
@@ -452,6 +469,7 @@ pub fn generate<B: Backend>(
             image_tokens: row.ids[..row.prompt_len].iter().filter(|&&i| i < 0).count(),
             time_to_first_token: first - start,
             decode_time: row.finished_at.unwrap_or(first) - first,
+            first_step_logprobs: std::mem::take(&mut row.first_logprobs),
         });
     }
     Ok(outputs)
@@ -548,7 +566,9 @@ fn choose<B: Backend>(rows: &mut [Row], logits: RowLogits<B>) -> Result<Vec<Opti
     let [b, vocab] = logits.dims();
     let host_needed = rows.iter().any(|r| {
         r.finished.is_none()
-            && (!r.sampler.is_plain_greedy() || (r.generated.len() < r.params.min_new_tokens && !r.params.stop_token_ids.is_empty()))
+            && (!r.sampler.is_plain_greedy()
+                || (r.generated.len() < r.params.min_new_tokens && !r.params.stop_token_ids.is_empty())
+                || (r.generated.is_empty() && !r.params.first_step_logprobs.is_empty()))
     });
     if !host_needed {
         // Greedy for everyone: only the argmax leaves the device.
@@ -576,6 +596,9 @@ fn choose<B: Backend>(rows: &mut [Row], logits: RowLogits<B>) -> Result<Vec<Opti
             continue;
         }
         let slice = &mut host[i * vocab..(i + 1) * vocab];
+        if row.generated.is_empty() && !row.params.first_step_logprobs.is_empty() {
+            row.first_logprobs = log_softmax_at(slice, &row.params.first_step_logprobs);
+        }
         if row.generated.len() < row.params.min_new_tokens {
             for &id in &row.params.stop_token_ids {
                 if let Some(l) = slice.get_mut(id as usize) {

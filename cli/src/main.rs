@@ -17,6 +17,8 @@ use burn_phi3v::{GenerationParams, LoadedModel, Message, Phi3VProcessor, Samplin
 use clap::{Args, Parser, Subcommand};
 use phi3v_devices::{DeviceFn, with_device};
 
+mod mmmu;
+
 /// The tiny random-weight checkpoint shipped in the repository: the default `--model`, so the
 /// first command works with no download (its answers are meaningless text).
 const EMBEDDED_MODEL: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/models/phi35v-tiny");
@@ -36,6 +38,11 @@ enum Command {
     Tokenize(TokenizeArgs),
     /// List the devices this build and this machine offer.
     Devices,
+    /// MMMU accuracy runs and cross-device comparisons.
+    Mmmu {
+        #[command(subcommand)]
+        command: mmmu::MmmuCommand,
+    },
 }
 
 #[derive(Args, Clone)]
@@ -226,6 +233,7 @@ impl DeviceFn for GenerateJob {
             },
             stop_token_ids: loaded.stop_token_ids(),
             stop_strings: a.stop.clone(),
+            ..Default::default()
         };
         let mut stdout = std::io::stdout().lock();
         let json = a.json;
@@ -283,6 +291,7 @@ fn run(cli: Cli) -> CliResult<()> {
             devices();
             Ok(())
         }
+        Command::Mmmu { command } => mmmu::run(command),
     }
 }
 

@@ -6,9 +6,14 @@ use std::path::{Path, PathBuf};
 use safetensors::{Dtype, SafeTensors};
 use serde_json::Value;
 
-/// `tests/fixtures` of this repository.
+/// `tests/fixtures` of this repository: `$PHI3V_FIXTURES` if set, else the source tree this was
+/// built from, else `tests/fixtures` under the current directory (a binary carried elsewhere).
 pub fn fixtures_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures")
+    if let Some(dir) = std::env::var_os("PHI3V_FIXTURES") {
+        return PathBuf::from(dir);
+    }
+    let built = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures");
+    if built.is_dir() { built } else { PathBuf::from("tests/fixtures") }
 }
 
 /// A tiny checkpoint folder (`phi3v-tiny`, `phi35v-tiny`).

@@ -1,8 +1,10 @@
 //! The accuracy loop in one place: fixture readers, named tolerances, and a parity runner
 //! written once and run on every backend (tests, and the GPU parity report).
 
+pub mod devices;
 pub mod fixtures;
 pub mod parity;
+pub mod stages;
 pub mod tolerance;
 
 pub use fixtures::{Case, FixtureTensor, fixtures_dir, model_dir};

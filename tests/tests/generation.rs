@@ -161,3 +161,29 @@ fn invalid_requests_are_typed_errors() {
         Err(burn_phi3v::Phi3vError::InvalidParameter { name: "top_p", .. })
     ));
 }
+
+/// A prompt fed in two chunks over the KV cache (several queries after a cached prefix) gives
+/// the logits of one pass: the causal mask is aligned to the end of the keys.
+#[test]
+fn chunked_prefill_equals_one_pass() {
+    let case = Case::load("text_only");
+    let m = load(&case.model);
+    let ids = case.tensor("input_ids").i64().to_vec();
+    let n = ids.len();
+    let regime = [m.model.rope_regime(n - 1)];
+    let one = {
+        let mut cache = m.model.new_cache();
+        let e = m.model.embed_inputs(&[ids.clone()], None).unwrap();
+        m.model.forward(e, &[(0..n).collect()], &regime, &mut cache, None, false).last_hidden_state
+    };
+    let mut cache = m.model.new_cache();
+    let split = 7;
+    let e = m.model.embed_inputs(&[ids[..split].to_vec()], None).unwrap();
+    m.model.forward(e, &[(0..split).collect()], &regime, &mut cache, None, false);
+    let e = m.model.embed_inputs(&[ids[split..].to_vec()], None).unwrap();
+    let two = m.model.forward(e, &[(split..n).collect()], &regime, &mut cache, None, false).last_hidden_state;
+    let a = one.narrow(1, split, n - split).into_data().to_vec::<f32>().unwrap();
+    let b = two.into_data().to_vec::<f32>().unwrap();
+    let err = phi3v_tests::tolerance::max_abs_diff(&a, &b);
+    assert!(err <= phi3v_tests::Tolerance::F32.hidden, "chunked prefill differs by {err}");
+}

@@ -1,70 +1,64 @@
-//! Fixture parity in f32 on the CPU (Burn's Flex backend).
+//! Fixture parity, written once and run on every device this build and machine offer
+//! (`PHI3V_TEST_DEVICES` narrows or widens the list, e.g. `cpu:f32,wgpu:f32,wgpu:f16`).
 
 use burn::backend::Flex;
 use burn::tensor::DType;
-use phi3v_tests::{Case, run_case};
-
-fn check(name: &str) {
-    let case = Case::load(name);
-    let report = run_case::<Flex>(&case, &Default::default(), DType::F32);
-    eprintln!("{report:?}");
-    report.assert_ok();
-}
+use phi3v_tests::Case;
+use phi3v_tests::devices::{check_case_everywhere, check_probe_everywhere};
 
 #[test]
 fn text_only() {
-    check("text_only");
-}
-
-fn probe(model: &str) {
-    let report = phi3v_tests::parity::run_vision_probe::<Flex>(model, &Default::default(), DType::F32);
-    eprintln!("{report:?}");
-    report.assert_ok();
-}
-
-#[test]
-fn vision_probe_phi3v() {
-    probe("phi3v-tiny");
-}
-
-#[test]
-fn vision_probe_phi35v() {
-    probe("phi35v-tiny");
+    check_case_everywhere("text_only");
 }
 
 #[test]
 fn astronaut_describe() {
-    check("astronaut_describe");
+    check_case_everywhere("astronaut_describe");
 }
 
 #[test]
 fn coffee_portrait() {
-    check("coffee_portrait");
+    check_case_everywhere("coffee_portrait");
 }
 
 #[test]
 fn two_images() {
-    check("two_images");
+    check_case_everywhere("two_images");
 }
 
 #[test]
 fn long_context_two_images() {
-    check("long_context_two_images");
+    check_case_everywhere("long_context_two_images");
 }
 
 #[test]
 fn tiny_rgba_upscaled() {
-    check("tiny_rgba_upscaled");
+    check_case_everywhere("tiny_rgba_upscaled");
 }
 
 #[test]
 fn panorama() {
-    check("panorama");
+    check_case_everywhere("panorama");
 }
 
 #[test]
 fn camera_gray_jpeg() {
-    check("camera_gray_jpeg");
+    check_case_everywhere("camera_gray_jpeg");
+}
+
+#[test]
+fn multi_turn() {
+    check_case_everywhere("multi_turn");
+}
+
+#[test]
+fn vision_probe_phi3v() {
+    check_probe_everywhere("phi3v-tiny");
+}
+
+#[test]
+fn vision_probe_phi35v() {
+    check_probe_everywhere("phi35v-tiny");
 }
 
 /// The same case through our own JPEG decoder (one 8-bit level off on ~0.6% of pixels):
@@ -76,11 +70,6 @@ fn camera_gray_jpeg_own_decoder() {
     eprintln!("{report:?}");
     report.assert_ok();
     assert!(report.greedy_equal);
-}
-
-#[test]
-fn multi_turn() {
-    check("multi_turn");
 }
 
 #[test]

@@ -2,6 +2,10 @@
 //! `cpu`, `cuda`, `cuda:N`, `wgpu`, `wgpu:N`, `vulkan`, `vulkan:N`. Backends are additive
 //! cargo features; [`with_device`] runs generic code on the Burn backend a string names.
 
+mod pipeline;
+
+pub use pipeline::{Pipeline, PipelineError};
+
 use burn::tensor::{DType, backend::Backend};
 use burn_phi3v::device::{DeviceInfo, dtype_name, parse_dtype};
 

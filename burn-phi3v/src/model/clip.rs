@@ -2,11 +2,11 @@
 //! Phi-3-vision uses it: hidden states up to `layer_idx`, no pooled output.
 //! Reference: transformers `models/clip/modeling_clip.py`; spec §3.1–3.3.
 
-use burn::tensor::{Tensor, activation::sigmoid, backend::Backend, module::attention, ops::AttentionModuleOptions};
+use burn::tensor::{Tensor, activation::sigmoid, backend::Backend};
 
 use crate::config::VisionConfig;
 use crate::error::Result;
-use crate::model::nn::{LayerNorm, Linear};
+use crate::model::nn::{LayerNorm, Linear, attend};
 use crate::weights::Weights;
 
 /// `CLIPVisionEmbeddings`: patch "conv" (a matmul over flattened 14×14 patches), class token,
@@ -92,12 +92,7 @@ impl<B: Backend> ClipAttention<B> {
         let q = heads(self.q_proj.forward(x.clone()));
         let k = heads(self.k_proj.forward(x.clone()));
         let v = heads(self.v_proj.forward(x));
-        let options = AttentionModuleOptions {
-            scale: None, // head_dim^-0.5
-            softcap: None,
-            is_causal: false,
-        };
-        let out = attention(q, k, v, None, None, options).swap_dims(1, 2).reshape([n, t, d]);
+        let out = attend(q, k, v, None, false).swap_dims(1, 2).reshape([n, t, d]); // head_dim^-0.5
         self.out_proj.forward(out)
     }
 }

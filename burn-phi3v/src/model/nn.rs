@@ -1,7 +1,14 @@
 //! Leaf blocks shared by the decoder and the vision tower. Weights keep the checkpoint's
 //! names; numerically sensitive reductions run in f32 as the reference does.
 
-use burn::tensor::{DType, FloatDType, Tensor, backend::Backend, module::linear};
+use std::sync::atomic::{AtomicU8, Ordering};
+
+use burn::tensor::{
+    Bool, DType, FloatDType, Tensor,
+    backend::Backend,
+    module::{attention, attention_fallback, linear},
+    ops::AttentionModuleOptions,
+};
 
 use crate::error::Result;
 use crate::weights::Weights;
@@ -74,5 +81,51 @@ impl<B: Backend> LayerNorm<B> {
         let x = (x - mean) / (var + self.eps).sqrt();
         let x = from_f32(x, dtype);
         x * self.weight.clone().unsqueeze() + self.bias.clone().unsqueeze()
+    }
+}
+
+/// 0 = not decided yet, 1 = the backend's fused attention, 2 = composed (matmul, softmax, matmul).
+static ATTENTION: AtomicU8 = AtomicU8::new(0);
+
+/// Chooses Burn's composed attention (`attention_fallback`: matmul, f32-safe softmax, matmul)
+/// instead of the backend's fused kernels, for both towers. A workaround switch for backends
+/// whose fused attention misbehaves on some shapes; also set by `PHI3V_COMPOSED_ATTENTION=1`.
+pub fn set_composed_attention(composed: bool) {
+    ATTENTION.store(if composed { 2 } else { 1 }, Ordering::Relaxed);
+}
+
+/// Whether attention is composed from basic ops (see [`set_composed_attention`]).
+pub fn composed_attention() -> bool {
+    match ATTENTION.load(Ordering::Relaxed) {
+        0 => {
+            let on = std::env::var("PHI3V_COMPOSED_ATTENTION").is_ok_and(|v| v == "1" || v == "true");
+            set_composed_attention(on);
+            on
+        }
+        v => v == 2,
+    }
+}
+
+/// Scaled dot-product attention, `scale = 1/sqrt(head_dim)`.
+///
+/// # Shapes
+/// `q`: `[batch, heads, queries, head_dim]`; `k`, `v`: `[batch, heads, keys, head_dim]`;
+/// `mask`: `[batch, heads, queries, keys]` (`true` = masked) → `[batch, heads, queries, head_dim]`
+pub fn attend<B: Backend>(
+    q: Tensor<B, 4>,
+    k: Tensor<B, 4>,
+    v: Tensor<B, 4>,
+    mask: Option<Tensor<B, 4, Bool>>,
+    is_causal: bool,
+) -> Tensor<B, 4> {
+    let options = AttentionModuleOptions {
+        scale: None,
+        softcap: None,
+        is_causal,
+    };
+    if composed_attention() {
+        attention_fallback(q, k, v, mask, None, options)
+    } else {
+        attention(q, k, v, mask, None, options)
     }
 }

@@ -8,13 +8,12 @@ use burn::tensor::{
     Bool, DType, Int, Tensor, TensorData,
     activation::silu,
     backend::Backend,
-    module::{attention, embedding},
-    ops::AttentionModuleOptions,
+    module::embedding,
 };
 
 use crate::config::{RopeScaling, TextConfig};
 use crate::error::Result;
-use crate::model::nn::{Linear, from_f32, to_f32};
+use crate::model::nn::{Linear, attend, from_f32, to_f32};
 use crate::weights::Weights;
 
 // ---------------------------------------------------------------------------------------------
@@ -299,15 +298,29 @@ impl<B: Backend> Phi3Attention<B> {
         } else {
             (k, v)
         };
-        let options = AttentionModuleOptions {
-            scale: None, // 1/sqrt(head_dim)
-            softcap: None,
-            is_causal: mask.is_none(),
+        // Backends disagree on how a causal flag aligns when queries are fewer than keys
+        // (Burn's fallback: bottom-right; cubek's flash kernels: top-left), so the flag is
+        // only used when queries and keys coincide. One new query sees every key; several new
+        // queries after a cached prefix get an explicit bottom-right mask.
+        let t = k.dims()[2];
+        let (mask, is_causal) = match mask {
+            Some(m) => (Some(m), false),
+            None if t == s => (None, true),
+            None if s == 1 => (None, false),
+            None => (Some(causal_mask::<B>(b, h, s, t, &k.device())), false),
         };
-        let out = attention(q, k, v, mask, None, options); // [b, h, s, hd]
+        let out = attend(q, k, v, mask, is_causal); // [b, h, s, hd]
         let out = out.swap_dims(1, 2).reshape([b, s, h * hd]);
         self.o_proj.forward(out)
     }
+}
+
+/// Bottom-right-aligned causal mask (`true` = masked) for `queries` new positions after
+/// `keys − queries` cached ones.
+fn causal_mask<B: Backend>(b: usize, h: usize, queries: usize, keys: usize, device: &B::Device) -> Tensor<B, 4, Bool> {
+    let offset = keys - queries;
+    let m: Vec<bool> = (0..queries).flat_map(|q| (0..keys).map(move |k| k > q + offset)).collect();
+    Tensor::<B, 4, Bool>::from_data(TensorData::new(m, [1, 1, queries, keys]), device).expand([b, h, queries, keys])
 }
 
 // ---------------------------------------------------------------------------------------------

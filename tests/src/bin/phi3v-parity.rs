@@ -1,0 +1,119 @@
+//! `phi3v-parity`: the fixture parity suite on any device, printed as a Markdown table.
+//!
+//! ```text
+//! phi3v-parity --device cuda --dtype bf16
+//! phi3v-parity --device wgpu --dtype f32 --cases text_only,two_images
+//! ```
+//! Exit code 1 if any check fails. The same checks run under `cargo test -p phi3v-tests`.
+
+use std::process::ExitCode;
+
+use burn_phi3v::device::dtype_name;
+use phi3v_tests::Case;
+use phi3v_tests::devices::{CaseJob, ProbeJob};
+
+fn arg(args: &[String], name: &str) -> Option<String> {
+    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1).cloned())
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().collect();
+    if args.iter().any(|a| a == "--help" || a == "-h") {
+        println!("usage: phi3v-parity [--device SPEC] [--dtype f32|f16|bf16] [--cases a,b,...] [--stages]\n(PHI3V_COMPOSED_ATTENTION=1 composes attention from matmul and softmax)");
+        return ExitCode::SUCCESS;
+    }
+    let device = arg(&args, "--device").unwrap_or_else(|| "cpu".into());
+    let dtype = arg(&args, "--dtype");
+    let info = match phi3v_devices::device_info(&device) {
+        Ok(i) => i,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let dt = match phi3v_devices::resolve_dtype(&info, dtype.as_deref()) {
+        Ok(d) => dtype_name(d),
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if args.iter().any(|a| a == "--stages") {
+        // Vision tower stage by stage against the CPU, with the backend's fused attention and
+        // with composed attention.
+        use phi3v_tests::stages::{Stages, stage_errors};
+        let reference = phi3v_devices::with_device("cpu", Some("f32"), Stages).expect("cpu");
+        let fused = phi3v_devices::with_device(&device, Some(dt), Stages).expect("device");
+        burn_phi3v::model::nn::set_composed_attention(true);
+        let composed = phi3v_devices::with_device(&device, Some(dt), Stages).expect("device");
+        burn_phi3v::model::nn::set_composed_attention(false);
+        println!("| vision stage ({device} {dt}) | max abs Δ vs cpu, fused attention | composed attention |\n|---|---|---|");
+        for ((n, a), (_, b)) in stage_errors(&reference, &fused).into_iter().zip(stage_errors(&reference, &composed)) {
+            println!("| {n} | {a:.2e} | {b:.2e} |");
+        }
+        println!();
+    }
+    let cases: Vec<String> = match arg(&args, "--cases") {
+        Some(c) => c.split(',').map(str::to_string).collect(),
+        None => {
+            let mut n = Case::names();
+            n.sort();
+            n
+        }
+    };
+    println!("device `{device}` ({}), dtype {dt}\n", info.name);
+    println!("| case | pass | max abs Δ pixels | Δ vision embeds | Δ hidden | Δ top-5 logits | Δ last logits | top-1 agree | greedy = ref (recompute) | cached = recompute |");
+    println!("|---|---|---|---|---|---|---|---|---|---|");
+    let mut ok = true;
+    let fmt = |v: Option<f32>| v.map_or("–".to_string(), |x| format!("{x:.2e}"));
+    for name in &cases {
+        let case = Case::load(name);
+        let start = std::time::Instant::now();
+        let r = match phi3v_devices::with_device(&device, Some(dt), CaseJob(&case)) {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        let cached_ok = !r.failures.iter().any(|f| f.starts_with("cached greedy"));
+        println!(
+            "| {} | {} | {} | {} | {:.2e} | {:.2e} | {:.2e} | {}/{} | {} | {} |",
+            r.case,
+            if r.failures.is_empty() { "pass" } else { "FAIL" },
+            fmt(r.pixels_max_err),
+            fmt(r.vision_embeds_max_err),
+            r.hidden_max_err,
+            r.topk_logits_max_err,
+            r.logits_last_max_err,
+            r.top1_agree.0,
+            r.top1_agree.1,
+            if r.greedy_equal { "yes" } else { "no" },
+            if cached_ok { "yes" } else { "no" },
+        );
+        for f in &r.failures {
+            eprintln!("  {name}: {f}");
+        }
+        eprintln!("  {name}: {:.1} s", start.elapsed().as_secs_f64());
+        ok &= r.failures.is_empty();
+    }
+    println!("\n| vision probe | pass | Δ CLIP features | Δ vision embeds |\n|---|---|---|---|");
+    for model in ["phi3v-tiny", "phi35v-tiny"] {
+        match phi3v_devices::with_device(&device, Some(dt), ProbeJob(model)) {
+            Ok(r) => {
+                println!(
+                    "| {model} | {} | {:.2e} | {:.2e} |",
+                    if r.failures.is_empty() { "pass" } else { "FAIL" },
+                    r.clip_features_max_err,
+                    r.vision_embeds_max_err
+                );
+                ok &= r.failures.is_empty();
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+}
