@@ -1,5 +1,5 @@
 //! The CUDA backend of burn-phi3v: Burn's CUDA backend (CubeCL kernels compiled with NVRTC at
-//! run time) with fusion and autotune. Device discovery goes through the CUDA driver, loaded
+//! run time) with autotune (Burn's fusion is opt-in, feature `fusion`: see docs/parity.md). Device discovery goes through the CUDA driver, loaded
 //! dynamically, so a build without a GPU still runs and simply lists no device.
 
 use burn::tensor::DType;

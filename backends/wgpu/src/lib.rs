@@ -1,5 +1,5 @@
 //! The wgpu backend of burn-phi3v: Burn's wgpu backend (CubeCL kernels as WGSL) on Vulkan,
-//! Metal or DX12, with fusion and autotune. f32 by default; f16 where the adapter has
+//! Metal or DX12, with autotune (Burn's fusion is opt-in, feature `fusion`: see docs/parity.md). f32 by default; f16 where the adapter has
 //! `SHADER_F16`; no bf16 (WGSL has no bf16 arithmetic).
 
 use burn::backend::wgpu::{WgpuDevice, graphics};

@@ -1,0 +1,115 @@
+//! The `phi3v` binary end to end on the CPU with the shipped tiny checkpoints.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn phi3v(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_phi3v")).args(args).current_dir(root()).output().expect("run phi3v")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+const IMAGE: &str = "tests/fixtures/images/chelsea.png";
+const P3V: &str = "tests/fixtures/models/phi3v-tiny";
+
+#[test]
+fn generate_json_reproduces_the_fixture() {
+    // text_only: the chat template around this prompt gives the fixture's ids.
+    let o = phi3v(&["generate", "--model", P3V, "--prompt", "Write a haiku about GPUs and memory bandwidth.", "--max-new-tokens", "10", "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_str(stdout(&o).trim()).expect("one JSON object");
+    let ids: Vec<u64> = v["token_ids"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap()).collect();
+    assert_eq!(ids, [24109, 2835, 20548, 24252, 5028, 25947, 8826, 31716, 8258, 968]);
+    assert_eq!(v["input_ids"].as_array().unwrap().len(), 20);
+    for key in ["text", "num_image_tokens", "ttft_ms", "decode_tokens_per_s"] {
+        assert!(v.get(key).is_some(), "missing {key}");
+    }
+}
+
+#[test]
+fn generate_streams_text_with_an_image() {
+    let o = phi3v(&["generate", "--image", IMAGE, "--prompt", "What animal is this?", "--max-new-tokens", "5"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(!stdout(&o).trim().is_empty());
+    assert!(stderr(&o).contains("757 image tokens"), "{}", stderr(&o));
+}
+
+#[test]
+fn tokenize_prints_ids_sizes_and_counts() {
+    let o = phi3v(&["tokenize", "--image", IMAGE, "--prompt", "Hi", "--num-crops", "16", "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_str(stdout(&o).trim()).unwrap();
+    assert_eq!(v["image_sizes"], serde_json::json!([[1008, 1344]]));
+    assert_eq!(v["num_image_tokens"], serde_json::json!([1921]));
+    let ids = v["input_ids"].as_array().unwrap();
+    assert_eq!(ids.iter().filter(|x| x.as_i64() == Some(-1)).count(), 1921);
+}
+
+#[test]
+fn every_error_exits_non_zero_with_a_message() {
+    let cases: &[(&[&str], &str)] = &[
+        (&["generate", "--prompt", "hi", "--device", "tpu"], "unknown device"),
+        (&["generate", "--prompt", "hi", "--device", "cuda:7"], "cuda"),
+        (&["generate", "--prompt", "hi", "--dtype", "bf16"], "not supported"),
+        (&["generate", "--prompt", "hi", "--model", "/nonexistent"], "does not exist"),
+        (&["generate", "--prompt", "hi", "--image", "Cargo.toml"], "Cargo.toml"),
+        (&["generate", "--prompt", "hi", "--image", "missing.png"], "missing.png"),
+        (&["generate", "--prompt", "<|image_2|> hi", "--image", IMAGE], "image_2"),
+        (&["generate", "--prompt", "hi", "--top-p", "3"], "top_p"),
+        (&["generate", "--prompt", "hi", "--temperature", "-1"], "temperature"),
+        (&["generate", "--prompt", "hi", "--max-new-tokens", "0"], "max_new_tokens"),
+        (&["generate", "--prompt", "hi", "--max-new-tokens", "2", "--min-new-tokens", "3"], "min_new_tokens"),
+        (&["generate", "--prompt", "hi", "--max-new-tokens", "999999"], "context"),
+        (&["generate", "--prompt-file", "/nonexistent.txt"], "nonexistent.txt"),
+        (&["tokenize", "--prompt", "hi", "--image", IMAGE, "--image", IMAGE], "no <|image_2|> tag"),
+        (&["mmmu", "compare", "/nonexistent-a.jsonl", "/nonexistent-b.jsonl"], "nonexistent"),
+        (&["generate"], "--prompt"),
+    ];
+    for (args, needle) in cases {
+        let o = phi3v(args);
+        assert!(!o.status.success(), "{args:?} succeeded");
+        let err = stderr(&o);
+        assert!(err.contains(needle), "{args:?}: message {err:?} lacks {needle:?}");
+    }
+}
+
+#[test]
+fn mmmu_sample_set_runs_resumes_and_compares() {
+    let dir = std::env::temp_dir().join(format!("phi3v-mmmu-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let a = dir.join("a.jsonl");
+    let b = dir.join("b.jsonl");
+    let run = |out: &Path, extra: &[&str]| {
+        let mut args = vec!["mmmu", "run", "--data", "tests/fixtures/mmmu_sample", "--out", out.to_str().unwrap(), "--num-crops", "1"];
+        args.extend_from_slice(extra);
+        let o = phi3v(&args);
+        assert!(o.status.success(), "{}", stderr(&o));
+        o
+    };
+    run(&a, &["--limit", "12"]);
+    // Resume: the 12 done items are skipped, the rest answered.
+    run(&a, &[]);
+    run(&b, &[]);
+    let lines = std::fs::read_to_string(&a).unwrap().lines().count();
+    assert_eq!(lines, 30, "every validation item once");
+    let summary: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("a.summary.json")).unwrap()).unwrap();
+    assert!(summary.to_string().contains("num_crops"));
+    let report = dir.join("cmp.md");
+    let o = phi3v(&["mmmu", "compare", a.to_str().unwrap(), b.to_str().unwrap(), "--out", report.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let md = std::fs::read_to_string(&report).unwrap();
+    // Same model, same device, greedy: identical answers.
+    assert!(md.contains("30") && md.to_lowercase().contains("agree"), "{md}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
