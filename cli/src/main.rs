@@ -89,16 +89,16 @@ struct GenerateArgs {
     #[arg(long, default_value_t = 0)]
     min_new_tokens: usize,
     /// Sampling temperature (greedy when no sampling flag is given).
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     temperature: Option<f32>,
     /// Sample among the k most likely tokens.
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     top_k: Option<usize>,
     /// Nucleus sampling threshold in (0, 1].
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     top_p: Option<f32>,
     /// Repetition penalty (1 = off).
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
     repetition_penalty: f32,
     /// Sampler seed.
     #[arg(long)]

@@ -171,6 +171,11 @@ pub fn run(cmd: MmmuCommand) -> CliResult<()> {
             phi3v_devices::with_device(&device, dtype.as_deref(), RunJob(a))?
         }
         MmmuCommand::Compare(c) => {
+            for run in [&c.a, &c.b] {
+                if !run.is_file() {
+                    return Err(format!("run file {} does not exist", run.display()).into());
+                }
+            }
             let cmp = phi3v_accuracy::compare::compare_files(&c.a, &c.b)?;
             let md = cmp.to_markdown();
             match &c.out {

@@ -71,7 +71,7 @@ fn every_error_exits_non_zero_with_a_message() {
         (&["generate", "--prompt", "hi", "--max-new-tokens", "2", "--min-new-tokens", "3"], "min_new_tokens"),
         (&["generate", "--prompt", "hi", "--max-new-tokens", "999999"], "context"),
         (&["generate", "--prompt-file", "/nonexistent.txt"], "nonexistent.txt"),
-        (&["tokenize", "--prompt", "hi", "--image", IMAGE, "--image", IMAGE], "no <|image_2|> tag"),
+        (&["tokenize", "--raw", "--prompt", "<|image_1|> hi", "--image", IMAGE, "--image", IMAGE], "no <|image_2|> tag"),
         (&["mmmu", "compare", "/nonexistent-a.jsonl", "/nonexistent-b.jsonl"], "nonexistent"),
         (&["generate"], "--prompt"),
     ];

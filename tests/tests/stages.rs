@@ -38,7 +38,7 @@ impl phi3v_devices::DeviceFn for Linears {
     ) -> Self::Output {
         use burn::tensor::{Tensor, TensorData};
         use burn_phi3v::model::nn::Linear;
-        let val = |n: usize, seed: f32| -> Vec<f32> { (0..n).map(|i| ((i as f32 * 0.618 + seed).sin() * 1.3)).collect() };
+        let val = |n: usize, seed: f32| -> Vec<f32> { (0..n).map(|i| (i as f32 * 0.618 + seed).sin() * 1.3).collect() };
         let mut out = Vec::new();
         for (batch, m, d_in, d_out, bias) in [(1, 1, 32, 96, false), (1, 20, 32, 96, false), (3, 577, 32, 32, true), (1, 1, 32, 32064, false), (3, 577, 32, 64, true)] {
             let w = Tensor::<B, 2>::from_data(TensorData::new(val(d_out * d_in, 0.1), [d_out, d_in]), (device, dtype)).transpose();
