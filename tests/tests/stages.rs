@@ -2,26 +2,36 @@
 
 use burn_phi3v::device::dtype_name;
 use phi3v_tests::devices::test_targets;
-use phi3v_tests::stages::{Stages, stage_errors};
+use phi3v_tests::stages::Stages;
 
-#[test]
-fn vision_stages_agree_with_cpu() {
-    let reference = phi3v_devices::with_device("cpu", Some("f32"), Stages).unwrap();
+/// Runs `job()` on the CPU in f32 and on every other test target, and asserts each named output
+/// is within `tol(dtype)` of the CPU's.
+fn assert_matches_cpu<N, F>(what: &str, job: impl Fn() -> F, tol: impl Fn(burn::tensor::DType) -> f32)
+where
+    N: std::fmt::Display,
+    F: phi3v_devices::DeviceFn<Output = Vec<(N, Vec<f32>)>>,
+{
+    let reference = phi3v_devices::with_device("cpu", Some("f32"), job()).unwrap();
     let mut bad = Vec::new();
     for (spec, dtype) in test_targets() {
         if spec == "cpu" {
             continue;
         }
-        let got = phi3v_devices::with_device(&spec, Some(dtype_name(dtype)), Stages).unwrap();
-        let tol = phi3v_tests::Tolerance::for_dtype(dtype).clip_features;
-        for (name, err) in stage_errors(&reference, &got) {
-            eprintln!("{spec} {}: {name}: max |Δ| {err:e}", dtype_name(dtype));
-            if err > tol.max(1e-3) {
-                bad.push(format!("{spec}: {name} differs by {err:e}"));
+        let got = phi3v_devices::with_device(&spec, Some(dtype_name(dtype)), job()).unwrap();
+        for ((name, a), (_, b)) in reference.iter().zip(&got) {
+            let err = phi3v_tests::tolerance::max_abs_diff(a, b);
+            eprintln!("{spec} {}: {what}: {name}: max |Δ| {err:e}", dtype_name(dtype));
+            if err > tol(dtype) {
+                bad.push(format!("{spec}: {what}: {name} differs by {err:e}"));
             }
         }
     }
     assert!(bad.is_empty(), "{}", bad.join("\n"));
+}
+
+#[test]
+fn vision_stages_agree_with_cpu() {
+    assert_matches_cpu("vision", || Stages, |d| phi3v_tests::Tolerance::for_dtype(d).clip_features.max(1e-3));
 }
 
 /// `linear` (checkpoint weight `[out, in]` used transposed) at the shapes the model runs:
@@ -53,22 +63,7 @@ impl phi3v_devices::DeviceFn for Linears {
 
 #[test]
 fn linear_shapes_agree_with_cpu() {
-    let reference = phi3v_devices::with_device("cpu", Some("f32"), Linears).unwrap();
-    let mut bad = Vec::new();
-    for (spec, dtype) in test_targets() {
-        if spec == "cpu" {
-            continue;
-        }
-        let got = phi3v_devices::with_device(&spec, Some(dtype_name(dtype)), Linears).unwrap();
-        for ((name, a), (_, b)) in reference.iter().zip(&got) {
-            let err = phi3v_tests::tolerance::max_abs_diff(a, b);
-            eprintln!("{spec} {}: {name}: max |Δ| {err:e}", dtype_name(dtype));
-            if err > 1e-3 {
-                bad.push(format!("{spec}: {name} differs by {err:e}"));
-            }
-        }
-    }
-    assert!(bad.is_empty(), "{}", bad.join("\n"));
+    assert_matches_cpu("linear", || Linears, |_| 1e-3);
 }
 
 /// The decoder fed in two pieces over its KV cache (a multi-token chunk, then single tokens)
@@ -156,19 +151,5 @@ impl phi3v_devices::DeviceFn for OneToken {
 
 #[test]
 fn one_token_ops_agree_with_cpu() {
-    let reference = phi3v_devices::with_device("cpu", Some("f32"), OneToken).unwrap();
-    let mut bad = Vec::new();
-    for (spec, dtype) in test_targets() {
-        if spec == "cpu" {
-            continue;
-        }
-        let got = phi3v_devices::with_device(&spec, Some(dtype_name(dtype)), OneToken).unwrap();
-        for (name, err) in stage_errors(&reference, &got) {
-            eprintln!("{spec} {}: one token: {name}: max |Δ| {err:e}", dtype_name(dtype));
-            if err > 1e-3 {
-                bad.push(format!("{spec}: one token: {name} differs by {err:e}"));
-            }
-        }
-    }
-    assert!(bad.is_empty(), "{}", bad.join("\n"));
+    assert_matches_cpu("one token", || OneToken, |_| 1e-3);
 }
