@@ -3,10 +3,12 @@
 
 use std::path::PathBuf;
 
+use crate::device::DeviceError;
 use crate::image_processor::ImageError;
 
-/// Everything that can go wrong while loading or running a Phi-3-vision model.
+/// Everything that can go wrong while choosing a device, loading or running a Phi-3-vision model.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum Phi3vError {
     /// A file could not be read.
     #[error("cannot read {path}: {source}")]
@@ -159,6 +161,10 @@ pub enum Phi3vError {
     /// The device backend failed (e.g. reading a tensor back).
     #[error("backend error: {0}")]
     Backend(String),
+
+    /// The device string or dtype cannot be used (unknown, not compiled in, not present).
+    #[error(transparent)]
+    Device(#[from] DeviceError),
 }
 
 /// Result alias for this crate.

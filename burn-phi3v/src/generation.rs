@@ -278,11 +278,15 @@ impl TextStreamer {
 
 /// Why a sequence stopped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum FinishReason {
     /// A stop token or stop string.
     Stop,
     /// `max_new_tokens` reached.
     Length,
+    /// Generation was ended before the sequence finished ([`Generator::finish`] called early,
+    /// or a [`TokenStream`](crate::TokenStream) dropped into its output).
+    Cancelled,
 }
 
 /// One streamed step of one sequence.
@@ -346,7 +350,9 @@ struct Row {
 
 /// Generates for one or more prompts at once (a static batch: the prompts are left-padded to
 /// one length and masked, so each row computes what it would alone). `on_event` sees every
-/// token as soon as it is chosen.
+/// token as soon as it is chosen. `params` holds one set for every prompt, or one set for all.
+///
+/// This is [`Generator`] driven to the end.
 pub fn generate<B: Backend>(
     model: &Phi3VForCausalLM<B>,
     processor: &Phi3VProcessor,
@@ -354,71 +360,140 @@ pub fn generate<B: Backend>(
     params: &[GenerationParams],
     mut on_event: impl FnMut(StreamEvent<'_>),
 ) -> Result<Vec<GenerationOutput>> {
-    if prompts.is_empty() {
-        return Ok(Vec::new());
-    }
-    if params.len() != prompts.len() && params.len() != 1 {
-        return Err(Phi3vError::InvalidInput(format!(
-            "{} parameter sets for {} prompts (give one, or one per prompt)",
-            params.len(),
-            prompts.len()
-        )));
-    }
-    let max_pos = model.config.text.max_position_embeddings;
-    let mut rows = Vec::with_capacity(prompts.len());
-    for (i, prompt) in prompts.iter().enumerate() {
-        let p = params.get(i).unwrap_or(&params[0]).clone();
-        p.validate()?;
-        if prompt.input_ids.is_empty() {
-            return Err(Phi3vError::InvalidInput(format!("prompt {i} has no tokens")));
-        }
-        let requested = prompt.input_ids.len() + p.max_new_tokens;
-        if requested > max_pos {
-            return Err(Phi3vError::ContextOverflow { requested, max: max_pos });
-        }
-        rows.push(Row {
-            ids: prompt.input_ids.clone(),
-            pad: 0,
-            prompt_len: prompt.input_ids.len(),
-            sampler: Sampler::new(p.sampling.clone()),
-            streamer: TextStreamer::new(p.stop_strings.clone()),
-            params: p,
-            generated: Vec::new(),
-            finished: None,
-            first_token_at: None,
-            finished_at: None,
-            first_logprobs: Vec::new(),
-        });
-    }
-    let start = Instant::now();
-    let device = model.device();
-    let dtype = model.dtype();
+    let mut generator = Generator::new(model, processor, prompts, params)?;
+    while generator.step(&mut on_event)? {}
+    generator.finish()
+}
 
-    // Image tokens of every prompt, in (batch, position) order.
-    let images: Vec<_> = prompts.iter().flat_map(|p| p.images.iter()).collect();
-    let features = if images.is_empty() {
-        None
-    } else {
-        let crops: usize = images.iter().map(|i| i.num_used_crops).sum();
-        let data: Vec<f32> = images.iter().flat_map(|i| i.pixel_values.iter().copied()).collect();
-        let px = Tensor::<B, 4>::from_data(TensorData::new(data, [crops, 3, 336, 336]), (&device, dtype));
-        let grids: Vec<CropGrid> = images.iter().map(|i| i.crop_grid).collect();
-        Some(model.embed_images(px, &grids)?)
-    };
+/// Generation in progress over a static batch, one step at a time: every [`step`](Self::step)
+/// runs one forward pass (the prefill first, then one decode step) and chooses one token for
+/// every unfinished sequence. [`generate`] is this loop run to the end; drive it yourself to
+/// interleave generation with other work or to stop early (then [`finish`](Self::finish)).
+pub struct Generator<'a, B: Backend> {
+    model: &'a Phi3VForCausalLM<B>,
+    processor: &'a Phi3VProcessor,
+    rows: Vec<Row>,
+    features: Option<Tensor<B, 2>>,
+    cache: KvCache<B>,
+    prefilled: bool,
+    start: Instant,
+}
 
-    let mut cache = model.new_cache();
-    // Prefill: every row left-padded to the longest.
-    let mut logits = prefill(model, &mut rows, features.clone(), &mut cache)?;
-    loop {
+impl<B: Backend> std::fmt::Debug for Generator<'_, B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Generator")
+            .field("sequences", &self.rows.len())
+            .field("generated", &self.rows.iter().map(|r| r.generated.len()).collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+impl<'a, B: Backend> Generator<'a, B> {
+    /// Validates the parameters and embeds the prompts' images (the vision tower runs here);
+    /// the prefill runs in the first [`step`](Self::step). `params` holds one set for every
+    /// prompt, or one set for all.
+    pub fn new(
+        model: &'a Phi3VForCausalLM<B>,
+        processor: &'a Phi3VProcessor,
+        prompts: &[&ProcessedPrompt],
+        params: &[GenerationParams],
+    ) -> Result<Self> {
+        if !prompts.is_empty() && params.len() != prompts.len() && params.len() != 1 {
+            return Err(Phi3vError::InvalidInput(format!(
+                "{} parameter sets for {} prompts (give one, or one per prompt)",
+                params.len(),
+                prompts.len()
+            )));
+        }
+        let max_pos = model.config.text.max_position_embeddings;
+        let mut rows = Vec::with_capacity(prompts.len());
+        for (i, prompt) in prompts.iter().enumerate() {
+            let p = params.get(i).unwrap_or(&params[0]).clone();
+            p.validate()?;
+            if prompt.input_ids.is_empty() {
+                return Err(Phi3vError::InvalidInput(format!("prompt {i} has no tokens")));
+            }
+            let requested = prompt.input_ids.len() + p.max_new_tokens;
+            if requested > max_pos {
+                return Err(Phi3vError::ContextOverflow { requested, max: max_pos });
+            }
+            rows.push(Row {
+                ids: prompt.input_ids.clone(),
+                pad: 0,
+                prompt_len: prompt.input_ids.len(),
+                sampler: Sampler::new(p.sampling.clone()),
+                streamer: TextStreamer::new(p.stop_strings.clone()),
+                params: p,
+                generated: Vec::new(),
+                finished: None,
+                first_token_at: None,
+                finished_at: None,
+                first_logprobs: Vec::new(),
+            });
+        }
+        let start = Instant::now();
+        let device = model.device();
+        let dtype = model.dtype();
+
+        // Image tokens of every prompt, in (batch, position) order.
+        let images: Vec<_> = prompts.iter().flat_map(|p| p.images.iter()).collect();
+        let features = if images.is_empty() {
+            None
+        } else {
+            let crops: usize = images.iter().map(|i| i.num_used_crops).sum();
+            let data: Vec<f32> = images.iter().flat_map(|i| i.pixel_values.iter().copied()).collect();
+            let px = Tensor::<B, 4>::from_data(TensorData::new(data, [crops, 3, 336, 336]), (&device, dtype));
+            let grids: Vec<CropGrid> = images.iter().map(|i| i.crop_grid).collect();
+            Some(model.embed_images(px, &grids)?)
+        };
+        Ok(Self {
+            model,
+            processor,
+            rows,
+            features,
+            cache: model.new_cache(),
+            prefilled: false,
+            start,
+        })
+    }
+
+    /// Whether every sequence has finished (then [`step`](Self::step) does nothing).
+    pub fn is_finished(&self) -> bool {
+        self.rows.iter().all(|r| r.finished.is_some())
+    }
+
+    /// Runs one forward pass and chooses the next token of every unfinished sequence; `on_event`
+    /// sees each of them (and, when a sequence ends, the text it held back). Returns whether
+    /// any sequence goes on.
+    pub fn step(&mut self, mut on_event: impl FnMut(StreamEvent<'_>)) -> Result<bool> {
+        if self.is_finished() {
+            return Ok(false);
+        }
+        let model = self.model;
+        let logits = if !self.prefilled {
+            // Prefill: every row left-padded to the longest.
+            self.prefilled = true;
+            prefill(model, &mut self.rows, self.features.clone(), &mut self.cache)?
+        } else {
+            // Finished rows keep stepping with their last token (ignored) so the batch stays
+            // rectangular. A row whose LongRoPE regime changes forces a recompute.
+            let regimes: Vec<RopeRegime> = self.rows.iter().map(|r| model.rope_regime(r.ids.len() - 1)).collect();
+            if regimes != self.cache.regimes {
+                self.cache.clear();
+                prefill(model, &mut self.rows, self.features.clone(), &mut self.cache)?
+            } else {
+                decode_step(model, &self.rows, &regimes, &mut self.cache)?
+            }
+        };
         // Choose one token per unfinished row.
-        let next = choose(&mut rows, logits)?;
-        for (b, row) in rows.iter_mut().enumerate() {
+        let next = choose(&mut self.rows, logits)?;
+        for (b, row) in self.rows.iter_mut().enumerate() {
             let Some(id) = next[b] else { continue };
             let now = Instant::now();
             row.first_token_at.get_or_insert(now);
             row.generated.push(id);
             row.ids.push(id as i64);
-            let (delta, stop_string) = row.streamer.push(id, processor)?;
+            let (delta, stop_string) = row.streamer.push(id, self.processor)?;
             on_event(StreamEvent {
                 sequence: b,
                 token_id: id,
@@ -433,7 +508,7 @@ pub fn generate<B: Backend>(
             }
             if row.finished.is_some() {
                 row.finished_at = Some(now);
-                let (delta, _) = row.streamer.finish(processor)?;
+                let (delta, _) = row.streamer.finish(self.processor)?;
                 if !delta.is_empty() {
                     on_event(StreamEvent {
                         sequence: b,
@@ -443,36 +518,34 @@ pub fn generate<B: Backend>(
                 }
             }
         }
-        if rows.iter().all(|r| r.finished.is_some()) {
-            break;
-        }
-        // Finished rows keep stepping with their last token (ignored) so the batch stays
-        // rectangular. A row whose LongRoPE regime changes forces a recompute.
-        let regimes: Vec<RopeRegime> = rows.iter().map(|r| model.rope_regime(r.ids.len() - 1)).collect();
-        if regimes != cache.regimes {
-            cache.clear();
-            logits = prefill(model, &mut rows, features.clone(), &mut cache)?;
-        } else {
-            logits = decode_step(model, &rows, &regimes, &mut cache)?;
-        }
+        Ok(!self.is_finished())
     }
 
-    let mut outputs = Vec::with_capacity(rows.len());
-    for row in rows.iter_mut() {
-        let (_, text) = row.streamer.finish(processor)?;
-        let first = row.first_token_at.unwrap_or(start);
-        outputs.push(GenerationOutput {
-            token_ids: row.generated.clone(),
-            text,
-            finish_reason: row.finished.unwrap_or(FinishReason::Length),
-            prompt_tokens: row.prompt_len,
-            image_tokens: row.ids[..row.prompt_len].iter().filter(|&&i| i < 0).count(),
-            time_to_first_token: first - start,
-            decode_time: row.finished_at.unwrap_or(first) - first,
-            first_step_logprobs: std::mem::take(&mut row.first_logprobs),
-        });
+    /// The result of every sequence, in prompt order. A sequence that had not finished reports
+    /// [`FinishReason::Cancelled`] with what it generated so far.
+    pub fn finish(mut self) -> Result<Vec<GenerationOutput>> {
+        let mut outputs = Vec::with_capacity(self.rows.len());
+        for row in self.rows.iter_mut() {
+            let (_, text) = row.streamer.finish(self.processor)?;
+            let first = row.first_token_at.unwrap_or(self.start);
+            let end = match row.finished_at {
+                Some(t) => t,
+                None if row.generated.is_empty() => first,
+                None => Instant::now(),
+            };
+            outputs.push(GenerationOutput {
+                token_ids: row.generated.clone(),
+                text,
+                finish_reason: row.finished.unwrap_or(FinishReason::Cancelled),
+                prompt_tokens: row.prompt_len,
+                image_tokens: row.ids[..row.prompt_len].iter().filter(|&&i| i < 0).count(),
+                time_to_first_token: first - self.start,
+                decode_time: end - first,
+                first_step_logprobs: std::mem::take(&mut row.first_logprobs),
+            });
+        }
+        Ok(outputs)
     }
-    Ok(outputs)
 }
 
 /// Last-position logits of every row, still on the device: `[batch, vocab]`.

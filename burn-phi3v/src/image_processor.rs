@@ -111,38 +111,59 @@ pub enum ImageError {
     /// The file could not be read.
     #[error("{}: cannot read image file: {source}", path.display())]
     Io {
+        /// The file.
         path: PathBuf,
+        /// The OS error.
         #[source]
         source: std::io::Error,
     },
     /// The bytes are not an image in a supported format (PNG, JPEG, WebP, GIF), or are corrupt.
     #[error("{what}: cannot decode image: {source}")]
     Decode {
+        /// The image: its path, or a label given by the caller.
         what: String,
+        /// The decoder's error.
         #[source]
         source: image::ImageError,
     },
     /// The image announces more pixels than allowed (decompression-bomb guard).
     #[error("{what}: image is {width}x{height} pixels, more than the limit of {max_pixels} pixels")]
     TooLarge {
+        /// The image.
         what: String,
+        /// Its width in pixels.
         width: u64,
+        /// Its height in pixels.
         height: u64,
+        /// The limit.
         max_pixels: u64,
     },
     /// The image has zero width or zero height.
     #[error("{what}: image is empty ({width}x{height} pixels)")]
     Empty {
+        /// The image.
         what: String,
+        /// Its width in pixels.
         width: u64,
+        /// Its height in pixels.
         height: u64,
     },
     /// `num_crops` is 0 or above [`MAX_NUM_CROPS`].
     #[error("{what}: num_crops must be between 1 and {MAX_NUM_CROPS}, got {num_crops}")]
-    InvalidNumCrops { what: String, num_crops: usize },
+    InvalidNumCrops {
+        /// The image.
+        what: String,
+        /// The value given.
+        num_crops: usize,
+    },
     /// The configuration cannot be applied (e.g. a zero or non-finite standard deviation).
     #[error("{what}: invalid image processor configuration: {reason}")]
-    InvalidConfig { what: String, reason: String },
+    InvalidConfig {
+        /// The image.
+        what: String,
+        /// What is wrong.
+        reason: String,
+    },
     /// The aspect ratio is so extreme that the HD resize would produce zero rows (the reference's PIL
     /// resize fails on such images too).
     #[error(
@@ -150,9 +171,13 @@ pub enum ImageError {
          (the HD resize would have zero rows)"
     )]
     DegenerateAspect {
+        /// The image.
         what: String,
+        /// Its width in pixels.
         width: u64,
+        /// Its height in pixels.
         height: u64,
+        /// The number of crops asked for.
         num_crops: usize,
     },
 }

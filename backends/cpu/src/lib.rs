@@ -1,7 +1,9 @@
 //! The CPU backend of burn-phi3v: Burn's Flex backend. One device, f32 compute.
 
+#![deny(missing_docs)]
+
 use burn::tensor::DType;
-use burn_phi3v::device::DeviceInfo;
+use phi3v_backend_core::DeviceInfo;
 
 /// The Burn backend type for the CPU.
 pub type Cpu = burn::backend::Flex;

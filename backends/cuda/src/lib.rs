@@ -2,8 +2,10 @@
 //! run time) with autotune (Burn's fusion is opt-in, feature `fusion`: see docs/parity.md). Device discovery goes through the CUDA driver, loaded
 //! dynamically, so a build without a GPU still runs and simply lists no device.
 
+#![deny(missing_docs)]
+
 use burn::tensor::DType;
-use burn_phi3v::device::DeviceInfo;
+use phi3v_backend_core::DeviceInfo;
 
 /// The Burn backend type for NVIDIA GPUs.
 pub type Cuda = burn::backend::Cuda;

@@ -3,8 +3,10 @@
 //! without ROCm installed; without them it lists no device. It has been compiled here but not
 //! run on AMD hardware.
 
+#![deny(missing_docs)]
+
 use burn::tensor::DType;
-use burn_phi3v::device::DeviceInfo;
+use phi3v_backend_core::DeviceInfo;
 
 /// The Burn backend type for AMD GPUs.
 pub type Rocm = burn::backend::Rocm;

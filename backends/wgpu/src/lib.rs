@@ -2,12 +2,15 @@
 //! Metal or DX12, with autotune (Burn's fusion is opt-in, feature `fusion`: see docs/parity.md). f32 by default; f16 where the adapter has
 //! `SHADER_F16`; no bf16 (WGSL has no bf16 arithmetic).
 
+#![deny(missing_docs)]
+
 use burn::backend::wgpu::{WgpuDevice, graphics};
 use burn::tensor::DType;
-use burn_phi3v::device::DeviceInfo;
+use phi3v_backend_core::DeviceInfo;
 
 /// The Burn backend type for wgpu.
 pub type Wgpu = burn::backend::Wgpu;
+/// Its device type.
 pub use burn::backend::wgpu::WgpuDevice as Device;
 
 /// The default compute dtype.
