@@ -10,7 +10,17 @@ use burn_phi3v::{LoadOptions, Pipeline, Request};
 const TINY_MODEL: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/fixtures/models/phi35v-tiny");
 const SAMPLE_IMAGE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/fixtures/images/chelsea.png");
 
-fn main() -> Result<(), Box<dyn std::error::Error>> {
+fn main() -> std::process::ExitCode {
+    match run() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
     let model = args.next().unwrap_or_else(|| TINY_MODEL.into());
     let image = args.next().unwrap_or_else(|| SAMPLE_IMAGE.into());
