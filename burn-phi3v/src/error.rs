@@ -158,6 +158,24 @@ pub enum Phi3vError {
         reason: String,
     },
 
+    /// A request needs more KV-cache slots than the serving engine's whole pool holds, so it
+    /// could never run.
+    #[error("request needs {requested} KV-cache slots (prompt + max_new_tokens) but the engine's pool holds {capacity}")]
+    PoolTooSmall {
+        /// Prompt tokens plus tokens to generate.
+        requested: usize,
+        /// The pool's capacity in tokens.
+        capacity: usize,
+    },
+
+    /// The serving engine stopped before the request finished (or was stopped when it came).
+    #[error("the serving engine has stopped")]
+    EngineStopped,
+
+    /// A serving-engine pass failed; every request in flight at the time fails with it.
+    #[error("engine step failed: {0}")]
+    EngineStep(String),
+
     /// The device backend failed (e.g. reading a tensor back).
     #[error("backend error: {0}")]
     Backend(String),

@@ -14,6 +14,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use crate::error::{Phi3vError, Result};
+use crate::image_processor::ProcessedImage;
 use crate::model::{CropGrid, KvCache, Phi3VForCausalLM, RopeRegime};
 use crate::processor::{Phi3VProcessor, ProcessedPrompt};
 
@@ -333,19 +334,94 @@ impl GenerationOutput {
     }
 }
 
-struct Row {
-    ids: Vec<i64>,
+/// One sequence's generation state: its ids, sampler, streamer and stop bookkeeping. Shared by
+/// [`Generator`] and the serving engine ([`crate::engine`]), so both choose, stop and stream
+/// alike.
+pub(crate) struct Row {
+    pub(crate) ids: Vec<i64>,
     /// Left-padding columns of this row in the cache (set by every prefill).
     pad: usize,
     prompt_len: usize,
-    params: GenerationParams,
+    pub(crate) params: GenerationParams,
     sampler: Sampler,
     streamer: TextStreamer,
     generated: Vec<u32>,
-    finished: Option<FinishReason>,
+    pub(crate) finished: Option<FinishReason>,
     first_token_at: Option<Instant>,
     finished_at: Option<Instant>,
     first_logprobs: Vec<f32>,
+}
+
+impl Row {
+    /// Validates `params`, and the prompt's length against a context of `max_pos` tokens.
+    pub(crate) fn new(prompt: &ProcessedPrompt, params: GenerationParams, max_pos: usize) -> Result<Self> {
+        params.validate()?;
+        if prompt.input_ids.is_empty() {
+            return Err(Phi3vError::InvalidInput("the prompt has no tokens".into()));
+        }
+        let requested = prompt.input_ids.len() + params.max_new_tokens;
+        if requested > max_pos {
+            return Err(Phi3vError::ContextOverflow { requested, max: max_pos });
+        }
+        Ok(Self {
+            ids: prompt.input_ids.clone(),
+            pad: 0,
+            prompt_len: prompt.input_ids.len(),
+            sampler: Sampler::new(params.sampling.clone()),
+            streamer: TextStreamer::new(params.stop_strings.clone()),
+            params,
+            generated: Vec::new(),
+            finished: None,
+            first_token_at: None,
+            finished_at: None,
+            first_logprobs: Vec::new(),
+        })
+    }
+
+    /// Records a chosen token and decides whether it ends the sequence. Returns the text that
+    /// became final with it and, when the sequence ended, the text released at the end.
+    pub(crate) fn accept(&mut self, id: u32, processor: &Phi3VProcessor) -> Result<(String, Option<String>)> {
+        let now = Instant::now();
+        self.first_token_at.get_or_insert(now);
+        self.generated.push(id);
+        self.ids.push(id as i64);
+        let (delta, stop_string) = self.streamer.push(id, processor)?;
+        let n = self.generated.len();
+        let stop_token = n > self.params.min_new_tokens && self.params.stop_token_ids.contains(&id);
+        if stop_token || stop_string {
+            self.finished = Some(FinishReason::Stop);
+        } else if n >= self.params.max_new_tokens {
+            self.finished = Some(FinishReason::Length);
+        }
+        if self.finished.is_none() {
+            return Ok((delta, None));
+        }
+        self.finished_at = Some(now);
+        let (tail, _) = self.streamer.finish(processor)?;
+        Ok((delta, Some(tail)))
+    }
+
+    /// The sequence's result, times measured from `start`; an unfinished sequence reports
+    /// [`FinishReason::Cancelled`] with what it generated so far.
+    pub(crate) fn output(&mut self, start: Instant, processor: &Phi3VProcessor) -> Result<GenerationOutput> {
+        let (_, text) = self.streamer.finish(processor)?;
+        let first = self.first_token_at.unwrap_or(start);
+        let end = match self.finished_at {
+            Some(t) => t,
+            None if self.generated.is_empty() => first,
+            None => Instant::now(),
+        };
+        Ok(GenerationOutput {
+            token_ids: self.generated.clone(),
+            text,
+            finish_reason: self.finished.unwrap_or(FinishReason::Cancelled),
+            prompt_tokens: self.prompt_len,
+            image_tokens: self.ids[..self.prompt_len].iter().filter(|&&i| i < 0).count(),
+            time_to_first_token: first - start,
+            decode_time: end - first,
+            first_step_logprobs: std::mem::take(&mut self.first_logprobs),
+        })
+    }
 }
 
 /// Generates for one or more prompts at once (a static batch: the prompts are left-padded to
@@ -409,43 +485,15 @@ impl<'a, B: Backend> Generator<'a, B> {
         let mut rows = Vec::with_capacity(prompts.len());
         for (i, prompt) in prompts.iter().enumerate() {
             let p = params.get(i).unwrap_or(&params[0]).clone();
-            p.validate()?;
-            if prompt.input_ids.is_empty() {
-                return Err(Phi3vError::InvalidInput(format!("prompt {i} has no tokens")));
-            }
-            let requested = prompt.input_ids.len() + p.max_new_tokens;
-            if requested > max_pos {
-                return Err(Phi3vError::ContextOverflow { requested, max: max_pos });
-            }
-            rows.push(Row {
-                ids: prompt.input_ids.clone(),
-                pad: 0,
-                prompt_len: prompt.input_ids.len(),
-                sampler: Sampler::new(p.sampling.clone()),
-                streamer: TextStreamer::new(p.stop_strings.clone()),
-                params: p,
-                generated: Vec::new(),
-                finished: None,
-                first_token_at: None,
-                finished_at: None,
-                first_logprobs: Vec::new(),
-            });
+            rows.push(Row::new(prompt, p, max_pos).map_err(|e| match e {
+                Phi3vError::InvalidInput(_) => Phi3vError::InvalidInput(format!("prompt {i} has no tokens")),
+                e => e,
+            })?);
         }
         let start = Instant::now();
-        let device = model.device();
-        let dtype = model.dtype();
-
         // Image tokens of every prompt, in (batch, position) order.
         let images: Vec<_> = prompts.iter().flat_map(|p| p.images.iter()).collect();
-        let features = if images.is_empty() {
-            None
-        } else {
-            let crops: usize = images.iter().map(|i| i.num_used_crops).sum();
-            let data: Vec<f32> = images.iter().flat_map(|i| i.pixel_values.iter().copied()).collect();
-            let px = Tensor::<B, 4>::from_data(TensorData::new(data, [crops, 3, 336, 336]), (&device, dtype));
-            let grids: Vec<CropGrid> = images.iter().map(|i| i.crop_grid).collect();
-            Some(model.embed_images(px, &grids)?)
-        };
+        let features = embed_images(model, &images)?;
         Ok(Self {
             model,
             processor,
@@ -486,36 +534,21 @@ impl<'a, B: Backend> Generator<'a, B> {
             }
         };
         // Choose one token per unfinished row.
-        let next = choose(&mut self.rows, logits)?;
+        let next = choose(&mut self.rows.iter_mut().collect::<Vec<_>>(), logits)?;
         for (b, row) in self.rows.iter_mut().enumerate() {
             let Some(id) = next[b] else { continue };
-            let now = Instant::now();
-            row.first_token_at.get_or_insert(now);
-            row.generated.push(id);
-            row.ids.push(id as i64);
-            let (delta, stop_string) = row.streamer.push(id, self.processor)?;
+            let (delta, tail) = row.accept(id, self.processor)?;
             on_event(StreamEvent {
                 sequence: b,
                 token_id: id,
                 text_delta: &delta,
             });
-            let n = row.generated.len();
-            let stop_token = n > row.params.min_new_tokens && row.params.stop_token_ids.contains(&id);
-            if stop_token || stop_string {
-                row.finished = Some(FinishReason::Stop);
-            } else if n >= row.params.max_new_tokens {
-                row.finished = Some(FinishReason::Length);
-            }
-            if row.finished.is_some() {
-                row.finished_at = Some(now);
-                let (delta, _) = row.streamer.finish(self.processor)?;
-                if !delta.is_empty() {
-                    on_event(StreamEvent {
-                        sequence: b,
-                        token_id: id,
-                        text_delta: &delta,
-                    });
-                }
+            if let Some(tail) = tail.filter(|t| !t.is_empty()) {
+                on_event(StreamEvent {
+                    sequence: b,
+                    token_id: id,
+                    text_delta: &tail,
+                });
             }
         }
         Ok(!self.is_finished())
@@ -524,32 +557,25 @@ impl<'a, B: Backend> Generator<'a, B> {
     /// The result of every sequence, in prompt order. A sequence that had not finished reports
     /// [`FinishReason::Cancelled`] with what it generated so far.
     pub fn finish(mut self) -> Result<Vec<GenerationOutput>> {
-        let mut outputs = Vec::with_capacity(self.rows.len());
-        for row in self.rows.iter_mut() {
-            let (_, text) = row.streamer.finish(self.processor)?;
-            let first = row.first_token_at.unwrap_or(self.start);
-            let end = match row.finished_at {
-                Some(t) => t,
-                None if row.generated.is_empty() => first,
-                None => Instant::now(),
-            };
-            outputs.push(GenerationOutput {
-                token_ids: row.generated.clone(),
-                text,
-                finish_reason: row.finished.unwrap_or(FinishReason::Cancelled),
-                prompt_tokens: row.prompt_len,
-                image_tokens: row.ids[..row.prompt_len].iter().filter(|&&i| i < 0).count(),
-                time_to_first_token: first - self.start,
-                decode_time: end - first,
-                first_step_logprobs: std::mem::take(&mut row.first_logprobs),
-            });
-        }
-        Ok(outputs)
+        let (start, processor) = (self.start, self.processor);
+        self.rows.iter_mut().map(|row| row.output(start, processor)).collect()
     }
 }
 
+/// Image tokens of `images`, in order: `[Σ num_img_tokens, hidden]` (`None` without images).
+pub(crate) fn embed_images<B: Backend>(model: &Phi3VForCausalLM<B>, images: &[&ProcessedImage]) -> Result<Option<Tensor<B, 2>>> {
+    if images.is_empty() {
+        return Ok(None);
+    }
+    let crops: usize = images.iter().map(|i| i.num_used_crops).sum();
+    let data: Vec<f32> = images.iter().flat_map(|i| i.pixel_values.iter().copied()).collect();
+    let px = Tensor::<B, 4>::from_data(TensorData::new(data, [crops, 3, 336, 336]), (&model.device(), model.dtype()));
+    let grids: Vec<CropGrid> = images.iter().map(|i| i.crop_grid).collect();
+    Ok(Some(model.embed_images(px, &grids)?))
+}
+
 /// Last-position logits of every row, still on the device: `[batch, vocab]`.
-type RowLogits<B> = Tensor<B, 2>;
+pub(crate) type RowLogits<B> = Tensor<B, 2>;
 
 /// Full pass over every row's ids (prompt plus anything generated), left-padded.
 fn prefill<B: Backend>(
@@ -634,8 +660,9 @@ fn padding_mask<B: Backend>(
     Some(mask.expand([b, heads, queries, keys]))
 }
 
-/// Picks the next token of every unfinished row (`None` for finished rows).
-fn choose<B: Backend>(rows: &mut [Row], logits: RowLogits<B>) -> Result<Vec<Option<u32>>> {
+/// Picks the next token of every unfinished row (`None` for finished rows) from `logits`, one
+/// logits row per entry of `rows`.
+pub(crate) fn choose<B: Backend>(rows: &mut [&mut Row], logits: RowLogits<B>) -> Result<Vec<Option<u32>>> {
     let [b, vocab] = logits.dims();
     let host_needed = rows.iter().any(|r| {
         r.finished.is_none()

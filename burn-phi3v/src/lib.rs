@@ -66,6 +66,7 @@
 pub mod backends;
 pub mod config;
 pub mod device;
+pub mod engine;
 pub mod error;
 pub mod generation;
 pub mod image_processor;
@@ -80,6 +81,7 @@ pub use image;
 
 pub use config::{GenerationConfig, Phi3VConfig};
 pub use device::{DeviceError, DeviceFn, DeviceInfo, with_device};
+pub use engine::{Engine, EngineClient, EngineConfig, EngineStats, RequestEvent, RequestHandle};
 pub use error::{Phi3vError, Result};
 pub use generation::{FinishReason, GenerationOutput, GenerationParams, Generator, SamplingParams, StreamEvent, generate};
 pub use loader::{LoadOptions, LoadedModel};

@@ -92,6 +92,7 @@ fn split_image_tags(prompt: &str) -> Vec<Piece<'_>> {
 }
 
 /// Token ids and images of one prompt, ready for the model.
+#[derive(Clone)]
 pub struct ProcessedPrompt {
     /// Prompt ids; image k occupies `num_img_tokens` copies of `−k`.
     pub input_ids: Vec<i64>,

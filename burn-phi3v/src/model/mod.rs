@@ -3,8 +3,10 @@
 
 pub mod clip;
 pub mod nn;
+pub mod paged;
 pub mod phi3;
 pub mod phi3v;
 
+pub use paged::{PagedBatch, PagedKvCache, PagedRow};
 pub use phi3::{DecoderOutput, KvCache, RopeRegime};
 pub use phi3v::{CropGrid, Phi3VForCausalLM};

@@ -129,3 +129,18 @@ pub fn attend<B: Backend>(
         attention(q, k, v, mask, None, options)
     }
 }
+
+/// Grouped-query attention: each of the `kv_heads` heads repeated `rep` times, consecutively
+/// (HF's `repeat_kv`); `rep = 1` returns `x` (Phi-3-vision: 32 heads, 32 kv heads).
+///
+/// # Shapes
+/// `[batch, kv_heads, seq, head_dim]` → `[batch, kv_heads · rep, seq, head_dim]`
+pub fn repeat_kv<B: Backend>(x: Tensor<B, 4>, rep: usize) -> Tensor<B, 4> {
+    if rep == 1 {
+        return x;
+    }
+    let [b, kvh, t, hd] = x.dims();
+    x.unsqueeze_dim::<5>(2)
+        .expand([b, kvh, rep, t, hd])
+        .reshape([b, kvh * rep, t, hd])
+}

@@ -13,7 +13,8 @@ use burn::tensor::{
 
 use crate::config::{RopeScaling, TextConfig};
 use crate::error::Result;
-use crate::model::nn::{Linear, attend, from_f32, to_f32};
+use crate::model::nn::{Linear, attend, from_f32, repeat_kv, to_f32};
+use crate::model::paged::{PagedBatch, PagedKvCache, PagedLayer, paged_attention};
 use crate::weights::Weights;
 
 // ---------------------------------------------------------------------------------------------
@@ -256,6 +257,22 @@ impl<B: Backend> Phi3Attention<B> {
         })
     }
 
+    /// Projects `x` to rotated queries, rotated keys and values.
+    ///
+    /// # Shapes
+    /// `x`: `[batch, seq, hidden]` → `[batch, heads, seq, head_dim]`, then twice
+    /// `[batch, kv_heads, seq, head_dim]`
+    fn project(&self, x: Tensor<B, 3>, cos: &Tensor<B, 4>, sin: &Tensor<B, 4>) -> (Tensor<B, 4>, Tensor<B, 4>, Tensor<B, 4>) {
+        let [b, s, _] = x.dims();
+        let (h, kvh, hd) = (self.num_heads, self.num_kv_heads, self.head_dim);
+        let qkv = self.qkv_proj.forward(x); // [b, s, (h + 2kvh)·hd]
+        let heads = |t: Tensor<B, 3>, n: usize| t.reshape([b, s, n, hd]).swap_dims(1, 2); // [b, n, s, hd]
+        let q = heads(qkv.clone().narrow(2, 0, h * hd), h);
+        let k = heads(qkv.clone().narrow(2, h * hd, kvh * hd), kvh);
+        let v = heads(qkv.narrow(2, (h + kvh) * hd, kvh * hd), kvh);
+        (apply_rotary(q, cos, sin), apply_rotary(k, cos, sin), v)
+    }
+
     /// # Shapes
     /// - `x`: `[batch, seq, hidden]`; `cos`, `sin`: `[batch, 1, seq, head_dim]`
     /// - `mask`: `[batch, heads, seq, cached + seq]`, `true` = masked; `None` = causal
@@ -269,14 +286,8 @@ impl<B: Backend> Phi3Attention<B> {
         mask: Option<Tensor<B, 4, Bool>>,
     ) -> Tensor<B, 3> {
         let [b, s, _] = x.dims();
-        let (h, kvh, hd) = (self.num_heads, self.num_kv_heads, self.head_dim);
-        let qkv = self.qkv_proj.forward(x); // [b, s, (h + 2kvh)·hd]
-        let heads = |t: Tensor<B, 3>, n: usize| t.reshape([b, s, n, hd]).swap_dims(1, 2); // [b, n, s, hd]
-        let q = heads(qkv.clone().narrow(2, 0, h * hd), h);
-        let k = heads(qkv.clone().narrow(2, h * hd, kvh * hd), kvh);
-        let v = heads(qkv.narrow(2, (h + kvh) * hd, kvh * hd), kvh);
-        let q = apply_rotary(q, cos, sin);
-        let k = apply_rotary(k, cos, sin);
+        let (h, hd) = (self.num_heads, self.head_dim);
+        let (q, k, v) = self.project(x, cos, sin);
         let (k, v) = match cache.take() {
             Some(prev) => (Tensor::cat(vec![prev.k, k], 2), Tensor::cat(vec![prev.v, v], 2)),
             None => (k, v),
@@ -285,19 +296,8 @@ impl<B: Backend> Phi3Attention<B> {
             k: k.clone(),
             v: v.clone(),
         });
-        // Grouped-query attention: repeat kv heads (a no-op for Phi-3-vision, 32 = 32).
-        let (k, v) = if kvh != h {
-            let rep = h / kvh;
-            let t = k.dims()[2];
-            let expand = |x: Tensor<B, 4>| {
-                x.unsqueeze_dim::<5>(2)
-                    .expand([b, kvh, rep, t, hd])
-                    .reshape([b, h, t, hd])
-            };
-            (expand(k), expand(v))
-        } else {
-            (k, v)
-        };
+        let rep = h / self.num_kv_heads;
+        let (k, v) = (repeat_kv(k, rep), repeat_kv(v, rep));
         // Backends disagree on how a causal flag aligns when queries are fewer than keys
         // (Burn's fallback: bottom-right; cubek's flash kernels: top-left), so the flag is
         // only used when queries and keys coincide. One new query sees every key; several new
@@ -313,11 +313,33 @@ impl<B: Backend> Phi3Attention<B> {
         let out = out.swap_dims(1, 2).reshape([b, s, h * hd]);
         self.o_proj.forward(out)
     }
+
+    /// The same attention over a paged KV cache: a flat pass of tokens from several sequences
+    /// (see [`crate::model::paged`]); their keys and values are written to `cache` first.
+    ///
+    /// # Shapes
+    /// `x`: `[1, tokens, hidden]`; `cos`, `sin`: `[1, 1, tokens, head_dim]` → `[1, tokens, hidden]`
+    pub fn forward_paged(
+        &self,
+        x: Tensor<B, 3>,
+        cos: &Tensor<B, 4>,
+        sin: &Tensor<B, 4>,
+        cache: &mut PagedLayer<B>,
+        batch: &PagedBatch<B>,
+    ) -> Tensor<B, 3> {
+        let t = x.dims()[1];
+        let (h, kvh, hd) = (self.num_heads, self.num_kv_heads, self.head_dim);
+        let (q, k, v) = self.project(x, cos, sin);
+        let tokens = |x: Tensor<B, 4>, n: usize| x.swap_dims(1, 2).reshape([t, n, hd]); // [t, n, hd]
+        cache.write(batch, tokens(k, kvh), tokens(v, kvh));
+        let out = paged_attention(tokens(q, h), cache, batch); // [t, h·hd]
+        self.o_proj.forward(out.reshape([1, t, h * hd]))
+    }
 }
 
 /// Bottom-right-aligned causal mask (`true` = masked) for `queries` new positions after
 /// `keys − queries` cached ones.
-fn causal_mask<B: Backend>(b: usize, h: usize, queries: usize, keys: usize, device: &B::Device) -> Tensor<B, 4, Bool> {
+pub(crate) fn causal_mask<B: Backend>(b: usize, h: usize, queries: usize, keys: usize, device: &B::Device) -> Tensor<B, 4, Bool> {
     let offset = keys - queries;
     let m: Vec<bool> = (0..queries).flat_map(|q| (0..keys).map(move |k| k > q + offset)).collect();
     Tensor::<B, 4, Bool>::from_data(TensorData::new(m, [1, 1, queries, keys]), device).expand([b, h, queries, keys])
@@ -394,7 +416,27 @@ impl<B: Backend> Phi3DecoderLayer<B> {
         cache: &mut Option<LayerKv<B>>,
         mask: Option<Tensor<B, 4, Bool>>,
     ) -> Tensor<B, 3> {
-        let h = x.clone() + self.self_attn.forward(self.input_layernorm.forward(x), cos, sin, cache, mask);
+        self.residual(x, |h| self.self_attn.forward(h, cos, sin, cache, mask))
+    }
+
+    /// The layer over a paged KV cache (see [`Phi3Attention::forward_paged`]).
+    ///
+    /// # Shapes
+    /// `[1, tokens, hidden]` → same
+    pub fn forward_paged(
+        &self,
+        x: Tensor<B, 3>,
+        cos: &Tensor<B, 4>,
+        sin: &Tensor<B, 4>,
+        cache: &mut PagedLayer<B>,
+        batch: &PagedBatch<B>,
+    ) -> Tensor<B, 3> {
+        self.residual(x, |h| self.self_attn.forward_paged(h, cos, sin, cache, batch))
+    }
+
+    /// `x + attn(norm(x))`, then `h + mlp(norm(h))`.
+    fn residual(&self, x: Tensor<B, 3>, attn: impl FnOnce(Tensor<B, 3>) -> Tensor<B, 3>) -> Tensor<B, 3> {
+        let h = x.clone() + attn(self.input_layernorm.forward(x));
         h.clone() + self.mlp.forward(self.post_attention_layernorm.forward(h))
     }
 }
@@ -485,5 +527,32 @@ impl<B: Backend> Phi3Model<B> {
             last_hidden_state: x,
             hidden_states,
         }
+    }
+
+    /// Runs the decoder over a flat pass of tokens from several sequences whose keys and values
+    /// live in a paged cache: token `i` is at `positions[i]`, rotated in `regimes[i]` (its
+    /// sequence's regime), and `batch` says where its keys go and which keys it sees.
+    ///
+    /// # Shapes
+    /// `inputs_embeds`: `[1, tokens, hidden]` → after the final `norm`, `[1, tokens, hidden]`
+    pub fn forward_paged(
+        &self,
+        inputs_embeds: Tensor<B, 3>,
+        positions: &[usize],
+        regimes: &[RopeRegime],
+        cache: &mut PagedKvCache<B>,
+        batch: &PagedBatch<B>,
+    ) -> Tensor<B, 3> {
+        let device = inputs_embeds.device();
+        let [_, t, _] = inputs_embeds.dims();
+        let one_per_row: Vec<Vec<usize>> = positions.iter().map(|&p| vec![p]).collect();
+        let (cos, sin) = self.rotary_emb.tables::<B>(&one_per_row, regimes, &device, inputs_embeds.dtype());
+        let hd = cos.dims()[3];
+        let (cos, sin) = (cos.reshape([1, 1, t, hd]), sin.reshape([1, 1, t, hd])); // [t, 1, 1, hd] → one row
+        let mut x = inputs_embeds;
+        for (layer, kv) in self.layers.iter().zip(cache.layers.iter_mut()) {
+            x = layer.forward_paged(x, &cos, &sin, kv, batch);
+        }
+        self.norm.forward(x)
     }
 }

@@ -13,6 +13,7 @@ use crate::config::{Phi3VConfig, VisionEmbeddingConfig};
 use crate::error::{Phi3vError, Result};
 use crate::model::clip::ClipVisionModel;
 use crate::model::nn::Linear;
+use crate::model::paged::{PagedBatch, PagedKvCache};
 use crate::model::phi3::{DecoderOutput, KvCache, Phi3Model, RopeRegime};
 use crate::weights::Weights;
 
@@ -242,6 +243,19 @@ impl<B: Backend> Phi3VForCausalLM<B> {
             .forward(inputs_embeds, positions, regimes, cache, mask, output_hidden_states)
     }
 
+    /// Runs the decoder over a flat pass through a paged KV cache (step 3, serving); see
+    /// [`Phi3Model::forward_paged`].
+    pub fn forward_paged(
+        &self,
+        inputs_embeds: Tensor<B, 3>,
+        positions: &[usize],
+        regimes: &[RopeRegime],
+        cache: &mut PagedKvCache<B>,
+        batch: &PagedBatch<B>,
+    ) -> Tensor<B, 3> {
+        self.model.forward_paged(inputs_embeds, positions, regimes, cache, batch)
+    }
+
     /// `lm_head` in the compute dtype, returned in f32 (step 4).
     ///
     /// # Shapes
@@ -253,6 +267,12 @@ impl<B: Backend> Phi3VForCausalLM<B> {
     /// A fresh, empty KV cache for this model.
     pub fn new_cache(&self) -> KvCache<B> {
         KvCache::new(self.config.text.num_hidden_layers)
+    }
+
+    /// A zeroed paged KV cache of `slots` token slots for this model (see [`PagedKvCache`]).
+    pub fn new_paged_cache(&self, slots: usize) -> PagedKvCache<B> {
+        let t = &self.config.text;
+        PagedKvCache::new(t.num_hidden_layers, slots, t.num_key_value_heads, t.head_dim(), &self.device(), self.dtype())
     }
 
     /// The LongRoPE regime for a pass whose largest position is `max_position`.

@@ -1,0 +1,651 @@
+//! The serving engine: many requests in flight over one model, with continuous batching over a
+//! paged KV cache (vLLM's design, composed from Burn ops).
+//!
+//! - **Requests** come in through an [`EngineClient`] (cloneable, usable from any thread) and
+//!   answer with a [`RequestHandle`]: a stream of [`RequestEvent`]s ending in the
+//!   [`GenerationOutput`], and a way to cancel.
+//! - **Passes**: [`Engine::step`] runs one forward pass over a flat batch of tokens from every
+//!   scheduled sequence — one token per decoding sequence plus prefill chunks of new or resumed
+//!   ones — and samples the sequences whose known tokens are all cached. Drive it yourself
+//!   ([`Engine::step`], [`Engine::run_until_idle`]) or on a thread of its own ([`Engine::spawn`]).
+//! - **Scheduling** (`scheduler.rs`): first come first served, decodes before prefill chunks,
+//!   a cap on tokens per pass, preemption of the youngest sequences when blocks run out; a
+//!   preempted sequence is recomputed (prompt plus what it generated) when admitted again.
+//! - **KV cache** (`block_pool.rs`, [`crate::model::paged`]): blocks of `block_size` token slots
+//!   from a pool of a fixed number of blocks, a block table per sequence; attention reads the
+//!   cache through the block tables.
+//!
+//! Each sequence computes what [`generate`](crate::generate) computes for it alone: sampling,
+//! stop conditions and text streaming are the same code ([`crate::generation`]); a sequence
+//! prefills with the LongRoPE factors of its whole known length, and one that crosses
+//! `original_max_position_embeddings` while decoding is prefilled again with the long factors.
+
+mod block_pool;
+mod scheduler;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use burn::tensor::{DType, Int, Tensor, TensorData, backend::Backend};
+
+use crate::config::TextConfig;
+use crate::error::{Phi3vError, Result};
+use crate::generation::{GenerationOutput, GenerationParams, Row, choose, embed_images};
+use crate::image_processor::ProcessedImage;
+use crate::model::{PagedBatch, PagedKvCache, PagedRow, Phi3VForCausalLM, RopeRegime};
+use crate::processor::{Phi3VProcessor, ProcessedPrompt};
+use block_pool::BlockPool;
+use scheduler::{Limits, Scheduler};
+
+/// Sizes of the engine: the KV-cache pool and the limits of one pass.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EngineConfig {
+    /// Tokens per KV-cache block (16 by default, as in vLLM).
+    pub block_size: usize,
+    /// Blocks in the pool; it holds `num_blocks × block_size` tokens over all sequences. Size it
+    /// from memory with [`EngineConfig::with_memory_budget`].
+    pub num_blocks: usize,
+    /// Most tokens in one pass (one per decoding sequence plus prefill chunks); a long prompt
+    /// is prefilled in chunks of what is left, so the others' decode latency stays bounded.
+    pub max_batched_tokens: usize,
+    /// Most sequences running (holding blocks) at once.
+    pub max_running: usize,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self {
+            block_size: 16,
+            num_blocks: 1024,
+            max_batched_tokens: 512,
+            max_running: 256,
+        }
+    }
+}
+
+impl EngineConfig {
+    /// Bytes of KV cache one token takes: `2 (K and V) × layers × kv_heads × head_dim × dtype bytes`.
+    pub fn kv_bytes_per_token(text: &TextConfig, dtype: DType) -> usize {
+        2 * text.num_hidden_layers * text.num_key_value_heads * text.head_dim() * dtype.size()
+    }
+
+    /// This configuration with as many blocks as fit in `bytes` of KV cache for a model of
+    /// `text` in `dtype` (e.g. `bytes` = 0.9 × the device's free memory after loading weights).
+    pub fn with_memory_budget(self, bytes: u64, text: &TextConfig, dtype: DType) -> Self {
+        let per_block = (Self::kv_bytes_per_token(text, dtype) * self.block_size.max(1)) as u64;
+        Self {
+            num_blocks: (bytes / per_block.max(1)) as usize,
+            ..self
+        }
+    }
+
+    /// Tokens the pool holds.
+    pub fn capacity_tokens(&self) -> usize {
+        self.num_blocks * self.block_size
+    }
+
+    fn validate(&self) -> Result<()> {
+        for (name, value) in [
+            ("block_size", self.block_size),
+            ("num_blocks", self.num_blocks),
+            ("max_batched_tokens", self.max_batched_tokens),
+            ("max_running", self.max_running),
+        ] {
+            if value == 0 {
+                return Err(Phi3vError::InvalidParameter {
+                    name,
+                    reason: "must be at least 1".into(),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Counters and the state of the pool, for monitoring and tests.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EngineStats {
+    /// Forward passes run.
+    pub passes: u64,
+    /// Tokens through the decoder over all passes (prefill, decode and recompute).
+    pub tokens_processed: u64,
+    /// The largest pass, in tokens.
+    pub max_pass_tokens: usize,
+    /// Times a running sequence was preempted (its blocks freed, recomputed later).
+    pub preemptions: u64,
+    /// Sequences prefilled again because they crossed into LongRoPE's long regime.
+    pub rope_recomputes: u64,
+    /// Requests finished normally.
+    pub finished: u64,
+    /// Requests cancelled.
+    pub cancelled: u64,
+    /// Sequences running now.
+    pub running: usize,
+    /// Sequences waiting to start or resume.
+    pub waiting: usize,
+    /// Tokens per block.
+    pub block_size: usize,
+    /// Blocks in the pool.
+    pub num_blocks: usize,
+    /// Blocks held now.
+    pub used_blocks: usize,
+    /// The most blocks ever held at once (never above `num_blocks`).
+    pub peak_used_blocks: usize,
+    /// The pool's capacity in tokens.
+    pub capacity_tokens: usize,
+}
+
+/// What a request's stream carries.
+#[derive(Debug)]
+pub enum RequestEvent {
+    /// A generated token and the text that became final with it (may be empty; at the end it
+    /// includes whatever text was held back). The concatenated deltas equal the final text.
+    Token {
+        /// The token.
+        token_id: u32,
+        /// Text delta.
+        text_delta: String,
+    },
+    /// The request ended: its output (finish reason `Cancelled` when cancelled), or the error
+    /// of the pass that failed under it. The last event.
+    Finished(Result<GenerationOutput>),
+}
+
+/// A submitted request: its event stream and its cancel switch.
+#[derive(Debug)]
+pub struct RequestHandle {
+    id: u64,
+    events: Receiver<RequestEvent>,
+    cancel: Canceller,
+}
+
+impl RequestHandle {
+    /// The request's id (arrival order).
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// Asks the engine to stop the request; it finishes at the next pass with
+    /// [`FinishReason::Cancelled`](crate::FinishReason::Cancelled) and its blocks are freed.
+    pub fn cancel(&self) {
+        self.cancel.cancel();
+    }
+
+    /// A cancel switch that can move to another thread.
+    pub fn canceller(&self) -> Canceller {
+        self.cancel.clone()
+    }
+
+    /// The next event, waiting for it; `None` once the stream is over. With an engine driven
+    /// by [`Engine::step`] on this thread, drive it first: this blocks until an event exists.
+    pub fn recv(&self) -> Option<RequestEvent> {
+        self.events.recv().ok()
+    }
+
+    /// The next event if one is ready.
+    pub fn try_recv(&self) -> Option<RequestEvent> {
+        self.events.try_recv().ok()
+    }
+
+    /// Waits for the end of the request (skipping token events) and returns its output.
+    /// [`Phi3vError::EngineStopped`] if the engine went away first.
+    pub fn wait(self) -> Result<GenerationOutput> {
+        while let Ok(event) = self.events.recv() {
+            if let RequestEvent::Finished(out) = event {
+                return out;
+            }
+        }
+        Err(Phi3vError::EngineStopped)
+    }
+}
+
+/// Cancels one request (see [`RequestHandle::cancel`]).
+#[derive(Debug, Clone)]
+pub struct Canceller(Arc<AtomicBool>);
+
+impl Canceller {
+    /// Asks the engine to stop the request.
+    pub fn cancel(&self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
+/// A request on its way to the engine.
+struct Request {
+    id: u64,
+    row: Row,
+    images: Vec<ProcessedImage>,
+    events: Sender<RequestEvent>,
+    cancel: Canceller,
+    submitted: Instant,
+}
+
+/// What a client checks before a request is queued.
+#[derive(Debug)]
+struct Admission {
+    next_id: AtomicU64,
+    max_position: usize,
+    capacity_tokens: usize,
+    vocab_size: usize,
+    has_vision: bool,
+}
+
+/// Submits requests to an engine; cheap to clone, usable from any thread.
+#[derive(Debug, Clone)]
+pub struct EngineClient {
+    tx: Sender<Request>,
+    admission: Arc<Admission>,
+}
+
+impl EngineClient {
+    /// Queues a request. Refused at once with a typed error when it could never run:
+    /// invalid parameters, a token outside the vocabulary, images that do not match their
+    /// placeholders, more than the model's context ([`Phi3vError::ContextOverflow`]) or more
+    /// than the whole KV-cache pool ([`Phi3vError::PoolTooSmall`]).
+    pub fn submit(&self, prompt: ProcessedPrompt, params: GenerationParams) -> Result<RequestHandle> {
+        let a = &self.admission;
+        let row = Row::new(&prompt, params, a.max_position)?;
+        let requested = prompt.input_ids.len() + row.params.max_new_tokens;
+        if requested > a.capacity_tokens {
+            return Err(Phi3vError::PoolTooSmall {
+                requested,
+                capacity: a.capacity_tokens,
+            });
+        }
+        check_prompt(&prompt, a.vocab_size, a.has_vision)?;
+        let (events, rx) = mpsc::channel();
+        let cancel = Canceller(Arc::new(AtomicBool::new(false)));
+        let id = a.next_id.fetch_add(1, Ordering::Relaxed);
+        let request = Request {
+            id,
+            row,
+            images: prompt.images,
+            events,
+            cancel: cancel.clone(),
+            submitted: Instant::now(),
+        };
+        self.tx.send(request).map_err(|_| Phi3vError::EngineStopped)?;
+        Ok(RequestHandle { id, events: rx, cancel })
+    }
+}
+
+/// Refuses what would fail a whole pass later: ids outside the vocabulary, image placeholders
+/// that the images do not fill, images without a vision tower, malformed pixel data.
+fn check_prompt(prompt: &ProcessedPrompt, vocab_size: usize, has_vision: bool) -> Result<()> {
+    for (position, &id) in prompt.input_ids.iter().enumerate() {
+        if id <= -1_000_000_000 || id >= vocab_size as i64 {
+            return Err(Phi3vError::TokenOutOfRange { id, position, vocab_size });
+        }
+    }
+    let slots = prompt.input_ids.iter().filter(|&&i| i < 0).count();
+    let image_tokens: usize = prompt.images.iter().map(|i| i.num_img_tokens).sum();
+    if slots != image_tokens {
+        return Err(Phi3vError::InvalidInput(format!(
+            "{slots} image placeholder positions but the images make {image_tokens} image tokens"
+        )));
+    }
+    if !prompt.images.is_empty() && !has_vision {
+        return Err(Phi3vError::InvalidInput("this checkpoint has no vision tower".into()));
+    }
+    for (k, image) in prompt.images.iter().enumerate() {
+        let [rows, cols] = image.crop_grid;
+        if image.num_used_crops != 1 + rows * cols || image.pixel_values.len() != image.num_used_crops * ProcessedImage::CROP_LEN {
+            return Err(Phi3vError::InvalidInput(format!("image {} has malformed pixel data", k + 1)));
+        }
+    }
+    Ok(())
+}
+
+/// A request being served.
+struct Sequence<B: Backend> {
+    req: Request,
+    /// `[num image tokens, hidden]`, computed at its first prefill chunk and kept (also across
+    /// preemption) until it finishes.
+    features: Option<Tensor<B, 2>>,
+    /// The LongRoPE regime its cached keys were rotated with.
+    regime: RopeRegime,
+}
+
+/// Continuous batching over a paged KV cache for one model (see the module documentation).
+///
+/// ```ignore
+/// let engine = Engine::new(m.model, m.processor, EngineConfig::default())?;
+/// let handle = engine.submit(prompt, params)?;   // as many as you like, from any thread
+/// engine.run_until_idle()?;                      // or Engine::spawn, then handle.wait()
+/// let out = handle.wait()?;
+/// ```
+pub struct Engine<B: Backend> {
+    model: Phi3VForCausalLM<B>,
+    processor: Phi3VProcessor,
+    config: EngineConfig,
+    cache: PagedKvCache<B>,
+    sched: Scheduler,
+    seqs: BTreeMap<u64, Sequence<B>>,
+    inbox: Receiver<Request>,
+    client: EngineClient,
+    stats: EngineStats,
+}
+
+impl<B: Backend> std::fmt::Debug for Engine<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine").field("config", &self.config).field("stats", &self.stats()).finish_non_exhaustive()
+    }
+}
+
+impl<B: Backend> Engine<B> {
+    /// An engine over `model`, allocating its KV-cache pool (`config.num_blocks` blocks) on the
+    /// model's device in the model's dtype.
+    pub fn new(model: Phi3VForCausalLM<B>, processor: Phi3VProcessor, config: EngineConfig) -> Result<Self> {
+        config.validate()?;
+        let cache = model.new_paged_cache(config.capacity_tokens());
+        let sched = Scheduler::new(
+            BlockPool::new(config.num_blocks, config.block_size),
+            Limits {
+                max_batched_tokens: config.max_batched_tokens,
+                max_running: config.max_running,
+            },
+        );
+        let (tx, inbox) = mpsc::channel();
+        let text = &model.config.text;
+        let admission = Arc::new(Admission {
+            next_id: AtomicU64::new(0),
+            max_position: text.max_position_embeddings,
+            capacity_tokens: config.capacity_tokens(),
+            vocab_size: text.vocab_size,
+            has_vision: model.vision_embed_tokens.is_some(),
+        });
+        Ok(Self {
+            model,
+            processor,
+            config,
+            cache,
+            sched,
+            seqs: BTreeMap::new(),
+            inbox,
+            client: EngineClient { tx, admission },
+            stats: EngineStats::default(),
+        })
+    }
+
+    /// A client to submit requests with, from any thread.
+    pub fn client(&self) -> EngineClient {
+        self.client.clone()
+    }
+
+    /// Queues a request (see [`EngineClient::submit`]).
+    pub fn submit(&self, prompt: ProcessedPrompt, params: GenerationParams) -> Result<RequestHandle> {
+        self.client.submit(prompt, params)
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &EngineConfig {
+        &self.config
+    }
+
+    /// Tokens the KV-cache pool holds.
+    pub fn capacity_tokens(&self) -> usize {
+        self.config.capacity_tokens()
+    }
+
+    /// Counters and the state of the pool.
+    pub fn stats(&self) -> EngineStats {
+        let (running, waiting) = self.sched.counts();
+        let pool = &self.sched.pool;
+        EngineStats {
+            preemptions: self.sched.preemptions,
+            running,
+            waiting,
+            block_size: pool.block_size(),
+            num_blocks: pool.num_blocks(),
+            used_blocks: pool.used_blocks(),
+            peak_used_blocks: pool.peak_used_blocks(),
+            capacity_tokens: pool.capacity_tokens(),
+            ..self.stats.clone()
+        }
+    }
+
+    /// Takes in submitted requests, ends cancelled ones, and runs one pass if any sequence is
+    /// running or waiting. Returns whether there was work. A failing pass fails every request
+    /// in flight (their streams end with [`Phi3vError::EngineStep`]) and returns the error.
+    pub fn step(&mut self) -> Result<bool> {
+        while let Ok(req) = self.inbox.try_recv() {
+            self.enqueue(req);
+        }
+        let cancelled: Vec<u64> = self.seqs.iter().filter(|(_, s)| s.req.cancel.0.load(Ordering::Relaxed)).map(|(&id, _)| id).collect();
+        for id in cancelled {
+            self.finish(id); // unfinished: its output says Cancelled
+        }
+        if self.sched.is_idle() {
+            return Ok(false);
+        }
+        if let Err(e) = self.pass() {
+            let reason = e.to_string();
+            for id in self.seqs.keys().copied().collect::<Vec<_>>() {
+                self.sched.remove(id);
+                if let Some(seq) = self.seqs.remove(&id) {
+                    let _ = seq.req.events.send(RequestEvent::Finished(Err(Phi3vError::EngineStep(reason.clone()))));
+                }
+            }
+            return Err(e);
+        }
+        Ok(true)
+    }
+
+    /// Steps until nothing is running, waiting or submitted.
+    pub fn run_until_idle(&mut self) -> Result<()> {
+        while self.step()? {}
+        Ok(())
+    }
+
+    /// Runs the engine on a thread of its own: it steps while there is work and sleeps on the
+    /// inbox when there is none. Submit through [`EngineThread::client`].
+    pub fn spawn(self) -> EngineThread<B> {
+        let client = self.client();
+        let stop = Arc::new(AtomicBool::new(false));
+        let stats = Arc::new(Mutex::new(self.stats()));
+        let (stop2, stats2) = (stop.clone(), stats.clone());
+        let mut engine = self;
+        let handle = std::thread::Builder::new()
+            .name("phi3v-engine".into())
+            .spawn(move || {
+                engine.serve(&stop2, &stats2);
+                engine
+            })
+            .expect("the OS refused a thread for the engine");
+        EngineThread {
+            client,
+            stop,
+            stats,
+            handle,
+        }
+    }
+
+    /// The loop of [`Engine::spawn`]: step while busy; when idle, wait for a request or stop.
+    fn serve(&mut self, stop: &AtomicBool, stats: &Mutex<EngineStats>) {
+        loop {
+            // A failed pass has already failed its requests; keep serving new ones.
+            let busy = self.step().unwrap_or(true);
+            if let Ok(mut s) = stats.lock() {
+                *s = self.stats();
+            }
+            if busy {
+                continue;
+            }
+            if stop.load(Ordering::Relaxed) {
+                return;
+            }
+            match self.inbox.recv_timeout(Duration::from_millis(10)) {
+                Ok(req) => self.enqueue(req),
+                Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => {}
+            }
+        }
+    }
+
+    fn enqueue(&mut self, req: Request) {
+        self.sched.add(req.id, req.row.ids.len());
+        self.seqs.insert(
+            req.id,
+            Sequence {
+                req,
+                features: None,
+                regime: RopeRegime::Short,
+            },
+        );
+    }
+
+    /// Frees `id`'s blocks and ends its stream with its output (`Cancelled` if unfinished).
+    fn finish(&mut self, id: u64) {
+        self.sched.remove(id);
+        let Some(mut seq) = self.seqs.remove(&id) else { return };
+        if seq.req.row.finished.is_some() {
+            self.stats.finished += 1;
+        } else {
+            self.stats.cancelled += 1;
+        }
+        let out = seq.req.row.output(seq.req.submitted, &self.processor);
+        let _ = seq.req.events.send(RequestEvent::Finished(out)); // the handle may be gone
+    }
+
+    /// One forward pass over what the scheduler plans, then sampling.
+    fn pass(&mut self) -> Result<()> {
+        // LongRoPE: a decoding sequence whose next position is in another regime than its
+        // cache is prefilled again (as `generate` does).
+        let restart: Vec<u64> = self
+            .sched
+            .running_iter()
+            .filter(|(id, s)| s.computed > 0 && s.computed + 1 == s.len && self.model.rope_regime(s.len - 1) != self.seqs[id].regime)
+            .map(|(id, _)| id)
+            .collect();
+        for id in restart {
+            self.sched.restart(id);
+            self.stats.rope_recomputes += 1;
+        }
+        let mut plan = self.sched.schedule();
+        if plan.is_empty() {
+            return Ok(());
+        }
+        // Decoding sequences first: they form the first attention group (see model::paged).
+        plan.sort_by_key(|p| p.len > 1);
+
+        // A prefill from position 0 uses the regime of the whole known sequence, and needs the
+        // image features.
+        for p in plan.iter().filter(|p| p.start == 0) {
+            let seq = self.seqs.get_mut(&p.id).expect("scheduled sequences are served");
+            seq.regime = self.model.rope_regime(seq.req.row.ids.len() - 1);
+            if seq.features.is_none() && !seq.req.images.is_empty() {
+                let images: Vec<&ProcessedImage> = seq.req.images.iter().collect();
+                seq.features = embed_images(&self.model, &images)?;
+            }
+        }
+
+        let tokens: usize = plan.iter().map(|p| p.len).sum();
+        let mut ids = Vec::with_capacity(tokens);
+        let mut positions = Vec::with_capacity(tokens);
+        let mut regimes = Vec::with_capacity(tokens);
+        let mut features = Vec::new();
+        let mut sample = Vec::new(); // (id, index of its last token in the pass)
+        for p in &plan {
+            let seq = &self.seqs[&p.id];
+            let known = &seq.req.row.ids;
+            let chunk = &known[p.start..p.start + p.len];
+            let slots = chunk.iter().filter(|&&i| i < 0).count();
+            if slots > 0 {
+                let before = known[..p.start].iter().filter(|&&i| i < 0).count();
+                let f = seq.features.clone().ok_or_else(|| Phi3vError::InvalidInput("image features missing".into()))?;
+                features.push(f.narrow(0, before, slots));
+            }
+            ids.extend_from_slice(chunk);
+            positions.extend(p.start..p.start + p.len);
+            regimes.extend(std::iter::repeat_n(seq.regime, p.len));
+            if p.start + p.len == known.len() {
+                sample.push((p.id, ids.len() - 1));
+            }
+        }
+        let device = self.model.device();
+        let rows: Vec<PagedRow<'_>> = plan
+            .iter()
+            .map(|p| PagedRow {
+                block_table: &self.sched.running(p.id).expect("scheduled sequences run").blocks,
+                cached: p.start,
+                new: p.len,
+            })
+            .collect();
+        let batch = PagedBatch::new(&rows, self.config.block_size, &device);
+        let features = (!features.is_empty()).then(|| Tensor::cat(features, 0));
+        let embeds = self.model.embed_inputs(&[ids], features)?;
+        let hidden = self.model.forward_paged(embeds, &positions, &regimes, &mut self.cache, &batch); // [1, tokens, hidden]
+        self.stats.passes += 1;
+        self.stats.tokens_processed += tokens as u64;
+        self.stats.max_pass_tokens = self.stats.max_pass_tokens.max(tokens);
+        if sample.is_empty() {
+            return Ok(());
+        }
+
+        // Logits only where a token is chosen, in id order (the order of `self.seqs`).
+        sample.sort_unstable();
+        let r = sample.len();
+        let last: Vec<i64> = sample.iter().map(|&(_, t)| t as i64).collect();
+        let last = Tensor::<B, 1, Int>::from_data(TensorData::new(last, [r]), &device);
+        let logits = self.model.logits(hidden.select(1, last)).reshape([r, self.model.config.text.vocab_size]);
+        let mut rows: Vec<&mut Row> = self
+            .seqs
+            .iter_mut()
+            .filter(|(id, _)| sample.binary_search_by_key(*id, |&(i, _)| i).is_ok())
+            .map(|(_, s)| &mut s.req.row)
+            .collect();
+        let next = choose(&mut rows, logits)?;
+        for (&(id, _), token) in sample.iter().zip(next) {
+            let Some(token) = token else { continue };
+            let seq = self.seqs.get_mut(&id).expect("sampled sequences are served");
+            let (mut text_delta, tail) = seq.req.row.accept(token, &self.processor)?;
+            self.sched.append(id);
+            let done = tail.is_some();
+            text_delta.push_str(&tail.unwrap_or_default());
+            let _ = seq.req.events.send(RequestEvent::Token { token_id: token, text_delta });
+            if done {
+                self.finish(id);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// An engine running on its own thread (see [`Engine::spawn`]).
+#[derive(Debug)]
+pub struct EngineThread<B: Backend> {
+    client: EngineClient,
+    stop: Arc<AtomicBool>,
+    stats: Arc<Mutex<EngineStats>>,
+    handle: JoinHandle<Engine<B>>,
+}
+
+impl<B: Backend> EngineThread<B> {
+    /// A client to submit requests with.
+    pub fn client(&self) -> EngineClient {
+        self.client.clone()
+    }
+
+    /// Queues a request (see [`EngineClient::submit`]).
+    pub fn submit(&self, prompt: ProcessedPrompt, params: GenerationParams) -> Result<RequestHandle> {
+        self.client.submit(prompt, params)
+    }
+
+    /// The engine's counters as of its last pass.
+    pub fn stats(&self) -> EngineStats {
+        self.stats.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    /// Lets the engine finish every request it has taken in, then stops the thread and returns
+    /// the engine. A request submitted while it stops may be left unserved.
+    pub fn join(self) -> Engine<B> {
+        self.stop.store(true, Ordering::Relaxed);
+        match self.handle.join() {
+            Ok(engine) => engine,
+            Err(panic) => std::panic::resume_unwind(panic),
+        }
+    }
+}

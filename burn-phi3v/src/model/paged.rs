@@ -1,0 +1,241 @@
+//! Attention through a paged KV cache: a pool of key/value slots per layer, and one forward
+//! pass's view of it — where each new token's keys and values are written, which slots each
+//! sequence reads, and the masks. The decoder reads and writes through these
+//! ([`Phi3Model::forward_paged`](crate::model::phi3::Phi3Model::forward_paged)); which sequences
+//! share a pass and which blocks they own is the caller's business (the serving engine).
+//!
+//! The attention is composed from Burn ops, as vLLM's reference path does before its kernels:
+//! scatter the new K/V into the pool at their slots, gather each sequence's slots, attend with an
+//! explicit mask. A fused paged-attention kernel would replace [`paged_attention`].
+//!
+//! A pass is a flat list of tokens from several sequences (`[1, tokens, hidden]` through the
+//! decoder). For attention the rows are regrouped so that no query is padding: every sequence
+//! with one new token (decoding) goes into one group, `[rows, heads, 1, keys]`; every sequence
+//! with several new tokens (a prefill chunk) is a group of its own, `[1, heads, chunk, keys]`.
+
+use burn::tensor::{Bool, DType, Int, Tensor, TensorData, backend::Backend};
+use burn::tensor::IndexingUpdateOp;
+
+use crate::model::nn::{attend, repeat_kv};
+use crate::model::phi3::causal_mask;
+
+/// Keys and values of one layer for every slot of the pool.
+#[derive(Debug, Clone)]
+pub struct PagedLayer<B: Backend> {
+    /// `[slots, kv_heads, head_dim]`; `None` only while a write is in progress.
+    k: Option<Tensor<B, 3>>,
+    /// `[slots, kv_heads, head_dim]`.
+    v: Option<Tensor<B, 3>>,
+}
+
+impl<B: Backend> PagedLayer<B> {
+    /// Writes one pass's new keys and values at `batch`'s slots (each slot is written once).
+    ///
+    /// # Shapes
+    /// `k`, `v`: `[tokens, kv_heads, head_dim]`
+    pub fn write(&mut self, batch: &PagedBatch<B>, k: Tensor<B, 3>, v: Tensor<B, 3>) {
+        let scatter = |pool: &mut Option<Tensor<B, 3>>, values: Tensor<B, 3>| {
+            // Taken out so the backend may update the pool in place (sole owner).
+            let old = pool.take().expect("the pool is only empty inside write");
+            *pool = Some(old.scatter_nd(batch.write_slots.clone(), values, IndexingUpdateOp::Assign));
+        };
+        scatter(&mut self.k, k);
+        scatter(&mut self.v, v);
+    }
+
+    /// The keys and values at `slots`.
+    ///
+    /// # Shapes
+    /// `slots`: `[n]` → (`[n, kv_heads, head_dim]`, `[n, kv_heads, head_dim]`)
+    fn gather(&self, slots: Tensor<B, 1, Int>) -> (Tensor<B, 3>, Tensor<B, 3>) {
+        let get = |pool: &Option<Tensor<B, 3>>| pool.clone().expect("the pool is only empty inside write").select(0, slots.clone());
+        (get(&self.k), get(&self.v))
+    }
+}
+
+/// The per-layer slot pools of a paged KV cache. Slot `s` holds one token's keys and values in
+/// every layer; a cache of `num_blocks` blocks of `block_size` tokens has
+/// `num_blocks × block_size` slots, block `b` owning slots `b·block_size ..(b+1)·block_size`.
+#[derive(Debug, Clone)]
+pub struct PagedKvCache<B: Backend> {
+    /// One pool per decoder layer.
+    pub layers: Vec<PagedLayer<B>>,
+    slots: usize,
+}
+
+impl<B: Backend> PagedKvCache<B> {
+    /// A zeroed pool of `slots` slots for `num_layers` layers of `kv_heads × head_dim` keys and
+    /// values in `dtype`.
+    pub fn new(num_layers: usize, slots: usize, kv_heads: usize, head_dim: usize, device: &B::Device, dtype: DType) -> Self {
+        let zeros = || Some(Tensor::<B, 3>::zeros([slots, kv_heads, head_dim], (device, dtype)));
+        Self {
+            layers: (0..num_layers).map(|_| PagedLayer { k: zeros(), v: zeros() }).collect(),
+            slots,
+        }
+    }
+
+    /// Number of slots (tokens) per layer.
+    pub fn slots(&self) -> usize {
+        self.slots
+    }
+}
+
+/// One sequence's part of a forward pass.
+#[derive(Debug, Clone, Copy)]
+pub struct PagedRow<'a> {
+    /// The blocks holding the sequence, in position order (position `p` lives in slot
+    /// `block_table[p / block_size] · block_size + p % block_size`).
+    pub block_table: &'a [u32],
+    /// Positions `0..cached` are already in the pool.
+    pub cached: usize,
+    /// New tokens in this pass, at positions `cached..cached + new`.
+    pub new: usize,
+}
+
+impl PagedRow<'_> {
+    fn slot(&self, position: usize, block_size: usize) -> i64 {
+        (self.block_table[position / block_size] as usize * block_size + position % block_size) as i64
+    }
+}
+
+/// Rows attended together: `[rows, heads, queries, keys]`.
+#[derive(Debug, Clone)]
+struct PagedGroup<B: Backend> {
+    rows: usize,
+    queries: usize,
+    keys: usize,
+    /// `[rows · queries]`: each query's index among the pass's tokens.
+    query_index: Tensor<B, 1, Int>,
+    /// `[rows · keys]`: the pool slot of each key (padding repeats a valid slot; it is masked).
+    key_slots: Tensor<B, 1, Int>,
+    /// `[rows, 1, queries, keys]`, `true` = masked; `None` with `causal` for a chunk that is
+    /// the whole sequence (queries = keys), or when no key is masked.
+    mask: Option<Tensor<B, 4, Bool>>,
+    causal: bool,
+}
+
+/// One forward pass's view of a paged KV cache, built on the host from the rows' block tables.
+#[derive(Debug, Clone)]
+pub struct PagedBatch<B: Backend> {
+    tokens: usize,
+    /// `[tokens, 1]`: the slot each new token's keys and values are written to.
+    write_slots: Tensor<B, 2, Int>,
+    groups: Vec<PagedGroup<B>>,
+    /// `[tokens]`: where each token's output is in the groups' concatenated outputs; `None`
+    /// when that order is already the tokens' order.
+    output_index: Option<Tensor<B, 1, Int>>,
+}
+
+impl<B: Backend> PagedBatch<B> {
+    /// The pass over `rows`, whose new tokens are laid out one row after another. Every row has
+    /// at least one new token, and its block table covers `cached + new` positions.
+    pub fn new(rows: &[PagedRow<'_>], block_size: usize, device: &B::Device) -> Self {
+        let int1 = |v: Vec<i64>| {
+            let n = v.len();
+            Tensor::<B, 1, Int>::from_data(TensorData::new(v, [n]), device)
+        };
+        let starts: Vec<usize> = rows
+            .iter()
+            .scan(0, |acc, r| {
+                let s = *acc;
+                *acc += r.new;
+                Some(s)
+            })
+            .collect();
+        let tokens: usize = rows.iter().map(|r| r.new).sum();
+        let write: Vec<i64> = rows
+            .iter()
+            .flat_map(|r| (r.cached..r.cached + r.new).map(move |p| r.slot(p, block_size)))
+            .collect();
+        let write_slots = Tensor::<B, 2, Int>::from_data(TensorData::new(write, [tokens, 1]), device);
+
+        let mut groups = Vec::new();
+        let mut order = Vec::with_capacity(tokens); // flat token index, in group output order
+        // Decoding rows: one query each, keys padded to the longest and masked.
+        let decode: Vec<usize> = (0..rows.len()).filter(|&i| rows[i].new == 1).collect();
+        if !decode.is_empty() {
+            let keys = decode.iter().map(|&i| rows[i].cached + 1).max().unwrap_or(1);
+            let mut slots = Vec::with_capacity(decode.len() * keys);
+            let mut mask = Vec::with_capacity(decode.len() * keys);
+            for &i in &decode {
+                let r = &rows[i];
+                let n = r.cached + 1;
+                slots.extend((0..keys).map(|p| r.slot(if p < n { p } else { 0 }, block_size)));
+                mask.extend((0..keys).map(|p| p >= n));
+                order.push(starts[i]);
+            }
+            let padded = mask.iter().any(|&m| m);
+            groups.push(PagedGroup {
+                rows: decode.len(),
+                queries: 1,
+                keys,
+                query_index: int1(decode.iter().map(|&i| starts[i] as i64).collect()),
+                key_slots: int1(slots),
+                mask: padded.then(|| Tensor::from_data(TensorData::new(mask, [decode.len(), 1, 1, keys]), device)),
+                causal: false,
+            });
+        }
+        // Prefill chunks: one group each, causal over the chunk after its cached prefix.
+        for (i, r) in rows.iter().enumerate().filter(|(_, r)| r.new > 1) {
+            let keys = r.cached + r.new;
+            order.extend(starts[i]..starts[i] + r.new);
+            groups.push(PagedGroup {
+                rows: 1,
+                queries: r.new,
+                keys,
+                query_index: int1((starts[i]..starts[i] + r.new).map(|t| t as i64).collect()),
+                key_slots: int1((0..keys).map(|p| r.slot(p, block_size)).collect()),
+                mask: (r.cached > 0).then(|| causal_mask::<B>(1, 1, r.new, keys, device)),
+                causal: r.cached == 0,
+            });
+        }
+        let identity = order.iter().enumerate().all(|(k, &t)| k == t);
+        let output_index = (!identity).then(|| {
+            let mut index = vec![0i64; tokens];
+            for (k, &t) in order.iter().enumerate() {
+                index[t] = k as i64;
+            }
+            int1(index)
+        });
+        Self {
+            tokens,
+            write_slots,
+            groups,
+            output_index,
+        }
+    }
+
+    /// Number of new tokens in the pass.
+    pub fn tokens(&self) -> usize {
+        self.tokens
+    }
+}
+
+/// Attention of a pass's queries over the pool (after this pass's keys and values were
+/// written), composed as gather-then-attend per group.
+///
+/// # Shapes
+/// `q`: `[tokens, heads, head_dim]` (rotated) → `[tokens, heads · head_dim]`
+pub fn paged_attention<B: Backend>(q: Tensor<B, 3>, layer: &PagedLayer<B>, batch: &PagedBatch<B>) -> Tensor<B, 2> {
+    let [tokens, heads, hd] = q.dims();
+    let outputs: Vec<Tensor<B, 2>> = batch
+        .groups
+        .iter()
+        .map(|g| {
+            let (rows, nq, nk) = (g.rows, g.queries, g.keys);
+            let q = q.clone().select(0, g.query_index.clone()).reshape([rows, nq, heads, hd]).swap_dims(1, 2); // [rows, h, nq, hd]
+            let (k, v) = layer.gather(g.key_slots.clone()); // [rows·nk, kvh, hd]
+            let kvh = k.dims()[1];
+            let kv = |t: Tensor<B, 3>| repeat_kv(t.reshape([rows, nk, kvh, hd]).swap_dims(1, 2), heads / kvh); // [rows, h, nk, hd]
+            let mask = g.mask.clone().map(|m| m.expand([rows, heads, nq, nk]));
+            let out = attend(q, kv(k), kv(v), mask, g.causal); // [rows, h, nq, hd]
+            out.swap_dims(1, 2).reshape([rows * nq, heads * hd])
+        })
+        .collect();
+    let out = Tensor::cat(outputs, 0); // [tokens, h·hd], in group order
+    match &batch.output_index {
+        Some(index) => out.select(0, index.clone()),
+        None => out,
+    }
+    .reshape([tokens, heads * hd])
+}
