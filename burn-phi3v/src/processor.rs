@@ -117,6 +117,7 @@ impl ProcessedPrompt {
 }
 
 /// Tokenizer plus image processor of one model folder.
+#[derive(Clone)]
 pub struct Phi3VProcessor {
     /// The `tokenizers` tokenizer from `tokenizer.json`.
     pub tokenizer: Tokenizer,

@@ -12,8 +12,9 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
-use burn::tensor::{DType, Tensor, TensorData, backend::Backend};
+use burn::tensor::{DType, Distribution, Tensor, TensorData, backend::Backend};
 use memmap2::Mmap;
 use safetensors::{Dtype, SafeTensors};
 use serde::de::{Deserializer, MapAccess, Visitor};
@@ -288,22 +289,39 @@ fn describe(e: &safetensors::SafeTensorError) -> String {
 /// Hands checkpoint tensors to a model being built, converting to the compute dtype and
 /// recording which names were consumed.
 pub struct Weights<'a, B: Backend> {
-    ckpt: &'a Checkpoint,
+    /// `None`: random weights (benchmarks without a checkpoint).
+    ckpt: Option<&'a Checkpoint>,
     device: B::Device,
     dtype: DType,
     used: Mutex<HashSet<String>>,
     progress: Option<&'a (dyn Fn(usize, usize) + Sync)>,
+    elements: AtomicUsize,
 }
 
 impl<'a, B: Backend> Weights<'a, B> {
     /// Starts an import onto `device` with float tensors in `dtype`.
     pub fn new(ckpt: &'a Checkpoint, device: &B::Device, dtype: DType) -> Self {
         Self {
-            ckpt,
+            ckpt: Some(ckpt),
             device: device.clone(),
             dtype,
             used: Mutex::new(HashSet::new()),
             progress: None,
+            elements: AtomicUsize::new(0),
+        }
+    }
+
+    /// Random weights instead of a checkpoint, created on `device` without a host copy (like
+    /// optimum-benchmark's `no_weights`): every tensor ~ N(0, 0.02). For benchmarks: outputs
+    /// are meaningless but every kernel runs at the real shapes.
+    pub fn random(device: &B::Device, dtype: DType) -> Self {
+        Self {
+            ckpt: None,
+            device: device.clone(),
+            dtype,
+            used: Mutex::new(HashSet::new()),
+            progress: None,
+            elements: AtomicUsize::new(0),
         }
     }
 
@@ -311,6 +329,11 @@ impl<'a, B: Backend> Weights<'a, B> {
     pub fn with_progress(mut self, f: &'a (dyn Fn(usize, usize) + Sync)) -> Self {
         self.progress = Some(f);
         self
+    }
+
+    /// Number of parameters (tensor elements) handed out so far.
+    pub fn elements(&self) -> usize {
+        self.elements.load(Ordering::Relaxed)
     }
 
     /// The device tensors go to.
@@ -325,19 +348,19 @@ impl<'a, B: Backend> Weights<'a, B> {
 
     /// Whether the checkpoint stores `name`.
     pub fn contains(&self, name: &str) -> bool {
-        self.ckpt.entry(name).is_some()
+        self.ckpt.is_some_and(|c| c.entry(name).is_some())
     }
 
     fn mark(&self, name: &str) {
         let mut used = self.used.lock().unwrap_or_else(|p| p.into_inner());
         used.insert(name.to_string());
-        if let Some(f) = self.progress {
-            f(used.len(), self.ckpt.entries.len());
+        if let (Some(f), Some(ckpt)) = (self.progress, self.ckpt) {
+            f(used.len(), ckpt.entries.len());
         }
     }
 
     fn check_shape(&self, name: &str, expected: &[usize]) -> Result<&TensorEntry> {
-        let entry = self.ckpt.entry(name).ok_or_else(|| Phi3vError::MissingTensor {
+        let entry = self.ckpt.and_then(|c| c.entry(name)).ok_or_else(|| Phi3vError::MissingTensor {
             name: name.to_string(),
         })?;
         if entry.shape != expected {
@@ -352,8 +375,13 @@ impl<'a, B: Backend> Weights<'a, B> {
 
     /// Reads tensor `name`, which must have `shape`, as a float tensor in the compute dtype.
     pub fn tensor<const D: usize>(&self, name: &str, shape: [usize; D]) -> Result<Tensor<B, D>> {
+        self.elements.fetch_add(shape.iter().product(), Ordering::Relaxed);
+        let Some(ckpt) = self.ckpt else {
+            let t = Tensor::<B, D>::random(shape, Distribution::Normal(0.0, 0.02), &self.device);
+            return Ok(t.cast(self.dtype));
+        };
         self.check_shape(name, &shape)?;
-        let (bytes, entry) = self.ckpt.bytes(name)?;
+        let (bytes, entry) = ckpt.bytes(name)?;
         let dtype = match entry.dtype {
             Dtype::BF16 => DType::BF16,
             Dtype::F16 => DType::F16,
@@ -375,6 +403,9 @@ impl<'a, B: Backend> Weights<'a, B> {
     /// `model.embed_tokens.weight` and `model.vision_embed_tokens.wte.weight`): the first present
     /// is loaded, the others are checked for shape and consumed without a second copy.
     pub fn tensor_aliased<const D: usize>(&self, names: &[&str], shape: [usize; D]) -> Result<Tensor<B, D>> {
+        if self.ckpt.is_none() {
+            return self.tensor(names.first().copied().unwrap_or_default(), shape);
+        }
         let first = names
             .iter()
             .find(|n| self.contains(n))
@@ -393,6 +424,9 @@ impl<'a, B: Backend> Weights<'a, B> {
     /// `why` documents the exception at the call site.
     pub fn skip(&self, name: &str, shape: &[usize], why: &'static str) -> Result<()> {
         let _ = why;
+        if self.ckpt.is_none() {
+            return Ok(());
+        }
         self.check_shape(name, shape)?;
         self.mark(name);
         Ok(())
@@ -401,8 +435,8 @@ impl<'a, B: Backend> Weights<'a, B> {
     /// Consumes every stored tensor whose name ends with one of `suffixes` (non-persistent
     /// buffers such as `rotary_emb.inv_freq` that some exports include).
     pub fn skip_buffers(&self, suffixes: &[&str]) {
-        let names: Vec<String> = self
-            .ckpt
+        let Some(ckpt) = self.ckpt else { return };
+        let names: Vec<String> = ckpt
             .names()
             .filter(|n| suffixes.iter().any(|s| n.ends_with(s)))
             .map(str::to_string)
@@ -415,8 +449,8 @@ impl<'a, B: Backend> Weights<'a, B> {
     /// Ends the import: every checkpoint tensor must have been consumed.
     pub fn finish(self) -> Result<()> {
         let used = self.used.into_inner().unwrap_or_else(|p| p.into_inner());
-        let unused: Vec<String> = self
-            .ckpt
+        let Some(ckpt) = self.ckpt else { return Ok(()) };
+        let unused: Vec<String> = ckpt
             .names()
             .filter(|n| !used.contains(*n))
             .map(str::to_string)

@@ -17,6 +17,7 @@ use burn_phi3v::{GenerationParams, LoadedModel, Message, Phi3VProcessor, Samplin
 use clap::{Args, Parser, Subcommand};
 use phi3v_devices::{DeviceFn, with_device};
 
+mod bench;
 mod mmmu;
 
 /// The tiny random-weight checkpoint shipped in the repository: the default `--model`, so the
@@ -42,6 +43,12 @@ enum Command {
     Mmmu {
         #[command(subcommand)]
         command: mmmu::MmmuCommand,
+    },
+    /// Benchmarks: prompt ingestion, generation against parallel requests, images, KV-cache
+    /// capacity, memory and batch-1 latency, written as JSON, CSV, graphs and a Markdown card.
+    Bench {
+        #[command(subcommand)]
+        command: bench::BenchCommand,
     },
 }
 
@@ -292,6 +299,7 @@ fn run(cli: Cli) -> CliResult<()> {
             Ok(())
         }
         Command::Mmmu { command } => mmmu::run(command),
+        Command::Bench { command } => bench::run(command),
     }
 }
 

@@ -50,7 +50,7 @@ impl phi3v_devices::DeviceFn for Linears {
         use burn_phi3v::model::nn::Linear;
         let val = |n: usize, seed: f32| -> Vec<f32> { (0..n).map(|i| (i as f32 * 0.618 + seed).sin() * 1.3).collect() };
         let mut out = Vec::new();
-        for (batch, m, d_in, d_out, bias) in [(1, 1, 32, 96, false), (1, 20, 32, 96, false), (3, 577, 32, 32, true), (1, 1, 32, 32064, false), (3, 577, 32, 64, true)] {
+        for (batch, m, d_in, d_out, bias) in [(1, 1, 32, 96, false), (1, 20, 32, 96, false), (3, 577, 32, 32, true), (1, 1, 32, 32064, false), (3, 577, 32, 64, true), (3, 577, 64, 32, true), (1, 20, 32, 64, false), (1, 20, 64, 32, false)] {
             let w = Tensor::<B, 2>::from_data(TensorData::new(val(d_out * d_in, 0.1), [d_out, d_in]), (device, dtype)).transpose();
             let b = bias.then(|| Tensor::<B, 1>::from_data(TensorData::new(val(d_out, 0.7), [d_out]), (device, dtype)));
             let x = Tensor::<B, 3>::from_data(TensorData::new(val(batch * m * d_in, 0.3), [batch, m, d_in]), (device, dtype));

@@ -19,7 +19,7 @@ fn arg(args: &[String], name: &str) -> Option<String> {
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().collect();
     if args.iter().any(|a| a == "--help" || a == "-h") {
-        println!("usage: phi3v-parity [--device SPEC] [--dtype f32|f16|bf16] [--cases a,b,...] [--stages]\n(PHI3V_COMPOSED_ATTENTION=1 composes attention from matmul and softmax)");
+        println!("usage: phi3v-parity [--device SPEC] [--dtype f32|f16|bf16] [--cases a,b,...] [--stages] [--ops [--large]]\n(PHI3V_COMPOSED_ATTENTION=1 composes attention from matmul and softmax)");
         return ExitCode::SUCCESS;
     }
     let device = arg(&args, "--device").unwrap_or_else(|| "cpu".into());
@@ -38,6 +38,22 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if args.iter().any(|a| a == "--ops") {
+        // Single ops in several variants against the CPU (see `OpVariants`).
+        use phi3v_tests::stages::OpVariants;
+        let large = args.iter().any(|a| a == "--large");
+        let reference = phi3v_devices::with_device("cpu", Some("f32"), OpVariants { large }).expect("cpu");
+        let got = phi3v_devices::with_device(&device, Some(dt), OpVariants { large }).expect("device");
+        println!("| op ({device} {dt}) | max abs Δ vs cpu | max abs reference |\n|---|---|---|");
+        for ((n, a), (_, b)) in reference.iter().zip(&got) {
+            let scale = a.iter().fold(0f32, |m, v| m.max(v.abs()));
+            println!("| {n} | {:.2e} | {scale:.2e} |", phi3v_tests::tolerance::max_abs_diff(a, b));
+        }
+        println!();
+        if !args.iter().any(|a| a == "--stages" || a == "--cases") {
+            return ExitCode::SUCCESS;
+        }
+    }
     if args.iter().any(|a| a == "--stages") {
         // Vision tower stage by stage against the CPU, with the backend's fused attention and
         // with composed attention.

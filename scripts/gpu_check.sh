@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Cross-device checks on the GPU machine, all jobs at once (kernel compilation is CPU-bound and
+# the machine has 16 cores): the parity suite per device and dtype, `phi3v generate` end to end
+# against the fixture's greedy tokens, MMMU sample runs and their comparison with the CPU.
+# Each job runs in its own folder with its own CubeCL caches (seeded from .gpu/cache.tgz).
+# Usage (device tool, carry .gpu and .gl): bash scripts/gpu_check.sh [seconds per job]
+source scripts/gpu_env.sh
+LIMIT=${1:-420}; R=$PWD; W=/tmp/w; M=$R/tests/fixtures/models; I=$R/tests/fixtures/images; S=$R/tests/fixtures/mmmu_sample
+job() { # name, command...
+  local d=$W/$1; shift; mkdir -p "$d"
+  printf '[compilation]\ncache = "local"\n[autotune]\ncache = "local"\n' > "$d/cubecl.toml"
+  [ -f "$R/.gpu/cache.tgz" ] && tar xzf "$R/.gpu/cache.tgz" -C "$d"
+  (cd "$d" && t0=$(date +%s) && timeout "$LIMIT" "$@" > out.txt 2> err.txt; echo "rc=$? ($(( $(date +%s) - t0 )) s)" >> out.txt) &
+}
+job parity-cuda-f32  $B/phi3v-parity --device cuda --dtype f32 --stages
+job parity-cuda-bf16 $B/phi3v-parity --device cuda --dtype bf16
+job parity-wgpu-f32  $B/phi3v-parity --device wgpu --dtype f32 --stages
+job parity-wgpu-f16  $B/phi3v-parity --device wgpu --dtype f16
+for d in cuda:f32 cuda:bf16 wgpu:f32; do
+  job generate-${d/:/-} $B/phi3v generate --model $M/phi3v-tiny --device ${d%%:*} --dtype ${d##*:} --image $I/astronaut.png --prompt "What is the content of this image in details?" --max-new-tokens 10 --json
+done
+for d in cpu:f32 cuda:bf16 cuda:f32 wgpu:f32; do
+  job mmmu-${d/:/-} $B/phi3v mmmu run --data $S --model $M/phi35v-tiny --device ${d%%:*} --dtype ${d##*:} --out $W/mmmu-${d/:/-}.jsonl
+done
+wait
+for d in $W/*/; do n=$(basename $d); echo "=== $n"; cat $d/out.txt; grep -v ": [0-9.]* s$" $d/err.txt | grep -v "^\s*$" | tail -4; done
+mkdir -p /tmp/res
+for d in cuda-bf16 cuda-f32 wgpu-f32; do echo "=== compare cpu-f32 vs $d"; $B/phi3v mmmu compare $W/mmmu-cpu-f32.jsonl $W/mmmu-$d.jsonl --out /tmp/res/compare-cpu-f32-vs-$d.md --json /tmp/res/compare-cpu-f32-vs-$d.json; cat /tmp/res/compare-cpu-f32-vs-$d.md | head -30; done
+ for d in $W/*/; do n=$(basename $d); cp $d/out.txt /tmp/res/$n.txt; cp $d/err.txt /tmp/res/$n.err; done; cp $W/*.jsonl $W/*.md $W/*.json /tmp/res/ 2>/dev/null
+tar czf $OUT/results.tgz -C /tmp/res .
+for d in $W/*/; do rm -f $d/out.txt $d/err.txt $d/cubecl.toml; done
+tar czf $OUT/cache.tgz -C $W/parity-cuda-bf16 . ; tar czf $OUT/cache-f32.tgz -C $W/parity-cuda-f32 . ; tar czf $OUT/cache-wgpu.tgz -C $W/parity-wgpu-f32 . ; ls -la $OUT
