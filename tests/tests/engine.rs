@@ -6,31 +6,38 @@
 use std::thread;
 
 use burn::backend::Flex;
-use burn::tensor::DType;
+use burn::tensor::{DType, backend::Backend};
+use burn_phi3v::device::{DeviceInfo, dtype_name};
 use burn_phi3v::image_processor::load_image;
 use burn_phi3v::{
-    Engine, EngineConfig, FinishReason, GenerationParams, LoadedModel, Phi3VProcessor, Phi3vError, ProcessedPrompt, RequestEvent, SamplingParams,
-    generate,
+    Engine, EngineConfig, FinishReason, GenerationParams, LoadedModel, Phi3VProcessor, Phi3vError, ProcessedPrompt, RequestEvent,
+    SamplingParams, generate,
 };
+use phi3v_devices::DeviceFn;
+use phi3v_tests::devices::test_targets;
 use phi3v_tests::{Case, model_dir};
 
-type B = Flex;
+type Cpu = Flex;
 
-fn load(model: &str) -> LoadedModel<B> {
-    LoadedModel::load(&model_dir(model), &Default::default(), DType::F32, None).expect("tiny checkpoint")
+fn load_on<B: Backend>(model: &str, device: &B::Device, dtype: DType) -> LoadedModel<B> {
+    LoadedModel::load(&model_dir(model), device, dtype, None).expect("tiny checkpoint")
 }
 
-fn engine(m: &LoadedModel<B>, config: EngineConfig) -> Engine<B> {
+fn load(model: &str) -> LoadedModel<Cpu> {
+    load_on(model, &Default::default(), DType::F32)
+}
+
+fn engine<B: Backend>(m: &LoadedModel<B>, config: EngineConfig) -> Engine<B> {
     Engine::new(m.model.clone(), processor(m), config).expect("engine")
 }
 
 /// A second processor for the engine (the test keeps `m.processor` for the solo runs).
-fn processor(m: &LoadedModel<B>) -> Phi3VProcessor {
+fn processor<B: Backend>(m: &LoadedModel<B>) -> Phi3VProcessor {
     Phi3VProcessor::from_dir(&m.dir).expect("processor")
 }
 
 /// What `generate` produces for this request alone.
-fn solo(m: &LoadedModel<B>, prompt: &ProcessedPrompt, params: &GenerationParams) -> Vec<u32> {
+fn solo<B: Backend>(m: &LoadedModel<B>, prompt: &ProcessedPrompt, params: &GenerationParams) -> Vec<u32> {
     generate(&m.model, &m.processor, &[prompt], std::slice::from_ref(params), |_| {}).expect("solo")[0]
         .token_ids
         .clone()
@@ -40,12 +47,12 @@ fn greedy(n: usize) -> GenerationParams {
     GenerationParams { max_new_tokens: n, ..Default::default() }
 }
 
-fn text_prompt(m: &LoadedModel<B>, text: &str) -> ProcessedPrompt {
+fn text_prompt<B: Backend>(m: &LoadedModel<B>, text: &str) -> ProcessedPrompt {
     m.processor.process(&format!("<|user|>\n{text}<|end|>\n<|assistant|>\n"), &[]).expect("prompt")
 }
 
 /// A fixture case's prompt with its images.
-fn case_prompt(m: &LoadedModel<B>, name: &str) -> ProcessedPrompt {
+fn case_prompt<B: Backend>(m: &LoadedModel<B>, name: &str) -> ProcessedPrompt {
     let case = Case::load(name);
     let images: Vec<_> = case.images.iter().map(|f| load_image(&Case::image_path(f), u64::MAX).expect("image")).collect();
     m.processor.process(&case.prompt, &images).expect("prompt")
@@ -66,83 +73,111 @@ impl Rng {
 /// Prompts with images (several hundred to ~1500 image tokens, prefilled in chunks that cut
 /// through the image spans) and text prompts of different lengths, submitted from several
 /// threads to an engine on its own thread; every request's tokens equal its solo run, and its
-/// streamed text equals its final text.
+/// streamed text equals its final text. Runs on every test device (`PHI3V_TEST_DEVICES`).
 #[test]
 fn concurrent_greedy_requests_equal_solo_runs() {
-    let sets: [(&str, &[&str]); 2] = [
-        ("phi35v-tiny", &["coffee_portrait", "two_images", "multi_turn", "tiny_rgba_upscaled"]),
-        ("phi3v-tiny", &["panorama"]),
-    ];
-    for (model, cases) in sets {
-        let m = load(model);
-        let mut requests: Vec<(ProcessedPrompt, GenerationParams)> = Vec::new();
-        for (i, case) in cases.iter().enumerate() {
-            requests.push((case_prompt(&m, case), greedy(3 + 2 * i)));
-        }
-        let texts = ["Hi", "What is the capital of France?", "Write a long poem about the sea, the wind and the stars above them all."];
-        for (i, t) in texts.iter().enumerate() {
-            requests.push((text_prompt(&m, t), greedy(12 - 3 * i)));
-        }
-        // One request stops on the model's stop tokens and uses the repetition penalty.
-        requests.push((
-            text_prompt(&m, "Count to ten."),
-            GenerationParams {
-                max_new_tokens: 10,
-                stop_token_ids: m.stop_token_ids(),
-                sampling: SamplingParams { repetition_penalty: 1.3, ..Default::default() },
-                ..Default::default()
-            },
-        ));
+    let mut failures = Vec::new();
+    for (spec, dtype) in test_targets() {
+        let f = phi3v_devices::with_device(&spec, Some(dtype_name(dtype)), ConcurrentJob).unwrap_or_else(|e| panic!("{e}"));
+        failures.extend(f.into_iter().map(|f| format!("{spec} {}: {f}", dtype_name(dtype))));
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
 
-        let config = EngineConfig { num_blocks: 512, max_batched_tokens: 96, max_running: 8, ..Default::default() };
-        let running = engine(&m, config).spawn();
-        let client = running.client();
-        let per_thread = requests.len().div_ceil(3);
-        let outputs: Vec<(usize, Vec<u32>, String, String)> = thread::scope(|s| {
-            let workers: Vec<_> = requests
-                .chunks(per_thread)
-                .enumerate()
-                .map(|(t, chunk)| {
-                    let client = client.clone();
-                    s.spawn(move || {
-                        let handles: Vec<_> = chunk
-                            .iter()
-                            .map(|(p, params)| client.submit(p.clone(), params.clone()).expect("submit"))
-                            .collect();
-                        handles
-                            .into_iter()
-                            .enumerate()
-                            .map(|(i, h)| {
-                                let mut streamed = String::new();
-                                while let Some(event) = h.recv() {
-                                    match event {
-                                        RequestEvent::Token { text_delta, .. } => streamed.push_str(&text_delta),
-                                        RequestEvent::Finished(out) => {
-                                            let out = out.expect("request");
-                                            return (t * per_thread + i, out.token_ids, out.text, streamed);
-                                        }
+struct ConcurrentJob;
+
+impl DeviceFn for ConcurrentJob {
+    type Output = Vec<String>;
+    fn run<B: Backend>(self, device: &B::Device, _: &DeviceInfo, dtype: DType) -> Vec<String> {
+        let sets: [(&str, &[&str]); 2] = [
+            ("phi35v-tiny", &["coffee_portrait", "two_images", "multi_turn", "tiny_rgba_upscaled"]),
+            ("phi3v-tiny", &["panorama"]),
+        ];
+        let mut failures = Vec::new();
+        for (model, cases) in sets {
+            let m = load_on::<B>(model, device, dtype);
+            failures.extend(concurrent_requests(&m, cases).into_iter().map(|f| format!("{model} {f}")));
+        }
+        failures
+    }
+}
+
+/// The requests of [`concurrent_greedy_requests_equal_solo_runs`] on one model (the image
+/// prompts of `cases`, and text prompts); the failures.
+fn concurrent_requests<B: Backend>(m: &LoadedModel<B>, cases: &[&str]) -> Vec<String> {
+    let mut requests: Vec<(ProcessedPrompt, GenerationParams)> = Vec::new();
+    for (i, case) in cases.iter().enumerate() {
+        requests.push((case_prompt(m, case), greedy(3 + 2 * i)));
+    }
+    let texts = ["Hi", "What is the capital of France?", "Write a long poem about the sea, the wind and the stars above them all."];
+    for (i, t) in texts.iter().enumerate() {
+        requests.push((text_prompt(m, t), greedy(12 - 3 * i)));
+    }
+    // One request stops on the model's stop tokens and uses the repetition penalty.
+    requests.push((
+        text_prompt(m, "Count to ten."),
+        GenerationParams {
+            max_new_tokens: 10,
+            stop_token_ids: m.stop_token_ids(),
+            sampling: SamplingParams { repetition_penalty: 1.3, ..Default::default() },
+            ..Default::default()
+        },
+    ));
+
+    let config = EngineConfig { num_blocks: 512, max_batched_tokens: 96, max_running: 8, ..Default::default() };
+    let running = engine(m, config).spawn();
+    let client = running.client();
+    let per_thread = requests.len().div_ceil(3);
+    let outputs: Vec<(usize, Vec<u32>, String, String)> = thread::scope(|s| {
+        let workers: Vec<_> = requests
+            .chunks(per_thread)
+            .enumerate()
+            .map(|(t, chunk)| {
+                let client = client.clone();
+                s.spawn(move || {
+                    let handles: Vec<_> = chunk.iter().map(|(p, params)| client.submit(p.clone(), params.clone()).expect("submit")).collect();
+                    handles
+                        .into_iter()
+                        .enumerate()
+                        .map(|(i, h)| {
+                            let mut streamed = String::new();
+                            while let Some(event) = h.recv() {
+                                match event {
+                                    RequestEvent::Token { text_delta, .. } => streamed.push_str(&text_delta),
+                                    RequestEvent::Finished(out) => {
+                                        let out = out.expect("request");
+                                        return (t * per_thread + i, out.token_ids, out.text, streamed);
                                     }
                                 }
-                                panic!("stream ended without an output");
-                            })
-                            .collect::<Vec<_>>()
-                    })
+                            }
+                            panic!("stream ended without an output");
+                        })
+                        .collect::<Vec<_>>()
                 })
-                .collect();
-            workers.into_iter().flat_map(|w| w.join().expect("worker")).collect()
-        });
-        let engine = running.join();
-        assert_eq!(outputs.len(), requests.len());
-        for (i, tokens, text, streamed) in outputs {
-            let (prompt, params) = &requests[i];
-            assert_eq!(tokens, solo(&m, prompt, params), "{model} request {i} ({} prompt tokens)", prompt.input_ids.len());
-            assert_eq!(streamed, text, "{model} request {i}");
-        }
-        let stats = engine.stats();
-        assert_eq!(stats.finished, requests.len() as u64);
-        assert_eq!(stats.used_blocks, 0, "every block is returned");
-        assert!(stats.max_pass_tokens <= 96);
+            })
+            .collect();
+        workers.into_iter().flat_map(|w| w.join().expect("worker")).collect()
+    });
+    let engine = running.join();
+    let mut failures = Vec::new();
+    if outputs.len() != requests.len() {
+        failures.push(format!("{} outputs for {} requests", outputs.len(), requests.len()));
     }
+    for (i, tokens, text, streamed) in outputs {
+        let (prompt, params) = &requests[i];
+        let want = solo(m, prompt, params);
+        if tokens != want {
+            failures.push(format!("request {i} ({} prompt tokens): engine {tokens:?}, alone {want:?}", prompt.input_ids.len()));
+        }
+        if streamed != text {
+            failures.push(format!("request {i}: streamed {streamed:?}, final {text:?}"));
+        }
+    }
+    let stats = engine.stats();
+    if stats.finished != requests.len() as u64 || stats.used_blocks != 0 || stats.max_pass_tokens > 96 {
+        failures.push(format!("engine state after the run: {stats:?}"));
+    }
+    failures
 }
 
 /// 300 requests of random lengths against a pool of 12 blocks (192 tokens; the largest request

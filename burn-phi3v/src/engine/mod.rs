@@ -526,7 +526,9 @@ impl<B: Backend> Engine<B> {
         }
         let mut plan = self.sched.schedule();
         if plan.is_empty() {
-            return Ok(());
+            // Unreachable while every admitted request fits the pool alone (checked at submit):
+            // the oldest sequence can always take every block. Fail rather than spin.
+            return Err(Phi3vError::EngineStep("no sequence could be scheduled".into()));
         }
         // Decoding sequences first: they form the first attention group (see model::paged).
         plan.sort_by_key(|p| p.len > 1);
@@ -544,8 +546,6 @@ impl<B: Backend> Engine<B> {
 
         let tokens: usize = plan.iter().map(|p| p.len).sum();
         let mut ids = Vec::with_capacity(tokens);
-        let mut positions = Vec::with_capacity(tokens);
-        let mut regimes = Vec::with_capacity(tokens);
         let mut features = Vec::new();
         let mut sample = Vec::new(); // (id, index of its last token in the pass)
         for p in &plan {
@@ -559,8 +559,6 @@ impl<B: Backend> Engine<B> {
                 features.push(f.narrow(0, before, slots));
             }
             ids.extend_from_slice(chunk);
-            positions.extend(p.start..p.start + p.len);
-            regimes.extend(std::iter::repeat_n(seq.regime, p.len));
             if p.start + p.len == known.len() {
                 sample.push((p.id, ids.len() - 1));
             }
@@ -572,12 +570,13 @@ impl<B: Backend> Engine<B> {
                 block_table: &self.sched.running(p.id).expect("scheduled sequences run").blocks,
                 cached: p.start,
                 new: p.len,
+                regime: self.seqs[&p.id].regime,
             })
             .collect();
         let batch = PagedBatch::new(&rows, self.config.block_size, &device);
         let features = (!features.is_empty()).then(|| Tensor::cat(features, 0));
         let embeds = self.model.embed_inputs(&[ids], features)?;
-        let hidden = self.model.forward_paged(embeds, &positions, &regimes, &mut self.cache, &batch); // [1, tokens, hidden]
+        let hidden = self.model.forward_paged(embeds, &mut self.cache, &batch); // [1, tokens, hidden]
         self.stats.passes += 1;
         self.stats.tokens_processed += tokens as u64;
         self.stats.max_pass_tokens = self.stats.max_pass_tokens.max(tokens);

@@ -17,7 +17,7 @@ use burn::tensor::{Bool, DType, Int, Tensor, TensorData, backend::Backend};
 use burn::tensor::IndexingUpdateOp;
 
 use crate::model::nn::{attend, repeat_kv};
-use crate::model::phi3::causal_mask;
+use crate::model::phi3::{RopeRegime, causal_mask};
 
 /// Keys and values of one layer for every slot of the pool.
 #[derive(Debug, Clone)]
@@ -90,6 +90,8 @@ pub struct PagedRow<'a> {
     pub cached: usize,
     /// New tokens in this pass, at positions `cached..cached + new`.
     pub new: usize,
+    /// The LongRoPE regime the sequence is rotated in.
+    pub regime: RopeRegime,
 }
 
 impl PagedRow<'_> {
@@ -117,7 +119,10 @@ struct PagedGroup<B: Backend> {
 /// One forward pass's view of a paged KV cache, built on the host from the rows' block tables.
 #[derive(Debug, Clone)]
 pub struct PagedBatch<B: Backend> {
-    tokens: usize,
+    /// Position of each new token in its sequence.
+    positions: Vec<usize>,
+    /// LongRoPE regime of each new token (its sequence's).
+    regimes: Vec<RopeRegime>,
     /// `[tokens, 1]`: the slot each new token's keys and values are written to.
     write_slots: Tensor<B, 2, Int>,
     groups: Vec<PagedGroup<B>>,
@@ -143,6 +148,8 @@ impl<B: Backend> PagedBatch<B> {
             })
             .collect();
         let tokens: usize = rows.iter().map(|r| r.new).sum();
+        let positions: Vec<usize> = rows.iter().flat_map(|r| r.cached..r.cached + r.new).collect();
+        let regimes: Vec<RopeRegime> = rows.iter().flat_map(|r| std::iter::repeat_n(r.regime, r.new)).collect();
         let write: Vec<i64> = rows
             .iter()
             .flat_map(|r| (r.cached..r.cached + r.new).map(move |p| r.slot(p, block_size)))
@@ -198,7 +205,8 @@ impl<B: Backend> PagedBatch<B> {
             int1(index)
         });
         Self {
-            tokens,
+            positions,
+            regimes,
             write_slots,
             groups,
             output_index,
@@ -207,7 +215,17 @@ impl<B: Backend> PagedBatch<B> {
 
     /// Number of new tokens in the pass.
     pub fn tokens(&self) -> usize {
-        self.tokens
+        self.positions.len()
+    }
+
+    /// Position of each new token in its sequence.
+    pub fn positions(&self) -> &[usize] {
+        &self.positions
+    }
+
+    /// LongRoPE regime of each new token.
+    pub fn regimes(&self) -> &[RopeRegime] {
+        &self.regimes
     }
 }
 

@@ -419,21 +419,6 @@ impl<B: Backend> Phi3DecoderLayer<B> {
         self.residual(x, |h| self.self_attn.forward(h, cos, sin, cache, mask))
     }
 
-    /// The layer over a paged KV cache (see [`Phi3Attention::forward_paged`]).
-    ///
-    /// # Shapes
-    /// `[1, tokens, hidden]` → same
-    pub fn forward_paged(
-        &self,
-        x: Tensor<B, 3>,
-        cos: &Tensor<B, 4>,
-        sin: &Tensor<B, 4>,
-        cache: &mut PagedLayer<B>,
-        batch: &PagedBatch<B>,
-    ) -> Tensor<B, 3> {
-        self.residual(x, |h| self.self_attn.forward_paged(h, cos, sin, cache, batch))
-    }
-
     /// `x + attn(norm(x))`, then `h + mlp(norm(h))`.
     fn residual(&self, x: Tensor<B, 3>, attn: impl FnOnce(Tensor<B, 3>) -> Tensor<B, 3>) -> Tensor<B, 3> {
         let h = x.clone() + attn(self.input_layernorm.forward(x));
@@ -530,28 +515,21 @@ impl<B: Backend> Phi3Model<B> {
     }
 
     /// Runs the decoder over a flat pass of tokens from several sequences whose keys and values
-    /// live in a paged cache: token `i` is at `positions[i]`, rotated in `regimes[i]` (its
-    /// sequence's regime), and `batch` says where its keys go and which keys it sees.
+    /// live in a paged cache; `batch` gives each token's position and LongRoPE regime (its
+    /// sequence's), where its keys go and which keys it sees.
     ///
     /// # Shapes
     /// `inputs_embeds`: `[1, tokens, hidden]` → after the final `norm`, `[1, tokens, hidden]`
-    pub fn forward_paged(
-        &self,
-        inputs_embeds: Tensor<B, 3>,
-        positions: &[usize],
-        regimes: &[RopeRegime],
-        cache: &mut PagedKvCache<B>,
-        batch: &PagedBatch<B>,
-    ) -> Tensor<B, 3> {
+    pub fn forward_paged(&self, inputs_embeds: Tensor<B, 3>, cache: &mut PagedKvCache<B>, batch: &PagedBatch<B>) -> Tensor<B, 3> {
         let device = inputs_embeds.device();
         let [_, t, _] = inputs_embeds.dims();
-        let one_per_row: Vec<Vec<usize>> = positions.iter().map(|&p| vec![p]).collect();
-        let (cos, sin) = self.rotary_emb.tables::<B>(&one_per_row, regimes, &device, inputs_embeds.dtype());
+        let one_per_row: Vec<Vec<usize>> = batch.positions().iter().map(|&p| vec![p]).collect();
+        let (cos, sin) = self.rotary_emb.tables::<B>(&one_per_row, batch.regimes(), &device, inputs_embeds.dtype());
         let hd = cos.dims()[3];
         let (cos, sin) = (cos.reshape([1, 1, t, hd]), sin.reshape([1, 1, t, hd])); // [t, 1, 1, hd] → one row
         let mut x = inputs_embeds;
         for (layer, kv) in self.layers.iter().zip(cache.layers.iter_mut()) {
-            x = layer.forward_paged(x, &cos, &sin, kv, batch);
+            x = layer.residual(x, |h| layer.self_attn.forward_paged(h, &cos, &sin, kv, batch));
         }
         self.norm.forward(x)
     }

@@ -245,15 +245,8 @@ impl<B: Backend> Phi3VForCausalLM<B> {
 
     /// Runs the decoder over a flat pass through a paged KV cache (step 3, serving); see
     /// [`Phi3Model::forward_paged`].
-    pub fn forward_paged(
-        &self,
-        inputs_embeds: Tensor<B, 3>,
-        positions: &[usize],
-        regimes: &[RopeRegime],
-        cache: &mut PagedKvCache<B>,
-        batch: &PagedBatch<B>,
-    ) -> Tensor<B, 3> {
-        self.model.forward_paged(inputs_embeds, positions, regimes, cache, batch)
+    pub fn forward_paged(&self, inputs_embeds: Tensor<B, 3>, cache: &mut PagedKvCache<B>, batch: &PagedBatch<B>) -> Tensor<B, 3> {
+        self.model.forward_paged(inputs_embeds, cache, batch)
     }
 
     /// `lm_head` in the compute dtype, returned in f32 (step 4).
