@@ -149,6 +149,8 @@ pub enum RequestEvent {
         token_id: u32,
         /// Text delta.
         text_delta: String,
+        /// When the token was chosen (for latency measurements: the stream may be read later).
+        at: Instant,
     },
     /// The request ended: its output (finish reason `Cancelled` when cancelled), or the error
     /// of the pass that failed under it. The last event.
@@ -597,6 +599,7 @@ impl<B: Backend> Engine<B> {
             .map(|(_, s)| &mut s.req.row)
             .collect();
         let next = choose(&mut rows, logits)?;
+        let chosen_at = Instant::now();
         for (&(id, _), token) in sample.iter().zip(next) {
             let Some(token) = token else { continue };
             let seq = self.seqs.get_mut(&id).expect("sampled sequences are served");
@@ -604,7 +607,11 @@ impl<B: Backend> Engine<B> {
             self.sched.append(id);
             let done = tail.is_some();
             text_delta.push_str(&tail.unwrap_or_default());
-            let _ = seq.req.events.send(RequestEvent::Token { token_id: token, text_delta });
+            let _ = seq.req.events.send(RequestEvent::Token {
+                token_id: token,
+                text_delta,
+                at: chosen_at,
+            });
             if done {
                 self.finish(id);
             }

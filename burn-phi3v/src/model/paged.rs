@@ -158,10 +158,11 @@ impl<B: Backend> PagedBatch<B> {
 
         let mut groups = Vec::new();
         let mut order = Vec::with_capacity(tokens); // flat token index, in group output order
-        // Decoding rows: one query each, keys padded to the longest and masked.
+        // Decoding rows: one query each, keys padded (and masked) to whole blocks of the
+        // longest, so the pass's shape changes once per block rather than once per token.
         let decode: Vec<usize> = (0..rows.len()).filter(|&i| rows[i].new == 1).collect();
         if !decode.is_empty() {
-            let keys = decode.iter().map(|&i| rows[i].cached + 1).max().unwrap_or(1);
+            let keys = decode.iter().map(|&i| rows[i].cached + 1).max().unwrap_or(1).next_multiple_of(block_size);
             let mut slots = Vec::with_capacity(decode.len() * keys);
             let mut mask = Vec::with_capacity(decode.len() * keys);
             for &i in &decode {
