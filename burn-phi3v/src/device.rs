@@ -177,7 +177,7 @@ pub fn resolve_dtype(info: &DeviceInfo, requested: Option<&str>) -> Result<DType
 /// Information about the device a string names, if this build and machine have it.
 pub fn device_info(spec: &str) -> Result<DeviceInfo, DeviceError> {
     let parsed: DeviceSpec = spec.parse()?;
-    let not_compiled = |feature| DeviceError::NotCompiled {
+    let _not_compiled = |feature| DeviceError::NotCompiled {
         spec: spec.to_string(),
         feature,
         available: available_specs(),
@@ -192,13 +192,13 @@ pub fn device_info(spec: &str) -> Result<DeviceInfo, DeviceError> {
             #[cfg(feature = "cpu")]
             return _pick(phi3v_backend_cpu::devices(), 0);
             #[cfg(not(feature = "cpu"))]
-            Err(not_compiled("cpu"))
+            Err(_not_compiled("cpu"))
         }
         DeviceSpec::Cuda(_i) => {
             #[cfg(feature = "cuda")]
             return _pick(phi3v_backend_cuda::devices(), _i);
             #[cfg(not(feature = "cuda"))]
-            Err(not_compiled("cuda"))
+            Err(_not_compiled("cuda"))
         }
         DeviceSpec::Wgpu(_i) | DeviceSpec::Vulkan(_i) => {
             #[cfg(feature = "wgpu")]
@@ -208,7 +208,7 @@ pub fn device_info(spec: &str) -> Result<DeviceInfo, DeviceError> {
                 return Ok(info);
             }
             #[cfg(not(feature = "wgpu"))]
-            Err(not_compiled("wgpu"))
+            Err(_not_compiled("wgpu"))
         }
     }
 }
@@ -248,7 +248,7 @@ pub fn with_device_dtype<F: DeviceFn>(spec: &str, dtype: Option<DType>, f: F) ->
 }
 
 fn with_device_info<F: DeviceFn>(spec: &str, info: DeviceInfo, dtype: DType, f: F) -> Result<F::Output, DeviceError> {
-    let _ = &f;
+    let _ = (&f, &info, dtype); // unused when no backend is compiled in
     let parsed: DeviceSpec = spec.parse()?;
     match parsed {
         DeviceSpec::Cpu => {
@@ -325,7 +325,9 @@ mod tests {
         assert!(matches!(with_device_dtype("cpu", Some(DType::F16), Sum), Err(DeviceError::UnsupportedDtype { .. })));
     }
 
+    #[cfg(feature = "cpu")]
     struct Sum;
+    #[cfg(feature = "cpu")]
     impl DeviceFn for Sum {
         type Output = f32;
         fn run<B: Backend>(self, device: &B::Device, _: &DeviceInfo, dtype: DType) -> f32 {
