@@ -209,3 +209,20 @@ fn errors_are_typed() {
     assert!(matches!(p.generate(&untagged), Err(Phi3vError::ImageTags(_))));
     assert!(matches!(p.generate(&Request::new("Hi").max_new_tokens(0)), Err(Phi3vError::InvalidParameter { .. })));
 }
+
+/// A pipeline can be shared between threads (e.g. behind an `Arc` in a server).
+#[test]
+fn pipeline_is_send_and_sync() {
+    fn shareable<T: Send + Sync>() {}
+    shareable::<Pipeline>();
+    let p = std::sync::Arc::new(pipeline("phi3v-tiny"));
+    let request = Request::new("Hi").max_new_tokens(3);
+    let here = p.generate(&request).expect("here");
+    let there = std::thread::spawn({
+        let (p, request) = (p.clone(), request.clone());
+        move || p.generate(&request).expect("there")
+    })
+    .join()
+    .expect("thread");
+    assert_same(&here, &there, "across threads");
+}
