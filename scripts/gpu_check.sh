@@ -5,13 +5,7 @@
 # Each job runs in its own folder with its own CubeCL caches (seeded from .gpu/cache.tgz).
 # Usage (device tool, carry .gpu and .gl): bash scripts/gpu_check.sh [seconds per job]
 source scripts/gpu_env.sh
-LIMIT=${1:-420}; R=$PWD; W=/tmp/w; M=$R/tests/fixtures/models; I=$R/tests/fixtures/images; S=$R/tests/fixtures/mmmu_sample
-job() { # name, command...
-  local d=$W/$1; shift; mkdir -p "$d"
-  printf '[compilation]\ncache = "local"\n[autotune]\ncache = "local"\n' > "$d/cubecl.toml"
-  [ -f "$R/.gpu/cache.tgz" ] && tar xzf "$R/.gpu/cache.tgz" -C "$d"
-  (cd "$d" && t0=$(date +%s) && timeout "$LIMIT" "$@" > out.txt 2> err.txt; echo "rc=$? ($(( $(date +%s) - t0 )) s)" >> out.txt) &
-}
+LIMIT=${1:-420}; M=$R/tests/fixtures/models; I=$R/tests/fixtures/images; S=$R/tests/fixtures/mmmu_sample
 job parity-cuda-f32  $B/phi3v-parity --device cuda --dtype f32 --stages
 job parity-cuda-bf16 $B/phi3v-parity --device cuda --dtype bf16
 job parity-wgpu-f32  $B/phi3v-parity --device wgpu --dtype f32 --stages

@@ -8,6 +8,18 @@ B=$PWD/.gpu/bin; for f in "$B"/*.xz; do [ -f "$f" ] && xz -dkf "$f" && chmod +x 
 export PHI3V_FIXTURES=$PWD/tests/fixtures PYTHONUNBUFFERED=1
 # Persist compiled kernels (PTX / SPIR-V) next to the autotune results, both under ./target.
 printf '[compilation]\ncache = "target"\n' > cubecl.toml
-mkdir -p target; [ -f .gpu/cache.tgz ] && tar xzf .gpu/cache.tgz -C target
+mkdir -p target; ls .gpu/cache.tgz.part-* >/dev/null 2>&1 && cat .gpu/cache.tgz.part-* > .gpu/cache.tgz
+[ -f .gpu/cache.tgz ] && tar xzf .gpu/cache.tgz -C target
 save_caches() { tar czf "$OUT/cache.tgz" -C target . 2>/dev/null; ls -la "$OUT/cache.tgz"; }
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
+# job NAME CMD...: runs CMD in the background in /tmp/w/NAME with its own CubeCL caches (seeded
+# from .gpu/cache.tgz), stdout/stderr in out.txt/err.txt there, at most $LIMIT seconds.
+W=/tmp/w; LIMIT=${LIMIT:-420}
+job() {
+  local d=$W/$1; shift; mkdir -p "$d"
+  printf '[compilation]\ncache = "local"\n[autotune]\ncache = "local"\n' > "$d/cubecl.toml"
+  [ -f "$R/.gpu/cache.tgz" ] && tar xzf "$R/.gpu/cache.tgz" -C "$d"
+  (cd "$d" && t0=$(date +%s) && timeout "$LIMIT" "$@" > out.txt 2> err.txt; echo "rc=$? ($(( $(date +%s) - t0 )) s)" >> out.txt) &
+}
+show() { for n in "$@"; do echo "=== $n"; cat $W/$n/out.txt; grep -v ": [0-9.]* s$" $W/$n/err.txt | grep -v "^\s*$" | tail -${TAIL:-4}; done; }
+R=$PWD

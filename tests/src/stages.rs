@@ -106,6 +106,11 @@ impl DeviceFn for OpVariants {
                 out.push((format!("causal attention, {len} tokens: {which}"), host(o)));
             }
             burn_phi3v::model::nn::set_composed_attention(false);
+            // The same mask built on the host (no broadcast comparison on the device).
+            let m: Vec<bool> = (0..len).flat_map(|q| (0..len).map(move |k| k > q)).collect();
+            let mask = Tensor::<B, 4, burn::tensor::Bool>::from_data(TensorData::new(m, [1, 1, len, len]), device).expand([1, h, len, len]);
+            let o = burn_phi3v::model::nn::attend(qkv[0].clone(), qkv[1].clone(), qkv[2].clone(), Some(mask), false);
+            out.push((format!("causal attention, {len} tokens: explicit host mask"), host(o)));
         }
         out
     }

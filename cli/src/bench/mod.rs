@@ -356,17 +356,21 @@ impl DeviceFn for BenchJob {
                 max_tokens: ((m as f64 * a.memory_fraction - weights_bytes as f64).max(0.0) / kv_bytes_per_token as f64) as u64,
             });
         }
-        if has("prefill") {
-            report.prefill = bench.prefill()?;
-        }
+        // Most telling first; results are written after every point, so a run cut short
+        // still leaves its figures.
+        bench.save(&report);
         if has("latency") {
             report.latency = bench.latency()?;
+            bench.save(&report);
+        }
+        if has("prefill") {
+            bench.prefill(&mut report)?;
         }
         if has("generation") {
-            report.generation = bench.generation()?;
+            bench.generation(&mut report)?;
         }
         if has("images") && model.vision_embed_tokens.is_some() {
-            report.images = bench.images()?;
+            bench.images(&mut report)?;
         }
         report.memory.peak_host_rss_bytes = peak_host_rss();
         report.memory.peak_device_bytes = monitor.as_ref().map(|m| m.peak());
@@ -385,6 +389,15 @@ struct Bench<'a, B: Backend> {
 }
 
 impl<B: Backend> Bench<'_, B> {
+    /// Writes what has been measured so far (memory figures included).
+    fn save(&self, report: &BenchReport) {
+        let mut r = report.clone();
+        r.memory.peak_host_rss_bytes = peak_host_rss();
+        if let Err(e) = report::write_all(&r, &self.args.out) {
+            eprintln!("warning: cannot write results: {e}");
+        }
+    }
+
     fn vocab(&self) -> usize {
         self.model.config.text.vocab_size
     }
@@ -412,7 +425,7 @@ impl<B: Backend> Bench<'_, B> {
         Ok(())
     }
 
-    fn prefill(&self) -> CliResult<Vec<PrefillPoint>> {
+    fn prefill(&self, report: &mut BenchReport) -> CliResult<()> {
         let a = self.args;
         let mut points = Vec::new();
         for &batch in &a.prefill_batches {
@@ -424,13 +437,13 @@ impl<B: Backend> Bench<'_, B> {
             }
         }
         let bar = progress(points.len(), "prefill");
-        let mut out = Vec::new();
         for (i, &(batch, len)) in points.iter().enumerate() {
             bar.set_position(i as u64);
             let mut p = PrefillPoint { batch, prompt_len: len, ..Default::default() };
             if len > self.model.config.text.max_position_embeddings || !self.fits(batch, len, len) {
                 p.skipped = Some("does not fit the context or the device memory".into());
-                out.push(p);
+                report.prefill.push(p);
+                self.save(report);
                 continue;
             }
             let r = guarded(|| {
@@ -455,10 +468,11 @@ impl<B: Backend> Bench<'_, B> {
                 Err(e) => p.skipped = Some(e),
             }
             bar.suspend(|| eprintln!("prefill batch {batch} × {len}: {}", p.describe()));
-            out.push(p);
+            report.prefill.push(p);
+                self.save(report);
         }
         bar.finish_and_clear();
-        Ok(out)
+        Ok(())
     }
 
     /// `n` parallel requests of `prompt` random tokens each generating exactly `output` tokens:
@@ -485,11 +499,10 @@ impl<B: Backend> Bench<'_, B> {
             .collect()
     }
 
-    fn generation(&self) -> CliResult<Vec<GenerationPoint>> {
+    fn generation(&self, report: &mut BenchReport) -> CliResult<()> {
         let a = self.args;
         let shapes: Vec<(usize, usize)> = a.shapes.iter().map(|s| parse_pair(s, "shape")).collect::<CliResult<_>>()?;
         let bar = progress(shapes.len() * a.parallel.len(), "generation");
-        let mut out = Vec::new();
         for &(prompt, output) in &shapes {
             let mut stop = false;
             for &n in &a.parallel {
@@ -498,7 +511,8 @@ impl<B: Backend> Bench<'_, B> {
                 if stop || !self.fits(n, prompt, prompt + output) || prompt + output > self.model.config.text.max_position_embeddings {
                     p.skipped = Some("does not fit the device memory".into());
                     stop = true;
-                    out.push(p);
+                    report.generation.push(p);
+                self.save(report);
                     continue;
                 }
                 let r = guarded(|| {
@@ -519,11 +533,12 @@ impl<B: Backend> Bench<'_, B> {
                     }
                 }
                 bar.suspend(|| eprintln!("generation {prompt}x{output}, {n} parallel: {}", p.describe()));
-                out.push(p);
+                report.generation.push(p);
+                self.save(report);
             }
         }
         bar.finish_and_clear();
-        Ok(out)
+        Ok(())
     }
 
     fn latency(&self) -> CliResult<Option<LatencyReport>> {
@@ -555,11 +570,10 @@ impl<B: Backend> Bench<'_, B> {
         }
     }
 
-    fn images(&self) -> CliResult<Vec<ImagePoint>> {
+    fn images(&self, report: &mut BenchReport) -> CliResult<()> {
         let a = self.args;
         let sizes: Vec<(usize, usize)> = a.images.iter().map(|s| parse_pair(s, "image size")).collect::<CliResult<_>>()?;
         let bar = progress(sizes.len() * a.num_crops.len(), "images");
-        let mut out = Vec::new();
         for &(w, h) in &sizes {
             let img = synthetic_image(w as u32, h as u32);
             for &crops in &a.num_crops {
@@ -615,11 +629,12 @@ impl<B: Backend> Bench<'_, B> {
                     Err(e) => p.skipped = Some(e),
                 }
                 bar.suspend(|| eprintln!("image {w}x{h}, num_crops {crops}: {}", p.describe()));
-                out.push(p);
+                report.images.push(p);
+                self.save(report);
             }
         }
         bar.finish_and_clear();
-        Ok(out)
+        Ok(())
     }
 }
 
