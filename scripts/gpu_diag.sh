@@ -5,9 +5,9 @@
 # Usage (device tool, carry .gpu and .gl): bash scripts/gpu_diag.sh [seconds per job]
 source scripts/gpu_env.sh
 LIMIT=${1:-150}
-job ops-cuda-f32  $B/phi3v-parity --device cuda --dtype f32 --ops --large
-job ops-cuda-bf16 $B/phi3v-parity --device cuda --dtype bf16 --ops --large
-job ops-wgpu-f32  $B/phi3v-parity --device wgpu --dtype f32 --ops --large
+job ops-cuda-f32  $B/phi3v-parity --device cuda --dtype f32 --ops ${LARGE:-}
+job ops-cuda-bf16 $B/phi3v-parity --device cuda --dtype bf16 --ops ${LARGE:-}
+job ops-wgpu-f32  $B/phi3v-parity --device wgpu --dtype f32 --ops ${LARGE:-}
 job parity-wgpu-composed env PHI3V_COMPOSED_ATTENTION=1 $B/phi3v-parity --device wgpu --dtype f32 \
   --cases astronaut_describe,camera_gray_jpeg,coffee_portrait,tiny_rgba_upscaled,long_context_two_images
 wait

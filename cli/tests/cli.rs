@@ -113,3 +113,40 @@ fn mmmu_sample_set_runs_resumes_and_compares() {
     assert!(md.contains("30") && md.to_lowercase().contains("agree"), "{md}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The benchmark suite's smoke run (issue 6): the tiny preset on the CPU, every scenario at
+/// small shapes; checks what it writes, never timings.
+#[test]
+fn bench_smoke_run_writes_card_graphs_and_results() {
+    let out = std::env::temp_dir().join(format!("phi3v-bench-smoke-{}", std::process::id()));
+    let o = phi3v(&[
+        "bench", "run", "--preset", "tiny", "--device", "cpu", "--prompt-lengths", "16,48", "--prefill-batches", "1,2",
+        "--parallel", "1,3", "--shapes", "24x6", "--images", "336x336", "--num-crops", "4", "--latency-shape", "24x6",
+        "--warmup", "1", "--runs", "2", "--out", out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let r: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).unwrap()).unwrap();
+    assert_eq!(r["prefill"].as_array().unwrap().len(), 4, "2 lengths × 2 batches");
+    assert!(r["prefill"].as_array().unwrap().iter().all(|p| p["tokens_per_s"].as_f64().unwrap() > 0.0));
+    let points = r["generation"].as_array().unwrap();
+    assert_eq!(points.len(), 2);
+    assert!(points.iter().all(|g| g["per_request_tokens_per_s"]["p50"].as_f64().unwrap() > 0.0 && g["ttft_ms"]["p50"].as_f64().unwrap() > 0.0));
+    let img = &r["images"][0];
+    assert_eq!((img["crops"].as_u64(), img["image_tokens"].as_u64()), (Some(5), Some(757)), "336² at num_crops 4: 2×2 tiles + global view");
+    assert_eq!(r["latency"]["runs"].as_u64(), Some(2));
+    assert!(r["kv_cache"]["max_tokens"].as_u64().unwrap() > 0);
+    for f in ["card.md", "results.csv", "prefill.png", "generation_24x6.png"] {
+        assert!(std::fs::metadata(out.join(f)).map(|m| m.len() > 100).unwrap_or(false), "{f} missing");
+    }
+    let card = std::fs::read_to_string(out.join("card.md")).unwrap();
+    assert!(card.contains("## Main metrics") && card.contains("generation_24x6.png"), "{card}");
+    // The comparison reads two result files of the same schema.
+    let cmp = phi3v(&["bench", "compare", out.join("results.json").to_str().unwrap(), out.join("results.json").to_str().unwrap()]);
+    assert!(stdout(&cmp).contains("| prefill batch 1 × 16 |") && stdout(&cmp).contains("| 1.00 |"), "{}", stdout(&cmp));
+    // Bad input is a clear error.
+    let bad = phi3v(&["bench", "run", "--preset", "nope", "--device", "cpu"]);
+    assert!(!bad.status.success() && stderr(&bad).contains("unknown preset"), "{}", stderr(&bad));
+    let bad = phi3v(&["bench", "run", "--preset", "tiny", "--device", "cpu", "--shapes", "12", "--scenarios", "generation", "--out", out.to_str().unwrap()]);
+    assert!(!bad.status.success() && stderr(&bad).contains("not of the form"), "{}", stderr(&bad));
+    let _ = std::fs::remove_dir_all(&out);
+}

@@ -69,7 +69,7 @@ fn panel(area: &Area, title: &str, y_desc: &str, points: &[(f64, f64, Option<(f6
         .y_label_area_size(64)
         .build_cartesian_2d((0.7f64..x_max).log_scale(), 0f64..y_max)
         .map_err(err)?;
-    chart.configure_mesh().light_line_style(WHITE).x_desc("parallel requests").y_desc(y_desc).label_style(("sans-serif", 13)).draw().map_err(err)?;
+    chart.configure_mesh().light_line_style(WHITE).x_labels(6).x_label_formatter(&|x| format!("{x:.0}")).x_desc("parallel requests").y_desc(y_desc).label_style(("sans-serif", 13)).draw().map_err(err)?;
     let color = RGBColor(31, 119, 180);
     chart.draw_series(LineSeries::new(points.iter().map(|p| (p.0, p.1)), color.stroke_width(2))).map_err(err)?;
     chart.draw_series(points.iter().map(|p| Circle::new((p.0, p.1), 4, color.filled()))).map_err(err)?;
@@ -112,7 +112,7 @@ fn prefill_graph(root: &Area, r: &BenchReport) -> CliResult<()> {
         .y_label_area_size(72)
         .build_cartesian_2d((64f64..x_max).log_scale(), 0f64..y_max)
         .map_err(err)?;
-    chart.configure_mesh().light_line_style(WHITE).x_desc("prompt tokens").y_desc("tokens/s").label_style(("sans-serif", 13)).draw().map_err(err)?;
+    chart.configure_mesh().light_line_style(WHITE).x_labels(6).x_label_formatter(&|x| format!("{x:.0}")).x_desc("prompt tokens").y_desc("tokens/s").label_style(("sans-serif", 13)).draw().map_err(err)?;
     let mut batches: Vec<usize> = ok.iter().map(|p| p.batch).collect();
     batches.dedup();
     for (i, b) in batches.iter().enumerate() {
