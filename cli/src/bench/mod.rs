@@ -472,7 +472,7 @@ impl<B: Backend> Bench<'_, B> {
             }
             bar.suspend(|| eprintln!("prefill batch {batch} × {len}: {}", p.describe()));
             report.prefill.push(p);
-                self.save(report);
+            self.save(report);
         }
         bar.finish_and_clear();
         Ok(())
@@ -515,7 +515,7 @@ impl<B: Backend> Bench<'_, B> {
                     p.skipped = Some("estimated not to fit the device memory".into());
                     stop = true;
                     report.generation.push(p);
-                self.save(report);
+                    self.save(report);
                     continue;
                 }
                 let r = guarded(|| {
