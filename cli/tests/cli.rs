@@ -129,7 +129,10 @@ fn bench_smoke_run_writes_card_graphs_and_results() {
     assert_eq!(r["prefill"].as_array().unwrap().len(), 4, "2 lengths × 2 batches");
     assert!(r["prefill"].as_array().unwrap().iter().all(|p| p["tokens_per_s"].as_f64().unwrap() > 0.0));
     let points = r["generation"].as_array().unwrap();
-    assert_eq!(points.len(), 2);
+    assert_eq!(points.len(), 4, "2 parallel counts × static and engine batching");
+    for mode in ["static", "engine"] {
+        assert_eq!(points.iter().filter(|g| g["batching"] == mode).count(), 2, "{mode}");
+    }
     assert!(points.iter().all(|g| g["per_request_tokens_per_s"]["p50"].as_f64().unwrap() > 0.0 && g["ttft_ms"]["p50"].as_f64().unwrap() > 0.0));
     let img = &r["images"][0];
     assert_eq!((img["crops"].as_u64(), img["image_tokens"].as_u64()), (Some(5), Some(757)), "336² at num_crops 4: 2×2 tiles + global view");

@@ -15,6 +15,7 @@ use std::time::Instant;
 use burn::tensor::{DType, Tensor, TensorData, backend::Backend};
 use burn_phi3v::device::{DeviceInfo, dtype_name};
 use burn_phi3v::weights::{Checkpoint, Weights};
+use burn_phi3v::engine::{Engine, EngineConfig, RequestEvent};
 use burn_phi3v::{GenerationParams, Phi3VConfig, Phi3VForCausalLM, Phi3VProcessor, ProcessedPrompt, generate};
 use clap::{Args, Subcommand};
 use phi3v_devices::{DeviceFn, with_device};
@@ -77,6 +78,13 @@ pub struct BenchArgs {
     /// Numbers of parallel requests for generation.
     #[arg(long, value_delimiter = ',', default_value = "1,2,4,8,16,32,64,128,256")]
     parallel: Vec<usize>,
+    /// How parallel requests are batched: `static` (one left-padded batch through `generate`),
+    /// `engine` (continuous batching over the paged KV cache), or both.
+    #[arg(long, value_delimiter = ',', default_value = "static,engine")]
+    batching: Vec<String>,
+    /// Most tokens in one engine pass (prefill chunks plus decoding sequences).
+    #[arg(long, default_value_t = 2048)]
+    max_batched_tokens: usize,
     /// (prompt, output) lengths for generation, as PxO.
     #[arg(long, value_delimiter = ',', default_value = "1024x128,4096x128,32x16")]
     shapes: Vec<String>,
@@ -505,43 +513,95 @@ impl<B: Backend> Bench<'_, B> {
     fn generation(&self, report: &mut BenchReport) -> CliResult<()> {
         let a = self.args;
         let shapes: Vec<(usize, usize)> = a.shapes.iter().map(|s| parse_pair(s, "shape")).collect::<CliResult<_>>()?;
-        let bar = progress(shapes.len() * a.parallel.len(), "generation");
+        for m in &a.batching {
+            if m != "static" && m != "engine" {
+                return Err(format!("unknown batching `{m}` (expected static or engine)").into());
+            }
+        }
+        let bar = progress(shapes.len() * a.parallel.len() * a.batching.len(), "generation");
         for &(prompt, output) in &shapes {
-            let mut stop = false;
-            for &n in &a.parallel {
-                bar.inc(1);
-                let mut p = GenerationPoint { prompt_len: prompt, output_len: output, parallel: n, ..Default::default() };
-                if stop || !self.fits(n, prompt, prompt + output) || prompt + output > self.model.config.text.max_position_embeddings {
-                    p.skipped = Some("estimated not to fit the device memory".into());
-                    stop = true;
+            for mode in &a.batching {
+                let mut stop = false;
+                for &n in &a.parallel {
+                    bar.inc(1);
+                    let mut p = GenerationPoint { prompt_len: prompt, output_len: output, parallel: n, batching: mode.clone(), ..Default::default() };
+                    if stop || !self.fits(n, prompt, prompt + output) || prompt + output > self.model.config.text.max_position_embeddings {
+                        p.skipped = Some("estimated not to fit the device memory".into());
+                        stop = true;
+                        report.generation.push(p);
+                        self.save(report);
+                        continue;
+                    }
+                    let run = |prompts: Vec<ProcessedPrompt>, output: usize| match mode.as_str() {
+                        "engine" => self.engine_timed(prompts, output),
+                        _ => self.generate_timed(&prompts, output),
+                    };
+                    let r = guarded(|| {
+                        for w in 0..a.warmup.min(1) {
+                            run(self.text_prompts(n, prompt, 3000 + w as u64), output.min(8))?;
+                        }
+                        let mut runs = Vec::new();
+                        for r in 0..a.generation_runs.max(1) {
+                            runs.push(run(self.text_prompts(n, prompt, 4000 + 97 * r as u64), output)?);
+                        }
+                        Ok(runs)
+                    });
+                    match r {
+                        Ok(runs) => p.fill(&runs),
+                        Err(e) => {
+                            p.skipped = Some(e);
+                            stop = true;
+                        }
+                    }
+                    bar.suspend(|| eprintln!("generation {prompt}x{output}, {mode} batching, {n} parallel: {}", p.describe()));
                     report.generation.push(p);
                     self.save(report);
-                    continue;
                 }
-                let r = guarded(|| {
-                    for w in 0..a.warmup.min(1) {
-                        self.generate_timed(&self.text_prompts(n, prompt, 3000 + w as u64), output.min(8))?;
-                    }
-                    let mut runs = Vec::new();
-                    for r in 0..a.generation_runs.max(1) {
-                        runs.push(self.generate_timed(&self.text_prompts(n, prompt, 4000 + 97 * r as u64), output)?);
-                    }
-                    Ok(runs)
-                });
-                match r {
-                    Ok(runs) => p.fill(&runs),
-                    Err(e) => {
-                        p.skipped = Some(e);
-                        stop = true;
-                    }
-                }
-                bar.suspend(|| eprintln!("generation {prompt}x{output}, {n} parallel: {}", p.describe()));
-                report.generation.push(p);
-                self.save(report);
             }
         }
         bar.finish_and_clear();
         Ok(())
+    }
+
+    /// The same requests through the engine (continuous batching, paged KV cache), all
+    /// submitted at once; the pool holds every request's tokens, so nothing is preempted and
+    /// the comparison with the static batch is like for like.
+    fn engine_timed(&self, prompts: Vec<ProcessedPrompt>, output: usize) -> CliResult<Vec<Vec<f64>>> {
+        let text = &self.model.config.text;
+        let block = EngineConfig::default().block_size;
+        let blocks: usize = prompts.iter().map(|p| (p.input_ids.len() + output).div_ceil(block)).sum();
+        let config = EngineConfig {
+            num_blocks: blocks.max(1),
+            max_running: prompts.len().max(1),
+            max_batched_tokens: self.args.max_batched_tokens,
+            ..Default::default()
+        };
+        if let Some(budget) = self.budget {
+            let most = EngineConfig::default().with_memory_budget(budget.max(0.0) as u64, text, self.model.dtype()).num_blocks;
+            if config.num_blocks > most {
+                return Err(format!("{} KV blocks do not fit the device memory ({most} do)", config.num_blocks).into());
+            }
+        }
+        let mut engine = Engine::new(self.model.clone(), self.processor.clone(), config)?;
+        let params = GenerationParams { max_new_tokens: output, min_new_tokens: output, stop_token_ids: Vec::new(), ..Default::default() };
+        let _ = B::sync(self.device);
+        let start = Instant::now();
+        let handles = prompts.into_iter().map(|p| engine.submit(p, params.clone())).collect::<Result<Vec<_>, _>>()?;
+        engine.run_until_idle()?;
+        let mut times = Vec::with_capacity(handles.len());
+        for h in handles {
+            let mut t = Vec::with_capacity(output);
+            while let Some(event) = h.try_recv() {
+                match event {
+                    RequestEvent::Token { at, .. } => t.push(at.duration_since(start).as_secs_f64()),
+                    RequestEvent::Finished(r) => {
+                        r?;
+                    }
+                }
+            }
+            times.push(t);
+        }
+        Ok(times)
     }
 
     fn latency(&self) -> CliResult<Option<LatencyReport>> {

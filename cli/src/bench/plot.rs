@@ -58,10 +58,14 @@ fn save(path: &Path, draw: impl FnOnce(&Area) -> CliResult<()>) -> CliResult<()>
     Ok(())
 }
 
-/// One panel: a line through the p50 (or single) values with optional p25–p75 bars.
-fn panel(area: &Area, title: &str, y_desc: &str, points: &[(f64, f64, Option<(f64, f64)>)]) -> CliResult<()> {
-    let x_max = points.iter().map(|p| p.0).fold(1.0, f64::max) * 1.5;
-    let y_max = points.iter().map(|p| p.2.map_or(p.1, |b| b.1).max(p.1)).fold(0.0, f64::max) * 1.15 + 1e-9;
+/// Points of one line: (x, p50 or single value, optional p25–p75 bar).
+type Series = Vec<(f64, f64, Option<(f64, f64)>)>;
+
+/// One panel: per named series a line through the values with optional p25–p75 bars.
+fn panel(area: &Area, title: &str, y_desc: &str, series: &[(String, Series)]) -> CliResult<()> {
+    let all = || series.iter().flat_map(|(_, s)| s.iter());
+    let x_max = all().map(|p| p.0).fold(1.0, f64::max) * 1.5;
+    let y_max = all().map(|p| p.2.map_or(p.1, |b| b.1).max(p.1)).fold(0.0, f64::max) * 1.15 + 1e-9;
     let mut chart = ChartBuilder::on(area)
         .caption(title, ("sans-serif", 18))
         .margin(12)
@@ -70,12 +74,21 @@ fn panel(area: &Area, title: &str, y_desc: &str, points: &[(f64, f64, Option<(f6
         .build_cartesian_2d((0.7f64..x_max).log_scale(), 0f64..y_max)
         .map_err(err)?;
     chart.configure_mesh().light_line_style(WHITE).x_labels(6).x_label_formatter(&|x| format!("{x:.0}")).x_desc("parallel requests").y_desc(y_desc).label_style(("sans-serif", 13)).draw().map_err(err)?;
-    let color = RGBColor(31, 119, 180);
-    chart.draw_series(LineSeries::new(points.iter().map(|p| (p.0, p.1)), color.stroke_width(2))).map_err(err)?;
-    chart.draw_series(points.iter().map(|p| Circle::new((p.0, p.1), 4, color.filled()))).map_err(err)?;
-    chart
-        .draw_series(points.iter().filter_map(|p| p.2.map(|(lo, hi)| PathElement::new(vec![(p.0, lo), (p.0, hi)], color.stroke_width(2)))))
-        .map_err(err)?;
+    for (i, (name, points)) in series.iter().enumerate() {
+        let color = Palette99::pick(i).to_rgba();
+        chart
+            .draw_series(LineSeries::new(points.iter().map(|p| (p.0, p.1)), color.stroke_width(2)))
+            .map_err(err)?
+            .label(name.clone())
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2)));
+        chart.draw_series(points.iter().map(|p| Circle::new((p.0, p.1), 4, color.filled()))).map_err(err)?;
+        chart
+            .draw_series(points.iter().filter_map(|p| p.2.map(|(lo, hi)| PathElement::new(vec![(p.0, lo), (p.0, hi)], color.stroke_width(2)))))
+            .map_err(err)?;
+    }
+    if series.len() > 1 {
+        chart.configure_series_labels().position(SeriesLabelPosition::UpperLeft).background_style(WHITE.mix(0.8)).border_style(BLACK).label_font(("sans-serif", 13)).draw().map_err(err)?;
+    }
     Ok(())
 }
 
@@ -92,9 +105,22 @@ fn generation_graph(root: &Area, r: &BenchReport, p: usize, o: usize, points: &[
     ))
     .map_err(err)?;
     let panels = body.split_evenly((1, 3));
-    let total: Vec<_> = points.iter().map(|g| (g.parallel as f64, g.total_tokens_per_s, None)).collect();
-    let per: Vec<_> = points.iter().map(|g| (g.parallel as f64, g.per_request_tokens_per_s.p50, bars(&g.per_request_tokens_per_s))).collect();
-    let ttft: Vec<_> = points.iter().map(|g| (g.parallel as f64, g.ttft_ms.p50, bars(&g.ttft_ms))).collect();
+    let modes = super::report::batching_modes(r);
+    let series = |f: &dyn Fn(&GenerationPoint) -> (f64, Option<(f64, f64)>)| -> Vec<(String, Series)> {
+        modes
+            .iter()
+            .map(|m| {
+                let s = points.iter().filter(|g| &g.batching == m).map(|g| {
+                    let (v, bar) = f(g);
+                    (g.parallel as f64, v, bar)
+                });
+                (format!("{m} batching"), s.collect())
+            })
+            .collect()
+    };
+    let total = series(&|g| (g.total_tokens_per_s, None));
+    let per = series(&|g| (g.per_request_tokens_per_s.p50, bars(&g.per_request_tokens_per_s)));
+    let ttft = series(&|g| (g.ttft_ms.p50, bars(&g.ttft_ms)));
     panel(&panels[0], "total throughput", "tokens/s", &total)?;
     panel(&panels[1], "per-request speed (p25-p75)", "tokens/s", &per)?;
     panel(&panels[2], "time to first token (p25-p75)", "ms", &ttft)?;

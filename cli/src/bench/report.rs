@@ -79,6 +79,9 @@ pub struct GenerationPoint {
     pub prompt_len: usize,
     pub output_len: usize,
     pub parallel: usize,
+    /// `static` (one left-padded batch, `generate`) or `engine` (continuous batching over the
+    /// paged KV cache).
+    pub batching: String,
     pub runs: usize,
     /// Generated tokens of all requests per second of wall time.
     pub total_tokens_per_s: f64,
@@ -275,7 +278,7 @@ pub fn csv(r: &BenchReport) -> String {
         row("prefill", &point, "tokens_per_s", p.tokens_per_s);
     }
     for g in r.generation.iter().filter(|p| p.skipped.is_none()) {
-        let point = format!("{}x{}_parallel{}", g.prompt_len, g.output_len, g.parallel);
+        let point = format!("{}x{}_parallel{}_{}", g.prompt_len, g.output_len, g.parallel, g.batching);
         row("generation", &point, "total_tokens_per_s", g.total_tokens_per_s);
         for (name, p) in [("per_request_tokens_per_s", &g.per_request_tokens_per_s), ("ttft_ms", &g.ttft_ms), ("itl_ms", &g.itl_ms), ("e2e_s", &g.e2e_s)] {
             for (q, v) in [("mean", p.mean), ("p25", p.p25), ("p50", p.p50), ("p75", p.p75), ("p90", p.p90), ("p95", p.p95), ("p99", p.p99)] {
@@ -319,10 +322,22 @@ fn gib(b: u64) -> String {
     format!("{:.1} GiB", b as f64 / (1u64 << 30) as f64)
 }
 
-fn generation_at(r: &BenchReport, prompt: usize, output: usize, parallel: usize) -> Option<&GenerationPoint> {
-    r.generation
-        .iter()
-        .find(|g| g.skipped.is_none() && (g.prompt_len, g.output_len, g.parallel) == (prompt, output, parallel))
+/// The measured point of that shape; `batching` `None` takes the first mode measured.
+fn generation_at<'a>(r: &'a BenchReport, prompt: usize, output: usize, parallel: usize, batching: Option<&str>) -> Option<&'a GenerationPoint> {
+    r.generation.iter().find(|g| {
+        g.skipped.is_none() && (g.prompt_len, g.output_len, g.parallel) == (prompt, output, parallel) && batching.is_none_or(|b| g.batching == b)
+    })
+}
+
+/// The batching modes a report measured, in first-seen order.
+pub fn batching_modes(r: &BenchReport) -> Vec<String> {
+    let mut modes: Vec<String> = Vec::new();
+    for g in &r.generation {
+        if !modes.contains(&g.batching) {
+            modes.push(g.batching.clone());
+        }
+    }
+    modes
 }
 
 fn prefill_at(r: &BenchReport, batch: usize, len: usize) -> Option<&PrefillPoint> {
@@ -345,9 +360,11 @@ pub fn card(r: &BenchReport, graphs: &[String]) -> String {
         main(format!("single request {}→{}: decode", l.prompt_len, l.output_len), format!("{:.1} tokens/s", l.decode_tokens_per_s));
         main(format!("single request {}→{}: time to first token", l.prompt_len, l.output_len), format!("{:.1} ms", l.prefill_s.p50 * 1e3));
     }
-    for n in [10, 64] {
-        if let Some(g) = generation_at(r, 1024, 128, n) {
-            main(format!("{n} parallel 1024→128: per request / total"), format!("{:.1} / {:.1} tokens/s", g.per_request_tokens_per_s.p50, g.total_tokens_per_s));
+    for mode in batching_modes(r) {
+        for n in [10, 64] {
+            if let Some(g) = generation_at(r, 1024, 128, n, Some(&mode)) {
+                main(format!("{n} parallel 1024→128 ({mode} batching): per request / total"), format!("{:.1} / {:.1} tokens/s", g.per_request_tokens_per_s.p50, g.total_tokens_per_s));
+            }
         }
     }
     if let Some(k) = &r.kv_cache {
@@ -372,9 +389,9 @@ pub fn card(r: &BenchReport, graphs: &[String]) -> String {
         }
     }
     if !r.generation.is_empty() {
-        let _ = writeln!(s, "\n## Generation against parallel requests\n\n| prompt→output | parallel | total tokens/s | per request tokens/s p25/p50/p75 | TTFT ms p25/p50/p75 | TTFT p90/p95/p99 | ITL ms p50/p90/p95/p99 |\n|---|---|---|---|---|---|---|");
+        let _ = writeln!(s, "\n## Generation against parallel requests\n\n| prompt→output | batching | parallel | total tokens/s | per request tokens/s p25/p50/p75 | TTFT ms p25/p50/p75 | TTFT p90/p95/p99 | ITL ms p50/p90/p95/p99 |\n|---|---|---|---|---|---|---|---|");
         for g in &r.generation {
-            let shape = format!("{}→{}", g.prompt_len, g.output_len);
+            let shape = format!("{}→{} | {}", g.prompt_len, g.output_len, g.batching);
             match &g.skipped {
                 None => {
                     let (q, t, i) = (&g.per_request_tokens_per_s, &g.ttft_ms, &g.itl_ms);
@@ -461,13 +478,18 @@ pub fn compare(ours: &BenchReport, peer: &BenchReport, bandwidth: f64, peak_flop
     let mut gens: Vec<(usize, usize, usize)> = ours.generation.iter().chain(&peer.generation).map(|g| (g.prompt_len, g.output_len, g.parallel)).collect();
     gens.sort_unstable();
     gens.dedup();
+    let modes = batching_modes(ours);
     for (p, o, n) in gens {
-        let (a, b) = (generation_at(ours, p, o, n), generation_at(peer, p, o, n));
         // Each step reads the weights once plus every request's KV cache (at its mean length).
         let kv = ours.kv_cache.as_ref().map_or(0.0, |k| k.bytes_per_token as f64) * n as f64 * (p + o / 2) as f64;
         let step = (params * bytes_per_param + kv) / bandwidth;
-        line(format!("{n} parallel {p}→{o}: total"), a.map(|g| g.total_tokens_per_s), b.map(|g| g.total_tokens_per_s), Some(n as f64 / step), "tokens/s");
-        line(format!("{n} parallel {p}→{o}: per request p50"), a.map(|g| g.per_request_tokens_per_s.p50), b.map(|g| g.per_request_tokens_per_s.p50), Some(1.0 / step), "tokens/s");
+        let b = generation_at(peer, p, o, n, None);
+        for mode in modes.iter().map(|m| Some(m.as_str())).chain(modes.is_empty().then_some(None)) {
+            let a = generation_at(ours, p, o, n, mode);
+            let tag = mode.map_or(String::new(), |m| format!(", ours {m}"));
+            line(format!("{n} parallel {p}→{o}{tag}: total"), a.map(|g| g.total_tokens_per_s), b.map(|g| g.total_tokens_per_s), Some(n as f64 / step), "tokens/s");
+            line(format!("{n} parallel {p}→{o}{tag}: per request p50"), a.map(|g| g.per_request_tokens_per_s.p50), b.map(|g| g.per_request_tokens_per_s.p50), Some(1.0 / step), "tokens/s");
+        }
     }
     let mut imgs: Vec<(String, usize)> = ours.images.iter().chain(&peer.images).map(|i| (i.image.clone(), i.num_crops)).collect();
     imgs.sort();
