@@ -17,7 +17,48 @@
 //! ```
 
 use burn::tensor::{DType, backend::Backend};
-pub use phi3v_backend_core::{DeviceInfo, dtype_name, parse_dtype};
+
+/// One device a backend offers.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeviceInfo {
+    /// Device string that selects it (`cpu`, `cuda:0`, `wgpu:1`, …).
+    pub spec: String,
+    /// Backend family (`cpu`, `cuda`, `wgpu`, `rocm`).
+    pub backend: &'static str,
+    /// Index within the family.
+    pub index: usize,
+    /// Human-readable name as the runtime reports it.
+    pub name: String,
+    /// Total memory in bytes, where the runtime tells.
+    pub total_memory: Option<u64>,
+    /// Free memory in bytes, where the runtime tells.
+    pub free_memory: Option<u64>,
+    /// Float compute dtypes supported for the model.
+    pub dtypes: Vec<DType>,
+    /// Default compute dtype.
+    pub default_dtype: DType,
+}
+
+/// Parses `f32`, `f16`, `bf16` (also `float32`, `float16`, `bfloat16`).
+pub fn parse_dtype(s: &str) -> Option<DType> {
+    match s.to_ascii_lowercase().as_str() {
+        "f32" | "float32" | "fp32" => Some(DType::F32),
+        "f16" | "float16" | "fp16" | "half" => Some(DType::F16),
+        "bf16" | "bfloat16" => Some(DType::BF16),
+        _ => None,
+    }
+}
+
+/// The short name of a float dtype (`f32`, `f16`, `bf16`).
+pub fn dtype_name(d: DType) -> &'static str {
+    match d {
+        DType::F32 => "f32",
+        DType::F16 => "f16",
+        DType::BF16 => "bf16",
+        DType::F64 => "f64",
+        _ => "other",
+    }
+}
 
 /// A parsed device string.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -130,11 +171,11 @@ pub fn available_devices() -> Vec<DeviceInfo> {
     #[allow(unused_mut)]
     let mut v = Vec::new();
     #[cfg(feature = "cpu")]
-    v.extend(phi3v_backend_cpu::devices());
+    v.extend(crate::backends::cpu::devices());
     #[cfg(feature = "cuda")]
-    v.extend(phi3v_backend_cuda::devices());
+    v.extend(crate::backends::cuda::devices());
     #[cfg(feature = "wgpu")]
-    v.extend(phi3v_backend_wgpu::devices());
+    v.extend(crate::backends::wgpu::devices());
     v
 }
 
@@ -190,20 +231,20 @@ pub fn device_info(spec: &str) -> Result<DeviceInfo, DeviceError> {
     match parsed {
         DeviceSpec::Cpu => {
             #[cfg(feature = "cpu")]
-            return _pick(phi3v_backend_cpu::devices(), 0);
+            return _pick(crate::backends::cpu::devices(), 0);
             #[cfg(not(feature = "cpu"))]
             Err(_not_compiled("cpu"))
         }
         DeviceSpec::Cuda(_i) => {
             #[cfg(feature = "cuda")]
-            return _pick(phi3v_backend_cuda::devices(), _i);
+            return _pick(crate::backends::cuda::devices(), _i);
             #[cfg(not(feature = "cuda"))]
             Err(_not_compiled("cuda"))
         }
         DeviceSpec::Wgpu(_i) | DeviceSpec::Vulkan(_i) => {
             #[cfg(feature = "wgpu")]
             {
-                let mut info = _pick(phi3v_backend_wgpu::devices(), _i.unwrap_or(0))?;
+                let mut info = _pick(crate::backends::wgpu::devices(), _i.unwrap_or(0))?;
                 info.spec = spec.to_string();
                 return Ok(info);
             }
@@ -253,24 +294,24 @@ fn with_device_info<F: DeviceFn>(spec: &str, info: DeviceInfo, dtype: DType, f: 
     match parsed {
         DeviceSpec::Cpu => {
             #[cfg(feature = "cpu")]
-            return Ok(f.run::<phi3v_backend_cpu::Cpu>(&phi3v_backend_cpu::device(), &info, dtype));
+            return Ok(f.run::<crate::backends::cpu::Cpu>(&crate::backends::cpu::device(), &info, dtype));
         }
         DeviceSpec::Cuda(_i) => {
             #[cfg(feature = "cuda")]
-            return Ok(f.run::<phi3v_backend_cuda::Cuda>(&phi3v_backend_cuda::device(_i), &info, dtype));
+            return Ok(f.run::<crate::backends::cuda::Cuda>(&crate::backends::cuda::device(_i), &info, dtype));
         }
         DeviceSpec::Wgpu(_i) | DeviceSpec::Vulkan(_i) => {
             #[cfg(feature = "wgpu")]
             {
-                let adapters = phi3v_backend_wgpu::adapters();
+                let adapters = crate::backends::wgpu::adapters();
                 let device = match _i {
                     Some(n) => adapters.get(n).map(|a| a.device.clone()).unwrap_or_default(),
                     None => Default::default(),
                 };
                 if matches!(parsed, DeviceSpec::Vulkan(_)) {
-                    phi3v_backend_wgpu::init_vulkan(&device);
+                    crate::backends::wgpu::init_vulkan(&device);
                 }
-                return Ok(f.run::<phi3v_backend_wgpu::Wgpu>(&device, &info, dtype));
+                return Ok(f.run::<crate::backends::wgpu::Wgpu>(&device, &info, dtype));
             }
         }
     }

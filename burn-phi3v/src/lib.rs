@@ -53,13 +53,15 @@
 //! | `cpu` | yes | the CPU (Burn's Flex backend): device `cpu`, f32 |
 //! | `cuda` | no | NVIDIA GPUs (Burn's CUDA backend; kernels compiled at run time by NVRTC): `cuda[:N]`, bf16 by default, f16, f32 |
 //! | `wgpu` | no | Vulkan / Metal / DX12 through wgpu: `wgpu[:N]`, `vulkan[:N]`, f32 (f16 where the adapter has it) |
+//! | `rocm` | no | AMD GPUs (Burn's ROCm backend): the backend type and discovery in `backends::rocm`, no device string yet (never run on AMD hardware) |
 //! | `fusion` | no | Burn's kernel fusion on the GPU backends (miscompiles some of this model's shapes in Burn 0.21) |
 //!
 //! The backends are additive: `burn-phi3v = { version = "0.1", features = ["cuda"] }` gives
 //! `cpu` and `cuda`; with `default-features = false` only what is named. A device string whose
 //! backend is not compiled in is an error ([`device::DeviceError::NotCompiled`]) that names
 //! the feature. The crate re-exports [`burn`] and [`image`], so an application needs no other
-//! dependency.
+//! dependency. The backends' code (backend types, device discovery, dtype policy) lives here, in
+//! [`backends`]; the crates `phi3v-backend-cpu`, `-cuda`, `-wgpu` and `-rocm` re-export it.
 
 #![deny(missing_docs)]
 

@@ -6,8 +6,10 @@
 //! | `cpu` (default) | `cpu` | `Cpu` (Burn's Flex) | `cpu::device()` |
 //! | `cuda` | `cuda` | `Cuda` | `cuda::device(index)` |
 //! | `wgpu` | `wgpu` | `Wgpu` | `wgpu::adapters()[n].device`, or `Default::default()` |
+//! | `rocm` | `rocm` | `Rocm` (not run on AMD hardware yet; no device string) | `rocm::device(index)` |
 //!
 //! Each module also lists its devices (`devices()`) and its dtype policy (`DEFAULT_DTYPE`).
+//! The thin crates `phi3v-backend-cpu`, `-cuda`, `-wgpu` and `-rocm` re-export these modules.
 //!
 //! ```
 //! use burn_phi3v::backends::{Cpu, cpu};
@@ -20,19 +22,21 @@
 //! ```
 
 #[cfg(feature = "cpu")]
-#[doc(inline)]
-pub use phi3v_backend_cpu as cpu;
+pub mod cpu;
 #[cfg(feature = "cpu")]
-pub use phi3v_backend_cpu::Cpu;
+pub use cpu::Cpu;
 
 #[cfg(feature = "cuda")]
-#[doc(inline)]
-pub use phi3v_backend_cuda as cuda;
+pub mod cuda;
 #[cfg(feature = "cuda")]
-pub use phi3v_backend_cuda::Cuda;
+pub use cuda::Cuda;
 
 #[cfg(feature = "wgpu")]
-#[doc(inline)]
-pub use phi3v_backend_wgpu as wgpu;
+pub mod wgpu;
 #[cfg(feature = "wgpu")]
-pub use phi3v_backend_wgpu::Wgpu;
+pub use self::wgpu::Wgpu;
+
+#[cfg(feature = "rocm")]
+pub mod rocm;
+#[cfg(feature = "rocm")]
+pub use rocm::Rocm;
