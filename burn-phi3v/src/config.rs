@@ -9,7 +9,7 @@ use std::path::Path;
 use serde_json::Value;
 
 use crate::error::{Phi3vError, Result};
-use crate::image_processor::{CLIP_MEAN, CLIP_STD, DEFAULT_MAX_PIXELS, ImageProcessorConfig};
+use crate::image_processor::{CLIP_MEAN, CLIP_STD, DEFAULT_MAX_IMAGES, DEFAULT_MAX_PIXELS, ImageProcessorConfig};
 
 /// Rotary-embedding scaling as declared by `rope_scaling`.
 #[derive(Debug, Clone, PartialEq)]
@@ -524,6 +524,7 @@ pub fn preprocessor_config_from_file(path: &Path) -> Result<ImageProcessorConfig
         image_mean: f.f32_triple("image_mean")?.unwrap_or(CLIP_MEAN),
         image_std: f.f32_triple("image_std")?.unwrap_or(CLIP_STD),
         max_pixels: DEFAULT_MAX_PIXELS,
+        max_images: DEFAULT_MAX_IMAGES,
     })
 }
 

@@ -125,6 +125,34 @@ pub enum Phi3vError {
     #[error("prompt/image mismatch: {0}")]
     ImageTags(String),
 
+    /// More images in one prompt than the processor accepts
+    /// ([`ImageProcessorConfig::max_images`](crate::image_processor::ImageProcessorConfig::max_images)).
+    #[error("{count} images given for one prompt, more than the limit of {max} (image_processor max_images)")]
+    TooManyImages {
+        /// Images given.
+        count: usize,
+        /// The limit.
+        max: usize,
+    },
+
+    /// The checkpoint cannot fit in the device's memory: refused before loading (Burn 0.21's
+    /// GPU backends abort on a failed allocation instead of returning an error).
+    #[error("{path}: the weights need {needed} bytes in {dtype} but device `{device}` has {available} bytes {kind}")]
+    InsufficientMemory {
+        /// The model folder.
+        path: PathBuf,
+        /// The device string.
+        device: String,
+        /// The compute dtype.
+        dtype: String,
+        /// Bytes the weights take in that dtype.
+        needed: u64,
+        /// Bytes the device reports.
+        available: u64,
+        /// `free` or `in total`: which figure the device reported.
+        kind: &'static str,
+    },
+
     /// A token id is outside the vocabulary.
     #[error("token id {id} at position {position} is outside the vocabulary (size {vocab_size})")]
     TokenOutOfRange {

@@ -238,6 +238,15 @@ impl Checkpoint {
         self.entries.keys().map(String::as_str)
     }
 
+    /// Number of stored elements over all tensors (saturating): what the weights take on the
+    /// device is this times the compute dtype's size.
+    pub fn num_elements(&self) -> u64 {
+        self.entries
+            .values()
+            .map(|e| e.shape.iter().fold(1u64, |a, &d| a.saturating_mul(d as u64)))
+            .fold(0u64, u64::saturating_add)
+    }
+
     /// Location, dtype and shape of a tensor.
     pub fn entry(&self, name: &str) -> Option<&TensorEntry> {
         self.entries.get(name)

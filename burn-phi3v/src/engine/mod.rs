@@ -429,7 +429,8 @@ impl<B: Backend> Engine<B> {
             for id in self.seqs.keys().copied().collect::<Vec<_>>() {
                 self.sched.remove(id);
                 if let Some(seq) = self.seqs.remove(&id) {
-                    let _ = seq.req.events.send(RequestEvent::Finished(Err(Phi3vError::EngineStep(reason.clone()))));
+                    // Each request's error names it, and the pass's cause.
+                    let _ = seq.req.events.send(RequestEvent::Finished(Err(Phi3vError::EngineStep(format!("request {id}: {reason}")))));
                 }
             }
             return Err(e);
@@ -557,7 +558,7 @@ impl<B: Backend> Engine<B> {
             let slots = chunk.iter().filter(|&&i| i < 0).count();
             if slots > 0 {
                 let before = known[..p.start].iter().filter(|&&i| i < 0).count();
-                let f = seq.features.clone().ok_or_else(|| Phi3vError::InvalidInput("image features missing".into()))?;
+                let f = seq.features.clone().ok_or_else(|| Phi3vError::InvalidInput(format!("request {}: image features missing", p.id)))?;
                 features.push(f.narrow(0, before, slots));
             }
             ids.extend_from_slice(chunk);
