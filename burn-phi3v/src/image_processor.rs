@@ -54,6 +54,11 @@ pub const CLIP_STD: [f32; 3] = [
 /// `2 * Image.MAX_IMAGE_PIXELS` = 178,956,970 pixels, above which PIL refuses to open an image.
 pub const DEFAULT_MAX_PIXELS: u64 = 178_956_970;
 
+/// Default maximum number of images in one prompt ([`ImageProcessorConfig::max_images`]). MMMU uses
+/// at most 7 and the model cards' multi-frame examples about 20; each image costs up to
+/// `num_crops + 1` crops of 1.35 MB of f32 pixels plus its image tokens (757 with 4 crops).
+pub const DEFAULT_MAX_IMAGES: usize = 32;
+
 /// Largest accepted `num_crops`. The real checkpoints use 4 or 16; the cap keeps the HD image bounded
 /// (at most a 16 × 16 grid of 336-pixel tiles, i.e. 5376 × 5376 pixels, for a square image).
 pub const MAX_NUM_CROPS: usize = 256;
@@ -80,16 +85,21 @@ pub struct ImageProcessorConfig {
     pub image_std: [f32; 3],
     /// Decompression-bomb guard used by the loading helpers: the largest accepted `width * height`.
     pub max_pixels: u64,
+    /// Most images accepted in one prompt (`Phi3VProcessor::process` refuses more with
+    /// `Phi3vError::TooManyImages` before preprocessing any of them).
+    pub max_images: usize,
 }
 
 impl Default for ImageProcessorConfig {
-    /// Phi-3-vision's settings: `num_crops` 16, CLIP mean/std, [`DEFAULT_MAX_PIXELS`].
+    /// Phi-3-vision's settings: `num_crops` 16, CLIP mean/std, [`DEFAULT_MAX_PIXELS`],
+    /// [`DEFAULT_MAX_IMAGES`].
     fn default() -> Self {
         Self {
             num_crops: 16,
             image_mean: CLIP_MEAN,
             image_std: CLIP_STD,
             max_pixels: DEFAULT_MAX_PIXELS,
+            max_images: DEFAULT_MAX_IMAGES,
         }
     }
 }
@@ -367,10 +377,14 @@ pub fn decode_image(bytes: &[u8], what: &str, max_pixels: u64) -> Result<Dynamic
         });
     }
     let mut reader = reader()?;
-    // Second line of defence: the decoder itself refuses anything larger than the header said.
+    // Second line of defence: the decoder itself refuses anything larger than the header said,
+    // and everything it allocates is bounded by what an image of the header's size needs (at most
+    // 16 bytes a pixel, twice over, plus 64 MiB): a GIF frame may declare a size far beyond its
+    // logical screen, which the decoder would otherwise allocate (found by fuzzing).
     let mut limits = Limits::no_limits();
     limits.max_image_width = Some(width);
     limits.max_image_height = Some(height);
+    limits.max_alloc = Some(decoder_memory_budget(w, h));
     reader.limits(limits);
     let img = reader.decode().map_err(decode_err)?;
     if img.width() == 0 || img.height() == 0 {
@@ -381,6 +395,11 @@ pub fn decode_image(bytes: &[u8], what: &str, max_pixels: u64) -> Result<Dynamic
         });
     }
     Ok(img)
+}
+
+/// Bytes a decoder may allocate for an image of `width × height` pixels (see [`decode_image`]).
+fn decoder_memory_budget(width: u64, height: u64) -> u64 {
+    width.saturating_mul(height).saturating_mul(32).saturating_add(64 << 20)
 }
 
 /// Reads and decodes an image file (see [`decode_image`]); errors name the path.
@@ -1211,6 +1230,17 @@ mod tests {
             }
             other => panic!("expected TooLarge, got {other:?}"),
         }
+        // GIF whose logical screen is 5 × 3 but whose frame declares 65513 × 65535 pixels (17 GB
+        // of RGBA): found by the `image` fuzz target (an out-of-memory abort before the decoder
+        // memory budget). The decoder now refuses the frame's allocation.
+        // (The fuzzer's input minus its first byte, which picks num_crops.)
+        let gif: &[u8] = b"GIF87a\x05\x00\x03\x00\x81\x00\x00\x00\xff\x00\xc8\x0a\x1e\x00\x00\x00\x00\x00\x00,\x00\x00\x00\x00\xe9\xff\xff\xff\x00\x08\x0b\x00\x03\x08\x1c\x08\x03\x89PNG\x0d\x0a\x1a\x0a\x00;\x00\x0dIHDR\x00\x00\x00\x04\x00\x00\x00\x04\x10\x00\x00\x00\x00\xdc\x0a\x1d\xe1\x00\x00b`\xc0\xc5\x00\x00\x06\xaf\x004\xac\x88\x92J\x00\x00\x00\x00IEND\xaeB`\x82";
+        let err = decode_image(gif, "frame-bomb.gif", DEFAULT_MAX_PIXELS).unwrap_err();
+        match &err {
+            ImageError::Decode { what, source: image::ImageError::Limits(_) } => assert_eq!(what, "frame-bomb.gif"),
+            other => panic!("expected a decoder limit error, got {other:?}"),
+        }
+        assert_eq!(decoder_memory_budget(5, 3), 15 * 32 + (64 << 20));
         // A configurable limit.
         let err = decode_image(&png_header(20, 20), "small.png", 399).unwrap_err();
         assert!(matches!(err, ImageError::TooLarge { .. }), "{err:?}");

@@ -46,8 +46,7 @@ pub fn apply_chat_template(messages: &[Message], add_generation_prompt: bool) ->
 /// A user message for `n_images` images: `<|image_1|>\n…<|image_n|>\n` before `text`, unless
 /// `text` already places its own `<|image_k|>` tags (the model cards' multi-image format).
 pub fn with_image_tags(text: &str, n_images: usize) -> String {
-    let tagged = split_image_tags(text).iter().any(|p| matches!(p, Piece::Image(_)));
-    if n_images == 0 || tagged {
+    if n_images == 0 || has_image_tags(&split_image_tags(text)) {
         return text.to_string();
     }
     let mut out: String = (1..=n_images).map(|k| format!("<|image_{k}|>\n")).collect();
@@ -61,6 +60,38 @@ enum Piece<'a> {
     Text(&'a str),
     /// `<|image_k|>` with its number k (1-based).
     Image(usize),
+}
+
+fn has_image_tags(pieces: &[Piece<'_>]) -> bool {
+    pieces.iter().any(|p| matches!(p, Piece::Image(_)))
+}
+
+fn no_tags_error(images: usize) -> Phi3vError {
+    Phi3vError::ImageTags(format!("{images} image(s) given but the prompt has no <|image_N|> tag"))
+}
+
+/// Every tag numbered 1…`images`, each image tagged exactly once.
+fn check_image_tags(pieces: &[Piece<'_>], images: usize) -> Result<()> {
+    let mut seen = vec![false; images];
+    for p in pieces {
+        let Piece::Image(k) = *p else { continue };
+        if k == 0 || k > images {
+            return Err(Phi3vError::ImageTags(format!(
+                "tag <|image_{k}|> but {images} image(s) given (tags are numbered from 1)"
+            )));
+        }
+        if std::mem::replace(&mut seen[k - 1], true) {
+            return Err(Phi3vError::ImageTags(format!("tag <|image_{k}|> appears more than once")));
+        }
+    }
+    if let Some(k) = seen.iter().position(|s| !s) {
+        return Err(Phi3vError::ImageTags(format!(
+            "image {} is given but the prompt has no <|image_{}|> tag",
+            k + 1,
+            k + 1
+        )));
+    }
+    Ok(())
 }
 
 /// Splits at every `<|image_N|>` (the reference's regex `<\|image_\d+\|>`).
@@ -150,12 +181,8 @@ impl Phi3VProcessor {
         let image_config = if pre.is_file() {
             preprocessor_config_from_file(&pre)?
         } else {
-            ImageProcessorConfig {
-                num_crops: 1,
-                image_mean: crate::image_processor::CLIP_MEAN,
-                image_std: crate::image_processor::CLIP_STD,
-                max_pixels: crate::image_processor::DEFAULT_MAX_PIXELS,
-            }
+            // The reference class's defaults: one crop, CLIP mean/std.
+            ImageProcessorConfig::with_num_crops(1)
         };
         let tc = dir.join("tokenizer_config.json");
         let tokenizer_eos = if tc.is_file() {
@@ -200,66 +227,77 @@ impl Phi3VProcessor {
     /// Without images the text is encoded once with BOS. With images it is split at every
     /// `<|image_k|>` tag, every chunk is encoded with its own BOS, and tag k becomes
     /// `num_img_tokens(k)` copies of `−k` (spec §5.4). Every image must be referenced exactly
-    /// once by tags numbered 1…n; images are returned in tag order.
+    /// once by tags numbered 1…n; images are returned in tag order. More than
+    /// `image_config.max_images` images is [`Phi3vError::TooManyImages`].
     pub fn process(&self, prompt: &str, images: &[DynamicImage]) -> Result<ProcessedPrompt> {
+        if images.len() > self.image_config.max_images {
+            return Err(Phi3vError::TooManyImages {
+                count: images.len(),
+                max: self.image_config.max_images,
+            });
+        }
         let pieces = split_image_tags(prompt);
-        let tags: Vec<usize> = pieces
-            .iter()
-            .filter_map(|p| if let Piece::Image(k) = p { Some(*k) } else { None })
-            .collect();
-        if tags.is_empty() {
+        if !has_image_tags(&pieces) {
             if !images.is_empty() {
-                return Err(Phi3vError::ImageTags(format!(
-                    "{} image(s) given but the prompt has no <|image_N|> tag",
-                    images.len()
-                )));
+                return Err(no_tags_error(images.len()));
             }
             return Ok(ProcessedPrompt {
                 input_ids: self.encode(prompt)?,
                 images: Vec::new(),
             });
         }
-        let mut seen = vec![false; images.len()];
-        for &k in &tags {
-            if k == 0 || k > images.len() {
-                return Err(Phi3vError::ImageTags(format!(
-                    "tag <|image_{k}|> but {} image(s) given (tags are numbered from 1)",
-                    images.len()
-                )));
-            }
-            if std::mem::replace(&mut seen[k - 1], true) {
-                return Err(Phi3vError::ImageTags(format!("tag <|image_{k}|> appears more than once")));
-            }
-        }
-        if let Some(k) = seen.iter().position(|s| !s) {
-            return Err(Phi3vError::ImageTags(format!(
-                "image {} is given but the prompt has no <|image_{}|> tag",
-                k + 1,
-                k + 1
-            )));
-        }
-        let mut processed: Vec<Option<ProcessedImage>> = images
+        check_image_tags(&pieces, images.len())?;
+        let processed: Vec<ProcessedImage> = images
             .iter()
-            .map(|img| preprocess(img, &self.image_config).map(Some))
+            .map(|img| preprocess(img, &self.image_config))
             .collect::<std::result::Result<_, _>>()?;
-        let mut input_ids = Vec::new();
-        let mut ordered = Vec::with_capacity(images.len());
-        for piece in pieces {
-            match piece {
-                Piece::Text(t) => input_ids.extend(self.encode(t)?),
-                Piece::Image(k) => {
-                    let img = processed[k - 1].take().ok_or_else(|| {
-                        Phi3vError::ImageTags(format!("tag <|image_{k}|> appears more than once"))
-                    })?;
-                    input_ids.extend(std::iter::repeat_n(-(k as i64), img.num_img_tokens));
-                    ordered.push(img);
-                }
-            }
-        }
+        let counts: Vec<usize> = processed.iter().map(|p| p.num_img_tokens).collect();
+        let input_ids = self.layout(&pieces, &counts)?;
+        // Images in tag order (the order their placeholders appear in `input_ids`).
+        let mut processed: Vec<Option<ProcessedImage>> = processed.into_iter().map(Some).collect();
+        let ordered = pieces
+            .iter()
+            .filter_map(|p| if let Piece::Image(k) = p { processed[k - 1].take() } else { None })
+            .collect();
         Ok(ProcessedPrompt {
             input_ids,
             images: ordered,
         })
+    }
+
+    /// The token ids [`process`](Self::process) gives for `prompt` when image k takes
+    /// `num_img_tokens[k − 1]` tokens, without any image: the same tag checks (typed errors) and
+    /// layout. For counting tokens before decoding images (e.g. against a context limit); the
+    /// counts come from [`hd_resize_target`](crate::image_processor::hd_resize_target).
+    pub fn tokenize_with_image_tokens(&self, prompt: &str, num_img_tokens: &[usize]) -> Result<Vec<i64>> {
+        if num_img_tokens.len() > self.image_config.max_images {
+            return Err(Phi3vError::TooManyImages {
+                count: num_img_tokens.len(),
+                max: self.image_config.max_images,
+            });
+        }
+        let pieces = split_image_tags(prompt);
+        if !has_image_tags(&pieces) {
+            if !num_img_tokens.is_empty() {
+                return Err(no_tags_error(num_img_tokens.len()));
+            }
+            return self.encode(prompt);
+        }
+        check_image_tags(&pieces, num_img_tokens.len())?;
+        self.layout(&pieces, num_img_tokens)
+    }
+
+    /// Text chunks encoded (each with BOS), tag k replaced by `counts[k − 1]` copies of `−k`.
+    /// The tags must have passed [`check_image_tags`].
+    fn layout(&self, pieces: &[Piece<'_>], counts: &[usize]) -> Result<Vec<i64>> {
+        let mut input_ids = Vec::new();
+        for piece in pieces {
+            match *piece {
+                Piece::Text(t) => input_ids.extend(self.encode(t)?),
+                Piece::Image(k) => input_ids.extend(std::iter::repeat_n(-(k as i64), counts[k - 1])),
+            }
+        }
+        Ok(input_ids)
     }
 
     /// Decodes generated ids to text, skipping special tokens (the MMMU/HF convention).
@@ -305,5 +343,46 @@ mod tests {
             "<|user|>\n<|image_1|>\nWhat?<|end|>\n<|assistant|>\nA cat.<|end|>\n<|user|>\nMore?<|end|>\n<|assistant|>\n"
         );
         assert_eq!(apply_chat_template(&m[..2], true), "<|user|>\n<|image_1|>\nWhat?<|end|>\n<|assistant|>\nA cat.<|end|>\n");
+    }
+
+    /// `tokenize_with_image_tokens` gives `process`'s ids from the images' token counts alone,
+    /// and the same typed errors for tags that do not match.
+    #[test]
+    fn tokenize_with_image_tokens_equals_process() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/models/phi3v-tiny");
+        let p = Phi3VProcessor::from_dir(&dir).expect("tiny tokenizer").with_num_crops(2);
+        let images = vec![DynamicImage::new_rgb8(40, 90), DynamicImage::new_rgb8(300, 20)];
+        let counts: Vec<usize> = images
+            .iter()
+            .map(|i| crate::image_processor::hd_resize_target(i.width(), i.height(), 2).num_img_tokens())
+            .collect();
+        for prompt in ["<|image_2|> then <|image_1|>\nWhat differs?", "<|user|>\n<|image_1|>\n<|image_2|>\nHi<|end|>\n<|assistant|>\n"] {
+            let processed = p.process(prompt, &images).expect("process");
+            assert_eq!(p.tokenize_with_image_tokens(prompt, &counts).expect("tokenize"), processed.input_ids, "{prompt}");
+        }
+        assert_eq!(p.tokenize_with_image_tokens("plain text", &[]).unwrap(), p.process("plain text", &[]).unwrap().input_ids);
+        for (prompt, n) in [("<|image_1|><|image_1|>", 1), ("<|image_3|>", 2), ("no tags", 1), ("<|image_1|>", 2)] {
+            let a = p.tokenize_with_image_tokens(prompt, &counts[..n]).unwrap_err().to_string();
+            let b = p.process(prompt, &images[..n]).unwrap_err().to_string();
+            assert_eq!(a, b, "{prompt}");
+        }
+    }
+
+    /// More images than `max_images` are refused before any is preprocessed; the limit is
+    /// configurable.
+    #[test]
+    fn too_many_images_is_a_typed_error() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/models/phi3v-tiny");
+        let mut p = Phi3VProcessor::from_dir(&dir).expect("tiny tokenizer").with_num_crops(1);
+        assert_eq!(p.image_config.max_images, crate::image_processor::DEFAULT_MAX_IMAGES);
+        p.image_config.max_images = 2;
+        let images = vec![DynamicImage::new_rgb8(4, 4); 3];
+        let prompt = with_image_tags("Compare.", 3);
+        match p.process(&prompt, &images) {
+            Err(Phi3vError::TooManyImages { count: 3, max: 2 }) => {}
+            other => panic!("expected TooManyImages, got {other:?}"),
+        }
+        let two = p.process(&with_image_tags("Compare.", 2), &images[..2]).expect("two images fit");
+        assert_eq!(two.images.len(), 2);
     }
 }
