@@ -6,6 +6,10 @@
 # Usage (device tool, carry .gpu and .gl): bash scripts/gpu_check.sh [seconds per job]
 source scripts/gpu_env.sh
 LIMIT=${1:-420}; M=$R/tests/fixtures/models; I=$R/tests/fixtures/images; S=$R/tests/fixtures/mmmu_sample
+# cubek's matmul kernels one family at a time at every k (patches/cubek-matmul): the binary is
+# `cargo test --release -p phi3v-tests --features cuda,wgpu --test matmul_k_stages --no-run`,
+# copied to .gpu/bin/matmul_k_stages.
+[ -x $B/matmul_k_stages ] && job kernels env PHI3V_TEST_DEVICES=cuda:f32,wgpu:0:f32 $B/matmul_k_stages --nocapture
 job parity-cuda-f32  $B/phi3v-parity --device cuda --dtype f32 --stages
 job parity-cuda-bf16 $B/phi3v-parity --device cuda --dtype bf16
 job parity-wgpu-f32  $B/phi3v-parity --device wgpu --dtype f32 --stages

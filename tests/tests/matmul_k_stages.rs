@@ -1,0 +1,168 @@
+//! cubek's tiled matmul kernels over the contraction length `k`, on every GPU test target
+//! (`PHI3V_TEST_DEVICES`, `wgpu:*` and `cuda:*`), each kernel family forced in turn.
+//!
+//! Why: cubek-matmul 0.2.0 (Burn 0.21's matmul) rounds the number of k-stages of its
+//! double-buffered kernels up to an even count and checks k bounds only when
+//! `k % stage_k != 0`, so when `k` is an odd multiple of `stage_k` the last, phantom stage
+//! reads past the end of both operands and adds what it finds (Burn issue 5626). Autotune
+//! picks these kernels, so the model's matmuls went wrong wherever such a `k` met such a kernel:
+//! every linear of the tiny checkpoints on the H100 (`k` = 32, 64) and the attention's `P·V`
+//! at 776 / 792 / 2536 keys (8 × an odd number) on NVIDIA's Vulkan driver (docs/parity.md).
+//! The workspace patches cubek-matmul (`patches/cubek-matmul`, `[patch.crates-io]` in the root
+//! `Cargo.toml`) to check k bounds unless the stage count is even, and to keep f32 products in
+//! f32 rather than TF32; this test forces each kernel family and asserts it multiplies
+//! correctly, to f32 accuracy, at those `k`.
+//!
+//! The right-hand operand is the first `k` rows of a larger tensor whose other rows hold
+//! 1000, so a read past row `k` cannot go unnoticed.
+
+#![cfg(any(feature = "wgpu", feature = "cuda"))]
+
+use burn::tensor::{Tensor, TensorData, TensorPrimitive};
+use burn_cubecl::{CubeBackend, CubeRuntime};
+use cubek::matmul::definition::{MatmulElems, MatmulGlobalElems};
+use cubek::matmul::launch::{Strategy, launch_ref};
+use cubek::matmul::routines::double_unit::DoubleUnitSelectionArgs;
+use cubek::matmul::routines::simple_unit::SimpleUnitSelectionArgs;
+use cubek::matmul::routines::{BlueprintStrategy, TileSizeSelection};
+use cubek::std::InputBinding;
+use phi3v_tests::devices::test_targets;
+
+/// Contraction lengths: every multiple of 4 up to 160 (odd and even multiples of every stage
+/// depth a kernel may use, 4 to 64: the failing shapes and their controls), the attention's
+/// key counts that failed on the H100 (776, 792), and lengths no stage divides.
+fn ks() -> Vec<usize> {
+    (1..=40).map(|i| 4 * i).chain([104, 776, 792, 1000, 1024, 33]).collect()
+}
+
+const M: usize = 40;
+const N: usize = 48;
+
+/// Every kernel family that accepts an inferred blueprint; the double-buffered ones are the
+/// suspects, the single-buffered ones the control.
+fn strategies() -> Vec<(&'static str, bool, Strategy)> {
+    let unit = |t| DoubleUnitSelectionArgs { tile_size: t };
+    let simple_unit = |t| SimpleUnitSelectionArgs { tile_size: t };
+    vec![
+        ("double_unit_min", true, Strategy::DoubleUnit(BlueprintStrategy::Inferred(unit(TileSizeSelection::MinTileSize)))),
+        ("double_unit_max", true, Strategy::DoubleUnit(BlueprintStrategy::Inferred(unit(TileSizeSelection::MaxTileSize)))),
+        ("double_cyclic_cmma", true, Strategy::DoubleCyclicCmma(BlueprintStrategy::Inferred(Default::default()))),
+        ("double_cyclic_mma", true, Strategy::DoubleCyclicMma(BlueprintStrategy::Inferred(Default::default()))),
+        ("double_tilewise_cmma", true, Strategy::DoubleTilewiseCmma(BlueprintStrategy::Inferred(Default::default()))),
+        ("double_hybrid_cmma", true, Strategy::DoubleHybridCmma(BlueprintStrategy::Inferred(Default::default()))),
+        ("ordered_double_cmma", true, Strategy::OrderedDoubleCmma(BlueprintStrategy::Inferred(Default::default()))),
+        ("ordered_double_mma", true, Strategy::OrderedDoubleMma(BlueprintStrategy::Inferred(Default::default()))),
+        ("specialized_cyclic_cmma", true, Strategy::SpecializedCyclicCmma(BlueprintStrategy::Inferred(Default::default()))),
+        ("simple_unit_min", false, Strategy::SimpleUnit(BlueprintStrategy::Inferred(simple_unit(TileSizeSelection::MinTileSize)))),
+        ("simple_cyclic_cmma", false, Strategy::SimpleCyclicCmma(BlueprintStrategy::Inferred(Default::default()))),
+    ]
+}
+
+fn values(n: usize, seed: f32) -> Vec<f32> {
+    (0..n).map(|i| (i as f32 * 0.618 + seed).sin()).collect()
+}
+
+/// What one kernel did at one `k`: its largest error against the host product, or why it
+/// did not run.
+struct Outcome {
+    strategy: &'static str,
+    double_buffered: bool,
+    k: usize,
+    result: Result<f32, String>,
+}
+
+/// Runs every strategy at every `k` on one device of runtime `R`, in f32.
+fn run<R: CubeRuntime>(device: &R::Device) -> Vec<Outcome> {
+    type B<R> = CubeBackend<R, f32, i32, u8>;
+    let mut out = Vec::new();
+    for (strategy_name, double_buffered, strategy) in strategies() {
+        for k in ks() {
+            let a = values(M * k, 0.3);
+            let mut b_big = values((k + 64) * N, 0.9);
+            b_big[k * N..].iter_mut().for_each(|v| *v = 1000.0);
+            let expected: Vec<f32> = (0..M * N)
+                .map(|ij| {
+                    let (i, j) = (ij / N, ij % N);
+                    (0..k).map(|p| f64::from(a[i * k + p]) * f64::from(b_big[p * N + j])).sum::<f64>() as f32
+                })
+                .collect();
+            let lhs = Tensor::<B<R>, 2>::from_data(TensorData::new(a, [M, k]), device);
+            let rhs = Tensor::<B<R>, 2>::from_data(TensorData::new(b_big, [k + 64, N]), device).slice([0..k, 0..N]);
+            let output = Tensor::<B<R>, 2>::zeros([M, N], device);
+            let (lhs, rhs, output) = (lhs.into_primitive().tensor(), rhs.into_primitive().tensor(), output.into_primitive().tensor());
+            let client = output.client.clone();
+            let mut dtypes = MatmulElems::from_globals(&MatmulGlobalElems {
+                lhs: lhs.dtype.into(),
+                rhs: rhs.dtype.into(),
+                out: output.dtype.into(),
+            });
+            let (lhs_dtype, rhs_dtype) = (lhs.dtype, rhs.dtype);
+            let launched = launch_ref(
+                &strategy,
+                &client,
+                InputBinding::new(lhs.binding(), lhs_dtype.into()),
+                InputBinding::new(rhs.binding(), rhs_dtype.into()),
+                output.clone().binding(),
+                &mut dtypes,
+            );
+            let result = match launched {
+                Err(e) => Err(format!("{e:?}").chars().take(80).collect()),
+                Ok(()) => {
+                    let got = Tensor::<B<R>, 2>::from_primitive(TensorPrimitive::Float(output)).into_data().to_vec::<f32>().unwrap();
+                    Ok(got.iter().zip(&expected).map(|(g, e)| (g - e).abs()).fold(0.0f32, |m, d| if d.is_nan() { f32::INFINITY } else { m.max(d) }))
+                }
+            };
+            out.push(Outcome { strategy: strategy_name, double_buffered, k, result });
+        }
+    }
+    out
+}
+
+/// f32 products of `k` terms of size ≤ 1 accumulated in f32: a few ulps per term. TF32 (10-bit
+/// mantissa inputs, which the patch turns off for f32) is ~100× further off and fails this; a
+/// phantom stage adds ~1000 per term.
+fn tolerance(k: usize) -> f32 {
+    1e-5 + 2e-6 * k as f32
+}
+
+#[test]
+fn tiled_matmul_kernels_are_exact_at_every_k() {
+    let mut ran_double_buffered = 0;
+    let mut bad = Vec::new();
+    let mut devices = 0;
+    for (spec, _) in test_targets() {
+        let outcomes = match spec.split(':').next() {
+            #[cfg(feature = "wgpu")]
+            Some("wgpu" | "vulkan") => {
+                let index: usize = spec.split(':').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+                let adapters = burn_phi3v::backends::wgpu::adapters();
+                let device = adapters.get(index).map(|a| a.device.clone()).unwrap_or_default();
+                run::<burn_cubecl::cubecl::wgpu::WgpuRuntime>(&device)
+            }
+            #[cfg(feature = "cuda")]
+            Some("cuda") => {
+                let index: usize = spec.split(':').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+                run::<burn_cubecl::cubecl::cuda::CudaRuntime>(&burn_cubecl::cubecl::cuda::CudaDevice::new(index))
+            }
+            _ => continue,
+        };
+        devices += 1;
+        for o in outcomes {
+            match o.result {
+                Ok(err) => {
+                    eprintln!("{spec}: {} k={}: max |Δ| {err:e}", o.strategy, o.k);
+                    ran_double_buffered += usize::from(o.double_buffered);
+                    if !(err <= tolerance(o.k)) {
+                        bad.push(format!("{spec}: {} at k={} is off by {err:e}", o.strategy, o.k));
+                    }
+                }
+                Err(why) => eprintln!("{spec}: {} k={}: not available here ({why})", o.strategy, o.k),
+            }
+        }
+    }
+    eprintln!("{devices} GPU device(s) checked");
+    if devices > 0 {
+        assert!(ran_double_buffered > 0, "no double-buffered kernel could be launched: the test checked nothing");
+    }
+    assert!(bad.is_empty(), "{}", bad.join("\n"));
+}
