@@ -4,6 +4,7 @@
 //! phi3v generate --image photo.png --prompt "What is in this image?"
 //! phi3v tokenize --image photo.png --prompt "Describe it." --json
 //! phi3v devices
+//! phi3v serve --port 8000
 //! ```
 
 use std::io::Write;
@@ -19,6 +20,7 @@ use phi3v_devices::{DeviceFn, with_device};
 
 mod bench;
 mod mmmu;
+mod serve;
 
 /// The tiny random-weight checkpoint shipped in the repository: the default `--model`, so the
 /// first command works with no download (its answers are meaningless text).
@@ -50,6 +52,9 @@ enum Command {
         #[command(subcommand)]
         command: bench::BenchCommand,
     },
+    /// Serve the model over an OpenAI-compatible HTTP API (chat completions with images,
+    /// completions, streaming, /health, /metrics).
+    Serve(serve::ServeArgs),
 }
 
 #[derive(Args, Clone)]
@@ -300,6 +305,7 @@ fn run(cli: Cli) -> CliResult<()> {
         }
         Command::Mmmu { command } => mmmu::run(command),
         Command::Bench { command } => bench::run(command),
+        Command::Serve(a) => serve::run(a, PathBuf::from(EMBEDDED_MODEL)),
     }
 }
 

@@ -323,6 +323,22 @@ fn a_client_that_disconnects_cancels_its_request_in_the_engine() {
 }
 
 #[test]
+fn a_client_that_disconnects_before_a_whole_answer_cancels_it_too() {
+    let server = start(P3V, |_, _| {});
+    let addr = server.addr();
+    let body = json!({"model": P3V, "prompt": "Count:", "max_tokens": 5000, "min_tokens": 5000, "temperature": 0});
+    let s = send(addr, "POST", "/v1/completions", &[], body.to_string().as_bytes());
+    assert!(wait_until(Duration::from_secs(10), || server.stats().running == 1), "{:?}", server.stats());
+    drop(s);
+    assert!(
+        wait_until(Duration::from_secs(60), || server.stats().cancelled == 1),
+        "no cancellation: {:?}",
+        server.stats()
+    );
+    assert_eq!(server.stats().finished, 0);
+}
+
+#[test]
 fn shutdown_finishes_requests_in_flight_and_refuses_new_ones() {
     let server = start(P3V, |_, _| {});
     let addr = server.addr();

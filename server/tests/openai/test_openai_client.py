@@ -8,8 +8,9 @@ Run: `cargo build -p phi3v-cli && python3 -m pytest -q server/tests/openai`.
 import base64
 import json
 import subprocess
+import urllib.error
+import urllib.request
 
-import httpx
 import openai
 import pytest
 
@@ -17,6 +18,16 @@ from conftest import API_KEY, IMAGES, MAX_BODY_BYTES, MODEL, ROOT, phi3v_bin
 
 PROMPT = "What animal is this?"
 MAX_TOKENS = 12
+
+
+def http(method: str, url: str, body: bytes = None, headers: dict = None):
+    """A plain HTTP request (standard library): (status, body text)."""
+    req = urllib.request.Request(url, data=body, method=method, headers=headers or {})
+    try:
+        with urllib.request.urlopen(req, timeout=60) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
 
 
 def data_url(name: str) -> str:
@@ -130,25 +141,27 @@ def test_validation_errors_surface_as_openai_exceptions(client):
     huge = [{"role": "user", "content": "a" * (MAX_BODY_BYTES + 1000)}]
     expect(openai.APIStatusError, 413, lambda: chat(**{**base, "messages": huge}), code="request_too_large")
     # Only the client can send malformed JSON by accident; send it raw.
-    r = httpx.post(client.base_url.join("chat/completions"), content=b'{"model": ', headers={"Authorization": f"Bearer {API_KEY}"})
-    assert r.status_code == 400 and "malformed JSON" in r.json()["error"]["message"]
+    status, text = http("POST", str(client.base_url) + "chat/completions", b'{"model": ',
+                        {"Authorization": f"Bearer {API_KEY}", "Content-Type": "application/json"})
+    assert status == 400 and "malformed JSON" in json.loads(text)["error"]["message"], text
 
 
 def test_the_api_key_is_checked(server):
-    for key in ["wrong-key", ""]:
+    for key in ["wrong-key", API_KEY + "x"]:
         bad = server.client(api_key=key)
         expect(openai.AuthenticationError, 401, lambda: bad.models.list(), code="invalid_api_key")
         expect(openai.AuthenticationError, 401,
                lambda: bad.completions.create(model=MODEL.name, prompt="Hi", max_tokens=2), code="invalid_api_key")
-    r = httpx.get(server.url + "/v1/models")
-    assert r.status_code == 401
+    status, text = http("GET", server.url + "/v1/models")
+    assert status == 401 and json.loads(text)["error"]["code"] == "invalid_api_key", text
 
 
 def test_health_and_metrics(server, client):
     client.completions.create(model=MODEL.name, prompt="Hello", max_tokens=3, temperature=0)
-    h = httpx.get(server.url + "/health")
-    assert h.status_code == 200 and h.json()["status"] == "ok"
-    m = httpx.get(server.url + "/metrics").text
+    status, text = http("GET", server.url + "/health")
+    assert status == 200 and json.loads(text)["status"] == "ok", text
+    status, m = http("GET", server.url + "/metrics")
+    assert status == 200
     for name in ["phi3v_num_requests_running", "phi3v_num_requests_waiting", "phi3v_kv_cache_blocks_used",
                  "phi3v_kv_cache_blocks_free", "phi3v_generation_tokens_total",
                  "phi3v_time_to_first_token_seconds_bucket", "phi3v_inter_token_latency_seconds_bucket"]:
