@@ -63,6 +63,7 @@ pub struct ServeArgs {
 
 /// Loads the model, starts its engine and serves until SIGINT/SIGTERM.
 pub fn run(args: ServeArgs, default_model: PathBuf) -> CliResult<()> {
+    let addr = phi3v_server::listen_addr(&args.host, args.port)?;
     let defaults = EngineConfig::default();
     let engine = EngineConfig {
         num_blocks: args.kv_cache_tokens.div_ceil(defaults.block_size).max(1),
@@ -89,7 +90,7 @@ pub fn run(args: ServeArgs, default_model: PathBuf) -> CliResult<()> {
     config.default_max_tokens = args.default_max_tokens.max(1);
     let name = config.served_model_name.clone();
     let (device, dtype) = (service.device.spec.clone(), service.dtype);
-    phi3v_server::run(service, config, &args.host, args.port, |addr| {
+    phi3v_server::run(service, config, addr, |addr| {
         let mut out = std::io::stdout().lock();
         let _ = writeln!(out, "listening on http://{addr}");
         let _ = out.flush();

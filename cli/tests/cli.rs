@@ -74,6 +74,9 @@ fn every_error_exits_non_zero_with_a_message() {
         (&["tokenize", "--raw", "--prompt", "<|image_1|> hi", "--image", IMAGE, "--image", IMAGE], "no <|image_2|> tag"),
         (&["mmmu", "compare", "/nonexistent-a.jsonl", "/nonexistent-b.jsonl"], "nonexistent"),
         (&["generate"], "--prompt"),
+        (&["serve", "--device", "tpu", "--port", "0"], "unknown device"),
+        (&["serve", "--model", "/nonexistent", "--port", "0"], "does not exist"),
+        (&["serve", "--host", "not a host", "--port", "0"], "invalid listen address"),
     ];
     for (args, needle) in cases {
         let o = phi3v(args);

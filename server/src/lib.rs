@@ -74,16 +74,15 @@ pub async fn shutdown_signal() {
     }
 }
 
-/// Serves `service` on `host:port` until SIGINT or SIGTERM, then shuts down gracefully and
-/// stops the engine. `on_listening` gets the bound address (port 0 picks a free one).
-pub fn run(
-    service: Arc<ModelService>,
-    config: ServerConfig,
-    host: &str,
-    port: u16,
-    on_listening: impl FnOnce(SocketAddr),
-) -> Result<(), ServerError> {
-    let addr = error::parse_addr(host, port)?;
+/// The address `host:port` names (resolved; the first if several), checked before a model is
+/// loaded.
+pub fn listen_addr(host: &str, port: u16) -> Result<SocketAddr, ServerError> {
+    error::parse_addr(host, port)
+}
+
+/// Serves `service` on `addr` until SIGINT or SIGTERM, then shuts down gracefully and stops the
+/// engine. `on_listening` gets the bound address (port 0 picks a free one).
+pub fn run(service: Arc<ModelService>, config: ServerConfig, addr: SocketAddr, on_listening: impl FnOnce(SocketAddr)) -> Result<(), ServerError> {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().thread_name("phi3v-http").build()?;
     let result = runtime.block_on(async {
         let listener = tokio::net::TcpListener::bind(addr).await.map_err(|source| ServerError::Bind {
