@@ -114,15 +114,13 @@ fn is_off(v: &Value) -> bool {
 impl CommonParams {
     /// Refuses what this server does not implement, naming the parameter.
     pub fn check_supported(&self) -> Result<(), ApiError> {
-        if let Some(n) = self.n {
-            if n != 1 {
-                return Err(ApiError::unsupported("n", format!("n = {n}: this server returns one choice per request (n = 1)")));
-            }
+        if let Some(n) = self.n
+            && n != 1
+        {
+            return Err(ApiError::unsupported("n", format!("n = {n}: this server returns one choice per request (n = 1)")));
         }
-        if let Some(b) = self.best_of {
-            if b != 1 {
-                return Err(ApiError::unsupported("best_of", "best_of is not supported"));
-            }
+        if self.best_of.is_some_and(|b| b != 1) {
+            return Err(ApiError::unsupported("best_of", "best_of is not supported"));
         }
         let refuse = |param: &str, what: &str| Err(ApiError::unsupported(param, format!("{what} is not supported by this server")));
         if self.logprobs.as_ref().is_some_and(|v| !is_off(v)) {
@@ -149,10 +147,11 @@ impl CommonParams {
         if self.function_call.as_ref().is_some_and(|v| !is_off(v) && v.as_str() != Some("none")) {
             return refuse("function_call", "function calling");
         }
-        if let Some(f) = &self.response_format {
-            if !is_off(f) && f.get("type").and_then(Value::as_str) != Some("text") {
-                return refuse("response_format", "response_format other than text");
-            }
+        if let Some(f) = &self.response_format
+            && !is_off(f)
+            && f.get("type").and_then(Value::as_str) != Some("text")
+        {
+            return refuse("response_format", "response_format other than text");
         }
         if self.logit_bias.as_ref().is_some_and(|m| !m.is_empty()) {
             return refuse("logit_bias", "logit_bias");
