@@ -43,13 +43,9 @@ class Server:
         return openai.OpenAI(base_url=self.url + "/v1", api_key=api_key, max_retries=0, timeout=120)
 
 
-@pytest.fixture(scope="session")
-def server():
-    cmd = [
-        str(phi3v_bin()), "serve", "--model", str(MODEL), "--device", "cpu",
-        "--host", "127.0.0.1", "--port", "0", "--api-key", API_KEY,
-        "--max-images", str(MAX_IMAGES), "--max-body-bytes", str(MAX_BODY_BYTES),
-    ]
+def start_server(*extra_args: str) -> Server:
+    """Starts `phi3v serve` on a free loopback port and waits for its address on stdout."""
+    cmd = [str(phi3v_bin()), "serve", "--model", str(MODEL), "--device", "cpu", "--host", "127.0.0.1", "--port", "0", *extra_args]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     lines: "queue.Queue[str]" = queue.Queue()
     threading.Thread(target=lambda: [lines.put(l) for l in proc.stdout], daemon=True).start()
@@ -63,15 +59,26 @@ def server():
         proc.kill()
         pytest.fail(f"phi3v serve did not start: {proc.stderr.read()}")
     assert url.startswith("http://127.0.0.1:"), url
-    yield Server(proc, url)
-    # Graceful shutdown on SIGINT: the process exits 0.
-    proc.send_signal(signal.SIGINT)
+    return Server(proc, url)
+
+
+def stop_server(server: Server, sig=signal.SIGINT) -> int:
+    """Sends `sig` and returns the exit code (fails if the process does not stop)."""
+    server.proc.send_signal(sig)
     try:
-        code = proc.wait(timeout=60)
+        return server.proc.wait(timeout=60)
     except subprocess.TimeoutExpired:
-        proc.kill()
-        pytest.fail("phi3v serve did not stop on SIGINT")
-    assert code == 0, proc.stderr.read()
+        server.proc.kill()
+        pytest.fail(f"phi3v serve did not stop on {sig!r}")
+
+
+@pytest.fixture(scope="session")
+def server():
+    s = start_server("--api-key", API_KEY, "--max-images", str(MAX_IMAGES), "--max-body-bytes", str(MAX_BODY_BYTES))
+    yield s
+    # Graceful shutdown on SIGINT: the process exits 0.
+    code = stop_server(s)
+    assert code == 0, s.proc.stderr.read()
 
 
 @pytest.fixture(scope="session")

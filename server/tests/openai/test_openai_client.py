@@ -14,7 +14,9 @@ import urllib.request
 import openai
 import pytest
 
-from conftest import API_KEY, IMAGES, MAX_BODY_BYTES, MODEL, ROOT, phi3v_bin
+import signal
+
+from conftest import API_KEY, IMAGES, MAX_BODY_BYTES, MODEL, ROOT, phi3v_bin, start_server, stop_server
 
 PROMPT = "What animal is this?"
 MAX_TOKENS = 12
@@ -168,3 +170,23 @@ def test_health_and_metrics(server, client):
         assert name in m, name
     tokens = next(float(l.split()[1]) for l in m.splitlines() if l.startswith("phi3v_generation_tokens_total "))
     assert tokens >= 3
+
+
+def test_sigterm_lets_the_stream_in_flight_finish_and_refuses_new_requests():
+    server = start_server()  # no API key: any key is accepted
+    try:
+        client = server.client(api_key="unused")
+        tokens = 2000
+        stream = client.completions.create(model=MODEL.name, prompt="Count:", max_tokens=tokens, temperature=0, stream=True,
+                                           extra_body={"min_tokens": tokens})
+        text = next(iter(stream)).choices[0].text
+        server.proc.send_signal(signal.SIGTERM)
+        # New requests are refused while the stream drains.
+        expect(openai.InternalServerError, 503, lambda: client.completions.create(model=MODEL.name, prompt="Hi", max_tokens=2),
+               code="service_unavailable")
+        chunks = list(stream)
+        assert chunks[-1].choices[0].finish_reason == "length"
+        assert server.proc.wait(timeout=60) == 0, server.proc.stderr.read()
+    finally:
+        if server.proc.poll() is None:
+            stop_server(server, signal.SIGKILL)
