@@ -314,11 +314,21 @@ struct Sequence<B: Backend> {
 
 /// Continuous batching over a paged KV cache for one model (see the module documentation).
 ///
-/// ```ignore
-/// let engine = Engine::new(m.model, m.processor, EngineConfig::default())?;
-/// let handle = engine.submit(prompt, params)?;   // as many as you like, from any thread
-/// engine.run_until_idle()?;                      // or Engine::spawn, then handle.wait()
-/// let out = handle.wait()?;
+/// ```
+/// use burn_phi3v::backends::{Cpu, cpu};
+/// use burn_phi3v::{Engine, EngineConfig, GenerationParams, LoadOptions, LoadedModel};
+///
+/// # let model_dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/models/phi3v-tiny");
+/// let m = LoadedModel::<Cpu>::from_pretrained(model_dir, &cpu::device(), &LoadOptions::default())?;
+/// let prompt = m.processor.process("<|user|>\nHello!<|end|>\n<|assistant|>\n", &[])?;
+/// let params = GenerationParams { max_new_tokens: 4, ..Default::default() };
+/// let mut engine = Engine::new(m.model.clone(), m.processor.clone(), EngineConfig::default())?;
+/// // As many requests as you like; `engine.client()` submits from other threads.
+/// let first = engine.submit(prompt.clone(), params.clone())?;
+/// let second = engine.submit(prompt, params)?;
+/// engine.run_until_idle()?; // or `engine.spawn()`: a thread of its own
+/// assert_eq!(first.wait()?.token_ids, second.wait()?.token_ids);
+/// # Ok::<(), burn_phi3v::Phi3vError>(())
 /// ```
 pub struct Engine<B: Backend> {
     model: Phi3VForCausalLM<B>,
