@@ -66,10 +66,6 @@ fn has_image_tags(pieces: &[Piece<'_>]) -> bool {
     pieces.iter().any(|p| matches!(p, Piece::Image(_)))
 }
 
-fn no_tags_error(images: usize) -> Phi3vError {
-    Phi3vError::ImageTags(format!("{images} image(s) given but the prompt has no <|image_N|> tag"))
-}
-
 /// Every tag numbered 1…`images`, each image tagged exactly once.
 fn check_image_tags(pieces: &[Piece<'_>], images: usize) -> Result<()> {
     let mut seen = vec![false; images];
@@ -230,23 +226,12 @@ impl Phi3VProcessor {
     /// once by tags numbered 1…n; images are returned in tag order. More than
     /// `image_config.max_images` images is [`Phi3vError::TooManyImages`].
     pub fn process(&self, prompt: &str, images: &[DynamicImage]) -> Result<ProcessedPrompt> {
-        if images.len() > self.image_config.max_images {
-            return Err(Phi3vError::TooManyImages {
-                count: images.len(),
-                max: self.image_config.max_images,
-            });
-        }
-        let pieces = split_image_tags(prompt);
-        if !has_image_tags(&pieces) {
-            if !images.is_empty() {
-                return Err(no_tags_error(images.len()));
-            }
+        let Some(pieces) = self.checked_pieces(prompt, images.len())? else {
             return Ok(ProcessedPrompt {
                 input_ids: self.encode(prompt)?,
                 images: Vec::new(),
             });
-        }
-        check_image_tags(&pieces, images.len())?;
+        };
         let processed: Vec<ProcessedImage> = images
             .iter()
             .map(|img| preprocess(img, &self.image_config))
@@ -270,21 +255,34 @@ impl Phi3VProcessor {
     /// layout. For counting tokens before decoding images (e.g. against a context limit); the
     /// counts come from [`hd_resize_target`](crate::image_processor::hd_resize_target).
     pub fn tokenize_with_image_tokens(&self, prompt: &str, num_img_tokens: &[usize]) -> Result<Vec<i64>> {
-        if num_img_tokens.len() > self.image_config.max_images {
+        match self.checked_pieces(prompt, num_img_tokens.len())? {
+            Some(pieces) => self.layout(&pieces, num_img_tokens),
+            None => self.encode(prompt),
+        }
+    }
+
+    /// The checks [`process`](Self::process) and
+    /// [`tokenize_with_image_tokens`](Self::tokenize_with_image_tokens) share, before any image is
+    /// touched: at most `max_images` images, and tags numbered 1…`images` naming each image once.
+    /// The prompt's pieces, or `None` for a plain-text prompt (no tags, no images).
+    fn checked_pieces<'p>(&self, prompt: &'p str, images: usize) -> Result<Option<Vec<Piece<'p>>>> {
+        if images > self.image_config.max_images {
             return Err(Phi3vError::TooManyImages {
-                count: num_img_tokens.len(),
+                count: images,
                 max: self.image_config.max_images,
             });
         }
         let pieces = split_image_tags(prompt);
         if !has_image_tags(&pieces) {
-            if !num_img_tokens.is_empty() {
-                return Err(no_tags_error(num_img_tokens.len()));
+            if images > 0 {
+                return Err(Phi3vError::ImageTags(format!(
+                    "{images} image(s) given but the prompt has no <|image_N|> tag"
+                )));
             }
-            return self.encode(prompt);
+            return Ok(None);
         }
-        check_image_tags(&pieces, num_img_tokens.len())?;
-        self.layout(&pieces, num_img_tokens)
+        check_image_tags(&pieces, images)?;
+        Ok(Some(pieces))
     }
 
     /// Text chunks encoded (each with BOS), tag k replaced by `counts[k − 1]` copies of `−k`.

@@ -4,6 +4,7 @@
 pub mod devices;
 pub mod fixtures;
 pub mod parity;
+pub mod rng;
 pub mod stages;
 pub mod tolerance;
 

@@ -15,6 +15,7 @@ use burn_phi3v::{
 };
 use phi3v_devices::DeviceFn;
 use phi3v_tests::devices::test_targets;
+use phi3v_tests::rng::Rng;
 use phi3v_tests::{Case, model_dir};
 
 type Cpu = Flex;
@@ -56,18 +57,6 @@ fn case_prompt<B: Backend>(m: &LoadedModel<B>, name: &str) -> ProcessedPrompt {
     let case = Case::load(name);
     let images: Vec<_> = case.images.iter().map(|f| load_image(&Case::image_path(f), u64::MAX).expect("image")).collect();
     m.processor.process(&case.prompt, &images).expect("prompt")
-}
-
-/// A small deterministic generator (xorshift64*), so the stress test needs no dependency.
-struct Rng(u64);
-
-impl Rng {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) % n
-    }
 }
 
 /// Prompts with images (several hundred to ~1500 image tokens, prefilled in chunks that cut

@@ -21,24 +21,10 @@ use burn_phi3v::{
     Engine, EngineConfig, FinishReason, GenerationParams, LoadedModel, Phi3VProcessor, Phi3vError, ProcessedPrompt, RequestEvent,
     SamplingParams, generate,
 };
+use phi3v_tests::rng::Rng;
 use phi3v_tests::{fixtures_dir, model_dir};
 
 type Cpu = Flex;
-
-/// xorshift64*: seeded, no dependency.
-struct Rng(u64);
-
-impl Rng {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) % n
-    }
-    fn unit(&mut self) -> f32 {
-        self.below(1 << 24) as f32 / (1 << 24) as f32
-    }
-}
 
 /// What the test does with one request.
 #[derive(Clone)]
