@@ -84,16 +84,23 @@ struct PromptArgs {
     num_crops: Option<usize>,
 }
 
+/// Where the model runs: `--device` and `--dtype`, shared by the commands that run it.
+#[derive(Args, Clone)]
+pub struct DeviceArgs {
+    /// Device: cpu, cuda[:N], wgpu[:N], vulkan[:N] (see `phi3v devices`).
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// Compute dtype: f32, f16 or bf16 (default: the device's, bf16 on CUDA, f32 elsewhere).
+    #[arg(long)]
+    pub dtype: Option<String>,
+}
+
 #[derive(Args, Clone)]
 struct GenerateArgs {
     #[command(flatten)]
     prompt: PromptArgs,
-    /// Device: cpu, cuda[:N], wgpu[:N], vulkan[:N] (see `phi3v devices`).
-    #[arg(long, default_value = "cpu")]
-    device: String,
-    /// Compute dtype: f32, f16 or bf16 (default: the device's, bf16 on CUDA, f32 elsewhere).
-    #[arg(long)]
-    dtype: Option<String>,
+    #[command(flatten)]
+    target: DeviceArgs,
     /// Most tokens to generate.
     #[arg(long, default_value_t = 128)]
     max_new_tokens: usize,
@@ -294,9 +301,8 @@ fn run(cli: Cli) -> CliResult<()> {
             if !Path::new(&model_dir(&a.prompt)).is_dir() {
                 return Err(format!("model folder {} does not exist", model_dir(&a.prompt).display()).into());
             }
-            let device = a.device.clone();
-            let dtype = a.dtype.clone();
-            with_device(&device, dtype.as_deref(), GenerateJob(a))?
+            let target = a.target.clone();
+            with_device(&target.device, target.dtype.as_deref(), GenerateJob(a))?
         }
         Command::Tokenize(a) => tokenize(&a),
         Command::Devices => {

@@ -36,12 +36,8 @@ pub struct RunArgs {
     /// Model folder (default: the tiny checkpoint shipped with the repository).
     #[arg(long)]
     model: Option<PathBuf>,
-    /// Device string.
-    #[arg(long, default_value = "cpu")]
-    device: String,
-    /// Compute dtype (default: the device's).
-    #[arg(long)]
-    dtype: Option<String>,
+    #[command(flatten)]
+    target: crate::DeviceArgs,
     /// Split to read (dev, validation, test).
     #[arg(long, default_value = "validation")]
     split: String,
@@ -166,9 +162,8 @@ impl DeviceFn for RunJob {
 pub fn run(cmd: MmmuCommand) -> CliResult<()> {
     match cmd {
         MmmuCommand::Run(a) => {
-            let device = a.device.clone();
-            let dtype = a.dtype.clone();
-            phi3v_devices::with_device(&device, dtype.as_deref(), RunJob(a))?
+            let target = a.target.clone();
+            phi3v_devices::with_device(&target.device, target.dtype.as_deref(), RunJob(a))?
         }
         MmmuCommand::Compare(c) => {
             for run in [&c.a, &c.b] {

@@ -16,12 +16,8 @@ pub struct ServeArgs {
     /// the repository.
     #[arg(long)]
     model: Option<PathBuf>,
-    /// Device: cpu, cuda[:N], wgpu[:N], vulkan[:N] (see `phi3v devices`).
-    #[arg(long, default_value = "cpu")]
-    device: String,
-    /// Compute dtype: f32, f16 or bf16 (default: the device's).
-    #[arg(long)]
-    dtype: Option<String>,
+    #[command(flatten)]
+    target: crate::DeviceArgs,
     /// Address to listen on (loopback by default).
     #[arg(long, default_value = "127.0.0.1")]
     host: String,
@@ -73,8 +69,8 @@ pub fn run(args: ServeArgs, default_model: PathBuf) -> CliResult<()> {
     };
     let options = ModelOptions {
         model_dir: args.model.clone().unwrap_or(default_model),
-        device: args.device.clone(),
-        dtype: args.dtype.clone(),
+        device: args.target.device.clone(),
+        dtype: args.target.dtype.clone(),
         num_crops: args.num_crops,
         max_images: args.max_images,
         engine,
