@@ -166,3 +166,49 @@ fn tiled_matmul_kernels_are_exact_at_every_k() {
     }
     assert!(bad.is_empty(), "{}", bad.join("\n"));
 }
+
+/// One decode query against every key count from 4448 to 4464 through Burn's autotuned matmul
+/// (`q · Kᵀ` with `Kᵀ` a transposed view, as the composed attention does): these lengths share
+/// one autotune key (m, n, k rounded to powers of two), so the kernel tuned on the first is
+/// reused for the others. cubek-matmul 0.2.0 could pick a GEMV kernel that needs n to be a
+/// multiple of the plane size and then panic on 4457 (lavapipe, long_context_two_images); the
+/// patch runs such shapes with the naive kernel. Runs on every test device.
+struct VecMatOverKeys;
+
+impl phi3v_devices::DeviceFn for VecMatOverKeys {
+    type Output = Vec<(usize, f32)>;
+    fn run<B: burn::tensor::backend::Backend>(
+        self,
+        device: &B::Device,
+        _: &burn_phi3v::device::DeviceInfo,
+        _: burn::tensor::DType,
+    ) -> Self::Output {
+        const HEAD_DIM: usize = 16;
+        (4448..=4464)
+            .map(|n| {
+                let q = values(HEAD_DIM, 0.2);
+                let k = values(n * HEAD_DIM, 0.7);
+                let expected: Vec<f32> = (0..n)
+                    .map(|j| (0..HEAD_DIM).map(|d| f64::from(q[d]) * f64::from(k[j * HEAD_DIM + d])).sum::<f64>() as f32)
+                    .collect();
+                let qt = Tensor::<B, 2>::from_data(TensorData::new(q, [1, HEAD_DIM]), device);
+                let kt = Tensor::<B, 2>::from_data(TensorData::new(k, [n, HEAD_DIM]), device);
+                let got = qt.matmul(kt.transpose()).into_data().convert::<f32>().to_vec::<f32>().unwrap();
+                (n, got.iter().zip(&expected).map(|(g, e)| (g - e).abs()).fold(0.0f32, f32::max))
+            })
+            .collect()
+    }
+}
+
+#[test]
+fn autotuned_vecmat_runs_at_every_length_of_one_key() {
+    let mut bad = Vec::new();
+    for (spec, _) in test_targets() {
+        for (n, err) in phi3v_devices::with_device(&spec, Some("f32"), VecMatOverKeys).unwrap() {
+            if !(err <= tolerance(16)) {
+                bad.push(format!("{spec}: q·Kᵀ over {n} keys is off by {err:e}"));
+            }
+        }
+    }
+    assert!(bad.is_empty(), "{}", bad.join("\n"));
+}

@@ -522,6 +522,15 @@ impl Strategy {
             }
             Strategy::Naive => launch_naive::launch_ref(client, lhs, rhs, out, dtypes),
             Strategy::Auto => auto(client, lhs, rhs, out, dtypes),
+            // burn-phi3v patch: the autotune key rounds m, n and k to powers of two, so a GEMV
+            // kernel chosen for one shape is reused for shapes it cannot run (n or k not a
+            // multiple of the plane size), which made autotune panic ("Should run when selected
+            // by autotune"). Such shapes run the naive kernel instead.
+            Strategy::GemvUnitPerpendicular(_) | Strategy::GemvPlaneParallel(_)
+                if !gemv_shape_supported(self, client, &lhs, &rhs) =>
+            {
+                launch_naive::launch_ref(client, lhs, rhs, out, dtypes)
+            }
             Strategy::GemvUnitPerpendicular(blueprint_strategy) => {
                 launch_vecmat_unit_perpendicular::launch_ref(
                     client,
@@ -571,4 +580,24 @@ fn auto<R: Runtime>(
     }
 
     Ok(())
+}
+
+/// burn-phi3v patch: whether the GEMV kernels' launch checks accept this problem (m = 1 and n a
+/// multiple of the plane size for `GemvUnitPerpendicular`; k a multiple of the plane size for
+/// both).
+fn gemv_shape_supported<R: Runtime>(
+    strategy: &Strategy,
+    client: &ComputeClient<R>,
+    lhs: &InputBinding<R>,
+    rhs: &InputBinding<R>,
+) -> bool {
+    let rank = rhs.shape().len();
+    let (lhs_shape, rhs_shape) = (lhs.shape().to_vec(), rhs.shape().to_vec());
+    let (m, k, n) = (lhs_shape[rank - 2], lhs_shape[rank - 1], rhs_shape[rank - 1]);
+    let plane_size = client.properties().hardware.plane_size_max as usize;
+    let k_ok = plane_size > 0 && k.is_multiple_of(plane_size);
+    match strategy {
+        Strategy::GemvUnitPerpendicular(_) => m == 1 && k_ok && n.is_multiple_of(plane_size),
+        _ => k_ok,
+    }
 }
