@@ -6,7 +6,8 @@ use std::path::{Path, PathBuf};
 use burn::tensor::{DType, backend::Backend};
 
 use crate::config::{GenerationConfig, Phi3VConfig};
-use crate::error::Result;
+use crate::device::DeviceInfo;
+use crate::error::{Phi3vError, Result};
 use crate::model::Phi3VForCausalLM;
 use crate::processor::Phi3VProcessor;
 use crate::weights::{Checkpoint, Weights};
@@ -118,5 +119,67 @@ impl<B: Backend> LoadedModel<B> {
         ids.sort_unstable();
         ids.dedup();
         ids
+    }
+}
+
+/// Refuses the checkpoint in `dir` when its weights, in `dtype`, exceed the memory the device
+/// reports (free memory where known, else total), with [`Phi3vError::InsufficientMemory`]: Burn 0.21's CubeCL backends panic on their server thread
+/// when an allocation fails, so the check must come before loading. Devices that report no
+/// memory figure (wgpu) are not checked. `Pipeline::from_pretrained` and `phi3v serve` call it;
+/// call it before [`LoadedModel::load`] on a device that may be too small.
+pub fn check_device_memory(dir: &Path, info: &DeviceInfo, dtype: DType) -> Result<()> {
+    let (available, kind) = match (info.free_memory, info.total_memory) {
+        (Some(free), _) => (free, "free"),
+        (None, Some(total)) => (total, "in total"),
+        (None, None) => return Ok(()),
+    };
+    let needed = Checkpoint::open_dir(dir)?.num_elements().saturating_mul(dtype.size() as u64);
+    if needed > available {
+        return Err(Phi3vError::InsufficientMemory {
+            path: dir.to_path_buf(),
+            device: info.spec.clone(),
+            dtype: crate::device::dtype_name(dtype).to_string(),
+            needed,
+            available,
+            kind,
+        });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn info(free: Option<u64>, total: Option<u64>) -> DeviceInfo {
+        DeviceInfo {
+            spec: "cuda:0".into(),
+            backend: "cuda",
+            index: 0,
+            name: "test".into(),
+            total_memory: total,
+            free_memory: free,
+            dtypes: vec![DType::F32],
+            default_dtype: DType::F32,
+        }
+    }
+
+    /// The pre-flight check refuses a checkpoint larger than the device's memory with a typed
+    /// error naming folder, device and sizes; a device without memory figures is not checked.
+    #[test]
+    fn checkpoint_larger_than_device_memory_is_refused_before_loading() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/models/phi3v-tiny");
+        let elements = Checkpoint::open_dir(&dir).expect("tiny checkpoint").num_elements();
+        assert!(elements > 0);
+        match check_device_memory(&dir, &info(Some(1000), Some(1 << 40)), DType::BF16) {
+            Err(Phi3vError::InsufficientMemory { needed, available, kind, device, .. }) => {
+                assert_eq!((needed, available, kind, device.as_str()), (2 * elements, 1000, "free", "cuda:0"));
+            }
+            other => panic!("expected InsufficientMemory, got {other:?}"),
+        }
+        let err = check_device_memory(&dir, &info(None, Some(1000)), DType::F32).unwrap_err();
+        assert!(err.to_string().contains("phi3v-tiny") && err.to_string().contains("in total"), "{err}");
+        check_device_memory(&dir, &info(Some(4 * elements), None), DType::F32).expect("exactly fits");
+        check_device_memory(&dir, &info(None, None), DType::F32).expect("unknown memory is not checked");
     }
 }

@@ -95,6 +95,7 @@ impl DeviceFn for SpawnEngine<'_> {
 
     fn run<B: Backend>(self, device: &B::Device, info: &DeviceInfo, dtype: DType) -> Self::Output {
         let o = self.0;
+        burn_phi3v::loader::check_device_memory(&o.model_dir, info, dtype)?;
         let mut loaded = LoadedModel::<B>::load(&o.model_dir, device, dtype, None)?;
         if let Some(n) = o.num_crops {
             loaded.processor.image_config.num_crops = n;
