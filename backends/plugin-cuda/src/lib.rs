@@ -20,7 +20,8 @@ pub struct Profile {
     /// Shown in error strings.
     pub name: &'static str,
     /// Run once before the first driver call: e.g. load a vendor's `libcuda.so` by full path
-    /// so that cudarc's later load by name finds it. An error becomes `PHI3V_ERROR_NO_DEVICE`.
+    /// so that cudarc's later load by name finds it. An error becomes `PHI3V_ERROR_NO_DEVICE`,
+    /// whose status string is then this message.
     pub prepare: fn() -> Result<(), String>,
     /// ANDed with the capabilities the driver would give (a stack lacking a feature clears it).
     pub capabilities_mask: u64,
@@ -98,7 +99,11 @@ fn status(r: Result<(), ffi::Status>) -> ffi::Status {
     r.err().unwrap_or(ffi::SUCCESS)
 }
 
-/// Loads and initialises the driver once; `PHI3V_ERROR_NO_DEVICE` without one.
+/// Why the driver could not be initialised, for `status_string(PHI3V_ERROR_NO_DEVICE)`.
+static INIT_ERROR: std::sync::OnceLock<CString> = std::sync::OnceLock::new();
+
+/// Loads and initialises the driver once; `PHI3V_ERROR_NO_DEVICE` without one (the reason is
+/// kept for `status_string`).
 fn init(profile: &Profile) -> Result<(), ffi::Status> {
     static INIT: Mutex<Option<Result<(), ffi::Status>>> = Mutex::new(None);
     let mut state = INIT.lock().unwrap_or_else(|e| e.into_inner());
@@ -106,17 +111,19 @@ fn init(profile: &Profile) -> Result<(), ffi::Status> {
         return done;
     }
     let result = (|| {
-        (profile.prepare)().map_err(|e| {
-            eprintln!("{}: {e}", profile.name);
-            ffi::ERROR_NO_DEVICE
-        })?;
+        (profile.prepare)()?;
         // SAFETY: probing for the library by name has no other effect.
         if !unsafe { cu::is_culib_present() } {
-            return Err(ffi::ERROR_NO_DEVICE);
+            return Err("the CUDA driver library (libcuda) could not be loaded".to_string());
         }
         // SAFETY: cuInit takes flags 0.
-        check(unsafe { cu::cuInit(0) })
+        check(unsafe { cu::cuInit(0) }).map_err(|s| format!("cuInit failed with status {s}"))
     })();
+    let result = result.map_err(|reason| {
+        let text = format!("{}: no device: {reason}", profile.name);
+        let _ = INIT_ERROR.set(CString::new(text.replace('\0', " ")).unwrap_or_default());
+        ffi::ERROR_NO_DEVICE
+    });
     *state = Some(result);
     result
 }
@@ -178,7 +185,10 @@ pub mod imp {
             ffi::SUCCESS => c"success",
             ffi::ERROR_INVALID_VALUE => c"invalid value (null pointer or handle)",
             ffi::ERROR_OUT_OF_MEMORY => c"out of memory",
-            ffi::ERROR_NO_DEVICE => c"no such device, or the CUDA driver library (libcuda) could not be loaded",
+            ffi::ERROR_NO_DEVICE => match INIT_ERROR.get() {
+                Some(reason) => reason.as_c_str(),
+                None => c"no such device",
+            },
             ffi::ERROR_COMPILE => c"kernel compilation failed (NVRTC), see the log",
             ffi::ERROR_NOT_FOUND => c"function not found in the module",
             ffi::ERROR_LAUNCH => c"kernel launch failed",
@@ -215,11 +225,10 @@ pub mod imp {
         if count.is_null() {
             return ffi::ERROR_INVALID_VALUE;
         }
-        if init(profile).is_err() {
-            // No driver is "no devices", not a failure (the header's rule).
-            // SAFETY: checked non-null.
-            unsafe { *count = 0 };
-            return ffi::SUCCESS;
+        // Without a driver this is an error whose string says why (a missing SDK is worth
+        // reporting, not just "0 devices").
+        if let Err(s) = init(profile) {
+            return s;
         }
         let mut n = 0;
         // SAFETY: valid out-pointer.

@@ -1,6 +1,6 @@
 //! The built `libphi3v_plugin_cuda.so` loads through the runtime: every symbol of the header is
-//! exported and the ABI version matches. Without an NVIDIA driver (as on CI) it reports no
-//! devices, so opening device 0 is a typed out-of-range error, not a crash.
+//! exported and the ABI version matches. Without an NVIDIA driver (as on CI) counting devices
+//! is a typed error saying the driver library is missing, not a crash.
 
 use phi3v_backend_plugin::{PluginDevice, PluginError, PluginLibrary};
 use std::path::PathBuf;
@@ -20,16 +20,22 @@ fn cdylib() -> PathBuf {
 fn loads_and_reports_its_devices() {
     let lib = PluginLibrary::load(&cdylib()).unwrap();
     assert!(lib.has(phi3v_backend_plugin::ffi::CAP_PINNED_HOST | phi3v_backend_plugin::ffi::CAP_MEMCPY_2D));
-    let count = lib.device_count().unwrap();
-    if count == 0 {
-        match PluginDevice::open(cdylib(), 0).unwrap_err() {
-            PluginError::DeviceOutOfRange { count: 0, .. } => {}
-            other => panic!("expected DeviceOutOfRange, got {other}"),
+    match lib.device_count() {
+        // No driver here: the error says so, and opening a device is the same typed error.
+        Err(PluginError::Driver { status: phi3v_backend_plugin::ffi::ERROR_NO_DEVICE, message, .. }) => {
+            assert!(message.contains("libcuda"), "{message}");
+            assert!(matches!(PluginDevice::open(cdylib(), 0), Err(PluginError::Driver { .. })));
         }
-    } else {
-        let info = lib.device_info(0).unwrap();
-        assert_eq!(info.dialect, phi3v_backend_plugin::ffi::DIALECT_CUDA);
-        assert!(info.total_memory > 0 && info.warp_size == 32, "{info:?}");
+        Ok(count) if count > 0 => {
+            let info = lib.device_info(0).unwrap();
+            assert_eq!(info.dialect, phi3v_backend_plugin::ffi::DIALECT_CUDA);
+            assert!(info.total_memory > 0 && info.warp_size == 32, "{info:?}");
+            assert!(matches!(
+                PluginDevice::open(cdylib(), count),
+                Err(PluginError::DeviceOutOfRange { .. })
+            ));
+        }
+        other => panic!("unexpected device count {other:?}"),
     }
 }
 
@@ -38,5 +44,5 @@ fn bad_handles_are_statuses() {
     let lib = PluginLibrary::load(&cdylib()).unwrap();
     let err = lib.stream_create(std::ptr::null_mut()).unwrap_err();
     assert!(matches!(err, PluginError::Driver { status: phi3v_backend_plugin::ffi::ERROR_INVALID_VALUE, .. }), "{err}");
-    assert!(lib.status_string(phi3v_backend_plugin::ffi::ERROR_NO_DEVICE).contains("no such device"));
+    assert!(!lib.status_string(phi3v_backend_plugin::ffi::ERROR_NO_DEVICE).is_empty());
 }

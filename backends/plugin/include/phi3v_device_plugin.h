@@ -122,7 +122,9 @@ const char *phi3v_plugin_status_string(phi3v_status status);
 
 /* ---- devices ------------------------------------------------------------ */
 
-/* Initialises the driver if needed; 0 devices is a success. */
+/* Initialises the driver if needed. A driver with no devices is a success with
+ * *count = 0; no usable driver or SDK is PHI3V_ERROR_NO_DEVICE, and
+ * phi3v_plugin_status_string(PHI3V_ERROR_NO_DEVICE) then says what is missing. */
 phi3v_status phi3v_plugin_device_count(int32_t *count);
 phi3v_status phi3v_plugin_device_properties(int32_t device, phi3v_device_properties *props);
 /* One context per device for the process; the runtime creates it once. */
