@@ -10,6 +10,14 @@ LIMIT=${1:-420}; M=$R/tests/fixtures/models; I=$R/tests/fixtures/images; S=$R/te
 # `cargo test --release -p phi3v-tests --features cuda,wgpu --test matmul_k_stages --no-run`,
 # copied to .gpu/bin/matmul_k_stages.
 [ -x $B/matmul_k_stages ] && job kernels env PHI3V_TEST_DEVICES=cuda:f32,wgpu:0:f32 $B/matmul_k_stages --nocapture
+# The engine's concurrency test (issue 8) and the server's load test (issue 12) on CUDA with the
+# tiny checkpoint: `cargo test --release --no-run` of tests/tests/engine.rs and
+# server/tests/load.rs with the cuda feature, copied to .gpu/bin/{engine,load}.
+[ -x $B/engine ] && job engine-cuda env PHI3V_TEST_DEVICES=cuda:f32,cuda:bf16,wgpu:f32 $B/engine concurrent --nocapture
+[ -x $B/load ] && job server-load-cuda env PHI3V_SERVER_TEST_DEVICE=cuda PHI3V_SERVER_TEST_DTYPE=f32 PHI3V_SERVER_LOAD_REQUESTS=400 PHI3V_SERVER_LOAD_TOKENS=32 $B/load --nocapture
+# The benchmark's kernels, compiled (and autotuned, under this call's load) ahead for gpu_bench.sh,
+# which keeps the compiled kernels and autotunes again on a quiet GPU.
+[ -n "$WARM_BENCH" ] && job bench-warm $B/phi3v bench run --preset phi3v-128k --device cuda $BENCH_SHAPES --warmup 0 --runs 1 --out $W/bench-warm/ours
 job parity-cuda-f32  $B/phi3v-parity --device cuda --dtype f32 --stages
 job parity-cuda-bf16 $B/phi3v-parity --device cuda --dtype bf16
 job parity-wgpu-f32  $B/phi3v-parity --device wgpu --dtype f32 --stages
@@ -27,4 +35,5 @@ for d in cuda-bf16 cuda-f32 wgpu-f32; do echo "=== compare cpu-f32 vs $d"; $B/ph
  for d in $W/*/; do n=$(basename $d); cp $d/out.txt /tmp/res/$n.txt; cp $d/err.txt /tmp/res/$n.err; done; cp $W/*.jsonl $W/*.md $W/*.json /tmp/res/ 2>/dev/null
 tar czf $OUT/results.tgz -C /tmp/res .
 for d in $W/*/; do rm -f $d/out.txt $d/err.txt $d/cubecl.toml; done
+[ -d $W/bench-warm ] && tar czf - -C $W/bench-warm --exclude=./ours . | split -b 15M - $OUT/bench-cache.tgz.part-
 tar czf $OUT/cache.tgz -C $W/parity-cuda-bf16 . ; tar czf $OUT/cache-f32.tgz -C $W/parity-cuda-f32 . ; tar czf $OUT/cache-wgpu.tgz -C $W/parity-wgpu-f32 . ; ls -la $OUT

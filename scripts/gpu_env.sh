@@ -23,3 +23,7 @@ job() {
 }
 show() { for n in "$@"; do echo "=== $n"; cat $W/$n/out.txt; grep -v ": [0-9.]* s$" $W/$n/err.txt | grep -v "^\s*$" | tail -${TAIL:-4}; done; }
 R=$PWD
+# The benchmark points of scripts/gpu_bench.sh (issue 6); gpu_check.sh compiles their kernels
+# ahead in a job of its own so that the benchmark call finds them compiled.
+BENCH_SHAPES=${BENCH_SHAPES:-"--prompt-lengths 128,512,1024,2048,4096,8192 --prefill-batches 1,8 --max-prefill-tokens 8192 --parallel 1,10,64,128 --shapes 1024x128,32x16 --images 336x336,1344x1344,2688x336 --num-crops 4,16 --latency-shape 1024x128"}
+BENCH_TIMING=${BENCH_TIMING:-"--warmup 1 --runs 3"}

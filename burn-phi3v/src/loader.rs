@@ -84,27 +84,21 @@ impl<B: Backend> LoadedModel<B> {
     /// Loads `dir` onto `device` with weights in `dtype`. `progress(done, total)` is called
     /// after every tensor.
     pub fn load(dir: &Path, device: &B::Device, dtype: DType, progress: Option<&(dyn Fn(usize, usize) + Sync)>) -> Result<Self> {
-        let config = Phi3VConfig::from_file(&dir.join("config.json"))?;
-        let processor = Phi3VProcessor::from_dir(dir)?;
-        let gen_path = dir.join("generation_config.json");
-        let generation_config = if gen_path.is_file() {
-            Some(GenerationConfig::from_file(&gen_path)?)
-        } else {
-            None
-        };
+        let files = FolderFiles::read(dir)?;
         let ckpt = Checkpoint::open_dir(dir)?;
         let mut weights = Weights::<B>::new(&ckpt, device, dtype);
         if let Some(p) = progress {
             weights = weights.with_progress(p);
         }
-        let model = Phi3VForCausalLM::load(&weights, &config)?;
-        weights.finish()?;
-        Ok(Self {
-            dir: dir.to_path_buf(),
-            model,
-            processor,
-            generation_config,
-        })
+        files.with_weights(dir, weights)
+    }
+
+    /// The model of `dir`'s `config.json` with random weights in `dtype`, made on `device`
+    /// without a host copy; tokenizer and image processor come from `dir`, checkpoint files
+    /// are not read (optimum-benchmark's `no_weights` mode: real shapes for benchmarks and load
+    /// tests without the weights). Its outputs are meaningless.
+    pub fn random(dir: &Path, device: &B::Device, dtype: DType) -> Result<Self> {
+        FolderFiles::read(dir)?.with_weights(dir, Weights::<B>::random(device, dtype))
     }
 
     /// Token ids that end generation: config.json and generation_config.json EOS, the
@@ -145,6 +139,42 @@ pub fn check_device_memory(dir: &Path, info: &DeviceInfo, dtype: DType) -> Resul
         });
     }
     Ok(())
+}
+
+/// What a model folder holds besides its weights.
+struct FolderFiles {
+    config: Phi3VConfig,
+    processor: Phi3VProcessor,
+    generation_config: Option<GenerationConfig>,
+}
+
+impl FolderFiles {
+    fn read(dir: &Path) -> Result<Self> {
+        let config = Phi3VConfig::from_file(&dir.join("config.json"))?;
+        let processor = Phi3VProcessor::from_dir(dir)?;
+        let gen_path = dir.join("generation_config.json");
+        let generation_config = if gen_path.is_file() {
+            Some(GenerationConfig::from_file(&gen_path)?)
+        } else {
+            None
+        };
+        Ok(Self {
+            config,
+            processor,
+            generation_config,
+        })
+    }
+
+    fn with_weights<B: Backend>(self, dir: &Path, weights: Weights<'_, B>) -> Result<LoadedModel<B>> {
+        let model = Phi3VForCausalLM::load(&weights, &self.config)?;
+        weights.finish()?;
+        Ok(LoadedModel {
+            dir: dir.to_path_buf(),
+            model,
+            processor: self.processor,
+            generation_config: self.generation_config,
+        })
+    }
 }
 
 #[cfg(test)]

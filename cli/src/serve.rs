@@ -55,6 +55,11 @@ pub struct ServeArgs {
     /// Most tokens in one engine pass (decodes plus prefill chunks).
     #[arg(long, default_value_t = 512)]
     max_batched_tokens: usize,
+    /// Random weights in the shapes of the model folder's config.json (its tokenizer and
+    /// preprocessor are used, its checkpoint is not read): load tests of real shapes without
+    /// the weights. The answers are meaningless.
+    #[arg(long)]
+    no_weights: bool,
 }
 
 /// Loads the model, starts its engine and serves until SIGINT/SIGTERM.
@@ -74,6 +79,7 @@ pub fn run(args: ServeArgs, default_model: PathBuf) -> CliResult<()> {
         num_crops: args.num_crops,
         max_images: args.max_images,
         engine,
+        random_weights: args.no_weights,
     };
     let service = Arc::new(ModelService::load(&options)?);
     let mut config = ServerConfig::for_model(&service);

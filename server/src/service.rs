@@ -36,6 +36,9 @@ pub struct ModelOptions {
     pub max_images: Option<usize>,
     /// KV-cache pool and pass limits.
     pub engine: EngineConfig,
+    /// Random weights of `model_dir`'s config instead of its checkpoint (load tests and
+    /// benchmarks of real shapes without the weights; the answers are meaningless).
+    pub random_weights: bool,
 }
 
 impl ModelOptions {
@@ -48,6 +51,7 @@ impl ModelOptions {
             num_crops: None,
             max_images: None,
             engine: EngineConfig::default(),
+            random_weights: false,
         }
     }
 }
@@ -95,8 +99,12 @@ impl DeviceFn for SpawnEngine<'_> {
 
     fn run<B: Backend>(self, device: &B::Device, info: &DeviceInfo, dtype: DType) -> Self::Output {
         let o = self.0;
-        burn_phi3v::loader::check_device_memory(&o.model_dir, info, dtype)?;
-        let mut loaded = LoadedModel::<B>::load(&o.model_dir, device, dtype, None)?;
+        let mut loaded = if o.random_weights {
+            LoadedModel::<B>::random(&o.model_dir, device, dtype)?
+        } else {
+            burn_phi3v::loader::check_device_memory(&o.model_dir, info, dtype)?;
+            LoadedModel::<B>::load(&o.model_dir, device, dtype, None)?
+        };
         if let Some(n) = o.num_crops {
             loaded.processor.image_config.num_crops = n;
         }

@@ -9,6 +9,12 @@
 //! PHI3V_SERVER_LOAD_REQUESTS=400 PHI3V_SERVER_LOAD_TOKENS=32 \
 //!     cargo test --release -p phi3v-server --test load -- --nocapture
 //! ```
+//!
+//! On a GPU with the real shapes (random weights of a config, the tiny checkpoint's tokenizer):
+//! `PHI3V_SERVER_TEST_DEVICE=cuda PHI3V_SERVER_LOAD_MODEL=DIR PHI3V_SERVER_LOAD_NO_WEIGHTS=1`.
+//! Batched bf16 kernels need not round like the solo run, so there
+//! `PHI3V_SERVER_LOAD_EXACT=0` counts the answers that differ from their solo result instead of
+//! failing on the first.
 
 mod common;
 
@@ -36,6 +42,9 @@ fn request_for(i: usize, tokens: usize) -> (String, usize) {
 fn body(prompt: &str, max_tokens: usize, stream: bool) -> String {
     json!({"model": MODEL, "prompt": prompt, "max_tokens": max_tokens, "temperature": 0, "stream": stream}).to_string()
 }
+
+/// Host memory the concurrent phase may add (buffers, per-request state, allocator slack).
+const RSS_GROWTH_LIMIT_MIB: f64 = 1024.0;
 
 fn thread_count() -> usize {
     std::fs::read_to_string("/proc/self/status")
@@ -71,8 +80,13 @@ fn concurrent_streams_with_disconnects_equal_their_solo_results() {
     let requests = env_usize("PHI3V_SERVER_LOAD_REQUESTS", 200);
     let tokens = env_usize("PHI3V_SERVER_LOAD_TOKENS", 8).max(2);
     let limit = Duration::from_secs(env_usize("PHI3V_SERVER_LOAD_LIMIT_S", 300) as u64);
+    let exact = env_usize("PHI3V_SERVER_LOAD_EXACT", 1) != 0;
     let server = start(MODEL, |o, _| {
         o.engine.max_running = 512;
+        if let Ok(dir) = std::env::var("PHI3V_SERVER_LOAD_MODEL") {
+            o.model_dir = dir.into();
+        }
+        o.random_weights = env_usize("PHI3V_SERVER_LOAD_NO_WEIGHTS", 0) != 0;
     });
     let addr = server.addr();
 
@@ -154,13 +168,17 @@ fn concurrent_streams_with_disconnects_equal_their_solo_results() {
     let mut ttfts = Vec::new();
     let mut completed = 0;
     let mut dropped = 0;
+    let mut differ = 0;
     let deadline = start + limit;
     while completed + dropped < requests {
         let left = deadline.saturating_duration_since(Instant::now());
         match rx.recv_timeout(left) {
             Ok(Outcome::Done(i, text, latency, ttft)) => {
                 let key = request_for(i % 48, tokens);
-                assert_eq!(&text, &solo[&key], "request {i} differs from its solo result");
+                if exact {
+                    assert_eq!(&text, &solo[&key], "request {i} differs from its solo result");
+                }
+                differ += usize::from(text != solo[&key]);
                 latencies.push(latency);
                 ttfts.push(ttft);
                 completed += 1;
@@ -194,12 +212,19 @@ fn concurrent_streams_with_disconnects_equal_their_solo_results() {
     let m = get(addr, "/metrics").text();
     assert_eq!(metric(&m, "phi3v_http_requests_in_flight"), 0.0);
 
+    let rss_after = rss_mib();
+    assert!(
+        rss_after - rss_before <= RSS_GROWTH_LIMIT_MIB,
+        "host memory grew from {rss_before:.0} to {rss_after:.0} MiB under load"
+    );
+
     let generated = metric(&m, "phi3v_generation_tokens_total") - tokens_before;
     latencies.sort_by(f64::total_cmp);
     ttfts.sort_by(f64::total_cmp);
     println!(
         "load: {requests} streaming requests ({dropped} disconnected), {tokens} tokens target, {:.1} s wall, {:.1} completed requests/s, \
-         latency p50 {:.3} s p90 {:.3} s p99 {:.3} s; engine: {} passes, {} preemptions, peak {} of {} blocks; RSS {:.0} -> {:.0} MiB",
+         latency p50 {:.3} s p90 {:.3} s p99 {:.3} s; engine: {} passes, {} preemptions, peak {} of {} blocks; RSS {:.0} -> {:.0} MiB; \
+         {differ} of {completed} answers differ from their solo result",
         wall,
         completed as f64 / wall,
         percentile(&latencies, 0.5),
@@ -210,7 +235,7 @@ fn concurrent_streams_with_disconnects_equal_their_solo_results() {
         stats.peak_used_blocks,
         stats.num_blocks,
         rss_before,
-        rss_mib(),
+        rss_after,
     );
     println!("load: {generated} tokens streamed in the concurrent phase, {:.0} tokens/s", generated / wall);
     println!(

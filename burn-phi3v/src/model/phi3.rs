@@ -145,7 +145,10 @@ fn rotate_half<B: Backend>(x: Tensor<B, 4>) -> Tensor<B, 4> {
 }
 
 /// `x·cos + rotate_half(x)·sin`.
-fn apply_rotary<B: Backend>(x: Tensor<B, 4>, cos: &Tensor<B, 4>, sin: &Tensor<B, 4>) -> Tensor<B, 4> {
+///
+/// # Shapes
+/// `x`: `[batch, heads, seq, head_dim]`; `cos`, `sin`: `[batch, 1, seq, head_dim]` → like `x`
+pub fn apply_rotary<B: Backend>(x: Tensor<B, 4>, cos: &Tensor<B, 4>, sin: &Tensor<B, 4>) -> Tensor<B, 4> {
     x.clone() * cos.clone() + rotate_half(x) * sin.clone()
 }
 

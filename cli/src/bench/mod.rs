@@ -3,6 +3,7 @@
 //! the real model shapes with random weights or a model folder. Every timed region starts and
 //! ends with the device synchronised; warm-up runs come first; medians of several runs.
 
+pub mod breakdown;
 mod plot;
 pub mod report;
 
@@ -42,6 +43,9 @@ pub enum BenchCommand {
     Run(BenchArgs),
     /// Compare our results with the PyTorch peer's (same JSON schema): Markdown to stdout.
     Compare(CompareArgs),
+    /// Time every stage of a decoder layer at the real shapes (decode and prefill), beside the
+    /// PyTorch peer's (bench/peer_kernels.py) when given.
+    Breakdown(breakdown::BreakdownArgs),
 }
 
 /// Options of `phi3v bench run`.
@@ -156,6 +160,7 @@ pub fn run(cmd: BenchCommand) -> CliResult<()> {
             print!("{}", report::compare(&read(&a.ours)?, &read(&a.peer)?, a.bandwidth, a.peak_flops));
             Ok(())
         }
+        BenchCommand::Breakdown(a) => breakdown::run(a),
     }
 }
 
@@ -164,9 +169,14 @@ fn model_config(a: &BenchArgs) -> CliResult<(String, Phi3VConfig)> {
         let path = dir.join("config.json");
         return Ok((dir.display().to_string(), Phi3VConfig::from_file(&path)?));
     }
-    let Some((name, json)) = PRESETS.iter().find(|(n, _)| *n == a.preset) else {
+    preset_config(&a.preset)
+}
+
+/// A built-in preset's name and configuration.
+fn preset_config(preset: &str) -> CliResult<(String, Phi3VConfig)> {
+    let Some((name, json)) = PRESETS.iter().find(|(n, _)| *n == preset) else {
         let names: Vec<_> = PRESETS.iter().map(|(n, _)| *n).collect();
-        return Err(format!("unknown preset `{}` (available: {})", a.preset, names.join(", ")).into());
+        return Err(format!("unknown preset `{preset}` (available: {})", names.join(", ")).into());
     };
     let value: serde_json::Value = serde_json::from_str(json)?;
     Ok((name.to_string(), Phi3VConfig::from_value(&value, name)?))

@@ -16,12 +16,17 @@ pub fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
+/// The repository's `tests/fixtures`, or `PHI3V_FIXTURES` (a test binary run on another machine).
+pub fn fixtures() -> PathBuf {
+    std::env::var_os("PHI3V_FIXTURES").map_or_else(|| root().join("tests/fixtures"), PathBuf::from)
+}
+
 pub fn model_dir(name: &str) -> PathBuf {
-    root().join("tests/fixtures/models").join(name)
+    fixtures().join("models").join(name)
 }
 
 pub fn image_path(name: &str) -> PathBuf {
-    root().join("tests/fixtures/images").join(name)
+    fixtures().join("images").join(name)
 }
 
 /// `data:image/png;base64,…` of a fixture image.
@@ -31,9 +36,12 @@ pub fn data_url(name: &str) -> String {
     format!("data:image/png;base64,{}", base64::engine::general_purpose::STANDARD.encode(bytes))
 }
 
-/// Starts a server on 127.0.0.1:0 for `model` on the CPU; `configure` adjusts its settings.
+/// Starts a server on 127.0.0.1:0 for `model` on the CPU (or `PHI3V_SERVER_TEST_DEVICE`, in
+/// `PHI3V_SERVER_TEST_DTYPE`); `configure` adjusts its settings.
 pub fn start(model: &str, configure: impl FnOnce(&mut ModelOptions, &mut ServerConfig)) -> RunningServer {
-    let mut options = ModelOptions::new(model_dir(model), "cpu");
+    let device = std::env::var("PHI3V_SERVER_TEST_DEVICE").unwrap_or_else(|_| "cpu".into());
+    let mut options = ModelOptions::new(model_dir(model), device);
+    options.dtype = std::env::var("PHI3V_SERVER_TEST_DTYPE").ok();
     // Service settings that need the model are applied after loading; start from defaults.
     let mut probe = ServerConfig {
         served_model_name: model.to_string(),
@@ -43,7 +51,7 @@ pub fn start(model: &str, configure: impl FnOnce(&mut ModelOptions, &mut ServerC
         default_max_tokens: 16,
     };
     configure(&mut options, &mut probe);
-    let service = Arc::new(ModelService::load(&options).expect("tiny checkpoint on cpu"));
+    let service = Arc::new(ModelService::load(&options).expect("load the test model"));
     spawn(service, probe, "127.0.0.1:0".parse().unwrap()).expect("bind a loopback port")
 }
 

@@ -1,0 +1,368 @@
+//! `phi3v bench breakdown`: where the time of a decode step and of a prefill goes, stage by
+//! stage of a decoder layer, at the real shapes with random weights (issue 10: measure first).
+//!
+//! Every stage is the model's own code (its modules' `forward`, `attend`, `apply_rotary`) on
+//! inputs of the shapes the model gives it. A stage is called `runs` times back to back after
+//! `warmup` calls, between two device synchronisations; the figure is the mean per call, which
+//! includes its launches as a real step does. `bench/peer_kernels.py` measures the same stages
+//! in PyTorch and writes the same JSON, which `--peer` puts beside ours.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use burn::tensor::{DType, Distribution, Int, Tensor, TensorData, activation::silu, backend::Backend};
+use burn_phi3v::device::{DeviceInfo, dtype_name};
+use burn_phi3v::model::phi3::{LayerKv, apply_rotary};
+use burn_phi3v::model::{KvCache, Phi3VForCausalLM, RopeRegime};
+use burn_phi3v::weights::Weights;
+use burn_phi3v::{DeviceFn, Phi3VConfig, with_device};
+use clap::Args;
+use serde::{Deserialize, Serialize};
+
+use crate::CliResult;
+
+/// Options of `phi3v bench breakdown`.
+#[derive(Args, Clone, Debug)]
+pub struct BreakdownArgs {
+    /// Built-in model shapes (see `phi3v bench run --preset`).
+    #[arg(long, default_value = "phi3v-128k")]
+    preset: String,
+    /// Device: cpu, cuda[:N], wgpu[:N], vulkan[:N].
+    #[arg(long, default_value = "cuda")]
+    device: String,
+    /// Compute dtype (default: the device's, bf16 on CUDA).
+    #[arg(long)]
+    dtype: Option<String>,
+    /// Keys already cached when a decode step runs.
+    #[arg(long, default_value_t = 1024)]
+    context: usize,
+    /// Sequences decoded together (static batch rows).
+    #[arg(long, value_delimiter = ',', default_value = "1,10")]
+    decode_batches: Vec<usize>,
+    /// Prompt length of the prefill phase (0: none).
+    #[arg(long, default_value_t = 1024)]
+    prefill: usize,
+    /// Calls before timing.
+    #[arg(long, default_value_t = 3)]
+    warmup: usize,
+    /// Timed calls per stage.
+    #[arg(long, default_value_t = 20)]
+    runs: usize,
+    /// The PyTorch peer's breakdown (bench/peer_kernels.py) to put beside ours.
+    #[arg(long)]
+    peer: Option<PathBuf>,
+    /// Output folder (breakdown.json, breakdown.md).
+    #[arg(long, default_value = "breakdown-out")]
+    out: PathBuf,
+}
+
+/// One timed stage.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Stage {
+    /// Stage name (the same in the peer's JSON).
+    pub name: String,
+    /// Mean time per call, microseconds.
+    pub us: f64,
+    /// Calls in one step of the whole model (32 for a per-layer stage of Phi-3-mini).
+    pub per_step: usize,
+}
+
+/// The stages of one phase and the measured whole.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Phase {
+    /// e.g. `decode b=1 ctx=1024`.
+    pub phase: String,
+    /// Stages.
+    pub stages: Vec<Stage>,
+    /// One whole decoder layer (its `forward`), microseconds.
+    pub layer_us: f64,
+    /// The whole step (decoder and `lm_head`), microseconds.
+    pub step_us: f64,
+}
+
+/// What `phi3v bench breakdown` writes (and `bench/peer_kernels.py`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Breakdown {
+    /// Who measured: `burn-phi3v` or the peer's name.
+    pub engine: String,
+    /// Device name.
+    pub device: String,
+    /// Compute dtype.
+    pub dtype: String,
+    /// Model shapes.
+    pub preset: String,
+    /// Decode and prefill phases.
+    pub phases: Vec<Phase>,
+}
+
+/// Entry point of `phi3v bench breakdown`.
+pub fn run(args: BreakdownArgs) -> CliResult<()> {
+    let (_, config) = super::preset_config(&args.preset)?;
+    let peer = match &args.peer {
+        Some(p) if p.is_file() => {
+            let s = std::fs::read_to_string(p).map_err(|e| format!("cannot read {}: {e}", p.display()))?;
+            Some(serde_json::from_str::<Breakdown>(&s).map_err(|e| format!("{} is not a breakdown: {e}", p.display()))?)
+        }
+        Some(p) => return Err(format!("peer breakdown {} not found", p.display()).into()),
+        None => None,
+    };
+    let (device, dtype, out) = (args.device.clone(), args.dtype.clone(), args.out.clone());
+    let ours = with_device(&device, dtype.as_deref(), BreakdownJob { args, config })??;
+    std::fs::create_dir_all(&out).map_err(|e| format!("cannot create {}: {e}", out.display()))?;
+    let md = markdown(&ours, peer.as_ref());
+    write(&out.join("breakdown.json"), &serde_json::to_string_pretty(&ours)?)?;
+    write(&out.join("breakdown.md"), &md)?;
+    print!("{md}");
+    Ok(())
+}
+
+fn write(path: &Path, text: &str) -> CliResult<()> {
+    std::fs::write(path, text).map_err(|e| format!("cannot write {}: {e}", path.display()).into())
+}
+
+struct BreakdownJob {
+    args: BreakdownArgs,
+    config: Phi3VConfig,
+}
+
+impl DeviceFn for BreakdownJob {
+    type Output = CliResult<Breakdown>;
+
+    fn run<B: Backend>(self, device: &B::Device, info: &DeviceInfo, dtype: DType) -> CliResult<Breakdown> {
+        let a = &self.args;
+        let w = Weights::<B>::random(device, dtype);
+        let model = Phi3VForCausalLM::load(&w, &self.config)?;
+        let timer = Timer::<B> {
+            device: device.clone(),
+            warmup: a.warmup,
+            runs: a.runs.max(1),
+        };
+        let mut phases = Vec::new();
+        for &b in &a.decode_batches {
+            eprintln!("decode b={b} ctx={}", a.context);
+            phases.push(phase(&model, &timer, dtype, b, 1, a.context));
+        }
+        if a.prefill > 0 {
+            eprintln!("prefill {}", a.prefill);
+            phases.push(phase(&model, &timer, dtype, 1, a.prefill, 0));
+        }
+        Ok(Breakdown {
+            engine: "burn-phi3v".into(),
+            device: format!("{} ({})", info.name, info.spec),
+            dtype: dtype_name(dtype).into(),
+            preset: a.preset.clone(),
+            phases,
+        })
+    }
+}
+
+struct Timer<B: Backend> {
+    device: B::Device,
+    warmup: usize,
+    runs: usize,
+}
+
+impl<B: Backend> Timer<B> {
+    /// Mean microseconds per call of `f`, `runs` calls between two synchronisations.
+    fn time<T>(&self, mut f: impl FnMut() -> T) -> f64 {
+        for _ in 0..self.warmup {
+            drop(f());
+        }
+        let _ = B::sync(&self.device);
+        let t = Instant::now();
+        for _ in 0..self.runs {
+            drop(f());
+        }
+        let _ = B::sync(&self.device);
+        t.elapsed().as_secs_f64() * 1e6 / self.runs as f64
+    }
+}
+
+fn random<B: Backend, const D: usize>(shape: [usize; D], device: &B::Device, dtype: DType) -> Tensor<B, D> {
+    Tensor::<B, D>::random(shape, Distribution::Normal(0.0, 1.0), device).cast(dtype)
+}
+
+/// `b` rows of `s` new tokens after `ctx` cached keys.
+fn phase<B: Backend>(model: &Phi3VForCausalLM<B>, timer: &Timer<B>, dtype: DType, b: usize, s: usize, ctx: usize) -> Phase {
+    let device = &timer.device;
+    let c = &model.config.text;
+    let (hidden, h, hd, inter) = (c.hidden_size, c.num_attention_heads, c.head_dim(), c.intermediate_size);
+    let kvh = c.num_key_value_heads;
+    let layers = model.model.layers.len();
+    let layer = &model.model.layers[0];
+    let attn = &layer.self_attn;
+    let positions: Vec<Vec<usize>> = (0..b).map(|_| (ctx..ctx + s).collect()).collect();
+    let rope = &model.model.rotary_emb;
+    let regimes = vec![rope.regime(ctx + s); b];
+    let (cos, sin) = rope.tables::<B>(&positions, &regimes, device, dtype);
+
+    let x = random::<B, 3>([b, s, hidden], device, dtype);
+    let qkv = attn.qkv_proj.forward(x.clone());
+    let heads = |t: Tensor<B, 3>, n: usize| t.reshape([b, s, n, hd]).swap_dims(1, 2);
+    let q = heads(qkv.clone().narrow(2, 0, h * hd), h);
+    let k = heads(qkv.clone().narrow(2, h * hd, kvh * hd), kvh);
+    let v = heads(qkv.narrow(2, (h + kvh) * hd, kvh * hd), kvh);
+    let cached = (ctx > 0).then(|| LayerKv {
+        k: random::<B, 4>([b, kvh, ctx, hd], device, dtype),
+        v: random::<B, 4>([b, kvh, ctx, hd], device, dtype),
+    });
+    let keys = match &cached {
+        Some(kv) => Tensor::cat(vec![kv.k.clone(), k.clone()], 2),
+        None => k.clone(),
+    };
+    let values = random::<B, 4>([b, kvh, ctx + s, hd], device, dtype);
+    let causal = ctx == 0 && s > 1;
+    let attn_out = random::<B, 3>([b, s, h * hd], device, dtype);
+    let gate_up = random::<B, 3>([b, s, 2 * inter], device, dtype);
+    let act = random::<B, 3>([b, s, inter], device, dtype);
+
+    let mut stages = Vec::new();
+    let mut stage = |name: &str, per_layer: usize, us: f64| {
+        stages.push(Stage {
+            name: name.into(),
+            us,
+            per_step: per_layer * layers,
+        })
+    };
+    stage("input_layernorm", 1, timer.time(|| layer.input_layernorm.forward(x.clone())));
+    stage("qkv_proj", 1, timer.time(|| attn.qkv_proj.forward(x.clone())));
+    stage("rotary (q and k)", 1, timer.time(|| (apply_rotary(q.clone(), &cos, &sin), apply_rotary(k.clone(), &cos, &sin))));
+    if let Some(kv) = &cached {
+        stage(
+            "kv-cache append (k and v)",
+            1,
+            timer.time(|| (Tensor::cat(vec![kv.k.clone(), k.clone()], 2), Tensor::cat(vec![kv.v.clone(), v.clone()], 2))),
+        );
+    }
+    stage(
+        "attention",
+        1,
+        timer.time(|| burn_phi3v::model::nn::attend(q.clone(), keys.clone(), values.clone(), None, causal)),
+    );
+    stage("o_proj", 1, timer.time(|| attn.o_proj.forward(attn_out.clone())));
+    stage("residual add", 2, timer.time(|| x.clone() + x.clone()));
+    stage("post_attention_layernorm", 1, timer.time(|| layer.post_attention_layernorm.forward(x.clone())));
+    stage("gate_up_proj", 1, timer.time(|| layer.mlp.gate_up_proj.forward(x.clone())));
+    stage(
+        "silu(gate)·up",
+        1,
+        timer.time(|| gate_up.clone().narrow(2, inter, inter) * silu(gate_up.clone().narrow(2, 0, inter))),
+    );
+    stage("down_proj", 1, timer.time(|| layer.mlp.down_proj.forward(act.clone())));
+    stage("rotary tables (host)", 0, timer.time(|| rope.tables::<B>(&positions, &regimes, device, dtype)));
+    let last = x.clone().narrow(1, s - 1, 1);
+    stage("final norm", 0, timer.time(|| model.model.norm.forward(last.clone())));
+    stage("lm_head (last token)", 0, timer.time(|| model.lm_head.forward(last.clone())));
+    // Stages run once per step, not per layer.
+    for st in stages.iter_mut().filter(|st| st.per_step == 0) {
+        st.per_step = 1;
+    }
+
+    let layer_us = timer.time(|| {
+        let mut kv = cached.clone();
+        layer.forward(x.clone(), &cos, &sin, &mut kv, None)
+    });
+    let ids: Tensor<B, 2, Int> = Tensor::from_data(TensorData::new(vec![100i64; b * s], [b, s]), device);
+    let cache = KvCache {
+        layers: (0..layers)
+            .map(|_| {
+                cached.as_ref().map(|_| LayerKv {
+                    k: random::<B, 4>([b, kvh, ctx, hd], device, dtype),
+                    v: random::<B, 4>([b, kvh, ctx, hd], device, dtype),
+                })
+            })
+            .collect(),
+        regimes: if ctx > 0 { vec![RopeRegime::Short; b] } else { Vec::new() },
+    };
+    let step_us = timer.time(|| {
+        let mut cache = cache.clone();
+        let embeds = model.model.embed(ids.clone());
+        let out = model.model.forward(embeds, &positions, &regimes, &mut cache, None, false);
+        model.lm_head.forward(out.last_hidden_state.narrow(1, s - 1, 1))
+    });
+    let name = if ctx > 0 { format!("decode b={b} ctx={ctx}") } else { format!("prefill {s}") };
+    Phase {
+        phase: name,
+        stages,
+        layer_us,
+        step_us,
+    }
+}
+
+/// Markdown: per phase, every stage's time per call and per step, its share of the measured
+/// step, and the peer's figure beside it when given.
+pub fn markdown(ours: &Breakdown, peer: Option<&Breakdown>) -> String {
+    let mut s = format!("# Step breakdown: {} on {} ({})\n", ours.preset, ours.device, ours.dtype);
+    if let Some(p) = peer {
+        s += &format!("\nPeer: {} on {} ({}).\n", p.engine, p.device, p.dtype);
+    }
+    for ph in &ours.phases {
+        let pp = peer.and_then(|p| p.phases.iter().find(|x| x.phase == ph.phase));
+        s += &format!("\n## {}\n\n", ph.phase);
+        s += "| stage | calls / step | µs / call | ms / step | share of step |";
+        s += if pp.is_some() { " peer µs / call | ours / peer |\n|---|---|---|---|---|---|---|\n" } else { "\n|---|---|---|---|---|\n" };
+        let mut sum = 0.0;
+        for st in &ph.stages {
+            let per_step = st.us * st.per_step as f64;
+            sum += per_step;
+            s += &format!("| {} | {} | {:.1} | {:.3} | {:.1} % |", st.name, st.per_step, st.us, per_step / 1e3, 100.0 * per_step / ph.step_us);
+            if let Some(pp) = pp {
+                match pp.stages.iter().find(|x| x.name == st.name) {
+                    Some(x) => s += &format!(" {:.1} | {:.2} |", x.us, st.us / x.us),
+                    None => s += " – | – |",
+                }
+            }
+            s += "\n";
+        }
+        let layers = ph.stages.iter().find(|x| x.name == "qkv_proj").map_or(1, |x| x.per_step);
+        s += &format!(
+            "\nSum of the stages: {:.2} ms; whole layer {:.1} µs × {layers} = {:.2} ms; whole step {:.2} ms",
+            sum / 1e3,
+            ph.layer_us,
+            ph.layer_us * layers as f64 / 1e3,
+            ph.step_us / 1e3
+        );
+        match pp {
+            Some(pp) if pp.step_us > 0.0 => {
+                s += &format!(" (peer: layer {:.1} µs, step {:.2} ms, ours / peer {:.2})", pp.layer_us, pp.step_us / 1e3, ph.step_us / pp.step_us)
+            }
+            Some(pp) => s += &format!(" (peer: layer {:.1} µs, whole step not measured)", pp.layer_us),
+            None => {}
+        }
+        s += ".\n";
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(engine: &str, us: f64) -> Breakdown {
+        Breakdown {
+            engine: engine.into(),
+            device: "dev".into(),
+            dtype: "bf16".into(),
+            preset: "tiny".into(),
+            phases: vec![Phase {
+                phase: "decode b=1 ctx=8".into(),
+                stages: vec![Stage {
+                    name: "qkv_proj".into(),
+                    us,
+                    per_step: 2,
+                }],
+                layer_us: 2.0 * us,
+                step_us: 10.0 * us,
+            }],
+        }
+    }
+
+    #[test]
+    fn markdown_puts_the_peer_beside_ours() {
+        let md = markdown(&sample("burn-phi3v", 30.0), Some(&sample("torch", 10.0)));
+        assert!(md.contains("| qkv_proj | 2 | 30.0 | 0.060 | 20.0 % | 10.0 | 3.00 |"), "{md}");
+        assert!(md.contains("ours / peer 3.00"), "{md}");
+        let alone = markdown(&sample("burn-phi3v", 30.0), None);
+        assert!(!alone.contains("peer"), "{alone}");
+    }
+}
