@@ -1,5 +1,5 @@
 //! Devices chosen at run time by string: `cpu`, `cuda`, `cuda:N`, `wgpu`, `wgpu:N`, `vulkan`,
-//! `vulkan:N`. The backends are additive cargo features (`cpu`, `cuda`, `wgpu`); a string whose
+//! `vulkan:N`, `plugin:PATH[:N]`. The backends are additive cargo features (`cpu`, `cuda`, `wgpu`); a string whose
 //! backend is not compiled in is a typed error ([`DeviceError::NotCompiled`]) that lists what is
 //! available.
 //!
@@ -71,6 +71,9 @@ pub enum DeviceSpec {
     Wgpu(Option<usize>),
     /// A wgpu adapter driven through the Vulkan API.
     Vulkan(Option<usize>),
+    /// A device plugin: the whole string, `plugin:PATH_TO_LIBRARY[:N]` or `plugin[:N]` (library
+    /// from `PHI3V_PLUGIN`); the path keeps its case.
+    Plugin(String),
 }
 
 /// Why a device string or dtype cannot be used. Every device variant lists what is available.
@@ -78,7 +81,7 @@ pub enum DeviceSpec {
 #[non_exhaustive]
 pub enum DeviceError {
     /// Not a device string at all.
-    #[error("unknown device `{spec}` (expected cpu, cuda[:N], wgpu[:N] or vulkan[:N]); available: {}", list(.available))]
+    #[error("unknown device `{spec}` (expected cpu, cuda[:N], wgpu[:N], vulkan[:N] or plugin:PATH[:N]); available: {}", list(.available))]
     Unknown {
         /// What was given.
         spec: String,
@@ -103,6 +106,17 @@ pub enum DeviceError {
         /// Device strings this build and machine offer.
         available: Vec<String>,
     },
+    /// The plugin library could not be used: not found, not a plugin, wrong ABI version, missing
+    /// symbol, device index out of range, driver failure.
+    #[cfg(feature = "plugin")]
+    #[error("device `{spec}`: {source}")]
+    Plugin {
+        /// What was given.
+        spec: String,
+        /// The plugin runtime's error.
+        #[source]
+        source: crate::backends::plugin::PluginError,
+    },
     /// The dtype string is not a float dtype.
     #[error("unknown dtype `{0}` (expected f32, f16 or bf16)")]
     UnknownDtype(String),
@@ -126,7 +140,11 @@ impl std::str::FromStr for DeviceSpec {
     type Err = DeviceError;
 
     fn from_str(s: &str) -> Result<Self, DeviceError> {
-        let lower = s.trim().to_ascii_lowercase();
+        let trimmed = s.trim();
+        if trimmed == "plugin" || trimmed.starts_with("plugin:") {
+            return Ok(Self::Plugin(trimmed.to_string()));
+        }
+        let lower = trimmed.to_ascii_lowercase();
         let (kind, index) = match lower.split_once(':') {
             Some((k, i)) => match i.parse::<usize>() {
                 Ok(n) => (k.to_string(), Some(n)),
@@ -163,6 +181,9 @@ pub fn compiled_backends() -> Vec<&'static str> {
     if cfg!(feature = "wgpu") {
         v.push("wgpu");
     }
+    if cfg!(feature = "plugin") {
+        v.push("plugin");
+    }
     v
 }
 
@@ -176,6 +197,8 @@ pub fn available_devices() -> Vec<DeviceInfo> {
     v.extend(crate::backends::cuda::devices());
     #[cfg(feature = "wgpu")]
     v.extend(crate::backends::wgpu::devices());
+    #[cfg(feature = "plugin")]
+    v.extend(crate::backends::plugin::devices());
     v
 }
 
@@ -251,6 +274,13 @@ pub fn device_info(spec: &str) -> Result<DeviceInfo, DeviceError> {
             #[cfg(not(feature = "wgpu"))]
             Err(_not_compiled("wgpu"))
         }
+        DeviceSpec::Plugin(_s) => {
+            #[cfg(feature = "plugin")]
+            return crate::backends::plugin::device_info(&_s)
+                .map_err(|source| DeviceError::Plugin { spec: spec.to_string(), source });
+            #[cfg(not(feature = "plugin"))]
+            Err(_not_compiled("plugin"))
+        }
     }
 }
 
@@ -314,6 +344,14 @@ fn with_device_info<F: DeviceFn>(spec: &str, info: DeviceInfo, dtype: DType, f: 
                 return Ok(f.run::<crate::backends::wgpu::Wgpu>(&device, &info, dtype));
             }
         }
+        DeviceSpec::Plugin(_s) => {
+            #[cfg(feature = "plugin")]
+            {
+                let device = crate::backends::plugin::device(&_s)
+                    .map_err(|source| DeviceError::Plugin { spec: spec.to_string(), source })?;
+                return Ok(f.run::<crate::backends::plugin::Plugin>(&device, &info, dtype));
+            }
+        }
     }
     #[allow(unreachable_code)]
     Err(DeviceError::NotPresent {
@@ -325,6 +363,23 @@ fn with_device_info<F: DeviceFn>(spec: &str, info: DeviceInfo, dtype: DType, f: 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn plugin_device_strings() {
+        // The path keeps its case; the library is only opened when the device is used.
+        assert_eq!(
+            "plugin:/Opt/libP.so:1".parse::<DeviceSpec>().unwrap(),
+            DeviceSpec::Plugin("plugin:/Opt/libP.so:1".into())
+        );
+        let e = device_info("plugin:/nonexistent/libno_plugin.so").unwrap_err();
+        #[cfg(feature = "plugin")]
+        assert!(
+            matches!(&e, DeviceError::Plugin { source: crate::backends::plugin::PluginError::LibraryNotFound { .. }, .. }),
+            "{e}"
+        );
+        #[cfg(not(feature = "plugin"))]
+        assert!(matches!(e, DeviceError::NotCompiled { feature: "plugin", .. }), "{e}");
+    }
 
     #[test]
     fn parses_device_strings() {

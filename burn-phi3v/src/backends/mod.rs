@@ -7,6 +7,7 @@
 //! | `cuda` | `cuda` | `Cuda` | `cuda::device(index)` |
 //! | `wgpu` | `wgpu` | `Wgpu` | `wgpu::adapters()[n].device`, or `Default::default()` |
 //! | `rocm` | `rocm` | `Rocm` (not run on AMD hardware yet; no device string) | `rocm::device(index)` |
+//! | `plugin` | `plugin` | `Plugin` (a vendor's C-ABI plugin, loaded at run time) | `plugin::device("plugin:PATH[:N]")` |
 //!
 //! Each module also lists its devices (`devices()`) and its dtype policy (`DEFAULT_DTYPE`).
 //! The thin crates `phi3v-backend-cpu`, `-cuda`, `-wgpu` and `-rocm` re-export these modules.
@@ -40,3 +41,8 @@ pub use self::wgpu::Wgpu;
 pub mod rocm;
 #[cfg(feature = "rocm")]
 pub use rocm::Rocm;
+
+#[cfg(feature = "plugin")]
+pub mod plugin;
+#[cfg(feature = "plugin")]
+pub use plugin::Plugin;
