@@ -17,6 +17,10 @@
 //! Without the SDK every entry point fails cleanly: device counting reports "TopsRider runtime
 //! (libtopsrt.so) not found", compiling reports "topscc not found".
 
+// The exported functions' (and their bodies') safety contract is the header's, function by
+// function: handles from this plugin, pointers valid as `phi3v_device_plugin.h` describes.
+#![allow(clippy::missing_safety_doc)]
+
 use phi3v_backend_plugin::ffi;
 use std::ffi::{CStr, CString, c_char, c_int, c_uint, c_void};
 use std::path::PathBuf;
@@ -262,7 +266,7 @@ pub extern "C" fn phi3v_plugin_status_string(s: ffi::Status) -> *const c_char {
 }
 
 #[unsafe(no_mangle)]
-pub extern "C" fn phi3v_plugin_device_count(count: *mut i32) -> ffi::Status {
+pub unsafe extern "C" fn phi3v_plugin_device_count(count: *mut i32) -> ffi::Status {
     guard(|| {
         let t = tops()?;
         let mut n = 0;
@@ -274,7 +278,7 @@ pub extern "C" fn phi3v_plugin_device_count(count: *mut i32) -> ffi::Status {
 }
 
 #[unsafe(no_mangle)]
-pub extern "C" fn phi3v_plugin_device_properties(device: i32, props: *mut ffi::DeviceProperties) -> ffi::Status {
+pub unsafe extern "C" fn phi3v_plugin_device_properties(device: i32, props: *mut ffi::DeviceProperties) -> ffi::Status {
     guard(|| {
         if props.is_null() {
             return Err(ffi::ERROR_INVALID_VALUE);
@@ -318,7 +322,7 @@ pub extern "C" fn phi3v_plugin_device_properties(device: i32, props: *mut ffi::D
 }
 
 #[unsafe(no_mangle)]
-pub extern "C" fn phi3v_plugin_context_create(device: i32, ctx: *mut ffi::Context) -> ffi::Status {
+pub unsafe extern "C" fn phi3v_plugin_context_create(device: i32, ctx: *mut ffi::Context) -> ffi::Status {
     guard(|| {
         let t = tops()?;
         // SAFETY: the runtime validates the ordinal.
@@ -329,12 +333,12 @@ pub extern "C" fn phi3v_plugin_context_create(device: i32, ctx: *mut ffi::Contex
 }
 
 #[unsafe(no_mangle)]
-pub extern "C" fn phi3v_plugin_context_destroy(ctx: ffi::Context) -> ffi::Status {
+pub unsafe extern "C" fn phi3v_plugin_context_destroy(ctx: ffi::Context) -> ffi::Status {
     guard(|| ordinal(ctx).map(|_| ()))
 }
 
 #[unsafe(no_mangle)]
-pub extern "C" fn phi3v_plugin_mem_info(ctx: ffi::Context, free: *mut u64, total: *mut u64) -> ffi::Status {
+pub unsafe extern "C" fn phi3v_plugin_mem_info(ctx: ffi::Context, free: *mut u64, total: *mut u64) -> ffi::Status {
     guard(|| {
         let t = enter(ctx)?;
         let (mut f, mut tt) = (0usize, 0usize);
@@ -346,7 +350,7 @@ pub extern "C" fn phi3v_plugin_mem_info(ctx: ffi::Context, free: *mut u64, total
 }
 
 #[unsafe(no_mangle)]
-pub extern "C" fn phi3v_plugin_malloc(ctx: ffi::Context, bytes: u64, _stream: ffi::Stream, ptr: *mut u64) -> ffi::Status {
+pub unsafe extern "C" fn phi3v_plugin_malloc(ctx: ffi::Context, bytes: u64, _stream: ffi::Stream, ptr: *mut u64) -> ffi::Status {
     guard(|| {
         let t = enter(ctx)?;
         let mut p = std::ptr::null_mut();
@@ -358,7 +362,7 @@ pub extern "C" fn phi3v_plugin_malloc(ctx: ffi::Context, bytes: u64, _stream: ff
 }
 
 #[unsafe(no_mangle)]
-pub extern "C" fn phi3v_plugin_free(ctx: ffi::Context, ptr: u64, stream: ffi::Stream) -> ffi::Status {
+pub unsafe extern "C" fn phi3v_plugin_free(ctx: ffi::Context, ptr: u64, stream: ffi::Stream) -> ffi::Status {
     guard(|| {
         let t = enter(ctx)?;
         // Not stream-ordered: wait for the stream's work, then free.
@@ -371,7 +375,7 @@ pub extern "C" fn phi3v_plugin_free(ctx: ffi::Context, ptr: u64, stream: ffi::St
 }
 
 #[unsafe(no_mangle)]
-pub extern "C" fn phi3v_plugin_host_alloc(ctx: ffi::Context, bytes: u64, ptr: *mut *mut c_void) -> ffi::Status {
+pub unsafe extern "C" fn phi3v_plugin_host_alloc(ctx: ffi::Context, bytes: u64, ptr: *mut *mut c_void) -> ffi::Status {
     guard(|| {
         let t = enter(ctx)?;
         let mut p = std::ptr::null_mut();
@@ -383,7 +387,7 @@ pub extern "C" fn phi3v_plugin_host_alloc(ctx: ffi::Context, bytes: u64, ptr: *m
 }
 
 #[unsafe(no_mangle)]
-pub extern "C" fn phi3v_plugin_host_free(ctx: ffi::Context, ptr: *mut c_void) -> ffi::Status {
+pub unsafe extern "C" fn phi3v_plugin_host_free(ctx: ffi::Context, ptr: *mut c_void) -> ffi::Status {
     guard(|| {
         let t = enter(ctx)?;
         // SAFETY: an allocation of host_alloc.
@@ -400,22 +404,22 @@ fn copy(ctx: ffi::Context, dst: *mut c_void, src: *const c_void, bytes: u64, kin
 }
 
 #[unsafe(no_mangle)]
-pub extern "C" fn phi3v_plugin_memcpy_h2d_async(ctx: ffi::Context, dst: u64, src: *const c_void, bytes: u64, stream: ffi::Stream) -> ffi::Status {
+pub unsafe extern "C" fn phi3v_plugin_memcpy_h2d_async(ctx: ffi::Context, dst: u64, src: *const c_void, bytes: u64, stream: ffi::Stream) -> ffi::Status {
     copy(ctx, dst as *mut c_void, src, bytes, H2D, stream)
 }
 
 #[unsafe(no_mangle)]
-pub extern "C" fn phi3v_plugin_memcpy_d2h_async(ctx: ffi::Context, dst: *mut c_void, src: u64, bytes: u64, stream: ffi::Stream) -> ffi::Status {
+pub unsafe extern "C" fn phi3v_plugin_memcpy_d2h_async(ctx: ffi::Context, dst: *mut c_void, src: u64, bytes: u64, stream: ffi::Stream) -> ffi::Status {
     copy(ctx, dst, src as *const c_void, bytes, D2H, stream)
 }
 
 #[unsafe(no_mangle)]
-pub extern "C" fn phi3v_plugin_memcpy_d2d_async(ctx: ffi::Context, dst: u64, src: u64, bytes: u64, stream: ffi::Stream) -> ffi::Status {
+pub unsafe extern "C" fn phi3v_plugin_memcpy_d2d_async(ctx: ffi::Context, dst: u64, src: u64, bytes: u64, stream: ffi::Stream) -> ffi::Status {
     copy(ctx, dst as *mut c_void, src as *const c_void, bytes, D2D, stream)
 }
 
 #[unsafe(no_mangle)]
-pub extern "C" fn phi3v_plugin_stream_create(ctx: ffi::Context, stream: *mut ffi::Stream) -> ffi::Status {
+pub unsafe extern "C" fn phi3v_plugin_stream_create(ctx: ffi::Context, stream: *mut ffi::Stream) -> ffi::Status {
     guard(|| {
         let t = enter(ctx)?;
         let mut s = std::ptr::null_mut();
@@ -429,7 +433,9 @@ pub extern "C" fn phi3v_plugin_stream_create(ctx: ffi::Context, stream: *mut ffi
 macro_rules! simple {
     ($export:ident, $field:ident, $arg:ident) => {
         #[unsafe(no_mangle)]
-        pub extern "C" fn $export(ctx: ffi::Context, $arg: Handle) -> ffi::Status {
+        /// # Safety
+        /// The header's contract: handles from this plugin.
+        pub unsafe extern "C" fn $export(ctx: ffi::Context, $arg: Handle) -> ffi::Status {
             guard(|| {
                 let t = enter(ctx)?;
                 // SAFETY: a handle of this plugin (the header's contract).
@@ -445,7 +451,7 @@ simple!(phi3v_plugin_event_destroy, event_destroy, event);
 simple!(phi3v_plugin_module_unload, module_unload, module);
 
 #[unsafe(no_mangle)]
-pub extern "C" fn phi3v_plugin_event_record(ctx: ffi::Context, stream: ffi::Stream, event: *mut ffi::Event) -> ffi::Status {
+pub unsafe extern "C" fn phi3v_plugin_event_record(ctx: ffi::Context, stream: ffi::Stream, event: *mut ffi::Event) -> ffi::Status {
     guard(|| {
         let t = enter(ctx)?;
         let mut e = std::ptr::null_mut();
@@ -462,7 +468,7 @@ pub extern "C" fn phi3v_plugin_event_record(ctx: ffi::Context, stream: ffi::Stre
 }
 
 #[unsafe(no_mangle)]
-pub extern "C" fn phi3v_plugin_event_wait(ctx: ffi::Context, stream: ffi::Stream, event: ffi::Event) -> ffi::Status {
+pub unsafe extern "C" fn phi3v_plugin_event_wait(ctx: ffi::Context, stream: ffi::Stream, event: ffi::Event) -> ffi::Status {
     guard(|| {
         let t = enter(ctx)?;
         // SAFETY: handles of this plugin.
@@ -513,7 +519,7 @@ pub unsafe extern "C" fn phi3v_plugin_module_compile(
 }
 
 #[unsafe(no_mangle)]
-pub extern "C" fn phi3v_plugin_string_free(s: *mut c_char) {
+pub unsafe extern "C" fn phi3v_plugin_string_free(s: *mut c_char) {
     if !s.is_null() {
         // SAFETY: made by CString::into_raw in give_log, freed once.
         drop(unsafe { CString::from_raw(s) });
@@ -521,7 +527,7 @@ pub extern "C" fn phi3v_plugin_string_free(s: *mut c_char) {
 }
 
 #[unsafe(no_mangle)]
-pub extern "C" fn phi3v_plugin_module_get_function(ctx: ffi::Context, module: ffi::Module, name: *const c_char, function: *mut ffi::Function) -> ffi::Status {
+pub unsafe extern "C" fn phi3v_plugin_module_get_function(ctx: ffi::Context, module: ffi::Module, name: *const c_char, function: *mut ffi::Function) -> ffi::Status {
     guard(|| {
         let t = enter(ctx)?;
         let name = cstr_arg(name)?;

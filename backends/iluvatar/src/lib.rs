@@ -1,6 +1,6 @@
 //! Iluvatar CoreX (IXUCA SDK) as a phi3v device plugin. CoreX implements the CUDA driver API and
-//! NVRTC under their usual names, so this is the reference CUDA plugin (`phi3v-plugin-cuda`)
-//! with a profile that
+//! NVRTC under their usual names, so this is the reference plugin's implementation
+//! (`phi3v-plugin-cuda-driver`) with a profile that
 //! - finds CoreX's libraries (`$COREX_HOME`, then `/usr/local/corex`, `/opt/corex`) and loads
 //!   its `libcuda` and `libnvrtc` by full path before cudarc loads them by name, so the CoreX
 //!   ones are used even when another CUDA stack is on the library path;
@@ -13,7 +13,7 @@
 //! libraries found on the library path when CoreX is absent: the same code path, on NVIDIA.
 
 use phi3v_backend_plugin::ffi;
-use phi3v_plugin_cuda::Profile;
+use phi3v_plugin_cuda_driver::Profile;
 use std::path::PathBuf;
 
 /// The CoreX installation: `$COREX_HOME`, else the usual install paths.
@@ -71,7 +71,7 @@ fn compile_options() -> Vec<String> {
             vec![format!("--include-path={}", home.join("include").display())]
         }
         // Stand-in on NVIDIA: the CUDA toolkit's headers, as the reference plugin.
-        _ => phi3v_plugin_cuda::cuda_include_options(),
+        _ => phi3v_plugin_cuda_driver::cuda_include_options(),
     }
 }
 
@@ -109,7 +109,7 @@ mod exports {
     // time through a deref of this static.
     pub struct Selected;
     impl std::ops::Deref for Selected {
-        type Target = phi3v_plugin_cuda::Profile;
+        type Target = phi3v_plugin_cuda_driver::Profile;
         fn deref(&self) -> &Self::Target {
             profile()
         }
@@ -117,4 +117,4 @@ mod exports {
     pub static SELECTED: Selected = Selected;
 }
 
-phi3v_plugin_cuda::export_plugin!(exports::SELECTED);
+phi3v_plugin_cuda_driver::export_plugin!(exports::SELECTED);

@@ -42,7 +42,8 @@ fn loads_and_reports_its_devices() {
 #[test]
 fn bad_handles_are_statuses() {
     let lib = PluginLibrary::load(&cdylib()).unwrap();
-    let err = lib.stream_create(std::ptr::null_mut()).unwrap_err();
+    // SAFETY: deliberately a null context: the header says the plugin rejects it with a status.
+    let err = unsafe { lib.stream_create(std::ptr::null_mut()) }.unwrap_err();
     assert!(matches!(err, PluginError::Driver { status: phi3v_backend_plugin::ffi::ERROR_INVALID_VALUE, .. }), "{err}");
     assert!(!lib.status_string(phi3v_backend_plugin::ffi::ERROR_NO_DEVICE).is_empty());
 }

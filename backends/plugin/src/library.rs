@@ -224,33 +224,43 @@ impl PluginLibrary {
         Ok(ctx)
     }
 
-    pub fn context_destroy(&self, ctx: Context) -> Result<(), PluginError> {
-        // SAFETY: `ctx` came from context_create.
+    /// # Safety
+    /// Every handle argument came from this library (for this context) and is still live.
+    pub unsafe fn context_destroy(&self, ctx: Context) -> Result<(), PluginError> {
+        // SAFETY: the caller's contract.
         self.check("context_destroy", unsafe { (self.api.context_destroy)(ctx) })
     }
 
     /// (free, total) bytes.
-    pub fn mem_info(&self, ctx: Context) -> Result<(u64, u64), PluginError> {
+    /// # Safety
+    /// Every handle argument came from this library (for this context) and is still live.
+    pub unsafe fn mem_info(&self, ctx: Context) -> Result<(u64, u64), PluginError> {
         let (mut free, mut total) = (0u64, 0u64);
         // SAFETY: valid out-pointers.
         self.check("mem_info", unsafe { (self.api.mem_info)(ctx, &mut free, &mut total) })?;
         Ok((free, total))
     }
 
-    pub fn malloc(&self, ctx: Context, bytes: u64, stream: Stream) -> Result<DevPtr, PluginError> {
+    /// # Safety
+    /// Every handle argument came from this library (for this context) and is still live.
+    pub unsafe fn malloc(&self, ctx: Context, bytes: u64, stream: Stream) -> Result<DevPtr, PluginError> {
         let mut ptr = 0;
         // SAFETY: valid out-pointer; handles from this plugin.
         self.check("malloc", unsafe { (self.api.malloc)(ctx, bytes, stream, &mut ptr) })?;
         Ok(ptr)
     }
 
-    pub fn free(&self, ctx: Context, ptr: DevPtr, stream: Stream) -> Result<(), PluginError> {
+    /// # Safety
+    /// Every handle argument came from this library (for this context) and is still live.
+    pub unsafe fn free(&self, ctx: Context, ptr: DevPtr, stream: Stream) -> Result<(), PluginError> {
         // SAFETY: `ptr` came from malloc and is freed once.
         self.check("free", unsafe { (self.api.free)(ctx, ptr, stream) })
     }
 
     /// Page-locked host memory, or `None` if the plugin has no such capability or it failed.
-    pub fn host_alloc(&self, ctx: Context, bytes: u64) -> Option<*mut c_void> {
+    /// # Safety
+    /// Every handle argument came from this library (for this context) and is still live.
+    pub unsafe fn host_alloc(&self, ctx: Context, bytes: u64) -> Option<*mut c_void> {
         let f = self.api.host_alloc?;
         let mut ptr = std::ptr::null_mut();
         // SAFETY: valid out-pointer.
@@ -258,7 +268,9 @@ impl PluginLibrary {
         (status == ffi::SUCCESS && !ptr.is_null()).then_some(ptr)
     }
 
-    pub fn host_free(&self, ctx: Context, ptr: *mut c_void) -> Result<(), PluginError> {
+    /// # Safety
+    /// Every handle argument came from this library (for this context) and is still live.
+    pub unsafe fn host_free(&self, ctx: Context, ptr: *mut c_void) -> Result<(), PluginError> {
         match self.api.host_free {
             // SAFETY: `ptr` came from host_alloc and is freed once.
             Some(f) => self.check("host_free", unsafe { f(ctx, ptr) }),
@@ -352,47 +364,63 @@ impl PluginLibrary {
         Ok(())
     }
 
-    pub fn stream_create(&self, ctx: Context) -> Result<Stream, PluginError> {
+    /// # Safety
+    /// Every handle argument came from this library (for this context) and is still live.
+    pub unsafe fn stream_create(&self, ctx: Context) -> Result<Stream, PluginError> {
         let mut stream = std::ptr::null_mut();
         // SAFETY: valid out-pointer.
         self.check("stream_create", unsafe { (self.api.stream_create)(ctx, &mut stream) })?;
         Ok(stream)
     }
 
-    pub fn stream_destroy(&self, ctx: Context, stream: Stream) -> Result<(), PluginError> {
+    /// # Safety
+    /// Every handle argument came from this library (for this context) and is still live.
+    pub unsafe fn stream_destroy(&self, ctx: Context, stream: Stream) -> Result<(), PluginError> {
         // SAFETY: `stream` came from stream_create.
         self.check("stream_destroy", unsafe { (self.api.stream_destroy)(ctx, stream) })
     }
 
-    pub fn stream_synchronize(&self, ctx: Context, stream: Stream) -> Result<(), PluginError> {
+    /// # Safety
+    /// Every handle argument came from this library (for this context) and is still live.
+    pub unsafe fn stream_synchronize(&self, ctx: Context, stream: Stream) -> Result<(), PluginError> {
         // SAFETY: `stream` came from stream_create.
         self.check("stream_synchronize", unsafe { (self.api.stream_synchronize)(ctx, stream) })
     }
 
-    pub fn event_record(&self, ctx: Context, stream: Stream) -> Result<Event, PluginError> {
+    /// # Safety
+    /// Every handle argument came from this library (for this context) and is still live.
+    pub unsafe fn event_record(&self, ctx: Context, stream: Stream) -> Result<Event, PluginError> {
         let mut event = std::ptr::null_mut();
         // SAFETY: valid out-pointer.
         self.check("event_record", unsafe { (self.api.event_record)(ctx, stream, &mut event) })?;
         Ok(event)
     }
 
-    pub fn event_wait(&self, ctx: Context, stream: Stream, event: Event) -> Result<(), PluginError> {
+    /// # Safety
+    /// Every handle argument came from this library (for this context) and is still live.
+    pub unsafe fn event_wait(&self, ctx: Context, stream: Stream, event: Event) -> Result<(), PluginError> {
         // SAFETY: handles from this plugin.
         self.check("event_wait", unsafe { (self.api.event_wait)(ctx, stream, event) })
     }
 
-    pub fn event_synchronize(&self, ctx: Context, event: Event) -> Result<(), PluginError> {
+    /// # Safety
+    /// Every handle argument came from this library (for this context) and is still live.
+    pub unsafe fn event_synchronize(&self, ctx: Context, event: Event) -> Result<(), PluginError> {
         // SAFETY: handle from event_record.
         self.check("event_synchronize", unsafe { (self.api.event_synchronize)(ctx, event) })
     }
 
-    pub fn event_destroy(&self, ctx: Context, event: Event) -> Result<(), PluginError> {
+    /// # Safety
+    /// Every handle argument came from this library (for this context) and is still live.
+    pub unsafe fn event_destroy(&self, ctx: Context, event: Event) -> Result<(), PluginError> {
         // SAFETY: handle from event_record, destroyed once.
         self.check("event_destroy", unsafe { (self.api.event_destroy)(ctx, event) })
     }
 
     /// Compiles `source` and loads it; a compile failure carries the plugin's log.
-    pub fn module_compile(
+    /// # Safety
+    /// Every handle argument came from this library (for this context) and is still live.
+    pub unsafe fn module_compile(
         &self,
         ctx: Context,
         dialect: u32,
@@ -448,12 +476,16 @@ impl PluginLibrary {
         }
     }
 
-    pub fn module_unload(&self, ctx: Context, module: Module) -> Result<(), PluginError> {
+    /// # Safety
+    /// Every handle argument came from this library (for this context) and is still live.
+    pub unsafe fn module_unload(&self, ctx: Context, module: Module) -> Result<(), PluginError> {
         // SAFETY: handle from module_compile, unloaded once.
         self.check("module_unload", unsafe { (self.api.module_unload)(ctx, module) })
     }
 
-    pub fn get_function(
+    /// # Safety
+    /// Every handle argument came from this library (for this context) and is still live.
+    pub unsafe fn get_function(
         &self,
         ctx: Context,
         module: Module,

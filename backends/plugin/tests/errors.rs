@@ -71,9 +71,11 @@ fn a_failed_compile_carries_the_plugins_log() {
     let Some(lib) = common::mock("compile", &[]) else { return };
     let lib = PluginLibrary::load(&lib).unwrap();
     let ctx = lib.context_create(0).unwrap();
-    let err = lib
-        .module_compile(ctx, phi3v_backend_plugin::ffi::DIALECT_CUDA, "extern \"C\" __global__ void k() {}", "k", &[])
-        .unwrap_err();
+    // SAFETY: a context this library just created.
+    let err = unsafe {
+        lib.module_compile(ctx, phi3v_backend_plugin::ffi::DIALECT_CUDA, "extern \"C\" __global__ void k() {}", "k", &[])
+    }
+    .unwrap_err();
     match &err {
         PluginError::Compile { kernel, log, .. } => {
             assert_eq!(kernel, "k");

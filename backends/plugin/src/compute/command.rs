@@ -263,6 +263,7 @@ impl<'a, D: PluginDialect> Command<'a, D> {
     }
 
     /// Compiles the kernel on first use, then launches it on the current stream.
+    #[allow(clippy::too_many_arguments)]
     pub fn kernel(
         &mut self,
         kernel_id: KernelId,

@@ -104,8 +104,8 @@ impl<D: PluginDialect> PluginContext<D> {
         let Driver { lib, ctx } = self.driver;
         let name = compiled.entrypoint_name.clone();
         let options = D::compile_options();
-        let module = lib
-            .module_compile(ctx, D::DIALECT, &compiled.source, &name, &options)
+        // SAFETY: the device's live context.
+        let module = unsafe { lib.module_compile(ctx, D::DIALECT, &compiled.source, &name, &options) }
             .map_err(|err| {
                 let saved = save_source(&name, &compiled.source);
                 let reason = match saved {
@@ -114,7 +114,8 @@ impl<D: PluginDialect> PluginContext<D> {
                 };
                 CompilationError::Generic { reason, backtrace: BackTrace::capture() }
             })?;
-        let function = lib.get_function(ctx, module, &name).map_err(|err| {
+        // SAFETY: the module was just loaded in this context.
+        let function = unsafe { lib.get_function(ctx, module, &name) }.map_err(|err| {
             CompilationError::Generic { reason: err.to_string(), backtrace: BackTrace::capture() }
         })?;
         self.kernels.insert(

@@ -22,7 +22,8 @@ impl std::fmt::Debug for Fence {
 
 impl Fence {
     pub(crate) fn new(driver: Driver, stream: ffi::Stream) -> Self {
-        let event = driver.lib.event_record(driver.ctx, stream).map_err(|e| e.to_string());
+        // SAFETY: a live context and stream of this device (streams live as long as the server).
+        let event = unsafe { driver.lib.event_record(driver.ctx, stream) }.map_err(|e| e.to_string());
         Self { driver, event }
     }
 
@@ -30,14 +31,16 @@ impl Fence {
     pub(crate) fn wait_async(self, stream: ffi::Stream) {
         let Driver { lib, ctx } = self.driver;
         match self.event {
-            Ok(event) => {
+            // SAFETY: the event was recorded by this driver and is consumed here, once; the
+            // stream is live.
+            Ok(event) => unsafe {
                 if let Err(e) = lib.event_wait(ctx, stream, event) {
                     // No device-side wait: fall back to waiting on the host, still correct.
                     log::warn!("{e}; synchronising on the host instead");
                     let _ = lib.event_synchronize(ctx, event);
                 }
                 let _ = lib.event_destroy(ctx, event);
-            }
+            },
             Err(e) => log::warn!("fence was not recorded ({e}); nothing to wait for"),
         }
     }
@@ -49,8 +52,9 @@ impl Fence {
             reason,
             backtrace: cubecl_common::backtrace::BackTrace::capture(),
         })?;
-        let waited = lib.event_synchronize(ctx, event);
-        let destroyed = lib.event_destroy(ctx, event);
+        // SAFETY: the event was recorded by this driver and is consumed here, once.
+        let (waited, destroyed) =
+            unsafe { (lib.event_synchronize(ctx, event), lib.event_destroy(ctx, event)) };
         waited.and(destroyed).map_err(server_error)
     }
 }

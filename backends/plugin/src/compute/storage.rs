@@ -79,7 +79,8 @@ impl ComputeStorage for GpuStorage {
 
     fn alloc(&mut self, size: u64) -> Result<StorageHandle, IoError> {
         let Driver { lib, ctx } = self.driver;
-        let ptr = lib.malloc(ctx, size, self.stream).map_err(|e| match e {
+        // SAFETY: this storage's live context and stream.
+        let ptr = unsafe { lib.malloc(ctx, size, self.stream) }.map_err(|e| match e {
             crate::PluginError::Driver { status: ffi::ERROR_OUT_OF_MEMORY, .. } => {
                 IoError::BufferTooBig { size, backtrace: BackTrace::capture() }
             }
@@ -98,7 +99,8 @@ impl ComputeStorage for GpuStorage {
         let Driver { lib, ctx } = self.driver;
         for id in self.deallocations.drain(..) {
             if let Some(ptr) = self.memory.remove(&id)
-                && let Err(e) = lib.free(ctx, ptr, self.stream)
+                // SAFETY: allocated by `alloc` on this context and stream, freed once.
+                && let Err(e) = unsafe { lib.free(ctx, ptr, self.stream) }
             {
                 log::warn!("{e}");
             }
@@ -170,7 +172,8 @@ impl ComputeStorage for PinnedMemoryStorage {
     fn alloc(&mut self, size: u64) -> Result<StorageHandle, IoError> {
         let bytes = size as usize;
         let Driver { lib, ctx } = self.driver;
-        let block = match lib.host_alloc(ctx, size) {
+        // SAFETY: a live context.
+        let block = match unsafe { lib.host_alloc(ctx, size) } {
             Some(ptr) => HostBlock { ptr: ptr as *mut u8, size: bytes, pinned: true },
             None => {
                 // SAFETY: a valid, non-zero-sized layout.
@@ -190,7 +193,8 @@ impl ComputeStorage for PinnedMemoryStorage {
         let Some(block) = self.memory.remove(&id) else { return };
         if block.pinned {
             let Driver { lib, ctx } = self.driver;
-            if let Err(e) = lib.host_free(ctx, block.ptr as *mut c_void) {
+            // SAFETY: allocated by host_alloc on this context, freed once.
+            if let Err(e) = unsafe { lib.host_free(ctx, block.ptr as *mut c_void) } {
                 log::warn!("{e}");
             }
         } else {

@@ -48,7 +48,8 @@ impl EventStreamBackend for PluginStreamBackend {
         let Driver { lib, ctx } = self.driver;
         // CubeCL's stream pool cannot take an error here; a plugin that cannot create a stream
         // on a device it opened is unusable, and the message names the call and the status.
-        let sys = lib.stream_create(ctx).unwrap_or_else(|e| panic!("{e}"));
+        // SAFETY: the device's live context.
+        let sys = unsafe { lib.stream_create(ctx) }.unwrap_or_else(|e| panic!("{e}"));
         let memory_management_gpu = MemoryManagement::from_configuration(
             GpuStorage::new(self.driver, sys, self.mem_alignment),
             &self.mem_props,
