@@ -7,20 +7,25 @@
 #      `cuda` (f32) for the side-by-side table.
 #   3. The Iluvatar shim in stand-in mode (PHI3V_COREX_STANDIN=1: the same code path over the
 #      NVIDIA libraries), logits vs `cuda` in f16 (its profile turns bf16 off).
-# Binaries (release) in .gpu/bin, plain or .xz:
+# Binaries (release) in .gpu/bin, plain or .xz (the parity binary under its own name, so it
+# does not collide with the cuda-only phi3v-parity other scripts use):
 #   cargo build --release -p phi3v-tests --features cuda,plugin --bin phi3v-parity --bin phi3v-logits-diff
 #   cargo build --release -p phi3v-plugin-cuda -p phi3v-plugin-iluvatar
-#   cp target/release/{phi3v-parity,phi3v-logits-diff,libphi3v_plugin_cuda.so,libphi3v_plugin_iluvatar.so} .gpu/bin/
+#   cp target/release/phi3v-parity .gpu/bin/phi3v-parity-plugin
+#   cp target/release/{phi3v-logits-diff,libphi3v_plugin_cuda.so,libphi3v_plugin_iluvatar.so} .gpu/bin/
+#   xz -T0 -f .gpu/bin/{phi3v-parity-plugin,phi3v-logits-diff}     # optional, to fit the carry limit
 # Usage (device tool, carry .gpu): bash scripts/gpu_plugin.sh [seconds per job]
 set -u
 LIMIT=${1:-540}
 R=$PWD; B=$R/.gpu/bin; W=/tmp/wp; OUT=${OUT:-/tmp/out}; mkdir -p "$W" "$OUT"
-for f in "$B"/*.xz; do [ -f "$f" ] && xz -dkf "$f"; done
-chmod +x "$B"/phi3v-parity "$B"/phi3v-logits-diff 2>/dev/null
+for f in "$B"/phi3v-parity-plugin.xz "$B"/phi3v-logits-diff.xz "$B"/libphi3v_plugin_*.so.xz; do
+  [ -f "$f" ] && xz -dkf "$f"
+done
+chmod +x "$B"/phi3v-parity-plugin "$B"/phi3v-logits-diff 2>/dev/null
 export PHI3V_FIXTURES=$R/tests/fixtures
 PLUGIN=$B/libphi3v_plugin_cuda.so; ILUVATAR=$B/libphi3v_plugin_iluvatar.so
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
-for f in "$B/phi3v-parity" "$B/phi3v-logits-diff" "$PLUGIN"; do
+for f in "$B/phi3v-parity-plugin" "$B/phi3v-logits-diff" "$PLUGIN"; do
   [ -e "$f" ] || { echo "missing $f (see the build commands at the top of this script)"; exit 1; }
 done
 # Kernel sources that fail to compile in the plugin land here (the runtime saves them).
@@ -33,9 +38,9 @@ job() {
 }
 job diff-f32    "$B/phi3v-logits-diff" --device "plugin:$PLUGIN:0" --against cuda:0 --dtype f32
 job diff-bf16   "$B/phi3v-logits-diff" --device "plugin:$PLUGIN:0" --against cuda:0 --dtype bf16
-job parity-plugin-f32  "$B/phi3v-parity" --device "plugin:$PLUGIN:0" --dtype f32
-job parity-plugin-bf16 "$B/phi3v-parity" --device "plugin:$PLUGIN:0" --dtype bf16
-job parity-cuda-f32    "$B/phi3v-parity" --device cuda:0 --dtype f32
+job parity-plugin-f32  "$B/phi3v-parity-plugin" --device "plugin:$PLUGIN:0" --dtype f32
+job parity-plugin-bf16 "$B/phi3v-parity-plugin" --device "plugin:$PLUGIN:0" --dtype bf16
+job parity-cuda-f32    "$B/phi3v-parity-plugin" --device cuda:0 --dtype f32
 [ -e "$ILUVATAR" ] && job iluvatar-standin-f16 env PHI3V_COREX_STANDIN=1 "$B/phi3v-logits-diff" --device "plugin:$ILUVATAR:0" --against cuda:0 --dtype f16
 wait
 
