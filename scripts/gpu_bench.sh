@@ -14,13 +14,22 @@ ls .gpu/bench-cache.tgz.part-* >/dev/null 2>&1 && cat .gpu/bench-cache.tgz.part-
 # Every new shape compiles and autotunes its kernels (minutes on a fresh machine); results are
 # written after every point.
 SHAPES=${SHAPES:-"$BENCH_SHAPES $BENCH_TIMING"}
-[ "$OURS" != 0 ] && ( cd $D && timeout $OURS $B/phi3v bench run --preset phi3v-128k --device cuda $SHAPES --out $D/ours 2>&1 | grep -v "^\s*$" | tail -40 )
+# PARTS="name:seconds:args;…" runs several `bench run`s in turn (e.g. generation first, so that a
+# time limit cuts the less wanted points); the default is one run `ours` of $SHAPES.
+PARTS=${PARTS:-"ours:$OURS:$SHAPES"}
+IFS=';' read -ra PART_LIST <<< "$PARTS"
+for part in "${PART_LIST[@]}"; do
+  name=${part%%:*}; rest=${part#*:}; secs=${rest%%:*}; args=${rest#*:}
+  [ "$secs" != 0 ] && ( cd $D && timeout $secs $B/phi3v bench run --preset phi3v-128k --device cuda $args --out $D/$name 2>&1 | grep -v "^\s*$" | tail -40 )
+done
 if [ "${PEER}" != 0 ]; then
   timeout $PEER python3 bench/peer_torch.py --preset cli/presets/phi3v-128k.json --out $D/peer.json --ours $D/ours/results.json \
-    $(echo $SHAPES | sed 's/--images [^ ]*//; s/--num-crops [^ ]*//') --scenarios prefill,generation,images,kv,latency 2>&1 | grep -v Warning | tail -25
-  [ -f $D/ours/results.json ] && [ -f $D/peer.json ] && $B/phi3v bench compare $D/ours/results.json $D/peer.json | tee $D/compare.md
+    ${PEER_ARGS:-$(echo $SHAPES | sed 's/--images [^ ]*//; s/--num-crops [^ ]*//') --scenarios prefill,generation,images,kv,latency} 2>&1 | grep -v Warning | tail -25
+  for part in "${PART_LIST[@]}"; do name=${part%%:*}
+    [ -f $D/$name/results.json ] && [ -f $D/peer.json ] && $B/phi3v bench compare $D/$name/results.json $D/peer.json --bandwidth ${BANDWIDTH:-4.8e12} | tee $D/compare-$name.md
+  done
 fi
-cat $D/ours/card.md 2>/dev/null | head -40
+for part in "${PART_LIST[@]}"; do cat $D/${part%%:*}/card.md 2>/dev/null | head -40; done
 # The OpenAI server under load on the real shapes (random weights of the preset's config, the
 # tiny checkpoint's tokenizer): server/tests/load.rs built with the cuda feature, in .gpu/bin/load.
 if [ -x $B/load ] && [ "${LOAD:-0}" != 0 ]; then
@@ -30,6 +39,6 @@ if [ -x $B/load ] && [ "${LOAD:-0}" != 0 ]; then
     PHI3V_SERVER_LOAD_REQUESTS=${LOAD_REQUESTS:-200} PHI3V_SERVER_LOAD_TOKENS=32 PHI3V_SERVER_LOAD_LIMIT_S=$LOAD \
     timeout $(( LOAD + 90 )) $B/load --nocapture 2>&1 | grep -E "^load:|panicked|test result|error" | tee $D/server-load.txt )
 fi
-tar czf $OUT/bench.tgz -C $D ours peer.json compare.md server-load.txt 2>/dev/null; rm -f $D/cubecl.toml
+(cd $D && tar czf $OUT/bench.tgz $(for p in "${PART_LIST[@]}"; do echo ${p%%:*}; done) peer.json compare-*.md server-load.txt 2>/dev/null); rm -f $D/cubecl.toml
 # Kernel caches for the next call, in parts under the 16 MB a returned file may have.
-tar czf - -C $D --exclude=./ours --exclude=./peer.json --exclude=./compare.md . | split -b 15M - $OUT/cache.tgz.part-; ls -la $OUT
+tar czf - -C $D --exclude=./peer.json --exclude='./compare-*' $(for p in "${PART_LIST[@]}"; do echo --exclude=./${p%%:*}; done) . | split -b 15M - $OUT/cache.tgz.part-; ls -la $OUT
