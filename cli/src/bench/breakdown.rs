@@ -218,6 +218,8 @@ fn phase<B: Backend>(model: &Phi3VForCausalLM<B>, timer: &Timer<B>, dtype: DType
 
     let mut stages = Vec::new();
     let mut stage = |name: &str, per_layer: usize, us: f64| {
+        // As it goes, so that a run cut short still tells what it measured.
+        eprintln!("  {name}: {us:.1} µs");
         stages.push(Stage {
             name: name.into(),
             us,

@@ -9,8 +9,6 @@
 use std::process::ExitCode;
 
 use burn_phi3v::device::dtype_name;
-use phi3v_tests::Case;
-use phi3v_tests::devices::{CaseJob, ProbeJob};
 
 fn arg(args: &[String], name: &str) -> Option<String> {
     args.iter().position(|a| a == name).and_then(|i| args.get(i + 1).cloned())
@@ -71,65 +69,15 @@ fn main() -> ExitCode {
     }
     let cases: Vec<String> = match arg(&args, "--cases") {
         Some(c) => c.split(',').map(str::to_string).collect(),
-        None => {
-            let mut n = Case::names();
-            n.sort();
-            n
-        }
+        None => phi3v_tests::report::all_cases(),
     };
     println!("device `{device}` ({}), dtype {dt}\n", info.name);
-    println!("| case | pass | max abs Δ pixels | Δ vision embeds | Δ hidden | Δ top-5 logits | Δ last logits | top-1 agree | greedy = ref (recompute) | cached = recompute |");
-    println!("|---|---|---|---|---|---|---|---|---|---|");
-    let mut ok = true;
-    let fmt = |v: Option<f32>| v.map_or("–".to_string(), |x| format!("{x:.2e}"));
-    for name in &cases {
-        let case = Case::load(name);
-        let start = std::time::Instant::now();
-        let r = match phi3v_devices::with_device(&device, Some(dt), CaseJob(&case)) {
-            Ok(r) => r,
-            Err(e) => {
-                eprintln!("error: {e}");
-                return ExitCode::FAILURE;
-            }
-        };
-        let cached_ok = !r.failures.iter().any(|f| f.starts_with("cached greedy"));
-        println!(
-            "| {} | {} | {} | {} | {:.2e} | {:.2e} | {:.2e} | {}/{} | {} | {} |",
-            r.case,
-            if r.failures.is_empty() { "pass" } else { "FAIL" },
-            fmt(r.pixels_max_err),
-            fmt(r.vision_embeds_max_err),
-            r.hidden_max_err,
-            r.topk_logits_max_err,
-            r.logits_last_max_err,
-            r.top1_agree.0,
-            r.top1_agree.1,
-            if r.greedy_equal { "yes" } else { "no" },
-            if cached_ok { "yes" } else { "no" },
-        );
-        for f in &r.failures {
-            eprintln!("  {name}: {f}");
-        }
-        eprintln!("  {name}: {:.1} s", start.elapsed().as_secs_f64());
-        ok &= r.failures.is_empty();
-    }
-    println!("\n| vision probe | pass | Δ CLIP features | Δ vision embeds |\n|---|---|---|---|");
-    for model in ["phi3v-tiny", "phi35v-tiny"] {
-        match phi3v_devices::with_device(&device, Some(dt), ProbeJob(model)) {
-            Ok(r) => {
-                println!(
-                    "| {model} | {} | {:.2e} | {:.2e} |",
-                    if r.failures.is_empty() { "pass" } else { "FAIL" },
-                    r.clip_features_max_err,
-                    r.vision_embeds_max_err
-                );
-                ok &= r.failures.is_empty();
-            }
-            Err(e) => {
-                eprintln!("error: {e}");
-                return ExitCode::FAILURE;
-            }
+    match phi3v_tests::report::print_parity_suite(&device, dt, &cases) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
         }
     }
-    if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE }
 }

@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# One device call for what is left of issues 5, 8, 9 and 10 after 2026-12-02's first calls, as
+# parallel jobs under one deadline (device time is the scarce resource; results of every job,
+# finished or not, come back in $OUT/round.tgz):
+#   9  conf-plugin-ops-f32 phi3v-plugin-conformance through the reference CUDA plugin: per-op
+#                          checks vs the CPU in f32
+#   9  conf-plugin-parity-f32  its fixture parity suite in f32 (a job of its own, in parallel)
+#   9  conf-plugin-half    the op checks in bf16 and f16 (autotune level minimal)
+#   9  diff-plugin-f32     last-position logits, plugin vs --device cuda, f32
+#   9  iluvatar-standin    the Iluvatar shim over the NVIDIA libraries, logits vs cuda, f16
+#   5  parity-cuda-bf16    the parity suite on cuda in bf16 (autotune level minimal)
+#   5  generate-cuda-bf16  phi3v generate on cuda in bf16
+#   5  long-composed       long_context_two_images on cuda f32 with composed attention
+#   5  kernels-bf16        the k-stage matmul test on the bf16 (tensor-core) kernel families
+#   8  engine-cuda-f32     the engine's concurrency test on cuda f32
+#  10  breakdown           scripts/gpu_kernels.sh (ours vs PyTorch per decoder-layer stage)
+# Binaries in .gpu/bin (plain or .xz): phi3v, phi3v-plugin-conformance, phi3v-logits-diff,
+# engine and matmul_k_stages (test binaries), libphi3v_plugin_cuda.so, libphi3v_plugin_iluvatar.so.
+# Usage (device tool, carry .gpu): bash scripts/gpu_round.sh [seconds per job]
+source scripts/gpu_env.sh
+LIMIT=${1:-330}; M=$R/tests/fixtures/models; I=$R/tests/fixtures/images
+C=$B/phi3v-plugin-conformance; PL=$B/libphi3v_plugin_cuda.so
+export PHI3V_PLUGIN_KERNEL_DIR=$W/failed-kernels
+job conf-plugin-ops-f32 $C --device plugin:$PL:0 --dtypes f32 --ops-only
+job conf-plugin-parity-f32 $C --device plugin:$PL:0 --parity-only --parity-dtype f32
+JOB_AUTOTUNE_LEVEL=minimal job conf-plugin-half $C --device plugin:$PL:0 --dtypes bf16,f16 --ops-only
+job diff-plugin-f32 $B/phi3v-logits-diff --device plugin:$PL:0 --against cuda:0 --dtype f32
+JOB_AUTOTUNE_LEVEL=minimal job parity-cuda-bf16 $C --device cuda --parity-only --parity-dtype bf16
+job long-composed env PHI3V_COMPOSED_ATTENTION=1 $C --device cuda --parity-only --parity-dtype f32 --cases long_context_two_images
+job engine-cuda-f32 env PHI3V_TEST_DEVICES=cuda:f32 $B/engine concurrent --nocapture
+JOB_AUTOTUNE_LEVEL=minimal job generate-cuda-bf16 $B/phi3v generate --model $M/phi3v-tiny --device cuda --dtype bf16 --image $I/astronaut.png --prompt "What is the content of this image in details?" --max-new-tokens 10 --json
+JOB_AUTOTUNE_LEVEL=minimal job kernels-bf16 env PHI3V_TEST_DEVICES=cuda:bf16 $B/matmul_k_stages tiled --nocapture
+[ -e $B/libphi3v_plugin_iluvatar.so ] && JOB_AUTOTUNE_LEVEL=minimal job iluvatar-standin env PHI3V_COREX_STANDIN=1 $B/phi3v-logits-diff --device plugin:$B/libphi3v_plugin_iluvatar.so:0 --against cuda:0 --dtype f16
+bash scripts/gpu_kernels.sh $((LIMIT - 70)) 60 > $W/breakdown.log 2>&1 &
+wait
+TAIL=6 show conf-plugin-ops-f32 conf-plugin-parity-f32 conf-plugin-half diff-plugin-f32 iluvatar-standin parity-cuda-bf16 generate-cuda-bf16 long-composed kernels-bf16 engine-cuda-f32 | cut -c1-300
+tail -30 $W/breakdown.log
+mkdir -p /tmp/res; for d in $W/*/; do n=$(basename $d); cp $d/out.txt /tmp/res/$n.txt 2>/dev/null; cp $d/err.txt /tmp/res/$n.err 2>/dev/null; done
+cp $W/breakdown.log /tmp/res/ 2>/dev/null; [ -d $W/failed-kernels ] && cp -r $W/failed-kernels /tmp/res/
+tar czf $OUT/round.tgz -C /tmp/res . && ls -la $OUT

@@ -1,0 +1,356 @@
+//! Per-op conformance of a device against the CPU: what a vendor runs first on a new device
+//! (`phi3v-plugin-conformance`), before the model's fixture parity suite.
+//!
+//! Every op runs on the device in each dtype asked for, and on the CPU in f32 from the same
+//! inputs (drawn from a seed, then rounded to the dtype on the host, so both sides start from
+//! identical values). The error is the largest absolute difference relative to the reference's
+//! largest magnitude, compared with [`OpTolerance`]. Inputs are random for every seed; never
+//! constant, never zero.
+
+use burn::tensor::{
+    Bool, DType, Int, Tensor, TensorData,
+    activation::{gelu, log_softmax, sigmoid, silu, softmax},
+    backend::Backend,
+    module::{conv2d, embedding, linear},
+    ops::ConvOptions,
+};
+use burn_phi3v::device::{DeviceInfo, dtype_name};
+use burn_phi3v::model::nn::{LayerNorm, attend, set_composed_attention};
+use burn_phi3v::model::phi3::{Phi3RmsNorm, apply_rotary};
+use phi3v_devices::DeviceFn;
+
+use crate::rng::Rng;
+
+/// How far a device may be from the CPU on one op: `ulps` units of the dtype's machine epsilon,
+/// relative to the reference's largest magnitude, times `sqrt(n)` for an op that accumulates
+/// `n` terms (a matmul's `k`, a reduction's length) in the dtype. Written once, per dtype.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct OpTolerance {
+    /// Machine epsilon of the compute dtype.
+    pub epsilon: f32,
+    /// Units of `epsilon` allowed.
+    pub ulps: f32,
+}
+
+impl OpTolerance {
+    /// The tolerance for a compute dtype.
+    pub fn for_dtype(dtype: DType) -> OpTolerance {
+        let epsilon = match dtype {
+            DType::F16 => 2f32.powi(-10),
+            DType::BF16 => 2f32.powi(-7),
+            _ => f32::EPSILON,
+        };
+        OpTolerance { epsilon, ulps: 16.0 }
+    }
+
+    /// The allowed relative error for an op accumulating `n` terms.
+    pub fn bound(&self, n: usize) -> f32 {
+        self.ulps * self.epsilon * (n.max(1) as f32).sqrt()
+    }
+}
+
+/// One op's output on one side.
+#[derive(Debug, Clone)]
+pub struct OpOutput {
+    /// What ran, with its shapes.
+    pub op: String,
+    /// The dtype its inputs were rounded to (and the device computed in).
+    pub dtype: DType,
+    /// Terms accumulated per output value (1 for elementwise ops).
+    pub accumulated: usize,
+    /// The output, as f32.
+    pub values: Vec<f32>,
+}
+
+/// One op's comparison.
+#[derive(Debug, Clone)]
+pub struct OpCheck {
+    /// What ran.
+    pub op: String,
+    /// Its dtype.
+    pub dtype: DType,
+    /// Largest absolute difference from the CPU.
+    pub max_abs_err: f32,
+    /// `max_abs_err` over the reference's largest magnitude.
+    pub rel_err: f32,
+    /// The allowed `rel_err`.
+    pub bound: f32,
+    /// Whether it is within the bound (and finite, and of the right length).
+    pub pass: bool,
+}
+
+/// The op list, run as a [`DeviceFn`]: on the device under test with `compute = None` (each
+/// dtype computes in itself), on the CPU with `compute = Some(F32)`.
+#[derive(Debug, Clone)]
+pub struct OpSuite {
+    /// Seed of the inputs.
+    pub seed: u64,
+    /// Dtypes to run every op in.
+    pub dtypes: Vec<DType>,
+    /// Compute dtype override (the reference's f32).
+    pub compute: Option<DType>,
+    /// Also the model's large shapes (a decode-step and a prefill-size matmul).
+    pub large: bool,
+}
+
+struct Ctx<'a, B: Backend> {
+    device: &'a B::Device,
+    round: DType,
+    compute: DType,
+    rng: Rng,
+    out: Vec<OpOutput>,
+}
+
+fn round_to(x: f32, dtype: DType) -> f32 {
+    match dtype {
+        DType::F16 => half::f16::from_f32(x).to_f32(),
+        DType::BF16 => half::bf16::from_f32(x).to_f32(),
+        _ => x,
+    }
+}
+
+impl<B: Backend> Ctx<'_, B> {
+    /// Values uniform in `±scale`, rounded to the dtype, as host data.
+    fn values(&mut self, n: usize, scale: f32) -> Vec<f32> {
+        (0..n).map(|_| round_to((self.rng.unit() * 2.0 - 1.0) * scale, self.round)).collect()
+    }
+
+    fn input<const D: usize>(&mut self, shape: [usize; D], scale: f32) -> Tensor<B, D> {
+        let v = self.values(shape.iter().product(), scale);
+        Tensor::from_data(TensorData::new(v, shape), (self.device, self.compute))
+    }
+
+    /// Like `input`, magnitudes in `[lo, lo + scale]` (divisors, logarithms, roots).
+    fn positive<const D: usize>(&mut self, shape: [usize; D], lo: f32, scale: f32) -> Tensor<B, D> {
+        let v = self.values(shape.iter().product(), scale);
+        let v = v.into_iter().map(|x| round_to(lo + x.abs(), self.round)).collect::<Vec<_>>();
+        Tensor::from_data(TensorData::new(v, shape), (self.device, self.compute))
+    }
+
+    fn indices<const D: usize>(&mut self, shape: [usize; D], below: usize) -> Tensor<B, D, Int> {
+        let n = shape.iter().product();
+        let v: Vec<i64> = (0..n).map(|_| self.rng.below(below as u64) as i64).collect();
+        Tensor::from_data(TensorData::new(v, shape), self.device)
+    }
+
+    fn record<const D: usize>(&mut self, op: impl Into<String>, accumulated: usize, t: Tensor<B, D>) {
+        let values = t.into_data().convert::<f32>().to_vec::<f32>().expect("f32 data");
+        self.out.push(OpOutput { op: op.into(), dtype: self.round, accumulated, values });
+    }
+}
+
+impl DeviceFn for OpSuite {
+    type Output = Vec<OpOutput>;
+    fn run<B: Backend>(self, device: &B::Device, _: &DeviceInfo, _: DType) -> Vec<OpOutput> {
+        let mut out = Vec::new();
+        for (i, &dtype) in self.dtypes.iter().enumerate() {
+            let mut c = Ctx::<B> {
+                device,
+                round: dtype,
+                compute: self.compute.unwrap_or(dtype),
+                rng: Rng(self.seed.wrapping_mul(0x9e37_79b9_7f4a_7c15).wrapping_add(i as u64 + 1) | 1),
+                out: Vec::new(),
+            };
+            matmuls(&mut c, self.large);
+            reductions(&mut c);
+            elementwise(&mut c);
+            indexing(&mut c);
+            attention(&mut c);
+            model_ops(&mut c);
+            out.append(&mut c.out);
+        }
+        out
+    }
+}
+
+fn matmuls<B: Backend>(c: &mut Ctx<B>, large: bool) {
+    let mut shapes = vec![(1, 96, 64), (7, 33, 65), (64, 256, 96), (100, 96, 128), (16, 192, 576)];
+    if large {
+        shapes.extend([(16, 3072, 9216), (1024, 3072, 3072)]);
+    }
+    let scale = |k: usize| 1.0 / (k as f32).sqrt().sqrt();
+    for (m, k, n) in shapes {
+        let a = c.input([m, k], scale(k));
+        let b = c.input([k, n], scale(k));
+        c.record(format!("matmul [{m}, {k}]·[{k}, {n}]"), k, a.matmul(b));
+    }
+    let (a, b) = (c.input([3, 37, 64], 0.5), c.input([3, 64, 50], 0.5));
+    c.record("batched matmul [3, 37, 64]·[3, 64, 50]", 64, a.matmul(b));
+    // The model's Linear: the checkpoint's [out, in] weight as a transposed view, plus a bias.
+    let (x, w, bias) = (c.input([2, 9, 80], 0.5), c.input([48, 80], 0.5), c.input([48], 0.5));
+    c.record("linear [2, 9, 80] · [48, 80]ᵀ + bias", 80, linear(x, w.transpose(), Some(bias)));
+}
+
+fn reductions<B: Backend>(c: &mut Ctx<B>) {
+    let x = c.input([6, 1000], 1.0);
+    c.record("sum_dim [6, 1000] dim 1", 1000, x.clone().sum_dim(1));
+    c.record("mean_dim [6, 1000] dim 1", 1000, x.clone().mean_dim(1));
+    c.record("max_dim [6, 1000] dim 1", 1, x.clone().max_dim(1));
+    c.record("min_dim [6, 1000] dim 1", 1, x.clone().min_dim(1));
+    // Ties are possible after rounding: compare the value at the index, not the index.
+    let idx = x.clone().argmax(1);
+    c.record("argmax [6, 1000] dim 1 (value at index)", 1, x.clone().gather(1, idx));
+    let (var, mean) = x.clone().var_mean_bias(1);
+    c.record("var_mean_bias [6, 1000]: variance", 1000, var);
+    c.record("var_mean_bias [6, 1000]: mean", 1000, mean);
+    c.record("sum [6, 1000]", 6000, x.sum());
+    let y = c.input([4, 8, 77], 4.0);
+    c.record("softmax [4, 8, 77] dim 2", 77, softmax(y.clone(), 2));
+    c.record("log_softmax [4, 8, 77] dim 2", 77, log_softmax(y.clone(), 2));
+    c.record("cumsum [4, 8, 77] dim 2", 77, y.cumsum(2));
+}
+
+fn elementwise<B: Backend>(c: &mut Ctx<B>) {
+    let s = "[3, 257]";
+    let (x, y) = (c.input([3, 257], 2.0), c.input([3, 257], 2.0));
+    let p = c.positive([3, 257], 0.5, 2.0);
+    let row = c.input([1, 257], 1.0);
+    c.record(format!("add {s}"), 1, x.clone() + y.clone());
+    c.record(format!("sub {s}"), 1, x.clone() - y.clone());
+    c.record(format!("mul {s}"), 1, x.clone() * y.clone());
+    c.record(format!("div {s}"), 1, x.clone() / p.clone());
+    c.record(format!("add, broadcast [1, 257] {s}"), 1, x.clone() + row);
+    c.record(format!("mul_scalar, add_scalar {s}"), 1, x.clone() * 0.37 + 1.5);
+    c.record(format!("exp {s}"), 1, x.clone().exp());
+    c.record(format!("log {s}"), 1, p.clone().log());
+    c.record(format!("sqrt {s}"), 1, p.clone().sqrt());
+    c.record(format!("recip {s}"), 1, p.clone().recip());
+    c.record(format!("powf_scalar 1.5 {s}"), 1, p.clone().powf_scalar(1.5));
+    c.record(format!("square {s}"), 1, x.clone().square());
+    c.record(format!("tanh {s}"), 1, x.clone().tanh());
+    c.record(format!("sigmoid {s}"), 1, sigmoid(x.clone()));
+    c.record(format!("silu {s}"), 1, silu(x.clone()));
+    c.record(format!("gelu {s}"), 1, gelu(x.clone()));
+    c.record(format!("erf {s}"), 1, x.clone().erf());
+    c.record(format!("cos {s}"), 1, x.clone().cos());
+    c.record(format!("sin {s}"), 1, x.clone().sin());
+    c.record(format!("neg, abs {s}"), 1, x.clone().neg().abs());
+    c.record(format!("clamp ±0.5 {s}"), 1, x.clone().clamp(-0.5, 0.5));
+    c.record(format!("mask_where x > y {s}"), 1, x.clone().mask_where(x.clone().greater(y.clone()), y.clone()));
+    c.record(format!("mask_fill x < 0 {s}"), 1, x.clone().mask_fill(x.clone().lower_elem(0.0), -3.0));
+    c.record(format!("cast f32 and back {s}"), 1, x.clone().cast(DType::F32).exp().cast(c.compute));
+}
+
+fn indexing<B: Backend>(c: &mut Ctx<B>) {
+    let t = c.input([50, 64], 1.0);
+    let rows = c.indices([20], 50);
+    c.record("select dim 0 [50, 64] by 20 indices", 1, t.clone().select(0, rows));
+    let cols = c.indices([50, 7], 64);
+    c.record("gather dim 1 [50, 64] by [50, 7]", 1, t.clone().gather(1, cols));
+    c.record("narrow, cat [50, 64]", 1, Tensor::cat(vec![t.clone().narrow(1, 32, 32), t.clone().narrow(1, 0, 32)], 1));
+    let u = c.input([2, 5, 7, 3], 1.0);
+    c.record("permute, reshape [2, 5, 7, 3]", 1, u.clone().permute([0, 2, 3, 1]).reshape([14, 15]));
+    c.record("swap_dims, expand, add", 1, u.clone().swap_dims(1, 2) + u.narrow(1, 0, 1).swap_dims(1, 2).expand([2, 7, 5, 3]));
+    let patch = c.input([10, 32], 3.0);
+    c.record("slice_assign [50, 64]", 1, t.clone().slice_assign([10..20, 8..40], patch));
+    // The paged KV cache's write: whole rows of a pool replaced at slot indices (distinct slots).
+    let pool = c.input([64, 4, 8], 1.0);
+    let mut slots: Vec<i64> = (0..64).collect();
+    for i in (1..slots.len()).rev() {
+        slots.swap(i, c.rng.below(i as u64 + 1) as usize);
+    }
+    let slots = Tensor::<B, 2, Int>::from_data(TensorData::new(slots[..10].to_vec(), [10, 1]), c.device);
+    let values = c.input([10, 4, 8], 2.0);
+    c.record("scatter_nd assign [64, 4, 8] at 10 slots", 1, pool.scatter_nd(slots, values, burn::tensor::IndexingUpdateOp::Assign));
+    let ids = c.indices([3, 11], 500);
+    let table = c.input([500, 64], 1.0);
+    c.record("embedding [500, 64] by [3, 11]", 1, embedding(table, ids));
+}
+
+fn attention<B: Backend>(c: &mut Ctx<B>) {
+    // (batch, heads, queries, keys, head_dim, causal, explicit bottom-right mask)
+    let shapes = [
+        (1, 4, 37, 37, 64, true, false),
+        (2, 4, 50, 50, 96, true, false),
+        (1, 2, 145, 145, 64, false, false),
+        (1, 4, 1, 100, 96, false, false),
+        (1, 2, 16, 80, 128, false, true),
+    ];
+    for (b, h, q, k, d, causal, masked) in shapes {
+        let (qs, ks, vs) = (c.input([b, h, q, d], 1.0), c.input([b, h, k, d], 1.0), c.input([b, h, k, d], 1.0));
+        let mask = masked.then(|| {
+            let m: Vec<bool> = (0..q).flat_map(|i| (0..k).map(move |j| j > k - q + i)).collect();
+            Tensor::<B, 4, Bool>::from_data(TensorData::new(m, [1, 1, q, k]), c.device).expand([b, h, q, k])
+        });
+        for composed in [false, true] {
+            set_composed_attention(composed);
+            let o = attend(qs.clone(), ks.clone(), vs.clone(), mask.clone(), causal);
+            let kind = match (causal, masked) {
+                (true, _) => "causal",
+                (_, true) => "bottom-right mask",
+                _ => "no mask",
+            };
+            let how = if composed { "composed" } else { "fused" };
+            c.record(format!("attention [{b}, {h}, {q}→{k}, {d}] {kind}, {how}"), k, o);
+        }
+        set_composed_attention(false);
+    }
+}
+
+fn model_ops<B: Backend>(c: &mut Ctx<B>) {
+    let x = c.input([2, 9, 256], 2.0);
+    let norm = Phi3RmsNorm { weight: c.input([256], 1.0), eps: 1e-5 };
+    c.record("Phi3RMSNorm [2, 9, 256]", 256, norm.forward(x.clone()));
+    let ln = LayerNorm { weight: c.input([256], 1.0), bias: c.input([256], 0.5), eps: 1e-5 };
+    c.record("CLIP LayerNorm [2, 9, 256]", 256, ln.forward(x));
+    // Rotary embedding with cos/sin of host-drawn angles (LongRoPE tables are such values).
+    let q = c.input([1, 4, 9, 96], 1.0);
+    let angles = c.values(9 * 48, 3.0);
+    let table = |f: fn(f32) -> f32| {
+        let v: Vec<f32> = (0..9).flat_map(|p| (0..96).map(move |i| (p, i % 48))).map(|(p, i)| f(angles[p * 48 + i])).collect();
+        Tensor::<B, 4>::from_data(TensorData::new(v, [1, 1, 9, 96]), (c.device, c.compute))
+    };
+    let (cos, sin) = (table(f32::cos), table(f32::sin));
+    c.record("rotary (rotate_half) [1, 4, 9, 96]", 1, apply_rotary(q, &cos, &sin));
+    // Phi3MLP's activation: gate and up halves of gate_up_proj's output, up · silu(gate).
+    let gate_up = c.input([2, 9, 384], 3.0);
+    let (gate, up) = (gate_up.clone().narrow(2, 0, 192), gate_up.narrow(2, 192, 192));
+    c.record("gate_up split, up·silu(gate) [2, 9, 384]", 1, up * silu(gate));
+    let h = c.input([2, 9, 128], 3.0);
+    c.record("quick_gelu [2, 9, 128]", 1, h.clone() * sigmoid(h * 1.702));
+    // CLIP's patch embedding: 14×14 patches, stride 14, no bias.
+    let px = c.input([2, 3, 56, 56], 1.0);
+    let w = c.input([32, 3, 14, 14], 0.1);
+    let conv = conv2d(px, w, None, ConvOptions::new([14, 14], [0, 0], [1, 1], 1));
+    c.record("conv2d [2, 3, 56, 56] * [32, 3, 14, 14] stride 14", 3 * 14 * 14, conv);
+}
+
+/// Compares the device's outputs with the CPU's.
+pub fn compare(reference: &[OpOutput], got: &[OpOutput]) -> Vec<OpCheck> {
+    reference
+        .iter()
+        .zip(got)
+        .map(|(r, g)| {
+            let scale = r.values.iter().fold(0f32, |m, v| m.max(v.abs())).max(f32::MIN_POSITIVE);
+            let max_abs_err = crate::tolerance::max_abs_diff(&r.values, &g.values);
+            let rel_err = max_abs_err / scale;
+            let bound = OpTolerance::for_dtype(g.dtype).bound(g.accumulated);
+            OpCheck { op: g.op.clone(), dtype: g.dtype, max_abs_err, rel_err, bound, pass: rel_err <= bound }
+        })
+        .collect()
+}
+
+/// Runs the op list on `device` in `dtypes` and on the CPU, and compares them.
+pub fn run_ops(device: &str, dtypes: &[DType], seed: u64, large: bool) -> Result<Vec<OpCheck>, burn_phi3v::device::DeviceError> {
+    let suite = OpSuite { seed, dtypes: dtypes.to_vec(), compute: None, large };
+    let got = phi3v_devices::with_device(device, Some(dtype_name(dtypes[0])), suite.clone())?;
+    let reference = phi3v_devices::with_device("cpu", Some("f32"), OpSuite { compute: Some(DType::F32), ..suite })?;
+    Ok(compare(&reference, &got))
+}
+
+/// The checks as a Markdown table.
+pub fn table(checks: &[OpCheck]) -> String {
+    let mut s = String::from("| op | dtype | max abs Δ vs cpu | relative Δ | bound | pass |\n|---|---|---|---|---|---|\n");
+    for c in checks {
+        s += &format!(
+            "| {} | {} | {:.2e} | {:.2e} | {:.2e} | {} |\n",
+            c.op,
+            dtype_name(c.dtype),
+            c.max_abs_err,
+            c.rel_err,
+            c.bound,
+            if c.pass { "pass" } else { "FAIL" }
+        );
+    }
+    s
+}
