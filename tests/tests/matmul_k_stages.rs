@@ -99,63 +99,170 @@ impl Precision {
 /// What one kernel did at one `k`: its largest error against the host product, or why it
 /// did not run.
 struct Outcome {
-    strategy: &'static str,
+    strategy: String,
     double_buffered: bool,
     k: usize,
     result: Result<f32, String>,
 }
 
-/// Runs every strategy at every `k` on one device of runtime `R` in float type `E`; an
-/// outcome's error is the largest ratio of |got − expected| to what `precision` allows (≤ 1
-/// passes).
-fn run<R: CubeRuntime, E: FloatElement>(device: &R::Device, precision: Precision) -> Vec<Outcome> {
+/// Launches `strategy` on `lhs · rhs` (each given as host data, shape and whether to pass it as
+/// a transposed view) and returns the largest ratio of |got − expected| to what `precision`
+/// allows, or the launch's error. `rhs` rows past `k` (if the data holds more) must not be read.
+#[allow(clippy::too_many_arguments)]
+fn launch_and_check<R: CubeRuntime, E: FloatElement>(
+    device: &R::Device,
+    precision: Precision,
+    strategy: &Strategy,
+    (m, k, n): (usize, usize, usize),
+    a: Vec<f32>,
+    lhs_transposed: bool,
+    b: Vec<f32>,
+    rhs_rows: usize,
+    rhs_transposed: bool,
+) -> Result<f32, String> {
     type B<R, E> = CubeBackend<R, E, i32, u8>;
-    let mut out = Vec::new();
-    for (strategy_name, double_buffered, strategy) in strategies() {
-        for k in ks() {
-            let a = precision.operands(M * k, 0);
-            let mut b_big = precision.operands((k + 64) * N, 1);
-            b_big[k * N..].iter_mut().for_each(|v| *v = 1000.0);
-            let expected: Vec<f32> = (0..M * N)
-                .map(|ij| {
-                    let (i, j) = (ij / N, ij % N);
-                    (0..k).map(|p| f64::from(a[i * k + p]) * f64::from(b_big[p * N + j])).sum::<f64>() as f32
-                })
-                .collect();
-            let lhs = Tensor::<B<R, E>, 2>::from_data(TensorData::new(a, [M, k]).convert::<E>(), device);
-            let rhs = Tensor::<B<R, E>, 2>::from_data(TensorData::new(b_big, [k + 64, N]).convert::<E>(), device).slice([0..k, 0..N]);
-            let output = Tensor::<B<R, E>, 2>::zeros([M, N], device);
-            let (lhs, rhs, output) = (lhs.into_primitive().tensor(), rhs.into_primitive().tensor(), output.into_primitive().tensor());
-            let client = output.client.clone();
-            let mut dtypes = MatmulElems::from_globals(&MatmulGlobalElems {
-                lhs: lhs.dtype.into(),
-                rhs: rhs.dtype.into(),
-                out: output.dtype.into(),
-            });
-            let (lhs_dtype, rhs_dtype) = (lhs.dtype, rhs.dtype);
-            let launched = launch_ref(
-                &strategy,
-                &client,
-                InputBinding::new(lhs.binding(), lhs_dtype.into()),
-                InputBinding::new(rhs.binding(), rhs_dtype.into()),
-                output.clone().binding(),
-                &mut dtypes,
-            );
-            let result = match launched {
-                Err(e) => Err(format!("{e:?}").chars().take(80).collect()),
-                Ok(()) => {
-                    let got = Tensor::<B<R, E>, 2>::from_primitive(TensorPrimitive::Float(output)).into_data().convert::<f32>().to_vec::<f32>().unwrap();
-                    Ok(got
-                        .iter()
-                        .zip(&expected)
-                        .map(|(g, e)| (g - e).abs() / precision.allowed(k, *e))
-                        .fold(0.0f32, |m, d| if d.is_nan() { f32::INFINITY } else { m.max(d) }))
-                }
-            };
-            out.push(Outcome { strategy: strategy_name, double_buffered, k, result });
+    // Logical operands, row-major: a [m, k], b [k, n] (the first k of rhs_rows rows).
+    let at = |i: usize, p: usize| if lhs_transposed { a[p * m + i] } else { a[i * k + p] };
+    let bt = |p: usize, j: usize| if rhs_transposed { b[j * rhs_rows + p] } else { b[p * n + j] };
+    let expected: Vec<f32> = (0..m * n)
+        .map(|ij| (0..k).map(|p| f64::from(at(ij / n, p)) * f64::from(bt(p, ij % n))).sum::<f64>() as f32)
+        .collect();
+    let lhs = if lhs_transposed {
+        Tensor::<B<R, E>, 2>::from_data(TensorData::new(a, [k, m]).convert::<E>(), device).transpose()
+    } else {
+        Tensor::<B<R, E>, 2>::from_data(TensorData::new(a, [m, k]).convert::<E>(), device)
+    };
+    let rhs = if rhs_transposed {
+        Tensor::<B<R, E>, 2>::from_data(TensorData::new(b, [n, rhs_rows]).convert::<E>(), device).slice([0..n, 0..k]).transpose()
+    } else {
+        Tensor::<B<R, E>, 2>::from_data(TensorData::new(b, [rhs_rows, n]).convert::<E>(), device).slice([0..k, 0..n])
+    };
+    let output = Tensor::<B<R, E>, 2>::zeros([m, n], device);
+    let (lhs, rhs, output) = (lhs.into_primitive().tensor(), rhs.into_primitive().tensor(), output.into_primitive().tensor());
+    let client = output.client.clone();
+    let mut dtypes = MatmulElems::from_globals(&MatmulGlobalElems {
+        lhs: lhs.dtype.into(),
+        rhs: rhs.dtype.into(),
+        out: output.dtype.into(),
+    });
+    let (lhs_dtype, rhs_dtype) = (lhs.dtype, rhs.dtype);
+    launch_ref(
+        strategy,
+        &client,
+        InputBinding::new(lhs.binding(), lhs_dtype.into()),
+        InputBinding::new(rhs.binding(), rhs_dtype.into()),
+        output.clone().binding(),
+        &mut dtypes,
+    )
+    .map_err(|e| format!("{e:?}").chars().take(120).collect::<String>())?;
+    let got = Tensor::<B<R, E>, 2>::from_primitive(TensorPrimitive::Float(output)).into_data().convert::<f32>().to_vec::<f32>().unwrap();
+    Ok(got
+        .iter()
+        .zip(&expected)
+        .map(|(g, e)| (g - e).abs() / precision.allowed(k, *e))
+        .fold(0.0f32, |m, d| if d.is_nan() { f32::INFINITY } else { m.max(d) }))
+}
+
+/// A set of kernel launches run on one device of runtime `R` in float type `E`.
+trait Probe {
+    fn run<R: CubeRuntime, E: FloatElement>(&self, device: &R::Device, precision: Precision) -> Vec<Outcome>;
+}
+
+/// Every tiled strategy at every `k`; the rhs is the first `k` rows of a tensor whose other rows
+/// hold 1000.
+struct TiledAtEveryK;
+
+impl Probe for TiledAtEveryK {
+    fn run<R: CubeRuntime, E: FloatElement>(&self, device: &R::Device, precision: Precision) -> Vec<Outcome> {
+        let mut out = Vec::new();
+        for (strategy_name, double_buffered, strategy) in strategies() {
+            for k in ks() {
+                let a = precision.operands(M * k, 0);
+                let mut b_big = precision.operands((k + 64) * N, 1);
+                b_big[k * N..].iter_mut().for_each(|v| *v = 1000.0);
+                let result = launch_and_check::<R, E>(device, precision, &strategy, (M, k, N), a, false, b_big, k + 64, false);
+                out.push(Outcome { strategy: strategy_name.to_string(), double_buffered, k, result });
+            }
         }
+        out
     }
-    out
+}
+
+/// The two GEMV kernel families forced on every layout and shape class: vec·mat with a
+/// row-major and a column-major rhs, mat·vec with a row-major and a column-major lhs, lengths
+/// that are and are not multiples of the plane size, and a problem that is no GEMV at all.
+/// Autotune's key rounds shapes and does not separate these layouts, so a GEMV kernel tuned on
+/// one runs on the others: cubek-matmul 0.2.0 then failed ("Vecmat plane parallel only supports
+/// col major rhs", found on CUDA in the engine's decode attention) and autotune panicked. With
+/// the patch every launch must succeed (the naive kernel runs what the GEMV kernel cannot) and
+/// be exact.
+struct GemvEveryLayout;
+
+impl Probe for GemvEveryLayout {
+    fn run<R: CubeRuntime, E: FloatElement>(&self, device: &R::Device, precision: Precision) -> Vec<Outcome> {
+        let families = [
+            ("gemv_plane_parallel", Strategy::GemvPlaneParallel(BlueprintStrategy::Inferred(Default::default()))),
+            ("gemv_unit_perpendicular", Strategy::GemvUnitPerpendicular(BlueprintStrategy::Inferred(Default::default()))),
+        ];
+        // (m, k, n, lhs transposed, rhs transposed)
+        let problems = [
+            (1, 96, 64, false, false),
+            (1, 96, 64, false, true),
+            (1, 100, 50, false, false),
+            (1, 100, 50, false, true),
+            (64, 96, 1, false, false),
+            (64, 96, 1, true, false),
+            (50, 100, 1, true, false),
+            (4, 96, 8, false, false),
+        ];
+        let mut out = Vec::new();
+        for (family, strategy) in &families {
+            for (m, k, n, lt, rt) in problems {
+                let a = precision.operands(m * k, 0);
+                let b = precision.operands(k * n, 1);
+                let result = launch_and_check::<R, E>(device, precision, strategy, (m, k, n), a, lt, b, k, rt);
+                let layout = |t: bool| if t { "col-major" } else { "row-major" };
+                let name = format!("{family} [{m}, {k}]·[{k}, {n}] lhs {} rhs {}", layout(lt), layout(rt));
+                out.push(Outcome { strategy: name, double_buffered: false, k, result });
+            }
+        }
+        out
+    }
+}
+
+/// Runs `probe` on every GPU test target (`wgpu:*` in f32, `cuda:*` in f32 or bf16), returning
+/// each target's outcomes.
+fn on_gpu_targets(probe: &impl Probe) -> Vec<(String, DType, Vec<Outcome>)> {
+    let mut all = Vec::new();
+    for (spec, dtype) in test_targets() {
+        let bf16 = dtype == DType::BF16;
+        let outcomes = match spec.split(':').next() {
+            #[cfg(feature = "wgpu")]
+            Some("wgpu" | "vulkan") => {
+                let index: usize = spec.split(':').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+                let adapters = burn_phi3v::backends::wgpu::adapters();
+                let device = adapters.get(index).map(|a| a.device.clone()).unwrap_or_default();
+                if bf16 {
+                    eprintln!("{spec}: no bf16 on wgpu; skipped");
+                    continue;
+                }
+                probe.run::<burn_cubecl::cubecl::wgpu::WgpuRuntime, f32>(&device, Precision::F32)
+            }
+            #[cfg(feature = "cuda")]
+            Some("cuda") => {
+                let index: usize = spec.split(':').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+                let device = burn_cubecl::cubecl::cuda::CudaDevice::new(index);
+                if bf16 {
+                    probe.run::<burn_cubecl::cubecl::cuda::CudaRuntime, half::bf16>(&device, Precision::Bf16)
+                } else {
+                    probe.run::<burn_cubecl::cubecl::cuda::CudaRuntime, f32>(&device, Precision::F32)
+                }
+            }
+            _ => continue,
+        };
+        all.push((spec, dtype, outcomes));
+    }
+    all
 }
 
 /// f32 products of `k` terms of size ≤ 1 accumulated in f32: a few ulps per term. TF32 (10-bit
@@ -170,32 +277,7 @@ fn tiled_matmul_kernels_are_exact_at_every_k() {
     let mut ran_double_buffered = 0;
     let mut bad = Vec::new();
     let mut devices = 0;
-    for (spec, dtype) in test_targets() {
-        let bf16 = dtype == DType::BF16;
-        let outcomes = match spec.split(':').next() {
-            #[cfg(feature = "wgpu")]
-            Some("wgpu" | "vulkan") => {
-                let index: usize = spec.split(':').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
-                let adapters = burn_phi3v::backends::wgpu::adapters();
-                let device = adapters.get(index).map(|a| a.device.clone()).unwrap_or_default();
-                if bf16 {
-                    eprintln!("{spec}: no bf16 on wgpu; skipped");
-                    continue;
-                }
-                run::<burn_cubecl::cubecl::wgpu::WgpuRuntime, f32>(&device, Precision::F32)
-            }
-            #[cfg(feature = "cuda")]
-            Some("cuda") => {
-                let index: usize = spec.split(':').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
-                let device = burn_cubecl::cubecl::cuda::CudaDevice::new(index);
-                if bf16 {
-                    run::<burn_cubecl::cubecl::cuda::CudaRuntime, half::bf16>(&device, Precision::Bf16)
-                } else {
-                    run::<burn_cubecl::cubecl::cuda::CudaRuntime, f32>(&device, Precision::F32)
-                }
-            }
-            _ => continue,
-        };
+    for (spec, dtype, outcomes) in on_gpu_targets(&TiledAtEveryK) {
         devices += 1;
         for o in outcomes {
             match o.result {
@@ -260,5 +342,23 @@ fn autotuned_vecmat_runs_at_every_length_of_one_key() {
             }
         }
     }
+    assert!(bad.is_empty(), "{}", bad.join("\n"));
+}
+
+#[test]
+fn gemv_kernels_run_every_layout_or_fall_back() {
+    let mut bad = Vec::new();
+    let mut devices = 0;
+    for (spec, dtype, outcomes) in on_gpu_targets(&GemvEveryLayout) {
+        devices += 1;
+        for o in outcomes {
+            match o.result {
+                Ok(err) if err <= 1.0 => eprintln!("{spec} {dtype:?}: {}: max |Δ| / allowed {err:.3e}", o.strategy),
+                Ok(err) => bad.push(format!("{spec} {dtype:?}: {} is off by {err:e} × the allowed error", o.strategy)),
+                Err(why) => bad.push(format!("{spec} {dtype:?}: {} failed to launch: {why}", o.strategy)),
+            }
+        }
+    }
+    eprintln!("{devices} GPU device(s) checked");
     assert!(bad.is_empty(), "{}", bad.join("\n"));
 }

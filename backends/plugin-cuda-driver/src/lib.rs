@@ -471,27 +471,15 @@ pub mod imp {
         status((|| {
             // SAFETY: a handle from context_create.
             unsafe { enter(ctx) }?;
-            // SAFETY: plain-old-data descriptor; zero is "unused" for every field.
-            let mut m: cu::CUDA_MEMCPY2D = unsafe { std::mem::zeroed() };
-            match kind {
-                ffi::COPY_H2D => {
-                    m.srcMemoryType = cu::CUmemorytype::CU_MEMORYTYPE_HOST;
-                    m.srcHost = src as *const c_void;
-                    m.dstMemoryType = cu::CUmemorytype::CU_MEMORYTYPE_DEVICE;
-                    m.dstDevice = dst;
-                }
-                ffi::COPY_D2H => {
-                    m.srcMemoryType = cu::CUmemorytype::CU_MEMORYTYPE_DEVICE;
-                    m.srcDevice = src;
-                    m.dstMemoryType = cu::CUmemorytype::CU_MEMORYTYPE_HOST;
-                    m.dstHost = dst as *mut c_void;
-                }
+            // Every field written: the memory types are Rust enums without a zero variant, so
+            // the descriptor cannot be zero-initialised (that aborted the process).
+            let null = std::ptr::null::<c_void>();
+            let (src_type, src_host, src_device, dst_type, dst_host, dst_device) = match kind {
+                ffi::COPY_H2D => (cu::CUmemorytype::CU_MEMORYTYPE_HOST, src as *const c_void, 0, cu::CUmemorytype::CU_MEMORYTYPE_DEVICE, null as *mut c_void, dst),
+                ffi::COPY_D2H => (cu::CUmemorytype::CU_MEMORYTYPE_DEVICE, null, src, cu::CUmemorytype::CU_MEMORYTYPE_HOST, dst as *mut c_void, 0),
                 _ => return Err(ffi::ERROR_NOT_SUPPORTED),
-            }
-            m.srcPitch = src_pitch as usize;
-            m.dstPitch = dst_pitch as usize;
-            m.WidthInBytes = width as usize;
-            m.Height = height as usize;
+            };
+            let m = copy_2d_descriptor(src_type, src_host, src_device, src_pitch, dst_type, dst_host, dst_device, dst_pitch, width, height);
             // SAFETY: the caller's contract.
             check(unsafe { cu::cuMemcpy2DAsync_v2(&m, stream as cu::CUstream) })
         })())
@@ -910,4 +898,67 @@ macro_rules! export_plugin {
             }
         };
     };
+}
+
+/// The driver's 2-D copy descriptor with every field set (offsets 0, no arrays).
+#[allow(clippy::too_many_arguments)]
+fn copy_2d_descriptor(
+    src_type: cu::CUmemorytype,
+    src_host: *const c_void,
+    src_device: cu::CUdeviceptr,
+    src_pitch: u64,
+    dst_type: cu::CUmemorytype,
+    dst_host: *mut c_void,
+    dst_device: cu::CUdeviceptr,
+    dst_pitch: u64,
+    width: u64,
+    height: u64,
+) -> cu::CUDA_MEMCPY2D {
+    cu::CUDA_MEMCPY2D {
+        srcXInBytes: 0,
+        srcY: 0,
+        srcMemoryType: src_type,
+        srcHost: src_host,
+        srcDevice: src_device,
+        srcArray: std::ptr::null_mut(),
+        srcPitch: src_pitch as usize,
+        dstXInBytes: 0,
+        dstY: 0,
+        dstMemoryType: dst_type,
+        dstHost: dst_host,
+        dstDevice: dst_device,
+        dstArray: std::ptr::null_mut(),
+        dstPitch: dst_pitch as usize,
+        WidthInBytes: width as usize,
+        Height: height as usize,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The 2-D copy descriptor is built field by field: zero-initialising it (as the first
+    /// version did) aborts, since its memory-type fields are enums without a zero value.
+    #[test]
+    fn copy_2d_descriptor_sets_every_field() {
+        let host = [0u8; 64];
+        let m = copy_2d_descriptor(
+            cu::CUmemorytype::CU_MEMORYTYPE_HOST,
+            host.as_ptr().cast(),
+            0,
+            16,
+            cu::CUmemorytype::CU_MEMORYTYPE_DEVICE,
+            std::ptr::null_mut(),
+            0x1000,
+            32,
+            12,
+            4,
+        );
+        assert_eq!(m.srcMemoryType, cu::CUmemorytype::CU_MEMORYTYPE_HOST);
+        assert_eq!(m.dstMemoryType, cu::CUmemorytype::CU_MEMORYTYPE_DEVICE);
+        assert_eq!((m.srcPitch, m.dstPitch, m.WidthInBytes, m.Height), (16, 32, 12, 4));
+        assert_eq!((m.dstDevice, m.srcXInBytes, m.dstY), (0x1000, 0, 0));
+        assert!(m.srcArray.is_null() && m.dstArray.is_null() && m.dstHost.is_null());
+    }
 }

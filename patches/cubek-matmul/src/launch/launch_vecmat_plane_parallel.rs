@@ -12,6 +12,7 @@ use crate::{
 
 use crate::{
     launch::InputArg,
+    launch::launch_naive,
     launch::{ConcreteInputsFactory, ConcreteOutputFactory, OutputArg, TensorArgs},
     routines::vecmat_plane_parallel::GemvPlaneParallelRoutine,
     routines::{BlueprintStrategy, Routine as _},
@@ -56,15 +57,18 @@ pub fn launch_ref<R: Runtime>(
 
     let plane_size = client.properties().hardware.plane_size_max as usize;
 
-    if !k.is_multiple_of(plane_size) {
-        return Err(MatmulSetupError::InvalidConfig(Box::new(format!(
-            "Dimension k={} must be a multiple of plane size {}",
-            k, plane_size
-        ))));
+    // burn-phi3v patch: a problem this GEMV kernel cannot run (autotune reuses its choice for
+    // every shape of the same rounded key) runs the naive kernel instead of failing.
+    let sizes = (
+        vector_size_for(client, &lhs, dtypes.lhs_global.size(), plane_size, k),
+        vector_size_for(client, &rhs, dtypes.rhs_global.size(), plane_size, k),
+    );
+    let (Ok(lhs_vector_size), Ok(rhs_vector_size)) = sizes else {
+        return launch_naive::launch_ref(client, lhs, rhs, out, dtypes);
+    };
+    if !k.is_multiple_of(plane_size) || (m != 1 && n != 1) {
+        return launch_naive::launch_ref(client, lhs, rhs, out, dtypes);
     }
-
-    let lhs_vector_size = vector_size_for(client, &lhs, dtypes.lhs_global.size(), plane_size, k)?;
-    let rhs_vector_size = vector_size_for(client, &rhs, dtypes.rhs_global.size(), plane_size, k)?;
 
     let shared_vector_size = lhs_vector_size.min(rhs_vector_size);
 
@@ -118,16 +122,13 @@ pub fn launch_ref<R: Runtime>(
     let expand_info =
         GemvPlaneParallelRoutine::expand_blueprint(&problem, &device_settings, strategy)?;
 
-    if device_settings.plane_dim > 1 {
-        if matches!(expand_info.blueprint.kind, GemvKind::MatVecColMajor) {
-            return Err(MatmulSetupError::InvalidConfig(Box::new(
-                "On GPU, MatVec plane parallel only supports row major lhs for now",
-            )));
-        } else if matches!(expand_info.blueprint.kind, GemvKind::VecMatRowMajor) {
-            return Err(MatmulSetupError::InvalidConfig(Box::new(
-                "On GPU, Vecmat plane parallel only supports col major rhs for now",
-            )));
-        }
+    // burn-phi3v patch: on GPUs this kernel runs row-major-lhs mat·vec and col-major-rhs
+    // vec·mat only; other layouts (found on CUDA: the engine's decode attention) run the naive
+    // kernel instead of failing after autotune chose this one.
+    if device_settings.plane_dim > 1
+        && matches!(expand_info.blueprint.kind, GemvKind::MatVecColMajor | GemvKind::VecMatRowMajor)
+    {
+        return launch_naive::launch_ref(client, lhs, rhs, out, dtypes);
     }
 
     let launch_info = GemvPlaneParallelRoutine::prepare(&problem, &device_settings, expand_info)?;

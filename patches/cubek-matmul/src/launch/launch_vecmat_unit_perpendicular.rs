@@ -12,6 +12,7 @@ use crate::{
 
 use crate::{
     launch::InputArg,
+    launch::launch_naive,
     launch::{ConcreteInputsFactory, ConcreteOutputFactory, OutputArg, TensorArgs},
     routines::vecmat_unit_perpendicular::GemvUnitPerpendicularRoutine,
     routines::{BlueprintStrategy, Routine as _},
@@ -59,33 +60,23 @@ pub fn launch_ref<R: Runtime>(
     let n = rhs.shape().to_vec()[rank - 1];
     let k = lhs.shape().to_vec()[rank - 1];
 
-    if m != 1 {
-        return Err(MatmulSetupError::InvalidConfig(Box::new(
-            "m must equal 1 to qualify as a vecmat problem",
-        )));
-    }
-
+    let plane_size = client.properties().hardware.plane_size_max as usize;
     let rhs_shape = rhs.shape();
 
-    let plane_size = client.properties().hardware.plane_size_max as usize;
-
-    if !k.is_multiple_of(plane_size) {
-        return Err(MatmulSetupError::InvalidConfig(Box::new(format!(
-            "Lhs dimension k={} must be a multiple of plane size {}",
-            k, plane_size
-        ))));
+    // burn-phi3v patch: a problem this GEMV kernel cannot run (m ≠ 1, k or n not a multiple of
+    // the plane size, no vector width, a column-major rhs) runs the naive kernel instead of
+    // failing: autotune reuses its choice for every shape of the same rounded key.
+    let sizes = (
+        vector_size_for(client, &lhs, dtypes.lhs_global.size(), plane_size, k),
+        // Assumes rhs is row major
+        vector_size_for(client, &rhs, dtypes.rhs_global.size(), plane_size, n),
+    );
+    let (Ok(lhs_vector_size), Ok(rhs_vector_size)) = sizes else {
+        return launch_naive::launch_ref(client, lhs, rhs, out, dtypes);
+    };
+    if m != 1 || !k.is_multiple_of(plane_size) || !n.is_multiple_of(plane_size) {
+        return launch_naive::launch_ref(client, lhs, rhs, out, dtypes);
     }
-
-    if !n.is_multiple_of(plane_size) {
-        return Err(MatmulSetupError::InvalidConfig(Box::new(format!(
-            "Rhs dimension n={} must be a multiple of plane size {}",
-            n, plane_size
-        ))));
-    }
-
-    let lhs_vector_size = vector_size_for(client, &lhs, dtypes.lhs_global.size(), plane_size, k)?;
-    // Assumes rhs is row major
-    let rhs_vector_size = vector_size_for(client, &rhs, dtypes.rhs_global.size(), plane_size, n)?;
 
     let shared_vector_size = lhs_vector_size.min(rhs_vector_size);
 
@@ -119,9 +110,7 @@ pub fn launch_ref<R: Runtime>(
     );
 
     if problem.rhs_layout != MatrixLayout::RowMajor {
-        return Err(MatmulSetupError::InvalidConfig(Box::new(
-            "Vecmat unit perpendicular only supports row major rhs for now",
-        )));
+        return launch_naive::launch_ref(client, lhs, rhs, out, dtypes);
     }
 
     let device_settings = GemvUnitPerpendicularRoutine::device_settings(client, vector_sizes);
