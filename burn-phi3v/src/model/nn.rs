@@ -125,9 +125,65 @@ pub fn attend<B: Backend>(
     };
     if composed_attention() {
         attention_fallback(q, k, v, mask, None, options)
+    } else if q.dtype() == DType::F32 && q.dims()[2] > FLASH_QUERIES {
+        let [batch, heads, _, _] = q.dims();
+        let rows = (CHUNK_SCORES / (batch * heads * k.dims()[2]).max(1)).clamp(1, FLASH_QUERIES);
+        attend_composed_in_chunks(q, k, v, mask, is_causal, rows)
     } else {
         attention(q, k, v, mask, None, options)
     }
+}
+
+/// Query rows above which Burn 0.21's attention autotune prefers its flash kernels over the
+/// composed one. Those kernels are not f32-accurate: on CUDA and on Vulkan they put the
+/// 4455-token fixture case 7.8e-4 off in the hidden states and 6.7e-3 in the logits, where
+/// composed attention gives 7.4e-6 and 5.0e-5 (docs/parity.md). f32 is the accuracy dtype, so
+/// f32 attention over more queries runs composed, in chunks of query rows.
+const FLASH_QUERIES: usize = 4096;
+
+/// Attention scores one chunk may hold (`batch · heads · rows · keys`): 2²⁸, 1 GiB in f32.
+const CHUNK_SCORES: usize = 1 << 28;
+
+/// [`attend`] composed from matmul and softmax, over chunks of at most `rows` query rows
+/// ([`attend`] passes [`FLASH_QUERIES`], fewer when the keys are many, so that one chunk's
+/// scores stay within [`CHUNK_SCORES`]).
+/// `is_causal` masks as Burn does: aligned at the bottom-right corner (key `j` is hidden from
+/// query `i` when `j > i + keys − queries`).
+fn attend_composed_in_chunks<B: Backend>(
+    q: Tensor<B, 4>,
+    k: Tensor<B, 4>,
+    v: Tensor<B, 4>,
+    mask: Option<Tensor<B, 4, Bool>>,
+    is_causal: bool,
+    rows: usize,
+) -> Tensor<B, 4> {
+    let [batch, heads, queries, _] = q.dims();
+    let keys = k.dims()[2];
+    let rows = rows.max(1);
+    let options = AttentionModuleOptions {
+        scale: None,
+        softcap: None,
+        is_causal: false,
+    };
+    let device = q.device();
+    let mut chunks = Vec::with_capacity(queries.div_ceil(rows));
+    for start in (0..queries).step_by(rows) {
+        let n = rows.min(queries - start);
+        let mut chunk_mask = mask.as_ref().map(|m| m.clone().narrow(2, start, n));
+        if is_causal {
+            let offset = (start + keys) as i64 - queries as i64;
+            let causal = Tensor::<B, 2, Bool>::tril_mask([n, keys], offset, &device)
+                .unsqueeze::<4>()
+                .expand([batch, heads, n, keys]);
+            chunk_mask = Some(match chunk_mask {
+                Some(m) => m.bool_or(causal),
+                None => causal,
+            });
+        }
+        let chunk = attention_fallback(q.clone().narrow(2, start, n), k.clone(), v.clone(), chunk_mask, None, options);
+        chunks.push(chunk);
+    }
+    Tensor::cat(chunks, 2)
 }
 
 /// Grouped-query attention: each of the `kv_heads` heads repeated `rep` times, consecutively
@@ -143,4 +199,42 @@ pub fn repeat_kv<B: Backend>(x: Tensor<B, 4>, rep: usize) -> Tensor<B, 4> {
     x.unsqueeze_dim::<5>(2)
         .expand([b, kvh, rep, t, hd])
         .reshape([b, kvh * rep, t, hd])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::tensor::{Distribution, TensorData};
+
+    type B = crate::backends::cpu::Cpu;
+
+    fn random(shape: [usize; 4]) -> Tensor<B, 4> {
+        Tensor::random(shape, Distribution::Normal(0.0, 1.0), &Default::default())
+    }
+
+    fn max_diff(a: Tensor<B, 4>, b: Tensor<B, 4>) -> f32 {
+        (a - b).abs().max().into_scalar()
+    }
+
+    /// Chunked composed attention equals Burn's composed attention in one piece: causal with as
+    /// many keys as queries, causal with more keys (bottom-right aligned), an explicit mask, and
+    /// both, for chunk sizes that do and do not divide the queries.
+    #[test]
+    fn chunked_attention_equals_one_piece() {
+        let options = |is_causal| AttentionModuleOptions { scale: None, softcap: None, is_causal };
+        for (queries, keys) in [(13, 13), (7, 20), (1, 9)] {
+            let (q, k, v) = (random([2, 3, queries, 8]), random([2, 3, keys, 8]), random([2, 3, keys, 8]));
+            let bits: Vec<bool> = (0..2 * 3 * queries * keys).map(|i| (i * 7919) % 5 == 0).collect();
+            let mask = Tensor::<B, 4, Bool>::from_data(TensorData::new(bits, [2, 3, queries, keys]), &Default::default());
+            for (m, is_causal) in [(None, true), (Some(mask.clone()), false), (Some(mask), true)] {
+                let whole = attention_fallback(q.clone(), k.clone(), v.clone(), m.clone(), None, options(is_causal));
+                for rows in [1, 4, 5, queries, 100] {
+                    let chunked = attend_composed_in_chunks(q.clone(), k.clone(), v.clone(), m.clone(), is_causal, rows);
+                    assert_eq!(chunked.dims(), whole.dims());
+                    let d = max_diff(chunked, whole.clone());
+                    assert!(d < 1e-5, "{queries}×{keys} causal={is_causal} rows={rows}: Δ {d}");
+                }
+            }
+        }
+    }
 }
