@@ -141,8 +141,10 @@ pub fn attend<B: Backend>(
 /// f32 attention over more queries runs composed, in chunks of query rows.
 const FLASH_QUERIES: usize = 4096;
 
-/// Attention scores one chunk may hold (`batch · heads · rows · keys`): 2²⁸, 1 GiB in f32.
-const CHUNK_SCORES: usize = 1 << 28;
+/// Attention scores one chunk may hold (`batch · heads · rows · keys`): 2²⁴, 64 MiB in f32,
+/// under wgpu's default 128 MiB limit on one storage binding (a 146 MB chunk failed to
+/// allocate on lavapipe).
+const CHUNK_SCORES: usize = 1 << 24;
 
 /// [`attend`] composed from matmul and softmax, over chunks of at most `rows` query rows
 /// ([`attend`] passes [`FLASH_QUERIES`], fewer when the keys are many, so that one chunk's
