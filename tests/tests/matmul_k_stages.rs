@@ -77,6 +77,7 @@ enum Precision {
     /// f32 operands and output: a few ulps per term ([`tolerance`]).
     F32,
     /// bf16-exact operands, bf16 output: the output's rounding (2⁻⁹ relative, 2⁻⁸ allowed).
+    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
     Bf16,
 }
 
