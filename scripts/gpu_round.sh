@@ -10,6 +10,7 @@
 #   9  iluvatar-standin    the Iluvatar shim over the NVIDIA libraries, logits vs cuda, f16
 #   5  parity-cuda-bf16    the parity suite on cuda in bf16 (autotune level minimal)
 #   5  generate-cuda-bf16  phi3v generate on cuda in bf16
+#   5  conf-cuda-bf16      the per-op checks on cuda in bf16 (which op stalls, if one does)
 #   5  long-composed       long_context_two_images on cuda f32 with composed attention
 #   5  kernels-bf16        the k-stage matmul test on the bf16 (tensor-core) kernel families
 #   8  engine-cuda-f32     the engine's concurrency test on cuda f32
@@ -29,6 +30,8 @@ job diff-plugin-f32 $B/phi3v-logits-diff --device plugin:$PL:0 --against cuda:0 
 JOB_AUTOTUNE_LEVEL=minimal job parity-cuda-bf16 $C --device cuda --parity-only --parity-dtype bf16
 job long-composed env PHI3V_COMPOSED_ATTENTION=1 $C --device cuda --parity-only --parity-dtype f32 --cases long_context_two_images
 job engine-cuda-f32 env PHI3V_TEST_DEVICES=cuda:f32 $B/engine concurrent --nocapture
+# Which op stalls cuda bf16 (its stderr names each op as it finishes).
+JOB_AUTOTUNE_LEVEL=minimal job conf-cuda-bf16 $C --device cuda --dtypes bf16 --ops-only
 JOB_AUTOTUNE_LEVEL=minimal job generate-cuda-bf16 $B/phi3v generate --model $M/phi3v-tiny --device cuda --dtype bf16 --image $I/astronaut.png --prompt "What is the content of this image in details?" --max-new-tokens 10 --json
 JOB_AUTOTUNE_LEVEL=minimal job kernels-bf16 env PHI3V_TEST_DEVICES=cuda:bf16 $B/matmul_k_stages tiled --nocapture
 [ -e $B/libphi3v_plugin_iluvatar.so ] && JOB_AUTOTUNE_LEVEL=minimal job iluvatar-standin env PHI3V_COREX_STANDIN=1 $B/phi3v-logits-diff --device plugin:$B/libphi3v_plugin_iluvatar.so:0 --against cuda:0 --dtype f16
@@ -38,7 +41,7 @@ bash scripts/gpu_kernels.sh $((LIMIT - 70)) 60 > $W/breakdown.log 2>&1 &
 # cli built with its `plugin` feature.
 job launch-overhead bash -c "for d in cuda:0 plugin:$PL:0; do $B/phi3v bench run --preset tiny --device \$d --dtype f32 --scenarios latency --latency-shape 128x64 --warmup 2 --runs 10 --out launch-\${d%%:*} 2>&1 | grep -i 'latency\|error'; done"
 wait
-TAIL=6 show conf-plugin-ops-f32 conf-plugin-parity-f32 conf-plugin-half diff-plugin-f32 iluvatar-standin parity-cuda-bf16 generate-cuda-bf16 long-composed kernels-bf16 engine-cuda-f32 launch-overhead | cut -c1-300
+TAIL=6 show conf-plugin-ops-f32 conf-plugin-parity-f32 conf-plugin-half conf-cuda-bf16 diff-plugin-f32 iluvatar-standin parity-cuda-bf16 generate-cuda-bf16 long-composed kernels-bf16 engine-cuda-f32 launch-overhead | cut -c1-300
 tail -30 $W/breakdown.log
 mkdir -p /tmp/res; for d in $W/*/; do n=$(basename $d); cp $d/out.txt /tmp/res/$n.txt 2>/dev/null; cp $d/err.txt /tmp/res/$n.err 2>/dev/null; done
 cp $W/breakdown.log /tmp/res/ 2>/dev/null; [ -d $W/failed-kernels ] && cp -r $W/failed-kernels /tmp/res/

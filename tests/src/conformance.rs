@@ -134,8 +134,11 @@ impl<B: Backend> Ctx<'_, B> {
     }
 
     fn record<const D: usize>(&mut self, op: impl Into<String>, accumulated: usize, t: Tensor<B, D>) {
+        let op = op.into();
         let values = t.into_data().convert::<f32>().to_vec::<f32>().expect("f32 data");
-        self.out.push(OpOutput { op: op.into(), dtype: self.round, accumulated, values });
+        // Progress on stderr: on a device where an op stalls, the last line names the op before.
+        eprintln!("  {} done: {op}", dtype_name(self.round));
+        self.out.push(OpOutput { op, dtype: self.round, accumulated, values });
     }
 }
 
