@@ -1,6 +1,7 @@
 //! The accuracy loop in one place: fixture readers, named tolerances, and a parity runner
 //! written once and run on every backend (tests, and the GPU parity report).
 
+pub mod args;
 pub mod conformance;
 pub mod devices;
 pub mod fixtures;

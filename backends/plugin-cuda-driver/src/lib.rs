@@ -473,13 +473,12 @@ pub mod imp {
             unsafe { enter(ctx) }?;
             // Every field written: the memory types are Rust enums without a zero variant, so
             // the descriptor cannot be zero-initialised (that aborted the process).
-            let null = std::ptr::null::<c_void>();
-            let (src_type, src_host, src_device, dst_type, dst_host, dst_device) = match kind {
-                ffi::COPY_H2D => (cu::CUmemorytype::CU_MEMORYTYPE_HOST, src as *const c_void, 0, cu::CUmemorytype::CU_MEMORYTYPE_DEVICE, null as *mut c_void, dst),
-                ffi::COPY_D2H => (cu::CUmemorytype::CU_MEMORYTYPE_DEVICE, null, src, cu::CUmemorytype::CU_MEMORYTYPE_HOST, dst as *mut c_void, 0),
+            use cu::CUmemorytype::{CU_MEMORYTYPE_DEVICE as DEVICE, CU_MEMORYTYPE_HOST as HOST};
+            let m = match kind {
+                ffi::COPY_H2D => copy_2d_descriptor(HOST, src as *const c_void, 0, src_pitch, DEVICE, std::ptr::null_mut(), dst, dst_pitch, width, height),
+                ffi::COPY_D2H => copy_2d_descriptor(DEVICE, std::ptr::null(), src, src_pitch, HOST, dst as *mut c_void, 0, dst_pitch, width, height),
                 _ => return Err(ffi::ERROR_NOT_SUPPORTED),
             };
-            let m = copy_2d_descriptor(src_type, src_host, src_device, src_pitch, dst_type, dst_host, dst_device, dst_pitch, width, height);
             // SAFETY: the caller's contract.
             check(unsafe { cu::cuMemcpy2DAsync_v2(&m, stream as cu::CUstream) })
         })())

@@ -13,6 +13,7 @@ use burn::tensor::{DType, backend::Backend};
 use burn_phi3v::LoadedModel;
 use burn_phi3v::device::{DeviceInfo, dtype_name};
 use phi3v_devices::DeviceFn;
+use phi3v_tests::args::arg;
 use phi3v_tests::parity::{last_logits_by_recompute, pixel_tensor};
 use phi3v_tests::{Case, model_dir};
 
@@ -39,10 +40,6 @@ impl DeviceFn for LastLogits<'_> {
             .map(|(px, grids)| loaded.model.embed_images(px, &grids).expect("images embed"));
         last_logits_by_recompute(&loaded.model, &processed.input_ids, features)
     }
-}
-
-fn arg(args: &[String], name: &str) -> Option<String> {
-    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1).cloned())
 }
 
 fn argmax(v: &[f32]) -> usize {

@@ -9,14 +9,11 @@
 use std::process::ExitCode;
 
 use burn_phi3v::device::dtype_name;
-
-fn arg(args: &[String], name: &str) -> Option<String> {
-    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1).cloned())
-}
+use phi3v_tests::args::{arg, flag};
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().collect();
-    if args.iter().any(|a| a == "--help" || a == "-h") {
+    if flag(&args, &["--help", "-h"]) {
         println!("usage: phi3v-parity [--device SPEC] [--dtype f32|f16|bf16] [--cases a,b,...] [--stages] [--ops [--large]]\n(PHI3V_COMPOSED_ATTENTION=1 composes attention from matmul and softmax)");
         return ExitCode::SUCCESS;
     }
@@ -36,10 +33,10 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    if args.iter().any(|a| a == "--ops") {
+    if flag(&args, &["--ops"]) {
         // Single ops in several variants against the CPU (see `OpVariants`).
         use phi3v_tests::stages::OpVariants;
-        let large = args.iter().any(|a| a == "--large");
+        let large = flag(&args, &["--large"]);
         let reference = phi3v_devices::with_device("cpu", Some("f32"), OpVariants { large }).expect("cpu");
         let got = phi3v_devices::with_device(&device, Some(dt), OpVariants { large }).expect("device");
         println!("| op ({device} {dt}) | max abs Δ vs cpu | max abs reference |\n|---|---|---|");
@@ -48,11 +45,11 @@ fn main() -> ExitCode {
             println!("| {n} | {:.2e} | {scale:.2e} |", phi3v_tests::tolerance::max_abs_diff(a, b));
         }
         println!();
-        if !args.iter().any(|a| a == "--stages" || a == "--cases") {
+        if !flag(&args, &["--stages", "--cases"]) {
             return ExitCode::SUCCESS;
         }
     }
-    if args.iter().any(|a| a == "--stages") {
+    if flag(&args, &["--stages"]) {
         // Vision tower stage by stage against the CPU, with the backend's fused attention and
         // with composed attention.
         use phi3v_tests::stages::{Stages, stage_errors};

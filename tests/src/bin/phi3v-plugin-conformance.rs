@@ -16,6 +16,7 @@ use std::process::ExitCode;
 use burn::tensor::DType;
 use burn_phi3v::device::{dtype_name, parse_dtype};
 use phi3v_tests::conformance::{run_ops, table};
+use phi3v_tests::args::{arg, flag};
 use phi3v_tests::report::{all_cases, print_parity_suite};
 
 const USAGE: &str = "usage: phi3v-plugin-conformance [--device SPEC] [--dtypes f32,f16,bf16] [--seed N] [--large] [--ops-only | --parity-only] [--parity-dtype D] [--cases a,b,...]
@@ -25,10 +26,6 @@ const USAGE: &str = "usage: phi3v-plugin-conformance [--device SPEC] [--dtypes f
   --large         also the model's large matmul shapes
   --parity-dtype  dtype of the fixture parity suite (default: the device's default)";
 
-fn arg(args: &[String], name: &str) -> Option<String> {
-    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1).cloned())
-}
-
 fn fail(msg: impl std::fmt::Display) -> ExitCode {
     eprintln!("error: {msg}");
     ExitCode::from(2)
@@ -36,7 +33,7 @@ fn fail(msg: impl std::fmt::Display) -> ExitCode {
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().collect();
-    if args.iter().any(|a| a == "--help" || a == "-h") {
+    if flag(&args, &["--help", "-h"]) {
         println!("{USAGE}");
         return ExitCode::SUCCESS;
     }
@@ -68,9 +65,9 @@ fn main() -> ExitCode {
     };
     println!("# Conformance of `{device}` ({})\n", info.name);
     let mut ok = true;
-    if !args.iter().any(|a| a == "--parity-only") {
+    if !flag(&args, &["--parity-only"]) {
         let start = std::time::Instant::now();
-        let checks = match run_ops(&device, &dtypes, seed, args.iter().any(|a| a == "--large")) {
+        let checks = match run_ops(&device, &dtypes, seed, flag(&args, &["--large"])) {
             Ok(c) => c,
             Err(e) => return fail(e),
         };
@@ -79,7 +76,7 @@ fn main() -> ExitCode {
         println!("{} of {} op checks pass ({:.1} s)\n", checks.len() - failed, checks.len(), start.elapsed().as_secs_f64());
         ok &= failed == 0;
     }
-    if !args.iter().any(|a| a == "--ops-only") {
+    if !flag(&args, &["--ops-only"]) {
         let dtype = match phi3v_devices::resolve_dtype(&info, arg(&args, "--parity-dtype").as_deref()) {
             Ok(d) => dtype_name(d),
             Err(e) => return fail(e),
