@@ -3,7 +3,7 @@
 //! backend is not compiled in is a typed error ([`DeviceError::NotCompiled`]) that lists what is
 //! available.
 //!
-//! [`with_device`] runs code generic over `B: Backend` on the backend a string names; the
+//! [`with_device`] runs code generic over `B: Kernels` on the backend a string names; the
 //! [`Pipeline`](crate::Pipeline) is built on it. The model code never reads anything here.
 //!
 //! ```
@@ -16,7 +16,8 @@
 //! # Ok::<(), DeviceError>(())
 //! ```
 
-use burn::tensor::{DType, backend::Backend};
+use crate::kernels::Kernels;
+use burn::tensor::DType;
 
 /// One device a backend offers.
 #[derive(Debug, Clone, PartialEq)]
@@ -213,7 +214,7 @@ pub trait DeviceFn {
     /// What it returns.
     type Output;
     /// Runs on `device` of backend `B`, computing in `dtype`.
-    fn run<B: Backend>(self, device: &B::Device, info: &DeviceInfo, dtype: DType) -> Self::Output;
+    fn run<B: Kernels>(self, device: &B::Device, info: &DeviceInfo, dtype: DType) -> Self::Output;
 }
 
 /// Checks that `info`'s device computes in `dtype`.
@@ -294,7 +295,7 @@ pub fn device_info(spec: &str) -> Result<DeviceInfo, DeviceError> {
 /// struct Sum;
 /// impl DeviceFn for Sum {
 ///     type Output = f32;
-///     fn run<B: Backend>(self, device: &B::Device, _: &DeviceInfo, dtype: DType) -> f32 {
+///     fn run<B: Kernels>(self, device: &B::Device, _: &DeviceInfo, dtype: DType) -> f32 {
 ///         let t = Tensor::<B, 1>::from_data([1.0f32, 2.0, 3.0], (device, dtype));
 ///         t.sum().into_scalar().elem()
 ///     }
@@ -426,7 +427,7 @@ mod tests {
     #[cfg(feature = "cpu")]
     impl DeviceFn for Sum {
         type Output = f32;
-        fn run<B: Backend>(self, device: &B::Device, _: &DeviceInfo, dtype: DType) -> f32 {
+        fn run<B: Kernels>(self, device: &B::Device, _: &DeviceInfo, dtype: DType) -> f32 {
             use burn::tensor::ElementConversion;
             let t = burn::tensor::Tensor::<B, 1>::from_data([1.0f32, 2.0, 3.0], (device, dtype));
             t.sum().into_scalar().elem()

@@ -7,9 +7,10 @@
 //! generating, its cache — rotated with the short factors — is dropped and the whole sequence
 //! is prefilled again with the long factors, so cached generation equals full recomputation.
 
+use crate::kernels::Kernels;
 use std::time::{Duration, Instant};
 
-use burn::tensor::{Bool, Int, Tensor, TensorData, backend::Backend};
+use burn::tensor::{Bool, Int, Tensor, TensorData};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -429,7 +430,7 @@ impl Row {
 /// token as soon as it is chosen. `params` holds one set for every prompt, or one set for all.
 ///
 /// This is [`Generator`] driven to the end.
-pub fn generate<B: Backend>(
+pub fn generate<B: Kernels>(
     model: &Phi3VForCausalLM<B>,
     processor: &Phi3VProcessor,
     prompts: &[&ProcessedPrompt],
@@ -445,7 +446,7 @@ pub fn generate<B: Backend>(
 /// runs one forward pass (the prefill first, then one decode step) and chooses one token for
 /// every unfinished sequence. [`generate`] is this loop run to the end; drive it yourself to
 /// interleave generation with other work or to stop early (then [`finish`](Self::finish)).
-pub struct Generator<'a, B: Backend> {
+pub struct Generator<'a, B: Kernels> {
     model: &'a Phi3VForCausalLM<B>,
     processor: &'a Phi3VProcessor,
     rows: Vec<Row>,
@@ -455,7 +456,7 @@ pub struct Generator<'a, B: Backend> {
     start: Instant,
 }
 
-impl<B: Backend> std::fmt::Debug for Generator<'_, B> {
+impl<B: Kernels> std::fmt::Debug for Generator<'_, B> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Generator")
             .field("sequences", &self.rows.len())
@@ -464,7 +465,7 @@ impl<B: Backend> std::fmt::Debug for Generator<'_, B> {
     }
 }
 
-impl<'a, B: Backend> Generator<'a, B> {
+impl<'a, B: Kernels> Generator<'a, B> {
     /// Validates the parameters and embeds the prompts' images (the vision tower runs here);
     /// the prefill runs in the first [`step`](Self::step). `params` holds one set for every
     /// prompt, or one set for all.
@@ -563,7 +564,7 @@ impl<'a, B: Backend> Generator<'a, B> {
 }
 
 /// Image tokens of `images`, in order: `[Σ num_img_tokens, hidden]` (`None` without images).
-pub(crate) fn embed_images<B: Backend>(model: &Phi3VForCausalLM<B>, images: &[&ProcessedImage]) -> Result<Option<Tensor<B, 2>>> {
+pub(crate) fn embed_images<B: Kernels>(model: &Phi3VForCausalLM<B>, images: &[&ProcessedImage]) -> Result<Option<Tensor<B, 2>>> {
     if images.is_empty() {
         return Ok(None);
     }
@@ -578,7 +579,7 @@ pub(crate) fn embed_images<B: Backend>(model: &Phi3VForCausalLM<B>, images: &[&P
 pub(crate) type RowLogits<B> = Tensor<B, 2>;
 
 /// Full pass over every row's ids (prompt plus anything generated), left-padded.
-fn prefill<B: Backend>(
+fn prefill<B: Kernels>(
     model: &Phi3VForCausalLM<B>,
     rows: &mut [Row],
     features: Option<Tensor<B, 2>>,
@@ -613,7 +614,7 @@ fn prefill<B: Backend>(
 }
 
 /// One new token per row.
-fn decode_step<B: Backend>(
+fn decode_step<B: Kernels>(
     model: &Phi3VForCausalLM<B>,
     rows: &[Row],
     regimes: &[RopeRegime],
@@ -633,7 +634,7 @@ fn decode_step<B: Backend>(
 /// for the last `queries` of `keys` columns. Padding queries see only themselves, so no row is
 /// fully masked. `None` when no row is padded (plain causal attention). Rows that finished
 /// keep stepping, so the padding recorded at prefill stays right for every row.
-fn padding_mask<B: Backend>(
+fn padding_mask<B: Kernels>(
     model: &Phi3VForCausalLM<B>,
     rows: &[Row],
     queries: usize,
@@ -662,7 +663,7 @@ fn padding_mask<B: Backend>(
 
 /// Picks the next token of every unfinished row (`None` for finished rows) from `logits`, one
 /// logits row per entry of `rows`.
-pub(crate) fn choose<B: Backend>(rows: &mut [&mut Row], logits: RowLogits<B>) -> Result<Vec<Option<u32>>> {
+pub(crate) fn choose<B: Kernels>(rows: &mut [&mut Row], logits: RowLogits<B>) -> Result<Vec<Option<u32>>> {
     let [b, vocab] = logits.dims();
     let host_needed = rows.iter().any(|r| {
         r.finished.is_none()

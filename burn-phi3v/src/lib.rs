@@ -36,7 +36,7 @@
 //!   parameters) blocking ([`Pipeline::generate`]), as an iterator ([`Pipeline::stream`]) or
 //!   as a batch ([`Pipeline::batch`]).
 //! - [`device`]: device strings, the devices present ([`device::available_devices`]) and
-//!   [`device::with_device`], which runs code generic over `B: Backend` on the backend a
+//!   [`device::with_device`], which runs code generic over `B: Kernels` on the backend a
 //!   string names. [`backends`] names the backend types themselves.
 //! - [`Phi3VProcessor`] (chat template, image tags, tokenizer, [`image_processor`]) and
 //!   [`generation`] ([`generate`], the step-by-step [`Generator`], sampling, stop conditions).
@@ -72,6 +72,7 @@ pub mod engine;
 pub mod error;
 pub mod generation;
 pub mod image_processor;
+pub mod kernels;
 pub mod loader;
 pub mod model;
 pub mod pipeline;

@@ -1,6 +1,7 @@
 //! Loading a Hugging Face model folder as it is: config, tokenizer, preprocessor and
 //! checkpoint, onto a device in a compute dtype.
 
+use crate::kernels::Kernels;
 use std::path::{Path, PathBuf};
 
 use burn::tensor::{DType, backend::Backend};
@@ -14,7 +15,7 @@ use crate::weights::{Checkpoint, Weights};
 
 /// A model folder loaded onto a device.
 #[derive(Debug)]
-pub struct LoadedModel<B: burn::tensor::backend::Backend> {
+pub struct LoadedModel<B: Backend> {
     /// The folder it came from.
     pub dir: PathBuf,
     /// The model.
@@ -59,7 +60,7 @@ impl LoadOptions {
     }
 }
 
-impl<B: Backend> LoadedModel<B> {
+impl<B: Kernels> LoadedModel<B> {
     /// Loads the Hugging Face folder `dir` (`config.json`, `tokenizer.json`, the safetensors
     /// shards, …) onto `device` of the backend `B` with `options` (f32 unless
     /// [`LoadOptions::dtype`] says otherwise).
@@ -165,7 +166,7 @@ impl FolderFiles {
         })
     }
 
-    fn with_weights<B: Backend>(self, dir: &Path, weights: Weights<'_, B>) -> Result<LoadedModel<B>> {
+    fn with_weights<B: Kernels>(self, dir: &Path, weights: Weights<'_, B>) -> Result<LoadedModel<B>> {
         let model = Phi3VForCausalLM::load(&weights, &self.config)?;
         weights.finish()?;
         Ok(LoadedModel {

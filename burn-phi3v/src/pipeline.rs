@@ -8,11 +8,12 @@
 //! processed prompts ([`Pipeline::stream_processed`], [`Generator`]) and, for a known backend,
 //! the typed model with its steps ([`Pipeline::loaded`]).
 
+use crate::kernels::Kernels;
 use std::any::Any;
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 
-use burn::tensor::{DType, backend::Backend};
+use burn::tensor::DType;
 use image::DynamicImage;
 
 use crate::device::{DeviceFn, DeviceInfo, parse_dtype, with_device_dtype};
@@ -229,7 +230,7 @@ trait DynModel: Send + Sync {
     fn as_any(&self) -> &dyn Any;
 }
 
-impl<B: Backend> DynModel for LoadedModel<B> {
+impl<B: Kernels> DynModel for LoadedModel<B> {
     fn processor(&self) -> &Phi3VProcessor {
         &self.processor
     }
@@ -261,7 +262,7 @@ trait DynGenerator {
     fn finish(self: Box<Self>) -> Result<Vec<GenerationOutput>>;
 }
 
-impl<B: Backend> DynGenerator for Generator<'_, B> {
+impl<B: Kernels> DynGenerator for Generator<'_, B> {
     fn step(&mut self, on_event: &mut dyn FnMut(StreamEvent<'_>)) -> Result<bool> {
         Generator::step(self, on_event)
     }
@@ -408,7 +409,7 @@ struct Load<'a>(&'a Path, &'a LoadOptions);
 
 impl DeviceFn for Load<'_> {
     type Output = Result<Pipeline>;
-    fn run<B: Backend>(self, device: &B::Device, info: &DeviceInfo, dtype: DType) -> Self::Output {
+    fn run<B: Kernels>(self, device: &B::Device, info: &DeviceInfo, dtype: DType) -> Self::Output {
         check_device_memory(self.0, info, dtype)?;
         let m = LoadedModel::<B>::from_pretrained(self.0, device, &LoadOptions { dtype: Some(dtype), ..self.1.clone() })?;
         Ok(Pipeline {
@@ -442,13 +443,13 @@ impl Pipeline {
     /// assert!(pipeline.loaded::<Cpu>().is_some());
     /// # Ok::<(), burn_phi3v::Phi3vError>(())
     /// ```
-    pub fn from_pretrained_on<B: Backend>(dir: impl AsRef<Path>, device: &B::Device, options: &LoadOptions) -> Result<Self> {
+    pub fn from_pretrained_on<B: Kernels>(dir: impl AsRef<Path>, device: &B::Device, options: &LoadOptions) -> Result<Self> {
         Ok(Self::from_loaded(LoadedModel::<B>::from_pretrained(dir, device, options)?))
     }
 
     /// Wraps a model loaded on a backend of the caller's choice. Its [`device`](Self::device)
     /// is described from what Burn reports (`backend` is `"custom"`).
-    pub fn from_loaded<B: Backend>(model: LoadedModel<B>) -> Self {
+    pub fn from_loaded<B: Kernels>(model: LoadedModel<B>) -> Self {
         let device = model.model.device();
         let dtype = model.model.dtype();
         let info = DeviceInfo {
@@ -506,7 +507,7 @@ impl Pipeline {
     /// The typed model, when it runs on backend `B` (e.g. [`backends::Cpu`](crate::backends)
     /// for the device string `cpu`): its [`model`](LoadedModel::model) gives the steps
     /// (`embed_images`, `embed_inputs`, `forward`, `logits`, `new_cache`).
-    pub fn loaded<B: Backend>(&self) -> Option<&LoadedModel<B>> {
+    pub fn loaded<B: Kernels>(&self) -> Option<&LoadedModel<B>> {
         self.model.as_any().downcast_ref()
     }
 

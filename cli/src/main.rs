@@ -7,11 +7,12 @@
 //! phi3v serve --port 8000
 //! ```
 
+use burn_phi3v::kernels::Kernels;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use burn::tensor::{DType, backend::Backend};
+use burn::tensor::DType;
 use burn_phi3v::device::{DeviceInfo, dtype_name};
 use burn_phi3v::image_processor::load_image;
 use burn_phi3v::{GenerationParams, LoadedModel, Message, Phi3VProcessor, SamplingParams, apply_chat_template, generate, with_image_tags};
@@ -217,7 +218,7 @@ struct GenerateJob(GenerateArgs);
 impl DeviceFn for GenerateJob {
     type Output = CliResult<()>;
 
-    fn run<B: Backend>(self, device: &B::Device, info: &DeviceInfo, dtype: DType) -> CliResult<()> {
+    fn run<B: Kernels>(self, device: &B::Device, info: &DeviceInfo, dtype: DType) -> CliResult<()> {
         let a = self.0;
         let dir = model_dir(&a.prompt);
         let bar = indicatif::ProgressBar::new(0).with_style(

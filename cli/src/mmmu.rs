@@ -1,10 +1,11 @@
 //! `phi3v mmmu run` and `phi3v mmmu compare`: the MMMU accuracy-parity protocol
 //! (`phi3v-accuracy`) with the model on any device.
 
+use burn_phi3v::kernels::Kernels;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use burn::tensor::{DType, backend::Backend};
+use burn::tensor::DType;
 use burn_phi3v::device::{DeviceInfo, dtype_name};
 use burn_phi3v::{GenerationParams, LoadedModel, generate};
 use clap::{Args, Subcommand};
@@ -72,11 +73,11 @@ pub struct CompareArgs {
 /// The model as an MMMU answerer: greedy, stop on EOS, option-letter log-probabilities at the
 /// first generated position (the `▁X` token of each letter, which is how the tokenizer spells a
 /// word-initial letter; the bare `X` when the vocabulary lacks it).
-struct ModelAnswerer<'a, B: Backend> {
+struct ModelAnswerer<'a, B: Kernels> {
     loaded: &'a LoadedModel<B>,
 }
 
-impl<B: Backend> Answerer for ModelAnswerer<'_, B> {
+impl<B: Kernels> Answerer for ModelAnswerer<'_, B> {
     type Error = burn_phi3v::Phi3vError;
 
     fn answer(&mut self, q: &Query<'_>) -> Result<Answer, Self::Error> {
@@ -113,7 +114,7 @@ struct RunJob(RunArgs);
 impl DeviceFn for RunJob {
     type Output = CliResult<()>;
 
-    fn run<B: Backend>(self, device: &B::Device, info: &DeviceInfo, dtype: DType) -> CliResult<()> {
+    fn run<B: Kernels>(self, device: &B::Device, info: &DeviceInfo, dtype: DType) -> CliResult<()> {
         let a = self.0;
         let model_dir = a.model.clone().unwrap_or_else(|| PathBuf::from(crate::EMBEDDED_MODEL));
         let filter = dataset::Filter {

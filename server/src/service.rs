@@ -7,10 +7,11 @@
 //! into a tokio channel ([`ModelService::start`]); a [`Generation`] dropped before its request
 //! finished (a client that went away) cancels it in the engine.
 
+use burn_phi3v::kernels::Kernels;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use burn_phi3v::burn::tensor::{DType, backend::Backend};
+use burn_phi3v::burn::tensor::DType;
 use burn_phi3v::device::{DeviceInfo, dtype_name};
 use burn_phi3v::engine::Canceller;
 use burn_phi3v::{
@@ -97,7 +98,7 @@ struct SpawnEngine<'a>(&'a ModelOptions);
 impl DeviceFn for SpawnEngine<'_> {
     type Output = Result<ModelService, Phi3vError>;
 
-    fn run<B: Backend>(self, device: &B::Device, info: &DeviceInfo, dtype: DType) -> Self::Output {
+    fn run<B: Kernels>(self, device: &B::Device, info: &DeviceInfo, dtype: DType) -> Self::Output {
         let o = self.0;
         let mut loaded = if o.random_weights {
             LoadedModel::<B>::random(&o.model_dir, device, dtype)?

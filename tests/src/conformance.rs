@@ -10,13 +10,13 @@
 use burn::tensor::{
     Bool, DType, Int, Tensor, TensorData,
     activation::{gelu, log_softmax, sigmoid, silu, softmax},
-    backend::Backend,
     module::{conv2d, embedding, linear},
     ops::ConvOptions,
 };
 use burn_phi3v::device::{DeviceInfo, dtype_name};
 use burn_phi3v::model::nn::{LayerNorm, attend, set_composed_attention};
-use burn_phi3v::model::phi3::{Phi3RmsNorm, apply_rotary};
+use burn_phi3v::kernels::{self, Kernels, set_fused_kernels};
+use burn_phi3v::model::phi3::Phi3RmsNorm;
 use phi3v_devices::DeviceFn;
 
 use crate::rng::Rng;
@@ -93,7 +93,7 @@ pub struct OpSuite {
     pub large: bool,
 }
 
-struct Ctx<'a, B: Backend> {
+struct Ctx<'a, B: Kernels> {
     device: &'a B::Device,
     round: DType,
     compute: DType,
@@ -109,7 +109,7 @@ fn round_to(x: f32, dtype: DType) -> f32 {
     }
 }
 
-impl<B: Backend> Ctx<'_, B> {
+impl<B: Kernels> Ctx<'_, B> {
     /// Values uniform in `±scale`, rounded to the dtype, as host data.
     fn values(&mut self, n: usize, scale: f32) -> Vec<f32> {
         (0..n).map(|_| round_to((self.rng.unit() * 2.0 - 1.0) * scale, self.round)).collect()
@@ -144,7 +144,7 @@ impl<B: Backend> Ctx<'_, B> {
 
 impl DeviceFn for OpSuite {
     type Output = Vec<OpOutput>;
-    fn run<B: Backend>(self, device: &B::Device, _: &DeviceInfo, _: DType) -> Vec<OpOutput> {
+    fn run<B: Kernels>(self, device: &B::Device, _: &DeviceInfo, _: DType) -> Vec<OpOutput> {
         let mut out = Vec::new();
         for (i, &dtype) in self.dtypes.iter().enumerate() {
             let mut c = Ctx::<B> {
@@ -166,7 +166,7 @@ impl DeviceFn for OpSuite {
     }
 }
 
-fn matmuls<B: Backend>(c: &mut Ctx<B>, large: bool) {
+fn matmuls<B: Kernels>(c: &mut Ctx<B>, large: bool) {
     let mut shapes = vec![(1, 96, 64), (7, 33, 65), (64, 256, 96), (100, 96, 128), (16, 192, 576)];
     if large {
         shapes.extend([(16, 3072, 9216), (1024, 3072, 3072)]);
@@ -184,7 +184,7 @@ fn matmuls<B: Backend>(c: &mut Ctx<B>, large: bool) {
     c.record("linear [2, 9, 80] · [48, 80]ᵀ + bias", 80, linear(x, w.transpose(), Some(bias)));
 }
 
-fn reductions<B: Backend>(c: &mut Ctx<B>) {
+fn reductions<B: Kernels>(c: &mut Ctx<B>) {
     let x = c.input([6, 1000], 1.0);
     c.record("sum_dim [6, 1000] dim 1", 1000, x.clone().sum_dim(1));
     c.record("mean_dim [6, 1000] dim 1", 1000, x.clone().mean_dim(1));
@@ -203,7 +203,7 @@ fn reductions<B: Backend>(c: &mut Ctx<B>) {
     c.record("cumsum [4, 8, 77] dim 2", 77, y.cumsum(2));
 }
 
-fn elementwise<B: Backend>(c: &mut Ctx<B>) {
+fn elementwise<B: Kernels>(c: &mut Ctx<B>) {
     let s = "[3, 257]";
     let (x, y) = (c.input([3, 257], 2.0), c.input([3, 257], 2.0));
     let p = c.positive([3, 257], 0.5, 2.0);
@@ -234,7 +234,7 @@ fn elementwise<B: Backend>(c: &mut Ctx<B>) {
     c.record(format!("cast f32 and back {s}"), 1, x.clone().cast(DType::F32).exp().cast(c.compute));
 }
 
-fn indexing<B: Backend>(c: &mut Ctx<B>) {
+fn indexing<B: Kernels>(c: &mut Ctx<B>) {
     let t = c.input([50, 64], 1.0);
     let rows = c.indices([20], 50);
     c.record("select dim 0 [50, 64] by 20 indices", 1, t.clone().select(0, rows));
@@ -260,7 +260,7 @@ fn indexing<B: Backend>(c: &mut Ctx<B>) {
     c.record("embedding [500, 64] by [3, 11]", 1, embedding(table, ids));
 }
 
-fn attention<B: Backend>(c: &mut Ctx<B>) {
+fn attention<B: Kernels>(c: &mut Ctx<B>) {
     // (batch, heads, queries, keys, head_dim, causal, explicit bottom-right mask)
     let shapes = [
         (1, 4, 37, 37, 64, true, false),
@@ -290,25 +290,33 @@ fn attention<B: Backend>(c: &mut Ctx<B>) {
     }
 }
 
-fn model_ops<B: Backend>(c: &mut Ctx<B>) {
+fn model_ops<B: Kernels>(c: &mut Ctx<B>) {
+    // The model's fused steps (burn_phi3v::kernels), each with the backend's kernel and
+    // composed from Burn ops; the CPU reference composes both.
     let x = c.input([2, 9, 256], 2.0);
-    let norm = Phi3RmsNorm { weight: c.input([256], 1.0), eps: 1e-5 };
-    c.record("Phi3RMSNorm [2, 9, 256]", 256, norm.forward(x.clone()));
     let ln = LayerNorm { weight: c.input([256], 1.0), bias: c.input([256], 0.5), eps: 1e-5 };
-    c.record("CLIP LayerNorm [2, 9, 256]", 256, ln.forward(x));
-    // Rotary embedding with cos/sin of host-drawn angles (LongRoPE tables are such values).
-    let q = c.input([1, 4, 9, 96], 1.0);
-    let angles = c.values(9 * 48, 3.0);
+    c.record("CLIP LayerNorm [2, 9, 256]", 256, ln.forward(x.clone()));
+    let norm = Phi3RmsNorm { weight: c.input([256], 1.0), eps: 1e-5 };
+    // Rotary embedding of queries read from a fused qkv row, as the decoder does (a strided
+    // view), with cos/sin of host-drawn angles (LongRoPE tables are such values).
+    let qkv = c.input([2, 9, 3 * 4 * 96], 1.0);
+    let q = qkv.narrow(2, 4 * 96, 4 * 96);
+    let angles = c.values(2 * 9 * 48, 3.0);
     let table = |f: fn(f32) -> f32| {
-        let v: Vec<f32> = (0..9).flat_map(|p| (0..96).map(move |i| (p, i % 48))).map(|(p, i)| f(angles[p * 48 + i])).collect();
-        Tensor::<B, 4>::from_data(TensorData::new(v, [1, 1, 9, 96]), (c.device, c.compute))
+        let v: Vec<f32> = (0..18).flat_map(|p| (0..96).map(move |i| (p, i % 48))).map(|(p, i)| f(angles[p * 48 + i])).collect();
+        Tensor::<B, 4>::from_data(TensorData::new(v, [2, 1, 9, 96]), (c.device, c.compute))
     };
     let (cos, sin) = (table(f32::cos), table(f32::sin));
-    c.record("rotary (rotate_half) [1, 4, 9, 96]", 1, apply_rotary(q, &cos, &sin));
-    // Phi3MLP's activation: gate and up halves of gate_up_proj's output, up · silu(gate).
+    // Phi3MLP's activation over gate_up_proj's output, up · silu(gate).
     let gate_up = c.input([2, 9, 384], 3.0);
-    let (gate, up) = (gate_up.clone().narrow(2, 0, 192), gate_up.narrow(2, 192, 192));
-    c.record("gate_up split, up·silu(gate) [2, 9, 384]", 1, up * silu(gate));
+    for fused in [true, false] {
+        set_fused_kernels(fused);
+        let how = if fused { "kernel" } else { "composed" };
+        c.record(format!("Phi3RMSNorm [2, 9, 256], {how}"), 256, norm.forward(x.clone()));
+        c.record(format!("rotary, 4 heads of 96 from a qkv row [2, 9, 384], {how}"), 1, kernels::rotary(q.clone(), &cos, &sin, 96));
+        c.record(format!("up·silu(gate) [2, 9, 384], {how}"), 1, kernels::silu_mul(gate_up.clone()));
+    }
+    set_fused_kernels(true);
     let h = c.input([2, 9, 128], 3.0);
     c.record("quick_gelu [2, 9, 128]", 1, h.clone() * sigmoid(h * 1.702));
     // CLIP's patch embedding: 14×14 patches, stride 14, no bias.

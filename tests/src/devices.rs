@@ -1,7 +1,8 @@
 //! Runs the parity checks on every device this build and machine offer, through the same
 //! device strings users give (`phi3v_devices`).
 
-use burn::tensor::{DType, backend::Backend};
+use burn_phi3v::kernels::Kernels;
+use burn::tensor::DType;
 use burn_phi3v::device::{DeviceInfo, dtype_name, parse_dtype};
 use burn_phi3v::{GenerationParams, LoadedModel, generate};
 use phi3v_devices::DeviceFn;
@@ -52,7 +53,7 @@ pub struct CaseJob<'a>(pub &'a Case);
 
 impl DeviceFn for CaseJob<'_> {
     type Output = CaseReport;
-    fn run<B: Backend>(self, device: &B::Device, _: &DeviceInfo, dtype: DType) -> CaseReport {
+    fn run<B: Kernels>(self, device: &B::Device, _: &DeviceInfo, dtype: DType) -> CaseReport {
         let mut r = run_case::<B>(self.0, device, dtype);
         // Cached generation (the engine path) must give the same greedy ids as recomputation.
         let loaded = LoadedModel::<B>::load(&model_dir(&self.0.model), device, dtype, None).expect("load");
@@ -82,7 +83,7 @@ pub struct ProbeJob<'a>(pub &'a str);
 
 impl DeviceFn for ProbeJob<'_> {
     type Output = ProbeReport;
-    fn run<B: Backend>(self, device: &B::Device, _: &DeviceInfo, dtype: DType) -> ProbeReport {
+    fn run<B: Kernels>(self, device: &B::Device, _: &DeviceInfo, dtype: DType) -> ProbeReport {
         run_vision_probe::<B>(self.0, device, dtype)
     }
 }

@@ -1,7 +1,8 @@
 //! The fixture parity check, written once for every backend and dtype. It returns a report of
 //! what it measured; tests assert on it and the GPU parity run prints it.
 
-use burn::tensor::{DType, Tensor, TensorData, backend::Backend};
+use burn_phi3v::kernels::Kernels;
+use burn::tensor::{DType, Tensor, TensorData};
 use burn_phi3v::image_processor::{ProcessedImage, load_image};
 use burn_phi3v::model::CropGrid;
 use burn_phi3v::{LoadedModel, Phi3VForCausalLM};
@@ -83,7 +84,7 @@ fn topk(row: &[f32], k: usize) -> Vec<usize> {
     top
 }
 
-fn to_vec<B: Backend, const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
+fn to_vec<B: Kernels, const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
     t.into_data()
         .convert::<f32>()
         .to_vec::<f32>()
@@ -91,13 +92,13 @@ fn to_vec<B: Backend, const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
 }
 
 /// Logits of positions `range` of `hidden` (`[1, S, D]`), as host rows.
-fn logits_rows<B: Backend>(model: &Phi3VForCausalLM<B>, hidden: &Tensor<B, 3>, start: usize, len: usize) -> Vec<f32> {
+fn logits_rows<B: Kernels>(model: &Phi3VForCausalLM<B>, hidden: &Tensor<B, 3>, start: usize, len: usize) -> Vec<f32> {
     to_vec(model.logits(hidden.clone().narrow(1, start, len)))
 }
 
 /// Last-position logits of one sequence computed from scratch (no cache), as the reference's
 /// greedy loop did.
-pub fn last_logits_by_recompute<B: Backend>(model: &Phi3VForCausalLM<B>, ids: &[i64], features: Option<Tensor<B, 2>>) -> Vec<f32> {
+pub fn last_logits_by_recompute<B: Kernels>(model: &Phi3VForCausalLM<B>, ids: &[i64], features: Option<Tensor<B, 2>>) -> Vec<f32> {
     let n = ids.len();
     let embeds = model.embed_inputs(&[ids.to_vec()], features).expect("inputs embed");
     let mut cache = model.new_cache();
@@ -106,7 +107,7 @@ pub fn last_logits_by_recompute<B: Backend>(model: &Phi3VForCausalLM<B>, ids: &[
 }
 
 /// Greedy ids by full recomputation at every step.
-pub fn greedy_by_recompute<B: Backend>(model: &Phi3VForCausalLM<B>, prompt: &[i64], features: Option<Tensor<B, 2>>, steps: usize) -> Vec<u32> {
+pub fn greedy_by_recompute<B: Kernels>(model: &Phi3VForCausalLM<B>, prompt: &[i64], features: Option<Tensor<B, 2>>, steps: usize) -> Vec<u32> {
     let mut ids = prompt.to_vec();
     let mut out = Vec::new();
     for _ in 0..steps {
@@ -118,7 +119,7 @@ pub fn greedy_by_recompute<B: Backend>(model: &Phi3VForCausalLM<B>, prompt: &[i6
 }
 
 /// Uploads preprocessed images as one `[Σ crops, 3, 336, 336]` tensor.
-pub fn pixel_tensor<B: Backend>(images: &[ProcessedImage], device: &B::Device, dtype: DType) -> Option<(Tensor<B, 4>, Vec<CropGrid>)> {
+pub fn pixel_tensor<B: Kernels>(images: &[ProcessedImage], device: &B::Device, dtype: DType) -> Option<(Tensor<B, 4>, Vec<CropGrid>)> {
     if images.is_empty() {
         return None;
     }
@@ -140,12 +141,12 @@ pub enum JpegSource {
 }
 
 /// Runs one fixture case on `device` in `dtype` and measures everything the fixtures pin down.
-pub fn run_case<B: Backend>(case: &Case, device: &B::Device, dtype: DType) -> CaseReport {
+pub fn run_case<B: Kernels>(case: &Case, device: &B::Device, dtype: DType) -> CaseReport {
     run_case_with::<B>(case, device, dtype, JpegSource::ReferenceDecoded)
 }
 
 /// [`run_case`] with a choice of JPEG source.
-pub fn run_case_with<B: Backend>(case: &Case, device: &B::Device, dtype: DType, jpeg: JpegSource) -> CaseReport {
+pub fn run_case_with<B: Kernels>(case: &Case, device: &B::Device, dtype: DType, jpeg: JpegSource) -> CaseReport {
     let is_jpeg = |f: &String| f.ends_with(".jpg") || f.ends_with(".jpeg");
     let own_jpeg = jpeg == JpegSource::OwnDecoder && case.images.iter().any(is_jpeg);
     let mut tol = Tolerance::for_dtype(dtype);
@@ -349,7 +350,7 @@ pub fn probe_pixels() -> Vec<f32> {
 }
 
 /// Runs `vision_probe.<model>.safetensors` on `device` in `dtype`.
-pub fn run_vision_probe<B: Backend>(model_name: &str, device: &B::Device, dtype: DType) -> ProbeReport {
+pub fn run_vision_probe<B: Kernels>(model_name: &str, device: &B::Device, dtype: DType) -> ProbeReport {
     let tol = Tolerance::for_dtype(dtype);
     let tensors = crate::fixtures::read_tensors(&crate::fixtures::fixtures_dir().join(format!("cases/vision_probe.{model_name}.safetensors")));
     let loaded = LoadedModel::<B>::load(&model_dir(model_name), device, dtype, None).expect("tiny checkpoint loads");

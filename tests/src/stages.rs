@@ -1,7 +1,8 @@
 //! The vision tower stage by stage, to compare a device with the CPU and localise a backend
 //! difference to one op (patch embedding, LayerNorm, attention, MLP).
 
-use burn::tensor::{DType, Tensor, TensorData, backend::Backend};
+use burn_phi3v::kernels::Kernels;
+use burn::tensor::{DType, Tensor, TensorData};
 use burn_phi3v::LoadedModel;
 use burn_phi3v::device::DeviceInfo;
 use phi3v_devices::DeviceFn;
@@ -12,13 +13,13 @@ use crate::tolerance::max_abs_diff;
 /// Outputs of the vision tower's stages on the probe pixels (phi3v-tiny).
 pub struct Stages;
 
-fn host<B: Backend, const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
+fn host<B: Kernels, const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
     t.into_data().convert::<f32>().to_vec::<f32>().unwrap()
 }
 
 impl DeviceFn for Stages {
     type Output = Vec<(&'static str, Vec<f32>)>;
-    fn run<B: Backend>(self, device: &B::Device, _: &DeviceInfo, dtype: DType) -> Self::Output {
+    fn run<B: Kernels>(self, device: &B::Device, _: &DeviceInfo, dtype: DType) -> Self::Output {
         let m = LoadedModel::<B>::load(&model_dir("phi3v-tiny"), device, dtype, None).unwrap();
         let clip = &m.model.vision_embed_tokens.as_ref().unwrap().img_processor;
         let px = Tensor::<B, 4>::from_data(TensorData::new(probe_pixels(), [3, 3, 336, 336]), (device, dtype));
@@ -69,7 +70,7 @@ fn pattern(n: usize, seed: f32, scale: f32) -> Vec<f32> {
 
 impl DeviceFn for OpVariants {
     type Output = Vec<(String, Vec<f32>)>;
-    fn run<B: Backend>(self, device: &B::Device, _: &DeviceInfo, dtype: DType) -> Self::Output {
+    fn run<B: Kernels>(self, device: &B::Device, _: &DeviceInfo, dtype: DType) -> Self::Output {
         use burn::tensor::module::linear;
         let mut out = Vec::new();
         let mut shapes = vec![(3, 577, 32, 64), (3, 577, 64, 32), (3, 577, 32, 32), (1, 776, 32, 96), (1, 775, 32, 96), (1, 776, 64, 32), (1, 776, 32, 128)];

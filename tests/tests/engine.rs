@@ -3,10 +3,11 @@
 //! and match their solo runs, cancellation frees a request at once, requests that can never
 //! run are refused with typed errors, and a sequence crossing LongRoPE's 4096 is recomputed.
 
+use burn_phi3v::kernels::Kernels;
 use std::thread;
 
 use burn::backend::Flex;
-use burn::tensor::{DType, backend::Backend};
+use burn::tensor::DType;
 use burn_phi3v::device::{DeviceInfo, dtype_name};
 use burn_phi3v::image_processor::load_image;
 use burn_phi3v::{
@@ -20,7 +21,7 @@ use phi3v_tests::{Case, model_dir};
 
 type Cpu = Flex;
 
-fn load_on<B: Backend>(model: &str, device: &B::Device, dtype: DType) -> LoadedModel<B> {
+fn load_on<B: Kernels>(model: &str, device: &B::Device, dtype: DType) -> LoadedModel<B> {
     LoadedModel::load(&model_dir(model), device, dtype, None).expect("tiny checkpoint")
 }
 
@@ -28,17 +29,17 @@ fn load(model: &str) -> LoadedModel<Cpu> {
     load_on(model, &Default::default(), DType::F32)
 }
 
-fn engine<B: Backend>(m: &LoadedModel<B>, config: EngineConfig) -> Engine<B> {
+fn engine<B: Kernels>(m: &LoadedModel<B>, config: EngineConfig) -> Engine<B> {
     Engine::new(m.model.clone(), processor(m), config).expect("engine")
 }
 
 /// A second processor for the engine (the test keeps `m.processor` for the solo runs).
-fn processor<B: Backend>(m: &LoadedModel<B>) -> Phi3VProcessor {
+fn processor<B: Kernels>(m: &LoadedModel<B>) -> Phi3VProcessor {
     Phi3VProcessor::from_dir(&m.dir).expect("processor")
 }
 
 /// What `generate` produces for this request alone.
-fn solo<B: Backend>(m: &LoadedModel<B>, prompt: &ProcessedPrompt, params: &GenerationParams) -> Vec<u32> {
+fn solo<B: Kernels>(m: &LoadedModel<B>, prompt: &ProcessedPrompt, params: &GenerationParams) -> Vec<u32> {
     generate(&m.model, &m.processor, &[prompt], std::slice::from_ref(params), |_| {}).expect("solo")[0]
         .token_ids
         .clone()
@@ -48,12 +49,12 @@ fn greedy(n: usize) -> GenerationParams {
     GenerationParams { max_new_tokens: n, ..Default::default() }
 }
 
-fn text_prompt<B: Backend>(m: &LoadedModel<B>, text: &str) -> ProcessedPrompt {
+fn text_prompt<B: Kernels>(m: &LoadedModel<B>, text: &str) -> ProcessedPrompt {
     m.processor.process(&format!("<|user|>\n{text}<|end|>\n<|assistant|>\n"), &[]).expect("prompt")
 }
 
 /// A fixture case's prompt with its images.
-fn case_prompt<B: Backend>(m: &LoadedModel<B>, name: &str) -> ProcessedPrompt {
+fn case_prompt<B: Kernels>(m: &LoadedModel<B>, name: &str) -> ProcessedPrompt {
     let case = Case::load(name);
     let images: Vec<_> = case.images.iter().map(|f| load_image(&Case::image_path(f), u64::MAX).expect("image")).collect();
     m.processor.process(&case.prompt, &images).expect("prompt")
@@ -77,7 +78,7 @@ struct ConcurrentJob;
 
 impl DeviceFn for ConcurrentJob {
     type Output = Vec<String>;
-    fn run<B: Backend>(self, device: &B::Device, _: &DeviceInfo, dtype: DType) -> Vec<String> {
+    fn run<B: Kernels>(self, device: &B::Device, _: &DeviceInfo, dtype: DType) -> Vec<String> {
         let sets: [(&str, &[&str]); 2] = [
             ("phi35v-tiny", &["coffee_portrait", "two_images", "multi_turn", "tiny_rgba_upscaled"]),
             ("phi3v-tiny", &["panorama"]),
@@ -93,7 +94,7 @@ impl DeviceFn for ConcurrentJob {
 
 /// The requests of [`concurrent_greedy_requests_equal_solo_runs`] on one model (the image
 /// prompts of `cases`, and text prompts); the failures.
-fn concurrent_requests<B: Backend>(m: &LoadedModel<B>, cases: &[&str]) -> Vec<String> {
+fn concurrent_requests<B: Kernels>(m: &LoadedModel<B>, cases: &[&str]) -> Vec<String> {
     let mut requests: Vec<(ProcessedPrompt, GenerationParams)> = Vec::new();
     for (i, case) in cases.iter().enumerate() {
         requests.push((case_prompt(m, case), greedy(3 + 2 * i)));

@@ -40,7 +40,7 @@ struct Linears;
 
 impl phi3v_devices::DeviceFn for Linears {
     type Output = Vec<(String, Vec<f32>)>;
-    fn run<B: burn::tensor::backend::Backend>(
+    fn run<B: burn_phi3v::kernels::Kernels>(
         self,
         device: &B::Device,
         _: &burn_phi3v::device::DeviceInfo,
@@ -72,7 +72,7 @@ struct CachedSteps;
 
 impl phi3v_devices::DeviceFn for CachedSteps {
     type Output = Vec<(String, f32)>;
-    fn run<B: burn::tensor::backend::Backend>(
+    fn run<B: burn_phi3v::kernels::Kernels>(
         self,
         device: &B::Device,
         _: &burn_phi3v::device::DeviceInfo,
@@ -126,7 +126,7 @@ struct OneToken;
 
 impl phi3v_devices::DeviceFn for OneToken {
     type Output = Vec<(&'static str, Vec<f32>)>;
-    fn run<B: burn::tensor::backend::Backend>(
+    fn run<B: burn_phi3v::kernels::Kernels>(
         self,
         device: &B::Device,
         _: &burn_phi3v::device::DeviceInfo,

@@ -23,6 +23,7 @@
 mod block_pool;
 mod scheduler;
 
+use crate::kernels::Kernels;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
@@ -342,13 +343,13 @@ pub struct Engine<B: Backend> {
     stats: EngineStats,
 }
 
-impl<B: Backend> std::fmt::Debug for Engine<B> {
+impl<B: Kernels> std::fmt::Debug for Engine<B> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Engine").field("config", &self.config).field("stats", &self.stats()).finish_non_exhaustive()
     }
 }
 
-impl<B: Backend> Engine<B> {
+impl<B: Kernels> Engine<B> {
     /// An engine over `model`, allocating its KV-cache pool (`config.num_blocks` blocks) on the
     /// model's device in the model's dtype.
     pub fn new(model: Phi3VForCausalLM<B>, processor: Phi3VProcessor, config: EngineConfig) -> Result<Self> {
@@ -640,7 +641,7 @@ pub struct EngineThread<B: Backend> {
     handle: JoinHandle<Engine<B>>,
 }
 
-impl<B: Backend> EngineThread<B> {
+impl<B: Kernels> EngineThread<B> {
     /// A client to submit requests with.
     pub fn client(&self) -> EngineClient {
         self.client.clone()

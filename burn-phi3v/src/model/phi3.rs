@@ -4,16 +4,16 @@
 //! Reference: `modeling_phi3_v.py` (Phi3RMSNorm, Phi3SuScaledRotaryEmbedding, Phi3Attention,
 //! Phi3MLP, Phi3DecoderLayer, Phi3VModel) of microsoft/Phi-3-vision-128k-instruct; spec §2.
 
+use crate::kernels::{self, Kernels};
 use burn::tensor::{
     Bool, DType, Int, Tensor, TensorData,
-    activation::silu,
     backend::Backend,
     module::embedding,
 };
 
 use crate::config::{RopeScaling, TextConfig};
 use crate::error::Result;
-use crate::model::nn::{Linear, attend, from_f32, repeat_kv, to_f32};
+use crate::model::nn::{Linear, attend, repeat_kv};
 use crate::model::paged::{PagedBatch, PagedKvCache, PagedLayer, paged_attention};
 use crate::weights::Weights;
 
@@ -136,22 +136,6 @@ impl RotaryEmbedding {
     }
 }
 
-/// `[x1, x2] → [−x2, x1]` over the last dimension.
-fn rotate_half<B: Backend>(x: Tensor<B, 4>) -> Tensor<B, 4> {
-    let half = x.dims()[3] / 2;
-    let x1 = x.clone().narrow(3, 0, half);
-    let x2 = x.narrow(3, half, half);
-    Tensor::cat(vec![x2.neg(), x1], 3)
-}
-
-/// `x·cos + rotate_half(x)·sin`.
-///
-/// # Shapes
-/// `x`: `[batch, heads, seq, head_dim]`; `cos`, `sin`: `[batch, 1, seq, head_dim]` → like `x`
-pub fn apply_rotary<B: Backend>(x: Tensor<B, 4>, cos: &Tensor<B, 4>, sin: &Tensor<B, 4>) -> Tensor<B, 4> {
-    x.clone() * cos.clone() + rotate_half(x) * sin.clone()
-}
-
 // ---------------------------------------------------------------------------------------------
 // RMSNorm
 // ---------------------------------------------------------------------------------------------
@@ -165,7 +149,7 @@ pub struct Phi3RmsNorm<B: Backend> {
     pub eps: f64,
 }
 
-impl<B: Backend> Phi3RmsNorm<B> {
+impl<B: Kernels> Phi3RmsNorm<B> {
     fn load(w: &Weights<B>, prefix: &str, d: usize, eps: f64) -> Result<Self> {
         Ok(Self {
             weight: w.tensor(&format!("{prefix}.weight"), [d])?,
@@ -176,10 +160,7 @@ impl<B: Backend> Phi3RmsNorm<B> {
     /// # Shapes
     /// `[batch, seq, hidden]` → same
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        let (x, dtype) = to_f32(x);
-        let variance = x.clone().square().mean_dim(2);
-        let x = from_f32(x * (variance + self.eps).sqrt().recip(), dtype);
-        x * self.weight.clone().unsqueeze()
+        kernels::rms_norm(x, &self.weight, self.eps)
     }
 }
 
@@ -206,7 +187,7 @@ pub struct KvCache<B: Backend> {
     pub regimes: Vec<RopeRegime>,
 }
 
-impl<B: Backend> KvCache<B> {
+impl<B: Kernels> KvCache<B> {
     /// An empty cache for `num_layers` layers.
     pub fn new(num_layers: usize) -> Self {
         Self {
@@ -247,7 +228,7 @@ pub struct Phi3Attention<B: Backend> {
     head_dim: usize,
 }
 
-impl<B: Backend> Phi3Attention<B> {
+impl<B: Kernels> Phi3Attention<B> {
     fn load(w: &Weights<B>, prefix: &str, c: &TextConfig) -> Result<Self> {
         let hd = c.head_dim();
         let qkv_out = (c.num_attention_heads + 2 * c.num_key_value_heads) * hd;
@@ -270,10 +251,10 @@ impl<B: Backend> Phi3Attention<B> {
         let (h, kvh, hd) = (self.num_heads, self.num_kv_heads, self.head_dim);
         let qkv = self.qkv_proj.forward(x); // [b, s, (h + 2kvh)·hd]
         let heads = |t: Tensor<B, 3>, n: usize| t.reshape([b, s, n, hd]).swap_dims(1, 2); // [b, n, s, hd]
-        let q = heads(qkv.clone().narrow(2, 0, h * hd), h);
-        let k = heads(qkv.clone().narrow(2, h * hd, kvh * hd), kvh);
-        let v = heads(qkv.narrow(2, (h + kvh) * hd, kvh * hd), kvh);
-        (apply_rotary(q, cos, sin), apply_rotary(k, cos, sin), v)
+        let q = kernels::rotary(qkv.clone().narrow(2, 0, h * hd), cos, sin, hd);
+        let k = kernels::rotary(qkv.clone().narrow(2, h * hd, kvh * hd), cos, sin, hd);
+        let v = qkv.narrow(2, (h + kvh) * hd, kvh * hd);
+        (heads(q, h), heads(k, kvh), heads(v, kvh))
     }
 
     /// # Shapes
@@ -359,15 +340,13 @@ pub struct Phi3Mlp<B: Backend> {
     pub gate_up_proj: Linear<B>,
     /// `[intermediate, hidden]`.
     pub down_proj: Linear<B>,
-    intermediate: usize,
 }
 
-impl<B: Backend> Phi3Mlp<B> {
+impl<B: Kernels> Phi3Mlp<B> {
     fn load(w: &Weights<B>, prefix: &str, c: &TextConfig) -> Result<Self> {
         Ok(Self {
             gate_up_proj: Linear::load(w, &format!("{prefix}.gate_up_proj"), c.hidden_size, 2 * c.intermediate_size, false)?,
             down_proj: Linear::load(w, &format!("{prefix}.down_proj"), c.intermediate_size, c.hidden_size, false)?,
-            intermediate: c.intermediate_size,
         })
     }
 
@@ -375,9 +354,7 @@ impl<B: Backend> Phi3Mlp<B> {
     /// `[batch, seq, hidden]` → same
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
         let gate_up = self.gate_up_proj.forward(x); // [b, s, 2·intermediate]
-        let gate = gate_up.clone().narrow(2, 0, self.intermediate);
-        let up = gate_up.narrow(2, self.intermediate, self.intermediate);
-        self.down_proj.forward(up * silu(gate))
+        self.down_proj.forward(kernels::silu_mul(gate_up)) // up · silu(gate)
     }
 }
 
@@ -398,7 +375,7 @@ pub struct Phi3DecoderLayer<B: Backend> {
     pub mlp: Phi3Mlp<B>,
 }
 
-impl<B: Backend> Phi3DecoderLayer<B> {
+impl<B: Kernels> Phi3DecoderLayer<B> {
     fn load(w: &Weights<B>, prefix: &str, c: &TextConfig) -> Result<Self> {
         let eps = c.rms_norm_eps;
         Ok(Self {
@@ -452,7 +429,7 @@ pub struct Phi3Model<B: Backend> {
     pub rotary_emb: RotaryEmbedding,
 }
 
-impl<B: Backend> Phi3Model<B> {
+impl<B: Kernels> Phi3Model<B> {
     /// Loads the decoder under `prefix` (`model`). `embed_aliases` are other names the
     /// checkpoint may store `embed_tokens` under.
     pub fn load(w: &Weights<B>, prefix: &str, c: &TextConfig, embed_aliases: &[&str]) -> Result<Self> {

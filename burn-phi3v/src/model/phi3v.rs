@@ -7,6 +7,7 @@
 //! Reference: `image_embedding_phi3_v.py` (Phi3ImageEmbedding.hd_feature_transform,
 //! reshape_hd_patches_2x2merge, add_image_newline) and `modeling_phi3_v.py`; spec §2.1, §3.4–3.6.
 
+use crate::kernels::Kernels;
 use burn::tensor::{Bool, DType, FloatDType, Int, Tensor, TensorData, activation::gelu, backend::Backend};
 
 use crate::config::{Phi3VConfig, VisionEmbeddingConfig};
@@ -35,7 +36,7 @@ pub struct Phi3ImageEmbedding<B: Backend> {
     pub img_projection_2: Linear<B>,
 }
 
-impl<B: Backend> Phi3ImageEmbedding<B> {
+impl<B: Kernels> Phi3ImageEmbedding<B> {
     fn load(w: &Weights<B>, prefix: &str, c: &VisionEmbeddingConfig, text_hidden: usize) -> Result<Self> {
         let c4 = 4 * c.image_dim_out;
         Ok(Self {
@@ -114,7 +115,7 @@ pub struct Phi3VForCausalLM<B: Backend> {
     pub config: Phi3VConfig,
 }
 
-impl<B: Backend> Phi3VForCausalLM<B> {
+impl<B: Kernels> Phi3VForCausalLM<B> {
     /// Builds the model from checkpoint tensors (strict: see [`Weights::finish`]).
     pub fn load(w: &Weights<B>, config: &Phi3VConfig) -> Result<Self> {
         let t = &config.text;

@@ -1,7 +1,7 @@
 //! `phi3v bench breakdown`: where the time of a decode step and of a prefill goes, stage by
 //! stage of a decoder layer, at the real shapes with random weights (issue 10: measure first).
 //!
-//! Every stage is the model's own code (its modules' `forward`, `attend`, `apply_rotary`) on
+//! Every stage is the model's own code (its modules' `forward`, `attend`, `kernels::rotary`) on
 //! inputs of the shapes the model gives it. A stage is called `runs` times back to back after
 //! `warmup` calls, between two device synchronisations; the figure is the mean per call, which
 //! includes its launches as a real step does. `bench/peer_kernels.py` measures the same stages
@@ -10,9 +10,10 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use burn::tensor::{DType, Distribution, Int, Tensor, TensorData, activation::silu, backend::Backend};
+use burn::tensor::{DType, Distribution, Int, Tensor, TensorData};
 use burn_phi3v::device::{DeviceInfo, dtype_name};
-use burn_phi3v::model::phi3::{LayerKv, apply_rotary};
+use burn_phi3v::kernels::{self, Kernels};
+use burn_phi3v::model::phi3::LayerKv;
 use burn_phi3v::model::{KvCache, Phi3VForCausalLM, RopeRegime};
 use burn_phi3v::weights::Weights;
 use burn_phi3v::{DeviceFn, Phi3VConfig, with_device};
@@ -48,6 +49,10 @@ pub struct BreakdownArgs {
     /// Timed calls per stage.
     #[arg(long, default_value_t = 20)]
     runs: usize,
+    /// Time the model's steps composed from Burn ops instead of its kernels
+    /// (burn_phi3v::kernels; like PHI3V_FUSED_KERNELS=0), to compare the two.
+    #[arg(long)]
+    composed_kernels: bool,
     /// The PyTorch peer's breakdown (bench/peer_kernels.py) to put beside ours.
     #[arg(long)]
     peer: Option<PathBuf>,
@@ -128,8 +133,11 @@ struct BreakdownJob {
 impl DeviceFn for BreakdownJob {
     type Output = CliResult<Breakdown>;
 
-    fn run<B: Backend>(self, device: &B::Device, info: &DeviceInfo, dtype: DType) -> CliResult<Breakdown> {
+    fn run<B: Kernels>(self, device: &B::Device, info: &DeviceInfo, dtype: DType) -> CliResult<Breakdown> {
         let a = &self.args;
+        if a.composed_kernels {
+            kernels::set_fused_kernels(false);
+        }
         let w = Weights::<B>::random(device, dtype);
         let model = Phi3VForCausalLM::load(&w, &self.config)?;
         let timer = Timer::<B> {
@@ -147,7 +155,7 @@ impl DeviceFn for BreakdownJob {
             phases.push(phase(&model, &timer, dtype, 1, a.prefill, 0));
         }
         Ok(Breakdown {
-            engine: "burn-phi3v".into(),
+            engine: if kernels::fused_kernels() { "burn-phi3v" } else { "burn-phi3v, composed steps" }.into(),
             device: format!("{} ({})", info.name, info.spec),
             dtype: dtype_name(dtype).into(),
             preset: a.preset.clone(),
@@ -156,13 +164,13 @@ impl DeviceFn for BreakdownJob {
     }
 }
 
-struct Timer<B: Backend> {
+struct Timer<B: Kernels> {
     device: B::Device,
     warmup: usize,
     runs: usize,
 }
 
-impl<B: Backend> Timer<B> {
+impl<B: Kernels> Timer<B> {
     /// Mean microseconds per call of `f`, `runs` calls between two synchronisations.
     fn time<T>(&self, mut f: impl FnMut() -> T) -> f64 {
         for _ in 0..self.warmup {
@@ -178,12 +186,12 @@ impl<B: Backend> Timer<B> {
     }
 }
 
-fn random<B: Backend, const D: usize>(shape: [usize; D], device: &B::Device, dtype: DType) -> Tensor<B, D> {
+fn random<B: Kernels, const D: usize>(shape: [usize; D], device: &B::Device, dtype: DType) -> Tensor<B, D> {
     Tensor::<B, D>::random(shape, Distribution::Normal(0.0, 1.0), device).cast(dtype)
 }
 
 /// `b` rows of `s` new tokens after `ctx` cached keys.
-fn phase<B: Backend>(model: &Phi3VForCausalLM<B>, timer: &Timer<B>, dtype: DType, b: usize, s: usize, ctx: usize) -> Phase {
+fn phase<B: Kernels>(model: &Phi3VForCausalLM<B>, timer: &Timer<B>, dtype: DType, b: usize, s: usize, ctx: usize) -> Phase {
     let device = &timer.device;
     let c = &model.config.text;
     let (hidden, h, hd, inter) = (c.hidden_size, c.num_attention_heads, c.head_dim(), c.intermediate_size);
@@ -199,8 +207,9 @@ fn phase<B: Backend>(model: &Phi3VForCausalLM<B>, timer: &Timer<B>, dtype: DType
     let x = random::<B, 3>([b, s, hidden], device, dtype);
     let qkv = attn.qkv_proj.forward(x.clone());
     let heads = |t: Tensor<B, 3>, n: usize| t.reshape([b, s, n, hd]).swap_dims(1, 2);
-    let q = heads(qkv.clone().narrow(2, 0, h * hd), h);
-    let k = heads(qkv.clone().narrow(2, h * hd, kvh * hd), kvh);
+    let (q_rows, k_rows) = (qkv.clone().narrow(2, 0, h * hd), qkv.clone().narrow(2, h * hd, kvh * hd));
+    let q = heads(q_rows.clone(), h);
+    let k = heads(k_rows.clone(), kvh);
     let v = heads(qkv.narrow(2, (h + kvh) * hd, kvh * hd), kvh);
     let cached = (ctx > 0).then(|| LayerKv {
         k: random::<B, 4>([b, kvh, ctx, hd], device, dtype),
@@ -228,7 +237,7 @@ fn phase<B: Backend>(model: &Phi3VForCausalLM<B>, timer: &Timer<B>, dtype: DType
     };
     stage("input_layernorm", 1, timer.time(|| layer.input_layernorm.forward(x.clone())));
     stage("qkv_proj", 1, timer.time(|| attn.qkv_proj.forward(x.clone())));
-    stage("rotary (q and k)", 1, timer.time(|| (apply_rotary(q.clone(), &cos, &sin), apply_rotary(k.clone(), &cos, &sin))));
+    stage("rotary (q and k)", 1, timer.time(|| (kernels::rotary(q_rows.clone(), &cos, &sin, hd), kernels::rotary(k_rows.clone(), &cos, &sin, hd))));
     if let Some(kv) = &cached {
         stage(
             "kv-cache append (k and v)",
@@ -248,7 +257,7 @@ fn phase<B: Backend>(model: &Phi3VForCausalLM<B>, timer: &Timer<B>, dtype: DType
     stage(
         "silu(gate)·up",
         1,
-        timer.time(|| gate_up.clone().narrow(2, inter, inter) * silu(gate_up.clone().narrow(2, 0, inter))),
+        timer.time(|| kernels::silu_mul(gate_up.clone())),
     );
     stage("down_proj", 1, timer.time(|| layer.mlp.down_proj.forward(act.clone())));
     stage("rotary tables (host)", 0, timer.time(|| rope.tables::<B>(&positions, &regimes, device, dtype)));

@@ -7,13 +7,14 @@ pub mod breakdown;
 mod plot;
 pub mod report;
 
+use burn_phi3v::kernels::Kernels;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Instant;
 
-use burn::tensor::{DType, Tensor, TensorData, backend::Backend};
+use burn::tensor::{DType, Tensor, TensorData};
 use burn_phi3v::device::{DeviceInfo, dtype_name};
 use burn_phi3v::weights::{Checkpoint, Weights};
 use burn_phi3v::engine::{Engine, EngineConfig, RequestEvent};
@@ -214,7 +215,7 @@ fn random_ids(n: usize, seed: u64, vocab: usize) -> Vec<i64> {
 }
 
 /// Runs `f` between two device synchronisations; seconds.
-fn timed<B: Backend, T>(device: &B::Device, f: impl FnOnce() -> T) -> (T, f64) {
+fn timed<B: Kernels, T>(device: &B::Device, f: impl FnOnce() -> T) -> (T, f64) {
     let _ = B::sync(device);
     let t = Instant::now();
     let r = f();
@@ -304,7 +305,7 @@ fn progress(len: usize, what: &str) -> indicatif::ProgressBar {
 impl DeviceFn for BenchJob {
     type Output = CliResult<BenchReport>;
 
-    fn run<B: Backend>(self, device: &B::Device, info: &DeviceInfo, dtype: DType) -> CliResult<BenchReport> {
+    fn run<B: Kernels>(self, device: &B::Device, info: &DeviceInfo, dtype: DType) -> CliResult<BenchReport> {
         let a = &self.args;
         let monitor = DeviceMemoryMonitor::start(info);
         let load_start = Instant::now();
@@ -396,7 +397,7 @@ impl DeviceFn for BenchJob {
     }
 }
 
-struct Bench<'a, B: Backend> {
+struct Bench<'a, B: Kernels> {
     model: &'a Phi3VForCausalLM<B>,
     processor: &'a Phi3VProcessor,
     device: &'a B::Device,
@@ -406,7 +407,7 @@ struct Bench<'a, B: Backend> {
     kv_bytes_per_token: u64,
 }
 
-impl<B: Backend> Bench<'_, B> {
+impl<B: Kernels> Bench<'_, B> {
     /// Writes what has been measured so far (memory figures included).
     fn save(&self, report: &BenchReport) {
         let mut r = report.clone();

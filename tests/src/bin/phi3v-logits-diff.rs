@@ -7,9 +7,10 @@
 //! ```
 //! Prints a Markdown table; exit code 1 if a device fails or the argmax differs.
 
+use burn_phi3v::kernels::Kernels;
 use std::process::ExitCode;
 
-use burn::tensor::{DType, backend::Backend};
+use burn::tensor::DType;
 use burn_phi3v::LoadedModel;
 use burn_phi3v::device::{DeviceInfo, dtype_name};
 use phi3v_devices::DeviceFn;
@@ -23,7 +24,7 @@ struct LastLogits<'a>(&'a Case);
 
 impl DeviceFn for LastLogits<'_> {
     type Output = Vec<f32>;
-    fn run<B: Backend>(self, device: &B::Device, _: &DeviceInfo, dtype: DType) -> Vec<f32> {
+    fn run<B: Kernels>(self, device: &B::Device, _: &DeviceInfo, dtype: DType) -> Vec<f32> {
         let loaded = LoadedModel::<B>::load(&model_dir(&self.0.model), device, dtype, None).expect("tiny checkpoint loads");
         let images: Vec<_> = self
             .0

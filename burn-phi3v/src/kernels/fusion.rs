@@ -1,0 +1,82 @@
+//! [`Kernels`] on Burn's fusion backend: each step is registered in the fusion stream as a
+//! custom operation that runs the inner backend's kernel when the stream executes.
+
+use std::marker::PhantomData;
+
+use burn::tensor::{Shape, ops::FloatTensor};
+use burn_fusion::{
+    Fusion, FusionBackend, FusionRuntime,
+    stream::{Operation, OperationStreams},
+};
+use burn_ir::{CustomOpIr, HandleContainer, OperationIr, OperationOutput, TensorIr};
+
+use super::Kernels;
+
+/// Which step a [`Step`] runs, with its non-tensor arguments.
+#[derive(Clone, Copy, Debug)]
+enum Kind {
+    RmsNorm { eps: f64 },
+    Rotary { head_dim: usize },
+    SiluMul,
+}
+
+/// A custom operation of the fusion stream running one [`Kernels`] step of the inner backend.
+#[derive(Clone, Debug)]
+struct Step<B> {
+    desc: CustomOpIr,
+    kind: Kind,
+    _backend: PhantomData<B>,
+}
+
+impl<B: FusionBackend + Kernels> Operation<B::FusionRuntime> for Step<B> {
+    fn execute(&self, handles: &mut HandleContainer<<B::FusionRuntime as FusionRuntime>::FusionHandle>) {
+        let output = &self.desc.outputs[0];
+        let mut input = |i: usize| handles.get_float_tensor::<B>(&self.desc.inputs[i]);
+        let result = match self.kind {
+            Kind::RmsNorm { eps } => B::rms_norm(input(0), input(1), eps),
+            Kind::Rotary { head_dim } => B::rotary(input(0), input(1), input(2), head_dim),
+            Kind::SiluMul => B::silu_mul(input(0)),
+        };
+        handles.register_float_tensor::<B>(&output.id, result);
+    }
+}
+
+/// Registers `kind` over `inputs` with one output of `shape` (the first input's dtype).
+fn register<B: FusionBackend + Kernels>(name: &'static str, kind: Kind, inputs: Vec<FloatTensor<Fusion<B>>>, shape: Shape) -> FloatTensor<Fusion<B>> {
+    let client = inputs[0].client.clone();
+    let dtype = inputs[0].dtype;
+    let streams = OperationStreams::with_inputs(inputs.iter());
+    let output = TensorIr::uninit(client.create_empty_handle(), shape, dtype);
+    let inputs: Vec<TensorIr> = inputs.into_iter().map(|t| t.into_ir()).collect();
+    let desc = CustomOpIr::new(name, &inputs, &[output]);
+    client
+        .register(
+            streams,
+            OperationIr::Custom(desc.clone()),
+            Step::<B> {
+                desc,
+                kind,
+                _backend: PhantomData,
+            },
+        )
+        .output()
+}
+
+impl<B: FusionBackend + Kernels> Kernels for Fusion<B> {
+    fn rms_norm(x: FloatTensor<Self>, weight: FloatTensor<Self>, eps: f64) -> FloatTensor<Self> {
+        let shape = x.shape.clone();
+        register::<B>("phi3v_rms_norm", Kind::RmsNorm { eps }, vec![x, weight], shape)
+    }
+
+    fn rotary(x: FloatTensor<Self>, cos: FloatTensor<Self>, sin: FloatTensor<Self>, head_dim: usize) -> FloatTensor<Self> {
+        let shape = x.shape.clone();
+        register::<B>("phi3v_rotary", Kind::Rotary { head_dim }, vec![x, cos, sin], shape)
+    }
+
+    fn silu_mul(gate_up: FloatTensor<Self>) -> FloatTensor<Self> {
+        let mut shape = gate_up.shape.clone();
+        let last = shape.num_dims() - 1;
+        shape[last] /= 2;
+        register::<B>("phi3v_silu_mul", Kind::SiluMul, vec![gate_up], shape)
+    }
+}

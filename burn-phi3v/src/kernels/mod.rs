@@ -1,0 +1,154 @@
+//! The model's fused operations, behind a backend-extension trait.
+//!
+//! [`Kernels`] names the steps that Burn composes from several launches each and that the
+//! model runs in every decoder layer: `Phi3RMSNorm`, the rotary embedding of queries and
+//! keys, and the `SiLU(gate) · up` of the MLP. Each method's default implementation composes
+//! Burn ops exactly as the reference does ([`composed`]), so every backend runs the model;
+//! the CubeCL backends (CUDA, wgpu, ROCm, the plugin runtime, with or without fusion)
+//! override them with one kernel each (`cube.rs`, `fusion.rs`).
+//!
+//! The model calls the functions of this module ([`rms_norm`], [`rotary`], [`silu_mul`]),
+//! which take the backend's kernel unless [`set_fused_kernels`]`(false)` or
+//! `PHI3V_FUSED_KERNELS=0` chose the composed path (to compare the two, or to work around a
+//! kernel).
+//!
+//! A backend this crate does not know implements the trait with the defaults:
+//! `impl burn_phi3v::kernels::Kernels for MyBackend {}`.
+
+use std::sync::atomic::{AtomicU8, Ordering};
+
+use burn::tensor::{Tensor, TensorPrimitive, activation::silu, backend::Backend, ops::FloatTensor};
+
+#[cfg(feature = "cube")]
+mod cube;
+#[cfg(all(feature = "fusion", feature = "cube"))]
+mod fusion;
+
+/// Fused operations of the model. Every method has a default composed from Burn ops.
+///
+/// Shapes are those of the model's tensors; the primitives carry them at run time.
+pub trait Kernels: Backend {
+    /// `Phi3RMSNorm`: `x / sqrt(mean(x²) + eps)` over the last dimension in f32, cast back to
+    /// `x`'s dtype, times `weight`.
+    ///
+    /// # Shapes
+    /// `x`: `[batch, seq, hidden]`; `weight`: `[hidden]` → `[batch, seq, hidden]`
+    fn rms_norm(x: FloatTensor<Self>, weight: FloatTensor<Self>, eps: f64) -> FloatTensor<Self> {
+        let x = Tensor::<Self, 3>::from_primitive(TensorPrimitive::Float(x));
+        let weight = Tensor::<Self, 1>::from_primitive(TensorPrimitive::Float(weight));
+        composed::rms_norm(x, weight, eps).into_primitive().tensor()
+    }
+
+    /// Rotary embedding of every head: `x·cos + rotate_half(x)·sin` per head of `head_dim`
+    /// values, where `rotate_half([x1, x2]) = [−x2, x1]`.
+    ///
+    /// # Shapes
+    /// `x`: `[batch, seq, heads · head_dim]` (any strides); `cos`, `sin`:
+    /// `[batch, 1, seq, head_dim]` → `[batch, seq, heads · head_dim]`
+    fn rotary(x: FloatTensor<Self>, cos: FloatTensor<Self>, sin: FloatTensor<Self>, head_dim: usize) -> FloatTensor<Self> {
+        let x = Tensor::<Self, 3>::from_primitive(TensorPrimitive::Float(x));
+        let cos = Tensor::<Self, 4>::from_primitive(TensorPrimitive::Float(cos));
+        let sin = Tensor::<Self, 4>::from_primitive(TensorPrimitive::Float(sin));
+        composed::rotary(x, &cos, &sin, head_dim).into_primitive().tensor()
+    }
+
+    /// The MLP's activation: `up · SiLU(gate)` where `[gate, up]` are the two halves of the
+    /// last dimension.
+    ///
+    /// # Shapes
+    /// `gate_up`: `[batch, seq, 2 · intermediate]` → `[batch, seq, intermediate]`
+    fn silu_mul(gate_up: FloatTensor<Self>) -> FloatTensor<Self> {
+        let gate_up = Tensor::<Self, 3>::from_primitive(TensorPrimitive::Float(gate_up));
+        composed::silu_mul(gate_up).into_primitive().tensor()
+    }
+}
+
+#[cfg(feature = "cpu")]
+impl Kernels for burn::backend::Flex {}
+
+/// The model's steps composed from Burn ops, as the reference writes them: the default of
+/// every [`Kernels`] method and the reference its kernels are tested against.
+pub mod composed {
+    use super::*;
+
+    /// See [`Kernels::rms_norm`].
+    pub fn rms_norm<B: Backend>(x: Tensor<B, 3>, weight: Tensor<B, 1>, eps: f64) -> Tensor<B, 3> {
+        let dtype = x.dtype();
+        let x = x.cast(burn::tensor::FloatDType::F32);
+        let variance = x.clone().square().mean_dim(2);
+        let x = (x * (variance + eps).sqrt().recip()).cast(dtype);
+        x * weight.unsqueeze()
+    }
+
+    /// See [`Kernels::rotary`].
+    pub fn rotary<B: Backend>(x: Tensor<B, 3>, cos: &Tensor<B, 4>, sin: &Tensor<B, 4>, head_dim: usize) -> Tensor<B, 3> {
+        let [b, s, width] = x.dims();
+        let x = x.reshape([b, s, width / head_dim, head_dim]);
+        let (cos, sin) = (cos.clone().swap_dims(1, 2), sin.clone().swap_dims(1, 2)); // [b, s, 1, hd]
+        let half = head_dim / 2;
+        let x1 = x.clone().narrow(3, 0, half);
+        let x2 = x.clone().narrow(3, half, half);
+        let rotated = Tensor::cat(vec![x2.neg(), x1], 3);
+        (x * cos + rotated * sin).reshape([b, s, width])
+    }
+
+    /// See [`Kernels::silu_mul`].
+    pub fn silu_mul<B: Backend>(gate_up: Tensor<B, 3>) -> Tensor<B, 3> {
+        let intermediate = gate_up.dims()[2] / 2;
+        let gate = gate_up.clone().narrow(2, 0, intermediate);
+        let up = gate_up.narrow(2, intermediate, intermediate);
+        up * silu(gate)
+    }
+}
+
+/// 0 = not decided yet, 1 = the backend's kernels, 2 = composed.
+static FUSED: AtomicU8 = AtomicU8::new(0);
+
+/// Chooses the backend's [`Kernels`] (`true`, the default) or the composed steps (`false`) for
+/// every later call; also set by `PHI3V_FUSED_KERNELS=0`.
+pub fn set_fused_kernels(fused: bool) {
+    FUSED.store(if fused { 1 } else { 2 }, Ordering::Relaxed);
+}
+
+/// Whether the backend's [`Kernels`] run (see [`set_fused_kernels`]).
+pub fn fused_kernels() -> bool {
+    match FUSED.load(Ordering::Relaxed) {
+        0 => {
+            let on = !std::env::var("PHI3V_FUSED_KERNELS").is_ok_and(|v| v == "0" || v == "false");
+            set_fused_kernels(on);
+            on
+        }
+        v => v == 1,
+    }
+}
+
+/// [`Kernels::rms_norm`] on tensors (composed when [`fused_kernels`] is off).
+pub fn rms_norm<B: Kernels>(x: Tensor<B, 3>, weight: &Tensor<B, 1>, eps: f64) -> Tensor<B, 3> {
+    if !fused_kernels() {
+        return composed::rms_norm(x, weight.clone(), eps);
+    }
+    let out = B::rms_norm(x.into_primitive().tensor(), weight.clone().into_primitive().tensor(), eps);
+    Tensor::from_primitive(TensorPrimitive::Float(out))
+}
+
+/// [`Kernels::rotary`] on tensors (composed when [`fused_kernels`] is off).
+pub fn rotary<B: Kernels>(x: Tensor<B, 3>, cos: &Tensor<B, 4>, sin: &Tensor<B, 4>, head_dim: usize) -> Tensor<B, 3> {
+    if !fused_kernels() {
+        return composed::rotary(x, cos, sin, head_dim);
+    }
+    let out = B::rotary(
+        x.into_primitive().tensor(),
+        cos.clone().into_primitive().tensor(),
+        sin.clone().into_primitive().tensor(),
+        head_dim,
+    );
+    Tensor::from_primitive(TensorPrimitive::Float(out))
+}
+
+/// [`Kernels::silu_mul`] on tensors (composed when [`fused_kernels`] is off).
+pub fn silu_mul<B: Kernels>(gate_up: Tensor<B, 3>) -> Tensor<B, 3> {
+    if !fused_kernels() {
+        return composed::silu_mul(gate_up);
+    }
+    Tensor::from_primitive(TensorPrimitive::Float(B::silu_mul(gate_up.into_primitive().tensor())))
+}

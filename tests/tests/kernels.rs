@@ -1,0 +1,126 @@
+//! The model's kernels (burn_phi3v::kernels) against their composed fallbacks on the same
+//! device, on fresh random inputs each run (the seed is printed), at the model's real widths
+//! and at awkward ones, on every test target. Tolerances: `OpTolerance` (per dtype, relative
+//! to the largest magnitude), the one the conformance checks use.
+
+use burn::tensor::{DType, Tensor, TensorData};
+use burn_phi3v::device::{DeviceInfo, dtype_name};
+use burn_phi3v::kernels::{self, Kernels, set_fused_kernels};
+use phi3v_devices::DeviceFn;
+use phi3v_tests::conformance::OpTolerance;
+use phi3v_tests::devices::test_targets;
+use phi3v_tests::rng::Rng;
+
+fn clock_seed() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64
+}
+
+/// One comparison: what ran, its relative error, the bound.
+struct Check {
+    what: String,
+    rel_err: f32,
+    bound: f32,
+}
+
+struct KernelJob {
+    seed: u64,
+}
+
+impl KernelJob {
+    fn checks<B: Kernels>(&self, device: &B::Device, dtype: DType) -> Vec<Check> {
+        let mut rng = Rng(self.seed | 1);
+        let mut input = |shape: Vec<usize>, scale: f32| {
+            let n: usize = shape.iter().product();
+            let v: Vec<f32> = (0..n).map(|_| (rng.unit() * 2.0 - 1.0) * scale).collect();
+            (v, shape)
+        };
+        let tensor = |(v, shape): (Vec<f32>, Vec<usize>)| Tensor::<B, 1>::from_data(TensorData::new(v, [shape.iter().product::<usize>()]), (device, dtype));
+        let tolerance = OpTolerance::for_dtype(dtype);
+        let mut checks = Vec::new();
+        let mut compare = |what: String, accumulated: usize, fused: Tensor<B, 3>, composed: Tensor<B, 3>| {
+            assert_eq!(fused.dims(), composed.dims(), "{what}");
+            let reference: Vec<f32> = composed.into_data().convert::<f32>().into_vec().unwrap();
+            let got: Vec<f32> = fused.into_data().convert::<f32>().into_vec().unwrap();
+            let scale = reference.iter().fold(0f32, |m, v| m.max(v.abs())).max(f32::MIN_POSITIVE);
+            let max_abs = reference.iter().zip(&got).fold(0f32, |m, (r, g)| if (r - g).abs().is_nan() { f32::INFINITY } else { m.max((r - g).abs()) });
+            checks.push(Check { what, rel_err: max_abs / scale, bound: tolerance.bound(accumulated) });
+        };
+        let both = |f: &dyn Fn() -> Tensor<B, 3>| {
+            set_fused_kernels(true);
+            let fused = f();
+            set_fused_kernels(false);
+            let composed = f();
+            set_fused_kernels(true);
+            (fused, composed)
+        };
+
+        // RMSNorm: Phi-3's hidden 3072, a width under the 256 units of a row, one not a multiple
+        // of them; one row and many.
+        for (rows, width) in [(1, 3072), (7, 3072), (3, 100), (5, 1000)] {
+            let x = tensor(input(vec![rows * width], 2.0)).reshape([1, rows, width]);
+            let weight = tensor(input(vec![width], 1.0));
+            let (fused, composed) = both(&|| kernels::rms_norm(x.clone(), &weight, 1e-5));
+            // Statistics in f32 on both sides: the dtype rounds the output only (no sqrt(n)).
+            compare(format!("rms_norm [1, {rows}, {width}]"), 1, fused, composed);
+        }
+
+        // Rotary: queries and keys read from a fused qkv row (strided views) as the decoder
+        // does: 32 heads of 96 (Phi-3), and 3 heads of 64 over 2 sequences of 5 positions.
+        for (batch, seq, heads, head_dim) in [(1, 1, 32, 96), (2, 5, 3, 64), (1, 9, 4, 96)] {
+            let width = heads * head_dim;
+            let qkv = tensor(input(vec![batch * seq * 3 * width], 1.0)).reshape([batch, seq, 3 * width]);
+            let angles = input(vec![batch * seq * head_dim / 2], 3.0).0;
+            let table = |f: fn(f32) -> f32| {
+                let v: Vec<f32> = (0..batch * seq)
+                    .flat_map(|r| (0..head_dim).map(move |i| (r, i % (head_dim / 2))))
+                    .map(|(r, i)| f(angles[r * head_dim / 2 + i]))
+                    .collect();
+                Tensor::<B, 4>::from_data(TensorData::new(v, [batch, 1, seq, head_dim]), (device, dtype))
+            };
+            let (cos, sin) = (table(f32::cos), table(f32::sin));
+            for (name, start) in [("q", 0), ("k", width)] {
+                let rows = qkv.clone().narrow(2, start, width);
+                let (fused, composed) = both(&|| kernels::rotary(rows.clone(), &cos, &sin, head_dim));
+                compare(format!("rotary {name} [{batch}, {seq}, {heads}×{head_dim}]"), 2, fused, composed);
+            }
+        }
+
+        // SiLU·mul over gate_up_proj's output: Phi-3's 2 × 8192, and an odd width.
+        for (rows, intermediate) in [(1, 8192), (3, 8192), (2, 77)] {
+            let gate_up = tensor(input(vec![rows * 2 * intermediate], 3.0)).reshape([1, rows, 2 * intermediate]);
+            let (fused, composed) = both(&|| kernels::silu_mul(gate_up.clone()));
+            compare(format!("silu_mul [1, {rows}, 2×{intermediate}]"), 1, fused, composed);
+        }
+        // Inputs must be random, never constant: a kernel reading the wrong element of a constant
+        // tensor would pass.
+        let x = tensor(input(vec![64], 1.0));
+        let values: Vec<f32> = x.into_data().convert::<f32>().into_vec().unwrap();
+        assert!(values.iter().any(|v| (v - values[0]).abs() > 1e-3), "inputs are not random");
+        checks
+    }
+}
+
+impl DeviceFn for KernelJob {
+    type Output = Vec<Check>;
+    fn run<B: Kernels>(self, device: &B::Device, _: &DeviceInfo, dtype: DType) -> Vec<Check> {
+        self.checks::<B>(device, dtype)
+    }
+}
+
+#[test]
+fn kernels_equal_their_composed_fallbacks_on_every_target() {
+    let seed = clock_seed();
+    let mut failed = Vec::new();
+    for (spec, dtype) in test_targets() {
+        let checks = burn_phi3v::device::with_device_dtype(&spec, Some(dtype), KernelJob { seed }).unwrap_or_else(|e| panic!("{spec}: {e}"));
+        assert!(checks.len() >= 13, "{spec}: the kernel list ran short");
+        for c in &checks {
+            let pass = c.rel_err <= c.bound;
+            eprintln!("{spec} {} {}: {:.2e} (bound {:.2e}){}", dtype_name(dtype), c.what, c.rel_err, c.bound, if pass { "" } else { "  FAIL" });
+            if !pass {
+                failed.push(format!("{spec} {}: {}: {:.2e} > {:.2e}", dtype_name(dtype), c.what, c.rel_err, c.bound));
+            }
+        }
+    }
+    assert!(failed.is_empty(), "seed {seed}:\n{}", failed.join("\n"));
+}
