@@ -91,6 +91,20 @@ impl KernelJob {
             let (fused, composed) = both(&|| kernels::silu_mul(gate_up.clone()));
             compare(format!("silu_mul [1, {rows}, 2×{intermediate}]"), 1, fused, composed);
         }
+        // Decode attention: one query row over the cache. Phi-3's 32 heads of 96 over 1024
+        // keys; grouped-query heads (4 over 2) reading a cache view with spare capacity (a
+        // strided narrow); one key; head_dim 128.
+        for (batch, heads, kv_heads, keys, capacity, head_dim) in [(1, 32, 32, 1024, 1024, 96), (3, 4, 2, 37, 50, 64), (2, 2, 2, 1, 1, 96), (1, 2, 1, 300, 301, 128)] {
+            let q = tensor(input(vec![batch * heads * head_dim], 1.0)).reshape([batch, heads, 1, head_dim]);
+            let cache = |t: Tensor<B, 1>| t.reshape([batch, kv_heads, capacity, head_dim]).narrow(2, 0, keys);
+            let k = cache(tensor(input(vec![batch * kv_heads * capacity * head_dim], 1.0)));
+            let v = cache(tensor(input(vec![batch * kv_heads * capacity * head_dim], 1.0)));
+            let (fused, composed) = both(&|| {
+                let out = kernels::decode_attention(q.clone(), k.clone(), v.clone());
+                out.reshape([batch, heads, head_dim])
+            });
+            compare(format!("decode_attention [{batch}, {heads}/{kv_heads} heads, {keys} keys, {head_dim}]"), head_dim, fused, composed);
+        }
         // Inputs must be random, never constant: a kernel reading the wrong element of a constant
         // tensor would pass.
         let x = tensor(input(vec![64], 1.0));
@@ -113,7 +127,7 @@ fn kernels_equal_their_composed_fallbacks_on_every_target() {
     let mut failed = Vec::new();
     for (spec, dtype) in test_targets() {
         let checks = burn_phi3v::device::with_device_dtype(&spec, Some(dtype), KernelJob { seed }).unwrap_or_else(|e| panic!("{spec}: {e}"));
-        assert!(checks.len() >= 13, "{spec}: the kernel list ran short");
+        assert!(checks.len() >= 17, "{spec}: the kernel list ran short");
         for c in &checks {
             let pass = c.rel_err <= c.bound;
             eprintln!("{spec} {} {}: {:.2e} (bound {:.2e}){}", dtype_name(dtype), c.what, c.rel_err, c.bound, if pass { "" } else { "  FAIL" });

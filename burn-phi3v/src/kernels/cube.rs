@@ -31,6 +31,14 @@ where
     fn silu_mul(gate_up: FloatTensor<Self>) -> FloatTensor<Self> {
         silu_mul(gate_up)
     }
+
+    fn decode_attention(q: FloatTensor<Self>, k: FloatTensor<Self>, v: FloatTensor<Self>) -> FloatTensor<Self> {
+        let head_dim = q.meta.shape()[3];
+        if head_dim > ROW_UNITS as usize || head_dim == 0 {
+            return super::default_decode_attention::<Self>(q, k, v);
+        }
+        decode_attention(q, k, v)
+    }
 }
 
 /// Units per cube of the row kernels (a power of two: the reduction halves it).
@@ -210,6 +218,159 @@ pub(crate) fn silu_mul<R: CubeRuntime>(gate_up: CubeTensor<R>) -> CubeTensor<R> 
             address,
             gate_up.into_tensor_arg(),
             output.clone().into_tensor_arg(),
+            dtype.into(),
+        )
+    };
+    output
+}
+
+/// Sentinel below every score (the scores are finite: no mask).
+const NO_SCORE: f32 = -3.0e38;
+
+/// One cube per (batch, head) for one query row: the scores `q·k_j / sqrt(head_dim)` in f32
+/// (units over keys, into `scores`), their maximum and the sum of `exp(score − max)` by tree
+/// reductions in shared memory, then `Σ_j p_j v_j` with the units split into
+/// `units / head_dim` groups over the keys, one output dimension per unit. Keys and values are
+/// read through their strides (a cache view or a paged gather, no copy); a query head reads the
+/// key/value head `h / (heads / kv_heads)` (grouped-query attention).
+#[cube(launch_unchecked, address_type = "dynamic")]
+fn decode_attention_kernel<E: Float>(
+    q: &Tensor<E>,
+    k: &Tensor<E>,
+    v: &Tensor<E>,
+    scores: &mut Tensor<f32>,
+    output: &mut Tensor<E>,
+    scale: f32,
+    #[comptime] head_dim: usize,
+    #[comptime] units: usize,
+    #[define(E)] _dtype: StorageType,
+) {
+    let heads = q.shape(1);
+    let kv_heads = k.shape(1);
+    let keys = k.shape(2);
+    let bh = CUBE_POS;
+    let b = bh / heads;
+    let h = bh % heads;
+    let hk = h / (heads / kv_heads);
+    let unit = UNIT_POS as usize;
+    let q_base = b * q.stride(0) + h * q.stride(1);
+    let k_base = b * k.stride(0) + hk * k.stride(1);
+    let v_base = b * v.stride(0) + hk * v.stride(1);
+    let row = bh * keys;
+
+    let mut q_shared = SharedMemory::<f32>::new(head_dim);
+    if unit < head_dim {
+        q_shared[unit] = f32::cast_from(q[q_base + unit]) * scale;
+    }
+    let mut reduce = SharedMemory::<f32>::new(units);
+    reduce[unit] = f32::new(NO_SCORE);
+    sync_cube();
+
+    // Scores, and each unit's maximum.
+    let mut j = unit;
+    while j < keys {
+        let key = k_base + j * k.stride(2);
+        let mut dot = q_shared[0] * f32::cast_from(k[key]);
+        for d in 1..head_dim {
+            dot += q_shared[d] * f32::cast_from(k[key + d]);
+        }
+        scores[row + j] = dot;
+        let best = reduce[unit];
+        reduce[unit] = select(dot > best, dot, best);
+        j += units;
+    }
+    sync_cube();
+    let mut active = CUBE_DIM / 2;
+    while active > 0 {
+        if UNIT_POS < active {
+            let mine = reduce[unit];
+            let other = reduce[unit + active as usize];
+            reduce[unit] = select(other > mine, other, mine);
+        }
+        sync_cube();
+        active /= 2;
+    }
+    let max = reduce[0];
+    sync_cube();
+
+    // exp(score − max) in place, and each unit's sum.
+    reduce[unit] = f32::new(0.0);
+    let mut j = unit;
+    while j < keys {
+        let e = f32::exp(scores[row + j] - max);
+        scores[row + j] = e;
+        reduce[unit] += e;
+        j += units;
+    }
+    sync_storage();
+    sync_cube();
+    let mut active = CUBE_DIM / 2;
+    while active > 0 {
+        if UNIT_POS < active {
+            let other = reduce[unit + active as usize];
+            reduce[unit] += other;
+        }
+        sync_cube();
+        active /= 2;
+    }
+    let total = reduce[0];
+    sync_cube();
+
+    // Σ_j p_j v_j: group g of head_dim units takes keys g, g + groups, …
+    let groups = units / head_dim;
+    let mut partial = SharedMemory::<f32>::new(units);
+    if unit < groups * head_dim {
+        let g = unit / head_dim;
+        let d = unit % head_dim;
+        partial[unit] = f32::new(0.0);
+        let mut j = g;
+        while j < keys {
+            partial[unit] += scores[row + j] * f32::cast_from(v[v_base + j * v.stride(2) + d]);
+            j += groups;
+        }
+    }
+    sync_cube();
+    if unit < head_dim {
+        let mut sum = partial[unit];
+        for g in 1..groups {
+            sum += partial[g * head_dim + unit];
+        }
+        output[bh * head_dim + unit] = E::cast_from(sum / total);
+    }
+}
+
+/// Attention of one query row per (batch, head) over every cached key; see
+/// [`Kernels::decode_attention`].
+pub(crate) fn decode_attention<R: CubeRuntime>(q: CubeTensor<R>, k: CubeTensor<R>, v: CubeTensor<R>) -> CubeTensor<R> {
+    let last_unit = |t: CubeTensor<R>| if t.meta.strides()[3] == 1 { t } else { into_contiguous(t) };
+    let (q, k, v) = (last_unit(q), last_unit(k), last_unit(v));
+    let shape = q.meta.shape().clone();
+    let (batch, heads, head_dim) = (shape[0], shape[1], shape[3]);
+    let keys = k.meta.shape()[2];
+    let output = empty_device_dtype(q.client.clone(), q.device.clone(), shape, q.dtype);
+    if batch * heads == 0 || head_dim == 0 {
+        return output;
+    }
+    let scores = empty_device_dtype(q.client.clone(), q.device.clone(), [batch * heads, keys.max(1)].into(), DType::F32);
+    let address = [k.required_address_type(), v.required_address_type(), scores.required_address_type()]
+        .into_iter()
+        .max()
+        .unwrap_or_default();
+    let dtype = q.dtype;
+    unsafe {
+        decode_attention_kernel::launch_unchecked(
+            &output.client,
+            CubeCount::new_1d((batch * heads) as u32),
+            CubeDim::new_1d(ROW_UNITS),
+            address,
+            q.into_tensor_arg(),
+            k.into_tensor_arg(),
+            v.into_tensor_arg(),
+            scores.into_tensor_arg(),
+            output.clone().into_tensor_arg(),
+            1.0 / (head_dim as f32).sqrt(),
+            head_dim,
+            ROW_UNITS as usize,
             dtype.into(),
         )
     };

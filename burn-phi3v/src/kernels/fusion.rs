@@ -18,6 +18,7 @@ enum Kind {
     RmsNorm { eps: f64 },
     Rotary { head_dim: usize },
     SiluMul,
+    DecodeAttention,
 }
 
 /// A custom operation of the fusion stream running one [`Kernels`] step of the inner backend.
@@ -36,6 +37,7 @@ impl<B: FusionBackend + Kernels> Operation<B::FusionRuntime> for Step<B> {
             Kind::RmsNorm { eps } => B::rms_norm(input(0), input(1), eps),
             Kind::Rotary { head_dim } => B::rotary(input(0), input(1), input(2), head_dim),
             Kind::SiluMul => B::silu_mul(input(0)),
+            Kind::DecodeAttention => B::decode_attention(input(0), input(1), input(2)),
         };
         handles.register_float_tensor::<B>(&output.id, result);
     }
@@ -78,5 +80,10 @@ impl<B: FusionBackend + Kernels> Kernels for Fusion<B> {
         let last = shape.num_dims() - 1;
         shape[last] /= 2;
         register::<B>("phi3v_silu_mul", Kind::SiluMul, vec![gate_up], shape)
+    }
+
+    fn decode_attention(q: FloatTensor<Self>, k: FloatTensor<Self>, v: FloatTensor<Self>) -> FloatTensor<Self> {
+        let shape = q.shape.clone();
+        register::<B>("phi3v_decode_attention", Kind::DecodeAttention, vec![q, k, v], shape)
     }
 }

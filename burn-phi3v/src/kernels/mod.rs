@@ -2,12 +2,13 @@
 //!
 //! [`Kernels`] names the steps that Burn composes from several launches each and that the
 //! model runs in every decoder layer: `Phi3RMSNorm`, the rotary embedding of queries and
-//! keys, and the `SiLU(gate) · up` of the MLP. Each method's default implementation composes
+//! keys, the `SiLU(gate) · up` of the MLP, and the attention of a decode step. Each method's default implementation composes
 //! Burn ops exactly as the reference does ([`composed`]), so every backend runs the model;
 //! the CubeCL backends (CUDA, wgpu, ROCm, the plugin runtime, with or without fusion)
 //! override them with one kernel each (`cube.rs`, `fusion.rs`).
 //!
-//! The model calls the functions of this module ([`rms_norm`], [`rotary`], [`silu_mul`]),
+//! The model calls the functions of this module ([`rms_norm`], [`rotary`], [`silu_mul`],
+//! [`decode_attention`]),
 //! which take the backend's kernel unless [`set_fused_kernels`]`(false)` or
 //! `PHI3V_FUSED_KERNELS=0` chose the composed path (to compare the two, or to work around a
 //! kernel).
@@ -18,6 +19,8 @@
 use std::sync::atomic::{AtomicU8, Ordering};
 
 use burn::tensor::{Tensor, TensorPrimitive, activation::silu, backend::Backend, ops::FloatTensor};
+
+use crate::model::nn::repeat_kv;
 
 #[cfg(feature = "cube")]
 mod cube;
@@ -61,6 +64,23 @@ pub trait Kernels: Backend {
         let gate_up = Tensor::<Self, 3>::from_primitive(TensorPrimitive::Float(gate_up));
         composed::silu_mul(gate_up).into_primitive().tensor()
     }
+
+    /// Attention of one new query row over every key, no mask, `scale = 1/sqrt(head_dim)`:
+    /// a decode step. Keys and values have `kv_heads` heads (grouped-query attention: query
+    /// head `h` reads kv head `h / (heads / kv_heads)`).
+    ///
+    /// # Shapes
+    /// `q`: `[batch, heads, 1, head_dim]`; `k`, `v`: `[batch, kv_heads, keys, head_dim]`
+    /// → `[batch, heads, 1, head_dim]`
+    fn decode_attention(q: FloatTensor<Self>, k: FloatTensor<Self>, v: FloatTensor<Self>) -> FloatTensor<Self> {
+        default_decode_attention::<Self>(q, k, v)
+    }
+}
+
+/// [`Kernels::decode_attention`]'s default, for implementations that fall back to it.
+fn default_decode_attention<B: Backend>(q: FloatTensor<B>, k: FloatTensor<B>, v: FloatTensor<B>) -> FloatTensor<B> {
+    let tensor = |t| Tensor::<B, 4>::from_primitive(TensorPrimitive::Float(t));
+    composed::decode_attention(tensor(q), tensor(k), tensor(v)).into_primitive().tensor()
 }
 
 #[cfg(feature = "cpu")]
@@ -90,6 +110,13 @@ pub mod composed {
         let x2 = x.clone().narrow(3, half, half);
         let rotated = Tensor::cat(vec![x2.neg(), x1], 3);
         (x * cos + rotated * sin).reshape([b, s, width])
+    }
+
+    /// See [`Kernels::decode_attention`]: the model's attention (`model::nn::attend`) after
+    /// repeating the kv heads.
+    pub fn decode_attention<B: Backend>(q: Tensor<B, 4>, k: Tensor<B, 4>, v: Tensor<B, 4>) -> Tensor<B, 4> {
+        let rep = q.dims()[1] / k.dims()[1].max(1);
+        crate::model::nn::attend(q, repeat_kv(k, rep), repeat_kv(v, rep), None, false)
     }
 
     /// See [`Kernels::silu_mul`].
@@ -151,4 +178,14 @@ pub fn silu_mul<B: Kernels>(gate_up: Tensor<B, 3>) -> Tensor<B, 3> {
         return composed::silu_mul(gate_up);
     }
     Tensor::from_primitive(TensorPrimitive::Float(B::silu_mul(gate_up.into_primitive().tensor())))
+}
+
+/// [`Kernels::decode_attention`] on tensors: one query row (`q`'s third dimension is 1);
+/// composed when [`fused_kernels`] is off or there are several query rows.
+pub fn decode_attention<B: Kernels>(q: Tensor<B, 4>, k: Tensor<B, 4>, v: Tensor<B, 4>) -> Tensor<B, 4> {
+    if !fused_kernels() || q.dims()[2] != 1 {
+        return composed::decode_attention(q, k, v);
+    }
+    let out = B::decode_attention(q.into_primitive().tensor(), k.into_primitive().tensor(), v.into_primitive().tensor());
+    Tensor::from_primitive(TensorPrimitive::Float(out))
 }

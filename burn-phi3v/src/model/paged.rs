@@ -16,6 +16,7 @@
 use burn::tensor::{Bool, DType, Int, Tensor, TensorData, backend::Backend};
 use burn::tensor::IndexingUpdateOp;
 
+use crate::kernels::{self, Kernels};
 use crate::model::nn::{attend, repeat_kv};
 use crate::model::phi3::{RopeRegime, causal_mask};
 
@@ -235,7 +236,7 @@ impl<B: Backend> PagedBatch<B> {
 ///
 /// # Shapes
 /// `q`: `[tokens, heads, head_dim]` (rotated) → `[tokens, heads · head_dim]`
-pub fn paged_attention<B: Backend>(q: Tensor<B, 3>, layer: &PagedLayer<B>, batch: &PagedBatch<B>) -> Tensor<B, 2> {
+pub fn paged_attention<B: Kernels>(q: Tensor<B, 3>, layer: &PagedLayer<B>, batch: &PagedBatch<B>) -> Tensor<B, 2> {
     let [tokens, heads, hd] = q.dims();
     let outputs: Vec<Tensor<B, 2>> = batch
         .groups
@@ -245,9 +246,14 @@ pub fn paged_attention<B: Backend>(q: Tensor<B, 3>, layer: &PagedLayer<B>, batch
             let q = q.clone().select(0, g.query_index.clone()).reshape([rows, nq, heads, hd]).swap_dims(1, 2); // [rows, h, nq, hd]
             let (k, v) = layer.gather(g.key_slots.clone()); // [rows·nk, kvh, hd]
             let kvh = k.dims()[1];
-            let kv = |t: Tensor<B, 3>| repeat_kv(t.reshape([rows, nk, kvh, hd]).swap_dims(1, 2), heads / kvh); // [rows, h, nk, hd]
-            let mask = g.mask.clone().map(|m| m.expand([rows, heads, nq, nk]));
-            let out = attend(q, kv(k), kv(v), mask, g.causal); // [rows, h, nq, hd]
+            let heads_of = |t: Tensor<B, 3>| t.reshape([rows, nk, kvh, hd]).swap_dims(1, 2); // [rows, kvh, nk, hd]
+            let out = if nq == 1 && g.mask.is_none() && !g.causal {
+                kernels::decode_attention(q, heads_of(k), heads_of(v)) // [rows, h, 1, hd]
+            } else {
+                let kv = |t: Tensor<B, 3>| repeat_kv(heads_of(t), heads / kvh); // [rows, h, nk, hd]
+                let mask = g.mask.clone().map(|m| m.expand([rows, heads, nq, nk]));
+                attend(q, kv(k), kv(v), mask, g.causal) // [rows, h, nq, hd]
+            };
             out.swap_dims(1, 2).reshape([rows * nq, heads * hd])
         })
         .collect();

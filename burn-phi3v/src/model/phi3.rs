@@ -280,20 +280,23 @@ impl<B: Kernels> Phi3Attention<B> {
             k: k.clone(),
             v: v.clone(),
         });
-        let rep = h / self.num_kv_heads;
-        let (k, v) = (repeat_kv(k, rep), repeat_kv(v, rep));
         // Backends disagree on how a causal flag aligns when queries are fewer than keys
         // (Burn's fallback: bottom-right; cubek's flash kernels: top-left), so the flag is
-        // only used when queries and keys coincide. One new query sees every key; several new
-        // queries after a cached prefix get an explicit bottom-right mask.
+        // only used when queries and keys coincide. One new query sees every key (a decode
+        // step); several new queries after a cached prefix get an explicit bottom-right mask.
         let t = k.dims()[2];
-        let (mask, is_causal) = match mask {
-            Some(m) => (Some(m), false),
-            None if t == s => (None, true),
-            None if s == 1 => (None, false),
-            None => (Some(causal_mask::<B>(b, h, s, t, &k.device())), false),
-        };
-        let out = attend(q, k, v, mask, is_causal); // [b, h, s, hd]
+        let rep = h / self.num_kv_heads;
+        let out = match mask {
+            None if s == 1 && t > 1 => kernels::decode_attention(q, k, v),
+            mask => {
+                let (mask, is_causal) = match mask {
+                    Some(m) => (Some(m), false),
+                    None if t == s => (None, true),
+                    None => (Some(causal_mask::<B>(b, h, s, t, &k.device())), false),
+                };
+                attend(q, repeat_kv(k, rep), repeat_kv(v, rep), mask, is_causal)
+            }
+        }; // [b, h, s, hd]
         let out = out.swap_dims(1, 2).reshape([b, s, h * hd]);
         self.o_proj.forward(out)
     }
