@@ -14,10 +14,12 @@
 #   5  long-composed       long_context_two_images on cuda f32 with composed attention
 #   5  kernels-bf16        the k-stage matmul test on the bf16 (tensor-core) kernel families
 #   8  engine-cuda-f32     the engine's concurrency test on cuda f32
-#  10  breakdown           scripts/gpu_kernels.sh (ours vs PyTorch per decoder-layer stage)
+#  10  breakdown           scripts/gpu_kernels.sh (ours with and without the model's kernels vs
+#                          PyTorch, per decoder-layer stage)
+#  10  kernels-cuda        the model's kernels vs their composed fallbacks, cuda f32 and bf16
 #   9  launch-overhead     batch-1 decode latency, tiny preset f32, cuda then the plugin
 # Binaries in .gpu/bin (plain or .xz): phi3v, phi3v-plugin-conformance, phi3v-logits-diff,
-# engine and matmul_k_stages (test binaries), libphi3v_plugin_cuda.so, libphi3v_plugin_iluvatar.so.
+# engine, matmul_k_stages and kernels (test binaries), libphi3v_plugin_cuda.so, libphi3v_plugin_iluvatar.so.
 # Usage (device tool, carry .gpu): bash scripts/gpu_round.sh [seconds per job]
 source scripts/gpu_env.sh
 LIMIT=${1:-330}; M=$R/tests/fixtures/models; I=$R/tests/fixtures/images
@@ -35,13 +37,14 @@ JOB_AUTOTUNE_LEVEL=minimal job conf-cuda-bf16 $C --device cuda --dtypes bf16 --o
 JOB_AUTOTUNE_LEVEL=minimal job generate-cuda-bf16 $B/phi3v generate --model $M/phi3v-tiny --device cuda --dtype bf16 --image $I/astronaut.png --prompt "What is the content of this image in details?" --max-new-tokens 10 --json
 JOB_AUTOTUNE_LEVEL=minimal job kernels-bf16 env PHI3V_TEST_DEVICES=cuda:bf16 $B/matmul_k_stages tiled --nocapture
 [ -e $B/libphi3v_plugin_iluvatar.so ] && JOB_AUTOTUNE_LEVEL=minimal job iluvatar-standin env PHI3V_COREX_STANDIN=1 $B/phi3v-logits-diff --device plugin:$B/libphi3v_plugin_iluvatar.so:0 --against cuda:0 --dtype f16
-bash scripts/gpu_kernels.sh $((LIMIT - 70)) 60 > $W/breakdown.log 2>&1 &
+job kernels-cuda env PHI3V_TEST_DEVICES=cuda:f32,cuda:bf16 $B/kernels --nocapture
+bash scripts/gpu_kernels.sh $(( (LIMIT - 70) / 2 )) 60 > $W/breakdown.log 2>&1 &
 # Issue 9's launch overhead: batch-1 decode latency through the plugin and through `cuda`, one
 # after the other (f32 on the tiny preset: launch-bound, few kernels to compile). Needs the
 # cli built with its `plugin` feature.
 job launch-overhead bash -c "for d in cuda:0 plugin:$PL:0; do $B/phi3v bench run --preset tiny --device \$d --dtype f32 --scenarios latency --latency-shape 128x64 --warmup 2 --runs 10 --out launch-\${d%%:*} 2>&1 | grep -i 'latency\|error'; done"
 wait
-TAIL=6 show conf-plugin-ops-f32 conf-plugin-parity-f32 conf-plugin-half conf-cuda-bf16 diff-plugin-f32 iluvatar-standin parity-cuda-bf16 generate-cuda-bf16 long-composed kernels-bf16 engine-cuda-f32 launch-overhead | cut -c1-300
+TAIL=6 show conf-plugin-ops-f32 conf-plugin-parity-f32 conf-plugin-half conf-cuda-bf16 diff-plugin-f32 iluvatar-standin parity-cuda-bf16 generate-cuda-bf16 long-composed kernels-bf16 kernels-cuda engine-cuda-f32 launch-overhead | cut -c1-300
 tail -30 $W/breakdown.log
 mkdir -p /tmp/res; for d in $W/*/; do n=$(basename $d); cp $d/out.txt /tmp/res/$n.txt 2>/dev/null; cp $d/err.txt /tmp/res/$n.err 2>/dev/null; done
 cp $W/breakdown.log /tmp/res/ 2>/dev/null; [ -d $W/failed-kernels ] && cp -r $W/failed-kernels /tmp/res/

@@ -38,6 +38,9 @@
 //! - [`device`]: device strings, the devices present ([`device::available_devices`]) and
 //!   [`device::with_device`], which runs code generic over `B: Kernels` on the backend a
 //!   string names. [`backends`] names the backend types themselves.
+//! - [`kernels`]: [`kernels::Kernels`], the `Backend` extension the model is generic over
+//!   (its fused steps: RMSNorm, rotary, SiLU·mul, decode attention), with composed defaults
+//!   and CubeCL kernels for the GPU backends.
 //! - [`Phi3VProcessor`] (chat template, image tags, tokenizer, [`image_processor`]) and
 //!   [`generation`] ([`generate`], the step-by-step [`Generator`], sampling, stop conditions).
 //! - [`LoadedModel`] and [`Phi3VForCausalLM`]: the typed model and its steps
@@ -54,7 +57,9 @@
 //! | `cuda` | no | NVIDIA GPUs (Burn's CUDA backend; kernels compiled at run time by NVRTC): `cuda[:N]`, bf16 by default, f16, f32 |
 //! | `wgpu` | no | Vulkan / Metal / DX12 through wgpu: `wgpu[:N]`, `vulkan[:N]`, f32 (f16 where the adapter has it) |
 //! | `rocm` | no | AMD GPUs (Burn's ROCm backend): the backend type and discovery in `backends::rocm`, no device string yet (never run on AMD hardware) |
-//! | `fusion` | no | Burn's kernel fusion on the GPU backends (miscompiles some of this model's shapes in Burn 0.21) |
+//! | `plugin` | no | vendor devices through a C-ABI plugin loaded at run time (`backends/plugin`): `plugin:PATH[:N]`, or `plugin` with `PHI3V_PLUGIN` |
+//! | `fusion` | no | Burn's kernel fusion on the GPU backends (miscompiles some of this model's shapes in Burn 0.21); the model's kernels run inside the fusion stream |
+//! | `cube` | with `cuda`, `wgpu`, `rocm`, `plugin` | the model's CubeCL kernels ([`kernels`]) for every CubeCL backend |
 //!
 //! The backends are additive: `burn-phi3v = { version = "0.1", features = ["cuda"] }` gives
 //! `cpu` and `cuda`; with `default-features = false` only what is named. A device string whose

@@ -1,20 +1,21 @@
 //! The model's fused operations, behind a backend-extension trait.
 //!
 //! [`Kernels`] names the steps that Burn composes from several launches each and that the
-//! model runs in every decoder layer: `Phi3RMSNorm`, the rotary embedding of queries and
-//! keys, the `SiLU(gate) · up` of the MLP, and the attention of a decode step. Each method's default implementation composes
-//! Burn ops exactly as the reference does ([`composed`]), so every backend runs the model;
+//! model runs in every decoder layer: `Phi3RMSNorm`, the rotary embedding of queries and keys,
+//! the `SiLU(gate) · up` of the MLP, and the attention of a decode step. Each method's default
+//! composes Burn ops as the reference does ([`composed`]), so every backend runs the model;
 //! the CubeCL backends (CUDA, wgpu, ROCm, the plugin runtime, with or without fusion)
-//! override them with one kernel each (`cube.rs`, `fusion.rs`).
+//! override them with one kernel each (`cube.rs`; `fusion.rs` registers them in Burn's fusion
+//! stream).
 //!
-//! The model calls the functions of this module ([`rms_norm`], [`rotary`], [`silu_mul`],
-//! [`decode_attention`]),
-//! which take the backend's kernel unless [`set_fused_kernels`]`(false)` or
-//! `PHI3V_FUSED_KERNELS=0` chose the composed path (to compare the two, or to work around a
+//! The model calls this module's functions ([`rms_norm`], [`rotary`], [`silu_mul`],
+//! [`decode_attention`]), which take the backend's kernel unless [`set_fused_kernels`]`(false)`
+//! or `PHI3V_FUSED_KERNELS=0` chose the composed path (to compare the two, or to work around a
 //! kernel).
 //!
 //! A backend this crate does not know implements the trait with the defaults:
-//! `impl burn_phi3v::kernels::Kernels for MyBackend {}`.
+//! `impl burn_phi3v::kernels::Kernels for MyBackend {}` (in the crate that defines the backend
+//! type, or on a newtype).
 
 use std::sync::atomic::{AtomicU8, Ordering};
 

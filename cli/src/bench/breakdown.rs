@@ -248,7 +248,13 @@ fn phase<B: Kernels>(model: &Phi3VForCausalLM<B>, timer: &Timer<B>, dtype: DType
     stage(
         "attention",
         1,
-        timer.time(|| burn_phi3v::model::nn::attend(q.clone(), keys.clone(), values.clone(), None, causal)),
+        timer.time(|| {
+            if s == 1 && ctx > 0 {
+                kernels::decode_attention(q.clone(), keys.clone(), values.clone()) // what a decode step runs
+            } else {
+                burn_phi3v::model::nn::attend(q.clone(), keys.clone(), values.clone(), None, causal)
+            }
+        }),
     );
     stage("o_proj", 1, timer.time(|| attn.o_proj.forward(attn_out.clone())));
     stage("residual add", 2, timer.time(|| x.clone() + x.clone()));

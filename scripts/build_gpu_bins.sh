@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Builds (here, 2 cores: ~30 min from clean) the release binaries the device scripts run and
+# packs them into .gpu/bin as .xz (carry .gpu; gpu_env.sh unpacks them): phi3v (cuda, wgpu,
+# plugin), phi3v-plugin-conformance, phi3v-logits-diff, phi3v-parity, the test binaries
+# engine, matmul_k_stages and kernels, and the plugins libphi3v_plugin_cuda.so and
+# libphi3v_plugin_iluvatar.so.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+P="-p phi3v-cli -p phi3v-tests -p phi3v-plugin-cuda -p phi3v-plugin-iluvatar"
+F=phi3v-cli/cuda,phi3v-cli/wgpu,phi3v-cli/plugin,phi3v-tests/cuda,phi3v-tests/wgpu,phi3v-tests/plugin
+cargo build --release $P --features $F
+mkdir -p .gpu/bin && rm -f .gpu/bin/*
+for f in phi3v phi3v-plugin-conformance phi3v-logits-diff phi3v-parity libphi3v_plugin_cuda.so libphi3v_plugin_iluvatar.so; do
+    cp target/release/$f .gpu/bin/
+done
+# Test binaries: their paths come from cargo's JSON messages.
+cargo test --release $P --features $F --no-run --test engine --test matmul_k_stages --test kernels \
+    --message-format=json 2>/dev/null | python3 -c '
+import json, shutil, sys
+for line in sys.stdin:
+    m = json.loads(line)
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["kind"] == ["test"]:
+        shutil.copy(m["executable"], ".gpu/bin/" + m["target"]["name"])
+        print("test binary", m["target"]["name"])'
+xz -T2 -6e .gpu/bin/*
+du -sh .gpu/bin
