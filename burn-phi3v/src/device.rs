@@ -289,8 +289,9 @@ pub fn device_info(spec: &str) -> Result<DeviceInfo, DeviceError> {
 /// device's default when `None`).
 ///
 /// ```
-/// use burn_phi3v::burn::tensor::{DType, ElementConversion, Tensor, backend::Backend};
+/// use burn_phi3v::burn::tensor::{DType, ElementConversion, Tensor};
 /// use burn_phi3v::device::{DeviceFn, DeviceInfo, with_device};
+/// use burn_phi3v::kernels::Kernels;
 ///
 /// struct Sum;
 /// impl DeviceFn for Sum {

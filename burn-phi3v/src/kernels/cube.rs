@@ -44,6 +44,16 @@ where
 /// Units per cube of the row kernels (a power of two: the reduction halves it).
 const ROW_UNITS: u32 = 256;
 
+/// Cubes per dimension a launch may ask for everywhere (wgpu's and Vulkan's limit).
+const MAX_CUBES_PER_DIM: usize = 65535;
+
+/// `n` cubes, one per row: one dimension up to [`MAX_CUBES_PER_DIM`], then two (the kernels
+/// end the cubes past `n`; `CUBE_POS` numbers them across both dimensions).
+fn row_cubes(n: usize) -> CubeCount {
+    let x = n.min(MAX_CUBES_PER_DIM);
+    CubeCount::new_2d(x as u32, n.div_ceil(x.max(1)) as u32)
+}
+
 /// One cube per row: the sum of squares in f32 (each unit strides over the row, then a tree
 /// reduction in shared memory), then `x · rsqrt(mean + eps)` cast to the dtype, times `weight`.
 #[cube(launch_unchecked, address_type = "dynamic")]
@@ -56,6 +66,10 @@ fn rms_norm_kernel<E: Float>(
     #[define(E)] _dtype: StorageType,
 ) {
     let width = x.shape(x.rank() - 1);
+    // Rows beyond a dimension's 65535 cubes spread over a second one (see `row_cubes`).
+    if CUBE_POS * width >= x.len() {
+        terminate!();
+    }
     let base = CUBE_POS * width;
     let unit = UNIT_POS as usize;
 
@@ -105,7 +119,7 @@ pub(crate) fn rms_norm<R: CubeRuntime>(x: CubeTensor<R>, weight: CubeTensor<R>, 
     unsafe {
         rms_norm_kernel::launch_unchecked(
             &output.client,
-            CubeCount::new_1d(rows as u32),
+            row_cubes(rows),
             CubeDim::new_1d(ROW_UNITS),
             address,
             x.into_tensor_arg(),
@@ -249,6 +263,9 @@ fn decode_attention_kernel<E: Float>(
     let kv_heads = k.shape(1);
     let keys = k.shape(2);
     let bh = CUBE_POS;
+    if bh >= q.shape(0) * heads {
+        terminate!();
+    }
     let b = bh / heads;
     let h = bh % heads;
     let hk = h / (heads / kv_heads);
@@ -360,7 +377,7 @@ pub(crate) fn decode_attention<R: CubeRuntime>(q: CubeTensor<R>, k: CubeTensor<R
     unsafe {
         decode_attention_kernel::launch_unchecked(
             &output.client,
-            CubeCount::new_1d((batch * heads) as u32),
+            row_cubes(batch * heads),
             CubeDim::new_1d(ROW_UNITS),
             address,
             q.into_tensor_arg(),

@@ -183,10 +183,55 @@ pub fn silu_mul<B: Kernels>(gate_up: Tensor<B, 3>) -> Tensor<B, 3> {
 
 /// [`Kernels::decode_attention`] on tensors: one query row (`q`'s third dimension is 1);
 /// composed when [`fused_kernels`] is off or there are several query rows.
+///
+/// The kernel keeps `batch · heads · keys` f32 scores; a batch whose scores would exceed
+/// [`DECODE_SCORES`] runs in slices of batch rows (a single row always runs whole).
 pub fn decode_attention<B: Kernels>(q: Tensor<B, 4>, k: Tensor<B, 4>, v: Tensor<B, 4>) -> Tensor<B, 4> {
     if !fused_kernels() || q.dims()[2] != 1 {
         return composed::decode_attention(q, k, v);
     }
+    decode_attention_in_slices(q, k, v, DECODE_SCORES)
+}
+
+/// [`decode_attention`]'s kernel over slices of batch rows holding at most `max_scores` scores.
+fn decode_attention_in_slices<B: Kernels>(q: Tensor<B, 4>, k: Tensor<B, 4>, v: Tensor<B, 4>, max_scores: usize) -> Tensor<B, 4> {
+    let [batch, heads, _, _] = q.dims();
+    let rows = (max_scores / (heads * k.dims()[2]).max(1)).max(1);
+    if batch > rows {
+        let slices = (0..batch).step_by(rows).map(|start| {
+            let n = rows.min(batch - start);
+            let slice = |t: &Tensor<B, 4>| t.clone().narrow(0, start, n);
+            decode_attention_in_slices(slice(&q), slice(&k), slice(&v), max_scores)
+        });
+        return Tensor::cat(slices.collect(), 0);
+    }
     let out = B::decode_attention(q.into_primitive().tensor(), k.into_primitive().tensor(), v.into_primitive().tensor());
     Tensor::from_primitive(TensorPrimitive::Float(out))
+}
+
+/// Scores one decode-attention launch may hold: 2²⁴ f32 (64 MiB), under wgpu's default 128 MiB
+/// limit on one storage binding (Burn's wgpu server panics past it rather than failing).
+pub const DECODE_SCORES: usize = 1 << 24;
+
+#[cfg(all(test, feature = "cpu"))]
+mod tests {
+    use super::*;
+    use burn::tensor::Distribution;
+
+    type B = burn::backend::Flex;
+
+    /// Slicing the batch (as a launch over too many scores does) gives the unsliced result,
+    /// for slice sizes that do and do not divide the batch.
+    #[test]
+    fn decode_attention_in_slices_equals_one_launch() {
+        let random = |shape: [usize; 4]| Tensor::<B, 4>::random(shape, Distribution::Normal(0.0, 1.0), &Default::default());
+        let (q, k, v) = (random([5, 2, 1, 8]), random([5, 2, 7, 8]), random([5, 2, 7, 8]));
+        let whole = decode_attention_in_slices(q.clone(), k.clone(), v.clone(), usize::MAX);
+        for rows in [1, 2, 3, 5] {
+            let sliced = decode_attention_in_slices(q.clone(), k.clone(), v.clone(), rows * 2 * 7);
+            assert_eq!(sliced.dims(), [5, 2, 1, 8]);
+            let d: f32 = (sliced - whole.clone()).abs().max().into_scalar();
+            assert!(d < 1e-6, "{rows} rows per slice: Δ {d}");
+        }
+    }
 }
