@@ -107,6 +107,16 @@ impl KernelJob {
             });
             compare(format!("decode_attention [{batch}, {heads}/{kv_heads} heads, {keys} keys, {head_dim}]"), head_dim, fused, composed);
         }
+        // Skinny products: 2 to 16 rows (decode steps of several sequences) against the
+        // checkpoint-layout weight (`[d_out, d_in]` rows, used transposed as `Linear::load`
+        // does); widths that are not multiples of the 256-value chunk or the 8-column cube;
+        // 1 and 17 rows take Burn's `linear` on both sides.
+        for (rows, d_in, d_out) in [(10, 1536, 136), (2, 300, 37), (16, 1000, 64), (1, 256, 16), (17, 64, 24)] {
+            let x = tensor(input(vec![rows * d_in], 1.0)).reshape([1, rows, d_in]);
+            let weight = tensor(input(vec![d_out * d_in], 0.05)).reshape([d_out, d_in]).transpose();
+            let (fused, composed) = both(&|| kernels::linear(x.clone(), &weight, None));
+            compare(format!("linear [{rows}, {d_in}] · [{d_in}, {d_out}]"), d_in, fused, composed);
+        }
         // Inputs must be random, never constant: a kernel reading the wrong element of a constant
         // tensor would pass.
         let x = tensor(input(vec![64], 1.0));
@@ -129,7 +139,7 @@ fn kernels_equal_their_composed_fallbacks_on_every_target() {
     let mut failed = Vec::new();
     for (spec, dtype) in test_targets() {
         let checks = burn_phi3v::device::with_device_dtype(&spec, Some(dtype), KernelJob { seed }).unwrap_or_else(|e| panic!("{spec}: {e}"));
-        assert!(checks.len() >= 19, "{spec}: the kernel list ran short");
+        assert!(checks.len() >= 24, "{spec}: the kernel list ran short");
         for c in &checks {
             let pass = c.rel_err <= c.bound;
             eprintln!("{spec} {} {}: {:.2e} (bound {:.2e}){}", dtype_name(dtype), c.what, c.rel_err, c.bound, if pass { "" } else { "  FAIL" });

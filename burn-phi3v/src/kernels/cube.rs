@@ -32,6 +32,18 @@ where
         silu_mul(gate_up)
     }
 
+    fn skinny_linear(x: FloatTensor<Self>, weight: FloatTensor<Self>) -> FloatTensor<Self> {
+        // The kernel reads the checkpoint's `[d_out, d_in]` rows: `weight` must be their
+        // transposed view (what `Linear::load` makes), with at most SKINNY_ROWS rows of `x`.
+        let shape = weight.meta.shape().clone();
+        let transposed = weight.meta.strides()[0] == 1 && weight.meta.strides()[1] == shape[0];
+        let rows = x.meta.shape()[0];
+        if !transposed || rows == 0 || rows > super::SKINNY_ROWS {
+            return super::default_skinny_linear::<Self>(x, weight);
+        }
+        skinny_linear(x, weight)
+    }
+
     fn decode_attention(q: FloatTensor<Self>, k: FloatTensor<Self>, v: FloatTensor<Self>) -> FloatTensor<Self> {
         let head_dim = q.meta.shape()[3];
         if head_dim > ROW_UNITS as usize || head_dim == 0 {
@@ -388,6 +400,113 @@ pub(crate) fn decode_attention<R: CubeRuntime>(q: CubeTensor<R>, k: CubeTensor<R
             1.0 / (head_dim as f32).sqrt(),
             head_dim,
             ROW_UNITS as usize,
+            dtype.into(),
+        )
+    };
+    output
+}
+
+/// Output columns per cube of the skinny product: one plane (32 units) each.
+const SKINNY_COLUMNS: u32 = 8;
+
+/// `x · weightᵀ` for `rows` ≤ 16 rows of `x` (`[rows, d_in]`, contiguous) and the checkpoint's
+/// weight rows (`[d_out, d_in]` in memory). A cube of 8 planes takes 8 output columns, one
+/// plane per column reading that weight row once; the `rows` input rows pass through shared
+/// memory in chunks of 256 (f32), each lane keeps `rows` accumulators, and the 32 lanes of a
+/// plane are summed through the same shared memory at the end.
+#[cube(launch_unchecked, address_type = "dynamic")]
+fn skinny_linear_kernel<E: Float>(
+    x: &Tensor<E>,
+    weight: &Tensor<E>,
+    output: &mut Tensor<E>,
+    #[comptime] rows: usize,
+    #[define(E)] _dtype: StorageType,
+) {
+    let d_in = x.shape(1);
+    let d_out = output.shape(1);
+    let lane = UNIT_POS_X as usize;
+    let plane = UNIT_POS_Y as usize;
+    let unit = UNIT_POS as usize;
+    let units = CUBE_DIM as usize;
+    let column = CUBE_POS * 8 + plane;
+    let row_base = column * d_in;
+
+    let mut tile = SharedMemory::<f32>::new(rows * 256);
+    let mut acc = Array::<f32>::new(rows);
+    #[unroll]
+    for r in 0..rows {
+        acc[r] = f32::new(0.0);
+    }
+    for chunk in 0..d_in.div_ceil(256) {
+        let base = chunk * 256;
+        let mut i = unit;
+        while i < rows * 256 {
+            let at = base + i % 256;
+            let r = i / 256;
+            tile[i] = select(at < d_in, f32::cast_from(x[r * d_in + select(at < d_in, at, 0)]), f32::new(0.0));
+            i += units;
+        }
+        sync_cube();
+        if column < d_out {
+            let mut j = lane;
+            while j < 256 {
+                let at = base + j;
+                if at < d_in {
+                    let w = f32::cast_from(weight[row_base + at]);
+                    #[unroll]
+                    for r in 0..rows {
+                        acc[r] += w * tile[r * 256 + j];
+                    }
+                }
+                j += 32;
+            }
+        }
+        sync_cube();
+    }
+    // Lane partials of (plane, row) at (plane · rows + row) · 32 + lane.
+    #[unroll]
+    for r in 0..rows {
+        tile[(plane * rows + r) * 32 + lane] = acc[r];
+    }
+    sync_cube();
+    if unit < 8 * rows {
+        let out_column = CUBE_POS * 8 + unit / rows;
+        let r = unit % rows;
+        if out_column < d_out {
+            let mut sum = tile[unit * 32];
+            for l in 1..32 {
+                sum += tile[unit * 32 + l];
+            }
+            output[r * d_out + out_column] = E::cast_from(sum);
+        }
+    }
+}
+
+/// `x · weight` for a few rows; see [`Kernels::skinny_linear`]. `weight` is the transposed
+/// view of contiguous `[d_out, d_in]` rows.
+pub(crate) fn skinny_linear<R: CubeRuntime>(x: CubeTensor<R>, weight: CubeTensor<R>) -> CubeTensor<R> {
+    let x = into_contiguous(x);
+    let rows = x.meta.shape()[0];
+    let d_out = weight.meta.shape()[1];
+    let output = empty_device_dtype(x.client.clone(), x.device.clone(), [rows, d_out].into(), x.dtype);
+    if d_out == 0 {
+        return output;
+    }
+    let address = [x.required_address_type(), weight.required_address_type(), output.required_address_type()]
+        .into_iter()
+        .max()
+        .unwrap_or_default();
+    let dtype = x.dtype;
+    unsafe {
+        skinny_linear_kernel::launch_unchecked(
+            &output.client,
+            row_cubes(d_out.div_ceil(SKINNY_COLUMNS as usize)),
+            CubeDim::new_2d(32, SKINNY_COLUMNS),
+            address,
+            x.into_tensor_arg(),
+            weight.into_tensor_arg(),
+            output.clone().into_tensor_arg(),
+            rows,
             dtype.into(),
         )
     };

@@ -19,6 +19,7 @@ enum Kind {
     Rotary { head_dim: usize },
     SiluMul,
     DecodeAttention,
+    SkinnyLinear,
 }
 
 /// A custom operation of the fusion stream running one [`Kernels`] step of the inner backend.
@@ -38,6 +39,7 @@ impl<B: FusionBackend + Kernels> Operation<B::FusionRuntime> for Step<B> {
             Kind::Rotary { head_dim } => B::rotary(input(0), input(1), input(2), head_dim),
             Kind::SiluMul => B::silu_mul(input(0)),
             Kind::DecodeAttention => B::decode_attention(input(0), input(1), input(2)),
+            Kind::SkinnyLinear => B::skinny_linear(input(0), input(1)),
         };
         handles.register_float_tensor::<B>(&output.id, result);
     }
@@ -80,6 +82,11 @@ impl<B: FusionBackend + Kernels> Kernels for Fusion<B> {
         let last = shape.num_dims() - 1;
         shape[last] /= 2;
         register::<B>("phi3v_silu_mul", Kind::SiluMul, vec![gate_up], shape)
+    }
+
+    fn skinny_linear(x: FloatTensor<Self>, weight: FloatTensor<Self>) -> FloatTensor<Self> {
+        let shape = Shape::new([x.shape[0], weight.shape[1]]);
+        register::<B>("phi3v_skinny_linear", Kind::SkinnyLinear, vec![x, weight], shape)
     }
 
     fn decode_attention(q: FloatTensor<Self>, k: FloatTensor<Self>, v: FloatTensor<Self>) -> FloatTensor<Self> {

@@ -66,6 +66,15 @@ pub trait Kernels: Backend {
         composed::silu_mul(gate_up).into_primitive().tensor()
     }
 
+    /// `x · weight` for a few rows (2 to [`SKINNY_ROWS`]: decode steps of several
+    /// sequences), no bias.
+    ///
+    /// # Shapes
+    /// `x`: `[rows, d_in]`; `weight`: `[d_in, d_out]` → `[rows, d_out]`
+    fn skinny_linear(x: FloatTensor<Self>, weight: FloatTensor<Self>) -> FloatTensor<Self> {
+        default_skinny_linear::<Self>(x, weight)
+    }
+
     /// Attention of one new query row over every key, no mask, `scale = 1/sqrt(head_dim)`:
     /// a decode step. Keys and values have `kv_heads` heads (grouped-query attention: query
     /// head `h` reads kv head `h / (heads / kv_heads)`).
@@ -76,6 +85,13 @@ pub trait Kernels: Backend {
     fn decode_attention(q: FloatTensor<Self>, k: FloatTensor<Self>, v: FloatTensor<Self>) -> FloatTensor<Self> {
         default_decode_attention::<Self>(q, k, v)
     }
+}
+
+/// [`Kernels::skinny_linear`]'s default, for implementations that fall back to it.
+fn default_skinny_linear<B: Backend>(x: FloatTensor<B>, weight: FloatTensor<B>) -> FloatTensor<B> {
+    let x = Tensor::<B, 2>::from_primitive(TensorPrimitive::Float(x));
+    let weight = Tensor::<B, 2>::from_primitive(TensorPrimitive::Float(weight));
+    burn::tensor::module::linear(x, weight, None).into_primitive().tensor()
 }
 
 /// [`Kernels::decode_attention`]'s default, for implementations that fall back to it.
@@ -234,4 +250,26 @@ mod tests {
             assert!(d < 1e-6, "{rows} rows per slice: Δ {d}");
         }
     }
+}
+
+/// Most rows [`Kernels::skinny_linear`] takes (one 16 KB shared-memory tile of f32 per row
+/// group on the GPU backends).
+pub const SKINNY_ROWS: usize = 16;
+
+/// `nn.Linear` (`x · weight + bias`): [`Kernels::skinny_linear`] for 2 to [`SKINNY_ROWS`] rows
+/// without bias, Burn's `linear` otherwise (and when [`fused_kernels`] is off).
+///
+/// # Shapes
+/// `x`: `[..., d_in]`; `weight`: `[d_in, d_out]`; `bias`: `[d_out]` → `[..., d_out]`
+pub fn linear<B: Kernels, const D: usize>(x: Tensor<B, D>, weight: &Tensor<B, 2>, bias: Option<&Tensor<B, 1>>) -> Tensor<B, D> {
+    let dims = x.dims();
+    let [d_in, d_out] = weight.dims();
+    let rows = x.shape().num_elements() / d_in.max(1);
+    if !fused_kernels() || bias.is_some() || !(2..=SKINNY_ROWS).contains(&rows) {
+        return burn::tensor::module::linear(x, weight.clone(), bias.cloned());
+    }
+    let out = B::skinny_linear(x.reshape([rows, d_in]).into_primitive().tensor(), weight.clone().into_primitive().tensor());
+    let mut out_dims = dims;
+    out_dims[D - 1] = d_out;
+    Tensor::<B, 2>::from_primitive(TensorPrimitive::Float(out)).reshape(out_dims)
 }

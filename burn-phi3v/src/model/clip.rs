@@ -6,6 +6,7 @@ use burn::tensor::{Tensor, activation::sigmoid, backend::Backend};
 
 use crate::config::VisionConfig;
 use crate::error::Result;
+use crate::kernels::Kernels;
 use crate::model::nn::{LayerNorm, Linear, attend};
 use crate::weights::Weights;
 
@@ -24,7 +25,7 @@ pub struct ClipVisionEmbeddings<B: Backend> {
     channels: usize,
 }
 
-impl<B: Backend> ClipVisionEmbeddings<B> {
+impl<B: Kernels> ClipVisionEmbeddings<B> {
     fn load(w: &Weights<B>, prefix: &str, c: &VisionConfig) -> Result<Self> {
         let (d, p, ch) = (c.hidden_size, c.patch_size, c.num_channels);
         let grid = c.grid();
@@ -70,7 +71,7 @@ pub struct ClipAttention<B: Backend> {
     num_heads: usize,
 }
 
-impl<B: Backend> ClipAttention<B> {
+impl<B: Kernels> ClipAttention<B> {
     fn load(w: &Weights<B>, prefix: &str, c: &VisionConfig) -> Result<Self> {
         let d = c.hidden_size;
         let lin = |name: &str| Linear::load(w, &format!("{prefix}.{name}"), d, d, true);
@@ -106,7 +107,7 @@ pub struct ClipMlp<B: Backend> {
     pub fc2: Linear<B>,
 }
 
-impl<B: Backend> ClipMlp<B> {
+impl<B: Kernels> ClipMlp<B> {
     fn load(w: &Weights<B>, prefix: &str, c: &VisionConfig) -> Result<Self> {
         Ok(Self {
             fc1: Linear::load(w, &format!("{prefix}.fc1"), c.hidden_size, c.intermediate_size, true)?,
@@ -136,7 +137,7 @@ pub struct ClipEncoderLayer<B: Backend> {
     pub mlp: ClipMlp<B>,
 }
 
-impl<B: Backend> ClipEncoderLayer<B> {
+impl<B: Kernels> ClipEncoderLayer<B> {
     fn load(w: &Weights<B>, prefix: &str, c: &VisionConfig) -> Result<Self> {
         let (d, eps) = (c.hidden_size, c.layer_norm_eps);
         Ok(Self {
@@ -166,7 +167,7 @@ pub struct ClipVisionModel<B: Backend> {
     pub layers: Vec<ClipEncoderLayer<B>>,
 }
 
-impl<B: Backend> ClipVisionModel<B> {
+impl<B: Kernels> ClipVisionModel<B> {
     /// Loads `{prefix}` (`…img_processor.vision_model`); the stored layers past `layers_used`
     /// and `post_layernorm` cannot influence the features and are checked but not loaded.
     pub fn load(w: &Weights<B>, prefix: &str, c: &VisionConfig, layers_used: usize) -> Result<Self> {

@@ -6,11 +6,12 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use burn::tensor::{
     Bool, DType, FloatDType, Tensor,
     backend::Backend,
-    module::{attention, attention_fallback, linear},
+    module::{attention, attention_fallback},
     ops::AttentionModuleOptions,
 };
 
 use crate::error::Result;
+use crate::kernels::{self, Kernels};
 use crate::weights::Weights;
 
 /// `nn.Linear` as stored by PyTorch (`weight` is `[out, in]`), applied as `x · weightᵀ + bias`.
@@ -34,10 +35,13 @@ impl<B: Backend> Linear<B> {
         Ok(Self { weight, bias })
     }
 
+}
+
+impl<B: Kernels> Linear<B> {
     /// # Shapes
     /// `[..., d_in]` → `[..., d_out]`
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
-        linear(x, self.weight.clone(), self.bias.clone())
+        kernels::linear(x, &self.weight, self.bias.as_ref())
     }
 }
 
