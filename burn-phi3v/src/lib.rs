@@ -39,7 +39,7 @@
 //!   [`device::with_device`], which runs code generic over `B: Kernels` on the backend a
 //!   string names. [`backends`] names the backend types themselves.
 //! - [`kernels`]: [`kernels::Kernels`], the `Backend` extension the model is generic over
-//!   (its fused steps: RMSNorm, rotary, SiLU·mul, decode attention), with composed defaults
+//!   (its fused steps: RMSNorm, rotary, SiLU·mul, decode attention, few-row products), with composed defaults
 //!   and CubeCL kernels for the GPU backends.
 //! - [`Phi3VProcessor`] (chat template, image tags, tokenizer, [`image_processor`]) and
 //!   [`generation`] ([`generate`], the step-by-step [`Generator`], sampling, stop conditions).

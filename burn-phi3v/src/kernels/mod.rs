@@ -2,14 +2,15 @@
 //!
 //! [`Kernels`] names the steps that Burn composes from several launches each and that the
 //! model runs in every decoder layer: `Phi3RMSNorm`, the rotary embedding of queries and keys,
-//! the `SiLU(gate) · up` of the MLP, and the attention of a decode step. Each method's default
+//! the `SiLU(gate) · up` of the MLP, the attention of a decode step, and the projections of a
+//! step with a few token rows (`skinny_linear`). Each method's default
 //! composes Burn ops as the reference does ([`composed`]), so every backend runs the model;
 //! the CubeCL backends (CUDA, wgpu, ROCm, the plugin runtime, with or without fusion)
 //! override them with one kernel each (`cube.rs`; `fusion.rs` registers them in Burn's fusion
 //! stream).
 //!
 //! The model calls this module's functions ([`rms_norm`], [`rotary`], [`silu_mul`],
-//! [`decode_attention`]), which take the backend's kernel unless [`set_fused_kernels`]`(false)`
+//! [`decode_attention`], [`linear`]), which take the backend's kernel unless [`set_fused_kernels`]`(false)`
 //! or `PHI3V_FUSED_KERNELS=0` chose the composed path (to compare the two, or to work around a
 //! kernel).
 //!
