@@ -3,7 +3,7 @@
 //! and at awkward ones, on every test target. Tolerances: `OpTolerance` (per dtype, relative
 //! to the largest magnitude), the one the conformance checks use.
 
-use burn::tensor::{DType, Tensor, TensorData};
+use burn::tensor::{DType, Tensor, TensorData, bf16, f16};
 use burn_phi3v::device::{DeviceInfo, dtype_name};
 use burn_phi3v::kernels::{self, Kernels, set_fused_kernels};
 use phi3v_devices::DeviceFn;
@@ -15,43 +15,64 @@ fn clock_seed() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64
 }
 
-/// One comparison: what ran, its relative error, the bound.
-struct Check {
+/// One step's outputs on the host: the kernel's (twice, to catch races), the composed
+/// fallback's, and how many values each output value accumulates.
+struct Outputs {
     what: String,
-    rel_err: f32,
-    bound: f32,
+    accumulated: usize,
+    fused: Vec<f32>,
+    fused_again: Vec<f32>,
+    composed: Vec<f32>,
+}
+
+/// Largest |a − b| relative to the largest |reference| (∞ on NaN or a length mismatch).
+fn rel_err(reference: &[f32], got: &[f32]) -> f32 {
+    if reference.len() != got.len() {
+        return f32::INFINITY;
+    }
+    let scale = reference.iter().fold(0f32, |m, v| m.max(v.abs())).max(f32::MIN_POSITIVE);
+    let max_abs = reference.iter().zip(got).fold(0f32, |m, (r, g)| if (r - g).abs().is_nan() { f32::INFINITY } else { m.max((r - g).abs()) });
+    max_abs / scale
 }
 
 struct KernelJob {
     seed: u64,
+    /// The inputs are rounded to this dtype on the host, so that the CPU witness (f32) sees
+    /// exactly the values a half-precision target holds.
+    inputs: DType,
+}
+
+fn round_to(dtype: DType, v: f32) -> f32 {
+    match dtype {
+        DType::F16 => f16::from_f32(v).to_f32(),
+        DType::BF16 => bf16::from_f32(v).to_f32(),
+        _ => v,
+    }
 }
 
 impl KernelJob {
-    fn checks<B: Kernels>(&self, device: &B::Device, dtype: DType) -> Vec<Check> {
+    fn outputs<B: Kernels>(&self, device: &B::Device, dtype: DType) -> Vec<Outputs> {
         let mut rng = Rng(self.seed | 1);
         let mut input = |shape: Vec<usize>, scale: f32| {
             let n: usize = shape.iter().product();
-            let v: Vec<f32> = (0..n).map(|_| (rng.unit() * 2.0 - 1.0) * scale).collect();
+            let v: Vec<f32> = (0..n).map(|_| round_to(self.inputs, (rng.unit() * 2.0 - 1.0) * scale)).collect();
             (v, shape)
         };
         let tensor = |(v, shape): (Vec<f32>, Vec<usize>)| Tensor::<B, 1>::from_data(TensorData::new(v, [shape.iter().product::<usize>()]), (device, dtype));
-        let tolerance = OpTolerance::for_dtype(dtype);
         let mut checks = Vec::new();
-        let mut compare = |what: String, accumulated: usize, fused: Tensor<B, 3>, composed: Tensor<B, 3>| {
+        let host = |t: Tensor<B, 3>| -> Vec<f32> { t.into_data().convert::<f32>().into_vec().unwrap() };
+        let mut compare = |what: String, accumulated: usize, (fused, fused_again, composed): (Tensor<B, 3>, Tensor<B, 3>, Tensor<B, 3>)| {
             assert_eq!(fused.dims(), composed.dims(), "{what}");
-            let reference: Vec<f32> = composed.into_data().convert::<f32>().into_vec().unwrap();
-            let got: Vec<f32> = fused.into_data().convert::<f32>().into_vec().unwrap();
-            let scale = reference.iter().fold(0f32, |m, v| m.max(v.abs())).max(f32::MIN_POSITIVE);
-            let max_abs = reference.iter().zip(&got).fold(0f32, |m, (r, g)| if (r - g).abs().is_nan() { f32::INFINITY } else { m.max((r - g).abs()) });
-            checks.push(Check { what, rel_err: max_abs / scale, bound: tolerance.bound(accumulated) });
+            checks.push(Outputs { what, accumulated, fused: host(fused), fused_again: host(fused_again), composed: host(composed) });
         };
         let both = |f: &dyn Fn() -> Tensor<B, 3>| {
             set_fused_kernels(true);
             let fused = f();
+            let fused_again = f();
             set_fused_kernels(false);
             let composed = f();
             set_fused_kernels(true);
-            (fused, composed)
+            (fused, fused_again, composed)
         };
 
         // RMSNorm: Phi-3's hidden 3072, a width under the 256 units of a row, one not a multiple
@@ -60,9 +81,9 @@ impl KernelJob {
         for (rows, width) in [(1, 3072), (7, 3072), (3, 100), (5, 1000), (66000, 8)] {
             let x = tensor(input(vec![rows * width], 2.0)).reshape([1, rows, width]);
             let weight = tensor(input(vec![width], 1.0));
-            let (fused, composed) = both(&|| kernels::rms_norm(x.clone(), &weight, 1e-5));
+            let outputs = both(&|| kernels::rms_norm(x.clone(), &weight, 1e-5));
             // Statistics in f32 on both sides: the dtype rounds the output only (no sqrt(n)).
-            compare(format!("rms_norm [1, {rows}, {width}]"), 1, fused, composed);
+            compare(format!("rms_norm [1, {rows}, {width}]"), 1, outputs);
         }
 
         // Rotary: queries and keys read from a fused qkv row (strided views) as the decoder
@@ -74,23 +95,23 @@ impl KernelJob {
             let table = |f: fn(f32) -> f32| {
                 let v: Vec<f32> = (0..batch * seq)
                     .flat_map(|r| (0..head_dim).map(move |i| (r, i % (head_dim / 2))))
-                    .map(|(r, i)| f(angles[r * head_dim / 2 + i]))
+                    .map(|(r, i)| round_to(self.inputs, f(angles[r * head_dim / 2 + i])))
                     .collect();
                 Tensor::<B, 4>::from_data(TensorData::new(v, [batch, 1, seq, head_dim]), (device, dtype))
             };
             let (cos, sin) = (table(f32::cos), table(f32::sin));
             for (name, start) in [("q", 0), ("k", width)] {
                 let rows = qkv.clone().narrow(2, start, width);
-                let (fused, composed) = both(&|| kernels::rotary(rows.clone(), &cos, &sin, head_dim));
-                compare(format!("rotary {name} [{batch}, {seq}, {heads}×{head_dim}]"), 2, fused, composed);
+                let outputs = both(&|| kernels::rotary(rows.clone(), &cos, &sin, head_dim));
+                compare(format!("rotary {name} [{batch}, {seq}, {heads}×{head_dim}]"), 2, outputs);
             }
         }
 
         // SiLU·mul over gate_up_proj's output: Phi-3's 2 × 8192, and an odd width.
         for (rows, intermediate) in [(1, 8192), (3, 8192), (2, 77)] {
             let gate_up = tensor(input(vec![rows * 2 * intermediate], 3.0)).reshape([1, rows, 2 * intermediate]);
-            let (fused, composed) = both(&|| kernels::silu_mul(gate_up.clone()));
-            compare(format!("silu_mul [1, {rows}, 2×{intermediate}]"), 1, fused, composed);
+            let outputs = both(&|| kernels::silu_mul(gate_up.clone()));
+            compare(format!("silu_mul [1, {rows}, 2×{intermediate}]"), 1, outputs);
         }
         // Decode attention: one query row over the cache. Phi-3's 32 heads of 96 over 1024
         // keys; grouped-query heads (4 over 2) reading a cache view with spare capacity (a
@@ -101,11 +122,11 @@ impl KernelJob {
             let cache = |t: Tensor<B, 1>| t.reshape([batch, kv_heads, capacity, head_dim]).narrow(2, 0, keys);
             let k = cache(tensor(input(vec![batch * kv_heads * capacity * head_dim], 1.0)));
             let v = cache(tensor(input(vec![batch * kv_heads * capacity * head_dim], 1.0)));
-            let (fused, composed) = both(&|| {
+            let outputs = both(&|| {
                 let out = kernels::decode_attention(q.clone(), k.clone(), v.clone());
                 out.reshape([batch, heads, head_dim])
             });
-            compare(format!("decode_attention [{batch}, {heads}/{kv_heads} heads, {keys} keys, {head_dim}]"), head_dim, fused, composed);
+            compare(format!("decode_attention [{batch}, {heads}/{kv_heads} heads, {keys} keys, {head_dim}]"), head_dim, outputs);
         }
         // Skinny products: 2 to 16 rows (decode steps of several sequences) against the
         // checkpoint-layout weight (`[d_out, d_in]` rows, used transposed as `Linear::load`
@@ -114,8 +135,8 @@ impl KernelJob {
         for (rows, d_in, d_out) in [(10, 1536, 136), (2, 300, 37), (16, 1000, 64), (1, 256, 16), (17, 64, 24)] {
             let x = tensor(input(vec![rows * d_in], 1.0)).reshape([1, rows, d_in]);
             let weight = tensor(input(vec![d_out * d_in], 0.05)).reshape([d_out, d_in]).transpose();
-            let (fused, composed) = both(&|| kernels::linear(x.clone(), &weight, None));
-            compare(format!("linear [{rows}, {d_in}] · [{d_in}, {d_out}]"), d_in, fused, composed);
+            let outputs = both(&|| kernels::linear(x.clone(), &weight, None));
+            compare(format!("linear [{rows}, {d_in}] · [{d_in}, {d_out}]"), d_in, outputs);
         }
         // Inputs must be random, never constant: a kernel reading the wrong element of a constant
         // tensor would pass.
@@ -127,24 +148,38 @@ impl KernelJob {
 }
 
 impl DeviceFn for KernelJob {
-    type Output = Vec<Check>;
-    fn run<B: Kernels>(self, device: &B::Device, _: &DeviceInfo, dtype: DType) -> Vec<Check> {
-        self.checks::<B>(device, dtype)
+    type Output = Vec<Outputs>;
+    fn run<B: Kernels>(self, device: &B::Device, _: &DeviceInfo, dtype: DType) -> Vec<Outputs> {
+        self.outputs::<B>(device, dtype)
     }
 }
 
+/// Each kernel must equal its composed fallback on the same device and the CPU's f32 result
+/// (the witness: the same seed gives the CPU the same inputs), within the dtype's
+/// `OpTolerance`, and give the same values when run twice. The composed fallback's own error
+/// against the witness is printed: when the two disagree, it names the side that is wrong.
 #[test]
 fn kernels_equal_their_composed_fallbacks_on_every_target() {
     let seed = clock_seed();
     let mut failed = Vec::new();
     for (spec, dtype) in test_targets() {
-        let checks = burn_phi3v::device::with_device_dtype(&spec, Some(dtype), KernelJob { seed }).unwrap_or_else(|e| panic!("{spec}: {e}"));
-        assert!(checks.len() >= 24, "{spec}: the kernel list ran short");
-        for c in &checks {
-            let pass = c.rel_err <= c.bound;
-            eprintln!("{spec} {} {}: {:.2e} (bound {:.2e}){}", dtype_name(dtype), c.what, c.rel_err, c.bound, if pass { "" } else { "  FAIL" });
+        let witness = burn_phi3v::device::with_device_dtype("cpu", Some(DType::F32), KernelJob { seed, inputs: dtype }).unwrap();
+        let outputs = burn_phi3v::device::with_device_dtype(&spec, Some(dtype), KernelJob { seed, inputs: dtype }).unwrap_or_else(|e| panic!("{spec}: {e}"));
+        assert!(outputs.len() >= 24 && outputs.len() == witness.len(), "{spec}: the kernel list ran short");
+        let tolerance = OpTolerance::for_dtype(dtype);
+        for (o, w) in outputs.iter().zip(&witness) {
+            let bound = tolerance.bound(o.accumulated);
+            let (vs_composed, vs_cpu, composed_vs_cpu) = (rel_err(&o.composed, &o.fused), rel_err(&w.composed, &o.fused), rel_err(&w.composed, &o.composed));
+            let repeat = rel_err(&o.fused, &o.fused_again);
+            let pass = vs_composed <= bound && vs_cpu <= bound && repeat == 0.0;
+            eprintln!(
+                "{spec} {} {}: {vs_composed:.2e} vs composed, {vs_cpu:.2e} vs cpu (bound {bound:.2e}); repeat {repeat:.1e}; composed vs cpu {composed_vs_cpu:.2e}{}",
+                dtype_name(dtype),
+                o.what,
+                if pass { "" } else { "  FAIL" }
+            );
             if !pass {
-                failed.push(format!("{spec} {}: {}: {:.2e} > {:.2e}", dtype_name(dtype), c.what, c.rel_err, c.bound));
+                failed.push(format!("{spec} {}: {}: {vs_composed:.2e} vs composed, {vs_cpu:.2e} vs cpu, repeat {repeat:.1e} (bound {bound:.2e})", dtype_name(dtype), o.what));
             }
         }
     }
