@@ -168,13 +168,78 @@ impl<B: Kernels> Phi3RmsNorm<B> {
 // Attention
 // ---------------------------------------------------------------------------------------------
 
-/// Keys and values of one layer, after RoPE.
+/// Keys and values of one layer, after RoPE, in buffers with room to grow: a decode step
+/// writes its key and value in place instead of copying the whole cache (`cat`).
+///
+/// Appending is in place when the buffers are not shared: a cloned cache (a static batch that
+/// forks, a benchmark that replays a step) copies on its first append, which keeps clones
+/// independent.
 #[derive(Debug, Clone)]
 pub struct LayerKv<B: Backend> {
-    /// `[batch, kv_heads, cached, head_dim]`.
-    pub k: Tensor<B, 4>,
-    /// `[batch, kv_heads, cached, head_dim]`.
-    pub v: Tensor<B, 4>,
+    /// `[batch, kv_heads, capacity, head_dim]`; positions `0..len` are cached.
+    k: Tensor<B, 4>,
+    /// Same layout as `k`.
+    v: Tensor<B, 4>,
+    len: usize,
+}
+
+/// Positions a [`LayerKv`] buffer grows by (at most this many stay unused).
+pub const KV_GROWTH: usize = 256;
+
+impl<B: Backend> LayerKv<B> {
+    /// A cache holding `k` and `v` (`[batch, kv_heads, cached, head_dim]`), with room for at
+    /// least one more position.
+    pub fn new(k: Tensor<B, 4>, v: Tensor<B, 4>) -> Self {
+        let [b, n, len, hd] = k.dims();
+        let capacity = (len + 1).next_multiple_of(KV_GROWTH);
+        let buffer = |t: &Tensor<B, 4>| Tensor::<B, 4>::zeros([b, n, capacity, hd], (&t.device(), t.dtype()));
+        let empty = Self { k: buffer(&k), v: buffer(&v), len: 0 };
+        empty.append(k, v)
+    }
+
+    /// Cached positions.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether nothing is cached.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The cached keys, `[batch, kv_heads, len, head_dim]` (a view of the buffer).
+    pub fn keys(&self) -> Tensor<B, 4> {
+        self.k.clone().narrow(2, 0, self.len)
+    }
+
+    /// The cached values, `[batch, kv_heads, len, head_dim]` (a view of the buffer).
+    pub fn values(&self) -> Tensor<B, 4> {
+        self.v.clone().narrow(2, 0, self.len)
+    }
+
+    /// Appends `k` and `v` (`[batch, kv_heads, new, head_dim]`) after the cached positions,
+    /// growing the buffers by whole [`KV_GROWTH`] blocks when they are full.
+    pub fn append(self, k: Tensor<B, 4>, v: Tensor<B, 4>) -> Self {
+        let [b, n, new, hd] = k.dims();
+        let (capacity, len) = (self.k.dims()[2], self.len);
+        let (kb, vb) = if len + new <= capacity {
+            (self.k, self.v)
+        } else {
+            let capacity = (len + new).next_multiple_of(KV_GROWTH);
+            let grow = |t: Tensor<B, 4>| {
+                let buffer = Tensor::<B, 4>::zeros([b, n, capacity, hd], (&t.device(), t.dtype()));
+                if len == 0 { buffer } else { buffer.slice_assign([0..b, 0..n, 0..len, 0..hd], t.narrow(2, 0, len)) }
+            };
+            (grow(self.k), grow(self.v))
+        };
+        // `slice_assign` writes in place into a buffer nothing else holds.
+        let at = [0..b, 0..n, len..len + new, 0..hd];
+        Self {
+            k: kb.slice_assign(at.clone(), k),
+            v: vb.slice_assign(at, v),
+            len: len + new,
+        }
+    }
 }
 
 /// The attention state a caller keeps between forward passes (one entry per layer).
@@ -201,7 +266,7 @@ impl<B: Kernels> KvCache<B> {
         self.layers
             .first()
             .and_then(|l| l.as_ref())
-            .map_or(0, |kv| kv.k.dims()[2])
+            .map_or(0, LayerKv::len)
     }
 
     /// Whether nothing is cached.
@@ -251,8 +316,10 @@ impl<B: Kernels> Phi3Attention<B> {
         let (h, kvh, hd) = (self.num_heads, self.num_kv_heads, self.head_dim);
         let qkv = self.qkv_proj.forward(x); // [b, s, (h + 2kvh)·hd]
         let heads = |t: Tensor<B, 3>, n: usize| t.reshape([b, s, n, hd]).swap_dims(1, 2); // [b, n, s, hd]
-        let q = kernels::rotary(qkv.clone().narrow(2, 0, h * hd), cos, sin, hd);
-        let k = kernels::rotary(qkv.clone().narrow(2, h * hd, kvh * hd), cos, sin, hd);
+        // Query and key heads rotate alike: one rotary over the q and k columns together.
+        let qk = kernels::rotary(qkv.clone().narrow(2, 0, (h + kvh) * hd), cos, sin, hd);
+        let q = qk.clone().narrow(2, 0, h * hd);
+        let k = qk.narrow(2, h * hd, kvh * hd);
         let v = qkv.narrow(2, (h + kvh) * hd, kvh * hd);
         (heads(q, h), heads(k, kvh), heads(v, kvh))
     }
@@ -273,13 +340,15 @@ impl<B: Kernels> Phi3Attention<B> {
         let (h, hd) = (self.num_heads, self.head_dim);
         let (q, k, v) = self.project(x, cos, sin);
         let (k, v) = match cache.take() {
-            Some(prev) => (Tensor::cat(vec![prev.k, k], 2), Tensor::cat(vec![prev.v, v], 2)),
-            None => (k, v),
+            Some(kv) => {
+                let kv = cache.insert(kv.append(k, v));
+                (kv.keys(), kv.values())
+            }
+            None => {
+                *cache = Some(LayerKv::new(k.clone(), v.clone()));
+                (k, v)
+            }
         };
-        *cache = Some(LayerKv {
-            k: k.clone(),
-            v: v.clone(),
-        });
         // Backends disagree on how a causal flag aligns when queries are fewer than keys
         // (Burn's fallback: bottom-right; cubek's flash kernels: top-left), so the flag is
         // only used when queries and keys coincide. One new query sees every key (a decode
@@ -515,5 +584,36 @@ impl<B: Kernels> Phi3Model<B> {
             x = layer.residual(x, |h| layer.self_attn.forward_paged(h, &cos, &sin, kv, batch));
         }
         self.norm.forward(x)
+    }
+}
+
+#[cfg(all(test, feature = "cpu"))]
+mod tests {
+    use super::*;
+    use burn::tensor::Distribution;
+
+    type B = burn::backend::Flex;
+
+    /// Appending in steps (a prefill, single positions, a chunk crossing a growth boundary)
+    /// caches what one `cat` of everything holds, and a clone appended to leaves its original
+    /// as it was.
+    #[test]
+    fn layer_kv_appends_equal_one_cat_and_clones_stay_independent() {
+        let random = |n: usize| Tensor::<B, 4>::random([2, 3, n, 4], Distribution::Normal(0.0, 1.0), &Default::default());
+        let chunks: Vec<(Tensor<B, 4>, Tensor<B, 4>)> = [250, 1, 1, 3, 1, 300, 1].iter().map(|&n| (random(n), random(n))).collect();
+        let mut kv = LayerKv::new(chunks[0].0.clone(), chunks[0].1.clone());
+        for (k, v) in &chunks[1..] {
+            kv = kv.append(k.clone(), v.clone());
+        }
+        let all = |i: usize| Tensor::cat(chunks.iter().map(|c| if i == 0 { c.0.clone() } else { c.1.clone() }).collect(), 2);
+        assert_eq!(kv.len(), 557);
+        assert_eq!(kv.keys().dims(), [2, 3, 557, 4]);
+        assert!(kv.keys().equal(all(0)).all().into_scalar());
+        assert!(kv.values().equal(all(1)).all().into_scalar());
+
+        let before = kv.keys();
+        let fork = kv.clone().append(random(1), random(1));
+        assert_eq!((fork.len(), kv.len()), (558, 557));
+        assert!(kv.keys().equal(before).all().into_scalar());
     }
 }

@@ -208,18 +208,19 @@ fn phase<B: Kernels>(model: &Phi3VForCausalLM<B>, timer: &Timer<B>, dtype: DType
     let qkv = attn.qkv_proj.forward(x.clone());
     let heads = |t: Tensor<B, 3>, n: usize| t.reshape([b, s, n, hd]).swap_dims(1, 2);
     let (q_rows, k_rows) = (qkv.clone().narrow(2, 0, h * hd), qkv.clone().narrow(2, h * hd, kvh * hd));
+    let qk_rows = qkv.clone().narrow(2, 0, (h + kvh) * hd); // what the model rotates in one call
     let q = heads(q_rows.clone(), h);
     let k = heads(k_rows.clone(), kvh);
     let v = heads(qkv.narrow(2, (h + kvh) * hd, kvh * hd), kvh);
-    let cached = (ctx > 0).then(|| LayerKv {
-        k: random::<B, 4>([b, kvh, ctx, hd], device, dtype),
-        v: random::<B, 4>([b, kvh, ctx, hd], device, dtype),
-    });
-    let keys = match &cached {
-        Some(kv) => Tensor::cat(vec![kv.k.clone(), k.clone()], 2),
-        None => k.clone(),
+    let cached = (ctx > 0).then(|| LayerKv::new(random::<B, 4>([b, kvh, ctx, hd], device, dtype), random::<B, 4>([b, kvh, ctx, hd], device, dtype)));
+    // What attention reads: views of the cache buffers after this step's append.
+    let (keys, values) = match &cached {
+        Some(kv) => {
+            let kv = kv.clone().append(k.clone(), v.clone());
+            (kv.keys(), kv.values())
+        }
+        None => (k.clone(), v.clone()),
     };
-    let values = random::<B, 4>([b, kvh, ctx + s, hd], device, dtype);
     let causal = ctx == 0 && s > 1;
     let attn_out = random::<B, 3>([b, s, h * hd], device, dtype);
     let gate_up = random::<B, 3>([b, s, 2 * inter], device, dtype);
@@ -237,12 +238,14 @@ fn phase<B: Kernels>(model: &Phi3VForCausalLM<B>, timer: &Timer<B>, dtype: DType
     };
     stage("input_layernorm", 1, timer.time(|| layer.input_layernorm.forward(x.clone())));
     stage("qkv_proj", 1, timer.time(|| attn.qkv_proj.forward(x.clone())));
-    stage("rotary (q and k)", 1, timer.time(|| (kernels::rotary(q_rows.clone(), &cos, &sin, hd), kernels::rotary(k_rows.clone(), &cos, &sin, hd))));
+    stage("rotary (q and k)", 1, timer.time(|| kernels::rotary(qk_rows.clone(), &cos, &sin, hd)));
     if let Some(kv) = &cached {
+        // In place into the cache's buffers (the first, warm-up, append copies the shared clone).
+        let mut kv = Some(kv.clone());
         stage(
             "kv-cache append (k and v)",
             1,
-            timer.time(|| (Tensor::cat(vec![kv.k.clone(), k.clone()], 2), Tensor::cat(vec![kv.v.clone(), v.clone()], 2))),
+            timer.time(|| kv = kv.take().map(|kv| kv.append(k.clone(), v.clone()))),
         );
     }
     stage(
@@ -275,24 +278,32 @@ fn phase<B: Kernels>(model: &Phi3VForCausalLM<B>, timer: &Timer<B>, dtype: DType
         st.per_step = 1;
     }
 
+    // A decode step appends to a cache that persists across the timed calls (the context grows
+    // by one per call, in place, as in generation); a prefill starts from an empty cache.
+    let mut kv = cached.clone();
     let layer_us = timer.time(|| {
-        let mut kv = cached.clone();
+        if ctx == 0 {
+            kv = None;
+        }
         layer.forward(x.clone(), &cos, &sin, &mut kv, None)
     });
     let ids: Tensor<B, 2, Int> = Tensor::from_data(TensorData::new(vec![100i64; b * s], [b, s]), device);
     let cache = KvCache {
         layers: (0..layers)
             .map(|_| {
-                cached.as_ref().map(|_| LayerKv {
-                    k: random::<B, 4>([b, kvh, ctx, hd], device, dtype),
-                    v: random::<B, 4>([b, kvh, ctx, hd], device, dtype),
-                })
+                cached
+                    .as_ref()
+                    .map(|_| LayerKv::new(random::<B, 4>([b, kvh, ctx, hd], device, dtype), random::<B, 4>([b, kvh, ctx, hd], device, dtype)))
             })
             .collect(),
         regimes: if ctx > 0 { vec![RopeRegime::Short; b] } else { Vec::new() },
     };
+    let mut cache = cache;
+    let empty = cache.clone();
     let step_us = timer.time(|| {
-        let mut cache = cache.clone();
+        if ctx == 0 {
+            cache = empty.clone();
+        }
         let embeds = model.model.embed(ids.clone());
         let out = model.model.forward(embeds, &positions, &regimes, &mut cache, None, false);
         model.lm_head.forward(out.last_hidden_state.narrow(1, s - 1, 1))
