@@ -46,7 +46,14 @@ JOB_AUTOTUNE_LEVEL=minimal job generate-cuda-bf16 $B/phi3v generate --model $M/p
 # cli built with its `plugin` feature.
 job launch-overhead bash -c "for d in cuda:0 plugin:$PL:0; do $B/phi3v bench run --preset tiny --device \$d --dtype f32 --scenarios latency --latency-shape 128x64 --warmup 2 --runs 10 --out launch-\${d%%:*} 2>&1 | grep -i 'latency\|error'; done"
 wait
+# BREAKDOWN=SECONDS: then, alone on the GPU, the kernel breakdown with the kernels (ours only),
+# beside the peer breakdown measured uncontended on 2026-12-03 (same GPU kind).
+if [ -n "${BREAKDOWN:-}" ]; then
+  NOSKINNY=1 PEER_JSON=docs/bench/breakdown-h200-kernels/peer.json VARIANTS=ours bash scripts/gpu_kernels.sh $BREAKDOWN > $W/breakdown.log 2>&1
+  cp $OUT/breakdown.tgz /tmp/res-breakdown.tgz 2>/dev/null; grep -A20 "^## decode b=1" $W/breakdown.log | head -40
+fi
 TAIL=6 show kernels-cuda conf-cuda-f32 parity-cuda-f32 parity-cuda-f32-composed conf-plugin-ops-f32 conf-plugin-parity-f32 conf-plugin-half conf-cuda-bf16 diff-plugin-f32 iluvatar-standin parity-cuda-bf16 generate-cuda-bf16 engine-cuda-f32 launch-overhead | cut -c1-300
 mkdir -p /tmp/res; for d in $W/*/; do n=$(basename $d); cp $d/out.txt /tmp/res/$n.txt 2>/dev/null; cp $d/err.txt /tmp/res/$n.err 2>/dev/null; done
 [ -d $W/failed-kernels ] && cp -r $W/failed-kernels /tmp/res/
+cp $W/breakdown.log /tmp/res/ 2>/dev/null
 tar czf $OUT/round.tgz -C /tmp/res . && ls -la $OUT

@@ -167,9 +167,25 @@ pub fn fused_kernels() -> bool {
     }
 }
 
+/// The model's kernels by name, each of which can be turned off alone (see [`kernel_on`]).
+pub const KERNEL_NAMES: [&str; 5] = ["rms_norm", "rotary", "silu_mul", "decode_attention", "skinny_linear"];
+
+/// Whether the backend's kernel `name` (one of [`KERNEL_NAMES`]) runs: [`fused_kernels`] is
+/// on and `PHI3V_KERNELS_OFF` (a comma-separated list of names, read once) does not name it.
+/// Turning one kernel off works around it on a device where it misbehaves, or measures it.
+pub fn kernel_on(name: &str) -> bool {
+    static OFF: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+    let off = OFF.get_or_init(|| {
+        std::env::var("PHI3V_KERNELS_OFF")
+            .map(|v| v.split(',').map(|n| n.trim().to_string()).filter(|n| !n.is_empty()).collect())
+            .unwrap_or_default()
+    });
+    fused_kernels() && !off.iter().any(|n| n == name)
+}
+
 /// [`Kernels::rms_norm`] on tensors (composed when [`fused_kernels`] is off).
 pub fn rms_norm<B: Kernels>(x: Tensor<B, 3>, weight: &Tensor<B, 1>, eps: f64) -> Tensor<B, 3> {
-    if !fused_kernels() {
+    if !kernel_on("rms_norm") {
         return composed::rms_norm(x, weight.clone(), eps);
     }
     let out = B::rms_norm(x.into_primitive().tensor(), weight.clone().into_primitive().tensor(), eps);
@@ -178,7 +194,7 @@ pub fn rms_norm<B: Kernels>(x: Tensor<B, 3>, weight: &Tensor<B, 1>, eps: f64) ->
 
 /// [`Kernels::rotary`] on tensors (composed when [`fused_kernels`] is off).
 pub fn rotary<B: Kernels>(x: Tensor<B, 3>, cos: &Tensor<B, 4>, sin: &Tensor<B, 4>, head_dim: usize) -> Tensor<B, 3> {
-    if !fused_kernels() {
+    if !kernel_on("rotary") {
         return composed::rotary(x, cos, sin, head_dim);
     }
     let out = B::rotary(
@@ -192,7 +208,7 @@ pub fn rotary<B: Kernels>(x: Tensor<B, 3>, cos: &Tensor<B, 4>, sin: &Tensor<B, 4
 
 /// [`Kernels::silu_mul`] on tensors (composed when [`fused_kernels`] is off).
 pub fn silu_mul<B: Kernels>(gate_up: Tensor<B, 3>) -> Tensor<B, 3> {
-    if !fused_kernels() {
+    if !kernel_on("silu_mul") {
         return composed::silu_mul(gate_up);
     }
     Tensor::from_primitive(TensorPrimitive::Float(B::silu_mul(gate_up.into_primitive().tensor())))
@@ -204,7 +220,7 @@ pub fn silu_mul<B: Kernels>(gate_up: Tensor<B, 3>) -> Tensor<B, 3> {
 /// The kernel keeps `batch · heads · keys` f32 scores; a batch whose scores would exceed
 /// [`DECODE_SCORES`] runs in slices of batch rows (a single row always runs whole).
 pub fn decode_attention<B: Kernels>(q: Tensor<B, 4>, k: Tensor<B, 4>, v: Tensor<B, 4>) -> Tensor<B, 4> {
-    if !fused_kernels() || q.dims()[2] != 1 {
+    if !kernel_on("decode_attention") || q.dims()[2] != 1 {
         return composed::decode_attention(q, k, v);
     }
     decode_attention_in_slices(q, k, v, DECODE_SCORES)
@@ -266,7 +282,7 @@ pub fn linear<B: Kernels, const D: usize>(x: Tensor<B, D>, weight: &Tensor<B, 2>
     let dims = x.dims();
     let [d_in, d_out] = weight.dims();
     let rows = x.shape().num_elements() / d_in.max(1);
-    if !fused_kernels() || bias.is_some() || !(2..=SKINNY_ROWS).contains(&rows) {
+    if !kernel_on("skinny_linear") || bias.is_some() || !(2..=SKINNY_ROWS).contains(&rows) {
         return burn::tensor::module::linear(x, weight.clone(), bias.cloned());
     }
     let out = B::skinny_linear(x.reshape([rows, d_in]).into_primitive().tensor(), weight.clone().into_primitive().tensor());

@@ -155,7 +155,11 @@ impl DeviceFn for BreakdownJob {
             phases.push(phase(&model, &timer, dtype, 1, a.prefill, 0));
         }
         Ok(Breakdown {
-            engine: if kernels::fused_kernels() { "burn-phi3v" } else { "burn-phi3v, composed steps" }.into(),
+            engine: match (kernels::fused_kernels(), kernels::KERNEL_NAMES.iter().filter(|n| !kernels::kernel_on(n)).copied().collect::<Vec<_>>()) {
+                (false, _) => "burn-phi3v, composed steps".into(),
+                (true, off) if off.is_empty() => "burn-phi3v".into(),
+                (true, off) => format!("burn-phi3v, kernels off: {}", off.join(", ")),
+            },
             device: format!("{} ({})", info.name, info.spec),
             dtype: dtype_name(dtype).into(),
             preset: a.preset.clone(),
