@@ -15,7 +15,7 @@ use burn::tensor::{
 };
 use burn_phi3v::device::{DeviceInfo, dtype_name};
 use burn_phi3v::model::nn::{LayerNorm, attend, set_composed_attention};
-use burn_phi3v::kernels::{self, Kernels, set_fused_kernels};
+use burn_phi3v::kernels::{self, KernelPolicy, Kernels, kernel_policy, set_kernel_policy};
 use burn_phi3v::model::phi3::Phi3RmsNorm;
 use phi3v_devices::DeviceFn;
 
@@ -309,14 +309,16 @@ fn model_ops<B: Kernels>(c: &mut Ctx<B>) {
     let (cos, sin) = (table(f32::cos), table(f32::sin));
     // Phi3MLP's activation over gate_up_proj's output, up · silu(gate).
     let gate_up = c.input([2, 9, 384], 3.0);
+    // The kernels forced on (checked even where they are not on by default), then composed.
+    let policy = kernel_policy();
     for fused in [true, false] {
-        set_fused_kernels(fused);
+        set_kernel_policy(if fused { KernelPolicy::Forced } else { KernelPolicy::Off });
         let how = if fused { "kernel" } else { "composed" };
         c.record(format!("Phi3RMSNorm [2, 9, 256], {how}"), 256, norm.forward(x.clone()));
         c.record(format!("rotary, 4 heads of 96 from a qkv row [2, 9, 384], {how}"), 1, kernels::rotary(q.clone(), &cos, &sin, 96));
         c.record(format!("up·silu(gate) [2, 9, 384], {how}"), 1, kernels::silu_mul(gate_up.clone()));
     }
-    set_fused_kernels(true);
+    set_kernel_policy(policy);
     let h = c.input([2, 9, 128], 3.0);
     c.record("quick_gelu [2, 9, 128]", 1, h.clone() * sigmoid(h * 1.702));
     // CLIP's patch embedding: 14×14 patches, stride 14, no bias.

@@ -5,7 +5,7 @@
 
 use burn::tensor::{DType, Tensor, TensorData, bf16, f16};
 use burn_phi3v::device::{DeviceInfo, dtype_name};
-use burn_phi3v::kernels::{self, Kernels, set_fused_kernels};
+use burn_phi3v::kernels::{self, KernelPolicy, Kernels, kernel_policy, set_kernel_policy};
 use phi3v_devices::DeviceFn;
 use phi3v_tests::conformance::OpTolerance;
 use phi3v_tests::devices::test_targets;
@@ -65,13 +65,15 @@ impl KernelJob {
             assert_eq!(fused.dims(), composed.dims(), "{what}");
             checks.push(Outputs { what, accumulated, fused: host(fused), fused_again: host(fused_again), composed: host(composed) });
         };
+        // The kernels forced on (tested even where they are not on by default), then composed.
+        let policy = kernel_policy();
         let both = |f: &dyn Fn() -> Tensor<B, 3>| {
-            set_fused_kernels(true);
+            set_kernel_policy(KernelPolicy::Forced);
             let fused = f();
             let fused_again = f();
-            set_fused_kernels(false);
+            set_kernel_policy(KernelPolicy::Off);
             let composed = f();
-            set_fused_kernels(true);
+            set_kernel_policy(policy);
             (fused, fused_again, composed)
         };
 
@@ -132,7 +134,7 @@ impl KernelJob {
         // checkpoint-layout weight (`[d_out, d_in]` rows, used transposed as `Linear::load`
         // does); widths that are not multiples of the 256-value chunk or the 8-column cube;
         // 1 and 17 rows take Burn's `linear` on both sides.
-        for (rows, d_in, d_out) in [(10, 1536, 136), (2, 300, 37), (16, 1000, 64), (1, 256, 16), (17, 64, 24)] {
+        for (rows, d_in, d_out) in [(10, 1536, 136), (2, 300, 37), (16, 1000, 64), (3, 77, 20), (1, 256, 16), (17, 64, 24)] {
             let x = tensor(input(vec![rows * d_in], 1.0)).reshape([1, rows, d_in]);
             let weight = tensor(input(vec![d_out * d_in], 0.05)).reshape([d_out, d_in]).transpose();
             let outputs = both(&|| kernels::linear(x.clone(), &weight, None));

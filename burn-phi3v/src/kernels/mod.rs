@@ -39,9 +39,7 @@ pub trait Kernels: Backend {
     /// # Shapes
     /// `x`: `[batch, seq, hidden]`; `weight`: `[hidden]` → `[batch, seq, hidden]`
     fn rms_norm(x: FloatTensor<Self>, weight: FloatTensor<Self>, eps: f64) -> FloatTensor<Self> {
-        let x = Tensor::<Self, 3>::from_primitive(TensorPrimitive::Float(x));
-        let weight = Tensor::<Self, 1>::from_primitive(TensorPrimitive::Float(weight));
-        composed::rms_norm(x, weight, eps).into_primitive().tensor()
+        default_rms_norm::<Self>(x, weight, eps)
     }
 
     /// Rotary embedding of every head: `x·cos + rotate_half(x)·sin` per head of `head_dim`
@@ -51,10 +49,7 @@ pub trait Kernels: Backend {
     /// `x`: `[batch, seq, heads · head_dim]` (any strides); `cos`, `sin`:
     /// `[batch, 1, seq, head_dim]` → `[batch, seq, heads · head_dim]`
     fn rotary(x: FloatTensor<Self>, cos: FloatTensor<Self>, sin: FloatTensor<Self>, head_dim: usize) -> FloatTensor<Self> {
-        let x = Tensor::<Self, 3>::from_primitive(TensorPrimitive::Float(x));
-        let cos = Tensor::<Self, 4>::from_primitive(TensorPrimitive::Float(cos));
-        let sin = Tensor::<Self, 4>::from_primitive(TensorPrimitive::Float(sin));
-        composed::rotary(x, &cos, &sin, head_dim).into_primitive().tensor()
+        default_rotary::<Self>(x, cos, sin, head_dim)
     }
 
     /// The MLP's activation: `up · SiLU(gate)` where `[gate, up]` are the two halves of the
@@ -63,8 +58,7 @@ pub trait Kernels: Backend {
     /// # Shapes
     /// `gate_up`: `[batch, seq, 2 · intermediate]` → `[batch, seq, intermediate]`
     fn silu_mul(gate_up: FloatTensor<Self>) -> FloatTensor<Self> {
-        let gate_up = Tensor::<Self, 3>::from_primitive(TensorPrimitive::Float(gate_up));
-        composed::silu_mul(gate_up).into_primitive().tensor()
+        default_silu_mul::<Self>(gate_up)
     }
 
     /// `x · weight` for a few rows (2 to [`SKINNY_ROWS`]: decode steps of several
@@ -86,6 +80,27 @@ pub trait Kernels: Backend {
     fn decode_attention(q: FloatTensor<Self>, k: FloatTensor<Self>, v: FloatTensor<Self>) -> FloatTensor<Self> {
         default_decode_attention::<Self>(q, k, v)
     }
+}
+
+/// [`Kernels::rms_norm`]'s default, for implementations that fall back to it.
+fn default_rms_norm<B: Backend>(x: FloatTensor<B>, weight: FloatTensor<B>, eps: f64) -> FloatTensor<B> {
+    let x = Tensor::<B, 3>::from_primitive(TensorPrimitive::Float(x));
+    let weight = Tensor::<B, 1>::from_primitive(TensorPrimitive::Float(weight));
+    composed::rms_norm(x, weight, eps).into_primitive().tensor()
+}
+
+/// [`Kernels::rotary`]'s default, for implementations that fall back to it.
+fn default_rotary<B: Backend>(x: FloatTensor<B>, cos: FloatTensor<B>, sin: FloatTensor<B>, head_dim: usize) -> FloatTensor<B> {
+    let x = Tensor::<B, 3>::from_primitive(TensorPrimitive::Float(x));
+    let cos = Tensor::<B, 4>::from_primitive(TensorPrimitive::Float(cos));
+    let sin = Tensor::<B, 4>::from_primitive(TensorPrimitive::Float(sin));
+    composed::rotary(x, &cos, &sin, head_dim).into_primitive().tensor()
+}
+
+/// [`Kernels::silu_mul`]'s default, for implementations that fall back to it.
+fn default_silu_mul<B: Backend>(gate_up: FloatTensor<B>) -> FloatTensor<B> {
+    let gate_up = Tensor::<B, 3>::from_primitive(TensorPrimitive::Float(gate_up));
+    composed::silu_mul(gate_up).into_primitive().tensor()
 }
 
 /// [`Kernels::skinny_linear`]'s default, for implementations that fall back to it.
@@ -146,25 +161,61 @@ pub mod composed {
     }
 }
 
-/// 0 = not decided yet, 1 = the backend's kernels, 2 = composed.
-static FUSED: AtomicU8 = AtomicU8::new(0);
-
-/// Chooses the backend's [`Kernels`] (`true`, the default) or the composed steps (`false`) for
-/// every later call; also set by `PHI3V_FUSED_KERNELS=0`.
-pub fn set_fused_kernels(fused: bool) {
-    FUSED.store(if fused { 1 } else { 2 }, Ordering::Relaxed);
+/// Where the backends' own kernels run (see [`set_kernel_policy`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KernelPolicy {
+    /// Nowhere: every step is composed from Burn ops (`PHI3V_FUSED_KERNELS=0`).
+    Off,
+    /// Where a backend's kernels have passed `tests/tests/kernels.rs` against their composed
+    /// fallbacks on a real device (the default; see [`Kernels`]' implementations).
+    Verified,
+    /// Everywhere a backend has them, verified or not (`PHI3V_FUSED_KERNELS=1`): to test or
+    /// measure them on a new device.
+    Forced,
 }
 
-/// Whether the backend's [`Kernels`] run (see [`set_fused_kernels`]).
-pub fn fused_kernels() -> bool {
+/// 0 = not decided yet, 1 = Verified, 2 = Off, 3 = Forced.
+static FUSED: AtomicU8 = AtomicU8::new(0);
+
+/// Chooses where the backends' [`Kernels`] run for every later call; the default comes from
+/// `PHI3V_FUSED_KERNELS` (`0`/`false`: off, `1`/`true`/`force`: forced, unset: verified).
+pub fn set_kernel_policy(policy: KernelPolicy) {
+    let v = match policy {
+        KernelPolicy::Verified => 1,
+        KernelPolicy::Off => 2,
+        KernelPolicy::Forced => 3,
+    };
+    FUSED.store(v, Ordering::Relaxed);
+}
+
+/// The current [`KernelPolicy`].
+pub fn kernel_policy() -> KernelPolicy {
     match FUSED.load(Ordering::Relaxed) {
         0 => {
-            let on = !std::env::var("PHI3V_FUSED_KERNELS").is_ok_and(|v| v == "0" || v == "false");
-            set_fused_kernels(on);
-            on
+            let policy = match std::env::var("PHI3V_FUSED_KERNELS").as_deref() {
+                Ok("0" | "false" | "off") => KernelPolicy::Off,
+                Ok("1" | "true" | "force" | "forced") => KernelPolicy::Forced,
+                _ => KernelPolicy::Verified,
+            };
+            set_kernel_policy(policy);
+            policy
         }
-        v => v == 1,
+        1 => KernelPolicy::Verified,
+        2 => KernelPolicy::Off,
+        _ => KernelPolicy::Forced,
     }
+}
+
+/// `false` turns the backends' [`Kernels`] off; `true` restores the default,
+/// [`KernelPolicy::Verified`].
+pub fn set_fused_kernels(fused: bool) {
+    set_kernel_policy(if fused { KernelPolicy::Verified } else { KernelPolicy::Off });
+}
+
+/// Whether the backends' [`Kernels`] may run at all (the policy is not [`KernelPolicy::Off`]);
+/// a backend may still use its composed default where its kernels are not verified.
+pub fn fused_kernels() -> bool {
+    kernel_policy() != KernelPolicy::Off
 }
 
 /// The model's kernels by name, each of which can be turned off alone (see [`kernel_on`]).
