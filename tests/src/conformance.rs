@@ -334,9 +334,8 @@ pub fn compare(reference: &[OpOutput], got: &[OpOutput]) -> Vec<OpCheck> {
         .iter()
         .zip(got)
         .map(|(r, g)| {
-            let scale = r.values.iter().fold(0f32, |m, v| m.max(v.abs())).max(f32::MIN_POSITIVE);
             let max_abs_err = crate::tolerance::max_abs_diff(&r.values, &g.values);
-            let rel_err = max_abs_err / scale;
+            let rel_err = max_abs_err / crate::tolerance::magnitude(&r.values);
             let bound = OpTolerance::for_dtype(g.dtype).bound(g.accumulated);
             OpCheck { op: g.op.clone(), dtype: g.dtype, max_abs_err, rel_err, bound, pass: rel_err <= bound }
         })

@@ -70,6 +70,12 @@ pub const JPEG_PIXELS: f32 = 0.1;
 /// required where the reference's gaps exceed twice this.
 pub const JPEG_LOGITS: f32 = 0.5;
 
+/// The largest magnitude of `values` (at least `f32::MIN_POSITIVE`): the scale relative errors
+/// are measured against.
+pub fn magnitude(values: &[f32]) -> f32 {
+    values.iter().fold(0f32, |m, v| m.max(v.abs())).max(f32::MIN_POSITIVE)
+}
+
 /// Largest absolute difference of two equally long slices (`f32::INFINITY` if lengths differ).
 pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     if a.len() != b.len() {

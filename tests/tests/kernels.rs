@@ -10,6 +10,7 @@ use phi3v_devices::DeviceFn;
 use phi3v_tests::conformance::OpTolerance;
 use phi3v_tests::devices::test_targets;
 use phi3v_tests::rng::Rng;
+use phi3v_tests::tolerance::{magnitude, max_abs_diff};
 
 fn clock_seed() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64
@@ -25,14 +26,10 @@ struct Outputs {
     composed: Vec<f32>,
 }
 
-/// Largest |a − b| relative to the largest |reference| (∞ on NaN or a length mismatch).
+/// Largest |reference − got| relative to the largest |reference| (∞ on NaN or a length
+/// mismatch).
 fn rel_err(reference: &[f32], got: &[f32]) -> f32 {
-    if reference.len() != got.len() {
-        return f32::INFINITY;
-    }
-    let scale = reference.iter().fold(0f32, |m, v| m.max(v.abs())).max(f32::MIN_POSITIVE);
-    let max_abs = reference.iter().zip(got).fold(0f32, |m, (r, g)| if (r - g).abs().is_nan() { f32::INFINITY } else { m.max((r - g).abs()) });
-    max_abs / scale
+    max_abs_diff(reference, got) / magnitude(reference)
 }
 
 struct KernelJob {

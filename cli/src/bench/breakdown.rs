@@ -292,7 +292,7 @@ fn phase<B: Kernels>(model: &Phi3VForCausalLM<B>, timer: &Timer<B>, dtype: DType
         layer.forward(x.clone(), &cos, &sin, &mut kv, None)
     });
     let ids: Tensor<B, 2, Int> = Tensor::from_data(TensorData::new(vec![100i64; b * s], [b, s]), device);
-    let cache = KvCache {
+    let mut cache = KvCache {
         layers: (0..layers)
             .map(|_| {
                 cached
@@ -302,11 +302,9 @@ fn phase<B: Kernels>(model: &Phi3VForCausalLM<B>, timer: &Timer<B>, dtype: DType
             .collect(),
         regimes: if ctx > 0 { vec![RopeRegime::Short; b] } else { Vec::new() },
     };
-    let mut cache = cache;
-    let empty = cache.clone();
     let step_us = timer.time(|| {
         if ctx == 0 {
-            cache = empty.clone();
+            cache.clear();
         }
         let embeds = model.model.embed(ids.clone());
         let out = model.model.forward(embeds, &positions, &regimes, &mut cache, None, false);
