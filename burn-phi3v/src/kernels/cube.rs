@@ -6,7 +6,7 @@ use burn::tensor::ops::{FloatTensor, FloatTensorOps};
 use burn_cubecl::{
     BoolElement, CubeBackend, CubeRuntime, FloatElement, IntElement,
     kernel::into_contiguous,
-    ops::numeric::empty_device_dtype,
+    ops::numeric::empty_device_contiguous_dtype,
     tensor::CubeTensor,
 };
 use cubecl::{calculate_cube_count_elemwise, prelude::*};
@@ -66,16 +66,16 @@ where
 }
 
 /// Whether these kernels run on `client`'s runtime under the current [`KernelPolicy`]: by
-/// default only where `tests/tests/kernels.rs` has passed on a device, which is wgpu's WGSL and
-/// SPIR-V compilers (Mesa lavapipe, 2026-12-02/03). On CUDA (H200, 2026-12-03) 9 of 24 checks
-/// gave wrong values (docs/kernels.md), so CUDA, and the runtimes sharing its C++ code
-/// generator (HIP/ROCm, Metal's MSL, the plugin runtimes), compose the steps from Burn ops
-/// unless `PHI3V_FUSED_KERNELS=1` forces the kernels.
+/// default only where `tests/tests/kernels.rs` has passed on a device: wgpu's WGSL and SPIR-V
+/// compilers (Mesa lavapipe, 2026-12-02/03), CUDA and the CUDA-dialect plugin runtime (H200,
+/// 2026-12-03, once outputs were allocated contiguous). ROCm and Metal (same C++ generator,
+/// never run here) compose the steps from Burn ops unless `PHI3V_FUSED_KERNELS=1` forces the
+/// kernels.
 fn runs_here<R: CubeRuntime>(client: &ComputeClient<R>) -> bool {
     match super::kernel_policy() {
         KernelPolicy::Off => false,
         KernelPolicy::Forced => true,
-        KernelPolicy::Verified => matches!(R::name(client), "wgpu<wgsl>" | "wgpu<spirv>"),
+        KernelPolicy::Verified => matches!(R::name(client), "wgpu<wgsl>" | "wgpu<spirv>" | "cuda" | "plugin-cuda"),
     }
 }
 
@@ -92,6 +92,13 @@ fn row_cubes(n: usize) -> CubeCount {
     CubeCount::new_2d(x as u32, n.div_ceil(x.max(1)) as u32)
 }
 
+// Every kernel writes its output as a contiguous row-major buffer, so outputs are allocated
+// contiguous (`empty_device_contiguous_dtype`): CubeCL's CUDA runtime lays out a plain
+// `empty_device_dtype` with rows padded to an aligned pitch wherever a row's bytes are not a
+// multiple of it, and a kernel writing it linearly gave wrong values at those widths (SiLU·mul at
+// 77, head_dim 96, …; docs/kernels.md, 2026-12-03). Sizes and strides are scalar arguments;
+// indices are `usize` (the launch's address type, 32 or 64 bits).
+
 /// One cube per row: the sum of squares in f32 (each unit strides over the row, then a tree
 /// reduction in shared memory), then `x · rsqrt(mean + eps)` cast to the dtype, times `weight`.
 #[cube(launch_unchecked, address_type = "dynamic")]
@@ -99,13 +106,14 @@ fn rms_norm_kernel<E: Float>(
     x: &Tensor<E>,
     weight: &Tensor<E>,
     output: &mut Tensor<E>,
+    rows: usize,
+    width: usize,
     eps: f32,
     #[comptime] units: usize,
     #[define(E)] _dtype: StorageType,
 ) {
-    let width = x.shape(x.rank() - 1);
     // Rows beyond a dimension's 65535 cubes spread over a second one (see `row_cubes`).
-    if CUBE_POS * width >= x.len() {
+    if CUBE_POS >= rows {
         terminate!();
     }
     let base = CUBE_POS * width;
@@ -148,7 +156,7 @@ pub(crate) fn rms_norm<R: CubeRuntime>(x: CubeTensor<R>, weight: CubeTensor<R>, 
     let shape = x.meta.shape().clone();
     let width = shape[shape.num_dims() - 1];
     let rows = shape.num_elements() / width.max(1);
-    let output = empty_device_dtype(x.client.clone(), x.device.clone(), shape, x.dtype);
+    let output = empty_device_contiguous_dtype(x.client.clone(), x.device.clone(), shape, x.dtype);
     if rows == 0 || width == 0 {
         return output;
     }
@@ -163,6 +171,8 @@ pub(crate) fn rms_norm<R: CubeRuntime>(x: CubeTensor<R>, weight: CubeTensor<R>, 
             x.into_tensor_arg(),
             weight.into_tensor_arg(),
             output.clone().into_tensor_arg(),
+            rows,
+            width,
             eps as f32,
             ROW_UNITS as usize,
             dtype.into(),
@@ -171,30 +181,33 @@ pub(crate) fn rms_norm<R: CubeRuntime>(x: CubeTensor<R>, weight: CubeTensor<R>, 
     output
 }
 
-/// One unit per output value: value `c` of a head reads `c` and its partner `c ± half` of the
-/// same head (strided input, last-dimension stride 1), and row `(batch, position)` of the
-/// tables.
+/// One unit per output value of `[batch, seq, width]` (contiguous): value `c` of a head reads
+/// `c` and its partner `c ± half` of the same head (input rows at `b · x_batch + s · x_seq`,
+/// values contiguous), and row `(batch, position)` of the tables.
 #[cube(launch_unchecked, address_type = "dynamic")]
 fn rotary_kernel<E: Float>(
     x: &Tensor<E>,
     cos: &Tensor<E>,
     sin: &Tensor<E>,
     output: &mut Tensor<E>,
+    total: usize,
+    seq: usize,
+    width: usize,
+    x_batch: usize,
+    x_seq: usize,
     #[comptime] head_dim: usize,
     #[define(E)] _dtype: StorageType,
 ) {
-    if ABSOLUTE_POS >= output.len() {
+    if ABSOLUTE_POS >= total {
         terminate!();
     }
-    let seq = output.shape(1);
-    let width = output.shape(2);
     let j = ABSOLUTE_POS % width;
     let row = ABSOLUTE_POS / width; // batch · seq + position
     let b = row / seq;
     let s = row % seq;
     let half = head_dim / 2;
     let c = j % head_dim;
-    let input = b * x.stride(0) + s * x.stride(1);
+    let input = b * x_batch + s * x_seq;
     let value = x[input + j];
     let table = row * head_dim + c;
     let rotated = if c < half { -x[input + j + half] } else { x[input + j - half] };
@@ -206,7 +219,9 @@ pub(crate) fn rotary<R: CubeRuntime>(x: CubeTensor<R>, cos: CubeTensor<R>, sin: 
     let x = if x.meta.strides()[2] == 1 { x } else { into_contiguous(x) };
     let (cos, sin) = (into_contiguous(cos), into_contiguous(sin));
     let shape = x.meta.shape().clone();
-    let output = empty_device_dtype(x.client.clone(), x.device.clone(), shape.clone(), x.dtype);
+    let (seq, width) = (shape[1], shape[2]);
+    let (x_batch, x_seq) = (x.meta.strides()[0], x.meta.strides()[1]);
+    let output = empty_device_contiguous_dtype(x.client.clone(), x.device.clone(), shape.clone(), x.dtype);
     let units = shape.num_elements();
     if units == 0 {
         return output;
@@ -225,6 +240,11 @@ pub(crate) fn rotary<R: CubeRuntime>(x: CubeTensor<R>, cos: CubeTensor<R>, sin: 
             cos.into_tensor_arg(),
             sin.into_tensor_arg(),
             output.clone().into_tensor_arg(),
+            units,
+            seq,
+            width,
+            x_batch,
+            x_seq,
             head_dim,
             dtype.into(),
         )
@@ -232,13 +252,13 @@ pub(crate) fn rotary<R: CubeRuntime>(x: CubeTensor<R>, cos: CubeTensor<R>, sin: 
     output
 }
 
-/// One unit per output value: `up · SiLU(gate)` with SiLU in f32.
+/// One unit per output value of `[rows, width]`: `up · SiLU(gate)` with SiLU in f32, where row
+/// `r` of the input holds `[gate, up]` (`2 · width` values).
 #[cube(launch_unchecked, address_type = "dynamic")]
-fn silu_mul_kernel<E: Float>(gate_up: &Tensor<E>, output: &mut Tensor<E>, #[define(E)] _dtype: StorageType) {
-    if ABSOLUTE_POS >= output.len() {
+fn silu_mul_kernel<E: Float>(gate_up: &Tensor<E>, output: &mut Tensor<E>, total: usize, width: usize, #[define(E)] _dtype: StorageType) {
+    if ABSOLUTE_POS >= total {
         terminate!();
     }
-    let width = output.shape(output.rank() - 1);
     let row = ABSOLUTE_POS / width;
     let i = ABSOLUTE_POS % width;
     let gate = f32::cast_from(gate_up[row * 2 * width + i]);
@@ -253,7 +273,8 @@ pub(crate) fn silu_mul<R: CubeRuntime>(gate_up: CubeTensor<R>) -> CubeTensor<R> 
     let mut shape = gate_up.meta.shape().clone();
     let last = shape.num_dims() - 1;
     shape[last] /= 2;
-    let output = empty_device_dtype(gate_up.client.clone(), gate_up.device.clone(), shape.clone(), gate_up.dtype);
+    let width = shape[last];
+    let output = empty_device_contiguous_dtype(gate_up.client.clone(), gate_up.device.clone(), shape.clone(), gate_up.dtype);
     let units = shape.num_elements();
     if units == 0 {
         return output;
@@ -270,6 +291,8 @@ pub(crate) fn silu_mul<R: CubeRuntime>(gate_up: CubeTensor<R>) -> CubeTensor<R> 
             address,
             gate_up.into_tensor_arg(),
             output.clone().into_tensor_arg(),
+            units,
+            width,
             dtype.into(),
         )
     };
@@ -279,12 +302,31 @@ pub(crate) fn silu_mul<R: CubeRuntime>(gate_up: CubeTensor<R>) -> CubeTensor<R> 
 /// Sentinel below every score (the scores are finite: no mask).
 const NO_SCORE: f32 = -3.0e38;
 
+/// Where a decode attention reads its operands: heads and keys, and the strides of `q`
+/// (`[batch, heads, 1, head_dim]`) and of `k`, `v` (`[batch, kv_heads, keys, head_dim]`, last
+/// stride 1), in elements.
+#[derive(CubeLaunch, CubeType)]
+struct DecodeLayout {
+    heads: usize,
+    /// Query heads per key/value head.
+    group: usize,
+    keys: usize,
+    q_batch: usize,
+    q_head: usize,
+    k_batch: usize,
+    k_head: usize,
+    k_key: usize,
+    v_batch: usize,
+    v_head: usize,
+    v_key: usize,
+}
+
 /// One cube per (batch, head) for one query row: the scores `q·k_j / sqrt(head_dim)` in f32
 /// (units over keys, into `scores`), their maximum and the sum of `exp(score − max)` by tree
 /// reductions in shared memory, then `Σ_j p_j v_j` with the units split into
 /// `units / head_dim` groups over the keys, one output dimension per unit. Keys and values are
 /// read through their strides (a cache view or a paged gather, no copy); a query head reads the
-/// key/value head `h / (heads / kv_heads)` (grouped-query attention).
+/// key/value head `h / group` (grouped-query attention).
 #[cube(launch_unchecked, address_type = "dynamic")]
 fn decode_attention_kernel<E: Float>(
     q: &Tensor<E>,
@@ -292,25 +334,25 @@ fn decode_attention_kernel<E: Float>(
     v: &Tensor<E>,
     scores: &mut Tensor<f32>,
     output: &mut Tensor<E>,
+    layout: &DecodeLayout,
+    batch_heads: usize,
     scale: f32,
     #[comptime] head_dim: usize,
     #[comptime] units: usize,
     #[define(E)] _dtype: StorageType,
 ) {
-    let heads = q.shape(1);
-    let kv_heads = k.shape(1);
-    let keys = k.shape(2);
     let bh = CUBE_POS;
-    if bh >= q.shape(0) * heads {
+    if bh >= batch_heads {
         terminate!();
     }
-    let b = bh / heads;
-    let h = bh % heads;
-    let hk = h / (heads / kv_heads);
+    let keys = layout.keys;
+    let b = bh / layout.heads;
+    let h = bh % layout.heads;
+    let hk = h / layout.group;
     let unit = UNIT_POS as usize;
-    let q_base = b * q.stride(0) + h * q.stride(1);
-    let k_base = b * k.stride(0) + hk * k.stride(1);
-    let v_base = b * v.stride(0) + hk * v.stride(1);
+    let q_base = b * layout.q_batch + h * layout.q_head;
+    let k_base = b * layout.k_batch + hk * layout.k_head;
+    let v_base = b * layout.v_batch + hk * layout.v_head;
     let row = bh * keys;
 
     let mut q_shared = SharedMemory::<f32>::new(head_dim);
@@ -324,7 +366,7 @@ fn decode_attention_kernel<E: Float>(
     // Scores, and each unit's maximum.
     let mut j = unit;
     while j < keys {
-        let key = k_base + j * k.stride(2);
+        let key = k_base + j * layout.k_key;
         let mut dot = q_shared[0] * f32::cast_from(k[key]);
         for d in 1..head_dim {
             dot += q_shared[d] * f32::cast_from(k[key + d]);
@@ -380,7 +422,7 @@ fn decode_attention_kernel<E: Float>(
         partial[unit] = f32::new(0.0);
         let mut j = g;
         while j < keys {
-            partial[unit] += scores[row + j] * f32::cast_from(v[v_base + j * v.stride(2) + d]);
+            partial[unit] += scores[row + j] * f32::cast_from(v[v_base + j * layout.v_key + d]);
             j += groups;
         }
     }
@@ -395,23 +437,49 @@ fn decode_attention_kernel<E: Float>(
 }
 
 /// Attention of one query row per (batch, head) over every cached key; see
-/// [`Kernels::decode_attention`].
+/// [`Kernels::decode_attention`]. Planes over keys ([`decode_attention_planes_kernel`]) where
+/// the hardware planes are uniform and divide `head_dim`, else units over keys.
 pub(crate) fn decode_attention<R: CubeRuntime>(q: CubeTensor<R>, k: CubeTensor<R>, v: CubeTensor<R>) -> CubeTensor<R> {
     let last_unit = |t: CubeTensor<R>| if t.meta.strides()[3] == 1 { t } else { into_contiguous(t) };
     let (q, k, v) = (last_unit(q), last_unit(k), last_unit(v));
     let shape = q.meta.shape().clone();
     let (batch, heads, head_dim) = (shape[0], shape[1], shape[3]);
-    let keys = k.meta.shape()[2];
-    let output = empty_device_dtype(q.client.clone(), q.device.clone(), shape, q.dtype);
-    if batch * heads == 0 || head_dim == 0 {
+    let (kv_heads, keys) = (k.meta.shape()[1], k.meta.shape()[2]);
+    let output = empty_device_contiguous_dtype(q.client.clone(), q.device.clone(), shape, q.dtype);
+    if batch * heads == 0 || head_dim == 0 || keys == 0 {
         return output;
     }
-    let scores = empty_device_dtype(q.client.clone(), q.device.clone(), [batch * heads, keys.max(1)].into(), DType::F32);
-    let address = [k.required_address_type(), v.required_address_type(), scores.required_address_type()]
-        .into_iter()
-        .max()
-        .unwrap_or_default();
+    let (qs, ks, vs) = (q.meta.strides().clone(), k.meta.strides().clone(), v.meta.strides().clone());
+    let layout = DecodeLayoutLaunch::new(heads, heads / kv_heads.max(1), keys, qs[0], qs[1], ks[0], ks[1], ks[2], vs[0], vs[1], vs[2]);
+    let scale = 1.0 / (head_dim as f32).sqrt();
     let dtype = q.dtype;
+    let address = [&q, &k, &v, &output].map(|t| t.required_address_type()).into_iter().max().unwrap_or_default();
+    if let Some(lanes) = uniform_plane(&q.client, head_dim).filter(|_| super::kernel_on("decode_attention_planes")) {
+        unsafe {
+            decode_attention_planes_kernel::launch_unchecked(
+                &output.client,
+                row_cubes(batch * heads),
+                CubeDim::new_2d(lanes as u32, DECODE_PLANES),
+                address,
+                q.into_tensor_arg(),
+                k.into_tensor_arg(),
+                v.into_tensor_arg(),
+                output.clone().into_tensor_arg(),
+                layout,
+                batch * heads,
+                scale,
+                head_dim,
+                lanes,
+                head_dim / lanes,
+                DECODE_PLANES as usize,
+                DECODE_TILE,
+                dtype.into(),
+            )
+        };
+        return output;
+    }
+    let scores = empty_device_contiguous_dtype(q.client.clone(), q.device.clone(), [batch * heads, keys].into(), DType::F32);
+    let address = address.max(scores.required_address_type());
     unsafe {
         decode_attention_kernel::launch_unchecked(
             &output.client,
@@ -423,13 +491,155 @@ pub(crate) fn decode_attention<R: CubeRuntime>(q: CubeTensor<R>, k: CubeTensor<R
             v.into_tensor_arg(),
             scores.into_tensor_arg(),
             output.clone().into_tensor_arg(),
-            1.0 / (head_dim as f32).sqrt(),
+            layout,
+            batch * heads,
+            scale,
             head_dim,
             ROW_UNITS as usize,
             dtype.into(),
         )
     };
     output
+}
+
+/// Planes per cube of [`decode_attention_planes_kernel`].
+const DECODE_PLANES: u32 = 8;
+/// Keys a plane scores at once in [`decode_attention_planes_kernel`] (their loads and plane
+/// sums are independent, so they overlap).
+const DECODE_TILE: usize = 8;
+
+/// Decode attention with planes over keys: one cube per (batch, head), [`DECODE_PLANES`]
+/// planes of `lanes` units (the hardware plane). Lane `l` of a plane holds the query values
+/// `l, l + lanes, …` (`per_lane = head_dim / lanes` of them); the plane takes keys in tiles of
+/// `tile`: each lane's partial dot products, one plane sum per key, then an online softmax
+/// (running maximum and sum) and the weighted values accumulated per lane, reading each key and
+/// value row once with consecutive lanes on consecutive values. The planes' results meet in
+/// shared memory at the end. No scores buffer and no cube-wide barrier in the loop.
+#[cube(launch_unchecked, address_type = "dynamic")]
+fn decode_attention_planes_kernel<E: Float>(
+    q: &Tensor<E>,
+    k: &Tensor<E>,
+    v: &Tensor<E>,
+    output: &mut Tensor<E>,
+    layout: &DecodeLayout,
+    batch_heads: usize,
+    scale: f32,
+    #[comptime] head_dim: usize,
+    #[comptime] lanes: usize,
+    #[comptime] per_lane: usize,
+    #[comptime] planes: usize,
+    #[comptime] tile: usize,
+    #[define(E)] _dtype: StorageType,
+) {
+    let bh = CUBE_POS;
+    if bh >= batch_heads {
+        terminate!();
+    }
+    let keys = layout.keys;
+    let b = bh / layout.heads;
+    let h = bh % layout.heads;
+    let hk = h / layout.group;
+    let lane = UNIT_POS_X as usize;
+    let plane = UNIT_POS_Y as usize;
+    let k_base = b * layout.k_batch + hk * layout.k_head + lane;
+    let v_base = b * layout.v_batch + hk * layout.v_head + lane;
+    let q_base = b * layout.q_batch + h * layout.q_head + lane;
+
+    let mut query = Array::<f32>::new(per_lane);
+    let mut acc = Array::<f32>::new(per_lane);
+    #[unroll]
+    for i in 0..per_lane {
+        query[i] = f32::cast_from(q[q_base + i * lanes]) * scale;
+        acc[i] = f32::new(0.0);
+    }
+    // This plane's running maximum score and sum of exp(score − maximum).
+    let mut state = Array::<f32>::new(2usize);
+    state[0usize] = f32::new(NO_SCORE);
+    state[1usize] = f32::new(0.0);
+    let mut scores = Array::<f32>::new(tile);
+
+    let last = keys - 1;
+    let mut start = plane * tile;
+    while start < keys {
+        // Keys past the end read the last key and are masked out of the softmax.
+        #[unroll]
+        for t in 0..tile {
+            let j = select(start + t < keys, start + t, last);
+            let key = k_base + j * layout.k_key;
+            let mut dot = query[0usize] * f32::cast_from(k[key]);
+            #[unroll]
+            for i in 1..per_lane {
+                dot += query[i] * f32::cast_from(k[key + i * lanes]);
+            }
+            scores[t] = dot;
+        }
+        let mut best = state[0usize];
+        #[unroll]
+        for t in 0..tile {
+            let s = select(start + t < keys, plane_sum(scores[t]), f32::new(NO_SCORE));
+            scores[t] = s;
+            best = select(s > best, s, best);
+        }
+        let correction = f32::exp(state[0usize] - best);
+        let mut sum = state[1usize] * correction;
+        #[unroll]
+        for i in 0..per_lane {
+            acc[i] *= correction;
+        }
+        #[unroll]
+        for t in 0..tile {
+            let p = f32::exp(scores[t] - best);
+            sum += p;
+            let j = select(start + t < keys, start + t, last);
+            let value = v_base + j * layout.v_key;
+            #[unroll]
+            for i in 0..per_lane {
+                acc[i] += p * f32::cast_from(v[value + i * lanes]);
+            }
+        }
+        state[0usize] = best;
+        state[1usize] = sum;
+        start += planes * tile;
+    }
+
+    // The planes' maxima, sums and accumulators meet in shared memory.
+    let mut stats = SharedMemory::<f32>::new(planes * 2);
+    let mut parts = SharedMemory::<f32>::new(planes * head_dim);
+    if UNIT_POS_X == 0 {
+        stats[plane * 2] = state[0usize];
+        stats[plane * 2 + 1] = state[1usize];
+    }
+    #[unroll]
+    for i in 0..per_lane {
+        parts[plane * head_dim + lane + i * lanes] = acc[i];
+    }
+    sync_cube();
+    let unit = UNIT_POS as usize;
+    if unit < head_dim {
+        let mut big = stats[0];
+        for p in 1..planes {
+            let m = stats[p * 2];
+            big = select(m > big, m, big);
+        }
+        let mut total = f32::new(0.0);
+        let mut sum = f32::new(0.0);
+        for p in 0..planes {
+            let w = f32::exp(stats[p * 2] - big);
+            total += stats[p * 2 + 1] * w;
+            sum += parts[p * head_dim + unit] * w;
+        }
+        output[bh * head_dim + unit] = E::cast_from(sum / total);
+    }
+}
+
+/// The hardware plane size when every plane of `client` has it and plane operations work, so
+/// that [`decode_attention_planes_kernel`] can split `head_dim` values over the lanes.
+fn uniform_plane<R: CubeRuntime>(client: &ComputeClient<R>, head_dim: usize) -> Option<usize> {
+    let properties = client.properties();
+    let (min, max) = (properties.hardware.plane_size_min, properties.hardware.plane_size_max);
+    let lanes = max as usize;
+    let fits = min == max && lanes > 0 && head_dim % lanes == 0 && head_dim <= (DECODE_PLANES as usize * lanes);
+    (properties.features.plane.contains(cubecl::features::Plane::Ops) && fits).then_some(lanes)
 }
 
 /// Output columns per cube of the skinny product: one plane (32 units) each.
@@ -446,12 +656,12 @@ fn skinny_linear_kernel<E: Float, N: Size>(
     x: &Tensor<Vector<E, N>>,
     weight: &Tensor<Vector<E, N>>,
     output: &mut Tensor<E>,
+    vectors: usize,
+    d_out: usize,
     #[comptime] rows: usize,
     #[define(E)] _dtype: StorageType,
 ) {
     let width = N::value();
-    let vectors = x.shape(1) / width;
-    let d_out = output.shape(1);
     let lane = UNIT_POS_X as usize;
     let plane = UNIT_POS_Y as usize;
     let unit = UNIT_POS as usize;
@@ -521,7 +731,7 @@ pub(crate) fn skinny_linear<R: CubeRuntime>(x: CubeTensor<R>, weight: CubeTensor
     let d_out = weight.meta.shape()[1];
     // The checkpoint's rows again: `[d_out, d_in]`, last dimension contiguous.
     let weight = CubeBackend::<R, f32, i32, u8>::float_swap_dims(weight, 0, 1);
-    let output = empty_device_dtype(x.client.clone(), x.device.clone(), [rows, d_out].into(), x.dtype);
+    let output = empty_device_contiguous_dtype(x.client.clone(), x.device.clone(), [rows, d_out].into(), x.dtype);
     if d_out == 0 {
         return output;
     }
@@ -541,6 +751,8 @@ pub(crate) fn skinny_linear<R: CubeRuntime>(x: CubeTensor<R>, weight: CubeTensor
             x.into_tensor_arg(),
             weight.into_tensor_arg(),
             output.clone().into_tensor_arg(),
+            d_in / vector_size,
+            d_out,
             rows,
             dtype.into(),
         )

@@ -218,8 +218,9 @@ pub fn fused_kernels() -> bool {
     kernel_policy() != KernelPolicy::Off
 }
 
-/// The model's kernels by name, each of which can be turned off alone (see [`kernel_on`]).
-pub const KERNEL_NAMES: [&str; 5] = ["rms_norm", "rotary", "silu_mul", "decode_attention", "skinny_linear"];
+/// The model's kernels by name, each of which can be turned off alone (see [`kernel_on`]);
+/// `decode_attention_planes` off keeps decode attention on its units-over-keys variant.
+pub const KERNEL_NAMES: [&str; 6] = ["rms_norm", "rotary", "silu_mul", "decode_attention", "decode_attention_planes", "skinny_linear"];
 
 /// Whether the backend's kernel `name` (one of [`KERNEL_NAMES`]) runs: [`fused_kernels`] is
 /// on and `PHI3V_KERNELS_OFF` (a comma-separated list of names, read once) does not name it.
