@@ -638,7 +638,7 @@ fn uniform_plane<R: CubeRuntime>(client: &ComputeClient<R>, head_dim: usize) -> 
     let properties = client.properties();
     let (min, max) = (properties.hardware.plane_size_min, properties.hardware.plane_size_max);
     let lanes = max as usize;
-    let fits = min == max && lanes > 0 && head_dim % lanes == 0 && head_dim <= (DECODE_PLANES as usize * lanes);
+    let fits = min == max && lanes > 0 && head_dim.is_multiple_of(lanes) && head_dim <= (DECODE_PLANES as usize * lanes);
     (properties.features.plane.contains(cubecl::features::Plane::Ops) && fits).then_some(lanes)
 }
 
@@ -714,11 +714,10 @@ fn skinny_linear_kernel<E: Float, N: Size>(
 /// dtype, that divides `d_in`, and that both buffers' offsets are aligned to; else 1.
 fn skinny_vector_size<R: CubeRuntime>(x: &CubeTensor<R>, weight: &CubeTensor<R>, d_in: usize) -> usize {
     let bytes = x.dtype.size();
-    let aligned = |t: &CubeTensor<R>, n: usize| t.handle.offset_start.unwrap_or(0) % (n * bytes) as u64 == 0;
+    let aligned = |t: &CubeTensor<R>, n: usize| t.handle.offset_start.unwrap_or(0).is_multiple_of((n * bytes) as u64);
     x.client
         .io_optimized_vector_sizes(bytes)
-        .map(|n| n as usize)
-        .filter(|&n| n <= 8 && d_in % n == 0 && aligned(x, n) && aligned(weight, n))
+        .filter(|&n| n <= 8 && d_in.is_multiple_of(n) && aligned(x, n) && aligned(weight, n))
         .max()
         .unwrap_or(1)
 }
