@@ -119,14 +119,15 @@ impl RotaryEmbedding {
                 _ => &self.short_inv_freq,
             };
             for &p in row {
-                // emb = cat(freqs, freqs): both halves use the same angles.
-                for _ in 0..2 {
-                    for f in inv_freq.iter().take(half) {
-                        let angle = f * p as f32;
-                        cos.push(angle.cos() * self.mscale);
-                        sin.push(angle.sin() * self.mscale);
-                    }
+                // emb = cat(freqs, freqs): both halves use the same angles, computed once.
+                let start = cos.len();
+                for f in inv_freq.iter().take(half) {
+                    let angle = f * p as f32;
+                    cos.push(angle.cos() * self.mscale);
+                    sin.push(angle.sin() * self.mscale);
                 }
+                cos.extend_from_within(start..);
+                sin.extend_from_within(start..);
             }
         }
         let shape = [batch, 1, seq, self.head_dim];
