@@ -32,7 +32,7 @@ wait
 for d in $W/*/; do n=$(basename $d); echo "=== $n"; cat $d/out.txt; grep -v ": [0-9.]* s$" $d/err.txt | grep -v "^\s*$" | tail -4; done
 mkdir -p /tmp/res
 for d in cuda-bf16 cuda-f32 wgpu-f32; do echo "=== compare cpu-f32 vs $d"; $B/phi3v mmmu compare $W/mmmu-cpu-f32.jsonl $W/mmmu-$d.jsonl --out /tmp/res/compare-cpu-f32-vs-$d.md --json /tmp/res/compare-cpu-f32-vs-$d.json; cat /tmp/res/compare-cpu-f32-vs-$d.md | head -30; done
- for d in $W/*/; do n=$(basename $d); cp $d/out.txt /tmp/res/$n.txt; cp $d/err.txt /tmp/res/$n.err; done; cp $W/*.jsonl $W/*.md $W/*.json /tmp/res/ 2>/dev/null
+ collect; cp $W/*.jsonl $W/*.md $W/*.json /tmp/res/ 2>/dev/null
 tar czf $OUT/results.tgz -C /tmp/res .
 for d in $W/*/; do rm -f $d/out.txt $d/err.txt $d/cubecl.toml; done
 [ -d $W/bench-warm ] && tar czf - -C $W/bench-warm --exclude=./ours . | split -b 15M - $OUT/bench-cache.tgz.part-

@@ -20,14 +20,20 @@ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
 # job NAME CMD...: runs CMD in the background in /tmp/w/NAME with its own CubeCL caches (seeded
 # from .gpu/cache.tgz), stdout/stderr in out.txt/err.txt there, at most $LIMIT seconds.
 W=/tmp/w; LIMIT=${LIMIT:-420}
+# JOB_TOML='…' job …: that cubecl.toml instead (printf format, %s = the job's folder), no cache
+# seeded (e.g. a compilation log of every kernel the job compiles).
 job() {
   local d=$W/$1; shift; mkdir -p "$d"
-  printf '[compilation]\ncache = "local"\n[autotune]\ncache = "local"\n' > "$d/cubecl.toml"
-  # JOB_AUTOTUNE_LEVEL=minimal job …: fewer autotune candidates (each compiles its kernel).
-  [ -n "${JOB_AUTOTUNE_LEVEL:-}" ] && printf 'level = "%s"\n' "$JOB_AUTOTUNE_LEVEL" >> "$d/cubecl.toml"
-  [ -f "$R/.gpu/cache.tgz" ] && tar xzf "$R/.gpu/cache.tgz" -C "$d"
+  if [ -n "${JOB_TOML:-}" ]; then printf "$JOB_TOML" "$d" > "$d/cubecl.toml"; else
+    printf '[compilation]\ncache = "local"\n[autotune]\ncache = "local"\n' > "$d/cubecl.toml"
+    # JOB_AUTOTUNE_LEVEL=minimal job …: fewer autotune candidates (each compiles its kernel).
+    [ -n "${JOB_AUTOTUNE_LEVEL:-}" ] && printf 'level = "%s"\n' "$JOB_AUTOTUNE_LEVEL" >> "$d/cubecl.toml"
+    [ -f "$R/.gpu/cache.tgz" ] && tar xzf "$R/.gpu/cache.tgz" -C "$d"
+  fi
   (cd "$d" && t0=$(date +%s) && timeout "$LIMIT" "$@" > out.txt 2> err.txt; echo "rc=$? ($(( $(date +%s) - t0 )) s)" >> out.txt) &
 }
+# collect: every job's out.txt and err.txt into /tmp/res as NAME.txt and NAME.err.
+collect() { mkdir -p /tmp/res; for d in "$W"/*/; do n=$(basename "$d"); [ -f "$d/out.txt" ] && cp "$d/out.txt" /tmp/res/$n.txt; [ -f "$d/err.txt" ] && cp "$d/err.txt" /tmp/res/$n.err; done; true; }
 show() { for n in "$@"; do echo "=== $n"; cat $W/$n/out.txt; grep -v ": [0-9.]* s$" $W/$n/err.txt | grep -v "^\s*$" | tail -${TAIL:-4}; done; }
 R=$PWD
 # The benchmark points of scripts/gpu_bench.sh (issue 6); gpu_check.sh compiles their kernels

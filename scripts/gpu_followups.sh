@@ -15,14 +15,10 @@
 source scripts/gpu_env.sh
 LIMIT=${1:-300}; M=$R/tests/fixtures/models; I=$R/tests/fixtures/images
 C=$B/phi3v-plugin-conformance; PL=$B/libphi3v_plugin_cuda.so
-# diag NAME TOML CMD...: a job whose cubecl.toml is TOML (no kernel cache: every kernel compiles).
-diag() {
-  local d=$W/$1 toml=$2; shift 2; mkdir -p "$d"; printf "$toml" "$d" > "$d/cubecl.toml"
-  (cd "$d" && timeout 150 "$@" > out.txt 2> err.txt; echo "rc=$?" >> out.txt) &
-}
-diag kernel-source '[compilation.logger]\nlevel = "full"\nfile = "%s/compile.log"\nappend = true\n' \
+# The diagnostic jobs run 150 s with their own cubecl.toml (no kernel cache: every kernel compiles).
+LIMIT=150 JOB_TOML='[compilation.logger]\nlevel = "full"\nfile = "%s/compile.log"\nappend = true\n' job kernel-source \
   env PHI3V_TEST_DEVICES=cuda:f32 $B/kernels --nocapture
-diag kernel-validate '[compilation]\ncheck_mode = "validate"\n' env PHI3V_TEST_DEVICES=cuda:f32 $B/kernels --nocapture
+LIMIT=150 JOB_TOML='[compilation]\ncheck_mode = "validate"\n' job kernel-validate env PHI3V_TEST_DEVICES=cuda:f32 $B/kernels --nocapture
 job kernels-cuda-bf16 env PHI3V_TEST_DEVICES=cuda:bf16 $B/kernels --nocapture
 JOB_AUTOTUNE_LEVEL=minimal job parity-cuda-bf16-composed env PHI3V_COMPOSED_ATTENTION=1 $C --device cuda --parity-only --parity-dtype bf16
 JOB_AUTOTUNE_LEVEL=minimal job generate-cuda-bf16-composed env PHI3V_COMPOSED_ATTENTION=1 $B/phi3v generate --model $M/phi3v-tiny --device cuda --dtype bf16 --image $I/astronaut.png --prompt "What is the content of this image in details?" --max-new-tokens 10 --json
@@ -32,5 +28,5 @@ JOB_AUTOTUNE_LEVEL=minimal job conf-plugin-half-composed env PHI3V_COMPOSED_ATTE
 wait
 [ -f $W/kernel-source/compile.log ] && gzip -c $W/kernel-source/compile.log > $OUT/compile.log.gz
 TAIL=8 show kernel-source kernel-validate kernels-cuda-bf16 parity-cuda-bf16-composed generate-cuda-bf16-composed engine-cuda-f32 conf-plugin-half-composed iluvatar-standin | cut -c1-300
-mkdir -p /tmp/res; for d in $W/*/; do n=$(basename $d); cp $d/out.txt /tmp/res/$n.txt 2>/dev/null; cp $d/err.txt /tmp/res/$n.err 2>/dev/null; done
+collect
 tar czf $OUT/round.tgz -C /tmp/res . && ls -la $OUT

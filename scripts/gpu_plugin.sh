@@ -54,6 +54,6 @@ done
 echo "=== max abs difference of the last-position logits, plugin vs cuda"
 grep -h "max abs Δ over all cases" "$W"/diff-*/out.txt "$W"/iluvatar-*/out.txt 2>/dev/null
 ls "$PHI3V_PLUGIN_KERNEL_DIR" 2>/dev/null | head
-mkdir -p /tmp/res; for d in "$W"/*/; do n=$(basename "$d"); [ -f "$d/out.txt" ] && cp "$d/out.txt" /tmp/res/$n.txt && cp "$d/err.txt" /tmp/res/$n.err; done
+collect
 [ -d "$PHI3V_PLUGIN_KERNEL_DIR" ] && cp -r "$PHI3V_PLUGIN_KERNEL_DIR" /tmp/res/
 tar czf "$OUT/plugin-results.tgz" -C /tmp/res . && ls -la "$OUT"

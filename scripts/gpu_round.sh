@@ -53,7 +53,7 @@ if [ -n "${BREAKDOWN:-}" ]; then
   cp $OUT/breakdown.tgz /tmp/res-breakdown.tgz 2>/dev/null; grep -A20 "^## decode b=1" $W/breakdown.log | head -40
 fi
 TAIL=6 show kernels-cuda conf-cuda-f32 parity-cuda-f32 parity-cuda-f32-composed conf-plugin-ops-f32 conf-plugin-parity-f32 conf-plugin-half conf-cuda-bf16 diff-plugin-f32 iluvatar-standin parity-cuda-bf16 generate-cuda-bf16 engine-cuda-f32 launch-overhead | cut -c1-300
-mkdir -p /tmp/res; for d in $W/*/; do n=$(basename $d); cp $d/out.txt /tmp/res/$n.txt 2>/dev/null; cp $d/err.txt /tmp/res/$n.err 2>/dev/null; done
+collect
 [ -d $W/failed-kernels ] && cp -r $W/failed-kernels /tmp/res/
 cp $W/breakdown.log /tmp/res/ 2>/dev/null
 tar czf $OUT/round.tgz -C /tmp/res . && ls -la $OUT

@@ -23,9 +23,8 @@ job parity-cuda-f32 $C --device cuda --parity-only --parity-dtype f32
 job conf-plugin-ops-f32 $C --device plugin:$PL:0 --dtypes f32 --ops-only
 job engine-cuda-f32 env PHI3V_TEST_DEVICES=cuda:f32 $B/engine concurrent --nocapture
 for t in bf16 f16; do
-  d=$W/generate-cuda-$t; mkdir -p $d
-  printf '[compilation.logger]\nlevel = "basic"\nfile = "%s/compile.log"\nappend = true\n[autotune]\nlevel = "minimal"\n' $d > $d/cubecl.toml
-  (cd $d && timeout $LIMIT $B/phi3v $GEN --dtype $t > out.txt 2> err.txt; echo "rc=$?" >> out.txt; date +%T >> out.txt) &
+  JOB_TOML='[compilation.logger]\nlevel = "basic"\nfile = "%s/compile.log"\nappend = true\n[autotune]\nlevel = "minimal"\n' \
+    job generate-cuda-$t $B/phi3v $GEN --dtype $t
 done
 wait
 for t in bf16 f16; do f=$W/generate-cuda-$t/compile.log; [ -f $f ] && { echo "== $t: $(grep -c . $f) log lines; last:"; tail -3 $f | cut -c1-200; cp $f /tmp/compile-$t.log; }; done
@@ -34,6 +33,6 @@ if [ "$BREAKDOWN" != 0 ]; then
   NOSKINNY=1 PEER_JSON=docs/bench/breakdown-h200-kernels/peer.json VARIANTS=ours bash scripts/gpu_kernels.sh $BREAKDOWN > $W/breakdown.log 2>&1
   grep -A18 "^## decode b=1" $W/breakdown.log | head -24; grep "whole step" $W/breakdown.log
 fi
-mkdir -p /tmp/res; for d in $W/*/; do n=$(basename $d); cp $d/out.txt /tmp/res/$n.txt 2>/dev/null; cp $d/err.txt /tmp/res/$n.err 2>/dev/null; done
+collect
 cp /tmp/compile-*.log $W/breakdown.log /tmp/res/ 2>/dev/null
 tar czf $OUT/round.tgz -C /tmp/res . && ls -la $OUT
