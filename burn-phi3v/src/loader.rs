@@ -142,6 +142,21 @@ pub fn check_device_memory(dir: &Path, info: &DeviceInfo, dtype: DType) -> Resul
     Ok(())
 }
 
+/// [`Phi3VForCausalLM::load`] with the weights in the device's persistent memory
+/// (`Backend::memory_persistent_allocations`): on the CubeCL backends they then stay out of
+/// the pools that every step's activations are carved from. With them in those pools, each of
+/// a decode step's ~500 allocations scanned and merged hundreds of long-lived slices on
+/// CubeCL's device thread (65 % of its time, the pace of a whole step on the H200,
+/// docs/kernels.md, 2026-12-03). Temporaries of the load (e.g. the f32 draws of random
+/// weights) are released afterwards.
+pub fn load_model<B: Kernels>(weights: &Weights<'_, B>, config: &Phi3VConfig) -> Result<Phi3VForCausalLM<B>> {
+    let device = weights.device().clone();
+    let model = B::memory_persistent_allocations(&device, (weights, config), |(w, c)| Phi3VForCausalLM::load(w, c))?;
+    let _ = B::sync(&device);
+    B::memory_cleanup(&device);
+    Ok(model)
+}
+
 /// What a model folder holds besides its weights.
 struct FolderFiles {
     config: Phi3VConfig,
@@ -167,7 +182,7 @@ impl FolderFiles {
     }
 
     fn with_weights<B: Kernels>(self, dir: &Path, weights: Weights<'_, B>) -> Result<LoadedModel<B>> {
-        let model = Phi3VForCausalLM::load(&weights, &self.config)?;
+        let model = load_model(&weights, &self.config)?;
         weights.finish()?;
         Ok(LoadedModel {
             dir: dir.to_path_buf(),

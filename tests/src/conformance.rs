@@ -297,16 +297,18 @@ fn model_ops<B: Kernels>(c: &mut Ctx<B>) {
     let ln = LayerNorm { weight: c.input([256], 1.0), bias: c.input([256], 0.5), eps: 1e-5 };
     c.record("CLIP LayerNorm [2, 9, 256]", 256, ln.forward(x.clone()));
     let norm = Phi3RmsNorm { weight: c.input([256], 1.0), eps: 1e-5 };
+    let residual = c.input([2, 9, 256], 2.0);
     // Rotary embedding of queries read from a fused qkv row, as the decoder does (a strided
     // view), with cos/sin of host-drawn angles (LongRoPE tables are such values).
     let qkv = c.input([2, 9, 3 * 4 * 96], 1.0);
-    let q = qkv.narrow(2, 4 * 96, 4 * 96);
+    let q = qkv.clone().narrow(2, 4 * 96, 4 * 96);
     let angles = c.values(2 * 9 * 48, 3.0);
     let table = |f: fn(f32) -> f32| {
         let v: Vec<f32> = (0..18).flat_map(|p| (0..96).map(move |i| (p, i % 48))).map(|(p, i)| f(angles[p * 48 + i])).collect();
         Tensor::<B, 4>::from_data(TensorData::new(v, [2, 1, 9, 96]), (c.device, c.compute))
     };
     let (cos, sin) = (table(f32::cos), table(f32::sin));
+    let (k_cache, v_cache) = (c.input([2, 4, 12, 96], 1.0), c.input([2, 4, 12, 96], 1.0));
     // Phi3MLP's activation over gate_up_proj's output, up · silu(gate).
     let gate_up = c.input([2, 9, 384], 3.0);
     // The kernels forced on (checked even where they are not on by default), then composed.
@@ -315,7 +317,13 @@ fn model_ops<B: Kernels>(c: &mut Ctx<B>) {
         set_kernel_policy(if fused { KernelPolicy::Forced } else { KernelPolicy::Off });
         let how = if fused { "kernel" } else { "composed" };
         c.record(format!("Phi3RMSNorm [2, 9, 256], {how}"), 256, norm.forward(x.clone()));
+        let (sum, normed) = norm.forward_residual(x.clone(), Some(residual.clone()));
+        c.record(format!("residual add + Phi3RMSNorm [2, 9, 256] (sum, normed), {how}"), 256, Tensor::cat(vec![sum, normed], 2));
         c.record(format!("rotary, 4 heads of 96 from a qkv row [2, 9, 384], {how}"), 1, kernels::rotary(q.clone(), &cos, &sin, 96));
+        // Rotation, head split and KV-cache append in one: 4 query heads, 4 kv heads of 96,
+        // after 3 cached positions of 12.
+        let (rq, rk, rv) = kernels::rotary_append(qkv.clone(), &cos, &sin, k_cache.clone(), v_cache.clone(), 4, 3);
+        c.record(format!("rotary + KV-cache append [2, 9, 3×384] (q, k, v), {how}"), 1, Tensor::cat(vec![rq.reshape([2, 4, 9 * 96]), rk.reshape([2, 4, 12 * 96]), rv.reshape([2, 4, 12 * 96])], 2));
         c.record(format!("up·silu(gate) [2, 9, 384], {how}"), 1, kernels::silu_mul(gate_up.clone()));
     }
     set_kernel_policy(policy);

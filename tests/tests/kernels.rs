@@ -84,6 +84,17 @@ impl KernelJob {
             // Statistics in f32 on both sides: the dtype rounds the output only (no sqrt(n)).
             compare(format!("rms_norm [1, {rows}, {width}]"), 1, outputs);
         }
+        // The residual add fused with the norm after it: the sum and the normed sum side by side.
+        for (rows, width) in [(1, 3072), (10, 3072), (3, 100), (66000, 8)] {
+            let x = tensor(input(vec![rows * width], 2.0)).reshape([1, rows, width]);
+            let residual = tensor(input(vec![rows * width], 2.0)).reshape([1, rows, width]);
+            let weight = tensor(input(vec![width], 1.0));
+            let outputs = both(&|| {
+                let (sum, normed) = kernels::add_rms_norm(x.clone(), residual.clone(), &weight, 1e-5);
+                Tensor::cat(vec![sum, normed], 2)
+            });
+            compare(format!("add_rms_norm [1, {rows}, {width}]"), 1, outputs);
+        }
 
         // Rotary: queries and keys read from a fused qkv row (strided views) as the decoder
         // does: 32 heads of 96 (Phi-3), and 3 heads of 64 over 2 sequences of 5 positions.
@@ -104,6 +115,32 @@ impl KernelJob {
                 let outputs = both(&|| kernels::rotary(rows.clone(), &cos, &sin, head_dim));
                 compare(format!("rotary {name} [{batch}, {seq}, {heads}×{head_dim}]"), 2, outputs);
             }
+        }
+
+        // Rotation, head split and KV-cache append of a decode step (and of a chunk of 3), into
+        // buffers with room to spare (their other positions must stay as they were: the
+        // buffers are random, shared with the test, so the kernel copies them first). Phi-3's
+        // 32 heads of 96; grouped-query 4 over 2 heads of 64 in two rows.
+        for (batch, seq, heads, kv_heads, head_dim, capacity, cached) in [(1, 1, 32, 32, 96, 40, 17), (2, 3, 4, 2, 64, 9, 5)] {
+            let width = (heads + 2 * kv_heads) * head_dim;
+            let qkv = tensor(input(vec![batch * seq * width], 1.0)).reshape([batch, seq, width]);
+            let table = |v: Vec<f32>| Tensor::<B, 4>::from_data(TensorData::new(v, [batch, 1, seq, head_dim]), (device, dtype));
+            let (cos, sin) = (table(input(vec![batch * seq * head_dim], 1.0).0), table(input(vec![batch * seq * head_dim], 1.0).0));
+            let buffer = |(v, _): (Vec<f32>, Vec<usize>)| Tensor::<B, 4>::from_data(TensorData::new(v, [batch, kv_heads, capacity, head_dim]), (device, dtype));
+            let (k_values, v_values) = (input(vec![batch * kv_heads * capacity * head_dim], 1.0), input(vec![batch * kv_heads * capacity * head_dim], 1.0));
+            let (k_cache, v_cache) = (buffer(k_values.clone()), buffer(v_values.clone()));
+            let flat = |t: Tensor<B, 4>| {
+                let n = t.shape().num_elements();
+                t.reshape([1, 1, n])
+            };
+            let outputs = both(&|| {
+                let (q, k, v) = kernels::rotary_append(qkv.clone(), &cos, &sin, k_cache.clone(), v_cache.clone(), heads, cached);
+                Tensor::cat(vec![flat(q), flat(k), flat(v)], 2)
+            });
+            compare(format!("rotary_append [{batch}, {seq}, {heads}+2×{kv_heads} heads of {head_dim}] after {cached} of {capacity}"), 2, outputs);
+            // The buffers the test still holds were copied, not written.
+            assert_eq!(host(flat(k_cache)), k_values.0, "rotary_append wrote into a shared key buffer");
+            assert_eq!(host(flat(v_cache)), v_values.0, "rotary_append wrote into a shared value buffer");
         }
 
         // SiLU·mul over gate_up_proj's output: Phi-3's 2 × 8192, and an odd width.
@@ -164,7 +201,7 @@ fn kernels_equal_their_composed_fallbacks_on_every_target() {
     for (spec, dtype) in test_targets() {
         let witness = burn_phi3v::device::with_device_dtype("cpu", Some(DType::F32), KernelJob { seed, inputs: dtype }).unwrap();
         let outputs = burn_phi3v::device::with_device_dtype(&spec, Some(dtype), KernelJob { seed, inputs: dtype }).unwrap_or_else(|e| panic!("{spec}: {e}"));
-        assert!(outputs.len() >= 24 && outputs.len() == witness.len(), "{spec}: the kernel list ran short");
+        assert!(outputs.len() >= 30 && outputs.len() == witness.len(), "{spec}: the kernel list ran short");
         let tolerance = OpTolerance::for_dtype(dtype);
         for (o, w) in outputs.iter().zip(&witness) {
             let bound = tolerance.bound(o.accumulated);

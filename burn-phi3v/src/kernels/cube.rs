@@ -27,11 +27,42 @@ where
         rms_norm(x, weight, eps)
     }
 
+    fn add_rms_norm(x: FloatTensor<Self>, residual: FloatTensor<Self>, weight: FloatTensor<Self>, eps: f64) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        if !runs_here(&x.client) || x.meta.shape() != residual.meta.shape() || x.dtype != residual.dtype {
+            return super::default_add_rms_norm::<Self>(x, residual, weight, eps);
+        }
+        add_rms_norm(x, residual, weight, eps)
+    }
+
     fn rotary(x: FloatTensor<Self>, cos: FloatTensor<Self>, sin: FloatTensor<Self>, head_dim: usize) -> FloatTensor<Self> {
         if !runs_here(&x.client) {
             return super::default_rotary::<Self>(x, cos, sin, head_dim);
         }
         rotary(x, cos, sin, head_dim)
+    }
+
+    fn rotary_append(
+        qkv: FloatTensor<Self>,
+        cos: FloatTensor<Self>,
+        sin: FloatTensor<Self>,
+        k_cache: FloatTensor<Self>,
+        v_cache: FloatTensor<Self>,
+        heads: usize,
+        cached: usize,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        // The kernel writes the buffers through their strides, values contiguous.
+        let (kd, seq) = (k_cache.meta.shape().clone(), qkv.meta.shape()[1]);
+        let fits = kd.num_dims() == 4
+            && kd == *v_cache.meta.shape()
+            && qkv.meta.shape()[2] == (heads + 2 * kd[1]) * kd[3]
+            && kd[3] % 2 == 0
+            && cached + seq <= kd[2]
+            && k_cache.meta.strides()[3] == 1
+            && v_cache.meta.strides()[3] == 1;
+        if !fits || !runs_here(&qkv.client) {
+            return super::default_rotary_append::<Self>(qkv, cos, sin, k_cache, v_cache, heads, cached);
+        }
+        rotary_append(qkv, cos, sin, k_cache, v_cache, heads, cached)
     }
 
     fn silu_mul(gate_up: FloatTensor<Self>) -> FloatTensor<Self> {
@@ -129,8 +160,58 @@ fn rms_norm_kernel<E: Float>(
         sums[unit] += v * v;
         i += units;
     }
-    sync_cube();
+    let inv = inverse_rms(&mut sums, unit, width, eps);
+    let mut j = unit;
+    while j < width {
+        output[base + j] = E::cast_from(f32::cast_from(x[base + j]) * inv) * weight[j];
+        j += units;
+    }
+}
 
+/// [`rms_norm_kernel`] after a residual add: each unit writes `sum = x + residual` (in the
+/// dtype) over its share of the row and sums its squares, then normalises the values it wrote
+/// (a unit reads back only its own writes: no barrier needed for them).
+#[cube(launch_unchecked, address_type = "dynamic")]
+fn add_rms_norm_kernel<E: Float>(
+    x: &Tensor<E>,
+    residual: &Tensor<E>,
+    weight: &Tensor<E>,
+    sum: &mut Tensor<E>,
+    output: &mut Tensor<E>,
+    rows: usize,
+    width: usize,
+    eps: f32,
+    #[comptime] units: usize,
+    #[define(E)] _dtype: StorageType,
+) {
+    if CUBE_POS >= rows {
+        terminate!();
+    }
+    let base = CUBE_POS * width;
+    let unit = UNIT_POS as usize;
+    let mut sums = SharedMemory::<f32>::new(units);
+    sums[unit] = f32::new(0.0);
+    let mut i = unit;
+    while i < width {
+        let s = x[base + i] + residual[base + i];
+        sum[base + i] = s;
+        let v = f32::cast_from(s);
+        sums[unit] += v * v;
+        i += units;
+    }
+    let inv = inverse_rms(&mut sums, unit, width, eps);
+    let mut j = unit;
+    while j < width {
+        output[base + j] = E::cast_from(f32::cast_from(sum[base + j]) * inv) * weight[j];
+        j += units;
+    }
+}
+
+/// `1 / sqrt(mean + eps)` of a row whose units hold their partial sums of squares in `sums`
+/// (a tree reduction over the cube; every unit gets the result).
+#[cube]
+fn inverse_rms(sums: &mut SharedMemory<f32>, unit: usize, width: usize, eps: f32) -> f32 {
+    sync_cube();
     let mut active = CUBE_DIM / 2;
     while active > 0 {
         if UNIT_POS < active {
@@ -140,23 +221,22 @@ fn rms_norm_kernel<E: Float>(
         sync_cube();
         active /= 2;
     }
+    f32::new(1.0) / f32::sqrt(sums[0] / f32::cast_from(width) + eps)
+}
 
-    let inv = f32::new(1.0) / f32::sqrt(sums[0] / f32::cast_from(width) + eps);
-    let mut j = unit;
-    while j < width {
-        output[base + j] = E::cast_from(f32::cast_from(x[base + j]) * inv) * weight[j];
-        j += units;
-    }
+/// Rows and width of a row kernel's operand (`[..., width]`).
+fn row_layout<R: CubeRuntime>(x: &CubeTensor<R>) -> (usize, usize) {
+    let shape = x.meta.shape();
+    let width = shape[shape.num_dims() - 1];
+    (shape.num_elements() / width.max(1), width)
 }
 
 /// `Phi3RMSNorm` over the last dimension; see [`Kernels::rms_norm`].
 pub(crate) fn rms_norm<R: CubeRuntime>(x: CubeTensor<R>, weight: CubeTensor<R>, eps: f64) -> CubeTensor<R> {
     let x = into_contiguous(x);
     let weight = into_contiguous(weight);
-    let shape = x.meta.shape().clone();
-    let width = shape[shape.num_dims() - 1];
-    let rows = shape.num_elements() / width.max(1);
-    let output = empty_device_contiguous_dtype(x.client.clone(), x.device.clone(), shape, x.dtype);
+    let (rows, width) = row_layout(&x);
+    let output = empty_device_contiguous_dtype(x.client.clone(), x.device.clone(), x.meta.shape().clone(), x.dtype);
     if rows == 0 || width == 0 {
         return output;
     }
@@ -179,6 +259,39 @@ pub(crate) fn rms_norm<R: CubeRuntime>(x: CubeTensor<R>, weight: CubeTensor<R>, 
         )
     };
     output
+}
+
+/// The residual add and `Phi3RMSNorm` in one launch; see [`Kernels::add_rms_norm`]. `x` and
+/// `residual` have the same shape and dtype.
+pub(crate) fn add_rms_norm<R: CubeRuntime>(x: CubeTensor<R>, residual: CubeTensor<R>, weight: CubeTensor<R>, eps: f64) -> (CubeTensor<R>, CubeTensor<R>) {
+    let (x, residual, weight) = (into_contiguous(x), into_contiguous(residual), into_contiguous(weight));
+    let (rows, width) = row_layout(&x);
+    let empty = || empty_device_contiguous_dtype(x.client.clone(), x.device.clone(), x.meta.shape().clone(), x.dtype);
+    let (sum, output) = (empty(), empty());
+    if rows == 0 || width == 0 {
+        return (sum, output);
+    }
+    let address = [x.required_address_type(), output.required_address_type()].into_iter().max().unwrap_or_default();
+    let dtype = x.dtype;
+    unsafe {
+        add_rms_norm_kernel::launch_unchecked(
+            &output.client,
+            row_cubes(rows),
+            CubeDim::new_1d(ROW_UNITS),
+            address,
+            x.into_tensor_arg(),
+            residual.into_tensor_arg(),
+            weight.into_tensor_arg(),
+            sum.clone().into_tensor_arg(),
+            output.clone().into_tensor_arg(),
+            rows,
+            width,
+            eps as f32,
+            ROW_UNITS as usize,
+            dtype.into(),
+        )
+    };
+    (sum, output)
 }
 
 /// One unit per output value of `[batch, seq, width]` (contiguous): value `c` of a head reads
@@ -250,6 +363,139 @@ pub(crate) fn rotary<R: CubeRuntime>(x: CubeTensor<R>, cos: CubeTensor<R>, sin: 
         )
     };
     output
+}
+
+/// Where [`rotary_append_kernel`] reads and writes: the heads, the rows of `qkv`
+/// (`[batch, seq, width]`, values contiguous) and the buffers' strides (values contiguous).
+#[derive(CubeLaunch, CubeType)]
+struct AppendLayout {
+    heads: usize,
+    kv_heads: usize,
+    head_dim: usize,
+    seq: usize,
+    /// `(heads + 2·kv_heads)·head_dim`.
+    width: usize,
+    /// Positions already in the buffers: the new ones go after them.
+    cached: usize,
+    x_batch: usize,
+    x_seq: usize,
+    k_batch: usize,
+    k_head: usize,
+    k_key: usize,
+    v_batch: usize,
+    v_head: usize,
+    v_key: usize,
+}
+
+/// One unit per value of `qkv`: a query or key value is rotated as [`rotary_kernel`] does it and
+/// written to the queries (`[batch, heads, seq, head_dim]`, contiguous) or to the key buffer at
+/// position `cached + s`; a value is copied to the value buffer there.
+#[cube(launch_unchecked, address_type = "dynamic")]
+fn rotary_append_kernel<E: Float>(
+    qkv: &Tensor<E>,
+    cos: &Tensor<E>,
+    sin: &Tensor<E>,
+    q: &mut Tensor<E>,
+    k_cache: &mut Tensor<E>,
+    v_cache: &mut Tensor<E>,
+    layout: AppendLayout,
+    total: usize,
+    #[define(E)] _dtype: StorageType,
+) {
+    if ABSOLUTE_POS >= total {
+        terminate!();
+    }
+    let col = ABSOLUTE_POS % layout.width;
+    let row = ABSOLUTE_POS / layout.width;
+    let b = row / layout.seq;
+    let s = row % layout.seq;
+    let input = b * layout.x_batch + s * layout.x_seq;
+    let value = qkv[input + col];
+    let hd = layout.head_dim;
+    let head = col / hd;
+    let c = col % hd;
+    let position = layout.cached + s;
+    if head < layout.heads + layout.kv_heads {
+        let half = hd / 2;
+        let table = row * hd + c;
+        let rotated = if c < half { -qkv[input + col + half] } else { qkv[input + col - half] };
+        let out = value * cos[table] + rotated * sin[table];
+        if head < layout.heads {
+            q[((b * layout.heads + head) * layout.seq + s) * hd + c] = out;
+        } else {
+            let kh = head - layout.heads;
+            k_cache[b * layout.k_batch + kh * layout.k_head + position * layout.k_key + c] = out;
+        }
+    } else {
+        let vh = head - layout.heads - layout.kv_heads;
+        v_cache[b * layout.v_batch + vh * layout.v_head + position * layout.v_key + c] = value;
+    }
+}
+
+/// The rotary embedding, head split and KV-cache append of a decode step; see
+/// [`Kernels::rotary_append`]. A buffer something else holds is copied first.
+pub(crate) fn rotary_append<R: CubeRuntime>(
+    qkv: CubeTensor<R>,
+    cos: CubeTensor<R>,
+    sin: CubeTensor<R>,
+    k_cache: CubeTensor<R>,
+    v_cache: CubeTensor<R>,
+    heads: usize,
+    cached: usize,
+) -> (CubeTensor<R>, CubeTensor<R>, CubeTensor<R>) {
+    let qkv = if qkv.meta.strides()[2] == 1 { qkv } else { into_contiguous(qkv) };
+    let (cos, sin) = (into_contiguous(cos), into_contiguous(sin));
+    let own = |t: CubeTensor<R>| if t.can_mut() { t } else { t.copy() };
+    let (k_cache, v_cache) = (own(k_cache), own(v_cache));
+    let [batch, seq, width] = [0, 1, 2].map(|i| qkv.meta.shape()[i]);
+    let [kv_heads, head_dim] = [1, 3].map(|i| k_cache.meta.shape()[i]);
+    let q = empty_device_contiguous_dtype(qkv.client.clone(), qkv.device.clone(), [batch, heads, seq, head_dim].into(), qkv.dtype);
+    let units = batch * seq * width;
+    if units == 0 {
+        return (q, k_cache, v_cache);
+    }
+    let (ks, vs) = (k_cache.meta.strides().clone(), v_cache.meta.strides().clone());
+    let layout = AppendLayoutLaunch::new(
+        heads,
+        kv_heads,
+        head_dim,
+        seq,
+        width,
+        cached,
+        qkv.meta.strides()[0],
+        qkv.meta.strides()[1],
+        ks[0],
+        ks[1],
+        ks[2],
+        vs[0],
+        vs[1],
+        vs[2],
+    );
+    let cube_dim = CubeDim::new(&qkv.client, units);
+    let cube_count = calculate_cube_count_elemwise(&qkv.client, units, cube_dim);
+    let address = [qkv.required_address_type(), k_cache.required_address_type(), v_cache.required_address_type(), q.required_address_type()]
+        .into_iter()
+        .max()
+        .unwrap_or_default();
+    let dtype = qkv.dtype;
+    unsafe {
+        rotary_append_kernel::launch_unchecked(
+            &q.client,
+            cube_count,
+            cube_dim,
+            address,
+            qkv.into_tensor_arg(),
+            cos.into_tensor_arg(),
+            sin.into_tensor_arg(),
+            q.clone().into_tensor_arg(),
+            k_cache.clone().into_tensor_arg(),
+            v_cache.clone().into_tensor_arg(),
+            layout,
+            units,
+            dtype.into(),
+        )
+    };
+    (q, k_cache, v_cache)
 }
 
 /// One unit per output value of `[rows, width]`: `up · SiLU(gate)` with SiLU in f32, where row

@@ -16,6 +16,7 @@ use super::Kernels;
 #[derive(Clone, Copy, Debug)]
 enum Kind {
     RmsNorm { eps: f64 },
+    AddRmsNorm { eps: f64 },
     Rotary { head_dim: usize },
     SiluMul,
     DecodeAttention,
@@ -32,27 +33,38 @@ struct Step<B> {
 
 impl<B: FusionBackend + Kernels> Operation<B::FusionRuntime> for Step<B> {
     fn execute(&self, handles: &mut HandleContainer<<B::FusionRuntime as FusionRuntime>::FusionHandle>) {
-        let output = &self.desc.outputs[0];
         let mut input = |i: usize| handles.get_float_tensor::<B>(&self.desc.inputs[i]);
-        let result = match self.kind {
-            Kind::RmsNorm { eps } => B::rms_norm(input(0), input(1), eps),
-            Kind::Rotary { head_dim } => B::rotary(input(0), input(1), input(2), head_dim),
-            Kind::SiluMul => B::silu_mul(input(0)),
-            Kind::DecodeAttention => B::decode_attention(input(0), input(1), input(2)),
-            Kind::SkinnyLinear => B::skinny_linear(input(0), input(1)),
+        let results = match self.kind {
+            Kind::RmsNorm { eps } => vec![B::rms_norm(input(0), input(1), eps)],
+            Kind::AddRmsNorm { eps } => {
+                let (sum, normed) = B::add_rms_norm(input(0), input(1), input(2), eps);
+                vec![sum, normed]
+            }
+            Kind::Rotary { head_dim } => vec![B::rotary(input(0), input(1), input(2), head_dim)],
+            Kind::SiluMul => vec![B::silu_mul(input(0))],
+            Kind::DecodeAttention => vec![B::decode_attention(input(0), input(1), input(2))],
+            Kind::SkinnyLinear => vec![B::skinny_linear(input(0), input(1))],
         };
-        handles.register_float_tensor::<B>(&output.id, result);
+        for (output, result) in self.desc.outputs.iter().zip(results) {
+            handles.register_float_tensor::<B>(&output.id, result);
+        }
     }
 }
 
 /// Registers `kind` over `inputs` with one output of `shape` (the first input's dtype).
 fn register<B: FusionBackend + Kernels>(name: &'static str, kind: Kind, inputs: Vec<FloatTensor<Fusion<B>>>, shape: Shape) -> FloatTensor<Fusion<B>> {
+    let [output] = register_n::<B, 1>(name, kind, inputs, shape);
+    output
+}
+
+/// Registers `kind` over `inputs` with `N` outputs of `shape` (the first input's dtype).
+fn register_n<B: FusionBackend + Kernels, const N: usize>(name: &'static str, kind: Kind, inputs: Vec<FloatTensor<Fusion<B>>>, shape: Shape) -> [FloatTensor<Fusion<B>>; N] {
     let client = inputs[0].client.clone();
     let dtype = inputs[0].dtype;
     let streams = OperationStreams::with_inputs(inputs.iter());
-    let output = TensorIr::uninit(client.create_empty_handle(), shape, dtype);
+    let outputs: Vec<TensorIr> = (0..N).map(|_| TensorIr::uninit(client.create_empty_handle(), shape.clone(), dtype)).collect();
     let inputs: Vec<TensorIr> = inputs.into_iter().map(|t| t.into_ir()).collect();
-    let desc = CustomOpIr::new(name, &inputs, &[output]);
+    let desc = CustomOpIr::new(name, &inputs, &outputs);
     client
         .register(
             streams,
@@ -63,13 +75,19 @@ fn register<B: FusionBackend + Kernels>(name: &'static str, kind: Kind, inputs: 
                 _backend: PhantomData,
             },
         )
-        .output()
+        .outputs()
 }
 
 impl<B: FusionBackend + Kernels> Kernels for Fusion<B> {
     fn rms_norm(x: FloatTensor<Self>, weight: FloatTensor<Self>, eps: f64) -> FloatTensor<Self> {
         let shape = x.shape.clone();
         register::<B>("phi3v_rms_norm", Kind::RmsNorm { eps }, vec![x, weight], shape)
+    }
+
+    fn add_rms_norm(x: FloatTensor<Self>, residual: FloatTensor<Self>, weight: FloatTensor<Self>, eps: f64) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        let shape = x.shape.clone();
+        let [sum, normed] = register_n::<B, 2>("phi3v_add_rms_norm", Kind::AddRmsNorm { eps }, vec![x, residual, weight], shape);
+        (sum, normed)
     }
 
     fn rotary(x: FloatTensor<Self>, cos: FloatTensor<Self>, sin: FloatTensor<Self>, head_dim: usize) -> FloatTensor<Self> {

@@ -42,6 +42,17 @@ pub trait Kernels: Backend {
         default_rms_norm::<Self>(x, weight, eps)
     }
 
+    /// The residual add and the next `Phi3RMSNorm` in one pass: `sum = x + residual` (rounded
+    /// to the dtype, as the reference adds before it normalises) and [`Kernels::rms_norm`] of
+    /// `sum`. Returns `(sum, normed)`.
+    ///
+    /// # Shapes
+    /// `x`, `residual`: `[batch, seq, hidden]`; `weight`: `[hidden]` → twice
+    /// `[batch, seq, hidden]`
+    fn add_rms_norm(x: FloatTensor<Self>, residual: FloatTensor<Self>, weight: FloatTensor<Self>, eps: f64) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        default_add_rms_norm::<Self>(x, residual, weight, eps)
+    }
+
     /// Rotary embedding of every head: `x·cos + rotate_half(x)·sin` per head of `head_dim`
     /// values, where `rotate_half([x1, x2]) = [−x2, x1]`.
     ///
@@ -50,6 +61,30 @@ pub trait Kernels: Backend {
     /// `[batch, 1, seq, head_dim]` → `[batch, seq, heads · head_dim]`
     fn rotary(x: FloatTensor<Self>, cos: FloatTensor<Self>, sin: FloatTensor<Self>, head_dim: usize) -> FloatTensor<Self> {
         default_rotary::<Self>(x, cos, sin, head_dim)
+    }
+
+    /// A decode step's attention inputs from `qkv_proj`'s output in one pass: the query and key
+    /// heads rotated ([`Kernels::rotary`]), the queries split out, the keys and values written
+    /// into a cache's buffers after its first `cached` positions. Returns the queries and the
+    /// two buffers: the same ones when nothing else holds them, else copies (the originals
+    /// stay as they were).
+    ///
+    /// # Shapes
+    /// `qkv`: `[batch, seq, (heads + 2·kv_heads)·head_dim]` (queries, keys, values); `cos`,
+    /// `sin`: `[batch, 1, seq, head_dim]`; `k_cache`, `v_cache`:
+    /// `[batch, kv_heads, capacity, head_dim]` with `cached + seq ≤ capacity`
+    /// → `[batch, heads, seq, head_dim]` and the two buffers
+    #[allow(clippy::too_many_arguments)]
+    fn rotary_append(
+        qkv: FloatTensor<Self>,
+        cos: FloatTensor<Self>,
+        sin: FloatTensor<Self>,
+        k_cache: FloatTensor<Self>,
+        v_cache: FloatTensor<Self>,
+        heads: usize,
+        cached: usize,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        default_rotary_append::<Self>(qkv, cos, sin, k_cache, v_cache, heads, cached)
     }
 
     /// The MLP's activation: `up · SiLU(gate)` where `[gate, up]` are the two halves of the
@@ -89,12 +124,61 @@ fn default_rms_norm<B: Backend>(x: FloatTensor<B>, weight: FloatTensor<B>, eps: 
     composed::rms_norm(x, weight, eps).into_primitive().tensor()
 }
 
+/// [`Kernels::add_rms_norm`]'s default, for implementations that fall back to it.
+fn default_add_rms_norm<B: Backend>(x: FloatTensor<B>, residual: FloatTensor<B>, weight: FloatTensor<B>, eps: f64) -> (FloatTensor<B>, FloatTensor<B>) {
+    let tensor = |t| Tensor::<B, 3>::from_primitive(TensorPrimitive::Float(t));
+    let weight = Tensor::<B, 1>::from_primitive(TensorPrimitive::Float(weight));
+    let (sum, normed) = composed::add_rms_norm(tensor(x), tensor(residual), weight, eps);
+    (sum.into_primitive().tensor(), normed.into_primitive().tensor())
+}
+
 /// [`Kernels::rotary`]'s default, for implementations that fall back to it.
 fn default_rotary<B: Backend>(x: FloatTensor<B>, cos: FloatTensor<B>, sin: FloatTensor<B>, head_dim: usize) -> FloatTensor<B> {
     let x = Tensor::<B, 3>::from_primitive(TensorPrimitive::Float(x));
     let cos = Tensor::<B, 4>::from_primitive(TensorPrimitive::Float(cos));
     let sin = Tensor::<B, 4>::from_primitive(TensorPrimitive::Float(sin));
     composed::rotary(x, &cos, &sin, head_dim).into_primitive().tensor()
+}
+
+/// [`Kernels::rotary_append`]'s default, for implementations that fall back to it.
+#[allow(clippy::too_many_arguments)]
+fn default_rotary_append<B: Kernels>(
+    qkv: FloatTensor<B>,
+    cos: FloatTensor<B>,
+    sin: FloatTensor<B>,
+    k_cache: FloatTensor<B>,
+    v_cache: FloatTensor<B>,
+    heads: usize,
+    cached: usize,
+) -> (FloatTensor<B>, FloatTensor<B>, FloatTensor<B>) {
+    let t3 = |t| Tensor::<B, 3>::from_primitive(TensorPrimitive::Float(t));
+    let t4 = |t| Tensor::<B, 4>::from_primitive(TensorPrimitive::Float(t));
+    let (q, k, v) = rotate_then_append(t3(qkv), &t4(cos), &t4(sin), t4(k_cache), t4(v_cache), heads, cached);
+    (q.into_primitive().tensor(), k.into_primitive().tensor(), v.into_primitive().tensor())
+}
+
+/// [`Kernels::rotary_append`] as separate steps: [`rotary`] over the query and key columns, the
+/// head split, and two `slice_assign`s into the buffers (in place where nothing else holds them).
+fn rotate_then_append<B: Kernels>(
+    qkv: Tensor<B, 3>,
+    cos: &Tensor<B, 4>,
+    sin: &Tensor<B, 4>,
+    k_cache: Tensor<B, 4>,
+    v_cache: Tensor<B, 4>,
+    heads: usize,
+    cached: usize,
+) -> (Tensor<B, 4>, Tensor<B, 4>, Tensor<B, 4>) {
+    let [b, s, width] = qkv.dims();
+    let [_, kv_heads, _, hd] = k_cache.dims();
+    let (h, kvh) = (heads, kv_heads);
+    debug_assert_eq!(width, (h + 2 * kvh) * hd);
+    let split = |t: Tensor<B, 3>, n: usize| t.reshape([b, s, n, hd]).swap_dims(1, 2); // [b, n, s, hd]
+    let qk = rotary(qkv.clone().narrow(2, 0, (h + kvh) * hd), cos, sin, hd);
+    let q = split(qk.clone().narrow(2, 0, h * hd), h);
+    let k = split(qk.narrow(2, h * hd, kvh * hd), kvh);
+    let v = split(qkv.narrow(2, (h + kvh) * hd, kvh * hd), kvh);
+    let at = [0..b, 0..kvh, cached..cached + s, 0..hd];
+    (q, k_cache.slice_assign(at.clone(), k), v_cache.slice_assign(at, v))
 }
 
 /// [`Kernels::silu_mul`]'s default, for implementations that fall back to it.
@@ -131,6 +215,12 @@ pub mod composed {
         let variance = x.clone().square().mean_dim(2);
         let x = (x * (variance + eps).sqrt().recip()).cast(dtype);
         x * weight.unsqueeze()
+    }
+
+    /// See [`Kernels::add_rms_norm`].
+    pub fn add_rms_norm<B: Backend>(x: Tensor<B, 3>, residual: Tensor<B, 3>, weight: Tensor<B, 1>, eps: f64) -> (Tensor<B, 3>, Tensor<B, 3>) {
+        let sum = x + residual;
+        (sum.clone(), rms_norm(sum, weight, eps))
     }
 
     /// See [`Kernels::rotary`].
@@ -219,8 +309,10 @@ pub fn fused_kernels() -> bool {
 }
 
 /// The model's kernels by name, each of which can be turned off alone (see [`kernel_on`]);
-/// `decode_attention_planes` off keeps decode attention on its units-over-keys variant.
-pub const KERNEL_NAMES: [&str; 6] = ["rms_norm", "rotary", "silu_mul", "decode_attention", "decode_attention_planes", "skinny_linear"];
+/// `decode_attention_planes` off keeps decode attention on its units-over-keys variant;
+/// `add_rms_norm` off adds with Burn, then normalises with `rms_norm`; `rotary_append` off
+/// rotates with `rotary`, then appends with Burn's `slice_assign`.
+pub const KERNEL_NAMES: [&str; 8] = ["rms_norm", "add_rms_norm", "rotary", "rotary_append", "silu_mul", "decode_attention", "decode_attention_planes", "skinny_linear"];
 
 /// Whether the backend's kernel `name` (one of [`KERNEL_NAMES`]) runs: [`fused_kernels`] is
 /// on and `PHI3V_KERNELS_OFF` (a comma-separated list of names, read once) does not name it.
@@ -244,6 +336,17 @@ pub fn rms_norm<B: Kernels>(x: Tensor<B, 3>, weight: &Tensor<B, 1>, eps: f64) ->
     Tensor::from_primitive(TensorPrimitive::Float(out))
 }
 
+/// [`Kernels::add_rms_norm`] on tensors: `(x + residual, rms_norm(x + residual))`; a Burn add
+/// then [`rms_norm`] when its kernel is off.
+pub fn add_rms_norm<B: Kernels>(x: Tensor<B, 3>, residual: Tensor<B, 3>, weight: &Tensor<B, 1>, eps: f64) -> (Tensor<B, 3>, Tensor<B, 3>) {
+    if !kernel_on("add_rms_norm") || x.dims() != residual.dims() {
+        let sum = x + residual;
+        return (sum.clone(), rms_norm(sum, weight, eps));
+    }
+    let (sum, normed) = B::add_rms_norm(x.into_primitive().tensor(), residual.into_primitive().tensor(), weight.clone().into_primitive().tensor(), eps);
+    (Tensor::from_primitive(TensorPrimitive::Float(sum)), Tensor::from_primitive(TensorPrimitive::Float(normed)))
+}
+
 /// [`Kernels::rotary`] on tensors (composed when [`fused_kernels`] is off).
 pub fn rotary<B: Kernels>(x: Tensor<B, 3>, cos: &Tensor<B, 4>, sin: &Tensor<B, 4>, head_dim: usize) -> Tensor<B, 3> {
     if !kernel_on("rotary") {
@@ -256,6 +359,26 @@ pub fn rotary<B: Kernels>(x: Tensor<B, 3>, cos: &Tensor<B, 4>, sin: &Tensor<B, 4
         head_dim,
     );
     Tensor::from_primitive(TensorPrimitive::Float(out))
+}
+
+/// [`Kernels::rotary_append`] on tensors: `(queries, k_cache, v_cache)`; [`rotary`] then
+/// Burn's `slice_assign` when its kernel is off.
+pub fn rotary_append<B: Kernels>(
+    qkv: Tensor<B, 3>,
+    cos: &Tensor<B, 4>,
+    sin: &Tensor<B, 4>,
+    k_cache: Tensor<B, 4>,
+    v_cache: Tensor<B, 4>,
+    heads: usize,
+    cached: usize,
+) -> (Tensor<B, 4>, Tensor<B, 4>, Tensor<B, 4>) {
+    if !kernel_on("rotary_append") {
+        return rotate_then_append(qkv, cos, sin, k_cache, v_cache, heads, cached);
+    }
+    let p = |t: Tensor<B, 4>| t.into_primitive().tensor();
+    let (q, k, v) = B::rotary_append(qkv.into_primitive().tensor(), p(cos.clone()), p(sin.clone()), p(k_cache), p(v_cache), heads, cached);
+    let t = |x| Tensor::<B, 4>::from_primitive(TensorPrimitive::Float(x));
+    (t(q), t(k), t(v))
 }
 
 /// [`Kernels::silu_mul`] on tensors (composed when [`fused_kernels`] is off).

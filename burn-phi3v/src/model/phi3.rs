@@ -163,6 +163,19 @@ impl<B: Kernels> Phi3RmsNorm<B> {
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
         kernels::rms_norm(x, &self.weight, self.eps)
     }
+
+    /// The residual add before this norm, when one is `pending`, fused with it: returns
+    /// `(x + pending, norm(x + pending))` (one launch with the backend's kernels), or
+    /// `(x, norm(x))`.
+    ///
+    /// # Shapes
+    /// `x`, `pending`: `[batch, seq, hidden]` → twice the same
+    pub fn forward_residual(&self, x: Tensor<B, 3>, pending: Option<Tensor<B, 3>>) -> (Tensor<B, 3>, Tensor<B, 3>) {
+        match pending {
+            Some(p) => kernels::add_rms_norm(x, p, &self.weight, self.eps),
+            None => (x.clone(), self.forward(x)),
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -222,17 +235,7 @@ impl<B: Backend> LayerKv<B> {
     /// growing the buffers by whole [`KV_GROWTH`] blocks when they are full.
     pub fn append(self, k: Tensor<B, 4>, v: Tensor<B, 4>) -> Self {
         let [b, n, new, hd] = k.dims();
-        let (capacity, len) = (self.k.dims()[2], self.len);
-        let (kb, vb) = if len + new <= capacity {
-            (self.k, self.v)
-        } else {
-            let capacity = (len + new).next_multiple_of(KV_GROWTH);
-            let grow = |t: Tensor<B, 4>| {
-                let buffer = Tensor::<B, 4>::zeros([b, n, capacity, hd], (&t.device(), t.dtype()));
-                if len == 0 { buffer } else { buffer.slice_assign([0..b, 0..n, 0..len, 0..hd], t.narrow(2, 0, len)) }
-            };
-            (grow(self.k), grow(self.v))
-        };
+        let Self { k: kb, v: vb, len } = self.reserve(new);
         // `slice_assign` writes in place into a buffer nothing else holds.
         let at = [0..b, 0..n, len..len + new, 0..hd];
         Self {
@@ -240,6 +243,35 @@ impl<B: Backend> LayerKv<B> {
             v: vb.slice_assign(at, v),
             len: len + new,
         }
+    }
+
+    /// The same cache with room for `new` more positions: the buffers grow by whole
+    /// [`KV_GROWTH`] blocks (the cached positions copied) when they are full.
+    fn reserve(self, new: usize) -> Self {
+        let [b, n, capacity, hd] = self.k.dims();
+        let len = self.len;
+        if len + new <= capacity {
+            return self;
+        }
+        let capacity = (len + new).next_multiple_of(KV_GROWTH);
+        let grow = |t: Tensor<B, 4>| {
+            let buffer = Tensor::<B, 4>::zeros([b, n, capacity, hd], (&t.device(), t.dtype()));
+            if len == 0 { buffer } else { buffer.slice_assign([0..b, 0..n, 0..len, 0..hd], t.narrow(2, 0, len)) }
+        };
+        Self { k: grow(self.k), v: grow(self.v), len }
+    }
+}
+
+impl<B: Kernels> LayerKv<B> {
+    /// Appends the keys and values of `qkv` (a `qkv_proj` output, `[batch, new, (heads +
+    /// 2·kv_heads)·head_dim]`) after rotating its queries and keys with `cos`/`sin`
+    /// (`[batch, 1, new, head_dim]`): one [`kernels::rotary_append`]. Returns the rotated
+    /// queries, `[batch, heads, new, head_dim]`.
+    pub fn append_qkv(self, qkv: Tensor<B, 3>, cos: &Tensor<B, 4>, sin: &Tensor<B, 4>, heads: usize) -> (Tensor<B, 4>, Self) {
+        let new = qkv.dims()[1];
+        let Self { k, v, len } = self.reserve(new);
+        let (q, k, v) = kernels::rotary_append(qkv, cos, sin, k, v, heads, len);
+        (q, Self { k, v, len: len + new })
     }
 }
 
@@ -307,15 +339,14 @@ impl<B: Kernels> Phi3Attention<B> {
         })
     }
 
-    /// Projects `x` to rotated queries, rotated keys and values.
+    /// Splits `qkv_proj`'s output into rotated queries, rotated keys and values.
     ///
     /// # Shapes
-    /// `x`: `[batch, seq, hidden]` → `[batch, heads, seq, head_dim]`, then twice
-    /// `[batch, kv_heads, seq, head_dim]`
-    fn project(&self, x: Tensor<B, 3>, cos: &Tensor<B, 4>, sin: &Tensor<B, 4>) -> (Tensor<B, 4>, Tensor<B, 4>, Tensor<B, 4>) {
-        let [b, s, _] = x.dims();
+    /// `qkv`: `[batch, seq, (heads + 2·kv_heads)·head_dim]` → `[batch, heads, seq, head_dim]`,
+    /// then twice `[batch, kv_heads, seq, head_dim]`
+    fn project(&self, qkv: Tensor<B, 3>, cos: &Tensor<B, 4>, sin: &Tensor<B, 4>) -> (Tensor<B, 4>, Tensor<B, 4>, Tensor<B, 4>) {
+        let [b, s, _] = qkv.dims();
         let (h, kvh, hd) = (self.num_heads, self.num_kv_heads, self.head_dim);
-        let qkv = self.qkv_proj.forward(x); // [b, s, (h + 2kvh)·hd]
         let heads = |t: Tensor<B, 3>, n: usize| t.reshape([b, s, n, hd]).swap_dims(1, 2); // [b, n, s, hd]
         // Query and key heads rotate alike: one rotary over the q and k columns together.
         let qk = kernels::rotary(qkv.clone().narrow(2, 0, (h + kvh) * hd), cos, sin, hd);
@@ -339,15 +370,18 @@ impl<B: Kernels> Phi3Attention<B> {
     ) -> Tensor<B, 3> {
         let [b, s, _] = x.dims();
         let (h, hd) = (self.num_heads, self.head_dim);
-        let (q, k, v) = self.project(x, cos, sin);
-        let (k, v) = match cache.take() {
+        let qkv = self.qkv_proj.forward(x); // [b, s, (h + 2kvh)·hd]
+        let (q, k, v) = match cache.take() {
+            // Rotation, head split and cache append in one step.
             Some(kv) => {
-                let kv = cache.insert(kv.append(k, v));
-                (kv.keys(), kv.values())
+                let (q, kv) = kv.append_qkv(qkv, cos, sin, h);
+                let kv = cache.insert(kv);
+                (q, kv.keys(), kv.values())
             }
             None => {
+                let (q, k, v) = self.project(qkv, cos, sin);
                 *cache = Some(LayerKv::new(k.clone(), v.clone()));
-                (k, v)
+                (q, k, v)
             }
         };
         // Backends disagree on how a causal flag aligns when queries are fewer than keys
@@ -367,7 +401,8 @@ impl<B: Kernels> Phi3Attention<B> {
                 attend(q, repeat_kv(k, rep), repeat_kv(v, rep), mask, is_causal)
             }
         }; // [b, h, s, hd]
-        let out = out.swap_dims(1, 2).reshape([b, s, h * hd]);
+        // One query row is laid out as [b, s, h, hd] already: a view, no copy.
+        let out = if s == 1 { out.reshape([b, s, h * hd]) } else { out.swap_dims(1, 2).reshape([b, s, h * hd]) };
         self.o_proj.forward(out)
     }
 
@@ -386,7 +421,7 @@ impl<B: Kernels> Phi3Attention<B> {
     ) -> Tensor<B, 3> {
         let t = x.dims()[1];
         let (h, kvh, hd) = (self.num_heads, self.num_kv_heads, self.head_dim);
-        let (q, k, v) = self.project(x, cos, sin);
+        let (q, k, v) = self.project(self.qkv_proj.forward(x), cos, sin);
         let tokens = |x: Tensor<B, 4>, n: usize| x.swap_dims(1, 2).reshape([t, n, hd]); // [t, n, hd]
         cache.write(batch, tokens(k, kvh), tokens(v, kvh));
         let out = paged_attention(tokens(q, h), cache, batch); // [t, h·hd]
@@ -469,13 +504,31 @@ impl<B: Kernels> Phi3DecoderLayer<B> {
         cache: &mut Option<LayerKv<B>>,
         mask: Option<Tensor<B, 4, Bool>>,
     ) -> Tensor<B, 3> {
-        self.residual(x, |h| self.self_attn.forward(h, cos, sin, cache, mask))
+        let (h, mlp_out) = self.forward_residual(x, None, cos, sin, cache, mask);
+        h + mlp_out
     }
 
-    /// `x + attn(norm(x))`, then `h + mlp(norm(h))`.
-    fn residual(&self, x: Tensor<B, 3>, attn: impl FnOnce(Tensor<B, 3>) -> Tensor<B, 3>) -> Tensor<B, 3> {
-        let h = x.clone() + attn(self.input_layernorm.forward(x));
-        h.clone() + self.mlp.forward(self.post_attention_layernorm.forward(h))
+    /// [`Self::forward`] with its last residual add left to the caller, who fuses it with the
+    /// next norm: `x` is the residual stream and `pending` the previous layer's MLP output not
+    /// yet added to it. Returns the stream after attention and this layer's MLP output (the
+    /// layer's output is their sum).
+    pub fn forward_residual(
+        &self,
+        x: Tensor<B, 3>,
+        pending: Option<Tensor<B, 3>>,
+        cos: &Tensor<B, 4>,
+        sin: &Tensor<B, 4>,
+        cache: &mut Option<LayerKv<B>>,
+        mask: Option<Tensor<B, 4, Bool>>,
+    ) -> (Tensor<B, 3>, Tensor<B, 3>) {
+        self.residual(x, pending, |h| self.self_attn.forward(h, cos, sin, cache, mask))
+    }
+
+    /// `h = x + attn(norm(x))`, then `(h, mlp(norm(h)))`; each add fused with the norm after it.
+    fn residual(&self, x: Tensor<B, 3>, pending: Option<Tensor<B, 3>>, attn: impl FnOnce(Tensor<B, 3>) -> Tensor<B, 3>) -> (Tensor<B, 3>, Tensor<B, 3>) {
+        let (x, normed) = self.input_layernorm.forward_residual(x, pending);
+        let (h, normed) = self.post_attention_layernorm.forward_residual(x, Some(attn(normed)));
+        (h, self.mlp.forward(normed))
     }
 }
 
@@ -549,15 +602,17 @@ impl<B: Kernels> Phi3Model<B> {
         let dtype = inputs_embeds.dtype();
         let (cos, sin) = self.rotary_emb.tables::<B>(positions, regimes, &device, dtype);
         let mut hidden_states = output_hidden_states.then(Vec::new);
-        let mut x = inputs_embeds;
+        // The residual stream and the last layer's MLP output, added by the next norm.
+        let (mut x, mut pending) = (inputs_embeds, None);
         for (layer, kv) in self.layers.iter().zip(cache.layers.iter_mut()) {
             if let Some(hs) = hidden_states.as_mut() {
-                hs.push(x.clone());
+                hs.push(pending.clone().map_or_else(|| x.clone(), |p| x.clone() + p));
             }
-            x = layer.forward(x, &cos, &sin, kv, mask.clone());
+            let (h, mlp_out) = layer.forward_residual(x, pending, &cos, &sin, kv, mask.clone());
+            (x, pending) = (h, Some(mlp_out));
         }
         cache.regimes = regimes.to_vec();
-        let x = self.norm.forward(x);
+        let (_, x) = self.norm.forward_residual(x, pending);
         if let Some(hs) = hidden_states.as_mut() {
             hs.push(x.clone());
         }
@@ -580,11 +635,12 @@ impl<B: Kernels> Phi3Model<B> {
         let (cos, sin) = self.rotary_emb.tables::<B>(&one_per_row, batch.regimes(), &device, inputs_embeds.dtype());
         let hd = cos.dims()[3];
         let (cos, sin) = (cos.reshape([1, 1, t, hd]), sin.reshape([1, 1, t, hd])); // [t, 1, 1, hd] → one row
-        let mut x = inputs_embeds;
+        let (mut x, mut pending) = (inputs_embeds, None);
         for (layer, kv) in self.layers.iter().zip(cache.layers.iter_mut()) {
-            x = layer.residual(x, |h| layer.self_attn.forward_paged(h, &cos, &sin, kv, batch));
+            let (h, mlp_out) = layer.residual(x, pending, |h| layer.self_attn.forward_paged(h, &cos, &sin, kv, batch));
+            (x, pending) = (h, Some(mlp_out));
         }
-        self.norm.forward(x)
+        self.norm.forward_residual(x, pending).1
     }
 }
 

@@ -56,6 +56,14 @@ pub struct BreakdownArgs {
     /// The PyTorch peer's breakdown (bench/peer_kernels.py) to put beside ours.
     #[arg(long)]
     peer: Option<PathBuf>,
+    /// Also sample the host (CPU) while `--profile-steps` whole steps of every phase run, and
+    /// write a flame graph, folded stacks and a table per phase into this folder (needs a build
+    /// with the feature `profile`).
+    #[arg(long)]
+    profile: Option<PathBuf>,
+    /// Whole steps run under the profiler per phase.
+    #[arg(long, default_value_t = 100)]
+    profile_steps: usize,
     /// Output folder (breakdown.json, breakdown.md).
     #[arg(long, default_value = "breakdown-out")]
     out: PathBuf,
@@ -83,6 +91,11 @@ pub struct Phase {
     pub layer_us: f64,
     /// The whole step (decoder and `lm_head`), microseconds.
     pub step_us: f64,
+    /// Of `step_us`, the time until the step's calls returned on the host (its launches
+    /// enqueued, the device not yet synchronised): close to `step_us` when the host, not the
+    /// device, sets the pace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_us: Option<f64>,
 }
 
 /// What `phi3v bench breakdown` writes (and `bench/peer_kernels.py`).
@@ -111,6 +124,10 @@ pub fn run(args: BreakdownArgs) -> CliResult<()> {
         Some(p) => return Err(format!("peer breakdown {} not found", p.display()).into()),
         None => None,
     };
+    if args.profile.is_some() {
+        // Fail before any work when this build has no profiler.
+        drop(super::profile::start()?);
+    }
     let (device, dtype, out) = (args.device.clone(), args.dtype.clone(), args.out.clone());
     let ours = with_device(&device, dtype.as_deref(), BreakdownJob { args, config })??;
     std::fs::create_dir_all(&out).map_err(|e| format!("cannot create {}: {e}", out.display()))?;
@@ -139,20 +156,21 @@ impl DeviceFn for BreakdownJob {
             kernels::set_fused_kernels(false);
         }
         let w = Weights::<B>::random(device, dtype);
-        let model = Phi3VForCausalLM::load(&w, &self.config)?;
+        let model = burn_phi3v::loader::load_model(&w, &self.config)?;
         let timer = Timer::<B> {
             device: device.clone(),
             warmup: a.warmup,
             runs: a.runs.max(1),
         };
+        let profile = a.profile.as_ref().map(|dir| (dir.as_path(), a.profile_steps.max(1)));
         let mut phases = Vec::new();
         for &b in &a.decode_batches {
             eprintln!("decode b={b} ctx={}", a.context);
-            phases.push(phase(&model, &timer, dtype, b, 1, a.context));
+            phases.push(phase(&model, &timer, dtype, b, 1, a.context, profile)?);
         }
         if a.prefill > 0 {
             eprintln!("prefill {}", a.prefill);
-            phases.push(phase(&model, &timer, dtype, 1, a.prefill, 0));
+            phases.push(phase(&model, &timer, dtype, 1, a.prefill, 0, profile)?);
         }
         Ok(Breakdown {
             engine: match (kernels::fused_kernels(), kernels::KERNEL_NAMES.iter().filter(|n| !kernels::kernel_on(n)).copied().collect::<Vec<_>>()) {
@@ -176,7 +194,13 @@ struct Timer<B: Kernels> {
 
 impl<B: Kernels> Timer<B> {
     /// Mean microseconds per call of `f`, `runs` calls between two synchronisations.
-    fn time<T>(&self, mut f: impl FnMut() -> T) -> f64 {
+    fn time<T>(&self, f: impl FnMut() -> T) -> f64 {
+        self.time_host(f).0
+    }
+
+    /// The same, and the mean microseconds per call until the calls returned on the host
+    /// (before the closing synchronisation).
+    fn time_host<T>(&self, mut f: impl FnMut() -> T) -> (f64, f64) {
         for _ in 0..self.warmup {
             drop(f());
         }
@@ -185,8 +209,10 @@ impl<B: Kernels> Timer<B> {
         for _ in 0..self.runs {
             drop(f());
         }
+        let host = t.elapsed();
         let _ = B::sync(&self.device);
-        t.elapsed().as_secs_f64() * 1e6 / self.runs as f64
+        let per_call = |d: std::time::Duration| d.as_secs_f64() * 1e6 / self.runs as f64;
+        (per_call(t.elapsed()), per_call(host))
     }
 }
 
@@ -194,8 +220,17 @@ fn random<B: Kernels, const D: usize>(shape: [usize; D], device: &B::Device, dty
     Tensor::<B, D>::random(shape, Distribution::Normal(0.0, 1.0), device).cast(dtype)
 }
 
-/// `b` rows of `s` new tokens after `ctx` cached keys.
-fn phase<B: Kernels>(model: &Phi3VForCausalLM<B>, timer: &Timer<B>, dtype: DType, b: usize, s: usize, ctx: usize) -> Phase {
+/// `b` rows of `s` new tokens after `ctx` cached keys; with `profile` (folder, steps), that many
+/// whole steps are also run under the host profiler.
+fn phase<B: Kernels>(
+    model: &Phi3VForCausalLM<B>,
+    timer: &Timer<B>,
+    dtype: DType,
+    b: usize,
+    s: usize,
+    ctx: usize,
+    profile: Option<(&Path, usize)>,
+) -> CliResult<Phase> {
     let device = &timer.device;
     let c = &model.config.text;
     let (hidden, h, hd, inter) = (c.hidden_size, c.num_attention_heads, c.head_dim(), c.intermediate_size);
@@ -215,7 +250,7 @@ fn phase<B: Kernels>(model: &Phi3VForCausalLM<B>, timer: &Timer<B>, dtype: DType
     let qk_rows = qkv.clone().narrow(2, 0, (h + kvh) * hd); // what the model rotates in one call
     let q = heads(q_rows.clone(), h);
     let k = heads(k_rows.clone(), kvh);
-    let v = heads(qkv.narrow(2, (h + kvh) * hd, kvh * hd), kvh);
+    let v = heads(qkv.clone().narrow(2, (h + kvh) * hd, kvh * hd), kvh);
     let cached = (ctx > 0).then(|| LayerKv::new(random::<B, 4>([b, kvh, ctx, hd], device, dtype), random::<B, 4>([b, kvh, ctx, hd], device, dtype)));
     // What attention reads: views of the cache buffers after this step's append.
     let (keys, values) = match &cached {
@@ -240,17 +275,26 @@ fn phase<B: Kernels>(model: &Phi3VForCausalLM<B>, timer: &Timer<B>, dtype: DType
             per_step: per_layer * layers,
         })
     };
-    stage("input_layernorm", 1, timer.time(|| layer.input_layernorm.forward(x.clone())));
+    // Each residual add runs with the norm after it (the first layer's input_layernorm alone).
+    stage(
+        "residual add + RMSNorm",
+        2,
+        timer.time(|| layer.post_attention_layernorm.forward_residual(x.clone(), Some(x.clone()))),
+    );
     stage("qkv_proj", 1, timer.time(|| attn.qkv_proj.forward(x.clone())));
-    stage("rotary (q and k)", 1, timer.time(|| kernels::rotary(qk_rows.clone(), &cos, &sin, hd)));
-    if let Some(kv) = &cached {
-        // In place into the cache's buffers (the first, warm-up, append copies the shared clone).
-        let mut kv = Some(kv.clone());
-        stage(
-            "kv-cache append (k and v)",
-            1,
-            timer.time(|| kv = kv.take().map(|kv| kv.append(k.clone(), v.clone()))),
-        );
+    match &cached {
+        // A step over a cache: rotation, head split and append in one (in place into the cache's
+        // buffers; the first, warm-up, call copies the shared clone).
+        Some(kv) => {
+            let mut kv = Some(kv.clone());
+            let append = || {
+                let (q, next) = kv.take().expect("a cache").append_qkv(qkv.clone(), &cos, &sin, h);
+                kv = Some(next);
+                q
+            };
+            stage("rotary + kv-cache append", 1, timer.time(append));
+        }
+        None => stage("rotary (q and k)", 1, timer.time(|| kernels::rotary(qk_rows.clone(), &cos, &sin, hd))),
     }
     stage(
         "attention",
@@ -264,8 +308,6 @@ fn phase<B: Kernels>(model: &Phi3VForCausalLM<B>, timer: &Timer<B>, dtype: DType
         }),
     );
     stage("o_proj", 1, timer.time(|| attn.o_proj.forward(attn_out.clone())));
-    stage("residual add", 2, timer.time(|| x.clone() + x.clone()));
-    stage("post_attention_layernorm", 1, timer.time(|| layer.post_attention_layernorm.forward(x.clone())));
     stage("gate_up_proj", 1, timer.time(|| layer.mlp.gate_up_proj.forward(x.clone())));
     stage(
         "silu(gate)·up",
@@ -283,13 +325,15 @@ fn phase<B: Kernels>(model: &Phi3VForCausalLM<B>, timer: &Timer<B>, dtype: DType
     }
 
     // A decode step appends to a cache that persists across the timed calls (the context grows
-    // by one per call, in place, as in generation); a prefill starts from an empty cache.
+    // by one per call, in place, as in generation); a prefill starts from an empty cache. A layer
+    // inside the stack adds the previous layer's output with its first norm and leaves its own
+    // last add to the next layer.
     let mut kv = cached.clone();
     let layer_us = timer.time(|| {
         if ctx == 0 {
             kv = None;
         }
-        layer.forward(x.clone(), &cos, &sin, &mut kv, None)
+        layer.forward_residual(x.clone(), Some(x.clone()), &cos, &sin, &mut kv, None)
     });
     let ids: Tensor<B, 2, Int> = Tensor::from_data(TensorData::new(vec![100i64; b * s], [b, s]), device);
     let mut cache = KvCache {
@@ -302,21 +346,32 @@ fn phase<B: Kernels>(model: &Phi3VForCausalLM<B>, timer: &Timer<B>, dtype: DType
             .collect(),
         regimes: if ctx > 0 { vec![RopeRegime::Short; b] } else { Vec::new() },
     };
-    let step_us = timer.time(|| {
+    let mut step = || {
         if ctx == 0 {
             cache.clear();
         }
         let embeds = model.model.embed(ids.clone());
         let out = model.model.forward(embeds, &positions, &regimes, &mut cache, None, false);
         model.lm_head.forward(out.last_hidden_state.narrow(1, s - 1, 1))
-    });
+    };
+    let (step_us, host_us) = timer.time_host(&mut step);
+    if let Some((dir, steps)) = profile {
+        let p = super::profile::start()?;
+        for _ in 0..steps {
+            drop(step());
+        }
+        let _ = B::sync(device);
+        let file = if ctx > 0 { format!("decode-b{b}") } else { format!("prefill-{s}") };
+        p.finish(dir, &file)?;
+    }
     let name = if ctx > 0 { format!("decode b={b} ctx={ctx}") } else { format!("prefill {s}") };
-    Phase {
+    Ok(Phase {
         phase: name,
         stages,
         layer_us,
         step_us,
-    }
+        host_us: Some(host_us),
+    })
 }
 
 /// Markdown: per phase, every stage's time per call and per step, its share of the measured
@@ -360,6 +415,13 @@ pub fn markdown(ours: &Breakdown, peer: Option<&Breakdown>) -> String {
             None => {}
         }
         s += ".\n";
+        if let Some(host) = ph.host_us {
+            s += &format!(
+                "Host: the step's calls returned after {:.2} ms ({:.0} % of the step; near 100 % the host sets the pace).\n",
+                host / 1e3,
+                100.0 * host / ph.step_us
+            );
+        }
     }
     s
 }
@@ -383,6 +445,7 @@ mod tests {
                 }],
                 layer_us: 2.0 * us,
                 step_us: 10.0 * us,
+                host_us: Some(5.0 * us),
             }],
         }
     }
@@ -392,6 +455,7 @@ mod tests {
         let md = markdown(&sample("burn-phi3v", 30.0), Some(&sample("torch", 10.0)));
         assert!(md.contains("| qkv_proj | 2 | 30.0 | 0.060 | 20.0 % | 10.0 | 3.00 |"), "{md}");
         assert!(md.contains("ours / peer 3.00"), "{md}");
+        assert!(md.contains("returned after 0.15 ms (50 % of the step"), "{md}");
         let alone = markdown(&sample("burn-phi3v", 30.0), None);
         assert!(!alone.contains("peer"), "{alone}");
     }

@@ -5,6 +5,7 @@
 
 pub mod breakdown;
 mod plot;
+mod profile;
 pub mod report;
 
 use burn_phi3v::kernels::Kernels;
@@ -313,14 +314,14 @@ impl DeviceFn for BenchJob {
             (Some(dir), false) => {
                 let ckpt = Checkpoint::open_dir(dir)?;
                 let w = Weights::<B>::new(&ckpt, device, dtype);
-                let m = Phi3VForCausalLM::load(&w, &self.config)?;
+                let m = burn_phi3v::loader::load_model(&w, &self.config)?;
                 let n = w.elements();
                 w.finish()?;
                 (m, n, "checkpoint")
             }
             _ => {
                 let w = Weights::<B>::random(device, dtype);
-                let m = Phi3VForCausalLM::load(&w, &self.config)?;
+                let m = burn_phi3v::loader::load_model(&w, &self.config)?;
                 (m, w.elements(), "random")
             }
         };
