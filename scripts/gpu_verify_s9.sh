@@ -17,9 +17,12 @@ source scripts/gpu_env.sh
 LIMIT=${1:-110}; BD=${2:-160}; OURS=${3:-130}; PEER=${4:-110}
 C=$B/phi3v-plugin-conformance; mkdir -p /tmp/res
 job kernels-cuda env PHI3V_TEST_DEVICES=cuda:f32,cuda:bf16 $B/kernels --nocapture
+# SHORT=1: the kernels test and the parity suite only.
+if [ -z "${SHORT:-}" ]; then
 job conf-ops-cuda $C --device cuda --dtypes f32 --ops-only
-job parity-cuda-f32 $C --device cuda --parity-only --parity-dtype f32
 job engine-cuda-f32 env PHI3V_TEST_DEVICES=cuda:f32 $B/engine concurrent --nocapture
+fi
+job parity-cuda-f32 $C --device cuda --parity-only --parity-dtype f32
 wait
 TAIL=8 show kernels-cuda conf-ops-cuda parity-cuda-f32 engine-cuda-f32 | grep -v "^cuda .*: [0-9.e-]* vs composed" | cut -c1-250
 grep -h "FAIL\|add_rms\|rotary_append\|rotary + KV" $W/kernels-cuda/err.txt $W/conf-ops-cuda/out.txt | cut -c1-200
