@@ -12,7 +12,7 @@
 #  6,10 generation      `phi3v bench run --scenarios generation` at 1 and 10 parallel requests,
 #                       1024 → 128, then the PyTorch peer on the same shapes (static-cache
 #                       `generate`) and `phi3v bench compare`
-# Usage (device tool, carry .gpu): bash scripts/gpu_verify_s9.sh [job seconds] [breakdown s] [ours s] [peer s, 0: none]
+# Usage (device tool, carry .gpu): bash scripts/gpu_verify_s9.sh [job seconds] [breakdown s] [ours s] [peer s] (0 s: skipped)
 source scripts/gpu_env.sh
 LIMIT=${1:-110}; BD=${2:-160}; OURS=${3:-130}; PEER=${4:-110}
 C=$B/phi3v-plugin-conformance; mkdir -p /tmp/res
@@ -33,7 +33,7 @@ timeout $BD $B/phi3v bench breakdown --preset phi3v-128k --device cuda --dtype b
 echo "breakdown rc=$?"; grep -A14 "^## decode b=1" $D/breakdown.log | head -18; grep "whole step\|Host:" $D/breakdown.log
 for f in $D/profile/decode-b1.top.md; do grep -A12 "^## " $f | cut -c1-200; done
 SHAPES="--scenarios generation --parallel 1,10 --shapes 1024x128 --warmup 1 --runs 3"
-timeout $OURS $B/phi3v bench run --preset phi3v-128k --device cuda $SHAPES --out $D/ours > $D/ours.log 2>&1
+[ "$OURS" != 0 ] && timeout $OURS $B/phi3v bench run --preset phi3v-128k --device cuda $SHAPES --out $D/ours > $D/ours.log 2>&1
 echo "ours rc=$?"; grep -v "^\s*$" $D/ours.log | tail -12
 cd $R
 [ "$PEER" != 0 ] && timeout $PEER python3 bench/peer_torch.py --preset cli/presets/phi3v-128k.json --out $D/peer.json --ours $D/ours/results.json $SHAPES > $D/peer.log 2>&1
