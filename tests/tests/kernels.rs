@@ -166,9 +166,10 @@ impl KernelJob {
         }
         // Skinny products: 2 to 16 rows (decode steps of several sequences) against the
         // checkpoint-layout weight (`[d_out, d_in]` rows, used transposed as `Linear::load`
-        // does); widths that are not multiples of the 256-value chunk or the 8-column cube;
-        // 1 and 17 rows take Burn's `linear` on both sides.
-        for (rows, d_in, d_out) in [(10, 1536, 136), (2, 300, 37), (16, 1000, 64), (3, 77, 20), (1, 256, 16), (17, 64, 24)] {
+        // does); widths that are not multiples of the 256-value chunk, of a plane's 4 columns or
+        // of a cube's 8, and fewer columns than one plane takes; 1 and 17 rows take Burn's
+        // `linear` on both sides.
+        for (rows, d_in, d_out) in [(10, 1536, 136), (2, 300, 37), (16, 1000, 64), (3, 77, 20), (5, 96, 3), (1, 256, 16), (17, 64, 24)] {
             let x = tensor(input(vec![rows * d_in], 1.0)).reshape([1, rows, d_in]);
             let weight = tensor(input(vec![d_out * d_in], 0.05)).reshape([d_out, d_in]).transpose();
             let outputs = both(&|| kernels::linear(x.clone(), &weight, None));

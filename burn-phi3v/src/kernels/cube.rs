@@ -127,16 +127,18 @@ fn row_cubes(n: usize) -> CubeCount {
 // contiguous (`empty_device_contiguous_dtype`): CubeCL's CUDA runtime lays out a plain
 // `empty_device_dtype` with rows padded to an aligned pitch wherever a row's bytes are not a
 // multiple of it, and a kernel writing it linearly gave wrong values at those widths (SiLU·mul at
-// 77, head_dim 96, …; docs/kernels.md, 2026-12-03). Sizes and strides are scalar arguments;
-// indices are `usize` (the launch's address type, 32 or 64 bits).
+// 77, head_dim 96, …; docs/kernels.md, 2026-12-03). Sizes and strides are scalar arguments and
+// buffers are `Array`s, not `Tensor`s: CubeCL writes a tensor argument's shape and strides into
+// a device buffer at every launch (a host-to-device copy before the kernel), an array's not.
+// Indices are `usize` (the launch's address type, 32 or 64 bits).
 
 /// One cube per row: the sum of squares in f32 (each unit strides over the row, then a tree
 /// reduction in shared memory), then `x · rsqrt(mean + eps)` cast to the dtype, times `weight`.
 #[cube(launch_unchecked, address_type = "dynamic")]
 fn rms_norm_kernel<E: Float>(
-    x: &Tensor<E>,
-    weight: &Tensor<E>,
-    output: &mut Tensor<E>,
+    x: &Array<E>,
+    weight: &Array<E>,
+    output: &mut Array<E>,
     rows: usize,
     width: usize,
     eps: f32,
@@ -173,11 +175,11 @@ fn rms_norm_kernel<E: Float>(
 /// (a unit reads back only its own writes: no barrier needed for them).
 #[cube(launch_unchecked, address_type = "dynamic")]
 fn add_rms_norm_kernel<E: Float>(
-    x: &Tensor<E>,
-    residual: &Tensor<E>,
-    weight: &Tensor<E>,
-    sum: &mut Tensor<E>,
-    output: &mut Tensor<E>,
+    x: &Array<E>,
+    residual: &Array<E>,
+    weight: &Array<E>,
+    sum: &mut Array<E>,
+    output: &mut Array<E>,
     rows: usize,
     width: usize,
     eps: f32,
@@ -248,9 +250,9 @@ pub(crate) fn rms_norm<R: CubeRuntime>(x: CubeTensor<R>, weight: CubeTensor<R>, 
             row_cubes(rows),
             CubeDim::new_1d(ROW_UNITS),
             address,
-            x.into_tensor_arg(),
-            weight.into_tensor_arg(),
-            output.clone().into_tensor_arg(),
+            x.into_array_arg(),
+            weight.into_array_arg(),
+            output.clone().into_array_arg(),
             rows,
             width,
             eps as f32,
@@ -279,11 +281,11 @@ pub(crate) fn add_rms_norm<R: CubeRuntime>(x: CubeTensor<R>, residual: CubeTenso
             row_cubes(rows),
             CubeDim::new_1d(ROW_UNITS),
             address,
-            x.into_tensor_arg(),
-            residual.into_tensor_arg(),
-            weight.into_tensor_arg(),
-            sum.clone().into_tensor_arg(),
-            output.clone().into_tensor_arg(),
+            x.into_array_arg(),
+            residual.into_array_arg(),
+            weight.into_array_arg(),
+            sum.clone().into_array_arg(),
+            output.clone().into_array_arg(),
             rows,
             width,
             eps as f32,
@@ -299,10 +301,10 @@ pub(crate) fn add_rms_norm<R: CubeRuntime>(x: CubeTensor<R>, residual: CubeTenso
 /// values contiguous), and row `(batch, position)` of the tables.
 #[cube(launch_unchecked, address_type = "dynamic")]
 fn rotary_kernel<E: Float>(
-    x: &Tensor<E>,
-    cos: &Tensor<E>,
-    sin: &Tensor<E>,
-    output: &mut Tensor<E>,
+    x: &Array<E>,
+    cos: &Array<E>,
+    sin: &Array<E>,
+    output: &mut Array<E>,
     total: usize,
     seq: usize,
     width: usize,
@@ -349,10 +351,10 @@ pub(crate) fn rotary<R: CubeRuntime>(x: CubeTensor<R>, cos: CubeTensor<R>, sin: 
             cube_count,
             cube_dim,
             address,
-            x.into_tensor_arg(),
-            cos.into_tensor_arg(),
-            sin.into_tensor_arg(),
-            output.clone().into_tensor_arg(),
+            x.into_array_arg(),
+            cos.into_array_arg(),
+            sin.into_array_arg(),
+            output.clone().into_array_arg(),
             units,
             seq,
             width,
@@ -392,12 +394,12 @@ struct AppendLayout {
 /// position `cached + s`; a value is copied to the value buffer there.
 #[cube(launch_unchecked, address_type = "dynamic")]
 fn rotary_append_kernel<E: Float>(
-    qkv: &Tensor<E>,
-    cos: &Tensor<E>,
-    sin: &Tensor<E>,
-    q: &mut Tensor<E>,
-    k_cache: &mut Tensor<E>,
-    v_cache: &mut Tensor<E>,
+    qkv: &Array<E>,
+    cos: &Array<E>,
+    sin: &Array<E>,
+    q: &mut Array<E>,
+    k_cache: &mut Array<E>,
+    v_cache: &mut Array<E>,
     layout: AppendLayout,
     total: usize,
     #[define(E)] _dtype: StorageType,
@@ -484,12 +486,12 @@ pub(crate) fn rotary_append<R: CubeRuntime>(
             cube_count,
             cube_dim,
             address,
-            qkv.into_tensor_arg(),
-            cos.into_tensor_arg(),
-            sin.into_tensor_arg(),
-            q.clone().into_tensor_arg(),
-            k_cache.clone().into_tensor_arg(),
-            v_cache.clone().into_tensor_arg(),
+            qkv.into_array_arg(),
+            cos.into_array_arg(),
+            sin.into_array_arg(),
+            q.clone().into_array_arg(),
+            k_cache.clone().into_array_arg(),
+            v_cache.clone().into_array_arg(),
             layout,
             units,
             dtype.into(),
@@ -501,7 +503,7 @@ pub(crate) fn rotary_append<R: CubeRuntime>(
 /// One unit per output value of `[rows, width]`: `up · SiLU(gate)` with SiLU in f32, where row
 /// `r` of the input holds `[gate, up]` (`2 · width` values).
 #[cube(launch_unchecked, address_type = "dynamic")]
-fn silu_mul_kernel<E: Float>(gate_up: &Tensor<E>, output: &mut Tensor<E>, total: usize, width: usize, #[define(E)] _dtype: StorageType) {
+fn silu_mul_kernel<E: Float>(gate_up: &Array<E>, output: &mut Array<E>, total: usize, width: usize, #[define(E)] _dtype: StorageType) {
     if ABSOLUTE_POS >= total {
         terminate!();
     }
@@ -535,8 +537,8 @@ pub(crate) fn silu_mul<R: CubeRuntime>(gate_up: CubeTensor<R>) -> CubeTensor<R> 
             cube_count,
             cube_dim,
             address,
-            gate_up.into_tensor_arg(),
-            output.clone().into_tensor_arg(),
+            gate_up.into_array_arg(),
+            output.clone().into_array_arg(),
             units,
             width,
             dtype.into(),
@@ -575,11 +577,11 @@ struct DecodeLayout {
 /// key/value head `h / group` (grouped-query attention).
 #[cube(launch_unchecked, address_type = "dynamic")]
 fn decode_attention_kernel<E: Float>(
-    q: &Tensor<E>,
-    k: &Tensor<E>,
-    v: &Tensor<E>,
-    scores: &mut Tensor<f32>,
-    output: &mut Tensor<E>,
+    q: &Array<E>,
+    k: &Array<E>,
+    v: &Array<E>,
+    scores: &mut Array<f32>,
+    output: &mut Array<E>,
     layout: &DecodeLayout,
     batch_heads: usize,
     scale: f32,
@@ -707,10 +709,10 @@ pub(crate) fn decode_attention<R: CubeRuntime>(q: CubeTensor<R>, k: CubeTensor<R
                 row_cubes(batch * heads),
                 CubeDim::new_2d(lanes as u32, DECODE_PLANES),
                 address,
-                q.into_tensor_arg(),
-                k.into_tensor_arg(),
-                v.into_tensor_arg(),
-                output.clone().into_tensor_arg(),
+                q.into_array_arg(),
+                k.into_array_arg(),
+                v.into_array_arg(),
+                output.clone().into_array_arg(),
                 layout,
                 batch * heads,
                 scale,
@@ -732,11 +734,11 @@ pub(crate) fn decode_attention<R: CubeRuntime>(q: CubeTensor<R>, k: CubeTensor<R
             row_cubes(batch * heads),
             CubeDim::new_1d(ROW_UNITS),
             address,
-            q.into_tensor_arg(),
-            k.into_tensor_arg(),
-            v.into_tensor_arg(),
-            scores.into_tensor_arg(),
-            output.clone().into_tensor_arg(),
+            q.into_array_arg(),
+            k.into_array_arg(),
+            v.into_array_arg(),
+            scores.into_array_arg(),
+            output.clone().into_array_arg(),
             layout,
             batch * heads,
             scale,
@@ -763,10 +765,10 @@ const DECODE_TILE: usize = 8;
 /// shared memory at the end. No scores buffer and no cube-wide barrier in the loop.
 #[cube(launch_unchecked, address_type = "dynamic")]
 fn decode_attention_planes_kernel<E: Float>(
-    q: &Tensor<E>,
-    k: &Tensor<E>,
-    v: &Tensor<E>,
-    output: &mut Tensor<E>,
+    q: &Array<E>,
+    k: &Array<E>,
+    v: &Array<E>,
+    output: &mut Array<E>,
     layout: &DecodeLayout,
     batch_heads: usize,
     scale: f32,
@@ -888,71 +890,97 @@ fn uniform_plane<R: CubeRuntime>(client: &ComputeClient<R>, head_dim: usize) -> 
     (properties.features.plane.contains(cubecl::features::Plane::Ops) && fits).then_some(lanes)
 }
 
-/// Output columns per cube of the skinny product: one plane (32 units) each.
-const SKINNY_COLUMNS: u32 = 8;
+/// Output columns each plane (32 units) of the skinny product takes.
+const SKINNY_PLANE_COLUMNS: usize = 4;
+/// Planes per cube of the skinny product.
+const SKINNY_PLANES: usize = 2;
 
 /// `x · weightᵀ` for `rows` ≤ 16 rows of `x` (`[rows, d_in]`, contiguous) and the checkpoint's
-/// weight rows (`[d_out, d_in]`, contiguous), both read in vectors of `N` values. A cube of 8
-/// planes takes 8 output columns, one plane per column: its 32 lanes stream that weight row
-/// once, vector by vector, and multiply each vector with the same vector of every input row
-/// (the inputs stay in the caches: every plane reads them), accumulating `rows` f32 sums per
-/// lane with no barrier in the loop; the lanes' sums meet in shared memory at the end.
+/// weight rows (`[d_out, d_in]`, contiguous), both read in vectors of `N` values. Each of a
+/// cube's `planes` planes takes `columns` output columns: its 32 lanes stream those weight rows once,
+/// vector by vector (one load per column in flight together), and multiply each with the same
+/// vector of every input row, read once for all the columns (the inputs stay in the caches),
+/// accumulating `rows × columns` f32 sums per lane with no barrier in the loop; the lanes' sums
+/// meet in shared memory at the end. Columns past `d_out` (the last plane's) read the last
+/// weight row and are not written.
 #[cube(launch_unchecked, address_type = "dynamic")]
 fn skinny_linear_kernel<E: Float, N: Size>(
-    x: &Tensor<Vector<E, N>>,
-    weight: &Tensor<Vector<E, N>>,
-    output: &mut Tensor<E>,
+    x: &Array<Vector<E, N>>,
+    weight: &Array<Vector<E, N>>,
+    output: &mut Array<E>,
     vectors: usize,
     d_out: usize,
     #[comptime] rows: usize,
+    #[comptime] planes: usize,
+    #[comptime] columns: usize,
     #[define(E)] _dtype: StorageType,
 ) {
     let width = N::value();
     let lane = UNIT_POS_X as usize;
     let plane = UNIT_POS_Y as usize;
     let unit = UNIT_POS as usize;
-    let column = CUBE_POS * 8 + plane;
+    // This plane's first output column, and the cube's.
+    let cube_first = CUBE_POS * (planes * columns);
+    let first = cube_first + plane * columns;
 
-    let mut acc = Array::<f32>::new(rows);
+    let mut acc = Array::<f32>::new(rows * columns);
     #[unroll]
-    for r in 0..rows {
-        acc[r] = f32::new(0.0);
+    for i in 0..rows * columns {
+        acc[i] = f32::new(0.0);
     }
-    if column < d_out {
-        let row_base = column * vectors;
-        let mut j = lane;
-        while j < vectors {
-            let w = weight[row_base + j];
+    let mut bases = Array::<usize>::new(columns);
+    #[unroll]
+    for c in 0..columns {
+        bases[c] = min(first + c, d_out - 1) * vectors;
+    }
+    let mut w = Array::<Vector<E, N>>::new(columns);
+    let mut j = lane;
+    while j < vectors {
+        #[unroll]
+        for c in 0..columns {
+            w[c] = weight[bases[c] + j];
+        }
+        #[unroll]
+        for r in 0..rows {
+            let xv = x[r * vectors + j];
             #[unroll]
-            for r in 0..rows {
-                let xv = x[r * vectors + j];
-                let mut dot = f32::cast_from(w[0]) * f32::cast_from(xv[0]);
+            for c in 0..columns {
+                let wc = w[c];
+                let mut dot = f32::cast_from(wc[0]) * f32::cast_from(xv[0]);
                 #[unroll]
                 for e in 1..width {
-                    dot += f32::cast_from(w[e]) * f32::cast_from(xv[e]);
+                    dot += f32::cast_from(wc[e]) * f32::cast_from(xv[e]);
                 }
-                acc[r] += dot;
+                acc[r * columns + c] += dot;
             }
-            j += 32;
+        }
+        j += 32;
+    }
+    // Lane partials of (cube column k = plane · columns + c, row r) at (k · rows + r) · 32 + lane.
+    let cube_columns = planes * columns;
+    let mut partials = SharedMemory::<f32>::new(rows * cube_columns * 32);
+    #[unroll]
+    for c in 0..columns {
+        #[unroll]
+        for r in 0..rows {
+            partials[((plane * columns + c) * rows + r) * 32 + lane] = acc[r * columns + c];
         }
     }
-    // Lane partials of (plane, row) at (plane · rows + row) · 32 + lane.
-    let mut partials = SharedMemory::<f32>::new(rows * 256);
-    #[unroll]
-    for r in 0..rows {
-        partials[(plane * rows + r) * 32 + lane] = acc[r];
-    }
     sync_cube();
-    if unit < 8 * rows {
-        let out_column = CUBE_POS * 8 + unit / rows;
-        let r = unit % rows;
+    // Each unit sums the 32 lane partials of some (column, row) pairs.
+    let units = planes * 32;
+    let mut pair = unit;
+    while pair < cube_columns * rows {
+        let out_column = cube_first + pair / rows;
+        let r = pair % rows;
         if out_column < d_out {
-            let mut sum = partials[unit * 32];
+            let mut sum = partials[pair * 32];
             for l in 1..32 {
-                sum += partials[unit * 32 + l];
+                sum += partials[pair * 32 + l];
             }
             output[r * d_out + out_column] = E::cast_from(sum);
         }
+        pair += units;
     }
 }
 
@@ -989,16 +1017,18 @@ pub(crate) fn skinny_linear<R: CubeRuntime>(x: CubeTensor<R>, weight: CubeTensor
     unsafe {
         skinny_linear_kernel::launch_unchecked(
             &output.client,
-            row_cubes(d_out.div_ceil(SKINNY_COLUMNS as usize)),
-            CubeDim::new_2d(32, SKINNY_COLUMNS),
+            row_cubes(d_out.div_ceil(SKINNY_PLANES * SKINNY_PLANE_COLUMNS)),
+            CubeDim::new_2d(32, SKINNY_PLANES as u32),
             address,
             vector_size,
-            x.into_tensor_arg(),
-            weight.into_tensor_arg(),
-            output.clone().into_tensor_arg(),
+            x.into_array_arg(),
+            weight.into_array_arg(),
+            output.clone().into_array_arg(),
             d_in / vector_size,
             d_out,
             rows,
+            SKINNY_PLANES,
+            SKINNY_PLANE_COLUMNS,
             dtype.into(),
         )
     };

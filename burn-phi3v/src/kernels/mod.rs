@@ -157,8 +157,8 @@ fn default_rotary_append<B: Kernels>(
     (q.into_primitive().tensor(), k.into_primitive().tensor(), v.into_primitive().tensor())
 }
 
-/// [`Kernels::rotary_append`] as separate steps: [`rotary`] over the query and key columns, the
-/// head split, and two `slice_assign`s into the buffers (in place where nothing else holds them).
+/// [`Kernels::rotary_append`] as separate steps: [`rotate_split`], then two `slice_assign`s into
+/// the buffers (in place where nothing else holds them).
 fn rotate_then_append<B: Kernels>(
     qkv: Tensor<B, 3>,
     cos: &Tensor<B, 4>,
@@ -168,8 +168,22 @@ fn rotate_then_append<B: Kernels>(
     heads: usize,
     cached: usize,
 ) -> (Tensor<B, 4>, Tensor<B, 4>, Tensor<B, 4>) {
-    let [b, s, width] = qkv.dims();
+    let [b, s, _] = qkv.dims();
     let [_, kv_heads, _, hd] = k_cache.dims();
+    let (q, k, v) = rotate_split(qkv, cos, sin, heads, kv_heads);
+    let at = [0..b, 0..kv_heads, cached..cached + s, 0..hd];
+    (q, k_cache.slice_assign(at.clone(), k), v_cache.slice_assign(at, v))
+}
+
+/// Splits a `qkv_proj` output into rotated queries, rotated keys and values: one [`rotary`]
+/// over the query and key columns together (they rotate alike), then the head split.
+///
+/// # Shapes
+/// `qkv`: `[batch, seq, (heads + 2·kv_heads)·head_dim]`; `cos`, `sin`: `[batch, 1, seq,
+/// head_dim]` → `[batch, heads, seq, head_dim]`, then twice `[batch, kv_heads, seq, head_dim]`
+pub fn rotate_split<B: Kernels>(qkv: Tensor<B, 3>, cos: &Tensor<B, 4>, sin: &Tensor<B, 4>, heads: usize, kv_heads: usize) -> (Tensor<B, 4>, Tensor<B, 4>, Tensor<B, 4>) {
+    let [b, s, width] = qkv.dims();
+    let hd = cos.dims()[3];
     let (h, kvh) = (heads, kv_heads);
     debug_assert_eq!(width, (h + 2 * kvh) * hd);
     let split = |t: Tensor<B, 3>, n: usize| t.reshape([b, s, n, hd]).swap_dims(1, 2); // [b, n, s, hd]
@@ -177,8 +191,7 @@ fn rotate_then_append<B: Kernels>(
     let q = split(qk.clone().narrow(2, 0, h * hd), h);
     let k = split(qk.narrow(2, h * hd, kvh * hd), kvh);
     let v = split(qkv.narrow(2, (h + kvh) * hd, kvh * hd), kvh);
-    let at = [0..b, 0..kvh, cached..cached + s, 0..hd];
-    (q, k_cache.slice_assign(at.clone(), k), v_cache.slice_assign(at, v))
+    (q, k, v)
 }
 
 /// [`Kernels::silu_mul`]'s default, for implementations that fall back to it.

@@ -345,15 +345,7 @@ impl<B: Kernels> Phi3Attention<B> {
     /// `qkv`: `[batch, seq, (heads + 2·kv_heads)·head_dim]` → `[batch, heads, seq, head_dim]`,
     /// then twice `[batch, kv_heads, seq, head_dim]`
     fn project(&self, qkv: Tensor<B, 3>, cos: &Tensor<B, 4>, sin: &Tensor<B, 4>) -> (Tensor<B, 4>, Tensor<B, 4>, Tensor<B, 4>) {
-        let [b, s, _] = qkv.dims();
-        let (h, kvh, hd) = (self.num_heads, self.num_kv_heads, self.head_dim);
-        let heads = |t: Tensor<B, 3>, n: usize| t.reshape([b, s, n, hd]).swap_dims(1, 2); // [b, n, s, hd]
-        // Query and key heads rotate alike: one rotary over the q and k columns together.
-        let qk = kernels::rotary(qkv.clone().narrow(2, 0, (h + kvh) * hd), cos, sin, hd);
-        let q = qk.clone().narrow(2, 0, h * hd);
-        let k = qk.narrow(2, h * hd, kvh * hd);
-        let v = qkv.narrow(2, (h + kvh) * hd, kvh * hd);
-        (heads(q, h), heads(k, kvh), heads(v, kvh))
+        kernels::rotate_split(qkv, cos, sin, self.num_heads, self.num_kv_heads)
     }
 
     /// # Shapes

@@ -111,7 +111,14 @@ pub struct Breakdown {
     pub preset: String,
     /// Decode and prefill phases.
     pub phases: Vec<Phase>,
+    /// The host floor of one launch: microseconds per kernel of a chain of [`LAUNCH_CHAIN`]
+    /// RMSNorms over one token (one launch and one output allocation each, no other work).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub launch_us: Option<f64>,
 }
+
+/// Kernels in the chain that measures [`Breakdown::launch_us`].
+pub const LAUNCH_CHAIN: usize = 256;
 
 /// Entry point of `phi3v bench breakdown`.
 pub fn run(args: BreakdownArgs) -> CliResult<()> {
@@ -124,9 +131,9 @@ pub fn run(args: BreakdownArgs) -> CliResult<()> {
         Some(p) => return Err(format!("peer breakdown {} not found", p.display()).into()),
         None => None,
     };
-    if args.profile.is_some() {
+    if args.profile.is_some() && !super::profile::AVAILABLE {
         // Fail before any work when this build has no profiler.
-        drop(super::profile::start()?);
+        return Err(super::profile::NO_PROFILER.into());
     }
     let (device, dtype, out) = (args.device.clone(), args.dtype.clone(), args.out.clone());
     let ours = with_device(&device, dtype.as_deref(), BreakdownJob { args, config })??;
@@ -172,6 +179,11 @@ impl DeviceFn for BreakdownJob {
             eprintln!("prefill {}", a.prefill);
             phases.push(phase(&model, &timer, dtype, 1, a.prefill, 0, profile)?);
         }
+        let norm = &model.model.norm;
+        let token = random::<B, 3>([1, 1, self.config.text.hidden_size], device, dtype);
+        let chain = || (0..LAUNCH_CHAIN).fold(token.clone(), |y, _| norm.forward(y));
+        let launch_us = timer.time(chain) / LAUNCH_CHAIN as f64;
+        eprintln!("launch floor: {launch_us:.2} µs per kernel");
         Ok(Breakdown {
             engine: match (kernels::fused_kernels(), kernels::KERNEL_NAMES.iter().filter(|n| !kernels::kernel_on(n)).copied().collect::<Vec<_>>()) {
                 (false, _) => "burn-phi3v, composed steps".into(),
@@ -182,6 +194,7 @@ impl DeviceFn for BreakdownJob {
             dtype: dtype_name(dtype).into(),
             preset: a.preset.clone(),
             phases,
+            launch_us: Some(launch_us),
         })
     }
 }
@@ -423,6 +436,9 @@ pub fn markdown(ours: &Breakdown, peer: Option<&Breakdown>) -> String {
             );
         }
     }
+    if let Some(us) = ours.launch_us {
+        s += &format!("\n## Launch floor\n\nA chain of {LAUNCH_CHAIN} RMSNorm kernels over one token: {us:.2} µs per kernel.\n");
+    }
     s
 }
 
@@ -447,6 +463,7 @@ mod tests {
                 step_us: 10.0 * us,
                 host_us: Some(5.0 * us),
             }],
+            launch_us: Some(us / 10.0),
         }
     }
 
@@ -458,5 +475,6 @@ mod tests {
         assert!(md.contains("returned after 0.15 ms (50 % of the step"), "{md}");
         let alone = markdown(&sample("burn-phi3v", 30.0), None);
         assert!(!alone.contains("peer"), "{alone}");
+        assert!(alone.contains("RMSNorm kernels over one token: 3.00 µs per kernel"), "{alone}");
     }
 }

@@ -21,6 +21,12 @@ pub struct Profile {
     guard: pprof::ProfilerGuard<'static>,
 }
 
+/// The error of a `--profile` run in a build without the profiler.
+pub const NO_PROFILER: &str = "this phi3v has no profiler: build it with the cargo feature `profile`";
+
+/// Whether this build has the profiler (cargo feature `profile`).
+pub const AVAILABLE: bool = cfg!(feature = "profile");
+
 /// Starts sampling; an error when this build has no profiler.
 pub fn start() -> CliResult<Profile> {
     #[cfg(feature = "profile")]
@@ -33,7 +39,7 @@ pub fn start() -> CliResult<Profile> {
         Ok(Profile { guard })
     }
     #[cfg(not(feature = "profile"))]
-    Err("this phi3v has no profiler: build it with the cargo feature `profile`".into())
+    Err(NO_PROFILER.into())
 }
 
 impl Profile {
