@@ -3,7 +3,7 @@
 # tokens, launch floor), then generation 1024 → 128 in bf16 at PARALLEL requests,
 # static batching and the engine (`phi3v bench run --scenarios generation`), then the PyTorch
 # peer on the same shapes in the same call (static-cache `generate`), and `phi3v bench compare`.
-# Usage (device tool, carry .gpu): bash scripts/gpu_s10_gen.sh [ours seconds] [peer seconds] [breakdown seconds]
+# Usage (device tool, carry .gpu): [SKINNY_AB=1] bash scripts/gpu_s10_gen.sh [ours seconds] [peer seconds] [breakdown seconds]
 source scripts/gpu_env.sh
 OURS=${1:-200}; PEER=${2:-150}; BD=${3:-120}; D=/tmp/res2; mkdir -p $D
 SHAPES="--scenarios generation --parallel ${PARALLEL:-1,10,64} --shapes 1024x128 --warmup 1 --runs 3"
@@ -13,6 +13,13 @@ cd target
 timeout $BD $B/phi3v bench breakdown --preset phi3v-128k --device cuda --dtype bf16 --decode-batches 1,10 --prefill 0 \
   --warmup 3 --runs 20 --peer $R/docs/bench/breakdown-h200-kernels/peer.json --out $D/breakdown > $D/breakdown.log 2>&1
 echo "breakdown rc=$?"; grep "whole step\|Host:\|per kernel" $D/breakdown.log | cut -c1-200
+# SKINNY_AB=1: the same breakdown with one-row products through the skinny kernel
+# (PHI3V_SKINNY_MIN_ROWS=1; run the kernels test on cuda first: it checks that kernel at one row).
+if [ -n "${SKINNY_AB:-}" ]; then
+  PHI3V_SKINNY_MIN_ROWS=1 timeout $BD $B/phi3v bench breakdown --preset phi3v-128k --device cuda --dtype bf16 --decode-batches 1 \
+    --prefill 0 --warmup 3 --runs 20 --peer $R/docs/bench/breakdown-h200-kernels/peer.json --out $D/breakdown-m1 > $D/breakdown-m1.log 2>&1
+  echo "breakdown one-row skinny rc=$?"; grep "whole step\|Host:\|_proj" $D/breakdown-m1.log | cut -c1-200
+fi
 timeout $OURS $B/phi3v bench run --preset phi3v-128k --device cuda $SHAPES --out $D/ours > $D/ours.log 2>&1
 echo "ours rc=$?"; grep -v "^\s*$" $D/ours.log | grep -v "━\|%|" | tail -14
 cd $R

@@ -3,7 +3,7 @@
 //! and at awkward ones, on every test target. Tolerances: `OpTolerance` (per dtype, relative
 //! to the largest magnitude), the one the conformance checks use.
 
-use burn::tensor::{DType, Tensor, TensorData, bf16, f16};
+use burn::tensor::{DType, Tensor, TensorData, TensorPrimitive, bf16, f16};
 use burn_phi3v::device::{DeviceInfo, dtype_name};
 use burn_phi3v::kernels::{self, KernelPolicy, Kernels, kernel_policy, set_kernel_policy};
 use phi3v_devices::DeviceFn;
@@ -174,6 +174,17 @@ impl KernelJob {
             let weight = tensor(input(vec![d_out * d_in], 0.05)).reshape([d_out, d_in]).transpose();
             let outputs = both(&|| kernels::linear(x.clone(), &weight, None));
             compare(format!("linear [{rows}, {d_in}] · [{d_in}, {d_out}]"), d_in, outputs);
+        }
+        // One row through the skinny kernel itself (what `PHI3V_SKINNY_MIN_ROWS=1` routes there),
+        // whatever `linear` routes by default.
+        for (d_in, d_out) in [(1536, 136), (300, 37)] {
+            let x = tensor(input(vec![d_in], 1.0)).reshape([1, d_in]);
+            let weight = tensor(input(vec![d_out * d_in], 0.05)).reshape([d_out, d_in]).transpose();
+            let outputs = both(&|| {
+                let out = B::skinny_linear(x.clone().into_primitive().tensor(), weight.clone().into_primitive().tensor());
+                Tensor::<B, 2>::from_primitive(TensorPrimitive::Float(out)).reshape([1, 1, d_out])
+            });
+            compare(format!("skinny_linear [1, {d_in}] · [{d_in}, {d_out}]"), d_in, outputs);
         }
         // Inputs must be random, never constant: a kernel reading the wrong element of a constant
         // tensor would pass.

@@ -96,8 +96,8 @@ pub trait Kernels: Backend {
         default_silu_mul::<Self>(gate_up)
     }
 
-    /// `x · weight` for a few rows (2 to [`SKINNY_ROWS`]: decode steps of several
-    /// sequences), no bias.
+    /// `x · weight` for a few rows (1 to [`SKINNY_ROWS`]: decode steps; [`linear`] sends
+    /// [`skinny_min_rows`] and more), no bias.
     ///
     /// # Shapes
     /// `x`: `[rows, d_in]`; `weight`: `[d_in, d_out]` → `[rows, d_out]`
@@ -461,8 +461,23 @@ mod tests {
 /// group on the GPU backends).
 pub const SKINNY_ROWS: usize = 16;
 
-/// `nn.Linear` (`x · weight + bias`): [`Kernels::skinny_linear`] for 2 to [`SKINNY_ROWS`] rows
-/// without bias, Burn's `linear` otherwise (and when [`fused_kernels`] is off).
+/// Fewest rows [`linear`] sends to [`Kernels::skinny_linear`]: 2, or `PHI3V_SKINNY_MIN_ROWS`
+/// (read once, clamped to 1..=[`SKINNY_ROWS`]). `1` also routes one-row products (a decode step
+/// of one sequence) through the kernel instead of Burn's matmul, whose launch costs the host
+/// more (docs/kernels.md, session 10): an opt-in until it is measured on a GPU.
+pub fn skinny_min_rows() -> usize {
+    static MIN: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *MIN.get_or_init(|| {
+        std::env::var("PHI3V_SKINNY_MIN_ROWS")
+            .ok()
+            .and_then(|v| v.trim().parse::<usize>().ok())
+            .map_or(2, |n| n.clamp(1, SKINNY_ROWS))
+    })
+}
+
+/// `nn.Linear` (`x · weight + bias`): [`Kernels::skinny_linear`] for [`skinny_min_rows`] to
+/// [`SKINNY_ROWS`] rows without bias, Burn's `linear` otherwise (and when [`fused_kernels`] is
+/// off).
 ///
 /// # Shapes
 /// `x`: `[..., d_in]`; `weight`: `[d_in, d_out]`; `bias`: `[d_out]` → `[..., d_out]`
@@ -470,7 +485,7 @@ pub fn linear<B: Kernels, const D: usize>(x: Tensor<B, D>, weight: &Tensor<B, 2>
     let dims = x.dims();
     let [d_in, d_out] = weight.dims();
     let rows = x.shape().num_elements() / d_in.max(1);
-    if !kernel_on("skinny_linear") || bias.is_some() || !(2..=SKINNY_ROWS).contains(&rows) {
+    if !kernel_on("skinny_linear") || bias.is_some() || !(skinny_min_rows()..=SKINNY_ROWS).contains(&rows) {
         return burn::tensor::module::linear(x, weight.clone(), bias.cloned());
     }
     let out = B::skinny_linear(x.reshape([rows, d_in]).into_primitive().tensor(), weight.clone().into_primitive().tensor());
