@@ -161,9 +161,16 @@ impl<B: Backend> PagedBatch<B> {
         let mut order = Vec::with_capacity(tokens); // flat token index, in group output order
         // Decoding rows: one query each, keys padded (and masked) to whole blocks of the
         // longest, so the pass's shape changes once per block rather than once per token.
+        // When every decoding row has the same length and the decode-attention kernel is on,
+        // the keys are exactly that length instead: nothing is masked, so the rows take
+        // `kernels::decode_attention` (whose key count is a run-time value) rather than the
+        // masked, composed attention.
         let decode: Vec<usize> = (0..rows.len()).filter(|&i| rows[i].new == 1).collect();
         if !decode.is_empty() {
-            let keys = decode.iter().map(|&i| rows[i].cached + 1).max().unwrap_or(1).next_multiple_of(block_size);
+            let longest = decode.iter().map(|&i| rows[i].cached + 1).max().unwrap_or(1);
+            let same_length = decode.iter().all(|&i| rows[i].cached + 1 == longest);
+            let exact = same_length && kernels::kernel_on("decode_attention");
+            let keys = if exact { longest } else { longest.next_multiple_of(block_size) };
             let mut slots = Vec::with_capacity(decode.len() * keys);
             let mut mask = Vec::with_capacity(decode.len() * keys);
             for &i in &decode {
@@ -263,4 +270,42 @@ pub fn paged_attention<B: Kernels>(q: Tensor<B, 3>, layer: &PagedLayer<B>, batch
         None => out,
     }
     .reshape([tokens, heads * hd])
+}
+
+#[cfg(all(test, feature = "cpu"))]
+mod tests {
+    use super::*;
+    use crate::backends::cpu::{Cpu, device};
+    use burn::tensor::Distribution;
+
+    /// Decoding rows over a pool read through their block tables equal attention over each
+    /// row's own keys, whether the rows have one length (exact keys, no mask) or several
+    /// (keys padded to whole blocks and masked).
+    #[test]
+    fn decode_rows_attend_over_their_own_keys() {
+        let dev = device();
+        let (heads, kv_heads, hd, block) = (4, 2, 8, 4);
+        let pool = || Some(Tensor::<Cpu, 3>::random([64, kv_heads, hd], Distribution::Normal(0.0, 1.0), &dev));
+        let layer = PagedLayer { k: pool(), v: pool() };
+        let tables: [&[u32]; 2] = [&[3, 7, 1], &[0, 5, 2]];
+        for cached in [[9, 9], [9, 6]] {
+            let rows: Vec<PagedRow<'_>> = (0..2)
+                .map(|i| PagedRow { block_table: tables[i], cached: cached[i], new: 1, regime: RopeRegime::Short })
+                .collect();
+            let batch = PagedBatch::<Cpu>::new(&rows, block, &dev);
+            let q = Tensor::<Cpu, 3>::random([2, heads, hd], Distribution::Normal(0.0, 1.0), &dev);
+            let got = paged_attention(q.clone(), &layer, &batch);
+            for (i, r) in rows.iter().enumerate() {
+                let n = r.cached + 1;
+                let slots: Vec<i64> = (0..n).map(|p| r.slot(p, block)).collect();
+                let slots = Tensor::<Cpu, 1, Int>::from_data(TensorData::new(slots, [n]), &dev);
+                let (k, v) = layer.gather(slots);
+                let heads_of = |t: Tensor<Cpu, 3>| repeat_kv(t.reshape([1, n, kv_heads, hd]).swap_dims(1, 2), heads / kv_heads);
+                let qi = q.clone().narrow(0, i, 1).reshape([1, 1, heads, hd]).swap_dims(1, 2);
+                let want = attend(qi, heads_of(k), heads_of(v), None, false).swap_dims(1, 2).reshape([1, heads * hd]);
+                let diff = (got.clone().narrow(0, i, 1) - want).abs().max().into_scalar();
+                assert!(diff < 1e-5, "lengths {cached:?}, row {i}: Δ {diff}");
+            }
+        }
+    }
 }
