@@ -40,3 +40,11 @@ R=$PWD
 # ahead in a job of its own so that the benchmark call finds them compiled.
 BENCH_SHAPES=${BENCH_SHAPES:-"--prompt-lengths 128,512,1024,2048,4096,8192 --prefill-batches 1,8 --max-prefill-tokens 8192 --parallel 1,10,64,128 --shapes 1024x128,32x16 --images 336x336,1344x1344,2688x336 --num-crops 4,16 --latency-shape 1024x128"}
 BENCH_TIMING=${BENCH_TIMING:-"--warmup 1 --runs 3"}
+# `phi3v generate` on the tiny checkpoint (the astronaut_describe fixture's image and prompt, 10
+# tokens, JSON with the token ids): append --device/--dtype.
+GEN_TINY=(generate --model $R/tests/fixtures/models/phi3v-tiny --image $R/tests/fixtures/images/astronaut.png
+  --prompt "What is the content of this image in details?" --max-new-tokens 10 --json)
+# `phi3v bench breakdown` of decode steps after 1024 tokens (bf16, phi3v-128k shapes, no prefill)
+# beside the eager peer's breakdown: append --decode-batches and --out.
+DECODE_BREAKDOWN=(bench breakdown --preset phi3v-128k --device cuda --dtype bf16 --prefill 0 --warmup 3 --runs 20
+  --peer $R/docs/bench/breakdown-h200-kernels/peer.json)

@@ -12,14 +12,13 @@
 #    every Vulkan ICD file found on the machine.
 # Usage (device tool): bash scripts/gpu_s10.sh [job seconds] [breakdown seconds]
 source scripts/gpu_env.sh
-LIMIT=${1:-300}; BD=${2:-150}; M=$R/tests/fixtures/models; I=$R/tests/fixtures/images
+LIMIT=${1:-300}; BD=${2:-150}
 C=$B/phi3v-plugin-conformance; D=/tmp/res; mkdir -p $D
 { lscpu | grep -i "model name\|^CPU(s)\|hypervisor"; uname -r; nvidia-smi --query-gpu=name,driver_version --format=csv,noheader; } > $D/machine.txt
 cat $D/machine.txt
 cd target
 for spin in 2000 0; do
-  CUBECL_DEVICE_THREAD_SPIN_US=$spin timeout $BD $B/phi3v bench breakdown --preset phi3v-128k --device cuda --dtype bf16 \
-    --decode-batches 1,10 --prefill 0 --warmup 3 --runs 20 --peer $R/docs/bench/breakdown-h200-kernels/peer.json \
+  CUBECL_DEVICE_THREAD_SPIN_US=$spin timeout $BD $B/phi3v "${DECODE_BREAKDOWN[@]}" --decode-batches 1,10 \
     --out $D/breakdown-spin$spin > $D/breakdown-spin$spin.log 2>&1
   echo "=== breakdown spin $spin µs rc=$?"; grep "whole step\|Host:\|per kernel" $D/breakdown-spin$spin.log | cut -c1-200
   grep "gate_up_proj\|down_proj\|qkv_proj" $D/breakdown-spin$spin.log | cut -c1-120
@@ -27,13 +26,12 @@ done
 cd $R
 # Seed the jobs with the compiled bf16 kernels of the breakdown.
 tar czf .gpu/cache.tgz -C target . 2>/dev/null
-GEN=(generate --model $M/phi3v-tiny --image $I/astronaut.png --prompt "What is the content of this image in details?" --max-new-tokens 10 --json)
 job kernels-cuda env PHI3V_TEST_DEVICES=cuda:f32,cuda:bf16 $B/kernels --nocapture
 for c in $(echo astronaut_describe camera_gray_jpeg coffee_portrait long_context_two_images multi_turn panorama text_only tiny_rgba_upscaled two_images); do
   job parity-bf16-$c $C --device cuda --parity-only --parity-dtype bf16 --cases $c
 done
-job generate-cuda-f32 $B/phi3v "${GEN[@]}" --device cuda --dtype f32
-job generate-cuda-bf16 $B/phi3v "${GEN[@]}" --device cuda --dtype bf16
+job generate-cuda-f32 $B/phi3v "${GEN_TINY[@]}" --device cuda --dtype f32
+job generate-cuda-bf16 $B/phi3v "${GEN_TINY[@]}" --device cuda --dtype bf16
 job engine-cuda-f32 env PHI3V_TEST_DEVICES=cuda:f32 $B/engine --nocapture
 # wgpu over Vulkan: the loader from .gl and each NVIDIA ICD file the image has.
 find / -xdev \( -name "nvidia_icd*.json" -o -name "libGLX_nvidia.so*" -o -name "libnvidia-glvkspirv*" \) 2>/dev/null | head > $D/vulkan-files.txt

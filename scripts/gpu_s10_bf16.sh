@@ -5,14 +5,13 @@
 # `phi3v generate` on the tiny checkpoint in bf16 (greedy ids against the fixture), LIMIT s each.
 # Usage (device tool, carry .gpu): bash scripts/gpu_s10_bf16.sh [job seconds]
 source scripts/gpu_env.sh
-LIMIT=${1:-240}; M=$R/tests/fixtures/models; I=$R/tests/fixtures/images; C=$B/phi3v-plugin-conformance
+LIMIT=${1:-240}; C=$B/phi3v-plugin-conformance
 mkdir -p /tmp/res; tar czf .gpu/cache.tgz -C target . 2>/dev/null
 job kernels-cuda-bf16 env PHI3V_TEST_DEVICES=cuda:bf16 $B/kernels --nocapture
 for c in ${CASES:-coffee_portrait multi_turn two_images camera_gray_jpeg}; do
   job parity-bf16-$c $C --device cuda --parity-only --parity-dtype bf16 --cases $c
 done
-job generate-cuda-bf16 $B/phi3v generate --model $M/phi3v-tiny --image $I/astronaut.png \
-  --prompt "What is the content of this image in details?" --max-new-tokens 10 --json --device cuda --dtype bf16
+job generate-cuda-bf16 $B/phi3v "${GEN_TINY[@]}" --device cuda --dtype bf16
 # wgpu over Vulkan: why the NVIDIA ICD does not load (call 1: `wgpu` not present).
 { ldd /usr/lib/libGLX_nvidia.so.0 | grep -i "not found"; ls -la /usr/lib/x86_64-linux-gnu/libvulkan* /usr/lib/libnvidia-gl* 2>&1
   VK_LOADER_DEBUG=error,warn,driver VK_DRIVER_FILES=/usr/share/vulkan/icd.d/nvidia_icd.json timeout 60 $B/phi3v devices 2>&1 | head -40; } > /tmp/res/wgpu-diag.txt 2>&1

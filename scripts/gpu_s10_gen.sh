@@ -10,14 +10,12 @@ SHAPES="--scenarios generation --parallel ${PARALLEL:-1,10,64} --shapes 1024x128
 # The peer at 1 and 10 requests (its 64 would not fit the call).
 PEER_SHAPES="--scenarios generation --parallel ${PEER_PARALLEL:-1,10} --shapes 1024x128 --warmup 1 --runs 3"
 cd target
-timeout $BD $B/phi3v bench breakdown --preset phi3v-128k --device cuda --dtype bf16 --decode-batches 1,10 --prefill 0 \
-  --warmup 3 --runs 20 --peer $R/docs/bench/breakdown-h200-kernels/peer.json --out $D/breakdown > $D/breakdown.log 2>&1
+timeout $BD $B/phi3v "${DECODE_BREAKDOWN[@]}" --decode-batches 1,10 --out $D/breakdown > $D/breakdown.log 2>&1
 echo "breakdown rc=$?"; grep "whole step\|Host:\|per kernel" $D/breakdown.log | cut -c1-200
 # SKINNY_AB=1: the same breakdown with one-row products through the skinny kernel
 # (PHI3V_SKINNY_MIN_ROWS=1; run the kernels test on cuda first: it checks that kernel at one row).
 if [ -n "${SKINNY_AB:-}" ]; then
-  PHI3V_SKINNY_MIN_ROWS=1 timeout $BD $B/phi3v bench breakdown --preset phi3v-128k --device cuda --dtype bf16 --decode-batches 1 \
-    --prefill 0 --warmup 3 --runs 20 --peer $R/docs/bench/breakdown-h200-kernels/peer.json --out $D/breakdown-m1 > $D/breakdown-m1.log 2>&1
+  PHI3V_SKINNY_MIN_ROWS=1 timeout $BD $B/phi3v "${DECODE_BREAKDOWN[@]}" --decode-batches 1 --out $D/breakdown-m1 > $D/breakdown-m1.log 2>&1
   echo "breakdown one-row skinny rc=$?"; grep "whole step\|Host:\|_proj" $D/breakdown-m1.log | cut -c1-200
 fi
 timeout $OURS $B/phi3v bench run --preset phi3v-128k --device cuda $SHAPES --out $D/ours > $D/ours.log 2>&1
