@@ -464,7 +464,8 @@ pub const SKINNY_ROWS: usize = 16;
 /// Fewest rows [`linear`] sends to [`Kernels::skinny_linear`]: 2, or `PHI3V_SKINNY_MIN_ROWS`
 /// (read once, clamped to 1..=[`SKINNY_ROWS`]). `1` also routes one-row products (a decode step
 /// of one sequence) through the kernel instead of Burn's matmul, whose launch costs the host
-/// more (docs/kernels.md, session 10): an opt-in until it is measured on a GPU.
+/// more; an opt-in, because on the H200 it made the one-sequence decode step slower (the kernel
+/// has too little parallelism at one row; docs/kernels.md, session 10).
 pub fn skinny_min_rows() -> usize {
     static MIN: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
     *MIN.get_or_init(|| {
