@@ -47,19 +47,7 @@ grep -h "FAIL\|skinny\|linear \[" $W/kernels-cuda/err.txt | cut -c1-160 | head -
 echo "=== parity bf16 (one job per case)"; cat $W/parity-bf16-*/out.txt | grep "^| [a-z]\|rc=" | sort -u | cut -c1-300
 # Greedy ids of generate against the fixture.
 for n in generate-cuda-f32 generate-cuda-bf16; do
-  python3 - $W/$n/out.txt $R/tests/fixtures/cases/astronaut_describe.json <<'EOF'
-import json, re, sys
-want = json.load(open(sys.argv[2]))["greedy_ids"]
-text = open(sys.argv[1]).read()
-m = re.search(r"\{.*\}", text, re.S)
-got = None
-if m:
-    try:
-        j = json.loads(m.group(0)); got = j.get("token_ids") or j.get("ids") or j.get("tokens")
-    except Exception as e:
-        print("not json:", e)
-print(sys.argv[1].split("/")[-2], "ids", got, "fixture", want, "EQUAL" if got == want else "DIFFERENT")
-EOF
+  python3 scripts/greedy_check.py $W/$n/out.txt $R/tests/fixtures/cases/astronaut_describe.json $n
 done
 collect
 cp $D/*.txt /tmp/res/ 2>/dev/null

@@ -3,15 +3,18 @@
 # tokens, launch floor), then generation 1024 → 128 in bf16 at PARALLEL requests,
 # static batching and the engine (`phi3v bench run --scenarios generation`), then the PyTorch
 # peer on the same shapes in the same call (static-cache `generate`), and `phi3v bench compare`.
-# Usage (device tool, carry .gpu): [SKINNY_AB=1] bash scripts/gpu_s10_gen.sh [ours seconds] [peer seconds] [breakdown seconds]
+# Usage (device tool, carry .gpu): [SKINNY_AB=1] [NO_BREAKDOWN=1] [PARALLEL=1,10] bash scripts/gpu_s10_gen.sh [ours seconds] [peer seconds] [breakdown seconds]
 source scripts/gpu_env.sh
 OURS=${1:-200}; PEER=${2:-150}; BD=${3:-120}; D=/tmp/res2; mkdir -p $D
 SHAPES="--scenarios generation --parallel ${PARALLEL:-1,10,64} --shapes 1024x128 --warmup 1 --runs 3"
 # The peer at 1 and 10 requests (its 64 would not fit the call).
 PEER_SHAPES="--scenarios generation --parallel ${PEER_PARALLEL:-1,10} --shapes 1024x128 --warmup 1 --runs 3"
 cd target
-timeout $BD $B/phi3v "${DECODE_BREAKDOWN[@]}" --decode-batches 1,10 --out $D/breakdown > $D/breakdown.log 2>&1
-echo "breakdown rc=$?"; grep "whole step\|Host:\|per kernel" $D/breakdown.log | cut -c1-200
+# NO_BREAKDOWN=1: generation and the peer only (a breakdown ran in an earlier call).
+if [ -z "${NO_BREAKDOWN:-}" ]; then
+  timeout $BD $B/phi3v "${DECODE_BREAKDOWN[@]}" --decode-batches 1,10 --out $D/breakdown > $D/breakdown.log 2>&1
+  echo "breakdown rc=$?"; grep "whole step\|Host:\|per kernel" $D/breakdown.log | cut -c1-200
+fi
 # SKINNY_AB=1: the same breakdown with one-row products through the skinny kernel
 # (PHI3V_SKINNY_MIN_ROWS=1; run the kernels test on cuda first: it checks that kernel at one row).
 if [ -n "${SKINNY_AB:-}" ]; then

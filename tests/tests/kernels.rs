@@ -166,18 +166,19 @@ impl KernelJob {
         }
         // Skinny products: 2 to 16 rows (decode steps of several sequences) against the
         // checkpoint-layout weight (`[d_out, d_in]` rows, used transposed as `Linear::load`
-        // does); widths that are not multiples of the 256-value chunk, of a plane's 4 columns or
-        // of a cube's 8, and fewer columns than one plane takes; 1 and 17 rows take Burn's
-        // `linear` on both sides.
-        for (rows, d_in, d_out) in [(10, 1536, 136), (2, 300, 37), (16, 1000, 64), (3, 77, 20), (5, 96, 3), (1, 256, 16), (17, 64, 24)] {
+        // does); widths that are not multiples of the vector width or of a cube's 4 columns,
+        // fewer columns than one cube takes, and 8192 inputs (the most planes per cube); 1 row
+        // takes whatever `linear` routes (`PHI3V_SKINNY_MIN_ROWS`), 17 rows Burn's `linear` on
+        // both sides.
+        for (rows, d_in, d_out) in [(10, 1536, 136), (2, 300, 37), (16, 1000, 64), (3, 77, 20), (5, 96, 3), (1, 256, 16), (17, 64, 24), (4, 8192, 24)] {
             let x = tensor(input(vec![rows * d_in], 1.0)).reshape([1, rows, d_in]);
             let weight = tensor(input(vec![d_out * d_in], 0.05)).reshape([d_out, d_in]).transpose();
             let outputs = both(&|| kernels::linear(x.clone(), &weight, None));
             compare(format!("linear [{rows}, {d_in}] · [{d_in}, {d_out}]"), d_in, outputs);
         }
-        // One row through the skinny kernel itself (what `PHI3V_SKINNY_MIN_ROWS=1` routes there),
-        // whatever `linear` routes by default.
-        for (d_in, d_out) in [(1536, 136), (300, 37)] {
+        // One row through the skinny kernel itself, whatever `linear` routes (`PHI3V_SKINNY_MIN_ROWS`);
+        // 8192 inputs split over the most planes a cube has.
+        for (d_in, d_out) in [(1536, 136), (300, 37), (8192, 40)] {
             let x = tensor(input(vec![d_in], 1.0)).reshape([1, d_in]);
             let weight = tensor(input(vec![d_out * d_in], 0.05)).reshape([d_out, d_in]).transpose();
             let outputs = both(&|| {

@@ -702,19 +702,28 @@ pub(crate) fn decode_attention<R: CubeRuntime>(q: CubeTensor<R>, k: CubeTensor<R
     let scale = 1.0 / (head_dim as f32).sqrt();
     let dtype = q.dtype;
     let address = [&q, &k, &v, &output].map(|t| t.required_address_type()).into_iter().max().unwrap_or_default();
-    if let Some(lanes) = uniform_plane(&q.client, head_dim).filter(|_| super::kernel_on("decode_attention_planes")) {
+    if let Some(lanes) = decode_plane(&q.client, head_dim).filter(|_| super::kernel_on("decode_attention_planes")) {
+        let client = q.client.clone();
+        let batch_heads = batch * heads;
+        let (splits, chunk) = decode_splits(&client, batch_heads, keys);
+        // Each split's unnormalised output, maximum and sum: `head_dim + 2` values per cube.
+        let partials = empty_device_contiguous_dtype(client.clone(), q.device.clone(), [batch_heads * splits * (head_dim + 2)].into(), DType::F32);
+        let address = address.max(partials.required_address_type());
         unsafe {
             decode_attention_planes_kernel::launch_unchecked(
-                &output.client,
-                row_cubes(batch * heads),
+                &client,
+                row_cubes(batch_heads * splits),
                 CubeDim::new_2d(lanes as u32, DECODE_PLANES),
                 address,
                 q.into_array_arg(),
                 k.into_array_arg(),
                 v.into_array_arg(),
                 output.clone().into_array_arg(),
+                partials.clone().into_array_arg(),
                 layout,
-                batch * heads,
+                batch_heads,
+                splits,
+                chunk,
                 scale,
                 head_dim,
                 lanes,
@@ -724,6 +733,22 @@ pub(crate) fn decode_attention<R: CubeRuntime>(q: CubeTensor<R>, k: CubeTensor<R
                 dtype.into(),
             )
         };
+        if splits > 1 {
+            unsafe {
+                decode_attention_combine_kernel::launch_unchecked(
+                    &client,
+                    row_cubes(batch_heads),
+                    CubeDim::new_1d(head_dim as u32),
+                    address,
+                    partials.into_array_arg(),
+                    output.clone().into_array_arg(),
+                    batch_heads,
+                    splits,
+                    head_dim,
+                    dtype.into(),
+                )
+            };
+        }
         return output;
     }
     let scores = empty_device_contiguous_dtype(q.client.clone(), q.device.clone(), [batch * heads, keys].into(), DType::F32);
@@ -755,22 +780,49 @@ const DECODE_PLANES: u32 = 8;
 /// Keys a plane scores at once in [`decode_attention_planes_kernel`] (their loads and plane
 /// sums are independent, so they overlap).
 const DECODE_TILE: usize = 8;
+/// Cubes per multiprocessor that splitting the keys aims for (flash-decoding): few (batch,
+/// head) pairs would leave most multiprocessors idle, each cube reading its whole cache row.
+const DECODE_CUBES_PER_SM: usize = 4;
+/// Multiprocessors assumed where the runtime does not say.
+const DECODE_DEFAULT_SMS: usize = 4;
 
-/// Decode attention with planes over keys: one cube per (batch, head), [`DECODE_PLANES`]
-/// planes of `lanes` units (the hardware plane). Lane `l` of a plane holds the query values
-/// `l, l + lanes, …` (`per_lane = head_dim / lanes` of them); the plane takes keys in tiles of
-/// `tile`: each lane's partial dot products, one plane sum per key, then an online softmax
-/// (running maximum and sum) and the weighted values accumulated per lane, reading each key and
-/// value row once with consecutive lanes on consecutive values. The planes' results meet in
-/// shared memory at the end. No scores buffer and no cube-wide barrier in the loop.
+/// How [`decode_attention_planes_kernel`] splits the keys of each (batch, head): `(splits,
+/// chunk)`, `chunk` keys per cube (whole rounds of the cube's planes and tiles), enough cubes
+/// for [`DECODE_CUBES_PER_SM`] per multiprocessor. `(1, keys)` when one cube per pair fills the
+/// device or `decode_attention_split` is off.
+fn decode_splits<R: CubeRuntime>(client: &ComputeClient<R>, batch_heads: usize, keys: usize) -> (usize, usize) {
+    let sms = client.properties().hardware.num_streaming_multiprocessors.map_or(DECODE_DEFAULT_SMS, |n| n as usize);
+    let round = DECODE_PLANES as usize * DECODE_TILE;
+    let wanted = (DECODE_CUBES_PER_SM * sms).div_ceil(batch_heads.max(1));
+    let splits = wanted.clamp(1, keys.div_ceil(round).max(1));
+    if splits == 1 || !super::kernel_on("decode_attention_split") {
+        return (1, keys);
+    }
+    let chunk = keys.div_ceil(splits).next_multiple_of(round);
+    (keys.div_ceil(chunk), chunk)
+}
+
+/// Decode attention with planes over keys: `splits` cubes per (batch, head), each over `chunk`
+/// consecutive keys, of [`DECODE_PLANES`] planes of `lanes` units (the hardware plane). Lane
+/// `l` of a plane holds the query values `l, l + lanes, …` (`per_lane = head_dim / lanes` of
+/// them); the plane takes keys in tiles of `tile`: each lane's partial dot products, one plane
+/// sum per key, then an online softmax (running maximum and sum) and the weighted values
+/// accumulated per lane, reading each key and value row once with consecutive lanes on
+/// consecutive values. The planes' results meet in shared memory at the end: the output when
+/// the keys are not split, else the cube's unnormalised output, maximum and sum into
+/// `partials` (`head_dim + 2` values per cube) for [`decode_attention_combine_kernel`]. No
+/// scores buffer and no cube-wide barrier in the loop.
 #[cube(launch_unchecked, address_type = "dynamic")]
 fn decode_attention_planes_kernel<E: Float>(
     q: &Array<E>,
     k: &Array<E>,
     v: &Array<E>,
     output: &mut Array<E>,
+    partials: &mut Array<f32>,
     layout: &DecodeLayout,
     batch_heads: usize,
+    splits: usize,
+    chunk: usize,
     scale: f32,
     #[comptime] head_dim: usize,
     #[comptime] lanes: usize,
@@ -779,11 +831,13 @@ fn decode_attention_planes_kernel<E: Float>(
     #[comptime] tile: usize,
     #[define(E)] _dtype: StorageType,
 ) {
-    let bh = CUBE_POS;
-    if bh >= batch_heads {
+    let cube = CUBE_POS;
+    if cube >= batch_heads * splits {
         terminate!();
     }
-    let keys = layout.keys;
+    let bh = cube / splits;
+    let lo = (cube % splits) * chunk;
+    let hi = min(layout.keys, lo + chunk);
     let b = bh / layout.heads;
     let h = bh % layout.heads;
     let hk = h / layout.group;
@@ -806,13 +860,13 @@ fn decode_attention_planes_kernel<E: Float>(
     state[1usize] = f32::new(0.0);
     let mut scores = Array::<f32>::new(tile);
 
-    let last = keys - 1;
-    let mut start = plane * tile;
-    while start < keys {
-        // Keys past the end read the last key and are masked out of the softmax.
+    let last = hi - 1;
+    let mut start = lo + plane * tile;
+    while start < hi {
+        // Keys past the cube's last read that key and are masked out of the softmax.
         #[unroll]
         for t in 0..tile {
-            let j = select(start + t < keys, start + t, last);
+            let j = select(start + t < hi, start + t, last);
             let key = k_base + j * layout.k_key;
             let mut dot = query[0usize] * f32::cast_from(k[key]);
             #[unroll]
@@ -824,7 +878,7 @@ fn decode_attention_planes_kernel<E: Float>(
         let mut best = state[0usize];
         #[unroll]
         for t in 0..tile {
-            let s = select(start + t < keys, plane_sum(scores[t]), f32::new(NO_SCORE));
+            let s = select(start + t < hi, plane_sum(scores[t]), f32::new(NO_SCORE));
             scores[t] = s;
             best = select(s > best, s, best);
         }
@@ -838,7 +892,7 @@ fn decode_attention_planes_kernel<E: Float>(
         for t in 0..tile {
             let p = f32::exp(scores[t] - best);
             sum += p;
-            let j = select(start + t < keys, start + t, last);
+            let j = select(start + t < hi, start + t, last);
             let value = v_base + j * layout.v_key;
             #[unroll]
             for i in 0..per_lane {
@@ -850,7 +904,8 @@ fn decode_attention_planes_kernel<E: Float>(
         start += planes * tile;
     }
 
-    // The planes' maxima, sums and accumulators meet in shared memory.
+    // The planes' maxima, sums and accumulators meet in shared memory (a plane with no key
+    // left has maximum NO_SCORE and weighs nothing).
     let mut stats = SharedMemory::<f32>::new(planes * 2);
     let mut parts = SharedMemory::<f32>::new(planes * head_dim);
     if UNIT_POS_X == 0 {
@@ -876,32 +931,86 @@ fn decode_attention_planes_kernel<E: Float>(
             total += stats[p * 2 + 1] * w;
             sum += parts[p * head_dim + unit] * w;
         }
-        output[bh * head_dim + unit] = E::cast_from(sum / total);
+        if splits == 1 {
+            output[bh * head_dim + unit] = E::cast_from(sum / total);
+        } else {
+            let base = cube * (head_dim + 2);
+            partials[base + unit] = sum;
+            if unit == 0 {
+                partials[base + head_dim] = big;
+                partials[base + head_dim + 1] = total;
+            }
+        }
     }
 }
 
-/// The hardware plane size when every plane of `client` has it and plane operations work, so
-/// that [`decode_attention_planes_kernel`] can split `head_dim` values over the lanes.
-fn uniform_plane<R: CubeRuntime>(client: &ComputeClient<R>, head_dim: usize) -> Option<usize> {
-    let properties = client.properties();
-    let (min, max) = (properties.hardware.plane_size_min, properties.hardware.plane_size_max);
-    let lanes = max as usize;
-    let fits = min == max && lanes > 0 && head_dim.is_multiple_of(lanes) && head_dim <= (DECODE_PLANES as usize * lanes);
-    (properties.features.plane.contains(cubecl::features::Plane::Ops) && fits).then_some(lanes)
+/// The output of split decode attention: one cube of `head_dim` units per (batch, head)
+/// weighs its `splits` partial outputs, maxima and sums (flash-decoding's combine).
+#[cube(launch_unchecked, address_type = "dynamic")]
+fn decode_attention_combine_kernel<E: Float>(
+    partials: &Array<f32>,
+    output: &mut Array<E>,
+    batch_heads: usize,
+    splits: usize,
+    #[comptime] head_dim: usize,
+    #[define(E)] _dtype: StorageType,
+) {
+    let bh = CUBE_POS;
+    if bh >= batch_heads {
+        terminate!();
+    }
+    let unit = UNIT_POS as usize;
+    let stride = head_dim + 2;
+    let base = bh * splits * stride;
+    let mut big = partials[base + head_dim];
+    for s in 1..splits {
+        let m = partials[base + s * stride + head_dim];
+        big = select(m > big, m, big);
+    }
+    let mut total = f32::new(0.0);
+    let mut sum = f32::new(0.0);
+    for s in 0..splits {
+        let at = base + s * stride;
+        let w = f32::exp(partials[at + head_dim] - big);
+        total += partials[at + head_dim + 1] * w;
+        sum += partials[at + unit] * w;
+    }
+    output[bh * head_dim + unit] = E::cast_from(sum / total);
 }
 
-/// Output columns each plane (32 units) of the skinny product takes.
-const SKINNY_PLANE_COLUMNS: usize = 4;
-/// Planes per cube of the skinny product.
-const SKINNY_PLANES: usize = 2;
+/// The hardware plane size when every plane of `client` has it and plane operations work.
+fn uniform_plane<R: CubeRuntime>(client: &ComputeClient<R>) -> Option<usize> {
+    let properties = client.properties();
+    let (min, max) = (properties.hardware.plane_size_min, properties.hardware.plane_size_max);
+    let uniform = min == max && max > 0;
+    (properties.features.plane.contains(cubecl::features::Plane::Ops) && uniform).then_some(max as usize)
+}
+
+/// [`uniform_plane`] where it divides `head_dim` and [`DECODE_PLANES`] planes cover it, so
+/// that [`decode_attention_planes_kernel`] can split `head_dim` values over the lanes.
+fn decode_plane<R: CubeRuntime>(client: &ComputeClient<R>, head_dim: usize) -> Option<usize> {
+    uniform_plane(client).filter(|&lanes| head_dim.is_multiple_of(lanes) && head_dim <= DECODE_PLANES as usize * lanes)
+}
+
+/// Output columns each cube of the skinny product takes.
+const SKINNY_COLUMNS: usize = 4;
+/// Vector loads per column a lane makes in [`skinny_linear_kernel`] when `d_in` allows: the
+/// planes split `d_in` into slices of this many vectors per lane.
+const SKINNY_LANE_VECTORS: usize = 4;
+/// Most planes per cube of the skinny product.
+const SKINNY_MAX_PLANES: usize = 8;
+/// Shared memory the skinny product's lane partials may take where planes cannot sum (bytes).
+const SKINNY_SHARED_BYTES: usize = 32 * 1024;
 
 /// `x · weightᵀ` for `rows` ≤ 16 rows of `x` (`[rows, d_in]`, contiguous) and the checkpoint's
-/// weight rows (`[d_out, d_in]`, contiguous), both read in vectors of `N` values. Each of a
-/// cube's `planes` planes takes `columns` output columns: its 32 lanes stream those weight rows once,
-/// vector by vector (one load per column in flight together), and multiply each with the same
-/// vector of every input row, read once for all the columns (the inputs stay in the caches),
-/// accumulating `rows × columns` f32 sums per lane with no barrier in the loop; the lanes' sums
-/// meet in shared memory at the end. Columns past `d_out` (the last plane's) read the last
+/// weight rows (`[d_out, d_in]`, contiguous), both read in vectors of `N` values. A cube takes
+/// `columns` output columns; its `planes` planes of `lanes` units split `d_in` between them
+/// (split-K inside the cube, so that even one row and few columns keep enough loads in flight):
+/// unit `u` streams vectors `u, u + planes·lanes, …` of the `columns` weight rows (one load per
+/// column in flight together) and multiplies each with the same vector of every input row, read
+/// once for all the columns, accumulating `rows × columns` f32 sums with no barrier in the
+/// loop. The sums meet by plane sums and shared memory (`plane_reduce`, where the hardware plane
+/// is `lanes`), else by one shared-memory slot per unit. Columns past `d_out` read the last
 /// weight row and are not written.
 #[cube(launch_unchecked, address_type = "dynamic")]
 fn skinny_linear_kernel<E: Float, N: Size>(
@@ -912,20 +1021,22 @@ fn skinny_linear_kernel<E: Float, N: Size>(
     d_out: usize,
     #[comptime] rows: usize,
     #[comptime] planes: usize,
+    #[comptime] lanes: usize,
     #[comptime] columns: usize,
+    #[comptime] plane_reduce: bool,
     #[define(E)] _dtype: StorageType,
 ) {
     let width = N::value();
     let lane = UNIT_POS_X as usize;
     let plane = UNIT_POS_Y as usize;
     let unit = UNIT_POS as usize;
-    // This plane's first output column, and the cube's.
-    let cube_first = CUBE_POS * (planes * columns);
-    let first = cube_first + plane * columns;
+    let units = planes * lanes;
+    let first = CUBE_POS * columns;
+    let sums = rows * columns;
 
-    let mut acc = Array::<f32>::new(rows * columns);
+    let mut acc = Array::<f32>::new(sums);
     #[unroll]
-    for i in 0..rows * columns {
+    for i in 0..sums {
         acc[i] = f32::new(0.0);
     }
     let mut bases = Array::<usize>::new(columns);
@@ -934,7 +1045,7 @@ fn skinny_linear_kernel<E: Float, N: Size>(
         bases[c] = min(first + c, d_out - 1) * vectors;
     }
     let mut w = Array::<Vector<E, N>>::new(columns);
-    let mut j = lane;
+    let mut j = unit;
     while j < vectors {
         #[unroll]
         for c in 0..columns {
@@ -954,33 +1065,38 @@ fn skinny_linear_kernel<E: Float, N: Size>(
                 acc[r * columns + c] += dot;
             }
         }
-        j += 32;
+        j += units;
     }
-    // Lane partials of (cube column k = plane · columns + c, row r) at (k · rows + r) · 32 + lane.
-    let cube_columns = planes * columns;
-    let mut partials = SharedMemory::<f32>::new(rows * cube_columns * 32);
-    #[unroll]
-    for c in 0..columns {
+    // Sum i (= r · columns + c) of every unit, then of every plane: one unit per sum adds the
+    // `parts` partials at i · parts + p.
+    let parts = comptime![if plane_reduce { planes } else { planes * lanes }];
+    let mut partials = SharedMemory::<f32>::new(sums * parts);
+    if plane_reduce {
         #[unroll]
-        for r in 0..rows {
-            partials[((plane * columns + c) * rows + r) * 32 + lane] = acc[r * columns + c];
+        for i in 0..sums {
+            let s = plane_sum(acc[i]);
+            if lane == 0 {
+                partials[i * parts + plane] = s;
+            }
+        }
+    } else {
+        #[unroll]
+        for i in 0..sums {
+            partials[i * parts + unit] = acc[i];
         }
     }
     sync_cube();
-    // Each unit sums the 32 lane partials of some (column, row) pairs.
-    let units = planes * 32;
-    let mut pair = unit;
-    while pair < cube_columns * rows {
-        let out_column = cube_first + pair / rows;
-        let r = pair % rows;
-        if out_column < d_out {
-            let mut sum = partials[pair * 32];
-            for l in 1..32 {
-                sum += partials[pair * 32 + l];
+    let mut i = unit;
+    while i < sums {
+        let column = first + i % columns;
+        if column < d_out {
+            let mut sum = partials[i * parts];
+            for p in 1..parts {
+                sum += partials[i * parts + p];
             }
-            output[r * d_out + out_column] = E::cast_from(sum);
+            output[(i / columns) * d_out + column] = E::cast_from(sum);
         }
-        pair += units;
+        i += units;
     }
 }
 
@@ -996,6 +1112,25 @@ fn skinny_vector_size<R: CubeRuntime>(x: &CubeTensor<R>, weight: &CubeTensor<R>,
         .unwrap_or(1)
 }
 
+/// The skinny product's cube shape for `rows` rows of `vectors` vector loads: `(lanes, planes,
+/// plane_reduce)`. Lanes are the hardware plane where it is uniform and plane sums work (then
+/// planes sum their lanes), else 32 (lane partials through shared memory, which bounds the
+/// planes). Planes: enough that each lane makes about [`SKINNY_LANE_VECTORS`] loads per
+/// column, at most [`SKINNY_MAX_PLANES`].
+fn skinny_shape<R: CubeRuntime>(client: &ComputeClient<R>, rows: usize, vectors: usize) -> (usize, usize, bool) {
+    let (lanes, plane_reduce) = match uniform_plane(client) {
+        Some(lanes) => (lanes, true),
+        None => (32, false),
+    };
+    let wanted = vectors.div_ceil(lanes * SKINNY_LANE_VECTORS).clamp(1, SKINNY_MAX_PLANES);
+    let shared_limit = if plane_reduce {
+        SKINNY_MAX_PLANES
+    } else {
+        (SKINNY_SHARED_BYTES / (4 * rows * SKINNY_COLUMNS * lanes)).max(1)
+    };
+    (lanes, wanted.min(shared_limit), plane_reduce)
+}
+
 /// `x · weight` for a few rows; see [`Kernels::skinny_linear`]. `weight` is the transposed
 /// view of contiguous `[d_out, d_in]` rows.
 pub(crate) fn skinny_linear<R: CubeRuntime>(x: CubeTensor<R>, weight: CubeTensor<R>) -> CubeTensor<R> {
@@ -1009,6 +1144,8 @@ pub(crate) fn skinny_linear<R: CubeRuntime>(x: CubeTensor<R>, weight: CubeTensor
         return output;
     }
     let vector_size = skinny_vector_size(&x, &weight, d_in);
+    let vectors = d_in / vector_size;
+    let (lanes, planes, plane_reduce) = skinny_shape(&x.client, rows, vectors);
     let address = [x.required_address_type(), weight.required_address_type(), output.required_address_type()]
         .into_iter()
         .max()
@@ -1017,18 +1154,20 @@ pub(crate) fn skinny_linear<R: CubeRuntime>(x: CubeTensor<R>, weight: CubeTensor
     unsafe {
         skinny_linear_kernel::launch_unchecked(
             &output.client,
-            row_cubes(d_out.div_ceil(SKINNY_PLANES * SKINNY_PLANE_COLUMNS)),
-            CubeDim::new_2d(32, SKINNY_PLANES as u32),
+            row_cubes(d_out.div_ceil(SKINNY_COLUMNS)),
+            CubeDim::new_2d(lanes as u32, planes as u32),
             address,
             vector_size,
             x.into_array_arg(),
             weight.into_array_arg(),
             output.clone().into_array_arg(),
-            d_in / vector_size,
+            vectors,
             d_out,
             rows,
-            SKINNY_PLANES,
-            SKINNY_PLANE_COLUMNS,
+            planes,
+            lanes,
+            SKINNY_COLUMNS,
+            plane_reduce,
             dtype.into(),
         )
     };

@@ -323,9 +323,21 @@ pub fn fused_kernels() -> bool {
 
 /// The model's kernels by name, each of which can be turned off alone (see [`kernel_on`]);
 /// `decode_attention_planes` off keeps decode attention on its units-over-keys variant;
+/// `decode_attention_split` off keeps each (batch, head) of the planes variant in one cube
+/// (no split of the keys over several cubes and no combining launch);
 /// `add_rms_norm` off adds with Burn, then normalises with `rms_norm`; `rotary_append` off
 /// rotates with `rotary`, then appends with Burn's `slice_assign`.
-pub const KERNEL_NAMES: [&str; 8] = ["rms_norm", "add_rms_norm", "rotary", "rotary_append", "silu_mul", "decode_attention", "decode_attention_planes", "skinny_linear"];
+pub const KERNEL_NAMES: [&str; 9] = [
+    "rms_norm",
+    "add_rms_norm",
+    "rotary",
+    "rotary_append",
+    "silu_mul",
+    "decode_attention",
+    "decode_attention_planes",
+    "decode_attention_split",
+    "skinny_linear",
+];
 
 /// Whether the backend's kernel `name` (one of [`KERNEL_NAMES`]) runs: [`fused_kernels`] is
 /// on and `PHI3V_KERNELS_OFF` (a comma-separated list of names, read once) does not name it.
@@ -457,22 +469,21 @@ mod tests {
     }
 }
 
-/// Most rows [`Kernels::skinny_linear`] takes (one 16 KB shared-memory tile of f32 per row
-/// group on the GPU backends).
+/// Most rows [`Kernels::skinny_linear`] takes (each unit of the GPU kernel keeps `rows × 4`
+/// f32 sums in registers).
 pub const SKINNY_ROWS: usize = 16;
 
-/// Fewest rows [`linear`] sends to [`Kernels::skinny_linear`]: 2, or `PHI3V_SKINNY_MIN_ROWS`
-/// (read once, clamped to 1..=[`SKINNY_ROWS`]). `1` also routes one-row products (a decode step
-/// of one sequence) through the kernel instead of Burn's matmul, whose launch costs the host
-/// more; an opt-in, because on the H200 it made the one-sequence decode step slower (the kernel
-/// has too little parallelism at one row; docs/kernels.md, session 10).
+/// Fewest rows [`linear`] sends to [`Kernels::skinny_linear`]: 1, or `PHI3V_SKINNY_MIN_ROWS`
+/// (read once, clamped to 1..=[`SKINNY_ROWS`]). One-row products (a decode step of one
+/// sequence) take the kernel too: Burn's matmul launch costs the host about five times as much
+/// (docs/kernels.md, session 11); `2` sends them back to Burn's matmul.
 pub fn skinny_min_rows() -> usize {
     static MIN: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
     *MIN.get_or_init(|| {
         std::env::var("PHI3V_SKINNY_MIN_ROWS")
             .ok()
             .and_then(|v| v.trim().parse::<usize>().ok())
-            .map_or(2, |n| n.clamp(1, SKINNY_ROWS))
+            .map_or(1, |n| n.clamp(1, SKINNY_ROWS))
     })
 }
 
