@@ -3,7 +3,7 @@
 //! and at awkward ones, on every test target. Tolerances: `OpTolerance` (per dtype, relative
 //! to the largest magnitude), the one the conformance checks use.
 
-use burn::tensor::{DType, Tensor, TensorData, TensorPrimitive, bf16, f16};
+use burn::tensor::{DType, Int, Tensor, TensorData, TensorPrimitive, bf16, f16};
 use burn_phi3v::device::{DeviceInfo, dtype_name};
 use burn_phi3v::kernels::{self, KernelPolicy, Kernels, kernel_policy, set_kernel_policy};
 use phi3v_devices::DeviceFn;
@@ -163,6 +163,24 @@ impl KernelJob {
                 out.reshape([batch, heads, head_dim])
             });
             compare(format!("decode_attention [{batch}, {heads}/{kv_heads} heads, {keys} keys, {head_dim}]"), head_dim, outputs);
+        }
+        // Decode attention through block tables (the engine's paged pool): Phi-3's heads over
+        // rows of different lengths (the longest split over cubes on a GPU), grouped-query
+        // heads with a one-key row. Each row's blocks are a scattered permutation of the pool.
+        for (heads, kv_heads, head_dim, block_size, lengths) in [(32, 32, 96, 16, vec![1024, 700, 33]), (4, 2, 64, 4, vec![9, 1])] {
+            let rows = lengths.len();
+            let keys: usize = *lengths.iter().max().unwrap();
+            let blocks = keys.div_ceil(block_size);
+            let pool_blocks = (rows * blocks + 1..).find(|n| (2..*n).all(|d| n % d != 0)).unwrap(); // a prime
+            let tables: Vec<i64> = (0..rows * blocks).map(|i| ((i * 7 + 1) % pool_blocks) as i64).collect();
+            let block_tables = Tensor::<B, 2, Int>::from_data(TensorData::new(tables, [rows, blocks]), device);
+            let row_lengths = Tensor::<B, 1, Int>::from_data(TensorData::new(lengths.iter().map(|&n| n as i64).collect::<Vec<_>>(), [rows]), device);
+            let q = tensor(input(vec![rows * heads * head_dim], 1.0)).reshape([rows, heads, head_dim]);
+            let pool = |t: Tensor<B, 1>| t.reshape([pool_blocks * block_size, kv_heads, head_dim]);
+            let k = pool(tensor(input(vec![pool_blocks * block_size * kv_heads * head_dim], 1.0)));
+            let v = pool(tensor(input(vec![pool_blocks * block_size * kv_heads * head_dim], 1.0)));
+            let outputs = both(&|| kernels::paged_decode_attention(q.clone(), &k, &v, &block_tables, &row_lengths, block_size, keys));
+            compare(format!("paged_decode_attention [{heads}/{kv_heads} heads of {head_dim}, blocks of {block_size}, lengths {lengths:?}]"), head_dim, outputs);
         }
         // Skinny products: 2 to 16 rows (decode steps of several sequences) against the
         // checkpoint-layout weight (`[d_out, d_in]` rows, used transposed as `Linear::load`

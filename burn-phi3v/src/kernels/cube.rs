@@ -2,7 +2,7 @@
 //! runtime): one launch per step where Burn's composition takes several.
 
 use burn::tensor::DType;
-use burn::tensor::ops::{FloatTensor, FloatTensorOps};
+use burn::tensor::ops::{FloatTensor, FloatTensorOps, IntTensor};
 use burn_cubecl::{
     BoolElement, CubeBackend, CubeRuntime, FloatElement, IntElement,
     kernel::into_contiguous,
@@ -93,6 +93,24 @@ where
             return super::default_decode_attention::<Self>(q, k, v);
         }
         decode_attention(q, k, v)
+    }
+
+    fn paged_decode_attention(
+        q: FloatTensor<Self>,
+        k_pool: FloatTensor<Self>,
+        v_pool: FloatTensor<Self>,
+        block_tables: IntTensor<Self>,
+        lengths: IntTensor<Self>,
+        block_size: usize,
+        keys: usize,
+    ) -> FloatTensor<Self> {
+        // The planes kernel where the hardware planes fit the head (no units-over-keys variant).
+        let head_dim = q.meta.shape()[2];
+        let lanes = decode_plane(&q.client, head_dim).filter(|_| super::kernel_on("decode_attention_planes"));
+        match lanes {
+            Some(lanes) if runs_here(&q.client) && block_size > 0 => paged_decode_attention(q, k_pool, v_pool, block_tables, lengths, block_size, keys, lanes),
+            _ => super::default_paged_decode_attention::<Self>(q, k_pool, v_pool, block_tables, lengths, block_size, keys),
+        }
     }
 }
 
@@ -703,52 +721,7 @@ pub(crate) fn decode_attention<R: CubeRuntime>(q: CubeTensor<R>, k: CubeTensor<R
     let dtype = q.dtype;
     let address = [&q, &k, &v, &output].map(|t| t.required_address_type()).into_iter().max().unwrap_or_default();
     if let Some(lanes) = decode_plane(&q.client, head_dim).filter(|_| super::kernel_on("decode_attention_planes")) {
-        let client = q.client.clone();
-        let batch_heads = batch * heads;
-        let (splits, chunk) = decode_splits(&client, batch_heads, keys);
-        // Each split's unnormalised output, maximum and sum: `head_dim + 2` values per cube.
-        let partials = empty_device_contiguous_dtype(client.clone(), q.device.clone(), [batch_heads * splits * (head_dim + 2)].into(), DType::F32);
-        let address = address.max(partials.required_address_type());
-        unsafe {
-            decode_attention_planes_kernel::launch_unchecked(
-                &client,
-                row_cubes(batch_heads * splits),
-                CubeDim::new_2d(lanes as u32, DECODE_PLANES),
-                address,
-                q.into_array_arg(),
-                k.into_array_arg(),
-                v.into_array_arg(),
-                output.clone().into_array_arg(),
-                partials.clone().into_array_arg(),
-                layout,
-                batch_heads,
-                splits,
-                chunk,
-                scale,
-                head_dim,
-                lanes,
-                head_dim / lanes,
-                DECODE_PLANES as usize,
-                DECODE_TILE,
-                dtype.into(),
-            )
-        };
-        if splits > 1 {
-            unsafe {
-                decode_attention_combine_kernel::launch_unchecked(
-                    &client,
-                    row_cubes(batch_heads),
-                    CubeDim::new_1d(head_dim as u32),
-                    address,
-                    partials.into_array_arg(),
-                    output.clone().into_array_arg(),
-                    batch_heads,
-                    splits,
-                    head_dim,
-                    dtype.into(),
-                )
-            };
-        }
+        let output = decode_attention_planes(q, k, v, output, layout, batch * heads, keys, lanes, None);
         return output;
     }
     let scores = empty_device_contiguous_dtype(q.client.clone(), q.device.clone(), [batch * heads, keys].into(), DType::F32);
@@ -773,6 +746,115 @@ pub(crate) fn decode_attention<R: CubeRuntime>(q: CubeTensor<R>, k: CubeTensor<R
         )
     };
     output
+}
+
+/// A paged cache's block tables and row lengths (`Int` tensors), entries per table row, and
+/// tokens per block; see [`Pages`].
+type PageTables<R> = (CubeTensor<R>, CubeTensor<R>, usize, usize);
+
+/// Launches [`decode_attention_planes_kernel`] (and [`decode_attention_combine_kernel`] when
+/// the keys are split) into `output`: `keys` is the longest row's key count; `pages` reads the
+/// keys through block tables.
+#[allow(clippy::too_many_arguments)]
+fn decode_attention_planes<R: CubeRuntime>(
+    q: CubeTensor<R>,
+    k: CubeTensor<R>,
+    v: CubeTensor<R>,
+    output: CubeTensor<R>,
+    layout: DecodeLayoutLaunch<R>,
+    batch_heads: usize,
+    keys: usize,
+    lanes: usize,
+    pages: Option<PageTables<R>>,
+) -> CubeTensor<R> {
+    let client = q.client.clone();
+    let (dtype, head_dim) = (q.dtype, q.meta.shape()[q.meta.shape().num_dims() - 1]);
+    let (splits, chunk) = decode_splits(&client, batch_heads, keys);
+    // Each split's unnormalised output, maximum and sum: `head_dim + 2` values per cube.
+    let partials = empty_device_contiguous_dtype(client.clone(), q.device.clone(), [batch_heads * splits * (head_dim + 2)].into(), DType::F32);
+    let paged = pages.is_some();
+    let (tables, lengths, blocks, block_size) = pages.unwrap_or_else(|| {
+        let none = || empty_device_contiguous_dtype(client.clone(), q.device.clone(), [1].into(), DType::I32);
+        (none(), none(), 1, 1)
+    });
+    let int_dtype = tables.dtype;
+    let address = [&q, &k, &v, &output, &partials, &tables]
+        .map(|t| t.required_address_type())
+        .into_iter()
+        .max()
+        .unwrap_or_default();
+    unsafe {
+        decode_attention_planes_kernel::launch_unchecked(
+            &client,
+            row_cubes(batch_heads * splits),
+            CubeDim::new_2d(lanes as u32, DECODE_PLANES),
+            address,
+            q.into_array_arg(),
+            k.into_array_arg(),
+            v.into_array_arg(),
+            output.clone().into_array_arg(),
+            partials.clone().into_array_arg(),
+            PagesLaunch::new(tables.into_array_arg(), lengths.into_array_arg(), blocks, block_size),
+            layout,
+            batch_heads,
+            splits,
+            chunk,
+            1.0 / (head_dim as f32).sqrt(),
+            head_dim,
+            lanes,
+            head_dim / lanes,
+            DECODE_PLANES as usize,
+            DECODE_TILE,
+            paged,
+            [dtype.into(), int_dtype.into()],
+        )
+    };
+    if splits > 1 {
+        unsafe {
+            decode_attention_combine_kernel::launch_unchecked(
+                &client,
+                row_cubes(batch_heads),
+                CubeDim::new_1d(head_dim as u32),
+                address,
+                partials.into_array_arg(),
+                output.clone().into_array_arg(),
+                batch_heads,
+                splits,
+                head_dim,
+                dtype.into(),
+            )
+        };
+    }
+    output
+}
+
+/// Decode attention over a paged pool with planes of `lanes` units ([`decode_plane`]); see
+/// [`Kernels::paged_decode_attention`].
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn paged_decode_attention<R: CubeRuntime>(
+    q: CubeTensor<R>,
+    k_pool: CubeTensor<R>,
+    v_pool: CubeTensor<R>,
+    block_tables: CubeTensor<R>,
+    lengths: CubeTensor<R>,
+    block_size: usize,
+    keys: usize,
+    lanes: usize,
+) -> CubeTensor<R> {
+    let [rows, heads, head_dim] = [0, 1, 2].map(|i| q.meta.shape()[i]);
+    let last_unit = |t: CubeTensor<R>| if t.meta.strides()[2] == 1 { t } else { into_contiguous(t) };
+    let (q, k, v) = (last_unit(q), last_unit(k_pool), last_unit(v_pool));
+    let (tables, lengths) = (into_contiguous(block_tables), into_contiguous(lengths));
+    let blocks = tables.meta.shape()[1];
+    let kv_heads = k.meta.shape()[1];
+    let output = empty_device_contiguous_dtype(q.client.clone(), q.device.clone(), [rows, heads, head_dim].into(), q.dtype);
+    if rows * heads == 0 || keys == 0 {
+        return output;
+    }
+    let (qs, ks, vs) = (q.meta.strides().clone(), k.meta.strides().clone(), v.meta.strides().clone());
+    // Rows of the pool are the keys; no batch stride (the block tables place each row).
+    let layout = DecodeLayoutLaunch::new(heads, heads / kv_heads.max(1), keys, qs[0], qs[1], 0, ks[1], ks[0], 0, vs[1], vs[0]);
+    decode_attention_planes(q, k, v, output, layout, rows * heads, keys, lanes, Some((tables, lengths, blocks, block_size)))
 }
 
 /// Planes per cube of [`decode_attention_planes_kernel`].
@@ -802,6 +884,28 @@ fn decode_splits<R: CubeRuntime>(client: &ComputeClient<R>, batch_heads: usize, 
     (keys.div_ceil(chunk), chunk)
 }
 
+/// Where a paged decode attention finds each row's keys: row `b`'s key `j < lengths[b]` is
+/// pool row `tables[b · blocks + j / block_size] · block_size + j % block_size`.
+#[derive(CubeLaunch, CubeType)]
+struct Pages<I: Int> {
+    tables: Array<I>,
+    lengths: Array<I>,
+    /// Block-table entries per row.
+    blocks: usize,
+    block_size: usize,
+}
+
+/// The pool row (paged) or cache position (not paged) of key `j` of the row whose block table
+/// starts at `table`.
+#[cube]
+fn key_row<I: Int>(pages: &Pages<I>, table: usize, j: usize, #[comptime] paged: bool) -> usize {
+    if paged {
+        (u32::cast_from(pages.tables[table + j / pages.block_size]) as usize) * pages.block_size + j % pages.block_size
+    } else {
+        j
+    }
+}
+
 /// Decode attention with planes over keys: `splits` cubes per (batch, head), each over `chunk`
 /// consecutive keys, of [`DECODE_PLANES`] planes of `lanes` units (the hardware plane). Lane
 /// `l` of a plane holds the query values `l, l + lanes, …` (`per_lane = head_dim / lanes` of
@@ -813,12 +917,13 @@ fn decode_splits<R: CubeRuntime>(client: &ComputeClient<R>, batch_heads: usize, 
 /// `partials` (`head_dim + 2` values per cube) for [`decode_attention_combine_kernel`]. No
 /// scores buffer and no cube-wide barrier in the loop.
 #[cube(launch_unchecked, address_type = "dynamic")]
-fn decode_attention_planes_kernel<E: Float>(
+fn decode_attention_planes_kernel<E: Float, I: Int>(
     q: &Array<E>,
     k: &Array<E>,
     v: &Array<E>,
     output: &mut Array<E>,
     partials: &mut Array<f32>,
+    pages: &Pages<I>,
     layout: &DecodeLayout,
     batch_heads: usize,
     splits: usize,
@@ -829,16 +934,20 @@ fn decode_attention_planes_kernel<E: Float>(
     #[comptime] per_lane: usize,
     #[comptime] planes: usize,
     #[comptime] tile: usize,
-    #[define(E)] _dtype: StorageType,
+    #[comptime] paged: bool,
+    #[define(E, I)] _dtypes: [StorageType; 2],
 ) {
     let cube = CUBE_POS;
     if cube >= batch_heads * splits {
         terminate!();
     }
     let bh = cube / splits;
-    let lo = (cube % splits) * chunk;
-    let hi = min(layout.keys, lo + chunk);
     let b = bh / layout.heads;
+    let keys = if paged { u32::cast_from(pages.lengths[b]) as usize } else { layout.keys };
+    let lo = (cube % splits) * chunk;
+    // An empty range (a paged row shorter than the longest) leaves the cube's state empty.
+    let hi = select(keys > lo, min(keys, lo + chunk), lo);
+    let table = b * pages.blocks;
     let h = bh % layout.heads;
     let hk = h / layout.group;
     let lane = UNIT_POS_X as usize;
@@ -867,7 +976,7 @@ fn decode_attention_planes_kernel<E: Float>(
         #[unroll]
         for t in 0..tile {
             let j = select(start + t < hi, start + t, last);
-            let key = k_base + j * layout.k_key;
+            let key = k_base + key_row(pages, table, j, paged) * layout.k_key;
             let mut dot = query[0usize] * f32::cast_from(k[key]);
             #[unroll]
             for i in 1..per_lane {
@@ -893,7 +1002,7 @@ fn decode_attention_planes_kernel<E: Float>(
             let p = f32::exp(scores[t] - best);
             sum += p;
             let j = select(start + t < hi, start + t, last);
-            let value = v_base + j * layout.v_key;
+            let value = v_base + key_row(pages, table, j, paged) * layout.v_key;
             #[unroll]
             for i in 0..per_lane {
                 acc[i] += p * f32::cast_from(v[value + i * lanes]);
@@ -997,6 +1106,11 @@ const SKINNY_COLUMNS: usize = 4;
 /// Vector loads per column a lane makes in [`skinny_linear_kernel`] when `d_in` allows: the
 /// planes split `d_in` into slices of this many vectors per lane.
 const SKINNY_LANE_VECTORS: usize = 4;
+/// Most rows for which the skinny product splits `d_in` over several planes. With more rows a
+/// cube's arithmetic per weight load grows and the input rows are read once per cube, so more
+/// cubes of one plane do better: on the H200 (session 11) the split made 10-row products
+/// 1.1–1.7× slower (`gate_up_proj` 51 → 89 µs) while it made one-row products 1.4–2× faster.
+const SKINNY_SPLIT_ROWS: usize = 3;
 /// Most planes per cube of the skinny product.
 const SKINNY_MAX_PLANES: usize = 8;
 /// Shared memory the skinny product's lane partials may take where planes cannot sum (bytes).
@@ -1116,13 +1230,13 @@ fn skinny_vector_size<R: CubeRuntime>(x: &CubeTensor<R>, weight: &CubeTensor<R>,
 /// plane_reduce)`. Lanes are the hardware plane where it is uniform and plane sums work (then
 /// planes sum their lanes), else 32 (lane partials through shared memory, which bounds the
 /// planes). Planes: enough that each lane makes about [`SKINNY_LANE_VECTORS`] loads per
-/// column, at most [`SKINNY_MAX_PLANES`].
+/// column, at most [`SKINNY_MAX_PLANES`]; one above [`SKINNY_SPLIT_ROWS`] rows.
 fn skinny_shape<R: CubeRuntime>(client: &ComputeClient<R>, rows: usize, vectors: usize) -> (usize, usize, bool) {
     let (lanes, plane_reduce) = match uniform_plane(client) {
         Some(lanes) => (lanes, true),
         None => (32, false),
     };
-    let wanted = vectors.div_ceil(lanes * SKINNY_LANE_VECTORS).clamp(1, SKINNY_MAX_PLANES);
+    let wanted = if rows > SKINNY_SPLIT_ROWS { 1 } else { vectors.div_ceil(lanes * SKINNY_LANE_VECTORS).clamp(1, SKINNY_MAX_PLANES) };
     let shared_limit = if plane_reduce {
         SKINNY_MAX_PLANES
     } else {

@@ -20,7 +20,12 @@
 
 use std::sync::atomic::{AtomicU8, Ordering};
 
-use burn::tensor::{Tensor, TensorPrimitive, activation::silu, backend::Backend, ops::FloatTensor};
+use burn::tensor::{
+    Int, Tensor, TensorPrimitive,
+    activation::silu,
+    backend::Backend,
+    ops::{FloatTensor, IntTensor},
+};
 
 use crate::model::nn::repeat_kv;
 
@@ -114,6 +119,29 @@ pub trait Kernels: Backend {
     /// → `[batch, heads, 1, head_dim]`
     fn decode_attention(q: FloatTensor<Self>, k: FloatTensor<Self>, v: FloatTensor<Self>) -> FloatTensor<Self> {
         default_decode_attention::<Self>(q, k, v)
+    }
+
+    /// [`Kernels::decode_attention`] of one query row per sequence over its own keys in a
+    /// paged pool (a decode step of the serving engine): row `r`'s key `j < lengths[r]` is
+    /// pool row `block_tables[r, j / block_size] · block_size + j % block_size`. `keys` is the
+    /// longest row's length.
+    ///
+    /// # Shapes
+    /// `q`: `[rows, heads, head_dim]`; `k_pool`, `v_pool`: `[slots, kv_heads, head_dim]`;
+    /// `block_tables`: `[rows, blocks]` (`blocks · block_size ≥ keys`; entries past a row's
+    /// own blocks name any valid block); `lengths`: `[rows]`, each in `1..=keys`
+    /// → `[rows, heads, head_dim]`
+    #[allow(clippy::too_many_arguments)]
+    fn paged_decode_attention(
+        q: FloatTensor<Self>,
+        k_pool: FloatTensor<Self>,
+        v_pool: FloatTensor<Self>,
+        block_tables: IntTensor<Self>,
+        lengths: IntTensor<Self>,
+        block_size: usize,
+        keys: usize,
+    ) -> FloatTensor<Self> {
+        default_paged_decode_attention::<Self>(q, k_pool, v_pool, block_tables, lengths, block_size, keys)
     }
 }
 
@@ -213,6 +241,25 @@ fn default_decode_attention<B: Backend>(q: FloatTensor<B>, k: FloatTensor<B>, v:
     composed::decode_attention(tensor(q), tensor(k), tensor(v)).into_primitive().tensor()
 }
 
+/// [`Kernels::paged_decode_attention`]'s default, for implementations that fall back to it.
+#[allow(clippy::too_many_arguments)]
+fn default_paged_decode_attention<B: Kernels>(
+    q: FloatTensor<B>,
+    k_pool: FloatTensor<B>,
+    v_pool: FloatTensor<B>,
+    block_tables: IntTensor<B>,
+    lengths: IntTensor<B>,
+    block_size: usize,
+    keys: usize,
+) -> FloatTensor<B> {
+    let t3 = |t| Tensor::<B, 3>::from_primitive(TensorPrimitive::Float(t));
+    let tables = Tensor::<B, 2, Int>::from_primitive(block_tables);
+    let lengths = Tensor::<B, 1, Int>::from_primitive(lengths);
+    composed::paged_decode_attention(t3(q), t3(k_pool), t3(v_pool), tables, lengths, block_size, keys)
+        .into_primitive()
+        .tensor()
+}
+
 #[cfg(feature = "cpu")]
 impl Kernels for burn::backend::Flex {}
 
@@ -253,6 +300,35 @@ pub mod composed {
     pub fn decode_attention<B: Backend>(q: Tensor<B, 4>, k: Tensor<B, 4>, v: Tensor<B, 4>) -> Tensor<B, 4> {
         let rep = q.dims()[1] / k.dims()[1].max(1);
         crate::model::nn::attend(q, repeat_kv(k, rep), repeat_kv(v, rep), None, false)
+    }
+
+    /// See [`Kernels::paged_decode_attention`]: each row's keys gathered from the pool (the
+    /// slots computed on the device from the block tables, `keys` per row), keys past a row's
+    /// length masked, then [`attend`](crate::model::nn::attend).
+    pub fn paged_decode_attention<B: Kernels>(
+        q: Tensor<B, 3>,
+        k_pool: Tensor<B, 3>,
+        v_pool: Tensor<B, 3>,
+        block_tables: Tensor<B, 2, Int>,
+        lengths: Tensor<B, 1, Int>,
+        block_size: usize,
+        keys: usize,
+    ) -> Tensor<B, 3> {
+        let [rows, heads, hd] = q.dims();
+        let kv_heads = k_pool.dims()[1];
+        let bs = block_size as i64;
+        let j = Tensor::<B, 1, Int>::arange(0..keys as i64, &q.device()); // [keys]
+        let blocks = block_tables.select(1, j.clone().div_scalar(bs)); // [rows, keys]
+        let slots = blocks.mul_scalar(bs) + j.clone().remainder_scalar(bs).reshape([1, keys]).expand([rows, keys]);
+        let masked = j.reshape([1, keys]).expand([rows, keys]).greater_equal(lengths.reshape([rows, 1]).expand([rows, keys]));
+        let slots = slots.reshape([rows * keys]);
+        let heads_of = |pool: Tensor<B, 3>| {
+            let t = pool.select(0, slots.clone()).reshape([rows, keys, kv_heads, hd]).swap_dims(1, 2); // [rows, kvh, keys, hd]
+            repeat_kv(t, heads / kv_heads)
+        };
+        let mask = masked.reshape([rows, 1, 1, keys]).expand([rows, heads, 1, keys]);
+        let out = crate::model::nn::attend(q.reshape([rows, heads, 1, hd]), heads_of(k_pool), heads_of(v_pool), Some(mask), false);
+        out.reshape([rows, heads, hd])
     }
 
     /// See [`Kernels::silu_mul`].
@@ -424,6 +500,30 @@ pub fn decode_attention<B: Kernels>(q: Tensor<B, 4>, k: Tensor<B, 4>, v: Tensor<
         return composed::decode_attention(q, k, v);
     }
     decode_attention_in_slices(q, k, v, DECODE_SCORES)
+}
+
+/// [`Kernels::paged_decode_attention`] on tensors (composed when the `decode_attention` kernel
+/// is off).
+///
+/// # Shapes
+/// `q`: `[rows, heads, head_dim]`; `k_pool`, `v_pool`: `[slots, kv_heads, head_dim]`;
+/// `block_tables`: `[rows, blocks]`; `lengths`: `[rows]` → `[rows, heads, head_dim]`
+pub fn paged_decode_attention<B: Kernels>(
+    q: Tensor<B, 3>,
+    k_pool: &Tensor<B, 3>,
+    v_pool: &Tensor<B, 3>,
+    block_tables: &Tensor<B, 2, Int>,
+    lengths: &Tensor<B, 1, Int>,
+    block_size: usize,
+    keys: usize,
+) -> Tensor<B, 3> {
+    let (tables, lengths) = (block_tables.clone(), lengths.clone());
+    if !kernel_on("decode_attention") {
+        return composed::paged_decode_attention(q, k_pool.clone(), v_pool.clone(), tables, lengths, block_size, keys);
+    }
+    let f = |t: &Tensor<B, 3>| t.clone().into_primitive().tensor();
+    let out = B::paged_decode_attention(f(&q), f(k_pool), f(v_pool), tables.into_primitive(), lengths.into_primitive(), block_size, keys);
+    Tensor::from_primitive(TensorPrimitive::Float(out))
 }
 
 /// [`decode_attention`]'s kernel over slices of batch rows holding at most `max_scores` scores.

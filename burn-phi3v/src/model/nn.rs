@@ -129,7 +129,7 @@ pub fn attend<B: Backend>(
     };
     if composed_attention() {
         attention_fallback(q, k, v, mask, None, options)
-    } else if q.dtype() == DType::F32 && q.dims()[2] > FLASH_QUERIES {
+    } else if q.dims()[2] > FLASH_QUERIES {
         let [batch, heads, _, _] = q.dims();
         let rows = (CHUNK_SCORES / (batch * heads * k.dims()[2]).max(1)).clamp(1, FLASH_QUERIES);
         attend_composed_in_chunks(q, k, v, mask, is_causal, rows)
@@ -139,10 +139,11 @@ pub fn attend<B: Backend>(
 }
 
 /// Query rows above which Burn 0.21's attention autotune prefers its flash kernels over the
-/// composed one. Those kernels are not f32-accurate: on CUDA and on Vulkan they put the
-/// 4455-token fixture case 7.8e-4 off in the hidden states and 6.7e-3 in the logits, where
-/// composed attention gives 7.4e-6 and 5.0e-5 (docs/parity.md). f32 is the accuracy dtype, so
-/// f32 attention over more queries runs composed, in chunks of query rows.
+/// composed one. Those kernels are not accurate there: on CUDA and on Vulkan they put the
+/// 4455-token fixture case 7.8e-4 off in the hidden states and 6.7e-3 in the logits in f32,
+/// where composed attention gives 7.4e-6 and 5.0e-5, and in bf16 on CUDA the case agreed with
+/// the reference on 2327 of 4455 top-1 tokens (session 11; docs/parity.md). So attention over
+/// more queries runs composed, in chunks of query rows, in every dtype.
 const FLASH_QUERIES: usize = 4096;
 
 /// Attention scores one chunk may hold (`batch · heads · rows · keys`): 2²⁴, 64 MiB in f32,

@@ -4,14 +4,15 @@
 //! ([`Phi3Model::forward_paged`](crate::model::phi3::Phi3Model::forward_paged)); which sequences
 //! share a pass and which blocks they own is the caller's business (the serving engine).
 //!
-//! The attention is composed from Burn ops, as vLLM's reference path does before its kernels:
-//! scatter the new K/V into the pool at their slots, gather each sequence's slots, attend with an
-//! explicit mask. A fused paged-attention kernel would replace [`paged_attention`].
+//! New keys and values are scattered into the pool at their slots. Decoding sequences (one new
+//! token each) attend together through their block tables in one
+//! [`kernels::paged_decode_attention`] (a kernel on the GPU backends; gather, mask and attend
+//! composed from Burn ops elsewhere), whatever their lengths. A prefill chunk gathers its
+//! sequence's slots and attends composed, with a causal mask.
 //!
 //! A pass is a flat list of tokens from several sequences (`[1, tokens, hidden]` through the
-//! decoder). For attention the rows are regrouped so that no query is padding: every sequence
-//! with one new token (decoding) goes into one group, `[rows, heads, 1, keys]`; every sequence
-//! with several new tokens (a prefill chunk) is a group of its own, `[1, heads, chunk, keys]`.
+//! decoder); the decoding rows come first in the attention's output, then each chunk, and the
+//! output is put back in token order.
 
 use burn::tensor::{Bool, DType, Int, Tensor, TensorData, backend::Backend};
 use burn::tensor::IndexingUpdateOp;
@@ -101,18 +102,33 @@ impl PagedRow<'_> {
     }
 }
 
-/// Rows attended together: `[rows, heads, queries, keys]`.
+/// The decoding rows of a pass (one new token each), attended together through their block
+/// tables by [`kernels::paged_decode_attention`], whatever their lengths.
 #[derive(Debug, Clone)]
-struct PagedGroup<B: Backend> {
+struct DecodeRows<B: Backend> {
     rows: usize,
+    /// `[rows]`: each row's token among the pass's tokens; `None` when the pass is these rows'
+    /// tokens in order.
+    query_index: Option<Tensor<B, 1, Int>>,
+    /// `[rows, blocks]`: each row's block table, padded with its first block.
+    block_tables: Tensor<B, 2, Int>,
+    /// `[rows]`: each row's key count (cached positions plus the new one).
+    lengths: Tensor<B, 1, Int>,
+    /// The longest row's key count.
+    keys: usize,
+}
+
+/// A prefill chunk of one sequence: `[1, heads, queries, keys]`, composed attention.
+#[derive(Debug, Clone)]
+struct ChunkRows<B: Backend> {
     queries: usize,
     keys: usize,
-    /// `[rows · queries]`: each query's index among the pass's tokens.
+    /// `[queries]`: each query's index among the pass's tokens.
     query_index: Tensor<B, 1, Int>,
-    /// `[rows · keys]`: the pool slot of each key (padding repeats a valid slot; it is masked).
+    /// `[keys]`: the pool slot of each key.
     key_slots: Tensor<B, 1, Int>,
-    /// `[rows, 1, queries, keys]`, `true` = masked; `None` with `causal` for a chunk that is
-    /// the whole sequence (queries = keys), or when no key is masked.
+    /// `[1, 1, queries, keys]`, `true` = masked; `None` with `causal` for a chunk that is the
+    /// whole sequence (queries = keys).
     mask: Option<Tensor<B, 4, Bool>>,
     causal: bool,
 }
@@ -126,7 +142,9 @@ pub struct PagedBatch<B: Backend> {
     regimes: Vec<RopeRegime>,
     /// `[tokens, 1]`: the slot each new token's keys and values are written to.
     write_slots: Tensor<B, 2, Int>,
-    groups: Vec<PagedGroup<B>>,
+    block_size: usize,
+    decode: Option<DecodeRows<B>>,
+    chunks: Vec<ChunkRows<B>>,
     /// `[tokens]`: where each token's output is in the groups' concatenated outputs; `None`
     /// when that order is already the tokens' order.
     output_index: Option<Tensor<B, 1, Int>>,
@@ -157,46 +175,36 @@ impl<B: Backend> PagedBatch<B> {
             .collect();
         let write_slots = Tensor::<B, 2, Int>::from_data(TensorData::new(write, [tokens, 1]), device);
 
-        let mut groups = Vec::new();
-        let mut order = Vec::with_capacity(tokens); // flat token index, in group output order
-        // Decoding rows: one query each, keys padded (and masked) to whole blocks of the
-        // longest, so the pass's shape changes once per block rather than once per token.
-        // When every decoding row has the same length and the decode-attention kernel is on,
-        // the keys are exactly that length instead: nothing is masked, so the rows take
-        // `kernels::decode_attention` (whose key count is a run-time value) rather than the
-        // masked, composed attention.
-        let decode: Vec<usize> = (0..rows.len()).filter(|&i| rows[i].new == 1).collect();
-        if !decode.is_empty() {
-            let longest = decode.iter().map(|&i| rows[i].cached + 1).max().unwrap_or(1);
-            let same_length = decode.iter().all(|&i| rows[i].cached + 1 == longest);
-            let exact = same_length && kernels::kernel_on("decode_attention");
-            let keys = if exact { longest } else { longest.next_multiple_of(block_size) };
-            let mut slots = Vec::with_capacity(decode.len() * keys);
-            let mut mask = Vec::with_capacity(decode.len() * keys);
-            for &i in &decode {
-                let r = &rows[i];
-                let n = r.cached + 1;
-                slots.extend((0..keys).map(|p| r.slot(if p < n { p } else { 0 }, block_size)));
-                mask.extend((0..keys).map(|p| p >= n));
-                order.push(starts[i]);
-            }
-            let padded = mask.iter().any(|&m| m);
-            groups.push(PagedGroup {
-                rows: decode.len(),
-                queries: 1,
+        let mut order = Vec::with_capacity(tokens); // flat token index, in output order
+        // Decoding rows: one query each, all in one kernel launch through their block tables
+        // (their lengths are run-time values: no padding, no mask, no new shapes per step).
+        let decoding: Vec<usize> = (0..rows.len()).filter(|&i| rows[i].new == 1).collect();
+        let decode = (!decoding.is_empty()).then(|| {
+            let keys = decoding.iter().map(|&i| rows[i].cached + 1).max().unwrap_or(1);
+            let blocks = keys.div_ceil(block_size);
+            let tables: Vec<i64> = decoding
+                .iter()
+                .flat_map(|&i| {
+                    let table = rows[i].block_table;
+                    (0..blocks).map(move |b| *table.get(b).unwrap_or(&table[0]) as i64)
+                })
+                .collect();
+            order.extend(decoding.iter().map(|&i| starts[i]));
+            let in_order = decoding.len() == tokens && order.iter().enumerate().all(|(k, &t)| k == t);
+            DecodeRows {
+                rows: decoding.len(),
+                query_index: (!in_order).then(|| int1(decoding.iter().map(|&i| starts[i] as i64).collect())),
+                block_tables: Tensor::from_data(TensorData::new(tables, [decoding.len(), blocks]), device),
+                lengths: int1(decoding.iter().map(|&i| (rows[i].cached + 1) as i64).collect()),
                 keys,
-                query_index: int1(decode.iter().map(|&i| starts[i] as i64).collect()),
-                key_slots: int1(slots),
-                mask: padded.then(|| Tensor::from_data(TensorData::new(mask, [decode.len(), 1, 1, keys]), device)),
-                causal: false,
-            });
-        }
-        // Prefill chunks: one group each, causal over the chunk after its cached prefix.
+            }
+        });
+        // Prefill chunks: one each, causal over the chunk after its cached prefix.
+        let mut chunks = Vec::new();
         for (i, r) in rows.iter().enumerate().filter(|(_, r)| r.new > 1) {
             let keys = r.cached + r.new;
             order.extend(starts[i]..starts[i] + r.new);
-            groups.push(PagedGroup {
-                rows: 1,
+            chunks.push(ChunkRows {
                 queries: r.new,
                 keys,
                 query_index: int1((starts[i]..starts[i] + r.new).map(|t| t as i64).collect()),
@@ -217,7 +225,9 @@ impl<B: Backend> PagedBatch<B> {
             positions,
             regimes,
             write_slots,
-            groups,
+            block_size,
+            decode,
+            chunks,
             output_index,
         }
     }
@@ -239,32 +249,35 @@ impl<B: Backend> PagedBatch<B> {
 }
 
 /// Attention of a pass's queries over the pool (after this pass's keys and values were
-/// written), composed as gather-then-attend per group.
+/// written): the decoding rows through their block tables in one
+/// [`kernels::paged_decode_attention`], each prefill chunk composed (gather, then attend).
 ///
 /// # Shapes
 /// `q`: `[tokens, heads, head_dim]` (rotated) → `[tokens, heads · head_dim]`
 pub fn paged_attention<B: Kernels>(q: Tensor<B, 3>, layer: &PagedLayer<B>, batch: &PagedBatch<B>) -> Tensor<B, 2> {
     let [tokens, heads, hd] = q.dims();
-    let outputs: Vec<Tensor<B, 2>> = batch
-        .groups
-        .iter()
-        .map(|g| {
-            let (rows, nq, nk) = (g.rows, g.queries, g.keys);
-            let q = q.clone().select(0, g.query_index.clone()).reshape([rows, nq, heads, hd]).swap_dims(1, 2); // [rows, h, nq, hd]
-            let (k, v) = layer.gather(g.key_slots.clone()); // [rows·nk, kvh, hd]
-            let kvh = k.dims()[1];
-            let heads_of = |t: Tensor<B, 3>| t.reshape([rows, nk, kvh, hd]).swap_dims(1, 2); // [rows, kvh, nk, hd]
-            let out = if nq == 1 && g.mask.is_none() && !g.causal {
-                kernels::decode_attention(q, heads_of(k), heads_of(v)) // [rows, h, 1, hd]
-            } else {
-                let kv = |t: Tensor<B, 3>| repeat_kv(heads_of(t), heads / kvh); // [rows, h, nk, hd]
-                let mask = g.mask.clone().map(|m| m.expand([rows, heads, nq, nk]));
-                attend(q, kv(k), kv(v), mask, g.causal) // [rows, h, nq, hd]
-            };
-            out.swap_dims(1, 2).reshape([rows * nq, heads * hd])
-        })
-        .collect();
-    let out = Tensor::cat(outputs, 0); // [tokens, h·hd], in group order
+    let pool = |p: &Option<Tensor<B, 3>>| p.clone().expect("the pool is only empty inside write");
+    let mut outputs: Vec<Tensor<B, 2>> = Vec::new();
+    if let Some(d) = &batch.decode {
+        let q = match &d.query_index {
+            Some(index) => q.clone().select(0, index.clone()),
+            None => q.clone(),
+        };
+        let (k, v) = (pool(&layer.k), pool(&layer.v));
+        let out = kernels::paged_decode_attention(q, &k, &v, &d.block_tables, &d.lengths, batch.block_size, d.keys);
+        outputs.push(out.reshape([d.rows, heads * hd]));
+    }
+    for c in &batch.chunks {
+        let (nq, nk) = (c.queries, c.keys);
+        let q = q.clone().select(0, c.query_index.clone()).reshape([1, nq, heads, hd]).swap_dims(1, 2); // [1, h, nq, hd]
+        let (k, v) = layer.gather(c.key_slots.clone()); // [nk, kvh, hd]
+        let kvh = k.dims()[1];
+        let kv = |t: Tensor<B, 3>| repeat_kv(t.reshape([1, nk, kvh, hd]).swap_dims(1, 2), heads / kvh); // [1, h, nk, hd]
+        let mask = c.mask.clone().map(|m| m.expand([1, heads, nq, nk]));
+        let out = attend(q, kv(k), kv(v), mask, c.causal); // [1, h, nq, hd]
+        outputs.push(out.swap_dims(1, 2).reshape([nq, heads * hd]));
+    }
+    let out = if outputs.len() == 1 { outputs.pop().expect("one output") } else { Tensor::cat(outputs, 0) }; // [tokens, h·hd], in output order
     match &batch.output_index {
         Some(index) => out.select(0, index.clone()),
         None => out,
@@ -279,8 +292,8 @@ mod tests {
     use burn::tensor::Distribution;
 
     /// Decoding rows over a pool read through their block tables equal attention over each
-    /// row's own keys, whether the rows have one length (exact keys, no mask) or several
-    /// (keys padded to whole blocks and masked).
+    /// row's own keys, whether the rows have one length or several (block tables of different
+    /// lengths, the shorter padded).
     #[test]
     fn decode_rows_attend_over_their_own_keys() {
         let dev = device();
