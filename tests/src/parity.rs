@@ -33,6 +33,10 @@ pub struct CaseReport {
     pub greedy_logits_max_err: f32,
     /// Whether every greedy id equals the reference's.
     pub greedy_equal: bool,
+    /// The first greedy step at which the reference's top-1 and top-2 logits are within the
+    /// dtype's `clear_gap` (a near-tie: from there on two correct runs may choose differently);
+    /// `None` when every step has a clear gap.
+    pub greedy_first_tie: Option<usize>,
     /// Every failed check, in words; empty when the case passes.
     pub failures: Vec<String>,
 }
@@ -287,6 +291,8 @@ pub fn run_case_with<B: Kernels>(case: &Case, device: &B::Device, dtype: DType, 
     let (gids, glog) = (case.tensor("greedy_topk_ids").i64(), case.tensor("greedy_topk_logits").f32());
     let mut seq_ids = ref_ids.to_vec();
     r.greedy_equal = true;
+    let steps = case.tensor("greedy_ids").i64().len();
+    r.greedy_first_tie = (0..steps).find(|&step| glog[step * k] - glog[step * k + 1] <= tol.clear_gap);
     for step in 0..case.tensor("greedy_ids").i64().len() {
         let row = last_logits_by_recompute(model, &seq_ids, features.clone());
         let next = topk(&row, 1)[0] as i64;

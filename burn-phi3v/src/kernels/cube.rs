@@ -1101,30 +1101,39 @@ fn decode_plane<R: CubeRuntime>(client: &ComputeClient<R>, head_dim: usize) -> O
     uniform_plane(client).filter(|&lanes| head_dim.is_multiple_of(lanes) && head_dim <= DECODE_PLANES as usize * lanes)
 }
 
-/// Output columns each cube of the skinny product takes.
+/// Output columns each plane of the skinny product takes (each cube when its planes split `d_in`).
 const SKINNY_COLUMNS: usize = 4;
 /// Vector loads per column a lane makes in [`skinny_linear_kernel`] when `d_in` allows: the
 /// planes split `d_in` into slices of this many vectors per lane.
 const SKINNY_LANE_VECTORS: usize = 4;
-/// Most rows for which the skinny product splits `d_in` over several planes. With more rows a
-/// cube's arithmetic per weight load grows and the input rows are read once per cube, so more
-/// cubes of one plane do better: on the H200 (session 11) the split made 10-row products
-/// 1.1–1.7× slower (`gate_up_proj` 51 → 89 µs) while it made one-row products 1.4–2× faster.
+/// Most rows for which the skinny product splits `d_in` over a cube's planes. With more rows a
+/// cube's arithmetic per weight load grows and the input rows are read once per cube: on the
+/// H200 (session 11) the split made 10-row products 1.1–1.7× slower (`gate_up_proj` 51 → 89
+/// µs) than session 10's planes of their own columns, while it made one-row products 1.4–2×
+/// faster than Burn's GEMV; cubes of one plane were in between (61 µs).
 const SKINNY_SPLIT_ROWS: usize = 3;
+/// Planes per cube (each with its own columns) above [`SKINNY_SPLIT_ROWS`] rows: session 10's
+/// shape, 8 columns per cube.
+const SKINNY_COLUMN_PLANES: usize = 2;
 /// Most planes per cube of the skinny product.
 const SKINNY_MAX_PLANES: usize = 8;
 /// Shared memory the skinny product's lane partials may take where planes cannot sum (bytes).
 const SKINNY_SHARED_BYTES: usize = 32 * 1024;
 
 /// `x · weightᵀ` for `rows` ≤ 16 rows of `x` (`[rows, d_in]`, contiguous) and the checkpoint's
-/// weight rows (`[d_out, d_in]`, contiguous), both read in vectors of `N` values. A cube takes
-/// `columns` output columns; its `planes` planes of `lanes` units split `d_in` between them
-/// (split-K inside the cube, so that even one row and few columns keep enough loads in flight):
-/// unit `u` streams vectors `u, u + planes·lanes, …` of the `columns` weight rows (one load per
-/// column in flight together) and multiplies each with the same vector of every input row, read
-/// once for all the columns, accumulating `rows × columns` f32 sums with no barrier in the
-/// loop. The sums meet by plane sums and shared memory (`plane_reduce`, where the hardware plane
-/// is `lanes`), else by one shared-memory slot per unit. Columns past `d_out` read the last
+/// weight rows (`[d_out, d_in]`, contiguous), both read in vectors of `N` values, by cubes of
+/// `planes` planes of `lanes` units, each plane's lanes over `columns` output columns at once
+/// (one weight load per column in flight together, each input vector read once for all the
+/// columns, `rows × columns` f32 sums per unit and no barrier in the loop):
+/// - `split` (few rows): the cube's planes share its `columns` columns and split `d_in`
+///   between them (split-K inside the cube: unit `u` takes vectors `u, u + planes·lanes, …`),
+///   so that one row and few columns still keep enough loads in flight;
+/// - else: each plane has `columns` columns of its own over the whole of `d_in` (lane `l`
+///   takes vectors `l, l + lanes, …`); with more rows a cube's arithmetic per weight load
+///   grows and its planes share the input rows through the cache.
+///
+/// The sums meet by plane sums and shared memory (`plane_reduce`, where the hardware plane is
+/// `lanes`), else through one shared-memory slot per unit. Columns past `d_out` read the last
 /// weight row and are not written.
 #[cube(launch_unchecked, address_type = "dynamic")]
 fn skinny_linear_kernel<E: Float, N: Size>(
@@ -1137,6 +1146,7 @@ fn skinny_linear_kernel<E: Float, N: Size>(
     #[comptime] planes: usize,
     #[comptime] lanes: usize,
     #[comptime] columns: usize,
+    #[comptime] split: bool,
     #[comptime] plane_reduce: bool,
     #[define(E)] _dtype: StorageType,
 ) {
@@ -1145,8 +1155,10 @@ fn skinny_linear_kernel<E: Float, N: Size>(
     let plane = UNIT_POS_Y as usize;
     let unit = UNIT_POS as usize;
     let units = planes * lanes;
-    let first = CUBE_POS * columns;
     let sums = rows * columns;
+    // This plane's first output column; where it starts and how it strides over d_in.
+    let first = if split { CUBE_POS * columns } else { (CUBE_POS * planes + plane) * columns };
+    let (start, step) = if split { (unit, units) } else { (lane, lanes) };
 
     let mut acc = Array::<f32>::new(sums);
     #[unroll]
@@ -1159,7 +1171,7 @@ fn skinny_linear_kernel<E: Float, N: Size>(
         bases[c] = min(first + c, d_out - 1) * vectors;
     }
     let mut w = Array::<Vector<E, N>>::new(columns);
-    let mut j = unit;
+    let mut j = start;
     while j < vectors {
         #[unroll]
         for c in 0..columns {
@@ -1179,38 +1191,52 @@ fn skinny_linear_kernel<E: Float, N: Size>(
                 acc[r * columns + c] += dot;
             }
         }
-        j += units;
+        j += step;
     }
-    // Sum i (= r · columns + c) of every unit, then of every plane: one unit per sum adds the
-    // `parts` partials at i · parts + p.
-    let parts = comptime![if plane_reduce { planes } else { planes * lanes }];
-    let mut partials = SharedMemory::<f32>::new(sums * parts);
+    // Sum i (= r · columns + c) of every unit that shares it: `parts` partials per sum, at
+    // `(group · sums + i) · parts + p`, where a group is the cube (split) or a plane (not).
+    let parts = comptime![match (split, plane_reduce) {
+        (true, true) => planes,
+        (true, false) => planes * lanes,
+        (false, true) => 1,
+        (false, false) => lanes,
+    }];
+    let groups = comptime![if split { 1 } else { planes }];
+    // Where this unit's partial goes: its group (the cube when split: 0; else its plane) and
+    // its part within the group (its plane or unit when split, its lane or 0 when not).
+    let mut group = plane;
+    if split {
+        group = 0;
+    }
+    let mut part = if split { unit } else { lane };
     if plane_reduce {
-        #[unroll]
-        for i in 0..sums {
-            let s = plane_sum(acc[i]);
-            if lane == 0 {
-                partials[i * parts + plane] = s;
-            }
+        part = plane;
+        if !split {
+            part = 0;
         }
-    } else {
-        #[unroll]
-        for i in 0..sums {
-            partials[i * parts + unit] = acc[i];
+    }
+    let mut partials = SharedMemory::<f32>::new(groups * sums * parts);
+    #[unroll]
+    for i in 0..sums {
+        let s = if plane_reduce { plane_sum(acc[i]) } else { acc[i] };
+        if !plane_reduce || lane == 0 {
+            partials[(group * sums + i) * parts + part] = s;
         }
     }
     sync_cube();
-    let mut i = unit;
-    while i < sums {
-        let column = first + i % columns;
+    // One unit per (group, sum) adds its partials and writes the output.
+    let mut k = unit;
+    while k < groups * sums {
+        let (g, i) = (k / sums, k % sums);
+        let column = if split { first + i % columns } else { (CUBE_POS * planes + g) * columns + i % columns };
         if column < d_out {
-            let mut sum = partials[i * parts];
+            let mut sum = partials[k * parts];
             for p in 1..parts {
-                sum += partials[i * parts + p];
+                sum += partials[k * parts + p];
             }
             output[(i / columns) * d_out + column] = E::cast_from(sum);
         }
-        i += units;
+        k += units;
     }
 }
 
@@ -1226,23 +1252,22 @@ fn skinny_vector_size<R: CubeRuntime>(x: &CubeTensor<R>, weight: &CubeTensor<R>,
         .unwrap_or(1)
 }
 
-/// The skinny product's cube shape for `rows` rows of `vectors` vector loads: `(lanes, planes,
-/// plane_reduce)`. Lanes are the hardware plane where it is uniform and plane sums work (then
-/// planes sum their lanes), else 32 (lane partials through shared memory, which bounds the
-/// planes). Planes: enough that each lane makes about [`SKINNY_LANE_VECTORS`] loads per
-/// column, at most [`SKINNY_MAX_PLANES`]; one above [`SKINNY_SPLIT_ROWS`] rows.
-fn skinny_shape<R: CubeRuntime>(client: &ComputeClient<R>, rows: usize, vectors: usize) -> (usize, usize, bool) {
+/// The skinny product's cube shape for `rows` rows of `vectors` vector loads: `(lanes,
+/// planes, split, plane_reduce)`. Lanes are the hardware plane where it is uniform and plane
+/// sums work (then planes sum their lanes), else 32 (lane partials through shared memory,
+/// which bounds the planes). Up to [`SKINNY_SPLIT_ROWS`] rows the planes split `d_in`: enough
+/// of them that each lane makes about [`SKINNY_LANE_VECTORS`] loads per column, at most
+/// [`SKINNY_MAX_PLANES`]; above, [`SKINNY_COLUMN_PLANES`] planes of their own columns.
+fn skinny_shape<R: CubeRuntime>(client: &ComputeClient<R>, rows: usize, vectors: usize) -> (usize, usize, bool, bool) {
     let (lanes, plane_reduce) = match uniform_plane(client) {
         Some(lanes) => (lanes, true),
         None => (32, false),
     };
-    let wanted = if rows > SKINNY_SPLIT_ROWS { 1 } else { vectors.div_ceil(lanes * SKINNY_LANE_VECTORS).clamp(1, SKINNY_MAX_PLANES) };
-    let shared_limit = if plane_reduce {
-        SKINNY_MAX_PLANES
-    } else {
-        (SKINNY_SHARED_BYTES / (4 * rows * SKINNY_COLUMNS * lanes)).max(1)
-    };
-    (lanes, wanted.min(shared_limit), plane_reduce)
+    let split = rows <= SKINNY_SPLIT_ROWS;
+    let wanted = if split { vectors.div_ceil(lanes * SKINNY_LANE_VECTORS).clamp(1, SKINNY_MAX_PLANES) } else { SKINNY_COLUMN_PLANES };
+    // Shared memory per cube where lanes' partials go through it: planes · rows · columns · lanes f32.
+    let shared_limit = if plane_reduce { SKINNY_MAX_PLANES } else { (SKINNY_SHARED_BYTES / (4 * rows * SKINNY_COLUMNS * lanes)).max(1) };
+    (lanes, wanted.min(shared_limit), split, plane_reduce)
 }
 
 /// `x · weight` for a few rows; see [`Kernels::skinny_linear`]. `weight` is the transposed
@@ -1259,7 +1284,8 @@ pub(crate) fn skinny_linear<R: CubeRuntime>(x: CubeTensor<R>, weight: CubeTensor
     }
     let vector_size = skinny_vector_size(&x, &weight, d_in);
     let vectors = d_in / vector_size;
-    let (lanes, planes, plane_reduce) = skinny_shape(&x.client, rows, vectors);
+    let (lanes, planes, split, plane_reduce) = skinny_shape(&x.client, rows, vectors);
+    let cube_columns = if split { SKINNY_COLUMNS } else { planes * SKINNY_COLUMNS };
     let address = [x.required_address_type(), weight.required_address_type(), output.required_address_type()]
         .into_iter()
         .max()
@@ -1268,7 +1294,7 @@ pub(crate) fn skinny_linear<R: CubeRuntime>(x: CubeTensor<R>, weight: CubeTensor
     unsafe {
         skinny_linear_kernel::launch_unchecked(
             &output.client,
-            row_cubes(d_out.div_ceil(SKINNY_COLUMNS)),
+            row_cubes(d_out.div_ceil(cube_columns)),
             CubeDim::new_2d(lanes as u32, planes as u32),
             address,
             vector_size,
@@ -1281,6 +1307,7 @@ pub(crate) fn skinny_linear<R: CubeRuntime>(x: CubeTensor<R>, weight: CubeTensor
             planes,
             lanes,
             SKINNY_COLUMNS,
+            split,
             plane_reduce,
             dtype.into(),
         )
