@@ -311,6 +311,17 @@ fn model_ops<B: Kernels>(c: &mut Ctx<B>) {
     let (k_cache, v_cache) = (c.input([2, 4, 12, 96], 1.0), c.input([2, 4, 12, 96], 1.0));
     // Phi3MLP's activation over gate_up_proj's output, up · silu(gate).
     let gate_up = c.input([2, 9, 384], 3.0);
+    // A decode step's attention over a cache view with spare capacity (37 of 40 positions).
+    let dq = c.input([2, 4, 1, 96], 1.0);
+    let (dk, dv) = (c.input([2, 4, 40, 96], 1.0).narrow(2, 0, 37), c.input([2, 4, 40, 96], 1.0).narrow(2, 0, 37));
+    // The same through a paged pool: 2 rows of 9 and 5 keys in blocks of 4, scattered blocks.
+    let (pool_k, pool_v) = (c.input([64, 4, 96], 1.0), c.input([64, 4, 96], 1.0));
+    let tables = Tensor::<B, 2, Int>::from_data(TensorData::new(vec![7i64, 2, 13, 5, 11, 5], [2, 3]), c.device);
+    let lengths = Tensor::<B, 1, Int>::from_data(TensorData::new(vec![9i64, 5], [2]), c.device);
+    let pq = c.input([2, 4, 96], 1.0);
+    // Projections of a decode step (1 and 3 token rows) with a checkpoint-layout weight.
+    let weight = c.input([40, 256], 0.1).transpose();
+    let (x1, x3) = (c.input([1, 1, 256], 1.0), c.input([1, 3, 256], 1.0));
     // The kernels forced on (checked even where they are not on by default), then composed.
     let policy = kernel_policy();
     for fused in [true, false] {
@@ -325,6 +336,13 @@ fn model_ops<B: Kernels>(c: &mut Ctx<B>) {
         let (rq, rk, rv) = kernels::rotary_append(qkv.clone(), &cos, &sin, k_cache.clone(), v_cache.clone(), 4, 3);
         c.record(format!("rotary + KV-cache append [2, 9, 3×384] (q, k, v), {how}"), 1, Tensor::cat(vec![rq.reshape([2, 4, 9 * 96]), rk.reshape([2, 4, 12 * 96]), rv.reshape([2, 4, 12 * 96])], 2));
         c.record(format!("up·silu(gate) [2, 9, 384], {how}"), 1, kernels::silu_mul(gate_up.clone()));
+        c.record(format!("decode attention [2, 4, 1→37, 96] over a cache view, {how}"), 37, kernels::decode_attention(dq.clone(), dk.clone(), dv.clone()));
+        let paged = kernels::paged_decode_attention(pq.clone(), &pool_k, &pool_v, &tables, &lengths, 4, 9);
+        c.record(format!("paged decode attention [2 rows of 9, 5 keys, 4 heads of 96, blocks of 4], {how}"), 9, paged);
+        for x in [&x1, &x3] {
+            let rows = x.dims()[1];
+            c.record(format!("linear [{rows}, 256] · [256, 40] (decode-step rows), {how}"), 256, kernels::linear(x.clone(), &weight, None));
+        }
     }
     set_kernel_policy(policy);
     let h = c.input([2, 9, 128], 3.0);
