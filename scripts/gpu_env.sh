@@ -48,3 +48,11 @@ GEN_TINY=(generate --model $R/tests/fixtures/models/phi3v-tiny --image $R/tests/
 # beside the eager peer's breakdown: append --decode-batches and --out.
 DECODE_BREAKDOWN=(bench breakdown --preset phi3v-128k --device cuda --dtype bf16 --prefill 0 --warmup 3 --runs 20
   --peer $R/docs/bench/breakdown-h200-kernels/peer.json)
+# parity_jobs CASE…: the bf16 fixture parity on cuda, one job per case (compilation is per
+# process, so the cases compile side by side); parity_report: their table rows, exit codes and
+# failures (after `wait`).
+parity_jobs() { for c in "$@"; do job parity-bf16-$c $B/phi3v-plugin-conformance --device cuda --parity-only --parity-dtype bf16 --cases $c; done; }
+parity_report() {
+  echo "=== parity bf16 (one job per case)"; cat $W/parity-bf16-*/out.txt | grep "^| [a-z]\|rc=" | sort -u | cut -c1-300
+  grep -h "differs\|instead of\|error\| s$" $W/parity-bf16-*/err.txt 2>/dev/null | cut -c1-250 | head
+}

@@ -13,7 +13,7 @@
 # Usage (device tool): bash scripts/gpu_s10.sh [job seconds] [breakdown seconds]
 source scripts/gpu_env.sh
 LIMIT=${1:-300}; BD=${2:-150}
-C=$B/phi3v-plugin-conformance; D=/tmp/res; mkdir -p $D
+D=/tmp/res; mkdir -p $D
 { lscpu | grep -i "model name\|^CPU(s)\|hypervisor"; uname -r; nvidia-smi --query-gpu=name,driver_version --format=csv,noheader; } > $D/machine.txt
 cat $D/machine.txt
 cd target
@@ -27,9 +27,7 @@ cd $R
 # Seed the jobs with the compiled bf16 kernels of the breakdown.
 tar czf .gpu/cache.tgz -C target . 2>/dev/null
 job kernels-cuda env PHI3V_TEST_DEVICES=cuda:f32,cuda:bf16 $B/kernels --nocapture
-for c in $(echo astronaut_describe camera_gray_jpeg coffee_portrait long_context_two_images multi_turn panorama text_only tiny_rgba_upscaled two_images); do
-  job parity-bf16-$c $C --device cuda --parity-only --parity-dtype bf16 --cases $c
-done
+parity_jobs astronaut_describe camera_gray_jpeg coffee_portrait long_context_two_images multi_turn panorama text_only tiny_rgba_upscaled two_images
 job generate-cuda-f32 $B/phi3v "${GEN_TINY[@]}" --device cuda --dtype f32
 job generate-cuda-bf16 $B/phi3v "${GEN_TINY[@]}" --device cuda --dtype bf16
 job engine-cuda-f32 env PHI3V_TEST_DEVICES=cuda:f32 $B/engine --nocapture
@@ -44,7 +42,7 @@ cat $D/wgpu-diag.txt | head -40
 wait
 TAIL=6 show kernels-cuda generate-cuda-f32 generate-cuda-bf16 engine-cuda-f32 | grep -v "^cuda .*: [0-9.e-]* vs composed" | cut -c1-250
 grep -h "FAIL\|skinny\|linear \[" $W/kernels-cuda/err.txt | cut -c1-160 | head -20
-echo "=== parity bf16 (one job per case)"; cat $W/parity-bf16-*/out.txt | grep "^| [a-z]\|rc=" | sort -u | cut -c1-300
+parity_report
 # Greedy ids of generate against the fixture.
 for n in generate-cuda-f32 generate-cuda-bf16; do
   python3 scripts/greedy_check.py $W/$n/out.txt $R/tests/fixtures/cases/astronaut_describe.json $n

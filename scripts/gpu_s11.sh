@@ -11,7 +11,7 @@
 # Usage (device tool): bash scripts/gpu_s11.sh [job seconds] [breakdown seconds]
 source scripts/gpu_env.sh
 LIMIT=${1:-280}; BD=${2:-90}
-C=$B/phi3v-plugin-conformance; D=/tmp/res; mkdir -p $D
+D=/tmp/res; mkdir -p $D
 cd target
 breakdown() {
   local name=$1; shift
@@ -26,13 +26,11 @@ cd $R
 job kernels-cuda env PHI3V_TEST_DEVICES=cuda:f32,cuda:bf16 $B/kernels --nocapture
 job generate-cuda-f32 $B/phi3v "${GEN_TINY[@]}" --device cuda --dtype f32
 job generate-cuda-bf16 $B/phi3v "${GEN_TINY[@]}" --device cuda --dtype bf16
-for c in ${CASES:-astronaut_describe camera_gray_jpeg coffee_portrait long_context_two_images multi_turn panorama tiny_rgba_upscaled two_images}; do
-  job parity-bf16-$c $C --device cuda --parity-only --parity-dtype bf16 --cases $c
-done
+parity_jobs ${CASES:-astronaut_describe camera_gray_jpeg coffee_portrait long_context_two_images multi_turn panorama tiny_rgba_upscaled two_images}
 wait
 TAIL=6 show kernels-cuda generate-cuda-f32 generate-cuda-bf16 | grep -v "^cuda .*: [0-9.e-]* vs composed" | cut -c1-250
 grep -h "FAIL\|skinny\|linear \[\|decode_attention" $W/kernels-cuda/err.txt $W/kernels-cuda/out.txt | cut -c1-160 | head -30
-echo "=== parity bf16 (one job per case)"; cat $W/parity-bf16-*/out.txt | grep "^| [a-z]\|rc=" | sort -u | cut -c1-300
+parity_report
 for n in generate-cuda-f32 generate-cuda-bf16; do
   python3 scripts/greedy_check.py $W/$n/out.txt $R/tests/fixtures/cases/astronaut_describe.json $n
 done

@@ -7,7 +7,7 @@
 # Usage (device tool): bash scripts/gpu_s11b.sh [job seconds] [bench seconds]
 source scripts/gpu_env.sh
 LIMIT=${1:-280}; GEN=${2:-200}
-C=$B/phi3v-plugin-conformance; D=/tmp/res; mkdir -p $D
+D=/tmp/res; mkdir -p $D
 cd target
 timeout 80 $B/phi3v "${DECODE_BREAKDOWN[@]}" --decode-batches 1,10 --out $D/bd > $D/bd.log 2>&1
 echo "=== breakdown rc=$?"; grep "whole step\|Host:\|per kernel" $D/bd.log | cut -c1-200
@@ -18,14 +18,11 @@ echo "=== ours rc=$?"; grep "^generation" $D/ours.log
 cd $R
 job kernels-cuda env PHI3V_TEST_DEVICES=cuda:f32,cuda:bf16 $B/kernels --nocapture
 job engine-cuda-f32 env PHI3V_TEST_DEVICES=cuda:f32 $B/engine --nocapture
-for c in ${CASES:-long_context_two_images coffee_portrait astronaut_describe two_images}; do
-  job parity-bf16-$c $C --device cuda --parity-only --parity-dtype bf16 --cases $c
-done
+parity_jobs ${CASES:-long_context_two_images coffee_portrait astronaut_describe two_images}
 wait
 TAIL=8 show kernels-cuda engine-cuda-f32 | grep -v "^cuda .*: [0-9.e-]* vs composed" | cut -c1-250
 grep -h "FAIL\|paged\|decode_attention \[1, 32\|linear \[10" $W/kernels-cuda/err.txt $W/kernels-cuda/out.txt | cut -c1-200 | head -20
-echo "=== parity bf16 (one job per case)"; cat $W/parity-bf16-*/out.txt | grep "^| [a-z]\|rc=" | sort -u | cut -c1-300
-grep -h "differs\|instead of\|error" $W/parity-bf16-*/err.txt | cut -c1-250 | head
+parity_report
 collect
 cp $D/*.log /tmp/res/ 2>/dev/null; cp -r $D/bd $D/ours /tmp/res/ 2>/dev/null
 tar czf $OUT/round.tgz -C /tmp/res . && ls -la $OUT

@@ -7,7 +7,7 @@
 # Usage (device tool): bash scripts/gpu_s11c.sh [job seconds]
 source scripts/gpu_env.sh
 LIMIT=${1:-280}
-C=$B/phi3v-plugin-conformance; D=/tmp/res; mkdir -p $D
+D=/tmp/res; mkdir -p $D
 cd target
 timeout 70 $B/phi3v "${DECODE_BREAKDOWN[@]}" --decode-batches 1,10 --out $D/bd > $D/bd.log 2>&1
 echo "=== breakdown rc=$?"; grep "whole step\|Host:\|per kernel" $D/bd.log | cut -c1-200
@@ -17,14 +17,11 @@ timeout 100 $B/phi3v bench run --preset phi3v-128k --device cuda --scenarios gen
 echo "=== ours rc=$?"; grep "^generation" $D/ours.log
 cd $R
 job kernels-cuda-bf16 env PHI3V_TEST_DEVICES=cuda:bf16 $B/kernels --nocapture
-for c in ${CASES:-long_context_two_images}; do
-  job parity-bf16-$c $C --device cuda --parity-only --parity-dtype bf16 --cases $c
-done
+parity_jobs ${CASES:-long_context_two_images}
 wait
 TAIL=8 show kernels-cuda-bf16 | grep -v "^cuda .*: [0-9.e-]* vs composed" | cut -c1-250
 grep -h "FAIL\|paged\|linear \[10\|linear \[16\|linear \[4," $W/kernels-cuda-bf16/err.txt $W/kernels-cuda-bf16/out.txt | cut -c1-200 | head -20
-echo "=== parity bf16"; cat $W/parity-bf16-*/out.txt | grep "^| [a-z]\|rc=" | sort -u | cut -c1-300
-grep -h "differs\|instead of\|error\| s$" $W/parity-bf16-*/err.txt | cut -c1-250 | head
+parity_report
 collect
 cp $D/*.log /tmp/res/ 2>/dev/null; cp -r $D/bd $D/ours /tmp/res/ 2>/dev/null
 tar czf $OUT/round.tgz -C /tmp/res . && ls -la $OUT
