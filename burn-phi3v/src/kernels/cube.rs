@@ -770,12 +770,15 @@ fn decode_attention_planes<R: CubeRuntime>(
     let client = q.client.clone();
     let (dtype, head_dim) = (q.dtype, q.meta.shape()[q.meta.shape().num_dims() - 1]);
     let (splits, chunk) = decode_splits(&client, batch_heads, keys);
-    // Each split's unnormalised output, maximum and sum: `head_dim + 2` values per cube.
-    let partials = empty_device_contiguous_dtype(client.clone(), q.device.clone(), [batch_heads * splits * (head_dim + 2)].into(), DType::F32);
+    // Each split's unnormalised output, maximum and sum: `head_dim + 2` values per cube (one
+    // unused value when the keys are not split).
+    let partial_values = if splits > 1 { batch_heads * splits * (head_dim + 2) } else { 1 };
+    let partials = empty_device_contiguous_dtype(client.clone(), q.device.clone(), [partial_values].into(), DType::F32);
     let paged = pages.is_some();
+    // Without pages the kernel reads neither table: one unused value stands for both.
     let (tables, lengths, blocks, block_size) = pages.unwrap_or_else(|| {
-        let none = || empty_device_contiguous_dtype(client.clone(), q.device.clone(), [1].into(), DType::I32);
-        (none(), none(), 1, 1)
+        let none = empty_device_contiguous_dtype(client.clone(), q.device.clone(), [1].into(), DType::I32);
+        (none.clone(), none, 1, 1)
     });
     let int_dtype = tables.dtype;
     let address = [&q, &k, &v, &output, &partials, &tables]
@@ -1156,8 +1159,14 @@ fn skinny_linear_kernel<E: Float, N: Size>(
     let unit = UNIT_POS as usize;
     let units = planes * lanes;
     let sums = rows * columns;
-    // This plane's first output column; where it starts and how it strides over d_in.
-    let first = if split { CUBE_POS * columns } else { (CUBE_POS * planes + plane) * columns };
+    // Units sharing `columns` columns form a group: the cube (split) or each plane (not).
+    let groups = comptime![if split { 1 } else { planes }];
+    let mut group = plane;
+    if split {
+        group = 0;
+    }
+    // The group's first output column; where this unit starts and how it strides over d_in.
+    let first = (CUBE_POS * groups + group) * columns;
     let (start, step) = if split { (unit, units) } else { (lane, lanes) };
 
     let mut acc = Array::<f32>::new(sums);
@@ -1193,21 +1202,15 @@ fn skinny_linear_kernel<E: Float, N: Size>(
         }
         j += step;
     }
-    // Sum i (= r · columns + c) of every unit that shares it: `parts` partials per sum, at
-    // `(group · sums + i) · parts + p`, where a group is the cube (split) or a plane (not).
+    // Sum i (= r · columns + c) of every unit of a group: `parts` partials per sum, at
+    // `(group · sums + i) · parts + p`.
     let parts = comptime![match (split, plane_reduce) {
         (true, true) => planes,
         (true, false) => planes * lanes,
         (false, true) => 1,
         (false, false) => lanes,
     }];
-    let groups = comptime![if split { 1 } else { planes }];
-    // Where this unit's partial goes: its group (the cube when split: 0; else its plane) and
-    // its part within the group (its plane or unit when split, its lane or 0 when not).
-    let mut group = plane;
-    if split {
-        group = 0;
-    }
+    // This unit's part within its group: its plane or unit when split, its lane or 0 when not.
     let mut part = if split { unit } else { lane };
     if plane_reduce {
         part = plane;
@@ -1228,7 +1231,7 @@ fn skinny_linear_kernel<E: Float, N: Size>(
     let mut k = unit;
     while k < groups * sums {
         let (g, i) = (k / sums, k % sums);
-        let column = if split { first + i % columns } else { (CUBE_POS * planes + g) * columns + i % columns };
+        let column = (CUBE_POS * groups + g) * columns + i % columns;
         if column < d_out {
             let mut sum = partials[k * parts];
             for p in 1..parts {
