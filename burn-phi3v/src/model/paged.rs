@@ -50,8 +50,14 @@ impl<B: Backend> PagedLayer<B> {
     /// # Shapes
     /// `slots`: `[n]` → (`[n, kv_heads, head_dim]`, `[n, kv_heads, head_dim]`)
     fn gather(&self, slots: Tensor<B, 1, Int>) -> (Tensor<B, 3>, Tensor<B, 3>) {
-        let get = |pool: &Option<Tensor<B, 3>>| pool.clone().expect("the pool is only empty inside write").select(0, slots.clone());
-        (get(&self.k), get(&self.v))
+        let (k, v) = self.pools();
+        (k.clone().select(0, slots.clone()), v.clone().select(0, slots))
+    }
+
+    /// The key and value pools, `[slots, kv_heads, head_dim]` each.
+    fn pools(&self) -> (&Tensor<B, 3>, &Tensor<B, 3>) {
+        const FULL: &str = "the pool is only empty inside write";
+        (self.k.as_ref().expect(FULL), self.v.as_ref().expect(FULL))
     }
 }
 
@@ -256,15 +262,14 @@ impl<B: Backend> PagedBatch<B> {
 /// `q`: `[tokens, heads, head_dim]` (rotated) → `[tokens, heads · head_dim]`
 pub fn paged_attention<B: Kernels>(q: Tensor<B, 3>, layer: &PagedLayer<B>, batch: &PagedBatch<B>) -> Tensor<B, 2> {
     let [tokens, heads, hd] = q.dims();
-    let pool = |p: &Option<Tensor<B, 3>>| p.clone().expect("the pool is only empty inside write");
     let mut outputs: Vec<Tensor<B, 2>> = Vec::new();
     if let Some(d) = &batch.decode {
         let q = match &d.query_index {
             Some(index) => q.clone().select(0, index.clone()),
             None => q.clone(),
         };
-        let (k, v) = (pool(&layer.k), pool(&layer.v));
-        let out = kernels::paged_decode_attention(q, &k, &v, &d.block_tables, &d.lengths, batch.block_size, d.keys);
+        let (k, v) = layer.pools();
+        let out = kernels::paged_decode_attention(q, k, v, &d.block_tables, &d.lengths, batch.block_size, d.keys);
         outputs.push(out.reshape([d.rows, heads * hd]));
     }
     for c in &batch.chunks {
