@@ -97,6 +97,18 @@ def phase(cfg, W, time_it, b, s, ctx, dev, dtype):
     stage("gate_up_proj", 1, time_it(lambda: F.linear(x, W["gate_up"])))
     stage("silu(gate)·up", 1, time_it(lambda: gate_up[..., inter:] * F.silu(gate_up[..., :inter])))
     stage("down_proj", 1, time_it(lambda: F.linear(act, W["down"])))
+    # The projections as burn-phi3v's decoder layer runs them (each fused with the norm before
+    # or the residual add / SiLU·mul after): the same work here in eager PyTorch, under the
+    # names `phi3v bench breakdown` gives them (composites of the stages above: not to be
+    # added to them).
+    stage("input_layernorm + qkv_proj", 1, time_it(lambda: F.linear(rms_norm(x, W["ln"], eps), W["qkv"])))
+    stage("o_proj + residual add", 1, time_it(lambda: x + F.linear(attn_out, W["o"])))
+
+    def norm_gate_up_act():
+        gu = F.linear(rms_norm(x, W["ln"], eps), W["gate_up"])
+        return gu[..., inter:] * F.silu(gu[..., :inter])
+    stage("post_attention_layernorm + gate_up_proj + silu(gate)·up", 1, time_it(norm_gate_up_act))
+    stage("down_proj + residual add", 1, time_it(lambda: x + F.linear(act, W["down"])))
     stage("rotary tables (host)", 0, time_it(lambda: tables(inv_freq, positions, mscale, dtype)))
     last = x[:, -1:]
     stage("final norm", 0, time_it(lambda: rms_norm(last, W["ln"], eps)))

@@ -328,7 +328,7 @@ fn model_ops<B: Kernels>(c: &mut Ctx<B>) {
         set_kernel_policy(if fused { KernelPolicy::Forced } else { KernelPolicy::Off });
         let how = if fused { "kernel" } else { "composed" };
         c.record(format!("Phi3RMSNorm [2, 9, 256], {how}"), 256, norm.forward(x.clone()));
-        let (sum, normed) = norm.forward_residual(x.clone(), Some(residual.clone()));
+        let (sum, normed) = kernels::add_rms_norm(x.clone(), residual.clone(), &norm.weight, norm.eps);
         c.record(format!("residual add + Phi3RMSNorm [2, 9, 256] (sum, normed), {how}"), 256, Tensor::cat(vec![sum, normed], 2));
         c.record(format!("rotary, 4 heads of 96 from a qkv row [2, 9, 384], {how}"), 1, kernels::rotary(q.clone(), &cos, &sin, 96));
         // Rotation, head split and KV-cache append in one: 4 query heads, 4 kv heads of 96,
@@ -342,6 +342,13 @@ fn model_ops<B: Kernels>(c: &mut Ctx<B>) {
         for x in [&x1, &x3] {
             let rows = x.dims()[1];
             c.record(format!("linear [{rows}, 256] · [256, 40] (decode-step rows), {how}"), 256, kernels::linear(x.clone(), &weight, None));
+            // With the decoder layer's fused steps: the norm before, the residual add or
+            // up · silu(gate) after.
+            c.record(format!("RMSNorm then linear [{rows}, 256] · [256, 40], {how}"), 256, kernels::norm_linear(x.clone(), &norm.weight, norm.eps, &weight));
+            let act = kernels::norm_linear_silu_mul(x.clone(), &norm.weight, norm.eps, &weight);
+            c.record(format!("RMSNorm, linear [{rows}, 256] · [256, 40], up·silu(gate), {how}"), 256, act);
+            let res = residual.clone().narrow(0, 0, 1).narrow(1, 0, rows).narrow(2, 0, 40);
+            c.record(format!("linear [{rows}, 256] · [256, 40] + residual, {how}"), 256, kernels::linear_add(x.clone(), &weight, res));
         }
     }
     set_kernel_policy(policy);

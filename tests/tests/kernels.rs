@@ -205,6 +205,22 @@ impl KernelJob {
             });
             compare(format!("skinny_linear [1, {d_in}] · [{d_in}, {d_out}]"), d_in, outputs);
         }
+        // The decoder layer's fused projections: the norm before `qkv_proj` / `gate_up_proj`
+        // (with up · silu(gate) after the latter) and the residual add after `o_proj` /
+        // `down_proj`, at 1, 3 (d_in split over planes), 10 and 16 rows (planes of their own
+        // columns), widths off the vector width and a cube's columns; 17 rows compose.
+        for (rows, d_in, d_out) in [(1, 1536, 136), (3, 300, 38), (10, 1000, 64), (16, 96, 10), (1, 8192, 40), (17, 64, 24)] {
+            let x = tensor(input(vec![rows * d_in], 1.0)).reshape([1, rows, d_in]);
+            let weight = tensor(input(vec![d_out * d_in], 0.05)).reshape([d_out, d_in]).transpose();
+            let norm = tensor(input(vec![d_in], 1.0));
+            let residual = tensor(input(vec![rows * d_out], 1.0)).reshape([1, rows, d_out]);
+            let outputs = both(&|| kernels::norm_linear(x.clone(), &norm, 1e-5, &weight));
+            compare(format!("norm_linear [{rows}, {d_in}] · [{d_in}, {d_out}]"), d_in, outputs);
+            let outputs = both(&|| kernels::norm_linear_silu_mul(x.clone(), &norm, 1e-5, &weight));
+            compare(format!("norm_linear_silu_mul [{rows}, {d_in}] · [{d_in}, {d_out}]"), d_in, outputs);
+            let outputs = both(&|| kernels::linear_add(x.clone(), &weight, residual.clone()));
+            compare(format!("linear_add [{rows}, {d_in}] · [{d_in}, {d_out}]"), d_in, outputs);
+        }
         // Inputs must be random, never constant: a kernel reading the wrong element of a constant
         // tensor would pass.
         let x = tensor(input(vec![64], 1.0));

@@ -87,6 +87,28 @@ where
         skinny_linear(x, weight)
     }
 
+    fn fused_linear(x: FloatTensor<Self>, weight: FloatTensor<Self>, norm: Option<(FloatTensor<Self>, f64)>, epilogue: super::Epilogue<Self>) -> FloatTensor<Self> {
+        let [rows, d_in] = [x.meta.shape()[0], x.meta.shape()[1]];
+        let shape = weight.meta.shape().clone();
+        let d_out = shape[1];
+        let transposed = weight.meta.strides()[0] == 1 && weight.meta.strides()[1] == shape[0];
+        let norm_fits = norm.as_ref().is_none_or(|(w, _)| w.meta.shape().num_elements() == d_in && w.dtype == x.dtype);
+        let epilogue_fits = match &epilogue {
+            super::Epilogue::None => true,
+            super::Epilogue::Residual(r) => r.meta.shape().as_slice() == [rows, d_out] && r.dtype == x.dtype,
+            super::Epilogue::SiluMul => d_out.is_multiple_of(2),
+        };
+        if !runs_here(&x.client) || !transposed || rows == 0 || rows > super::SKINNY_ROWS || !norm_fits || !epilogue_fits {
+            return super::default_fused_linear::<Self>(x, weight, norm, epilogue);
+        }
+        let epilogue = match epilogue {
+            super::Epilogue::None => Fused::None,
+            super::Epilogue::Residual(r) => Fused::Residual(r),
+            super::Epilogue::SiluMul => Fused::SiluMul,
+        };
+        fused_linear(x, weight, norm, epilogue)
+    }
+
     fn decode_attention(q: FloatTensor<Self>, k: FloatTensor<Self>, v: FloatTensor<Self>) -> FloatTensor<Self> {
         let head_dim = q.meta.shape()[3];
         if head_dim > ROW_UNITS as usize || head_dim == 0 || !runs_here(&q.client) {
@@ -1125,15 +1147,21 @@ const SKINNY_SHARED_BYTES: usize = 32 * 1024;
 
 /// `x · weightᵀ` for `rows` ≤ 16 rows of `x` (`[rows, d_in]`, contiguous) and the checkpoint's
 /// weight rows (`[d_out, d_in]`, contiguous), both read in vectors of `N` values, by cubes of
-/// `planes` planes of `lanes` units, each plane's lanes over `columns` output columns at once
-/// (one weight load per column in flight together, each input vector read once for all the
-/// columns, `rows × columns` f32 sums per unit and no barrier in the loop):
-/// - `split` (few rows): the cube's planes share its `columns` columns and split `d_in`
+/// `planes` planes of `lanes` units, each plane's lanes over `columns` weight rows at once
+/// (one weight load per row in flight together, each input vector read and converted once for
+/// all of them, `rows × columns` f32 sums per unit and no barrier in the loop):
+/// - `split` (few rows): the cube's planes share its `columns` weight rows and split `d_in`
 ///   between them (split-K inside the cube: unit `u` takes vectors `u, u + planes·lanes, …`),
 ///   so that one row and few columns still keep enough loads in flight;
-/// - else: each plane has `columns` columns of its own over the whole of `d_in` (lane `l`
+/// - else: each plane has `columns` weight rows of its own over the whole of `d_in` (lane `l`
 ///   takes vectors `l, l + lanes, …`); with more rows a cube's arithmetic per weight load
 ///   grows and its planes share the input rows through the cache.
+///
+/// Fused steps (comptime): `norm` makes the input `Phi3RMSNorm(x)` with `norm_weight` and
+/// `eps` (each cube sums the rows' squares first); `silu` pairs the weight rows (a group's
+/// first `columns / 2` are gate rows `o`, the others the up rows `o + d_out`) and writes
+/// `up · SiLU(gate)` to output column `o` of `d_out`; `add` adds `residual` to the output.
+/// Each step rounds to `E` where the composed steps do.
 ///
 /// The sums meet by plane sums and shared memory (`plane_reduce`, where the hardware plane is
 /// `lanes`), else through one shared-memory slot per unit. Columns past `d_out` read the last
@@ -1142,15 +1170,21 @@ const SKINNY_SHARED_BYTES: usize = 32 * 1024;
 fn skinny_linear_kernel<E: Float, N: Size>(
     x: &Array<Vector<E, N>>,
     weight: &Array<Vector<E, N>>,
+    norm_weight: &Array<Vector<E, N>>,
+    residual: &Array<E>,
     output: &mut Array<E>,
     vectors: usize,
     d_out: usize,
+    eps: f32,
     #[comptime] rows: usize,
     #[comptime] planes: usize,
     #[comptime] lanes: usize,
     #[comptime] columns: usize,
     #[comptime] split: bool,
     #[comptime] plane_reduce: bool,
+    #[comptime] norm: bool,
+    #[comptime] silu: bool,
+    #[comptime] add: bool,
     #[define(E)] _dtype: StorageType,
 ) {
     let width = N::value();
@@ -1159,15 +1193,62 @@ fn skinny_linear_kernel<E: Float, N: Size>(
     let unit = UNIT_POS as usize;
     let units = planes * lanes;
     let sums = rows * columns;
-    // Units sharing `columns` columns form a group: the cube (split) or each plane (not).
+    // Output columns per group: one per weight row, or one per (gate, up) pair.
+    let outs = comptime![if silu { columns / 2 } else { columns }];
+    // Units sharing `columns` weight rows form a group: the cube (split) or each plane (not).
     let groups = comptime![if split { 1 } else { planes }];
     let mut group = plane;
     if split {
         group = 0;
     }
     // The group's first output column; where this unit starts and how it strides over d_in.
-    let first = (CUBE_POS * groups + group) * columns;
+    let first = (CUBE_POS * groups + group) * outs;
     let (start, step) = if split { (unit, units) } else { (lane, lanes) };
+    // Where each unit's part of a cube-wide sum goes: per plane after a plane sum, else per unit.
+    let parts_cube = comptime![if plane_reduce { planes } else { planes * lanes }];
+    let mut part_cube = unit;
+    if plane_reduce {
+        part_cube = plane;
+    }
+
+    // The norm's 1 / sqrt(mean(x²) + eps) of each row, from every unit's share of the row.
+    let mut inv = Array::<f32>::new(rows);
+    if norm {
+        #[unroll]
+        for r in 0..rows {
+            inv[r] = f32::new(0.0);
+        }
+        let mut j = unit;
+        while j < vectors {
+            #[unroll]
+            for r in 0..rows {
+                let xv = x[r * vectors + j];
+                #[unroll]
+                for e in 0..width {
+                    let v = f32::cast_from(xv[e]);
+                    inv[r] += v * v;
+                }
+            }
+            j += units;
+        }
+        let mut squares = SharedMemory::<f32>::new(rows * parts_cube);
+        #[unroll]
+        for r in 0..rows {
+            let s = if plane_reduce { plane_sum(inv[r]) } else { inv[r] };
+            if !plane_reduce || lane == 0 {
+                squares[r * parts_cube + part_cube] = s;
+            }
+        }
+        sync_cube();
+        #[unroll]
+        for r in 0..rows {
+            let mut total = squares[r * parts_cube];
+            for p in 1..parts_cube {
+                total += squares[r * parts_cube + p];
+            }
+            inv[r] = f32::new(1.0) / f32::sqrt(total / f32::cast_from(vectors * width) + eps);
+        }
+    }
 
     let mut acc = Array::<f32>::new(sums);
     #[unroll]
@@ -1177,25 +1258,42 @@ fn skinny_linear_kernel<E: Float, N: Size>(
     let mut bases = Array::<usize>::new(columns);
     #[unroll]
     for c in 0..columns {
-        bases[c] = min(first + c, d_out - 1) * vectors;
+        if c < outs {
+            bases[c] = min(first + c, d_out - 1) * vectors;
+        } else {
+            bases[c] = (d_out + min(first + c - outs, d_out - 1)) * vectors;
+        }
     }
     let mut w = Array::<Vector<E, N>>::new(columns);
+    let mut xs = Array::<f32>::new(width);
     let mut j = start;
     while j < vectors {
         #[unroll]
         for c in 0..columns {
             w[c] = weight[bases[c] + j];
         }
+        let mut nv = w[0];
+        if norm {
+            nv = norm_weight[j];
+        }
         #[unroll]
         for r in 0..rows {
             let xv = x[r * vectors + j];
             #[unroll]
+            for e in 0..width {
+                if norm {
+                    xs[e] = f32::cast_from(E::cast_from(f32::cast_from(xv[e]) * inv[r]) * nv[e]);
+                } else {
+                    xs[e] = f32::cast_from(xv[e]);
+                }
+            }
+            #[unroll]
             for c in 0..columns {
                 let wc = w[c];
-                let mut dot = f32::cast_from(wc[0]) * f32::cast_from(xv[0]);
+                let mut dot = f32::cast_from(wc[0]) * xs[0];
                 #[unroll]
                 for e in 1..width {
-                    dot += f32::cast_from(wc[e]) * f32::cast_from(xv[e]);
+                    dot += f32::cast_from(wc[e]) * xs[e];
                 }
                 acc[r * columns + c] += dot;
             }
@@ -1227,30 +1325,47 @@ fn skinny_linear_kernel<E: Float, N: Size>(
         }
     }
     sync_cube();
-    // One unit per (group, sum) adds its partials and writes the output.
+    // One unit per (group, row, output column) adds its partials and writes the output.
+    let per_group = rows * outs;
     let mut k = unit;
-    while k < groups * sums {
-        let (g, i) = (k / sums, k % sums);
-        let column = (CUBE_POS * groups + g) * columns + i % columns;
+    while k < groups * per_group {
+        let (g, r, o) = (k / per_group, (k % per_group) / outs, k % outs);
+        let column = (CUBE_POS * groups + g) * outs + o;
         if column < d_out {
-            let mut sum = partials[k * parts];
+            let at = (g * sums + r * columns + o) * parts;
+            let mut sum = partials[at];
             for p in 1..parts {
-                sum += partials[k * parts + p];
+                sum += partials[at + p];
             }
-            output[(i / columns) * d_out + column] = E::cast_from(sum);
+            let index = r * d_out + column;
+            if silu {
+                // The up row's sums are `outs` sums later.
+                let up_at = at + outs * parts;
+                let mut up = partials[up_at];
+                for p in 1..parts {
+                    up += partials[up_at + p];
+                }
+                let gate = f32::cast_from(E::cast_from(sum));
+                output[index] = E::cast_from(up) * E::cast_from(gate / (f32::new(1.0) + f32::exp(-gate)));
+            } else if add {
+                output[index] = E::cast_from(sum) + residual[index];
+            } else {
+                output[index] = E::cast_from(sum);
+            }
         }
         k += units;
     }
 }
 
 /// Values per vector load: the widest of 8, 4, 2 that the runtime loads at once for this
-/// dtype, that divides `d_in`, and that both buffers' offsets are aligned to; else 1.
-fn skinny_vector_size<R: CubeRuntime>(x: &CubeTensor<R>, weight: &CubeTensor<R>, d_in: usize) -> usize {
-    let bytes = x.dtype.size();
+/// dtype, that divides `d_in`, and that every buffer's offset is aligned to; else 1.
+fn skinny_vector_size<R: CubeRuntime>(buffers: &[&CubeTensor<R>], d_in: usize) -> usize {
+    let bytes = buffers[0].dtype.size();
     let aligned = |t: &CubeTensor<R>, n: usize| t.handle.offset_start.unwrap_or(0).is_multiple_of((n * bytes) as u64);
-    x.client
+    buffers[0]
+        .client
         .io_optimized_vector_sizes(bytes)
-        .filter(|&n| n <= 8 && d_in.is_multiple_of(n) && aligned(x, n) && aligned(weight, n))
+        .filter(|&n| n <= 8 && d_in.is_multiple_of(n) && buffers.iter().all(|t| aligned(t, n)))
         .max()
         .unwrap_or(1)
 }
@@ -1276,24 +1391,57 @@ fn skinny_shape<R: CubeRuntime>(client: &ComputeClient<R>, rows: usize, vectors:
 /// `x · weight` for a few rows; see [`Kernels::skinny_linear`]. `weight` is the transposed
 /// view of contiguous `[d_out, d_in]` rows.
 pub(crate) fn skinny_linear<R: CubeRuntime>(x: CubeTensor<R>, weight: CubeTensor<R>) -> CubeTensor<R> {
+    fused_linear(x, weight, None, Fused::None)
+}
+
+/// [`Kernels::fused_linear`]'s epilogue as the kernel takes it.
+pub(crate) enum Fused<R: CubeRuntime> {
+    None,
+    Residual(CubeTensor<R>),
+    SiluMul,
+}
+
+/// `x · weight` for a few rows with the norm before and `epilogue` after; see
+/// [`Kernels::fused_linear`]. `weight` is the transposed view of contiguous `[d_out, d_in]`
+/// rows; `residual` has the output's shape and dtype.
+pub(crate) fn fused_linear<R: CubeRuntime>(x: CubeTensor<R>, weight: CubeTensor<R>, norm: Option<(CubeTensor<R>, f64)>, epilogue: Fused<R>) -> CubeTensor<R> {
     let x = into_contiguous(x);
     let [rows, d_in] = [x.meta.shape()[0], x.meta.shape()[1]];
-    let d_out = weight.meta.shape()[1];
+    let silu = matches!(epilogue, Fused::SiluMul);
+    // Output columns: one per weight row, or one per (gate, up) pair.
+    let d_out = weight.meta.shape()[1] / if silu { 2 } else { 1 };
     // The checkpoint's rows again: `[d_out, d_in]`, last dimension contiguous.
     let weight = CubeBackend::<R, f32, i32, u8>::float_swap_dims(weight, 0, 1);
     let output = empty_device_contiguous_dtype(x.client.clone(), x.device.clone(), [rows, d_out].into(), x.dtype);
     if d_out == 0 {
         return output;
     }
-    let vector_size = skinny_vector_size(&x, &weight, d_in);
+    let (norm_weight, eps) = match norm {
+        Some((w, eps)) => (Some(into_contiguous(w)), eps),
+        None => (None, 0.0),
+    };
+    let residual = match epilogue {
+        Fused::Residual(r) => Some(into_contiguous(r)),
+        _ => None,
+    };
+    let mut buffers = vec![&x, &weight];
+    buffers.extend(norm_weight.iter());
+    let vector_size = skinny_vector_size(&buffers, d_in);
     let vectors = d_in / vector_size;
     let (lanes, planes, split, plane_reduce) = skinny_shape(&x.client, rows, vectors);
-    let cube_columns = if split { SKINNY_COLUMNS } else { planes * SKINNY_COLUMNS };
-    let address = [x.required_address_type(), weight.required_address_type(), output.required_address_type()]
+    let group_columns = if silu { SKINNY_COLUMNS / 2 } else { SKINNY_COLUMNS };
+    let cube_columns = if split { group_columns } else { planes * group_columns };
+    let address = [&x, &weight, &output]
         .into_iter()
+        .chain(residual.iter())
+        .map(|t| t.required_address_type())
         .max()
         .unwrap_or_default();
     let dtype = x.dtype;
+    let (norm, add) = (norm_weight.is_some(), residual.is_some());
+    // Unused buffers are stood in for by ones of the right kind (never read).
+    let norm_weight = norm_weight.unwrap_or_else(|| weight.clone());
+    let residual = residual.unwrap_or_else(|| x.clone());
     unsafe {
         skinny_linear_kernel::launch_unchecked(
             &output.client,
@@ -1303,15 +1451,21 @@ pub(crate) fn skinny_linear<R: CubeRuntime>(x: CubeTensor<R>, weight: CubeTensor
             vector_size,
             x.into_array_arg(),
             weight.into_array_arg(),
+            norm_weight.into_array_arg(),
+            residual.into_array_arg(),
             output.clone().into_array_arg(),
             vectors,
             d_out,
+            eps as f32,
             rows,
             planes,
             lanes,
             SKINNY_COLUMNS,
             split,
             plane_reduce,
+            norm,
+            silu,
+            add,
             dtype.into(),
         )
     };

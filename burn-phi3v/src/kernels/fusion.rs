@@ -21,6 +21,17 @@ enum Kind {
     SiluMul,
     DecodeAttention,
     SkinnyLinear,
+    /// Inputs: `x`, `weight`, then the norm's weight when `norm_eps` is given, then the
+    /// residual when `then` is [`Then::Residual`].
+    FusedLinear { norm_eps: Option<f64>, then: Then },
+}
+
+/// [`super::Epilogue`] without its tensor.
+#[derive(Clone, Copy, Debug)]
+enum Then {
+    Nothing,
+    Residual,
+    SiluMul,
 }
 
 /// A custom operation of the fusion stream running one [`Kernels`] step of the inner backend.
@@ -44,6 +55,16 @@ impl<B: FusionBackend + Kernels> Operation<B::FusionRuntime> for Step<B> {
             Kind::SiluMul => vec![B::silu_mul(input(0))],
             Kind::DecodeAttention => vec![B::decode_attention(input(0), input(1), input(2))],
             Kind::SkinnyLinear => vec![B::skinny_linear(input(0), input(1))],
+            Kind::FusedLinear { norm_eps, then } => {
+                let (x, weight) = (input(0), input(1));
+                let norm = norm_eps.map(|eps| (input(2), eps));
+                let epilogue = match then {
+                    Then::Nothing => super::Epilogue::None,
+                    Then::Residual => super::Epilogue::Residual(input(2 + usize::from(norm_eps.is_some()))),
+                    Then::SiluMul => super::Epilogue::SiluMul,
+                };
+                vec![B::fused_linear(x, weight, norm, epilogue)]
+            }
         };
         for (output, result) in self.desc.outputs.iter().zip(results) {
             handles.register_float_tensor::<B>(&output.id, result);
@@ -105,6 +126,25 @@ impl<B: FusionBackend + Kernels> Kernels for Fusion<B> {
     fn skinny_linear(x: FloatTensor<Self>, weight: FloatTensor<Self>) -> FloatTensor<Self> {
         let shape = Shape::new([x.shape[0], weight.shape[1]]);
         register::<B>("phi3v_skinny_linear", Kind::SkinnyLinear, vec![x, weight], shape)
+    }
+
+    fn fused_linear(x: FloatTensor<Self>, weight: FloatTensor<Self>, norm: Option<(FloatTensor<Self>, f64)>, epilogue: super::Epilogue<Self>) -> FloatTensor<Self> {
+        let d_out = weight.shape[1];
+        let mut inputs = vec![x, weight];
+        let rows = inputs[0].shape[0];
+        let norm_eps = norm.map(|(w, eps)| {
+            inputs.push(w);
+            eps
+        });
+        let (then, width) = match epilogue {
+            super::Epilogue::None => (Then::Nothing, d_out),
+            super::Epilogue::Residual(r) => {
+                inputs.push(r);
+                (Then::Residual, d_out)
+            }
+            super::Epilogue::SiluMul => (Then::SiluMul, d_out / 2),
+        };
+        register::<B>("phi3v_fused_linear", Kind::FusedLinear { norm_eps, then }, inputs, Shape::new([rows, width]))
     }
 
     fn decode_attention(q: FloatTensor<Self>, k: FloatTensor<Self>, v: FloatTensor<Self>) -> FloatTensor<Self> {

@@ -110,6 +110,18 @@ pub trait Kernels: Backend {
         default_skinny_linear::<Self>(x, weight)
     }
 
+    /// [`Kernels::skinny_linear`] with the model's step before it and after it in the same
+    /// pass over the weights: `Phi3RMSNorm` of `x` first (`norm`: its weight and epsilon),
+    /// and then `epilogue` (a residual add, or `up · SiLU(gate)` of the two halves of the
+    /// output). Each step rounds to the dtype where the composed steps do.
+    ///
+    /// # Shapes
+    /// `x`: `[rows, d_in]`; `weight`: `[d_in, d_out]`; `norm`'s weight `[d_in]` → `[rows,
+    /// d_out]`, or `[rows, d_out / 2]` after [`Epilogue::SiluMul`]
+    fn fused_linear(x: FloatTensor<Self>, weight: FloatTensor<Self>, norm: Option<(FloatTensor<Self>, f64)>, epilogue: Epilogue<Self>) -> FloatTensor<Self> {
+        default_fused_linear::<Self>(x, weight, norm, epilogue)
+    }
+
     /// Attention of one new query row over every key, no mask, `scale = 1/sqrt(head_dim)`:
     /// a decode step. Keys and values have `kv_heads` heads (grouped-query attention: query
     /// head `h` reads kv head `h / (heads / kv_heads)`).
@@ -233,6 +245,45 @@ fn default_skinny_linear<B: Backend>(x: FloatTensor<B>, weight: FloatTensor<B>) 
     let x = Tensor::<B, 2>::from_primitive(TensorPrimitive::Float(x));
     let weight = Tensor::<B, 2>::from_primitive(TensorPrimitive::Float(weight));
     burn::tensor::module::linear(x, weight, None).into_primitive().tensor()
+}
+
+/// What [`Kernels::fused_linear`] does with the product.
+#[derive(Debug, Clone)]
+pub enum Epilogue<B: Backend> {
+    /// Nothing: the product.
+    None,
+    /// `residual + product` (`[rows, d_out]`, the dtype of the product).
+    Residual(FloatTensor<B>),
+    /// `up · SiLU(gate)` of the product's halves `[gate | up]` (`Phi3MLP` after
+    /// `gate_up_proj`).
+    SiluMul,
+}
+
+/// [`Kernels::fused_linear`]'s default, for implementations that fall back to it: the
+/// backend's [`Kernels::rms_norm`], [`Kernels::skinny_linear`] and [`Kernels::silu_mul`] one
+/// after the other, the residual added by Burn.
+pub(crate) fn default_fused_linear<B: Kernels>(x: FloatTensor<B>, weight: FloatTensor<B>, norm: Option<(FloatTensor<B>, f64)>, epilogue: Epilogue<B>) -> FloatTensor<B> {
+    let t2 = |t| Tensor::<B, 2>::from_primitive(TensorPrimitive::Float(t));
+    let x = match norm {
+        Some((w, eps)) => {
+            let [rows, d] = t2(x.clone()).dims();
+            let x3 = t2(x).reshape([1, rows, d]).into_primitive().tensor();
+            let normed = Tensor::<B, 3>::from_primitive(TensorPrimitive::Float(B::rms_norm(x3, w, eps)));
+            normed.reshape([rows, d]).into_primitive().tensor()
+        }
+        None => x,
+    };
+    let product = B::skinny_linear(x, weight);
+    match epilogue {
+        Epilogue::None => product,
+        Epilogue::Residual(residual) => (t2(residual) + t2(product)).into_primitive().tensor(),
+        Epilogue::SiluMul => {
+            let [rows, d] = t2(product.clone()).dims();
+            let p3 = t2(product).reshape([1, rows, d]).into_primitive().tensor();
+            let act = Tensor::<B, 3>::from_primitive(TensorPrimitive::Float(B::silu_mul(p3)));
+            act.reshape([rows, d / 2]).into_primitive().tensor()
+        }
+    }
 }
 
 /// [`Kernels::decode_attention`]'s default, for implementations that fall back to it.
@@ -403,7 +454,7 @@ pub fn fused_kernels() -> bool {
 /// (no split of the keys over several cubes and no combining launch);
 /// `add_rms_norm` off adds with Burn, then normalises with `rms_norm`; `rotary_append` off
 /// rotates with `rotary`, then appends with Burn's `slice_assign`.
-pub const KERNEL_NAMES: [&str; 9] = [
+pub const KERNEL_NAMES: [&str; 10] = [
     "rms_norm",
     "add_rms_norm",
     "rotary",
@@ -413,6 +464,7 @@ pub const KERNEL_NAMES: [&str; 9] = [
     "decode_attention_planes",
     "decode_attention_split",
     "skinny_linear",
+    "fused_linear",
 ];
 
 /// Whether the backend's kernel `name` (one of [`KERNEL_NAMES`]) runs: [`fused_kernels`] is
@@ -597,11 +649,79 @@ pub fn linear<B: Kernels, const D: usize>(x: Tensor<B, D>, weight: &Tensor<B, 2>
     let dims = x.dims();
     let [d_in, d_out] = weight.dims();
     let rows = x.shape().num_elements() / d_in.max(1);
-    if !kernel_on("skinny_linear") || bias.is_some() || !(skinny_min_rows()..=SKINNY_ROWS).contains(&rows) {
+    if bias.is_some() || !skinny(rows) {
         return burn::tensor::module::linear(x, weight.clone(), bias.cloned());
     }
     let out = B::skinny_linear(x.reshape([rows, d_in]).into_primitive().tensor(), weight.clone().into_primitive().tensor());
     let mut out_dims = dims;
     out_dims[D - 1] = d_out;
     Tensor::<B, 2>::from_primitive(TensorPrimitive::Float(out)).reshape(out_dims)
+}
+
+/// Whether a product over `rows` rows takes [`Kernels::skinny_linear`] (see [`linear`]).
+fn skinny(rows: usize) -> bool {
+    kernel_on("skinny_linear") && (skinny_min_rows()..=SKINNY_ROWS).contains(&rows)
+}
+
+/// What follows a product in [`fused`].
+enum Then<B: Backend> {
+    Nothing,
+    Residual(Tensor<B, 3>),
+    SiluMul,
+}
+
+/// `then(linear(norm(x)))`: [`Kernels::fused_linear`] where [`linear`] takes the skinny
+/// kernel (and `fused_linear` is on), else [`rms_norm`], [`linear`] and the residual add or
+/// [`silu_mul`] one after the other.
+fn fused<B: Kernels>(x: Tensor<B, 3>, weight: &Tensor<B, 2>, norm: Option<(&Tensor<B, 1>, f64)>, then: Then<B>) -> Tensor<B, 3> {
+    let [b, s, d_in] = x.dims();
+    let d_out = weight.dims()[1];
+    let rows = b * s;
+    if !kernel_on("fused_linear") || !skinny(rows) {
+        let x = match norm {
+            Some((w, eps)) => rms_norm(x, w, eps),
+            None => x,
+        };
+        let y = linear(x, weight, None);
+        return match then {
+            Then::Nothing => y,
+            Then::Residual(r) => r + y,
+            Then::SiluMul => silu_mul(y),
+        };
+    }
+    let flat = |t: Tensor<B, 3>, d: usize| t.reshape([rows, d]).into_primitive().tensor();
+    let (epilogue, width) = match then {
+        Then::Nothing => (Epilogue::None, d_out),
+        Then::Residual(r) => (Epilogue::Residual(flat(r, d_out)), d_out),
+        Then::SiluMul => (Epilogue::SiluMul, d_out / 2),
+    };
+    let norm = norm.map(|(w, eps)| (w.clone().into_primitive().tensor(), eps));
+    let out = B::fused_linear(flat(x, d_in), weight.clone().into_primitive().tensor(), norm, epilogue);
+    Tensor::<B, 2>::from_primitive(TensorPrimitive::Float(out)).reshape([b, s, width])
+}
+
+/// `linear(rms_norm(x))` (a norm and the projection after it, no bias), in one launch on
+/// a few rows (see [`fused`]).
+///
+/// # Shapes
+/// `x`: `[batch, seq, d_in]`; `norm`: `[d_in]`; `weight`: `[d_in, d_out]` → `[batch, seq, d_out]`
+pub fn norm_linear<B: Kernels>(x: Tensor<B, 3>, norm: &Tensor<B, 1>, eps: f64, weight: &Tensor<B, 2>) -> Tensor<B, 3> {
+    fused(x, weight, Some((norm, eps)), Then::Nothing)
+}
+
+/// `silu_mul(linear(rms_norm(x)))`: the norm before `Phi3MLP` and its `gate_up_proj` with
+/// `up · SiLU(gate)` after, in one launch on a few rows (see [`fused`]).
+///
+/// # Shapes
+/// `x`: `[batch, seq, d_in]`; `norm`: `[d_in]`; `weight`: `[d_in, 2 · inter]` → `[batch, seq, inter]`
+pub fn norm_linear_silu_mul<B: Kernels>(x: Tensor<B, 3>, norm: &Tensor<B, 1>, eps: f64, weight: &Tensor<B, 2>) -> Tensor<B, 3> {
+    fused(x, weight, Some((norm, eps)), Then::SiluMul)
+}
+
+/// `residual + linear(x)` (no bias), in one launch on a few rows (see [`fused`]).
+///
+/// # Shapes
+/// `x`: `[batch, seq, d_in]`; `weight`: `[d_in, d_out]`; `residual`: `[batch, seq, d_out]` → same
+pub fn linear_add<B: Kernels>(x: Tensor<B, 3>, weight: &Tensor<B, 2>, residual: Tensor<B, 3>) -> Tensor<B, 3> {
+    fused(x, weight, None, Then::Residual(residual))
 }

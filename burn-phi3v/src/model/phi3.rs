@@ -163,19 +163,6 @@ impl<B: Kernels> Phi3RmsNorm<B> {
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
         kernels::rms_norm(x, &self.weight, self.eps)
     }
-
-    /// The residual add before this norm, when one is `pending`, fused with it: returns
-    /// `(x + pending, norm(x + pending))` (one launch with the backend's kernels), or
-    /// `(x, norm(x))`.
-    ///
-    /// # Shapes
-    /// `x`, `pending`: `[batch, seq, hidden]` → twice the same
-    pub fn forward_residual(&self, x: Tensor<B, 3>, pending: Option<Tensor<B, 3>>) -> (Tensor<B, 3>, Tensor<B, 3>) {
-        match pending {
-            Some(p) => kernels::add_rms_norm(x, p, &self.weight, self.eps),
-            None => (x.clone(), self.forward(x)),
-        }
-    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -348,6 +335,9 @@ impl<B: Kernels> Phi3Attention<B> {
         kernels::rotate_split(qkv, cos, sin, self.num_heads, self.num_kv_heads)
     }
 
+    /// HF's `Phi3Attention`: `o_proj(attention(qkv_proj(x)))`. (The decoder layer runs
+    /// [`Self::attend`] between projections fused with its norm and residual add.)
+    ///
     /// # Shapes
     /// - `x`: `[batch, seq, hidden]`; `cos`, `sin`: `[batch, 1, seq, head_dim]`
     /// - `mask`: `[batch, heads, seq, cached + seq]`, `true` = masked; `None` = causal
@@ -360,9 +350,26 @@ impl<B: Kernels> Phi3Attention<B> {
         cache: &mut Option<LayerKv<B>>,
         mask: Option<Tensor<B, 4, Bool>>,
     ) -> Tensor<B, 3> {
-        let [b, s, _] = x.dims();
+        self.o_proj.forward(self.attend(self.qkv_proj.forward(x), cos, sin, cache, mask))
+    }
+
+    /// The attention between `qkv_proj` and `o_proj`: rotation, cache append, softmax
+    /// attention over the cached and new keys.
+    ///
+    /// # Shapes
+    /// - `qkv`: `[batch, seq, (heads + 2·kv_heads)·head_dim]`; `cos`, `sin`, `mask`: as in
+    ///   [`Self::forward`]
+    /// - → `[batch, seq, heads·head_dim]`
+    pub fn attend(
+        &self,
+        qkv: Tensor<B, 3>,
+        cos: &Tensor<B, 4>,
+        sin: &Tensor<B, 4>,
+        cache: &mut Option<LayerKv<B>>,
+        mask: Option<Tensor<B, 4, Bool>>,
+    ) -> Tensor<B, 3> {
+        let [b, s, _] = qkv.dims();
         let (h, hd) = (self.num_heads, self.head_dim);
-        let qkv = self.qkv_proj.forward(x); // [b, s, (h + 2kvh)·hd]
         let (q, k, v) = match cache.take() {
             // Rotation, head split and cache append in one step.
             Some(kv) => {
@@ -394,30 +401,29 @@ impl<B: Kernels> Phi3Attention<B> {
             }
         }; // [b, h, s, hd]
         // One query row is laid out as [b, s, h, hd] already: a view, no copy.
-        let out = if s == 1 { out.reshape([b, s, h * hd]) } else { out.swap_dims(1, 2).reshape([b, s, h * hd]) };
-        self.o_proj.forward(out)
+        if s == 1 { out.reshape([b, s, h * hd]) } else { out.swap_dims(1, 2).reshape([b, s, h * hd]) }
     }
 
-    /// The same attention over a paged KV cache: a flat pass of tokens from several sequences
+    /// [`Self::attend`] over a paged KV cache: a flat pass of tokens from several sequences
     /// (see [`crate::model::paged`]); their keys and values are written to `cache` first.
     ///
     /// # Shapes
-    /// `x`: `[1, tokens, hidden]`; `cos`, `sin`: `[1, 1, tokens, head_dim]` → `[1, tokens, hidden]`
-    pub fn forward_paged(
+    /// `qkv`: `[1, tokens, (heads + 2·kv_heads)·head_dim]`; `cos`, `sin`: `[1, 1, tokens,
+    /// head_dim]` → `[1, tokens, heads·head_dim]`
+    pub fn attend_paged(
         &self,
-        x: Tensor<B, 3>,
+        qkv: Tensor<B, 3>,
         cos: &Tensor<B, 4>,
         sin: &Tensor<B, 4>,
         cache: &mut PagedLayer<B>,
         batch: &PagedBatch<B>,
     ) -> Tensor<B, 3> {
-        let t = x.dims()[1];
+        let t = qkv.dims()[1];
         let (h, kvh, hd) = (self.num_heads, self.num_kv_heads, self.head_dim);
-        let (q, k, v) = self.project(self.qkv_proj.forward(x), cos, sin);
+        let (q, k, v) = self.project(qkv, cos, sin);
         let tokens = |x: Tensor<B, 4>, n: usize| x.swap_dims(1, 2).reshape([t, n, hd]); // [t, n, hd]
         cache.write(batch, tokens(k, kvh), tokens(v, kvh));
-        let out = paged_attention(tokens(q, h), cache, batch); // [t, h·hd]
-        self.o_proj.forward(out.reshape([1, t, h * hd]))
+        paged_attention(tokens(q, h), cache, batch).reshape([1, t, h * hd])
     }
 }
 
@@ -450,6 +456,9 @@ impl<B: Kernels> Phi3Mlp<B> {
         })
     }
 
+    /// HF's `Phi3MLP`. (The decoder layer runs these steps fused with its norm and residual
+    /// add.)
+    ///
     /// # Shapes
     /// `[batch, seq, hidden]` → same
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
@@ -496,31 +505,22 @@ impl<B: Kernels> Phi3DecoderLayer<B> {
         cache: &mut Option<LayerKv<B>>,
         mask: Option<Tensor<B, 4, Bool>>,
     ) -> Tensor<B, 3> {
-        let (h, mlp_out) = self.forward_residual(x, None, cos, sin, cache, mask);
-        h + mlp_out
+        self.forward_with(x, |qkv| self.self_attn.attend(qkv, cos, sin, cache, mask))
     }
 
-    /// [`Self::forward`] with its last residual add left to the caller, who fuses it with the
-    /// next norm: `x` is the residual stream and `pending` the previous layer's MLP output not
-    /// yet added to it. Returns the stream after attention and this layer's MLP output (the
-    /// layer's output is their sum).
-    pub fn forward_residual(
-        &self,
-        x: Tensor<B, 3>,
-        pending: Option<Tensor<B, 3>>,
-        cos: &Tensor<B, 4>,
-        sin: &Tensor<B, 4>,
-        cache: &mut Option<LayerKv<B>>,
-        mask: Option<Tensor<B, 4, Bool>>,
-    ) -> (Tensor<B, 3>, Tensor<B, 3>) {
-        self.residual(x, pending, |h| self.self_attn.forward(h, cos, sin, cache, mask))
-    }
-
-    /// `h = x + attn(norm(x))`, then `(h, mlp(norm(h)))`; each add fused with the norm after it.
-    fn residual(&self, x: Tensor<B, 3>, pending: Option<Tensor<B, 3>>, attn: impl FnOnce(Tensor<B, 3>) -> Tensor<B, 3>) -> (Tensor<B, 3>, Tensor<B, 3>) {
-        let (x, normed) = self.input_layernorm.forward_residual(x, pending);
-        let (h, normed) = self.post_attention_layernorm.forward_residual(x, Some(attn(normed)));
-        (h, self.mlp.forward(normed))
+    /// `h = x + o_proj(attention(qkv_proj(input_layernorm(x))))`, then `h + down_proj(up ·
+    /// SiLU(gate))` with `[gate | up] = gate_up_proj(post_attention_layernorm(h))`, where
+    /// `attention` maps `qkv_proj`'s output to `o_proj`'s input. Each norm runs inside the
+    /// projection after it and each residual add and the SiLU·mul inside the projection
+    /// before it (one launch per projection on a few rows, see [`kernels::norm_linear`]);
+    /// the projections have no bias.
+    fn forward_with(&self, x: Tensor<B, 3>, attention: impl FnOnce(Tensor<B, 3>) -> Tensor<B, 3>) -> Tensor<B, 3> {
+        let (ln1, attn) = (&self.input_layernorm, &self.self_attn);
+        let qkv = kernels::norm_linear(x.clone(), &ln1.weight, ln1.eps, &attn.qkv_proj.weight);
+        let h = kernels::linear_add(attention(qkv), &attn.o_proj.weight, x);
+        let (ln2, mlp) = (&self.post_attention_layernorm, &self.mlp);
+        let act = kernels::norm_linear_silu_mul(h.clone(), &ln2.weight, ln2.eps, &mlp.gate_up_proj.weight); // up · silu(gate)
+        kernels::linear_add(act, &mlp.down_proj.weight, h)
     }
 }
 
@@ -594,17 +594,15 @@ impl<B: Kernels> Phi3Model<B> {
         let dtype = inputs_embeds.dtype();
         let (cos, sin) = self.rotary_emb.tables::<B>(positions, regimes, &device, dtype);
         let mut hidden_states = output_hidden_states.then(Vec::new);
-        // The residual stream and the last layer's MLP output, added by the next norm.
-        let (mut x, mut pending) = (inputs_embeds, None);
+        let mut x = inputs_embeds;
         for (layer, kv) in self.layers.iter().zip(cache.layers.iter_mut()) {
             if let Some(hs) = hidden_states.as_mut() {
-                hs.push(pending.clone().map_or_else(|| x.clone(), |p| x.clone() + p));
+                hs.push(x.clone());
             }
-            let (h, mlp_out) = layer.forward_residual(x, pending, &cos, &sin, kv, mask.clone());
-            (x, pending) = (h, Some(mlp_out));
+            x = layer.forward(x, &cos, &sin, kv, mask.clone());
         }
         cache.regimes = regimes.to_vec();
-        let (_, x) = self.norm.forward_residual(x, pending);
+        let x = self.norm.forward(x);
         if let Some(hs) = hidden_states.as_mut() {
             hs.push(x.clone());
         }
@@ -627,12 +625,11 @@ impl<B: Kernels> Phi3Model<B> {
         let (cos, sin) = self.rotary_emb.tables::<B>(&one_per_row, batch.regimes(), &device, inputs_embeds.dtype());
         let hd = cos.dims()[3];
         let (cos, sin) = (cos.reshape([1, 1, t, hd]), sin.reshape([1, 1, t, hd])); // [t, 1, 1, hd] → one row
-        let (mut x, mut pending) = (inputs_embeds, None);
+        let mut x = inputs_embeds;
         for (layer, kv) in self.layers.iter().zip(cache.layers.iter_mut()) {
-            let (h, mlp_out) = layer.residual(x, pending, |h| layer.self_attn.forward_paged(h, &cos, &sin, kv, batch));
-            (x, pending) = (h, Some(mlp_out));
+            x = layer.forward_with(x, |qkv| layer.self_attn.attend_paged(qkv, &cos, &sin, kv, batch));
         }
-        self.norm.forward_residual(x, pending).1
+        self.norm.forward(x)
     }
 }
 

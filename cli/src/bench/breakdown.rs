@@ -275,7 +275,6 @@ fn phase<B: Kernels>(
     };
     let causal = ctx == 0 && s > 1;
     let attn_out = random::<B, 3>([b, s, h * hd], device, dtype);
-    let gate_up = random::<B, 3>([b, s, 2 * inter], device, dtype);
     let act = random::<B, 3>([b, s, inter], device, dtype);
 
     let mut stages = Vec::new();
@@ -288,13 +287,14 @@ fn phase<B: Kernels>(
             per_step: per_layer * layers,
         })
     };
-    // Each residual add runs with the norm after it (the first layer's input_layernorm alone).
+    // The projections as the decoder layer runs them: each norm inside the projection after
+    // it, each residual add and the SiLU·mul inside the projection before it.
+    let (ln1, ln2) = (&layer.input_layernorm, &layer.post_attention_layernorm);
     stage(
-        "residual add + RMSNorm",
-        2,
-        timer.time(|| layer.post_attention_layernorm.forward_residual(x.clone(), Some(x.clone()))),
+        "input_layernorm + qkv_proj",
+        1,
+        timer.time(|| kernels::norm_linear(x.clone(), &ln1.weight, ln1.eps, &attn.qkv_proj.weight)),
     );
-    stage("qkv_proj", 1, timer.time(|| attn.qkv_proj.forward(x.clone())));
     match &cached {
         // A step over a cache: rotation, head split and append in one (in place into the cache's
         // buffers; the first, warm-up, call copies the shared clone).
@@ -320,14 +320,13 @@ fn phase<B: Kernels>(
             }
         }),
     );
-    stage("o_proj", 1, timer.time(|| attn.o_proj.forward(attn_out.clone())));
-    stage("gate_up_proj", 1, timer.time(|| layer.mlp.gate_up_proj.forward(x.clone())));
+    stage("o_proj + residual add", 1, timer.time(|| kernels::linear_add(attn_out.clone(), &attn.o_proj.weight, x.clone())));
     stage(
-        "silu(gate)·up",
+        "post_attention_layernorm + gate_up_proj + silu(gate)·up",
         1,
-        timer.time(|| kernels::silu_mul(gate_up.clone())),
+        timer.time(|| kernels::norm_linear_silu_mul(x.clone(), &ln2.weight, ln2.eps, &layer.mlp.gate_up_proj.weight)),
     );
-    stage("down_proj", 1, timer.time(|| layer.mlp.down_proj.forward(act.clone())));
+    stage("down_proj + residual add", 1, timer.time(|| kernels::linear_add(act.clone(), &layer.mlp.down_proj.weight, x.clone())));
     stage("rotary tables (host)", 0, timer.time(|| rope.tables::<B>(&positions, &regimes, device, dtype)));
     let last = x.clone().narrow(1, s - 1, 1);
     stage("final norm", 0, timer.time(|| model.model.norm.forward(last.clone())));
@@ -346,7 +345,7 @@ fn phase<B: Kernels>(
         if ctx == 0 {
             kv = None;
         }
-        layer.forward_residual(x.clone(), Some(x.clone()), &cos, &sin, &mut kv, None)
+        layer.forward(x.clone(), &cos, &sin, &mut kv, None)
     });
     let ids: Tensor<B, 2, Int> = Tensor::from_data(TensorData::new(vec![100i64; b * s], [b, s]), device);
     let mut cache = KvCache {
@@ -412,7 +411,7 @@ pub fn markdown(ours: &Breakdown, peer: Option<&Breakdown>) -> String {
             }
             s += "\n";
         }
-        let layers = ph.stages.iter().find(|x| x.name == "qkv_proj").map_or(1, |x| x.per_step);
+        let layers = ph.stages.iter().find(|x| x.name.contains("qkv_proj")).map_or(1, |x| x.per_step);
         s += &format!(
             "\nSum of the stages: {:.2} ms; whole layer {:.1} µs × {layers} = {:.2} ms; whole step {:.2} ms",
             sum / 1e3,
