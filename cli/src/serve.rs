@@ -60,6 +60,11 @@ pub struct ServeArgs {
     /// the weights. The answers are meaningless.
     #[arg(long)]
     no_weights: bool,
+    /// Decode batch sizes (1 to this many sequences) and prefill chunks to run once before
+    /// serving, so that their GPU kernels are compiled before the first requests need them
+    /// (a new batch size otherwise stalls the requests that meet it for seconds); 0: none.
+    #[arg(long, default_value_t = 16)]
+    warm_up_rows: usize,
 }
 
 /// Loads the model, starts its engine and serves until SIGINT/SIGTERM.
@@ -80,6 +85,7 @@ pub fn run(args: ServeArgs, default_model: PathBuf) -> CliResult<()> {
         max_images: args.max_images,
         engine,
         random_weights: args.no_weights,
+        warm_up_rows: args.warm_up_rows,
     };
     let service = Arc::new(ModelService::load(&options)?);
     let mut config = ServerConfig::for_model(&service);

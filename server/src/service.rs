@@ -40,6 +40,10 @@ pub struct ModelOptions {
     /// Random weights of `model_dir`'s config instead of its checkpoint (load tests and
     /// benchmarks of real shapes without the weights; the answers are meaningless).
     pub random_weights: bool,
+    /// Decode batch sizes (1 to this many sequences) and prefill chunks the engine runs
+    /// before it serves, so that their kernels are compiled before the first requests
+    /// (`Engine::warm_up`); 0: none.
+    pub warm_up_rows: usize,
 }
 
 impl ModelOptions {
@@ -53,6 +57,7 @@ impl ModelOptions {
             max_images: None,
             engine: EngineConfig::default(),
             random_weights: false,
+            warm_up_rows: 0,
         }
     }
 }
@@ -115,7 +120,10 @@ impl DeviceFn for SpawnEngine<'_> {
         let stop_token_ids = loaded.stop_token_ids();
         let max_model_len = loaded.model.config.text.max_position_embeddings;
         let processor = loaded.processor.clone();
-        let engine = Engine::new(loaded.model, loaded.processor, o.engine.clone())?;
+        let mut engine = Engine::new(loaded.model, loaded.processor, o.engine.clone())?;
+        if o.warm_up_rows > 0 {
+            engine.warm_up(o.warm_up_rows)?;
+        }
         let capacity_tokens = engine.capacity_tokens();
         let thread = engine.spawn();
         let client = thread.client();

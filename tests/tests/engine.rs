@@ -245,6 +245,31 @@ fn cancelled_requests_end_and_free_their_blocks() {
     assert_eq!((stats.cancelled, stats.finished, stats.used_blocks), (2, 1, 0));
 }
 
+/// `warm_up` runs decode passes of 1 to `rows` sequences and the prefill chunk sizes, then
+/// leaves the engine as it found it: counters at zero, every block free; a request after it
+/// gives what it gives alone, and a request already queued is refused the warm-up (an error,
+/// not a lost request).
+#[test]
+fn warm_up_runs_the_pass_shapes_and_leaves_the_engine_empty() {
+    let m = load("phi3v-tiny");
+    let config = EngineConfig { num_blocks: 64, max_running: 3, max_batched_tokens: 64, ..Default::default() };
+    let mut engine = engine(&m, config);
+    let passes = engine.warm_up(5).expect("warm-up");
+    // Rows 1..=3 (capped by max_running): a prefill and a decode pass each; chunks of 16, 32, 64.
+    assert!(passes >= 3 * 2 + 3, "{passes} passes");
+    let stats = engine.stats();
+    assert_eq!((stats.finished, stats.used_blocks, stats.running, stats.waiting), (0, 0, 0, 0));
+    let prompt = text_prompt(&m, "Describe a cat.");
+    let h = engine.submit(prompt.clone(), greedy(6)).expect("submit");
+    engine.run_until_idle().expect("run");
+    assert_eq!(h.wait().expect("request").token_ids, solo(&m, &prompt, &greedy(6)));
+    // With a request waiting, warm-up would run it among its own: refused.
+    let waiting = engine.submit(prompt.clone(), greedy(2)).expect("submit");
+    assert!(matches!(engine.warm_up(2), Err(Phi3vError::InvalidInput(_))));
+    engine.run_until_idle().expect("run");
+    assert_eq!(waiting.wait().expect("request").token_ids, solo(&m, &prompt, &greedy(2)));
+}
+
 /// Requests that could never run are refused when submitted, with typed errors; the engine
 /// stays idle and serves a valid request after them.
 #[test]

@@ -449,6 +449,44 @@ impl<B: Kernels> Engine<B> {
         Ok(true)
     }
 
+    /// Runs the pass shapes a serving load meets, before any request needs them, so that a GPU
+    /// backend compiles (and autotunes) their kernels now rather than in the middle of the
+    /// first requests that meet them (CubeCL compiles a kernel on its first use, and the
+    /// decode-step kernels are specialised by row count: without this, requests wait seconds
+    /// at new batch sizes; vLLM captures its CUDA graphs at start-up for the same reason).
+    /// Passes: a prefill of `n` one-token prompts then a decode step of `n` rows for every
+    /// `n` in `1..=rows` (at most `max_running`), and a prefill chunk of every power of two
+    /// from 16 tokens to `max_batched_tokens`. Call it before submitting requests (with requests
+    /// in flight it returns [`Phi3vError::InvalidInput`] and leaves them queued); the pool is
+    /// empty again after it and the counters start from zero. Returns the passes it ran.
+    pub fn warm_up(&mut self, rows: usize) -> Result<usize> {
+        // Requests already submitted stay queued (nothing a user gave is lost), unrun.
+        while let Ok(req) = self.inbox.try_recv() {
+            self.enqueue(req);
+        }
+        if !self.sched.is_idle() {
+            let (running, waiting) = self.sched.counts();
+            return Err(Phi3vError::InvalidInput(format!("warm-up needs an idle engine ({running} running, {waiting} waiting); call it before submitting requests")));
+        }
+        let params = GenerationParams { max_new_tokens: 2, min_new_tokens: 2, stop_token_ids: Vec::new(), ..Default::default() };
+        let prompt = |len: usize| ProcessedPrompt { input_ids: vec![1; len], images: Vec::new() };
+        let mut shapes: Vec<Vec<usize>> = (1..=rows.min(self.config.max_running)).map(|n| vec![1; n]).collect();
+        let chunks = std::iter::successors(Some(16usize), |&l| Some(l * 2)).take_while(|&l| l <= self.config.max_batched_tokens);
+        shapes.extend(chunks.filter(|&l| l + 2 <= self.capacity_tokens()).map(|l| vec![l]));
+        let mut passes = 0;
+        for lengths in shapes {
+            let handles = lengths.iter().map(|&l| self.submit(prompt(l), params.clone())).collect::<Result<Vec<_>>>()?;
+            while self.step()? {
+                passes += 1;
+            }
+            for h in handles {
+                h.wait()?;
+            }
+        }
+        self.stats = EngineStats::default();
+        Ok(passes)
+    }
+
     /// Steps until nothing is running, waiting or submitted.
     pub fn run_until_idle(&mut self) -> Result<()> {
         while self.step()? {}
