@@ -8,10 +8,10 @@ source scripts/gpu_env.sh
 BD=${1:-70}; GEN=${2:-140}
 D=$OUT/perf2; mkdir -p $D
 cd target
-timeout $BD $B/phi3v "${DECODE_BREAKDOWN[@]:0:14}" --decode-batches 1,10 --out $D/bd > $D/bd.log 2>&1
+timeout $BD $B/phi3v "${DECODE_BREAKDOWN[@]:0:14}" --decode-batches ${BATCHES:-1,10} --out $D/bd > $D/bd.log 2>&1
 echo "=== breakdown rc=$?"; grep "whole step\|Host:\|per kernel" $D/bd.log | cut -c1-200
 grep "_proj\|attention" $D/bd.log | cut -c1-120
 timeout $GEN $B/phi3v bench run --preset phi3v-128k --device cuda --scenarios generation --parallel 1,10 --batching static,engine \
-  --shapes 1024x128 --warmup 1 --runs 3 --out $D/ours > $D/ours.log 2>&1
+  --shapes 1024x128 --warmup 1 --runs ${RUNS:-3} --out $D/ours > $D/ours.log 2>&1
 echo "=== ours rc=$?"; grep "^generation" $D/ours.log
 cd $OUT && tar czf perf2.tgz perf2 && rm -rf perf2 && ls -la
