@@ -259,6 +259,7 @@ fn warm_up_runs_the_pass_shapes_and_leaves_the_engine_empty() {
     assert!(passes >= 3 * 2 + 3, "{passes} passes");
     let stats = engine.stats();
     assert_eq!((stats.finished, stats.used_blocks, stats.running, stats.waiting), (0, 0, 0, 0));
+    assert_eq!((stats.peak_used_blocks, stats.preemptions), (0, 0));
     let prompt = text_prompt(&m, "Describe a cat.");
     let h = engine.submit(prompt.clone(), greedy(6)).expect("submit");
     engine.run_until_idle().expect("run");

@@ -53,6 +53,11 @@ impl BlockPool {
         self.peak_used
     }
 
+    /// Starts the peak over from the blocks held now.
+    pub fn reset_peak(&mut self) {
+        self.peak_used = self.used_blocks();
+    }
+
     /// Blocks needed to hold `tokens` tokens.
     pub fn blocks_for(&self, tokens: usize) -> usize {
         tokens.div_ceil(self.block_size)

@@ -483,7 +483,10 @@ impl<B: Kernels> Engine<B> {
                 h.wait()?;
             }
         }
+        // Counters start from zero: the engine's, the scheduler's preemptions, the pool's peak.
         self.stats = EngineStats::default();
+        self.sched.preemptions = 0;
+        self.sched.pool.reset_peak();
         Ok(passes)
     }
 
