@@ -11,7 +11,7 @@ use burn_cubecl::{
 };
 use cubecl::{calculate_cube_count_elemwise, prelude::*};
 
-use super::{KernelPolicy, Kernels};
+use super::{Epilogue, KernelPolicy, Kernels};
 
 impl<R, F, I, BT> Kernels for CubeBackend<R, F, I, BT>
 where
@@ -108,12 +108,7 @@ where
             Some((w, eps)) if rows > SKINNY_SPLIT_ROWS => (rms_norm(x, w, eps), None), // rows of the last dimension
             norm => (x, norm),
         };
-        let epilogue = match epilogue {
-            super::Epilogue::None => Fused::None,
-            super::Epilogue::Residual(r) => Fused::Residual(r),
-            super::Epilogue::SiluMul => Fused::SiluMul,
-        };
-        fused_linear(x, weight, norm, epilogue)
+        fused_linear::<R, F, I, BT>(x, weight, norm, epilogue)
     }
 
     fn decode_attention(q: FloatTensor<Self>, k: FloatTensor<Self>, v: FloatTensor<Self>) -> FloatTensor<Self> {
@@ -1398,23 +1393,22 @@ fn skinny_shape<R: CubeRuntime>(client: &ComputeClient<R>, rows: usize, vectors:
 /// `x · weight` for a few rows; see [`Kernels::skinny_linear`]. `weight` is the transposed
 /// view of contiguous `[d_out, d_in]` rows.
 pub(crate) fn skinny_linear<R: CubeRuntime>(x: CubeTensor<R>, weight: CubeTensor<R>) -> CubeTensor<R> {
-    fused_linear(x, weight, None, Fused::None)
-}
-
-/// [`Kernels::fused_linear`]'s epilogue as the kernel takes it.
-pub(crate) enum Fused<R: CubeRuntime> {
-    None,
-    Residual(CubeTensor<R>),
-    SiluMul,
+    // No epilogue: the element types only name `Epilogue`'s backend; they play no part.
+    fused_linear::<R, f32, i32, u8>(x, weight, None, Epilogue::None)
 }
 
 /// `x · weight` for a few rows with the norm before and `epilogue` after; see
 /// [`Kernels::fused_linear`]. `weight` is the transposed view of contiguous `[d_out, d_in]`
 /// rows; `residual` has the output's shape and dtype.
-pub(crate) fn fused_linear<R: CubeRuntime>(x: CubeTensor<R>, weight: CubeTensor<R>, norm: Option<(CubeTensor<R>, f64)>, epilogue: Fused<R>) -> CubeTensor<R> {
+pub(crate) fn fused_linear<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement>(
+    x: CubeTensor<R>,
+    weight: CubeTensor<R>,
+    norm: Option<(CubeTensor<R>, f64)>,
+    epilogue: Epilogue<CubeBackend<R, F, I, BT>>,
+) -> CubeTensor<R> {
     let x = into_contiguous(x);
     let [rows, d_in] = [x.meta.shape()[0], x.meta.shape()[1]];
-    let silu = matches!(epilogue, Fused::SiluMul);
+    let silu = matches!(epilogue, Epilogue::SiluMul);
     // Output columns: one per weight row, or one per (gate, up) pair.
     let d_out = weight.meta.shape()[1] / if silu { 2 } else { 1 };
     // The checkpoint's rows again: `[d_out, d_in]`, last dimension contiguous.
@@ -1428,7 +1422,7 @@ pub(crate) fn fused_linear<R: CubeRuntime>(x: CubeTensor<R>, weight: CubeTensor<
         None => (None, 0.0),
     };
     let residual = match epilogue {
-        Fused::Residual(r) => Some(into_contiguous(r)),
+        Epilogue::Residual(r) => Some(into_contiguous(r)),
         _ => None,
     };
     let mut buffers = vec![&x, &weight];

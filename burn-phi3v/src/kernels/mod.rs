@@ -701,7 +701,7 @@ fn fused<B: Kernels>(x: Tensor<B, 3>, weight: &Tensor<B, 2>, norm: Option<(&Tens
 }
 
 /// `linear(rms_norm(x))` (a norm and the projection after it, no bias), in one launch on
-/// a few rows (see [`fused`]).
+/// a few rows (see [`Kernels::fused_linear`]).
 ///
 /// # Shapes
 /// `x`: `[batch, seq, d_in]`; `norm`: `[d_in]`; `weight`: `[d_in, d_out]` → `[batch, seq, d_out]`
@@ -710,7 +710,7 @@ pub fn norm_linear<B: Kernels>(x: Tensor<B, 3>, norm: &Tensor<B, 1>, eps: f64, w
 }
 
 /// `silu_mul(linear(rms_norm(x)))`: the norm before `Phi3MLP` and its `gate_up_proj` with
-/// `up · SiLU(gate)` after, in one launch on a few rows (see [`fused`]).
+/// `up · SiLU(gate)` after, in one launch on a few rows (see [`Kernels::fused_linear`]).
 ///
 /// # Shapes
 /// `x`: `[batch, seq, d_in]`; `norm`: `[d_in]`; `weight`: `[d_in, 2 · inter]` → `[batch, seq, inter]`
@@ -718,7 +718,7 @@ pub fn norm_linear_silu_mul<B: Kernels>(x: Tensor<B, 3>, norm: &Tensor<B, 1>, ep
     fused(x, weight, Some((norm, eps)), Then::SiluMul)
 }
 
-/// `residual + linear(x)` (no bias), in one launch on a few rows (see [`fused`]).
+/// `residual + linear(x)` (no bias), in one launch on a few rows (see [`Kernels::fused_linear`]).
 ///
 /// # Shapes
 /// `x`: `[batch, seq, d_in]`; `weight`: `[d_in, d_out]`; `residual`: `[batch, seq, d_out]` → same
