@@ -270,7 +270,7 @@ pub fn device_info(spec: &str) -> Result<DeviceInfo, DeviceError> {
             {
                 let mut info = _pick(crate::backends::wgpu::devices(), _i.unwrap_or(0))?;
                 info.spec = spec.to_string();
-                return Ok(info);
+                Ok(info)
             }
             #[cfg(not(feature = "wgpu"))]
             Err(_not_compiled("wgpu"))

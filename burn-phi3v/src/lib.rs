@@ -77,6 +77,7 @@ pub mod engine;
 pub mod error;
 pub mod generation;
 pub mod image_processor;
+pub mod kernel_cache;
 pub mod kernels;
 pub mod loader;
 pub mod model;

@@ -15,9 +15,10 @@ use std::process::ExitCode;
 use burn::tensor::DType;
 use burn_phi3v::device::{DeviceInfo, dtype_name};
 use burn_phi3v::image_processor::load_image;
+use burn_phi3v::kernel_cache::{self, KernelCache, KernelCacheStatus};
 use burn_phi3v::{GenerationParams, LoadedModel, Message, Phi3VProcessor, SamplingParams, apply_chat_template, generate, with_image_tags};
 use clap::{Args, Parser, Subcommand};
-use phi3v_devices::{DeviceFn, with_device};
+use phi3v_devices::DeviceFn;
 
 mod bench;
 mod mmmu;
@@ -32,6 +33,35 @@ const EMBEDDED_MODEL: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixt
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Where compiled GPU kernels and autotune results are kept between runs, so that a second
+    /// run skips their compilation: a folder, or `off` (default: $PHI3V_KERNEL_CACHE, else
+    /// ~/.cache/phi3v/kernels; a cubecl.toml in the working directory or above rules instead).
+    #[arg(long, global = true, value_name = "DIR|off")]
+    kernel_cache: Option<KernelCache>,
+}
+
+/// The kernel cache this run asked for (`--kernel-cache`, else [`KernelCache::from_env`]).
+static KERNEL_CACHE: std::sync::OnceLock<KernelCache> = std::sync::OnceLock::new();
+
+/// Turns the kernel cache on for the device `spec` names, before its first kernel (see
+/// [`burn_phi3v::kernel_cache`]); says where on stderr. An unknown device is left to the caller
+/// to report.
+fn use_kernel_cache(spec: &str) -> CliResult<()> {
+    let (Some(cache), Ok(info)) = (KERNEL_CACHE.get(), phi3v_devices::device_info(spec)) else {
+        return Ok(());
+    };
+    let status = kernel_cache::configure(cache, &info)?;
+    if matches!(status, KernelCacheStatus::Enabled(_) | KernelCacheStatus::UserConfig(_)) {
+        eprintln!("{status}");
+    }
+    Ok(())
+}
+
+/// [`phi3v_devices::with_device`] after [`use_kernel_cache`]: every command that runs the
+/// model comes through here.
+fn with_device<F: DeviceFn>(spec: &str, dtype: Option<&str>, f: F) -> CliResult<F::Output> {
+    use_kernel_cache(spec)?;
+    Ok(phi3v_devices::with_device(spec, dtype, f)?)
 }
 
 #[derive(Subcommand)]
@@ -194,6 +224,9 @@ fn tokenize(args: &TokenizeArgs) -> CliResult<()> {
 fn devices() {
     let list = phi3v_devices::available_devices();
     println!("compiled backends: {}", phi3v_devices::compiled_backends().join(", "));
+    if let Some(cache) = KERNEL_CACHE.get() {
+        println!("kernel cache: {cache} (--kernel-cache)");
+    }
     if list.is_empty() {
         println!("no device available");
     }
@@ -297,6 +330,7 @@ impl DeviceFn for GenerateJob {
 }
 
 fn run(cli: Cli) -> CliResult<()> {
+    let _ = KERNEL_CACHE.set(cli.kernel_cache.unwrap_or_else(KernelCache::from_env));
     match cli.command {
         Command::Generate(a) => {
             if !Path::new(&model_dir(&a.prompt)).is_dir() {

@@ -164,7 +164,7 @@ pub fn run(cmd: MmmuCommand) -> CliResult<()> {
     match cmd {
         MmmuCommand::Run(a) => {
             let target = a.target.clone();
-            phi3v_devices::with_device(&target.device, target.dtype.as_deref(), RunJob(a))?
+            crate::with_device(&target.device, target.dtype.as_deref(), RunJob(a))?
         }
         MmmuCommand::Compare(c) => {
             for run in [&c.a, &c.b] {

@@ -87,6 +87,7 @@ pub fn run(args: ServeArgs, default_model: PathBuf) -> CliResult<()> {
         random_weights: args.no_weights,
         warm_up_rows: args.warm_up_rows,
     };
+    crate::use_kernel_cache(&options.device)?;
     let service = Arc::new(ModelService::load(&options)?);
     let mut config = ServerConfig::for_model(&service);
     if let Some(name) = args.served_model_name {

@@ -156,3 +156,34 @@ fn bench_smoke_run_writes_card_graphs_and_results() {
     assert!(!bad.status.success() && stderr(&bad).contains("not of the form"), "{}", stderr(&bad));
     let _ = std::fs::remove_dir_all(&out);
 }
+
+#[test]
+fn the_kernel_cache_flag_is_global_and_its_errors_are_messages() {
+    let scratch = std::env::temp_dir().join(format!("phi3v-cli-kernel-cache-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&scratch);
+    std::fs::create_dir_all(&scratch).unwrap();
+    let dir = scratch.join("kernels");
+    let dir_s = dir.to_str().unwrap();
+    // The CPU compiles no kernels: the flag is accepted (before or after the command) and
+    // nothing is created.
+    for args in [
+        vec!["--kernel-cache", dir_s, "generate", "--prompt", "hi", "--max-new-tokens", "1"],
+        vec!["generate", "--prompt", "hi", "--max-new-tokens", "1", "--kernel-cache", "off"],
+    ] {
+        let o = phi3v(&args);
+        assert!(o.status.success(), "{args:?}: {}", stderr(&o));
+    }
+    assert!(!dir.exists(), "the CPU run created {}", dir.display());
+    // A GPU device of this build and machine (CI: wgpu on lavapipe): a folder that cannot be
+    // made is an error naming it, before the model loads.
+    let devices = stdout(&phi3v(&["devices"]));
+    if let Some(gpu) = ["wgpu:0", "cuda:0"].into_iter().find(|d| devices.contains(d)) {
+        let file = scratch.join("a-file");
+        std::fs::write(&file, b"x").unwrap();
+        let bad = file.join("kernels");
+        let o = phi3v(&["generate", "--device", gpu, "--prompt", "hi", "--kernel-cache", bad.to_str().unwrap()]);
+        assert!(!o.status.success(), "{gpu}: an unusable kernel cache folder was accepted");
+        assert!(stderr(&o).contains("not usable") && stderr(&o).contains("a-file"), "{}", stderr(&o));
+    }
+    let _ = std::fs::remove_dir_all(&scratch);
+}

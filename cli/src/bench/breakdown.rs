@@ -16,11 +16,11 @@ use burn_phi3v::kernels::{self, Kernels};
 use burn_phi3v::model::phi3::LayerKv;
 use burn_phi3v::model::{KvCache, Phi3VForCausalLM, RopeRegime};
 use burn_phi3v::weights::Weights;
-use burn_phi3v::{DeviceFn, Phi3VConfig, with_device};
+use burn_phi3v::{DeviceFn, Phi3VConfig};
 use clap::Args;
 use serde::{Deserialize, Serialize};
 
-use crate::CliResult;
+use crate::{CliResult, with_device};
 
 /// Options of `phi3v bench breakdown`.
 #[derive(Args, Clone, Debug)]

@@ -21,9 +21,9 @@ use burn_phi3v::weights::{Checkpoint, Weights};
 use burn_phi3v::engine::{Engine, EngineConfig, RequestEvent};
 use burn_phi3v::{GenerationParams, Phi3VConfig, Phi3VForCausalLM, Phi3VProcessor, ProcessedPrompt, generate};
 use clap::{Args, Subcommand};
-use phi3v_devices::{DeviceFn, with_device};
+use phi3v_devices::DeviceFn;
 
-use crate::CliResult;
+use crate::{CliResult, with_device};
 use report::{BenchReport, GenerationPoint, ImagePoint, KvEstimate, LatencyReport, Percentiles, PrefillPoint, Stats};
 
 /// Built-in model shapes (config.json as published; weights are random).
