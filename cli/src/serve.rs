@@ -65,6 +65,10 @@ pub struct ServeArgs {
     /// (a new batch size otherwise stalls the requests that meet it for seconds); 0: none.
     #[arg(long, default_value_t = 16)]
     warm_up_rows: usize,
+    /// Compute every prompt from its first token (by default the KV blocks of a prompt prefix
+    /// seen before, such as a shared system prompt or the same image, are reused).
+    #[arg(long)]
+    no_prefix_caching: bool,
 }
 
 /// Loads the model, starts its engine and serves until SIGINT/SIGTERM.
@@ -75,6 +79,7 @@ pub fn run(args: ServeArgs, default_model: PathBuf) -> CliResult<()> {
         num_blocks: args.kv_cache_tokens.div_ceil(defaults.block_size).max(1),
         max_running: args.max_running,
         max_batched_tokens: args.max_batched_tokens,
+        prefix_caching: !args.no_prefix_caching,
         ..defaults
     };
     let options = ModelOptions {

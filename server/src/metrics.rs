@@ -141,6 +141,8 @@ impl Metrics {
         metric(o, "phi3v_engine_preemptions_total", "counter", "Running sequences preempted for KV-cache blocks.", engine.preemptions);
         metric(o, "phi3v_engine_passes_total", "counter", "Forward passes run by the engine.", engine.passes);
         metric(o, "phi3v_engine_tokens_processed_total", "counter", "Tokens through the decoder (prefill, decode, recompute).", engine.tokens_processed);
+        metric(o, "phi3v_prefix_cache_hit_tokens_total", "counter", "Prompt tokens taken from the prefix cache instead of computed.", engine.prefix_cached_tokens);
+        metric(o, "phi3v_prefix_cache_blocks", "gauge", "KV-cache blocks registered in the prefix cache.", engine.cached_blocks);
         self.ttft.render(o, "phi3v_time_to_first_token_seconds", "Time from the request's arrival to its first token.");
         self.itl.render(o, "phi3v_inter_token_latency_seconds", "Time between consecutive tokens of a request.");
         self.e2e.render(o, "phi3v_e2e_request_latency_seconds", "Time from the request's arrival to its last token.");

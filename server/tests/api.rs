@@ -269,6 +269,8 @@ fn health_and_metrics_report_the_server_and_the_engine() {
         "phi3v_generation_tokens_total",
         "phi3v_time_to_first_token_seconds",
         "phi3v_inter_token_latency_seconds",
+        "phi3v_prefix_cache_hit_tokens_total",
+        "phi3v_prefix_cache_blocks",
     ] {
         assert!(m.contains(&format!("# TYPE {name} ")), "{name} missing:\n{m}");
     }
@@ -284,6 +286,8 @@ fn health_and_metrics_report_the_server_and_the_engine() {
     assert_eq!(metric(&m, "phi3v_kv_cache_blocks_used"), 0.0);
     assert_eq!(metric(&m, "phi3v_kv_cache_blocks_free"), 1024.0);
     assert_eq!(metric(&m, "phi3v_engine_finished_total"), 2.0);
+    // "Hello there" fills no 16-token block: nothing to share.
+    assert_eq!(metric(&m, "phi3v_prefix_cache_hit_tokens_total"), 0.0);
 }
 
 /// Opens a long stream and reads until its first content chunk.

@@ -171,8 +171,9 @@ fn concurrent_requests<B: Kernels>(m: &LoadedModel<B>, cases: &[&str]) -> Vec<St
 }
 
 /// 300 requests of random lengths against a pool of 12 blocks (192 tokens; the largest request
-/// needs 56): everything completes with its solo tokens, sequences were preempted and resumed
-/// by recompute, and the pool never holds more than its blocks.
+/// needs 91): everything completes with its solo tokens, sequences were preempted and resumed
+/// by recompute (or from their own blocks still in the prefix cache), a third of them share a
+/// 35-token prefix, and the pool never holds more than its blocks.
 #[test]
 fn stress_small_pool_preempts_and_matches_solo() {
     let m = load("phi3v-tiny");
@@ -181,6 +182,9 @@ fn stress_small_pool_preempts_and_matches_solo() {
         .map(|i| {
             let len = 1 + rng.below(40) as usize;
             let mut ids = vec![1i64];
+            if i % 3 == 0 {
+                ids.extend((0..34).map(|k| 500 + 7 * k));
+            }
             ids.extend((1..len).map(|_| 100 + rng.below(31_000) as i64));
             let mut params = greedy(1 + rng.below(16) as usize);
             if i % 7 == 0 {
@@ -192,7 +196,7 @@ fn stress_small_pool_preempts_and_matches_solo() {
             (ProcessedPrompt { input_ids: ids, images: Vec::new() }, params)
         })
         .collect();
-    let config = EngineConfig { block_size: 16, num_blocks: 12, max_batched_tokens: 48, max_running: 16 };
+    let config = EngineConfig { block_size: 16, num_blocks: 12, max_batched_tokens: 48, max_running: 16, prefix_caching: true };
     let mut engine = engine(&m, config.clone());
     assert_eq!(engine.capacity_tokens(), 192);
     let handles: Vec<_> = requests.iter().map(|(p, params)| engine.submit(p.clone(), params.clone()).expect("submit")).collect();
@@ -205,6 +209,7 @@ fn stress_small_pool_preempts_and_matches_solo() {
     }
     let stats = engine.stats();
     assert!(stats.preemptions > 0, "the pool was meant to be too small for the load: {stats:?}");
+    assert!(stats.prefix_cached_tokens > 0, "no prompt took a cached prefix: {stats:?}");
     assert!(stats.peak_used_blocks <= config.num_blocks);
     assert_eq!(stats.finished, 300);
     assert_eq!(stats.used_blocks, 0);
@@ -212,6 +217,49 @@ fn stress_small_pool_preempts_and_matches_solo() {
         let out = h.wait().expect("output");
         assert_eq!(out.token_ids, solo(&m, prompt, params), "request {i}");
     }
+}
+
+/// Three questions about the same image, and the same text prompt twice: with prefix caching
+/// the later requests take the blocks of the image and of the shared text from the cache (the
+/// first chunk they compute may start inside the image's tokens), and every answer equals its
+/// solo run; without it, nothing is taken and more tokens are computed.
+#[test]
+fn shared_prefixes_are_computed_once_and_answers_are_unchanged() {
+    let m = load("phi35v-tiny");
+    let case = Case::load("coffee_portrait");
+    let images: Vec<_> = case.images.iter().map(|f| load_image(&Case::image_path(f), u64::MAX).expect("image")).collect();
+    let ask = |q: &str| m.processor.process(&format!("<|user|>\n<|image_1|>\n{q}<|end|>\n<|assistant|>\n"), &images).expect("prompt");
+    let questions = [ask("What is in the cup?"), ask("Describe the colours."), ask("Is anyone there?")];
+    let text = text_prompt(&m, "Write a short story about a lighthouse keeper and a storm at sea.");
+    let image_tokens: usize = questions[0].images.iter().map(|i| i.num_img_tokens).sum();
+    let run = |prefix_caching: bool| {
+        let config = EngineConfig { num_blocks: 512, max_batched_tokens: 256, prefix_caching, ..Default::default() };
+        let mut engine = engine(&m, config);
+        let mut outputs = Vec::new();
+        // One after the other, so that each finds the blocks of those before it.
+        for prompt in questions.iter().chain([&text, &text]) {
+            let h = engine.submit(prompt.clone(), greedy(5)).expect("submit");
+            engine.run_until_idle().expect("run");
+            outputs.push(h.wait().expect("output").token_ids);
+        }
+        (outputs, engine.stats())
+    };
+    let (cached, with) = run(true);
+    let (plain, without) = run(false);
+    for (i, prompt) in questions.iter().chain([&text, &text]).enumerate() {
+        assert_eq!(cached[i], solo(&m, prompt, &greedy(5)), "request {i} with prefix caching");
+        assert_eq!(plain[i], cached[i], "request {i}");
+    }
+    // Each later question takes at least the blocks before the end of the image; the second
+    // copy of the text all but its last token's block.
+    let block = with.block_size;
+    let floor = |n: usize| n / block * block;
+    let at_least = 2 * floor(image_tokens) + floor(text.input_ids.len() - 1);
+    assert!(with.prefix_cached_tokens as usize >= at_least, "{} cached tokens, expected ≥ {at_least}", with.prefix_cached_tokens);
+    assert_eq!(without.prefix_cached_tokens, 0);
+    assert_eq!(with.tokens_processed + with.prefix_cached_tokens, without.tokens_processed);
+    assert!(with.cached_blocks > 0 && without.cached_blocks == 0);
+    assert_eq!(with.used_blocks, 0, "cached blocks nobody holds count as free");
 }
 
 /// A running request is cancelled after a few tokens and a waiting one before it starts: both

@@ -171,7 +171,7 @@ fn engine_under_load_with_cancellations_matches_solo_runs() {
     let m = LoadedModel::<Cpu>::load(&model_dir("phi3v-tiny"), &Default::default(), DType::F32, None).expect("tiny checkpoint");
     // 48 blocks of 16 = 768 tokens: two image requests and a few text ones at a time, so the
     // scheduler queues and preempts.
-    let config = EngineConfig { block_size: 16, num_blocks: 48, max_batched_tokens: 256, max_running: 12 };
+    let config = EngineConfig { block_size: 16, num_blocks: 48, max_batched_tokens: 256, max_running: 12, prefix_caching: true };
     let capacity = config.capacity_tokens();
     let mut rng = Rng(0x5eed_1234_abcd_0011);
     let plans = plans(&m, n, capacity, &mut rng);

@@ -14,6 +14,12 @@
 //! - **KV cache** (`block_pool.rs`, [`crate::model::paged`]): blocks of `block_size` token slots
 //!   from a pool of a fixed number of blocks, a block table per sequence; attention reads the
 //!   cache through the block tables.
+//! - **Prefix caching** (on by default, [`EngineConfig::prefix_caching`]): full blocks stay
+//!   registered under the hash of their tokens, images and LongRoPE regime after the pass that
+//!   computed them, also after their request ends; a request whose prompt starts the same way
+//!   (a shared system prompt, the same image asked about again, a preempted request resuming)
+//!   takes them instead of computing them, and skips the vision tower when its images are all
+//!   in the cached part.
 //!
 //! Each sequence computes what [`generate`](crate::generate) computes for it alone: sampling,
 //! stop conditions and text streaming are the same code ([`crate::generation`]); a sequence
@@ -21,6 +27,7 @@
 //! `original_max_position_embeddings` while decoding is prefilled again with the long factors.
 
 mod block_pool;
+mod prefix;
 mod scheduler;
 
 use crate::kernels::Kernels;
@@ -40,6 +47,7 @@ use crate::image_processor::ProcessedImage;
 use crate::model::{PagedBatch, PagedKvCache, PagedRow, Phi3VForCausalLM, RopeRegime};
 use crate::processor::{Phi3VProcessor, ProcessedPrompt};
 use block_pool::BlockPool;
+use prefix::{ImageKeys, extend_block_hashes};
 use scheduler::{Limits, Scheduler};
 
 /// Sizes of the engine: the KV-cache pool and the limits of one pass.
@@ -55,6 +63,9 @@ pub struct EngineConfig {
     pub max_batched_tokens: usize,
     /// Most sequences running (holding blocks) at once.
     pub max_running: usize,
+    /// Reuse the KV blocks of identical prompt prefixes (module documentation); `false`
+    /// computes every prompt from its first token.
+    pub prefix_caching: bool,
 }
 
 impl Default for EngineConfig {
@@ -64,6 +75,7 @@ impl Default for EngineConfig {
             num_blocks: 1024,
             max_batched_tokens: 512,
             max_running: 256,
+            prefix_caching: true,
         }
     }
 }
@@ -120,6 +132,9 @@ pub struct EngineStats {
     pub preemptions: u64,
     /// Sequences prefilled again because they crossed into LongRoPE's long regime.
     pub rope_recomputes: u64,
+    /// Prompt tokens taken from the prefix cache instead of computed (also when a preempted
+    /// sequence resumes).
+    pub prefix_cached_tokens: u64,
     /// Requests finished normally.
     pub finished: u64,
     /// Requests cancelled.
@@ -138,6 +153,8 @@ pub struct EngineStats {
     pub peak_used_blocks: usize,
     /// The pool's capacity in tokens.
     pub capacity_tokens: usize,
+    /// Blocks registered in the prefix cache (held by a sequence or kept for reuse).
+    pub cached_blocks: usize,
 }
 
 /// What a request's stream carries.
@@ -311,6 +328,10 @@ struct Sequence<B: Backend> {
     features: Option<Tensor<B, 2>>,
     /// The LongRoPE regime its cached keys were rotated with.
     regime: RopeRegime,
+    /// What its image tokens stand for in block hashes.
+    image_keys: ImageKeys,
+    /// The regime its block hashes assume (that of a prefill of its whole known length).
+    hash_regime: RopeRegime,
 }
 
 /// Continuous batching over a paged KV cache for one model (see the module documentation).
@@ -410,6 +431,8 @@ impl<B: Kernels> Engine<B> {
         let pool = &self.sched.pool;
         EngineStats {
             preemptions: self.sched.preemptions,
+            prefix_cached_tokens: self.sched.cached_tokens,
+            cached_blocks: pool.cached_blocks(),
             running,
             waiting,
             block_size: pool.block_size(),
@@ -486,6 +509,8 @@ impl<B: Kernels> Engine<B> {
         // Counters start from zero: the engine's, the scheduler's preemptions, the pool's peak.
         self.stats = EngineStats::default();
         self.sched.preemptions = 0;
+        self.sched.cached_tokens = 0;
+        self.sched.pool.clear_cached();
         self.sched.pool.reset_peak();
         Ok(passes)
     }
@@ -541,15 +566,40 @@ impl<B: Kernels> Engine<B> {
     }
 
     fn enqueue(&mut self, req: Request) {
-        self.sched.add(req.id, req.row.ids.len());
-        self.seqs.insert(
-            req.id,
-            Sequence {
-                req,
-                features: None,
-                regime: RopeRegime::Short,
-            },
-        );
+        let regime = self.model.rope_regime(req.row.ids.len() - 1);
+        let image_keys = if self.config.prefix_caching { ImageKeys::new(&req.images) } else { ImageKeys::default() };
+        let (id, len) = (req.id, req.row.ids.len());
+        let seq = Sequence {
+            req,
+            features: None,
+            regime,
+            image_keys,
+            hash_regime: regime,
+        };
+        let hashes = self.block_hashes(&seq, Vec::new());
+        self.sched.add(id, len, hashes);
+        self.seqs.insert(id, seq);
+    }
+
+    /// `hashes` (of `seq`'s first blocks) extended to every full block of its known tokens;
+    /// none without prefix caching.
+    fn block_hashes(&self, seq: &Sequence<B>, mut hashes: Vec<u64>) -> Vec<u64> {
+        if self.config.prefix_caching {
+            extend_block_hashes(&mut hashes, &seq.req.row.ids, &seq.image_keys, seq.hash_regime, self.config.block_size);
+        }
+        hashes
+    }
+
+    /// Recomputes `id`'s block hashes for the regime of a prefill of its whole known length,
+    /// if that changed (it holds no blocks: waiting, or just restarted).
+    fn rehash(&mut self, id: u64) {
+        let Some(seq) = self.seqs.get_mut(&id) else { return };
+        let regime = self.model.rope_regime(seq.req.row.ids.len() - 1);
+        if regime != seq.hash_regime {
+            seq.hash_regime = regime;
+            let hashes = self.block_hashes(&self.seqs[&id], Vec::new());
+            self.sched.set_hashes(id, hashes);
+        }
     }
 
     /// Frees `id`'s blocks and ends its stream with its output (`Cancelled` if unfinished).
@@ -577,7 +627,12 @@ impl<B: Kernels> Engine<B> {
             .collect();
         for id in restart {
             self.sched.restart(id);
+            self.rehash(id);
             self.stats.rope_recomputes += 1;
+        }
+        // Preempted sequences grew while they ran: their prefill may be in another regime.
+        for id in self.sched.waiting_ids() {
+            self.rehash(id);
         }
         let mut plan = self.sched.schedule();
         if plan.is_empty() {
@@ -588,15 +643,11 @@ impl<B: Kernels> Engine<B> {
         // Decoding sequences first: they form the first attention group (see model::paged).
         plan.sort_by_key(|p| p.len > 1);
 
-        // A prefill from position 0 uses the regime of the whole known sequence, and needs the
-        // image features.
-        for p in plan.iter().filter(|p| p.start == 0) {
+        // A (re)started prefill, from position 0 or past a cached prefix, uses the regime of
+        // the whole known sequence.
+        for p in plan.iter().filter(|p| p.fresh || p.start == 0) {
             let seq = self.seqs.get_mut(&p.id).expect("scheduled sequences are served");
             seq.regime = self.model.rope_regime(seq.req.row.ids.len() - 1);
-            if seq.features.is_none() && !seq.req.images.is_empty() {
-                let images: Vec<&ProcessedImage> = seq.req.images.iter().collect();
-                seq.features = embed_images(&self.model, &images)?;
-            }
         }
 
         let tokens: usize = plan.iter().map(|p| p.len).sum();
@@ -604,15 +655,23 @@ impl<B: Kernels> Engine<B> {
         let mut features = Vec::new();
         let mut sample = Vec::new(); // (id, index of its last token in the pass)
         for p in &plan {
-            let seq = &self.seqs[&p.id];
+            let seq = self.seqs.get_mut(&p.id).expect("scheduled sequences are served");
             let known = &seq.req.row.ids;
             let chunk = &known[p.start..p.start + p.len];
             let slots = chunk.iter().filter(|&&i| i < 0).count();
             if slots > 0 {
+                // The vision tower runs at the first chunk with image tokens (never when the
+                // images are all in a cached prefix); its features are kept until the end.
+                if seq.features.is_none() {
+                    let images: Vec<&ProcessedImage> = seq.req.images.iter().collect();
+                    seq.features = embed_images(&self.model, &images)?;
+                }
                 let before = known[..p.start].iter().filter(|&&i| i < 0).count();
                 let f = seq.features.clone().ok_or_else(|| Phi3vError::InvalidInput(format!("request {}: image features missing", p.id)))?;
                 features.push(f.narrow(0, before, slots));
             }
+            let known = &seq.req.row.ids;
+            let chunk = &known[p.start..p.start + p.len];
             ids.extend_from_slice(chunk);
             if p.start + p.len == known.len() {
                 sample.push((p.id, ids.len() - 1));
@@ -635,6 +694,10 @@ impl<B: Kernels> Engine<B> {
         self.stats.passes += 1;
         self.stats.tokens_processed += tokens as u64;
         self.stats.max_pass_tokens = self.stats.max_pass_tokens.max(tokens);
+        // The full blocks this pass completed can serve other prompts from now on.
+        for p in &plan {
+            self.sched.commit(p.id);
+        }
         if sample.is_empty() {
             return Ok(());
         }
@@ -658,6 +721,12 @@ impl<B: Kernels> Engine<B> {
             let seq = self.seqs.get_mut(&id).expect("sampled sequences are served");
             let (mut text_delta, tail) = seq.req.row.accept(token, &self.processor)?;
             self.sched.append(id);
+            if self.config.prefix_caching && seq.req.row.ids.len().is_multiple_of(self.config.block_size) {
+                let hashes = self.sched.get(id).map(|s| s.hashes.clone()).unwrap_or_default();
+                let hashes = self.block_hashes(&self.seqs[&id], hashes);
+                self.sched.set_hashes(id, hashes);
+            }
+            let seq = self.seqs.get_mut(&id).expect("sampled sequences are served");
             let done = tail.is_some();
             text_delta.push_str(&tail.unwrap_or_default());
             let _ = seq.req.events.send(RequestEvent::Token {
