@@ -143,11 +143,12 @@ impl KernelJob {
             assert_eq!(host(flat(v_cache)), v_values.0, "rotary_append wrote into a shared value buffer");
         }
 
-        // SiLU·mul over gate_up_proj's output: Phi-3's 2 × 8192, and an odd width.
-        for (rows, intermediate) in [(1, 8192), (3, 8192), (2, 77)] {
-            let gate_up = tensor(input(vec![rows * 2 * intermediate], 3.0)).reshape([1, rows, 2 * intermediate]);
+        // SiLU·mul over gate_up_proj's output: Phi-3's 2 × 8192, an odd half, and an odd whole
+        // (not a gate_up_proj output: its last column is left out, as the composed step does).
+        for (rows, width) in [(1, 16384), (3, 16384), (2, 154), (3, 21)] {
+            let gate_up = tensor(input(vec![rows * width], 3.0)).reshape([1, rows, width]);
             let outputs = both(&|| kernels::silu_mul(gate_up.clone()));
-            compare(format!("silu_mul [1, {rows}, 2×{intermediate}]"), 1, outputs);
+            compare(format!("silu_mul [1, {rows}, {width}]"), 1, outputs);
         }
         // Decode attention: one query row over the cache. Phi-3's 32 heads of 96 over 1024
         // keys; grouped-query heads (4 over 2) reading a cache view with spare capacity (a
@@ -221,6 +222,32 @@ impl KernelJob {
             let outputs = both(&|| kernels::linear_add(x.clone(), &weight, residual.clone()));
             compare(format!("linear_add [{rows}, {d_in}] · [{d_in}, {d_out}]"), d_in, outputs);
         }
+        // The skinny kernel's other shapes (`SkinnyTuning`: weight rows per cube, loads per lane
+        // that set the planes, loads in flight), at 1 and 3 rows (planes split d_in, with a
+        // remainder after the deep loads) and 10 (planes of their own columns).
+        let default_tuning = kernels::skinny_tuning();
+        for (columns, lane_vectors, depth) in [(2, 4, 1), (8, 4, 1), (4, 1, 2), (4, 16, 4), (8, 2, 4)] {
+            let tuning = kernels::SkinnyTuning { columns, lane_vectors, depth };
+            assert!(kernels::set_skinny_tuning(tuning), "{tuning:?}");
+            for (rows, d_in, d_out) in [(1, 2000, 40), (3, 8192, 22), (10, 1000, 36)] {
+                let x = tensor(input(vec![rows * d_in], 1.0)).reshape([1, rows, d_in]);
+                let weight = tensor(input(vec![d_out * d_in], 0.05)).reshape([d_out, d_in]).transpose();
+                let norm = tensor(input(vec![d_in], 1.0));
+                let residual = tensor(input(vec![rows * d_out], 1.0)).reshape([1, rows, d_out]);
+                let what = format!("[{rows}, {d_in}] · [{d_in}, {d_out}] at {tuning:?}");
+                let outputs = both(&|| kernels::norm_linear_silu_mul(x.clone(), &norm, 1e-5, &weight));
+                compare(format!("norm_linear_silu_mul {what}"), d_in, outputs);
+                let outputs = both(&|| kernels::linear_add(x.clone(), &weight, residual.clone()));
+                compare(format!("linear_add {what}"), d_in, outputs);
+            }
+        }
+        assert!(kernels::set_skinny_tuning(default_tuning));
+        assert!(!kernels::set_skinny_tuning(kernels::SkinnyTuning { columns: 3, lane_vectors: 4, depth: 1 }), "odd columns");
+        assert!(!kernels::set_skinny_tuning(kernels::SkinnyTuning { columns: 4, lane_vectors: 4, depth: 3 }), "depth 3");
+        assert_eq!(kernels::skinny_tuning(), default_tuning, "an invalid tuning changed nothing");
+        assert_eq!(kernels::SkinnyTuning::parse("8, 2,4"), Some(kernels::SkinnyTuning { columns: 8, lane_vectors: 2, depth: 4 }));
+        assert_eq!(kernels::SkinnyTuning::parse("4,4"), None);
+
         // Inputs must be random, never constant: a kernel reading the wrong element of a constant
         // tensor would pass.
         let x = tensor(input(vec![64], 1.0));

@@ -239,6 +239,8 @@ struct Request {
     id: u64,
     row: Row,
     images: Vec<ProcessedImage>,
+    /// What its image tokens stand for in block hashes (empty without prefix caching).
+    image_keys: ImageKeys,
     events: Sender<RequestEvent>,
     cancel: Canceller,
     submitted: Instant,
@@ -252,6 +254,7 @@ struct Admission {
     capacity_tokens: usize,
     vocab_size: usize,
     has_vision: bool,
+    prefix_caching: bool,
 }
 
 /// Submits requests to an engine; cheap to clone, usable from any thread.
@@ -280,10 +283,12 @@ impl EngineClient {
         let (events, rx) = mpsc::channel();
         let cancel = Canceller(Arc::new(AtomicBool::new(false)));
         let id = a.next_id.fetch_add(1, Ordering::Relaxed);
+        let image_keys = if a.prefix_caching { ImageKeys::new(&prompt.images) } else { ImageKeys::default() };
         let request = Request {
             id,
             row,
             images: prompt.images,
+            image_keys,
             events,
             cancel: cancel.clone(),
             submitted: Instant::now(),
@@ -328,8 +333,6 @@ struct Sequence<B: Backend> {
     features: Option<Tensor<B, 2>>,
     /// The LongRoPE regime its cached keys were rotated with.
     regime: RopeRegime,
-    /// What its image tokens stand for in block hashes.
-    image_keys: ImageKeys,
     /// The regime its block hashes assume (that of a prefill of its whole known length).
     hash_regime: RopeRegime,
 }
@@ -391,6 +394,7 @@ impl<B: Kernels> Engine<B> {
             capacity_tokens: config.capacity_tokens(),
             vocab_size: text.vocab_size,
             has_vision: model.vision_embed_tokens.is_some(),
+            prefix_caching: config.prefix_caching,
         });
         Ok(Self {
             model,
@@ -567,13 +571,11 @@ impl<B: Kernels> Engine<B> {
 
     fn enqueue(&mut self, req: Request) {
         let regime = self.model.rope_regime(req.row.ids.len() - 1);
-        let image_keys = if self.config.prefix_caching { ImageKeys::new(&req.images) } else { ImageKeys::default() };
         let (id, len) = (req.id, req.row.ids.len());
         let seq = Sequence {
             req,
             features: None,
             regime,
-            image_keys,
             hash_regime: regime,
         };
         let hashes = self.block_hashes(&seq, Vec::new());
@@ -585,7 +587,7 @@ impl<B: Kernels> Engine<B> {
     /// none without prefix caching.
     fn block_hashes(&self, seq: &Sequence<B>, mut hashes: Vec<u64>) -> Vec<u64> {
         if self.config.prefix_caching {
-            extend_block_hashes(&mut hashes, &seq.req.row.ids, &seq.image_keys, seq.hash_regime, self.config.block_size);
+            extend_block_hashes(&mut hashes, &seq.req.row.ids, &seq.req.image_keys, seq.hash_regime, self.config.block_size);
         }
         hashes
     }

@@ -9,7 +9,8 @@ use crate::image_processor::ProcessedImage;
 use crate::model::RopeRegime;
 
 /// What a request's image tokens stand for: each image's content hash and token count, in
-/// prompt order.
+/// prompt order. Computed where the request is submitted (hashing an image of 17 crops reads
+/// 23 MB), not on the engine's thread.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct ImageKeys(Vec<(u64, usize)>);
 
@@ -21,8 +22,12 @@ impl ImageKeys {
                 .map(|image| {
                     let mut h = DefaultHasher::new();
                     (image.crop_grid, image.hd_size, image.num_used_crops, image.num_img_tokens).hash(&mut h);
-                    for v in &image.pixel_values {
-                        v.to_bits().hash(&mut h);
+                    // The pixels as bytes, in slices (one hasher call per value is ~5× slower).
+                    let mut bytes = Vec::with_capacity(4 * 4096);
+                    for chunk in image.pixel_values.chunks(4096) {
+                        bytes.clear();
+                        bytes.extend(chunk.iter().flat_map(|v| v.to_le_bytes()));
+                        h.write(&bytes);
                     }
                     (h.finish(), image.num_img_tokens)
                 })

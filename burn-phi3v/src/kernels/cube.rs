@@ -11,7 +11,7 @@ use burn_cubecl::{
 };
 use cubecl::{calculate_cube_count_elemwise, prelude::*};
 
-use super::{Epilogue, KernelPolicy, Kernels};
+use super::{Epilogue, KernelPolicy, Kernels, SkinnyTuning};
 
 impl<R, F, I, BT> Kernels for CubeBackend<R, F, I, BT>
 where
@@ -66,7 +66,10 @@ where
     }
 
     fn silu_mul(gate_up: FloatTensor<Self>) -> FloatTensor<Self> {
-        if !runs_here(&gate_up.client) {
+        // An odd last dimension (not a gate_up_proj output) has no row stride of 2 · width:
+        // the composed default takes it (its halves end before the last column).
+        let odd = gate_up.meta.shape().as_slice().last().is_some_and(|w| w % 2 == 1);
+        if !runs_here(&gate_up.client) || odd {
             return super::default_silu_mul::<Self>(gate_up);
         }
         silu_mul(gate_up)
@@ -1128,11 +1131,6 @@ fn decode_plane<R: CubeRuntime>(client: &ComputeClient<R>, head_dim: usize) -> O
     uniform_plane(client).filter(|&lanes| head_dim.is_multiple_of(lanes) && head_dim <= DECODE_PLANES as usize * lanes)
 }
 
-/// Output columns each plane of the skinny product takes (each cube when its planes split `d_in`).
-const SKINNY_COLUMNS: usize = 4;
-/// Vector loads per column a lane makes in [`skinny_linear_kernel`] when `d_in` allows: the
-/// planes split `d_in` into slices of this many vectors per lane.
-const SKINNY_LANE_VECTORS: usize = 4;
 /// Most rows for which the skinny product splits `d_in` over a cube's planes. With more rows a
 /// cube's arithmetic per weight load grows and the input rows are read once per cube: on the
 /// H200 (session 11) the split made 10-row products 1.1–1.7× slower (`gate_up_proj` 51 → 89
@@ -1159,6 +1157,9 @@ const SKINNY_SHARED_BYTES: usize = 32 * 1024;
 ///   takes vectors `l, l + lanes, …`); with more rows a cube's arithmetic per weight load
 ///   grows and its planes share the input rows through the cache.
 ///
+/// Each lane issues `depth` loads per weight row (strided as above) before it multiplies, then
+/// finishes with single loads; every lane adds its products in the same order at any depth.
+///
 /// Fused steps (comptime): `norm` makes the input `Phi3RMSNorm(x)` with `norm_weight` and
 /// `eps` (each cube sums the rows' squares first); `silu` pairs the weight rows (a group's
 /// first `columns / 2` are gate rows `o`, the others the up rows `o + d_out`) and writes
@@ -1182,6 +1183,7 @@ fn skinny_linear_kernel<E: Float, N: Size>(
     #[comptime] planes: usize,
     #[comptime] lanes: usize,
     #[comptime] columns: usize,
+    #[comptime] depth: usize,
     #[comptime] split: bool,
     #[comptime] plane_reduce: bool,
     #[comptime] norm: bool,
@@ -1266,40 +1268,32 @@ fn skinny_linear_kernel<E: Float, N: Size>(
             bases[c] = (d_out + min(first + c - outs, d_out - 1)) * vectors;
         }
     }
-    let mut w = Array::<Vector<E, N>>::new(columns);
+    let mut w = Array::<Vector<E, N>>::new(columns * depth);
     let mut xs = Array::<f32>::new(width);
     let mut j = start;
+    if depth > 1 {
+        // `depth` loads per weight row in flight, then their arithmetic in load order.
+        while j + (depth - 1) * step < vectors {
+            #[unroll]
+            for k in 0..depth {
+                #[unroll]
+                for c in 0..columns {
+                    w[k * columns + c] = weight[bases[c] + j + k * step];
+                }
+            }
+            #[unroll]
+            for k in 0..depth {
+                skinny_accumulate::<E, N>(x, norm_weight, &w, k * columns, &inv, &mut xs, &mut acc, j + k * step, vectors, rows, columns, norm);
+            }
+            j += depth * step;
+        }
+    }
     while j < vectors {
         #[unroll]
         for c in 0..columns {
             w[c] = weight[bases[c] + j];
         }
-        let mut nv = w[0];
-        if norm {
-            nv = norm_weight[j];
-        }
-        #[unroll]
-        for r in 0..rows {
-            let xv = x[r * vectors + j];
-            #[unroll]
-            for e in 0..width {
-                if norm {
-                    xs[e] = f32::cast_from(E::cast_from(f32::cast_from(xv[e]) * inv[r]) * nv[e]);
-                } else {
-                    xs[e] = f32::cast_from(xv[e]);
-                }
-            }
-            #[unroll]
-            for c in 0..columns {
-                let wc = w[c];
-                let mut dot = f32::cast_from(wc[0]) * xs[0];
-                #[unroll]
-                for e in 1..width {
-                    dot += f32::cast_from(wc[e]) * xs[e];
-                }
-                acc[r * columns + c] += dot;
-            }
-        }
+        skinny_accumulate::<E, N>(x, norm_weight, &w, 0, &inv, &mut xs, &mut acc, j, vectors, rows, columns, norm);
         j += step;
     }
     // Sum i (= r · columns + c) of every unit of a group: `parts` partials per sum, at
@@ -1359,6 +1353,54 @@ fn skinny_linear_kernel<E: Float, N: Size>(
     }
 }
 
+/// [`skinny_linear_kernel`]'s arithmetic on one vector of `d_in` (index `j`): every row's input
+/// vector (normalised when `norm`) times the `columns` weight vectors at `w[w_at..]`, added to
+/// `acc` (`rows × columns`).
+#[cube]
+#[allow(clippy::too_many_arguments)]
+fn skinny_accumulate<E: Float, N: Size>(
+    x: &Array<Vector<E, N>>,
+    norm_weight: &Array<Vector<E, N>>,
+    w: &Array<Vector<E, N>>,
+    w_at: usize,
+    inv: &Array<f32>,
+    xs: &mut Array<f32>,
+    acc: &mut Array<f32>,
+    j: usize,
+    vectors: usize,
+    #[comptime] rows: usize,
+    #[comptime] columns: usize,
+    #[comptime] norm: bool,
+) {
+    let width = N::value();
+    let mut nv = w[w_at];
+    if norm {
+        nv = norm_weight[j];
+    }
+    #[unroll]
+    for r in 0..rows {
+        let xv = x[r * vectors + j];
+        #[unroll]
+        for e in 0..width {
+            if norm {
+                xs[e] = f32::cast_from(E::cast_from(f32::cast_from(xv[e]) * inv[r]) * nv[e]);
+            } else {
+                xs[e] = f32::cast_from(xv[e]);
+            }
+        }
+        #[unroll]
+        for c in 0..columns {
+            let wc = w[w_at + c];
+            let mut dot = f32::cast_from(wc[0]) * xs[0];
+            #[unroll]
+            for e in 1..width {
+                dot += f32::cast_from(wc[e]) * xs[e];
+            }
+            acc[r * columns + c] += dot;
+        }
+    }
+}
+
 /// Values per vector load: the widest of 8, 4, 2 that the runtime loads at once for this
 /// dtype, that divides `d_in`, and that every buffer's offset is aligned to; else 1.
 fn skinny_vector_size<R: CubeRuntime>(buffers: &[&CubeTensor<R>], d_in: usize) -> usize {
@@ -1376,17 +1418,17 @@ fn skinny_vector_size<R: CubeRuntime>(buffers: &[&CubeTensor<R>], d_in: usize) -
 /// planes, split, plane_reduce)`. Lanes are the hardware plane where it is uniform and plane
 /// sums work (then planes sum their lanes), else 32 (lane partials through shared memory,
 /// which bounds the planes). Up to [`SKINNY_SPLIT_ROWS`] rows the planes split `d_in`: enough
-/// of them that each lane makes about [`SKINNY_LANE_VECTORS`] loads per column, at most
+/// of them that each lane makes about `tuning.lane_vectors` loads per column, at most
 /// [`SKINNY_MAX_PLANES`]; above, [`SKINNY_COLUMN_PLANES`] planes of their own columns.
-fn skinny_shape<R: CubeRuntime>(client: &ComputeClient<R>, rows: usize, vectors: usize) -> (usize, usize, bool, bool) {
+fn skinny_shape<R: CubeRuntime>(client: &ComputeClient<R>, rows: usize, vectors: usize, tuning: SkinnyTuning) -> (usize, usize, bool, bool) {
     let (lanes, plane_reduce) = match uniform_plane(client) {
         Some(lanes) => (lanes, true),
         None => (32, false),
     };
     let split = rows <= SKINNY_SPLIT_ROWS;
-    let wanted = if split { vectors.div_ceil(lanes * SKINNY_LANE_VECTORS).clamp(1, SKINNY_MAX_PLANES) } else { SKINNY_COLUMN_PLANES };
+    let wanted = if split { vectors.div_ceil(lanes * tuning.lane_vectors).clamp(1, SKINNY_MAX_PLANES) } else { SKINNY_COLUMN_PLANES };
     // Shared memory per cube where lanes' partials go through it: planes · rows · columns · lanes f32.
-    let shared_limit = if plane_reduce { SKINNY_MAX_PLANES } else { (SKINNY_SHARED_BYTES / (4 * rows * SKINNY_COLUMNS * lanes)).max(1) };
+    let shared_limit = if plane_reduce { SKINNY_MAX_PLANES } else { (SKINNY_SHARED_BYTES / (4 * rows * tuning.columns * lanes)).max(1) };
     (lanes, wanted.min(shared_limit), split, plane_reduce)
 }
 
@@ -1429,8 +1471,9 @@ pub(crate) fn fused_linear<R: CubeRuntime, F: FloatElement, I: IntElement, BT: B
     buffers.extend(norm_weight.iter());
     let vector_size = skinny_vector_size(&buffers, d_in);
     let vectors = d_in / vector_size;
-    let (lanes, planes, split, plane_reduce) = skinny_shape(&x.client, rows, vectors);
-    let group_columns = if silu { SKINNY_COLUMNS / 2 } else { SKINNY_COLUMNS };
+    let tuning = super::skinny_tuning();
+    let (lanes, planes, split, plane_reduce) = skinny_shape(&x.client, rows, vectors, tuning);
+    let group_columns = if silu { tuning.columns / 2 } else { tuning.columns };
     let cube_columns = if split { group_columns } else { planes * group_columns };
     let address = [&x, &weight, &output]
         .into_iter()
@@ -1461,7 +1504,8 @@ pub(crate) fn fused_linear<R: CubeRuntime, F: FloatElement, I: IntElement, BT: B
             rows,
             planes,
             lanes,
-            SKINNY_COLUMNS,
+            tuning.columns,
+            tuning.depth,
             split,
             plane_reduce,
             norm,

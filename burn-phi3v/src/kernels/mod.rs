@@ -18,7 +18,7 @@
 //! `impl burn_phi3v::kernels::Kernels for MyBackend {}` (in the crate that defines the backend
 //! type, or on a newtype).
 
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU32, Ordering};
 
 use burn::tensor::{
     Int, Tensor, TensorPrimitive,
@@ -624,6 +624,79 @@ mod tests {
 /// Most rows [`Kernels::skinny_linear`] takes (each unit of the GPU kernel keeps `rows × 4`
 /// f32 sums in registers).
 pub const SKINNY_ROWS: usize = 16;
+
+/// The shape of the GPU kernel behind [`Kernels::skinny_linear`] and
+/// [`Kernels::fused_linear`] (CubeCL backends): how many weight rows a cube (or plane) reads
+/// at once, how many vector loads per weight row each lane makes when a cube's planes split
+/// `d_in` (few rows), and how many of those loads a lane issues before it multiplies. Every
+/// setting computes the same sums in the same order per lane; they differ in speed only
+/// (docs/kernels.md). `PHI3V_SKINNY=columns,lane_vectors,depth` sets it for a process (read
+/// once; an invalid value leaves the default), [`set_skinny_tuning`] at any time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SkinnyTuning {
+    /// Weight rows read together: 2, 4 (default) or 8 (even: SiLU·mul pairs gate and up rows).
+    pub columns: usize,
+    /// Vector loads per weight row per lane that decide how many planes split `d_in`
+    /// (1–64; default 4).
+    pub lane_vectors: usize,
+    /// Loads per weight row a lane has in flight before its arithmetic: 1 (default), 2 or 4.
+    pub depth: usize,
+}
+
+impl Default for SkinnyTuning {
+    fn default() -> Self {
+        Self { columns: 4, lane_vectors: 4, depth: 1 }
+    }
+}
+
+impl SkinnyTuning {
+    /// Whether the kernel takes these values.
+    pub fn is_valid(&self) -> bool {
+        matches!(self.columns, 2 | 4 | 8) && (1..=64).contains(&self.lane_vectors) && matches!(self.depth, 1 | 2 | 4)
+    }
+
+    /// `columns,lane_vectors,depth`, if valid.
+    pub fn parse(s: &str) -> Option<Self> {
+        let v: Vec<usize> = s.split(',').map(|p| p.trim().parse().ok()).collect::<Option<_>>()?;
+        let t = match v.as_slice() {
+            [columns, lane_vectors, depth] => Self { columns: *columns, lane_vectors: *lane_vectors, depth: *depth },
+            _ => return None,
+        };
+        t.is_valid().then_some(t)
+    }
+
+    fn pack(self) -> u32 {
+        (self.columns | self.lane_vectors << 8 | self.depth << 16) as u32
+    }
+
+    fn unpack(v: u32) -> Self {
+        let v = v as usize;
+        Self { columns: v & 0xff, lane_vectors: (v >> 8) & 0xff, depth: v >> 16 }
+    }
+}
+
+/// 0 = not read from the environment yet.
+static SKINNY_TUNING: AtomicU32 = AtomicU32::new(0);
+
+/// The skinny kernel's shape for every later launch; `false` (nothing changed) when invalid.
+pub fn set_skinny_tuning(tuning: SkinnyTuning) -> bool {
+    if tuning.is_valid() {
+        SKINNY_TUNING.store(tuning.pack(), Ordering::Relaxed);
+    }
+    tuning.is_valid()
+}
+
+/// The current [`SkinnyTuning`].
+pub fn skinny_tuning() -> SkinnyTuning {
+    match SKINNY_TUNING.load(Ordering::Relaxed) {
+        0 => {
+            let t = std::env::var("PHI3V_SKINNY").ok().and_then(|v| SkinnyTuning::parse(&v)).unwrap_or_default();
+            set_skinny_tuning(t);
+            t
+        }
+        v => SkinnyTuning::unpack(v),
+    }
+}
 
 /// Fewest rows [`linear`] sends to [`Kernels::skinny_linear`]: 1, or `PHI3V_SKINNY_MIN_ROWS`
 /// (read once, clamped to 1..=[`SKINNY_ROWS`]). One-row products (a decode step of one
