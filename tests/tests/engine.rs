@@ -262,6 +262,25 @@ fn shared_prefixes_are_computed_once_and_answers_are_unchanged() {
     assert_eq!(with.used_blocks, 0, "cached blocks nobody holds count as free");
 }
 
+/// Image requests admitted in the same pass share vision-tower launches (their images
+/// encoded together, then split per request): each answer equals its solo run.
+#[test]
+fn image_requests_of_one_pass_are_encoded_together_and_split_right() {
+    let m = load("phi35v-tiny");
+    let prompts: Vec<ProcessedPrompt> = ["coffee_portrait", "two_images", "tiny_rgba_upscaled"].iter().map(|c| case_prompt(&m, c)).collect();
+    let tokens: usize = prompts.iter().map(|p| p.input_ids.len()).sum();
+    // Every prompt whole in the first pass.
+    let config = EngineConfig { num_blocks: 512, max_batched_tokens: tokens, ..Default::default() };
+    let mut engine = engine(&m, config);
+    let handles: Vec<_> = prompts.iter().map(|p| engine.submit(p.clone(), greedy(4)).expect("submit")).collect();
+    assert!(engine.step().expect("first pass"));
+    assert_eq!(engine.stats().max_pass_tokens, tokens, "all three prefilled in one pass");
+    engine.run_until_idle().expect("run");
+    for (i, (h, p)) in handles.into_iter().zip(&prompts).enumerate() {
+        assert_eq!(h.wait().expect("output").token_ids, solo(&m, p, &greedy(4)), "request {i}");
+    }
+}
+
 /// A running request is cancelled after a few tokens and a waiting one before it starts: both
 /// end with `Cancelled` and free their blocks; the others are unaffected.
 #[test]

@@ -325,6 +325,10 @@ fn check_prompt(prompt: &ProcessedPrompt, vocab_size: usize, has_vision: bool) -
     Ok(())
 }
 
+/// Most image crops one vision-tower launch of the engine takes (4 images of 16 crops + the
+/// global view): several requests' images share a launch up to it.
+const VISION_BATCH_CROPS: usize = 68;
+
 /// A request being served.
 struct Sequence<B: Backend> {
     req: Request,
@@ -592,6 +596,48 @@ impl<B: Kernels> Engine<B> {
         hashes
     }
 
+    /// Runs the vision tower for the sequences of `plan` whose chunk has image tokens and whose
+    /// features are not computed yet (never for images all inside a cached prefix): their
+    /// images together, in launches of at most [`VISION_BATCH_CROPS`] crops (more images per
+    /// launch use the GPU better; the cap bounds the activations). Features are kept until the
+    /// sequence ends.
+    fn encode_images(&mut self, plan: &[scheduler::Scheduled]) -> Result<()> {
+        let needed: Vec<u64> = plan
+            .iter()
+            .filter(|p| {
+                let seq = &self.seqs[&p.id];
+                seq.features.is_none() && seq.req.row.ids[p.start..p.start + p.len].iter().any(|&i| i < 0)
+            })
+            .map(|p| p.id)
+            .collect();
+        let crops = |id: &u64| self.seqs[id].req.images.iter().map(|i| i.num_used_crops).sum::<usize>();
+        let mut groups: Vec<Vec<u64>> = Vec::new();
+        let mut in_group = 0;
+        for id in needed {
+            let c = crops(&id);
+            match groups.last_mut() {
+                Some(group) if in_group + c <= VISION_BATCH_CROPS => group.push(id),
+                _ => {
+                    groups.push(vec![id]);
+                    in_group = 0;
+                }
+            }
+            in_group += c;
+        }
+        for group in groups {
+            let images: Vec<&ProcessedImage> = group.iter().flat_map(|id| self.seqs[id].req.images.iter()).collect();
+            let Some(features) = embed_images(&self.model, &images)? else { continue };
+            let mut at = 0;
+            for id in group {
+                let seq = self.seqs.get_mut(&id).expect("planned sequences are served");
+                let n: usize = seq.req.images.iter().map(|i| i.num_img_tokens).sum();
+                seq.features = Some(features.clone().narrow(0, at, n));
+                at += n;
+            }
+        }
+        Ok(())
+    }
+
     /// Recomputes `id`'s block hashes for the regime of a prefill of its whole known length,
     /// if that changed (it holds no blocks: waiting, or just restarted).
     fn rehash(&mut self, id: u64) {
@@ -652,6 +698,8 @@ impl<B: Kernels> Engine<B> {
             seq.regime = self.model.rope_regime(seq.req.row.ids.len() - 1);
         }
 
+        self.encode_images(&plan)?;
+
         let tokens: usize = plan.iter().map(|p| p.len).sum();
         let mut ids = Vec::with_capacity(tokens);
         let mut features = Vec::new();
@@ -662,12 +710,6 @@ impl<B: Kernels> Engine<B> {
             let chunk = &known[p.start..p.start + p.len];
             let slots = chunk.iter().filter(|&&i| i < 0).count();
             if slots > 0 {
-                // The vision tower runs at the first chunk with image tokens (never when the
-                // images are all in a cached prefix); its features are kept until the end.
-                if seq.features.is_none() {
-                    let images: Vec<&ProcessedImage> = seq.req.images.iter().collect();
-                    seq.features = embed_images(&self.model, &images)?;
-                }
                 let before = known[..p.start].iter().filter(|&&i| i < 0).count();
                 let f = seq.features.clone().ok_or_else(|| Phi3vError::InvalidInput(format!("request {}: image features missing", p.id)))?;
                 features.push(f.narrow(0, before, slots));
