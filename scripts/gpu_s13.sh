@@ -8,6 +8,8 @@
 #   sweep   — the b=1 decode breakdown at each skinny-kernel shape (PHI3V_SKINNY=columns,
 #             lane_vectors,depth; default 4,4,1), same binary: which one reads the weights
 #             fastest at one row;
+#   flash   — prefill 1024/4096 and image encode, Burn's attention vs the flash kernel
+#             (PHI3V_FLASH_ATTENTION=0/1), breakdown and bench;
 #   engine  — generation 1024→128 at 1 and 10 requests, static and engine (warm-up first);
 #             prefix caching is on but the prompts share nothing.
 # Results under $OUT as they come, packed into one tgz per part.
@@ -35,6 +37,18 @@ for part in "$@"; do
       for t in ${TUNINGS:-4,4,1 4,4,2 4,4,4 8,4,1 8,4,2 4,8,2 2,4,4}; do
         PHI3V_SKINNY=$t timeout ${SWEEP_LIMIT:-45} $B/phi3v "${DECODE_BREAKDOWN[@]:0:14}" --decode-batches 1 --out $D/bd-$t > $D/bd-$t.log 2>&1
         echo "=== PHI3V_SKINNY=$t rc=$?"; grep "whole step" $D/bd-$t.log | cut -c1-160; grep "_proj" $D/bd-$t.log | cut -c1-120
+      done
+      cd $R ;;
+    flash)
+      # Prefill 1024 and image encode with Burn's attention, then with the flash kernel.
+      cd target
+      for fa in 0 1; do
+        PHI3V_FLASH_ATTENTION=$fa timeout ${FLASH_LIMIT:-150} $B/phi3v bench breakdown --preset phi3v-128k --device cuda --dtype bf16 \
+          --prefill 1024 --decode-batches 1 --warmup 2 --runs 10 --out $D/bd-fa$fa > $D/bd-fa$fa.log 2>&1
+        echo "=== breakdown flash=$fa rc=$?"; grep "whole step\|attention" $D/bd-fa$fa.log | cut -c1-160
+        PHI3V_FLASH_ATTENTION=$fa timeout ${FLASH_LIMIT:-150} $B/phi3v bench run --preset phi3v-128k --device cuda --scenarios prefill,images \
+          --prompt-lengths 1024,4096 --prefill-batches 1 --images 336x336,1344x1344 --num-crops 16 --warmup 1 --runs 3 --out $D/run-fa$fa > $D/run-fa$fa.log 2>&1
+        echo "=== prefill/images flash=$fa rc=$?"; grep "^prefill\|^image" $D/run-fa$fa.log
       done
       cd $R ;;
     engine)

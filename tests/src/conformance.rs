@@ -319,6 +319,8 @@ fn model_ops<B: Kernels>(c: &mut Ctx<B>) {
     let tables = Tensor::<B, 2, Int>::from_data(TensorData::new(vec![7i64, 2, 13, 5, 11, 5], [2, 3]), c.device);
     let lengths = Tensor::<B, 1, Int>::from_data(TensorData::new(vec![9i64, 5], [2]), c.device);
     let pq = c.input([2, 4, 96], 1.0);
+    // Prefill attention (flash): 4 heads of 96 over 70 positions, causal.
+    let (fq, fk, fv) = (c.input([1, 4, 70, 96], 2.0), c.input([1, 4, 70, 96], 2.0), c.input([1, 4, 70, 96], 1.0));
     // Projections of a decode step (1 and 3 token rows) with a checkpoint-layout weight.
     let weight = c.input([40, 256], 0.1).transpose();
     let (x1, x3) = (c.input([1, 1, 256], 1.0), c.input([1, 3, 256], 1.0));
@@ -339,6 +341,8 @@ fn model_ops<B: Kernels>(c: &mut Ctx<B>) {
         c.record(format!("decode attention [2, 4, 1→37, 96] over a cache view, {how}"), 37, kernels::decode_attention(dq.clone(), dk.clone(), dv.clone()));
         let paged = kernels::paged_decode_attention(pq.clone(), &pool_k, &pool_v, &tables, &lengths, 4, 9);
         c.record(format!("paged decode attention [2 rows of 9, 5 keys, 4 heads of 96, blocks of 4], {how}"), 9, paged);
+        let flash = kernels::attention(fq.clone(), fk.clone(), fv.clone(), None, true);
+        c.record(format!("causal attention [1, 4, 70, 96] (prefill), {how}"), 70, flash);
         for x in [&x1, &x3] {
             let rows = x.dims()[1];
             c.record(format!("linear [{rows}, 256] · [256, 40] (decode-step rows), {how}"), 256, kernels::linear(x.clone(), &weight, None));

@@ -3,7 +3,7 @@
 //! and at awkward ones, on every test target. Tolerances: `OpTolerance` (per dtype, relative
 //! to the largest magnitude), the one the conformance checks use.
 
-use burn::tensor::{DType, Int, Tensor, TensorData, TensorPrimitive, bf16, f16};
+use burn::tensor::{Bool, DType, Int, Tensor, TensorData, TensorPrimitive, bf16, f16};
 use burn_phi3v::device::{DeviceInfo, dtype_name};
 use burn_phi3v::kernels::{self, KernelPolicy, Kernels, kernel_policy, set_kernel_policy};
 use phi3v_devices::DeviceFn;
@@ -222,6 +222,32 @@ impl KernelJob {
             let outputs = both(&|| kernels::linear_add(x.clone(), &weight, residual.clone()));
             compare(format!("linear_add [{rows}, {d_in}] · [{d_in}, {d_out}]"), d_in, outputs);
         }
+        // Flash attention (prefill, the vision tower): causal over as many keys as queries
+        // (Phi-3's 96-dim heads, more rows than one 64-row block), causal after cached keys
+        // (aligned bottom-right), not causal (CLIP's 64-dim heads), grouped-query heads, and
+        // 128-dim heads. The composed side gets the causal mask explicitly (backends disagree on
+        // where a causal flag aligns when keys outnumber queries).
+        for (batch, heads, kv_heads, queries, keys, head_dim, causal) in
+            [(1, 4, 4, 70, 70, 96, true), (2, 3, 3, 20, 50, 64, true), (2, 2, 2, 33, 33, 64, false), (1, 4, 2, 17, 40, 32, false), (1, 2, 1, 130, 130, 128, true)]
+        {
+            let q = tensor(input(vec![batch * heads * queries * head_dim], 2.0)).reshape([batch, heads, queries, head_dim]);
+            let k = tensor(input(vec![batch * kv_heads * keys * head_dim], 2.0)).reshape([batch, kv_heads, keys, head_dim]);
+            let v = tensor(input(vec![batch * kv_heads * keys * head_dim], 1.0)).reshape([batch, kv_heads, keys, head_dim]);
+            let mask = Tensor::<B, 2, Bool>::tril_mask([queries, keys], (keys - queries) as i64, device)
+                .unsqueeze::<4>()
+                .expand([batch, heads, queries, keys]);
+            let outputs = both(&|| {
+                let out = if kernels::fused_kernels() {
+                    kernels::attention(q.clone(), k.clone(), v.clone(), None, causal)
+                } else {
+                    kernels::attention(q.clone(), k.clone(), v.clone(), causal.then(|| mask.clone()), false)
+                };
+                out.reshape([1, batch * heads * queries, head_dim])
+            });
+            let how = if causal { "causal" } else { "full" };
+            compare(format!("flash_attention [{batch}, {heads}/{kv_heads} heads, {queries} queries, {keys} keys, {head_dim}] {how}"), keys, outputs);
+        }
+
         // The skinny kernel's other shapes (`SkinnyTuning`: weight rows per cube, loads per lane
         // that set the planes, loads in flight), at 1 and 3 rows (planes split d_in, with a
         // remainder after the deep loads) and 10 (planes of their own columns).

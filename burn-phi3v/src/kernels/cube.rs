@@ -114,6 +114,22 @@ where
         fused_linear::<R, F, I, BT>(x, weight, norm, epilogue)
     }
 
+    fn flash_attention(q: FloatTensor<Self>, k: FloatTensor<Self>, v: FloatTensor<Self>, causal: bool) -> FloatTensor<Self> {
+        let [queries, head_dim] = [q.meta.shape()[2], q.meta.shape()[3]];
+        let (kv_heads, keys) = (k.meta.shape()[1], k.meta.shape()[2]);
+        // Not measured on a GPU yet: by default only when asked for (or forced).
+        let wanted = match super::kernel_policy() {
+            KernelPolicy::Forced => true,
+            KernelPolicy::Verified => super::flash_attention_opted_in(),
+            KernelPolicy::Off => false,
+        };
+        let fits = q.meta.shape()[0] * q.meta.shape()[1] <= MAX_CUBES_PER_DIM && head_dim > 0 && head_dim <= FLASH_MAX_HEAD_DIM && kv_heads > 0 && q.meta.shape()[1].is_multiple_of(kv_heads) && (!causal || keys >= queries);
+        if !wanted || !fits || !runs_here(&q.client) {
+            return super::default_flash_attention::<Self>(q, k, v, causal);
+        }
+        flash_attention(q, k, v, causal)
+    }
+
     fn decode_attention(q: FloatTensor<Self>, k: FloatTensor<Self>, v: FloatTensor<Self>) -> FloatTensor<Self> {
         let head_dim = q.meta.shape()[3];
         if head_dim > ROW_UNITS as usize || head_dim == 0 || !runs_here(&q.client) {
@@ -769,6 +785,150 @@ pub(crate) fn decode_attention<R: CubeRuntime>(q: CubeTensor<R>, k: CubeTensor<R
             scale,
             head_dim,
             ROW_UNITS as usize,
+            dtype.into(),
+        )
+    };
+    output
+}
+
+/// Where a flash attention reads its operands and how many: heads, queries and keys, and the
+/// strides of `q` (`[batch, heads, queries, head_dim]`) and of `k`, `v` (`[batch, kv_heads,
+/// keys, head_dim]`), last strides 1, in elements. The output is contiguous.
+#[derive(CubeLaunch, CubeType)]
+struct FlashLayout {
+    heads: usize,
+    /// Query heads per key/value head.
+    group: usize,
+    queries: usize,
+    keys: usize,
+    q_batch: usize,
+    q_head: usize,
+    q_row: usize,
+    k_batch: usize,
+    k_head: usize,
+    k_key: usize,
+    v_batch: usize,
+    v_head: usize,
+    v_key: usize,
+}
+
+/// Largest head dimension of the flash attention kernel (its rows live in registers).
+const FLASH_MAX_HEAD_DIM: usize = 128;
+/// Query rows per cube of the flash attention kernel (one per unit).
+const FLASH_BLOCK_Q: usize = 64;
+
+/// Flash attention (online softmax), one unit per query row: its scaled query and its output
+/// sums in f32 registers, its keys in order — score, and when the score is a new maximum the
+/// sums rescaled by `exp(old max − new max)`, then `exp(score − max) · v` added. Cubes of
+/// `block_q` rows of one (batch, head). No shared memory and no barrier: the units of a plane
+/// read the same key at the same time (one load for all of them), and a barrier with this
+/// much state live across it made the kernel take minutes to compile on lavapipe (LLVM's
+/// coroutine frames). `causal` hides key `j` from query `i` when `j > i + keys − queries`.
+#[cube(launch_unchecked, address_type = "dynamic")]
+fn flash_attention_kernel<E: Float>(
+    q: &Array<E>,
+    k: &Array<E>,
+    v: &Array<E>,
+    output: &mut Array<E>,
+    layout: &FlashLayout,
+    scale: f32,
+    #[comptime] head_dim: usize,
+    #[comptime] block_q: usize,
+    #[comptime] causal: bool,
+    #[define(E)] _dtype: StorageType,
+) {
+    let bh = CUBE_POS_Y as usize;
+    let row = CUBE_POS_X as usize * block_q + UNIT_POS as usize;
+    let queries = layout.queries;
+    if row >= queries {
+        terminate!();
+    }
+    let keys = layout.keys;
+    let b = bh / layout.heads;
+    let h = bh % layout.heads;
+    let hk = h / layout.group;
+    let mut end = keys;
+    if causal {
+        end = row + keys - queries + 1;
+    }
+
+    let mut qr = Array::<f32>::new(head_dim);
+    let mut acc = Array::<f32>::new(head_dim);
+    let q_base = b * layout.q_batch + h * layout.q_head + row * layout.q_row;
+    #[unroll]
+    for d in 0..head_dim {
+        qr[d] = f32::cast_from(q[q_base + d]) * scale;
+        acc[d] = f32::new(0.0);
+    }
+    let mut max_score = f32::new(NO_SCORE);
+    let mut total = f32::new(0.0);
+    let k_base = b * layout.k_batch + hk * layout.k_head;
+    let v_base = b * layout.v_batch + hk * layout.v_head;
+    let mut key = 0usize;
+    while key < end {
+        let kr = k_base + key * layout.k_key;
+        let mut score = f32::new(0.0);
+        #[unroll]
+        for d in 0..head_dim {
+            score += qr[d] * f32::cast_from(k[kr + d]);
+        }
+        if score > max_score {
+            let correction = f32::exp(max_score - score);
+            total *= correction;
+            #[unroll]
+            for d in 0..head_dim {
+                acc[d] *= correction;
+            }
+            max_score = score;
+        }
+        let p = f32::exp(score - max_score);
+        total += p;
+        let vr = v_base + key * layout.v_key;
+        #[unroll]
+        for d in 0..head_dim {
+            acc[d] += p * f32::cast_from(v[vr + d]);
+        }
+        key += 1;
+    }
+    let out = (bh * queries + row) * head_dim;
+    let inv = select(total > f32::new(0.0), f32::new(1.0) / total, f32::new(0.0));
+    #[unroll]
+    for d in 0..head_dim {
+        output[out + d] = E::cast_from(acc[d] * inv);
+    }
+}
+
+/// Attention of every query over its keys; see [`Kernels::flash_attention`].
+pub(crate) fn flash_attention<R: CubeRuntime>(q: CubeTensor<R>, k: CubeTensor<R>, v: CubeTensor<R>, causal: bool) -> CubeTensor<R> {
+    let last_unit = |t: CubeTensor<R>| if t.meta.strides()[3] == 1 { t } else { into_contiguous(t) };
+    let (q, k, v) = (last_unit(q), last_unit(k), last_unit(v));
+    let shape = q.meta.shape().clone();
+    let (batch, heads, queries, head_dim) = (shape[0], shape[1], shape[2], shape[3]);
+    let (kv_heads, keys) = (k.meta.shape()[1], k.meta.shape()[2]);
+    let output = empty_device_contiguous_dtype(q.client.clone(), q.device.clone(), shape, q.dtype);
+    if batch * heads * queries == 0 || head_dim == 0 {
+        return output;
+    }
+    let (qs, ks, vs) = (q.meta.strides().clone(), k.meta.strides().clone(), v.meta.strides().clone());
+    let layout = FlashLayoutLaunch::new(heads, heads / kv_heads.max(1), queries, keys, qs[0], qs[1], qs[2], ks[0], ks[1], ks[2], vs[0], vs[1], vs[2]);
+    let scale = 1.0 / (head_dim as f32).sqrt();
+    let dtype = q.dtype;
+    let address = [&q, &k, &v, &output].map(|t| t.required_address_type()).into_iter().max().unwrap_or_default();
+    unsafe {
+        flash_attention_kernel::launch_unchecked(
+            &output.client,
+            CubeCount::new_2d(queries.div_ceil(FLASH_BLOCK_Q) as u32, (batch * heads) as u32),
+            CubeDim::new_1d(FLASH_BLOCK_Q as u32),
+            address,
+            q.into_array_arg(),
+            k.into_array_arg(),
+            v.into_array_arg(),
+            output.clone().into_array_arg(),
+            layout,
+            scale,
+            head_dim,
+            FLASH_BLOCK_Q,
+            causal,
             dtype.into(),
         )
     };

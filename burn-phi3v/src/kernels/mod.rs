@@ -21,7 +21,7 @@
 use std::sync::atomic::{AtomicU8, AtomicU32, Ordering};
 
 use burn::tensor::{
-    Int, Tensor, TensorPrimitive,
+    Bool, Int, Tensor, TensorPrimitive,
     activation::silu,
     backend::Backend,
     ops::{FloatTensor, IntTensor},
@@ -120,6 +120,19 @@ pub trait Kernels: Backend {
     /// d_out]`, or `[rows, d_out / 2]` after [`Epilogue::SiluMul`]
     fn fused_linear(x: FloatTensor<Self>, weight: FloatTensor<Self>, norm: Option<(FloatTensor<Self>, f64)>, epilogue: Epilogue<Self>) -> FloatTensor<Self> {
         default_fused_linear::<Self>(x, weight, norm, epilogue)
+    }
+
+    /// Attention of every query row over its keys, no mask beyond `causal`, `scale =
+    /// 1/sqrt(head_dim)`, softmax and sums in f32: a prefill pass, the vision tower. `causal`
+    /// hides key `j` from query `i` when `j > i + keys − queries` (aligned at the bottom-right
+    /// corner, as Burn does: a chunk after cached keys sees them all); it needs `keys ≥
+    /// queries`. Grouped-query heads as in [`Kernels::decode_attention`].
+    ///
+    /// # Shapes
+    /// `q`: `[batch, heads, queries, head_dim]`; `k`, `v`: `[batch, kv_heads, keys, head_dim]`
+    /// → `[batch, heads, queries, head_dim]`
+    fn flash_attention(q: FloatTensor<Self>, k: FloatTensor<Self>, v: FloatTensor<Self>, causal: bool) -> FloatTensor<Self> {
+        default_flash_attention::<Self>(q, k, v, causal)
     }
 
     /// Attention of one new query row over every key, no mask, `scale = 1/sqrt(head_dim)`:
@@ -284,6 +297,15 @@ pub(crate) fn default_fused_linear<B: Kernels>(x: FloatTensor<B>, weight: FloatT
             act.reshape([rows, d / 2]).into_primitive().tensor()
         }
     }
+}
+
+/// [`Kernels::flash_attention`]'s default: the model's attention (`model::nn::attend`, Burn's
+/// `attention` or composed) with the key/value heads repeated.
+pub(crate) fn default_flash_attention<B: Backend>(q: FloatTensor<B>, k: FloatTensor<B>, v: FloatTensor<B>, causal: bool) -> FloatTensor<B> {
+    let tensor = |t| Tensor::<B, 4>::from_primitive(TensorPrimitive::Float(t));
+    let (q, k, v) = (tensor(q), tensor(k), tensor(v));
+    let rep = q.dims()[1] / k.dims()[1].max(1);
+    crate::model::nn::attend(q, repeat_kv(k, rep), repeat_kv(v, rep), None, causal).into_primitive().tensor()
 }
 
 /// [`Kernels::decode_attention`]'s default, for implementations that fall back to it.
@@ -454,7 +476,7 @@ pub fn fused_kernels() -> bool {
 /// (no split of the keys over several cubes and no combining launch);
 /// `add_rms_norm` off adds with Burn, then normalises with `rms_norm`; `rotary_append` off
 /// rotates with `rotary`, then appends with Burn's `slice_assign`.
-pub const KERNEL_NAMES: [&str; 10] = [
+pub const KERNEL_NAMES: [&str; 11] = [
     "rms_norm",
     "add_rms_norm",
     "rotary",
@@ -465,6 +487,7 @@ pub const KERNEL_NAMES: [&str; 10] = [
     "decode_attention_split",
     "skinny_linear",
     "fused_linear",
+    "flash_attention",
 ];
 
 /// Whether the backend's kernel `name` (one of [`KERNEL_NAMES`]) runs: [`fused_kernels`] is
@@ -540,6 +563,35 @@ pub fn silu_mul<B: Kernels>(gate_up: Tensor<B, 3>) -> Tensor<B, 3> {
         return composed::silu_mul(gate_up);
     }
     Tensor::from_primitive(TensorPrimitive::Float(B::silu_mul(gate_up.into_primitive().tensor())))
+}
+
+/// Attention for prefill and the vision tower: [`Kernels::flash_attention`] when there is no
+/// mask beyond `causal` (and `keys ≥ queries` if causal) and its kernel is on, else the
+/// model's attention (`model::nn::attend`) with `mask`. Key/value heads may be fewer than the
+/// query heads (grouped-query attention).
+///
+/// # Shapes
+/// `q`: `[batch, heads, queries, head_dim]`; `k`, `v`: `[batch, kv_heads, keys, head_dim]`;
+/// `mask`: `[batch, heads, queries, keys]` (`true` = hidden) → `[batch, heads, queries,
+/// head_dim]`
+pub fn attention<B: Kernels>(q: Tensor<B, 4>, k: Tensor<B, 4>, v: Tensor<B, 4>, mask: Option<Tensor<B, 4, Bool>>, causal: bool) -> Tensor<B, 4> {
+    let [_, heads, queries, _] = q.dims();
+    let [_, kv_heads, keys, _] = k.dims();
+    let grouped = kv_heads > 0 && heads.is_multiple_of(kv_heads);
+    if mask.is_none() && grouped && (!causal || keys >= queries) && kernel_on("flash_attention") {
+        let out = B::flash_attention(q.into_primitive().tensor(), k.into_primitive().tensor(), v.into_primitive().tensor(), causal);
+        return Tensor::from_primitive(TensorPrimitive::Float(out));
+    }
+    let rep = heads / kv_heads.max(1);
+    crate::model::nn::attend(q, repeat_kv(k, rep), repeat_kv(v, rep), mask, causal)
+}
+
+/// Whether [`Kernels::flash_attention`]'s GPU kernel runs under [`KernelPolicy::Verified`]:
+/// only with `PHI3V_FLASH_ATTENTION=1` until it is measured against Burn's attention on a GPU
+/// (it is tested for correctness like the others; [`KernelPolicy::Forced`] runs it).
+pub fn flash_attention_opted_in() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("PHI3V_FLASH_ATTENTION").is_ok_and(|v| v == "1" || v == "true"))
 }
 
 /// [`Kernels::decode_attention`] on tensors: one query row (`q`'s third dimension is 1);

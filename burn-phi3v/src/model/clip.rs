@@ -6,8 +6,8 @@ use burn::tensor::{Tensor, activation::sigmoid, backend::Backend};
 
 use crate::config::VisionConfig;
 use crate::error::Result;
-use crate::kernels::Kernels;
-use crate::model::nn::{LayerNorm, Linear, attend};
+use crate::kernels::{self, Kernels};
+use crate::model::nn::{LayerNorm, Linear};
 use crate::weights::Weights;
 
 /// `CLIPVisionEmbeddings`: patch "conv" (a matmul over flattened 14×14 patches), class token,
@@ -93,7 +93,7 @@ impl<B: Kernels> ClipAttention<B> {
         let q = heads(self.q_proj.forward(x.clone()));
         let k = heads(self.k_proj.forward(x.clone()));
         let v = heads(self.v_proj.forward(x));
-        let out = attend(q, k, v, None, false).swap_dims(1, 2).reshape([n, t, d]); // head_dim^-0.5
+        let out = kernels::attention(q, k, v, None, false).swap_dims(1, 2).reshape([n, t, d]); // head_dim^-0.5
         self.out_proj.forward(out)
     }
 }

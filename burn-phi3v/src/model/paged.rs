@@ -18,7 +18,7 @@ use burn::tensor::{Bool, DType, Int, Tensor, TensorData, backend::Backend};
 use burn::tensor::IndexingUpdateOp;
 
 use crate::kernels::{self, Kernels};
-use crate::model::nn::{attend, repeat_kv};
+use crate::model::nn::repeat_kv;
 use crate::model::phi3::{RopeRegime, causal_mask};
 
 /// Keys and values of one layer for every slot of the pool.
@@ -256,7 +256,7 @@ impl<B: Backend> PagedBatch<B> {
 
 /// Attention of a pass's queries over the pool (after this pass's keys and values were
 /// written): the decoding rows through their block tables in one
-/// [`kernels::paged_decode_attention`], each prefill chunk composed (gather, then attend).
+/// [`kernels::paged_decode_attention`], each prefill chunk gathered, then attended ([`kernels::attention`]).
 ///
 /// # Shapes
 /// `q`: `[tokens, heads, head_dim]` (rotated) → `[tokens, heads · head_dim]`
@@ -279,7 +279,7 @@ pub fn paged_attention<B: Kernels>(q: Tensor<B, 3>, layer: &PagedLayer<B>, batch
         let kvh = k.dims()[1];
         let kv = |t: Tensor<B, 3>| repeat_kv(t.reshape([1, nk, kvh, hd]).swap_dims(1, 2), heads / kvh); // [1, h, nk, hd]
         let mask = c.mask.clone().map(|m| m.expand([1, heads, nq, nk]));
-        let out = attend(q, kv(k), kv(v), mask, c.causal); // [1, h, nq, hd]
+        let out = kernels::attention(q, kv(k), kv(v), mask, c.causal); // [1, h, nq, hd]
         outputs.push(out.swap_dims(1, 2).reshape([nq, heads * hd]));
     }
     let out = if outputs.len() == 1 { outputs.pop().expect("one output") } else { Tensor::cat(outputs, 0) }; // [tokens, h·hd], in output order
@@ -293,6 +293,7 @@ pub fn paged_attention<B: Kernels>(q: Tensor<B, 3>, layer: &PagedLayer<B>, batch
 #[cfg(all(test, feature = "cpu"))]
 mod tests {
     use super::*;
+    use crate::model::nn::attend;
     use crate::backends::cpu::{Cpu, device};
     use burn::tensor::Distribution;
 

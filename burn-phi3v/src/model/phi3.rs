@@ -13,7 +13,7 @@ use burn::tensor::{
 
 use crate::config::{RopeScaling, TextConfig};
 use crate::error::Result;
-use crate::model::nn::{Linear, attend, repeat_kv};
+use crate::model::nn::Linear;
 use crate::model::paged::{PagedBatch, PagedKvCache, PagedLayer, paged_attention};
 use crate::weights::Weights;
 
@@ -388,7 +388,6 @@ impl<B: Kernels> Phi3Attention<B> {
         // only used when queries and keys coincide. One new query sees every key (a decode
         // step); several new queries after a cached prefix get an explicit bottom-right mask.
         let t = k.dims()[2];
-        let rep = h / self.num_kv_heads;
         let out = match mask {
             None if s == 1 && t > 1 => kernels::decode_attention(q, k, v),
             mask => {
@@ -397,7 +396,7 @@ impl<B: Kernels> Phi3Attention<B> {
                     None if t == s => (None, true),
                     None => (Some(causal_mask::<B>(b, h, s, t, &k.device())), false),
                 };
-                attend(q, repeat_kv(k, rep), repeat_kv(v, rep), mask, is_causal)
+                kernels::attention(q, k, v, mask, is_causal) // key/value heads repeated inside
             }
         }; // [b, h, s, hd]
         // One query row is laid out as [b, s, h, hd] already: a view, no copy.
