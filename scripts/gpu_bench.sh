@@ -3,7 +3,8 @@
 # bf16 weights on CUDA), then the PyTorch peer on the same shapes, then `phi3v bench compare`.
 # Results (card, graphs, JSON, CSV, comparison) come back as $OUT/bench.tgz.
 # Usage (device tool, carry .gpu and .gl): [LOAD=seconds] bash scripts/gpu_bench.sh [ours-seconds] [peer-seconds]
-# (0 seconds skips that part; LOAD > 0 adds the server load test on the real shapes.)
+# (0 seconds skips that part; LOAD > 0 adds the server load test on the real shapes; PEER_OURS names
+# the part whose results.json gives the peer its images, default `ours`.)
 source scripts/gpu_env.sh
 OURS=${1:-300}; PEER=${2:-150}; D=$W/bench; mkdir -p $D
 printf '[compilation]\ncache = "local"\n[autotune]\ncache = "local"\n' > $D/cubecl.toml
@@ -23,7 +24,7 @@ for part in "${PART_LIST[@]}"; do
   [ "$secs" != 0 ] && ( cd $D && timeout $secs $B/phi3v bench run --preset phi3v-128k --device cuda $args --out $D/$name 2>&1 | grep -v "^\s*$" | tail -40 )
 done
 if [ "${PEER}" != 0 ]; then
-  timeout $PEER python3 bench/peer_torch.py --preset cli/presets/phi3v-128k.json --out $D/peer.json --ours $D/ours/results.json \
+  timeout $PEER python3 bench/peer_torch.py --preset cli/presets/phi3v-128k.json --out $D/peer.json --ours $D/${PEER_OURS:-ours}/results.json \
     ${PEER_ARGS:-$(echo $SHAPES | sed 's/--images [^ ]*//; s/--num-crops [^ ]*//') --scenarios prefill,generation,images,kv,latency} 2>&1 | grep -v Warning | tail -25
   for part in "${PART_LIST[@]}"; do name=${part%%:*}
     [ -f $D/$name/results.json ] && [ -f $D/peer.json ] && $B/phi3v bench compare $D/$name/results.json $D/peer.json --bandwidth ${BANDWIDTH:-4.8e12} | tee $D/compare-$name.md
