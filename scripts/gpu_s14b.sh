@@ -9,7 +9,7 @@
 # Usage (device tool): [PHI3V_SKINNY=c,l,d] [PHI3V_FLASH_ATTENTION=1] bash scripts/gpu_s14b.sh [gen s] [pre s] [peer s]
 export PHI3V_SKINNY PHI3V_FLASH_ATTENTION
 GEN=${1:-230}; PRE=${2:-120}; PEER_S=${3:-180}
-export PARTS="gen:$GEN:--scenarios generation --parallel ${PARALLEL:-1,10,64} --batching static,engine --shapes 1024x128 --warmup 1 --runs 2;\
+export PARTS="gen:$GEN:--scenarios generation --parallel ${PARALLEL:-1,10,64} --batching static,engine --shapes 1024x128 --warmup 1 --generation-runs ${GEN_RUNS:-2};\
 pre:$PRE:--scenarios prefill,images,latency,kv --prompt-lengths 1024,4096 --prefill-batches 1 --images 336x336,1344x1344 \
 --num-crops 16 --latency-shape 1024x128 --warmup 1 --runs 3"
 export PEER_ARGS="--scenarios generation,prefill,images,latency,kv --parallel ${PARALLEL:-1,10,64} --shapes 1024x128 \
