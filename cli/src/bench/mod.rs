@@ -57,6 +57,8 @@ const EMBEDDED_TOKENIZER: &str = concat!(
 
 /// `phi3v bench …`
 #[derive(Subcommand)]
+// Parsed once per process: the size of the options does not matter.
+#[allow(clippy::large_enum_variant)]
 pub enum BenchCommand {
     /// Run the benchmark suite and write JSON, CSV, PNG graphs and a Markdown card.
     Run(BenchArgs),
