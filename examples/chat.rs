@@ -22,11 +22,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             break;
         }
         // The image is shown once, in the first user turn.
-        let content = if messages.is_empty() {
-            format!("<|image_1|>\n{question}")
-        } else {
-            question
-        };
+        let content = if messages.is_empty() { format!("<|image_1|>\n{question}") } else { question };
         messages.push(Message::new("user", content));
         print!("assistant: ");
         let out = pipeline.chat(&messages, &[image.clone()], &params, |t| {

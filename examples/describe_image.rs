@@ -21,11 +21,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         print!("{text}");
         let _ = std::io::stdout().flush();
     })?;
-    println!(
-        "\n[{} tokens, {:.1} tokens/s on {}]",
-        out.token_ids.len(),
-        out.decode_tokens_per_s(),
-        pipeline.device().spec
-    );
+    println!("\n[{} tokens, {:.1} tokens/s on {}]", out.token_ids.len(), out.decode_tokens_per_s(), pipeline.device().spec);
     Ok(())
 }

@@ -9,9 +9,7 @@ use std::path::Path;
 use serde_json::Value;
 
 use crate::error::{Phi3vError, Result};
-use crate::image_processor::{
-    CLIP_MEAN, CLIP_STD, DEFAULT_MAX_IMAGES, DEFAULT_MAX_PIXELS, ImageProcessorConfig,
-};
+use crate::image_processor::{CLIP_MEAN, CLIP_STD, DEFAULT_MAX_IMAGES, DEFAULT_MAX_PIXELS, ImageProcessorConfig};
 
 /// Rotary-embedding scaling as declared by `rope_scaling`.
 #[derive(Debug, Clone, PartialEq)]
@@ -296,12 +294,8 @@ impl<'a> Fields<'a> {
             return Ok(None);
         };
         let arr = v.as_array().filter(|a| a.len() == 3);
-        let vals: Option<Vec<f32>> = arr.map(|a| {
-            a.iter()
-                .filter_map(|x| x.as_f64())
-                .map(|x| x as f32)
-                .collect()
-        });
+        let vals: Option<Vec<f32>> =
+            arr.map(|a| a.iter().filter_map(|x| x.as_f64()).map(|x| x as f32).collect());
         match vals {
             Some(v) if v.len() == 3 => Ok(Some([v[0], v[1], v[2]])),
             _ => Err(self.invalid(key, "expected a list of 3 numbers")),
@@ -349,10 +343,7 @@ impl Phi3VConfig {
             Some(_) => return Err(f.invalid("architectures", "expected a list of strings")),
             None => "Phi3ForCausalLM".to_string(),
         };
-        if !matches!(
-            architecture.as_str(),
-            "Phi3VForCausalLM" | "Phi3ForCausalLM"
-        ) {
+        if !matches!(architecture.as_str(), "Phi3VForCausalLM" | "Phi3ForCausalLM") {
             return Err(f.invalid(
                 "architectures",
                 format!("`{architecture}` is not Phi3VForCausalLM or Phi3ForCausalLM"),
@@ -395,10 +386,7 @@ impl Phi3VConfig {
         if let Some(act) = f.opt_str("hidden_act")?
             && act != "silu"
         {
-            return Err(f.invalid(
-                "hidden_act",
-                format!("`{act}` is not supported (Phi-3 uses silu)"),
-            ));
+            return Err(f.invalid("hidden_act", format!("`{act}` is not supported (Phi-3 uses silu)")));
         }
         let max_position_embeddings = f.usize("max_position_embeddings")?;
         let original_max_position_embeddings = f
@@ -455,9 +443,7 @@ impl Phi3VConfig {
         if let Some(embd) = f.sub("embd_layer")? {
             let expect = |key: &str, want: &str| -> Result<()> {
                 match embd.opt_str(key)? {
-                    Some(v) if v != want => {
-                        Err(embd.invalid(key, format!("`{v}` is not supported (only `{want}`)")))
-                    }
+                    Some(v) if v != want => Err(embd.invalid(key, format!("`{v}` is not supported (only `{want}`)"))),
                     _ => Ok(()),
                 }
             };
@@ -466,20 +452,14 @@ impl Phi3VConfig {
             expect("projection_cls", "mlp")?;
             for key in ["use_hd_transform", "with_learnable_separator"] {
                 if embd.opt_bool(key)? == Some(false) {
-                    return Err(embd.invalid(
-                        key,
-                        "only the HD transform with learnable separators is supported",
-                    ));
+                    return Err(embd.invalid(key, "only the HD transform with learnable separators is supported"));
                 }
             }
         }
         if let Some(t) = img.opt_str("type_feature")?
             && t != "patch"
         {
-            return Err(img.invalid(
-                "type_feature",
-                format!("`{t}` is not supported (only `patch`)"),
-            ));
+            return Err(img.invalid("type_feature", format!("`{t}` is not supported (only `patch`)")));
         }
         let clip = match f.sub("vision_config")? {
             None => VisionConfig::CLIP_VIT_L_14_336,
@@ -487,10 +467,7 @@ impl Phi3VConfig {
                 if let Some(act) = v.opt_str("hidden_act")?
                     && act != "quick_gelu"
                 {
-                    return Err(v.invalid(
-                        "hidden_act",
-                        format!("`{act}` is not supported (CLIP uses quick_gelu)"),
-                    ));
+                    return Err(v.invalid("hidden_act", format!("`{act}` is not supported (CLIP uses quick_gelu)")));
                 }
                 let d = VisionConfig::CLIP_VIT_L_14_336;
                 VisionConfig {
@@ -505,47 +482,29 @@ impl Phi3VConfig {
                 }
             }
         };
-        if clip.image_size != crate::image_processor::CROP_SIZE
-            || clip.image_size % clip.patch_size != 0
-        {
+        if clip.image_size != crate::image_processor::CROP_SIZE || clip.image_size % clip.patch_size != 0 {
             return Err(f.invalid(
                 "vision_config.image_size",
-                format!(
-                    "the HD transform needs {0}x{0} crops divisible by the patch size",
-                    crate::image_processor::CROP_SIZE
-                ),
+                format!("the HD transform needs {0}x{0} crops divisible by the patch size", crate::image_processor::CROP_SIZE),
             ));
         }
         if clip.grid() % 2 != 0 || clip.hidden_size % clip.num_attention_heads != 0 {
-            return Err(f.invalid(
-                "vision_config",
-                "patch grid must be even and heads must divide the width",
-            ));
+            return Err(f.invalid("vision_config", "patch grid must be even and heads must divide the width"));
         }
         let image_dim_out = img.opt_usize("image_dim_out")?.unwrap_or(clip.hidden_size);
         if image_dim_out != clip.hidden_size {
             return Err(img.invalid(
                 "image_dim_out",
-                format!(
-                    "{image_dim_out} differs from the CLIP width {}",
-                    clip.hidden_size
-                ),
+                format!("{image_dim_out} differs from the CLIP width {}", clip.hidden_size),
             ));
         }
         let layer_idx = img.opt_i64("layer_idx")?.unwrap_or(-2);
         let n = clip.num_hidden_layers as i64;
         if !(-n - 1..0).contains(&layer_idx) && !(0..=n).contains(&layer_idx) {
-            return Err(img.invalid(
-                "layer_idx",
-                format!("{layer_idx} is outside the {n}-layer tower"),
-            ));
+            return Err(img.invalid("layer_idx", format!("{layer_idx} is outside the {n}-layer tower")));
         }
         // Normalise a non-negative index to its negative form: hidden_states has n + 1 entries.
-        let layer_idx = if layer_idx >= 0 {
-            layer_idx - n - 1
-        } else {
-            layer_idx
-        };
+        let layer_idx = if layer_idx >= 0 { layer_idx - n - 1 } else { layer_idx };
         let _ = text;
         Ok(Some(VisionEmbeddingConfig {
             clip,
@@ -610,10 +569,7 @@ mod tests {
         let mut v = base();
         v.as_object_mut().unwrap().remove("intermediate_size");
         let e = Phi3VConfig::from_value(&v, "config.json").unwrap_err();
-        assert!(
-            matches!(&e, Phi3vError::MissingField { field, .. } if field == "intermediate_size"),
-            "{e}"
-        );
+        assert!(matches!(&e, Phi3vError::MissingField { field, .. } if field == "intermediate_size"), "{e}");
     }
 
     #[test]
@@ -621,18 +577,14 @@ mod tests {
         let mut v = base();
         v["rope_scaling"] = json!({"type": "dynamic", "factor": 2.0});
         let e = Phi3VConfig::from_value(&v, "config.json").unwrap_err();
-        assert!(
-            matches!(&e, Phi3vError::InvalidField { field, .. } if field == "rope_scaling.type"),
-            "{e}"
-        );
+        assert!(matches!(&e, Phi3vError::InvalidField { field, .. } if field == "rope_scaling.type"), "{e}");
         assert!(e.to_string().contains("dynamic"));
     }
 
     #[test]
     fn wrong_factor_length_is_refused() {
         let mut v = base();
-        v["rope_scaling"] =
-            json!({"type": "su", "short_factor": [1.0, 2.0], "long_factor": [1.0, 2.0]});
+        v["rope_scaling"] = json!({"type": "su", "short_factor": [1.0, 2.0], "long_factor": [1.0, 2.0]});
         let e = Phi3VConfig::from_value(&v, "config.json").unwrap_err();
         assert!(e.to_string().contains("rope_scaling.short_factor"), "{e}");
     }
@@ -642,10 +594,7 @@ mod tests {
         let mut v = base();
         v["hidden_size"] = json!("big");
         let e = Phi3VConfig::from_value(&v, "config.json").unwrap_err();
-        assert!(
-            matches!(&e, Phi3vError::InvalidField { field, .. } if field == "hidden_size"),
-            "{e}"
-        );
+        assert!(matches!(&e, Phi3vError::InvalidField { field, .. } if field == "hidden_size"), "{e}");
     }
 
     #[test]

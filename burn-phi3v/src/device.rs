@@ -134,11 +134,7 @@ pub enum DeviceError {
 }
 
 fn list(v: &[String]) -> String {
-    if v.is_empty() {
-        "none".into()
-    } else {
-        v.join(", ")
-    }
+    if v.is_empty() { "none".into() } else { v.join(", ") }
 }
 
 impl std::str::FromStr for DeviceSpec {
@@ -229,11 +225,7 @@ pub fn check_dtype(info: &DeviceInfo, dtype: DType) -> Result<DType, DeviceError
         Err(DeviceError::UnsupportedDtype {
             spec: info.spec.clone(),
             dtype: dtype_name(dtype).into(),
-            supported: info
-                .dtypes
-                .iter()
-                .map(|d| dtype_name(*d).to_string())
-                .collect(),
+            supported: info.dtypes.iter().map(|d| dtype_name(*d).to_string()).collect(),
         })
     }
 }
@@ -243,10 +235,7 @@ pub fn check_dtype(info: &DeviceInfo, dtype: DType) -> Result<DType, DeviceError
 pub fn resolve_dtype(info: &DeviceInfo, requested: Option<&str>) -> Result<DType, DeviceError> {
     match requested {
         None => Ok(info.default_dtype),
-        Some(r) => check_dtype(
-            info,
-            parse_dtype(r).ok_or_else(|| DeviceError::UnknownDtype(r.to_string()))?,
-        ),
+        Some(r) => check_dtype(info, parse_dtype(r).ok_or_else(|| DeviceError::UnknownDtype(r.to_string()))?),
     }
 }
 
@@ -288,12 +277,8 @@ pub fn device_info(spec: &str) -> Result<DeviceInfo, DeviceError> {
         }
         DeviceSpec::Plugin(_s) => {
             #[cfg(feature = "plugin")]
-            return crate::backends::plugin::device_info(&_s).map_err(|source| {
-                DeviceError::Plugin {
-                    spec: spec.to_string(),
-                    source,
-                }
-            });
+            return crate::backends::plugin::device_info(&_s)
+                .map_err(|source| DeviceError::Plugin { spec: spec.to_string(), source });
             #[cfg(not(feature = "plugin"))]
             Err(_not_compiled("plugin"))
         }
@@ -319,22 +304,14 @@ pub fn device_info(spec: &str) -> Result<DeviceInfo, DeviceError> {
 /// assert_eq!(with_device("cpu", None, Sum)?, 6.0);
 /// # Ok::<(), burn_phi3v::device::DeviceError>(())
 /// ```
-pub fn with_device<F: DeviceFn>(
-    spec: &str,
-    dtype: Option<&str>,
-    f: F,
-) -> Result<F::Output, DeviceError> {
+pub fn with_device<F: DeviceFn>(spec: &str, dtype: Option<&str>, f: F) -> Result<F::Output, DeviceError> {
     let info = device_info(spec)?;
     let dtype = resolve_dtype(&info, dtype)?;
     with_device_info(spec, info, dtype, f)
 }
 
 /// [`with_device`] with a [`DType`] instead of its name (checked against the device).
-pub fn with_device_dtype<F: DeviceFn>(
-    spec: &str,
-    dtype: Option<DType>,
-    f: F,
-) -> Result<F::Output, DeviceError> {
+pub fn with_device_dtype<F: DeviceFn>(spec: &str, dtype: Option<DType>, f: F) -> Result<F::Output, DeviceError> {
     let info = device_info(spec)?;
     let dtype = match dtype {
         Some(d) => check_dtype(&info, d)?,
@@ -343,40 +320,24 @@ pub fn with_device_dtype<F: DeviceFn>(
     with_device_info(spec, info, dtype, f)
 }
 
-fn with_device_info<F: DeviceFn>(
-    spec: &str,
-    info: DeviceInfo,
-    dtype: DType,
-    f: F,
-) -> Result<F::Output, DeviceError> {
+fn with_device_info<F: DeviceFn>(spec: &str, info: DeviceInfo, dtype: DType, f: F) -> Result<F::Output, DeviceError> {
     let _ = (&f, &info, dtype); // unused when no backend is compiled in
     let parsed: DeviceSpec = spec.parse()?;
     match parsed {
         DeviceSpec::Cpu => {
             #[cfg(feature = "cpu")]
-            return Ok(f.run::<crate::backends::cpu::Cpu>(
-                &crate::backends::cpu::device(),
-                &info,
-                dtype,
-            ));
+            return Ok(f.run::<crate::backends::cpu::Cpu>(&crate::backends::cpu::device(), &info, dtype));
         }
         DeviceSpec::Cuda(_i) => {
             #[cfg(feature = "cuda")]
-            return Ok(f.run::<crate::backends::cuda::Cuda>(
-                &crate::backends::cuda::device(_i),
-                &info,
-                dtype,
-            ));
+            return Ok(f.run::<crate::backends::cuda::Cuda>(&crate::backends::cuda::device(_i), &info, dtype));
         }
         DeviceSpec::Wgpu(_i) | DeviceSpec::Vulkan(_i) => {
             #[cfg(feature = "wgpu")]
             {
                 let adapters = crate::backends::wgpu::adapters();
                 let device = match _i {
-                    Some(n) => adapters
-                        .get(n)
-                        .map(|a| a.device.clone())
-                        .unwrap_or_default(),
+                    Some(n) => adapters.get(n).map(|a| a.device.clone()).unwrap_or_default(),
                     None => Default::default(),
                 };
                 if matches!(parsed, DeviceSpec::Vulkan(_)) {
@@ -388,11 +349,8 @@ fn with_device_info<F: DeviceFn>(
         DeviceSpec::Plugin(_s) => {
             #[cfg(feature = "plugin")]
             {
-                let device =
-                    crate::backends::plugin::device(&_s).map_err(|source| DeviceError::Plugin {
-                        spec: spec.to_string(),
-                        source,
-                    })?;
+                let device = crate::backends::plugin::device(&_s)
+                    .map_err(|source| DeviceError::Plugin { spec: spec.to_string(), source })?;
                 return Ok(f.run::<crate::backends::plugin::Plugin>(&device, &info, dtype));
             }
         }
@@ -418,26 +376,11 @@ mod tests {
         let e = device_info("plugin:/nonexistent/libno_plugin.so").unwrap_err();
         #[cfg(feature = "plugin")]
         assert!(
-            matches!(
-                &e,
-                DeviceError::Plugin {
-                    source: crate::backends::plugin::PluginError::LibraryNotFound { .. },
-                    ..
-                }
-            ),
+            matches!(&e, DeviceError::Plugin { source: crate::backends::plugin::PluginError::LibraryNotFound { .. }, .. }),
             "{e}"
         );
         #[cfg(not(feature = "plugin"))]
-        assert!(
-            matches!(
-                e,
-                DeviceError::NotCompiled {
-                    feature: "plugin",
-                    ..
-                }
-            ),
-            "{e}"
-        );
+        assert!(matches!(e, DeviceError::NotCompiled { feature: "plugin", .. }), "{e}");
     }
 
     #[test]
@@ -445,23 +388,11 @@ mod tests {
         assert_eq!("cpu".parse::<DeviceSpec>().unwrap(), DeviceSpec::Cpu);
         assert_eq!("cuda".parse::<DeviceSpec>().unwrap(), DeviceSpec::Cuda(0));
         assert_eq!("CUDA:3".parse::<DeviceSpec>().unwrap(), DeviceSpec::Cuda(3));
-        assert_eq!(
-            "wgpu".parse::<DeviceSpec>().unwrap(),
-            DeviceSpec::Wgpu(None)
-        );
-        assert_eq!(
-            "wgpu:1".parse::<DeviceSpec>().unwrap(),
-            DeviceSpec::Wgpu(Some(1))
-        );
-        assert_eq!(
-            "vulkan".parse::<DeviceSpec>().unwrap(),
-            DeviceSpec::Vulkan(None)
-        );
+        assert_eq!("wgpu".parse::<DeviceSpec>().unwrap(), DeviceSpec::Wgpu(None));
+        assert_eq!("wgpu:1".parse::<DeviceSpec>().unwrap(), DeviceSpec::Wgpu(Some(1)));
+        assert_eq!("vulkan".parse::<DeviceSpec>().unwrap(), DeviceSpec::Vulkan(None));
         for bad in ["tpu", "cuda:x", "cpu:1", "", "cuda:-1"] {
-            assert!(
-                matches!(bad.parse::<DeviceSpec>(), Err(DeviceError::Unknown { .. })),
-                "{bad}"
-            );
+            assert!(matches!(bad.parse::<DeviceSpec>(), Err(DeviceError::Unknown { .. })), "{bad}");
         }
     }
 
@@ -473,16 +404,7 @@ mod tests {
         #[cfg(not(feature = "cuda"))]
         {
             let e = device_info("cuda:0").unwrap_err();
-            assert!(
-                matches!(
-                    e,
-                    DeviceError::NotCompiled {
-                        feature: "cuda",
-                        ..
-                    }
-                ),
-                "{e}"
-            );
+            assert!(matches!(e, DeviceError::NotCompiled { feature: "cuda", .. }), "{e}");
         }
         #[cfg(feature = "cuda")]
         {
@@ -496,18 +418,9 @@ mod tests {
     fn dtype_policy() {
         let cpu = device_info("cpu").unwrap();
         assert_eq!(resolve_dtype(&cpu, None).unwrap(), DType::F32);
-        assert!(matches!(
-            resolve_dtype(&cpu, Some("bf16")),
-            Err(DeviceError::UnsupportedDtype { .. })
-        ));
-        assert!(matches!(
-            resolve_dtype(&cpu, Some("f8")),
-            Err(DeviceError::UnknownDtype(_))
-        ));
-        assert!(matches!(
-            with_device_dtype("cpu", Some(DType::F16), Sum),
-            Err(DeviceError::UnsupportedDtype { .. })
-        ));
+        assert!(matches!(resolve_dtype(&cpu, Some("bf16")), Err(DeviceError::UnsupportedDtype { .. })));
+        assert!(matches!(resolve_dtype(&cpu, Some("f8")), Err(DeviceError::UnknownDtype(_))));
+        assert!(matches!(with_device_dtype("cpu", Some(DType::F16), Sum), Err(DeviceError::UnsupportedDtype { .. })));
     }
 
     #[cfg(feature = "cpu")]

@@ -127,9 +127,7 @@ pub enum Phi3vError {
 
     /// More images in one prompt than the processor accepts
     /// ([`ImageProcessorConfig::max_images`](crate::image_processor::ImageProcessorConfig::max_images)).
-    #[error(
-        "{count} images given for one prompt, more than the limit of {max} (image_processor max_images)"
-    )]
+    #[error("{count} images given for one prompt, more than the limit of {max} (image_processor max_images)")]
     TooManyImages {
         /// Images given.
         count: usize,
@@ -139,9 +137,7 @@ pub enum Phi3vError {
 
     /// The checkpoint cannot fit in the device's memory: refused before loading (Burn 0.21's
     /// GPU backends abort on a failed allocation instead of returning an error).
-    #[error(
-        "{path}: the weights need {needed} bytes in {dtype} but device `{device}` has {available} bytes {kind}"
-    )]
+    #[error("{path}: the weights need {needed} bytes in {dtype} but device `{device}` has {available} bytes {kind}")]
     InsufficientMemory {
         /// The model folder.
         path: PathBuf,
@@ -192,9 +188,7 @@ pub enum Phi3vError {
 
     /// A request needs more KV-cache slots than the serving engine's whole pool holds, so it
     /// could never run.
-    #[error(
-        "request needs {requested} KV-cache slots (prompt + max_new_tokens) but the engine's pool holds {capacity}"
-    )]
+    #[error("request needs {requested} KV-cache slots (prompt + max_new_tokens) but the engine's pool holds {capacity}")]
     PoolTooSmall {
         /// Prompt tokens plus tokens to generate.
         requested: usize,

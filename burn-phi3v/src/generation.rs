@@ -80,8 +80,7 @@ impl Default for GenerationParams {
 impl GenerationParams {
     /// Refuses out-of-range values with a typed error naming the parameter.
     pub fn validate(&self) -> Result<()> {
-        let bad =
-            |name: &'static str, reason: String| Err(Phi3vError::InvalidParameter { name, reason });
+        let bad = |name: &'static str, reason: String| Err(Phi3vError::InvalidParameter { name, reason });
         let s = &self.sampling;
         if self.max_new_tokens == 0 {
             return bad("max_new_tokens", "must be at least 1".into());
@@ -89,32 +88,20 @@ impl GenerationParams {
         if self.min_new_tokens > self.max_new_tokens {
             return bad(
                 "min_new_tokens",
-                format!(
-                    "{} is larger than max_new_tokens {}",
-                    self.min_new_tokens, self.max_new_tokens
-                ),
+                format!("{} is larger than max_new_tokens {}", self.min_new_tokens, self.max_new_tokens),
             );
         }
         if !(s.temperature.is_finite() && s.temperature >= 0.0) {
-            return bad(
-                "temperature",
-                format!("{} is not a finite number ≥ 0", s.temperature),
-            );
+            return bad("temperature", format!("{} is not a finite number ≥ 0", s.temperature));
         }
         if !(s.top_p > 0.0 && s.top_p <= 1.0) {
             return bad("top_p", format!("{} is outside (0, 1]", s.top_p));
         }
         if !(s.repetition_penalty.is_finite() && s.repetition_penalty > 0.0) {
-            return bad(
-                "repetition_penalty",
-                format!("{} is not a finite number > 0", s.repetition_penalty),
-            );
+            return bad("repetition_penalty", format!("{} is not a finite number > 0", s.repetition_penalty));
         }
         if self.stop_strings.iter().any(String::is_empty) {
-            return bad(
-                "stop_strings",
-                "an empty stop string would stop at once".into(),
-            );
+            return bad("stop_strings", "an empty stop string would stop at once".into());
         }
         Ok(())
     }
@@ -149,20 +136,14 @@ impl Sampler {
             seen.dedup();
             for &id in &seen {
                 if let Some(l) = logits.get_mut(id as usize) {
-                    *l = if *l < 0.0 {
-                        *l * p.repetition_penalty
-                    } else {
-                        *l / p.repetition_penalty
-                    };
+                    *l = if *l < 0.0 { *l * p.repetition_penalty } else { *l / p.repetition_penalty };
                 }
             }
         }
         if p.temperature == 0.0 {
             return argmax(logits);
         }
-        let mut idx: Vec<usize> = (0..logits.len())
-            .filter(|&i| logits[i].is_finite())
-            .collect();
+        let mut idx: Vec<usize> = (0..logits.len()).filter(|&i| logits[i].is_finite()).collect();
         if idx.is_empty() {
             return argmax(logits);
         }
@@ -171,10 +152,7 @@ impl Sampler {
             idx.truncate(p.top_k);
         }
         let max = logits[idx[0]];
-        let mut probs: Vec<f64> = idx
-            .iter()
-            .map(|&i| (((logits[i] - max) / p.temperature) as f64).exp())
-            .collect();
+        let mut probs: Vec<f64> = idx.iter().map(|&i| (((logits[i] - max) / p.temperature) as f64).exp()).collect();
         let total: f64 = probs.iter().sum();
         probs.iter_mut().for_each(|q| *q /= total);
         if p.top_p < 1.0 {
@@ -207,17 +185,9 @@ impl Sampler {
 /// `log_softmax(row)[id]` for each id (−∞ for ids outside the row), computed in f64.
 fn log_softmax_at(row: &[f32], ids: &[u32]) -> Vec<f32> {
     let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
-    let lse = max
-        + row
-            .iter()
-            .map(|&x| (x as f64 - max).exp())
-            .sum::<f64>()
-            .ln();
+    let lse = max + row.iter().map(|&x| (x as f64 - max).exp()).sum::<f64>().ln();
     ids.iter()
-        .map(|&id| {
-            row.get(id as usize)
-                .map_or(f32::NEG_INFINITY, |&x| (x as f64 - lse) as f32)
-        })
+        .map(|&id| row.get(id as usize).map_or(f32::NEG_INFINITY, |&x| (x as f64 - lse) as f32))
         .collect()
 }
 
@@ -254,11 +224,7 @@ impl TextStreamer {
     /// Text decoded so far (special tokens skipped), and whether a stop string was found.
     fn full_text(&self, processor: &Phi3VProcessor) -> Result<(String, bool)> {
         let text = processor.decode(&self.ids, true)?;
-        let cut = self
-            .stop_strings
-            .iter()
-            .filter_map(|s| text.find(s.as_str()))
-            .min();
+        let cut = self.stop_strings.iter().filter_map(|s| text.find(s.as_str())).min();
         Ok(match cut {
             Some(i) => (text[..i].to_string(), true),
             None => (text, false),
@@ -283,18 +249,15 @@ impl TextStreamer {
             let hold = self
                 .stop_strings
                 .iter()
-                .flat_map(|s| {
-                    (1..s.len())
-                        .filter(|&n| s.is_char_boundary(n))
-                        .map(move |n| &s[..n])
-                })
+                .flat_map(|s| (1..s.len()).filter(|&n| s.is_char_boundary(n)).map(move |n| &s[..n]))
                 .filter(|prefix| ready.ends_with(prefix))
                 .map(str::len)
                 .max()
                 .unwrap_or(0);
             ready = &ready[..ready.len() - hold];
         }
-        Ok(self.advance(ready)).map(|delta| (delta, stopped))
+        Ok(self.advance(ready))
+            .map(|delta| (delta, stopped))
     }
 
     fn advance(&mut self, ready: &str) -> String {
@@ -392,21 +355,14 @@ pub(crate) struct Row {
 
 impl Row {
     /// Validates `params`, and the prompt's length against a context of `max_pos` tokens.
-    pub(crate) fn new(
-        prompt: &ProcessedPrompt,
-        params: GenerationParams,
-        max_pos: usize,
-    ) -> Result<Self> {
+    pub(crate) fn new(prompt: &ProcessedPrompt, params: GenerationParams, max_pos: usize) -> Result<Self> {
         params.validate()?;
         if prompt.input_ids.is_empty() {
             return Err(Phi3vError::InvalidInput("the prompt has no tokens".into()));
         }
         let requested = prompt.input_ids.len() + params.max_new_tokens;
         if requested > max_pos {
-            return Err(Phi3vError::ContextOverflow {
-                requested,
-                max: max_pos,
-            });
+            return Err(Phi3vError::ContextOverflow { requested, max: max_pos });
         }
         Ok(Self {
             ids: prompt.input_ids.clone(),
@@ -425,11 +381,7 @@ impl Row {
 
     /// Records a chosen token and decides whether it ends the sequence. Returns the text that
     /// became final with it and, when the sequence ended, the text released at the end.
-    pub(crate) fn accept(
-        &mut self,
-        id: u32,
-        processor: &Phi3VProcessor,
-    ) -> Result<(String, Option<String>)> {
+    pub(crate) fn accept(&mut self, id: u32, processor: &Phi3VProcessor) -> Result<(String, Option<String>)> {
         let now = Instant::now();
         self.first_token_at.get_or_insert(now);
         self.generated.push(id);
@@ -452,11 +404,7 @@ impl Row {
 
     /// The sequence's result, times measured from `start`; an unfinished sequence reports
     /// [`FinishReason::Cancelled`] with what it generated so far.
-    pub(crate) fn output(
-        &mut self,
-        start: Instant,
-        processor: &Phi3VProcessor,
-    ) -> Result<GenerationOutput> {
+    pub(crate) fn output(&mut self, start: Instant, processor: &Phi3VProcessor) -> Result<GenerationOutput> {
         let (_, text) = self.streamer.finish(processor)?;
         let first = self.first_token_at.unwrap_or(start);
         let end = match self.finished_at {
@@ -469,10 +417,7 @@ impl Row {
             text,
             finish_reason: self.finished.unwrap_or(FinishReason::Cancelled),
             prompt_tokens: self.prompt_len,
-            image_tokens: self.ids[..self.prompt_len]
-                .iter()
-                .filter(|&&i| i < 0)
-                .count(),
+            image_tokens: self.ids[..self.prompt_len].iter().filter(|&&i| i < 0).count(),
             time_to_first_token: first - start,
             decode_time: end - first,
             first_step_logprobs: std::mem::take(&mut self.first_logprobs),
@@ -515,14 +460,7 @@ impl<B: Kernels> std::fmt::Debug for Generator<'_, B> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Generator")
             .field("sequences", &self.rows.len())
-            .field(
-                "generated",
-                &self
-                    .rows
-                    .iter()
-                    .map(|r| r.generated.len())
-                    .collect::<Vec<_>>(),
-            )
+            .field("generated", &self.rows.iter().map(|r| r.generated.len()).collect::<Vec<_>>())
             .finish()
     }
 }
@@ -549,9 +487,7 @@ impl<'a, B: Kernels> Generator<'a, B> {
         for (i, prompt) in prompts.iter().enumerate() {
             let p = params.get(i).unwrap_or(&params[0]).clone();
             rows.push(Row::new(prompt, p, max_pos).map_err(|e| match e {
-                Phi3vError::InvalidInput(_) => {
-                    Phi3vError::InvalidInput(format!("prompt {i} has no tokens"))
-                }
+                Phi3vError::InvalidInput(_) => Phi3vError::InvalidInput(format!("prompt {i} has no tokens")),
                 e => e,
             })?);
         }
@@ -586,28 +522,14 @@ impl<'a, B: Kernels> Generator<'a, B> {
         let logits = if !self.prefilled {
             // Prefill: every row left-padded to the longest.
             self.prefilled = true;
-            prefill(
-                model,
-                &mut self.rows,
-                self.features.clone(),
-                &mut self.cache,
-            )?
+            prefill(model, &mut self.rows, self.features.clone(), &mut self.cache)?
         } else {
             // Finished rows keep stepping with their last token (ignored) so the batch stays
             // rectangular. A row whose LongRoPE regime changes forces a recompute.
-            let regimes: Vec<RopeRegime> = self
-                .rows
-                .iter()
-                .map(|r| model.rope_regime(r.ids.len() - 1))
-                .collect();
+            let regimes: Vec<RopeRegime> = self.rows.iter().map(|r| model.rope_regime(r.ids.len() - 1)).collect();
             if regimes != self.cache.regimes {
                 self.cache.clear();
-                prefill(
-                    model,
-                    &mut self.rows,
-                    self.features.clone(),
-                    &mut self.cache,
-                )?
+                prefill(model, &mut self.rows, self.features.clone(), &mut self.cache)?
             } else {
                 decode_step(model, &self.rows, &regimes, &mut self.cache)?
             }
@@ -637,30 +559,18 @@ impl<'a, B: Kernels> Generator<'a, B> {
     /// [`FinishReason::Cancelled`] with what it generated so far.
     pub fn finish(mut self) -> Result<Vec<GenerationOutput>> {
         let (start, processor) = (self.start, self.processor);
-        self.rows
-            .iter_mut()
-            .map(|row| row.output(start, processor))
-            .collect()
+        self.rows.iter_mut().map(|row| row.output(start, processor)).collect()
     }
 }
 
 /// Image tokens of `images`, in order: `[Σ num_img_tokens, hidden]` (`None` without images).
-pub(crate) fn embed_images<B: Kernels>(
-    model: &Phi3VForCausalLM<B>,
-    images: &[&ProcessedImage],
-) -> Result<Option<Tensor<B, 2>>> {
+pub(crate) fn embed_images<B: Kernels>(model: &Phi3VForCausalLM<B>, images: &[&ProcessedImage]) -> Result<Option<Tensor<B, 2>>> {
     if images.is_empty() {
         return Ok(None);
     }
     let crops: usize = images.iter().map(|i| i.num_used_crops).sum();
-    let data: Vec<f32> = images
-        .iter()
-        .flat_map(|i| i.pixel_values.iter().copied())
-        .collect();
-    let px = Tensor::<B, 4>::from_data(
-        TensorData::new(data, [crops, 3, 336, 336]),
-        (&model.device(), model.dtype()),
-    );
+    let data: Vec<f32> = images.iter().flat_map(|i| i.pixel_values.iter().copied()).collect();
+    let px = Tensor::<B, 4>::from_data(TensorData::new(data, [crops, 3, 336, 336]), (&model.device(), model.dtype()));
     let grids: Vec<CropGrid> = images.iter().map(|i| i.crop_grid).collect();
     Ok(Some(model.embed_images(px, &grids)?))
 }
@@ -694,18 +604,13 @@ fn prefill<B: Kernels>(
             (0..seq).map(|i| i.saturating_sub(pad)).collect()
         })
         .collect();
-    let regimes: Vec<RopeRegime> = rows
-        .iter()
-        .map(|r| model.rope_regime(r.ids.len() - 1))
-        .collect();
+    let regimes: Vec<RopeRegime> = rows.iter().map(|r| model.rope_regime(r.ids.len() - 1)).collect();
     let mask = padding_mask::<B>(model, rows, seq, seq, &model.device());
     let embeds = model.embed_inputs(&padded, features)?;
     let out = model.forward(embeds, &positions, &regimes, cache, mask, false);
     let [b, s, _] = out.last_hidden_state.dims();
     let last = out.last_hidden_state.narrow(1, s - 1, 1); // rows end together (left padding)
-    Ok(model
-        .logits(last)
-        .reshape([b, model.config.text.vocab_size]))
+    Ok(model.logits(last).reshape([b, model.config.text.vocab_size]))
 }
 
 /// One new token per row.
@@ -715,19 +620,14 @@ fn decode_step<B: Kernels>(
     regimes: &[RopeRegime],
     cache: &mut KvCache<B>,
 ) -> Result<RowLogits<B>> {
-    let ids: Vec<Vec<i64>> = rows
-        .iter()
-        .map(|r| vec![*r.ids.last().unwrap_or(&0)])
-        .collect();
+    let ids: Vec<Vec<i64>> = rows.iter().map(|r| vec![*r.ids.last().unwrap_or(&0)]).collect();
     let positions: Vec<Vec<usize>> = rows.iter().map(|r| vec![r.ids.len() - 1]).collect();
     let keys = cache.len() + 1;
     let mask = padding_mask::<B>(model, rows, 1, keys, &model.device());
     let embeds = model.embed_inputs(&ids, None)?;
     let out = model.forward(embeds, &positions, regimes, cache, mask, false);
     let b = rows.len();
-    Ok(model
-        .logits(out.last_hidden_state)
-        .reshape([b, model.config.text.vocab_size]))
+    Ok(model.logits(out.last_hidden_state).reshape([b, model.config.text.vocab_size]))
 }
 
 /// For rows shorter than the batch: a mask hiding their left padding (`true` = masked), causal
@@ -751,11 +651,7 @@ fn padding_mask<B: Kernels>(
         for q in 0..queries {
             let qcol = keys - queries + q; // this query's own column
             for k in 0..keys {
-                let masked = if qcol < pad {
-                    k != qcol
-                } else {
-                    k < pad || k > qcol
-                };
+                let masked = if qcol < pad { k != qcol } else { k < pad || k > qcol };
                 m.push(masked);
             }
         }
@@ -767,16 +663,12 @@ fn padding_mask<B: Kernels>(
 
 /// Picks the next token of every unfinished row (`None` for finished rows) from `logits`, one
 /// logits row per entry of `rows`.
-pub(crate) fn choose<B: Kernels>(
-    rows: &mut [&mut Row],
-    logits: RowLogits<B>,
-) -> Result<Vec<Option<u32>>> {
+pub(crate) fn choose<B: Kernels>(rows: &mut [&mut Row], logits: RowLogits<B>) -> Result<Vec<Option<u32>>> {
     let [b, vocab] = logits.dims();
     let host_needed = rows.iter().any(|r| {
         r.finished.is_none()
             && (!r.sampler.is_plain_greedy()
-                || (r.generated.len() < r.params.min_new_tokens
-                    && !r.params.stop_token_ids.is_empty())
+                || (r.generated.len() < r.params.min_new_tokens && !r.params.stop_token_ids.is_empty())
                 || (r.generated.is_empty() && !r.params.first_step_logprobs.is_empty()))
     });
     if !host_needed {
@@ -815,12 +707,7 @@ pub(crate) fn choose<B: Kernels>(
                 }
             }
         }
-        let history: Vec<u32> = row
-            .ids
-            .iter()
-            .filter(|&&i| i >= 0)
-            .map(|&i| i as u32)
-            .collect();
+        let history: Vec<u32> = row.ids.iter().filter(|&&i| i >= 0).map(|&i| i as u32).collect();
         out.push(Some(row.sampler.sample(slice, &history)));
     }
     Ok(out)
@@ -833,78 +720,14 @@ mod tests {
     #[test]
     fn invalid_parameters_are_typed_errors() {
         let cases: Vec<(GenerationParams, &str)> = vec![
-            (
-                GenerationParams {
-                    max_new_tokens: 0,
-                    ..Default::default()
-                },
-                "max_new_tokens",
-            ),
-            (
-                GenerationParams {
-                    max_new_tokens: 4,
-                    min_new_tokens: 5,
-                    ..Default::default()
-                },
-                "min_new_tokens",
-            ),
-            (
-                GenerationParams {
-                    sampling: SamplingParams {
-                        temperature: -0.5,
-                        ..Default::default()
-                    },
-                    ..Default::default()
-                },
-                "temperature",
-            ),
-            (
-                GenerationParams {
-                    sampling: SamplingParams {
-                        temperature: f32::NAN,
-                        ..Default::default()
-                    },
-                    ..Default::default()
-                },
-                "temperature",
-            ),
-            (
-                GenerationParams {
-                    sampling: SamplingParams {
-                        top_p: 0.0,
-                        ..Default::default()
-                    },
-                    ..Default::default()
-                },
-                "top_p",
-            ),
-            (
-                GenerationParams {
-                    sampling: SamplingParams {
-                        top_p: 1.5,
-                        ..Default::default()
-                    },
-                    ..Default::default()
-                },
-                "top_p",
-            ),
-            (
-                GenerationParams {
-                    sampling: SamplingParams {
-                        repetition_penalty: 0.0,
-                        ..Default::default()
-                    },
-                    ..Default::default()
-                },
-                "repetition_penalty",
-            ),
-            (
-                GenerationParams {
-                    stop_strings: vec![String::new()],
-                    ..Default::default()
-                },
-                "stop_strings",
-            ),
+            (GenerationParams { max_new_tokens: 0, ..Default::default() }, "max_new_tokens"),
+            (GenerationParams { max_new_tokens: 4, min_new_tokens: 5, ..Default::default() }, "min_new_tokens"),
+            (GenerationParams { sampling: SamplingParams { temperature: -0.5, ..Default::default() }, ..Default::default() }, "temperature"),
+            (GenerationParams { sampling: SamplingParams { temperature: f32::NAN, ..Default::default() }, ..Default::default() }, "temperature"),
+            (GenerationParams { sampling: SamplingParams { top_p: 0.0, ..Default::default() }, ..Default::default() }, "top_p"),
+            (GenerationParams { sampling: SamplingParams { top_p: 1.5, ..Default::default() }, ..Default::default() }, "top_p"),
+            (GenerationParams { sampling: SamplingParams { repetition_penalty: 0.0, ..Default::default() }, ..Default::default() }, "repetition_penalty"),
+            (GenerationParams { stop_strings: vec![String::new()], ..Default::default() }, "stop_strings"),
         ];
         for (p, name) in cases {
             match p.validate() {
@@ -918,31 +741,17 @@ mod tests {
     #[test]
     fn sampler_is_reproducible_and_respects_top_k() {
         let logits: Vec<f32> = (0..100).map(|i| (i as f32 * 0.37).sin() * 3.0).collect();
-        let params = SamplingParams {
-            temperature: 1.0,
-            top_k: 5,
-            seed: 7,
-            ..Default::default()
-        };
+        let params = SamplingParams { temperature: 1.0, top_k: 5, seed: 7, ..Default::default() };
         let draw = |p: &SamplingParams| {
             let mut s = Sampler::new(p.clone());
-            (0..50)
-                .map(|_| s.sample(&mut logits.clone(), &[]))
-                .collect::<Vec<_>>()
+            (0..50).map(|_| s.sample(&mut logits.clone(), &[])).collect::<Vec<_>>()
         };
         let a = draw(&params);
         assert_eq!(a, draw(&params));
         let mut top5: Vec<usize> = (0..100).collect();
         top5.sort_by(|&x, &y| logits[y].total_cmp(&logits[x]));
         assert!(a.iter().all(|t| top5[..5].contains(&(*t as usize))));
-        assert_ne!(
-            a,
-            draw(&SamplingParams {
-                seed: 8,
-                ..params.clone()
-            }),
-            "another seed gives other tokens"
-        );
+        assert_ne!(a, draw(&SamplingParams { seed: 8, ..params.clone() }), "another seed gives other tokens");
         let mut greedy = Sampler::new(SamplingParams::default());
         assert_eq!(greedy.sample(&mut logits.clone(), &[]) as usize, top5[0]);
     }
@@ -952,21 +761,13 @@ mod tests {
         // One token holds 90% of the mass: top_p 0.5 must always pick it.
         let mut logits = vec![0.0f32; 10];
         logits[3] = 10.0;
-        let mut s = Sampler::new(SamplingParams {
-            temperature: 1.0,
-            top_p: 0.5,
-            seed: 1,
-            ..Default::default()
-        });
+        let mut s = Sampler::new(SamplingParams { temperature: 1.0, top_p: 0.5, seed: 1, ..Default::default() });
         assert!((0..100).all(|_| s.sample(&mut logits.clone(), &[]) == 3));
     }
 
     #[test]
     fn repetition_penalty_discourages_seen_tokens() {
-        let mut s = Sampler::new(SamplingParams {
-            repetition_penalty: 2.0,
-            ..Default::default()
-        });
+        let mut s = Sampler::new(SamplingParams { repetition_penalty: 2.0, ..Default::default() });
         let mut logits = vec![1.0f32, 1.5, 0.2];
         assert_eq!(s.sample(&mut logits, &[1]), 0, "1.5/2 = 0.75 < 1.0");
     }

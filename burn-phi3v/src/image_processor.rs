@@ -399,10 +399,7 @@ pub fn decode_image(bytes: &[u8], what: &str, max_pixels: u64) -> Result<Dynamic
 
 /// Bytes a decoder may allocate for an image of `width × height` pixels (see [`decode_image`]).
 fn decoder_memory_budget(width: u64, height: u64) -> u64 {
-    width
-        .saturating_mul(height)
-        .saturating_mul(32)
-        .saturating_add(64 << 20)
+    width.saturating_mul(height).saturating_mul(32).saturating_add(64 << 20)
 }
 
 /// Reads and decodes an image file (see [`decode_image`]); errors name the path.
@@ -1240,10 +1237,7 @@ mod tests {
         let gif: &[u8] = b"GIF87a\x05\x00\x03\x00\x81\x00\x00\x00\xff\x00\xc8\x0a\x1e\x00\x00\x00\x00\x00\x00,\x00\x00\x00\x00\xe9\xff\xff\xff\x00\x08\x0b\x00\x03\x08\x1c\x08\x03\x89PNG\x0d\x0a\x1a\x0a\x00;\x00\x0dIHDR\x00\x00\x00\x04\x00\x00\x00\x04\x10\x00\x00\x00\x00\xdc\x0a\x1d\xe1\x00\x00b`\xc0\xc5\x00\x00\x06\xaf\x004\xac\x88\x92J\x00\x00\x00\x00IEND\xaeB`\x82";
         let err = decode_image(gif, "frame-bomb.gif", DEFAULT_MAX_PIXELS).unwrap_err();
         match &err {
-            ImageError::Decode {
-                what,
-                source: image::ImageError::Limits(_),
-            } => assert_eq!(what, "frame-bomb.gif"),
+            ImageError::Decode { what, source: image::ImageError::Limits(_) } => assert_eq!(what, "frame-bomb.gif"),
             other => panic!("expected a decoder limit error, got {other:?}"),
         }
         assert_eq!(decoder_memory_budget(5, 3), 15 * 32 + (64 << 20));

@@ -49,13 +49,8 @@ impl KernelCache {
     /// The default folder: `$XDG_CACHE_HOME/phi3v/kernels`, else `$HOME/.cache/phi3v/kernels`;
     /// `None` when neither variable is set.
     pub fn default_dir() -> Option<PathBuf> {
-        let nonempty = |k: &str| {
-            std::env::var_os(k)
-                .filter(|v| !v.is_empty())
-                .map(PathBuf::from)
-        };
-        let base =
-            nonempty("XDG_CACHE_HOME").or_else(|| nonempty("HOME").map(|h| h.join(".cache")))?;
+        let nonempty = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty()).map(PathBuf::from);
+        let base = nonempty("XDG_CACHE_HOME").or_else(|| nonempty("HOME").map(|h| h.join(".cache")))?;
         Some(base.join("phi3v").join("kernels"))
     }
 
@@ -111,22 +106,16 @@ impl fmt::Display for KernelCacheStatus {
         match self {
             KernelCacheStatus::Enabled(d) => write!(f, "kernel cache: {}", d.display()),
             KernelCacheStatus::Off => f.write_str("kernel cache: off"),
-            KernelCacheStatus::NotApplicable => {
-                f.write_str("kernel cache: not used by this device")
-            }
+            KernelCacheStatus::NotApplicable => f.write_str("kernel cache: not used by this device"),
             KernelCacheStatus::UserConfig(p) => write!(f, "kernel cache: as {} says", p.display()),
-            KernelCacheStatus::TooLate => {
-                f.write_str("kernel cache: unchanged (CubeCL was configured before)")
-            }
+            KernelCacheStatus::TooLate => f.write_str("kernel cache: unchanged (CubeCL was configured before)"),
         }
     }
 }
 
 /// The cache folder cannot be used.
 #[derive(Debug, thiserror::Error)]
-#[error(
-    "kernel cache folder {path} is not usable: {source} (choose another with --kernel-cache DIR or {ENV}=DIR, or turn it off with `off`)"
-)]
+#[error("kernel cache folder {path} is not usable: {source} (choose another with --kernel-cache DIR or {ENV}=DIR, or turn it off with `off`)")]
 pub struct KernelCacheError {
     /// The folder.
     pub path: PathBuf,
@@ -140,19 +129,14 @@ pub fn device_dir(root: &Path, device: &DeviceInfo) -> PathBuf {
     let clean = |s: &str| -> String {
         let mut t = String::with_capacity(s.len());
         for c in s.chars() {
-            let c = if c.is_ascii_alphanumeric() || c == '.' || c == '-' {
-                c
-            } else {
-                '_'
-            };
+            let c = if c.is_ascii_alphanumeric() || c == '.' || c == '-' { c } else { '_' };
             if !(c == '_' && t.ends_with('_')) {
                 t.push(c);
             }
         }
         t.trim_matches('_').to_string()
     };
-    root.join(format!("{}-{}", device.backend, clean(&device.name)))
-        .join(build_stamp())
+    root.join(format!("{}-{}", device.backend, clean(&device.name))).join(build_stamp())
 }
 
 /// The running executable's size and modification time, in hex: a new build, a new stamp.
@@ -189,10 +173,7 @@ pub fn user_config_file() -> Option<PathBuf> {
 
 /// Makes `path` and checks that a file can be written in it.
 fn ensure_writable(path: &Path) -> Result<(), KernelCacheError> {
-    let err = |source| KernelCacheError {
-        path: path.to_path_buf(),
-        source,
-    };
+    let err = |source| KernelCacheError { path: path.to_path_buf(), source };
     std::fs::create_dir_all(path).map_err(err)?;
     let probe = path.join(format!(".write-probe-{}", std::process::id()));
     std::fs::write(&probe, b"").map_err(err)?;
@@ -206,10 +187,7 @@ fn ensure_writable(path: &Path) -> Result<(), KernelCacheError> {
 ///
 /// # Errors
 /// The folder cannot be created or written ([`KernelCacheError`]); nothing is changed then.
-pub fn configure(
-    cache: &KernelCache,
-    device: &DeviceInfo,
-) -> Result<KernelCacheStatus, KernelCacheError> {
+pub fn configure(cache: &KernelCache, device: &DeviceInfo) -> Result<KernelCacheStatus, KernelCacheError> {
     let root = match cache {
         KernelCache::Off => return Ok(KernelCacheStatus::Off),
         KernelCache::Dir(root) => root,
@@ -254,10 +232,7 @@ mod tests {
     fn parses_off_and_folders() {
         assert_eq!("off".parse::<KernelCache>().unwrap(), KernelCache::Off);
         assert_eq!("OFF".parse::<KernelCache>().unwrap(), KernelCache::Off);
-        assert_eq!(
-            "/tmp/k".parse::<KernelCache>().unwrap(),
-            KernelCache::Dir("/tmp/k".into())
-        );
+        assert_eq!("/tmp/k".parse::<KernelCache>().unwrap(), KernelCache::Dir("/tmp/k".into()));
         assert_eq!(KernelCache::Dir("/tmp/k".into()).to_string(), "/tmp/k");
     }
 
@@ -280,14 +255,8 @@ mod tests {
         assert!(a != b && a != c && b != c);
         let family = a.parent().unwrap().file_name().unwrap().to_str().unwrap();
         assert_eq!(family, "cuda-NVIDIA_H200");
-        assert_eq!(
-            b.parent().unwrap().file_name().unwrap(),
-            "cuda-NVIDIA_A100-SXM4-80GB"
-        );
+        assert_eq!(b.parent().unwrap().file_name().unwrap(), "cuda-NVIDIA_A100-SXM4-80GB");
         // Same build, same stamp.
-        assert_eq!(
-            a.file_name(),
-            device_dir(root, &info("cuda", "NVIDIA H200")).file_name()
-        );
+        assert_eq!(a.file_name(), device_dir(root, &info("cuda", "NVIDIA H200")).file_name());
     }
 }

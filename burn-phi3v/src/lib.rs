@@ -92,13 +92,8 @@ pub use config::{GenerationConfig, Phi3VConfig};
 pub use device::{DeviceError, DeviceFn, DeviceInfo, with_device};
 pub use engine::{Engine, EngineClient, EngineConfig, EngineStats, RequestEvent, RequestHandle};
 pub use error::{Phi3vError, Result};
-pub use generation::{
-    FinishReason, GenerationOutput, GenerationParams, Generator, SamplingParams, StreamEvent,
-    generate,
-};
+pub use generation::{FinishReason, GenerationOutput, GenerationParams, Generator, SamplingParams, StreamEvent, generate};
 pub use loader::{LoadOptions, LoadedModel};
 pub use model::Phi3VForCausalLM;
 pub use pipeline::{ImageInput, Pipeline, Request, StreamedToken, TokenStream};
-pub use processor::{
-    Message, Phi3VProcessor, ProcessedPrompt, apply_chat_template, with_image_tags,
-};
+pub use processor::{Message, Phi3VProcessor, ProcessedPrompt, apply_chat_template, with_image_tags};

@@ -74,17 +74,8 @@ impl<B: Kernels> LoadedModel<B> {
     /// assert_eq!(m.processor.image_config.num_crops, 2);
     /// # Ok::<(), burn_phi3v::Phi3vError>(())
     /// ```
-    pub fn from_pretrained(
-        dir: impl AsRef<Path>,
-        device: &B::Device,
-        options: &LoadOptions,
-    ) -> Result<Self> {
-        let mut m = Self::load(
-            dir.as_ref(),
-            device,
-            options.dtype.unwrap_or(DType::F32),
-            None,
-        )?;
+    pub fn from_pretrained(dir: impl AsRef<Path>, device: &B::Device, options: &LoadOptions) -> Result<Self> {
+        let mut m = Self::load(dir.as_ref(), device, options.dtype.unwrap_or(DType::F32), None)?;
         if let Some(n) = options.num_crops {
             m.processor.image_config.num_crops = n;
         }
@@ -93,12 +84,7 @@ impl<B: Kernels> LoadedModel<B> {
 
     /// Loads `dir` onto `device` with weights in `dtype`. `progress(done, total)` is called
     /// after every tensor.
-    pub fn load(
-        dir: &Path,
-        device: &B::Device,
-        dtype: DType,
-        progress: Option<&(dyn Fn(usize, usize) + Sync)>,
-    ) -> Result<Self> {
+    pub fn load(dir: &Path, device: &B::Device, dtype: DType, progress: Option<&(dyn Fn(usize, usize) + Sync)>) -> Result<Self> {
         let files = FolderFiles::read(dir)?;
         let ckpt = Checkpoint::open_dir(dir)?;
         let mut weights = Weights::<B>::new(&ckpt, device, dtype);
@@ -142,9 +128,7 @@ pub fn check_device_memory(dir: &Path, info: &DeviceInfo, dtype: DType) -> Resul
         (None, Some(total)) => (total, "in total"),
         (None, None) => return Ok(()),
     };
-    let needed = Checkpoint::open_dir(dir)?
-        .num_elements()
-        .saturating_mul(dtype.size() as u64);
+    let needed = Checkpoint::open_dir(dir)?.num_elements().saturating_mul(dtype.size() as u64);
     if needed > available {
         return Err(Phi3vError::InsufficientMemory {
             path: dir.to_path_buf(),
@@ -165,14 +149,9 @@ pub fn check_device_memory(dir: &Path, info: &DeviceInfo, dtype: DType) -> Resul
 /// CubeCL's device thread (65 % of its time, the pace of a whole step on the H200,
 /// docs/kernels.md, 2026-12-03). Temporaries of the load (e.g. the f32 draws of random
 /// weights) are released afterwards.
-pub fn load_model<B: Kernels>(
-    weights: &Weights<'_, B>,
-    config: &Phi3VConfig,
-) -> Result<Phi3VForCausalLM<B>> {
+pub fn load_model<B: Kernels>(weights: &Weights<'_, B>, config: &Phi3VConfig) -> Result<Phi3VForCausalLM<B>> {
     let device = weights.device().clone();
-    let model = B::memory_persistent_allocations(&device, (weights, config), |(w, c)| {
-        Phi3VForCausalLM::load(w, c)
-    })?;
+    let model = B::memory_persistent_allocations(&device, (weights, config), |(w, c)| Phi3VForCausalLM::load(w, c))?;
     let _ = B::sync(&device);
     B::memory_cleanup(&device);
     Ok(model)
@@ -202,11 +181,7 @@ impl FolderFiles {
         })
     }
 
-    fn with_weights<B: Kernels>(
-        self,
-        dir: &Path,
-        weights: Weights<'_, B>,
-    ) -> Result<LoadedModel<B>> {
+    fn with_weights<B: Kernels>(self, dir: &Path, weights: Weights<'_, B>) -> Result<LoadedModel<B>> {
         let model = load_model(&weights, &self.config)?;
         weights.finish()?;
         Ok(LoadedModel {
@@ -240,33 +215,17 @@ mod tests {
     #[test]
     fn checkpoint_larger_than_device_memory_is_refused_before_loading() {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/models/phi3v-tiny");
-        let elements = Checkpoint::open_dir(&dir)
-            .expect("tiny checkpoint")
-            .num_elements();
+        let elements = Checkpoint::open_dir(&dir).expect("tiny checkpoint").num_elements();
         assert!(elements > 0);
         match check_device_memory(&dir, &info(Some(1000), Some(1 << 40)), DType::BF16) {
-            Err(Phi3vError::InsufficientMemory {
-                needed,
-                available,
-                kind,
-                device,
-                ..
-            }) => {
-                assert_eq!(
-                    (needed, available, kind, device.as_str()),
-                    (2 * elements, 1000, "free", "cuda:0")
-                );
+            Err(Phi3vError::InsufficientMemory { needed, available, kind, device, .. }) => {
+                assert_eq!((needed, available, kind, device.as_str()), (2 * elements, 1000, "free", "cuda:0"));
             }
             other => panic!("expected InsufficientMemory, got {other:?}"),
         }
         let err = check_device_memory(&dir, &info(None, Some(1000)), DType::F32).unwrap_err();
-        assert!(
-            err.to_string().contains("phi3v-tiny") && err.to_string().contains("in total"),
-            "{err}"
-        );
-        check_device_memory(&dir, &info(Some(4 * elements), None), DType::F32)
-            .expect("exactly fits");
-        check_device_memory(&dir, &info(None, None), DType::F32)
-            .expect("unknown memory is not checked");
+        assert!(err.to_string().contains("phi3v-tiny") && err.to_string().contains("in total"), "{err}");
+        check_device_memory(&dir, &info(Some(4 * elements), None), DType::F32).expect("exactly fits");
+        check_device_memory(&dir, &info(None, None), DType::F32).expect("unknown memory is not checked");
     }
 }

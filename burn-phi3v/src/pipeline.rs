@@ -18,14 +18,10 @@ use image::DynamicImage;
 
 use crate::device::{DeviceFn, DeviceInfo, parse_dtype, with_device_dtype};
 use crate::error::{Phi3vError, Result};
-use crate::generation::{
-    GenerationOutput, GenerationParams, Generator, SamplingParams, StreamEvent, generate,
-};
+use crate::generation::{GenerationOutput, GenerationParams, Generator, SamplingParams, StreamEvent, generate};
 use crate::image_processor::ImageError;
 use crate::loader::{LoadOptions, LoadedModel, check_device_memory};
-use crate::processor::{
-    Message, Phi3VProcessor, ProcessedPrompt, apply_chat_template, with_image_tags,
-};
+use crate::processor::{Message, Phi3VProcessor, ProcessedPrompt, apply_chat_template, with_image_tags};
 
 /// An image given to a [`Request`]: a file, encoded bytes (PNG, JPEG, WebP, GIF) or a decoded
 /// image. Files and bytes are decoded when the request is prepared, so a missing file or bytes
@@ -200,10 +196,7 @@ impl Request {
         }
         match &self.prompt {
             Prompt::Raw(p) => return p.clone(),
-            Prompt::User(text) => messages.push(Message::new(
-                "user",
-                with_image_tags(text, self.images.len()),
-            )),
+            Prompt::User(text) => messages.push(Message::new("user", with_image_tags(text, self.images.len()))),
             Prompt::Chat(m) => messages.extend(m.iter().cloned()),
         }
         apply_chat_template(&messages, true)
@@ -233,11 +226,7 @@ trait DynModel: Send + Sync {
         params: &[GenerationParams],
         on_event: &mut dyn FnMut(StreamEvent<'_>),
     ) -> Result<Vec<GenerationOutput>>;
-    fn start<'a>(
-        &'a self,
-        prompts: &[&ProcessedPrompt],
-        params: &[GenerationParams],
-    ) -> Result<Box<dyn DynGenerator + 'a>>;
+    fn start<'a>(&'a self, prompts: &[&ProcessedPrompt], params: &[GenerationParams]) -> Result<Box<dyn DynGenerator + 'a>>;
     fn as_any(&self) -> &dyn Any;
 }
 
@@ -259,17 +248,8 @@ impl<B: Kernels> DynModel for LoadedModel<B> {
     ) -> Result<Vec<GenerationOutput>> {
         generate(&self.model, &self.processor, prompts, params, on_event)
     }
-    fn start<'a>(
-        &'a self,
-        prompts: &[&ProcessedPrompt],
-        params: &[GenerationParams],
-    ) -> Result<Box<dyn DynGenerator + 'a>> {
-        Ok(Box::new(Generator::new(
-            &self.model,
-            &self.processor,
-            prompts,
-            params,
-        )?))
+    fn start<'a>(&'a self, prompts: &[&ProcessedPrompt], params: &[GenerationParams]) -> Result<Box<dyn DynGenerator + 'a>> {
+        Ok(Box::new(Generator::new(&self.model, &self.processor, prompts, params)?))
     }
     fn as_any(&self) -> &dyn Any {
         self
@@ -321,15 +301,11 @@ impl<'a> TokenStream<'a> {
 
     /// Runs one step; the tokens it chose go to `pending`.
     fn step(&mut self) -> Result<()> {
-        let Some(g) = self.generator.as_mut() else {
-            return Ok(());
-        };
+        let Some(g) = self.generator.as_mut() else { return Ok(()) };
         let pending = &mut self.pending;
         let going = g.step(&mut |e| match pending.back_mut() {
             // The text a sequence held back, released when it ends: part of its last token.
-            Some(last) if last.sequence == e.sequence && last.token_id == e.token_id => {
-                last.text.push_str(e.text_delta)
-            }
+            Some(last) if last.sequence == e.sequence && last.token_id == e.token_id => last.text.push_str(e.text_delta),
             _ => pending.push_back(StreamedToken {
                 sequence: e.sequence,
                 token_id: e.token_id,
@@ -358,9 +334,7 @@ impl<'a> TokenStream<'a> {
         while self.generator.is_some() {
             self.step()?;
         }
-        self.outputs.ok_or_else(|| {
-            Phi3vError::InvalidInput("generation failed earlier in this stream".into())
-        })
+        self.outputs.ok_or_else(|| Phi3vError::InvalidInput("generation failed earlier in this stream".into()))
     }
 
     /// Runs generation to the end and returns the output of a single request.
@@ -375,9 +349,7 @@ impl<'a> TokenStream<'a> {
     /// [`FinishReason::Cancelled`](crate::FinishReason::Cancelled).
     pub fn cancel(mut self) -> Result<Vec<GenerationOutput>> {
         self.stop()?;
-        self.outputs.ok_or_else(|| {
-            Phi3vError::InvalidInput("generation failed earlier in this stream".into())
-        })
+        self.outputs.ok_or_else(|| Phi3vError::InvalidInput("generation failed earlier in this stream".into()))
     }
 }
 
@@ -429,10 +401,7 @@ pub struct Pipeline {
 
 impl std::fmt::Debug for Pipeline {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Pipeline")
-            .field("device", &self.device.spec)
-            .field("dtype", &self.dtype)
-            .finish()
+        f.debug_struct("Pipeline").field("device", &self.device.spec).field("dtype", &self.dtype).finish()
     }
 }
 
@@ -442,14 +411,7 @@ impl DeviceFn for Load<'_> {
     type Output = Result<Pipeline>;
     fn run<B: Kernels>(self, device: &B::Device, info: &DeviceInfo, dtype: DType) -> Self::Output {
         check_device_memory(self.0, info, dtype)?;
-        let m = LoadedModel::<B>::from_pretrained(
-            self.0,
-            device,
-            &LoadOptions {
-                dtype: Some(dtype),
-                ..self.1.clone()
-            },
-        )?;
+        let m = LoadedModel::<B>::from_pretrained(self.0, device, &LoadOptions { dtype: Some(dtype), ..self.1.clone() })?;
         Ok(Pipeline {
             model: Box::new(m),
             device: info.clone(),
@@ -465,11 +427,7 @@ impl Pipeline {
     ///
     /// Errors: [`Phi3vError::Device`] for a device string that is unknown, not compiled in
     /// (see the crate's cargo features) or not present; loading errors name the file or tensor.
-    pub fn from_pretrained(
-        dir: impl AsRef<Path>,
-        device: &str,
-        options: &LoadOptions,
-    ) -> Result<Self> {
+    pub fn from_pretrained(dir: impl AsRef<Path>, device: &str, options: &LoadOptions) -> Result<Self> {
         with_device_dtype(device, options.dtype, Load(dir.as_ref(), options))?
     }
 
@@ -485,14 +443,8 @@ impl Pipeline {
     /// assert!(pipeline.loaded::<Cpu>().is_some());
     /// # Ok::<(), burn_phi3v::Phi3vError>(())
     /// ```
-    pub fn from_pretrained_on<B: Kernels>(
-        dir: impl AsRef<Path>,
-        device: &B::Device,
-        options: &LoadOptions,
-    ) -> Result<Self> {
-        Ok(Self::from_loaded(LoadedModel::<B>::from_pretrained(
-            dir, device, options,
-        )?))
+    pub fn from_pretrained_on<B: Kernels>(dir: impl AsRef<Path>, device: &B::Device, options: &LoadOptions) -> Result<Self> {
+        Ok(Self::from_loaded(LoadedModel::<B>::from_pretrained(dir, device, options)?))
     }
 
     /// Wraps a model loaded on a backend of the caller's choice. Its [`device`](Self::device)
@@ -522,19 +474,9 @@ impl Pipeline {
     /// with strings.
     pub fn load(dir: impl AsRef<Path>, device: &str, dtype: Option<&str>) -> Result<Self> {
         let dtype = dtype
-            .map(|d| {
-                parse_dtype(d)
-                    .ok_or_else(|| crate::device::DeviceError::UnknownDtype(d.to_string()))
-            })
+            .map(|d| parse_dtype(d).ok_or_else(|| crate::device::DeviceError::UnknownDtype(d.to_string())))
             .transpose()?;
-        Self::from_pretrained(
-            dir,
-            device,
-            &LoadOptions {
-                dtype,
-                num_crops: None,
-            },
-        )
+        Self::from_pretrained(dir, device, &LoadOptions { dtype, num_crops: None })
     }
 
     /// The device it runs on.
@@ -587,11 +529,7 @@ impl Pipeline {
     /// the generation parameters with this model's stop tokens added.
     pub fn prepare(&self, request: &Request) -> Result<(ProcessedPrompt, GenerationParams)> {
         let max_pixels = self.processor().image_config.max_pixels;
-        let images = request
-            .images
-            .iter()
-            .map(|i| i.decode(max_pixels))
-            .collect::<std::result::Result<Vec<_>, _>>()?;
+        let images = request.images.iter().map(|i| i.decode(max_pixels)).collect::<std::result::Result<Vec<_>, _>>()?;
         let prompt = self.process(&request.prompt(), &images)?;
         let mut params = request.params.clone();
         params.stop_token_ids.extend(self.stop_token_ids());
@@ -634,10 +572,7 @@ impl Pipeline {
     /// Answers several requests at once (a static batch: each row computes what it would
     /// alone). Outputs are in request order.
     pub fn batch(&self, requests: &[Request]) -> Result<Vec<GenerationOutput>> {
-        let prepared = requests
-            .iter()
-            .map(|r| self.prepare(r))
-            .collect::<Result<Vec<_>>>()?;
+        let prepared = requests.iter().map(|r| self.prepare(r)).collect::<Result<Vec<_>>>()?;
         let prompts: Vec<&ProcessedPrompt> = prepared.iter().map(|(p, _)| p).collect();
         let params: Vec<GenerationParams> = prepared.iter().map(|(_, p)| p.clone()).collect();
         self.model.generate(&prompts, &params, &mut |_| {})
@@ -645,11 +580,7 @@ impl Pipeline {
 
     /// Streams a batch of processed prompts (`params`: one set per prompt, or one for all; add
     /// [`stop_token_ids`](Self::stop_token_ids) yourself).
-    pub fn stream_processed(
-        &self,
-        prompts: &[&ProcessedPrompt],
-        params: &[GenerationParams],
-    ) -> Result<TokenStream<'_>> {
+    pub fn stream_processed(&self, prompts: &[&ProcessedPrompt], params: &[GenerationParams]) -> Result<TokenStream<'_>> {
         Ok(TokenStream::new(self.model.start(prompts, params)?))
     }
 
@@ -674,11 +605,8 @@ impl Pipeline {
         mut on_text: impl FnMut(&str),
     ) -> Result<GenerationOutput> {
         let prompt = self.process(&apply_chat_template(messages, true), images)?;
-        let mut out = self
-            .model
-            .generate(&[&prompt], std::slice::from_ref(params), &mut |e| {
-                on_text(e.text_delta)
-            })?;
+        let mut out = self.model.generate(&[&prompt], std::slice::from_ref(params), &mut |e| on_text(e.text_delta))?;
         Ok(out.remove(0))
     }
 }
+

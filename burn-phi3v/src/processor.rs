@@ -77,9 +77,7 @@ fn check_image_tags(pieces: &[Piece<'_>], images: usize) -> Result<()> {
             )));
         }
         if std::mem::replace(&mut seen[k - 1], true) {
-            return Err(Phi3vError::ImageTags(format!(
-                "tag <|image_{k}|> appears more than once"
-            )));
+            return Err(Phi3vError::ImageTags(format!("tag <|image_{k}|> appears more than once")));
         }
     }
     if let Some(k) = seen.iter().position(|s| !s) {
@@ -171,10 +169,7 @@ impl Phi3VProcessor {
     pub fn from_dir(dir: &Path) -> Result<Self> {
         let path = dir.join("tokenizer.json");
         if !path.is_file() {
-            return Err(Phi3vError::io(
-                &path,
-                std::io::Error::new(std::io::ErrorKind::NotFound, "tokenizer.json not found"),
-            ));
+            return Err(Phi3vError::io(&path, std::io::Error::new(std::io::ErrorKind::NotFound, "tokenizer.json not found")));
         }
         let tokenizer = Tokenizer::from_file(&path)
             .map_err(|e| Phi3vError::Tokenizer(format!("{}: {e}", path.display())))?;
@@ -190,10 +185,7 @@ impl Phi3VProcessor {
             let v = read_json(&tc)?;
             let eos = match v.get("eos_token") {
                 Some(serde_json::Value::String(s)) => Some(s.clone()),
-                Some(serde_json::Value::Object(o)) => o
-                    .get("content")
-                    .and_then(|c| c.as_str())
-                    .map(str::to_string),
+                Some(serde_json::Value::Object(o)) => o.get("content").and_then(|c| c.as_str()).map(str::to_string),
                 _ => None,
             };
             eos.and_then(|s| tokenizer.token_to_id(&s))
@@ -250,13 +242,7 @@ impl Phi3VProcessor {
         let mut processed: Vec<Option<ProcessedImage>> = processed.into_iter().map(Some).collect();
         let ordered = pieces
             .iter()
-            .filter_map(|p| {
-                if let Piece::Image(k) = p {
-                    processed[k - 1].take()
-                } else {
-                    None
-                }
-            })
+            .filter_map(|p| if let Piece::Image(k) = p { processed[k - 1].take() } else { None })
             .collect();
         Ok(ProcessedPrompt {
             input_ids,
@@ -268,11 +254,7 @@ impl Phi3VProcessor {
     /// `num_img_tokens[k − 1]` tokens, without any image: the same tag checks (typed errors) and
     /// layout. For counting tokens before decoding images (e.g. against a context limit); the
     /// counts come from [`hd_resize_target`](crate::image_processor::hd_resize_target).
-    pub fn tokenize_with_image_tokens(
-        &self,
-        prompt: &str,
-        num_img_tokens: &[usize],
-    ) -> Result<Vec<i64>> {
+    pub fn tokenize_with_image_tokens(&self, prompt: &str, num_img_tokens: &[usize]) -> Result<Vec<i64>> {
         match self.checked_pieces(prompt, num_img_tokens.len())? {
             Some(pieces) => self.layout(&pieces, num_img_tokens),
             None => self.encode(prompt),
@@ -310,9 +292,7 @@ impl Phi3VProcessor {
         for piece in pieces {
             match *piece {
                 Piece::Text(t) => input_ids.extend(self.encode(t)?),
-                Piece::Image(k) => {
-                    input_ids.extend(std::iter::repeat_n(-(k as i64), counts[k - 1]))
-                }
+                Piece::Image(k) => input_ids.extend(std::iter::repeat_n(-(k as i64), counts[k - 1])),
             }
         }
         Ok(input_ids)
@@ -348,32 +328,19 @@ mod tests {
 
     #[test]
     fn image_tags_are_prepended_once() {
-        assert_eq!(
-            with_image_tags("Compare.", 2),
-            "<|image_1|>\n<|image_2|>\nCompare."
-        );
-        assert_eq!(
-            with_image_tags("See <|image_1|> here", 1),
-            "See <|image_1|> here"
-        );
+        assert_eq!(with_image_tags("Compare.", 2), "<|image_1|>\n<|image_2|>\nCompare.");
+        assert_eq!(with_image_tags("See <|image_1|> here", 1), "See <|image_1|> here");
         assert_eq!(with_image_tags("No images", 0), "No images");
     }
 
     #[test]
     fn chat_template_matches_the_reference() {
-        let m = [
-            Message::new("user", "<|image_1|>\nWhat?"),
-            Message::new("assistant", "A cat."),
-            Message::new("user", "More?"),
-        ];
+        let m = [Message::new("user", "<|image_1|>\nWhat?"), Message::new("assistant", "A cat."), Message::new("user", "More?")];
         assert_eq!(
             apply_chat_template(&m, true),
             "<|user|>\n<|image_1|>\nWhat?<|end|>\n<|assistant|>\nA cat.<|end|>\n<|user|>\nMore?<|end|>\n<|assistant|>\n"
         );
-        assert_eq!(
-            apply_chat_template(&m[..2], true),
-            "<|user|>\n<|image_1|>\nWhat?<|end|>\n<|assistant|>\nA cat.<|end|>\n"
-        );
+        assert_eq!(apply_chat_template(&m[..2], true), "<|user|>\n<|image_1|>\nWhat?<|end|>\n<|assistant|>\nA cat.<|end|>\n");
     }
 
     /// `tokenize_with_image_tokens` gives `process`'s ids from the images' token counts alone,
@@ -381,45 +348,19 @@ mod tests {
     #[test]
     fn tokenize_with_image_tokens_equals_process() {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/models/phi3v-tiny");
-        let p = Phi3VProcessor::from_dir(&dir)
-            .expect("tiny tokenizer")
-            .with_num_crops(2);
-        let images = vec![
-            DynamicImage::new_rgb8(40, 90),
-            DynamicImage::new_rgb8(300, 20),
-        ];
+        let p = Phi3VProcessor::from_dir(&dir).expect("tiny tokenizer").with_num_crops(2);
+        let images = vec![DynamicImage::new_rgb8(40, 90), DynamicImage::new_rgb8(300, 20)];
         let counts: Vec<usize> = images
             .iter()
-            .map(|i| {
-                crate::image_processor::hd_resize_target(i.width(), i.height(), 2).num_img_tokens()
-            })
+            .map(|i| crate::image_processor::hd_resize_target(i.width(), i.height(), 2).num_img_tokens())
             .collect();
-        for prompt in [
-            "<|image_2|> then <|image_1|>\nWhat differs?",
-            "<|user|>\n<|image_1|>\n<|image_2|>\nHi<|end|>\n<|assistant|>\n",
-        ] {
+        for prompt in ["<|image_2|> then <|image_1|>\nWhat differs?", "<|user|>\n<|image_1|>\n<|image_2|>\nHi<|end|>\n<|assistant|>\n"] {
             let processed = p.process(prompt, &images).expect("process");
-            assert_eq!(
-                p.tokenize_with_image_tokens(prompt, &counts)
-                    .expect("tokenize"),
-                processed.input_ids,
-                "{prompt}"
-            );
+            assert_eq!(p.tokenize_with_image_tokens(prompt, &counts).expect("tokenize"), processed.input_ids, "{prompt}");
         }
-        assert_eq!(
-            p.tokenize_with_image_tokens("plain text", &[]).unwrap(),
-            p.process("plain text", &[]).unwrap().input_ids
-        );
-        for (prompt, n) in [
-            ("<|image_1|><|image_1|>", 1),
-            ("<|image_3|>", 2),
-            ("no tags", 1),
-            ("<|image_1|>", 2),
-        ] {
-            let a = p
-                .tokenize_with_image_tokens(prompt, &counts[..n])
-                .unwrap_err()
-                .to_string();
+        assert_eq!(p.tokenize_with_image_tokens("plain text", &[]).unwrap(), p.process("plain text", &[]).unwrap().input_ids);
+        for (prompt, n) in [("<|image_1|><|image_1|>", 1), ("<|image_3|>", 2), ("no tags", 1), ("<|image_1|>", 2)] {
+            let a = p.tokenize_with_image_tokens(prompt, &counts[..n]).unwrap_err().to_string();
             let b = p.process(prompt, &images[..n]).unwrap_err().to_string();
             assert_eq!(a, b, "{prompt}");
         }
@@ -430,13 +371,8 @@ mod tests {
     #[test]
     fn too_many_images_is_a_typed_error() {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/models/phi3v-tiny");
-        let mut p = Phi3VProcessor::from_dir(&dir)
-            .expect("tiny tokenizer")
-            .with_num_crops(1);
-        assert_eq!(
-            p.image_config.max_images,
-            crate::image_processor::DEFAULT_MAX_IMAGES
-        );
+        let mut p = Phi3VProcessor::from_dir(&dir).expect("tiny tokenizer").with_num_crops(1);
+        assert_eq!(p.image_config.max_images, crate::image_processor::DEFAULT_MAX_IMAGES);
         p.image_config.max_images = 2;
         let images = vec![DynamicImage::new_rgb8(4, 4); 3];
         let prompt = with_image_tags("Compare.", 3);
@@ -444,9 +380,7 @@ mod tests {
             Err(Phi3vError::TooManyImages { count: 3, max: 2 }) => {}
             other => panic!("expected TooManyImages, got {other:?}"),
         }
-        let two = p
-            .process(&with_image_tags("Compare.", 2), &images[..2])
-            .expect("two images fit");
+        let two = p.process(&with_image_tags("Compare.", 2), &images[..2]).expect("two images fit");
         assert_eq!(two.images.len(), 2);
     }
 }

@@ -51,10 +51,7 @@ pub struct Checkpoint {
 impl std::fmt::Debug for Checkpoint {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Checkpoint")
-            .field(
-                "shards",
-                &self.shards.iter().map(|s| &s.path).collect::<Vec<_>>(),
-            )
+            .field("shards", &self.shards.iter().map(|s| &s.path).collect::<Vec<_>>())
             .field("tensors", &self.entries.len())
             .finish()
     }
@@ -72,10 +69,7 @@ impl<'de> serde::Deserialize<'de> for KeyList {
             fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
                 f.write_str("a JSON object")
             }
-            fn visit_map<A: MapAccess<'de>>(
-                self,
-                mut map: A,
-            ) -> std::result::Result<KeyList, A::Error> {
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> std::result::Result<KeyList, A::Error> {
                 let mut keys = Vec::new();
                 while let Some((k, _)) = map.next_entry::<String, serde::de::IgnoredAny>()? {
                     keys.push(k);
@@ -89,9 +83,7 @@ impl<'de> serde::Deserialize<'de> for KeyList {
 
 fn first_duplicate(keys: &[String]) -> Option<&str> {
     let mut seen = HashSet::new();
-    keys.iter()
-        .find(|k| !seen.insert(k.as_str()))
-        .map(String::as_str)
+    keys.iter().find(|k| !seen.insert(k.as_str())).map(String::as_str)
 }
 
 impl Checkpoint {
@@ -109,10 +101,7 @@ impl Checkpoint {
                     single,
                     std::io::Error::new(
                         std::io::ErrorKind::NotFound,
-                        format!(
-                            "neither {SINGLE_FILE} nor {INDEX_FILE} found in {}",
-                            dir.display()
-                        ),
+                        format!("neither {SINGLE_FILE} nor {INDEX_FILE} found in {}", dir.display()),
                     ),
                 ))
             }
@@ -121,8 +110,7 @@ impl Checkpoint {
 
     /// Opens a sharded checkpoint from its `model.safetensors.index.json`.
     pub fn open_index(index_path: &Path) -> Result<Self> {
-        let text =
-            std::fs::read_to_string(index_path).map_err(|e| Phi3vError::io(index_path, e))?;
+        let text = std::fs::read_to_string(index_path).map_err(|e| Phi3vError::io(index_path, e))?;
         let bad = |reason: String| Phi3vError::ShardIndex {
             path: index_path.to_path_buf(),
             reason,
@@ -169,10 +157,7 @@ impl Checkpoint {
         let paths: Vec<PathBuf> = files.iter().map(|f| dir.join(f)).collect();
         for p in &paths {
             if !p.is_file() {
-                return Err(bad(format!(
-                    "names shard `{}`, which does not exist",
-                    p.display()
-                )));
+                return Err(bad(format!("names shard `{}`, which does not exist", p.display())));
             }
         }
         let ckpt = Self::open_files(&paths)?;
@@ -180,17 +165,9 @@ impl Checkpoint {
         for (name, file) in &declared {
             match ckpt.entries.get(name) {
                 None => {
-                    return Err(bad(format!(
-                        "tensor `{name}` is listed in shard `{file}` but not stored there"
-                    )));
+                    return Err(bad(format!("tensor `{name}` is listed in shard `{file}` but not stored there")));
                 }
-                Some(e)
-                    if ckpt.shards[e.shard]
-                        .path
-                        .file_name()
-                        .and_then(|f| f.to_str())
-                        != Some(file) =>
-                {
+                Some(e) if ckpt.shards[e.shard].path.file_name().and_then(|f| f.to_str()) != Some(file) => {
                     return Err(bad(format!(
                         "tensor `{name}` is listed in shard `{file}` but stored in `{}`",
                         ckpt.shards[e.shard].path.display()
@@ -200,9 +177,7 @@ impl Checkpoint {
             }
         }
         if let Some(extra) = ckpt.entries.keys().find(|k| !declared.contains_key(*k)) {
-            return Err(bad(format!(
-                "tensor `{extra}` is stored in a shard but not listed in the index"
-            )));
+            return Err(bad(format!("tensor `{extra}` is stored in a shard but not listed in the index")));
         }
         Ok(ckpt)
     }
@@ -268,11 +243,7 @@ impl Checkpoint {
     pub fn num_elements(&self) -> u64 {
         self.entries
             .values()
-            .map(|e| {
-                e.shape
-                    .iter()
-                    .fold(1u64, |a, &d| a.saturating_mul(d as u64))
-            })
+            .map(|e| e.shape.iter().fold(1u64, |a, &d| a.saturating_mul(d as u64)))
             .fold(0u64, u64::saturating_add)
     }
 
@@ -283,12 +254,9 @@ impl Checkpoint {
 
     /// Raw little-endian bytes of a tensor, borrowed from its shard's map.
     fn bytes(&self, name: &str) -> Result<(&[u8], &TensorEntry)> {
-        let entry = self
-            .entries
-            .get(name)
-            .ok_or_else(|| Phi3vError::MissingTensor {
-                name: name.to_string(),
-            })?;
+        let entry = self.entries.get(name).ok_or_else(|| Phi3vError::MissingTensor {
+            name: name.to_string(),
+        })?;
         let shard = &self.shards[entry.shard];
         let st = SafeTensors::deserialize(&shard.map).map_err(|e| Phi3vError::Safetensors {
             path: shard.path.clone(),
@@ -310,31 +278,18 @@ fn header_keys(buf: &[u8]) -> std::result::Result<Vec<String>, String> {
     let end = 8usize
         .checked_add(n)
         .filter(|e| *e <= buf.len())
-        .ok_or_else(|| {
-            format!(
-                "header length {n} runs past the end of the file ({} bytes)",
-                buf.len()
-            )
-        })?;
-    let header =
-        std::str::from_utf8(&buf[8..end]).map_err(|e| format!("header is not UTF-8: {e}"))?;
-    let keys: KeyList =
-        serde_json::from_str(header).map_err(|e| format!("header is not valid JSON: {e}"))?;
+        .ok_or_else(|| format!("header length {n} runs past the end of the file ({} bytes)", buf.len()))?;
+    let header = std::str::from_utf8(&buf[8..end]).map_err(|e| format!("header is not UTF-8: {e}"))?;
+    let keys: KeyList = serde_json::from_str(header).map_err(|e| format!("header is not valid JSON: {e}"))?;
     Ok(keys.0.into_iter().filter(|k| k != "__metadata__").collect())
 }
 
 fn describe(e: &safetensors::SafeTensorError) -> String {
     use safetensors::SafeTensorError as E;
     match e {
-        E::MetadataIncompleteBuffer => {
-            "data section does not match the header (truncated or padded file)".into()
-        }
-        E::InvalidOffset(name) => {
-            format!("offsets of tensor `{name}` point outside the data section")
-        }
-        E::HeaderTooSmall | E::InvalidHeaderLength => {
-            "header length is invalid (truncated file?)".into()
-        }
+        E::MetadataIncompleteBuffer => "data section does not match the header (truncated or padded file)".into(),
+        E::InvalidOffset(name) => format!("offsets of tensor `{name}` point outside the data section"),
+        E::HeaderTooSmall | E::InvalidHeaderLength => "header length is invalid (truncated file?)".into(),
         E::TensorInvalidInfo => "a tensor's shape and dtype do not match its byte range".into(),
         other => format!("{other:?}"),
     }
@@ -414,12 +369,9 @@ impl<'a, B: Backend> Weights<'a, B> {
     }
 
     fn check_shape(&self, name: &str, expected: &[usize]) -> Result<&TensorEntry> {
-        let entry =
-            self.ckpt
-                .and_then(|c| c.entry(name))
-                .ok_or_else(|| Phi3vError::MissingTensor {
-                    name: name.to_string(),
-                })?;
+        let entry = self.ckpt.and_then(|c| c.entry(name)).ok_or_else(|| Phi3vError::MissingTensor {
+            name: name.to_string(),
+        })?;
         if entry.shape != expected {
             return Err(Phi3vError::ShapeMismatch {
                 name: name.to_string(),
@@ -432,8 +384,7 @@ impl<'a, B: Backend> Weights<'a, B> {
 
     /// Reads tensor `name`, which must have `shape`, as a float tensor in the compute dtype.
     pub fn tensor<const D: usize>(&self, name: &str, shape: [usize; D]) -> Result<Tensor<B, D>> {
-        self.elements
-            .fetch_add(shape.iter().product(), Ordering::Relaxed);
+        self.elements.fetch_add(shape.iter().product(), Ordering::Relaxed);
         let Some(ckpt) = self.ckpt else {
             let t = Tensor::<B, D>::random(shape, Distribution::Normal(0.0, 0.02), &self.device);
             return Ok(t.cast(self.dtype));
@@ -460,21 +411,16 @@ impl<'a, B: Backend> Weights<'a, B> {
     /// Reads tensor `name` under any of `names` (aliases of one parameter, e.g.
     /// `model.embed_tokens.weight` and `model.vision_embed_tokens.wte.weight`): the first present
     /// is loaded, the others are checked for shape and consumed without a second copy.
-    pub fn tensor_aliased<const D: usize>(
-        &self,
-        names: &[&str],
-        shape: [usize; D],
-    ) -> Result<Tensor<B, D>> {
+    pub fn tensor_aliased<const D: usize>(&self, names: &[&str], shape: [usize; D]) -> Result<Tensor<B, D>> {
         if self.ckpt.is_none() {
             return self.tensor(names.first().copied().unwrap_or_default(), shape);
         }
-        let first =
-            names
-                .iter()
-                .find(|n| self.contains(n))
-                .ok_or_else(|| Phi3vError::MissingTensor {
-                    name: names.first().copied().unwrap_or_default().to_string(),
-                })?;
+        let first = names
+            .iter()
+            .find(|n| self.contains(n))
+            .ok_or_else(|| Phi3vError::MissingTensor {
+                name: names.first().copied().unwrap_or_default().to_string(),
+            })?;
         let t = self.tensor(first, shape)?;
         for n in names.iter().filter(|n| *n != first && self.contains(n)) {
             self.check_shape(n, &shape)?;

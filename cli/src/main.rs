@@ -16,10 +16,7 @@ use burn::tensor::DType;
 use burn_phi3v::device::{DeviceInfo, dtype_name};
 use burn_phi3v::image_processor::load_image;
 use burn_phi3v::kernel_cache::{self, KernelCache, KernelCacheStatus};
-use burn_phi3v::{
-    GenerationParams, LoadedModel, Message, Phi3VProcessor, SamplingParams, apply_chat_template,
-    generate, with_image_tags,
-};
+use burn_phi3v::{GenerationParams, LoadedModel, Message, Phi3VProcessor, SamplingParams, apply_chat_template, generate, with_image_tags};
 use clap::{Args, Parser, Subcommand};
 use phi3v_devices::DeviceFn;
 
@@ -29,17 +26,10 @@ mod serve;
 
 /// The tiny random-weight checkpoint shipped in the repository: the default `--model`, so the
 /// first command works with no download (its answers are meaningless text).
-const EMBEDDED_MODEL: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../tests/fixtures/models/phi35v-tiny"
-);
+const EMBEDDED_MODEL: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/models/phi35v-tiny");
 
 #[derive(Parser)]
-#[command(
-    name = "phi3v",
-    version,
-    about = "Phi-3-vision and Phi-3.5-vision on every device, with Burn"
-)]
+#[command(name = "phi3v", version, about = "Phi-3-vision and Phi-3.5-vision on every device, with Burn")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -61,10 +51,7 @@ fn use_kernel_cache(spec: &str) -> CliResult<()> {
         return Ok(());
     };
     let status = kernel_cache::configure(cache, &info)?;
-    if matches!(
-        status,
-        KernelCacheStatus::Enabled(_) | KernelCacheStatus::UserConfig(_)
-    ) {
+    if matches!(status, KernelCacheStatus::Enabled(_) | KernelCacheStatus::UserConfig(_)) {
         eprintln!("{status}");
     }
     Ok(())
@@ -112,11 +99,7 @@ struct PromptArgs {
     images: Vec<PathBuf>,
     /// Prompt text; without --raw it becomes the user message and `<|image_k|>` tags are
     /// prepended for the images unless it already places them.
-    #[arg(
-        long,
-        conflicts_with = "prompt_file",
-        required_unless_present = "prompt_file"
-    )]
+    #[arg(long, conflicts_with = "prompt_file", required_unless_present = "prompt_file")]
     prompt: Option<String>,
     /// Read the prompt from a file.
     #[arg(long)]
@@ -190,17 +173,14 @@ struct TokenizeArgs {
 type CliResult<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
 
 fn model_dir(p: &PromptArgs) -> PathBuf {
-    p.model
-        .clone()
-        .unwrap_or_else(|| PathBuf::from(EMBEDDED_MODEL))
+    p.model.clone().unwrap_or_else(|| PathBuf::from(EMBEDDED_MODEL))
 }
 
 /// The prompt text in chat format.
 fn chat_prompt(p: &PromptArgs) -> CliResult<String> {
     let text = match (&p.prompt, &p.prompt_file) {
         (Some(t), _) => t.clone(),
-        (None, Some(f)) => std::fs::read_to_string(f)
-            .map_err(|e| format!("cannot read prompt file {}: {e}", f.display()))?,
+        (None, Some(f)) => std::fs::read_to_string(f).map_err(|e| format!("cannot read prompt file {}: {e}", f.display()))?,
         (None, None) => return Err("give --prompt or --prompt-file".into()),
     };
     if p.raw {
@@ -215,10 +195,7 @@ fn chat_prompt(p: &PromptArgs) -> CliResult<String> {
 }
 
 fn load_images(p: &PromptArgs, max_pixels: u64) -> CliResult<Vec<image::DynamicImage>> {
-    Ok(p.images
-        .iter()
-        .map(|path| load_image(path, max_pixels))
-        .collect::<Result<_, _>>()?)
+    Ok(p.images.iter().map(|path| load_image(path, max_pixels)).collect::<Result<_, _>>()?)
 }
 
 fn processor(p: &PromptArgs) -> CliResult<Phi3VProcessor> {
@@ -246,21 +223,14 @@ fn tokenize(args: &TokenizeArgs) -> CliResult<()> {
 
 fn devices() {
     let list = phi3v_devices::available_devices();
-    println!(
-        "compiled backends: {}",
-        phi3v_devices::compiled_backends().join(", ")
-    );
+    println!("compiled backends: {}", phi3v_devices::compiled_backends().join(", "));
     if let Some(cache) = KERNEL_CACHE.get() {
         println!("kernel cache: {cache} (--kernel-cache)");
     }
     if list.is_empty() {
         println!("no device available");
     }
-    let gib = |b: Option<u64>| {
-        b.map_or("-".to_string(), |b| {
-            format!("{:.1} GiB", b as f64 / (1u64 << 30) as f64)
-        })
-    };
+    let gib = |b: Option<u64>| b.map_or("-".to_string(), |b| format!("{:.1} GiB", b as f64 / (1u64 << 30) as f64));
     for d in list {
         let dtypes: Vec<_> = d.dtypes.iter().map(|t| dtype_name(*t)).collect();
         println!(
@@ -302,18 +272,13 @@ impl DeviceFn for GenerateJob {
             loaded.processor.image_config.num_crops = n;
         }
         let images = load_images(&a.prompt, loaded.processor.image_config.max_pixels)?;
-        let prompt = loaded
-            .processor
-            .process(&chat_prompt(&a.prompt)?, &images)?;
-        let sampling_asked =
-            a.temperature.is_some() || a.top_k.is_some() || a.top_p.is_some() || a.seed.is_some();
+        let prompt = loaded.processor.process(&chat_prompt(&a.prompt)?, &images)?;
+        let sampling_asked = a.temperature.is_some() || a.top_k.is_some() || a.top_p.is_some() || a.seed.is_some();
         let params = GenerationParams {
             max_new_tokens: a.max_new_tokens,
             min_new_tokens: a.min_new_tokens,
             sampling: SamplingParams {
-                temperature: a
-                    .temperature
-                    .unwrap_or(if sampling_asked { 1.0 } else { 0.0 }),
+                temperature: a.temperature.unwrap_or(if sampling_asked { 1.0 } else { 0.0 }),
                 top_k: a.top_k.unwrap_or(0),
                 top_p: a.top_p.unwrap_or(1.0),
                 repetition_penalty: a.repetition_penalty,
@@ -325,18 +290,12 @@ impl DeviceFn for GenerateJob {
         };
         let mut stdout = std::io::stdout().lock();
         let json = a.json;
-        let out = generate(
-            &loaded.model,
-            &loaded.processor,
-            &[&prompt],
-            &[params],
-            |e| {
-                if !json {
-                    let _ = stdout.write_all(e.text_delta.as_bytes());
-                    let _ = stdout.flush();
-                }
-            },
-        )?;
+        let out = generate(&loaded.model, &loaded.processor, &[&prompt], &[params], |e| {
+            if !json {
+                let _ = stdout.write_all(e.text_delta.as_bytes());
+                let _ = stdout.flush();
+            }
+        })?;
         let out = &out[0];
         if json {
             let j = serde_json::json!({
@@ -375,11 +334,7 @@ fn run(cli: Cli) -> CliResult<()> {
     match cli.command {
         Command::Generate(a) => {
             if !Path::new(&model_dir(&a.prompt)).is_dir() {
-                return Err(format!(
-                    "model folder {} does not exist",
-                    model_dir(&a.prompt).display()
-                )
-                .into());
+                return Err(format!("model folder {} does not exist", model_dir(&a.prompt).display()).into());
             }
             let target = a.target.clone();
             with_device(&target.device, target.dtype.as_deref(), GenerateJob(a))?

@@ -86,11 +86,7 @@ impl<B: Kernels> Answerer for ModelAnswerer<'_, B> {
         let letter_ids: Vec<u32> = q
             .option_letters
             .iter()
-            .filter_map(|l| {
-                m.processor
-                    .token_id(&format!("▁{l}"))
-                    .or_else(|| m.processor.token_id(l))
-            })
+            .filter_map(|l| m.processor.token_id(&format!("▁{l}")).or_else(|| m.processor.token_id(l)))
             .collect();
         let params = GenerationParams {
             max_new_tokens: q.max_new_tokens,
@@ -100,11 +96,7 @@ impl<B: Kernels> Answerer for ModelAnswerer<'_, B> {
         };
         let out = generate(&m.model, &m.processor, &[&prompt], &[params], |_| {})?.remove(0);
         let option_logprobs: BTreeMap<String, f32> = if letter_ids.len() == q.option_letters.len() {
-            q.option_letters
-                .iter()
-                .cloned()
-                .zip(out.first_step_logprobs.iter().copied())
-                .collect()
+            q.option_letters.iter().cloned().zip(out.first_step_logprobs.iter().copied()).collect()
         } else {
             BTreeMap::new()
         };
@@ -124,17 +116,10 @@ impl DeviceFn for RunJob {
 
     fn run<B: Kernels>(self, device: &B::Device, info: &DeviceInfo, dtype: DType) -> CliResult<()> {
         let a = self.0;
-        let model_dir = a
-            .model
-            .clone()
-            .unwrap_or_else(|| PathBuf::from(crate::EMBEDDED_MODEL));
+        let model_dir = a.model.clone().unwrap_or_else(|| PathBuf::from(crate::EMBEDDED_MODEL));
         let filter = dataset::Filter {
             split: Some(a.split.clone()),
-            subjects: if a.subjects.is_empty() {
-                None
-            } else {
-                Some(dataset::resolve_subjects(&a.subjects, true)?)
-            },
+            subjects: if a.subjects.is_empty() { None } else { Some(dataset::resolve_subjects(&a.subjects, true)?) },
             limit: a.limit,
             ..Default::default()
         };
@@ -144,12 +129,7 @@ impl DeviceFn for RunJob {
             dataset::open(&a.data, &filter)?
         };
         for s in &ds.skipped {
-            eprintln!(
-                "skipped {} ({}): {}",
-                s.id.as_deref().unwrap_or("?"),
-                s.location,
-                s.error
-            );
+            eprintln!("skipped {} ({}): {}", s.id.as_deref().unwrap_or("?"), s.location, s.error);
         }
         let mut loaded = LoadedModel::<B>::load(&model_dir, device, dtype, None)?;
         if let Some(n) = a.num_crops {
@@ -166,18 +146,13 @@ impl DeviceFn for RunJob {
         meta.notes.insert("dtype".into(), dtype_name(dtype).into());
         meta.notes.insert("decoding".into(), "greedy".into());
         let bar = indicatif::ProgressBar::new(ds.items.len() as u64).with_style(
-            indicatif::ProgressStyle::with_template(
-                "{bar:30} {pos}/{len} {msg} [{elapsed} < {eta}]",
-            )
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+            indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} {msg} [{elapsed} < {eta}]")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
         );
         let mut answerer = ModelAnswerer { loaded: &loaded };
         let summary = phi3v_accuracy::run(&ds, &mut answerer, &a.out, &meta, |p| {
             bar.set_position(p.done as u64);
-            bar.set_message(format!(
-                "acc {:.3}",
-                p.correct as f64 / p.done.max(1) as f64
-            ));
+            bar.set_message(format!("acc {:.3}", p.correct as f64 / p.done.max(1) as f64));
         })?;
         bar.finish_and_clear();
         println!("{}", summary.to_markdown());
@@ -200,8 +175,7 @@ pub fn run(cmd: MmmuCommand) -> CliResult<()> {
             let cmp = phi3v_accuracy::compare::compare_files(&c.a, &c.b)?;
             let md = cmp.to_markdown();
             match &c.out {
-                Some(p) => std::fs::write(p, &md)
-                    .map_err(|e| format!("cannot write {}: {e}", p.display()))?,
+                Some(p) => std::fs::write(p, &md).map_err(|e| format!("cannot write {}: {e}", p.display()))?,
                 None => println!("{md}"),
             }
             if let Some(p) = &c.json {

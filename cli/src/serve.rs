@@ -98,10 +98,7 @@ pub fn run(args: ServeArgs, default_model: PathBuf) -> CliResult<()> {
     if let Some(name) = args.served_model_name {
         config.served_model_name = name;
     }
-    config.api_key = args
-        .api_key
-        .or_else(|| std::env::var("PHI3V_API_KEY").ok())
-        .filter(|k| !k.is_empty());
+    config.api_key = args.api_key.or_else(|| std::env::var("PHI3V_API_KEY").ok()).filter(|k| !k.is_empty());
     config.allow_local_images = args.allow_local_images;
     config.max_body_bytes = args.max_body_bytes;
     config.default_max_tokens = args.default_max_tokens.max(1);
@@ -111,9 +108,7 @@ pub fn run(args: ServeArgs, default_model: PathBuf) -> CliResult<()> {
         let mut out = std::io::stdout().lock();
         let _ = writeln!(out, "listening on http://{addr}");
         let _ = out.flush();
-        eprintln!(
-            "serving `{name}` on {device} ({dtype}); Ctrl-C stops after the requests in flight"
-        );
+        eprintln!("serving `{name}` on {device} ({dtype}); Ctrl-C stops after the requests in flight");
     })?;
     Ok(())
 }

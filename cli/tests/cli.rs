@@ -8,11 +8,7 @@ fn root() -> PathBuf {
 }
 
 fn phi3v(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_phi3v"))
-        .args(args)
-        .current_dir(root())
-        .output()
-        .expect("run phi3v")
+    Command::new(env!("CARGO_BIN_EXE_phi3v")).args(args).current_dir(root()).output().expect("run phi3v")
 }
 
 fn stdout(o: &Output) -> String {
@@ -29,30 +25,11 @@ const P3V: &str = "tests/fixtures/models/phi3v-tiny";
 #[test]
 fn generate_json_reproduces_the_fixture() {
     // text_only: the chat template around this prompt gives the fixture's ids.
-    let o = phi3v(&[
-        "generate",
-        "--model",
-        P3V,
-        "--prompt",
-        "Write a haiku about GPUs and memory bandwidth.",
-        "--max-new-tokens",
-        "10",
-        "--json",
-    ]);
+    let o = phi3v(&["generate", "--model", P3V, "--prompt", "Write a haiku about GPUs and memory bandwidth.", "--max-new-tokens", "10", "--json"]);
     assert!(o.status.success(), "{}", stderr(&o));
     let v: serde_json::Value = serde_json::from_str(stdout(&o).trim()).expect("one JSON object");
-    let ids: Vec<u64> = v["token_ids"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_u64().unwrap())
-        .collect();
-    assert_eq!(
-        ids,
-        [
-            24109, 2835, 20548, 24252, 5028, 25947, 8826, 31716, 8258, 968
-        ]
-    );
+    let ids: Vec<u64> = v["token_ids"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap()).collect();
+    assert_eq!(ids, [24109, 2835, 20548, 24252, 5028, 25947, 8826, 31716, 8258, 968]);
     assert_eq!(v["input_ids"].as_array().unwrap().len(), 20);
     for key in ["text", "num_image_tokens", "ttft_ms", "decode_tokens_per_s"] {
         assert!(v.get(key).is_some(), "missing {key}");
@@ -61,15 +38,7 @@ fn generate_json_reproduces_the_fixture() {
 
 #[test]
 fn generate_streams_text_with_an_image() {
-    let o = phi3v(&[
-        "generate",
-        "--image",
-        IMAGE,
-        "--prompt",
-        "What animal is this?",
-        "--max-new-tokens",
-        "5",
-    ]);
+    let o = phi3v(&["generate", "--image", IMAGE, "--prompt", "What animal is this?", "--max-new-tokens", "5"]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(!stdout(&o).trim().is_empty());
     assert!(stderr(&o).contains("757 image tokens"), "{}", stderr(&o));
@@ -77,16 +46,7 @@ fn generate_streams_text_with_an_image() {
 
 #[test]
 fn tokenize_prints_ids_sizes_and_counts() {
-    let o = phi3v(&[
-        "tokenize",
-        "--image",
-        IMAGE,
-        "--prompt",
-        "Hi",
-        "--num-crops",
-        "16",
-        "--json",
-    ]);
+    let o = phi3v(&["tokenize", "--image", IMAGE, "--prompt", "Hi", "--num-crops", "16", "--json"]);
     assert!(o.status.success(), "{}", stderr(&o));
     let v: serde_json::Value = serde_json::from_str(stdout(&o).trim()).unwrap();
     assert_eq!(v["image_sizes"], serde_json::json!([[1008, 1344]]));
@@ -98,107 +58,31 @@ fn tokenize_prints_ids_sizes_and_counts() {
 #[test]
 fn every_error_exits_non_zero_with_a_message() {
     let cases: &[(&[&str], &str)] = &[
-        (
-            &["generate", "--prompt", "hi", "--device", "tpu"],
-            "unknown device",
-        ),
-        (
-            &["generate", "--prompt", "hi", "--device", "cuda:7"],
-            "cuda",
-        ),
-        (
-            &["generate", "--prompt", "hi", "--dtype", "bf16"],
-            "not supported",
-        ),
-        (
-            &["generate", "--prompt", "hi", "--model", "/nonexistent"],
-            "does not exist",
-        ),
-        (
-            &["generate", "--prompt", "hi", "--image", "Cargo.toml"],
-            "Cargo.toml",
-        ),
-        (
-            &["generate", "--prompt", "hi", "--image", "missing.png"],
-            "missing.png",
-        ),
-        (
-            &["generate", "--prompt", "<|image_2|> hi", "--image", IMAGE],
-            "image_2",
-        ),
+        (&["generate", "--prompt", "hi", "--device", "tpu"], "unknown device"),
+        (&["generate", "--prompt", "hi", "--device", "cuda:7"], "cuda"),
+        (&["generate", "--prompt", "hi", "--dtype", "bf16"], "not supported"),
+        (&["generate", "--prompt", "hi", "--model", "/nonexistent"], "does not exist"),
+        (&["generate", "--prompt", "hi", "--image", "Cargo.toml"], "Cargo.toml"),
+        (&["generate", "--prompt", "hi", "--image", "missing.png"], "missing.png"),
+        (&["generate", "--prompt", "<|image_2|> hi", "--image", IMAGE], "image_2"),
         (&["generate", "--prompt", "hi", "--top-p", "3"], "top_p"),
-        (
-            &["generate", "--prompt", "hi", "--temperature", "-1"],
-            "temperature",
-        ),
-        (
-            &["generate", "--prompt", "hi", "--max-new-tokens", "0"],
-            "max_new_tokens",
-        ),
-        (
-            &[
-                "generate",
-                "--prompt",
-                "hi",
-                "--max-new-tokens",
-                "2",
-                "--min-new-tokens",
-                "3",
-            ],
-            "min_new_tokens",
-        ),
-        (
-            &["generate", "--prompt", "hi", "--max-new-tokens", "999999"],
-            "context",
-        ),
-        (
-            &["generate", "--prompt-file", "/nonexistent.txt"],
-            "nonexistent.txt",
-        ),
-        (
-            &[
-                "tokenize",
-                "--raw",
-                "--prompt",
-                "<|image_1|> hi",
-                "--image",
-                IMAGE,
-                "--image",
-                IMAGE,
-            ],
-            "no <|image_2|> tag",
-        ),
-        (
-            &[
-                "mmmu",
-                "compare",
-                "/nonexistent-a.jsonl",
-                "/nonexistent-b.jsonl",
-            ],
-            "nonexistent",
-        ),
+        (&["generate", "--prompt", "hi", "--temperature", "-1"], "temperature"),
+        (&["generate", "--prompt", "hi", "--max-new-tokens", "0"], "max_new_tokens"),
+        (&["generate", "--prompt", "hi", "--max-new-tokens", "2", "--min-new-tokens", "3"], "min_new_tokens"),
+        (&["generate", "--prompt", "hi", "--max-new-tokens", "999999"], "context"),
+        (&["generate", "--prompt-file", "/nonexistent.txt"], "nonexistent.txt"),
+        (&["tokenize", "--raw", "--prompt", "<|image_1|> hi", "--image", IMAGE, "--image", IMAGE], "no <|image_2|> tag"),
+        (&["mmmu", "compare", "/nonexistent-a.jsonl", "/nonexistent-b.jsonl"], "nonexistent"),
         (&["generate"], "--prompt"),
-        (
-            &["serve", "--device", "tpu", "--port", "0"],
-            "unknown device",
-        ),
-        (
-            &["serve", "--model", "/nonexistent", "--port", "0"],
-            "does not exist",
-        ),
-        (
-            &["serve", "--host", "not a host", "--port", "0"],
-            "invalid listen address",
-        ),
+        (&["serve", "--device", "tpu", "--port", "0"], "unknown device"),
+        (&["serve", "--model", "/nonexistent", "--port", "0"], "does not exist"),
+        (&["serve", "--host", "not a host", "--port", "0"], "invalid listen address"),
     ];
     for (args, needle) in cases {
         let o = phi3v(args);
         assert!(!o.status.success(), "{args:?} succeeded");
         let err = stderr(&o);
-        assert!(
-            err.contains(needle),
-            "{args:?}: message {err:?} lacks {needle:?}"
-        );
+        assert!(err.contains(needle), "{args:?}: message {err:?} lacks {needle:?}");
     }
 }
 
@@ -210,16 +94,7 @@ fn mmmu_sample_set_runs_resumes_and_compares() {
     let a = dir.join("a.jsonl");
     let b = dir.join("b.jsonl");
     let run = |out: &Path, extra: &[&str]| {
-        let mut args = vec![
-            "mmmu",
-            "run",
-            "--data",
-            "tests/fixtures/mmmu_sample",
-            "--out",
-            out.to_str().unwrap(),
-            "--num-crops",
-            "1",
-        ];
+        let mut args = vec!["mmmu", "run", "--data", "tests/fixtures/mmmu_sample", "--out", out.to_str().unwrap(), "--num-crops", "1"];
         args.extend_from_slice(extra);
         let o = phi3v(&args);
         assert!(o.status.success(), "{}", stderr(&o));
@@ -231,26 +106,14 @@ fn mmmu_sample_set_runs_resumes_and_compares() {
     run(&b, &[]);
     let lines = std::fs::read_to_string(&a).unwrap().lines().count();
     assert_eq!(lines, 30, "every validation item once");
-    let summary: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("a.summary.json")).unwrap())
-            .unwrap();
+    let summary: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("a.summary.json")).unwrap()).unwrap();
     assert!(summary.to_string().contains("num_crops"));
     let report = dir.join("cmp.md");
-    let o = phi3v(&[
-        "mmmu",
-        "compare",
-        a.to_str().unwrap(),
-        b.to_str().unwrap(),
-        "--out",
-        report.to_str().unwrap(),
-    ]);
+    let o = phi3v(&["mmmu", "compare", a.to_str().unwrap(), b.to_str().unwrap(), "--out", report.to_str().unwrap()]);
     assert!(o.status.success(), "{}", stderr(&o));
     let md = std::fs::read_to_string(&report).unwrap();
     // Same model, same device, greedy: identical answers.
-    assert!(
-        md.contains("30") && md.to_lowercase().contains("agree"),
-        "{md}"
-    );
+    assert!(md.contains("30") && md.to_lowercase().contains("agree"), "{md}");
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -260,129 +123,37 @@ fn mmmu_sample_set_runs_resumes_and_compares() {
 fn bench_smoke_run_writes_card_graphs_and_results() {
     let out = std::env::temp_dir().join(format!("phi3v-bench-smoke-{}", std::process::id()));
     let o = phi3v(&[
-        "bench",
-        "run",
-        "--preset",
-        "tiny",
-        "--device",
-        "cpu",
-        "--prompt-lengths",
-        "16,48",
-        "--prefill-batches",
-        "1,2",
-        "--parallel",
-        "1,3",
-        "--shapes",
-        "24x6",
-        "--images",
-        "336x336",
-        "--num-crops",
-        "4",
-        "--latency-shape",
-        "24x6",
-        "--warmup",
-        "1",
-        "--runs",
-        "2",
-        "--out",
-        out.to_str().unwrap(),
+        "bench", "run", "--preset", "tiny", "--device", "cpu", "--prompt-lengths", "16,48", "--prefill-batches", "1,2",
+        "--parallel", "1,3", "--shapes", "24x6", "--images", "336x336", "--num-crops", "4", "--latency-shape", "24x6",
+        "--warmup", "1", "--runs", "2", "--out", out.to_str().unwrap(),
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
-    let r: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).unwrap()).unwrap();
-    assert_eq!(
-        r["prefill"].as_array().unwrap().len(),
-        4,
-        "2 lengths × 2 batches"
-    );
-    assert!(
-        r["prefill"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .all(|p| p["tokens_per_s"].as_f64().unwrap() > 0.0)
-    );
+    let r: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).unwrap()).unwrap();
+    assert_eq!(r["prefill"].as_array().unwrap().len(), 4, "2 lengths × 2 batches");
+    assert!(r["prefill"].as_array().unwrap().iter().all(|p| p["tokens_per_s"].as_f64().unwrap() > 0.0));
     let points = r["generation"].as_array().unwrap();
-    assert_eq!(
-        points.len(),
-        4,
-        "2 parallel counts × static and engine batching"
-    );
+    assert_eq!(points.len(), 4, "2 parallel counts × static and engine batching");
     for mode in ["static", "engine"] {
-        assert_eq!(
-            points.iter().filter(|g| g["batching"] == mode).count(),
-            2,
-            "{mode}"
-        );
+        assert_eq!(points.iter().filter(|g| g["batching"] == mode).count(), 2, "{mode}");
     }
-    assert!(points.iter().all(
-        |g| g["per_request_tokens_per_s"]["p50"].as_f64().unwrap() > 0.0
-            && g["ttft_ms"]["p50"].as_f64().unwrap() > 0.0
-    ));
+    assert!(points.iter().all(|g| g["per_request_tokens_per_s"]["p50"].as_f64().unwrap() > 0.0 && g["ttft_ms"]["p50"].as_f64().unwrap() > 0.0));
     let img = &r["images"][0];
-    assert_eq!(
-        (img["crops"].as_u64(), img["image_tokens"].as_u64()),
-        (Some(5), Some(757)),
-        "336² at num_crops 4: 2×2 tiles + global view"
-    );
+    assert_eq!((img["crops"].as_u64(), img["image_tokens"].as_u64()), (Some(5), Some(757)), "336² at num_crops 4: 2×2 tiles + global view");
     assert_eq!(r["latency"]["runs"].as_u64(), Some(2));
     assert!(r["kv_cache"]["max_tokens"].as_u64().unwrap() > 0);
-    for f in [
-        "card.md",
-        "results.csv",
-        "prefill.png",
-        "generation_24x6.png",
-    ] {
-        assert!(
-            std::fs::metadata(out.join(f))
-                .map(|m| m.len() > 100)
-                .unwrap_or(false),
-            "{f} missing"
-        );
+    for f in ["card.md", "results.csv", "prefill.png", "generation_24x6.png"] {
+        assert!(std::fs::metadata(out.join(f)).map(|m| m.len() > 100).unwrap_or(false), "{f} missing");
     }
     let card = std::fs::read_to_string(out.join("card.md")).unwrap();
-    assert!(
-        card.contains("## Main metrics") && card.contains("generation_24x6.png"),
-        "{card}"
-    );
+    assert!(card.contains("## Main metrics") && card.contains("generation_24x6.png"), "{card}");
     // The comparison reads two result files of the same schema.
-    let cmp = phi3v(&[
-        "bench",
-        "compare",
-        out.join("results.json").to_str().unwrap(),
-        out.join("results.json").to_str().unwrap(),
-    ]);
-    assert!(
-        stdout(&cmp).contains("| prefill batch 1 × 16 |") && stdout(&cmp).contains("| 1.00 |"),
-        "{}",
-        stdout(&cmp)
-    );
+    let cmp = phi3v(&["bench", "compare", out.join("results.json").to_str().unwrap(), out.join("results.json").to_str().unwrap()]);
+    assert!(stdout(&cmp).contains("| prefill batch 1 × 16 |") && stdout(&cmp).contains("| 1.00 |"), "{}", stdout(&cmp));
     // Bad input is a clear error.
     let bad = phi3v(&["bench", "run", "--preset", "nope", "--device", "cpu"]);
-    assert!(
-        !bad.status.success() && stderr(&bad).contains("unknown preset"),
-        "{}",
-        stderr(&bad)
-    );
-    let bad = phi3v(&[
-        "bench",
-        "run",
-        "--preset",
-        "tiny",
-        "--device",
-        "cpu",
-        "--shapes",
-        "12",
-        "--scenarios",
-        "generation",
-        "--out",
-        out.to_str().unwrap(),
-    ]);
-    assert!(
-        !bad.status.success() && stderr(&bad).contains("not of the form"),
-        "{}",
-        stderr(&bad)
-    );
+    assert!(!bad.status.success() && stderr(&bad).contains("unknown preset"), "{}", stderr(&bad));
+    let bad = phi3v(&["bench", "run", "--preset", "tiny", "--device", "cpu", "--shapes", "12", "--scenarios", "generation", "--out", out.to_str().unwrap()]);
+    assert!(!bad.status.success() && stderr(&bad).contains("not of the form"), "{}", stderr(&bad));
     let _ = std::fs::remove_dir_all(&out);
 }
 
@@ -393,85 +164,28 @@ fn bench_smoke_run_writes_card_graphs_and_results() {
 fn bench_shared_prefix_is_taken_from_the_engine_prefix_cache() {
     let out = std::env::temp_dir().join(format!("phi3v-bench-prefix-{}", std::process::id()));
     let o = phi3v(&[
-        "bench",
-        "run",
-        "--preset",
-        "tiny",
-        "--device",
-        "cpu",
-        "--scenarios",
-        "generation",
-        "--parallel",
-        "3",
-        "--shapes",
-        "40x4",
-        "--shared-prefix",
-        "32",
-        "--max-batched-tokens",
-        "40",
-        "--batching",
-        "engine,engine-no-prefix-caching",
-        "--warmup",
-        "0",
-        "--out",
-        out.to_str().unwrap(),
+        "bench", "run", "--preset", "tiny", "--device", "cpu", "--scenarios", "generation", "--parallel", "3", "--shapes", "40x4",
+        "--shared-prefix", "32", "--max-batched-tokens", "40", "--batching", "engine,engine-no-prefix-caching", "--warmup", "0",
+        "--out", out.to_str().unwrap(),
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
-    let r: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).unwrap()).unwrap();
-    let point = |mode: &str| {
-        r["generation"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|g| g["batching"] == mode)
-            .cloned()
-            .unwrap()
-    };
+    let r: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).unwrap()).unwrap();
+    let point = |mode: &str| r["generation"].as_array().unwrap().iter().find(|g| g["batching"] == mode).cloned().unwrap();
     let (cached, uncached) = (point("engine"), point("engine-no-prefix-caching"));
     assert_eq!(cached["shared_prefix"].as_u64(), Some(32));
     // Two later requests × the prefix's two full 16-token blocks.
-    assert_eq!(
-        cached["prefix_cached_tokens"].as_u64(),
-        Some(64),
-        "{cached}"
-    );
-    assert_eq!(
-        uncached["prefix_cached_tokens"].as_u64(),
-        Some(0),
-        "{uncached}"
-    );
+    assert_eq!(cached["prefix_cached_tokens"].as_u64(), Some(64), "{cached}");
+    assert_eq!(uncached["prefix_cached_tokens"].as_u64(), Some(0), "{uncached}");
     let card = std::fs::read_to_string(out.join("card.md")).unwrap();
-    assert!(
-        card.contains("40→4 (32 shared) | engine-no-prefix-caching"),
-        "{card}"
-    );
-    let bad = phi3v(&[
-        "bench",
-        "run",
-        "--preset",
-        "tiny",
-        "--device",
-        "cpu",
-        "--scenarios",
-        "generation",
-        "--batching",
-        "paged",
-        "--out",
-        out.to_str().unwrap(),
-    ]);
-    assert!(
-        !bad.status.success() && stderr(&bad).contains("unknown batching `paged`"),
-        "{}",
-        stderr(&bad)
-    );
+    assert!(card.contains("40→4 (32 shared) | engine-no-prefix-caching"), "{card}");
+    let bad = phi3v(&["bench", "run", "--preset", "tiny", "--device", "cpu", "--scenarios", "generation", "--batching", "paged", "--out", out.to_str().unwrap()]);
+    assert!(!bad.status.success() && stderr(&bad).contains("unknown batching `paged`"), "{}", stderr(&bad));
     let _ = std::fs::remove_dir_all(&out);
 }
 
 #[test]
 fn the_kernel_cache_flag_is_global_and_its_errors_are_messages() {
-    let scratch =
-        std::env::temp_dir().join(format!("phi3v-cli-kernel-cache-{}", std::process::id()));
+    let scratch = std::env::temp_dir().join(format!("phi3v-cli-kernel-cache-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&scratch);
     std::fs::create_dir_all(&scratch).unwrap();
     let dir = scratch.join("kernels");
@@ -479,24 +193,8 @@ fn the_kernel_cache_flag_is_global_and_its_errors_are_messages() {
     // The CPU compiles no kernels: the flag is accepted (before or after the command) and
     // nothing is created.
     for args in [
-        vec![
-            "--kernel-cache",
-            dir_s,
-            "generate",
-            "--prompt",
-            "hi",
-            "--max-new-tokens",
-            "1",
-        ],
-        vec![
-            "generate",
-            "--prompt",
-            "hi",
-            "--max-new-tokens",
-            "1",
-            "--kernel-cache",
-            "off",
-        ],
+        vec!["--kernel-cache", dir_s, "generate", "--prompt", "hi", "--max-new-tokens", "1"],
+        vec!["generate", "--prompt", "hi", "--max-new-tokens", "1", "--kernel-cache", "off"],
     ] {
         let o = phi3v(&args);
         assert!(o.status.success(), "{args:?}: {}", stderr(&o));
@@ -505,31 +203,13 @@ fn the_kernel_cache_flag_is_global_and_its_errors_are_messages() {
     // A GPU device of this build and machine (CI: wgpu on lavapipe): a folder that cannot be
     // made is an error naming it, before the model loads.
     let devices = stdout(&phi3v(&["devices"]));
-    if let Some(gpu) = ["wgpu:0", "cuda:0"]
-        .into_iter()
-        .find(|d| devices.contains(d))
-    {
+    if let Some(gpu) = ["wgpu:0", "cuda:0"].into_iter().find(|d| devices.contains(d)) {
         let file = scratch.join("a-file");
         std::fs::write(&file, b"x").unwrap();
         let bad = file.join("kernels");
-        let o = phi3v(&[
-            "generate",
-            "--device",
-            gpu,
-            "--prompt",
-            "hi",
-            "--kernel-cache",
-            bad.to_str().unwrap(),
-        ]);
-        assert!(
-            !o.status.success(),
-            "{gpu}: an unusable kernel cache folder was accepted"
-        );
-        assert!(
-            stderr(&o).contains("not usable") && stderr(&o).contains("a-file"),
-            "{}",
-            stderr(&o)
-        );
+        let o = phi3v(&["generate", "--device", gpu, "--prompt", "hi", "--kernel-cache", bad.to_str().unwrap()]);
+        assert!(!o.status.success(), "{gpu}: an unusable kernel cache folder was accepted");
+        assert!(stderr(&o).contains("not usable") && stderr(&o).contains("a-file"), "{}", stderr(&o));
     }
     let _ = std::fs::remove_dir_all(&scratch);
 }

@@ -1,15 +1,9 @@
 //! Shared by the examples: where the shipped tiny checkpoint is, and `--flag value` lookup.
 
 /// The tiny random-weight checkpoint shipped with the repository (meaningless answers).
-pub const TINY_MODEL: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../tests/fixtures/models/phi35v-tiny"
-);
+pub const TINY_MODEL: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/models/phi35v-tiny");
 /// A sample image shipped with the repository.
-pub const SAMPLE_IMAGE: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../tests/fixtures/images/chelsea.png"
-);
+pub const SAMPLE_IMAGE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/images/chelsea.png");
 
 /// The value after `--name` on the command line, or `default`.
 pub fn arg(name: &str, default: &str) -> String {

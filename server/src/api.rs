@@ -117,20 +117,12 @@ impl CommonParams {
         if let Some(n) = self.n
             && n != 1
         {
-            return Err(ApiError::unsupported(
-                "n",
-                format!("n = {n}: this server returns one choice per request (n = 1)"),
-            ));
+            return Err(ApiError::unsupported("n", format!("n = {n}: this server returns one choice per request (n = 1)")));
         }
         if self.best_of.is_some_and(|b| b != 1) {
             return Err(ApiError::unsupported("best_of", "best_of is not supported"));
         }
-        let refuse = |param: &str, what: &str| {
-            Err(ApiError::unsupported(
-                param,
-                format!("{what} is not supported by this server"),
-            ))
-        };
+        let refuse = |param: &str, what: &str| Err(ApiError::unsupported(param, format!("{what} is not supported by this server")));
         if self.logprobs.as_ref().is_some_and(|v| !is_off(v)) {
             return refuse("logprobs", "logprobs");
         }
@@ -146,21 +138,13 @@ impl CommonParams {
         if self.tools.as_ref().is_some_and(|v| !is_off(v)) {
             return refuse("tools", "tool calling");
         }
-        if self
-            .tool_choice
-            .as_ref()
-            .is_some_and(|v| !is_off(v) && v.as_str() != Some("none"))
-        {
+        if self.tool_choice.as_ref().is_some_and(|v| !is_off(v) && v.as_str() != Some("none")) {
             return refuse("tool_choice", "tool calling");
         }
         if self.functions.as_ref().is_some_and(|v| !is_off(v)) {
             return refuse("functions", "function calling");
         }
-        if self
-            .function_call
-            .as_ref()
-            .is_some_and(|v| !is_off(v) && v.as_str() != Some("none"))
-        {
+        if self.function_call.as_ref().is_some_and(|v| !is_off(v) && v.as_str() != Some("none")) {
             return refuse("function_call", "function calling");
         }
         if let Some(f) = &self.response_format
@@ -193,9 +177,7 @@ impl CommonParams {
 
     /// Whether a streamed answer ends with a usage chunk.
     pub fn include_usage(&self) -> bool {
-        self.stream_options
-            .as_ref()
-            .is_some_and(|o| o.include_usage)
+        self.stream_options.as_ref().is_some_and(|o| o.include_usage)
     }
 }
 
@@ -234,17 +216,9 @@ impl CompletionRequest {
     pub fn prompt_text(&self) -> Result<String, ApiError> {
         match &self.prompt {
             Value::String(s) => Ok(s.clone()),
-            Value::Array(a) if a.len() == 1 && a[0].is_string() => {
-                Ok(a[0].as_str().unwrap_or_default().to_string())
-            }
-            Value::Array(a) if a.len() > 1 => Err(ApiError::unsupported(
-                "prompt",
-                "a list of several prompts is not supported (send one request per prompt)",
-            )),
-            _ => Err(ApiError::bad_request(
-                "prompt must be a string (token-id prompts are not supported)",
-            )
-            .param("prompt")),
+            Value::Array(a) if a.len() == 1 && a[0].is_string() => Ok(a[0].as_str().unwrap_or_default().to_string()),
+            Value::Array(a) if a.len() > 1 => Err(ApiError::unsupported("prompt", "a list of several prompts is not supported (send one request per prompt)")),
+            _ => Err(ApiError::bad_request("prompt must be a string (token-id prompts are not supported)").param("prompt")),
         }
     }
 }

@@ -43,9 +43,7 @@ impl ApiError {
 
     /// 400 for a parameter this server does not implement.
     pub fn unsupported(param: &str, message: impl Into<String>) -> Self {
-        Self::bad_request(message)
-            .param(param)
-            .code("unsupported_parameter")
+        Self::bad_request(message).param(param).code("unsupported_parameter")
     }
 
     /// 404 `model_not_found`.
@@ -61,8 +59,7 @@ impl ApiError {
 
     /// 401 for a missing or wrong API key.
     pub fn unauthorized(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::UNAUTHORIZED, "invalid_request_error", message)
-            .code("invalid_api_key")
+        Self::new(StatusCode::UNAUTHORIZED, "invalid_request_error", message).code("invalid_api_key")
     }
 
     /// 413 for a body over the configured limit.
@@ -70,17 +67,14 @@ impl ApiError {
         Self::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             "invalid_request_error",
-            format!(
-                "the request body exceeds the server's limit of {limit} bytes (--max-body-bytes)"
-            ),
+            format!("the request body exceeds the server's limit of {limit} bytes (--max-body-bytes)"),
         )
         .code("request_too_large")
     }
 
     /// 503 while the server shuts down (or the engine has stopped).
     pub fn unavailable(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::SERVICE_UNAVAILABLE, "server_error", message)
-            .code("service_unavailable")
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, "server_error", message).code("service_unavailable")
     }
 
     /// 500.
@@ -90,12 +84,7 @@ impl ApiError {
 
     /// 404 for a path this server does not have.
     pub fn no_route(path: &str) -> Self {
-        Self::new(
-            StatusCode::NOT_FOUND,
-            "invalid_request_error",
-            format!("no route {path}"),
-        )
-        .code("not_found")
+        Self::new(StatusCode::NOT_FOUND, "invalid_request_error", format!("no route {path}")).code("not_found")
     }
 
     /// Names the request field at fault.
@@ -145,30 +134,16 @@ impl From<Phi3vError> for ApiError {
     fn from(e: Phi3vError) -> Self {
         let message = e.to_string();
         match &e {
-            Phi3vError::TooManyImages { .. } => Self::bad_request(message)
-                .param("messages")
-                .code("too_many_images"),
-            Phi3vError::ContextOverflow { .. } => Self::bad_request(message)
-                .param("max_tokens")
-                .code("context_length_exceeded"),
-            Phi3vError::PoolTooSmall { .. } => Self::bad_request(message)
-                .param("max_tokens")
-                .code("kv_cache_capacity_exceeded"),
-            Phi3vError::ImageTags(_) => Self::bad_request(message)
-                .param("messages")
-                .code("invalid_image_tags"),
-            Phi3vError::Image(_) => Self::bad_request(message)
-                .param("messages")
-                .code("invalid_image"),
+            Phi3vError::TooManyImages { .. } => Self::bad_request(message).param("messages").code("too_many_images"),
+            Phi3vError::ContextOverflow { .. } => Self::bad_request(message).param("max_tokens").code("context_length_exceeded"),
+            Phi3vError::PoolTooSmall { .. } => Self::bad_request(message).param("max_tokens").code("kv_cache_capacity_exceeded"),
+            Phi3vError::ImageTags(_) => Self::bad_request(message).param("messages").code("invalid_image_tags"),
+            Phi3vError::Image(_) => Self::bad_request(message).param("messages").code("invalid_image"),
             Phi3vError::InvalidParameter { name, .. } => {
                 let param = openai_param(name);
-                Self::bad_request(message.replace(name, param))
-                    .param(param)
-                    .code("invalid_value")
+                Self::bad_request(message.replace(name, param)).param(param).code("invalid_value")
             }
-            Phi3vError::TokenOutOfRange { .. } | Phi3vError::InvalidInput(_) => {
-                Self::bad_request(message).code("invalid_input")
-            }
+            Phi3vError::TokenOutOfRange { .. } | Phi3vError::InvalidInput(_) => Self::bad_request(message).code("invalid_input"),
             Phi3vError::EngineStopped => Self::unavailable(message),
             _ => Self::internal(message),
         }

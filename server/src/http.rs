@@ -15,12 +15,9 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use burn_phi3v::{
-    FinishReason, GenerationOutput, GenerationParams, Phi3vError, ProcessedPrompt, RequestEvent,
-    SamplingParams,
-};
 use bytes::BytesMut;
 use futures_util::StreamExt;
+use burn_phi3v::{FinishReason, GenerationOutput, GenerationParams, Phi3vError, ProcessedPrompt, RequestEvent, SamplingParams};
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -83,10 +80,7 @@ struct AppState {
 }
 
 fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
 /// Counts a completion request as in flight until dropped.
@@ -111,9 +105,7 @@ impl AppState {
 
     fn check_model(&self, asked: Option<&str>) -> Result<(), ApiError> {
         match asked {
-            Some(m) if m != self.config.served_model_name => {
-                Err(ApiError::model_not_found(m, &self.config.served_model_name))
-            }
+            Some(m) if m != self.config.served_model_name => Err(ApiError::model_not_found(m, &self.config.served_model_name)),
             _ => Ok(()),
         }
     }
@@ -127,8 +119,7 @@ impl AppState {
         let mut buf = BytesMut::new();
         let mut total = 0usize;
         while let Some(frame) = stream.next().await {
-            let frame = frame
-                .map_err(|e| ApiError::bad_request(format!("cannot read the request body: {e}")))?;
+            let frame = frame.map_err(|e| ApiError::bad_request(format!("cannot read the request body: {e}")))?;
             total = total.saturating_add(frame.len());
             if total <= limit {
                 buf.extend_from_slice(&frame);
@@ -144,15 +135,8 @@ impl AppState {
 
     /// A fresh sampler seed for requests that give none.
     fn fresh_seed(&self) -> u64 {
-        let nanos = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_nanos() as u64)
-            .unwrap_or(0);
-        let mut z = nanos
-            ^ self
-                .next_id
-                .fetch_add(1, Ordering::Relaxed)
-                .wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0);
+        let mut z = nanos ^ self.next_id.fetch_add(1, Ordering::Relaxed).wrapping_mul(0x9E37_79B9_7F4A_7C15);
         // splitmix64's finaliser
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
         z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
@@ -160,11 +144,7 @@ impl AppState {
     }
 
     /// The engine's parameters for a request whose prompt has `prompt_len` tokens.
-    fn generation_params(
-        &self,
-        p: &CommonParams,
-        prompt_len: usize,
-    ) -> Result<GenerationParams, ApiError> {
+    fn generation_params(&self, p: &CommonParams, prompt_len: usize) -> Result<GenerationParams, ApiError> {
         let s = &self.service;
         // Bounded so that prompt + max_tokens cannot overflow; the engine refuses what exceeds
         // the context or the KV-cache pool.
@@ -286,9 +266,7 @@ impl Meta {
                 };
                 json!({"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish})
             }
-            Endpoint::Completion => {
-                json!({"index": 0, "text": text.unwrap_or(""), "logprobs": null, "finish_reason": finish})
-            }
+            Endpoint::Completion => json!({"index": 0, "text": text.unwrap_or(""), "logprobs": null, "finish_reason": finish}),
         };
         let mut v = json!({"id": self.id, "object": self.chunk_object(), "created": self.created, "model": self.model, "choices": [choice]});
         if with_usage_field {
@@ -333,15 +311,9 @@ impl Running {
 
     fn finished(&self, out: &GenerationOutput) {
         let m = &self.state.metrics;
-        m.prompt_tokens
-            .fetch_add(out.prompt_tokens as u64, Ordering::Relaxed);
-        m.image_tokens
-            .fetch_add(out.image_tokens as u64, Ordering::Relaxed);
-        m.e2e.observe(
-            self.last_token
-                .unwrap_or_else(Instant::now)
-                .saturating_duration_since(self.arrived),
-        );
+        m.prompt_tokens.fetch_add(out.prompt_tokens as u64, Ordering::Relaxed);
+        m.image_tokens.fetch_add(out.image_tokens as u64, Ordering::Relaxed);
+        m.e2e.observe(self.last_token.unwrap_or_else(Instant::now).saturating_duration_since(self.arrived));
         match out.finish_reason {
             FinishReason::Stop => m.finished_stop.fetch_add(1, Ordering::Relaxed),
             FinishReason::Length => m.finished_length.fetch_add(1, Ordering::Relaxed),
@@ -359,19 +331,12 @@ impl Drop for Running {
 }
 
 /// Decodes the images and tokenises the prompt on a blocking thread.
-async fn process(
-    state: &Arc<AppState>,
-    text: String,
-    images: Vec<ImageSource>,
-) -> Result<ProcessedPrompt, ApiError> {
+async fn process(state: &Arc<AppState>, text: String, images: Vec<ImageSource>) -> Result<ProcessedPrompt, ApiError> {
     let service = state.service.clone();
     let result = tokio::task::spawn_blocking(move || -> Result<ProcessedPrompt, Phi3vError> {
         let processor = &service.processor;
         let max_pixels = processor.image_config.max_pixels;
-        let images = images
-            .iter()
-            .map(|i| i.decode(max_pixels))
-            .collect::<Result<Vec<_>, _>>()?;
+        let images = images.iter().map(|i| i.decode(max_pixels)).collect::<Result<Vec<_>, _>>()?;
         processor.process(&text, &images)
     })
     .await
@@ -458,11 +423,7 @@ fn stream(running: Running, guard: InFlight, meta: Meta, include_usage: bool) ->
                 }
                 Some(RequestEvent::Finished(Ok(out))) => {
                     s.running.finished(&out);
-                    let e = s.meta.chunk(
-                        Some(""),
-                        Some(finish_reason(out.finish_reason)),
-                        s.include_usage,
-                    );
+                    let e = s.meta.chunk(Some(""), Some(finish_reason(out.finish_reason)), s.include_usage);
                     s.pending.push_back(e);
                     if s.include_usage {
                         let e = s.meta.usage_chunk(&out);
@@ -471,31 +432,18 @@ fn stream(running: Running, guard: InFlight, meta: Meta, include_usage: bool) ->
                     done(&mut s);
                 }
                 Some(RequestEvent::Finished(Err(e))) => {
-                    s.running
-                        .state
-                        .metrics
-                        .errors
-                        .fetch_add(1, Ordering::Relaxed);
-                    s.pending
-                        .push_back(Event::default().data(ApiError::from(e).body().to_string()));
+                    s.running.state.metrics.errors.fetch_add(1, Ordering::Relaxed);
+                    s.pending.push_back(Event::default().data(ApiError::from(e).body().to_string()));
                     done(&mut s);
                 }
                 None => {
-                    s.pending.push_back(
-                        Event::default().data(
-                            ApiError::unavailable("the serving engine stopped")
-                                .body()
-                                .to_string(),
-                        ),
-                    );
+                    s.pending.push_back(Event::default().data(ApiError::unavailable("the serving engine stopped").body().to_string()));
                     done(&mut s);
                 }
             }
         }
     });
-    Sse::new(events)
-        .keep_alive(KeepAlive::default())
-        .into_response()
+    Sse::new(events).keep_alive(KeepAlive::default()).into_response()
 }
 
 /// Counts errors answered by the completion endpoints.
@@ -517,15 +465,7 @@ async fn chat_completions(State(state): State<Arc<AppState>>, body: Body) -> Res
         let max_images = state.service.processor.image_config.max_images;
         let chat = chat_prompt(&req.messages, state.config.allow_local_images, max_images)?;
         let prompt = process(&state, chat.text, chat.images).await?;
-        answer(
-            state.clone(),
-            guard,
-            Endpoint::Chat,
-            &req.params,
-            prompt,
-            arrived,
-        )
-        .await
+        answer(state.clone(), guard, Endpoint::Chat, &req.params, prompt, arrived).await
     }
     .await;
     respond(&state, r)
@@ -540,15 +480,7 @@ async fn completions(State(state): State<Arc<AppState>>, body: Body) -> Response
         state.check_model(req.params.model.as_deref())?;
         req.params.check_supported()?;
         let prompt = process(&state, req.prompt_text()?, Vec::new()).await?;
-        answer(
-            state.clone(),
-            guard,
-            Endpoint::Completion,
-            &req.params,
-            prompt,
-            arrived,
-        )
-        .await
+        answer(state.clone(), guard, Endpoint::Completion, &req.params, prompt, arrived).await
     }
     .await;
     respond(&state, r)
@@ -575,11 +507,7 @@ async fn models(State(state): State<Arc<AppState>>) -> Response {
 async fn health(State(state): State<Arc<AppState>>) -> Response {
     let s = &state.service;
     let draining = state.draining.load(Ordering::SeqCst);
-    let status = if draining {
-        StatusCode::SERVICE_UNAVAILABLE
-    } else {
-        StatusCode::OK
-    };
+    let status = if draining { StatusCode::SERVICE_UNAVAILABLE } else { StatusCode::OK };
     let label = if draining { "shutting_down" } else { "ok" };
     let body = json!({
         "status": label,
@@ -593,18 +521,8 @@ async fn health(State(state): State<Arc<AppState>>) -> Response {
 
 /// `GET /metrics`: Prometheus text format.
 async fn metrics(State(state): State<Arc<AppState>>) -> Response {
-    let text = state.metrics.render(
-        &state.service.stats(),
-        state.in_flight.load(Ordering::SeqCst),
-    );
-    (
-        [(
-            header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
-        text,
-    )
-        .into_response()
+    let text = state.metrics.render(&state.service.stats(), state.in_flight.load(Ordering::SeqCst));
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text).into_response()
 }
 
 async fn not_found(uri: Uri) -> Response {
@@ -613,11 +531,7 @@ async fn not_found(uri: Uri) -> Response {
 
 /// Compares without stopping at the first difference.
 fn same_key(a: &str, b: &str) -> bool {
-    a.len() == b.len()
-        && a.bytes()
-            .zip(b.bytes())
-            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
-            == 0
+    a.len() == b.len() && a.bytes().zip(b.bytes()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// `/v1/*` needs `Authorization: Bearer <key>` when the server has a key.
@@ -630,15 +544,8 @@ async fn require_api_key(State(state): State<Arc<AppState>>, req: Request, next:
             .and_then(|v| v.strip_prefix("Bearer "))
             .map(str::trim);
         match given {
-            None => {
-                return ApiError::unauthorized(
-                    "missing API key: send `Authorization: Bearer <key>`",
-                )
-                .into_response();
-            }
-            Some(k) if !same_key(k, key) => {
-                return ApiError::unauthorized("incorrect API key").into_response();
-            }
+            None => return ApiError::unauthorized("missing API key: send `Authorization: Bearer <key>`").into_response(),
+            Some(k) if !same_key(k, key) => return ApiError::unauthorized("incorrect API key").into_response(),
             Some(_) => {}
         }
     }
@@ -664,10 +571,7 @@ pub struct Server {
 
 impl std::fmt::Debug for Server {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Server")
-            .field("config", &self.state.config)
-            .field("service", &self.state.service)
-            .finish()
+        f.debug_struct("Server").field("config", &self.state.config).field("service", &self.state.service).finish()
     }
 }
 
@@ -701,10 +605,7 @@ impl Server {
             .route("/v1/models", get(models))
             .route("/v1/chat/completions", post(chat_completions))
             .route("/v1/completions", post(completions))
-            .route_layer(middleware::from_fn_with_state(
-                state.clone(),
-                require_api_key,
-            ));
+            .route_layer(middleware::from_fn_with_state(state.clone(), require_api_key));
         Router::new()
             .merge(v1)
             .route("/health", get(health))
@@ -715,11 +616,7 @@ impl Server {
 
     /// Serves on `listener` until the shutdown handle or `signal` fires; then refuses new
     /// completion requests (503) until those in flight have finished, and returns.
-    pub async fn serve(
-        self,
-        listener: TcpListener,
-        signal: impl Future<Output = ()> + Send + 'static,
-    ) -> std::io::Result<()> {
+    pub async fn serve(self, listener: TcpListener, signal: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
         let state = self.state.clone();
         let handle = self.shutdown.clone();
         let trigger = async move {
@@ -734,8 +631,6 @@ impl Server {
             }
             drop(handle);
         };
-        axum::serve(listener, self.router())
-            .with_graceful_shutdown(trigger)
-            .await
+        axum::serve(listener, self.router()).with_graceful_shutdown(trigger).await
     }
 }

@@ -82,27 +82,15 @@ pub fn listen_addr(host: &str, port: u16) -> Result<SocketAddr, ServerError> {
 
 /// Serves `service` on `addr` until SIGINT or SIGTERM, then shuts down gracefully and stops the
 /// engine. `on_listening` gets the bound address (port 0 picks a free one).
-pub fn run(
-    service: Arc<ModelService>,
-    config: ServerConfig,
-    addr: SocketAddr,
-    on_listening: impl FnOnce(SocketAddr),
-) -> Result<(), ServerError> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .thread_name("phi3v-http")
-        .build()?;
+pub fn run(service: Arc<ModelService>, config: ServerConfig, addr: SocketAddr, on_listening: impl FnOnce(SocketAddr)) -> Result<(), ServerError> {
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().thread_name("phi3v-http").build()?;
     let result = runtime.block_on(async {
-        let listener = tokio::net::TcpListener::bind(addr)
-            .await
-            .map_err(|source| ServerError::Bind {
-                addr: addr.to_string(),
-                source,
-            })?;
+        let listener = tokio::net::TcpListener::bind(addr).await.map_err(|source| ServerError::Bind {
+            addr: addr.to_string(),
+            source,
+        })?;
         on_listening(listener.local_addr()?);
-        Server::new(service.clone(), config)
-            .serve(listener, shutdown_signal())
-            .await?;
+        Server::new(service.clone(), config).serve(listener, shutdown_signal()).await?;
         Ok::<(), ServerError>(())
     });
     service.stop();
@@ -176,11 +164,7 @@ impl Drop for RunningServer {
 
 /// Binds `addr` and serves on a new thread with its own tokio runtime until
 /// [`RunningServer::shutdown`] (or drop).
-pub fn spawn(
-    service: Arc<ModelService>,
-    config: ServerConfig,
-    addr: SocketAddr,
-) -> Result<RunningServer, ServerError> {
+pub fn spawn(service: Arc<ModelService>, config: ServerConfig, addr: SocketAddr) -> Result<RunningServer, ServerError> {
     let listener = std::net::TcpListener::bind(addr).map_err(|source| ServerError::Bind {
         addr: addr.to_string(),
         source,
@@ -189,18 +173,13 @@ pub fn spawn(
     let addr = listener.local_addr()?;
     let server = Server::new(service.clone(), config);
     let shutdown = server.shutdown_handle();
-    let thread = std::thread::Builder::new()
-        .name("phi3v-server".into())
-        .spawn(move || {
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()?;
-            runtime.block_on(async move {
-                let listener = tokio::net::TcpListener::from_std(listener)?;
-                server.serve(listener, std::future::pending()).await
-            })
-        })?;
+    let thread = std::thread::Builder::new().name("phi3v-server".into()).spawn(move || {
+        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+        runtime.block_on(async move {
+            let listener = tokio::net::TcpListener::from_std(listener)?;
+            server.serve(listener, std::future::pending()).await
+        })
+    })?;
     Ok(RunningServer {
         addr,
         shutdown,

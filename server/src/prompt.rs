@@ -63,42 +63,21 @@ const BASE64: GeneralPurpose = GeneralPurpose::new(
 );
 
 /// Reads an `image_url` part's URL.
-fn image_source(
-    url: &str,
-    where_: &str,
-    number: usize,
-    allow_local: bool,
-) -> Result<ImageSource, ApiError> {
-    let bad = |msg: String| {
-        Err(ApiError::bad_request(msg)
-            .param(where_.to_string())
-            .code("invalid_image"))
-    };
+fn image_source(url: &str, where_: &str, number: usize, allow_local: bool) -> Result<ImageSource, ApiError> {
+    let bad = |msg: String| Err(ApiError::bad_request(msg).param(where_.to_string()).code("invalid_image"));
     if let Some(rest) = url.strip_prefix("data:") {
         let Some((meta, payload)) = rest.split_once(',') else {
-            return bad(format!(
-                "{where_}: a data URL needs a comma before its data"
-            ));
+            return bad(format!("{where_}: a data URL needs a comma before its data"));
         };
         let mut meta = meta.split(';');
         let mime = meta.next().unwrap_or_default().trim().to_ascii_lowercase();
-        if !matches!(
-            mime.as_str(),
-            "image/png" | "image/jpeg" | "image/jpg" | "image/webp"
-        ) {
-            return bad(format!(
-                "{where_}: unsupported image type {mime:?} (PNG, JPEG or WebP data URLs)"
-            ));
+        if !matches!(mime.as_str(), "image/png" | "image/jpeg" | "image/jpg" | "image/webp") {
+            return bad(format!("{where_}: unsupported image type {mime:?} (PNG, JPEG or WebP data URLs)"));
         }
         if !meta.any(|m| m.trim().eq_ignore_ascii_case("base64")) {
-            return bad(format!(
-                "{where_}: the data URL must be base64 (data:{mime};base64,…)"
-            ));
+            return bad(format!("{where_}: the data URL must be base64 (data:{mime};base64,…)"));
         }
-        let payload: String = payload
-            .chars()
-            .filter(|c| !c.is_ascii_whitespace())
-            .collect();
+        let payload: String = payload.chars().filter(|c| !c.is_ascii_whitespace()).collect();
         let data = match BASE64.decode(payload.as_bytes()) {
             Ok(d) => d,
             Err(e) => return bad(format!("{where_}: invalid base64 in the data URL: {e}")),
@@ -117,9 +96,7 @@ fn image_source(
     let path = if let Some(p) = url.strip_prefix("file://") {
         p
     } else if url.contains("://") {
-        return bad(format!(
-            "{where_}: unsupported image URL scheme in {url:?} (use a base64 data URL)"
-        ));
+        return bad(format!("{where_}: unsupported image URL scheme in {url:?} (use a base64 data URL)"));
     } else {
         url
     };
@@ -135,12 +112,7 @@ fn image_source(
 }
 
 /// The text and images of one message's content (a string, a list of parts, or null).
-fn read_content(
-    content: &Value,
-    at: &str,
-    first_image: usize,
-    allow_local: bool,
-) -> Result<(String, Vec<ImageSource>), ApiError> {
+fn read_content(content: &Value, at: &str, first_image: usize, allow_local: bool) -> Result<(String, Vec<ImageSource>), ApiError> {
     match content {
         Value::Null => Ok((String::new(), Vec::new())),
         Value::String(s) => Ok((s.clone(), Vec::new())),
@@ -153,12 +125,7 @@ fn read_content(
                 match kind {
                     "text" => match part.get("text").and_then(Value::as_str) {
                         Some(t) => texts.push(t.to_string()),
-                        None => {
-                            return Err(ApiError::bad_request(format!(
-                                "{where_}: a text part needs a string `text`"
-                            ))
-                            .param(where_));
-                        }
+                        None => return Err(ApiError::bad_request(format!("{where_}: a text part needs a string `text`")).param(where_)),
                     },
                     "image_url" => {
                         let url = match part.get("image_url") {
@@ -167,34 +134,18 @@ fn read_content(
                             None => "",
                         };
                         if url.is_empty() {
-                            return Err(ApiError::bad_request(format!(
-                                "{where_}: an image_url part needs `image_url.url`"
-                            ))
-                            .param(where_));
+                            return Err(ApiError::bad_request(format!("{where_}: an image_url part needs `image_url.url`")).param(where_));
                         }
-                        images.push(image_source(
-                            url,
-                            &where_,
-                            first_image + images.len() + 1,
-                            allow_local,
-                        )?);
+                        images.push(image_source(url, &where_, first_image + images.len() + 1, allow_local)?);
                     }
                     other => {
-                        return Err(ApiError::unsupported(
-                            &where_,
-                            format!(
-                                "{where_}: content parts of type {other:?} are not supported (text and image_url are)"
-                            ),
-                        ));
+                        return Err(ApiError::unsupported(&where_, format!("{where_}: content parts of type {other:?} are not supported (text and image_url are)")));
                     }
                 }
             }
             Ok((texts.join("\n"), images))
         }
-        _ => Err(ApiError::bad_request(format!(
-            "{at}.content must be a string, a list of parts or null"
-        ))
-        .param(format!("{at}.content"))),
+        _ => Err(ApiError::bad_request(format!("{at}.content must be a string, a list of parts or null")).param(format!("{at}.content"))),
     }
 }
 
@@ -209,20 +160,14 @@ fn tag_images(text: &str, first: usize, n: usize) -> String {
     if with_image_tags(text, 1) == text {
         return text.to_string(); // it places its own tags
     }
-    let mut out: String = (first + 1..=first + n)
-        .map(|k| format!("<|image_{k}|>\n"))
-        .collect();
+    let mut out: String = (first + 1..=first + n).map(|k| format!("<|image_{k}|>\n")).collect();
     out.push_str(text);
     out
 }
 
 /// Turns the messages into the model's prompt, refusing more than `max_images` images before
 /// any is decoded.
-pub fn chat_prompt(
-    messages: &[ChatMessage],
-    allow_local: bool,
-    max_images: usize,
-) -> Result<ChatPrompt, ApiError> {
+pub fn chat_prompt(messages: &[ChatMessage], allow_local: bool, max_images: usize) -> Result<ChatPrompt, ApiError> {
     if messages.is_empty() {
         return Err(ApiError::bad_request("messages must not be empty").param("messages"));
     }
@@ -243,23 +188,13 @@ pub fn chat_prompt(
         };
         let (text, new_images) = read_content(&m.content, &at, images.len(), allow_local)?;
         if role != "user" && !new_images.is_empty() {
-            return Err(ApiError::bad_request(format!(
-                "{at}: images are only accepted in user messages"
-            ))
-            .param(at));
+            return Err(ApiError::bad_request(format!("{at}: images are only accepted in user messages")).param(at));
         }
         let count = images.len() + new_images.len();
         if count > max_images {
-            return Err(Phi3vError::TooManyImages {
-                count,
-                max: max_images,
-            }
-            .into());
+            return Err(Phi3vError::TooManyImages { count, max: max_images }.into());
         }
-        turns.push(Message::new(
-            role,
-            tag_images(&text, images.len(), new_images.len()),
-        ));
+        turns.push(Message::new(role, tag_images(&text, images.len(), new_images.len())));
         images.extend(new_images);
     }
     Ok(ChatPrompt {
@@ -287,13 +222,7 @@ mod tests {
             serde_json::json!([{"type": "text", "text": "What animal is this?"}, {"type": "image_url", "image_url": {"url": png}}]),
         )];
         let p = chat_prompt(&m, false, 4).unwrap();
-        let expected = apply_chat_template(
-            &[Message::new(
-                "user",
-                with_image_tags("What animal is this?", 1),
-            )],
-            true,
-        );
+        let expected = apply_chat_template(&[Message::new("user", with_image_tags("What animal is this?", 1))], true);
         assert_eq!(p.text, expected);
         assert_eq!(p.images.len(), 1);
     }
@@ -302,28 +231,13 @@ mod tests {
     fn images_are_numbered_across_messages() {
         let img = serde_json::json!({"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}});
         let m = [
-            msg(
-                "user",
-                serde_json::json!([img.clone(), {"type": "text", "text": "A"}]),
-            ),
+            msg("user", serde_json::json!([img.clone(), {"type": "text", "text": "A"}])),
             msg("assistant", Value::String("ok".into())),
-            msg(
-                "user",
-                serde_json::json!([img.clone(), img, {"type": "text", "text": "B"}]),
-            ),
+            msg("user", serde_json::json!([img.clone(), img, {"type": "text", "text": "B"}])),
         ];
         let p = chat_prompt(&m, false, 8).unwrap();
-        assert!(
-            p.text.contains("<|user|>\n<|image_1|>\nA<|end|>"),
-            "{}",
-            p.text
-        );
-        assert!(
-            p.text
-                .contains("<|user|>\n<|image_2|>\n<|image_3|>\nB<|end|>"),
-            "{}",
-            p.text
-        );
+        assert!(p.text.contains("<|user|>\n<|image_1|>\nA<|end|>"), "{}", p.text);
+        assert!(p.text.contains("<|user|>\n<|image_2|>\n<|image_3|>\nB<|end|>"), "{}", p.text);
         assert_eq!(p.images.len(), 3);
         let err = chat_prompt(&m, false, 2).unwrap_err();
         assert_eq!(err.code, Some("too_many_images"));
@@ -332,35 +246,11 @@ mod tests {
     #[test]
     fn urls_are_checked() {
         let at = |url: &str, local| image_source(url, "messages[0].content[0]", 1, local);
-        assert!(
-            at("https://example.com/a.png", true)
-                .unwrap_err()
-                .message
-                .contains("not fetched")
-        );
-        assert!(
-            at("/tmp/a.png", false)
-                .unwrap_err()
-                .message
-                .contains("--allow-local-images")
-        );
-        assert!(
-            matches!(at("file:///tmp/a.png", true), Ok(ImageSource::File(p)) if p == std::path::Path::new("/tmp/a.png"))
-        );
-        assert!(
-            at("data:image/png;base64,@@@", false)
-                .unwrap_err()
-                .message
-                .contains("invalid base64")
-        );
-        assert!(
-            at("data:image/tiff;base64,AAAA", false)
-                .unwrap_err()
-                .message
-                .contains("unsupported image type")
-        );
-        assert!(
-            matches!(at("data:image/jpeg;base64,AAA", false), Ok(ImageSource::Bytes { data, .. }) if data.len() == 2)
-        );
+        assert!(at("https://example.com/a.png", true).unwrap_err().message.contains("not fetched"));
+        assert!(at("/tmp/a.png", false).unwrap_err().message.contains("--allow-local-images"));
+        assert!(matches!(at("file:///tmp/a.png", true), Ok(ImageSource::File(p)) if p == std::path::Path::new("/tmp/a.png")));
+        assert!(at("data:image/png;base64,@@@", false).unwrap_err().message.contains("invalid base64"));
+        assert!(at("data:image/tiff;base64,AAAA", false).unwrap_err().message.contains("unsupported image type"));
+        assert!(matches!(at("data:image/jpeg;base64,AAA", false), Ok(ImageSource::Bytes { data, .. }) if data.len() == 2));
     }
 }

@@ -15,8 +15,8 @@ use burn_phi3v::burn::tensor::DType;
 use burn_phi3v::device::{DeviceInfo, dtype_name};
 use burn_phi3v::engine::Canceller;
 use burn_phi3v::{
-    DeviceFn, Engine, EngineClient, EngineConfig, EngineStats, GenerationParams, LoadedModel,
-    Phi3VProcessor, Phi3vError, ProcessedPrompt, RequestEvent, RequestHandle, with_device,
+    DeviceFn, Engine, EngineClient, EngineConfig, EngineStats, GenerationParams, LoadedModel, Phi3VProcessor, Phi3vError, ProcessedPrompt,
+    RequestEvent, RequestHandle, with_device,
 };
 use tokio::sync::mpsc;
 
@@ -164,11 +164,7 @@ impl ModelService {
         if !Path::new(&options.model_dir).is_dir() {
             return Err(ServerError::ModelDir(options.model_dir.clone()));
         }
-        Ok(with_device(
-            &options.device,
-            options.dtype.as_deref(),
-            SpawnEngine(options),
-        )??)
+        Ok(with_device(&options.device, options.dtype.as_deref(), SpawnEngine(options))??)
     }
 
     /// The engine's counters as of its last pass.
@@ -178,20 +174,12 @@ impl ModelService {
 
     /// Queues a request in the engine (refused at once with a typed error when it could never
     /// run: context overflow, more than the KV-cache pool, invalid parameters).
-    pub fn submit(
-        &self,
-        prompt: ProcessedPrompt,
-        params: GenerationParams,
-    ) -> Result<RequestHandle, Phi3vError> {
+    pub fn submit(&self, prompt: ProcessedPrompt, params: GenerationParams) -> Result<RequestHandle, Phi3vError> {
         self.client.submit(prompt, params)
     }
 
     /// Queues a request and forwards its events into a tokio channel from a thread of its own.
-    pub fn start(
-        &self,
-        prompt: ProcessedPrompt,
-        params: GenerationParams,
-    ) -> Result<Generation, Phi3vError> {
+    pub fn start(&self, prompt: ProcessedPrompt, params: GenerationParams) -> Result<Generation, Phi3vError> {
         let handle = self.submit(prompt, params)?;
         let canceller = handle.canceller();
         let (tx, rx) = mpsc::unbounded_channel();
@@ -208,15 +196,9 @@ impl ModelService {
                 }
             }
         };
-        if let Err(e) = std::thread::Builder::new()
-            .name("phi3v-request".into())
-            .stack_size(256 * 1024)
-            .spawn(forward)
-        {
+        if let Err(e) = std::thread::Builder::new().name("phi3v-request".into()).stack_size(256 * 1024).spawn(forward) {
             canceller.cancel();
-            return Err(Phi3vError::InvalidInput(format!(
-                "cannot start a thread for the request: {e}"
-            )));
+            return Err(Phi3vError::InvalidInput(format!("cannot start a thread for the request: {e}")));
         }
         Ok(Generation {
             events: rx,

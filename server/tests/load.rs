@@ -29,27 +29,13 @@ use serde_json::json;
 const MODEL: &str = "phi3v-tiny";
 
 fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
 }
 
 /// Request `i`'s prompt and token count (several distinct requests, repeated).
 fn request_for(i: usize, tokens: usize) -> (String, usize) {
-    const TOPICS: [&str; 6] = [
-        "the sea",
-        "a GPU",
-        "memory bandwidth",
-        "a cat on a mat",
-        "rust and burn",
-        "the number seven",
-    ];
-    let prompt = format!(
-        "<|user|>\nWrite about {} (variant {}).<|end|>\n<|assistant|>\n",
-        TOPICS[i % 6],
-        i % 4
-    );
+    const TOPICS: [&str; 6] = ["the sea", "a GPU", "memory bandwidth", "a cat on a mat", "rust and burn", "the number seven"];
+    let prompt = format!("<|user|>\nWrite about {} (variant {}).<|end|>\n<|assistant|>\n", TOPICS[i % 6], i % 4);
     (prompt, tokens / 2 + i % (tokens / 2 + 1))
 }
 
@@ -63,24 +49,14 @@ const RSS_GROWTH_LIMIT_MIB: f64 = 1024.0;
 fn thread_count() -> usize {
     std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| {
-            s.lines().find_map(|l| {
-                l.strip_prefix("Threads:")
-                    .and_then(|v| v.trim().parse().ok())
-            })
-        })
+        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("Threads:").and_then(|v| v.trim().parse().ok())))
         .unwrap_or(0)
 }
 
 fn rss_mib() -> f64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| {
-            s.lines().find_map(|l| {
-                l.strip_prefix("VmRSS:")
-                    .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-            })
-        })
+        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("VmRSS:").and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())))
         .map_or(0.0, |kb| kb / 1024.0)
 }
 
@@ -121,24 +97,12 @@ fn concurrent_streams_with_disconnects_equal_their_solo_results() {
         if solo.contains_key(&key) {
             continue;
         }
-        let r = request(
-            addr,
-            "POST",
-            "/v1/completions",
-            &[],
-            body(&key.0, key.1, false).as_bytes(),
-        );
+        let r = request(addr, "POST", "/v1/completions", &[], body(&key.0, key.1, false).as_bytes());
         assert_eq!(r.status, 200, "{}", r.text());
-        solo.insert(
-            key,
-            r.json()["choices"][0]["text"].as_str().unwrap().to_string(),
-        );
+        solo.insert(key, r.json()["choices"][0]["text"].as_str().unwrap().to_string());
     }
     let solo_runs = solo.len() as u64;
-    let tokens_before = metric(
-        &get(addr, "/metrics").text(),
-        "phi3v_generation_tokens_total",
-    );
+    let tokens_before = metric(&get(addr, "/metrics").text(), "phi3v_generation_tokens_total");
     let threads_before = thread_count();
     let rss_before = rss_mib();
 
@@ -193,11 +157,7 @@ fn concurrent_streams_with_disconnects_equal_their_solo_results() {
                 let r = read_response(std::io::Cursor::new(raw));
                 assert_eq!(r.status, 200, "{}", r.text());
                 let (text, chunks) = stream_text(&r.sse_data());
-                assert!(
-                    chunks
-                        .last()
-                        .is_some_and(|c| !c["choices"][0]["finish_reason"].is_null())
-                );
+                assert!(chunks.last().is_some_and(|c| !c["choices"][0]["finish_reason"].is_null()));
                 let _ = tx.send(Outcome::Done(i, text, latency, first.unwrap_or(latency)));
             })
             .expect("client thread");
@@ -216,10 +176,7 @@ fn concurrent_streams_with_disconnects_equal_their_solo_results() {
             Ok(Outcome::Done(i, text, latency, ttft)) => {
                 let key = request_for(i % 48, tokens);
                 if exact {
-                    assert_eq!(
-                        &text, &solo[&key],
-                        "request {i} differs from its solo result"
-                    );
+                    assert_eq!(&text, &solo[&key], "request {i} differs from its solo result");
                 }
                 differ += usize::from(text != solo[&key]);
                 latencies.push(latency);
@@ -227,12 +184,8 @@ fn concurrent_streams_with_disconnects_equal_their_solo_results() {
                 completed += 1;
             }
             Ok(Outcome::Dropped) => dropped += 1,
-            Err(mpsc::RecvTimeoutError::Timeout) => panic!(
-                "hang: {completed} completed, {dropped} dropped of {requests} after {limit:?}"
-            ),
-            Err(mpsc::RecvTimeoutError::Disconnected) => {
-                panic!("a client thread failed: {completed} completed, {dropped} dropped")
-            }
+            Err(mpsc::RecvTimeoutError::Timeout) => panic!("hang: {completed} completed, {dropped} dropped of {requests} after {limit:?}"),
+            Err(mpsc::RecvTimeoutError::Disconnected) => panic!("a client thread failed: {completed} completed, {dropped} dropped"),
         }
     }
     let wall = start.elapsed().as_secs_f64();
@@ -242,23 +195,16 @@ fn concurrent_streams_with_disconnects_equal_their_solo_results() {
     assert!(
         wait_until(Duration::from_secs(60), || {
             let s = server.stats();
-            s.running == 0
-                && s.waiting == 0
-                && s.used_blocks == 0
-                && s.finished + s.cancelled == solo_runs + requests as u64
+            s.running == 0 && s.waiting == 0 && s.used_blocks == 0 && s.finished + s.cancelled == solo_runs + requests as u64
         }),
         "engine not idle: {:?}",
         server.stats()
     );
     let stats = server.stats();
-    assert!(
-        stats.cancelled >= 1,
-        "no disconnect was cancelled: {stats:?}"
-    );
+    assert!(stats.cancelled >= 1, "no disconnect was cancelled: {stats:?}");
     assert!(stats.peak_used_blocks <= stats.num_blocks);
     assert!(
-        wait_until(Duration::from_secs(30), || thread_count()
-            <= threads_before + 2),
+        wait_until(Duration::from_secs(30), || thread_count() <= threads_before + 2),
         "threads leaked: {} before, {} after",
         threads_before,
         thread_count()
@@ -291,10 +237,7 @@ fn concurrent_streams_with_disconnects_equal_their_solo_results() {
         rss_before,
         rss_after,
     );
-    println!(
-        "load: {generated} tokens streamed in the concurrent phase, {:.0} tokens/s",
-        generated / wall
-    );
+    println!("load: {generated} tokens streamed in the concurrent phase, {:.0} tokens/s", generated / wall);
     println!(
         "load: time to first event p50 {:.3} s p90 {:.3} s p99 {:.3} s",
         percentile(&ttfts, 0.5),

@@ -3,9 +3,7 @@
 
 /// The value after `name` (`--device cuda` → `Some("cuda")`).
 pub fn arg(args: &[String], name: &str) -> Option<String> {
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1).cloned())
+    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1).cloned())
 }
 
 /// Whether any of `names` is given (`--large`, or `--help` / `-h`).

@@ -14,8 +14,8 @@ use burn::tensor::{
     ops::ConvOptions,
 };
 use burn_phi3v::device::{DeviceInfo, dtype_name};
-use burn_phi3v::kernels::{self, KernelPolicy, Kernels, kernel_policy, set_kernel_policy};
 use burn_phi3v::model::nn::{LayerNorm, attend, set_composed_attention};
+use burn_phi3v::kernels::{self, KernelPolicy, Kernels, kernel_policy, set_kernel_policy};
 use burn_phi3v::model::phi3::Phi3RmsNorm;
 use phi3v_devices::DeviceFn;
 
@@ -40,10 +40,7 @@ impl OpTolerance {
             DType::BF16 => 2f32.powi(-7),
             _ => f32::EPSILON,
         };
-        OpTolerance {
-            epsilon,
-            ulps: 16.0,
-        }
+        OpTolerance { epsilon, ulps: 16.0 }
     }
 
     /// The allowed relative error for an op accumulating `n` terms.
@@ -115,9 +112,7 @@ fn round_to(x: f32, dtype: DType) -> f32 {
 impl<B: Kernels> Ctx<'_, B> {
     /// Values uniform in `±scale`, rounded to the dtype, as host data.
     fn values(&mut self, n: usize, scale: f32) -> Vec<f32> {
-        (0..n)
-            .map(|_| round_to((self.rng.unit() * 2.0 - 1.0) * scale, self.round))
-            .collect()
+        (0..n).map(|_| round_to((self.rng.unit() * 2.0 - 1.0) * scale, self.round)).collect()
     }
 
     fn input<const D: usize>(&mut self, shape: [usize; D], scale: f32) -> Tensor<B, D> {
@@ -128,41 +123,22 @@ impl<B: Kernels> Ctx<'_, B> {
     /// Like `input`, magnitudes in `[lo, lo + scale]` (divisors, logarithms, roots).
     fn positive<const D: usize>(&mut self, shape: [usize; D], lo: f32, scale: f32) -> Tensor<B, D> {
         let v = self.values(shape.iter().product(), scale);
-        let v = v
-            .into_iter()
-            .map(|x| round_to(lo + x.abs(), self.round))
-            .collect::<Vec<_>>();
+        let v = v.into_iter().map(|x| round_to(lo + x.abs(), self.round)).collect::<Vec<_>>();
         Tensor::from_data(TensorData::new(v, shape), (self.device, self.compute))
     }
 
     fn indices<const D: usize>(&mut self, shape: [usize; D], below: usize) -> Tensor<B, D, Int> {
         let n = shape.iter().product();
-        let v: Vec<i64> = (0..n)
-            .map(|_| self.rng.below(below as u64) as i64)
-            .collect();
+        let v: Vec<i64> = (0..n).map(|_| self.rng.below(below as u64) as i64).collect();
         Tensor::from_data(TensorData::new(v, shape), self.device)
     }
 
-    fn record<const D: usize>(
-        &mut self,
-        op: impl Into<String>,
-        accumulated: usize,
-        t: Tensor<B, D>,
-    ) {
+    fn record<const D: usize>(&mut self, op: impl Into<String>, accumulated: usize, t: Tensor<B, D>) {
         let op = op.into();
-        let values = t
-            .into_data()
-            .convert::<f32>()
-            .to_vec::<f32>()
-            .expect("f32 data");
+        let values = t.into_data().convert::<f32>().to_vec::<f32>().expect("f32 data");
         // Progress on stderr: on a device where an op stalls, the last line names the op before.
         eprintln!("  {} done: {op}", dtype_name(self.round));
-        self.out.push(OpOutput {
-            op,
-            dtype: self.round,
-            accumulated,
-            values,
-        });
+        self.out.push(OpOutput { op, dtype: self.round, accumulated, values });
     }
 }
 
@@ -175,11 +151,7 @@ impl DeviceFn for OpSuite {
                 device,
                 round: dtype,
                 compute: self.compute.unwrap_or(dtype),
-                rng: Rng(self
-                    .seed
-                    .wrapping_mul(0x9e37_79b9_7f4a_7c15)
-                    .wrapping_add(i as u64 + 1)
-                    | 1),
+                rng: Rng(self.seed.wrapping_mul(0x9e37_79b9_7f4a_7c15).wrapping_add(i as u64 + 1) | 1),
                 out: Vec::new(),
             };
             matmuls(&mut c, self.large);
@@ -195,13 +167,7 @@ impl DeviceFn for OpSuite {
 }
 
 fn matmuls<B: Kernels>(c: &mut Ctx<B>, large: bool) {
-    let mut shapes = vec![
-        (1, 96, 64),
-        (7, 33, 65),
-        (64, 256, 96),
-        (100, 96, 128),
-        (16, 192, 576),
-    ];
+    let mut shapes = vec![(1, 96, 64), (7, 33, 65), (64, 256, 96), (100, 96, 128), (16, 192, 576)];
     if large {
         shapes.extend([(16, 3072, 9216), (1024, 3072, 3072)]);
     }
@@ -214,16 +180,8 @@ fn matmuls<B: Kernels>(c: &mut Ctx<B>, large: bool) {
     let (a, b) = (c.input([3, 37, 64], 0.5), c.input([3, 64, 50], 0.5));
     c.record("batched matmul [3, 37, 64]·[3, 64, 50]", 64, a.matmul(b));
     // The model's Linear: the checkpoint's [out, in] weight as a transposed view, plus a bias.
-    let (x, w, bias) = (
-        c.input([2, 9, 80], 0.5),
-        c.input([48, 80], 0.5),
-        c.input([48], 0.5),
-    );
-    c.record(
-        "linear [2, 9, 80] · [48, 80]ᵀ + bias",
-        80,
-        linear(x, w.transpose(), Some(bias)),
-    );
+    let (x, w, bias) = (c.input([2, 9, 80], 0.5), c.input([48, 80], 0.5), c.input([48], 0.5));
+    c.record("linear [2, 9, 80] · [48, 80]ᵀ + bias", 80, linear(x, w.transpose(), Some(bias)));
 }
 
 fn reductions<B: Kernels>(c: &mut Ctx<B>) {
@@ -234,22 +192,14 @@ fn reductions<B: Kernels>(c: &mut Ctx<B>) {
     c.record("min_dim [6, 1000] dim 1", 1, x.clone().min_dim(1));
     // Ties are possible after rounding: compare the value at the index, not the index.
     let idx = x.clone().argmax(1);
-    c.record(
-        "argmax [6, 1000] dim 1 (value at index)",
-        1,
-        x.clone().gather(1, idx),
-    );
+    c.record("argmax [6, 1000] dim 1 (value at index)", 1, x.clone().gather(1, idx));
     let (var, mean) = x.clone().var_mean_bias(1);
     c.record("var_mean_bias [6, 1000]: variance", 1000, var);
     c.record("var_mean_bias [6, 1000]: mean", 1000, mean);
     c.record("sum [6, 1000]", 6000, x.sum());
     let y = c.input([4, 8, 77], 4.0);
     c.record("softmax [4, 8, 77] dim 2", 77, softmax(y.clone(), 2));
-    c.record(
-        "log_softmax [4, 8, 77] dim 2",
-        77,
-        log_softmax(y.clone(), 2),
-    );
+    c.record("log_softmax [4, 8, 77] dim 2", 77, log_softmax(y.clone(), 2));
     c.record("cumsum [4, 8, 77] dim 2", 77, y.cumsum(2));
 }
 
@@ -263,20 +213,12 @@ fn elementwise<B: Kernels>(c: &mut Ctx<B>) {
     c.record(format!("mul {s}"), 1, x.clone() * y.clone());
     c.record(format!("div {s}"), 1, x.clone() / p.clone());
     c.record(format!("add, broadcast [1, 257] {s}"), 1, x.clone() + row);
-    c.record(
-        format!("mul_scalar, add_scalar {s}"),
-        1,
-        x.clone() * 0.37 + 1.5,
-    );
+    c.record(format!("mul_scalar, add_scalar {s}"), 1, x.clone() * 0.37 + 1.5);
     c.record(format!("exp {s}"), 1, x.clone().exp());
     c.record(format!("log {s}"), 1, p.clone().log());
     c.record(format!("sqrt {s}"), 1, p.clone().sqrt());
     c.record(format!("recip {s}"), 1, p.clone().recip());
-    c.record(
-        format!("powf_scalar 1.5 {s}"),
-        1,
-        p.clone().powf_scalar(1.5),
-    );
+    c.record(format!("powf_scalar 1.5 {s}"), 1, p.clone().powf_scalar(1.5));
     c.record(format!("square {s}"), 1, x.clone().square());
     c.record(format!("tanh {s}"), 1, x.clone().tanh());
     c.record(format!("sigmoid {s}"), 1, sigmoid(x.clone()));
@@ -287,77 +229,32 @@ fn elementwise<B: Kernels>(c: &mut Ctx<B>) {
     c.record(format!("sin {s}"), 1, x.clone().sin());
     c.record(format!("neg, abs {s}"), 1, x.clone().neg().abs());
     c.record(format!("clamp ±0.5 {s}"), 1, x.clone().clamp(-0.5, 0.5));
-    c.record(
-        format!("mask_where x > y {s}"),
-        1,
-        x.clone()
-            .mask_where(x.clone().greater(y.clone()), y.clone()),
-    );
-    c.record(
-        format!("mask_fill x < 0 {s}"),
-        1,
-        x.clone().mask_fill(x.clone().lower_elem(0.0), -3.0),
-    );
-    c.record(
-        format!("cast f32 and back {s}"),
-        1,
-        x.clone().cast(DType::F32).exp().cast(c.compute),
-    );
+    c.record(format!("mask_where x > y {s}"), 1, x.clone().mask_where(x.clone().greater(y.clone()), y.clone()));
+    c.record(format!("mask_fill x < 0 {s}"), 1, x.clone().mask_fill(x.clone().lower_elem(0.0), -3.0));
+    c.record(format!("cast f32 and back {s}"), 1, x.clone().cast(DType::F32).exp().cast(c.compute));
 }
 
 fn indexing<B: Kernels>(c: &mut Ctx<B>) {
     let t = c.input([50, 64], 1.0);
     let rows = c.indices([20], 50);
-    c.record(
-        "select dim 0 [50, 64] by 20 indices",
-        1,
-        t.clone().select(0, rows),
-    );
+    c.record("select dim 0 [50, 64] by 20 indices", 1, t.clone().select(0, rows));
     let cols = c.indices([50, 7], 64);
-    c.record(
-        "gather dim 1 [50, 64] by [50, 7]",
-        1,
-        t.clone().gather(1, cols),
-    );
-    c.record(
-        "narrow, cat [50, 64]",
-        1,
-        Tensor::cat(
-            vec![t.clone().narrow(1, 32, 32), t.clone().narrow(1, 0, 32)],
-            1,
-        ),
-    );
+    c.record("gather dim 1 [50, 64] by [50, 7]", 1, t.clone().gather(1, cols));
+    c.record("narrow, cat [50, 64]", 1, Tensor::cat(vec![t.clone().narrow(1, 32, 32), t.clone().narrow(1, 0, 32)], 1));
     let u = c.input([2, 5, 7, 3], 1.0);
-    c.record(
-        "permute, reshape [2, 5, 7, 3]",
-        1,
-        u.clone().permute([0, 2, 3, 1]).reshape([14, 15]),
-    );
-    c.record(
-        "swap_dims, expand, add",
-        1,
-        u.clone().swap_dims(1, 2) + u.narrow(1, 0, 1).swap_dims(1, 2).expand([2, 7, 5, 3]),
-    );
+    c.record("permute, reshape [2, 5, 7, 3]", 1, u.clone().permute([0, 2, 3, 1]).reshape([14, 15]));
+    c.record("swap_dims, expand, add", 1, u.clone().swap_dims(1, 2) + u.narrow(1, 0, 1).swap_dims(1, 2).expand([2, 7, 5, 3]));
     let patch = c.input([10, 32], 3.0);
-    c.record(
-        "slice_assign [50, 64]",
-        1,
-        t.clone().slice_assign([10..20, 8..40], patch),
-    );
+    c.record("slice_assign [50, 64]", 1, t.clone().slice_assign([10..20, 8..40], patch));
     // The paged KV cache's write: whole rows of a pool replaced at slot indices (distinct slots).
     let pool = c.input([64, 4, 8], 1.0);
     let mut slots: Vec<i64> = (0..64).collect();
     for i in (1..slots.len()).rev() {
         slots.swap(i, c.rng.below(i as u64 + 1) as usize);
     }
-    let slots =
-        Tensor::<B, 2, Int>::from_data(TensorData::new(slots[..10].to_vec(), [10, 1]), c.device);
+    let slots = Tensor::<B, 2, Int>::from_data(TensorData::new(slots[..10].to_vec(), [10, 1]), c.device);
     let values = c.input([10, 4, 8], 2.0);
-    c.record(
-        "scatter_nd assign [64, 4, 8] at 10 slots",
-        1,
-        pool.scatter_nd(slots, values, burn::tensor::IndexingUpdateOp::Assign),
-    );
+    c.record("scatter_nd assign [64, 4, 8] at 10 slots", 1, pool.scatter_nd(slots, values, burn::tensor::IndexingUpdateOp::Assign));
     let ids = c.indices([3, 11], 500);
     let table = c.input([500, 64], 1.0);
     c.record("embedding [500, 64] by [3, 11]", 1, embedding(table, ids));
@@ -373,17 +270,10 @@ fn attention<B: Kernels>(c: &mut Ctx<B>) {
         (1, 2, 16, 80, 128, false, true),
     ];
     for (b, h, q, k, d, causal, masked) in shapes {
-        let (qs, ks, vs) = (
-            c.input([b, h, q, d], 1.0),
-            c.input([b, h, k, d], 1.0),
-            c.input([b, h, k, d], 1.0),
-        );
+        let (qs, ks, vs) = (c.input([b, h, q, d], 1.0), c.input([b, h, k, d], 1.0), c.input([b, h, k, d], 1.0));
         let mask = masked.then(|| {
-            let m: Vec<bool> = (0..q)
-                .flat_map(|i| (0..k).map(move |j| j > k - q + i))
-                .collect();
-            Tensor::<B, 4, Bool>::from_data(TensorData::new(m, [1, 1, q, k]), c.device)
-                .expand([b, h, q, k])
+            let m: Vec<bool> = (0..q).flat_map(|i| (0..k).map(move |j| j > k - q + i)).collect();
+            Tensor::<B, 4, Bool>::from_data(TensorData::new(m, [1, 1, q, k]), c.device).expand([b, h, q, k])
         });
         for composed in [false, true] {
             set_composed_attention(composed);
@@ -394,11 +284,7 @@ fn attention<B: Kernels>(c: &mut Ctx<B>) {
                 _ => "no mask",
             };
             let how = if composed { "composed" } else { "fused" };
-            c.record(
-                format!("attention [{b}, {h}, {q}→{k}, {d}] {kind}, {how}"),
-                k,
-                o,
-            );
+            c.record(format!("attention [{b}, {h}, {q}→{k}, {d}] {kind}, {how}"), k, o);
         }
         set_composed_attention(false);
     }
@@ -408,16 +294,9 @@ fn model_ops<B: Kernels>(c: &mut Ctx<B>) {
     // The model's fused steps (burn_phi3v::kernels), each with the backend's kernel and
     // composed from Burn ops; the CPU reference composes both.
     let x = c.input([2, 9, 256], 2.0);
-    let ln = LayerNorm {
-        weight: c.input([256], 1.0),
-        bias: c.input([256], 0.5),
-        eps: 1e-5,
-    };
+    let ln = LayerNorm { weight: c.input([256], 1.0), bias: c.input([256], 0.5), eps: 1e-5 };
     c.record("CLIP LayerNorm [2, 9, 256]", 256, ln.forward(x.clone()));
-    let norm = Phi3RmsNorm {
-        weight: c.input([256], 1.0),
-        eps: 1e-5,
-    };
+    let norm = Phi3RmsNorm { weight: c.input([256], 1.0), eps: 1e-5 };
     let residual = c.input([2, 9, 256], 2.0);
     // Rotary embedding of queries read from a fused qkv row, as the decoder does (a strided
     // view), with cos/sin of host-drawn angles (LongRoPE tables are such values).
@@ -425,10 +304,7 @@ fn model_ops<B: Kernels>(c: &mut Ctx<B>) {
     let q = qkv.clone().narrow(2, 4 * 96, 4 * 96);
     let angles = c.values(2 * 9 * 48, 3.0);
     let table = |f: fn(f32) -> f32| {
-        let v: Vec<f32> = (0..18)
-            .flat_map(|p| (0..96).map(move |i| (p, i % 48)))
-            .map(|(p, i)| f(angles[p * 48 + i]))
-            .collect();
+        let v: Vec<f32> = (0..18).flat_map(|p| (0..96).map(move |i| (p, i % 48))).map(|(p, i)| f(angles[p * 48 + i])).collect();
         Tensor::<B, 4>::from_data(TensorData::new(v, [2, 1, 9, 96]), (c.device, c.compute))
     };
     let (cos, sin) = (table(f32::cos), table(f32::sin));
@@ -437,131 +313,46 @@ fn model_ops<B: Kernels>(c: &mut Ctx<B>) {
     let gate_up = c.input([2, 9, 384], 3.0);
     // A decode step's attention over a cache view with spare capacity (37 of 40 positions).
     let dq = c.input([2, 4, 1, 96], 1.0);
-    let (dk, dv) = (
-        c.input([2, 4, 40, 96], 1.0).narrow(2, 0, 37),
-        c.input([2, 4, 40, 96], 1.0).narrow(2, 0, 37),
-    );
+    let (dk, dv) = (c.input([2, 4, 40, 96], 1.0).narrow(2, 0, 37), c.input([2, 4, 40, 96], 1.0).narrow(2, 0, 37));
     // The same through a paged pool: 2 rows of 9 and 5 keys in blocks of 4, scattered blocks.
     let (pool_k, pool_v) = (c.input([64, 4, 96], 1.0), c.input([64, 4, 96], 1.0));
-    let tables = Tensor::<B, 2, Int>::from_data(
-        TensorData::new(vec![7i64, 2, 13, 5, 11, 5], [2, 3]),
-        c.device,
-    );
+    let tables = Tensor::<B, 2, Int>::from_data(TensorData::new(vec![7i64, 2, 13, 5, 11, 5], [2, 3]), c.device);
     let lengths = Tensor::<B, 1, Int>::from_data(TensorData::new(vec![9i64, 5], [2]), c.device);
     let pq = c.input([2, 4, 96], 1.0);
     // Prefill attention (flash): 4 heads of 96 over 70 positions, causal.
-    let (fq, fk, fv) = (
-        c.input([1, 4, 70, 96], 2.0),
-        c.input([1, 4, 70, 96], 2.0),
-        c.input([1, 4, 70, 96], 1.0),
-    );
+    let (fq, fk, fv) = (c.input([1, 4, 70, 96], 2.0), c.input([1, 4, 70, 96], 2.0), c.input([1, 4, 70, 96], 1.0));
     // Projections of a decode step (1 and 3 token rows) with a checkpoint-layout weight.
     let weight = c.input([40, 256], 0.1).transpose();
     let (x1, x3) = (c.input([1, 1, 256], 1.0), c.input([1, 3, 256], 1.0));
     // The kernels forced on (checked even where they are not on by default), then composed.
     let policy = kernel_policy();
     for fused in [true, false] {
-        set_kernel_policy(if fused {
-            KernelPolicy::Forced
-        } else {
-            KernelPolicy::Off
-        });
+        set_kernel_policy(if fused { KernelPolicy::Forced } else { KernelPolicy::Off });
         let how = if fused { "kernel" } else { "composed" };
-        c.record(
-            format!("Phi3RMSNorm [2, 9, 256], {how}"),
-            256,
-            norm.forward(x.clone()),
-        );
-        let (sum, normed) =
-            kernels::add_rms_norm(x.clone(), residual.clone(), &norm.weight, norm.eps);
-        c.record(
-            format!("residual add + Phi3RMSNorm [2, 9, 256] (sum, normed), {how}"),
-            256,
-            Tensor::cat(vec![sum, normed], 2),
-        );
-        c.record(
-            format!("rotary, 4 heads of 96 from a qkv row [2, 9, 384], {how}"),
-            1,
-            kernels::rotary(q.clone(), &cos, &sin, 96),
-        );
+        c.record(format!("Phi3RMSNorm [2, 9, 256], {how}"), 256, norm.forward(x.clone()));
+        let (sum, normed) = kernels::add_rms_norm(x.clone(), residual.clone(), &norm.weight, norm.eps);
+        c.record(format!("residual add + Phi3RMSNorm [2, 9, 256] (sum, normed), {how}"), 256, Tensor::cat(vec![sum, normed], 2));
+        c.record(format!("rotary, 4 heads of 96 from a qkv row [2, 9, 384], {how}"), 1, kernels::rotary(q.clone(), &cos, &sin, 96));
         // Rotation, head split and KV-cache append in one: 4 query heads, 4 kv heads of 96,
         // after 3 cached positions of 12.
-        let (rq, rk, rv) = kernels::rotary_append(
-            qkv.clone(),
-            &cos,
-            &sin,
-            k_cache.clone(),
-            v_cache.clone(),
-            4,
-            3,
-        );
-        c.record(
-            format!("rotary + KV-cache append [2, 9, 3×384] (q, k, v), {how}"),
-            1,
-            Tensor::cat(
-                vec![
-                    rq.reshape([2, 4, 9 * 96]),
-                    rk.reshape([2, 4, 12 * 96]),
-                    rv.reshape([2, 4, 12 * 96]),
-                ],
-                2,
-            ),
-        );
-        c.record(
-            format!("up·silu(gate) [2, 9, 384], {how}"),
-            1,
-            kernels::silu_mul(gate_up.clone()),
-        );
-        c.record(
-            format!("decode attention [2, 4, 1→37, 96] over a cache view, {how}"),
-            37,
-            kernels::decode_attention(dq.clone(), dk.clone(), dv.clone()),
-        );
-        let paged =
-            kernels::paged_decode_attention(pq.clone(), &pool_k, &pool_v, &tables, &lengths, 4, 9);
-        c.record(
-            format!(
-                "paged decode attention [2 rows of 9, 5 keys, 4 heads of 96, blocks of 4], {how}"
-            ),
-            9,
-            paged,
-        );
+        let (rq, rk, rv) = kernels::rotary_append(qkv.clone(), &cos, &sin, k_cache.clone(), v_cache.clone(), 4, 3);
+        c.record(format!("rotary + KV-cache append [2, 9, 3×384] (q, k, v), {how}"), 1, Tensor::cat(vec![rq.reshape([2, 4, 9 * 96]), rk.reshape([2, 4, 12 * 96]), rv.reshape([2, 4, 12 * 96])], 2));
+        c.record(format!("up·silu(gate) [2, 9, 384], {how}"), 1, kernels::silu_mul(gate_up.clone()));
+        c.record(format!("decode attention [2, 4, 1→37, 96] over a cache view, {how}"), 37, kernels::decode_attention(dq.clone(), dk.clone(), dv.clone()));
+        let paged = kernels::paged_decode_attention(pq.clone(), &pool_k, &pool_v, &tables, &lengths, 4, 9);
+        c.record(format!("paged decode attention [2 rows of 9, 5 keys, 4 heads of 96, blocks of 4], {how}"), 9, paged);
         let flash = kernels::attention(fq.clone(), fk.clone(), fv.clone(), None, true);
-        c.record(
-            format!("causal attention [1, 4, 70, 96] (prefill), {how}"),
-            70,
-            flash,
-        );
+        c.record(format!("causal attention [1, 4, 70, 96] (prefill), {how}"), 70, flash);
         for x in [&x1, &x3] {
             let rows = x.dims()[1];
-            c.record(
-                format!("linear [{rows}, 256] · [256, 40] (decode-step rows), {how}"),
-                256,
-                kernels::linear(x.clone(), &weight, None),
-            );
+            c.record(format!("linear [{rows}, 256] · [256, 40] (decode-step rows), {how}"), 256, kernels::linear(x.clone(), &weight, None));
             // With the decoder layer's fused steps: the norm before, the residual add or
             // up · silu(gate) after.
-            c.record(
-                format!("RMSNorm then linear [{rows}, 256] · [256, 40], {how}"),
-                256,
-                kernels::norm_linear(x.clone(), &norm.weight, norm.eps, &weight),
-            );
+            c.record(format!("RMSNorm then linear [{rows}, 256] · [256, 40], {how}"), 256, kernels::norm_linear(x.clone(), &norm.weight, norm.eps, &weight));
             let act = kernels::norm_linear_silu_mul(x.clone(), &norm.weight, norm.eps, &weight);
-            c.record(
-                format!("RMSNorm, linear [{rows}, 256] · [256, 40], up·silu(gate), {how}"),
-                256,
-                act,
-            );
-            let res = residual
-                .clone()
-                .narrow(0, 0, 1)
-                .narrow(1, 0, rows)
-                .narrow(2, 0, 40);
-            c.record(
-                format!("linear [{rows}, 256] · [256, 40] + residual, {how}"),
-                256,
-                kernels::linear_add(x.clone(), &weight, res),
-            );
+            c.record(format!("RMSNorm, linear [{rows}, 256] · [256, 40], up·silu(gate), {how}"), 256, act);
+            let res = residual.clone().narrow(0, 0, 1).narrow(1, 0, rows).narrow(2, 0, 40);
+            c.record(format!("linear [{rows}, 256] · [256, 40] + residual, {how}"), 256, kernels::linear_add(x.clone(), &weight, res));
         }
     }
     set_kernel_policy(policy);
@@ -571,11 +362,7 @@ fn model_ops<B: Kernels>(c: &mut Ctx<B>) {
     let px = c.input([2, 3, 56, 56], 1.0);
     let w = c.input([32, 3, 14, 14], 0.1);
     let conv = conv2d(px, w, None, ConvOptions::new([14, 14], [0, 0], [1, 1], 1));
-    c.record(
-        "conv2d [2, 3, 56, 56] * [32, 3, 14, 14] stride 14",
-        3 * 14 * 14,
-        conv,
-    );
+    c.record("conv2d [2, 3, 56, 56] * [32, 3, 14, 14] stride 14", 3 * 14 * 14, conv);
 }
 
 /// Compares the device's outputs with the CPU's.
@@ -587,48 +374,22 @@ pub fn compare(reference: &[OpOutput], got: &[OpOutput]) -> Vec<OpCheck> {
             let max_abs_err = crate::tolerance::max_abs_diff(&r.values, &g.values);
             let rel_err = max_abs_err / crate::tolerance::magnitude(&r.values);
             let bound = OpTolerance::for_dtype(g.dtype).bound(g.accumulated);
-            OpCheck {
-                op: g.op.clone(),
-                dtype: g.dtype,
-                max_abs_err,
-                rel_err,
-                bound,
-                pass: rel_err <= bound,
-            }
+            OpCheck { op: g.op.clone(), dtype: g.dtype, max_abs_err, rel_err, bound, pass: rel_err <= bound }
         })
         .collect()
 }
 
 /// Runs the op list on `device` in `dtypes` and on the CPU, and compares them.
-pub fn run_ops(
-    device: &str,
-    dtypes: &[DType],
-    seed: u64,
-    large: bool,
-) -> Result<Vec<OpCheck>, burn_phi3v::device::DeviceError> {
-    let suite = OpSuite {
-        seed,
-        dtypes: dtypes.to_vec(),
-        compute: None,
-        large,
-    };
+pub fn run_ops(device: &str, dtypes: &[DType], seed: u64, large: bool) -> Result<Vec<OpCheck>, burn_phi3v::device::DeviceError> {
+    let suite = OpSuite { seed, dtypes: dtypes.to_vec(), compute: None, large };
     let got = phi3v_devices::with_device(device, Some(dtype_name(dtypes[0])), suite.clone())?;
-    let reference = phi3v_devices::with_device(
-        "cpu",
-        Some("f32"),
-        OpSuite {
-            compute: Some(DType::F32),
-            ..suite
-        },
-    )?;
+    let reference = phi3v_devices::with_device("cpu", Some("f32"), OpSuite { compute: Some(DType::F32), ..suite })?;
     Ok(compare(&reference, &got))
 }
 
 /// The checks as a Markdown table.
 pub fn table(checks: &[OpCheck]) -> String {
-    let mut s = String::from(
-        "| op | dtype | max abs Δ vs cpu | relative Δ | bound | pass |\n|---|---|---|---|---|---|\n",
-    );
+    let mut s = String::from("| op | dtype | max abs Δ vs cpu | relative Δ | bound | pass |\n|---|---|---|---|---|---|\n");
     for c in checks {
         s += &format!(
             "| {} | {} | {:.2e} | {:.2e} | {:.2e} | {} |\n",

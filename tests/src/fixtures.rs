@@ -13,11 +13,7 @@ pub fn fixtures_dir() -> PathBuf {
         return PathBuf::from(dir);
     }
     let built = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures");
-    if built.is_dir() {
-        built
-    } else {
-        PathBuf::from("tests/fixtures")
-    }
+    if built.is_dir() { built } else { PathBuf::from("tests/fixtures") }
 }
 
 /// A tiny checkpoint folder (`phi3v-tiny`, `phi35v-tiny`).
@@ -62,8 +58,7 @@ impl FixtureTensor {
 /// Reads every tensor of a fixture safetensors file.
 pub fn read_tensors(path: &Path) -> HashMap<String, FixtureTensor> {
     let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    let st =
-        SafeTensors::deserialize(&bytes).unwrap_or_else(|e| panic!("{}: {e:?}", path.display()));
+    let st = SafeTensors::deserialize(&bytes).unwrap_or_else(|e| panic!("{}: {e:?}", path.display()));
     st.iter()
         .map(|(name, view)| {
             let shape = view.shape().to_vec();
@@ -71,10 +66,7 @@ pub fn read_tensors(path: &Path) -> HashMap<String, FixtureTensor> {
             let t = match view.dtype() {
                 Dtype::F32 => FixtureTensor::F32 {
                     shape,
-                    data: raw
-                        .chunks_exact(4)
-                        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                        .collect(),
+                    data: raw.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
                 },
                 Dtype::I64 => FixtureTensor::I64 {
                     shape,
@@ -83,10 +75,7 @@ pub fn read_tensors(path: &Path) -> HashMap<String, FixtureTensor> {
                         .map(|c| i64::from_le_bytes(c.try_into().expect("8 bytes")))
                         .collect(),
                 },
-                other => panic!(
-                    "{}: unexpected fixture dtype {other:?} for {name}",
-                    path.display()
-                ),
+                other => panic!("{}: unexpected fixture dtype {other:?} for {name}", path.display()),
             };
             (name.to_string(), t)
         })
@@ -114,23 +103,14 @@ impl Case {
     /// Names of all cases, from `cases/index.json`.
     pub fn names() -> Vec<String> {
         let index = fixtures_dir().join("cases/index.json");
-        let v: Value = serde_json::from_str(&std::fs::read_to_string(&index).expect("index.json"))
-            .expect("index.json");
-        let cases = v["cases"]
-            .as_object()
-            .map(|o| o.keys().cloned().collect())
-            .or_else(|| {
-                v["cases"].as_array().map(|a| {
-                    a.iter()
-                        .filter_map(|c| {
-                            c.get("name")
-                                .or(c.get("case"))
-                                .and_then(|n| n.as_str())
-                                .map(str::to_string)
-                        })
-                        .collect()
-                })
-            });
+        let v: Value = serde_json::from_str(&std::fs::read_to_string(&index).expect("index.json")).expect("index.json");
+        let cases = v["cases"].as_object().map(|o| o.keys().cloned().collect()).or_else(|| {
+            v["cases"].as_array().map(|a| {
+                a.iter()
+                    .filter_map(|c| c.get("name").or(c.get("case")).and_then(|n| n.as_str()).map(str::to_string))
+                    .collect()
+            })
+        });
         cases.expect("index.json lists cases")
     }
 
@@ -138,17 +118,12 @@ impl Case {
     pub fn load(name: &str) -> Case {
         let dir = fixtures_dir().join("cases");
         let json: Value = serde_json::from_str(
-            &std::fs::read_to_string(dir.join(format!("{name}.json")))
-                .unwrap_or_else(|e| panic!("{name}.json: {e}")),
+            &std::fs::read_to_string(dir.join(format!("{name}.json"))).unwrap_or_else(|e| panic!("{name}.json: {e}")),
         )
         .expect("case json");
         let images = json["images"]
             .as_array()
-            .map(|a| {
-                a.iter()
-                    .filter_map(|i| i["file"].as_str().map(str::to_string))
-                    .collect()
-            })
+            .map(|a| a.iter().filter_map(|i| i["file"].as_str().map(str::to_string)).collect())
             .unwrap_or_default();
         Case {
             name: name.to_string(),

@@ -15,14 +15,8 @@ pub fn all_cases() -> Vec<String> {
 
 /// Runs `cases` and both vision probes on `device` in `dtype`, printing one table row per case as
 /// it finishes (failures and timings on stderr). Returns whether everything passed.
-pub fn print_parity_suite(
-    device: &str,
-    dtype: &str,
-    cases: &[String],
-) -> Result<bool, DeviceError> {
-    println!(
-        "| case | pass | max abs Δ pixels | Δ vision embeds | Δ hidden | Δ top-5 logits | Δ last logits | top-1 agree | greedy = ref (recompute) | cached = recompute |"
-    );
+pub fn print_parity_suite(device: &str, dtype: &str, cases: &[String]) -> Result<bool, DeviceError> {
+    println!("| case | pass | max abs Δ pixels | Δ vision embeds | Δ hidden | Δ top-5 logits | Δ last logits | top-1 agree | greedy = ref (recompute) | cached = recompute |");
     println!("|---|---|---|---|---|---|---|---|---|---|");
     let mut ok = true;
     let fmt = |v: Option<f32>| v.map_or("–".to_string(), |x| format!("{x:.2e}"));
@@ -34,11 +28,7 @@ pub fn print_parity_suite(
         println!(
             "| {} | {} | {} | {} | {:.2e} | {:.2e} | {:.2e} | {}/{} | {} | {} |",
             r.case,
-            if r.failures.is_empty() {
-                "pass"
-            } else {
-                "FAIL"
-            },
+            if r.failures.is_empty() { "pass" } else { "FAIL" },
             fmt(r.pixels_max_err),
             fmt(r.vision_embeds_max_err),
             r.hidden_max_err,
@@ -60,11 +50,7 @@ pub fn print_parity_suite(
         let r = phi3v_devices::with_device(device, Some(dtype), ProbeJob(model))?;
         println!(
             "| {model} | {} | {:.2e} | {:.2e} |",
-            if r.failures.is_empty() {
-                "pass"
-            } else {
-                "FAIL"
-            },
+            if r.failures.is_empty() { "pass" } else { "FAIL" },
             r.clip_features_max_err,
             r.vision_embeds_max_err
         );

@@ -1,14 +1,14 @@
 //! The vision tower stage by stage, to compare a device with the CPU and localise a backend
 //! difference to one op (patch embedding, LayerNorm, attention, MLP).
 
-use crate::fixtures::model_dir;
-use crate::parity::probe_pixels;
-use crate::tolerance::max_abs_diff;
+use burn_phi3v::kernels::Kernels;
 use burn::tensor::{DType, Tensor, TensorData};
 use burn_phi3v::LoadedModel;
 use burn_phi3v::device::DeviceInfo;
-use burn_phi3v::kernels::Kernels;
 use phi3v_devices::DeviceFn;
+use crate::fixtures::model_dir;
+use crate::parity::probe_pixels;
+use crate::tolerance::max_abs_diff;
 
 /// Outputs of the vision tower's stages on the probe pixels (phi3v-tiny).
 pub struct Stages;
@@ -22,10 +22,7 @@ impl DeviceFn for Stages {
     fn run<B: Kernels>(self, device: &B::Device, _: &DeviceInfo, dtype: DType) -> Self::Output {
         let m = LoadedModel::<B>::load(&model_dir("phi3v-tiny"), device, dtype, None).unwrap();
         let clip = &m.model.vision_embed_tokens.as_ref().unwrap().img_processor;
-        let px = Tensor::<B, 4>::from_data(
-            TensorData::new(probe_pixels(), [3, 3, 336, 336]),
-            (device, dtype),
-        );
+        let px = Tensor::<B, 4>::from_data(TensorData::new(probe_pixels(), [3, 3, 336, 336]), (device, dtype));
         let emb = clip.embeddings.forward(px.clone());
         let pre = clip.pre_layrnorm.forward(emb.clone());
         let l0 = &clip.layers[0];
@@ -53,15 +50,8 @@ impl DeviceFn for Stages {
 }
 
 /// Largest difference per stage between two [`Stages`] results.
-pub fn stage_errors(
-    reference: &[(&'static str, Vec<f32>)],
-    got: &[(&'static str, Vec<f32>)],
-) -> Vec<(&'static str, f32)> {
-    reference
-        .iter()
-        .zip(got)
-        .map(|((n, a), (_, b))| (*n, max_abs_diff(a, b)))
-        .collect()
+pub fn stage_errors(reference: &[(&'static str, Vec<f32>)], got: &[(&'static str, Vec<f32>)]) -> Vec<(&'static str, f32)> {
+    reference.iter().zip(got).map(|((n, a), (_, b))| (*n, max_abs_diff(a, b))).collect()
 }
 
 /// Single ops in the variants a backend may get wrong, for localising a device difference:
@@ -75,9 +65,7 @@ pub struct OpVariants {
 }
 
 fn pattern(n: usize, seed: f32, scale: f32) -> Vec<f32> {
-    (0..n)
-        .map(|i| (i as f32 * 0.618 + seed).sin() * scale)
-        .collect()
+    (0..n).map(|i| (i as f32 * 0.618 + seed).sin() * scale).collect()
 }
 
 impl DeviceFn for OpVariants {
@@ -85,15 +73,7 @@ impl DeviceFn for OpVariants {
     fn run<B: Kernels>(self, device: &B::Device, _: &DeviceInfo, dtype: DType) -> Self::Output {
         use burn::tensor::module::linear;
         let mut out = Vec::new();
-        let mut shapes = vec![
-            (3, 577, 32, 64),
-            (3, 577, 64, 32),
-            (3, 577, 32, 32),
-            (1, 776, 32, 96),
-            (1, 775, 32, 96),
-            (1, 776, 64, 32),
-            (1, 776, 32, 128),
-        ];
+        let mut shapes = vec![(3, 577, 32, 64), (3, 577, 64, 32), (3, 577, 32, 32), (1, 776, 32, 96), (1, 775, 32, 96), (1, 776, 64, 32), (1, 776, 32, 128)];
         if self.large {
             shapes.extend([(17, 577, 1024, 4096), (1, 1024, 3072, 9216)]);
         }
@@ -105,71 +85,33 @@ impl DeviceFn for OpVariants {
                     w_in_out[i * n + o] = w_out_in[o * k + i];
                 }
             }
-            let view =
-                Tensor::<B, 2>::from_data(TensorData::new(w_out_in, [n, k]), (device, dtype))
-                    .transpose();
-            let contiguous =
-                Tensor::<B, 2>::from_data(TensorData::new(w_in_out, [k, n]), (device, dtype));
-            let x = Tensor::<B, 3>::from_data(
-                TensorData::new(pattern(b * m * k, 0.3, 1.0), [b, m, k]),
-                (device, dtype),
-            );
+            let view = Tensor::<B, 2>::from_data(TensorData::new(w_out_in, [n, k]), (device, dtype)).transpose();
+            let contiguous = Tensor::<B, 2>::from_data(TensorData::new(w_in_out, [k, n]), (device, dtype));
+            let x = Tensor::<B, 3>::from_data(TensorData::new(pattern(b * m * k, 0.3, 1.0), [b, m, k]), (device, dtype));
             let flat = |w: Tensor<B, 2>| x.clone().reshape([b * m, k]).matmul(w).reshape([b, m, n]);
             let name = |v: &str| format!("linear [{b}, {m}, {k}] -> {n}: {v}");
-            out.push((
-                name("rank-3 linear, transposed view"),
-                host(linear(x.clone(), view.clone(), None)),
-            ));
+            out.push((name("rank-3 linear, transposed view"), host(linear(x.clone(), view.clone(), None))));
             out.push((name("2-D matmul, transposed view"), host(flat(view))));
-            out.push((
-                name("rank-3 linear, contiguous"),
-                host(linear(x.clone(), contiguous.clone(), None)),
-            ));
+            out.push((name("rank-3 linear, contiguous"), host(linear(x.clone(), contiguous.clone(), None))));
             out.push((name("2-D matmul, contiguous"), host(flat(contiguous))));
         }
         for len in [775, 776, 792, 793] {
             let (h, d) = (2, 16);
             let qkv: Vec<Tensor<B, 4>> = (0..3)
-                .map(|s| {
-                    Tensor::from_data(
-                        TensorData::new(pattern(h * len * d, s as f32, 1.0), [1, h, len, d]),
-                        (device, dtype),
-                    )
-                })
+                .map(|s| Tensor::from_data(TensorData::new(pattern(h * len * d, s as f32, 1.0), [1, h, len, d]), (device, dtype)))
                 .collect();
             for composed in [false, true] {
                 burn_phi3v::model::nn::set_composed_attention(composed);
-                let o = burn_phi3v::model::nn::attend(
-                    qkv[0].clone(),
-                    qkv[1].clone(),
-                    qkv[2].clone(),
-                    None,
-                    true,
-                );
+                let o = burn_phi3v::model::nn::attend(qkv[0].clone(), qkv[1].clone(), qkv[2].clone(), None, true);
                 let which = if composed { "composed" } else { "fused" };
                 out.push((format!("causal attention, {len} tokens: {which}"), host(o)));
             }
             burn_phi3v::model::nn::set_composed_attention(false);
             // The same mask built on the host (no broadcast comparison on the device).
-            let m: Vec<bool> = (0..len)
-                .flat_map(|q| (0..len).map(move |k| k > q))
-                .collect();
-            let mask = Tensor::<B, 4, burn::tensor::Bool>::from_data(
-                TensorData::new(m, [1, 1, len, len]),
-                device,
-            )
-            .expand([1, h, len, len]);
-            let o = burn_phi3v::model::nn::attend(
-                qkv[0].clone(),
-                qkv[1].clone(),
-                qkv[2].clone(),
-                Some(mask),
-                false,
-            );
-            out.push((
-                format!("causal attention, {len} tokens: explicit host mask"),
-                host(o),
-            ));
+            let m: Vec<bool> = (0..len).flat_map(|q| (0..len).map(move |k| k > q)).collect();
+            let mask = Tensor::<B, 4, burn::tensor::Bool>::from_data(TensorData::new(m, [1, 1, len, len]), device).expand([1, h, len, len]);
+            let o = burn_phi3v::model::nn::attend(qkv[0].clone(), qkv[1].clone(), qkv[2].clone(), Some(mask), false);
+            out.push((format!("causal attention, {len} tokens: explicit host mask"), host(o)));
         }
         out
     }

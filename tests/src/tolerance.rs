@@ -73,10 +73,7 @@ pub const JPEG_LOGITS: f32 = 0.5;
 /// The largest magnitude of `values` (at least `f32::MIN_POSITIVE`): the scale relative errors
 /// are measured against.
 pub fn magnitude(values: &[f32]) -> f32 {
-    values
-        .iter()
-        .fold(0f32, |m, v| m.max(v.abs()))
-        .max(f32::MIN_POSITIVE)
+    values.iter().fold(0f32, |m, v| m.max(v.abs())).max(f32::MIN_POSITIVE)
 }
 
 /// Largest absolute difference of two equally long slices (`f32::INFINITY` if lengths differ).
@@ -87,8 +84,5 @@ pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     a.iter()
         .zip(b)
         .map(|(x, y)| (x - y).abs())
-        .fold(
-            0.0,
-            |m, d| if d.is_nan() { f32::INFINITY } else { m.max(d) },
-        )
+        .fold(0.0, |m, d| if d.is_nan() { f32::INFINITY } else { m.max(d) })
 }

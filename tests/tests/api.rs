@@ -6,14 +6,12 @@ use burn_phi3v::backends::{Cpu, cpu};
 use burn_phi3v::burn::tensor::DType;
 use burn_phi3v::image_processor::{ImageError, load_image};
 use burn_phi3v::{
-    DeviceError, FinishReason, GenerationOutput, ImageInput, LoadOptions, LoadedModel, Phi3vError,
-    Pipeline, Request,
+    DeviceError, FinishReason, GenerationOutput, ImageInput, LoadOptions, LoadedModel, Phi3vError, Pipeline, Request,
 };
 use phi3v_tests::{Case, model_dir};
 
 fn pipeline(model: &str) -> Pipeline {
-    Pipeline::from_pretrained(model_dir(model), "cpu", &LoadOptions::default())
-        .expect("tiny checkpoint on cpu")
+    Pipeline::from_pretrained(model_dir(model), "cpu", &LoadOptions::default()).expect("tiny checkpoint on cpu")
 }
 
 /// A fixture case's image file (the reference-decoded PNG for JPEG inputs, as in generation.rs).
@@ -23,24 +21,14 @@ fn image_file(file: &str) -> std::path::PathBuf {
 
 /// A fixture case as a request, its images given as `how` says.
 fn case_request(case: &Case, how: fn(std::path::PathBuf) -> ImageInput) -> Request {
-    let request = case
-        .images
-        .iter()
-        .fold(Request::raw(case.prompt.clone()), |r, f| {
-            r.image(how(image_file(f)))
-        });
+    let request = case.images.iter().fold(Request::raw(case.prompt.clone()), |r, f| r.image(how(image_file(f))));
     request.max_new_tokens(case.tensor("greedy_ids").shape()[0])
 }
 
 /// The fixture's greedy ids, up to and including the first of the model's stop tokens (the
 /// pipeline stops there; generation.rs checks the whole run without stop tokens).
 fn expected_ids(case: &Case, stops: &[u32]) -> Vec<u32> {
-    let mut want: Vec<u32> = case
-        .tensor("greedy_ids")
-        .i64()
-        .iter()
-        .map(|&i| i as u32)
-        .collect();
+    let mut want: Vec<u32> = case.tensor("greedy_ids").i64().iter().map(|&i| i as u32).collect();
     if let Some(i) = want.iter().position(|id| stops.contains(id)) {
         want.truncate(i + 1);
     }
@@ -68,17 +56,9 @@ fn device_string_route_reproduces_the_fixtures_with_every_image_input() {
         let case = Case::load(name);
         let p = pipeline(&case.model);
         let out = p.generate(&case_request(&case, how)).expect("generate");
-        assert_eq!(
-            out.token_ids,
-            expected_ids(&case, &p.stop_token_ids()),
-            "case {name}"
-        );
+        assert_eq!(out.token_ids, expected_ids(&case, &p.stop_token_ids()), "case {name}");
         if out.finish_reason == FinishReason::Length {
-            assert_eq!(
-                out.text,
-                case.json["greedy_text"].as_str().expect("greedy_text"),
-                "case {name}"
-            );
+            assert_eq!(out.text, case.json["greedy_text"].as_str().expect("greedy_text"), "case {name}");
         }
     }
 }
@@ -100,15 +80,9 @@ fn paths_bytes_and_decoded_images_give_the_same_prompt() {
         assert_eq!(params, &prepared[0].1);
     }
     // A user message gets its image tags, and the model's stop tokens are added.
-    let (prompt, params) = p
-        .prepare(&Request::new("Compare.").image_path(image_file("chelsea.png")))
-        .expect("prepare");
+    let (prompt, params) = p.prepare(&Request::new("Compare.").image_path(image_file("chelsea.png"))).expect("prepare");
     assert_eq!(prompt.num_image_tokens().len(), 1);
-    assert!(
-        p.stop_token_ids()
-            .iter()
-            .all(|id| params.stop_token_ids.contains(id))
-    );
+    assert!(p.stop_token_ids().iter().all(|id| params.stop_token_ids.contains(id)));
 }
 
 fn assert_same(a: &GenerationOutput, b: &GenerationOutput, what: &str) {
@@ -145,33 +119,21 @@ fn batch_equals_single_requests() {
     let p = pipeline("phi35v-tiny");
     let chelsea = image_file("chelsea.png");
     let requests = [
-        Request::new("What animal is this?")
-            .image_path(&chelsea)
-            .max_new_tokens(6),
+        Request::new("What animal is this?").image_path(&chelsea).max_new_tokens(6),
         Request::new("Hello there").max_new_tokens(4),
-        Request::chat(vec![burn_phi3v::Message::new(
-            "user",
-            "<|image_1|>\n<|image_2|>\nCompare.",
-        )])
-        .image_path(&chelsea)
-        .image_path(image_file("rocket.png"))
-        .max_new_tokens(5),
+        Request::chat(vec![burn_phi3v::Message::new("user", "<|image_1|>\n<|image_2|>\nCompare.")])
+            .image_path(&chelsea)
+            .image_path(image_file("rocket.png"))
+            .max_new_tokens(5),
     ];
     let batch = p.batch(&requests).expect("batch");
     assert_eq!(batch.len(), requests.len());
     for (i, r) in requests.iter().enumerate() {
-        assert_same(
-            &batch[i],
-            &p.generate(r).expect("single"),
-            &format!("row {i}"),
-        );
+        assert_same(&batch[i], &p.generate(r).expect("single"), &format!("row {i}"));
     }
     // The batch streams too, every token tagged with its row.
     let mut per_row = vec![Vec::new(); requests.len()];
-    let prepared: Vec<_> = requests
-        .iter()
-        .map(|r| p.prepare(r).expect("prepare"))
-        .collect();
+    let prepared: Vec<_> = requests.iter().map(|r| p.prepare(r).expect("prepare")).collect();
     let prompts: Vec<_> = prepared.iter().map(|(pr, _)| pr).collect();
     let params: Vec<_> = prepared.iter().map(|(_, pa)| pa.clone()).collect();
     for t in p.stream_processed(&prompts, &params).expect("stream") {
@@ -185,53 +147,30 @@ fn batch_equals_single_requests() {
 
 #[test]
 fn backend_type_route_equals_device_string_route() {
-    let request = Request::new("Describe it.")
-        .image_path(image_file("rocket.png"))
-        .max_new_tokens(5);
+    let request = Request::new("Describe it.").image_path(image_file("rocket.png")).max_new_tokens(5);
     let by_string = pipeline("phi3v-tiny");
-    let typed = Pipeline::from_pretrained_on::<Cpu>(
-        model_dir("phi3v-tiny"),
-        &cpu::device(),
-        &LoadOptions::default(),
-    )
-    .expect("typed load");
-    assert_same(
-        &typed.generate(&request).expect("typed"),
-        &by_string.generate(&request).expect("string"),
-        "typed",
-    );
+    let typed = Pipeline::from_pretrained_on::<Cpu>(model_dir("phi3v-tiny"), &cpu::device(), &LoadOptions::default())
+        .expect("typed load");
+    assert_same(&typed.generate(&request).expect("typed"), &by_string.generate(&request).expect("string"), "typed");
     assert_eq!(typed.dtype(), DType::F32);
     assert_eq!(by_string.device().spec, "cpu");
     // The typed model underneath, for its steps.
     let m: &LoadedModel<Cpu> = by_string.loaded::<Cpu>().expect("cpu model");
     assert_eq!(m.model.dtype(), DType::F32);
     // num_crops from the options reaches the image processor.
-    let two = Pipeline::from_pretrained(
-        model_dir("phi3v-tiny"),
-        "cpu",
-        &LoadOptions::default().with_num_crops(2),
-    )
-    .expect("load");
+    let two = Pipeline::from_pretrained(model_dir("phi3v-tiny"), "cpu", &LoadOptions::default().with_num_crops(2))
+        .expect("load");
     assert_eq!(two.processor().image_config.num_crops, 2);
     let (p4, _) = by_string.prepare(&request).expect("prepare");
     let (p2, _) = two.prepare(&request).expect("prepare");
-    assert!(
-        p2.input_ids.len() < p4.input_ids.len(),
-        "fewer crops, fewer image tokens"
-    );
+    assert!(p2.input_ids.len() < p4.input_ids.len(), "fewer crops, fewer image tokens");
 }
 
 #[test]
 fn a_stream_can_be_cancelled() {
     let p = pipeline("phi3v-tiny");
-    let mut stream = p
-        .stream(&Request::new("Tell me a story.").max_new_tokens(50))
-        .expect("stream");
-    let first: Vec<_> = stream
-        .by_ref()
-        .take(3)
-        .map(|t| t.expect("token").token_id)
-        .collect();
+    let mut stream = p.stream(&Request::new("Tell me a story.").max_new_tokens(50)).expect("stream");
+    let first: Vec<_> = stream.by_ref().take(3).map(|t| t.expect("token").token_id).collect();
     let out = stream.cancel().expect("cancel").remove(0);
     assert_eq!(out.token_ids, first);
     assert_eq!(out.finish_reason, FinishReason::Cancelled);
@@ -240,13 +179,8 @@ fn a_stream_can_be_cancelled() {
 #[test]
 fn errors_are_typed() {
     let dir = model_dir("phi3v-tiny");
-    let load = |device: &str, options: &LoadOptions| {
-        Pipeline::from_pretrained(&dir, device, options).unwrap_err()
-    };
-    assert!(matches!(
-        load("tpu:0", &LoadOptions::default()),
-        Phi3vError::Device(DeviceError::Unknown { .. })
-    ));
+    let load = |device: &str, options: &LoadOptions| Pipeline::from_pretrained(&dir, device, options).unwrap_err();
+    assert!(matches!(load("tpu:0", &LoadOptions::default()), Phi3vError::Device(DeviceError::Unknown { .. })));
     assert!(matches!(
         load("cpu", &LoadOptions::default().with_dtype(DType::BF16)),
         Phi3vError::Device(DeviceError::UnsupportedDtype { .. })
@@ -255,16 +189,11 @@ fn errors_are_typed() {
     // burn-phi3v whatever this crate's features (phi3v-backend-cuda asks for it).
     let cuda_compiled = burn_phi3v::device::compiled_backends().contains(&"cuda");
     match load("cuda:99", &LoadOptions::default()) {
-        Phi3vError::Device(DeviceError::NotCompiled {
-            feature: "cuda", ..
-        }) => assert!(!cuda_compiled),
+        Phi3vError::Device(DeviceError::NotCompiled { feature: "cuda", .. }) => assert!(!cuda_compiled),
         Phi3vError::Device(DeviceError::NotPresent { .. }) => assert!(cuda_compiled),
         e => panic!("cuda:99: {e}"),
     }
-    assert!(matches!(
-        Pipeline::load(&dir, "cpu", Some("f8")).unwrap_err(),
-        Phi3vError::Device(DeviceError::UnknownDtype(_))
-    ));
+    assert!(matches!(Pipeline::load(&dir, "cpu", Some("f8")).unwrap_err(), Phi3vError::Device(DeviceError::UnknownDtype(_))));
     assert!(matches!(
         Pipeline::from_pretrained(dir.join("missing"), "cpu", &LoadOptions::default()).unwrap_err(),
         Phi3vError::Io { .. }
@@ -277,24 +206,11 @@ fn errors_are_typed() {
         other => panic!("expected a missing-file error, got {other:?}"),
     }
     let garbage = Request::new("What is it?").image_bytes(b"not an image at all".to_vec());
-    assert!(matches!(
-        p.generate(&garbage),
-        Err(Phi3vError::Image(ImageError::Decode { .. }))
-    ));
-    assert!(matches!(
-        p.stream(&garbage),
-        Err(Phi3vError::Image(ImageError::Decode { .. }))
-    ));
-    let untagged = Request::raw("<|user|>\nNo tag here<|end|>\n<|assistant|>\n")
-        .image_path(image_file("rocket.png"));
-    assert!(matches!(
-        p.generate(&untagged),
-        Err(Phi3vError::ImageTags(_))
-    ));
-    assert!(matches!(
-        p.generate(&Request::new("Hi").max_new_tokens(0)),
-        Err(Phi3vError::InvalidParameter { .. })
-    ));
+    assert!(matches!(p.generate(&garbage), Err(Phi3vError::Image(ImageError::Decode { .. }))));
+    assert!(matches!(p.stream(&garbage), Err(Phi3vError::Image(ImageError::Decode { .. }))));
+    let untagged = Request::raw("<|user|>\nNo tag here<|end|>\n<|assistant|>\n").image_path(image_file("rocket.png"));
+    assert!(matches!(p.generate(&untagged), Err(Phi3vError::ImageTags(_))));
+    assert!(matches!(p.generate(&Request::new("Hi").max_new_tokens(0)), Err(Phi3vError::InvalidParameter { .. })));
 }
 
 /// A pipeline can be shared between threads (e.g. behind an `Arc` in a server).

@@ -25,34 +25,16 @@ fn load(dir: &Path) -> Result<LoadedModel<Flex>, Phi3vError> {
 }
 
 /// Rewrites `model.safetensors` of `dir` with `edit` applied to its (name, dtype, shape, bytes) list.
-fn rewrite(
-    dir: &Path,
-    edit: impl FnOnce(&mut Vec<(String, safetensors::Dtype, Vec<usize>, Vec<u8>)>),
-) {
+fn rewrite(dir: &Path, edit: impl FnOnce(&mut Vec<(String, safetensors::Dtype, Vec<usize>, Vec<u8>)>)) {
     let path = dir.join("model.safetensors");
     let bytes = std::fs::read(&path).unwrap();
     let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    let mut list: Vec<_> = st
-        .iter()
-        .map(|(n, v)| {
-            (
-                n.to_string(),
-                v.dtype(),
-                v.shape().to_vec(),
-                v.data().to_vec(),
-            )
-        })
-        .collect();
+    let mut list: Vec<_> = st.iter().map(|(n, v)| (n.to_string(), v.dtype(), v.shape().to_vec(), v.data().to_vec())).collect();
     list.sort_by(|a, b| a.0.cmp(&b.0));
     edit(&mut list);
     let views: Vec<(String, safetensors::tensor::TensorView)> = list
         .iter()
-        .map(|(n, d, s, b)| {
-            (
-                n.clone(),
-                safetensors::tensor::TensorView::new(*d, s.clone(), b).unwrap(),
-            )
-        })
+        .map(|(n, d, s, b)| (n.clone(), safetensors::tensor::TensorView::new(*d, s.clone(), b).unwrap()))
         .collect();
     safetensors::serialize_to_file(views, None, &path).unwrap();
 }
@@ -75,10 +57,7 @@ fn truncated_file_is_a_typed_error() {
     match load(&dir) {
         Err(Phi3vError::Safetensors { path: p, reason }) => {
             assert_eq!(p, path);
-            assert!(
-                reason.contains("truncated") || reason.contains("does not match"),
-                "{reason}"
-            );
+            assert!(reason.contains("truncated") || reason.contains("does not match"), "{reason}");
         }
         other => panic!("expected Safetensors error, got {other:?}"),
     }
@@ -112,11 +91,7 @@ fn wrong_shape_is_named() {
         t.2 = vec![32, 96];
     });
     match load(&dir) {
-        Err(Phi3vError::ShapeMismatch {
-            name,
-            expected,
-            found,
-        }) => {
+        Err(Phi3vError::ShapeMismatch { name, expected, found }) => {
             assert_eq!(name, QKV0);
             assert_eq!((expected, found), (vec![96, 32], vec![32, 96]));
         }
@@ -127,14 +102,7 @@ fn wrong_shape_is_named() {
 #[test]
 fn unused_tensor_is_named() {
     let dir = copy_model("phi35v-tiny", "unused");
-    rewrite(&dir, |l| {
-        l.push((
-            "model.extra.weight".into(),
-            safetensors::Dtype::F32,
-            vec![2],
-            vec![0; 8],
-        ))
-    });
+    rewrite(&dir, |l| l.push(("model.extra.weight".into(), safetensors::Dtype::F32, vec![2], vec![0; 8])));
     match load(&dir) {
         Err(Phi3vError::UnusedTensors { names }) => assert_eq!(names, ["model.extra.weight"]),
         other => panic!("expected UnusedTensors, got {other:?}"),
@@ -163,8 +131,7 @@ fn duplicated_tensor_across_shards_is_named() {
     let s2_path = dir.join("model-00002-of-00002.safetensors");
     let s2 = std::fs::read(&s2_path).unwrap();
     let st2 = safetensors::SafeTensors::deserialize(&s2).unwrap();
-    let mut views: Vec<(String, safetensors::tensor::TensorView)> =
-        st2.iter().map(|(n, v)| (n.to_string(), v)).collect();
+    let mut views: Vec<(String, safetensors::tensor::TensorView)> = st2.iter().map(|(n, v)| (n.to_string(), v)).collect();
     views.push((QKV0.to_string(), st1.tensor(QKV0).unwrap()));
     let out = safetensors::serialize(views, None).unwrap();
     std::fs::write(&s2_path, out).unwrap();
@@ -179,9 +146,7 @@ fn index_naming_a_missing_shard_is_an_error() {
     let dir = copy_model("phi3v-tiny", "shard");
     std::fs::remove_file(dir.join("model-00002-of-00002.safetensors")).unwrap();
     match load(&dir) {
-        Err(Phi3vError::ShardIndex { reason, .. }) => {
-            assert!(reason.contains("model-00002-of-00002"), "{reason}")
-        }
+        Err(Phi3vError::ShardIndex { reason, .. }) => assert!(reason.contains("model-00002-of-00002"), "{reason}"),
         other => panic!("expected ShardIndex, got {other:?}"),
     }
 }
@@ -190,8 +155,7 @@ fn index_naming_a_missing_shard_is_an_error() {
 fn unknown_rope_scaling_type_names_the_field() {
     let dir = copy_model("phi35v-tiny", "rope");
     let path = dir.join("config.json");
-    let mut v: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let mut v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
     v["rope_scaling"]["type"] = "dynamic".into();
     std::fs::write(&path, v.to_string()).unwrap();
     match load(&dir) {
@@ -202,38 +166,14 @@ fn unknown_rope_scaling_type_names_the_field() {
 
 #[test]
 fn non_image_bytes_and_mismatched_tags_are_typed_errors() {
-    assert!(
-        decode_image(b"definitely not an image", "notes.txt", u64::MAX)
-            .unwrap_err()
-            .to_string()
-            .contains("notes.txt")
-    );
+    assert!(decode_image(b"definitely not an image", "notes.txt", u64::MAX).unwrap_err().to_string().contains("notes.txt"));
     let m = load(&model_dir("phi35v-tiny")).unwrap();
-    let img = burn_phi3v::image_processor::load_image(
-        &phi3v_tests::fixtures_dir().join("images/chelsea.png"),
-        u64::MAX,
-    )
-    .unwrap();
-    for (prompt, n) in [
-        ("<|image_1|> two", 2),
-        ("<|image_1|><|image_1|>", 1),
-        ("<|image_2|>", 1),
-        ("no tag", 1),
-        ("<|image_1|>", 0),
-    ] {
+    let img = burn_phi3v::image_processor::load_image(&phi3v_tests::fixtures_dir().join("images/chelsea.png"), u64::MAX).unwrap();
+    for (prompt, n) in [("<|image_1|> two", 2), ("<|image_1|><|image_1|>", 1), ("<|image_2|>", 1), ("no tag", 1), ("<|image_1|>", 0)] {
         let images = vec![img.clone(); n];
-        assert!(
-            matches!(
-                m.processor.process(prompt, &images),
-                Err(Phi3vError::ImageTags(_))
-            ),
-            "{prompt} with {n} images"
-        );
+        assert!(matches!(m.processor.process(prompt, &images), Err(Phi3vError::ImageTags(_))), "{prompt} with {n} images");
     }
     // Tags out of order are accepted: image k fills the run of <|image_k|>.
-    let p = m
-        .processor
-        .process("<|image_2|> and <|image_1|>", &[img.clone(), img])
-        .unwrap();
+    let p = m.processor.process("<|image_2|> and <|image_1|>", &[img.clone(), img]).unwrap();
     assert_eq!(p.input_ids.iter().find(|&&i| i < 0), Some(&-2));
 }

@@ -58,35 +58,19 @@ impl DeviceFn for Matmul {
 
 #[test]
 fn the_kernel_cache_is_refused_cleanly_then_fills_on_a_gpu() {
-    let scratch =
-        std::env::temp_dir().join(format!("phi3v-kernel-cache-test-{}", std::process::id()));
+    let scratch = std::env::temp_dir().join(format!("phi3v-kernel-cache-test-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&scratch);
     std::fs::create_dir_all(&scratch).unwrap();
 
     // Off, and the CPU (it compiles nothing): nothing to do.
     let cpu = phi3v_devices::device_info("cpu").expect("the CPU backend is compiled in");
-    assert_eq!(
-        configure(&KernelCache::Off, &gpu_like("X")).unwrap(),
-        KernelCacheStatus::Off
-    );
-    assert_eq!(
-        configure(&KernelCache::Dir(scratch.join("c")), &cpu).unwrap(),
-        KernelCacheStatus::NotApplicable
-    );
-    assert!(
-        !scratch.join("c").exists(),
-        "the CPU's refusal created the folder"
-    );
+    assert_eq!(configure(&KernelCache::Off, &gpu_like("X")).unwrap(), KernelCacheStatus::Off);
+    assert_eq!(configure(&KernelCache::Dir(scratch.join("c")), &cpu).unwrap(), KernelCacheStatus::NotApplicable);
+    assert!(!scratch.join("c").exists(), "the CPU's refusal created the folder");
 
     // Without a CubeCL backend compiled in there is nothing to configure.
-    if phi3v_devices::compiled_backends()
-        .iter()
-        .all(|b| *b == "cpu")
-    {
-        assert_eq!(
-            configure(&KernelCache::Dir(scratch.join("g")), &gpu_like("X")).unwrap(),
-            KernelCacheStatus::NotApplicable
-        );
+    if phi3v_devices::compiled_backends().iter().all(|b| *b == "cpu") {
+        assert_eq!(configure(&KernelCache::Dir(scratch.join("g")), &gpu_like("X")).unwrap(), KernelCacheStatus::NotApplicable);
         assert!(!scratch.join("g").exists());
         return;
     }
@@ -94,8 +78,7 @@ fn the_kernel_cache_is_refused_cleanly_then_fills_on_a_gpu() {
     // A folder that cannot be made (below a regular file) is a typed error naming it.
     let file = scratch.join("a-file");
     std::fs::write(&file, b"x").unwrap();
-    let err = configure(&KernelCache::Dir(file.join("kernels")), &gpu_like("X"))
-        .expect_err("a folder below a file");
+    let err = configure(&KernelCache::Dir(file.join("kernels")), &gpu_like("X")).expect_err("a folder below a file");
     assert!(err.path.starts_with(&file), "{err}");
     assert!(err.to_string().contains("--kernel-cache"), "{err}");
 
@@ -107,29 +90,17 @@ fn the_kernel_cache_is_refused_cleanly_then_fills_on_a_gpu() {
     std::env::set_current_dir(user.join("sub")).unwrap();
     let ruled = configure(&KernelCache::Dir(scratch.join("u")), &gpu_like("X"));
     std::env::set_current_dir(&cwd).unwrap();
-    assert_eq!(
-        ruled.unwrap(),
-        KernelCacheStatus::UserConfig(user.join("cubecl.toml"))
-    );
-    assert!(
-        !scratch.join("u").exists(),
-        "a user's cubecl.toml did not rule"
-    );
+    assert_eq!(ruled.unwrap(), KernelCacheStatus::UserConfig(user.join("cubecl.toml")));
+    assert!(!scratch.join("u").exists(), "a user's cubecl.toml did not rule");
 
     // The first GPU target: the cache on before its first kernel, then kept in the folder.
-    let Some((spec, dtype)) = test_targets()
-        .into_iter()
-        .find(|(d, _)| !d.starts_with("cpu"))
-    else {
+    let Some((spec, dtype)) = test_targets().into_iter().find(|(d, _)| !d.starts_with("cpu")) else {
         // The steps above ran and asserted; the folder needs a GPU target (CI: wgpu on lavapipe).
         eprintln!("no GPU test target in PHI3V_TEST_DEVICES: the folder is not checked");
         return;
     };
     if let Some(file) = burn_phi3v::kernel_cache::user_config_file() {
-        panic!(
-            "{} would rule over the test's folder: run the test outside it",
-            file.display()
-        );
+        panic!("{} would rule over the test's folder: run the test outside it", file.display());
     }
     let info = phi3v_devices::device_info(&spec).unwrap();
     let root = scratch.join("kernels");
@@ -138,12 +109,7 @@ fn the_kernel_cache_is_refused_cleanly_then_fills_on_a_gpu() {
         KernelCacheStatus::Enabled(d) => d,
         other => panic!("{spec}: expected the cache on, got {other:?}"),
     };
-    assert!(
-        dir.starts_with(&root),
-        "{} is not under {}",
-        dir.display(),
-        root.display()
-    );
+    assert!(dir.starts_with(&root), "{} is not under {}", dir.display(), root.display());
     let out = burn_phi3v::device::with_device_dtype(&spec, Some(dtype), Matmul).unwrap();
     assert!(out.iter().all(|v| v.is_finite()) && out.len() == 96 * 72);
     let files = files_below(&dir);
@@ -155,9 +121,6 @@ fn the_kernel_cache_is_refused_cleanly_then_fills_on_a_gpu() {
     eprintln!("{spec}: {} files under {}", files.len(), dir.display());
 
     // Once CubeCL is configured the choice cannot change in this process: said, not panicked.
-    assert_eq!(
-        configure(&KernelCache::Dir(scratch.join("late")), &info).unwrap(),
-        KernelCacheStatus::TooLate
-    );
+    assert_eq!(configure(&KernelCache::Dir(scratch.join("late")), &info).unwrap(), KernelCacheStatus::TooLate);
     let _ = std::fs::remove_dir_all(&scratch);
 }

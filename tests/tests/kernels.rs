@@ -13,10 +13,7 @@ use phi3v_tests::rng::Rng;
 use phi3v_tests::tolerance::{magnitude, max_abs_diff};
 
 fn clock_seed() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos() as u64
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64
 }
 
 /// One step's outputs on the host: the kernel's (twice, to catch races), the composed
@@ -55,35 +52,15 @@ impl KernelJob {
         let mut rng = Rng(self.seed | 1);
         let mut input = |shape: Vec<usize>, scale: f32| {
             let n: usize = shape.iter().product();
-            let v: Vec<f32> = (0..n)
-                .map(|_| round_to(self.inputs, (rng.unit() * 2.0 - 1.0) * scale))
-                .collect();
+            let v: Vec<f32> = (0..n).map(|_| round_to(self.inputs, (rng.unit() * 2.0 - 1.0) * scale)).collect();
             (v, shape)
         };
-        let tensor = |(v, shape): (Vec<f32>, Vec<usize>)| {
-            Tensor::<B, 1>::from_data(
-                TensorData::new(v, [shape.iter().product::<usize>()]),
-                (device, dtype),
-            )
-        };
+        let tensor = |(v, shape): (Vec<f32>, Vec<usize>)| Tensor::<B, 1>::from_data(TensorData::new(v, [shape.iter().product::<usize>()]), (device, dtype));
         let mut checks = Vec::new();
-        let host =
-            |t: Tensor<B, 3>| -> Vec<f32> { t.into_data().convert::<f32>().into_vec().unwrap() };
-        let mut compare = |what: String,
-                           accumulated: usize,
-                           (fused, fused_again, composed): (
-            Tensor<B, 3>,
-            Tensor<B, 3>,
-            Tensor<B, 3>,
-        )| {
+        let host = |t: Tensor<B, 3>| -> Vec<f32> { t.into_data().convert::<f32>().into_vec().unwrap() };
+        let mut compare = |what: String, accumulated: usize, (fused, fused_again, composed): (Tensor<B, 3>, Tensor<B, 3>, Tensor<B, 3>)| {
             assert_eq!(fused.dims(), composed.dims(), "{what}");
-            checks.push(Outputs {
-                what,
-                accumulated,
-                fused: host(fused),
-                fused_again: host(fused_again),
-                composed: host(composed),
-            });
+            checks.push(Outputs { what, accumulated, fused: host(fused), fused_again: host(fused_again), composed: host(composed) });
         };
         // The kernels forced on (tested even where they are not on by default), then composed.
         let policy = kernel_policy();
@@ -113,8 +90,7 @@ impl KernelJob {
             let residual = tensor(input(vec![rows * width], 2.0)).reshape([1, rows, width]);
             let weight = tensor(input(vec![width], 1.0));
             let outputs = both(&|| {
-                let (sum, normed) =
-                    kernels::add_rms_norm(x.clone(), residual.clone(), &weight, 1e-5);
+                let (sum, normed) = kernels::add_rms_norm(x.clone(), residual.clone(), &weight, 1e-5);
                 Tensor::cat(vec![sum, normed], 2)
             });
             compare(format!("add_rms_norm [1, {rows}, {width}]"), 1, outputs);
@@ -124,28 +100,20 @@ impl KernelJob {
         // does: 32 heads of 96 (Phi-3), and 3 heads of 64 over 2 sequences of 5 positions.
         for (batch, seq, heads, head_dim) in [(1, 1, 32, 96), (2, 5, 3, 64), (1, 9, 4, 96)] {
             let width = heads * head_dim;
-            let qkv =
-                tensor(input(vec![batch * seq * 3 * width], 1.0)).reshape([batch, seq, 3 * width]);
+            let qkv = tensor(input(vec![batch * seq * 3 * width], 1.0)).reshape([batch, seq, 3 * width]);
             let angles = input(vec![batch * seq * head_dim / 2], 3.0).0;
             let table = |f: fn(f32) -> f32| {
                 let v: Vec<f32> = (0..batch * seq)
                     .flat_map(|r| (0..head_dim).map(move |i| (r, i % (head_dim / 2))))
                     .map(|(r, i)| round_to(self.inputs, f(angles[r * head_dim / 2 + i])))
                     .collect();
-                Tensor::<B, 4>::from_data(
-                    TensorData::new(v, [batch, 1, seq, head_dim]),
-                    (device, dtype),
-                )
+                Tensor::<B, 4>::from_data(TensorData::new(v, [batch, 1, seq, head_dim]), (device, dtype))
             };
             let (cos, sin) = (table(f32::cos), table(f32::sin));
             for (name, start) in [("q", 0), ("k", width)] {
                 let rows = qkv.clone().narrow(2, start, width);
                 let outputs = both(&|| kernels::rotary(rows.clone(), &cos, &sin, head_dim));
-                compare(
-                    format!("rotary {name} [{batch}, {seq}, {heads}×{head_dim}]"),
-                    2,
-                    outputs,
-                );
+                compare(format!("rotary {name} [{batch}, {seq}, {heads}×{head_dim}]"), 2, outputs);
             }
         }
 
@@ -153,66 +121,26 @@ impl KernelJob {
         // buffers with room to spare (their other positions must stay as they were: the
         // buffers are random, shared with the test, so the kernel copies them first). Phi-3's
         // 32 heads of 96; grouped-query 4 over 2 heads of 64 in two rows.
-        for (batch, seq, heads, kv_heads, head_dim, capacity, cached) in
-            [(1, 1, 32, 32, 96, 40, 17), (2, 3, 4, 2, 64, 9, 5)]
-        {
+        for (batch, seq, heads, kv_heads, head_dim, capacity, cached) in [(1, 1, 32, 32, 96, 40, 17), (2, 3, 4, 2, 64, 9, 5)] {
             let width = (heads + 2 * kv_heads) * head_dim;
             let qkv = tensor(input(vec![batch * seq * width], 1.0)).reshape([batch, seq, width]);
-            let table = |v: Vec<f32>| {
-                Tensor::<B, 4>::from_data(
-                    TensorData::new(v, [batch, 1, seq, head_dim]),
-                    (device, dtype),
-                )
-            };
-            let (cos, sin) = (
-                table(input(vec![batch * seq * head_dim], 1.0).0),
-                table(input(vec![batch * seq * head_dim], 1.0).0),
-            );
-            let buffer = |(v, _): (Vec<f32>, Vec<usize>)| {
-                Tensor::<B, 4>::from_data(
-                    TensorData::new(v, [batch, kv_heads, capacity, head_dim]),
-                    (device, dtype),
-                )
-            };
-            let (k_values, v_values) = (
-                input(vec![batch * kv_heads * capacity * head_dim], 1.0),
-                input(vec![batch * kv_heads * capacity * head_dim], 1.0),
-            );
+            let table = |v: Vec<f32>| Tensor::<B, 4>::from_data(TensorData::new(v, [batch, 1, seq, head_dim]), (device, dtype));
+            let (cos, sin) = (table(input(vec![batch * seq * head_dim], 1.0).0), table(input(vec![batch * seq * head_dim], 1.0).0));
+            let buffer = |(v, _): (Vec<f32>, Vec<usize>)| Tensor::<B, 4>::from_data(TensorData::new(v, [batch, kv_heads, capacity, head_dim]), (device, dtype));
+            let (k_values, v_values) = (input(vec![batch * kv_heads * capacity * head_dim], 1.0), input(vec![batch * kv_heads * capacity * head_dim], 1.0));
             let (k_cache, v_cache) = (buffer(k_values.clone()), buffer(v_values.clone()));
             let flat = |t: Tensor<B, 4>| {
                 let n = t.shape().num_elements();
                 t.reshape([1, 1, n])
             };
             let outputs = both(&|| {
-                let (q, k, v) = kernels::rotary_append(
-                    qkv.clone(),
-                    &cos,
-                    &sin,
-                    k_cache.clone(),
-                    v_cache.clone(),
-                    heads,
-                    cached,
-                );
+                let (q, k, v) = kernels::rotary_append(qkv.clone(), &cos, &sin, k_cache.clone(), v_cache.clone(), heads, cached);
                 Tensor::cat(vec![flat(q), flat(k), flat(v)], 2)
             });
-            compare(
-                format!(
-                    "rotary_append [{batch}, {seq}, {heads}+2×{kv_heads} heads of {head_dim}] after {cached} of {capacity}"
-                ),
-                2,
-                outputs,
-            );
+            compare(format!("rotary_append [{batch}, {seq}, {heads}+2×{kv_heads} heads of {head_dim}] after {cached} of {capacity}"), 2, outputs);
             // The buffers the test still holds were copied, not written.
-            assert_eq!(
-                host(flat(k_cache)),
-                k_values.0,
-                "rotary_append wrote into a shared key buffer"
-            );
-            assert_eq!(
-                host(flat(v_cache)),
-                v_values.0,
-                "rotary_append wrote into a shared value buffer"
-            );
+            assert_eq!(host(flat(k_cache)), k_values.0, "rotary_append wrote into a shared key buffer");
+            assert_eq!(host(flat(v_cache)), v_values.0, "rotary_append wrote into a shared value buffer");
         }
 
         // SiLU·mul over gate_up_proj's output: Phi-3's 2 × 8192, an odd half, and an odd whole
@@ -226,93 +154,34 @@ impl KernelJob {
         // keys; grouped-query heads (4 over 2) reading a cache view with spare capacity (a
         // strided narrow); one key; head_dim 128; 67200 (batch, head) cubes (two launch
         // dimensions).
-        for (batch, heads, kv_heads, keys, capacity, head_dim) in [
-            (1, 32, 32, 1024, 1024, 96),
-            (3, 4, 2, 37, 50, 64),
-            (2, 2, 2, 1, 1, 96),
-            (1, 2, 1, 300, 301, 128),
-            (2100, 32, 32, 2, 2, 8),
-        ] {
-            let q = tensor(input(vec![batch * heads * head_dim], 1.0))
-                .reshape([batch, heads, 1, head_dim]);
-            let cache = |t: Tensor<B, 1>| {
-                t.reshape([batch, kv_heads, capacity, head_dim])
-                    .narrow(2, 0, keys)
-            };
-            let k = cache(tensor(input(
-                vec![batch * kv_heads * capacity * head_dim],
-                1.0,
-            )));
-            let v = cache(tensor(input(
-                vec![batch * kv_heads * capacity * head_dim],
-                1.0,
-            )));
+        for (batch, heads, kv_heads, keys, capacity, head_dim) in [(1, 32, 32, 1024, 1024, 96), (3, 4, 2, 37, 50, 64), (2, 2, 2, 1, 1, 96), (1, 2, 1, 300, 301, 128), (2100, 32, 32, 2, 2, 8)] {
+            let q = tensor(input(vec![batch * heads * head_dim], 1.0)).reshape([batch, heads, 1, head_dim]);
+            let cache = |t: Tensor<B, 1>| t.reshape([batch, kv_heads, capacity, head_dim]).narrow(2, 0, keys);
+            let k = cache(tensor(input(vec![batch * kv_heads * capacity * head_dim], 1.0)));
+            let v = cache(tensor(input(vec![batch * kv_heads * capacity * head_dim], 1.0)));
             let outputs = both(&|| {
                 let out = kernels::decode_attention(q.clone(), k.clone(), v.clone());
                 out.reshape([batch, heads, head_dim])
             });
-            compare(
-                format!(
-                    "decode_attention [{batch}, {heads}/{kv_heads} heads, {keys} keys, {head_dim}]"
-                ),
-                head_dim,
-                outputs,
-            );
+            compare(format!("decode_attention [{batch}, {heads}/{kv_heads} heads, {keys} keys, {head_dim}]"), head_dim, outputs);
         }
         // Decode attention through block tables (the engine's paged pool): Phi-3's heads over
         // rows of different lengths (the longest split over cubes on a GPU), grouped-query
         // heads with a one-key row. Each row's blocks are a scattered permutation of the pool.
-        for (heads, kv_heads, head_dim, block_size, lengths) in [
-            (32, 32, 96, 16, vec![1024, 700, 33]),
-            (4, 2, 64, 4, vec![9, 1]),
-        ] {
+        for (heads, kv_heads, head_dim, block_size, lengths) in [(32, 32, 96, 16, vec![1024, 700, 33]), (4, 2, 64, 4, vec![9, 1])] {
             let rows = lengths.len();
             let keys: usize = *lengths.iter().max().unwrap();
             let blocks = keys.div_ceil(block_size);
-            let pool_blocks = (rows * blocks + 1..)
-                .find(|n| (2..*n).all(|d| n % d != 0))
-                .unwrap(); // a prime
-            let tables: Vec<i64> = (0..rows * blocks)
-                .map(|i| ((i * 7 + 1) % pool_blocks) as i64)
-                .collect();
-            let block_tables =
-                Tensor::<B, 2, Int>::from_data(TensorData::new(tables, [rows, blocks]), device);
-            let row_lengths = Tensor::<B, 1, Int>::from_data(
-                TensorData::new(
-                    lengths.iter().map(|&n| n as i64).collect::<Vec<_>>(),
-                    [rows],
-                ),
-                device,
-            );
-            let q =
-                tensor(input(vec![rows * heads * head_dim], 1.0)).reshape([rows, heads, head_dim]);
+            let pool_blocks = (rows * blocks + 1..).find(|n| (2..*n).all(|d| n % d != 0)).unwrap(); // a prime
+            let tables: Vec<i64> = (0..rows * blocks).map(|i| ((i * 7 + 1) % pool_blocks) as i64).collect();
+            let block_tables = Tensor::<B, 2, Int>::from_data(TensorData::new(tables, [rows, blocks]), device);
+            let row_lengths = Tensor::<B, 1, Int>::from_data(TensorData::new(lengths.iter().map(|&n| n as i64).collect::<Vec<_>>(), [rows]), device);
+            let q = tensor(input(vec![rows * heads * head_dim], 1.0)).reshape([rows, heads, head_dim]);
             let pool = |t: Tensor<B, 1>| t.reshape([pool_blocks * block_size, kv_heads, head_dim]);
-            let k = pool(tensor(input(
-                vec![pool_blocks * block_size * kv_heads * head_dim],
-                1.0,
-            )));
-            let v = pool(tensor(input(
-                vec![pool_blocks * block_size * kv_heads * head_dim],
-                1.0,
-            )));
-            let outputs = both(&|| {
-                kernels::paged_decode_attention(
-                    q.clone(),
-                    &k,
-                    &v,
-                    &block_tables,
-                    &row_lengths,
-                    block_size,
-                    keys,
-                )
-            });
-            compare(
-                format!(
-                    "paged_decode_attention [{heads}/{kv_heads} heads of {head_dim}, blocks of {block_size}, lengths {lengths:?}]"
-                ),
-                head_dim,
-                outputs,
-            );
+            let k = pool(tensor(input(vec![pool_blocks * block_size * kv_heads * head_dim], 1.0)));
+            let v = pool(tensor(input(vec![pool_blocks * block_size * kv_heads * head_dim], 1.0)));
+            let outputs = both(&|| kernels::paged_decode_attention(q.clone(), &k, &v, &block_tables, &row_lengths, block_size, keys));
+            compare(format!("paged_decode_attention [{heads}/{kv_heads} heads of {head_dim}, blocks of {block_size}, lengths {lengths:?}]"), head_dim, outputs);
         }
         // Skinny products: 2 to 16 rows (decode steps of several sequences) against the
         // checkpoint-layout weight (`[d_out, d_in]` rows, used transposed as `Linear::load`
@@ -320,198 +189,96 @@ impl KernelJob {
         // fewer columns than one cube takes, and 8192 inputs (the most planes per cube); 1 row
         // takes whatever `linear` routes (`PHI3V_SKINNY_MIN_ROWS`), 17 rows Burn's `linear` on
         // both sides.
-        for (rows, d_in, d_out) in [
-            (10, 1536, 136),
-            (2, 300, 37),
-            (16, 1000, 64),
-            (3, 77, 20),
-            (5, 96, 3),
-            (1, 256, 16),
-            (17, 64, 24),
-            (4, 8192, 24),
-        ] {
+        for (rows, d_in, d_out) in [(10, 1536, 136), (2, 300, 37), (16, 1000, 64), (3, 77, 20), (5, 96, 3), (1, 256, 16), (17, 64, 24), (4, 8192, 24)] {
             let x = tensor(input(vec![rows * d_in], 1.0)).reshape([1, rows, d_in]);
-            let weight = tensor(input(vec![d_out * d_in], 0.05))
-                .reshape([d_out, d_in])
-                .transpose();
+            let weight = tensor(input(vec![d_out * d_in], 0.05)).reshape([d_out, d_in]).transpose();
             let outputs = both(&|| kernels::linear(x.clone(), &weight, None));
-            compare(
-                format!("linear [{rows}, {d_in}] · [{d_in}, {d_out}]"),
-                d_in,
-                outputs,
-            );
+            compare(format!("linear [{rows}, {d_in}] · [{d_in}, {d_out}]"), d_in, outputs);
         }
         // One row through the skinny kernel itself, whatever `linear` routes (`PHI3V_SKINNY_MIN_ROWS`);
         // 8192 inputs split over the most planes a cube has.
         for (d_in, d_out) in [(1536, 136), (300, 37), (8192, 40)] {
             let x = tensor(input(vec![d_in], 1.0)).reshape([1, d_in]);
-            let weight = tensor(input(vec![d_out * d_in], 0.05))
-                .reshape([d_out, d_in])
-                .transpose();
+            let weight = tensor(input(vec![d_out * d_in], 0.05)).reshape([d_out, d_in]).transpose();
             let outputs = both(&|| {
-                let out = B::skinny_linear(
-                    x.clone().into_primitive().tensor(),
-                    weight.clone().into_primitive().tensor(),
-                );
+                let out = B::skinny_linear(x.clone().into_primitive().tensor(), weight.clone().into_primitive().tensor());
                 Tensor::<B, 2>::from_primitive(TensorPrimitive::Float(out)).reshape([1, 1, d_out])
             });
-            compare(
-                format!("skinny_linear [1, {d_in}] · [{d_in}, {d_out}]"),
-                d_in,
-                outputs,
-            );
+            compare(format!("skinny_linear [1, {d_in}] · [{d_in}, {d_out}]"), d_in, outputs);
         }
         // The decoder layer's fused projections: the norm before `qkv_proj` / `gate_up_proj`
         // (with up · silu(gate) after the latter) and the residual add after `o_proj` /
         // `down_proj`, at 1, 3 (d_in split over planes), 10 and 16 rows (planes of their own
         // columns), widths off the vector width and a cube's columns; 17 rows compose.
-        for (rows, d_in, d_out) in [
-            (1, 1536, 136),
-            (3, 300, 38),
-            (10, 1000, 64),
-            (16, 96, 10),
-            (1, 8192, 40),
-            (17, 64, 24),
-        ] {
+        for (rows, d_in, d_out) in [(1, 1536, 136), (3, 300, 38), (10, 1000, 64), (16, 96, 10), (1, 8192, 40), (17, 64, 24)] {
             let x = tensor(input(vec![rows * d_in], 1.0)).reshape([1, rows, d_in]);
-            let weight = tensor(input(vec![d_out * d_in], 0.05))
-                .reshape([d_out, d_in])
-                .transpose();
+            let weight = tensor(input(vec![d_out * d_in], 0.05)).reshape([d_out, d_in]).transpose();
             let norm = tensor(input(vec![d_in], 1.0));
             let residual = tensor(input(vec![rows * d_out], 1.0)).reshape([1, rows, d_out]);
             let outputs = both(&|| kernels::norm_linear(x.clone(), &norm, 1e-5, &weight));
-            compare(
-                format!("norm_linear [{rows}, {d_in}] · [{d_in}, {d_out}]"),
-                d_in,
-                outputs,
-            );
+            compare(format!("norm_linear [{rows}, {d_in}] · [{d_in}, {d_out}]"), d_in, outputs);
             let outputs = both(&|| kernels::norm_linear_silu_mul(x.clone(), &norm, 1e-5, &weight));
-            compare(
-                format!("norm_linear_silu_mul [{rows}, {d_in}] · [{d_in}, {d_out}]"),
-                d_in,
-                outputs,
-            );
+            compare(format!("norm_linear_silu_mul [{rows}, {d_in}] · [{d_in}, {d_out}]"), d_in, outputs);
             let outputs = both(&|| kernels::linear_add(x.clone(), &weight, residual.clone()));
-            compare(
-                format!("linear_add [{rows}, {d_in}] · [{d_in}, {d_out}]"),
-                d_in,
-                outputs,
-            );
+            compare(format!("linear_add [{rows}, {d_in}] · [{d_in}, {d_out}]"), d_in, outputs);
         }
         // Flash attention (prefill, the vision tower): causal over as many keys as queries
         // (Phi-3's 96-dim heads, more rows than one 64-row block), causal after cached keys
         // (aligned bottom-right), not causal (CLIP's 64-dim heads), grouped-query heads, and
         // 128-dim heads. The composed side gets the causal mask explicitly (backends disagree on
         // where a causal flag aligns when keys outnumber queries).
-        for (batch, heads, kv_heads, queries, keys, head_dim, causal) in [
-            (1, 4, 4, 70, 70, 96, true),
-            (2, 3, 3, 20, 50, 64, true),
-            (2, 2, 2, 33, 33, 64, false),
-            (1, 4, 2, 17, 40, 32, false),
-            (1, 2, 1, 130, 130, 128, true),
-        ] {
-            let q = tensor(input(vec![batch * heads * queries * head_dim], 2.0))
-                .reshape([batch, heads, queries, head_dim]);
-            let k = tensor(input(vec![batch * kv_heads * keys * head_dim], 2.0))
-                .reshape([batch, kv_heads, keys, head_dim]);
-            let v = tensor(input(vec![batch * kv_heads * keys * head_dim], 1.0))
-                .reshape([batch, kv_heads, keys, head_dim]);
-            let mask =
-                Tensor::<B, 2, Bool>::tril_mask([queries, keys], (keys - queries) as i64, device)
-                    .unsqueeze::<4>()
-                    .expand([batch, heads, queries, keys]);
+        for (batch, heads, kv_heads, queries, keys, head_dim, causal) in
+            [(1, 4, 4, 70, 70, 96, true), (2, 3, 3, 20, 50, 64, true), (2, 2, 2, 33, 33, 64, false), (1, 4, 2, 17, 40, 32, false), (1, 2, 1, 130, 130, 128, true)]
+        {
+            let q = tensor(input(vec![batch * heads * queries * head_dim], 2.0)).reshape([batch, heads, queries, head_dim]);
+            let k = tensor(input(vec![batch * kv_heads * keys * head_dim], 2.0)).reshape([batch, kv_heads, keys, head_dim]);
+            let v = tensor(input(vec![batch * kv_heads * keys * head_dim], 1.0)).reshape([batch, kv_heads, keys, head_dim]);
+            let mask = Tensor::<B, 2, Bool>::tril_mask([queries, keys], (keys - queries) as i64, device)
+                .unsqueeze::<4>()
+                .expand([batch, heads, queries, keys]);
             let outputs = both(&|| {
                 let out = if kernels::fused_kernels() {
                     kernels::attention(q.clone(), k.clone(), v.clone(), None, causal)
                 } else {
-                    kernels::attention(
-                        q.clone(),
-                        k.clone(),
-                        v.clone(),
-                        causal.then(|| mask.clone()),
-                        false,
-                    )
+                    kernels::attention(q.clone(), k.clone(), v.clone(), causal.then(|| mask.clone()), false)
                 };
                 out.reshape([1, batch * heads * queries, head_dim])
             });
             let how = if causal { "causal" } else { "full" };
-            compare(
-                format!(
-                    "flash_attention [{batch}, {heads}/{kv_heads} heads, {queries} queries, {keys} keys, {head_dim}] {how}"
-                ),
-                keys,
-                outputs,
-            );
+            compare(format!("flash_attention [{batch}, {heads}/{kv_heads} heads, {queries} queries, {keys} keys, {head_dim}] {how}"), keys, outputs);
         }
 
         // The skinny kernel's other shapes (`SkinnyTuning`: weight rows per cube, loads per lane
         // that set the planes, loads in flight), at 1 and 3 rows (planes split d_in, with a
         // remainder after the deep loads) and 10 (planes of their own columns).
         let default_tuning = kernels::skinny_tuning();
-        for (columns, lane_vectors, depth) in
-            [(2, 4, 1), (8, 4, 1), (4, 1, 2), (4, 16, 4), (8, 2, 4)]
-        {
-            let tuning = kernels::SkinnyTuning {
-                columns,
-                lane_vectors,
-                depth,
-            };
+        for (columns, lane_vectors, depth) in [(2, 4, 1), (8, 4, 1), (4, 1, 2), (4, 16, 4), (8, 2, 4)] {
+            let tuning = kernels::SkinnyTuning { columns, lane_vectors, depth };
             assert!(kernels::set_skinny_tuning(tuning), "{tuning:?}");
             for (rows, d_in, d_out) in [(1, 2000, 40), (3, 8192, 22), (10, 1000, 36)] {
                 let x = tensor(input(vec![rows * d_in], 1.0)).reshape([1, rows, d_in]);
-                let weight = tensor(input(vec![d_out * d_in], 0.05))
-                    .reshape([d_out, d_in])
-                    .transpose();
+                let weight = tensor(input(vec![d_out * d_in], 0.05)).reshape([d_out, d_in]).transpose();
                 let norm = tensor(input(vec![d_in], 1.0));
                 let residual = tensor(input(vec![rows * d_out], 1.0)).reshape([1, rows, d_out]);
                 let what = format!("[{rows}, {d_in}] · [{d_in}, {d_out}] at {tuning:?}");
-                let outputs =
-                    both(&|| kernels::norm_linear_silu_mul(x.clone(), &norm, 1e-5, &weight));
+                let outputs = both(&|| kernels::norm_linear_silu_mul(x.clone(), &norm, 1e-5, &weight));
                 compare(format!("norm_linear_silu_mul {what}"), d_in, outputs);
                 let outputs = both(&|| kernels::linear_add(x.clone(), &weight, residual.clone()));
                 compare(format!("linear_add {what}"), d_in, outputs);
             }
         }
         assert!(kernels::set_skinny_tuning(default_tuning));
-        assert!(
-            !kernels::set_skinny_tuning(kernels::SkinnyTuning {
-                columns: 3,
-                lane_vectors: 4,
-                depth: 1
-            }),
-            "odd columns"
-        );
-        assert!(
-            !kernels::set_skinny_tuning(kernels::SkinnyTuning {
-                columns: 4,
-                lane_vectors: 4,
-                depth: 3
-            }),
-            "depth 3"
-        );
-        assert_eq!(
-            kernels::skinny_tuning(),
-            default_tuning,
-            "an invalid tuning changed nothing"
-        );
-        assert_eq!(
-            kernels::SkinnyTuning::parse("8, 2,4"),
-            Some(kernels::SkinnyTuning {
-                columns: 8,
-                lane_vectors: 2,
-                depth: 4
-            })
-        );
+        assert!(!kernels::set_skinny_tuning(kernels::SkinnyTuning { columns: 3, lane_vectors: 4, depth: 1 }), "odd columns");
+        assert!(!kernels::set_skinny_tuning(kernels::SkinnyTuning { columns: 4, lane_vectors: 4, depth: 3 }), "depth 3");
+        assert_eq!(kernels::skinny_tuning(), default_tuning, "an invalid tuning changed nothing");
+        assert_eq!(kernels::SkinnyTuning::parse("8, 2,4"), Some(kernels::SkinnyTuning { columns: 8, lane_vectors: 2, depth: 4 }));
         assert_eq!(kernels::SkinnyTuning::parse("4,4"), None);
 
         // Inputs must be random, never constant: a kernel reading the wrong element of a constant
         // tensor would pass.
         let x = tensor(input(vec![64], 1.0));
         let values: Vec<f32> = x.into_data().convert::<f32>().into_vec().unwrap();
-        assert!(
-            values.iter().any(|v| (v - values[0]).abs() > 1e-3),
-            "inputs are not random"
-        );
+        assert!(values.iter().any(|v| (v - values[0]).abs() > 1e-3), "inputs are not random");
         checks
     }
 }
@@ -532,36 +299,13 @@ fn kernels_equal_their_composed_fallbacks_on_every_target() {
     let seed = clock_seed();
     let mut failed = Vec::new();
     for (spec, dtype) in test_targets() {
-        let witness = burn_phi3v::device::with_device_dtype(
-            "cpu",
-            Some(DType::F32),
-            KernelJob {
-                seed,
-                inputs: dtype,
-            },
-        )
-        .unwrap();
-        let outputs = burn_phi3v::device::with_device_dtype(
-            &spec,
-            Some(dtype),
-            KernelJob {
-                seed,
-                inputs: dtype,
-            },
-        )
-        .unwrap_or_else(|e| panic!("{spec}: {e}"));
-        assert!(
-            outputs.len() >= 30 && outputs.len() == witness.len(),
-            "{spec}: the kernel list ran short"
-        );
+        let witness = burn_phi3v::device::with_device_dtype("cpu", Some(DType::F32), KernelJob { seed, inputs: dtype }).unwrap();
+        let outputs = burn_phi3v::device::with_device_dtype(&spec, Some(dtype), KernelJob { seed, inputs: dtype }).unwrap_or_else(|e| panic!("{spec}: {e}"));
+        assert!(outputs.len() >= 30 && outputs.len() == witness.len(), "{spec}: the kernel list ran short");
         let tolerance = OpTolerance::for_dtype(dtype);
         for (o, w) in outputs.iter().zip(&witness) {
             let bound = tolerance.bound(o.accumulated);
-            let (vs_composed, vs_cpu, composed_vs_cpu) = (
-                rel_err(&o.composed, &o.fused),
-                rel_err(&w.composed, &o.fused),
-                rel_err(&w.composed, &o.composed),
-            );
+            let (vs_composed, vs_cpu, composed_vs_cpu) = (rel_err(&o.composed, &o.fused), rel_err(&w.composed, &o.fused), rel_err(&w.composed, &o.composed));
             let repeat = rel_err(&o.fused, &o.fused_again);
             let pass = vs_composed <= bound && vs_cpu <= bound && repeat == 0.0;
             eprintln!(

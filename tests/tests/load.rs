@@ -18,8 +18,8 @@ use burn::backend::Flex;
 use burn::tensor::DType;
 use burn_phi3v::image_processor::load_image;
 use burn_phi3v::{
-    Engine, EngineConfig, FinishReason, GenerationParams, LoadedModel, Phi3VProcessor, Phi3vError,
-    ProcessedPrompt, RequestEvent, SamplingParams, generate,
+    Engine, EngineConfig, FinishReason, GenerationParams, LoadedModel, Phi3VProcessor, Phi3vError, ProcessedPrompt, RequestEvent,
+    SamplingParams, generate,
 };
 use phi3v_tests::rng::Rng;
 use phi3v_tests::{fixtures_dir, model_dir};
@@ -46,50 +46,22 @@ struct Outcome {
 }
 
 const WORDS: &[&str] = &[
-    "cat",
-    "the",
-    "sea",
-    "image",
-    "describe",
-    "why",
-    "blue",
-    "42",
-    "über",
-    "名前",
-    "<|end|>",
-    "quickly",
-    "a",
-    "of",
-    "stars",
-    "\n",
-    "<|image_9|>",
-    "emoji 🙂",
-    "   ",
-    "matrix",
+    "cat", "the", "sea", "image", "describe", "why", "blue", "42", "über", "名前", "<|end|>", "quickly", "a", "of", "stars", "\n",
+    "<|image_9|>", "emoji 🙂", "   ", "matrix",
 ];
 
 fn random_text(rng: &mut Rng) -> String {
     let n = 1 + rng.below(24) as usize;
-    (0..n)
-        .map(|_| WORDS[rng.below(WORDS.len() as u64) as usize])
-        .collect::<Vec<_>>()
-        .join(" ")
+    (0..n).map(|_| WORDS[rng.below(WORDS.len() as u64) as usize]).collect::<Vec<_>>().join(" ")
 }
 
 fn random_params(rng: &mut Rng, stop: &[u32]) -> GenerationParams {
     let max_new_tokens = 1 + rng.below(16) as usize;
-    let mut params = GenerationParams {
-        max_new_tokens,
-        ..Default::default()
-    };
+    let mut params = GenerationParams { max_new_tokens, ..Default::default() };
     match rng.below(4) {
         0 => {} // greedy
         1 => {
-            params.sampling = SamplingParams {
-                temperature: 0.3 + 1.2 * rng.unit(),
-                seed: rng.below(1 << 32),
-                ..Default::default()
-            };
+            params.sampling = SamplingParams { temperature: 0.3 + 1.2 * rng.unit(), seed: rng.below(1 << 32), ..Default::default() };
         }
         2 => {
             params.sampling = SamplingParams {
@@ -114,9 +86,7 @@ fn plans(m: &LoadedModel<Cpu>, n: usize, capacity: usize, rng: &mut Rng) -> Vec<
     let processor = m.processor.clone().with_num_crops(1);
     let images: Vec<_> = ["tiny_rgba.png", "panorama.png", "chelsea.png"]
         .iter()
-        .map(|f| {
-            load_image(&fixtures_dir().join("images").join(f), u64::MAX).expect("fixture image")
-        })
+        .map(|f| load_image(&fixtures_dir().join("images").join(f), u64::MAX).expect("fixture image"))
         .collect();
     let stop = m.stop_token_ids();
     (0..n)
@@ -133,15 +103,9 @@ fn plans(m: &LoadedModel<Cpu>, n: usize, capacity: usize, rng: &mut Rng) -> Vec<
             } else {
                 Vec::new()
             };
-            let user = burn_phi3v::with_image_tags(
-                &text.replace("<|image_9|>", "image nine"),
-                chosen.len(),
-            );
+            let user = burn_phi3v::with_image_tags(&text.replace("<|image_9|>", "image nine"), chosen.len());
             let prompt = processor
-                .process(
-                    &format!("<|user|>\n{user}<|end|>\n<|assistant|>\n"),
-                    &chosen,
-                )
+                .process(&format!("<|user|>\n{user}<|end|>\n<|assistant|>\n"), &chosen)
                 .expect("prompt");
             let mut params = random_params(rng, &stop);
             let refused = rng.below(50) == 0;
@@ -149,12 +113,7 @@ fn plans(m: &LoadedModel<Cpu>, n: usize, capacity: usize, rng: &mut Rng) -> Vec<
                 params.max_new_tokens = capacity; // prompt + max_new_tokens > the pool
             }
             let cancel_after = (rng.below(6) == 0).then(|| rng.below(4) as usize);
-            Plan {
-                prompt,
-                params,
-                cancel_after,
-                refused,
-            }
+            Plan { prompt, params, cancel_after, refused }
         })
         .collect()
 }
@@ -177,14 +136,8 @@ fn client_thread(client: burn_phi3v::EngineClient, plans: &[(usize, Plan)]) -> V
                 }
                 handles.push((*index, plan, h));
             }
-            Err(Phi3vError::PoolTooSmall {
-                requested,
-                capacity,
-            }) => {
-                assert!(
-                    plan.refused,
-                    "request {index} refused: {requested} > {capacity}"
-                );
+            Err(Phi3vError::PoolTooSmall { requested, capacity }) => {
+                assert!(plan.refused, "request {index} refused: {requested} > {capacity}");
             }
             Err(e) => panic!("request {index}: {e}"),
         }
@@ -194,10 +147,7 @@ fn client_thread(client: burn_phi3v::EngineClient, plans: &[(usize, Plan)]) -> V
         .map(|(index, plan, h)| {
             let mut streamed_tokens = 0;
             loop {
-                match h
-                    .recv()
-                    .unwrap_or_else(|| panic!("request {index}: stream ended without an output"))
-                {
+                match h.recv().unwrap_or_else(|| panic!("request {index}: stream ended without an output")) {
                     RequestEvent::Token { .. } => {
                         streamed_tokens += 1;
                         if plan.cancel_after == Some(streamed_tokens) {
@@ -206,12 +156,7 @@ fn client_thread(client: burn_phi3v::EngineClient, plans: &[(usize, Plan)]) -> V
                     }
                     RequestEvent::Finished(out) => {
                         let out = out.unwrap_or_else(|e| panic!("request {index}: {e}"));
-                        return Outcome {
-                            index,
-                            tokens: out.token_ids,
-                            reason: out.finish_reason,
-                            streamed_tokens,
-                        };
+                        return Outcome { index, tokens: out.token_ids, reason: out.finish_reason, streamed_tokens };
                     }
                 }
             }
@@ -223,34 +168,17 @@ fn client_thread(client: burn_phi3v::EngineClient, plans: &[(usize, Plan)]) -> V
 fn engine_under_load_with_cancellations_matches_solo_runs() {
     let full = std::env::var("PHI3V_LOAD_FULL").is_ok_and(|v| v == "1");
     let (n, threads) = if full { (1000, 8) } else { (150, 4) };
-    let m = LoadedModel::<Cpu>::load(
-        &model_dir("phi3v-tiny"),
-        &Default::default(),
-        DType::F32,
-        None,
-    )
-    .expect("tiny checkpoint");
+    let m = LoadedModel::<Cpu>::load(&model_dir("phi3v-tiny"), &Default::default(), DType::F32, None).expect("tiny checkpoint");
     // 48 blocks of 16 = 768 tokens: two image requests and a few text ones at a time, so the
     // scheduler queues and preempts.
-    let config = EngineConfig {
-        block_size: 16,
-        num_blocks: 48,
-        max_batched_tokens: 256,
-        max_running: 12,
-        prefix_caching: true,
-    };
+    let config = EngineConfig { block_size: 16, num_blocks: 48, max_batched_tokens: 256, max_running: 12, prefix_caching: true };
     let capacity = config.capacity_tokens();
     let mut rng = Rng(0x5eed_1234_abcd_0011);
     let plans = plans(&m, n, capacity, &mut rng);
     let rss_before = rss_kib();
     let start = Instant::now();
 
-    let engine = Engine::new(
-        m.model.clone(),
-        Phi3VProcessor::from_dir(&m.dir).expect("processor"),
-        config.clone(),
-    )
-    .expect("engine");
+    let engine = Engine::new(m.model.clone(), Phi3VProcessor::from_dir(&m.dir).expect("processor"), config.clone()).expect("engine");
     let running = engine.spawn();
     let done = AtomicBool::new(false);
     let indexed: Vec<(usize, Plan)> = plans.iter().cloned().enumerate().collect();
@@ -260,10 +188,7 @@ fn engine_under_load_with_cancellations_matches_solo_runs() {
             let mut peak = 0;
             while !done.load(Ordering::Relaxed) {
                 let stats = running.stats();
-                assert!(
-                    stats.used_blocks <= config.num_blocks,
-                    "pool over capacity: {stats:?}"
-                );
+                assert!(stats.used_blocks <= config.num_blocks, "pool over capacity: {stats:?}");
                 peak = peak.max(stats.used_blocks);
                 thread::sleep(Duration::from_millis(5));
             }
@@ -276,10 +201,7 @@ fn engine_under_load_with_cancellations_matches_solo_runs() {
                 s.spawn(move || client_thread(client, chunk))
             })
             .collect();
-        let outcomes: Vec<Outcome> = workers
-            .into_iter()
-            .flat_map(|w| w.join().expect("client thread"))
-            .collect();
+        let outcomes: Vec<Outcome> = workers.into_iter().flat_map(|w| w.join().expect("client thread")).collect();
         done.store(true, Ordering::Relaxed);
         (outcomes, monitor.join().expect("monitor"))
     });
@@ -292,53 +214,22 @@ fn engine_under_load_with_cancellations_matches_solo_runs() {
     assert_eq!(outcomes.len(), n - refused);
     assert_eq!(stats.used_blocks, 0, "blocks leaked: {stats:?}");
     assert!(stats.peak_used_blocks <= config.num_blocks && peak_seen <= config.num_blocks);
-    assert_eq!(
-        stats.finished + stats.cancelled,
-        outcomes.len() as u64,
-        "{stats:?}"
-    );
+    assert_eq!(stats.finished + stats.cancelled, outcomes.len() as u64, "{stats:?}");
 
     let mut cancelled = 0;
     for o in &outcomes {
         let plan = &plans[o.index];
-        assert_eq!(
-            o.streamed_tokens,
-            o.tokens.len(),
-            "request {}: streamed and final tokens differ",
-            o.index
-        );
-        let alone = generate(
-            &m.model,
-            &m.processor,
-            &[&plan.prompt],
-            std::slice::from_ref(&plan.params),
-            |_| {},
-        )
-        .expect("solo run")
-        .remove(0)
-        .token_ids;
+        assert_eq!(o.streamed_tokens, o.tokens.len(), "request {}: streamed and final tokens differ", o.index);
+        let alone = generate(&m.model, &m.processor, &[&plan.prompt], std::slice::from_ref(&plan.params), |_| {})
+            .expect("solo run")
+            .remove(0)
+            .token_ids;
         if o.reason == FinishReason::Cancelled {
-            assert!(
-                plan.cancel_after.is_some(),
-                "request {} cancelled without being asked",
-                o.index
-            );
-            assert!(
-                alone.starts_with(&o.tokens),
-                "request {}: cancelled run {:?} is not a prefix of {alone:?}",
-                o.index,
-                o.tokens
-            );
+            assert!(plan.cancel_after.is_some(), "request {} cancelled without being asked", o.index);
+            assert!(alone.starts_with(&o.tokens), "request {}: cancelled run {:?} is not a prefix of {alone:?}", o.index, o.tokens);
             cancelled += 1;
         } else {
-            assert_eq!(
-                o.tokens,
-                alone,
-                "request {} ({} prompt tokens, {:?})",
-                o.index,
-                plan.prompt.input_ids.len(),
-                plan.params.sampling
-            );
+            assert_eq!(o.tokens, alone, "request {} ({} prompt tokens, {:?})", o.index, plan.prompt.input_ids.len(), plan.params.sampling);
         }
     }
     assert!(cancelled > 0, "no request was cancelled mid-way");
@@ -354,9 +245,6 @@ fn engine_under_load_with_cancellations_matches_solo_runs() {
     if let (Some(before), Some(after)) = (rss_before, rss_after) {
         // The pool is allocated once; serving must not grow the process by more than the
         // engine's working set (generous: 1 GiB).
-        assert!(
-            after.saturating_sub(before) < 1 << 20,
-            "RSS grew from {before} to {after} KiB"
-        );
+        assert!(after.saturating_sub(before) < 1 << 20, "RSS grew from {before} to {after} KiB");
     }
 }

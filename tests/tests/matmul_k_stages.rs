@@ -36,10 +36,7 @@ use phi3v_tests::devices::test_targets;
 /// depth a kernel may use, 4 to 64: the failing shapes and their controls), the attention's
 /// key counts that failed on the H100 (776, 792), and lengths no stage divides.
 fn ks() -> Vec<usize> {
-    (1..=40)
-        .map(|i| 4 * i)
-        .chain([104, 776, 792, 1000, 1024, 33])
-        .collect()
+    (1..=40).map(|i| 4 * i).chain([104, 776, 792, 1000, 1024, 33]).collect()
 }
 
 const M: usize = 40;
@@ -51,67 +48,17 @@ fn strategies() -> Vec<(&'static str, bool, Strategy)> {
     let unit = |t| DoubleUnitSelectionArgs { tile_size: t };
     let simple_unit = |t| SimpleUnitSelectionArgs { tile_size: t };
     vec![
-        (
-            "double_unit_min",
-            true,
-            Strategy::DoubleUnit(BlueprintStrategy::Inferred(unit(
-                TileSizeSelection::MinTileSize,
-            ))),
-        ),
-        (
-            "double_unit_max",
-            true,
-            Strategy::DoubleUnit(BlueprintStrategy::Inferred(unit(
-                TileSizeSelection::MaxTileSize,
-            ))),
-        ),
-        (
-            "double_cyclic_cmma",
-            true,
-            Strategy::DoubleCyclicCmma(BlueprintStrategy::Inferred(Default::default())),
-        ),
-        (
-            "double_cyclic_mma",
-            true,
-            Strategy::DoubleCyclicMma(BlueprintStrategy::Inferred(Default::default())),
-        ),
-        (
-            "double_tilewise_cmma",
-            true,
-            Strategy::DoubleTilewiseCmma(BlueprintStrategy::Inferred(Default::default())),
-        ),
-        (
-            "double_hybrid_cmma",
-            true,
-            Strategy::DoubleHybridCmma(BlueprintStrategy::Inferred(Default::default())),
-        ),
-        (
-            "ordered_double_cmma",
-            true,
-            Strategy::OrderedDoubleCmma(BlueprintStrategy::Inferred(Default::default())),
-        ),
-        (
-            "ordered_double_mma",
-            true,
-            Strategy::OrderedDoubleMma(BlueprintStrategy::Inferred(Default::default())),
-        ),
-        (
-            "specialized_cyclic_cmma",
-            true,
-            Strategy::SpecializedCyclicCmma(BlueprintStrategy::Inferred(Default::default())),
-        ),
-        (
-            "simple_unit_min",
-            false,
-            Strategy::SimpleUnit(BlueprintStrategy::Inferred(simple_unit(
-                TileSizeSelection::MinTileSize,
-            ))),
-        ),
-        (
-            "simple_cyclic_cmma",
-            false,
-            Strategy::SimpleCyclicCmma(BlueprintStrategy::Inferred(Default::default())),
-        ),
+        ("double_unit_min", true, Strategy::DoubleUnit(BlueprintStrategy::Inferred(unit(TileSizeSelection::MinTileSize)))),
+        ("double_unit_max", true, Strategy::DoubleUnit(BlueprintStrategy::Inferred(unit(TileSizeSelection::MaxTileSize)))),
+        ("double_cyclic_cmma", true, Strategy::DoubleCyclicCmma(BlueprintStrategy::Inferred(Default::default()))),
+        ("double_cyclic_mma", true, Strategy::DoubleCyclicMma(BlueprintStrategy::Inferred(Default::default()))),
+        ("double_tilewise_cmma", true, Strategy::DoubleTilewiseCmma(BlueprintStrategy::Inferred(Default::default()))),
+        ("double_hybrid_cmma", true, Strategy::DoubleHybridCmma(BlueprintStrategy::Inferred(Default::default()))),
+        ("ordered_double_cmma", true, Strategy::OrderedDoubleCmma(BlueprintStrategy::Inferred(Default::default()))),
+        ("ordered_double_mma", true, Strategy::OrderedDoubleMma(BlueprintStrategy::Inferred(Default::default()))),
+        ("specialized_cyclic_cmma", true, Strategy::SpecializedCyclicCmma(BlueprintStrategy::Inferred(Default::default()))),
+        ("simple_unit_min", false, Strategy::SimpleUnit(BlueprintStrategy::Inferred(simple_unit(TileSizeSelection::MinTileSize)))),
+        ("simple_cyclic_cmma", false, Strategy::SimpleCyclicCmma(BlueprintStrategy::Inferred(Default::default()))),
     ]
 }
 
@@ -121,9 +68,7 @@ fn values(n: usize, seed: f32) -> Vec<f32> {
 
 /// Quarter steps in [-1, 1]: exact in bf16, so bf16 products and their f32 sums are exact.
 fn grid_values(n: usize, seed: usize) -> Vec<f32> {
-    (0..n)
-        .map(|i| ((i * 5 + seed) % 9) as f32 * 0.25 - 1.0)
-        .collect()
+    (0..n).map(|i| ((i * 5 + seed) % 9) as f32 * 0.25 - 1.0).collect()
 }
 
 /// How a dtype's run is checked: its operands and the error it may show at one output.
@@ -178,47 +123,23 @@ fn launch_and_check<R: CubeRuntime, E: FloatElement>(
 ) -> Result<f32, String> {
     type B<R, E> = CubeBackend<R, E, i32, u8>;
     // Logical operands, row-major: a [m, k], b [k, n] (the first k of rhs_rows rows).
-    let at = |i: usize, p: usize| {
-        if lhs_transposed {
-            a[p * m + i]
-        } else {
-            a[i * k + p]
-        }
-    };
-    let bt = |p: usize, j: usize| {
-        if rhs_transposed {
-            b[j * rhs_rows + p]
-        } else {
-            b[p * n + j]
-        }
-    };
+    let at = |i: usize, p: usize| if lhs_transposed { a[p * m + i] } else { a[i * k + p] };
+    let bt = |p: usize, j: usize| if rhs_transposed { b[j * rhs_rows + p] } else { b[p * n + j] };
     let expected: Vec<f32> = (0..m * n)
-        .map(|ij| {
-            (0..k)
-                .map(|p| f64::from(at(ij / n, p)) * f64::from(bt(p, ij % n)))
-                .sum::<f64>() as f32
-        })
+        .map(|ij| (0..k).map(|p| f64::from(at(ij / n, p)) * f64::from(bt(p, ij % n))).sum::<f64>() as f32)
         .collect();
     let lhs = if lhs_transposed {
-        Tensor::<B<R, E>, 2>::from_data(TensorData::new(a, [k, m]).convert::<E>(), device)
-            .transpose()
+        Tensor::<B<R, E>, 2>::from_data(TensorData::new(a, [k, m]).convert::<E>(), device).transpose()
     } else {
         Tensor::<B<R, E>, 2>::from_data(TensorData::new(a, [m, k]).convert::<E>(), device)
     };
     let rhs = if rhs_transposed {
-        Tensor::<B<R, E>, 2>::from_data(TensorData::new(b, [n, rhs_rows]).convert::<E>(), device)
-            .slice([0..n, 0..k])
-            .transpose()
+        Tensor::<B<R, E>, 2>::from_data(TensorData::new(b, [n, rhs_rows]).convert::<E>(), device).slice([0..n, 0..k]).transpose()
     } else {
-        Tensor::<B<R, E>, 2>::from_data(TensorData::new(b, [rhs_rows, n]).convert::<E>(), device)
-            .slice([0..k, 0..n])
+        Tensor::<B<R, E>, 2>::from_data(TensorData::new(b, [rhs_rows, n]).convert::<E>(), device).slice([0..k, 0..n])
     };
     let output = Tensor::<B<R, E>, 2>::zeros([m, n], device);
-    let (lhs, rhs, output) = (
-        lhs.into_primitive().tensor(),
-        rhs.into_primitive().tensor(),
-        output.into_primitive().tensor(),
-    );
+    let (lhs, rhs, output) = (lhs.into_primitive().tensor(), rhs.into_primitive().tensor(), output.into_primitive().tensor());
     let client = output.client.clone();
     let mut dtypes = MatmulElems::from_globals(&MatmulGlobalElems {
         lhs: lhs.dtype.into(),
@@ -235,28 +156,17 @@ fn launch_and_check<R: CubeRuntime, E: FloatElement>(
         &mut dtypes,
     )
     .map_err(|e| format!("{e:?}").chars().take(120).collect::<String>())?;
-    let got = Tensor::<B<R, E>, 2>::from_primitive(TensorPrimitive::Float(output))
-        .into_data()
-        .convert::<f32>()
-        .to_vec::<f32>()
-        .unwrap();
+    let got = Tensor::<B<R, E>, 2>::from_primitive(TensorPrimitive::Float(output)).into_data().convert::<f32>().to_vec::<f32>().unwrap();
     Ok(got
         .iter()
         .zip(&expected)
         .map(|(g, e)| (g - e).abs() / precision.allowed(k, *e))
-        .fold(
-            0.0f32,
-            |m, d| if d.is_nan() { f32::INFINITY } else { m.max(d) },
-        ))
+        .fold(0.0f32, |m, d| if d.is_nan() { f32::INFINITY } else { m.max(d) }))
 }
 
 /// A set of kernel launches run on one device of runtime `R` in float type `E`.
 trait Probe {
-    fn run<R: CubeRuntime, E: FloatElement>(
-        &self,
-        device: &R::Device,
-        precision: Precision,
-    ) -> Vec<Outcome>;
+    fn run<R: CubeRuntime, E: FloatElement>(&self, device: &R::Device, precision: Precision) -> Vec<Outcome>;
 }
 
 /// Every tiled strategy at every `k`; the rhs is the first `k` rows of a tensor whose other rows
@@ -264,34 +174,15 @@ trait Probe {
 struct TiledAtEveryK;
 
 impl Probe for TiledAtEveryK {
-    fn run<R: CubeRuntime, E: FloatElement>(
-        &self,
-        device: &R::Device,
-        precision: Precision,
-    ) -> Vec<Outcome> {
+    fn run<R: CubeRuntime, E: FloatElement>(&self, device: &R::Device, precision: Precision) -> Vec<Outcome> {
         let mut out = Vec::new();
         for (strategy_name, double_buffered, strategy) in strategies() {
             for k in ks() {
                 let a = precision.operands(M * k, 0);
                 let mut b_big = precision.operands((k + 64) * N, 1);
                 b_big[k * N..].iter_mut().for_each(|v| *v = 1000.0);
-                let result = launch_and_check::<R, E>(
-                    device,
-                    precision,
-                    &strategy,
-                    (M, k, N),
-                    a,
-                    false,
-                    b_big,
-                    k + 64,
-                    false,
-                );
-                out.push(Outcome {
-                    strategy: strategy_name.to_string(),
-                    double_buffered,
-                    k,
-                    result,
-                });
+                let result = launch_and_check::<R, E>(device, precision, &strategy, (M, k, N), a, false, b_big, k + 64, false);
+                out.push(Outcome { strategy: strategy_name.to_string(), double_buffered, k, result });
             }
         }
         out
@@ -309,20 +200,10 @@ impl Probe for TiledAtEveryK {
 struct GemvEveryLayout;
 
 impl Probe for GemvEveryLayout {
-    fn run<R: CubeRuntime, E: FloatElement>(
-        &self,
-        device: &R::Device,
-        precision: Precision,
-    ) -> Vec<Outcome> {
+    fn run<R: CubeRuntime, E: FloatElement>(&self, device: &R::Device, precision: Precision) -> Vec<Outcome> {
         let families = [
-            (
-                "gemv_plane_parallel",
-                Strategy::GemvPlaneParallel(BlueprintStrategy::Inferred(Default::default())),
-            ),
-            (
-                "gemv_unit_perpendicular",
-                Strategy::GemvUnitPerpendicular(BlueprintStrategy::Inferred(Default::default())),
-            ),
+            ("gemv_plane_parallel", Strategy::GemvPlaneParallel(BlueprintStrategy::Inferred(Default::default()))),
+            ("gemv_unit_perpendicular", Strategy::GemvUnitPerpendicular(BlueprintStrategy::Inferred(Default::default()))),
         ];
         // (m, k, n, lhs transposed, rhs transposed)
         let problems = [
@@ -340,29 +221,10 @@ impl Probe for GemvEveryLayout {
             for (m, k, n, lt, rt) in problems {
                 let a = precision.operands(m * k, 0);
                 let b = precision.operands(k * n, 1);
-                let result = launch_and_check::<R, E>(
-                    device,
-                    precision,
-                    strategy,
-                    (m, k, n),
-                    a,
-                    lt,
-                    b,
-                    k,
-                    rt,
-                );
+                let result = launch_and_check::<R, E>(device, precision, strategy, (m, k, n), a, lt, b, k, rt);
                 let layout = |t: bool| if t { "col-major" } else { "row-major" };
-                let name = format!(
-                    "{family} [{m}, {k}]·[{k}, {n}] lhs {} rhs {}",
-                    layout(lt),
-                    layout(rt)
-                );
-                out.push(Outcome {
-                    strategy: name,
-                    double_buffered: false,
-                    k,
-                    result,
-                });
+                let name = format!("{family} [{m}, {k}]·[{k}, {n}] lhs {} rhs {}", layout(lt), layout(rt));
+                out.push(Outcome { strategy: name, double_buffered: false, k, result });
             }
         }
         out
@@ -378,16 +240,9 @@ fn on_gpu_targets(probe: &impl Probe) -> Vec<(String, DType, Vec<Outcome>)> {
         let outcomes = match spec.split(':').next() {
             #[cfg(feature = "wgpu")]
             Some("wgpu" | "vulkan") => {
-                let index: usize = spec
-                    .split(':')
-                    .nth(1)
-                    .and_then(|s| s.parse().ok())
-                    .unwrap_or(0);
+                let index: usize = spec.split(':').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
                 let adapters = burn_phi3v::backends::wgpu::adapters();
-                let device = adapters
-                    .get(index)
-                    .map(|a| a.device.clone())
-                    .unwrap_or_default();
+                let device = adapters.get(index).map(|a| a.device.clone()).unwrap_or_default();
                 if bf16 {
                     eprintln!("{spec}: no bf16 on wgpu; skipped");
                     continue;
@@ -396,20 +251,12 @@ fn on_gpu_targets(probe: &impl Probe) -> Vec<(String, DType, Vec<Outcome>)> {
             }
             #[cfg(feature = "cuda")]
             Some("cuda") => {
-                let index: usize = spec
-                    .split(':')
-                    .nth(1)
-                    .and_then(|s| s.parse().ok())
-                    .unwrap_or(0);
+                let index: usize = spec.split(':').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
                 let device = burn_cubecl::cubecl::cuda::CudaDevice::new(index);
                 if bf16 {
-                    probe.run::<burn_cubecl::cubecl::cuda::CudaRuntime, half::bf16>(
-                        &device,
-                        Precision::Bf16,
-                    )
+                    probe.run::<burn_cubecl::cubecl::cuda::CudaRuntime, half::bf16>(&device, Precision::Bf16)
                 } else {
-                    probe
-                        .run::<burn_cubecl::cubecl::cuda::CudaRuntime, f32>(&device, Precision::F32)
+                    probe.run::<burn_cubecl::cubecl::cuda::CudaRuntime, f32>(&device, Precision::F32)
                 }
             }
             _ => continue,
@@ -436,31 +283,19 @@ fn tiled_matmul_kernels_are_exact_at_every_k() {
         for o in outcomes {
             match o.result {
                 Ok(err) => {
-                    eprintln!(
-                        "{spec} {dtype:?}: {} k={}: max |Δ| / allowed {err:.3e}",
-                        o.strategy, o.k
-                    );
+                    eprintln!("{spec} {dtype:?}: {} k={}: max |Δ| / allowed {err:.3e}", o.strategy, o.k);
                     ran_double_buffered += usize::from(o.double_buffered);
                     if !(err <= 1.0) {
-                        bad.push(format!(
-                            "{spec} {dtype:?}: {} at k={} is off by {err:e} × the allowed error",
-                            o.strategy, o.k
-                        ));
+                        bad.push(format!("{spec} {dtype:?}: {} at k={} is off by {err:e} × the allowed error", o.strategy, o.k));
                     }
                 }
-                Err(why) => eprintln!(
-                    "{spec} {dtype:?}: {} k={}: not available here ({why})",
-                    o.strategy, o.k
-                ),
+                Err(why) => eprintln!("{spec} {dtype:?}: {} k={}: not available here ({why})", o.strategy, o.k),
             }
         }
     }
     eprintln!("{devices} GPU device(s) checked");
     if devices > 0 {
-        assert!(
-            ran_double_buffered > 0,
-            "no double-buffered kernel could be launched: the test checked nothing"
-        );
+        assert!(ran_double_buffered > 0, "no double-buffered kernel could be launched: the test checked nothing");
     }
     assert!(bad.is_empty(), "{}", bad.join("\n"));
 }
@@ -487,27 +322,12 @@ impl phi3v_devices::DeviceFn for VecMatOverKeys {
                 let q = values(HEAD_DIM, 0.2);
                 let k = values(n * HEAD_DIM, 0.7);
                 let expected: Vec<f32> = (0..n)
-                    .map(|j| {
-                        (0..HEAD_DIM)
-                            .map(|d| f64::from(q[d]) * f64::from(k[j * HEAD_DIM + d]))
-                            .sum::<f64>() as f32
-                    })
+                    .map(|j| (0..HEAD_DIM).map(|d| f64::from(q[d]) * f64::from(k[j * HEAD_DIM + d])).sum::<f64>() as f32)
                     .collect();
                 let qt = Tensor::<B, 2>::from_data(TensorData::new(q, [1, HEAD_DIM]), device);
                 let kt = Tensor::<B, 2>::from_data(TensorData::new(k, [n, HEAD_DIM]), device);
-                let got = qt
-                    .matmul(kt.transpose())
-                    .into_data()
-                    .convert::<f32>()
-                    .to_vec::<f32>()
-                    .unwrap();
-                (
-                    n,
-                    got.iter()
-                        .zip(&expected)
-                        .map(|(g, e)| (g - e).abs())
-                        .fold(0.0f32, f32::max),
-                )
+                let got = qt.matmul(kt.transpose()).into_data().convert::<f32>().to_vec::<f32>().unwrap();
+                (n, got.iter().zip(&expected).map(|(g, e)| (g - e).abs()).fold(0.0f32, f32::max))
             })
             .collect()
     }
@@ -534,18 +354,9 @@ fn gemv_kernels_run_every_layout_or_fall_back() {
         devices += 1;
         for o in outcomes {
             match o.result {
-                Ok(err) if err <= 1.0 => eprintln!(
-                    "{spec} {dtype:?}: {}: max |Δ| / allowed {err:.3e}",
-                    o.strategy
-                ),
-                Ok(err) => bad.push(format!(
-                    "{spec} {dtype:?}: {} is off by {err:e} × the allowed error",
-                    o.strategy
-                )),
-                Err(why) => bad.push(format!(
-                    "{spec} {dtype:?}: {} failed to launch: {why}",
-                    o.strategy
-                )),
+                Ok(err) if err <= 1.0 => eprintln!("{spec} {dtype:?}: {}: max |Δ| / allowed {err:.3e}", o.strategy),
+                Ok(err) => bad.push(format!("{spec} {dtype:?}: {} is off by {err:e} × the allowed error", o.strategy)),
+                Err(why) => bad.push(format!("{spec} {dtype:?}: {} failed to launch: {why}", o.strategy)),
             }
         }
     }

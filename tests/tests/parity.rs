@@ -66,12 +66,7 @@ fn vision_probe_phi35v() {
 #[test]
 fn camera_gray_jpeg_own_decoder() {
     let case = Case::load("camera_gray_jpeg");
-    let report = phi3v_tests::run_case_with::<Flex>(
-        &case,
-        &Default::default(),
-        DType::F32,
-        phi3v_tests::JpegSource::OwnDecoder,
-    );
+    let report = phi3v_tests::run_case_with::<Flex>(&case, &Default::default(), DType::F32, phi3v_tests::JpegSource::OwnDecoder);
     eprintln!("{report:?}");
     report.assert_ok();
     assert!(report.greedy_equal);
@@ -82,18 +77,8 @@ fn every_fixture_case_has_a_test() {
     let mut names = Case::names();
     names.sort();
     let tested = [
-        "astronaut_describe",
-        "camera_gray_jpeg",
-        "coffee_portrait",
-        "long_context_two_images",
-        "multi_turn",
-        "panorama",
-        "text_only",
-        "tiny_rgba_upscaled",
-        "two_images",
+        "astronaut_describe", "camera_gray_jpeg", "coffee_portrait", "long_context_two_images",
+        "multi_turn", "panorama", "text_only", "tiny_rgba_upscaled", "two_images",
     ];
-    assert_eq!(
-        names, tested,
-        "a fixture case was added or removed: add its test above"
-    );
+    assert_eq!(names, tested, "a fixture case was added or removed: add its test above");
 }

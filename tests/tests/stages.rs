@@ -6,11 +6,8 @@ use phi3v_tests::stages::Stages;
 
 /// Runs `job()` on the CPU in f32 and on every other test target, and asserts each named output
 /// is within `tol(dtype)` of the CPU's.
-fn assert_matches_cpu<N, F>(
-    what: &str,
-    job: impl Fn() -> F,
-    tol: impl Fn(burn::tensor::DType) -> f32,
-) where
+fn assert_matches_cpu<N, F>(what: &str, job: impl Fn() -> F, tol: impl Fn(burn::tensor::DType) -> f32)
+where
     N: std::fmt::Display,
     F: phi3v_devices::DeviceFn<Output = Vec<(N, Vec<f32>)>>,
 {
@@ -23,10 +20,7 @@ fn assert_matches_cpu<N, F>(
         let got = phi3v_devices::with_device(&spec, Some(dtype_name(dtype)), job()).unwrap();
         for ((name, a), (_, b)) in reference.iter().zip(&got) {
             let err = phi3v_tests::tolerance::max_abs_diff(a, b);
-            eprintln!(
-                "{spec} {}: {what}: {name}: max |Δ| {err:e}",
-                dtype_name(dtype)
-            );
+            eprintln!("{spec} {}: {what}: {name}: max |Δ| {err:e}", dtype_name(dtype));
             if err > tol(dtype) {
                 bad.push(format!("{spec}: {what}: {name} differs by {err:e}"));
             }
@@ -37,11 +31,7 @@ fn assert_matches_cpu<N, F>(
 
 #[test]
 fn vision_stages_agree_with_cpu() {
-    assert_matches_cpu(
-        "vision",
-        || Stages,
-        |d| phi3v_tests::Tolerance::for_dtype(d).clip_features.max(1e-3),
-    );
+    assert_matches_cpu("vision", || Stages, |d| phi3v_tests::Tolerance::for_dtype(d).clip_features.max(1e-3));
 }
 
 /// `linear` (checkpoint weight `[out, in]` used transposed) at the shapes the model runs:
@@ -58,42 +48,14 @@ impl phi3v_devices::DeviceFn for Linears {
     ) -> Self::Output {
         use burn::tensor::{Tensor, TensorData};
         use burn_phi3v::model::nn::Linear;
-        let val = |n: usize, seed: f32| -> Vec<f32> {
-            (0..n)
-                .map(|i| (i as f32 * 0.618 + seed).sin() * 1.3)
-                .collect()
-        };
+        let val = |n: usize, seed: f32| -> Vec<f32> { (0..n).map(|i| (i as f32 * 0.618 + seed).sin() * 1.3).collect() };
         let mut out = Vec::new();
-        for (batch, m, d_in, d_out, bias) in [
-            (1, 1, 32, 96, false),
-            (1, 20, 32, 96, false),
-            (3, 577, 32, 32, true),
-            (1, 1, 32, 32064, false),
-            (3, 577, 32, 64, true),
-            (3, 577, 64, 32, true),
-            (1, 20, 32, 64, false),
-            (1, 20, 64, 32, false),
-        ] {
-            let w = Tensor::<B, 2>::from_data(
-                TensorData::new(val(d_out * d_in, 0.1), [d_out, d_in]),
-                (device, dtype),
-            )
-            .transpose();
-            let b = bias.then(|| {
-                Tensor::<B, 1>::from_data(
-                    TensorData::new(val(d_out, 0.7), [d_out]),
-                    (device, dtype),
-                )
-            });
-            let x = Tensor::<B, 3>::from_data(
-                TensorData::new(val(batch * m * d_in, 0.3), [batch, m, d_in]),
-                (device, dtype),
-            );
+        for (batch, m, d_in, d_out, bias) in [(1, 1, 32, 96, false), (1, 20, 32, 96, false), (3, 577, 32, 32, true), (1, 1, 32, 32064, false), (3, 577, 32, 64, true), (3, 577, 64, 32, true), (1, 20, 32, 64, false), (1, 20, 64, 32, false)] {
+            let w = Tensor::<B, 2>::from_data(TensorData::new(val(d_out * d_in, 0.1), [d_out, d_in]), (device, dtype)).transpose();
+            let b = bias.then(|| Tensor::<B, 1>::from_data(TensorData::new(val(d_out, 0.7), [d_out]), (device, dtype)));
+            let x = Tensor::<B, 3>::from_data(TensorData::new(val(batch * m * d_in, 0.3), [batch, m, d_in]), (device, dtype));
             let y = Linear { weight: w, bias: b }.forward(x);
-            out.push((
-                format!("linear [{batch}, {m}, {d_in}] -> {d_out}, bias {bias}"),
-                y.into_data().convert::<f32>().to_vec::<f32>().unwrap(),
-            ));
+            out.push((format!("linear [{batch}, {m}, {d_in}] -> {d_out}, bias {bias}"), y.into_data().convert::<f32>().to_vec::<f32>().unwrap()));
         }
         out
     }
@@ -116,28 +78,13 @@ impl phi3v_devices::DeviceFn for CachedSteps {
         _: &burn_phi3v::device::DeviceInfo,
         dtype: burn::tensor::DType,
     ) -> Self::Output {
-        let m = burn_phi3v::LoadedModel::<B>::load(
-            &phi3v_tests::model_dir("phi3v-tiny"),
-            device,
-            dtype,
-            None,
-        )
-        .unwrap();
-        let ids = phi3v_tests::Case::load("text_only")
-            .tensor("input_ids")
-            .i64()
-            .to_vec();
+        let m = burn_phi3v::LoadedModel::<B>::load(&phi3v_tests::model_dir("phi3v-tiny"), device, dtype, None).unwrap();
+        let ids = phi3v_tests::Case::load("text_only").tensor("input_ids").i64().to_vec();
         let n = ids.len();
         let regime = [m.model.rope_regime(n - 1)];
         let pass = |cache: &mut burn_phi3v::model::KvCache<B>, from: usize, to: usize| {
-            let e = m
-                .model
-                .embed_inputs(&[ids[from..to].to_vec()], None)
-                .unwrap();
-            let h = m
-                .model
-                .forward(e, &[(from..to).collect()], &regime, cache, None, false)
-                .last_hidden_state;
+            let e = m.model.embed_inputs(&[ids[from..to].to_vec()], None).unwrap();
+            let h = m.model.forward(e, &[(from..to).collect()], &regime, cache, None, false).last_hidden_state;
             h.into_data().convert::<f32>().to_vec::<f32>().unwrap()
         };
         let full = pass(&mut m.model.new_cache(), 0, n);
@@ -145,28 +92,16 @@ impl phi3v_devices::DeviceFn for CachedSteps {
         let mut cache = m.model.new_cache();
         let mut out = Vec::new();
         let first = pass(&mut cache, 0, n - 3);
-        out.push((
-            format!("chunk 0..{}", n - 3),
-            phi3v_tests::tolerance::max_abs_diff(&first, &full[..(n - 3) * d]),
-        ));
+        out.push((format!("chunk 0..{}", n - 3), phi3v_tests::tolerance::max_abs_diff(&first, &full[..(n - 3) * d])));
         let alone = pass(&mut m.model.new_cache(), 0, 1);
-        out.push((
-            "single token 0, empty cache".to_string(),
-            phi3v_tests::tolerance::max_abs_diff(&alone, &full[..d]),
-        ));
+        out.push(("single token 0, empty cache".to_string(), phi3v_tests::tolerance::max_abs_diff(&alone, &full[..d])));
         let mut c2 = m.model.new_cache();
         pass(&mut c2, 0, n - 2);
         let two = pass(&mut c2, n - 2, n);
-        out.push((
-            format!("two tokens {}..{n} after cache", n - 2),
-            phi3v_tests::tolerance::max_abs_diff(&two, &full[(n - 2) * d..]),
-        ));
+        out.push((format!("two tokens {}..{n} after cache", n - 2), phi3v_tests::tolerance::max_abs_diff(&two, &full[(n - 2) * d..])));
         for p in n - 3..n {
             let step = pass(&mut cache, p, p + 1);
-            out.push((
-                format!("single token at {p}"),
-                phi3v_tests::tolerance::max_abs_diff(&step, &full[p * d..(p + 1) * d]),
-            ));
+            out.push((format!("single token at {p}"), phi3v_tests::tolerance::max_abs_diff(&step, &full[p * d..(p + 1) * d])));
         }
         out
     }
@@ -176,9 +111,7 @@ impl phi3v_devices::DeviceFn for CachedSteps {
 fn cached_steps_equal_one_pass_on_every_device() {
     let mut bad = Vec::new();
     for (spec, dtype) in test_targets() {
-        for (what, err) in
-            phi3v_devices::with_device(&spec, Some(dtype_name(dtype)), CachedSteps).unwrap()
-        {
+        for (what, err) in phi3v_devices::with_device(&spec, Some(dtype_name(dtype)), CachedSteps).unwrap() {
             eprintln!("{spec} {}: {what}: max |Δ| {err:e}", dtype_name(dtype));
             if err > phi3v_tests::Tolerance::for_dtype(dtype).hidden.max(1e-4) {
                 bad.push(format!("{spec}: {what} differs by {err:e}"));
@@ -200,39 +133,19 @@ impl phi3v_devices::DeviceFn for OneToken {
         dtype: burn::tensor::DType,
     ) -> Self::Output {
         use burn::tensor::Tensor;
-        let m = burn_phi3v::LoadedModel::<B>::load(
-            &phi3v_tests::model_dir("phi3v-tiny"),
-            device,
-            dtype,
-            None,
-        )
-        .unwrap();
+        let m = burn_phi3v::LoadedModel::<B>::load(&phi3v_tests::model_dir("phi3v-tiny"), device, dtype, None).unwrap();
         let v = |t: Tensor<B, 3>| t.into_data().convert::<f32>().to_vec::<f32>().unwrap();
         let v4 = |t: Tensor<B, 4>| t.into_data().convert::<f32>().to_vec::<f32>().unwrap();
         let e = m.model.embed_inputs(&[vec![29871]], None).unwrap();
         let l = &m.model.model.layers[0];
         let n1 = l.input_layernorm.forward(e.clone());
         let qkv = l.self_attn.qkv_proj.forward(n1.clone());
-        let (cos, sin) = m.model.model.rotary_emb.tables::<B>(
-            &[vec![5]],
-            &[burn_phi3v::model::RopeRegime::Short],
-            device,
-            dtype,
-        );
+        let (cos, sin) = m.model.model.rotary_emb.tables::<B>(&[vec![5]], &[burn_phi3v::model::RopeRegime::Short], device, dtype);
         let mut cache = None;
-        let attn = l
-            .self_attn
-            .forward(n1.clone(), &cos, &sin, &mut cache, None);
+        let attn = l.self_attn.forward(n1.clone(), &cos, &sin, &mut cache, None);
         let h = e.clone() + attn.clone();
         let mlp = l.mlp.forward(l.post_attention_layernorm.forward(h.clone()));
-        vec![
-            ("embedding", v(e)),
-            ("input_layernorm", v(n1)),
-            ("qkv_proj", v(qkv)),
-            ("cos", v4(cos)),
-            ("self_attn", v(attn)),
-            ("mlp", v(mlp)),
-        ]
+        vec![("embedding", v(e)), ("input_layernorm", v(n1)), ("qkv_proj", v(qkv)), ("cos", v4(cos)), ("self_attn", v(attn)), ("mlp", v(mlp))]
     }
 }
 

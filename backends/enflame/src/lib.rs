@@ -54,17 +54,7 @@ struct Tops {
     module_get_function: unsafe extern "C" fn(*mut Handle, Handle, *const c_char) -> Err,
     #[allow(clippy::type_complexity)]
     module_launch_kernel: unsafe extern "C" fn(
-        Handle,
-        c_uint,
-        c_uint,
-        c_uint,
-        c_uint,
-        c_uint,
-        c_uint,
-        c_uint,
-        Handle,
-        *mut *mut c_void,
-        *mut *mut c_void,
+        Handle, c_uint, c_uint, c_uint, c_uint, c_uint, c_uint, c_uint, Handle, *mut *mut c_void, *mut *mut c_void,
     ) -> Err,
     get_error_string: unsafe extern "C" fn(Err) -> *const c_char,
 }
@@ -96,12 +86,8 @@ fn load() -> Result<Tops, String> {
         ($name:literal) => {
             // SAFETY: the signature declared in `Tops` for this name; used only while `_lib`
             // (moved into the same struct) stays loaded.
-            *unsafe { lib.get(concat!($name, "\0").as_bytes()) }.map_err(|_| {
-                format!(
-                    "libtopsrt.so does not export {} (TopsRider version?)",
-                    $name
-                )
-            })?
+            *unsafe { lib.get(concat!($name, "\0").as_bytes()) }
+                .map_err(|_| format!("libtopsrt.so does not export {} (TopsRider version?)", $name))?
         };
     }
     Ok(Tops {
@@ -144,10 +130,7 @@ pub fn find_compiler() -> Option<PathBuf> {
     if let Some(p) = std::env::var_os("PHI3V_TOPSCC") {
         return Some(PathBuf::from(p));
     }
-    let homes = std::env::var_os("TOPS_HOME")
-        .map(PathBuf::from)
-        .into_iter()
-        .chain(["/opt/tops", "/usr/local/tops", "/usr"].map(PathBuf::from));
+    let homes = std::env::var_os("TOPS_HOME").map(PathBuf::from).into_iter().chain(["/opt/tops", "/usr/local/tops", "/usr"].map(PathBuf::from));
     homes.map(|h| h.join("bin/topscc")).find(|p| p.is_file())
 }
 
@@ -177,9 +160,7 @@ fn status(r: Result<(), ffi::Status>) -> ffi::Status {
 
 /// Runs `f`, turning a panic into a status instead of unwinding into the host.
 fn guard(f: impl FnOnce() -> Result<(), ffi::Status>) -> ffi::Status {
-    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f))
-        .map(status)
-        .unwrap_or(ffi::ERROR_INTERNAL)
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).map(status).unwrap_or(ffi::ERROR_INTERNAL)
 }
 
 /// # Safety
@@ -196,11 +177,7 @@ unsafe fn put<T>(p: *mut T, v: T) -> Result<(), ffi::Status> {
 fn give_log(log: *mut *mut c_char, text: String) {
     if !log.is_null() {
         // SAFETY: checked non-null.
-        unsafe {
-            *log = CString::new(text.replace('\0', " "))
-                .unwrap_or_default()
-                .into_raw()
-        };
+        unsafe { *log = CString::new(text.replace('\0', " ")).unwrap_or_default().into_raw() };
     }
 }
 
@@ -217,16 +194,7 @@ fn compile(name: &str, source: &str, options: &[String]) -> Result<PathBuf, Stri
         .map(PathBuf::from)
         .unwrap_or_else(|| std::env::temp_dir().join("phi3v-enflame-kernels"));
     std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
-    let stem: String = name
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '_' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect();
+    let stem: String = name.chars().map(|c| if c.is_ascii_alphanumeric() || c == '_' { c } else { '_' }).collect();
     let src = dir.join(format!("{stem}-{}.cpp", std::process::id()));
     let out = src.with_extension("co");
     std::fs::write(&src, source).map_err(|e| format!("saving {}: {e}", src.display()))?;
@@ -236,11 +204,7 @@ fn compile(name: &str, source: &str, options: &[String]) -> Result<PathBuf, Stri
     let flags = std::env::var("PHI3V_TOPSCC_FLAGS").unwrap_or_else(|_| "-O3 -std=c++17".into());
     let output = std::process::Command::new(&compiler)
         .args(flags.split_whitespace())
-        .args(
-            options
-                .iter()
-                .filter(|o| o.starts_with("-I") || o.starts_with("-D")),
-        )
+        .args(options.iter().filter(|o| o.starts_with("-I") || o.starts_with("-D")))
         .arg(&src)
         .arg("-o")
         .arg(&out)
@@ -293,10 +257,7 @@ pub extern "C" fn phi3v_plugin_status_string(s: ffi::Status) -> *const c_char {
         ffi::ERROR_INTERNAL => c"internal error in the Enflame plugin",
         code if code > 0 => match tops() {
             // SAFETY: returns a static string for any code (assumption, as hipGetErrorString).
-            Ok(t) => {
-                return std::panic::catch_unwind(|| unsafe { (t.get_error_string)(code) })
-                    .unwrap_or(std::ptr::null());
-            }
+            Ok(t) => return std::panic::catch_unwind(|| unsafe { (t.get_error_string)(code) }).unwrap_or(std::ptr::null()),
             Err(_) => c"TopsRider error",
         },
         _ => c"unknown status",
@@ -317,10 +278,7 @@ pub unsafe extern "C" fn phi3v_plugin_device_count(count: *mut i32) -> ffi::Stat
 }
 
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn phi3v_plugin_device_properties(
-    device: i32,
-    props: *mut ffi::DeviceProperties,
-) -> ffi::Status {
+pub unsafe extern "C" fn phi3v_plugin_device_properties(device: i32, props: *mut ffi::DeviceProperties) -> ffi::Status {
     guard(|| {
         if props.is_null() {
             return Err(ffi::ERROR_INVALID_VALUE);
@@ -344,10 +302,7 @@ pub unsafe extern "C" fn phi3v_plugin_device_properties(
         // Not queried (the attribute numbering is not known here): conservative values, to
         // confirm against the SDK's device properties.
         p.compute_units = 0;
-        p.warp_size = std::env::var("PHI3V_ENFLAME_WARP_SIZE")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(32);
+        p.warp_size = std::env::var("PHI3V_ENFLAME_WARP_SIZE").ok().and_then(|v| v.parse().ok()).unwrap_or(32);
         p.max_shared_memory_per_block = 48 * 1024;
         p.max_threads_per_block = 1024;
         p.max_block_dim = [1024, 1024, 64];
@@ -355,35 +310,19 @@ pub unsafe extern "C" fn phi3v_plugin_device_properties(
         p.memory_alignment = 256;
         p.dialect = dialect();
         ffi::write_fixed_str(&mut p.arch_name, "gcu");
-        p.dtypes = ffi::DTYPE_F16
-            | ffi::DTYPE_BF16
-            | ffi::DTYPE_F32
-            | ffi::DTYPE_I8
-            | ffi::DTYPE_I16
-            | ffi::DTYPE_I32
-            | ffi::DTYPE_I64
-            | ffi::DTYPE_U8
-            | ffi::DTYPE_U16
-            | ffi::DTYPE_U32
-            | ffi::DTYPE_U64;
+        p.dtypes = ffi::DTYPE_F16 | ffi::DTYPE_BF16 | ffi::DTYPE_F32 | ffi::DTYPE_I8 | ffi::DTYPE_I16
+            | ffi::DTYPE_I32 | ffi::DTYPE_I64 | ffi::DTYPE_U8 | ffi::DTYPE_U16 | ffi::DTYPE_U32 | ffi::DTYPE_U64;
         // SAFETY: non-null; only the declared part of the struct is written.
         unsafe {
             let declared = ((*props).struct_size as usize).min(size_of::<ffi::DeviceProperties>());
-            std::ptr::copy_nonoverlapping(
-                (&p as *const ffi::DeviceProperties).cast::<u8>().add(4),
-                props.cast::<u8>().add(4),
-                declared.saturating_sub(4),
-            );
+            std::ptr::copy_nonoverlapping((&p as *const ffi::DeviceProperties).cast::<u8>().add(4), props.cast::<u8>().add(4), declared.saturating_sub(4));
         }
         Ok(())
     })
 }
 
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn phi3v_plugin_context_create(
-    device: i32,
-    ctx: *mut ffi::Context,
-) -> ffi::Status {
+pub unsafe extern "C" fn phi3v_plugin_context_create(device: i32, ctx: *mut ffi::Context) -> ffi::Status {
     guard(|| {
         let t = tops()?;
         // SAFETY: the runtime validates the ordinal.
@@ -399,11 +338,7 @@ pub unsafe extern "C" fn phi3v_plugin_context_destroy(ctx: ffi::Context) -> ffi:
 }
 
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn phi3v_plugin_mem_info(
-    ctx: ffi::Context,
-    free: *mut u64,
-    total: *mut u64,
-) -> ffi::Status {
+pub unsafe extern "C" fn phi3v_plugin_mem_info(ctx: ffi::Context, free: *mut u64, total: *mut u64) -> ffi::Status {
     guard(|| {
         let t = enter(ctx)?;
         let (mut f, mut tt) = (0usize, 0usize);
@@ -415,29 +350,19 @@ pub unsafe extern "C" fn phi3v_plugin_mem_info(
 }
 
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn phi3v_plugin_malloc(
-    ctx: ffi::Context,
-    bytes: u64,
-    _stream: ffi::Stream,
-    ptr: *mut u64,
-) -> ffi::Status {
+pub unsafe extern "C" fn phi3v_plugin_malloc(ctx: ffi::Context, bytes: u64, _stream: ffi::Stream, ptr: *mut u64) -> ffi::Status {
     guard(|| {
         let t = enter(ctx)?;
         let mut p = std::ptr::null_mut();
         // SAFETY: valid out-pointer.
-        check(unsafe { (t.malloc)(&mut p, bytes as usize) })
-            .map_err(|_| ffi::ERROR_OUT_OF_MEMORY)?;
+        check(unsafe { (t.malloc)(&mut p, bytes as usize) }).map_err(|_| ffi::ERROR_OUT_OF_MEMORY)?;
         // SAFETY: checked by put.
         unsafe { put(ptr, p as u64) }
     })
 }
 
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn phi3v_plugin_free(
-    ctx: ffi::Context,
-    ptr: u64,
-    stream: ffi::Stream,
-) -> ffi::Status {
+pub unsafe extern "C" fn phi3v_plugin_free(ctx: ffi::Context, ptr: u64, stream: ffi::Stream) -> ffi::Status {
     guard(|| {
         let t = enter(ctx)?;
         // Not stream-ordered: wait for the stream's work, then free.
@@ -450,27 +375,19 @@ pub unsafe extern "C" fn phi3v_plugin_free(
 }
 
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn phi3v_plugin_host_alloc(
-    ctx: ffi::Context,
-    bytes: u64,
-    ptr: *mut *mut c_void,
-) -> ffi::Status {
+pub unsafe extern "C" fn phi3v_plugin_host_alloc(ctx: ffi::Context, bytes: u64, ptr: *mut *mut c_void) -> ffi::Status {
     guard(|| {
         let t = enter(ctx)?;
         let mut p = std::ptr::null_mut();
         // SAFETY: valid out-pointer; flags 0 (default).
-        check(unsafe { (t.host_malloc)(&mut p, bytes as usize, 0) })
-            .map_err(|_| ffi::ERROR_OUT_OF_MEMORY)?;
+        check(unsafe { (t.host_malloc)(&mut p, bytes as usize, 0) }).map_err(|_| ffi::ERROR_OUT_OF_MEMORY)?;
         // SAFETY: checked by put.
         unsafe { put(ptr, p) }
     })
 }
 
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn phi3v_plugin_host_free(
-    ctx: ffi::Context,
-    ptr: *mut c_void,
-) -> ffi::Status {
+pub unsafe extern "C" fn phi3v_plugin_host_free(ctx: ffi::Context, ptr: *mut c_void) -> ffi::Status {
     guard(|| {
         let t = enter(ctx)?;
         // SAFETY: an allocation of host_alloc.
@@ -478,14 +395,7 @@ pub unsafe extern "C" fn phi3v_plugin_host_free(
     })
 }
 
-fn copy(
-    ctx: ffi::Context,
-    dst: *mut c_void,
-    src: *const c_void,
-    bytes: u64,
-    kind: c_int,
-    stream: ffi::Stream,
-) -> ffi::Status {
+fn copy(ctx: ffi::Context, dst: *mut c_void, src: *const c_void, bytes: u64, kind: c_int, stream: ffi::Stream) -> ffi::Status {
     guard(|| {
         let t = enter(ctx)?;
         // SAFETY: the header's contract for the copy functions.
@@ -494,50 +404,22 @@ fn copy(
 }
 
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn phi3v_plugin_memcpy_h2d_async(
-    ctx: ffi::Context,
-    dst: u64,
-    src: *const c_void,
-    bytes: u64,
-    stream: ffi::Stream,
-) -> ffi::Status {
+pub unsafe extern "C" fn phi3v_plugin_memcpy_h2d_async(ctx: ffi::Context, dst: u64, src: *const c_void, bytes: u64, stream: ffi::Stream) -> ffi::Status {
     copy(ctx, dst as *mut c_void, src, bytes, H2D, stream)
 }
 
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn phi3v_plugin_memcpy_d2h_async(
-    ctx: ffi::Context,
-    dst: *mut c_void,
-    src: u64,
-    bytes: u64,
-    stream: ffi::Stream,
-) -> ffi::Status {
+pub unsafe extern "C" fn phi3v_plugin_memcpy_d2h_async(ctx: ffi::Context, dst: *mut c_void, src: u64, bytes: u64, stream: ffi::Stream) -> ffi::Status {
     copy(ctx, dst, src as *const c_void, bytes, D2H, stream)
 }
 
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn phi3v_plugin_memcpy_d2d_async(
-    ctx: ffi::Context,
-    dst: u64,
-    src: u64,
-    bytes: u64,
-    stream: ffi::Stream,
-) -> ffi::Status {
-    copy(
-        ctx,
-        dst as *mut c_void,
-        src as *const c_void,
-        bytes,
-        D2D,
-        stream,
-    )
+pub unsafe extern "C" fn phi3v_plugin_memcpy_d2d_async(ctx: ffi::Context, dst: u64, src: u64, bytes: u64, stream: ffi::Stream) -> ffi::Status {
+    copy(ctx, dst as *mut c_void, src as *const c_void, bytes, D2D, stream)
 }
 
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn phi3v_plugin_stream_create(
-    ctx: ffi::Context,
-    stream: *mut ffi::Stream,
-) -> ffi::Status {
+pub unsafe extern "C" fn phi3v_plugin_stream_create(ctx: ffi::Context, stream: *mut ffi::Stream) -> ffi::Status {
     guard(|| {
         let t = enter(ctx)?;
         let mut s = std::ptr::null_mut();
@@ -569,11 +451,7 @@ simple!(phi3v_plugin_event_destroy, event_destroy, event);
 simple!(phi3v_plugin_module_unload, module_unload, module);
 
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn phi3v_plugin_event_record(
-    ctx: ffi::Context,
-    stream: ffi::Stream,
-    event: *mut ffi::Event,
-) -> ffi::Status {
+pub unsafe extern "C" fn phi3v_plugin_event_record(ctx: ffi::Context, stream: ffi::Stream, event: *mut ffi::Event) -> ffi::Status {
     guard(|| {
         let t = enter(ctx)?;
         let mut e = std::ptr::null_mut();
@@ -590,11 +468,7 @@ pub unsafe extern "C" fn phi3v_plugin_event_record(
 }
 
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn phi3v_plugin_event_wait(
-    ctx: ffi::Context,
-    stream: ffi::Stream,
-    event: ffi::Event,
-) -> ffi::Status {
+pub unsafe extern "C" fn phi3v_plugin_event_wait(ctx: ffi::Context, stream: ffi::Stream, event: ffi::Event) -> ffi::Status {
     guard(|| {
         let t = enter(ctx)?;
         // SAFETY: handles of this plugin.
@@ -635,8 +509,7 @@ pub unsafe extern "C" fn phi3v_plugin_module_compile(
             ffi::ERROR_COMPILE
         })?;
         let t = enter(ctx)?;
-        let path = CString::new(object.to_string_lossy().as_bytes())
-            .map_err(|_| ffi::ERROR_INVALID_VALUE)?;
+        let path = CString::new(object.to_string_lossy().as_bytes()).map_err(|_| ffi::ERROR_INVALID_VALUE)?;
         let mut m = std::ptr::null_mut();
         // SAFETY: a NUL-terminated path; valid out-pointer.
         check(unsafe { (t.module_load)(&mut m, path.as_ptr()) })?;
@@ -654,19 +527,13 @@ pub unsafe extern "C" fn phi3v_plugin_string_free(s: *mut c_char) {
 }
 
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn phi3v_plugin_module_get_function(
-    ctx: ffi::Context,
-    module: ffi::Module,
-    name: *const c_char,
-    function: *mut ffi::Function,
-) -> ffi::Status {
+pub unsafe extern "C" fn phi3v_plugin_module_get_function(ctx: ffi::Context, module: ffi::Module, name: *const c_char, function: *mut ffi::Function) -> ffi::Status {
     guard(|| {
         let t = enter(ctx)?;
         let name = cstr_arg(name)?;
         let mut f = std::ptr::null_mut();
         // SAFETY: a loaded module; NUL-terminated name; valid out-pointer.
-        check(unsafe { (t.module_get_function)(&mut f, module, name.as_ptr()) })
-            .map_err(|_| ffi::ERROR_NOT_FOUND)?;
+        check(unsafe { (t.module_get_function)(&mut f, module, name.as_ptr()) }).map_err(|_| ffi::ERROR_NOT_FOUND)?;
         // SAFETY: checked by put.
         unsafe { put(function, f) }
     })
@@ -693,24 +560,9 @@ pub unsafe extern "C" fn phi3v_plugin_launch(
         let t = enter(ctx)?;
         // SAFETY: 3-element arrays; a function of a loaded module; args as kernelParams.
         unsafe {
-            let (g, b) = (
-                std::slice::from_raw_parts(grid, 3),
-                std::slice::from_raw_parts(block, 3),
-            );
-            check((t.module_launch_kernel)(
-                function,
-                g[0],
-                g[1],
-                g[2],
-                b[0],
-                b[1],
-                b[2],
-                shared_mem_bytes,
-                stream,
-                args,
-                std::ptr::null_mut(),
-            ))
-            .map_err(|_| ffi::ERROR_LAUNCH)
+            let (g, b) = (std::slice::from_raw_parts(grid, 3), std::slice::from_raw_parts(block, 3));
+            check((t.module_launch_kernel)(function, g[0], g[1], g[2], b[0], b[1], b[2], shared_mem_bytes, stream, args, std::ptr::null_mut()))
+                .map_err(|_| ffi::ERROR_LAUNCH)
         }
     })
 }

@@ -47,12 +47,8 @@ fn prepare() -> Result<(), String> {
             Err("Iluvatar CoreX not found: set COREX_HOME to the SDK (looked in /usr/local/corex, /opt/corex), or PHI3V_COREX_STANDIN=1 to use the CUDA libraries on the library path".into())
         };
     };
-    let driver = find_library(&home, &["libcuda.so.1", "libcuda.so"]).ok_or_else(|| {
-        format!(
-            "CoreX at {} has no libcuda.so in lib64/ or lib/",
-            home.display()
-        )
-    })?;
+    let driver = find_library(&home, &["libcuda.so.1", "libcuda.so"])
+        .ok_or_else(|| format!("CoreX at {} has no libcuda.so in lib64/ or lib/", home.display()))?;
     let nvrtc = find_library(&home, &["libnvrtc.so", "libnvrtc.so.1"]);
     for lib in std::iter::once(&driver).chain(nvrtc.as_ref()) {
         // SAFETY: loading CoreX's own libraries runs their initialisers, as linking to them
@@ -100,18 +96,11 @@ pub const COREX: Profile = Profile {
 };
 
 static COREX_DEFAULT: Profile = COREX;
-static COREX_BF16: Profile = Profile {
-    dtypes_mask: DTYPES | ffi::DTYPE_BF16,
-    ..COREX
-};
+static COREX_BF16: Profile = Profile { dtypes_mask: DTYPES | ffi::DTYPE_BF16, ..COREX };
 
 /// The profile in effect: [`COREX`], with bf16 when `PHI3V_COREX_BF16=1`.
 pub fn profile() -> &'static Profile {
-    if std::env::var("PHI3V_COREX_BF16").is_ok_and(|v| v == "1") {
-        &COREX_BF16
-    } else {
-        &COREX_DEFAULT
-    }
+    if std::env::var("PHI3V_COREX_BF16").is_ok_and(|v| v == "1") { &COREX_BF16 } else { &COREX_DEFAULT }
 }
 
 mod exports {

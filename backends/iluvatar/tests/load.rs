@@ -7,11 +7,7 @@ use std::path::PathBuf;
 fn cdylib() -> PathBuf {
     let exe = std::env::current_exe().unwrap();
     let deps = exe.parent().unwrap();
-    let name = format!(
-        "{}phi3v_plugin_iluvatar{}",
-        std::env::consts::DLL_PREFIX,
-        std::env::consts::DLL_SUFFIX
-    );
+    let name = format!("{}phi3v_plugin_iluvatar{}", std::env::consts::DLL_PREFIX, std::env::consts::DLL_SUFFIX);
     [deps.join(&name), deps.parent().unwrap().join(&name)]
         .into_iter()
         .find(|p| p.exists())
@@ -32,10 +28,7 @@ fn without_corex_the_error_says_what_is_missing() {
     }
     match lib.device_count() {
         Err(PluginError::Driver { message, .. }) => {
-            assert!(
-                message.contains("Iluvatar CoreX not found") && message.contains("COREX_HOME"),
-                "{message}"
-            )
+            assert!(message.contains("Iluvatar CoreX not found") && message.contains("COREX_HOME"), "{message}")
         }
         other => panic!("expected a missing-CoreX error, got {other:?}"),
     }

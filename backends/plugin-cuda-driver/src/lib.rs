@@ -202,9 +202,7 @@ pub mod imp {
             ffi::ERROR_LAUNCH => c"kernel launch failed",
             ffi::ERROR_NOT_SUPPORTED => c"not supported by this plugin",
             ffi::ERROR_DRIVER => c"driver error",
-            ffi::ERROR_INTERNAL => {
-                c"internal error in the plugin (a driver symbol missing from the loaded library?)"
-            }
+            ffi::ERROR_INTERNAL => c"internal error in the plugin (a driver symbol missing from the loaded library?)",
             code if code > 0 => {
                 let mut ptr: *const c_char = std::ptr::null();
                 let result = SEEN
@@ -276,11 +274,9 @@ pub mod imp {
             ffi::write_fixed_str(&mut p.arch_name, &format!("sm_{}", p.arch_version));
             p.compute_units = attribute(dev, A::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)?;
             p.warp_size = attribute(dev, A::CU_DEVICE_ATTRIBUTE_WARP_SIZE)?;
-            p.max_shared_memory_per_block = attribute(
-                dev,
-                A::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN,
-            )
-            .or_else(|_| attribute(dev, A::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK))?;
+            p.max_shared_memory_per_block =
+                attribute(dev, A::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)
+                    .or_else(|_| attribute(dev, A::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK))?;
             p.max_threads_per_block = attribute(dev, A::CU_DEVICE_ATTRIBUTE_MAX_THREADS_PER_BLOCK)?;
             p.max_block_dim = [
                 attribute(dev, A::CU_DEVICE_ATTRIBUTE_MAX_BLOCK_DIM_X)?,
@@ -299,8 +295,7 @@ pub mod imp {
             p.dtypes = all_dtypes & profile.dtypes_mask;
             // SAFETY: non-null; copy only the part of the struct the caller declared.
             unsafe {
-                let declared =
-                    ((*out).struct_size as usize).min(size_of::<ffi::DeviceProperties>());
+                let declared = ((*out).struct_size as usize).min(size_of::<ffi::DeviceProperties>());
                 std::ptr::copy_nonoverlapping(
                     (&p as *const ffi::DeviceProperties).cast::<u8>().add(4),
                     out.cast::<u8>().add(4),
@@ -319,19 +314,14 @@ pub mod imp {
         let (mut free, mut total) = (0usize, 0usize);
         // SAFETY: a retained context; valid out-pointers; released once.
         let r = unsafe {
-            check(cu::cuCtxSetCurrent(ctx))
-                .and_then(|_| check(cu::cuMemGetInfo_v2(&mut free, &mut total)))
+            check(cu::cuCtxSetCurrent(ctx)).and_then(|_| check(cu::cuMemGetInfo_v2(&mut free, &mut total)))
         };
         // SAFETY: balances the retain above.
         unsafe { cu::cuDevicePrimaryCtxRelease_v2(dev) };
         r.map(|_| free as u64)
     }
 
-    pub unsafe fn context_create(
-        profile: &Profile,
-        index: i32,
-        out: *mut ffi::Context,
-    ) -> ffi::Status {
+    pub unsafe fn context_create(profile: &Profile, index: i32, out: *mut ffi::Context) -> ffi::Status {
         if out.is_null() {
             return ffi::ERROR_INVALID_VALUE;
         }
@@ -342,11 +332,7 @@ pub mod imp {
             check(unsafe { cu::cuDevicePrimaryCtxRetain(&mut ctx, dev) })?;
             let major = attribute(dev, A::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR)?;
             let minor = attribute(dev, A::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR)?;
-            let boxed = Box::new(Ctx {
-                ctx,
-                arch: major * 10 + minor,
-                sync_allocations: Mutex::default(),
-            });
+            let boxed = Box::new(Ctx { ctx, arch: major * 10 + minor, sync_allocations: Mutex::default() });
             // SAFETY: checked non-null.
             unsafe { *out = Box::into_raw(boxed) as ffi::Context };
             Ok(())
@@ -361,11 +347,7 @@ pub mod imp {
         let c = unsafe { Box::from_raw(ctx as *mut Ctx) };
         let mut dev = 0;
         // SAFETY: a retained context; the device it belongs to is released once.
-        status(unsafe {
-            check(cu::cuCtxSetCurrent(c.ctx))
-                .and_then(|_| check(cu::cuCtxGetDevice(&mut dev)))
-                .and_then(|_| check(cu::cuDevicePrimaryCtxRelease_v2(dev)))
-        })
+        status(unsafe { check(cu::cuCtxSetCurrent(c.ctx)).and_then(|_| check(cu::cuCtxGetDevice(&mut dev))).and_then(|_| check(cu::cuDevicePrimaryCtxRelease_v2(dev))) })
     }
 
     pub unsafe fn mem_info(ctx: ffi::Context, free: *mut u64, total: *mut u64) -> ffi::Status {
@@ -387,13 +369,7 @@ pub mod imp {
         })())
     }
 
-    pub unsafe fn malloc(
-        profile: &Profile,
-        ctx: ffi::Context,
-        bytes: u64,
-        stream: ffi::Stream,
-        out: *mut u64,
-    ) -> ffi::Status {
+    pub unsafe fn malloc(profile: &Profile, ctx: ffi::Context, bytes: u64, stream: ffi::Stream, out: *mut u64) -> ffi::Status {
         if out.is_null() {
             return ffi::ERROR_INVALID_VALUE;
         }
@@ -410,10 +386,7 @@ pub mod imp {
             if !async_ok {
                 // SAFETY: valid out-pointer.
                 check(unsafe { cu::cuMemAlloc_v2(&mut ptr, bytes as usize) })?;
-                c.sync_allocations
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .insert(ptr);
+                c.sync_allocations.lock().unwrap_or_else(|e| e.into_inner()).insert(ptr);
             }
             // SAFETY: checked non-null.
             unsafe { *out = ptr };
@@ -425,11 +398,7 @@ pub mod imp {
         status((|| {
             // SAFETY: a handle from context_create.
             let c = unsafe { enter(ctx) }?;
-            let was_sync = c
-                .sync_allocations
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .remove(&ptr);
+            let was_sync = c.sync_allocations.lock().unwrap_or_else(|e| e.into_inner()).remove(&ptr);
             // SAFETY: `ptr` came from malloc with the matching allocator.
             check(unsafe {
                 if was_sync {
@@ -468,14 +437,7 @@ pub mod imp {
 
     /// # Safety
     /// The header's contract for the copy functions.
-    pub unsafe fn memcpy(
-        ctx: ffi::Context,
-        kind: u32,
-        dst: u64,
-        src: u64,
-        bytes: u64,
-        stream: ffi::Stream,
-    ) -> ffi::Status {
+    pub unsafe fn memcpy(ctx: ffi::Context, kind: u32, dst: u64, src: u64, bytes: u64, stream: ffi::Stream) -> ffi::Status {
         status((|| {
             // SAFETY: a handle from context_create.
             unsafe { enter(ctx) }?;
@@ -513,30 +475,8 @@ pub mod imp {
             // the descriptor cannot be zero-initialised (that aborted the process).
             use cu::CUmemorytype::{CU_MEMORYTYPE_DEVICE as DEVICE, CU_MEMORYTYPE_HOST as HOST};
             let m = match kind {
-                ffi::COPY_H2D => copy_2d_descriptor(
-                    HOST,
-                    src as *const c_void,
-                    0,
-                    src_pitch,
-                    DEVICE,
-                    std::ptr::null_mut(),
-                    dst,
-                    dst_pitch,
-                    width,
-                    height,
-                ),
-                ffi::COPY_D2H => copy_2d_descriptor(
-                    DEVICE,
-                    std::ptr::null(),
-                    src,
-                    src_pitch,
-                    HOST,
-                    dst as *mut c_void,
-                    0,
-                    dst_pitch,
-                    width,
-                    height,
-                ),
+                ffi::COPY_H2D => copy_2d_descriptor(HOST, src as *const c_void, 0, src_pitch, DEVICE, std::ptr::null_mut(), dst, dst_pitch, width, height),
+                ffi::COPY_D2H => copy_2d_descriptor(DEVICE, std::ptr::null(), src, src_pitch, HOST, dst as *mut c_void, 0, dst_pitch, width, height),
                 _ => return Err(ffi::ERROR_NOT_SUPPORTED),
             };
             // SAFETY: the caller's contract.
@@ -577,11 +517,7 @@ pub mod imp {
         })())
     }
 
-    pub unsafe fn event_record(
-        ctx: ffi::Context,
-        stream: ffi::Stream,
-        out: *mut ffi::Event,
-    ) -> ffi::Status {
+    pub unsafe fn event_record(ctx: ffi::Context, stream: ffi::Stream, out: *mut ffi::Event) -> ffi::Status {
         if out.is_null() {
             return ffi::ERROR_INVALID_VALUE;
         }
@@ -603,11 +539,7 @@ pub mod imp {
         })())
     }
 
-    pub unsafe fn event_wait(
-        ctx: ffi::Context,
-        stream: ffi::Stream,
-        event: ffi::Event,
-    ) -> ffi::Status {
+    pub unsafe fn event_wait(ctx: ffi::Context, stream: ffi::Stream, event: ffi::Event) -> ffi::Status {
         status((|| {
             // SAFETY: handles from this plugin.
             unsafe { enter(ctx) }?;
@@ -678,10 +610,7 @@ pub mod imp {
         };
         // SAFETY: probing for the library has no other effect.
         if !unsafe { nvrtc::is_culib_present() } {
-            give_log(
-                log,
-                format!("{}: NVRTC (libnvrtc) could not be loaded", profile.name),
-            );
+            give_log(log, format!("{}: NVRTC (libnvrtc) could not be loaded", profile.name));
             return ffi::ERROR_COMPILE;
         }
         // Options: the runtime's, then the architecture and include paths.
@@ -689,10 +618,7 @@ pub mod imp {
         if profile.arch_option {
             // As cubecl-cuda: the `a` (architecture-specific) target from sm_90 on.
             let suffix = if c.arch >= 90 { "a" } else { "" };
-            owned.push(
-                CString::new(format!("--gpu-architecture=sm_{}{suffix}", c.arch))
-                    .unwrap_or_default(),
-            );
+            owned.push(CString::new(format!("--gpu-architecture=sm_{}{suffix}", c.arch)).unwrap_or_default());
         }
         for o in (profile.compile_options)() {
             if let Ok(o) = CString::new(o) {
@@ -707,38 +633,22 @@ pub mod imp {
 
         let mut program = std::ptr::null_mut();
         // SAFETY: NUL-terminated inputs; valid out-pointer.
-        let r = unsafe {
-            nvrtc::nvrtcCreateProgram(
-                &mut program,
-                source,
-                name,
-                0,
-                std::ptr::null(),
-                std::ptr::null(),
-            )
-        };
+        let r = unsafe { nvrtc::nvrtcCreateProgram(&mut program, source, name, 0, std::ptr::null(), std::ptr::null()) };
         if r != nvrtc::nvrtcResult::NVRTC_SUCCESS {
             give_log(log, format!("nvrtcCreateProgram failed: {r:?}"));
             return ffi::ERROR_COMPILE;
         }
         let result = (|| {
             // SAFETY: a created program; option pointers valid for the call.
-            let r = unsafe {
-                nvrtc::nvrtcCompileProgram(program, option_ptrs.len() as i32, option_ptrs.as_ptr())
-            };
+            let r = unsafe { nvrtc::nvrtcCompileProgram(program, option_ptrs.len() as i32, option_ptrs.as_ptr()) };
             if r != nvrtc::nvrtcResult::NVRTC_SUCCESS {
                 let mut size = 0usize;
                 let mut text = format!("{r:?}");
                 // SAFETY: valid out-pointer, then a buffer of the reported size.
                 unsafe {
-                    if nvrtc::nvrtcGetProgramLogSize(program, &mut size)
-                        == nvrtc::nvrtcResult::NVRTC_SUCCESS
-                        && size > 0
-                    {
+                    if nvrtc::nvrtcGetProgramLogSize(program, &mut size) == nvrtc::nvrtcResult::NVRTC_SUCCESS && size > 0 {
                         let mut buf = vec![0 as c_char; size];
-                        if nvrtc::nvrtcGetProgramLog(program, buf.as_mut_ptr())
-                            == nvrtc::nvrtcResult::NVRTC_SUCCESS
-                        {
+                        if nvrtc::nvrtcGetProgramLog(program, buf.as_mut_ptr()) == nvrtc::nvrtcResult::NVRTC_SUCCESS {
                             text = ffi::fixed_str(&buf);
                         }
                     }
@@ -752,9 +662,7 @@ pub mod imp {
                     return Err("nvrtcGetPTXSize failed".into());
                 }
                 let mut ptx = vec![0 as c_char; size.max(1)];
-                if nvrtc::nvrtcGetPTX(program, ptx.as_mut_ptr())
-                    != nvrtc::nvrtcResult::NVRTC_SUCCESS
-                {
+                if nvrtc::nvrtcGetPTX(program, ptx.as_mut_ptr()) != nvrtc::nvrtcResult::NVRTC_SUCCESS {
                     return Err("nvrtcGetPTX failed".into());
                 }
                 Ok(ptx)
@@ -789,12 +697,7 @@ pub mod imp {
         })())
     }
 
-    pub unsafe fn get_function(
-        ctx: ffi::Context,
-        module: ffi::Module,
-        name: *const c_char,
-        out: *mut ffi::Function,
-    ) -> ffi::Status {
+    pub unsafe fn get_function(ctx: ffi::Context, module: ffi::Module, name: *const c_char, out: *mut ffi::Function) -> ffi::Status {
         if name.is_null() || out.is_null() {
             return ffi::ERROR_INVALID_VALUE;
         }
@@ -826,11 +729,7 @@ pub mod imp {
         args: *mut *mut c_void,
         num_args: u32,
     ) -> ffi::Status {
-        if grid.is_null()
-            || block.is_null()
-            || function.is_null()
-            || (num_args > 0 && args.is_null())
-        {
+        if grid.is_null() || block.is_null() || function.is_null() || (num_args > 0 && args.is_null()) {
             return ffi::ERROR_INVALID_VALUE;
         }
         status((|| {
@@ -840,10 +739,7 @@ pub mod imp {
             // SAFETY: 3-element arrays (the header); a function of a loaded module; `args` as
             // cuLaunchKernel's kernelParams.
             unsafe {
-                let (g, b) = (
-                    std::slice::from_raw_parts(grid, 3),
-                    std::slice::from_raw_parts(block, 3),
-                );
+                let (g, b) = (std::slice::from_raw_parts(grid, 3), std::slice::from_raw_parts(block, 3));
                 // Dynamic shared memory above 48 KiB must be opted into per function.
                 check(cu::cuFuncSetAttribute(
                     f,
@@ -875,9 +771,9 @@ pub mod imp {
 macro_rules! export_plugin {
     ($profile:path) => {
         const _: () = {
+            use $crate::{guard, imp};
             use ::phi3v_backend_plugin::ffi;
             use ::std::ffi::{c_char, c_void};
-            use $crate::{guard, imp};
 
             #[unsafe(no_mangle)]
             pub extern "C" fn phi3v_plugin_abi_version() -> u32 {
@@ -897,199 +793,92 @@ macro_rules! export_plugin {
                 guard(|| unsafe { imp::device_count(&$profile, count) })
             }
             #[unsafe(no_mangle)]
-            pub unsafe extern "C" fn phi3v_plugin_device_properties(
-                device: i32,
-                props: *mut ffi::DeviceProperties,
-            ) -> ffi::Status {
+            pub unsafe extern "C" fn phi3v_plugin_device_properties(device: i32, props: *mut ffi::DeviceProperties) -> ffi::Status {
                 guard(|| unsafe { imp::device_properties(&$profile, device, props) })
             }
             #[unsafe(no_mangle)]
-            pub unsafe extern "C" fn phi3v_plugin_context_create(
-                device: i32,
-                ctx: *mut ffi::Context,
-            ) -> ffi::Status {
+            pub unsafe extern "C" fn phi3v_plugin_context_create(device: i32, ctx: *mut ffi::Context) -> ffi::Status {
                 guard(|| unsafe { imp::context_create(&$profile, device, ctx) })
             }
             #[unsafe(no_mangle)]
-            pub unsafe extern "C" fn phi3v_plugin_context_destroy(
-                ctx: ffi::Context,
-            ) -> ffi::Status {
+            pub unsafe extern "C" fn phi3v_plugin_context_destroy(ctx: ffi::Context) -> ffi::Status {
                 guard(|| unsafe { imp::context_destroy(ctx) })
             }
             #[unsafe(no_mangle)]
-            pub unsafe extern "C" fn phi3v_plugin_mem_info(
-                ctx: ffi::Context,
-                free: *mut u64,
-                total: *mut u64,
-            ) -> ffi::Status {
+            pub unsafe extern "C" fn phi3v_plugin_mem_info(ctx: ffi::Context, free: *mut u64, total: *mut u64) -> ffi::Status {
                 guard(|| unsafe { imp::mem_info(ctx, free, total) })
             }
             #[unsafe(no_mangle)]
-            pub unsafe extern "C" fn phi3v_plugin_malloc(
-                ctx: ffi::Context,
-                bytes: u64,
-                stream: ffi::Stream,
-                ptr: *mut u64,
-            ) -> ffi::Status {
+            pub unsafe extern "C" fn phi3v_plugin_malloc(ctx: ffi::Context, bytes: u64, stream: ffi::Stream, ptr: *mut u64) -> ffi::Status {
                 guard(|| unsafe { imp::malloc(&$profile, ctx, bytes, stream, ptr) })
             }
             #[unsafe(no_mangle)]
-            pub unsafe extern "C" fn phi3v_plugin_free(
-                ctx: ffi::Context,
-                ptr: u64,
-                stream: ffi::Stream,
-            ) -> ffi::Status {
+            pub unsafe extern "C" fn phi3v_plugin_free(ctx: ffi::Context, ptr: u64, stream: ffi::Stream) -> ffi::Status {
                 guard(|| unsafe { imp::free(ctx, ptr, stream) })
             }
             #[unsafe(no_mangle)]
-            pub unsafe extern "C" fn phi3v_plugin_host_alloc(
-                ctx: ffi::Context,
-                bytes: u64,
-                ptr: *mut *mut c_void,
-            ) -> ffi::Status {
+            pub unsafe extern "C" fn phi3v_plugin_host_alloc(ctx: ffi::Context, bytes: u64, ptr: *mut *mut c_void) -> ffi::Status {
                 guard(|| unsafe { imp::host_alloc(ctx, bytes, ptr) })
             }
             #[unsafe(no_mangle)]
-            pub unsafe extern "C" fn phi3v_plugin_host_free(
-                ctx: ffi::Context,
-                ptr: *mut c_void,
-            ) -> ffi::Status {
+            pub unsafe extern "C" fn phi3v_plugin_host_free(ctx: ffi::Context, ptr: *mut c_void) -> ffi::Status {
                 guard(|| unsafe { imp::host_free(ctx, ptr) })
             }
             #[unsafe(no_mangle)]
-            pub unsafe extern "C" fn phi3v_plugin_memcpy_h2d_async(
-                ctx: ffi::Context,
-                dst: u64,
-                src: *const c_void,
-                bytes: u64,
-                stream: ffi::Stream,
-            ) -> ffi::Status {
+            pub unsafe extern "C" fn phi3v_plugin_memcpy_h2d_async(ctx: ffi::Context, dst: u64, src: *const c_void, bytes: u64, stream: ffi::Stream) -> ffi::Status {
                 // SAFETY: the header's contract, forwarded.
                 guard(|| unsafe { imp::memcpy(ctx, ffi::COPY_H2D, dst, src as u64, bytes, stream) })
             }
             #[unsafe(no_mangle)]
-            pub unsafe extern "C" fn phi3v_plugin_memcpy_d2h_async(
-                ctx: ffi::Context,
-                dst: *mut c_void,
-                src: u64,
-                bytes: u64,
-                stream: ffi::Stream,
-            ) -> ffi::Status {
+            pub unsafe extern "C" fn phi3v_plugin_memcpy_d2h_async(ctx: ffi::Context, dst: *mut c_void, src: u64, bytes: u64, stream: ffi::Stream) -> ffi::Status {
                 // SAFETY: the header's contract, forwarded.
                 guard(|| unsafe { imp::memcpy(ctx, ffi::COPY_D2H, dst as u64, src, bytes, stream) })
             }
             #[unsafe(no_mangle)]
-            pub unsafe extern "C" fn phi3v_plugin_memcpy_d2d_async(
-                ctx: ffi::Context,
-                dst: u64,
-                src: u64,
-                bytes: u64,
-                stream: ffi::Stream,
-            ) -> ffi::Status {
+            pub unsafe extern "C" fn phi3v_plugin_memcpy_d2d_async(ctx: ffi::Context, dst: u64, src: u64, bytes: u64, stream: ffi::Stream) -> ffi::Status {
                 // SAFETY: the header's contract, forwarded.
                 guard(|| unsafe { imp::memcpy(ctx, 0, dst, src, bytes, stream) })
             }
             #[unsafe(no_mangle)]
-            pub unsafe extern "C" fn phi3v_plugin_memcpy_2d_async(
-                ctx: ffi::Context,
-                kind: u32,
-                dst: u64,
-                dst_pitch: u64,
-                src: u64,
-                src_pitch: u64,
-                width: u64,
-                height: u64,
-                stream: ffi::Stream,
-            ) -> ffi::Status {
+            pub unsafe extern "C" fn phi3v_plugin_memcpy_2d_async(ctx: ffi::Context, kind: u32, dst: u64, dst_pitch: u64, src: u64, src_pitch: u64, width: u64, height: u64, stream: ffi::Stream) -> ffi::Status {
                 // SAFETY: the header's contract, forwarded.
-                guard(|| unsafe {
-                    imp::memcpy_2d(
-                        ctx, kind, dst, dst_pitch, src, src_pitch, width, height, stream,
-                    )
-                })
+                guard(|| unsafe { imp::memcpy_2d(ctx, kind, dst, dst_pitch, src, src_pitch, width, height, stream) })
             }
             #[unsafe(no_mangle)]
-            pub unsafe extern "C" fn phi3v_plugin_stream_create(
-                ctx: ffi::Context,
-                stream: *mut ffi::Stream,
-            ) -> ffi::Status {
+            pub unsafe extern "C" fn phi3v_plugin_stream_create(ctx: ffi::Context, stream: *mut ffi::Stream) -> ffi::Status {
                 guard(|| unsafe { imp::stream_create(ctx, stream) })
             }
             #[unsafe(no_mangle)]
-            pub unsafe extern "C" fn phi3v_plugin_stream_destroy(
-                ctx: ffi::Context,
-                stream: ffi::Stream,
-            ) -> ffi::Status {
+            pub unsafe extern "C" fn phi3v_plugin_stream_destroy(ctx: ffi::Context, stream: ffi::Stream) -> ffi::Status {
                 guard(|| unsafe { imp::stream_destroy(ctx, stream) })
             }
             #[unsafe(no_mangle)]
-            pub unsafe extern "C" fn phi3v_plugin_stream_synchronize(
-                ctx: ffi::Context,
-                stream: ffi::Stream,
-            ) -> ffi::Status {
+            pub unsafe extern "C" fn phi3v_plugin_stream_synchronize(ctx: ffi::Context, stream: ffi::Stream) -> ffi::Status {
                 guard(|| unsafe { imp::stream_synchronize(ctx, stream) })
             }
             #[unsafe(no_mangle)]
-            pub unsafe extern "C" fn phi3v_plugin_event_record(
-                ctx: ffi::Context,
-                stream: ffi::Stream,
-                event: *mut ffi::Event,
-            ) -> ffi::Status {
+            pub unsafe extern "C" fn phi3v_plugin_event_record(ctx: ffi::Context, stream: ffi::Stream, event: *mut ffi::Event) -> ffi::Status {
                 guard(|| unsafe { imp::event_record(ctx, stream, event) })
             }
             #[unsafe(no_mangle)]
-            pub unsafe extern "C" fn phi3v_plugin_event_wait(
-                ctx: ffi::Context,
-                stream: ffi::Stream,
-                event: ffi::Event,
-            ) -> ffi::Status {
+            pub unsafe extern "C" fn phi3v_plugin_event_wait(ctx: ffi::Context, stream: ffi::Stream, event: ffi::Event) -> ffi::Status {
                 guard(|| unsafe { imp::event_wait(ctx, stream, event) })
             }
             #[unsafe(no_mangle)]
-            pub unsafe extern "C" fn phi3v_plugin_event_synchronize(
-                ctx: ffi::Context,
-                event: ffi::Event,
-            ) -> ffi::Status {
+            pub unsafe extern "C" fn phi3v_plugin_event_synchronize(ctx: ffi::Context, event: ffi::Event) -> ffi::Status {
                 guard(|| unsafe { imp::event_synchronize(ctx, event) })
             }
             #[unsafe(no_mangle)]
-            pub unsafe extern "C" fn phi3v_plugin_event_destroy(
-                ctx: ffi::Context,
-                event: ffi::Event,
-            ) -> ffi::Status {
+            pub unsafe extern "C" fn phi3v_plugin_event_destroy(ctx: ffi::Context, event: ffi::Event) -> ffi::Status {
                 guard(|| unsafe { imp::event_destroy(ctx, event) })
             }
             #[unsafe(no_mangle)]
-            pub unsafe extern "C" fn phi3v_plugin_module_compile(
-                ctx: ffi::Context,
-                dialect: u32,
-                source: *const c_char,
-                name: *const c_char,
-                options: *const *const c_char,
-                num_options: u32,
-                module: *mut ffi::Module,
-                log: *mut *mut c_char,
-            ) -> ffi::Status {
+            pub unsafe extern "C" fn phi3v_plugin_module_compile(ctx: ffi::Context, dialect: u32, source: *const c_char, name: *const c_char, options: *const *const c_char, num_options: u32, module: *mut ffi::Module, log: *mut *mut c_char) -> ffi::Status {
                 // SAFETY: the header's contract, forwarded.
-                guard(|| unsafe {
-                    imp::module_compile(
-                        &$profile,
-                        ctx,
-                        dialect,
-                        source,
-                        name,
-                        options,
-                        num_options,
-                        module,
-                        log,
-                    )
-                })
+                guard(|| unsafe { imp::module_compile(&$profile, ctx, dialect, source, name, options, num_options, module, log) })
             }
             #[unsafe(no_mangle)]
-            pub unsafe extern "C" fn phi3v_plugin_module_unload(
-                ctx: ffi::Context,
-                module: ffi::Module,
-            ) -> ffi::Status {
+            pub unsafe extern "C" fn phi3v_plugin_module_unload(ctx: ffi::Context, module: ffi::Module) -> ffi::Status {
                 guard(|| unsafe { imp::module_unload(ctx, module) })
             }
             #[unsafe(no_mangle)]
@@ -1098,38 +887,13 @@ macro_rules! export_plugin {
                 let _ = ::std::panic::catch_unwind(|| unsafe { imp::string_free(s) });
             }
             #[unsafe(no_mangle)]
-            pub unsafe extern "C" fn phi3v_plugin_module_get_function(
-                ctx: ffi::Context,
-                module: ffi::Module,
-                name: *const c_char,
-                function: *mut ffi::Function,
-            ) -> ffi::Status {
+            pub unsafe extern "C" fn phi3v_plugin_module_get_function(ctx: ffi::Context, module: ffi::Module, name: *const c_char, function: *mut ffi::Function) -> ffi::Status {
                 guard(|| unsafe { imp::get_function(ctx, module, name, function) })
             }
             #[unsafe(no_mangle)]
-            pub unsafe extern "C" fn phi3v_plugin_launch(
-                ctx: ffi::Context,
-                function: ffi::Function,
-                grid: *const u32,
-                block: *const u32,
-                shared_mem_bytes: u32,
-                stream: ffi::Stream,
-                args: *mut *mut c_void,
-                num_args: u32,
-            ) -> ffi::Status {
+            pub unsafe extern "C" fn phi3v_plugin_launch(ctx: ffi::Context, function: ffi::Function, grid: *const u32, block: *const u32, shared_mem_bytes: u32, stream: ffi::Stream, args: *mut *mut c_void, num_args: u32) -> ffi::Status {
                 // SAFETY: the header's contract, forwarded.
-                guard(|| unsafe {
-                    imp::launch(
-                        ctx,
-                        function,
-                        grid,
-                        block,
-                        shared_mem_bytes,
-                        stream,
-                        args,
-                        num_args,
-                    )
-                })
+                guard(|| unsafe { imp::launch(ctx, function, grid, block, shared_mem_bytes, stream, args, num_args) })
             }
         };
     };
@@ -1192,10 +956,7 @@ mod tests {
         );
         assert_eq!(m.srcMemoryType, cu::CUmemorytype::CU_MEMORYTYPE_HOST);
         assert_eq!(m.dstMemoryType, cu::CUmemorytype::CU_MEMORYTYPE_DEVICE);
-        assert_eq!(
-            (m.srcPitch, m.dstPitch, m.WidthInBytes, m.Height),
-            (16, 32, 12, 4)
-        );
+        assert_eq!((m.srcPitch, m.dstPitch, m.WidthInBytes, m.Height), (16, 32, 12, 4));
         assert_eq!((m.dstDevice, m.srcXInBytes, m.dstY), (0x1000, 0, 0));
         assert!(m.srcArray.is_null() && m.dstArray.is_null() && m.dstHost.is_null());
     }

@@ -9,11 +9,7 @@ use std::path::PathBuf;
 fn cdylib() -> PathBuf {
     let exe = std::env::current_exe().unwrap();
     let deps = exe.parent().unwrap();
-    let name = format!(
-        "{}phi3v_plugin_cuda{}",
-        std::env::consts::DLL_PREFIX,
-        std::env::consts::DLL_SUFFIX
-    );
+    let name = format!("{}phi3v_plugin_cuda{}", std::env::consts::DLL_PREFIX, std::env::consts::DLL_SUFFIX);
     [deps.join(&name), deps.parent().unwrap().join(&name)]
         .into_iter()
         .find(|p| p.exists())
@@ -23,21 +19,12 @@ fn cdylib() -> PathBuf {
 #[test]
 fn loads_and_reports_its_devices() {
     let lib = PluginLibrary::load(&cdylib()).unwrap();
-    assert!(lib.has(
-        phi3v_backend_plugin::ffi::CAP_PINNED_HOST | phi3v_backend_plugin::ffi::CAP_MEMCPY_2D
-    ));
+    assert!(lib.has(phi3v_backend_plugin::ffi::CAP_PINNED_HOST | phi3v_backend_plugin::ffi::CAP_MEMCPY_2D));
     match lib.device_count() {
         // No driver here: the error says so, and opening a device is the same typed error.
-        Err(PluginError::Driver {
-            status: phi3v_backend_plugin::ffi::ERROR_NO_DEVICE,
-            message,
-            ..
-        }) => {
+        Err(PluginError::Driver { status: phi3v_backend_plugin::ffi::ERROR_NO_DEVICE, message, .. }) => {
             assert!(message.contains("libcuda"), "{message}");
-            assert!(matches!(
-                PluginDevice::open(cdylib(), 0),
-                Err(PluginError::Driver { .. })
-            ));
+            assert!(matches!(PluginDevice::open(cdylib(), 0), Err(PluginError::Driver { .. })));
         }
         Ok(count) if count > 0 => {
             let info = lib.device_info(0).unwrap();
@@ -57,18 +44,6 @@ fn bad_handles_are_statuses() {
     let lib = PluginLibrary::load(&cdylib()).unwrap();
     // SAFETY: deliberately a null context: the header says the plugin rejects it with a status.
     let err = unsafe { lib.stream_create(std::ptr::null_mut()) }.unwrap_err();
-    assert!(
-        matches!(
-            err,
-            PluginError::Driver {
-                status: phi3v_backend_plugin::ffi::ERROR_INVALID_VALUE,
-                ..
-            }
-        ),
-        "{err}"
-    );
-    assert!(
-        !lib.status_string(phi3v_backend_plugin::ffi::ERROR_NO_DEVICE)
-            .is_empty()
-    );
+    assert!(matches!(err, PluginError::Driver { status: phi3v_backend_plugin::ffi::ERROR_INVALID_VALUE, .. }), "{err}");
+    assert!(!lib.status_string(phi3v_backend_plugin::ffi::ERROR_NO_DEVICE).is_empty());
 }

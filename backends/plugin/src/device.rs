@@ -35,12 +35,7 @@ struct Registry {
 
 fn registry() -> &'static Mutex<Registry> {
     static REGISTRY: OnceLock<Mutex<Registry>> = OnceLock::new();
-    REGISTRY.get_or_init(|| {
-        Mutex::new(Registry {
-            libraries: Vec::new(),
-            slots: Vec::new(),
-        })
-    })
+    REGISTRY.get_or_init(|| Mutex::new(Registry { libraries: Vec::new(), slots: Vec::new() }))
 }
 
 /// Loads (once per path) the plugin library at `path`.
@@ -79,10 +74,7 @@ impl PluginSpec {
             return Self::from_env(Some(rest.parse().map_err(|_| invalid())?));
         }
         let (path, index) = split_path_index(rest).ok_or_else(invalid)?;
-        Ok(Self {
-            path,
-            index: index.unwrap_or(0),
-        })
+        Ok(Self { path, index: index.unwrap_or(0) })
     }
 
     /// The library named by `PHI3V_PLUGIN` (`PATH[:N]`); an explicit `index` wins over N.
@@ -90,10 +82,7 @@ impl PluginSpec {
         let value = std::env::var(PLUGIN_ENV).map_err(|_| PluginError::NoPluginConfigured)?;
         let (path, env_index) = split_path_index(&value)
             .ok_or_else(|| PluginError::InvalidDeviceString(format!("{PLUGIN_ENV}={value}")))?;
-        Ok(Self {
-            path,
-            index: index.or(env_index).unwrap_or(0),
-        })
+        Ok(Self { path, index: index.or(env_index).unwrap_or(0) })
     }
 }
 
@@ -133,9 +122,7 @@ impl PluginDevice {
             return Err(PluginError::TooManyDevices(u16::MAX as usize));
         }
         reg.slots.push(Slot { library, index });
-        Ok(Self {
-            slot: (reg.slots.len() - 1) as u16,
-        })
+        Ok(Self { slot: (reg.slots.len() - 1) as u16 })
     }
 
     /// Opens the device a `plugin:PATH[:N]` string (or `PHI3V_PLUGIN`) names.
@@ -147,9 +134,7 @@ impl PluginDevice {
     /// Every device of the plugin at `path`.
     pub fn all(path: impl AsRef<Path>) -> Result<Vec<Self>, PluginError> {
         let library = load_library(path.as_ref())?;
-        (0..library.device_count()?)
-            .map(|i| Self::open(path.as_ref(), i))
-            .collect()
+        (0..library.device_count()?).map(|i| Self::open(path.as_ref(), i)).collect()
     }
 
     pub(crate) fn slot(&self) -> Option<Slot> {
@@ -186,16 +171,11 @@ impl std::fmt::Debug for PluginDevice {
 
 impl Device for PluginDevice {
     fn from_id(device_id: DeviceId) -> Self {
-        Self {
-            slot: device_id.index_id,
-        }
+        Self { slot: device_id.index_id }
     }
 
     fn to_id(&self) -> DeviceId {
-        DeviceId {
-            type_id: TYPE_ID,
-            index_id: self.slot,
-        }
+        DeviceId { type_id: TYPE_ID, index_id: self.slot }
     }
 }
 
@@ -221,10 +201,5 @@ pub(crate) fn resolve(device: &PluginDevice) -> Result<Slot, PluginError> {
 /// The ids of every device opened so far.
 pub(crate) fn opened_ids() -> Vec<DeviceId> {
     let reg = registry().lock().unwrap_or_else(|e| e.into_inner());
-    (0..reg.slots.len())
-        .map(|i| DeviceId {
-            type_id: TYPE_ID,
-            index_id: i as u16,
-        })
-        .collect()
+    (0..reg.slots.len()).map(|i| DeviceId { type_id: TYPE_ID, index_id: i as u16 }).collect()
 }

@@ -98,11 +98,7 @@ impl DeviceProperties {
 /// Copies a fixed-size C string field, stopping at the first NUL or at the end of the array
 /// (a plugin that forgets the terminator yields a truncated name, not an out-of-bounds read).
 pub fn fixed_str(field: &[c_char]) -> String {
-    let bytes: Vec<u8> = field
-        .iter()
-        .take_while(|&&c| c != 0)
-        .map(|&c| c as u8)
-        .collect();
+    let bytes: Vec<u8> = field.iter().take_while(|&&c| c != 0).map(|&c| c as u8).collect();
     String::from_utf8_lossy(&bytes).into_owned()
 }
 

@@ -74,18 +74,11 @@ pub struct DeviceInfo {
 }
 
 fn symbol<T: Copy>(lib: &libloading::Library, path: &Path, name: &str) -> Result<T, PluginError> {
-    let missing = || PluginError::MissingSymbol {
-        path: path.to_owned(),
-        symbol: name.to_owned(),
-    };
+    let missing = || PluginError::MissingSymbol { path: path.to_owned(), symbol: name.to_owned() };
     let cname = CString::new(name).map_err(|_| missing())?;
     // SAFETY: `T` is the `extern "C"` function pointer type the header declares for `name`; the
     // pointer is only called while `lib` stays loaded (PluginLibrary owns both).
-    unsafe {
-        lib.get::<T>(cname.as_bytes_with_nul())
-            .map(|s| *s)
-            .map_err(|_| missing())
-    }
+    unsafe { lib.get::<T>(cname.as_bytes_with_nul()).map(|s| *s).map_err(|_| missing()) }
 }
 
 fn optional<T: Copy>(lib: &libloading::Library, path: &Path, name: &str) -> Option<T> {
@@ -97,10 +90,7 @@ impl PluginLibrary {
     pub fn load(path: &Path) -> Result<Self, PluginError> {
         // SAFETY: loading a library runs its initialisers; that is the contract of a plugin.
         let lib = unsafe { libloading::Library::new(path) }.map_err(|e| {
-            PluginError::LibraryNotFound {
-                path: path.to_owned(),
-                reason: e.to_string(),
-            }
+            PluginError::LibraryNotFound { path: path.to_owned(), reason: e.to_string() }
         })?;
         let abi_version: ffi::AbiVersionFn = symbol(&lib, path, "phi3v_plugin_abi_version")?;
         // SAFETY: a function of no arguments declared by the header.
@@ -112,7 +102,8 @@ impl PluginLibrary {
                 expected: ffi::ABI_VERSION,
             });
         }
-        let capabilities_fn: ffi::CapabilitiesFn = symbol(&lib, path, "phi3v_plugin_capabilities")?;
+        let capabilities_fn: ffi::CapabilitiesFn =
+            symbol(&lib, path, "phi3v_plugin_capabilities")?;
         // SAFETY: as above.
         let mut capabilities = unsafe { capabilities_fn() };
         let api = Api {
@@ -150,12 +141,7 @@ impl PluginLibrary {
         if api.memcpy_2d.is_none() {
             capabilities &= !ffi::CAP_MEMCPY_2D;
         }
-        Ok(Self {
-            path: path.to_owned(),
-            capabilities,
-            api,
-            _lib: lib,
-        })
+        Ok(Self { path: path.to_owned(), capabilities, api, _lib: lib })
     }
 
     pub fn path(&self) -> &Path {
@@ -179,9 +165,7 @@ impl PluginLibrary {
             return format!("status {status}");
         }
         // SAFETY: non-null, NUL-terminated per the header.
-        unsafe { CStr::from_ptr(ptr) }
-            .to_string_lossy()
-            .into_owned()
+        unsafe { CStr::from_ptr(ptr) }.to_string_lossy().into_owned()
     }
 
     fn check(&self, call: &'static str, status: Status) -> Result<(), PluginError> {
@@ -200,9 +184,7 @@ impl PluginLibrary {
     pub fn device_count(&self) -> Result<usize, PluginError> {
         let mut count = 0i32;
         // SAFETY: `count` is a valid out-pointer.
-        self.check("device_count", unsafe {
-            (self.api.device_count)(&mut count)
-        })?;
+        self.check("device_count", unsafe { (self.api.device_count)(&mut count) })?;
         Ok(count.max(0) as usize)
     }
 
@@ -210,11 +192,7 @@ impl PluginLibrary {
     pub fn device_info(&self, index: usize) -> Result<DeviceInfo, PluginError> {
         let count = self.device_count()?;
         if index >= count {
-            return Err(PluginError::DeviceOutOfRange {
-                path: self.path.clone(),
-                index,
-                count,
-            });
+            return Err(PluginError::DeviceOutOfRange { path: self.path.clone(), index, count });
         }
         let mut p = ffi::DeviceProperties::empty();
         // SAFETY: `p` is a properly sized, writable properties struct whose size is declared.
@@ -242,9 +220,7 @@ impl PluginLibrary {
     pub fn context_create(&self, index: usize) -> Result<Context, PluginError> {
         let mut ctx = std::ptr::null_mut();
         // SAFETY: valid out-pointer.
-        self.check("context_create", unsafe {
-            (self.api.context_create)(index as i32, &mut ctx)
-        })?;
+        self.check("context_create", unsafe { (self.api.context_create)(index as i32, &mut ctx) })?;
         Ok(ctx)
     }
 
@@ -252,9 +228,7 @@ impl PluginLibrary {
     /// Every handle argument came from this library (for this context) and is still live.
     pub unsafe fn context_destroy(&self, ctx: Context) -> Result<(), PluginError> {
         // SAFETY: the caller's contract.
-        self.check("context_destroy", unsafe {
-            (self.api.context_destroy)(ctx)
-        })
+        self.check("context_destroy", unsafe { (self.api.context_destroy)(ctx) })
     }
 
     /// (free, total) bytes.
@@ -263,36 +237,22 @@ impl PluginLibrary {
     pub unsafe fn mem_info(&self, ctx: Context) -> Result<(u64, u64), PluginError> {
         let (mut free, mut total) = (0u64, 0u64);
         // SAFETY: valid out-pointers.
-        self.check("mem_info", unsafe {
-            (self.api.mem_info)(ctx, &mut free, &mut total)
-        })?;
+        self.check("mem_info", unsafe { (self.api.mem_info)(ctx, &mut free, &mut total) })?;
         Ok((free, total))
     }
 
     /// # Safety
     /// Every handle argument came from this library (for this context) and is still live.
-    pub unsafe fn malloc(
-        &self,
-        ctx: Context,
-        bytes: u64,
-        stream: Stream,
-    ) -> Result<DevPtr, PluginError> {
+    pub unsafe fn malloc(&self, ctx: Context, bytes: u64, stream: Stream) -> Result<DevPtr, PluginError> {
         let mut ptr = 0;
         // SAFETY: valid out-pointer; handles from this plugin.
-        self.check("malloc", unsafe {
-            (self.api.malloc)(ctx, bytes, stream, &mut ptr)
-        })?;
+        self.check("malloc", unsafe { (self.api.malloc)(ctx, bytes, stream, &mut ptr) })?;
         Ok(ptr)
     }
 
     /// # Safety
     /// Every handle argument came from this library (for this context) and is still live.
-    pub unsafe fn free(
-        &self,
-        ctx: Context,
-        ptr: DevPtr,
-        stream: Stream,
-    ) -> Result<(), PluginError> {
+    pub unsafe fn free(&self, ctx: Context, ptr: DevPtr, stream: Stream) -> Result<(), PluginError> {
         // SAFETY: `ptr` came from malloc and is freed once.
         self.check("free", unsafe { (self.api.free)(ctx, ptr, stream) })
     }
@@ -330,9 +290,7 @@ impl PluginLibrary {
         stream: Stream,
     ) -> Result<(), PluginError> {
         // SAFETY: the caller's contract.
-        self.check("memcpy_h2d_async", unsafe {
-            (self.api.memcpy_h2d)(ctx, dst, src, bytes, stream)
-        })
+        self.check("memcpy_h2d_async", unsafe { (self.api.memcpy_h2d)(ctx, dst, src, bytes, stream) })
     }
 
     /// # Safety
@@ -346,9 +304,7 @@ impl PluginLibrary {
         stream: Stream,
     ) -> Result<(), PluginError> {
         // SAFETY: the caller's contract.
-        self.check("memcpy_d2h_async", unsafe {
-            (self.api.memcpy_d2h)(ctx, dst, src, bytes, stream)
-        })
+        self.check("memcpy_d2h_async", unsafe { (self.api.memcpy_d2h)(ctx, dst, src, bytes, stream) })
     }
 
     /// # Safety
@@ -362,9 +318,7 @@ impl PluginLibrary {
         stream: Stream,
     ) -> Result<(), PluginError> {
         // SAFETY: the caller's contract.
-        self.check("memcpy_d2d_async", unsafe {
-            (self.api.memcpy_d2d)(ctx, dst, src, bytes, stream)
-        })
+        self.check("memcpy_d2d_async", unsafe { (self.api.memcpy_d2d)(ctx, dst, src, bytes, stream) })
     }
 
     /// Pitched copy of `height` rows of `width` bytes; one call if the plugin has
@@ -392,26 +346,17 @@ impl PluginLibrary {
         let dense = dst_pitch == width && src_pitch == width;
         if let (Some(f), false) = (self.api.memcpy_2d, dense) {
             // SAFETY: the caller's contract.
-            let status = unsafe {
-                f(
-                    ctx, kind, dst, dst_pitch, src, src_pitch, width, height, stream,
-                )
-            };
+            let status =
+                unsafe { f(ctx, kind, dst, dst_pitch, src, src_pitch, width, height, stream) };
             return self.check("memcpy_2d_async", status);
         }
-        let (rows, row_bytes) = if dense {
-            (1, width * height)
-        } else {
-            (height, width)
-        };
+        let (rows, row_bytes) = if dense { (1, width * height) } else { (height, width) };
         for row in 0..rows {
             let (d, s) = (dst + row * dst_pitch, src + row * src_pitch);
             // SAFETY: each row lies inside the ranges of the caller's contract.
             unsafe {
                 match kind {
-                    ffi::COPY_H2D => {
-                        self.memcpy_h2d(ctx, d, s as *const c_void, row_bytes, stream)?
-                    }
+                    ffi::COPY_H2D => self.memcpy_h2d(ctx, d, s as *const c_void, row_bytes, stream)?,
                     _ => self.memcpy_d2h(ctx, d as *mut c_void, s, row_bytes, stream)?,
                 }
             }
@@ -424,9 +369,7 @@ impl PluginLibrary {
     pub unsafe fn stream_create(&self, ctx: Context) -> Result<Stream, PluginError> {
         let mut stream = std::ptr::null_mut();
         // SAFETY: valid out-pointer.
-        self.check("stream_create", unsafe {
-            (self.api.stream_create)(ctx, &mut stream)
-        })?;
+        self.check("stream_create", unsafe { (self.api.stream_create)(ctx, &mut stream) })?;
         Ok(stream)
     }
 
@@ -434,22 +377,14 @@ impl PluginLibrary {
     /// Every handle argument came from this library (for this context) and is still live.
     pub unsafe fn stream_destroy(&self, ctx: Context, stream: Stream) -> Result<(), PluginError> {
         // SAFETY: `stream` came from stream_create.
-        self.check("stream_destroy", unsafe {
-            (self.api.stream_destroy)(ctx, stream)
-        })
+        self.check("stream_destroy", unsafe { (self.api.stream_destroy)(ctx, stream) })
     }
 
     /// # Safety
     /// Every handle argument came from this library (for this context) and is still live.
-    pub unsafe fn stream_synchronize(
-        &self,
-        ctx: Context,
-        stream: Stream,
-    ) -> Result<(), PluginError> {
+    pub unsafe fn stream_synchronize(&self, ctx: Context, stream: Stream) -> Result<(), PluginError> {
         // SAFETY: `stream` came from stream_create.
-        self.check("stream_synchronize", unsafe {
-            (self.api.stream_synchronize)(ctx, stream)
-        })
+        self.check("stream_synchronize", unsafe { (self.api.stream_synchronize)(ctx, stream) })
     }
 
     /// # Safety
@@ -457,42 +392,29 @@ impl PluginLibrary {
     pub unsafe fn event_record(&self, ctx: Context, stream: Stream) -> Result<Event, PluginError> {
         let mut event = std::ptr::null_mut();
         // SAFETY: valid out-pointer.
-        self.check("event_record", unsafe {
-            (self.api.event_record)(ctx, stream, &mut event)
-        })?;
+        self.check("event_record", unsafe { (self.api.event_record)(ctx, stream, &mut event) })?;
         Ok(event)
     }
 
     /// # Safety
     /// Every handle argument came from this library (for this context) and is still live.
-    pub unsafe fn event_wait(
-        &self,
-        ctx: Context,
-        stream: Stream,
-        event: Event,
-    ) -> Result<(), PluginError> {
+    pub unsafe fn event_wait(&self, ctx: Context, stream: Stream, event: Event) -> Result<(), PluginError> {
         // SAFETY: handles from this plugin.
-        self.check("event_wait", unsafe {
-            (self.api.event_wait)(ctx, stream, event)
-        })
+        self.check("event_wait", unsafe { (self.api.event_wait)(ctx, stream, event) })
     }
 
     /// # Safety
     /// Every handle argument came from this library (for this context) and is still live.
     pub unsafe fn event_synchronize(&self, ctx: Context, event: Event) -> Result<(), PluginError> {
         // SAFETY: handle from event_record.
-        self.check("event_synchronize", unsafe {
-            (self.api.event_synchronize)(ctx, event)
-        })
+        self.check("event_synchronize", unsafe { (self.api.event_synchronize)(ctx, event) })
     }
 
     /// # Safety
     /// Every handle argument came from this library (for this context) and is still live.
     pub unsafe fn event_destroy(&self, ctx: Context, event: Event) -> Result<(), PluginError> {
         // SAFETY: handle from event_record, destroyed once.
-        self.check("event_destroy", unsafe {
-            (self.api.event_destroy)(ctx, event)
-        })
+        self.check("event_destroy", unsafe { (self.api.event_destroy)(ctx, event) })
     }
 
     /// Compiles `source` and loads it; a compile failure carries the plugin's log.
@@ -538,9 +460,7 @@ impl PluginLibrary {
             None
         } else {
             // SAFETY: non-null, NUL-terminated, owned by us until string_free.
-            let text = unsafe { CStr::from_ptr(log) }
-                .to_string_lossy()
-                .into_owned();
+            let text = unsafe { CStr::from_ptr(log) }.to_string_lossy().into_owned();
             // SAFETY: released once, with the plugin's own deallocator.
             unsafe { (self.api.string_free)(log) };
             Some(text)
@@ -560,9 +480,7 @@ impl PluginLibrary {
     /// Every handle argument came from this library (for this context) and is still live.
     pub unsafe fn module_unload(&self, ctx: Context, module: Module) -> Result<(), PluginError> {
         // SAFETY: handle from module_compile, unloaded once.
-        self.check("module_unload", unsafe {
-            (self.api.module_unload)(ctx, module)
-        })
+        self.check("module_unload", unsafe { (self.api.module_unload)(ctx, module) })
     }
 
     /// # Safety

@@ -99,9 +99,7 @@ impl PluginDialect for CudaSource {
     ) -> Result<(), String> {
         // The same architecture gates as cubecl-cuda 0.10 (runtime.rs), minus what needs driver
         // calls outside the ABI: tensor maps (TMA) and thread-block clusters.
-        let arch = cubecl_cpp::cuda::arch::CudaArchitecture {
-            version: info.arch_version,
-        };
+        let arch = cubecl_cpp::cuda::arch::CudaArchitecture { version: info.arch_version };
         let v = info.arch_version;
         if capabilities & ffi::CAP_ATOMIC_F64 != 0 && v >= 60 {
             props.register_atomic_type_usage(
@@ -122,15 +120,12 @@ impl PluginDialect for CudaSource {
             props.register_type_usage(OpaqueType::Barrier(BarrierLevel::Unit), TypeUsage::Buffer);
             props.register_type_usage(OpaqueType::Barrier(BarrierLevel::Cube), TypeUsage::Buffer);
             props.features.plane.insert(Plane::Sync);
-            options.supports_features.grid_constants = capabilities & ffi::CAP_GRID_CONSTANTS != 0;
+            options.supports_features.grid_constants =
+                capabilities & ffi::CAP_GRID_CONSTANTS != 0;
         }
         if v >= 75 {
             for f in [FloatKind::F16, FloatKind::BF16] {
-                props
-                    .features
-                    .matmul
-                    .ldmatrix
-                    .insert(ElemType::Float(f).into());
+                props.features.matmul.ldmatrix.insert(ElemType::Float(f).into());
             }
         }
         if v >= 80 {
@@ -138,25 +133,17 @@ impl PluginDialect for CudaSource {
         }
         if v >= 89 {
             for f in [FloatKind::E4M3, FloatKind::E5M2] {
-                props.register_type_usage(
-                    ElemType::Float(f),
-                    TypeUsage::Conversion | TypeUsage::Buffer,
-                );
+                props.register_type_usage(ElemType::Float(f), TypeUsage::Conversion | TypeUsage::Buffer);
             }
         }
         if v >= 90 {
             options.supports_features.elect_sync = true;
             for f in [FloatKind::F16, FloatKind::BF16] {
-                props
-                    .features
-                    .matmul
-                    .stmatrix
-                    .insert(ElemType::Float(f).into());
+                props.features.matmul.stmatrix.insert(ElemType::Float(f).into());
             }
             for n in [2, 4] {
                 props.register_atomic_type_usage(
-                    Type::new(StorageType::Atomic(ElemType::Float(FloatKind::F32)))
-                        .with_vector_size(n),
+                    Type::new(StorageType::Atomic(ElemType::Float(FloatKind::F32))).with_vector_size(n),
                     AtomicUsage::LoadStore | AtomicUsage::Add,
                 );
             }
@@ -278,11 +265,7 @@ fn init_server<D: PluginDialect>(device: &PluginDevice) -> Result<PluginServer<D
     let driver = Driver { lib, ctx };
     let capabilities = lib.capabilities();
 
-    let mem_alignment = if info.memory_alignment == 0 {
-        256
-    } else {
-        info.memory_alignment as usize
-    };
+    let mem_alignment = if info.memory_alignment == 0 { 256 } else { info.memory_alignment as usize };
     let mem_props = MemoryDeviceProperties {
         max_page_size: info.total_memory / 4,
         alignment: mem_alignment as u64,
@@ -294,37 +277,22 @@ fn init_server<D: PluginDialect>(device: &PluginDevice) -> Result<PluginServer<D
         plane_size_max: warp_size,
         max_bindings: crate::compute::storage::MAX_BINDINGS,
         max_shared_memory_size: info.max_shared_memory_per_block as usize,
-        max_cube_count: (
-            info.max_grid_dim[0],
-            info.max_grid_dim[1],
-            info.max_grid_dim[2],
-        ),
+        max_cube_count: (info.max_grid_dim[0], info.max_grid_dim[1], info.max_grid_dim[2]),
         max_units_per_cube: info.max_threads_per_block,
-        max_cube_dim: (
-            info.max_block_dim[0],
-            info.max_block_dim[1],
-            info.max_block_dim[2],
-        ),
+        max_cube_dim: (info.max_block_dim[0], info.max_block_dim[1], info.max_block_dim[2]),
         num_streaming_multiprocessors: (info.compute_units > 0).then_some(info.compute_units),
         num_tensor_cores: None,
         min_tensor_cores_dim: None,
         num_cpu_cores: None,
         max_vector_size: VectorSize::MAX,
     };
-    let mut props = DeviceProperties::new(
-        Default::default(),
-        mem_props.clone(),
-        hardware,
-        TimingMethod::System,
-    );
+    let mut props =
+        DeviceProperties::new(Default::default(), mem_props.clone(), hardware, TimingMethod::System);
     cubecl_cpp::register_supported_types(&mut props);
     props.register_type_usage(ElemType::Float(FloatKind::TF32), TypeUsage::Conversion);
     let mut options = CompilationOptions {
         warp_size,
-        supports_features: CppSupportedFeatures {
-            fast_math: true,
-            ..Default::default()
-        },
+        supports_features: CppSupportedFeatures { fast_math: true, ..Default::default() },
     };
     D::configure(&info, capabilities, &mut props, &mut options).map_err(|message| {
         PluginError::Driver {
@@ -345,11 +313,7 @@ fn init_server<D: PluginDialect>(device: &PluginDevice) -> Result<PluginServer<D
         other => dtype_allowed(mask, other.elem_type()),
     };
     props.features.types.storage.retain(|ty, _| keep(ty));
-    props
-        .features
-        .types
-        .atomic
-        .retain(|ty, _| keep(&ty.storage_type()));
+    props.features.types.atomic.retain(|ty, _| keep(&ty.storage_type()));
 
     let logger = Arc::new(ServerLogger::default());
     let backend = PluginStreamBackend {

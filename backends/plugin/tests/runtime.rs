@@ -8,9 +8,7 @@ use phi3v_backend_plugin::{PluginCudaRuntime, PluginDevice, PluginHipRuntime};
 
 #[test]
 fn upload_and_read_back() {
-    let Some(lib) = common::mock("roundtrip", &[]) else {
-        return;
-    };
+    let Some(lib) = common::mock("roundtrip", &[]) else { return };
     let device = PluginDevice::open(&lib, 0).unwrap();
     assert_eq!(device.info().unwrap().name, "mock host device 0");
     let client = PluginCudaRuntime::client(&device);
@@ -19,9 +17,7 @@ fn upload_and_read_back() {
     let back = client.read_one(handle).unwrap();
     assert_eq!(&back[..], &data[..]);
     // Many small buffers through the pools and staging memory.
-    let handles: Vec<_> = (1..50u8)
-        .map(|n| client.create_from_slice(&vec![n; n as usize * 7]))
-        .collect();
+    let handles: Vec<_> = (1..50u8).map(|n| client.create_from_slice(&vec![n; n as usize * 7])).collect();
     for (n, bytes) in (1..50u8).zip(client.read(handles)) {
         assert_eq!(&bytes[..], &vec![n; n as usize * 7][..]);
     }
@@ -33,9 +29,7 @@ fn upload_and_read_back() {
 #[test]
 fn the_dtype_mask_removes_types() {
     use cubecl_core::ir::{ElemType, FloatKind, StorageType};
-    let Some(lib) = common::mock("dtypes", &[]) else {
-        return;
-    };
+    let Some(lib) = common::mock("dtypes", &[]) else { return };
     let device = PluginDevice::open(&lib, 0).unwrap();
     let client = PluginCudaRuntime::client(&device);
     let types = &client.properties().features.types.storage;
@@ -47,14 +41,9 @@ fn the_dtype_mask_removes_types() {
 
 #[test]
 fn a_hip_plugin_is_served_by_the_hip_runtime() {
-    let Some(lib) = common::mock("hip", &["MOCK_HIP"]) else {
-        return;
-    };
+    let Some(lib) = common::mock("hip", &["MOCK_HIP"]) else { return };
     let device = PluginDevice::open(&lib, 0).unwrap();
-    assert_eq!(
-        phi3v_backend_plugin::device_dialect(&device).unwrap(),
-        phi3v_backend_plugin::ffi::DIALECT_HIP
-    );
+    assert_eq!(phi3v_backend_plugin::device_dialect(&device).unwrap(), phi3v_backend_plugin::ffi::DIALECT_HIP);
     let client = PluginHipRuntime::client(&device);
     let handle = client.create_from_slice(&[1, 2, 3, 4]);
     assert_eq!(&client.read_one(handle).unwrap()[..], &[1, 2, 3, 4]);

@@ -7,8 +7,7 @@
 
 pub use burn_phi3v::Pipeline;
 pub use burn_phi3v::device::{
-    DeviceError, DeviceFn, DeviceSpec, available_devices, compiled_backends, device_info,
-    resolve_dtype, with_device,
+    DeviceError, DeviceFn, DeviceSpec, available_devices, compiled_backends, device_info, resolve_dtype, with_device,
 };
 
 /// The errors of [`Pipeline`]: burn-phi3v's one error type (devices included).

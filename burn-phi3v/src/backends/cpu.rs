@@ -34,10 +34,7 @@ fn cpu_name() -> String {
             .map(|(_, v)| v.trim().to_string())
     });
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-    format!(
-        "{} ({threads} threads)",
-        model.unwrap_or_else(|| std::env::consts::ARCH.to_string())
-    )
+    format!("{} ({threads} threads)", model.unwrap_or_else(|| std::env::consts::ARCH.to_string()))
 }
 
 /// The devices this backend offers.

@@ -31,12 +31,7 @@ fn with_driver<T>(f: impl FnOnce() -> Option<T> + std::panic::UnwindSafe) -> Opt
 
 /// Number of CUDA devices the driver reports (0 without a driver).
 pub fn device_count() -> usize {
-    with_driver(|| {
-        cudarc::driver::result::device::get_count()
-            .ok()
-            .map(|n| n.max(0) as usize)
-    })
-    .unwrap_or(0)
+    with_driver(|| cudarc::driver::result::device::get_count().ok().map(|n| n.max(0) as usize)).unwrap_or(0)
 }
 
 /// CUDA device `index`.

@@ -22,10 +22,7 @@ pub fn device(spec: &str) -> Result<PluginDevice, PluginError> {
     let info = device.info()?;
     if info.dialect != ffi::DIALECT_CUDA {
         return Err(PluginError::UnsupportedDialect {
-            path: device
-                .library()
-                .map(|l| l.path().to_owned())
-                .unwrap_or_default(),
+            path: device.library().map(|l| l.path().to_owned()).unwrap_or_default(),
             index: device.index().unwrap_or(0),
             dialect: info.dialect,
         });
@@ -67,12 +64,8 @@ pub fn device_info(spec: &str) -> Result<DeviceInfo, PluginError> {
 
 /// The devices of the plugin named by `PHI3V_PLUGIN` (none when it is unset or fails to load).
 pub fn devices() -> Vec<DeviceInfo> {
-    let Ok(spec) = phi3v_backend_plugin::PluginSpec::parse("plugin") else {
-        return Vec::new();
-    };
-    let Ok(library) = phi3v_backend_plugin::load_library(&spec.path) else {
-        return Vec::new();
-    };
+    let Ok(spec) = phi3v_backend_plugin::PluginSpec::parse("plugin") else { return Vec::new() };
+    let Ok(library) = phi3v_backend_plugin::load_library(&spec.path) else { return Vec::new() };
     let count = library.device_count().unwrap_or(0);
     (0..count)
         .filter_map(|i| device_info(&format!("plugin:{}:{i}", spec.path.display())).ok())

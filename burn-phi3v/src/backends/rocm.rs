@@ -25,11 +25,7 @@ pub fn device_count() -> usize {
     let mut n: std::os::raw::c_int = 0;
     // SAFETY: the libraries are loaded (checked above) and `n` is a valid out-pointer.
     let status = unsafe { cubecl_hip_sys::hipGetDeviceCount(&mut n) };
-    if status == cubecl_hip_sys::HIP_SUCCESS {
-        n.max(0) as usize
-    } else {
-        0
-    }
+    if status == cubecl_hip_sys::HIP_SUCCESS { n.max(0) as usize } else { 0 }
 }
 
 /// ROCm device `index`.

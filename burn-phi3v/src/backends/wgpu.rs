@@ -3,8 +3,8 @@
 //! docs/parity.md). f32 by default; f16 where the adapter has `SHADER_F16`; no bf16 (WGSL has
 //! no bf16 arithmetic).
 
-use crate::device::DeviceInfo;
 use burn::backend::wgpu::{WgpuDevice, graphics};
+use crate::device::DeviceInfo;
 use burn::tensor::DType;
 
 /// The Burn backend type for wgpu.
@@ -66,10 +66,7 @@ pub fn devices() -> Vec<DeviceInfo> {
                 spec: format!("wgpu:{i}"),
                 backend: "wgpu",
                 index: i,
-                name: format!(
-                    "{} ({:?}, {:?})",
-                    a.info.name, a.info.backend, a.info.device_type
-                ),
+                name: format!("{} ({:?}, {:?})", a.info.name, a.info.backend, a.info.device_type),
                 total_memory: None,
                 free_memory: None,
                 dtypes,

@@ -249,10 +249,7 @@ mod tests {
         assert_eq!(pool.used_blocks(), 2);
         // `b` ends: both registered blocks are kept, unheld, and still count as free.
         pool.release(&mut b);
-        assert_eq!(
-            (pool.used_blocks(), pool.free_blocks(), pool.cached_blocks()),
-            (0, 4, 2)
-        );
+        assert_eq!((pool.used_blocks(), pool.free_blocks(), pool.cached_blocks()), (0, 4, 2));
         assert_eq!(pool.cached_prefix(&[100, 101]), (2, 2));
         // Growing takes free blocks first (the last freed first), then the least recently
         // released cached one (block 1 was released before block 0: `release` walks the table
@@ -260,11 +257,7 @@ mod tests {
         let mut d = Vec::new();
         assert!(pool.grow(&mut d, 12));
         assert_eq!(d, [2, 3, 1]);
-        assert_eq!(
-            pool.cached_prefix(&[100, 101]),
-            (1, 1),
-            "block 1 lost its hash"
-        );
+        assert_eq!(pool.cached_prefix(&[100, 101]), (1, 1), "block 1 lost its hash");
         // Taking an unheld cached block holds it again.
         let mut e = Vec::new();
         pool.take_cached(&[100], 1, &mut e);

@@ -269,11 +269,7 @@ impl EngineClient {
     /// invalid parameters, a token outside the vocabulary, images that do not match their
     /// placeholders, more than the model's context ([`Phi3vError::ContextOverflow`]) or more
     /// than the whole KV-cache pool ([`Phi3vError::PoolTooSmall`]).
-    pub fn submit(
-        &self,
-        prompt: ProcessedPrompt,
-        params: GenerationParams,
-    ) -> Result<RequestHandle> {
+    pub fn submit(&self, prompt: ProcessedPrompt, params: GenerationParams) -> Result<RequestHandle> {
         let a = &self.admission;
         let row = Row::new(&prompt, params, a.max_position)?;
         let requested = prompt.input_ids.len() + row.params.max_new_tokens;
@@ -287,11 +283,7 @@ impl EngineClient {
         let (events, rx) = mpsc::channel();
         let cancel = Canceller(Arc::new(AtomicBool::new(false)));
         let id = a.next_id.fetch_add(1, Ordering::Relaxed);
-        let image_keys = if a.prefix_caching {
-            ImageKeys::new(&prompt.images)
-        } else {
-            ImageKeys::default()
-        };
+        let image_keys = if a.prefix_caching { ImageKeys::new(&prompt.images) } else { ImageKeys::default() };
         let request = Request {
             id,
             row,
@@ -301,14 +293,8 @@ impl EngineClient {
             cancel: cancel.clone(),
             submitted: Instant::now(),
         };
-        self.tx
-            .send(request)
-            .map_err(|_| Phi3vError::EngineStopped)?;
-        Ok(RequestHandle {
-            id,
-            events: rx,
-            cancel,
-        })
+        self.tx.send(request).map_err(|_| Phi3vError::EngineStopped)?;
+        Ok(RequestHandle { id, events: rx, cancel })
     }
 }
 
@@ -317,11 +303,7 @@ impl EngineClient {
 fn check_prompt(prompt: &ProcessedPrompt, vocab_size: usize, has_vision: bool) -> Result<()> {
     for (position, &id) in prompt.input_ids.iter().enumerate() {
         if id <= -1_000_000_000 || id >= vocab_size as i64 {
-            return Err(Phi3vError::TokenOutOfRange {
-                id,
-                position,
-                vocab_size,
-            });
+            return Err(Phi3vError::TokenOutOfRange { id, position, vocab_size });
         }
     }
     let slots = prompt.input_ids.iter().filter(|&&i| i < 0).count();
@@ -332,19 +314,12 @@ fn check_prompt(prompt: &ProcessedPrompt, vocab_size: usize, has_vision: bool) -
         )));
     }
     if !prompt.images.is_empty() && !has_vision {
-        return Err(Phi3vError::InvalidInput(
-            "this checkpoint has no vision tower".into(),
-        ));
+        return Err(Phi3vError::InvalidInput("this checkpoint has no vision tower".into()));
     }
     for (k, image) in prompt.images.iter().enumerate() {
         let [rows, cols] = image.crop_grid;
-        if image.num_used_crops != 1 + rows * cols
-            || image.pixel_values.len() != image.num_used_crops * ProcessedImage::CROP_LEN
-        {
-            return Err(Phi3vError::InvalidInput(format!(
-                "image {} has malformed pixel data",
-                k + 1
-            )));
+        if image.num_used_crops != 1 + rows * cols || image.pixel_values.len() != image.num_used_crops * ProcessedImage::CROP_LEN {
+            return Err(Phi3vError::InvalidInput(format!("image {} has malformed pixel data", k + 1)));
         }
     }
     Ok(())
@@ -398,21 +373,14 @@ pub struct Engine<B: Backend> {
 
 impl<B: Kernels> std::fmt::Debug for Engine<B> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Engine")
-            .field("config", &self.config)
-            .field("stats", &self.stats())
-            .finish_non_exhaustive()
+        f.debug_struct("Engine").field("config", &self.config).field("stats", &self.stats()).finish_non_exhaustive()
     }
 }
 
 impl<B: Kernels> Engine<B> {
     /// An engine over `model`, allocating its KV-cache pool (`config.num_blocks` blocks) on the
     /// model's device in the model's dtype.
-    pub fn new(
-        model: Phi3VForCausalLM<B>,
-        processor: Phi3VProcessor,
-        config: EngineConfig,
-    ) -> Result<Self> {
+    pub fn new(model: Phi3VForCausalLM<B>, processor: Phi3VProcessor, config: EngineConfig) -> Result<Self> {
         config.validate()?;
         let cache = model.new_paged_cache(config.capacity_tokens());
         let sched = Scheduler::new(
@@ -451,11 +419,7 @@ impl<B: Kernels> Engine<B> {
     }
 
     /// Queues a request (see [`EngineClient::submit`]).
-    pub fn submit(
-        &self,
-        prompt: ProcessedPrompt,
-        params: GenerationParams,
-    ) -> Result<RequestHandle> {
+    pub fn submit(&self, prompt: ProcessedPrompt, params: GenerationParams) -> Result<RequestHandle> {
         self.client.submit(prompt, params)
     }
 
@@ -495,12 +459,7 @@ impl<B: Kernels> Engine<B> {
         while let Ok(req) = self.inbox.try_recv() {
             self.enqueue(req);
         }
-        let cancelled: Vec<u64> = self
-            .seqs
-            .iter()
-            .filter(|(_, s)| s.req.cancel.0.load(Ordering::Relaxed))
-            .map(|(&id, _)| id)
-            .collect();
+        let cancelled: Vec<u64> = self.seqs.iter().filter(|(_, s)| s.req.cancel.0.load(Ordering::Relaxed)).map(|(&id, _)| id).collect();
         for id in cancelled {
             self.finish(id); // unfinished: its output says Cancelled
         }
@@ -513,12 +472,7 @@ impl<B: Kernels> Engine<B> {
                 self.sched.remove(id);
                 if let Some(seq) = self.seqs.remove(&id) {
                     // Each request's error names it, and the pass's cause.
-                    let _ =
-                        seq.req
-                            .events
-                            .send(RequestEvent::Finished(Err(Phi3vError::EngineStep(
-                                format!("request {id}: {reason}"),
-                            ))));
+                    let _ = seq.req.events.send(RequestEvent::Finished(Err(Phi3vError::EngineStep(format!("request {id}: {reason}")))));
                 }
             }
             return Err(e);
@@ -543,36 +497,16 @@ impl<B: Kernels> Engine<B> {
         }
         if !self.sched.is_idle() {
             let (running, waiting) = self.sched.counts();
-            return Err(Phi3vError::InvalidInput(format!(
-                "warm-up needs an idle engine ({running} running, {waiting} waiting); call it before submitting requests"
-            )));
+            return Err(Phi3vError::InvalidInput(format!("warm-up needs an idle engine ({running} running, {waiting} waiting); call it before submitting requests")));
         }
-        let params = GenerationParams {
-            max_new_tokens: 2,
-            min_new_tokens: 2,
-            stop_token_ids: Vec::new(),
-            ..Default::default()
-        };
-        let prompt = |len: usize| ProcessedPrompt {
-            input_ids: vec![1; len],
-            images: Vec::new(),
-        };
-        let mut shapes: Vec<Vec<usize>> = (1..=rows.min(self.config.max_running))
-            .map(|n| vec![1; n])
-            .collect();
-        let chunks = std::iter::successors(Some(16usize), |&l| Some(l * 2))
-            .take_while(|&l| l <= self.config.max_batched_tokens);
-        shapes.extend(
-            chunks
-                .filter(|&l| l + 2 <= self.capacity_tokens())
-                .map(|l| vec![l]),
-        );
+        let params = GenerationParams { max_new_tokens: 2, min_new_tokens: 2, stop_token_ids: Vec::new(), ..Default::default() };
+        let prompt = |len: usize| ProcessedPrompt { input_ids: vec![1; len], images: Vec::new() };
+        let mut shapes: Vec<Vec<usize>> = (1..=rows.min(self.config.max_running)).map(|n| vec![1; n]).collect();
+        let chunks = std::iter::successors(Some(16usize), |&l| Some(l * 2)).take_while(|&l| l <= self.config.max_batched_tokens);
+        shapes.extend(chunks.filter(|&l| l + 2 <= self.capacity_tokens()).map(|l| vec![l]));
         let mut passes = 0;
         for lengths in shapes {
-            let handles = lengths
-                .iter()
-                .map(|&l| self.submit(prompt(l), params.clone()))
-                .collect::<Result<Vec<_>>>()?;
+            let handles = lengths.iter().map(|&l| self.submit(prompt(l), params.clone())).collect::<Result<Vec<_>>>()?;
             while self.step()? {
                 passes += 1;
             }
@@ -657,13 +591,7 @@ impl<B: Kernels> Engine<B> {
     /// none without prefix caching.
     fn block_hashes(&self, seq: &Sequence<B>, mut hashes: Vec<u64>) -> Vec<u64> {
         if self.config.prefix_caching {
-            extend_block_hashes(
-                &mut hashes,
-                &seq.req.row.ids,
-                &seq.req.image_keys,
-                seq.hash_regime,
-                self.config.block_size,
-            );
+            extend_block_hashes(&mut hashes, &seq.req.row.ids, &seq.req.image_keys, seq.hash_regime, self.config.block_size);
         }
         hashes
     }
@@ -678,21 +606,11 @@ impl<B: Kernels> Engine<B> {
             .iter()
             .filter(|p| {
                 let seq = &self.seqs[&p.id];
-                seq.features.is_none()
-                    && seq.req.row.ids[p.start..p.start + p.len]
-                        .iter()
-                        .any(|&i| i < 0)
+                seq.features.is_none() && seq.req.row.ids[p.start..p.start + p.len].iter().any(|&i| i < 0)
             })
             .map(|p| p.id)
             .collect();
-        let crops = |id: &u64| {
-            self.seqs[id]
-                .req
-                .images
-                .iter()
-                .map(|i| i.num_used_crops)
-                .sum::<usize>()
-        };
+        let crops = |id: &u64| self.seqs[id].req.images.iter().map(|i| i.num_used_crops).sum::<usize>();
         let mut groups: Vec<Vec<u64>> = Vec::new();
         let mut in_group = 0;
         for id in needed {
@@ -707,19 +625,11 @@ impl<B: Kernels> Engine<B> {
             in_group += c;
         }
         for group in groups {
-            let images: Vec<&ProcessedImage> = group
-                .iter()
-                .flat_map(|id| self.seqs[id].req.images.iter())
-                .collect();
-            let Some(features) = embed_images(&self.model, &images)? else {
-                continue;
-            };
+            let images: Vec<&ProcessedImage> = group.iter().flat_map(|id| self.seqs[id].req.images.iter()).collect();
+            let Some(features) = embed_images(&self.model, &images)? else { continue };
             let mut at = 0;
             for id in group {
-                let seq = self
-                    .seqs
-                    .get_mut(&id)
-                    .expect("planned sequences are served");
+                let seq = self.seqs.get_mut(&id).expect("planned sequences are served");
                 let n: usize = seq.req.images.iter().map(|i| i.num_img_tokens).sum();
                 seq.features = Some(features.clone().narrow(0, at, n));
                 at += n;
@@ -731,9 +641,7 @@ impl<B: Kernels> Engine<B> {
     /// Recomputes `id`'s block hashes for the regime of a prefill of its whole known length,
     /// if that changed (it holds no blocks: waiting, or just restarted).
     fn rehash(&mut self, id: u64) {
-        let Some(seq) = self.seqs.get_mut(&id) else {
-            return;
-        };
+        let Some(seq) = self.seqs.get_mut(&id) else { return };
         let regime = self.model.rope_regime(seq.req.row.ids.len() - 1);
         if regime != seq.hash_regime {
             seq.hash_regime = regime;
@@ -745,9 +653,7 @@ impl<B: Kernels> Engine<B> {
     /// Frees `id`'s blocks and ends its stream with its output (`Cancelled` if unfinished).
     fn finish(&mut self, id: u64) {
         self.sched.remove(id);
-        let Some(mut seq) = self.seqs.remove(&id) else {
-            return;
-        };
+        let Some(mut seq) = self.seqs.remove(&id) else { return };
         if seq.req.row.finished.is_some() {
             self.stats.finished += 1;
         } else {
@@ -764,11 +670,7 @@ impl<B: Kernels> Engine<B> {
         let restart: Vec<u64> = self
             .sched
             .running_iter()
-            .filter(|(id, s)| {
-                s.computed > 0
-                    && s.computed + 1 == s.len
-                    && self.model.rope_regime(s.len - 1) != self.seqs[id].regime
-            })
+            .filter(|(id, s)| s.computed > 0 && s.computed + 1 == s.len && self.model.rope_regime(s.len - 1) != self.seqs[id].regime)
             .map(|(id, _)| id)
             .collect();
         for id in restart {
@@ -784,9 +686,7 @@ impl<B: Kernels> Engine<B> {
         if plan.is_empty() {
             // Unreachable while every admitted request fits the pool alone (checked at submit):
             // the oldest sequence can always take every block. Fail rather than spin.
-            return Err(Phi3vError::EngineStep(
-                "no sequence could be scheduled".into(),
-            ));
+            return Err(Phi3vError::EngineStep("no sequence could be scheduled".into()));
         }
         // Decoding sequences first: they form the first attention group (see model::paged).
         plan.sort_by_key(|p| p.len > 1);
@@ -794,10 +694,7 @@ impl<B: Kernels> Engine<B> {
         // A (re)started prefill, from position 0 or past a cached prefix, uses the regime of
         // the whole known sequence.
         for p in plan.iter().filter(|p| p.fresh || p.start == 0) {
-            let seq = self
-                .seqs
-                .get_mut(&p.id)
-                .expect("scheduled sequences are served");
+            let seq = self.seqs.get_mut(&p.id).expect("scheduled sequences are served");
             seq.regime = self.model.rope_regime(seq.req.row.ids.len() - 1);
         }
 
@@ -808,18 +705,13 @@ impl<B: Kernels> Engine<B> {
         let mut features = Vec::new();
         let mut sample = Vec::new(); // (id, index of its last token in the pass)
         for p in &plan {
-            let seq = self
-                .seqs
-                .get_mut(&p.id)
-                .expect("scheduled sequences are served");
+            let seq = self.seqs.get_mut(&p.id).expect("scheduled sequences are served");
             let known = &seq.req.row.ids;
             let chunk = &known[p.start..p.start + p.len];
             let slots = chunk.iter().filter(|&&i| i < 0).count();
             if slots > 0 {
                 let before = known[..p.start].iter().filter(|&&i| i < 0).count();
-                let f = seq.features.clone().ok_or_else(|| {
-                    Phi3vError::InvalidInput(format!("request {}: image features missing", p.id))
-                })?;
+                let f = seq.features.clone().ok_or_else(|| Phi3vError::InvalidInput(format!("request {}: image features missing", p.id)))?;
                 features.push(f.narrow(0, before, slots));
             }
             let known = &seq.req.row.ids;
@@ -833,11 +725,7 @@ impl<B: Kernels> Engine<B> {
         let rows: Vec<PagedRow<'_>> = plan
             .iter()
             .map(|p| PagedRow {
-                block_table: &self
-                    .sched
-                    .running(p.id)
-                    .expect("scheduled sequences run")
-                    .blocks,
+                block_table: &self.sched.running(p.id).expect("scheduled sequences run").blocks,
                 cached: p.start,
                 new: p.len,
                 regime: self.seqs[&p.id].regime,
@@ -863,10 +751,7 @@ impl<B: Kernels> Engine<B> {
         let r = sample.len();
         let last: Vec<i64> = sample.iter().map(|&(_, t)| t as i64).collect();
         let last = Tensor::<B, 1, Int>::from_data(TensorData::new(last, [r]), &device);
-        let logits = self
-            .model
-            .logits(hidden.select(1, last))
-            .reshape([r, self.model.config.text.vocab_size]);
+        let logits = self.model.logits(hidden.select(1, last)).reshape([r, self.model.config.text.vocab_size]);
         let mut rows: Vec<&mut Row> = self
             .seqs
             .iter_mut()
@@ -877,27 +762,15 @@ impl<B: Kernels> Engine<B> {
         let chosen_at = Instant::now();
         for (&(id, _), token) in sample.iter().zip(next) {
             let Some(token) = token else { continue };
-            let seq = self
-                .seqs
-                .get_mut(&id)
-                .expect("sampled sequences are served");
+            let seq = self.seqs.get_mut(&id).expect("sampled sequences are served");
             let (mut text_delta, tail) = seq.req.row.accept(token, &self.processor)?;
             self.sched.append(id);
-            if self.config.prefix_caching
-                && seq.req.row.ids.len().is_multiple_of(self.config.block_size)
-            {
-                let hashes = self
-                    .sched
-                    .get(id)
-                    .map(|s| s.hashes.clone())
-                    .unwrap_or_default();
+            if self.config.prefix_caching && seq.req.row.ids.len().is_multiple_of(self.config.block_size) {
+                let hashes = self.sched.get(id).map(|s| s.hashes.clone()).unwrap_or_default();
                 let hashes = self.block_hashes(&self.seqs[&id], hashes);
                 self.sched.set_hashes(id, hashes);
             }
-            let seq = self
-                .seqs
-                .get_mut(&id)
-                .expect("sampled sequences are served");
+            let seq = self.seqs.get_mut(&id).expect("sampled sequences are served");
             let done = tail.is_some();
             text_delta.push_str(&tail.unwrap_or_default());
             let _ = seq.req.events.send(RequestEvent::Token {
@@ -929,11 +802,7 @@ impl<B: Kernels> EngineThread<B> {
     }
 
     /// Queues a request (see [`EngineClient::submit`]).
-    pub fn submit(
-        &self,
-        prompt: ProcessedPrompt,
-        params: GenerationParams,
-    ) -> Result<RequestHandle> {
+    pub fn submit(&self, prompt: ProcessedPrompt, params: GenerationParams) -> Result<RequestHandle> {
         self.client.submit(prompt, params)
     }
 

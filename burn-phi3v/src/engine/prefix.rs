@@ -21,13 +21,7 @@ impl ImageKeys {
                 .iter()
                 .map(|image| {
                     let mut h = DefaultHasher::new();
-                    (
-                        image.crop_grid,
-                        image.hd_size,
-                        image.num_used_crops,
-                        image.num_img_tokens,
-                    )
-                        .hash(&mut h);
+                    (image.crop_grid, image.hd_size, image.num_used_crops, image.num_img_tokens).hash(&mut h);
                     // The pixels as bytes, in slices (one hasher call per value is ~5× slower).
                     let mut bytes = Vec::with_capacity(4 * 4096);
                     for chunk in image.pixel_values.chunks(4096) {
@@ -55,13 +49,7 @@ impl ImageKeys {
 
 /// Extends `hashes` (the hashes of the first `hashes.len()` full blocks of `ids`) to every full
 /// block of `ids`.
-pub(crate) fn extend_block_hashes(
-    hashes: &mut Vec<u64>,
-    ids: &[i64],
-    images: &ImageKeys,
-    regime: RopeRegime,
-    block_size: usize,
-) {
+pub(crate) fn extend_block_hashes(hashes: &mut Vec<u64>, ids: &[i64], images: &ImageKeys, regime: RopeRegime, block_size: usize) {
     let full = ids.len() / block_size;
     if hashes.len() >= full {
         return;
@@ -128,35 +116,15 @@ mod tests {
         // Image tokens stand for their image's content: same placeholders, other pixels, other
         // hashes; same pixels, same hashes.
         let with_image: Vec<i64> = [1, -1, -1, -1, -1, -1, 2, 3].to_vec();
-        let a = hashes(
-            &with_image,
-            &ImageKeys::new(&[image(0.5, 5)]),
-            RopeRegime::Short,
-        );
-        let b = hashes(
-            &with_image,
-            &ImageKeys::new(&[image(0.25, 5)]),
-            RopeRegime::Short,
-        );
-        let c = hashes(
-            &with_image,
-            &ImageKeys::new(&[image(0.5, 5)]),
-            RopeRegime::Short,
-        );
+        let a = hashes(&with_image, &ImageKeys::new(&[image(0.5, 5)]), RopeRegime::Short);
+        let b = hashes(&with_image, &ImageKeys::new(&[image(0.25, 5)]), RopeRegime::Short);
+        let c = hashes(&with_image, &ImageKeys::new(&[image(0.5, 5)]), RopeRegime::Short);
         assert!(a[0] != b[0] && a[1] != b[1]);
         assert_eq!(a, c);
         // Two images: the second block's slots belong to the second image.
         let two: Vec<i64> = [-1, -1, -2, -2, -2, -2, 5, 6].to_vec();
-        let x = hashes(
-            &two,
-            &ImageKeys::new(&[image(0.5, 2), image(0.5, 4)]),
-            RopeRegime::Short,
-        );
-        let y = hashes(
-            &two,
-            &ImageKeys::new(&[image(0.5, 2), image(0.7, 4)]),
-            RopeRegime::Short,
-        );
+        let x = hashes(&two, &ImageKeys::new(&[image(0.5, 2), image(0.5, 4)]), RopeRegime::Short);
+        let y = hashes(&two, &ImageKeys::new(&[image(0.5, 2), image(0.7, 4)]), RopeRegime::Short);
         assert!(x[0] != y[0], "block 0 holds two tokens of the second image");
         assert!(x[1] != y[1]);
     }

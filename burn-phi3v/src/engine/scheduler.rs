@@ -92,14 +92,7 @@ impl Scheduler {
     /// Queues a new sequence of `len` prompt tokens whose full blocks have `hashes`; ids must
     /// grow with arrival.
     pub(crate) fn add(&mut self, id: u64, len: usize, hashes: Vec<u64>) {
-        self.waiting.insert(
-            id,
-            SeqState {
-                len,
-                hashes,
-                ..Default::default()
-            },
-        );
+        self.waiting.insert(id, SeqState { len, hashes, ..Default::default() });
     }
 
     /// A sequence, running or waiting.
@@ -116,11 +109,7 @@ impl Scheduler {
     /// blocks it holds must not change (the engine changes them only with nothing cached:
     /// waiting, or just restarted).
     pub(crate) fn set_hashes(&mut self, id: u64, hashes: Vec<u64>) {
-        if let Some(s) = self
-            .running
-            .get_mut(&id)
-            .or_else(|| self.waiting.get_mut(&id))
-        {
+        if let Some(s) = self.running.get_mut(&id).or_else(|| self.waiting.get_mut(&id)) {
             debug_assert!(s.registered == 0 || hashes.starts_with(&s.hashes[..s.registered]));
             s.hashes = hashes;
         }
@@ -129,12 +118,8 @@ impl Scheduler {
     /// Registers `id`'s full computed blocks under their hashes (after the pass that computed
     /// them).
     pub(crate) fn commit(&mut self, id: u64) {
-        let Some(s) = self.running.get_mut(&id) else {
-            return;
-        };
-        let full = (s.computed / self.pool.block_size())
-            .min(s.hashes.len())
-            .min(s.blocks.len());
+        let Some(s) = self.running.get_mut(&id) else { return };
+        let full = (s.computed / self.pool.block_size()).min(s.hashes.len()).min(s.blocks.len());
         for i in s.registered..full {
             self.pool.register(s.blocks[i], s.hashes[i]);
         }
@@ -178,11 +163,7 @@ impl Scheduler {
 
     /// Forgets `id`, running or waiting, and frees its blocks.
     pub(crate) fn remove(&mut self, id: u64) {
-        if let Some(mut s) = self
-            .running
-            .remove(&id)
-            .or_else(|| self.waiting.remove(&id))
-        {
+        if let Some(mut s) = self.running.remove(&id).or_else(|| self.waiting.remove(&id)) {
             self.pool.release(&mut s.blocks);
         }
     }
@@ -196,9 +177,7 @@ impl Scheduler {
         let ids: Vec<u64> = self.running.keys().copied().collect();
         for decoding in [true, false] {
             for &id in &ids {
-                let Some(s) = self.running.get(&id) else {
-                    continue;
-                }; // preempted meanwhile
+                let Some(s) = self.running.get(&id) else { continue }; // preempted meanwhile
                 let need = s.len - s.computed;
                 if need == 0 || (need == 1) != decoding || budget == 0 {
                     continue;
@@ -212,16 +191,8 @@ impl Scheduler {
                         continue;
                     }
                 }
-                let s = self
-                    .running
-                    .get_mut(&id)
-                    .expect("reserve keeps the sequence running");
-                plan.push(Scheduled {
-                    id,
-                    start: s.computed,
-                    len,
-                    fresh: false,
-                });
+                let s = self.running.get_mut(&id).expect("reserve keeps the sequence running");
+                plan.push(Scheduled { id, start: s.computed, len, fresh: false });
                 s.computed += len;
                 budget -= len;
             }
@@ -234,19 +205,10 @@ impl Scheduler {
 
     /// Gives `id` blocks for `tokens` tokens, preempting younger running sequences (and
     /// taking them out of `plan`, refunding `budget`) as needed.
-    fn reserve(
-        &mut self,
-        id: u64,
-        tokens: usize,
-        plan: &mut Vec<Scheduled>,
-        budget: &mut usize,
-    ) -> Reserve {
+    fn reserve(&mut self, id: u64, tokens: usize, plan: &mut Vec<Scheduled>, budget: &mut usize) -> Reserve {
         let mut preempted = false;
         loop {
-            let s = self
-                .running
-                .get_mut(&id)
-                .expect("only running sequences reserve");
+            let s = self.running.get_mut(&id).expect("only running sequences reserve");
             if self.pool.grow(&mut s.blocks, tokens) {
                 return Reserve::Done { preempted };
             }
@@ -269,30 +231,20 @@ impl Scheduler {
     fn admit(&mut self, plan: &mut Vec<Scheduled>, budget: &mut usize) {
         let bs = self.pool.block_size();
         while *budget > 0 && self.running.len() < self.limits.max_running {
-            let Some(mut entry) = self.waiting.first_entry() else {
-                break;
-            };
+            let Some(mut entry) = self.waiting.first_entry() else { break };
             let s = entry.get_mut();
-            debug_assert!(
-                s.computed == 0 && s.blocks.is_empty(),
-                "waiting sequences hold nothing"
-            );
+            debug_assert!(s.computed == 0 && s.blocks.is_empty(), "waiting sequences hold nothing");
             // Cached blocks, leaving at least the last token to compute.
             let usable = s.hashes.len().min((s.len - 1) / bs);
             let (cached_blocks, unheld) = self.pool.cached_prefix(&s.hashes[..usable]);
             let cached = cached_blocks * bs;
             let len = (s.len - cached).min(*budget);
-            let reserve = if self.running.is_empty() {
-                0
-            } else {
-                self.watermark
-            };
+            let reserve = if self.running.is_empty() { 0 } else { self.watermark };
             let new_blocks = self.pool.blocks_for(cached + len) - cached_blocks;
             if self.pool.free_blocks() - unheld < new_blocks + reserve {
                 break;
             }
-            self.pool
-                .take_cached(&s.hashes, cached_blocks, &mut s.blocks);
+            self.pool.take_cached(&s.hashes, cached_blocks, &mut s.blocks);
             if !self.pool.grow(&mut s.blocks, cached + len) {
                 s.drop_cache(&mut self.pool); // not reached: counted above
                 break;
@@ -301,12 +253,7 @@ impl Scheduler {
             s.registered = cached_blocks;
             self.cached_tokens += cached as u64;
             let (id, mut s) = entry.remove_entry();
-            plan.push(Scheduled {
-                id,
-                start: s.computed,
-                len,
-                fresh: true,
-            });
+            plan.push(Scheduled { id, start: s.computed, len, fresh: true });
             s.computed += len;
             *budget -= len;
             self.running.insert(id, s);
@@ -346,63 +293,15 @@ mod tests {
     fn long_prompts_are_chunked_and_decodes_go_first() {
         let mut s = sched(100, 8, 10);
         s.add(0, 3, vec![]);
-        assert_eq!(
-            s.schedule(),
-            [Scheduled {
-                id: 0,
-                start: 0,
-                len: 3,
-                fresh: true
-            }]
-        );
-        finish_pass(
-            &mut s,
-            &[Scheduled {
-                id: 0,
-                start: 0,
-                len: 3,
-                fresh: true,
-            }],
-        );
+        assert_eq!(s.schedule(), [Scheduled { id: 0, start: 0, len: 3, fresh: true }]);
+        finish_pass(&mut s, &[Scheduled { id: 0, start: 0, len: 3, fresh: true }]);
         s.add(1, 20, vec![]);
         let plan = s.schedule();
         // The decode of 0 first, then 7 of 1's 20 prompt tokens.
-        assert_eq!(
-            plan,
-            [
-                Scheduled {
-                    id: 0,
-                    start: 3,
-                    len: 1,
-                    fresh: false
-                },
-                Scheduled {
-                    id: 1,
-                    start: 0,
-                    len: 7,
-                    fresh: true
-                }
-            ]
-        );
+        assert_eq!(plan, [Scheduled { id: 0, start: 3, len: 1, fresh: false }, Scheduled { id: 1, start: 0, len: 7, fresh: true }]);
         finish_pass(&mut s, &plan);
         let plan = s.schedule();
-        assert_eq!(
-            plan,
-            [
-                Scheduled {
-                    id: 0,
-                    start: 4,
-                    len: 1,
-                    fresh: false
-                },
-                Scheduled {
-                    id: 1,
-                    start: 7,
-                    len: 7,
-                    fresh: false
-                }
-            ]
-        );
+        assert_eq!(plan, [Scheduled { id: 0, start: 4, len: 1, fresh: false }, Scheduled { id: 1, start: 7, len: 7, fresh: false }]);
     }
 
     #[test]
@@ -420,15 +319,7 @@ mod tests {
         // Position 8 needs a third block each; one is free: 0 takes it, 1 (younger, nothing
         // younger to preempt) sits out holding its blocks.
         let mut plan = s.schedule();
-        assert_eq!(
-            plan,
-            [Scheduled {
-                id: 0,
-                start: 8,
-                len: 1,
-                fresh: false
-            }]
-        );
+        assert_eq!(plan, [Scheduled { id: 0, start: 8, len: 1, fresh: false }]);
         assert_eq!(s.preemptions, 0);
         for _ in 9..12 {
             finish_pass(&mut s, &plan);
@@ -438,29 +329,12 @@ mod tests {
         finish_pass(&mut s, &plan);
         // Position 12 needs a fourth block: 0 preempts 1, which waits to be recomputed.
         let plan = s.schedule();
-        assert_eq!(
-            plan,
-            [Scheduled {
-                id: 0,
-                start: 12,
-                len: 1,
-                fresh: false
-            }]
-        );
+        assert_eq!(plan, [Scheduled { id: 0, start: 12, len: 1, fresh: false }]);
         assert_eq!(s.preemptions, 1);
         assert_eq!(s.counts(), (1, 1));
         s.remove(0);
         let plan = s.schedule();
-        assert_eq!(
-            plan,
-            [Scheduled {
-                id: 1,
-                start: 0,
-                len: 9,
-                fresh: true
-            }],
-            "recompute of prompt + generated"
-        );
+        assert_eq!(plan, [Scheduled { id: 1, start: 0, len: 9, fresh: true }], "recompute of prompt + generated");
         assert!(s.pool.peak_used_blocks() <= 5);
     }
 
@@ -470,15 +344,7 @@ mod tests {
         s.add(0, 12, vec![]); // 3 blocks
         s.add(1, 8, vec![]); // 2 blocks: does not fit next to 0
         s.add(2, 1, vec![]); // would fit, but must not overtake 1
-        assert_eq!(
-            s.schedule(),
-            [Scheduled {
-                id: 0,
-                start: 0,
-                len: 12,
-                fresh: true
-            }]
-        );
+        assert_eq!(s.schedule(), [Scheduled { id: 0, start: 0, len: 12, fresh: true }]);
         assert_eq!(s.counts(), (1, 2));
     }
 
@@ -499,15 +365,7 @@ mod tests {
         let mut s = sched(10, 64, 10);
         s.add(0, 10, vec![1, 2]);
         let plan = s.schedule();
-        assert_eq!(
-            plan,
-            [Scheduled {
-                id: 0,
-                start: 0,
-                len: 10,
-                fresh: true
-            }]
-        );
+        assert_eq!(plan, [Scheduled { id: 0, start: 0, len: 10, fresh: true }]);
         s.commit(0);
         assert_eq!(s.pool.cached_blocks(), 2);
         // Same first block, different second: one block (4 tokens) taken.
@@ -521,33 +379,14 @@ mod tests {
         assert_eq!(
             plan,
             [
-                Scheduled {
-                    id: 1,
-                    start: 4,
-                    len: 5,
-                    fresh: true
-                },
-                Scheduled {
-                    id: 2,
-                    start: 4,
-                    len: 4,
-                    fresh: true
-                },
-                Scheduled {
-                    id: 3,
-                    start: 8,
-                    len: 4,
-                    fresh: true
-                },
+                Scheduled { id: 1, start: 4, len: 5, fresh: true },
+                Scheduled { id: 2, start: 4, len: 4, fresh: true },
+                Scheduled { id: 3, start: 8, len: 4, fresh: true },
             ]
         );
         assert_eq!(s.cached_tokens, 4 + 4 + 8);
         let blocks = |s: &Scheduler, id| s.running(id).unwrap().blocks.clone();
-        assert_eq!(
-            blocks(&s, 1)[0],
-            blocks(&s, 0)[0],
-            "the first block is shared"
-        );
+        assert_eq!(blocks(&s, 1)[0], blocks(&s, 0)[0], "the first block is shared");
         assert_eq!(blocks(&s, 3)[..2], blocks(&s, 0)[..2]);
         // 0: 3 blocks; 1: 2 new (9 tokens); 2: 1 new; 3: 1 new. Shared ones count once.
         assert_eq!(s.pool.used_blocks(), 7);
@@ -561,41 +400,14 @@ mod tests {
         }
         assert_eq!(s.pool.used_blocks(), 0);
         s.add(4, 13, vec![1, 2, 7]);
-        assert_eq!(
-            s.schedule(),
-            [Scheduled {
-                id: 4,
-                start: 12,
-                len: 1,
-                fresh: true
-            }]
-        );
+        assert_eq!(s.schedule(), [Scheduled { id: 4, start: 12, len: 1, fresh: true }]);
         // A restart gives the blocks back and prefills from 0 in new ones.
-        finish_pass(
-            &mut s,
-            &[Scheduled {
-                id: 4,
-                start: 12,
-                len: 1,
-                fresh: true,
-            }],
-        );
+        finish_pass(&mut s, &[Scheduled { id: 4, start: 12, len: 1, fresh: true }]);
         let shared = blocks(&s, 4);
         s.restart(4);
         s.set_hashes(4, vec![9, 9, 9]);
         let plan = s.schedule();
-        assert_eq!(
-            plan,
-            [Scheduled {
-                id: 4,
-                start: 0,
-                len: 14,
-                fresh: false
-            }]
-        );
-        assert!(
-            blocks(&s, 4).iter().all(|b| !shared[..3].contains(b)),
-            "registered blocks are not rewritten"
-        );
+        assert_eq!(plan, [Scheduled { id: 4, start: 0, len: 14, fresh: false }]);
+        assert!(blocks(&s, 4).iter().all(|b| !shared[..3].contains(b)), "registered blocks are not rewritten");
     }
 }

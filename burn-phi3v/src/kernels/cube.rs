@@ -4,8 +4,10 @@
 use burn::tensor::DType;
 use burn::tensor::ops::{FloatTensor, FloatTensorOps, IntTensor};
 use burn_cubecl::{
-    BoolElement, CubeBackend, CubeRuntime, FloatElement, IntElement, kernel::into_contiguous,
-    ops::numeric::empty_device_contiguous_dtype, tensor::CubeTensor,
+    BoolElement, CubeBackend, CubeRuntime, FloatElement, IntElement,
+    kernel::into_contiguous,
+    ops::numeric::empty_device_contiguous_dtype,
+    tensor::CubeTensor,
 };
 use cubecl::{calculate_cube_count_elemwise, prelude::*};
 
@@ -25,27 +27,14 @@ where
         rms_norm(x, weight, eps)
     }
 
-    fn add_rms_norm(
-        x: FloatTensor<Self>,
-        residual: FloatTensor<Self>,
-        weight: FloatTensor<Self>,
-        eps: f64,
-    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
-        if !runs_here(&x.client)
-            || x.meta.shape() != residual.meta.shape()
-            || x.dtype != residual.dtype
-        {
+    fn add_rms_norm(x: FloatTensor<Self>, residual: FloatTensor<Self>, weight: FloatTensor<Self>, eps: f64) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        if !runs_here(&x.client) || x.meta.shape() != residual.meta.shape() || x.dtype != residual.dtype {
             return super::default_add_rms_norm::<Self>(x, residual, weight, eps);
         }
         add_rms_norm(x, residual, weight, eps)
     }
 
-    fn rotary(
-        x: FloatTensor<Self>,
-        cos: FloatTensor<Self>,
-        sin: FloatTensor<Self>,
-        head_dim: usize,
-    ) -> FloatTensor<Self> {
+    fn rotary(x: FloatTensor<Self>, cos: FloatTensor<Self>, sin: FloatTensor<Self>, head_dim: usize) -> FloatTensor<Self> {
         if !runs_here(&x.client) {
             return super::default_rotary::<Self>(x, cos, sin, head_dim);
         }
@@ -71,9 +60,7 @@ where
             && k_cache.meta.strides()[3] == 1
             && v_cache.meta.strides()[3] == 1;
         if !fits || !runs_here(&qkv.client) {
-            return super::default_rotary_append::<Self>(
-                qkv, cos, sin, k_cache, v_cache, heads, cached,
-            );
+            return super::default_rotary_append::<Self>(qkv, cos, sin, k_cache, v_cache, heads, cached);
         }
         rotary_append(qkv, cos, sin, k_cache, v_cache, heads, cached)
     }
@@ -81,12 +68,7 @@ where
     fn silu_mul(gate_up: FloatTensor<Self>) -> FloatTensor<Self> {
         // An odd last dimension (not a gate_up_proj output) has no row stride of 2 · width:
         // the composed default takes it (its halves end before the last column).
-        let odd = gate_up
-            .meta
-            .shape()
-            .as_slice()
-            .last()
-            .is_some_and(|w| w % 2 == 1);
+        let odd = gate_up.meta.shape().as_slice().last().is_some_and(|w| w % 2 == 1);
         if !runs_here(&gate_up.client) || odd {
             return super::default_silu_mul::<Self>(gate_up);
         }
@@ -108,33 +90,18 @@ where
         skinny_linear(x, weight)
     }
 
-    fn fused_linear(
-        x: FloatTensor<Self>,
-        weight: FloatTensor<Self>,
-        norm: Option<(FloatTensor<Self>, f64)>,
-        epilogue: super::Epilogue<Self>,
-    ) -> FloatTensor<Self> {
+    fn fused_linear(x: FloatTensor<Self>, weight: FloatTensor<Self>, norm: Option<(FloatTensor<Self>, f64)>, epilogue: super::Epilogue<Self>) -> FloatTensor<Self> {
         let [rows, d_in] = [x.meta.shape()[0], x.meta.shape()[1]];
         let shape = weight.meta.shape().clone();
         let d_out = shape[1];
         let transposed = weight.meta.strides()[0] == 1 && weight.meta.strides()[1] == shape[0];
-        let norm_fits = norm
-            .as_ref()
-            .is_none_or(|(w, _)| w.meta.shape().num_elements() == d_in && w.dtype == x.dtype);
+        let norm_fits = norm.as_ref().is_none_or(|(w, _)| w.meta.shape().num_elements() == d_in && w.dtype == x.dtype);
         let epilogue_fits = match &epilogue {
             super::Epilogue::None => true,
-            super::Epilogue::Residual(r) => {
-                r.meta.shape().as_slice() == [rows, d_out] && r.dtype == x.dtype
-            }
+            super::Epilogue::Residual(r) => r.meta.shape().as_slice() == [rows, d_out] && r.dtype == x.dtype,
             super::Epilogue::SiluMul => d_out.is_multiple_of(2),
         };
-        if !runs_here(&x.client)
-            || !transposed
-            || rows == 0
-            || rows > super::SKINNY_ROWS
-            || !norm_fits
-            || !epilogue_fits
-        {
+        if !runs_here(&x.client) || !transposed || rows == 0 || rows > super::SKINNY_ROWS || !norm_fits || !epilogue_fits {
             return super::default_fused_linear::<Self>(x, weight, norm, epilogue);
         }
         // Above SKINNY_SPLIT_ROWS rows the per-element normalisation costs more arithmetic
@@ -147,12 +114,7 @@ where
         fused_linear::<R, F, I, BT>(x, weight, norm, epilogue)
     }
 
-    fn flash_attention(
-        q: FloatTensor<Self>,
-        k: FloatTensor<Self>,
-        v: FloatTensor<Self>,
-        causal: bool,
-    ) -> FloatTensor<Self> {
+    fn flash_attention(q: FloatTensor<Self>, k: FloatTensor<Self>, v: FloatTensor<Self>, causal: bool) -> FloatTensor<Self> {
         let [queries, head_dim] = [q.meta.shape()[2], q.meta.shape()[3]];
         let (kv_heads, keys) = (k.meta.shape()[1], k.meta.shape()[2]);
         // Not measured on a GPU yet: by default only when asked for (or forced).
@@ -161,23 +123,14 @@ where
             KernelPolicy::Verified => super::flash_attention_opted_in(),
             KernelPolicy::Off => false,
         };
-        let fits = q.meta.shape()[0] * q.meta.shape()[1] <= MAX_CUBES_PER_DIM
-            && head_dim > 0
-            && head_dim <= FLASH_MAX_HEAD_DIM
-            && kv_heads > 0
-            && q.meta.shape()[1].is_multiple_of(kv_heads)
-            && (!causal || keys >= queries);
+        let fits = q.meta.shape()[0] * q.meta.shape()[1] <= MAX_CUBES_PER_DIM && head_dim > 0 && head_dim <= FLASH_MAX_HEAD_DIM && kv_heads > 0 && q.meta.shape()[1].is_multiple_of(kv_heads) && (!causal || keys >= queries);
         if !wanted || !fits || !runs_here(&q.client) {
             return super::default_flash_attention::<Self>(q, k, v, causal);
         }
         flash_attention(q, k, v, causal)
     }
 
-    fn decode_attention(
-        q: FloatTensor<Self>,
-        k: FloatTensor<Self>,
-        v: FloatTensor<Self>,
-    ) -> FloatTensor<Self> {
+    fn decode_attention(q: FloatTensor<Self>, k: FloatTensor<Self>, v: FloatTensor<Self>) -> FloatTensor<Self> {
         let head_dim = q.meta.shape()[3];
         if head_dim > ROW_UNITS as usize || head_dim == 0 || !runs_here(&q.client) {
             return super::default_decode_attention::<Self>(q, k, v);
@@ -196,28 +149,10 @@ where
     ) -> FloatTensor<Self> {
         // The planes kernel where the hardware planes fit the head (no units-over-keys variant).
         let head_dim = q.meta.shape()[2];
-        let lanes = decode_plane(&q.client, head_dim)
-            .filter(|_| super::kernel_on("decode_attention_planes"));
+        let lanes = decode_plane(&q.client, head_dim).filter(|_| super::kernel_on("decode_attention_planes"));
         match lanes {
-            Some(lanes) if runs_here(&q.client) && block_size > 0 => paged_decode_attention(
-                q,
-                k_pool,
-                v_pool,
-                block_tables,
-                lengths,
-                block_size,
-                keys,
-                lanes,
-            ),
-            _ => super::default_paged_decode_attention::<Self>(
-                q,
-                k_pool,
-                v_pool,
-                block_tables,
-                lengths,
-                block_size,
-                keys,
-            ),
+            Some(lanes) if runs_here(&q.client) && block_size > 0 => paged_decode_attention(q, k_pool, v_pool, block_tables, lengths, block_size, keys, lanes),
+            _ => super::default_paged_decode_attention::<Self>(q, k_pool, v_pool, block_tables, lengths, block_size, keys),
         }
     }
 }
@@ -232,10 +167,7 @@ fn runs_here<R: CubeRuntime>(client: &ComputeClient<R>) -> bool {
     match super::kernel_policy() {
         KernelPolicy::Off => false,
         KernelPolicy::Forced => true,
-        KernelPolicy::Verified => matches!(
-            R::name(client),
-            "wgpu<wgsl>" | "wgpu<spirv>" | "cuda" | "plugin-cuda"
-        ),
+        KernelPolicy::Verified => matches!(R::name(client), "wgpu<wgsl>" | "wgpu<spirv>" | "cuda" | "plugin-cuda"),
     }
 }
 
@@ -363,27 +295,15 @@ fn row_layout<R: CubeRuntime>(x: &CubeTensor<R>) -> (usize, usize) {
 }
 
 /// `Phi3RMSNorm` over the last dimension; see [`Kernels::rms_norm`].
-pub(crate) fn rms_norm<R: CubeRuntime>(
-    x: CubeTensor<R>,
-    weight: CubeTensor<R>,
-    eps: f64,
-) -> CubeTensor<R> {
+pub(crate) fn rms_norm<R: CubeRuntime>(x: CubeTensor<R>, weight: CubeTensor<R>, eps: f64) -> CubeTensor<R> {
     let x = into_contiguous(x);
     let weight = into_contiguous(weight);
     let (rows, width) = row_layout(&x);
-    let output = empty_device_contiguous_dtype(
-        x.client.clone(),
-        x.device.clone(),
-        x.meta.shape().clone(),
-        x.dtype,
-    );
+    let output = empty_device_contiguous_dtype(x.client.clone(), x.device.clone(), x.meta.shape().clone(), x.dtype);
     if rows == 0 || width == 0 {
         return output;
     }
-    let address = [x.required_address_type(), output.required_address_type()]
-        .into_iter()
-        .max()
-        .unwrap_or_default();
+    let address = [x.required_address_type(), output.required_address_type()].into_iter().max().unwrap_or_default();
     let dtype = x.dtype;
     unsafe {
         rms_norm_kernel::launch_unchecked(
@@ -406,34 +326,15 @@ pub(crate) fn rms_norm<R: CubeRuntime>(
 
 /// The residual add and `Phi3RMSNorm` in one launch; see [`Kernels::add_rms_norm`]. `x` and
 /// `residual` have the same shape and dtype.
-pub(crate) fn add_rms_norm<R: CubeRuntime>(
-    x: CubeTensor<R>,
-    residual: CubeTensor<R>,
-    weight: CubeTensor<R>,
-    eps: f64,
-) -> (CubeTensor<R>, CubeTensor<R>) {
-    let (x, residual, weight) = (
-        into_contiguous(x),
-        into_contiguous(residual),
-        into_contiguous(weight),
-    );
+pub(crate) fn add_rms_norm<R: CubeRuntime>(x: CubeTensor<R>, residual: CubeTensor<R>, weight: CubeTensor<R>, eps: f64) -> (CubeTensor<R>, CubeTensor<R>) {
+    let (x, residual, weight) = (into_contiguous(x), into_contiguous(residual), into_contiguous(weight));
     let (rows, width) = row_layout(&x);
-    let empty = || {
-        empty_device_contiguous_dtype(
-            x.client.clone(),
-            x.device.clone(),
-            x.meta.shape().clone(),
-            x.dtype,
-        )
-    };
+    let empty = || empty_device_contiguous_dtype(x.client.clone(), x.device.clone(), x.meta.shape().clone(), x.dtype);
     let (sum, output) = (empty(), empty());
     if rows == 0 || width == 0 {
         return (sum, output);
     }
-    let address = [x.required_address_type(), output.required_address_type()]
-        .into_iter()
-        .max()
-        .unwrap_or_default();
+    let address = [x.required_address_type(), output.required_address_type()].into_iter().max().unwrap_or_default();
     let dtype = x.dtype;
     unsafe {
         add_rms_norm_kernel::launch_unchecked(
@@ -485,42 +386,25 @@ fn rotary_kernel<E: Float>(
     let input = b * x_batch + s * x_seq;
     let value = x[input + j];
     let table = row * head_dim + c;
-    let rotated = if c < half {
-        -x[input + j + half]
-    } else {
-        x[input + j - half]
-    };
+    let rotated = if c < half { -x[input + j + half] } else { x[input + j - half] };
     output[ABSOLUTE_POS] = value * cos[table] + rotated * sin[table];
 }
 
 /// Rotary embedding of every head; see [`Kernels::rotary`].
-pub(crate) fn rotary<R: CubeRuntime>(
-    x: CubeTensor<R>,
-    cos: CubeTensor<R>,
-    sin: CubeTensor<R>,
-    head_dim: usize,
-) -> CubeTensor<R> {
-    let x = if x.meta.strides()[2] == 1 {
-        x
-    } else {
-        into_contiguous(x)
-    };
+pub(crate) fn rotary<R: CubeRuntime>(x: CubeTensor<R>, cos: CubeTensor<R>, sin: CubeTensor<R>, head_dim: usize) -> CubeTensor<R> {
+    let x = if x.meta.strides()[2] == 1 { x } else { into_contiguous(x) };
     let (cos, sin) = (into_contiguous(cos), into_contiguous(sin));
     let shape = x.meta.shape().clone();
     let (seq, width) = (shape[1], shape[2]);
     let (x_batch, x_seq) = (x.meta.strides()[0], x.meta.strides()[1]);
-    let output =
-        empty_device_contiguous_dtype(x.client.clone(), x.device.clone(), shape.clone(), x.dtype);
+    let output = empty_device_contiguous_dtype(x.client.clone(), x.device.clone(), shape.clone(), x.dtype);
     let units = shape.num_elements();
     if units == 0 {
         return output;
     }
     let cube_dim = CubeDim::new(&x.client, units);
     let cube_count = calculate_cube_count_elemwise(&x.client, units, cube_dim);
-    let address = [x.required_address_type(), output.required_address_type()]
-        .into_iter()
-        .max()
-        .unwrap_or_default();
+    let address = [x.required_address_type(), output.required_address_type()].into_iter().max().unwrap_or_default();
     let dtype = x.dtype;
     unsafe {
         rotary_kernel::launch_unchecked(
@@ -597,11 +481,7 @@ fn rotary_append_kernel<E: Float>(
     if head < layout.heads + layout.kv_heads {
         let half = hd / 2;
         let table = row * hd + c;
-        let rotated = if c < half {
-            -qkv[input + col + half]
-        } else {
-            qkv[input + col - half]
-        };
+        let rotated = if c < half { -qkv[input + col + half] } else { qkv[input + col - half] };
         let out = value * cos[table] + rotated * sin[table];
         if head < layout.heads {
             q[((b * layout.heads + head) * layout.seq + s) * hd + c] = out;
@@ -626,30 +506,18 @@ pub(crate) fn rotary_append<R: CubeRuntime>(
     heads: usize,
     cached: usize,
 ) -> (CubeTensor<R>, CubeTensor<R>, CubeTensor<R>) {
-    let qkv = if qkv.meta.strides()[2] == 1 {
-        qkv
-    } else {
-        into_contiguous(qkv)
-    };
+    let qkv = if qkv.meta.strides()[2] == 1 { qkv } else { into_contiguous(qkv) };
     let (cos, sin) = (into_contiguous(cos), into_contiguous(sin));
     let own = |t: CubeTensor<R>| if t.can_mut() { t } else { t.copy() };
     let (k_cache, v_cache) = (own(k_cache), own(v_cache));
     let [batch, seq, width] = [0, 1, 2].map(|i| qkv.meta.shape()[i]);
     let [kv_heads, head_dim] = [1, 3].map(|i| k_cache.meta.shape()[i]);
-    let q = empty_device_contiguous_dtype(
-        qkv.client.clone(),
-        qkv.device.clone(),
-        [batch, heads, seq, head_dim].into(),
-        qkv.dtype,
-    );
+    let q = empty_device_contiguous_dtype(qkv.client.clone(), qkv.device.clone(), [batch, heads, seq, head_dim].into(), qkv.dtype);
     let units = batch * seq * width;
     if units == 0 {
         return (q, k_cache, v_cache);
     }
-    let (ks, vs) = (
-        k_cache.meta.strides().clone(),
-        v_cache.meta.strides().clone(),
-    );
+    let (ks, vs) = (k_cache.meta.strides().clone(), v_cache.meta.strides().clone());
     let layout = AppendLayoutLaunch::new(
         heads,
         kv_heads,
@@ -668,15 +536,10 @@ pub(crate) fn rotary_append<R: CubeRuntime>(
     );
     let cube_dim = CubeDim::new(&qkv.client, units);
     let cube_count = calculate_cube_count_elemwise(&qkv.client, units, cube_dim);
-    let address = [
-        qkv.required_address_type(),
-        k_cache.required_address_type(),
-        v_cache.required_address_type(),
-        q.required_address_type(),
-    ]
-    .into_iter()
-    .max()
-    .unwrap_or_default();
+    let address = [qkv.required_address_type(), k_cache.required_address_type(), v_cache.required_address_type(), q.required_address_type()]
+        .into_iter()
+        .max()
+        .unwrap_or_default();
     let dtype = qkv.dtype;
     unsafe {
         rotary_append_kernel::launch_unchecked(
@@ -701,13 +564,7 @@ pub(crate) fn rotary_append<R: CubeRuntime>(
 /// One unit per output value of `[rows, width]`: `up · SiLU(gate)` with SiLU in f32, where row
 /// `r` of the input holds `[gate, up]` (`2 · width` values).
 #[cube(launch_unchecked, address_type = "dynamic")]
-fn silu_mul_kernel<E: Float>(
-    gate_up: &Array<E>,
-    output: &mut Array<E>,
-    total: usize,
-    width: usize,
-    #[define(E)] _dtype: StorageType,
-) {
+fn silu_mul_kernel<E: Float>(gate_up: &Array<E>, output: &mut Array<E>, total: usize, width: usize, #[define(E)] _dtype: StorageType) {
     if ABSOLUTE_POS >= total {
         terminate!();
     }
@@ -726,25 +583,14 @@ pub(crate) fn silu_mul<R: CubeRuntime>(gate_up: CubeTensor<R>) -> CubeTensor<R> 
     let last = shape.num_dims() - 1;
     shape[last] /= 2;
     let width = shape[last];
-    let output = empty_device_contiguous_dtype(
-        gate_up.client.clone(),
-        gate_up.device.clone(),
-        shape.clone(),
-        gate_up.dtype,
-    );
+    let output = empty_device_contiguous_dtype(gate_up.client.clone(), gate_up.device.clone(), shape.clone(), gate_up.dtype);
     let units = shape.num_elements();
     if units == 0 {
         return output;
     }
     let cube_dim = CubeDim::new(&gate_up.client, units);
     let cube_count = calculate_cube_count_elemwise(&gate_up.client, units, cube_dim);
-    let address = [
-        gate_up.required_address_type(),
-        output.required_address_type(),
-    ]
-    .into_iter()
-    .max()
-    .unwrap_or_default();
+    let address = [gate_up.required_address_type(), output.required_address_type()].into_iter().max().unwrap_or_default();
     let dtype: DType = gate_up.dtype;
     unsafe {
         silu_mul_kernel::launch_unchecked(
@@ -902,18 +748,8 @@ fn decode_attention_kernel<E: Float>(
 /// Attention of one query row per (batch, head) over every cached key; see
 /// [`Kernels::decode_attention`]. Planes over keys ([`decode_attention_planes_kernel`]) where
 /// the hardware planes are uniform and divide `head_dim`, else units over keys.
-pub(crate) fn decode_attention<R: CubeRuntime>(
-    q: CubeTensor<R>,
-    k: CubeTensor<R>,
-    v: CubeTensor<R>,
-) -> CubeTensor<R> {
-    let last_unit = |t: CubeTensor<R>| {
-        if t.meta.strides()[3] == 1 {
-            t
-        } else {
-            into_contiguous(t)
-        }
-    };
+pub(crate) fn decode_attention<R: CubeRuntime>(q: CubeTensor<R>, k: CubeTensor<R>, v: CubeTensor<R>) -> CubeTensor<R> {
+    let last_unit = |t: CubeTensor<R>| if t.meta.strides()[3] == 1 { t } else { into_contiguous(t) };
     let (q, k, v) = (last_unit(q), last_unit(k), last_unit(v));
     let shape = q.meta.shape().clone();
     let (batch, heads, head_dim) = (shape[0], shape[1], shape[3]);
@@ -922,44 +758,16 @@ pub(crate) fn decode_attention<R: CubeRuntime>(
     if batch * heads == 0 || head_dim == 0 || keys == 0 {
         return output;
     }
-    let (qs, ks, vs) = (
-        q.meta.strides().clone(),
-        k.meta.strides().clone(),
-        v.meta.strides().clone(),
-    );
-    let layout = DecodeLayoutLaunch::new(
-        heads,
-        heads / kv_heads.max(1),
-        keys,
-        qs[0],
-        qs[1],
-        ks[0],
-        ks[1],
-        ks[2],
-        vs[0],
-        vs[1],
-        vs[2],
-    );
+    let (qs, ks, vs) = (q.meta.strides().clone(), k.meta.strides().clone(), v.meta.strides().clone());
+    let layout = DecodeLayoutLaunch::new(heads, heads / kv_heads.max(1), keys, qs[0], qs[1], ks[0], ks[1], ks[2], vs[0], vs[1], vs[2]);
     let scale = 1.0 / (head_dim as f32).sqrt();
     let dtype = q.dtype;
-    let address = [&q, &k, &v, &output]
-        .map(|t| t.required_address_type())
-        .into_iter()
-        .max()
-        .unwrap_or_default();
-    if let Some(lanes) =
-        decode_plane(&q.client, head_dim).filter(|_| super::kernel_on("decode_attention_planes"))
-    {
-        let output =
-            decode_attention_planes(q, k, v, output, layout, batch * heads, keys, lanes, None);
+    let address = [&q, &k, &v, &output].map(|t| t.required_address_type()).into_iter().max().unwrap_or_default();
+    if let Some(lanes) = decode_plane(&q.client, head_dim).filter(|_| super::kernel_on("decode_attention_planes")) {
+        let output = decode_attention_planes(q, k, v, output, layout, batch * heads, keys, lanes, None);
         return output;
     }
-    let scores = empty_device_contiguous_dtype(
-        q.client.clone(),
-        q.device.clone(),
-        [batch * heads, keys].into(),
-        DType::F32,
-    );
+    let scores = empty_device_contiguous_dtype(q.client.clone(), q.device.clone(), [batch * heads, keys].into(), DType::F32);
     let address = address.max(scores.required_address_type());
     unsafe {
         decode_attention_kernel::launch_unchecked(
@@ -1091,19 +899,8 @@ fn flash_attention_kernel<E: Float>(
 }
 
 /// Attention of every query over its keys; see [`Kernels::flash_attention`].
-pub(crate) fn flash_attention<R: CubeRuntime>(
-    q: CubeTensor<R>,
-    k: CubeTensor<R>,
-    v: CubeTensor<R>,
-    causal: bool,
-) -> CubeTensor<R> {
-    let last_unit = |t: CubeTensor<R>| {
-        if t.meta.strides()[3] == 1 {
-            t
-        } else {
-            into_contiguous(t)
-        }
-    };
+pub(crate) fn flash_attention<R: CubeRuntime>(q: CubeTensor<R>, k: CubeTensor<R>, v: CubeTensor<R>, causal: bool) -> CubeTensor<R> {
+    let last_unit = |t: CubeTensor<R>| if t.meta.strides()[3] == 1 { t } else { into_contiguous(t) };
     let (q, k, v) = (last_unit(q), last_unit(k), last_unit(v));
     let shape = q.meta.shape().clone();
     let (batch, heads, queries, head_dim) = (shape[0], shape[1], shape[2], shape[3]);
@@ -1112,40 +909,15 @@ pub(crate) fn flash_attention<R: CubeRuntime>(
     if batch * heads * queries == 0 || head_dim == 0 {
         return output;
     }
-    let (qs, ks, vs) = (
-        q.meta.strides().clone(),
-        k.meta.strides().clone(),
-        v.meta.strides().clone(),
-    );
-    let layout = FlashLayoutLaunch::new(
-        heads,
-        heads / kv_heads.max(1),
-        queries,
-        keys,
-        qs[0],
-        qs[1],
-        qs[2],
-        ks[0],
-        ks[1],
-        ks[2],
-        vs[0],
-        vs[1],
-        vs[2],
-    );
+    let (qs, ks, vs) = (q.meta.strides().clone(), k.meta.strides().clone(), v.meta.strides().clone());
+    let layout = FlashLayoutLaunch::new(heads, heads / kv_heads.max(1), queries, keys, qs[0], qs[1], qs[2], ks[0], ks[1], ks[2], vs[0], vs[1], vs[2]);
     let scale = 1.0 / (head_dim as f32).sqrt();
     let dtype = q.dtype;
-    let address = [&q, &k, &v, &output]
-        .map(|t| t.required_address_type())
-        .into_iter()
-        .max()
-        .unwrap_or_default();
+    let address = [&q, &k, &v, &output].map(|t| t.required_address_type()).into_iter().max().unwrap_or_default();
     unsafe {
         flash_attention_kernel::launch_unchecked(
             &output.client,
-            CubeCount::new_2d(
-                queries.div_ceil(FLASH_BLOCK_Q) as u32,
-                (batch * heads) as u32,
-            ),
+            CubeCount::new_2d(queries.div_ceil(FLASH_BLOCK_Q) as u32, (batch * heads) as u32),
             CubeDim::new_1d(FLASH_BLOCK_Q as u32),
             address,
             q.into_array_arg(),
@@ -1187,22 +959,12 @@ fn decode_attention_planes<R: CubeRuntime>(
     let (splits, chunk) = decode_splits(&client, batch_heads, keys);
     // Each split's unnormalised output, maximum and sum: `head_dim + 2` values per cube (one
     // unused value when the keys are not split).
-    let partial_values = if splits > 1 {
-        batch_heads * splits * (head_dim + 2)
-    } else {
-        1
-    };
-    let partials = empty_device_contiguous_dtype(
-        client.clone(),
-        q.device.clone(),
-        [partial_values].into(),
-        DType::F32,
-    );
+    let partial_values = if splits > 1 { batch_heads * splits * (head_dim + 2) } else { 1 };
+    let partials = empty_device_contiguous_dtype(client.clone(), q.device.clone(), [partial_values].into(), DType::F32);
     let paged = pages.is_some();
     // Without pages the kernel reads neither table: one unused value stands for both.
     let (tables, lengths, blocks, block_size) = pages.unwrap_or_else(|| {
-        let none =
-            empty_device_contiguous_dtype(client.clone(), q.device.clone(), [1].into(), DType::I32);
+        let none = empty_device_contiguous_dtype(client.clone(), q.device.clone(), [1].into(), DType::I32);
         (none.clone(), none, 1, 1)
     });
     let int_dtype = tables.dtype;
@@ -1222,12 +984,7 @@ fn decode_attention_planes<R: CubeRuntime>(
             v.into_array_arg(),
             output.clone().into_array_arg(),
             partials.clone().into_array_arg(),
-            PagesLaunch::new(
-                tables.into_array_arg(),
-                lengths.into_array_arg(),
-                blocks,
-                block_size,
-            ),
+            PagesLaunch::new(tables.into_array_arg(), lengths.into_array_arg(), blocks, block_size),
             layout,
             batch_heads,
             splits,
@@ -1275,56 +1032,19 @@ pub(crate) fn paged_decode_attention<R: CubeRuntime>(
     lanes: usize,
 ) -> CubeTensor<R> {
     let [rows, heads, head_dim] = [0, 1, 2].map(|i| q.meta.shape()[i]);
-    let last_unit = |t: CubeTensor<R>| {
-        if t.meta.strides()[2] == 1 {
-            t
-        } else {
-            into_contiguous(t)
-        }
-    };
+    let last_unit = |t: CubeTensor<R>| if t.meta.strides()[2] == 1 { t } else { into_contiguous(t) };
     let (q, k, v) = (last_unit(q), last_unit(k_pool), last_unit(v_pool));
     let (tables, lengths) = (into_contiguous(block_tables), into_contiguous(lengths));
     let blocks = tables.meta.shape()[1];
     let kv_heads = k.meta.shape()[1];
-    let output = empty_device_contiguous_dtype(
-        q.client.clone(),
-        q.device.clone(),
-        [rows, heads, head_dim].into(),
-        q.dtype,
-    );
+    let output = empty_device_contiguous_dtype(q.client.clone(), q.device.clone(), [rows, heads, head_dim].into(), q.dtype);
     if rows * heads == 0 || keys == 0 {
         return output;
     }
-    let (qs, ks, vs) = (
-        q.meta.strides().clone(),
-        k.meta.strides().clone(),
-        v.meta.strides().clone(),
-    );
+    let (qs, ks, vs) = (q.meta.strides().clone(), k.meta.strides().clone(), v.meta.strides().clone());
     // Rows of the pool are the keys; no batch stride (the block tables place each row).
-    let layout = DecodeLayoutLaunch::new(
-        heads,
-        heads / kv_heads.max(1),
-        keys,
-        qs[0],
-        qs[1],
-        0,
-        ks[1],
-        ks[0],
-        0,
-        vs[1],
-        vs[0],
-    );
-    decode_attention_planes(
-        q,
-        k,
-        v,
-        output,
-        layout,
-        rows * heads,
-        keys,
-        lanes,
-        Some((tables, lengths, blocks, block_size)),
-    )
+    let layout = DecodeLayoutLaunch::new(heads, heads / kv_heads.max(1), keys, qs[0], qs[1], 0, ks[1], ks[0], 0, vs[1], vs[0]);
+    decode_attention_planes(q, k, v, output, layout, rows * heads, keys, lanes, Some((tables, lengths, blocks, block_size)))
 }
 
 /// Planes per cube of [`decode_attention_planes_kernel`].
@@ -1342,16 +1062,8 @@ const DECODE_DEFAULT_SMS: usize = 4;
 /// chunk)`, `chunk` keys per cube (whole rounds of the cube's planes and tiles), enough cubes
 /// for [`DECODE_CUBES_PER_SM`] per multiprocessor. `(1, keys)` when one cube per pair fills the
 /// device or `decode_attention_split` is off.
-fn decode_splits<R: CubeRuntime>(
-    client: &ComputeClient<R>,
-    batch_heads: usize,
-    keys: usize,
-) -> (usize, usize) {
-    let sms = client
-        .properties()
-        .hardware
-        .num_streaming_multiprocessors
-        .map_or(DECODE_DEFAULT_SMS, |n| n as usize);
+fn decode_splits<R: CubeRuntime>(client: &ComputeClient<R>, batch_heads: usize, keys: usize) -> (usize, usize) {
+    let sms = client.properties().hardware.num_streaming_multiprocessors.map_or(DECODE_DEFAULT_SMS, |n| n as usize);
     let round = DECODE_PLANES as usize * DECODE_TILE;
     let wanted = (DECODE_CUBES_PER_SM * sms).div_ceil(batch_heads.max(1));
     let splits = wanted.clamp(1, keys.div_ceil(round).max(1));
@@ -1378,8 +1090,7 @@ struct Pages<I: Int> {
 #[cube]
 fn key_row<I: Int>(pages: &Pages<I>, table: usize, j: usize, #[comptime] paged: bool) -> usize {
     if paged {
-        (u32::cast_from(pages.tables[table + j / pages.block_size]) as usize) * pages.block_size
-            + j % pages.block_size
+        (u32::cast_from(pages.tables[table + j / pages.block_size]) as usize) * pages.block_size + j % pages.block_size
     } else {
         j
     }
@@ -1422,11 +1133,7 @@ fn decode_attention_planes_kernel<E: Float, I: Int>(
     }
     let bh = cube / splits;
     let b = bh / layout.heads;
-    let keys = if paged {
-        u32::cast_from(pages.lengths[b]) as usize
-    } else {
-        layout.keys
-    };
+    let keys = if paged { u32::cast_from(pages.lengths[b]) as usize } else { layout.keys };
     let lo = (cube % splits) * chunk;
     // An empty range (a paged row shorter than the longest) leaves the cube's state empty.
     let hi = select(keys > lo, min(keys, lo + chunk), lo);
@@ -1573,25 +1280,15 @@ fn decode_attention_combine_kernel<E: Float>(
 /// The hardware plane size when every plane of `client` has it and plane operations work.
 fn uniform_plane<R: CubeRuntime>(client: &ComputeClient<R>) -> Option<usize> {
     let properties = client.properties();
-    let (min, max) = (
-        properties.hardware.plane_size_min,
-        properties.hardware.plane_size_max,
-    );
+    let (min, max) = (properties.hardware.plane_size_min, properties.hardware.plane_size_max);
     let uniform = min == max && max > 0;
-    (properties
-        .features
-        .plane
-        .contains(cubecl::features::Plane::Ops)
-        && uniform)
-        .then_some(max as usize)
+    (properties.features.plane.contains(cubecl::features::Plane::Ops) && uniform).then_some(max as usize)
 }
 
 /// [`uniform_plane`] where it divides `head_dim` and [`DECODE_PLANES`] planes cover it, so
 /// that [`decode_attention_planes_kernel`] can split `head_dim` values over the lanes.
 fn decode_plane<R: CubeRuntime>(client: &ComputeClient<R>, head_dim: usize) -> Option<usize> {
-    uniform_plane(client).filter(|&lanes| {
-        head_dim.is_multiple_of(lanes) && head_dim <= DECODE_PLANES as usize * lanes
-    })
+    uniform_plane(client).filter(|&lanes| head_dim.is_multiple_of(lanes) && head_dim <= DECODE_PLANES as usize * lanes)
 }
 
 /// Most rows for which the skinny product splits `d_in` over a cube's planes. With more rows a
@@ -1701,11 +1398,7 @@ fn skinny_linear_kernel<E: Float, N: Size>(
         let mut squares = SharedMemory::<f32>::new(rows * parts_cube);
         #[unroll]
         for r in 0..rows {
-            let s = if plane_reduce {
-                plane_sum(inv[r])
-            } else {
-                inv[r]
-            };
+            let s = if plane_reduce { plane_sum(inv[r]) } else { inv[r] };
             if !plane_reduce || lane == 0 {
                 squares[r * parts_cube + part_cube] = s;
             }
@@ -1750,20 +1443,7 @@ fn skinny_linear_kernel<E: Float, N: Size>(
             }
             #[unroll]
             for k in 0..depth {
-                skinny_accumulate::<E, N>(
-                    x,
-                    norm_weight,
-                    &w,
-                    k * columns,
-                    &inv,
-                    &mut xs,
-                    &mut acc,
-                    j + k * step,
-                    vectors,
-                    rows,
-                    columns,
-                    norm,
-                );
+                skinny_accumulate::<E, N>(x, norm_weight, &w, k * columns, &inv, &mut xs, &mut acc, j + k * step, vectors, rows, columns, norm);
             }
             j += depth * step;
         }
@@ -1773,20 +1453,7 @@ fn skinny_linear_kernel<E: Float, N: Size>(
         for c in 0..columns {
             w[c] = weight[bases[c] + j];
         }
-        skinny_accumulate::<E, N>(
-            x,
-            norm_weight,
-            &w,
-            0,
-            &inv,
-            &mut xs,
-            &mut acc,
-            j,
-            vectors,
-            rows,
-            columns,
-            norm,
-        );
+        skinny_accumulate::<E, N>(x, norm_weight, &w, 0, &inv, &mut xs, &mut acc, j, vectors, rows, columns, norm);
         j += step;
     }
     // Sum i (= r · columns + c) of every unit of a group: `parts` partials per sum, at
@@ -1808,11 +1475,7 @@ fn skinny_linear_kernel<E: Float, N: Size>(
     let mut partials = SharedMemory::<f32>::new(groups * sums * parts);
     #[unroll]
     for i in 0..sums {
-        let s = if plane_reduce {
-            plane_sum(acc[i])
-        } else {
-            acc[i]
-        };
+        let s = if plane_reduce { plane_sum(acc[i]) } else { acc[i] };
         if !plane_reduce || lane == 0 {
             partials[(group * sums + i) * parts + part] = s;
         }
@@ -1839,8 +1502,7 @@ fn skinny_linear_kernel<E: Float, N: Size>(
                     up += partials[up_at + p];
                 }
                 let gate = f32::cast_from(E::cast_from(sum));
-                output[index] =
-                    E::cast_from(up) * E::cast_from(gate / (f32::new(1.0) + f32::exp(-gate)));
+                output[index] = E::cast_from(up) * E::cast_from(gate / (f32::new(1.0) + f32::exp(-gate)));
             } else if add {
                 output[index] = E::cast_from(sum) + residual[index];
             } else {
@@ -1903,12 +1565,7 @@ fn skinny_accumulate<E: Float, N: Size>(
 /// dtype, that divides `d_in`, and that every buffer's offset is aligned to; else 1.
 fn skinny_vector_size<R: CubeRuntime>(buffers: &[&CubeTensor<R>], d_in: usize) -> usize {
     let bytes = buffers[0].dtype.size();
-    let aligned = |t: &CubeTensor<R>, n: usize| {
-        t.handle
-            .offset_start
-            .unwrap_or(0)
-            .is_multiple_of((n * bytes) as u64)
-    };
+    let aligned = |t: &CubeTensor<R>, n: usize| t.handle.offset_start.unwrap_or(0).is_multiple_of((n * bytes) as u64);
     buffers[0]
         .client
         .io_optimized_vector_sizes(bytes)
@@ -1923,39 +1580,21 @@ fn skinny_vector_size<R: CubeRuntime>(buffers: &[&CubeTensor<R>], d_in: usize) -
 /// which bounds the planes). Up to [`SKINNY_SPLIT_ROWS`] rows the planes split `d_in`: enough
 /// of them that each lane makes about `tuning.lane_vectors` loads per column, at most
 /// [`SKINNY_MAX_PLANES`]; above, [`SKINNY_COLUMN_PLANES`] planes of their own columns.
-fn skinny_shape<R: CubeRuntime>(
-    client: &ComputeClient<R>,
-    rows: usize,
-    vectors: usize,
-    tuning: SkinnyTuning,
-) -> (usize, usize, bool, bool) {
+fn skinny_shape<R: CubeRuntime>(client: &ComputeClient<R>, rows: usize, vectors: usize, tuning: SkinnyTuning) -> (usize, usize, bool, bool) {
     let (lanes, plane_reduce) = match uniform_plane(client) {
         Some(lanes) => (lanes, true),
         None => (32, false),
     };
     let split = rows <= SKINNY_SPLIT_ROWS;
-    let wanted = if split {
-        vectors
-            .div_ceil(lanes * tuning.lane_vectors)
-            .clamp(1, SKINNY_MAX_PLANES)
-    } else {
-        SKINNY_COLUMN_PLANES
-    };
+    let wanted = if split { vectors.div_ceil(lanes * tuning.lane_vectors).clamp(1, SKINNY_MAX_PLANES) } else { SKINNY_COLUMN_PLANES };
     // Shared memory per cube where lanes' partials go through it: planes · rows · columns · lanes f32.
-    let shared_limit = if plane_reduce {
-        SKINNY_MAX_PLANES
-    } else {
-        (SKINNY_SHARED_BYTES / (4 * rows * tuning.columns * lanes)).max(1)
-    };
+    let shared_limit = if plane_reduce { SKINNY_MAX_PLANES } else { (SKINNY_SHARED_BYTES / (4 * rows * tuning.columns * lanes)).max(1) };
     (lanes, wanted.min(shared_limit), split, plane_reduce)
 }
 
 /// `x · weight` for a few rows; see [`Kernels::skinny_linear`]. `weight` is the transposed
 /// view of contiguous `[d_out, d_in]` rows.
-pub(crate) fn skinny_linear<R: CubeRuntime>(
-    x: CubeTensor<R>,
-    weight: CubeTensor<R>,
-) -> CubeTensor<R> {
+pub(crate) fn skinny_linear<R: CubeRuntime>(x: CubeTensor<R>, weight: CubeTensor<R>) -> CubeTensor<R> {
     // No epilogue: the element types only name `Epilogue`'s backend; they play no part.
     fused_linear::<R, f32, i32, u8>(x, weight, None, Epilogue::None)
 }
@@ -1976,12 +1615,7 @@ pub(crate) fn fused_linear<R: CubeRuntime, F: FloatElement, I: IntElement, BT: B
     let d_out = weight.meta.shape()[1] / if silu { 2 } else { 1 };
     // The checkpoint's rows again: `[d_out, d_in]`, last dimension contiguous.
     let weight = CubeBackend::<R, f32, i32, u8>::float_swap_dims(weight, 0, 1);
-    let output = empty_device_contiguous_dtype(
-        x.client.clone(),
-        x.device.clone(),
-        [rows, d_out].into(),
-        x.dtype,
-    );
+    let output = empty_device_contiguous_dtype(x.client.clone(), x.device.clone(), [rows, d_out].into(), x.dtype);
     if d_out == 0 {
         return output;
     }
@@ -1999,16 +1633,8 @@ pub(crate) fn fused_linear<R: CubeRuntime, F: FloatElement, I: IntElement, BT: B
     let vectors = d_in / vector_size;
     let tuning = super::skinny_tuning();
     let (lanes, planes, split, plane_reduce) = skinny_shape(&x.client, rows, vectors, tuning);
-    let group_columns = if silu {
-        tuning.columns / 2
-    } else {
-        tuning.columns
-    };
-    let cube_columns = if split {
-        group_columns
-    } else {
-        planes * group_columns
-    };
+    let group_columns = if silu { tuning.columns / 2 } else { tuning.columns };
+    let cube_columns = if split { group_columns } else { planes * group_columns };
     let address = [&x, &weight, &output]
         .into_iter()
         .chain(residual.iter())

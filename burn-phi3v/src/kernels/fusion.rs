@@ -15,24 +15,15 @@ use super::Kernels;
 /// Which step a [`Step`] runs, with its non-tensor arguments.
 #[derive(Clone, Copy, Debug)]
 enum Kind {
-    RmsNorm {
-        eps: f64,
-    },
-    AddRmsNorm {
-        eps: f64,
-    },
-    Rotary {
-        head_dim: usize,
-    },
+    RmsNorm { eps: f64 },
+    AddRmsNorm { eps: f64 },
+    Rotary { head_dim: usize },
     SiluMul,
     DecodeAttention,
     SkinnyLinear,
     /// Inputs: `x`, `weight`, then the norm's weight when `norm_eps` is given, then the
     /// residual when `then` is [`Then::Residual`].
-    FusedLinear {
-        norm_eps: Option<f64>,
-        then: Then,
-    },
+    FusedLinear { norm_eps: Option<f64>, then: Then },
 }
 
 /// [`super::Epilogue`] without its tensor.
@@ -52,10 +43,7 @@ struct Step<B> {
 }
 
 impl<B: FusionBackend + Kernels> Operation<B::FusionRuntime> for Step<B> {
-    fn execute(
-        &self,
-        handles: &mut HandleContainer<<B::FusionRuntime as FusionRuntime>::FusionHandle>,
-    ) {
+    fn execute(&self, handles: &mut HandleContainer<<B::FusionRuntime as FusionRuntime>::FusionHandle>) {
         let mut input = |i: usize| handles.get_float_tensor::<B>(&self.desc.inputs[i]);
         let results = match self.kind {
             Kind::RmsNorm { eps } => vec![B::rms_norm(input(0), input(1), eps)],
@@ -72,9 +60,7 @@ impl<B: FusionBackend + Kernels> Operation<B::FusionRuntime> for Step<B> {
                 let norm = norm_eps.map(|eps| (input(2), eps));
                 let epilogue = match then {
                     Then::Nothing => super::Epilogue::None,
-                    Then::Residual => {
-                        super::Epilogue::Residual(input(2 + usize::from(norm_eps.is_some())))
-                    }
+                    Then::Residual => super::Epilogue::Residual(input(2 + usize::from(norm_eps.is_some()))),
                     Then::SiluMul => super::Epilogue::SiluMul,
                 };
                 vec![B::fused_linear(x, weight, norm, epilogue)]
@@ -87,29 +73,17 @@ impl<B: FusionBackend + Kernels> Operation<B::FusionRuntime> for Step<B> {
 }
 
 /// Registers `kind` over `inputs` with one output of `shape` (the first input's dtype).
-fn register<B: FusionBackend + Kernels>(
-    name: &'static str,
-    kind: Kind,
-    inputs: Vec<FloatTensor<Fusion<B>>>,
-    shape: Shape,
-) -> FloatTensor<Fusion<B>> {
+fn register<B: FusionBackend + Kernels>(name: &'static str, kind: Kind, inputs: Vec<FloatTensor<Fusion<B>>>, shape: Shape) -> FloatTensor<Fusion<B>> {
     let [output] = register_n::<B, 1>(name, kind, inputs, shape);
     output
 }
 
 /// Registers `kind` over `inputs` with `N` outputs of `shape` (the first input's dtype).
-fn register_n<B: FusionBackend + Kernels, const N: usize>(
-    name: &'static str,
-    kind: Kind,
-    inputs: Vec<FloatTensor<Fusion<B>>>,
-    shape: Shape,
-) -> [FloatTensor<Fusion<B>>; N] {
+fn register_n<B: FusionBackend + Kernels, const N: usize>(name: &'static str, kind: Kind, inputs: Vec<FloatTensor<Fusion<B>>>, shape: Shape) -> [FloatTensor<Fusion<B>>; N] {
     let client = inputs[0].client.clone();
     let dtype = inputs[0].dtype;
     let streams = OperationStreams::with_inputs(inputs.iter());
-    let outputs: Vec<TensorIr> = (0..N)
-        .map(|_| TensorIr::uninit(client.create_empty_handle(), shape.clone(), dtype))
-        .collect();
+    let outputs: Vec<TensorIr> = (0..N).map(|_| TensorIr::uninit(client.create_empty_handle(), shape.clone(), dtype)).collect();
     let inputs: Vec<TensorIr> = inputs.into_iter().map(|t| t.into_ir()).collect();
     let desc = CustomOpIr::new(name, &inputs, &outputs);
     client
@@ -128,43 +102,18 @@ fn register_n<B: FusionBackend + Kernels, const N: usize>(
 impl<B: FusionBackend + Kernels> Kernels for Fusion<B> {
     fn rms_norm(x: FloatTensor<Self>, weight: FloatTensor<Self>, eps: f64) -> FloatTensor<Self> {
         let shape = x.shape.clone();
-        register::<B>(
-            "phi3v_rms_norm",
-            Kind::RmsNorm { eps },
-            vec![x, weight],
-            shape,
-        )
+        register::<B>("phi3v_rms_norm", Kind::RmsNorm { eps }, vec![x, weight], shape)
     }
 
-    fn add_rms_norm(
-        x: FloatTensor<Self>,
-        residual: FloatTensor<Self>,
-        weight: FloatTensor<Self>,
-        eps: f64,
-    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+    fn add_rms_norm(x: FloatTensor<Self>, residual: FloatTensor<Self>, weight: FloatTensor<Self>, eps: f64) -> (FloatTensor<Self>, FloatTensor<Self>) {
         let shape = x.shape.clone();
-        let [sum, normed] = register_n::<B, 2>(
-            "phi3v_add_rms_norm",
-            Kind::AddRmsNorm { eps },
-            vec![x, residual, weight],
-            shape,
-        );
+        let [sum, normed] = register_n::<B, 2>("phi3v_add_rms_norm", Kind::AddRmsNorm { eps }, vec![x, residual, weight], shape);
         (sum, normed)
     }
 
-    fn rotary(
-        x: FloatTensor<Self>,
-        cos: FloatTensor<Self>,
-        sin: FloatTensor<Self>,
-        head_dim: usize,
-    ) -> FloatTensor<Self> {
+    fn rotary(x: FloatTensor<Self>, cos: FloatTensor<Self>, sin: FloatTensor<Self>, head_dim: usize) -> FloatTensor<Self> {
         let shape = x.shape.clone();
-        register::<B>(
-            "phi3v_rotary",
-            Kind::Rotary { head_dim },
-            vec![x, cos, sin],
-            shape,
-        )
+        register::<B>("phi3v_rotary", Kind::Rotary { head_dim }, vec![x, cos, sin], shape)
     }
 
     fn silu_mul(gate_up: FloatTensor<Self>) -> FloatTensor<Self> {
@@ -176,20 +125,10 @@ impl<B: FusionBackend + Kernels> Kernels for Fusion<B> {
 
     fn skinny_linear(x: FloatTensor<Self>, weight: FloatTensor<Self>) -> FloatTensor<Self> {
         let shape = Shape::new([x.shape[0], weight.shape[1]]);
-        register::<B>(
-            "phi3v_skinny_linear",
-            Kind::SkinnyLinear,
-            vec![x, weight],
-            shape,
-        )
+        register::<B>("phi3v_skinny_linear", Kind::SkinnyLinear, vec![x, weight], shape)
     }
 
-    fn fused_linear(
-        x: FloatTensor<Self>,
-        weight: FloatTensor<Self>,
-        norm: Option<(FloatTensor<Self>, f64)>,
-        epilogue: super::Epilogue<Self>,
-    ) -> FloatTensor<Self> {
+    fn fused_linear(x: FloatTensor<Self>, weight: FloatTensor<Self>, norm: Option<(FloatTensor<Self>, f64)>, epilogue: super::Epilogue<Self>) -> FloatTensor<Self> {
         let d_out = weight.shape[1];
         let mut inputs = vec![x, weight];
         let rows = inputs[0].shape[0];
@@ -205,25 +144,11 @@ impl<B: FusionBackend + Kernels> Kernels for Fusion<B> {
             }
             super::Epilogue::SiluMul => (Then::SiluMul, d_out / 2),
         };
-        register::<B>(
-            "phi3v_fused_linear",
-            Kind::FusedLinear { norm_eps, then },
-            inputs,
-            Shape::new([rows, width]),
-        )
+        register::<B>("phi3v_fused_linear", Kind::FusedLinear { norm_eps, then }, inputs, Shape::new([rows, width]))
     }
 
-    fn decode_attention(
-        q: FloatTensor<Self>,
-        k: FloatTensor<Self>,
-        v: FloatTensor<Self>,
-    ) -> FloatTensor<Self> {
+    fn decode_attention(q: FloatTensor<Self>, k: FloatTensor<Self>, v: FloatTensor<Self>) -> FloatTensor<Self> {
         let shape = q.shape.clone();
-        register::<B>(
-            "phi3v_decode_attention",
-            Kind::DecodeAttention,
-            vec![q, k, v],
-            shape,
-        )
+        register::<B>("phi3v_decode_attention", Kind::DecodeAttention, vec![q, k, v], shape)
     }
 }

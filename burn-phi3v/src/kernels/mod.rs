@@ -54,12 +54,7 @@ pub trait Kernels: Backend {
     /// # Shapes
     /// `x`, `residual`: `[batch, seq, hidden]`; `weight`: `[hidden]` → twice
     /// `[batch, seq, hidden]`
-    fn add_rms_norm(
-        x: FloatTensor<Self>,
-        residual: FloatTensor<Self>,
-        weight: FloatTensor<Self>,
-        eps: f64,
-    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+    fn add_rms_norm(x: FloatTensor<Self>, residual: FloatTensor<Self>, weight: FloatTensor<Self>, eps: f64) -> (FloatTensor<Self>, FloatTensor<Self>) {
         default_add_rms_norm::<Self>(x, residual, weight, eps)
     }
 
@@ -69,12 +64,7 @@ pub trait Kernels: Backend {
     /// # Shapes
     /// `x`: `[batch, seq, heads · head_dim]` (any strides); `cos`, `sin`:
     /// `[batch, 1, seq, head_dim]` → `[batch, seq, heads · head_dim]`
-    fn rotary(
-        x: FloatTensor<Self>,
-        cos: FloatTensor<Self>,
-        sin: FloatTensor<Self>,
-        head_dim: usize,
-    ) -> FloatTensor<Self> {
+    fn rotary(x: FloatTensor<Self>, cos: FloatTensor<Self>, sin: FloatTensor<Self>, head_dim: usize) -> FloatTensor<Self> {
         default_rotary::<Self>(x, cos, sin, head_dim)
     }
 
@@ -128,12 +118,7 @@ pub trait Kernels: Backend {
     /// # Shapes
     /// `x`: `[rows, d_in]`; `weight`: `[d_in, d_out]`; `norm`'s weight `[d_in]` → `[rows,
     /// d_out]`, or `[rows, d_out / 2]` after [`Epilogue::SiluMul`]
-    fn fused_linear(
-        x: FloatTensor<Self>,
-        weight: FloatTensor<Self>,
-        norm: Option<(FloatTensor<Self>, f64)>,
-        epilogue: Epilogue<Self>,
-    ) -> FloatTensor<Self> {
+    fn fused_linear(x: FloatTensor<Self>, weight: FloatTensor<Self>, norm: Option<(FloatTensor<Self>, f64)>, epilogue: Epilogue<Self>) -> FloatTensor<Self> {
         default_fused_linear::<Self>(x, weight, norm, epilogue)
     }
 
@@ -146,12 +131,7 @@ pub trait Kernels: Backend {
     /// # Shapes
     /// `q`: `[batch, heads, queries, head_dim]`; `k`, `v`: `[batch, kv_heads, keys, head_dim]`
     /// → `[batch, heads, queries, head_dim]`
-    fn flash_attention(
-        q: FloatTensor<Self>,
-        k: FloatTensor<Self>,
-        v: FloatTensor<Self>,
-        causal: bool,
-    ) -> FloatTensor<Self> {
+    fn flash_attention(q: FloatTensor<Self>, k: FloatTensor<Self>, v: FloatTensor<Self>, causal: bool) -> FloatTensor<Self> {
         default_flash_attention::<Self>(q, k, v, causal)
     }
 
@@ -162,11 +142,7 @@ pub trait Kernels: Backend {
     /// # Shapes
     /// `q`: `[batch, heads, 1, head_dim]`; `k`, `v`: `[batch, kv_heads, keys, head_dim]`
     /// → `[batch, heads, 1, head_dim]`
-    fn decode_attention(
-        q: FloatTensor<Self>,
-        k: FloatTensor<Self>,
-        v: FloatTensor<Self>,
-    ) -> FloatTensor<Self> {
+    fn decode_attention(q: FloatTensor<Self>, k: FloatTensor<Self>, v: FloatTensor<Self>) -> FloatTensor<Self> {
         default_decode_attention::<Self>(q, k, v)
     }
 
@@ -190,58 +166,31 @@ pub trait Kernels: Backend {
         block_size: usize,
         keys: usize,
     ) -> FloatTensor<Self> {
-        default_paged_decode_attention::<Self>(
-            q,
-            k_pool,
-            v_pool,
-            block_tables,
-            lengths,
-            block_size,
-            keys,
-        )
+        default_paged_decode_attention::<Self>(q, k_pool, v_pool, block_tables, lengths, block_size, keys)
     }
 }
 
 /// [`Kernels::rms_norm`]'s default, for implementations that fall back to it.
-fn default_rms_norm<B: Backend>(
-    x: FloatTensor<B>,
-    weight: FloatTensor<B>,
-    eps: f64,
-) -> FloatTensor<B> {
+fn default_rms_norm<B: Backend>(x: FloatTensor<B>, weight: FloatTensor<B>, eps: f64) -> FloatTensor<B> {
     let x = Tensor::<B, 3>::from_primitive(TensorPrimitive::Float(x));
     let weight = Tensor::<B, 1>::from_primitive(TensorPrimitive::Float(weight));
     composed::rms_norm(x, weight, eps).into_primitive().tensor()
 }
 
 /// [`Kernels::add_rms_norm`]'s default, for implementations that fall back to it.
-fn default_add_rms_norm<B: Backend>(
-    x: FloatTensor<B>,
-    residual: FloatTensor<B>,
-    weight: FloatTensor<B>,
-    eps: f64,
-) -> (FloatTensor<B>, FloatTensor<B>) {
+fn default_add_rms_norm<B: Backend>(x: FloatTensor<B>, residual: FloatTensor<B>, weight: FloatTensor<B>, eps: f64) -> (FloatTensor<B>, FloatTensor<B>) {
     let tensor = |t| Tensor::<B, 3>::from_primitive(TensorPrimitive::Float(t));
     let weight = Tensor::<B, 1>::from_primitive(TensorPrimitive::Float(weight));
     let (sum, normed) = composed::add_rms_norm(tensor(x), tensor(residual), weight, eps);
-    (
-        sum.into_primitive().tensor(),
-        normed.into_primitive().tensor(),
-    )
+    (sum.into_primitive().tensor(), normed.into_primitive().tensor())
 }
 
 /// [`Kernels::rotary`]'s default, for implementations that fall back to it.
-fn default_rotary<B: Backend>(
-    x: FloatTensor<B>,
-    cos: FloatTensor<B>,
-    sin: FloatTensor<B>,
-    head_dim: usize,
-) -> FloatTensor<B> {
+fn default_rotary<B: Backend>(x: FloatTensor<B>, cos: FloatTensor<B>, sin: FloatTensor<B>, head_dim: usize) -> FloatTensor<B> {
     let x = Tensor::<B, 3>::from_primitive(TensorPrimitive::Float(x));
     let cos = Tensor::<B, 4>::from_primitive(TensorPrimitive::Float(cos));
     let sin = Tensor::<B, 4>::from_primitive(TensorPrimitive::Float(sin));
-    composed::rotary(x, &cos, &sin, head_dim)
-        .into_primitive()
-        .tensor()
+    composed::rotary(x, &cos, &sin, head_dim).into_primitive().tensor()
 }
 
 /// [`Kernels::rotary_append`]'s default, for implementations that fall back to it.
@@ -257,20 +206,8 @@ fn default_rotary_append<B: Kernels>(
 ) -> (FloatTensor<B>, FloatTensor<B>, FloatTensor<B>) {
     let t3 = |t| Tensor::<B, 3>::from_primitive(TensorPrimitive::Float(t));
     let t4 = |t| Tensor::<B, 4>::from_primitive(TensorPrimitive::Float(t));
-    let (q, k, v) = rotate_then_append(
-        t3(qkv),
-        &t4(cos),
-        &t4(sin),
-        t4(k_cache),
-        t4(v_cache),
-        heads,
-        cached,
-    );
-    (
-        q.into_primitive().tensor(),
-        k.into_primitive().tensor(),
-        v.into_primitive().tensor(),
-    )
+    let (q, k, v) = rotate_then_append(t3(qkv), &t4(cos), &t4(sin), t4(k_cache), t4(v_cache), heads, cached);
+    (q.into_primitive().tensor(), k.into_primitive().tensor(), v.into_primitive().tensor())
 }
 
 /// [`Kernels::rotary_append`] as separate steps: [`rotate_split`], then two `slice_assign`s into
@@ -288,11 +225,7 @@ fn rotate_then_append<B: Kernels>(
     let [_, kv_heads, _, hd] = k_cache.dims();
     let (q, k, v) = rotate_split(qkv, cos, sin, heads, kv_heads);
     let at = [0..b, 0..kv_heads, cached..cached + s, 0..hd];
-    (
-        q,
-        k_cache.slice_assign(at.clone(), k),
-        v_cache.slice_assign(at, v),
-    )
+    (q, k_cache.slice_assign(at.clone(), k), v_cache.slice_assign(at, v))
 }
 
 /// Splits a `qkv_proj` output into rotated queries, rotated keys and values: one [`rotary`]
@@ -301,13 +234,7 @@ fn rotate_then_append<B: Kernels>(
 /// # Shapes
 /// `qkv`: `[batch, seq, (heads + 2·kv_heads)·head_dim]`; `cos`, `sin`: `[batch, 1, seq,
 /// head_dim]` → `[batch, heads, seq, head_dim]`, then twice `[batch, kv_heads, seq, head_dim]`
-pub fn rotate_split<B: Kernels>(
-    qkv: Tensor<B, 3>,
-    cos: &Tensor<B, 4>,
-    sin: &Tensor<B, 4>,
-    heads: usize,
-    kv_heads: usize,
-) -> (Tensor<B, 4>, Tensor<B, 4>, Tensor<B, 4>) {
+pub fn rotate_split<B: Kernels>(qkv: Tensor<B, 3>, cos: &Tensor<B, 4>, sin: &Tensor<B, 4>, heads: usize, kv_heads: usize) -> (Tensor<B, 4>, Tensor<B, 4>, Tensor<B, 4>) {
     let [b, s, width] = qkv.dims();
     let hd = cos.dims()[3];
     let (h, kvh) = (heads, kv_heads);
@@ -330,9 +257,7 @@ fn default_silu_mul<B: Backend>(gate_up: FloatTensor<B>) -> FloatTensor<B> {
 fn default_skinny_linear<B: Backend>(x: FloatTensor<B>, weight: FloatTensor<B>) -> FloatTensor<B> {
     let x = Tensor::<B, 2>::from_primitive(TensorPrimitive::Float(x));
     let weight = Tensor::<B, 2>::from_primitive(TensorPrimitive::Float(weight));
-    burn::tensor::module::linear(x, weight, None)
-        .into_primitive()
-        .tensor()
+    burn::tensor::module::linear(x, weight, None).into_primitive().tensor()
 }
 
 /// What [`Kernels::fused_linear`] does with the product.
@@ -350,19 +275,13 @@ pub enum Epilogue<B: Backend> {
 /// [`Kernels::fused_linear`]'s default, for implementations that fall back to it: the
 /// backend's [`Kernels::rms_norm`], [`Kernels::skinny_linear`] and [`Kernels::silu_mul`] one
 /// after the other, the residual added by Burn.
-pub(crate) fn default_fused_linear<B: Kernels>(
-    x: FloatTensor<B>,
-    weight: FloatTensor<B>,
-    norm: Option<(FloatTensor<B>, f64)>,
-    epilogue: Epilogue<B>,
-) -> FloatTensor<B> {
+pub(crate) fn default_fused_linear<B: Kernels>(x: FloatTensor<B>, weight: FloatTensor<B>, norm: Option<(FloatTensor<B>, f64)>, epilogue: Epilogue<B>) -> FloatTensor<B> {
     let t2 = |t| Tensor::<B, 2>::from_primitive(TensorPrimitive::Float(t));
     let x = match norm {
         Some((w, eps)) => {
             let [rows, d] = t2(x.clone()).dims();
             let x3 = t2(x).reshape([1, rows, d]).into_primitive().tensor();
-            let normed =
-                Tensor::<B, 3>::from_primitive(TensorPrimitive::Float(B::rms_norm(x3, w, eps)));
+            let normed = Tensor::<B, 3>::from_primitive(TensorPrimitive::Float(B::rms_norm(x3, w, eps)));
             normed.reshape([rows, d]).into_primitive().tensor()
         }
         None => x,
@@ -382,30 +301,17 @@ pub(crate) fn default_fused_linear<B: Kernels>(
 
 /// [`Kernels::flash_attention`]'s default: the model's attention (`model::nn::attend`, Burn's
 /// `attention` or composed) with the key/value heads repeated.
-pub(crate) fn default_flash_attention<B: Backend>(
-    q: FloatTensor<B>,
-    k: FloatTensor<B>,
-    v: FloatTensor<B>,
-    causal: bool,
-) -> FloatTensor<B> {
+pub(crate) fn default_flash_attention<B: Backend>(q: FloatTensor<B>, k: FloatTensor<B>, v: FloatTensor<B>, causal: bool) -> FloatTensor<B> {
     let tensor = |t| Tensor::<B, 4>::from_primitive(TensorPrimitive::Float(t));
     let (q, k, v) = (tensor(q), tensor(k), tensor(v));
     let rep = q.dims()[1] / k.dims()[1].max(1);
-    crate::model::nn::attend(q, repeat_kv(k, rep), repeat_kv(v, rep), None, causal)
-        .into_primitive()
-        .tensor()
+    crate::model::nn::attend(q, repeat_kv(k, rep), repeat_kv(v, rep), None, causal).into_primitive().tensor()
 }
 
 /// [`Kernels::decode_attention`]'s default, for implementations that fall back to it.
-fn default_decode_attention<B: Backend>(
-    q: FloatTensor<B>,
-    k: FloatTensor<B>,
-    v: FloatTensor<B>,
-) -> FloatTensor<B> {
+fn default_decode_attention<B: Backend>(q: FloatTensor<B>, k: FloatTensor<B>, v: FloatTensor<B>) -> FloatTensor<B> {
     let tensor = |t| Tensor::<B, 4>::from_primitive(TensorPrimitive::Float(t));
-    composed::decode_attention(tensor(q), tensor(k), tensor(v))
-        .into_primitive()
-        .tensor()
+    composed::decode_attention(tensor(q), tensor(k), tensor(v)).into_primitive().tensor()
 }
 
 /// [`Kernels::paged_decode_attention`]'s default, for implementations that fall back to it.
@@ -422,17 +328,9 @@ fn default_paged_decode_attention<B: Kernels>(
     let t3 = |t| Tensor::<B, 3>::from_primitive(TensorPrimitive::Float(t));
     let tables = Tensor::<B, 2, Int>::from_primitive(block_tables);
     let lengths = Tensor::<B, 1, Int>::from_primitive(lengths);
-    composed::paged_decode_attention(
-        t3(q),
-        t3(k_pool),
-        t3(v_pool),
-        tables,
-        lengths,
-        block_size,
-        keys,
-    )
-    .into_primitive()
-    .tensor()
+    composed::paged_decode_attention(t3(q), t3(k_pool), t3(v_pool), tables, lengths, block_size, keys)
+        .into_primitive()
+        .tensor()
 }
 
 #[cfg(feature = "cpu")]
@@ -453,23 +351,13 @@ pub mod composed {
     }
 
     /// See [`Kernels::add_rms_norm`].
-    pub fn add_rms_norm<B: Backend>(
-        x: Tensor<B, 3>,
-        residual: Tensor<B, 3>,
-        weight: Tensor<B, 1>,
-        eps: f64,
-    ) -> (Tensor<B, 3>, Tensor<B, 3>) {
+    pub fn add_rms_norm<B: Backend>(x: Tensor<B, 3>, residual: Tensor<B, 3>, weight: Tensor<B, 1>, eps: f64) -> (Tensor<B, 3>, Tensor<B, 3>) {
         let sum = x + residual;
         (sum.clone(), rms_norm(sum, weight, eps))
     }
 
     /// See [`Kernels::rotary`].
-    pub fn rotary<B: Backend>(
-        x: Tensor<B, 3>,
-        cos: &Tensor<B, 4>,
-        sin: &Tensor<B, 4>,
-        head_dim: usize,
-    ) -> Tensor<B, 3> {
+    pub fn rotary<B: Backend>(x: Tensor<B, 3>, cos: &Tensor<B, 4>, sin: &Tensor<B, 4>, head_dim: usize) -> Tensor<B, 3> {
         let [b, s, width] = x.dims();
         let x = x.reshape([b, s, width / head_dim, head_dim]);
         let (cos, sin) = (cos.clone().swap_dims(1, 2), sin.clone().swap_dims(1, 2)); // [b, s, 1, hd]
@@ -482,11 +370,7 @@ pub mod composed {
 
     /// See [`Kernels::decode_attention`]: the model's attention (`model::nn::attend`) after
     /// repeating the kv heads.
-    pub fn decode_attention<B: Backend>(
-        q: Tensor<B, 4>,
-        k: Tensor<B, 4>,
-        v: Tensor<B, 4>,
-    ) -> Tensor<B, 4> {
+    pub fn decode_attention<B: Backend>(q: Tensor<B, 4>, k: Tensor<B, 4>, v: Tensor<B, 4>) -> Tensor<B, 4> {
         let rep = q.dims()[1] / k.dims()[1].max(1);
         crate::model::nn::attend(q, repeat_kv(k, rep), repeat_kv(v, rep), None, false)
     }
@@ -508,33 +392,15 @@ pub mod composed {
         let bs = block_size as i64;
         let j = Tensor::<B, 1, Int>::arange(0..keys as i64, &q.device()); // [keys]
         let blocks = block_tables.select(1, j.clone().div_scalar(bs)); // [rows, keys]
-        let slots = blocks.mul_scalar(bs)
-            + j.clone()
-                .remainder_scalar(bs)
-                .reshape([1, keys])
-                .expand([rows, keys]);
-        let masked = j
-            .reshape([1, keys])
-            .expand([rows, keys])
-            .greater_equal(lengths.reshape([rows, 1]).expand([rows, keys]));
+        let slots = blocks.mul_scalar(bs) + j.clone().remainder_scalar(bs).reshape([1, keys]).expand([rows, keys]);
+        let masked = j.reshape([1, keys]).expand([rows, keys]).greater_equal(lengths.reshape([rows, 1]).expand([rows, keys]));
         let slots = slots.reshape([rows * keys]);
         let heads_of = |pool: Tensor<B, 3>| {
-            let t = pool
-                .select(0, slots.clone())
-                .reshape([rows, keys, kv_heads, hd])
-                .swap_dims(1, 2); // [rows, kvh, keys, hd]
+            let t = pool.select(0, slots.clone()).reshape([rows, keys, kv_heads, hd]).swap_dims(1, 2); // [rows, kvh, keys, hd]
             repeat_kv(t, heads / kv_heads)
         };
-        let mask = masked
-            .reshape([rows, 1, 1, keys])
-            .expand([rows, heads, 1, keys]);
-        let out = crate::model::nn::attend(
-            q.reshape([rows, heads, 1, hd]),
-            heads_of(k_pool),
-            heads_of(v_pool),
-            Some(mask),
-            false,
-        );
+        let mask = masked.reshape([rows, 1, 1, keys]).expand([rows, heads, 1, keys]);
+        let out = crate::model::nn::attend(q.reshape([rows, heads, 1, hd]), heads_of(k_pool), heads_of(v_pool), Some(mask), false);
         out.reshape([rows, heads, hd])
     }
 
@@ -595,11 +461,7 @@ pub fn kernel_policy() -> KernelPolicy {
 /// `false` turns the backends' [`Kernels`] off; `true` restores the default,
 /// [`KernelPolicy::Verified`].
 pub fn set_fused_kernels(fused: bool) {
-    set_kernel_policy(if fused {
-        KernelPolicy::Verified
-    } else {
-        KernelPolicy::Off
-    });
+    set_kernel_policy(if fused { KernelPolicy::Verified } else { KernelPolicy::Off });
 }
 
 /// Whether the backends' [`Kernels`] may run at all (the policy is not [`KernelPolicy::Off`]);
@@ -635,12 +497,7 @@ pub fn kernel_on(name: &str) -> bool {
     static OFF: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
     let off = OFF.get_or_init(|| {
         std::env::var("PHI3V_KERNELS_OFF")
-            .map(|v| {
-                v.split(',')
-                    .map(|n| n.trim().to_string())
-                    .filter(|n| !n.is_empty())
-                    .collect()
-            })
+            .map(|v| v.split(',').map(|n| n.trim().to_string()).filter(|n| !n.is_empty()).collect())
             .unwrap_or_default()
     });
     fused_kernels() && !off.iter().any(|n| n == name)
@@ -651,45 +508,23 @@ pub fn rms_norm<B: Kernels>(x: Tensor<B, 3>, weight: &Tensor<B, 1>, eps: f64) ->
     if !kernel_on("rms_norm") {
         return composed::rms_norm(x, weight.clone(), eps);
     }
-    let out = B::rms_norm(
-        x.into_primitive().tensor(),
-        weight.clone().into_primitive().tensor(),
-        eps,
-    );
+    let out = B::rms_norm(x.into_primitive().tensor(), weight.clone().into_primitive().tensor(), eps);
     Tensor::from_primitive(TensorPrimitive::Float(out))
 }
 
 /// [`Kernels::add_rms_norm`] on tensors: `(x + residual, rms_norm(x + residual))`; a Burn add
 /// then [`rms_norm`] when its kernel is off.
-pub fn add_rms_norm<B: Kernels>(
-    x: Tensor<B, 3>,
-    residual: Tensor<B, 3>,
-    weight: &Tensor<B, 1>,
-    eps: f64,
-) -> (Tensor<B, 3>, Tensor<B, 3>) {
+pub fn add_rms_norm<B: Kernels>(x: Tensor<B, 3>, residual: Tensor<B, 3>, weight: &Tensor<B, 1>, eps: f64) -> (Tensor<B, 3>, Tensor<B, 3>) {
     if !kernel_on("add_rms_norm") || x.dims() != residual.dims() {
         let sum = x + residual;
         return (sum.clone(), rms_norm(sum, weight, eps));
     }
-    let (sum, normed) = B::add_rms_norm(
-        x.into_primitive().tensor(),
-        residual.into_primitive().tensor(),
-        weight.clone().into_primitive().tensor(),
-        eps,
-    );
-    (
-        Tensor::from_primitive(TensorPrimitive::Float(sum)),
-        Tensor::from_primitive(TensorPrimitive::Float(normed)),
-    )
+    let (sum, normed) = B::add_rms_norm(x.into_primitive().tensor(), residual.into_primitive().tensor(), weight.clone().into_primitive().tensor(), eps);
+    (Tensor::from_primitive(TensorPrimitive::Float(sum)), Tensor::from_primitive(TensorPrimitive::Float(normed)))
 }
 
 /// [`Kernels::rotary`] on tensors (composed when [`fused_kernels`] is off).
-pub fn rotary<B: Kernels>(
-    x: Tensor<B, 3>,
-    cos: &Tensor<B, 4>,
-    sin: &Tensor<B, 4>,
-    head_dim: usize,
-) -> Tensor<B, 3> {
+pub fn rotary<B: Kernels>(x: Tensor<B, 3>, cos: &Tensor<B, 4>, sin: &Tensor<B, 4>, head_dim: usize) -> Tensor<B, 3> {
     if !kernel_on("rotary") {
         return composed::rotary(x, cos, sin, head_dim);
     }
@@ -717,15 +552,7 @@ pub fn rotary_append<B: Kernels>(
         return rotate_then_append(qkv, cos, sin, k_cache, v_cache, heads, cached);
     }
     let p = |t: Tensor<B, 4>| t.into_primitive().tensor();
-    let (q, k, v) = B::rotary_append(
-        qkv.into_primitive().tensor(),
-        p(cos.clone()),
-        p(sin.clone()),
-        p(k_cache),
-        p(v_cache),
-        heads,
-        cached,
-    );
+    let (q, k, v) = B::rotary_append(qkv.into_primitive().tensor(), p(cos.clone()), p(sin.clone()), p(k_cache), p(v_cache), heads, cached);
     let t = |x| Tensor::<B, 4>::from_primitive(TensorPrimitive::Float(x));
     (t(q), t(k), t(v))
 }
@@ -735,9 +562,7 @@ pub fn silu_mul<B: Kernels>(gate_up: Tensor<B, 3>) -> Tensor<B, 3> {
     if !kernel_on("silu_mul") {
         return composed::silu_mul(gate_up);
     }
-    Tensor::from_primitive(TensorPrimitive::Float(B::silu_mul(
-        gate_up.into_primitive().tensor(),
-    )))
+    Tensor::from_primitive(TensorPrimitive::Float(B::silu_mul(gate_up.into_primitive().tensor())))
 }
 
 /// Attention for prefill and the vision tower: [`Kernels::flash_attention`] when there is no
@@ -749,23 +574,12 @@ pub fn silu_mul<B: Kernels>(gate_up: Tensor<B, 3>) -> Tensor<B, 3> {
 /// `q`: `[batch, heads, queries, head_dim]`; `k`, `v`: `[batch, kv_heads, keys, head_dim]`;
 /// `mask`: `[batch, heads, queries, keys]` (`true` = hidden) → `[batch, heads, queries,
 /// head_dim]`
-pub fn attention<B: Kernels>(
-    q: Tensor<B, 4>,
-    k: Tensor<B, 4>,
-    v: Tensor<B, 4>,
-    mask: Option<Tensor<B, 4, Bool>>,
-    causal: bool,
-) -> Tensor<B, 4> {
+pub fn attention<B: Kernels>(q: Tensor<B, 4>, k: Tensor<B, 4>, v: Tensor<B, 4>, mask: Option<Tensor<B, 4, Bool>>, causal: bool) -> Tensor<B, 4> {
     let [_, heads, queries, _] = q.dims();
     let [_, kv_heads, keys, _] = k.dims();
     let grouped = kv_heads > 0 && heads.is_multiple_of(kv_heads);
     if mask.is_none() && grouped && (!causal || keys >= queries) && kernel_on("flash_attention") {
-        let out = B::flash_attention(
-            q.into_primitive().tensor(),
-            k.into_primitive().tensor(),
-            v.into_primitive().tensor(),
-            causal,
-        );
+        let out = B::flash_attention(q.into_primitive().tensor(), k.into_primitive().tensor(), v.into_primitive().tensor(), causal);
         return Tensor::from_primitive(TensorPrimitive::Float(out));
     }
     let rep = heads / kv_heads.max(1);
@@ -777,9 +591,7 @@ pub fn attention<B: Kernels>(
 /// (it is tested for correctness like the others; [`KernelPolicy::Forced`] runs it).
 pub fn flash_attention_opted_in() -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| {
-        std::env::var("PHI3V_FLASH_ATTENTION").is_ok_and(|v| v == "1" || v == "true")
-    })
+    *ON.get_or_init(|| std::env::var("PHI3V_FLASH_ATTENTION").is_ok_and(|v| v == "1" || v == "true"))
 }
 
 /// [`Kernels::decode_attention`] on tensors: one query row (`q`'s third dimension is 1);
@@ -787,11 +599,7 @@ pub fn flash_attention_opted_in() -> bool {
 ///
 /// The kernel keeps `batch · heads · keys` f32 scores; a batch whose scores would exceed
 /// [`DECODE_SCORES`] runs in slices of batch rows (a single row always runs whole).
-pub fn decode_attention<B: Kernels>(
-    q: Tensor<B, 4>,
-    k: Tensor<B, 4>,
-    v: Tensor<B, 4>,
-) -> Tensor<B, 4> {
+pub fn decode_attention<B: Kernels>(q: Tensor<B, 4>, k: Tensor<B, 4>, v: Tensor<B, 4>) -> Tensor<B, 4> {
     if !kernel_on("decode_attention") || q.dims()[2] != 1 {
         return composed::decode_attention(q, k, v);
     }
@@ -815,36 +623,15 @@ pub fn paged_decode_attention<B: Kernels>(
 ) -> Tensor<B, 3> {
     let (tables, lengths) = (block_tables.clone(), lengths.clone());
     if !kernel_on("decode_attention") {
-        return composed::paged_decode_attention(
-            q,
-            k_pool.clone(),
-            v_pool.clone(),
-            tables,
-            lengths,
-            block_size,
-            keys,
-        );
+        return composed::paged_decode_attention(q, k_pool.clone(), v_pool.clone(), tables, lengths, block_size, keys);
     }
     let f = |t: &Tensor<B, 3>| t.clone().into_primitive().tensor();
-    let out = B::paged_decode_attention(
-        f(&q),
-        f(k_pool),
-        f(v_pool),
-        tables.into_primitive(),
-        lengths.into_primitive(),
-        block_size,
-        keys,
-    );
+    let out = B::paged_decode_attention(f(&q), f(k_pool), f(v_pool), tables.into_primitive(), lengths.into_primitive(), block_size, keys);
     Tensor::from_primitive(TensorPrimitive::Float(out))
 }
 
 /// [`decode_attention`]'s kernel over slices of batch rows holding at most `max_scores` scores.
-fn decode_attention_in_slices<B: Kernels>(
-    q: Tensor<B, 4>,
-    k: Tensor<B, 4>,
-    v: Tensor<B, 4>,
-    max_scores: usize,
-) -> Tensor<B, 4> {
+fn decode_attention_in_slices<B: Kernels>(q: Tensor<B, 4>, k: Tensor<B, 4>, v: Tensor<B, 4>, max_scores: usize) -> Tensor<B, 4> {
     let [batch, heads, _, _] = q.dims();
     let rows = (max_scores / (heads * k.dims()[2]).max(1)).max(1);
     if batch > rows {
@@ -855,11 +642,7 @@ fn decode_attention_in_slices<B: Kernels>(
         });
         return Tensor::cat(slices.collect(), 0);
     }
-    let out = B::decode_attention(
-        q.into_primitive().tensor(),
-        k.into_primitive().tensor(),
-        v.into_primitive().tensor(),
-    );
+    let out = B::decode_attention(q.into_primitive().tensor(), k.into_primitive().tensor(), v.into_primitive().tensor());
     Tensor::from_primitive(TensorPrimitive::Float(out))
 }
 
@@ -878,14 +661,8 @@ mod tests {
     /// for slice sizes that do and do not divide the batch.
     #[test]
     fn decode_attention_in_slices_equals_one_launch() {
-        let random = |shape: [usize; 4]| {
-            Tensor::<B, 4>::random(shape, Distribution::Normal(0.0, 1.0), &Default::default())
-        };
-        let (q, k, v) = (
-            random([5, 2, 1, 8]),
-            random([5, 2, 7, 8]),
-            random([5, 2, 7, 8]),
-        );
+        let random = |shape: [usize; 4]| Tensor::<B, 4>::random(shape, Distribution::Normal(0.0, 1.0), &Default::default());
+        let (q, k, v) = (random([5, 2, 1, 8]), random([5, 2, 7, 8]), random([5, 2, 7, 8]));
         let whole = decode_attention_in_slices(q.clone(), k.clone(), v.clone(), usize::MAX);
         for rows in [1, 2, 3, 5] {
             let sliced = decode_attention_in_slices(q.clone(), k.clone(), v.clone(), rows * 2 * 7);
@@ -920,34 +697,21 @@ pub struct SkinnyTuning {
 
 impl Default for SkinnyTuning {
     fn default() -> Self {
-        Self {
-            columns: 4,
-            lane_vectors: 4,
-            depth: 1,
-        }
+        Self { columns: 4, lane_vectors: 4, depth: 1 }
     }
 }
 
 impl SkinnyTuning {
     /// Whether the kernel takes these values.
     pub fn is_valid(&self) -> bool {
-        matches!(self.columns, 2 | 4 | 8)
-            && (1..=64).contains(&self.lane_vectors)
-            && matches!(self.depth, 1 | 2 | 4)
+        matches!(self.columns, 2 | 4 | 8) && (1..=64).contains(&self.lane_vectors) && matches!(self.depth, 1 | 2 | 4)
     }
 
     /// `columns,lane_vectors,depth`, if valid.
     pub fn parse(s: &str) -> Option<Self> {
-        let v: Vec<usize> = s
-            .split(',')
-            .map(|p| p.trim().parse().ok())
-            .collect::<Option<_>>()?;
+        let v: Vec<usize> = s.split(',').map(|p| p.trim().parse().ok()).collect::<Option<_>>()?;
         let t = match v.as_slice() {
-            [columns, lane_vectors, depth] => Self {
-                columns: *columns,
-                lane_vectors: *lane_vectors,
-                depth: *depth,
-            },
+            [columns, lane_vectors, depth] => Self { columns: *columns, lane_vectors: *lane_vectors, depth: *depth },
             _ => return None,
         };
         t.is_valid().then_some(t)
@@ -959,11 +723,7 @@ impl SkinnyTuning {
 
     fn unpack(v: u32) -> Self {
         let v = v as usize;
-        Self {
-            columns: v & 0xff,
-            lane_vectors: (v >> 8) & 0xff,
-            depth: v >> 16,
-        }
+        Self { columns: v & 0xff, lane_vectors: (v >> 8) & 0xff, depth: v >> 16 }
     }
 }
 
@@ -982,10 +742,7 @@ pub fn set_skinny_tuning(tuning: SkinnyTuning) -> bool {
 pub fn skinny_tuning() -> SkinnyTuning {
     match SKINNY_TUNING.load(Ordering::Relaxed) {
         0 => {
-            let t = std::env::var("PHI3V_SKINNY")
-                .ok()
-                .and_then(|v| SkinnyTuning::parse(&v))
-                .unwrap_or_default();
+            let t = std::env::var("PHI3V_SKINNY").ok().and_then(|v| SkinnyTuning::parse(&v)).unwrap_or_default();
             set_skinny_tuning(t);
             t
         }
@@ -1013,21 +770,14 @@ pub fn skinny_min_rows() -> usize {
 ///
 /// # Shapes
 /// `x`: `[..., d_in]`; `weight`: `[d_in, d_out]`; `bias`: `[d_out]` → `[..., d_out]`
-pub fn linear<B: Kernels, const D: usize>(
-    x: Tensor<B, D>,
-    weight: &Tensor<B, 2>,
-    bias: Option<&Tensor<B, 1>>,
-) -> Tensor<B, D> {
+pub fn linear<B: Kernels, const D: usize>(x: Tensor<B, D>, weight: &Tensor<B, 2>, bias: Option<&Tensor<B, 1>>) -> Tensor<B, D> {
     let dims = x.dims();
     let [d_in, d_out] = weight.dims();
     let rows = x.shape().num_elements() / d_in.max(1);
     if bias.is_some() || !skinny(rows) {
         return burn::tensor::module::linear(x, weight.clone(), bias.cloned());
     }
-    let out = B::skinny_linear(
-        x.reshape([rows, d_in]).into_primitive().tensor(),
-        weight.clone().into_primitive().tensor(),
-    );
+    let out = B::skinny_linear(x.reshape([rows, d_in]).into_primitive().tensor(), weight.clone().into_primitive().tensor());
     let mut out_dims = dims;
     out_dims[D - 1] = d_out;
     Tensor::<B, 2>::from_primitive(TensorPrimitive::Float(out)).reshape(out_dims)
@@ -1048,12 +798,7 @@ enum Then<B: Backend> {
 /// `then(linear(norm(x)))`: [`Kernels::fused_linear`] where [`linear`] takes the skinny
 /// kernel (and `fused_linear` is on), else [`rms_norm`], [`linear`] and the residual add or
 /// [`silu_mul`] one after the other.
-fn fused<B: Kernels>(
-    x: Tensor<B, 3>,
-    weight: &Tensor<B, 2>,
-    norm: Option<(&Tensor<B, 1>, f64)>,
-    then: Then<B>,
-) -> Tensor<B, 3> {
+fn fused<B: Kernels>(x: Tensor<B, 3>, weight: &Tensor<B, 2>, norm: Option<(&Tensor<B, 1>, f64)>, then: Then<B>) -> Tensor<B, 3> {
     let [b, s, d_in] = x.dims();
     let d_out = weight.dims()[1];
     let rows = b * s;
@@ -1076,12 +821,7 @@ fn fused<B: Kernels>(
         Then::SiluMul => (Epilogue::SiluMul, d_out / 2),
     };
     let norm = norm.map(|(w, eps)| (w.clone().into_primitive().tensor(), eps));
-    let out = B::fused_linear(
-        flat(x, d_in),
-        weight.clone().into_primitive().tensor(),
-        norm,
-        epilogue,
-    );
+    let out = B::fused_linear(flat(x, d_in), weight.clone().into_primitive().tensor(), norm, epilogue);
     Tensor::<B, 2>::from_primitive(TensorPrimitive::Float(out)).reshape([b, s, width])
 }
 
@@ -1090,12 +830,7 @@ fn fused<B: Kernels>(
 ///
 /// # Shapes
 /// `x`: `[batch, seq, d_in]`; `norm`: `[d_in]`; `weight`: `[d_in, d_out]` → `[batch, seq, d_out]`
-pub fn norm_linear<B: Kernels>(
-    x: Tensor<B, 3>,
-    norm: &Tensor<B, 1>,
-    eps: f64,
-    weight: &Tensor<B, 2>,
-) -> Tensor<B, 3> {
+pub fn norm_linear<B: Kernels>(x: Tensor<B, 3>, norm: &Tensor<B, 1>, eps: f64, weight: &Tensor<B, 2>) -> Tensor<B, 3> {
     fused(x, weight, Some((norm, eps)), Then::Nothing)
 }
 
@@ -1104,12 +839,7 @@ pub fn norm_linear<B: Kernels>(
 ///
 /// # Shapes
 /// `x`: `[batch, seq, d_in]`; `norm`: `[d_in]`; `weight`: `[d_in, 2 · inter]` → `[batch, seq, inter]`
-pub fn norm_linear_silu_mul<B: Kernels>(
-    x: Tensor<B, 3>,
-    norm: &Tensor<B, 1>,
-    eps: f64,
-    weight: &Tensor<B, 2>,
-) -> Tensor<B, 3> {
+pub fn norm_linear_silu_mul<B: Kernels>(x: Tensor<B, 3>, norm: &Tensor<B, 1>, eps: f64, weight: &Tensor<B, 2>) -> Tensor<B, 3> {
     fused(x, weight, Some((norm, eps)), Then::SiluMul)
 }
 
@@ -1117,10 +847,6 @@ pub fn norm_linear_silu_mul<B: Kernels>(
 ///
 /// # Shapes
 /// `x`: `[batch, seq, d_in]`; `weight`: `[d_in, d_out]`; `residual`: `[batch, seq, d_out]` → same
-pub fn linear_add<B: Kernels>(
-    x: Tensor<B, 3>,
-    weight: &Tensor<B, 2>,
-    residual: Tensor<B, 3>,
-) -> Tensor<B, 3> {
+pub fn linear_add<B: Kernels>(x: Tensor<B, 3>, weight: &Tensor<B, 2>, residual: Tensor<B, 3>) -> Tensor<B, 3> {
     fused(x, weight, None, Then::Residual(residual))
 }

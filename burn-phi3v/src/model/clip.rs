@@ -29,15 +29,11 @@ impl<B: Kernels> ClipVisionEmbeddings<B> {
     fn load(w: &Weights<B>, prefix: &str, c: &VisionConfig) -> Result<Self> {
         let (d, p, ch) = (c.hidden_size, c.patch_size, c.num_channels);
         let grid = c.grid();
-        let kernel: Tensor<B, 4> =
-            w.tensor(&format!("{prefix}.patch_embedding.weight"), [d, ch, p, p])?;
+        let kernel: Tensor<B, 4> = w.tensor(&format!("{prefix}.patch_embedding.weight"), [d, ch, p, p])?;
         Ok(Self {
             class_embedding: w.tensor(&format!("{prefix}.class_embedding"), [d])?,
             patch_embedding: kernel.reshape([d, ch * p * p]).transpose(),
-            position_embedding: w.tensor(
-                &format!("{prefix}.position_embedding.weight"),
-                [grid * grid + 1, d],
-            )?,
+            position_embedding: w.tensor(&format!("{prefix}.position_embedding.weight"), [grid * grid + 1, d])?,
             patch: p,
             grid,
             channels: ch,
@@ -56,11 +52,7 @@ impl<B: Kernels> ClipVisionEmbeddings<B> {
             .permute([0, 2, 4, 1, 3, 5]) // [n, gy, gx, ch, py, px]
             .reshape([n, g * g, ch * p * p]);
         let patch_embeds = patches.matmul(self.patch_embedding.clone().unsqueeze()); // [n, 576, d]
-        let class = self
-            .class_embedding
-            .clone()
-            .reshape([1, 1, d])
-            .expand([n, 1, d]);
+        let class = self.class_embedding.clone().reshape([1, 1, d]).expand([n, 1, d]);
         Tensor::cat(vec![class, patch_embeds], 1) + self.position_embedding.clone().unsqueeze()
     }
 }
@@ -101,9 +93,7 @@ impl<B: Kernels> ClipAttention<B> {
         let q = heads(self.q_proj.forward(x.clone()));
         let k = heads(self.k_proj.forward(x.clone()));
         let v = heads(self.v_proj.forward(x));
-        let out = kernels::attention(q, k, v, None, false)
-            .swap_dims(1, 2)
-            .reshape([n, t, d]); // head_dim^-0.5
+        let out = kernels::attention(q, k, v, None, false).swap_dims(1, 2).reshape([n, t, d]); // head_dim^-0.5
         self.out_proj.forward(out)
     }
 }
@@ -120,20 +110,8 @@ pub struct ClipMlp<B: Backend> {
 impl<B: Kernels> ClipMlp<B> {
     fn load(w: &Weights<B>, prefix: &str, c: &VisionConfig) -> Result<Self> {
         Ok(Self {
-            fc1: Linear::load(
-                w,
-                &format!("{prefix}.fc1"),
-                c.hidden_size,
-                c.intermediate_size,
-                true,
-            )?,
-            fc2: Linear::load(
-                w,
-                &format!("{prefix}.fc2"),
-                c.intermediate_size,
-                c.hidden_size,
-                true,
-            )?,
+            fc1: Linear::load(w, &format!("{prefix}.fc1"), c.hidden_size, c.intermediate_size, true)?,
+            fc2: Linear::load(w, &format!("{prefix}.fc2"), c.intermediate_size, c.hidden_size, true)?,
         })
     }
 
@@ -192,18 +170,12 @@ pub struct ClipVisionModel<B: Backend> {
 impl<B: Kernels> ClipVisionModel<B> {
     /// Loads `{prefix}` (`…img_processor.vision_model`); the stored layers past `layers_used`
     /// and `post_layernorm` cannot influence the features and are checked but not loaded.
-    pub fn load(
-        w: &Weights<B>,
-        prefix: &str,
-        c: &VisionConfig,
-        layers_used: usize,
-    ) -> Result<Self> {
+    pub fn load(w: &Weights<B>, prefix: &str, c: &VisionConfig, layers_used: usize) -> Result<Self> {
         let d = c.hidden_size;
         let layers = (0..layers_used)
             .map(|i| ClipEncoderLayer::load(w, &format!("{prefix}.encoder.layers.{i}"), c))
             .collect::<Result<Vec<_>>>()?;
-        const WHY: &str =
-            "features are read before this point (layer_idx); HF stores it, vLLM drops it";
+        const WHY: &str = "features are read before this point (layer_idx); HF stores it, vLLM drops it";
         for i in layers_used..c.num_hidden_layers {
             let p = format!("{prefix}.encoder.layers.{i}");
             for (name, shape) in [
@@ -226,21 +198,12 @@ impl<B: Kernels> ClipVisionModel<B> {
         for name in ["post_layernorm.weight", "post_layernorm.bias"] {
             let full = format!("{prefix}.{name}");
             if w.contains(&full) {
-                w.skip(
-                    &full,
-                    &[d],
-                    "applies to the pooled CLS output only, which Phi-3-vision never uses",
-                )?;
+                w.skip(&full, &[d], "applies to the pooled CLS output only, which Phi-3-vision never uses")?;
             }
         }
         Ok(Self {
             embeddings: ClipVisionEmbeddings::load(w, &format!("{prefix}.embeddings"), c)?,
-            pre_layrnorm: LayerNorm::load(
-                w,
-                &format!("{prefix}.pre_layrnorm"),
-                d,
-                c.layer_norm_eps,
-            )?,
+            pre_layrnorm: LayerNorm::load(w, &format!("{prefix}.pre_layrnorm"), d, c.layer_norm_eps)?,
             layers,
         })
     }
@@ -250,9 +213,7 @@ impl<B: Kernels> ClipVisionModel<B> {
     /// # Shapes
     /// `[crops, 3, 336, 336]` → `[crops, 576, hidden]`
     pub fn forward(&self, pixel_values: Tensor<B, 4>) -> Tensor<B, 3> {
-        let mut x = self
-            .pre_layrnorm
-            .forward(self.embeddings.forward(pixel_values));
+        let mut x = self.pre_layrnorm.forward(self.embeddings.forward(pixel_values));
         for layer in &self.layers {
             x = layer.forward(x);
         }

@@ -25,16 +25,8 @@ pub struct Linear<B: Backend> {
 
 impl<B: Backend> Linear<B> {
     /// Loads `{prefix}.weight` (`[d_out, d_in]`) and, if `bias`, `{prefix}.bias` (`[d_out]`).
-    pub fn load(
-        w: &Weights<B>,
-        prefix: &str,
-        d_in: usize,
-        d_out: usize,
-        bias: bool,
-    ) -> Result<Self> {
-        let weight = w
-            .tensor(&format!("{prefix}.weight"), [d_out, d_in])?
-            .transpose();
+    pub fn load(w: &Weights<B>, prefix: &str, d_in: usize, d_out: usize, bias: bool) -> Result<Self> {
+        let weight = w.tensor(&format!("{prefix}.weight"), [d_out, d_in])?.transpose();
         let bias = if bias {
             Some(w.tensor(&format!("{prefix}.bias"), [d_out])?)
         } else {
@@ -42,6 +34,7 @@ impl<B: Backend> Linear<B> {
         };
         Ok(Self { weight, bias })
     }
+
 }
 
 impl<B: Kernels> Linear<B> {
@@ -109,8 +102,7 @@ pub fn set_composed_attention(composed: bool) {
 pub fn composed_attention() -> bool {
     match ATTENTION.load(Ordering::Relaxed) {
         0 => {
-            let on =
-                std::env::var("PHI3V_COMPOSED_ATTENTION").is_ok_and(|v| v == "1" || v == "true");
+            let on = std::env::var("PHI3V_COMPOSED_ATTENTION").is_ok_and(|v| v == "1" || v == "true");
             set_composed_attention(on);
             on
         }
@@ -195,14 +187,7 @@ fn attend_composed_in_chunks<B: Backend>(
                 None => causal,
             });
         }
-        let chunk = attention_fallback(
-            q.clone().narrow(2, start, n),
-            k.clone(),
-            v.clone(),
-            chunk_mask,
-            None,
-            options,
-        );
+        let chunk = attention_fallback(q.clone().narrow(2, start, n), k.clone(), v.clone(), chunk_mask, None, options);
         chunks.push(chunk);
     }
     Tensor::cat(chunks, 2)
@@ -243,52 +228,18 @@ mod tests {
     /// both, for chunk sizes that do and do not divide the queries.
     #[test]
     fn chunked_attention_equals_one_piece() {
-        let options = |is_causal| AttentionModuleOptions {
-            scale: None,
-            softcap: None,
-            is_causal,
-        };
+        let options = |is_causal| AttentionModuleOptions { scale: None, softcap: None, is_causal };
         for (queries, keys) in [(13, 13), (7, 20), (1, 9)] {
-            let (q, k, v) = (
-                random([2, 3, queries, 8]),
-                random([2, 3, keys, 8]),
-                random([2, 3, keys, 8]),
-            );
-            let bits: Vec<bool> = (0..2 * 3 * queries * keys)
-                .map(|i| (i * 7919) % 5 == 0)
-                .collect();
-            let mask = Tensor::<B, 4, Bool>::from_data(
-                TensorData::new(bits, [2, 3, queries, keys]),
-                &Default::default(),
-            );
-            for (m, is_causal) in [
-                (None, true),
-                (Some(mask.clone()), false),
-                (Some(mask), true),
-            ] {
-                let whole = attention_fallback(
-                    q.clone(),
-                    k.clone(),
-                    v.clone(),
-                    m.clone(),
-                    None,
-                    options(is_causal),
-                );
+            let (q, k, v) = (random([2, 3, queries, 8]), random([2, 3, keys, 8]), random([2, 3, keys, 8]));
+            let bits: Vec<bool> = (0..2 * 3 * queries * keys).map(|i| (i * 7919) % 5 == 0).collect();
+            let mask = Tensor::<B, 4, Bool>::from_data(TensorData::new(bits, [2, 3, queries, keys]), &Default::default());
+            for (m, is_causal) in [(None, true), (Some(mask.clone()), false), (Some(mask), true)] {
+                let whole = attention_fallback(q.clone(), k.clone(), v.clone(), m.clone(), None, options(is_causal));
                 for rows in [1, 4, 5, queries, 100] {
-                    let chunked = attend_composed_in_chunks(
-                        q.clone(),
-                        k.clone(),
-                        v.clone(),
-                        m.clone(),
-                        is_causal,
-                        rows,
-                    );
+                    let chunked = attend_composed_in_chunks(q.clone(), k.clone(), v.clone(), m.clone(), is_causal, rows);
                     assert_eq!(chunked.dims(), whole.dims());
                     let d = max_diff(chunked, whole.clone());
-                    assert!(
-                        d < 1e-5,
-                        "{queries}×{keys} causal={is_causal} rows={rows}: Δ {d}"
-                    );
+                    assert!(d < 1e-5, "{queries}×{keys} causal={is_causal} rows={rows}: Δ {d}");
                 }
             }
         }

@@ -14,8 +14,8 @@
 //! decoder); the decoding rows come first in the attention's output, then each chunk, and the
 //! output is put back in token order.
 
-use burn::tensor::IndexingUpdateOp;
 use burn::tensor::{Bool, DType, Int, Tensor, TensorData, backend::Backend};
+use burn::tensor::IndexingUpdateOp;
 
 use crate::kernels::{self, Kernels};
 use crate::model::nn::repeat_kv;
@@ -39,8 +39,7 @@ impl<B: Backend> PagedLayer<B> {
         let scatter = |pool: &mut Option<Tensor<B, 3>>, values: Tensor<B, 3>| {
             // Taken out so the backend may update the pool in place (sole owner).
             let old = pool.take().expect("the pool is only empty inside write");
-            *pool =
-                Some(old.scatter_nd(batch.write_slots.clone(), values, IndexingUpdateOp::Assign));
+            *pool = Some(old.scatter_nd(batch.write_slots.clone(), values, IndexingUpdateOp::Assign));
         };
         scatter(&mut self.k, k);
         scatter(&mut self.v, v);
@@ -52,10 +51,7 @@ impl<B: Backend> PagedLayer<B> {
     /// `slots`: `[n]` → (`[n, kv_heads, head_dim]`, `[n, kv_heads, head_dim]`)
     fn gather(&self, slots: Tensor<B, 1, Int>) -> (Tensor<B, 3>, Tensor<B, 3>) {
         let (k, v) = self.pools();
-        (
-            k.clone().select(0, slots.clone()),
-            v.clone().select(0, slots),
-        )
+        (k.clone().select(0, slots.clone()), v.clone().select(0, slots))
     }
 
     /// The key and value pools, `[slots, kv_heads, head_dim]` each.
@@ -78,27 +74,10 @@ pub struct PagedKvCache<B: Backend> {
 impl<B: Backend> PagedKvCache<B> {
     /// A zeroed pool of `slots` slots for `num_layers` layers of `kv_heads × head_dim` keys and
     /// values in `dtype`.
-    pub fn new(
-        num_layers: usize,
-        slots: usize,
-        kv_heads: usize,
-        head_dim: usize,
-        device: &B::Device,
-        dtype: DType,
-    ) -> Self {
-        let zeros = || {
-            Some(Tensor::<B, 3>::zeros(
-                [slots, kv_heads, head_dim],
-                (device, dtype),
-            ))
-        };
+    pub fn new(num_layers: usize, slots: usize, kv_heads: usize, head_dim: usize, device: &B::Device, dtype: DType) -> Self {
+        let zeros = || Some(Tensor::<B, 3>::zeros([slots, kv_heads, head_dim], (device, dtype)));
         Self {
-            layers: (0..num_layers)
-                .map(|_| PagedLayer {
-                    k: zeros(),
-                    v: zeros(),
-                })
-                .collect(),
+            layers: (0..num_layers).map(|_| PagedLayer { k: zeros(), v: zeros() }).collect(),
             slots,
         }
     }
@@ -125,8 +104,7 @@ pub struct PagedRow<'a> {
 
 impl PagedRow<'_> {
     fn slot(&self, position: usize, block_size: usize) -> i64 {
-        (self.block_table[position / block_size] as usize * block_size + position % block_size)
-            as i64
+        (self.block_table[position / block_size] as usize * block_size + position % block_size) as i64
     }
 }
 
@@ -195,31 +173,20 @@ impl<B: Backend> PagedBatch<B> {
             })
             .collect();
         let tokens: usize = rows.iter().map(|r| r.new).sum();
-        let positions: Vec<usize> = rows
-            .iter()
-            .flat_map(|r| r.cached..r.cached + r.new)
-            .collect();
-        let regimes: Vec<RopeRegime> = rows
-            .iter()
-            .flat_map(|r| std::iter::repeat_n(r.regime, r.new))
-            .collect();
+        let positions: Vec<usize> = rows.iter().flat_map(|r| r.cached..r.cached + r.new).collect();
+        let regimes: Vec<RopeRegime> = rows.iter().flat_map(|r| std::iter::repeat_n(r.regime, r.new)).collect();
         let write: Vec<i64> = rows
             .iter()
             .flat_map(|r| (r.cached..r.cached + r.new).map(move |p| r.slot(p, block_size)))
             .collect();
-        let write_slots =
-            Tensor::<B, 2, Int>::from_data(TensorData::new(write, [tokens, 1]), device);
+        let write_slots = Tensor::<B, 2, Int>::from_data(TensorData::new(write, [tokens, 1]), device);
 
         let mut order = Vec::with_capacity(tokens); // flat token index, in output order
         // Decoding rows: one query each, all in one kernel launch through their block tables
         // (their lengths are run-time values: no padding, no mask, no new shapes per step).
         let decoding: Vec<usize> = (0..rows.len()).filter(|&i| rows[i].new == 1).collect();
         let decode = (!decoding.is_empty()).then(|| {
-            let keys = decoding
-                .iter()
-                .map(|&i| rows[i].cached + 1)
-                .max()
-                .unwrap_or(1);
+            let keys = decoding.iter().map(|&i| rows[i].cached + 1).max().unwrap_or(1);
             let blocks = keys.div_ceil(block_size);
             let tables: Vec<i64> = decoding
                 .iter()
@@ -229,22 +196,12 @@ impl<B: Backend> PagedBatch<B> {
                 })
                 .collect();
             order.extend(decoding.iter().map(|&i| starts[i]));
-            let in_order =
-                decoding.len() == tokens && order.iter().enumerate().all(|(k, &t)| k == t);
+            let in_order = decoding.len() == tokens && order.iter().enumerate().all(|(k, &t)| k == t);
             DecodeRows {
                 rows: decoding.len(),
-                query_index: (!in_order)
-                    .then(|| int1(decoding.iter().map(|&i| starts[i] as i64).collect())),
-                block_tables: Tensor::from_data(
-                    TensorData::new(tables, [decoding.len(), blocks]),
-                    device,
-                ),
-                lengths: int1(
-                    decoding
-                        .iter()
-                        .map(|&i| (rows[i].cached + 1) as i64)
-                        .collect(),
-                ),
+                query_index: (!in_order).then(|| int1(decoding.iter().map(|&i| starts[i] as i64).collect())),
+                block_tables: Tensor::from_data(TensorData::new(tables, [decoding.len(), blocks]), device),
+                lengths: int1(decoding.iter().map(|&i| (rows[i].cached + 1) as i64).collect()),
                 keys,
             }
         });
@@ -303,11 +260,7 @@ impl<B: Backend> PagedBatch<B> {
 ///
 /// # Shapes
 /// `q`: `[tokens, heads, head_dim]` (rotated) → `[tokens, heads · head_dim]`
-pub fn paged_attention<B: Kernels>(
-    q: Tensor<B, 3>,
-    layer: &PagedLayer<B>,
-    batch: &PagedBatch<B>,
-) -> Tensor<B, 2> {
+pub fn paged_attention<B: Kernels>(q: Tensor<B, 3>, layer: &PagedLayer<B>, batch: &PagedBatch<B>) -> Tensor<B, 2> {
     let [tokens, heads, hd] = q.dims();
     let mut outputs: Vec<Tensor<B, 2>> = Vec::new();
     if let Some(d) = &batch.decode {
@@ -316,37 +269,20 @@ pub fn paged_attention<B: Kernels>(
             None => q.clone(),
         };
         let (k, v) = layer.pools();
-        let out = kernels::paged_decode_attention(
-            q,
-            k,
-            v,
-            &d.block_tables,
-            &d.lengths,
-            batch.block_size,
-            d.keys,
-        );
+        let out = kernels::paged_decode_attention(q, k, v, &d.block_tables, &d.lengths, batch.block_size, d.keys);
         outputs.push(out.reshape([d.rows, heads * hd]));
     }
     for c in &batch.chunks {
         let (nq, nk) = (c.queries, c.keys);
-        let q = q
-            .clone()
-            .select(0, c.query_index.clone())
-            .reshape([1, nq, heads, hd])
-            .swap_dims(1, 2); // [1, h, nq, hd]
+        let q = q.clone().select(0, c.query_index.clone()).reshape([1, nq, heads, hd]).swap_dims(1, 2); // [1, h, nq, hd]
         let (k, v) = layer.gather(c.key_slots.clone()); // [nk, kvh, hd]
         let kvh = k.dims()[1];
-        let kv =
-            |t: Tensor<B, 3>| repeat_kv(t.reshape([1, nk, kvh, hd]).swap_dims(1, 2), heads / kvh); // [1, h, nk, hd]
+        let kv = |t: Tensor<B, 3>| repeat_kv(t.reshape([1, nk, kvh, hd]).swap_dims(1, 2), heads / kvh); // [1, h, nk, hd]
         let mask = c.mask.clone().map(|m| m.expand([1, heads, nq, nk]));
         let out = kernels::attention(q, kv(k), kv(v), mask, c.causal); // [1, h, nq, hd]
         outputs.push(out.swap_dims(1, 2).reshape([nq, heads * hd]));
     }
-    let out = if outputs.len() == 1 {
-        outputs.pop().expect("one output")
-    } else {
-        Tensor::cat(outputs, 0)
-    }; // [tokens, h·hd], in output order
+    let out = if outputs.len() == 1 { outputs.pop().expect("one output") } else { Tensor::cat(outputs, 0) }; // [tokens, h·hd], in output order
     match &batch.output_index {
         Some(index) => out.select(0, index.clone()),
         None => out,
@@ -357,8 +293,8 @@ pub fn paged_attention<B: Kernels>(
 #[cfg(all(test, feature = "cpu"))]
 mod tests {
     use super::*;
-    use crate::backends::cpu::{Cpu, device};
     use crate::model::nn::attend;
+    use crate::backends::cpu::{Cpu, device};
     use burn::tensor::Distribution;
 
     /// Decoding rows over a pool read through their block tables equal attention over each
@@ -368,26 +304,12 @@ mod tests {
     fn decode_rows_attend_over_their_own_keys() {
         let dev = device();
         let (heads, kv_heads, hd, block) = (4, 2, 8, 4);
-        let pool = || {
-            Some(Tensor::<Cpu, 3>::random(
-                [64, kv_heads, hd],
-                Distribution::Normal(0.0, 1.0),
-                &dev,
-            ))
-        };
-        let layer = PagedLayer {
-            k: pool(),
-            v: pool(),
-        };
+        let pool = || Some(Tensor::<Cpu, 3>::random([64, kv_heads, hd], Distribution::Normal(0.0, 1.0), &dev));
+        let layer = PagedLayer { k: pool(), v: pool() };
         let tables: [&[u32]; 2] = [&[3, 7, 1], &[0, 5, 2]];
         for cached in [[9, 9], [9, 6]] {
             let rows: Vec<PagedRow<'_>> = (0..2)
-                .map(|i| PagedRow {
-                    block_table: tables[i],
-                    cached: cached[i],
-                    new: 1,
-                    regime: RopeRegime::Short,
-                })
+                .map(|i| PagedRow { block_table: tables[i], cached: cached[i], new: 1, regime: RopeRegime::Short })
                 .collect();
             let batch = PagedBatch::<Cpu>::new(&rows, block, &dev);
             let q = Tensor::<Cpu, 3>::random([2, heads, hd], Distribution::Normal(0.0, 1.0), &dev);
@@ -397,24 +319,10 @@ mod tests {
                 let slots: Vec<i64> = (0..n).map(|p| r.slot(p, block)).collect();
                 let slots = Tensor::<Cpu, 1, Int>::from_data(TensorData::new(slots, [n]), &dev);
                 let (k, v) = layer.gather(slots);
-                let heads_of = |t: Tensor<Cpu, 3>| {
-                    repeat_kv(
-                        t.reshape([1, n, kv_heads, hd]).swap_dims(1, 2),
-                        heads / kv_heads,
-                    )
-                };
-                let qi = q
-                    .clone()
-                    .narrow(0, i, 1)
-                    .reshape([1, 1, heads, hd])
-                    .swap_dims(1, 2);
-                let want = attend(qi, heads_of(k), heads_of(v), None, false)
-                    .swap_dims(1, 2)
-                    .reshape([1, heads * hd]);
-                let diff = (got.clone().narrow(0, i, 1) - want)
-                    .abs()
-                    .max()
-                    .into_scalar();
+                let heads_of = |t: Tensor<Cpu, 3>| repeat_kv(t.reshape([1, n, kv_heads, hd]).swap_dims(1, 2), heads / kv_heads);
+                let qi = q.clone().narrow(0, i, 1).reshape([1, 1, heads, hd]).swap_dims(1, 2);
+                let want = attend(qi, heads_of(k), heads_of(v), None, false).swap_dims(1, 2).reshape([1, heads * hd]);
+                let diff = (got.clone().narrow(0, i, 1) - want).abs().max().into_scalar();
                 assert!(diff < 1e-5, "lengths {cached:?}, row {i}: Δ {diff}");
             }
         }

@@ -5,7 +5,11 @@
 //! Phi3MLP, Phi3DecoderLayer, Phi3VModel) of microsoft/Phi-3-vision-128k-instruct; spec §2.
 
 use crate::kernels::{self, Kernels};
-use burn::tensor::{Bool, DType, Int, Tensor, TensorData, backend::Backend, module::embedding};
+use burn::tensor::{
+    Bool, DType, Int, Tensor, TensorData,
+    backend::Backend,
+    module::embedding,
+};
 
 use crate::config::{RopeScaling, TextConfig};
 use crate::error::Result;
@@ -49,14 +53,9 @@ impl RotaryEmbedding {
             .map(|j| base.powf((2 * j) as f32 / head_dim as f32))
             .collect();
         let inv = |factors: &[f32]| -> Vec<f32> {
-            powers
-                .iter()
-                .zip(factors)
-                .map(|(p, f)| 1.0 / (f * p))
-                .collect()
+            powers.iter().zip(factors).map(|(p, f)| 1.0 / (f * p)).collect()
         };
-        let scale =
-            config.max_position_embeddings as f64 / config.original_max_position_embeddings as f64;
+        let scale = config.max_position_embeddings as f64 / config.original_max_position_embeddings as f64;
         let (short_inv_freq, long_inv_freq, mscale) = match &config.rope_scaling {
             RopeScaling::None => (powers.iter().map(|p| 1.0 / p).collect(), None, 1.0),
             RopeScaling::LongRope {
@@ -66,8 +65,7 @@ impl RotaryEmbedding {
                 let m = if scale <= 1.0 {
                     1.0
                 } else {
-                    (1.0 + scale.ln() / (config.original_max_position_embeddings as f64).ln())
-                        .sqrt()
+                    (1.0 + scale.ln() / (config.original_max_position_embeddings as f64).ln()).sqrt()
                 };
                 (inv(short_factor), Some(inv(long_factor)), m)
             }
@@ -75,11 +73,7 @@ impl RotaryEmbedding {
                 short_factor,
                 long_factor,
             } => {
-                let m = if scale <= 1.0 {
-                    1.0
-                } else {
-                    0.1 * scale.ln() + 1.0
-                };
+                let m = if scale <= 1.0 { 1.0 } else { 0.1 * scale.ln() + 1.0 };
                 (inv(short_factor), Some(inv(long_factor)), m)
             }
         };
@@ -95,8 +89,7 @@ impl RotaryEmbedding {
     /// The regime of a forward pass whose largest position is `max_position` (HF: long iff
     /// `max(position_ids) + 1 > original_max_position_embeddings`).
     pub fn regime(&self, max_position: usize) -> RopeRegime {
-        if self.long_inv_freq.is_some() && max_position + 1 > self.original_max_position_embeddings
-        {
+        if self.long_inv_freq.is_some() && max_position + 1 > self.original_max_position_embeddings {
             RopeRegime::Long
         } else {
             RopeRegime::Short
@@ -200,14 +193,8 @@ impl<B: Backend> LayerKv<B> {
     pub fn new(k: Tensor<B, 4>, v: Tensor<B, 4>) -> Self {
         let [b, n, len, hd] = k.dims();
         let capacity = (len + 1).next_multiple_of(KV_GROWTH);
-        let buffer = |t: &Tensor<B, 4>| {
-            Tensor::<B, 4>::zeros([b, n, capacity, hd], (&t.device(), t.dtype()))
-        };
-        let empty = Self {
-            k: buffer(&k),
-            v: buffer(&v),
-            len: 0,
-        };
+        let buffer = |t: &Tensor<B, 4>| Tensor::<B, 4>::zeros([b, n, capacity, hd], (&t.device(), t.dtype()));
+        let empty = Self { k: buffer(&k), v: buffer(&v), len: 0 };
         empty.append(k, v)
     }
 
@@ -256,17 +243,9 @@ impl<B: Backend> LayerKv<B> {
         let capacity = (len + new).next_multiple_of(KV_GROWTH);
         let grow = |t: Tensor<B, 4>| {
             let buffer = Tensor::<B, 4>::zeros([b, n, capacity, hd], (&t.device(), t.dtype()));
-            if len == 0 {
-                buffer
-            } else {
-                buffer.slice_assign([0..b, 0..n, 0..len, 0..hd], t.narrow(2, 0, len))
-            }
+            if len == 0 { buffer } else { buffer.slice_assign([0..b, 0..n, 0..len, 0..hd], t.narrow(2, 0, len)) }
         };
-        Self {
-            k: grow(self.k),
-            v: grow(self.v),
-            len,
-        }
+        Self { k: grow(self.k), v: grow(self.v), len }
     }
 }
 
@@ -275,24 +254,11 @@ impl<B: Kernels> LayerKv<B> {
     /// 2·kv_heads)·head_dim]`) after rotating its queries and keys with `cos`/`sin`
     /// (`[batch, 1, new, head_dim]`): one [`kernels::rotary_append`]. Returns the rotated
     /// queries, `[batch, heads, new, head_dim]`.
-    pub fn append_qkv(
-        self,
-        qkv: Tensor<B, 3>,
-        cos: &Tensor<B, 4>,
-        sin: &Tensor<B, 4>,
-        heads: usize,
-    ) -> (Tensor<B, 4>, Self) {
+    pub fn append_qkv(self, qkv: Tensor<B, 3>, cos: &Tensor<B, 4>, sin: &Tensor<B, 4>, heads: usize) -> (Tensor<B, 4>, Self) {
         let new = qkv.dims()[1];
         let Self { k, v, len } = self.reserve(new);
         let (q, k, v) = kernels::rotary_append(qkv, cos, sin, k, v, heads, len);
-        (
-            q,
-            Self {
-                k,
-                v,
-                len: len + new,
-            },
-        )
+        (q, Self { k, v, len: len + new })
     }
 }
 
@@ -352,20 +318,8 @@ impl<B: Kernels> Phi3Attention<B> {
         let hd = c.head_dim();
         let qkv_out = (c.num_attention_heads + 2 * c.num_key_value_heads) * hd;
         Ok(Self {
-            qkv_proj: Linear::load(
-                w,
-                &format!("{prefix}.qkv_proj"),
-                c.hidden_size,
-                qkv_out,
-                false,
-            )?,
-            o_proj: Linear::load(
-                w,
-                &format!("{prefix}.o_proj"),
-                c.num_attention_heads * hd,
-                c.hidden_size,
-                false,
-            )?,
+            qkv_proj: Linear::load(w, &format!("{prefix}.qkv_proj"), c.hidden_size, qkv_out, false)?,
+            o_proj: Linear::load(w, &format!("{prefix}.o_proj"), c.num_attention_heads * hd, c.hidden_size, false)?,
             num_heads: c.num_attention_heads,
             num_kv_heads: c.num_key_value_heads,
             head_dim: hd,
@@ -377,12 +331,7 @@ impl<B: Kernels> Phi3Attention<B> {
     /// # Shapes
     /// `qkv`: `[batch, seq, (heads + 2·kv_heads)·head_dim]` → `[batch, heads, seq, head_dim]`,
     /// then twice `[batch, kv_heads, seq, head_dim]`
-    fn project(
-        &self,
-        qkv: Tensor<B, 3>,
-        cos: &Tensor<B, 4>,
-        sin: &Tensor<B, 4>,
-    ) -> (Tensor<B, 4>, Tensor<B, 4>, Tensor<B, 4>) {
+    fn project(&self, qkv: Tensor<B, 3>, cos: &Tensor<B, 4>, sin: &Tensor<B, 4>) -> (Tensor<B, 4>, Tensor<B, 4>, Tensor<B, 4>) {
         kernels::rotate_split(qkv, cos, sin, self.num_heads, self.num_kv_heads)
     }
 
@@ -401,8 +350,7 @@ impl<B: Kernels> Phi3Attention<B> {
         cache: &mut Option<LayerKv<B>>,
         mask: Option<Tensor<B, 4, Bool>>,
     ) -> Tensor<B, 3> {
-        self.o_proj
-            .forward(self.attend(self.qkv_proj.forward(x), cos, sin, cache, mask))
+        self.o_proj.forward(self.attend(self.qkv_proj.forward(x), cos, sin, cache, mask))
     }
 
     /// The attention between `qkv_proj` and `o_proj`: rotation, cache append, softmax
@@ -452,11 +400,7 @@ impl<B: Kernels> Phi3Attention<B> {
             }
         }; // [b, h, s, hd]
         // One query row is laid out as [b, s, h, hd] already: a view, no copy.
-        if s == 1 {
-            out.reshape([b, s, h * hd])
-        } else {
-            out.swap_dims(1, 2).reshape([b, s, h * hd])
-        }
+        if s == 1 { out.reshape([b, s, h * hd]) } else { out.swap_dims(1, 2).reshape([b, s, h * hd]) }
     }
 
     /// [`Self::attend`] over a paged KV cache: a flat pass of tokens from several sequences
@@ -484,19 +428,10 @@ impl<B: Kernels> Phi3Attention<B> {
 
 /// Bottom-right-aligned causal mask (`true` = masked) for `queries` new positions after
 /// `keys − queries` cached ones.
-pub(crate) fn causal_mask<B: Backend>(
-    b: usize,
-    h: usize,
-    queries: usize,
-    keys: usize,
-    device: &B::Device,
-) -> Tensor<B, 4, Bool> {
+pub(crate) fn causal_mask<B: Backend>(b: usize, h: usize, queries: usize, keys: usize, device: &B::Device) -> Tensor<B, 4, Bool> {
     let offset = keys - queries;
-    let m: Vec<bool> = (0..queries)
-        .flat_map(|q| (0..keys).map(move |k| k > q + offset))
-        .collect();
-    Tensor::<B, 4, Bool>::from_data(TensorData::new(m, [1, 1, queries, keys]), device)
-        .expand([b, h, queries, keys])
+    let m: Vec<bool> = (0..queries).flat_map(|q| (0..keys).map(move |k| k > q + offset)).collect();
+    Tensor::<B, 4, Bool>::from_data(TensorData::new(m, [1, 1, queries, keys]), device).expand([b, h, queries, keys])
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -515,20 +450,8 @@ pub struct Phi3Mlp<B: Backend> {
 impl<B: Kernels> Phi3Mlp<B> {
     fn load(w: &Weights<B>, prefix: &str, c: &TextConfig) -> Result<Self> {
         Ok(Self {
-            gate_up_proj: Linear::load(
-                w,
-                &format!("{prefix}.gate_up_proj"),
-                c.hidden_size,
-                2 * c.intermediate_size,
-                false,
-            )?,
-            down_proj: Linear::load(
-                w,
-                &format!("{prefix}.down_proj"),
-                c.intermediate_size,
-                c.hidden_size,
-                false,
-            )?,
+            gate_up_proj: Linear::load(w, &format!("{prefix}.gate_up_proj"), c.hidden_size, 2 * c.intermediate_size, false)?,
+            down_proj: Linear::load(w, &format!("{prefix}.down_proj"), c.intermediate_size, c.hidden_size, false)?,
         })
     }
 
@@ -564,19 +487,9 @@ impl<B: Kernels> Phi3DecoderLayer<B> {
     fn load(w: &Weights<B>, prefix: &str, c: &TextConfig) -> Result<Self> {
         let eps = c.rms_norm_eps;
         Ok(Self {
-            input_layernorm: Phi3RmsNorm::load(
-                w,
-                &format!("{prefix}.input_layernorm"),
-                c.hidden_size,
-                eps,
-            )?,
+            input_layernorm: Phi3RmsNorm::load(w, &format!("{prefix}.input_layernorm"), c.hidden_size, eps)?,
             self_attn: Phi3Attention::load(w, &format!("{prefix}.self_attn"), c)?,
-            post_attention_layernorm: Phi3RmsNorm::load(
-                w,
-                &format!("{prefix}.post_attention_layernorm"),
-                c.hidden_size,
-                eps,
-            )?,
+            post_attention_layernorm: Phi3RmsNorm::load(w, &format!("{prefix}.post_attention_layernorm"), c.hidden_size, eps)?,
             mlp: Phi3Mlp::load(w, &format!("{prefix}.mlp"), c)?,
         })
     }
@@ -600,21 +513,12 @@ impl<B: Kernels> Phi3DecoderLayer<B> {
     /// projection after it and each residual add and the SiLU·mul inside the projection
     /// before it (one launch per projection on a few rows, see [`kernels::norm_linear`]);
     /// the projections have no bias.
-    fn forward_with(
-        &self,
-        x: Tensor<B, 3>,
-        attention: impl FnOnce(Tensor<B, 3>) -> Tensor<B, 3>,
-    ) -> Tensor<B, 3> {
+    fn forward_with(&self, x: Tensor<B, 3>, attention: impl FnOnce(Tensor<B, 3>) -> Tensor<B, 3>) -> Tensor<B, 3> {
         let (ln1, attn) = (&self.input_layernorm, &self.self_attn);
         let qkv = kernels::norm_linear(x.clone(), &ln1.weight, ln1.eps, &attn.qkv_proj.weight);
         let h = kernels::linear_add(attention(qkv), &attn.o_proj.weight, x);
         let (ln2, mlp) = (&self.post_attention_layernorm, &self.mlp);
-        let act = kernels::norm_linear_silu_mul(
-            h.clone(),
-            &ln2.weight,
-            ln2.eps,
-            &mlp.gate_up_proj.weight,
-        ); // up · silu(gate)
+        let act = kernels::norm_linear_silu_mul(h.clone(), &ln2.weight, ln2.eps, &mlp.gate_up_proj.weight); // up · silu(gate)
         kernels::linear_add(act, &mlp.down_proj.weight, h)
     }
 }
@@ -645,12 +549,7 @@ pub struct Phi3Model<B: Backend> {
 impl<B: Kernels> Phi3Model<B> {
     /// Loads the decoder under `prefix` (`model`). `embed_aliases` are other names the
     /// checkpoint may store `embed_tokens` under.
-    pub fn load(
-        w: &Weights<B>,
-        prefix: &str,
-        c: &TextConfig,
-        embed_aliases: &[&str],
-    ) -> Result<Self> {
+    pub fn load(w: &Weights<B>, prefix: &str, c: &TextConfig, embed_aliases: &[&str]) -> Result<Self> {
         let embed_name = format!("{prefix}.embed_tokens.weight");
         let mut names = vec![embed_name.as_str()];
         names.extend_from_slice(embed_aliases);
@@ -692,9 +591,7 @@ impl<B: Kernels> Phi3Model<B> {
     ) -> DecoderOutput<B> {
         let device = inputs_embeds.device();
         let dtype = inputs_embeds.dtype();
-        let (cos, sin) = self
-            .rotary_emb
-            .tables::<B>(positions, regimes, &device, dtype);
+        let (cos, sin) = self.rotary_emb.tables::<B>(positions, regimes, &device, dtype);
         let mut hidden_states = output_hidden_states.then(Vec::new);
         let mut x = inputs_embeds;
         for (layer, kv) in self.layers.iter().zip(cache.layers.iter_mut()) {
@@ -720,28 +617,16 @@ impl<B: Kernels> Phi3Model<B> {
     ///
     /// # Shapes
     /// `inputs_embeds`: `[1, tokens, hidden]` → after the final `norm`, `[1, tokens, hidden]`
-    pub fn forward_paged(
-        &self,
-        inputs_embeds: Tensor<B, 3>,
-        cache: &mut PagedKvCache<B>,
-        batch: &PagedBatch<B>,
-    ) -> Tensor<B, 3> {
+    pub fn forward_paged(&self, inputs_embeds: Tensor<B, 3>, cache: &mut PagedKvCache<B>, batch: &PagedBatch<B>) -> Tensor<B, 3> {
         let device = inputs_embeds.device();
         let [_, t, _] = inputs_embeds.dims();
         let one_per_row: Vec<Vec<usize>> = batch.positions().iter().map(|&p| vec![p]).collect();
-        let (cos, sin) = self.rotary_emb.tables::<B>(
-            &one_per_row,
-            batch.regimes(),
-            &device,
-            inputs_embeds.dtype(),
-        );
+        let (cos, sin) = self.rotary_emb.tables::<B>(&one_per_row, batch.regimes(), &device, inputs_embeds.dtype());
         let hd = cos.dims()[3];
         let (cos, sin) = (cos.reshape([1, 1, t, hd]), sin.reshape([1, 1, t, hd])); // [t, 1, 1, hd] → one row
         let mut x = inputs_embeds;
         for (layer, kv) in self.layers.iter().zip(cache.layers.iter_mut()) {
-            x = layer.forward_with(x, |qkv| {
-                layer.self_attn.attend_paged(qkv, &cos, &sin, kv, batch)
-            });
+            x = layer.forward_with(x, |qkv| layer.self_attn.attend_paged(qkv, &cos, &sin, kv, batch));
         }
         self.norm.forward(x)
     }
@@ -759,30 +644,13 @@ mod tests {
     /// as it was.
     #[test]
     fn layer_kv_appends_equal_one_cat_and_clones_stay_independent() {
-        let random = |n: usize| {
-            Tensor::<B, 4>::random(
-                [2, 3, n, 4],
-                Distribution::Normal(0.0, 1.0),
-                &Default::default(),
-            )
-        };
-        let chunks: Vec<(Tensor<B, 4>, Tensor<B, 4>)> = [250, 1, 1, 3, 1, 300, 1]
-            .iter()
-            .map(|&n| (random(n), random(n)))
-            .collect();
+        let random = |n: usize| Tensor::<B, 4>::random([2, 3, n, 4], Distribution::Normal(0.0, 1.0), &Default::default());
+        let chunks: Vec<(Tensor<B, 4>, Tensor<B, 4>)> = [250, 1, 1, 3, 1, 300, 1].iter().map(|&n| (random(n), random(n))).collect();
         let mut kv = LayerKv::new(chunks[0].0.clone(), chunks[0].1.clone());
         for (k, v) in &chunks[1..] {
             kv = kv.append(k.clone(), v.clone());
         }
-        let all = |i: usize| {
-            Tensor::cat(
-                chunks
-                    .iter()
-                    .map(|c| if i == 0 { c.0.clone() } else { c.1.clone() })
-                    .collect(),
-                2,
-            )
-        };
+        let all = |i: usize| Tensor::cat(chunks.iter().map(|c| if i == 0 { c.0.clone() } else { c.1.clone() }).collect(), 2);
         assert_eq!(kv.len(), 557);
         assert_eq!(kv.keys().dims(), [2, 3, 557, 4]);
         assert!(kv.keys().equal(all(0)).all().into_scalar());

@@ -8,9 +8,7 @@
 //! reshape_hd_patches_2x2merge, add_image_newline) and `modeling_phi3_v.py`; spec §2.1, §3.4–3.6.
 
 use crate::kernels::Kernels;
-use burn::tensor::{
-    Bool, DType, FloatDType, Int, Tensor, TensorData, activation::gelu, backend::Backend,
-};
+use burn::tensor::{Bool, DType, FloatDType, Int, Tensor, TensorData, activation::gelu, backend::Backend};
 
 use crate::config::{Phi3VConfig, VisionEmbeddingConfig};
 use crate::error::{Phi3vError, Result};
@@ -39,40 +37,14 @@ pub struct Phi3ImageEmbedding<B: Backend> {
 }
 
 impl<B: Kernels> Phi3ImageEmbedding<B> {
-    fn load(
-        w: &Weights<B>,
-        prefix: &str,
-        c: &VisionEmbeddingConfig,
-        text_hidden: usize,
-    ) -> Result<Self> {
+    fn load(w: &Weights<B>, prefix: &str, c: &VisionEmbeddingConfig, text_hidden: usize) -> Result<Self> {
         let c4 = 4 * c.image_dim_out;
         Ok(Self {
-            img_processor: ClipVisionModel::load(
-                w,
-                &format!("{prefix}.img_processor.vision_model"),
-                &c.clip,
-                c.layers_used(),
-            )?,
-            glb_gn: w
-                .tensor::<3>(&format!("{prefix}.glb_GN"), [1, 1, c4])?
-                .reshape([c4]),
-            sub_gn: w
-                .tensor::<4>(&format!("{prefix}.sub_GN"), [1, 1, 1, c4])?
-                .reshape([c4]),
-            img_projection_0: Linear::load(
-                w,
-                &format!("{prefix}.img_projection.0"),
-                c4,
-                text_hidden,
-                true,
-            )?,
-            img_projection_2: Linear::load(
-                w,
-                &format!("{prefix}.img_projection.2"),
-                text_hidden,
-                text_hidden,
-                true,
-            )?,
+            img_processor: ClipVisionModel::load(w, &format!("{prefix}.img_processor.vision_model"), &c.clip, c.layers_used())?,
+            glb_gn: w.tensor::<3>(&format!("{prefix}.glb_GN"), [1, 1, c4])?.reshape([c4]),
+            sub_gn: w.tensor::<4>(&format!("{prefix}.sub_GN"), [1, 1, 1, c4])?.reshape([c4]),
+            img_projection_0: Linear::load(w, &format!("{prefix}.img_projection.0"), c4, text_hidden, true)?,
+            img_projection_2: Linear::load(w, &format!("{prefix}.img_projection.2"), text_hidden, text_hidden, true)?,
         })
     }
 
@@ -97,11 +69,7 @@ impl<B: Kernels> Phi3ImageEmbedding<B> {
     /// `[rows, cols, 4C]` → `[rows·(cols + 1), 4C]`
     fn add_image_newline(&self, grid: Tensor<B, 3>) -> Tensor<B, 2> {
         let [rows, cols, c4] = grid.dims();
-        let newline = self
-            .sub_gn
-            .clone()
-            .reshape([1, 1, c4])
-            .expand([rows, 1, c4]);
+        let newline = self.sub_gn.clone().reshape([1, 1, c4]).expand([rows, 1, c4]);
         Tensor::cat(vec![grid, newline], 1).reshape([rows * (cols + 1), c4])
     }
 
@@ -130,8 +98,7 @@ impl<B: Kernels> Phi3ImageEmbedding<B> {
             first += 1 + rows * cols;
         }
         let tokens = Tensor::cat(pieces, 0);
-        self.img_projection_2
-            .forward(gelu(self.img_projection_0.forward(tokens)))
+        self.img_projection_2.forward(gelu(self.img_projection_0.forward(tokens)))
     }
 }
 
@@ -155,12 +122,7 @@ impl<B: Kernels> Phi3VForCausalLM<B> {
         // HF ties `vision_embed_tokens.wte` to `embed_tokens`; a checkpoint may store either name.
         let model = Phi3Model::load(w, "model", t, &["model.vision_embed_tokens.wte.weight"])?;
         let vision_embed_tokens = match &config.vision {
-            Some(v) => Some(Phi3ImageEmbedding::load(
-                w,
-                "model.vision_embed_tokens",
-                v,
-                t.hidden_size,
-            )?),
+            Some(v) => Some(Phi3ImageEmbedding::load(w, "model.vision_embed_tokens", v, t.hidden_size)?),
             None => None,
         };
         let lm_head = if t.tie_word_embeddings {
@@ -172,11 +134,7 @@ impl<B: Kernels> Phi3VForCausalLM<B> {
             Linear::load(w, "lm_head", t.hidden_size, t.vocab_size, false)?
         };
         // Non-persistent buffers some exports include.
-        w.skip_buffers(&[
-            "rotary_emb.inv_freq",
-            "rotary_emb.short_inv_freq",
-            "rotary_emb.long_inv_freq",
-        ]);
+        w.skip_buffers(&["rotary_emb.inv_freq", "rotary_emb.short_inv_freq", "rotary_emb.long_inv_freq"]);
         Ok(Self {
             model,
             vision_embed_tokens,
@@ -199,14 +157,11 @@ impl<B: Kernels> Phi3VForCausalLM<B> {
     ///
     /// # Shapes
     /// `[Σ crops, 3, 336, 336]` → `[Σ num_img_tokens, hidden]`
-    pub fn embed_images(
-        &self,
-        pixel_values: Tensor<B, 4>,
-        grids: &[CropGrid],
-    ) -> Result<Tensor<B, 2>> {
-        let vision = self.vision_embed_tokens.as_ref().ok_or_else(|| {
-            Phi3vError::InvalidInput("this checkpoint has no vision tower".into())
-        })?;
+    pub fn embed_images(&self, pixel_values: Tensor<B, 4>, grids: &[CropGrid]) -> Result<Tensor<B, 2>> {
+        let vision = self
+            .vision_embed_tokens
+            .as_ref()
+            .ok_or_else(|| Phi3vError::InvalidInput("this checkpoint has no vision tower".into()))?;
         let crops: usize = grids.iter().map(|[r, c]| 1 + r * c).sum();
         if pixel_values.dims()[0] != crops {
             return Err(Phi3vError::InvalidInput(format!(
@@ -225,11 +180,7 @@ impl<B: Kernels> Phi3VForCausalLM<B> {
     /// - `input_ids`: `batch × seq` (every row the same length)
     /// - `image_features`: `[Σ image slots, hidden]`, slots in row-major (batch, position) order
     /// - → `[batch, seq, hidden]`
-    pub fn embed_inputs(
-        &self,
-        input_ids: &[Vec<i64>],
-        image_features: Option<Tensor<B, 2>>,
-    ) -> Result<Tensor<B, 3>> {
+    pub fn embed_inputs(&self, input_ids: &[Vec<i64>], image_features: Option<Tensor<B, 2>>) -> Result<Tensor<B, 3>> {
         let batch = input_ids.len();
         let seq = input_ids.first().map_or(0, Vec::len);
         let vocab = self.config.text.vocab_size;
@@ -237,9 +188,7 @@ impl<B: Kernels> Phi3VForCausalLM<B> {
         let mut slots = Vec::new(); // flat (batch·seq) positions of image slots
         for (b, row) in input_ids.iter().enumerate() {
             if row.len() != seq {
-                return Err(Phi3vError::InvalidInput(
-                    "batch rows differ in length".into(),
-                ));
+                return Err(Phi3vError::InvalidInput("batch rows differ in length".into()));
             }
             for (p, &id) in row.iter().enumerate() {
                 if id < 0 && id > -1_000_000_000 {
@@ -277,10 +226,7 @@ impl<B: Kernels> Phi3VForCausalLM<B> {
             index[slot] = (total + k) as i64;
         }
         let index = Tensor::<B, 1, Int>::from_data(TensorData::new(index, [total]), &device);
-        let table = Tensor::cat(
-            vec![embeds.reshape([total, d]), features.cast(self.dtype())],
-            0,
-        );
+        let table = Tensor::cat(vec![embeds.reshape([total, d]), features.cast(self.dtype())], 0);
         Ok(table.select(0, index).reshape([batch, seq, d]))
     }
 
@@ -294,24 +240,13 @@ impl<B: Kernels> Phi3VForCausalLM<B> {
         mask: Option<Tensor<B, 4, Bool>>,
         output_hidden_states: bool,
     ) -> DecoderOutput<B> {
-        self.model.forward(
-            inputs_embeds,
-            positions,
-            regimes,
-            cache,
-            mask,
-            output_hidden_states,
-        )
+        self.model
+            .forward(inputs_embeds, positions, regimes, cache, mask, output_hidden_states)
     }
 
     /// Runs the decoder over a flat pass through a paged KV cache (step 3, serving); see
     /// [`Phi3Model::forward_paged`].
-    pub fn forward_paged(
-        &self,
-        inputs_embeds: Tensor<B, 3>,
-        cache: &mut PagedKvCache<B>,
-        batch: &PagedBatch<B>,
-    ) -> Tensor<B, 3> {
+    pub fn forward_paged(&self, inputs_embeds: Tensor<B, 3>, cache: &mut PagedKvCache<B>, batch: &PagedBatch<B>) -> Tensor<B, 3> {
         self.model.forward_paged(inputs_embeds, cache, batch)
     }
 
@@ -331,14 +266,7 @@ impl<B: Kernels> Phi3VForCausalLM<B> {
     /// A zeroed paged KV cache of `slots` token slots for this model (see [`PagedKvCache`]).
     pub fn new_paged_cache(&self, slots: usize) -> PagedKvCache<B> {
         let t = &self.config.text;
-        PagedKvCache::new(
-            t.num_hidden_layers,
-            slots,
-            t.num_key_value_heads,
-            t.head_dim(),
-            &self.device(),
-            self.dtype(),
-        )
+        PagedKvCache::new(t.num_hidden_layers, slots, t.num_key_value_heads, t.head_dim(), &self.device(), self.dtype())
     }
 
     /// The LongRoPE regime for a pass whose largest position is `max_position`.

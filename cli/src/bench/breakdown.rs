@@ -125,12 +125,8 @@ pub fn run(args: BreakdownArgs) -> CliResult<()> {
     let (_, config) = super::preset_config(&args.preset)?;
     let peer = match &args.peer {
         Some(p) if p.is_file() => {
-            let s = std::fs::read_to_string(p)
-                .map_err(|e| format!("cannot read {}: {e}", p.display()))?;
-            Some(
-                serde_json::from_str::<Breakdown>(&s)
-                    .map_err(|e| format!("{} is not a breakdown: {e}", p.display()))?,
-            )
+            let s = std::fs::read_to_string(p).map_err(|e| format!("cannot read {}: {e}", p.display()))?;
+            Some(serde_json::from_str::<Breakdown>(&s).map_err(|e| format!("{} is not a breakdown: {e}", p.display()))?)
         }
         Some(p) => return Err(format!("peer breakdown {} not found", p.display()).into()),
         None => None,
@@ -143,10 +139,7 @@ pub fn run(args: BreakdownArgs) -> CliResult<()> {
     let ours = with_device(&device, dtype.as_deref(), BreakdownJob { args, config })??;
     std::fs::create_dir_all(&out).map_err(|e| format!("cannot create {}: {e}", out.display()))?;
     let md = markdown(&ours, peer.as_ref());
-    write(
-        &out.join("breakdown.json"),
-        &serde_json::to_string_pretty(&ours)?,
-    )?;
+    write(&out.join("breakdown.json"), &serde_json::to_string_pretty(&ours)?)?;
     write(&out.join("breakdown.md"), &md)?;
     print!("{md}");
     Ok(())
@@ -164,12 +157,7 @@ struct BreakdownJob {
 impl DeviceFn for BreakdownJob {
     type Output = CliResult<Breakdown>;
 
-    fn run<B: Kernels>(
-        self,
-        device: &B::Device,
-        info: &DeviceInfo,
-        dtype: DType,
-    ) -> CliResult<Breakdown> {
+    fn run<B: Kernels>(self, device: &B::Device, info: &DeviceInfo, dtype: DType) -> CliResult<Breakdown> {
         let a = &self.args;
         if a.composed_kernels {
             kernels::set_fused_kernels(false);
@@ -181,10 +169,7 @@ impl DeviceFn for BreakdownJob {
             warmup: a.warmup,
             runs: a.runs.max(1),
         };
-        let profile = a
-            .profile
-            .as_ref()
-            .map(|dir| (dir.as_path(), a.profile_steps.max(1)));
+        let profile = a.profile.as_ref().map(|dir| (dir.as_path(), a.profile_steps.max(1)));
         let mut phases = Vec::new();
         for &b in &a.decode_batches {
             eprintln!("decode b={b} ctx={}", a.context);
@@ -200,14 +185,7 @@ impl DeviceFn for BreakdownJob {
         let launch_us = timer.time(chain) / LAUNCH_CHAIN as f64;
         eprintln!("launch floor: {launch_us:.2} µs per kernel");
         Ok(Breakdown {
-            engine: match (
-                kernels::fused_kernels(),
-                kernels::KERNEL_NAMES
-                    .iter()
-                    .filter(|n| !kernels::kernel_on(n))
-                    .copied()
-                    .collect::<Vec<_>>(),
-            ) {
+            engine: match (kernels::fused_kernels(), kernels::KERNEL_NAMES.iter().filter(|n| !kernels::kernel_on(n)).copied().collect::<Vec<_>>()) {
                 (false, _) => "burn-phi3v, composed steps".into(),
                 (true, off) if off.is_empty() => "burn-phi3v".into(),
                 (true, off) => format!("burn-phi3v, kernels off: {}", off.join(", ")),
@@ -251,11 +229,7 @@ impl<B: Kernels> Timer<B> {
     }
 }
 
-fn random<B: Kernels, const D: usize>(
-    shape: [usize; D],
-    device: &B::Device,
-    dtype: DType,
-) -> Tensor<B, D> {
+fn random<B: Kernels, const D: usize>(shape: [usize; D], device: &B::Device, dtype: DType) -> Tensor<B, D> {
     Tensor::<B, D>::random(shape, Distribution::Normal(0.0, 1.0), device).cast(dtype)
 }
 
@@ -272,12 +246,7 @@ fn phase<B: Kernels>(
 ) -> CliResult<Phase> {
     let device = &timer.device;
     let c = &model.config.text;
-    let (hidden, h, hd, inter) = (
-        c.hidden_size,
-        c.num_attention_heads,
-        c.head_dim(),
-        c.intermediate_size,
-    );
+    let (hidden, h, hd, inter) = (c.hidden_size, c.num_attention_heads, c.head_dim(), c.intermediate_size);
     let kvh = c.num_key_value_heads;
     let layers = model.model.layers.len();
     let layer = &model.model.layers[0];
@@ -290,20 +259,12 @@ fn phase<B: Kernels>(
     let x = random::<B, 3>([b, s, hidden], device, dtype);
     let qkv = attn.qkv_proj.forward(x.clone());
     let heads = |t: Tensor<B, 3>, n: usize| t.reshape([b, s, n, hd]).swap_dims(1, 2);
-    let (q_rows, k_rows) = (
-        qkv.clone().narrow(2, 0, h * hd),
-        qkv.clone().narrow(2, h * hd, kvh * hd),
-    );
+    let (q_rows, k_rows) = (qkv.clone().narrow(2, 0, h * hd), qkv.clone().narrow(2, h * hd, kvh * hd));
     let qk_rows = qkv.clone().narrow(2, 0, (h + kvh) * hd); // what the model rotates in one call
     let q = heads(q_rows.clone(), h);
     let k = heads(k_rows.clone(), kvh);
     let v = heads(qkv.clone().narrow(2, (h + kvh) * hd, kvh * hd), kvh);
-    let cached = (ctx > 0).then(|| {
-        LayerKv::new(
-            random::<B, 4>([b, kvh, ctx, hd], device, dtype),
-            random::<B, 4>([b, kvh, ctx, hd], device, dtype),
-        )
-    });
+    let cached = (ctx > 0).then(|| LayerKv::new(random::<B, 4>([b, kvh, ctx, hd], device, dtype), random::<B, 4>([b, kvh, ctx, hd], device, dtype)));
     // What attention reads: views of the cache buffers after this step's append.
     let (keys, values) = match &cached {
         Some(kv) => {
@@ -340,20 +301,13 @@ fn phase<B: Kernels>(
         Some(kv) => {
             let mut kv = Some(kv.clone());
             let append = || {
-                let (q, next) = kv
-                    .take()
-                    .expect("a cache")
-                    .append_qkv(qkv.clone(), &cos, &sin, h);
+                let (q, next) = kv.take().expect("a cache").append_qkv(qkv.clone(), &cos, &sin, h);
                 kv = Some(next);
                 q
             };
             stage("rotary + kv-cache append", 1, timer.time(append));
         }
-        None => stage(
-            "rotary (q and k)",
-            1,
-            timer.time(|| kernels::rotary(qk_rows.clone(), &cos, &sin, hd)),
-        ),
+        None => stage("rotary (q and k)", 1, timer.time(|| kernels::rotary(qk_rows.clone(), &cos, &sin, hd))),
     }
     stage(
         "attention",
@@ -366,44 +320,17 @@ fn phase<B: Kernels>(
             }
         }),
     );
-    stage(
-        "o_proj + residual add",
-        1,
-        timer.time(|| kernels::linear_add(attn_out.clone(), &attn.o_proj.weight, x.clone())),
-    );
+    stage("o_proj + residual add", 1, timer.time(|| kernels::linear_add(attn_out.clone(), &attn.o_proj.weight, x.clone())));
     stage(
         "post_attention_layernorm + gate_up_proj + silu(gate)·up",
         1,
-        timer.time(|| {
-            kernels::norm_linear_silu_mul(
-                x.clone(),
-                &ln2.weight,
-                ln2.eps,
-                &layer.mlp.gate_up_proj.weight,
-            )
-        }),
+        timer.time(|| kernels::norm_linear_silu_mul(x.clone(), &ln2.weight, ln2.eps, &layer.mlp.gate_up_proj.weight)),
     );
-    stage(
-        "down_proj + residual add",
-        1,
-        timer.time(|| kernels::linear_add(act.clone(), &layer.mlp.down_proj.weight, x.clone())),
-    );
-    stage(
-        "rotary tables (host)",
-        0,
-        timer.time(|| rope.tables::<B>(&positions, &regimes, device, dtype)),
-    );
+    stage("down_proj + residual add", 1, timer.time(|| kernels::linear_add(act.clone(), &layer.mlp.down_proj.weight, x.clone())));
+    stage("rotary tables (host)", 0, timer.time(|| rope.tables::<B>(&positions, &regimes, device, dtype)));
     let last = x.clone().narrow(1, s - 1, 1);
-    stage(
-        "final norm",
-        0,
-        timer.time(|| model.model.norm.forward(last.clone())),
-    );
-    stage(
-        "lm_head (last token)",
-        0,
-        timer.time(|| model.lm_head.forward(last.clone())),
-    );
+    stage("final norm", 0, timer.time(|| model.model.norm.forward(last.clone())));
+    stage("lm_head (last token)", 0, timer.time(|| model.lm_head.forward(last.clone())));
     // Stages run once per step, not per layer.
     for st in stages.iter_mut().filter(|st| st.per_step == 0) {
         st.per_step = 1;
@@ -420,36 +347,24 @@ fn phase<B: Kernels>(
         }
         layer.forward(x.clone(), &cos, &sin, &mut kv, None)
     });
-    let ids: Tensor<B, 2, Int> =
-        Tensor::from_data(TensorData::new(vec![100i64; b * s], [b, s]), device);
+    let ids: Tensor<B, 2, Int> = Tensor::from_data(TensorData::new(vec![100i64; b * s], [b, s]), device);
     let mut cache = KvCache {
         layers: (0..layers)
             .map(|_| {
-                cached.as_ref().map(|_| {
-                    LayerKv::new(
-                        random::<B, 4>([b, kvh, ctx, hd], device, dtype),
-                        random::<B, 4>([b, kvh, ctx, hd], device, dtype),
-                    )
-                })
+                cached
+                    .as_ref()
+                    .map(|_| LayerKv::new(random::<B, 4>([b, kvh, ctx, hd], device, dtype), random::<B, 4>([b, kvh, ctx, hd], device, dtype)))
             })
             .collect(),
-        regimes: if ctx > 0 {
-            vec![RopeRegime::Short; b]
-        } else {
-            Vec::new()
-        },
+        regimes: if ctx > 0 { vec![RopeRegime::Short; b] } else { Vec::new() },
     };
     let mut step = || {
         if ctx == 0 {
             cache.clear();
         }
         let embeds = model.model.embed(ids.clone());
-        let out = model
-            .model
-            .forward(embeds, &positions, &regimes, &mut cache, None, false);
-        model
-            .lm_head
-            .forward(out.last_hidden_state.narrow(1, s - 1, 1))
+        let out = model.model.forward(embeds, &positions, &regimes, &mut cache, None, false);
+        model.lm_head.forward(out.last_hidden_state.narrow(1, s - 1, 1))
     };
     let (step_us, host_us) = timer.time_host(&mut step);
     if let Some((dir, steps)) = profile {
@@ -458,18 +373,10 @@ fn phase<B: Kernels>(
             drop(step());
         }
         let _ = B::sync(device);
-        let file = if ctx > 0 {
-            format!("decode-b{b}")
-        } else {
-            format!("prefill-{s}")
-        };
+        let file = if ctx > 0 { format!("decode-b{b}") } else { format!("prefill-{s}") };
         p.finish(dir, &file)?;
     }
-    let name = if ctx > 0 {
-        format!("decode b={b} ctx={ctx}")
-    } else {
-        format!("prefill {s}")
-    };
+    let name = if ctx > 0 { format!("decode b={b} ctx={ctx}") } else { format!("prefill {s}") };
     Ok(Phase {
         phase: name,
         stages,
@@ -482,10 +389,7 @@ fn phase<B: Kernels>(
 /// Markdown: per phase, every stage's time per call and per step, its share of the measured
 /// step, and the peer's figure beside it when given.
 pub fn markdown(ours: &Breakdown, peer: Option<&Breakdown>) -> String {
-    let mut s = format!(
-        "# Step breakdown: {} on {} ({})\n",
-        ours.preset, ours.device, ours.dtype
-    );
+    let mut s = format!("# Step breakdown: {} on {} ({})\n", ours.preset, ours.device, ours.dtype);
     if let Some(p) = peer {
         s += &format!("\nPeer: {} on {} ({}).\n", p.engine, p.device, p.dtype);
     }
@@ -493,23 +397,12 @@ pub fn markdown(ours: &Breakdown, peer: Option<&Breakdown>) -> String {
         let pp = peer.and_then(|p| p.phases.iter().find(|x| x.phase == ph.phase));
         s += &format!("\n## {}\n\n", ph.phase);
         s += "| stage | calls / step | µs / call | ms / step | share of step |";
-        s += if pp.is_some() {
-            " peer µs / call | ours / peer |\n|---|---|---|---|---|---|---|\n"
-        } else {
-            "\n|---|---|---|---|---|\n"
-        };
+        s += if pp.is_some() { " peer µs / call | ours / peer |\n|---|---|---|---|---|---|---|\n" } else { "\n|---|---|---|---|---|\n" };
         let mut sum = 0.0;
         for st in &ph.stages {
             let per_step = st.us * st.per_step as f64;
             sum += per_step;
-            s += &format!(
-                "| {} | {} | {:.1} | {:.3} | {:.1} % |",
-                st.name,
-                st.per_step,
-                st.us,
-                per_step / 1e3,
-                100.0 * per_step / ph.step_us
-            );
+            s += &format!("| {} | {} | {:.1} | {:.3} | {:.1} % |", st.name, st.per_step, st.us, per_step / 1e3, 100.0 * per_step / ph.step_us);
             if let Some(pp) = pp {
                 match pp.stages.iter().find(|x| x.name == st.name) {
                     Some(x) => s += &format!(" {:.1} | {:.2} |", x.us, st.us / x.us),
@@ -518,11 +411,7 @@ pub fn markdown(ours: &Breakdown, peer: Option<&Breakdown>) -> String {
             }
             s += "\n";
         }
-        let layers = ph
-            .stages
-            .iter()
-            .find(|x| x.name.contains("qkv_proj"))
-            .map_or(1, |x| x.per_step);
+        let layers = ph.stages.iter().find(|x| x.name.contains("qkv_proj")).map_or(1, |x| x.per_step);
         s += &format!(
             "\nSum of the stages: {:.2} ms; whole layer {:.1} µs × {layers} = {:.2} ms; whole step {:.2} ms",
             sum / 1e3,
@@ -532,19 +421,9 @@ pub fn markdown(ours: &Breakdown, peer: Option<&Breakdown>) -> String {
         );
         match pp {
             Some(pp) if pp.step_us > 0.0 => {
-                s += &format!(
-                    " (peer: layer {:.1} µs, step {:.2} ms, ours / peer {:.2})",
-                    pp.layer_us,
-                    pp.step_us / 1e3,
-                    ph.step_us / pp.step_us
-                )
+                s += &format!(" (peer: layer {:.1} µs, step {:.2} ms, ours / peer {:.2})", pp.layer_us, pp.step_us / 1e3, ph.step_us / pp.step_us)
             }
-            Some(pp) => {
-                s += &format!(
-                    " (peer: layer {:.1} µs, whole step not measured)",
-                    pp.layer_us
-                )
-            }
+            Some(pp) => s += &format!(" (peer: layer {:.1} µs, whole step not measured)", pp.layer_us),
             None => {}
         }
         s += ".\n";
@@ -557,9 +436,7 @@ pub fn markdown(ours: &Breakdown, peer: Option<&Breakdown>) -> String {
         }
     }
     if let Some(us) = ours.launch_us {
-        s += &format!(
-            "\n## Launch floor\n\nA chain of {LAUNCH_CHAIN} RMSNorm kernels over one token: {us:.2} µs per kernel.\n"
-        );
+        s += &format!("\n## Launch floor\n\nA chain of {LAUNCH_CHAIN} RMSNorm kernels over one token: {us:.2} µs per kernel.\n");
     }
     s
 }
@@ -592,20 +469,11 @@ mod tests {
     #[test]
     fn markdown_puts_the_peer_beside_ours() {
         let md = markdown(&sample("burn-phi3v", 30.0), Some(&sample("torch", 10.0)));
-        assert!(
-            md.contains("| qkv_proj | 2 | 30.0 | 0.060 | 20.0 % | 10.0 | 3.00 |"),
-            "{md}"
-        );
+        assert!(md.contains("| qkv_proj | 2 | 30.0 | 0.060 | 20.0 % | 10.0 | 3.00 |"), "{md}");
         assert!(md.contains("ours / peer 3.00"), "{md}");
-        assert!(
-            md.contains("returned after 0.15 ms (50 % of the step"),
-            "{md}"
-        );
+        assert!(md.contains("returned after 0.15 ms (50 % of the step"), "{md}");
         let alone = markdown(&sample("burn-phi3v", 30.0), None);
         assert!(!alone.contains("peer"), "{alone}");
-        assert!(
-            alone.contains("RMSNorm kernels over one token: 3.00 µs per kernel"),
-            "{alone}"
-        );
+        assert!(alone.contains("RMSNorm kernels over one token: 3.00 µs per kernel"), "{alone}");
     }
 }

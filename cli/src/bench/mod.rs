@@ -17,43 +17,26 @@ use std::time::Instant;
 
 use burn::tensor::{DType, Tensor, TensorData};
 use burn_phi3v::device::{DeviceInfo, dtype_name};
-use burn_phi3v::engine::{Engine, EngineConfig, RequestEvent};
 use burn_phi3v::weights::{Checkpoint, Weights};
-use burn_phi3v::{
-    GenerationParams, Phi3VConfig, Phi3VForCausalLM, Phi3VProcessor, ProcessedPrompt, generate,
-};
+use burn_phi3v::engine::{Engine, EngineConfig, RequestEvent};
+use burn_phi3v::{GenerationParams, Phi3VConfig, Phi3VForCausalLM, Phi3VProcessor, ProcessedPrompt, generate};
 use clap::{Args, Subcommand};
 use phi3v_devices::DeviceFn;
 
 use crate::{CliResult, with_device};
-use report::{
-    BenchReport, GenerationPoint, ImagePoint, KvEstimate, LatencyReport, Percentiles, PrefillPoint,
-    Stats,
-};
+use report::{BenchReport, GenerationPoint, ImagePoint, KvEstimate, LatencyReport, Percentiles, PrefillPoint, Stats};
 
 /// Built-in model shapes (config.json as published; weights are random).
 const PRESETS: &[(&str, &str)] = &[
     ("phi3v-128k", include_str!("../../presets/phi3v-128k.json")),
     ("phi35v", include_str!("../../presets/phi35v.json")),
-    (
-        "phi3-mini-4k",
-        include_str!("../../presets/phi3-mini-4k.json"),
-    ),
-    (
-        "phi3-mini-128k",
-        include_str!("../../presets/phi3-mini-128k.json"),
-    ),
-    (
-        "tiny",
-        include_str!("../../../tests/fixtures/models/phi3v-tiny/config.json"),
-    ),
+    ("phi3-mini-4k", include_str!("../../presets/phi3-mini-4k.json")),
+    ("phi3-mini-128k", include_str!("../../presets/phi3-mini-128k.json")),
+    ("tiny", include_str!("../../../tests/fixtures/models/phi3v-tiny/config.json")),
 ];
 
 /// The tokenizer used when the model has none (all Phi-3 models share it).
-const EMBEDDED_TOKENIZER: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../tests/fixtures/models/phi3v-tiny"
-);
+const EMBEDDED_TOKENIZER: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/models/phi3v-tiny");
 
 /// `phi3v bench …`
 #[derive(Subcommand)]
@@ -89,18 +72,10 @@ pub struct BenchArgs {
     #[arg(long)]
     dtype: Option<String>,
     /// Scenarios to run: prefill, generation, images, kv, latency.
-    #[arg(
-        long,
-        value_delimiter = ',',
-        default_value = "prefill,generation,images,kv,latency"
-    )]
+    #[arg(long, value_delimiter = ',', default_value = "prefill,generation,images,kv,latency")]
     scenarios: Vec<String>,
     /// Prompt lengths for prompt ingestion.
-    #[arg(
-        long,
-        value_delimiter = ',',
-        default_value = "128,256,512,1024,2048,4096,8192"
-    )]
+    #[arg(long, value_delimiter = ',', default_value = "128,256,512,1024,2048,4096,8192")]
     prompt_lengths: Vec<usize>,
     /// Batch sizes for prompt ingestion (batch > 1 only where batch × length ≤ --max-prefill-tokens).
     #[arg(long, value_delimiter = ',', default_value = "1,8")]
@@ -109,11 +84,7 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 16384)]
     max_prefill_tokens: usize,
     /// Numbers of parallel requests for generation.
-    #[arg(
-        long,
-        value_delimiter = ',',
-        default_value = "1,2,4,8,16,32,64,128,256"
-    )]
+    #[arg(long, value_delimiter = ',', default_value = "1,2,4,8,16,32,64,128,256")]
     parallel: Vec<usize>,
     /// How parallel requests are batched: `static` (one left-padded batch through `generate`),
     /// `engine` (continuous batching over the paged KV cache, prefix caching on, as `phi3v
@@ -132,11 +103,7 @@ pub struct BenchArgs {
     #[arg(long, value_delimiter = ',', default_value = "1024x128,4096x128,32x16")]
     shapes: Vec<String>,
     /// Image sizes WxH for the image scenario (a panorama is e.g. 2688x336).
-    #[arg(
-        long,
-        value_delimiter = ',',
-        default_value = "336x336,672x672,1344x1344,2688x336"
-    )]
+    #[arg(long, value_delimiter = ',', default_value = "336x336,672x672,1344x1344,2688x336")]
     images: Vec<String>,
     /// num_crops values for the image scenario.
     #[arg(long, value_delimiter = ',', default_value = "4,16")]
@@ -190,30 +157,17 @@ pub fn run(cmd: BenchCommand) -> CliResult<()> {
             let device = a.device.clone();
             let dtype = a.dtype.clone();
             let out = a.out.clone();
-            let report = with_device(
-                &device,
-                dtype.as_deref(),
-                BenchJob {
-                    args: a,
-                    name,
-                    config,
-                },
-            )??;
+            let report = with_device(&device, dtype.as_deref(), BenchJob { args: a, name, config })??;
             report::write_all(&report, &out)?;
             eprintln!("wrote {}", out.display());
             Ok(())
         }
         BenchCommand::Compare(a) => {
             let read = |p: &Path| -> CliResult<BenchReport> {
-                let s = std::fs::read_to_string(p)
-                    .map_err(|e| format!("cannot read {}: {e}", p.display()))?;
-                Ok(serde_json::from_str(&s)
-                    .map_err(|e| format!("{} is not a benchmark result: {e}", p.display()))?)
+                let s = std::fs::read_to_string(p).map_err(|e| format!("cannot read {}: {e}", p.display()))?;
+                Ok(serde_json::from_str(&s).map_err(|e| format!("{} is not a benchmark result: {e}", p.display()))?)
             };
-            print!(
-                "{}",
-                report::compare(&read(&a.ours)?, &read(&a.peer)?, a.bandwidth, a.peak_flops)
-            );
+            print!("{}", report::compare(&read(&a.ours)?, &read(&a.peer)?, a.bandwidth, a.peak_flops));
             Ok(())
         }
         BenchCommand::Breakdown(a) => breakdown::run(a),
@@ -232,11 +186,7 @@ fn model_config(a: &BenchArgs) -> CliResult<(String, Phi3VConfig)> {
 fn preset_config(preset: &str) -> CliResult<(String, Phi3VConfig)> {
     let Some((name, json)) = PRESETS.iter().find(|(n, _)| *n == preset) else {
         let names: Vec<_> = PRESETS.iter().map(|(n, _)| *n).collect();
-        return Err(format!(
-            "unknown preset `{preset}` (available: {})",
-            names.join(", ")
-        )
-        .into());
+        return Err(format!("unknown preset `{preset}` (available: {})", names.join(", ")).into());
     };
     let value: serde_json::Value = serde_json::from_str(json)?;
     Ok((name.to_string(), Phi3VConfig::from_value(&value, name)?))
@@ -245,10 +195,7 @@ fn preset_config(preset: &str) -> CliResult<(String, Phi3VConfig)> {
 fn parse_pair(s: &str, what: &str) -> CliResult<(usize, usize)> {
     let bad = || format!("{what} `{s}` is not of the form AxB with positive numbers");
     let (a, b) = s.split_once(['x', 'X']).ok_or_else(bad)?;
-    let (a, b) = (
-        a.trim().parse::<usize>().map_err(|_| bad())?,
-        b.trim().parse::<usize>().map_err(|_| bad())?,
-    );
+    let (a, b) = (a.trim().parse::<usize>().map_err(|_| bad())?, b.trim().parse::<usize>().map_err(|_| bad())?);
     if a == 0 || b == 0 {
         return Err(bad().into());
     }
@@ -316,10 +263,7 @@ impl DeviceMemoryMonitor {
         if info.backend != "cuda" || Self::read(info.index).is_none() {
             return None;
         }
-        let (peak, stop) = (
-            Arc::new(AtomicU64::new(0)),
-            Arc::new(AtomicBool::new(false)),
-        );
+        let (peak, stop) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicBool::new(false)));
         let (p, s, index) = (peak.clone(), stop.clone(), info.index);
         std::thread::spawn(move || {
             while !s.load(Ordering::Relaxed) {
@@ -334,12 +278,7 @@ impl DeviceMemoryMonitor {
 
     fn read(index: usize) -> Option<u64> {
         let out = std::process::Command::new("nvidia-smi")
-            .args([
-                "--query-gpu=memory.used",
-                "--format=csv,noheader,nounits",
-                "-i",
-                &index.to_string(),
-            ])
+            .args(["--query-gpu=memory.used", "--format=csv,noheader,nounits", "-i", &index.to_string()])
             .output()
             .ok()?;
         let mib: u64 = String::from_utf8_lossy(&out.stdout).trim().parse().ok()?;
@@ -381,12 +320,7 @@ fn progress(len: usize, what: &str) -> indicatif::ProgressBar {
 impl DeviceFn for BenchJob {
     type Output = CliResult<BenchReport>;
 
-    fn run<B: Kernels>(
-        self,
-        device: &B::Device,
-        info: &DeviceInfo,
-        dtype: DType,
-    ) -> CliResult<BenchReport> {
+    fn run<B: Kernels>(self, device: &B::Device, info: &DeviceInfo, dtype: DType) -> CliResult<BenchReport> {
         let a = &self.args;
         let monitor = DeviceMemoryMonitor::start(info);
         let load_start = Instant::now();
@@ -406,29 +340,14 @@ impl DeviceFn for BenchJob {
             }
         };
         let _ = B::sync(device);
-        eprintln!(
-            "{}: {:.1} M parameters on {} ({}) in {:.1} s",
-            self.name,
-            parameters as f64 / 1e6,
-            info.spec,
-            dtype_name(dtype),
-            load_start.elapsed().as_secs_f64()
-        );
+        eprintln!("{}: {:.1} M parameters on {} ({}) in {:.1} s", self.name, parameters as f64 / 1e6, info.spec, dtype_name(dtype), load_start.elapsed().as_secs_f64());
         let tok_dir = a
             .tokenizer
             .clone()
-            .or_else(|| {
-                a.model
-                    .clone()
-                    .filter(|d| d.join("tokenizer.json").is_file())
-            })
+            .or_else(|| a.model.clone().filter(|d| d.join("tokenizer.json").is_file()))
             .unwrap_or_else(|| {
                 let local = PathBuf::from("tests/fixtures/models/phi3v-tiny");
-                if local.join("tokenizer.json").is_file() {
-                    local
-                } else {
-                    PathBuf::from(EMBEDDED_TOKENIZER)
-                }
+                if local.join("tokenizer.json").is_file() { local } else { PathBuf::from(EMBEDDED_TOKENIZER) }
             });
         let processor = Phi3VProcessor::from_dir(&tok_dir)?;
         let dtype_bytes = match dtype {
@@ -436,20 +355,11 @@ impl DeviceFn for BenchJob {
             _ => 2,
         };
         let text = &self.config.text;
-        let kv_bytes_per_token =
-            (2 * text.num_hidden_layers * text.num_key_value_heads * text.head_dim() * dtype_bytes)
-                as u64;
+        let kv_bytes_per_token = (2 * text.num_hidden_layers * text.num_key_value_heads * text.head_dim() * dtype_bytes) as u64;
         let weights_bytes = (parameters * dtype_bytes) as u64;
         let device_memory = info.total_memory.or(a.device_memory);
         let budget = device_memory.map(|m| m as f64 * a.memory_fraction - weights_bytes as f64);
-        let bench = Bench {
-            model: &model,
-            processor: &processor,
-            device,
-            args: a,
-            budget,
-            kv_bytes_per_token,
-        };
+        let bench = Bench { model: &model, processor: &processor, device, args: a, budget, kv_bytes_per_token };
 
         let mut report = BenchReport {
             engine: "burn-phi3v".into(),
@@ -477,8 +387,7 @@ impl DeviceFn for BenchJob {
                 device_memory_bytes: m,
                 weights_bytes,
                 memory_fraction: a.memory_fraction,
-                max_tokens: ((m as f64 * a.memory_fraction - weights_bytes as f64).max(0.0)
-                    / kv_bytes_per_token as f64) as u64,
+                max_tokens: ((m as f64 * a.memory_fraction - weights_bytes as f64).max(0.0) / kv_bytes_per_token as f64) as u64,
             });
         }
         // Most telling first; results are written after every point, so a run cut short
@@ -533,21 +442,16 @@ impl<B: Kernels> Bench<'_, B> {
     /// hidden-sized f32 rows per token, the MLP's intermediate among them). Measured on the
     /// H100: 64 × (1024 + 128) tokens ran out of memory although one copy (29 GB) fits.
     fn fits(&self, batch: usize, prompt: usize, tokens: usize) -> bool {
-        let Some(budget) = self.budget else {
-            return true;
-        };
+        let Some(budget) = self.budget else { return true };
         let h = self.model.config.text.hidden_size as f64;
-        let bytes = 2.0 * self.kv_bytes_per_token as f64 * (batch * tokens) as f64
-            + (batch * prompt) as f64 * h * 12.0 * 4.0;
+        let bytes = 2.0 * self.kv_bytes_per_token as f64 * (batch * tokens) as f64 + (batch * prompt) as f64 * h * 12.0 * 4.0;
         bytes <= budget
     }
 
     /// One prefill of `batch` random prompts of `len` tokens up to the first token's logits.
     fn prefill_once(&self, batch: usize, len: usize, seed: u64) -> CliResult<()> {
         let m = self.model;
-        let ids: Vec<Vec<i64>> = (0..batch)
-            .map(|b| random_ids(len, seed + b as u64, self.vocab()))
-            .collect();
+        let ids: Vec<Vec<i64>> = (0..batch).map(|b| random_ids(len, seed + b as u64, self.vocab())).collect();
         let positions: Vec<Vec<usize>> = vec![(0..len).collect(); batch];
         let regimes = vec![m.rope_regime(len - 1); batch];
         let mut cache = m.new_cache();
@@ -572,11 +476,7 @@ impl<B: Kernels> Bench<'_, B> {
         let bar = progress(points.len(), "prefill");
         for (i, &(batch, len)) in points.iter().enumerate() {
             bar.set_position(i as u64);
-            let mut p = PrefillPoint {
-                batch,
-                prompt_len: len,
-                ..Default::default()
-            };
+            let mut p = PrefillPoint { batch, prompt_len: len, ..Default::default() };
             if len > self.model.config.text.max_position_embeddings || !self.fits(batch, len, len) {
                 p.skipped = Some("does not fit the context or the device memory".into());
                 report.prefill.push(p);
@@ -589,9 +489,7 @@ impl<B: Kernels> Bench<'_, B> {
                 }
                 let mut times = Vec::new();
                 for r in 0..a.runs.max(1) {
-                    let (res, t) = timed::<B, _>(self.device, || {
-                        self.prefill_once(batch, len, 2000 + r as u64)
-                    });
+                    let (res, t) = timed::<B, _>(self.device, || self.prefill_once(batch, len, 2000 + r as u64));
                     res?;
                     times.push(t);
                 }
@@ -616,17 +514,8 @@ impl<B: Kernels> Bench<'_, B> {
 
     /// `n` parallel requests of `prompt` random tokens each generating exactly `output` tokens:
     /// every token's arrival time per request, in seconds from the start.
-    fn generate_timed(
-        &self,
-        prompts: &[ProcessedPrompt],
-        output: usize,
-    ) -> CliResult<Vec<Vec<f64>>> {
-        let params = GenerationParams {
-            max_new_tokens: output,
-            min_new_tokens: output,
-            stop_token_ids: Vec::new(),
-            ..Default::default()
-        };
+    fn generate_timed(&self, prompts: &[ProcessedPrompt], output: usize) -> CliResult<Vec<Vec<f64>>> {
+        let params = GenerationParams { max_new_tokens: output, min_new_tokens: output, stop_token_ids: Vec::new(), ..Default::default() };
         let refs: Vec<&ProcessedPrompt> = prompts.iter().collect();
         let mut times: Vec<Vec<f64>> = vec![Vec::with_capacity(output); prompts.len()];
         let _ = B::sync(self.device);
@@ -643,17 +532,13 @@ impl<B: Kernels> Bench<'_, B> {
 
     fn text_prompts(&self, n: usize, len: usize, seed: u64) -> Vec<ProcessedPrompt> {
         (0..n)
-            .map(|i| ProcessedPrompt {
-                input_ids: random_ids(len, seed + i as u64, self.vocab()),
-                images: Vec::new(),
-            })
+            .map(|i| ProcessedPrompt { input_ids: random_ids(len, seed + i as u64, self.vocab()), images: Vec::new() })
             .collect()
     }
 
-    /// [`Self::text_prompts`] whose first `--shared-prefix` tokens (at most `len`) are the same
-    /// in every prompt of every run.
-    fn generation_prompts(&self, n: usize, len: usize, seed: u64) -> Vec<ProcessedPrompt> {
-        let shared = self.args.shared_prefix.min(len);
+    /// [`Self::text_prompts`] whose first `shared` tokens (≤ `len`) are the same in every
+    /// prompt of every run.
+    fn generation_prompts(&self, n: usize, len: usize, shared: usize, seed: u64) -> Vec<ProcessedPrompt> {
         let prefix = random_ids(shared, SHARED_PREFIX_SEED, self.vocab());
         let mut prompts = self.text_prompts(n, len - shared, seed);
         for p in &mut prompts {
@@ -664,24 +549,13 @@ impl<B: Kernels> Bench<'_, B> {
 
     fn generation(&self, report: &mut BenchReport) -> CliResult<()> {
         let a = self.args;
-        let shapes: Vec<(usize, usize)> = a
-            .shapes
-            .iter()
-            .map(|s| parse_pair(s, "shape"))
-            .collect::<CliResult<_>>()?;
+        let shapes: Vec<(usize, usize)> = a.shapes.iter().map(|s| parse_pair(s, "shape")).collect::<CliResult<_>>()?;
         for m in &a.batching {
             if !BATCHING_MODES.contains(&m.as_str()) {
-                return Err(format!(
-                    "unknown batching `{m}` (expected {})",
-                    BATCHING_MODES.join(", ")
-                )
-                .into());
+                return Err(format!("unknown batching `{m}` (expected {})", BATCHING_MODES.join(", ")).into());
             }
         }
-        let bar = progress(
-            shapes.len() * a.parallel.len() * a.batching.len(),
-            "generation",
-        );
+        let bar = progress(shapes.len() * a.parallel.len() * a.batching.len(), "generation");
         for &(prompt, output) in &shapes {
             for mode in &a.batching {
                 let mut stop = false;
@@ -695,16 +569,14 @@ impl<B: Kernels> Bench<'_, B> {
                         shared_prefix: a.shared_prefix.min(prompt),
                         ..Default::default()
                     };
-                    if stop
-                        || !self.fits(n, prompt, prompt + output)
-                        || prompt + output > self.model.config.text.max_position_embeddings
-                    {
+                    if stop || !self.fits(n, prompt, prompt + output) || prompt + output > self.model.config.text.max_position_embeddings {
                         p.skipped = Some("estimated not to fit the device memory".into());
                         stop = true;
                         report.generation.push(p);
                         self.save(report);
                         continue;
                     }
+                    let shared = p.shared_prefix;
                     // Token times per request, and the prompt tokens the engine took from its prefix cache.
                     let run = |prompts: Vec<ProcessedPrompt>, output: usize| match mode.as_str() {
                         "static" => Ok((self.generate_timed(&prompts, output)?, 0)),
@@ -712,17 +584,11 @@ impl<B: Kernels> Bench<'_, B> {
                     };
                     let r = guarded(|| {
                         for w in 0..a.warmup.min(1) {
-                            run(
-                                self.generation_prompts(n, prompt, 3000 + w as u64),
-                                output.min(8),
-                            )?;
+                            run(self.generation_prompts(n, prompt, shared, 3000 + w as u64), output.min(8))?;
                         }
                         let mut runs = Vec::new();
                         for r in 0..a.generation_runs.max(1) {
-                            runs.push(run(
-                                self.generation_prompts(n, prompt, 4000 + 97 * r as u64),
-                                output,
-                            )?);
+                            runs.push(run(self.generation_prompts(n, prompt, shared, 4000 + 97 * r as u64), output)?);
                         }
                         Ok(runs)
                     });
@@ -730,20 +596,14 @@ impl<B: Kernels> Bench<'_, B> {
                         Ok(runs) => {
                             let (times, cached): (Vec<_>, Vec<u64>) = runs.into_iter().unzip();
                             p.fill(&times);
-                            p.prefix_cached_tokens =
-                                cached.iter().sum::<u64>() / cached.len().max(1) as u64;
+                            p.prefix_cached_tokens = cached.iter().sum::<u64>() / cached.len().max(1) as u64;
                         }
                         Err(e) => {
                             p.skipped = Some(e);
                             stop = true;
                         }
                     }
-                    bar.suspend(|| {
-                        eprintln!(
-                            "generation {prompt}x{output}, {mode} batching, {n} parallel: {}",
-                            p.describe()
-                        )
-                    });
+                    bar.suspend(|| eprintln!("generation {prompt}x{output}, {mode} batching, {n} parallel: {}", p.describe()));
                     report.generation.push(p);
                     self.save(report);
                 }
@@ -757,18 +617,10 @@ impl<B: Kernels> Bench<'_, B> {
     /// submitted at once; the pool holds every request's tokens, so nothing is preempted and
     /// the comparison with the static batch is like for like. Also returns the prompt tokens
     /// taken from the prefix cache.
-    fn engine_timed(
-        &self,
-        prompts: Vec<ProcessedPrompt>,
-        output: usize,
-        prefix_caching: bool,
-    ) -> CliResult<(Vec<Vec<f64>>, u64)> {
+    fn engine_timed(&self, prompts: Vec<ProcessedPrompt>, output: usize, prefix_caching: bool) -> CliResult<(Vec<Vec<f64>>, u64)> {
         let text = &self.model.config.text;
         let block = EngineConfig::default().block_size;
-        let blocks: usize = prompts
-            .iter()
-            .map(|p| (p.input_ids.len() + output).div_ceil(block))
-            .sum();
+        let blocks: usize = prompts.iter().map(|p| (p.input_ids.len() + output).div_ceil(block)).sum();
         let config = EngineConfig {
             num_blocks: blocks.max(1),
             max_running: prompts.len().max(1),
@@ -777,15 +629,9 @@ impl<B: Kernels> Bench<'_, B> {
             ..Default::default()
         };
         if let Some(budget) = self.budget {
-            let most = EngineConfig::default()
-                .with_memory_budget(budget.max(0.0) as u64, text, self.model.dtype())
-                .num_blocks;
+            let most = EngineConfig::default().with_memory_budget(budget.max(0.0) as u64, text, self.model.dtype()).num_blocks;
             if config.num_blocks > most {
-                return Err(format!(
-                    "{} KV blocks do not fit the device memory ({most} do)",
-                    config.num_blocks
-                )
-                .into());
+                return Err(format!("{} KV blocks do not fit the device memory ({most} do)", config.num_blocks).into());
             }
         }
         let mut engine = Engine::new(self.model.clone(), self.processor.clone(), config)?;
@@ -793,27 +639,17 @@ impl<B: Kernels> Bench<'_, B> {
         // can meet compiled before the clock starts (without it, the first run at 10 requests
         // stalled on compilation: 4.9 tokens/s per request, then 75.4 in the same process).
         engine.warm_up(prompts.len())?;
-        let params = GenerationParams {
-            max_new_tokens: output,
-            min_new_tokens: output,
-            stop_token_ids: Vec::new(),
-            ..Default::default()
-        };
+        let params = GenerationParams { max_new_tokens: output, min_new_tokens: output, stop_token_ids: Vec::new(), ..Default::default() };
         let _ = B::sync(self.device);
         let start = Instant::now();
-        let handles = prompts
-            .into_iter()
-            .map(|p| engine.submit(p, params.clone()))
-            .collect::<Result<Vec<_>, _>>()?;
+        let handles = prompts.into_iter().map(|p| engine.submit(p, params.clone())).collect::<Result<Vec<_>, _>>()?;
         engine.run_until_idle()?;
         let mut times = Vec::with_capacity(handles.len());
         for h in handles {
             let mut t = Vec::with_capacity(output);
             while let Some(event) = h.try_recv() {
                 match event {
-                    RequestEvent::Token { at, .. } => {
-                        t.push(at.duration_since(start).as_secs_f64())
-                    }
+                    RequestEvent::Token { at, .. } => t.push(at.duration_since(start).as_secs_f64()),
                     RequestEvent::Finished(r) => {
                         r?;
                     }
@@ -832,8 +668,7 @@ impl<B: Kernels> Bench<'_, B> {
             let mut runs = Vec::new();
             for r in 0..a.warmup + a.runs.max(1) {
                 bar.set_position(r as u64);
-                let t =
-                    self.generate_timed(&self.text_prompts(1, prompt, 5000 + r as u64), output)?;
+                let t = self.generate_timed(&self.text_prompts(1, prompt, 5000 + r as u64), output)?;
                 if r >= a.warmup {
                     runs.push(t.into_iter().next().unwrap_or_default());
                 }
@@ -844,11 +679,7 @@ impl<B: Kernels> Bench<'_, B> {
         match r {
             Ok(runs) => {
                 let l = LatencyReport::from_runs(prompt, output, a.warmup, &runs);
-                eprintln!(
-                    "latency {prompt}x{output}: prefill {:.1} ms, {:.1} tokens/s decode",
-                    l.prefill_s.p50 * 1e3,
-                    l.decode_tokens_per_s
-                );
+                eprintln!("latency {prompt}x{output}: prefill {:.1} ms, {:.1} tokens/s decode", l.prefill_s.p50 * 1e3, l.decode_tokens_per_s);
                 Ok(Some(l))
             }
             Err(e) => {
@@ -860,36 +691,19 @@ impl<B: Kernels> Bench<'_, B> {
 
     fn images(&self, report: &mut BenchReport) -> CliResult<()> {
         let a = self.args;
-        let sizes: Vec<(usize, usize)> = a
-            .images
-            .iter()
-            .map(|s| parse_pair(s, "image size"))
-            .collect::<CliResult<_>>()?;
+        let sizes: Vec<(usize, usize)> = a.images.iter().map(|s| parse_pair(s, "image size")).collect::<CliResult<_>>()?;
         let bar = progress(sizes.len() * a.num_crops.len(), "images");
         for &(w, h) in &sizes {
             let img = synthetic_image(w as u32, h as u32);
             for &crops in &a.num_crops {
                 bar.inc(1);
                 let proc = self.processor.clone().with_num_crops(crops);
-                let chat =
-                    "<|user|>\n<|image_1|>\nWhat is shown in this image?<|end|>\n<|assistant|>\n";
-                let mut p = ImagePoint {
-                    image: format!("{w}x{h}"),
-                    num_crops: crops,
-                    ..Default::default()
-                };
+                let chat = "<|user|>\n<|image_1|>\nWhat is shown in this image?<|end|>\n<|assistant|>\n";
+                let mut p = ImagePoint { image: format!("{w}x{h}"), num_crops: crops, ..Default::default() };
                 let r = guarded(|| {
                     let prompt = proc.process(chat, std::slice::from_ref(&img))?;
                     let im = prompt.images[0].clone();
-                    let px = || {
-                        Tensor::<B, 4>::from_data(
-                            TensorData::new(
-                                im.pixel_values.clone(),
-                                [im.num_used_crops, 3, 336, 336],
-                            ),
-                            (self.device, self.model.dtype()),
-                        )
-                    };
+                    let px = || Tensor::<B, 4>::from_data(TensorData::new(im.pixel_values.clone(), [im.num_used_crops, 3, 336, 336]), (self.device, self.model.dtype()));
                     let encode = |px: Tensor<B, 4>| -> CliResult<()> {
                         let f = self.model.embed_images(px, &[im.crop_grid])?;
                         let _ = f.sum().into_data();
@@ -917,14 +731,7 @@ impl<B: Kernels> Bench<'_, B> {
                         decode.push(31.0 / (t[31] - t[0]));
                     }
                     let image_tokens = one[0].num_image_tokens()[0];
-                    Ok((
-                        image_tokens,
-                        one[0].input_ids.len() - image_tokens,
-                        im.num_used_crops,
-                        enc,
-                        ttft,
-                        decode,
-                    ))
+                    Ok((image_tokens, one[0].input_ids.len() - image_tokens, im.num_used_crops, enc, ttft, decode))
                 });
                 match r {
                     Ok((image_tokens, text_tokens, used, enc, ttft, decode)) => {
@@ -953,25 +760,18 @@ impl<B: Kernels> Bench<'_, B> {
 /// A deterministic test pattern of `w × h` pixels (gradients and stripes).
 fn synthetic_image(w: u32, h: u32) -> image::DynamicImage {
     image::DynamicImage::ImageRgb8(image::RgbImage::from_fn(w, h, |x, y| {
-        image::Rgb([
-            (x * 255 / w.max(1)) as u8,
-            (y * 255 / h.max(1)) as u8,
-            (((x / 16) + (y / 16)) % 2 * 200) as u8,
-        ])
+        image::Rgb([(x * 255 / w.max(1)) as u8, (y * 255 / h.max(1)) as u8, (((x / 16) + (y / 16)) % 2 * 200) as u8])
     }))
 }
 
 impl GenerationPoint {
     fn fill(&mut self, runs: &[Vec<Vec<f64>>]) {
-        let (mut ttft, mut itl, mut per_request, mut e2e, mut totals) =
-            (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let (mut ttft, mut itl, mut per_request, mut e2e, mut totals) = (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for run in runs {
             let mut end: f64 = 0.0;
             let mut tokens = 0;
             for times in run {
-                let (Some(&first), Some(&last)) = (times.first(), times.last()) else {
-                    continue;
-                };
+                let (Some(&first), Some(&last)) = (times.first(), times.last()) else { continue };
                 ttft.push(first * 1e3);
                 itl.extend(times.windows(2).map(|w| (w[1] - w[0]) * 1e3));
                 if times.len() > 1 {
@@ -995,19 +795,9 @@ impl GenerationPoint {
 impl LatencyReport {
     fn from_runs(prompt: usize, output: usize, warmup: usize, runs: &[Vec<f64>]) -> Self {
         let prefill: Vec<f64> = runs.iter().filter_map(|t| t.first().copied()).collect();
-        let decode: Vec<f64> = runs
-            .iter()
-            .filter_map(|t| Some(t.last()? - t.first()?))
-            .collect();
-        let per_token: Vec<f64> = runs
-            .iter()
-            .flat_map(|t| t.windows(2).map(|w| w[1] - w[0]).collect::<Vec<_>>())
-            .collect();
-        let (prefill, decode, per_token) = (
-            Stats::of(&prefill),
-            Stats::of(&decode),
-            Stats::of(&per_token),
-        );
+        let decode: Vec<f64> = runs.iter().filter_map(|t| Some(t.last()? - t.first()?)).collect();
+        let per_token: Vec<f64> = runs.iter().flat_map(|t| t.windows(2).map(|w| w[1] - w[0]).collect::<Vec<_>>()).collect();
+        let (prefill, decode, per_token) = (Stats::of(&prefill), Stats::of(&decode), Stats::of(&per_token));
         Self {
             prompt_len: prompt,
             output_len: output,
@@ -1042,15 +832,7 @@ mod tests {
             let v: serde_json::Value = serde_json::from_str(json).unwrap();
             let c = Phi3VConfig::from_value(&v, name).unwrap();
             if *name != "tiny" {
-                assert_eq!(
-                    (
-                        c.text.hidden_size,
-                        c.text.num_hidden_layers,
-                        c.text.vocab_size
-                    ),
-                    (3072, 32, 32064),
-                    "{name}"
-                );
+                assert_eq!((c.text.hidden_size, c.text.num_hidden_layers, c.text.vocab_size), (3072, 32, 32064), "{name}");
             }
             assert_eq!(c.vision.is_some(), !name.starts_with("phi3-mini"), "{name}");
         }
@@ -1073,9 +855,6 @@ mod tests {
         assert!((p.ttft_ms.p50 - 100.0).abs() < 1e-9);
         assert!((p.itl_ms.p50 - 10.0).abs() < 1e-6);
         assert!((p.per_request_tokens_per_s.p50 - 100.0).abs() < 1e-6);
-        assert!(
-            (p.total_tokens_per_s - 50.0).abs() < 1e-6,
-            "6 tokens in 0.12 s"
-        );
+        assert!((p.total_tokens_per_s - 50.0).abs() < 1e-6, "6 tokens in 0.12 s");
     }
 }

@@ -22,8 +22,7 @@ pub struct Profile {
 }
 
 /// The error of a `--profile` run in a build without the profiler.
-pub const NO_PROFILER: &str =
-    "this phi3v has no profiler: build it with the cargo feature `profile`";
+pub const NO_PROFILER: &str = "this phi3v has no profiler: build it with the cargo feature `profile`";
 
 /// Whether this build has the profiler (cargo feature `profile`).
 pub const AVAILABLE: bool = cfg!(feature = "profile");
@@ -48,40 +47,21 @@ impl Profile {
     pub fn finish(self, dir: &Path, name: &str) -> CliResult<()> {
         #[cfg(feature = "profile")]
         {
-            let report = self
-                .guard
-                .report()
-                .build()
-                .map_err(|e| format!("profile report: {e}"))?;
+            let report = self.guard.report().build().map_err(|e| format!("profile report: {e}"))?;
             drop(self.guard);
-            std::fs::create_dir_all(dir)
-                .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+            std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
             let svg = std::fs::File::create(dir.join(format!("{name}.svg")))?;
-            report
-                .flamegraph(svg)
-                .map_err(|e| format!("flame graph: {e}"))?;
+            report.flamegraph(svg).map_err(|e| format!("flame graph: {e}"))?;
             let stacks: Vec<(String, Vec<String>, u64)> = report
                 .data
                 .iter()
                 .map(|(frames, &n)| {
                     // Outermost first; every inlined symbol of an address, outer to inner.
-                    let names = frames
-                        .frames
-                        .iter()
-                        .rev()
-                        .flat_map(|f| f.iter().rev().map(|s| short_name(&s.name())))
-                        .collect();
-                    (
-                        thread_kind(&frames.thread_name_or_id()),
-                        names,
-                        n.max(0) as u64,
-                    )
+                    let names = frames.frames.iter().rev().flat_map(|f| f.iter().rev().map(|s| short_name(&s.name()))).collect();
+                    (thread_kind(&frames.thread_name_or_id()), names, n.max(0) as u64)
                 })
                 .collect();
-            let folded: String = stacks
-                .iter()
-                .map(|(t, names, n)| format!("{t};{} {n}\n", names.join(";")))
-                .collect();
+            let folded: String = stacks.iter().map(|(t, names, n)| format!("{t};{} {n}\n", names.join(";"))).collect();
             std::fs::write(dir.join(format!("{name}.folded")), folded)?;
             std::fs::write(dir.join(format!("{name}.top.md")), top_table(&stacks, 40))?;
         }
@@ -94,20 +74,14 @@ impl Profile {
 /// CubeCL's device threads are named `DS{U|D}-type-index`; the calling thread keeps its name.
 #[cfg_attr(not(feature = "profile"), allow(dead_code))]
 fn thread_kind(name: &str) -> String {
-    if name.starts_with("DS") {
-        format!("device thread {name}")
-    } else {
-        format!("caller {name}")
-    }
+    if name.starts_with("DS") { format!("device thread {name}") } else { format!("caller {name}") }
 }
 
 /// A demangled name without its hash suffix (`::h0123456789abcdef`).
 #[cfg_attr(not(feature = "profile"), allow(dead_code))]
 fn short_name(name: &str) -> String {
     match name.rfind("::h") {
-        Some(i) if name.len() - i == 19 && name[i + 3..].bytes().all(|b| b.is_ascii_hexdigit()) => {
-            name[..i].to_string()
-        }
+        Some(i) if name.len() - i == 19 && name[i + 3..].bytes().all(|b| b.is_ascii_hexdigit()) => name[..i].to_string(),
         _ => name.to_string(),
     }
 }
@@ -136,20 +110,13 @@ fn top_table(stacks: &[(String, Vec<String>, u64)], n: usize) -> String {
                 *incl.entry(x).or_default() += count;
             }
         }
-        s += &format!(
-            "\n## {t}: {samples} samples ({:.1} %)\n",
-            100.0 * samples as f64 / total.max(1) as f64
-        );
+        s += &format!("\n## {t}: {samples} samples ({:.1} %)\n", 100.0 * samples as f64 / total.max(1) as f64);
         for (title, map) in [("own time (leaf)", own), ("inclusive", incl)] {
             let mut v: Vec<(&str, u64)> = map.into_iter().collect();
             v.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
             s += &format!("\n| {title} | share |\n|---|---|\n");
             for (name, c) in v.into_iter().take(n) {
-                s += &format!(
-                    "| `{}` | {:.1} % |\n",
-                    name.replace('|', "\\|"),
-                    100.0 * c as f64 / samples.max(1) as f64
-                );
+                s += &format!("| `{}` | {:.1} % |\n", name.replace('|', "\\|"), 100.0 * c as f64 / samples.max(1) as f64);
             }
         }
     }
@@ -162,10 +129,7 @@ mod tests {
 
     #[test]
     fn names_lose_their_hash_and_threads_their_number() {
-        assert_eq!(
-            short_name("cubecl_cuda::compute::server::launch::h0123456789abcdef"),
-            "cubecl_cuda::compute::server::launch"
-        );
+        assert_eq!(short_name("cubecl_cuda::compute::server::launch::h0123456789abcdef"), "cubecl_cuda::compute::server::launch");
         assert_eq!(short_name("a::hello"), "a::hello");
         assert_eq!(thread_kind("DSD-2-0"), "device thread DSD-2-0");
         assert_eq!(thread_kind("main"), "caller main");

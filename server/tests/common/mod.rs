@@ -33,18 +33,12 @@ pub fn image_path(name: &str) -> PathBuf {
 pub fn data_url(name: &str) -> String {
     use base64::Engine as _;
     let bytes = std::fs::read(image_path(name)).expect("fixture image");
-    format!(
-        "data:image/png;base64,{}",
-        base64::engine::general_purpose::STANDARD.encode(bytes)
-    )
+    format!("data:image/png;base64,{}", base64::engine::general_purpose::STANDARD.encode(bytes))
 }
 
 /// Starts a server on 127.0.0.1:0 for `model` on the CPU (or `PHI3V_SERVER_TEST_DEVICE`, in
 /// `PHI3V_SERVER_TEST_DTYPE`); `configure` adjusts its settings.
-pub fn start(
-    model: &str,
-    configure: impl FnOnce(&mut ModelOptions, &mut ServerConfig),
-) -> RunningServer {
+pub fn start(model: &str, configure: impl FnOnce(&mut ModelOptions, &mut ServerConfig)) -> RunningServer {
     let device = std::env::var("PHI3V_SERVER_TEST_DEVICE").unwrap_or_else(|_| "cpu".into());
     let mut options = ModelOptions::new(model_dir(model), device);
     options.dtype = std::env::var("PHI3V_SERVER_TEST_DTYPE").ok();
@@ -71,10 +65,7 @@ pub struct Response {
 
 impl Response {
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
     }
 
     pub fn text(&self) -> String {
@@ -82,8 +73,7 @@ impl Response {
     }
 
     pub fn json(&self) -> Value {
-        serde_json::from_slice(&self.body)
-            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text()))
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text()))
     }
 
     /// The `data:` payloads of a server-sent event stream, in order.
@@ -93,26 +83,14 @@ impl Response {
 }
 
 pub fn sse_data(text: &str) -> Vec<String> {
-    text.lines()
-        .filter_map(|l| l.strip_prefix("data:"))
-        .map(|d| d.trim_start().to_string())
-        .collect()
+    text.lines().filter_map(|l| l.strip_prefix("data:")).map(|d| d.trim_start().to_string()).collect()
 }
 
 /// Writes one request (`Connection: close`) and returns the open stream.
-pub fn send(
-    addr: SocketAddr,
-    method: &str,
-    path: &str,
-    headers: &[(&str, &str)],
-    body: &[u8],
-) -> TcpStream {
+pub fn send(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> TcpStream {
     let mut s = TcpStream::connect(addr).expect("connect");
     s.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
-    let mut head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
-        body.len()
-    );
+    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
     for (k, v) in headers {
         head.push_str(&format!("{k}: {v}\r\n"));
     }
@@ -128,11 +106,7 @@ pub fn read_response(s: impl Read) -> Response {
     let mut r = BufReader::new(s);
     let mut line = String::new();
     r.read_line(&mut line).expect("status line");
-    let status: u16 = line
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or_else(|| panic!("bad status line {line:?}"));
+    let status: u16 = line.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or_else(|| panic!("bad status line {line:?}"));
     let mut headers = Vec::new();
     loop {
         line.clear();
@@ -145,16 +119,13 @@ pub fn read_response(s: impl Read) -> Response {
             headers.push((k.trim().to_string(), v.trim().to_string()));
         }
     }
-    let chunked = headers
-        .iter()
-        .any(|(k, v)| k.eq_ignore_ascii_case("transfer-encoding") && v.contains("chunked"));
+    let chunked = headers.iter().any(|(k, v)| k.eq_ignore_ascii_case("transfer-encoding") && v.contains("chunked"));
     let mut body = Vec::new();
     if chunked {
         loop {
             line.clear();
             r.read_line(&mut line).expect("chunk size");
-            let size = usize::from_str_radix(line.trim().split(';').next().unwrap_or("0"), 16)
-                .expect("chunk size");
+            let size = usize::from_str_radix(line.trim().split(';').next().unwrap_or("0"), 16).expect("chunk size");
             if size == 0 {
                 break;
             }
@@ -167,20 +138,10 @@ pub fn read_response(s: impl Read) -> Response {
     } else {
         r.read_to_end(&mut body).expect("body");
     }
-    Response {
-        status,
-        headers,
-        body,
-    }
+    Response { status, headers, body }
 }
 
-pub fn request(
-    addr: SocketAddr,
-    method: &str,
-    path: &str,
-    headers: &[(&str, &str)],
-    body: &[u8],
-) -> Response {
+pub fn request(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Response {
     read_response(send(addr, method, path, headers, body))
 }
 
@@ -189,28 +150,16 @@ pub fn get(addr: SocketAddr, path: &str) -> Response {
 }
 
 pub fn post_json(addr: SocketAddr, path: &str, body: &Value) -> Response {
-    request(
-        addr,
-        "POST",
-        path,
-        &[("Content-Type", "application/json")],
-        body.to_string().as_bytes(),
-    )
+    request(addr, "POST", path, &[("Content-Type", "application/json")], body.to_string().as_bytes())
 }
 
 /// The concatenated text of a chat (`delta.content`) or completion (`text`) stream, and the
 /// parsed chunks (without `[DONE]`); panics unless the stream ends with `[DONE]`.
 pub fn stream_text(events: &[String]) -> (String, Vec<Value>) {
-    assert_eq!(
-        events.last().map(String::as_str),
-        Some("[DONE]"),
-        "stream must end with [DONE]: {events:?}"
-    );
+    assert_eq!(events.last().map(String::as_str), Some("[DONE]"), "stream must end with [DONE]: {events:?}");
     let chunks: Vec<Value> = events[..events.len() - 1]
         .iter()
-        .map(|e| {
-            serde_json::from_str(e).unwrap_or_else(|err| panic!("chunk not JSON ({err}): {e}"))
-        })
+        .map(|e| serde_json::from_str(e).unwrap_or_else(|err| panic!("chunk not JSON ({err}): {e}")))
         .collect();
     let mut text = String::new();
     for c in &chunks {
@@ -242,10 +191,6 @@ pub fn wait_until(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
 /// A metric's value from `/metrics` text (the first sample whose name and labels match).
 pub fn metric(text: &str, sample: &str) -> f64 {
     text.lines()
-        .find_map(|l| {
-            l.strip_prefix(sample)
-                .and_then(|rest| rest.strip_prefix(' '))
-                .and_then(|v| v.trim().parse().ok())
-        })
+        .find_map(|l| l.strip_prefix(sample).and_then(|rest| rest.strip_prefix(' ')).and_then(|v| v.trim().parse().ok()))
         .unwrap_or_else(|| panic!("metric {sample} not in:\n{text}"))
 }

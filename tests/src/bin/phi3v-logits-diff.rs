@@ -25,8 +25,7 @@ struct LastLogits<'a>(&'a Case);
 impl DeviceFn for LastLogits<'_> {
     type Output = Vec<f32>;
     fn run<B: Kernels>(self, device: &B::Device, _: &DeviceInfo, dtype: DType) -> Vec<f32> {
-        let loaded = LoadedModel::<B>::load(&model_dir(&self.0.model), device, dtype, None)
-            .expect("tiny checkpoint loads");
+        let loaded = LoadedModel::<B>::load(&model_dir(&self.0.model), device, dtype, None).expect("tiny checkpoint loads");
         let images: Vec<_> = self
             .0
             .images
@@ -34,14 +33,10 @@ impl DeviceFn for LastLogits<'_> {
             .map(|f| {
                 // The reference's own JPEG decoding, as the parity suite uses.
                 let f = f.replace(".jpg", ".decoded.png");
-                burn_phi3v::image_processor::load_image(&Case::image_path(&f), u64::MAX)
-                    .expect("fixture image decodes")
+                burn_phi3v::image_processor::load_image(&Case::image_path(&f), u64::MAX).expect("fixture image decodes")
             })
             .collect();
-        let processed = loaded
-            .processor
-            .process(&self.0.prompt, &images)
-            .expect("prompt processes");
+        let processed = loaded.processor.process(&self.0.prompt, &images).expect("prompt processes");
         let features = pixel_tensor::<B>(&processed.images, device, dtype)
             .map(|(px, grids)| loaded.model.embed_images(px, &grids).expect("images embed"));
         last_logits_by_recompute(&loaded.model, &processed.input_ids, features)
@@ -49,17 +44,13 @@ impl DeviceFn for LastLogits<'_> {
 }
 
 fn argmax(v: &[f32]) -> usize {
-    v.iter()
-        .enumerate()
-        .fold(0, |best, (i, x)| if *x > v[best] { i } else { best })
+    v.iter().enumerate().fold(0, |best, (i, x)| if *x > v[best] { i } else { best })
 }
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().collect();
     let (Some(device), Some(against)) = (arg(&args, "--device"), arg(&args, "--against")) else {
-        eprintln!(
-            "usage: phi3v-logits-diff --device SPEC --against SPEC [--dtype f32|f16|bf16] [--cases a,b,...]"
-        );
+        eprintln!("usage: phi3v-logits-diff --device SPEC --against SPEC [--dtype f32|f16|bf16] [--cases a,b,...]");
         return ExitCode::FAILURE;
     };
     let dtype = arg(&args, "--dtype").unwrap_or_else(|| "f32".into());
@@ -81,27 +72,13 @@ fn main() -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-        let diff = a
-            .iter()
-            .zip(&b)
-            .map(|(x, y)| (x - y).abs())
-            .fold(0.0f32, f32::max);
+        let diff = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
         let scale = b.iter().map(|x| x.abs()).fold(0.0f32, f32::max);
         let same = argmax(&a) == argmax(&b) && a.len() == b.len();
         ok &= same && diff.is_finite();
         worst = worst.max(diff);
-        println!(
-            "| {name} | {diff:.3e} | {scale:.3e} | {} |",
-            if same { "yes" } else { "NO" }
-        );
+        println!("| {name} | {diff:.3e} | {scale:.3e} | {} |", if same { "yes" } else { "NO" });
     }
-    println!(
-        "\nmax abs Δ over all cases: {worst:.3e} ({})",
-        dtype_name(burn_phi3v::device::parse_dtype(&dtype).unwrap_or(DType::F32))
-    );
-    if ok {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    }
+    println!("\nmax abs Δ over all cases: {worst:.3e} ({})", dtype_name(burn_phi3v::device::parse_dtype(&dtype).unwrap_or(DType::F32)));
+    if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE }
 }

@@ -14,9 +14,7 @@ use phi3v_tests::args::{arg, flag};
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().collect();
     if flag(&args, &["--help", "-h"]) {
-        println!(
-            "usage: phi3v-parity [--device SPEC] [--dtype f32|f16|bf16] [--cases a,b,...] [--stages] [--ops [--large]]\n(PHI3V_COMPOSED_ATTENTION=1 composes attention from matmul and softmax)"
-        );
+        println!("usage: phi3v-parity [--device SPEC] [--dtype f32|f16|bf16] [--cases a,b,...] [--stages] [--ops [--large]]\n(PHI3V_COMPOSED_ATTENTION=1 composes attention from matmul and softmax)");
         return ExitCode::SUCCESS;
     }
     let device = arg(&args, "--device").unwrap_or_else(|| "cpu".into());
@@ -39,17 +37,12 @@ fn main() -> ExitCode {
         // Single ops in several variants against the CPU (see `OpVariants`).
         use phi3v_tests::stages::OpVariants;
         let large = flag(&args, &["--large"]);
-        let reference =
-            phi3v_devices::with_device("cpu", Some("f32"), OpVariants { large }).expect("cpu");
-        let got =
-            phi3v_devices::with_device(&device, Some(dt), OpVariants { large }).expect("device");
+        let reference = phi3v_devices::with_device("cpu", Some("f32"), OpVariants { large }).expect("cpu");
+        let got = phi3v_devices::with_device(&device, Some(dt), OpVariants { large }).expect("device");
         println!("| op ({device} {dt}) | max abs Δ vs cpu | max abs reference |\n|---|---|---|");
         for ((n, a), (_, b)) in reference.iter().zip(&got) {
             let scale = a.iter().fold(0f32, |m, v| m.max(v.abs()));
-            println!(
-                "| {n} | {:.2e} | {scale:.2e} |",
-                phi3v_tests::tolerance::max_abs_diff(a, b)
-            );
+            println!("| {n} | {:.2e} | {scale:.2e} |", phi3v_tests::tolerance::max_abs_diff(a, b));
         }
         println!();
         if !flag(&args, &["--stages", "--cases"]) {
@@ -65,13 +58,8 @@ fn main() -> ExitCode {
         burn_phi3v::model::nn::set_composed_attention(true);
         let composed = phi3v_devices::with_device(&device, Some(dt), Stages).expect("device");
         burn_phi3v::model::nn::set_composed_attention(false);
-        println!(
-            "| vision stage ({device} {dt}) | max abs Δ vs cpu, fused attention | composed attention |\n|---|---|---|"
-        );
-        for ((n, a), (_, b)) in stage_errors(&reference, &fused)
-            .into_iter()
-            .zip(stage_errors(&reference, &composed))
-        {
+        println!("| vision stage ({device} {dt}) | max abs Δ vs cpu, fused attention | composed attention |\n|---|---|---|");
+        for ((n, a), (_, b)) in stage_errors(&reference, &fused).into_iter().zip(stage_errors(&reference, &composed)) {
             println!("| {n} | {a:.2e} | {b:.2e} |");
         }
         println!();

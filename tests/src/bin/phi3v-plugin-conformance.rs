@@ -15,8 +15,8 @@ use std::process::ExitCode;
 
 use burn::tensor::DType;
 use burn_phi3v::device::{dtype_name, parse_dtype};
-use phi3v_tests::args::{arg, flag};
 use phi3v_tests::conformance::{run_ops, table};
+use phi3v_tests::args::{arg, flag};
 use phi3v_tests::report::{all_cases, print_parity_suite};
 
 const USAGE: &str = "usage: phi3v-plugin-conformance [--device SPEC] [--dtypes f32,f16,bf16] [--seed N] [--large] [--ops-only | --parity-only] [--parity-dtype D] [--cases a,b,...]
@@ -50,10 +50,7 @@ fn main() -> ExitCode {
                     Some(d) => v.push(d),
                     None => {
                         let offered: Vec<_> = info.dtypes.iter().map(|d| dtype_name(*d)).collect();
-                        return fail(format!(
-                            "dtype `{s}` is not one of {device}'s: {}",
-                            offered.join(", ")
-                        ));
+                        return fail(format!("dtype `{s}` is not one of {device}'s: {}", offered.join(", ")));
                     }
                 }
             }
@@ -64,9 +61,7 @@ fn main() -> ExitCode {
     let seed = match arg(&args, "--seed").map(|s| s.parse::<u64>()) {
         Some(Ok(s)) => s,
         Some(Err(e)) => return fail(format!("--seed: {e}")),
-        None => std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(1, |d| d.as_nanos() as u64),
+        None => std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_nanos() as u64),
     };
     println!("# Conformance of `{device}` ({})\n", info.name);
     let mut ok = true;
@@ -78,22 +73,15 @@ fn main() -> ExitCode {
         };
         let failed = checks.iter().filter(|c| !c.pass).count();
         println!("## Ops against the CPU (seed {seed})\n\n{}", table(&checks));
-        println!(
-            "{} of {} op checks pass ({:.1} s)\n",
-            checks.len() - failed,
-            checks.len(),
-            start.elapsed().as_secs_f64()
-        );
+        println!("{} of {} op checks pass ({:.1} s)\n", checks.len() - failed, checks.len(), start.elapsed().as_secs_f64());
         ok &= failed == 0;
     }
     if !flag(&args, &["--ops-only"]) {
-        let dtype =
-            match phi3v_devices::resolve_dtype(&info, arg(&args, "--parity-dtype").as_deref()) {
-                Ok(d) => dtype_name(d),
-                Err(e) => return fail(e),
-            };
-        let cases = arg(&args, "--cases")
-            .map_or_else(all_cases, |c| c.split(',').map(str::to_string).collect());
+        let dtype = match phi3v_devices::resolve_dtype(&info, arg(&args, "--parity-dtype").as_deref()) {
+            Ok(d) => dtype_name(d),
+            Err(e) => return fail(e),
+        };
+        let cases = arg(&args, "--cases").map_or_else(all_cases, |c| c.split(',').map(str::to_string).collect());
         println!("## Fixture parity suite, {dtype}\n");
         match print_parity_suite(&device, dtype, &cases) {
             Ok(pass) => ok &= pass,
@@ -101,9 +89,5 @@ fn main() -> ExitCode {
         }
     }
     println!("\n{}", if ok { "CONFORMANT" } else { "NOT CONFORMANT" });
-    if ok {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    }
+    if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE }
 }

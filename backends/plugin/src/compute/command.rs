@@ -42,26 +42,16 @@ struct Rows {
 
 fn rows(shape: &Shape, strides: &Strides, elem_size: usize) -> Result<Rows, IoError> {
     if !has_pitched_row_major_strides(shape, strides) {
-        return Err(IoError::UnsupportedStrides {
-            backtrace: BackTrace::capture(),
-        });
+        return Err(IoError::UnsupportedStrides { backtrace: BackTrace::capture() });
     }
     let rank = shape.len();
     if rank <= 1 {
         let width = (shape.iter().product::<usize>() * elem_size) as u64;
-        return Ok(Rows {
-            width,
-            height: 1,
-            pitch: width,
-        });
+        return Ok(Rows { width, height: 1, pitch: width });
     }
     let width = (shape[rank - 1] * elem_size) as u64;
     let height = shape[..rank - 1].iter().product::<usize>() as u64;
-    Ok(Rows {
-        width,
-        height,
-        pitch: (strides[rank - 2] * elem_size) as u64,
-    })
+    Ok(Rows { width, height, pitch: (strides[rank - 2] * elem_size) as u64 })
 }
 
 impl<'a, D: PluginDialect> Command<'a, D> {
@@ -77,10 +67,11 @@ impl<'a, D: PluginDialect> Command<'a, D> {
     }
 
     pub fn resource(&mut self, binding: Binding) -> Result<GpuResource, IoError> {
-        self.streams
-            .get(&binding.stream)
-            .memory_management_gpu
-            .get_resource(binding.memory, binding.offset_start, binding.offset_end)
+        self.streams.get(&binding.stream).memory_management_gpu.get_resource(
+            binding.memory,
+            binding.offset_start,
+            binding.offset_end,
+        )
     }
 
     pub fn memory_usage(&mut self) -> MemoryUsage {
@@ -112,25 +103,16 @@ impl<'a, D: PluginDialect> Command<'a, D> {
         new: ManagedMemoryHandle,
     ) -> Result<(), IoError> {
         let cursor = self.streams.cursor;
-        self.streams
-            .current()
-            .memory_management_gpu
-            .bind(reserved, new, cursor)
+        self.streams.current().memory_management_gpu.bind(reserved, new, cursor)
     }
 
     /// Host memory for `size` bytes: staging memory for transfers up to 100 MB (or when asked),
     /// plain heap memory above that.
-    pub fn reserve_cpu(
-        &mut self,
-        size: usize,
-        marked_pinned: bool,
-        origin: Option<StreamId>,
-    ) -> Bytes {
+    pub fn reserve_cpu(&mut self, size: usize, marked_pinned: bool, origin: Option<StreamId>) -> Bytes {
         if !marked_pinned && size > 100 * MB {
             return Bytes::from_bytes_vec(vec![0; size]);
         }
-        self.reserve_staging(size, origin)
-            .unwrap_or_else(|| Bytes::from_bytes_vec(vec![0; size]))
+        self.reserve_staging(size, origin).unwrap_or_else(|| Bytes::from_bytes_vec(vec![0; size]))
     }
 
     fn reserve_staging(&mut self, size: usize, origin: Option<StreamId>) -> Option<Bytes> {
@@ -140,10 +122,8 @@ impl<'a, D: PluginDialect> Command<'a, D> {
         };
         let handle = stream.memory_management_cpu.reserve(size as u64).ok()?;
         let binding = MemoryHandle::binding(handle);
-        let resource = stream
-            .memory_management_cpu
-            .get_resource(binding.clone(), None, None)
-            .ok()?;
+        let resource =
+            stream.memory_management_cpu.get_resource(binding.clone(), None, None).ok()?;
         let controller = Box::new(StagingController::new(binding, resource));
         // SAFETY: the controller's memory holds at least `size` bytes.
         Some(unsafe { Bytes::from_controller(controller, size) })
@@ -182,17 +162,8 @@ impl<'a, D: PluginDialect> Command<'a, D> {
     }
 
     /// Enqueues a copy of the descriptor's device memory into `bytes`.
-    pub fn write_to_cpu(
-        &mut self,
-        descriptor: CopyDescriptor,
-        bytes: &mut Bytes,
-    ) -> Result<(), IoError> {
-        let CopyDescriptor {
-            handle,
-            shape,
-            strides,
-            elem_size,
-        } = descriptor;
+    pub fn write_to_cpu(&mut self, descriptor: CopyDescriptor, bytes: &mut Bytes) -> Result<(), IoError> {
+        let CopyDescriptor { handle, shape, strides, elem_size } = descriptor;
         let rows = rows(&shape, &strides, elem_size)?;
         if (bytes.len() as u64) < rows.width * rows.height {
             return Err(IoError::Unknown {
@@ -224,12 +195,7 @@ impl<'a, D: PluginDialect> Command<'a, D> {
     /// Enqueues a copy of `data` into the descriptor's device memory. `data` is kept alive by
     /// the stream's drop queue until a later fence.
     pub fn write_to_gpu(&mut self, descriptor: CopyDescriptor, data: Bytes) -> Result<(), IoError> {
-        let CopyDescriptor {
-            handle,
-            shape,
-            strides,
-            elem_size,
-        } = descriptor;
+        let CopyDescriptor { handle, shape, strides, elem_size } = descriptor;
         let rows = rows(&shape, &strides, elem_size)?;
         if (data.len() as u64) < rows.width * rows.height {
             return Err(IoError::Unknown {
@@ -241,12 +207,12 @@ impl<'a, D: PluginDialect> Command<'a, D> {
         // Memory-mapped data cannot be handed to an asynchronous copy: stage it first.
         let data = match data.property() {
             AllocationProperty::File => {
-                let mut staging =
-                    self.reserve_staging(data.len(), None)
-                        .ok_or_else(|| IoError::Unknown {
-                            description: "no staging memory for a file-backed upload".into(),
-                            backtrace: BackTrace::capture(),
-                        })?;
+                let mut staging = self.reserve_staging(data.len(), None).ok_or_else(|| {
+                    IoError::Unknown {
+                        description: "no staging memory for a file-backed upload".into(),
+                        backtrace: BackTrace::capture(),
+                    }
+                })?;
                 data.copy_into(&mut staging);
                 staging
             }
@@ -312,9 +278,7 @@ impl<'a, D: PluginDialect> Command<'a, D> {
             self.ctx.compile_kernel(&kernel_id, kernel, mode, logger)?;
         }
         let stream = self.streams.current();
-        let result =
-            self.ctx
-                .execute_task(stream, &kernel_id, dispatch_count, resources, const_info);
+        let result = self.ctx.execute_task(stream, &kernel_id, dispatch_count, resources, const_info);
         if stream.drop_queue.should_flush() {
             let (driver, sys) = (stream.driver, stream.sys);
             stream.drop_queue.flush(|| Fence::new(driver, sys));

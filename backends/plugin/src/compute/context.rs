@@ -82,11 +82,8 @@ impl<D: PluginDialect> PluginContext<D> {
             mode,
             kernel.address_type(),
         )?;
-        let shared_mem_bytes = compiled
-            .repr
-            .as_ref()
-            .map(|repr| repr.shared_memory_size())
-            .unwrap_or(0);
+        let shared_mem_bytes =
+            compiled.repr.as_ref().map(|repr| repr.shared_memory_size()).unwrap_or(0);
         let max = self.properties.hardware.max_shared_memory_size;
         if shared_mem_bytes > max {
             return Err(ResourceLimitError::SharedMemory {
@@ -108,25 +105,18 @@ impl<D: PluginDialect> PluginContext<D> {
         let name = compiled.entrypoint_name.clone();
         let options = D::compile_options();
         // SAFETY: the device's live context.
-        let module =
-            unsafe { lib.module_compile(ctx, D::DIALECT, &compiled.source, &name, &options) }
-                .map_err(|err| {
-                    let saved = save_source(&name, &compiled.source);
-                    let reason = match saved {
-                        Some(path) => format!("{err}\n(kernel source saved to {})", path.display()),
-                        None => format!("{err}\n[Source]\n{}", compiled.source),
-                    };
-                    CompilationError::Generic {
-                        reason,
-                        backtrace: BackTrace::capture(),
-                    }
-                })?;
+        let module = unsafe { lib.module_compile(ctx, D::DIALECT, &compiled.source, &name, &options) }
+            .map_err(|err| {
+                let saved = save_source(&name, &compiled.source);
+                let reason = match saved {
+                    Some(path) => format!("{err}\n(kernel source saved to {})", path.display()),
+                    None => format!("{err}\n[Source]\n{}", compiled.source),
+                };
+                CompilationError::Generic { reason, backtrace: BackTrace::capture() }
+            })?;
         // SAFETY: the module was just loaded in this context.
         let function = unsafe { lib.get_function(ctx, module, &name) }.map_err(|err| {
-            CompilationError::Generic {
-                reason: err.to_string(),
-                backtrace: BackTrace::capture(),
-            }
+            CompilationError::Generic { reason: err.to_string(), backtrace: BackTrace::capture() }
         })?;
         self.kernels.insert(
             kernel_id.clone(),
@@ -151,13 +141,10 @@ impl<D: PluginDialect> PluginContext<D> {
         resources: &[GpuResource],
         const_info: Option<*mut c_void>,
     ) -> Result<(), LaunchError> {
-        let kernel = self
-            .kernels
-            .get(kernel_id)
-            .ok_or_else(|| LaunchError::Unknown {
-                reason: format!("kernel {kernel_id:?} launched before it was compiled"),
-                backtrace: BackTrace::capture(),
-            })?;
+        let kernel = self.kernels.get(kernel_id).ok_or_else(|| LaunchError::Unknown {
+            reason: format!("kernel {kernel_id:?} launched before it was compiled"),
+            backtrace: BackTrace::capture(),
+        })?;
         let mut args: Vec<*mut c_void> = resources.iter().map(|r| r.binding).collect();
         args.extend(const_info);
         let Driver { lib, ctx } = self.driver;
@@ -178,13 +165,9 @@ impl<D: PluginDialect> PluginContext<D> {
             )
         }
         .map_err(|err| match err {
-            PluginError::Driver {
-                status: ffi::ERROR_OUT_OF_MEMORY,
-                ..
-            } => LaunchError::OutOfMemory {
-                reason: err.to_string(),
-                backtrace: BackTrace::capture(),
-            },
+            PluginError::Driver { status: ffi::ERROR_OUT_OF_MEMORY, .. } => {
+                LaunchError::OutOfMemory { reason: err.to_string(), backtrace: BackTrace::capture() }
+            }
             err => LaunchError::Unknown {
                 reason: format!("{kernel_id:?}: {err}"),
                 backtrace: BackTrace::capture(),
@@ -198,22 +181,11 @@ fn save_source(name: &str, source: &str) -> Option<PathBuf> {
         .map(PathBuf::from)
         .unwrap_or_else(|| std::env::temp_dir().join("phi3v-plugin-kernels"));
     std::fs::create_dir_all(&dir).ok()?;
-    let safe: String = name
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '_' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect();
+    let safe: String =
+        name.chars().map(|c| if c.is_ascii_alphanumeric() || c == '_' { c } else { '_' }).collect();
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
     std::hash::Hash::hash(source, &mut hasher);
-    let path = dir.join(format!(
-        "{safe}-{:016x}.cpp",
-        std::hash::Hasher::finish(&hasher)
-    ));
+    let path = dir.join(format!("{safe}-{:016x}.cpp", std::hash::Hasher::finish(&hasher)));
     std::fs::write(&path, source).ok()?;
     Some(path)
 }

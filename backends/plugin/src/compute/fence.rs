@@ -23,8 +23,7 @@ impl std::fmt::Debug for Fence {
 impl Fence {
     pub(crate) fn new(driver: Driver, stream: ffi::Stream) -> Self {
         // SAFETY: a live context and stream of this device (streams live as long as the server).
-        let event =
-            unsafe { driver.lib.event_record(driver.ctx, stream) }.map_err(|e| e.to_string());
+        let event = unsafe { driver.lib.event_record(driver.ctx, stream) }.map_err(|e| e.to_string());
         Self { driver, event }
     }
 
@@ -54,12 +53,8 @@ impl Fence {
             backtrace: cubecl_common::backtrace::BackTrace::capture(),
         })?;
         // SAFETY: the event was recorded by this driver and is consumed here, once.
-        let (waited, destroyed) = unsafe {
-            (
-                lib.event_synchronize(ctx, event),
-                lib.event_destroy(ctx, event),
-            )
-        };
+        let (waited, destroyed) =
+            unsafe { (lib.event_synchronize(ctx, event), lib.event_destroy(ctx, event)) };
         waited.and(destroyed).map_err(server_error)
     }
 }

@@ -41,15 +41,9 @@ impl std::fmt::Debug for Driver {
 }
 
 pub(crate) fn io_error(err: PluginError) -> IoError {
-    IoError::Unknown {
-        description: err.to_string(),
-        backtrace: BackTrace::capture(),
-    }
+    IoError::Unknown { description: err.to_string(), backtrace: BackTrace::capture() }
 }
 
 pub(crate) fn server_error(err: PluginError) -> ServerError {
-    ServerError::Generic {
-        reason: err.to_string(),
-        backtrace: BackTrace::capture(),
-    }
+    ServerError::Generic { reason: err.to_string(), backtrace: BackTrace::capture() }
 }

@@ -37,9 +37,7 @@ pub struct PluginServer<D: PluginDialect> {
 
 impl<D: PluginDialect> std::fmt::Debug for PluginServer<D> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PluginServer")
-            .field("ctx", &self.ctx)
-            .finish()
+        f.debug_struct("PluginServer").field("ctx", &self.ctx).finish()
     }
 }
 
@@ -47,14 +45,8 @@ impl<D: PluginDialect> std::fmt::Debug for PluginServer<D> {
 // handles it owns may be used from any thread (the header's threading rule).
 unsafe impl<D: PluginDialect> Send for PluginServer<D> {}
 
-const REPORT: StreamErrorMode = StreamErrorMode {
-    ignore: false,
-    flush: true,
-};
-const IGNORE: StreamErrorMode = StreamErrorMode {
-    ignore: true,
-    flush: false,
-};
+const REPORT: StreamErrorMode = StreamErrorMode { ignore: false, flush: true };
+const IGNORE: StreamErrorMode = StreamErrorMode { ignore: true, flush: false };
 
 impl<D: PluginDialect> PluginServer<D> {
     pub(crate) fn new(
@@ -83,10 +75,7 @@ impl<D: PluginDialect> PluginServer<D> {
         if mode.flush {
             let errors = self.flush_errors(stream_id);
             if !mode.ignore && !errors.is_empty() {
-                return Err(ServerError::ServerUnhealthy {
-                    errors,
-                    backtrace: BackTrace::capture(),
-                });
+                return Err(ServerError::ServerUnhealthy { errors, backtrace: BackTrace::capture() });
             }
         }
         let streams = self.streams.resolve(stream_id, handles, !mode.ignore)?;
@@ -128,16 +117,8 @@ impl<D: PluginDialect> PluginServer<D> {
         let mut kernel_id = kernel.id();
         kernel_id.mode(mode);
         let logger = self.streams.logger.clone();
-        let grid_constants = self
-            .ctx
-            .compilation_options
-            .supports_features
-            .grid_constants;
-        let KernelArguments {
-            buffers,
-            info,
-            tensor_maps,
-        } = bindings;
+        let grid_constants = self.ctx.compilation_options.supports_features.grid_constants;
+        let KernelArguments { buffers, info, tensor_maps } = bindings;
         if !tensor_maps.is_empty() {
             // Not registered as a feature, so CubeCL should never ask.
             return Err(LaunchError::Unknown {
@@ -162,10 +143,7 @@ impl<D: PluginDialect> PluginServer<D> {
                     [x, y, z] => (*x, *y, *z),
                     _ => {
                         return Err(LaunchError::Unknown {
-                            reason: format!(
-                                "dynamic cube count holds {} values, not 3",
-                                counts.len()
-                            ),
+                            reason: format!("dynamic cube count holds {} values, not 3", counts.len()),
                             backtrace: BackTrace::capture(),
                         }
                         .into());
@@ -177,11 +155,7 @@ impl<D: PluginDialect> PluginServer<D> {
         // plugin supports it (its dynamic part still in a buffer), else all in a buffer.
         let (const_info, info_handle) = if grid_constants {
             let dynamic = (info.dynamic_metadata_offset < info.data.len())
-                .then(|| {
-                    command.create_with_data(bytemuck::cast_slice(
-                        &info.data[info.dynamic_metadata_offset..],
-                    ))
-                })
+                .then(|| command.create_with_data(bytemuck::cast_slice(&info.data[info.dynamic_metadata_offset..])))
                 .transpose()?;
             (Some(info.data.as_ptr() as *mut c_void), dynamic)
         } else {
@@ -194,9 +168,7 @@ impl<D: PluginDialect> PluginServer<D> {
         for binding in buffers.into_iter().chain(info_handle.map(|h| h.binding())) {
             resources.push(command.resource(binding)?);
         }
-        command.kernel(
-            kernel_id, kernel, mode, count, &resources, const_info, logger,
-        )?;
+        command.kernel(kernel_id, kernel, mode, count, &resources, const_info, logger)?;
         // `info` (the grid constant's storage) lives until here, after the launch copied it.
         drop(info);
         Ok(())
@@ -219,20 +191,15 @@ impl<D: PluginDialect> ComputeServer for PluginServer<D> {
 
     fn staging(&mut self, sizes: &[usize], stream_id: StreamId) -> Result<Vec<Bytes>, ServerError> {
         let mut command = self.command_no_inputs(stream_id, IGNORE)?;
-        Ok(sizes
-            .iter()
-            .map(|size| command.reserve_cpu(*size, true, None))
-            .collect())
+        Ok(sizes.iter().map(|size| command.reserve_cpu(*size, true, None)).collect())
     }
 
     fn initialize_memory(&mut self, memory: ManagedMemoryHandle, size: u64, stream_id: StreamId) {
-        let result = self
-            .command_no_inputs(stream_id, IGNORE)
-            .and_then(|mut command| {
-                let reserved = command.reserve(size)?;
-                command.bind(reserved, memory)?;
-                Ok(())
-            });
+        let result = self.command_no_inputs(stream_id, IGNORE).and_then(|mut command| {
+            let reserved = command.reserve(size)?;
+            command.bind(reserved, memory)?;
+            Ok(())
+        });
         if let Err(err) = result {
             self.record_error(stream_id, err);
         }
@@ -251,16 +218,14 @@ impl<D: PluginDialect> ComputeServer for PluginServer<D> {
 
     fn write(&mut self, descriptors: Vec<(CopyDescriptor, Bytes)>, stream_id: StreamId) {
         let handles: Vec<Binding> = descriptors.iter().map(|d| d.0.handle.clone()).collect();
-        let result = self
-            .command(stream_id, handles.iter(), IGNORE)
-            .map(|mut command| {
-                for (descriptor, data) in descriptors {
-                    if let Err(err) = command.write_to_gpu(descriptor, data) {
-                        command.error(err.into());
-                        return;
-                    }
+        let result = self.command(stream_id, handles.iter(), IGNORE).map(|mut command| {
+            for (descriptor, data) in descriptors {
+                if let Err(err) = command.write_to_gpu(descriptor, data) {
+                    command.error(err.into());
+                    return;
                 }
-            });
+            }
+        });
         if let Err(err) = result {
             self.record_error(stream_id, err);
         }
@@ -306,9 +271,7 @@ impl<D: PluginDialect> ComputeServer for PluginServer<D> {
         token: ProfilingToken,
     ) -> Result<ProfileDuration, ProfileError> {
         if let Err(err) = future::block_on(self.sync(stream_id)) {
-            self.ctx
-                .timestamps
-                .error(ProfileError::Server(Box::new(err)));
+            self.ctx.timestamps.error(ProfileError::Server(Box::new(err)));
         }
         self.ctx.timestamps.stop(token)
     }
@@ -325,13 +288,7 @@ impl<D: PluginDialect> ComputeServer for PluginServer<D> {
     }
 
     fn memory_usage(&mut self, stream_id: StreamId) -> Result<MemoryUsage, ServerError> {
-        let mut command = self.command_no_inputs(
-            stream_id,
-            StreamErrorMode {
-                ignore: false,
-                flush: false,
-            },
-        )?;
+        let mut command = self.command_no_inputs(stream_id, StreamErrorMode { ignore: false, flush: false })?;
         Ok(command.memory_usage())
     }
 
@@ -353,9 +310,7 @@ impl<D: PluginDialect> PluginServer<D> {
     fn record_error(&mut self, stream_id: StreamId, err: ServerError) {
         match self.streams.resolve(stream_id, [].into_iter(), false) {
             Ok(mut stream) => stream.current().errors.push(err),
-            Err(resolve) => {
-                log::error!("{err:?} (and the stream could not be resolved: {resolve:?})")
-            }
+            Err(resolve) => log::error!("{err:?} (and the stream could not be resolved: {resolve:?})"),
         }
     }
 }

@@ -42,9 +42,7 @@ unsafe impl Send for GpuStorage {}
 
 impl std::fmt::Debug for GpuStorage {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("GpuStorage")
-            .field("allocations", &self.memory.len())
-            .finish()
+        f.debug_struct("GpuStorage").field("allocations", &self.memory.len()).finish()
     }
 }
 
@@ -76,32 +74,21 @@ impl ComputeStorage for GpuStorage {
         let i = self.cursor;
         self.slots[i] = ptr;
         self.cursor = (i + 1) % self.slots.len();
-        GpuResource {
-            ptr,
-            binding: (&mut self.slots[i]) as *mut u64 as *mut c_void,
-            size: handle.size(),
-        }
+        GpuResource { ptr, binding: (&mut self.slots[i]) as *mut u64 as *mut c_void, size: handle.size() }
     }
 
     fn alloc(&mut self, size: u64) -> Result<StorageHandle, IoError> {
         let Driver { lib, ctx } = self.driver;
         // SAFETY: this storage's live context and stream.
         let ptr = unsafe { lib.malloc(ctx, size, self.stream) }.map_err(|e| match e {
-            crate::PluginError::Driver {
-                status: ffi::ERROR_OUT_OF_MEMORY,
-                ..
-            } => IoError::BufferTooBig {
-                size,
-                backtrace: BackTrace::capture(),
-            },
+            crate::PluginError::Driver { status: ffi::ERROR_OUT_OF_MEMORY, .. } => {
+                IoError::BufferTooBig { size, backtrace: BackTrace::capture() }
+            }
             other => io_error(other),
         })?;
         let id = StorageId::new();
         self.memory.insert(id, ptr);
-        Ok(StorageHandle::new(
-            id,
-            StorageUtilization { offset: 0, size },
-        ))
+        Ok(StorageHandle::new(id, StorageUtilization { offset: 0, size }))
     }
 
     fn dealloc(&mut self, id: StorageId) {
@@ -151,18 +138,13 @@ unsafe impl Send for PinnedMemoryStorage {}
 
 impl std::fmt::Debug for PinnedMemoryStorage {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PinnedMemoryStorage")
-            .field("allocations", &self.memory.len())
-            .finish()
+        f.debug_struct("PinnedMemoryStorage").field("allocations", &self.memory.len()).finish()
     }
 }
 
 impl PinnedMemoryStorage {
     pub(crate) fn new(driver: Driver) -> Self {
-        Self {
-            driver,
-            memory: HashMap::new(),
-        }
+        Self { driver, memory: HashMap::new() }
     }
 
     fn heap_layout(size: usize) -> std::alloc::Layout {
@@ -184,10 +166,7 @@ impl ComputeStorage for PinnedMemoryStorage {
         debug_assert!(handle.offset() as usize + handle.size() as usize <= block.size);
         // SAFETY: the handle's range lies inside the block (CubeCL's memory pool invariant).
         let ptr = unsafe { block.ptr.add(handle.offset() as usize) };
-        PinnedResource {
-            ptr,
-            size: handle.size() as usize,
-        }
+        PinnedResource { ptr, size: handle.size() as usize }
     }
 
     fn alloc(&mut self, size: u64) -> Result<StorageHandle, IoError> {
@@ -195,39 +174,23 @@ impl ComputeStorage for PinnedMemoryStorage {
         let Driver { lib, ctx } = self.driver;
         // SAFETY: a live context.
         let block = match unsafe { lib.host_alloc(ctx, size) } {
-            Some(ptr) => HostBlock {
-                ptr: ptr as *mut u8,
-                size: bytes,
-                pinned: true,
-            },
+            Some(ptr) => HostBlock { ptr: ptr as *mut u8, size: bytes, pinned: true },
             None => {
                 // SAFETY: a valid, non-zero-sized layout.
                 let ptr = unsafe { std::alloc::alloc(Self::heap_layout(bytes)) };
                 if ptr.is_null() {
-                    return Err(IoError::BufferTooBig {
-                        size,
-                        backtrace: BackTrace::capture(),
-                    });
+                    return Err(IoError::BufferTooBig { size, backtrace: BackTrace::capture() });
                 }
-                HostBlock {
-                    ptr,
-                    size: bytes,
-                    pinned: false,
-                }
+                HostBlock { ptr, size: bytes, pinned: false }
             }
         };
         let id = StorageId::new();
         self.memory.insert(id, block);
-        Ok(StorageHandle::new(
-            id,
-            StorageUtilization { offset: 0, size },
-        ))
+        Ok(StorageHandle::new(id, StorageUtilization { offset: 0, size }))
     }
 
     fn dealloc(&mut self, id: StorageId) {
-        let Some(block) = self.memory.remove(&id) else {
-            return;
-        };
+        let Some(block) = self.memory.remove(&id) else { return };
         if block.pinned {
             let Driver { lib, ctx } = self.driver;
             // SAFETY: allocated by host_alloc on this context, freed once.
@@ -251,10 +214,7 @@ pub(crate) struct StagingController {
 
 impl StagingController {
     pub(crate) fn new(binding: ManagedMemoryBinding, resource: PinnedResource) -> Self {
-        Self {
-            resource,
-            _binding: binding,
-        }
+        Self { resource, _binding: binding }
     }
 }
 

@@ -92,9 +92,7 @@ impl EventStreamBackend for PluginStreamBackend {
     }
 
     fn handle_cursor(stream: &Stream, binding: &Binding) -> u64 {
-        stream
-            .memory_management_gpu
-            .get_cursor(binding.memory.clone())
+        stream.memory_management_gpu.get_cursor(binding.memory.clone())
             .expect("a binding resolved on this stream has a cursor")
     }
 

@@ -10,13 +10,11 @@ pub fn mock(variant: &str, defines: &[&str]) -> Option<PathBuf> {
     let out = dir.join(format!("libmock_{variant}.so"));
     let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let mut cmd = Command::new(std::env::var("CC").unwrap_or_else(|_| "cc".into()));
-    cmd.args([
-        "-std=c11", "-Wall", "-Wextra", "-Werror", "-shared", "-fPIC", "-I",
-    ])
-    .arg(manifest.join("include"))
-    .arg(manifest.join("tests/mock_plugin.c"))
-    .arg("-o")
-    .arg(&out);
+    cmd.args(["-std=c11", "-Wall", "-Wextra", "-Werror", "-shared", "-fPIC", "-I"])
+        .arg(manifest.join("include"))
+        .arg(manifest.join("tests/mock_plugin.c"))
+        .arg("-o")
+        .arg(&out);
     for d in defines {
         cmd.arg(format!("-D{d}"));
     }
