@@ -227,9 +227,7 @@ impl KernelJob {
         // (aligned bottom-right), not causal (CLIP's 64-dim heads), grouped-query heads, and
         // 128-dim heads. The composed side gets the causal mask explicitly (backends disagree on
         // where a causal flag aligns when keys outnumber queries).
-        for (batch, heads, kv_heads, queries, keys, head_dim, causal) in
-            [(1, 4, 4, 70, 70, 96, true), (2, 3, 3, 20, 50, 64, true), (2, 2, 2, 33, 33, 64, false), (1, 4, 2, 17, 40, 32, false), (1, 2, 1, 130, 130, 128, true)]
-        {
+        let mut flash = |batch: usize, heads: usize, kv_heads: usize, queries: usize, keys: usize, head_dim: usize, causal: bool, tiling: &str| {
             let q = tensor(input(vec![batch * heads * queries * head_dim], 2.0)).reshape([batch, heads, queries, head_dim]);
             let k = tensor(input(vec![batch * kv_heads * keys * head_dim], 2.0)).reshape([batch, kv_heads, keys, head_dim]);
             let v = tensor(input(vec![batch * kv_heads * keys * head_dim], 1.0)).reshape([batch, kv_heads, keys, head_dim]);
@@ -245,8 +243,34 @@ impl KernelJob {
                 out.reshape([1, batch * heads * queries, head_dim])
             });
             let how = if causal { "causal" } else { "full" };
-            compare(format!("flash_attention [{batch}, {heads}/{kv_heads} heads, {queries} queries, {keys} keys, {head_dim}] {how}"), keys, outputs);
+            compare(format!("flash_attention{tiling} [{batch}, {heads}/{kv_heads} heads, {queries} queries, {keys} keys, {head_dim}] {how}"), keys, outputs);
+        };
+        for (batch, heads, kv_heads, queries, keys, head_dim, causal) in
+            [(1, 4, 4, 70, 70, 96, true), (2, 3, 3, 20, 50, 64, true), (2, 2, 2, 33, 33, 64, false), (1, 4, 2, 17, 40, 32, false), (1, 2, 1, 130, 130, 128, true)]
+        {
+            flash(batch, heads, kv_heads, queries, keys, head_dim, causal, "");
         }
+        // CubeCL's tensor-core flash attention at tilings Burn's autotune does not try
+        // (`FlashAttention::Tiles`: bf16/f16 on devices with tensor cores; Burn's attention
+        // elsewhere): causal over as many keys as queries (96-dim heads, 128 queries: two stages
+        // of 64 rows), full over a partial key tile (64-dim heads, 100 keys), full over fewer
+        // queries than a stage (padded with zero rows, as CLIP's 577).
+        let default_flash = kernels::flash_attention_choice();
+        for (planes, seq_q, seq_kv) in [(4, 1, 1), (4, 1, 4), (2, 2, 2)] {
+            let tiles = kernels::FlashAttention::Tiles { planes, seq_q, seq_kv };
+            assert!(kernels::set_flash_attention(tiles), "{tiles:?}");
+            let tiling = format!(" at {planes},{seq_q},{seq_kv}");
+            flash(1, 4, 4, 128, 128, 96, true, &tiling);
+            flash(2, 2, 2, 64, 100, 64, false, &tiling);
+            flash(1, 2, 2, 33, 33, 64, false, &tiling); // queries padded to a whole stage
+        }
+        assert!(kernels::set_flash_attention(default_flash));
+        assert!(!kernels::set_flash_attention(kernels::FlashAttention::Tiles { planes: 0, seq_q: 1, seq_kv: 1 }), "no planes");
+        assert_eq!(kernels::flash_attention_choice(), default_flash, "an invalid choice changed nothing");
+        assert_eq!(kernels::FlashAttention::parse("4, 1,2"), Some(kernels::FlashAttention::Tiles { planes: 4, seq_q: 1, seq_kv: 2 }));
+        assert_eq!(kernels::FlashAttention::parse("unit"), Some(kernels::FlashAttention::Unit));
+        assert_eq!(kernels::FlashAttention::parse("0"), Some(kernels::FlashAttention::Burn));
+        assert_eq!(kernels::FlashAttention::parse("4,1"), None);
 
         // The skinny kernel's other shapes (`SkinnyTuning`: weight rows per cube, loads per lane
         // that set the planes, loads in flight), at 1 and 3 rows (planes split d_in, with a

@@ -1,7 +1,7 @@
 //! [`Kernels`] as CubeCL kernels, for every CubeCL runtime (CUDA, wgpu, ROCm, the plugin
 //! runtime): one launch per step where Burn's composition takes several.
 
-use burn::tensor::DType;
+use burn::tensor::{DType, Tensor, TensorPrimitive};
 use burn::tensor::ops::{FloatTensor, FloatTensorOps, IntTensor};
 use burn_cubecl::{
     BoolElement, CubeBackend, CubeRuntime, FloatElement, IntElement,
@@ -11,7 +11,7 @@ use burn_cubecl::{
 };
 use cubecl::{calculate_cube_count_elemwise, prelude::*};
 
-use super::{Epilogue, KernelPolicy, Kernels, SkinnyTuning};
+use super::{Epilogue, FlashAttention, KernelPolicy, Kernels, SkinnyTuning};
 
 impl<R, F, I, BT> Kernels for CubeBackend<R, F, I, BT>
 where
@@ -117,17 +117,55 @@ where
     fn flash_attention(q: FloatTensor<Self>, k: FloatTensor<Self>, v: FloatTensor<Self>, causal: bool) -> FloatTensor<Self> {
         let [queries, head_dim] = [q.meta.shape()[2], q.meta.shape()[3]];
         let (kv_heads, keys) = (k.meta.shape()[1], k.meta.shape()[2]);
-        // Not measured on a GPU yet: by default only when asked for (or forced).
-        let wanted = match super::kernel_policy() {
-            KernelPolicy::Forced => true,
-            KernelPolicy::Verified => super::flash_attention_opted_in(),
-            KernelPolicy::Off => false,
+        // Neither choice has measured faster than Burn's attention on a GPU yet: by default
+        // only when asked for (forced: the crate's own kernel unless a tiling is set).
+        let choice = match super::kernel_policy() {
+            KernelPolicy::Forced => match super::flash_attention_choice() {
+                FlashAttention::Burn => FlashAttention::Unit,
+                choice => choice,
+            },
+            KernelPolicy::Verified => super::flash_attention_choice(),
+            KernelPolicy::Off => FlashAttention::Burn,
         };
-        let fits = q.meta.shape()[0] * q.meta.shape()[1] <= MAX_CUBES_PER_DIM && head_dim > 0 && head_dim <= FLASH_MAX_HEAD_DIM && kv_heads > 0 && q.meta.shape()[1].is_multiple_of(kv_heads) && (!causal || keys >= queries);
-        if !wanted || !fits || !runs_here(&q.client) {
+        if !runs_here(&q.client) {
             return super::default_flash_attention::<Self>(q, k, v, causal);
         }
-        flash_attention(q, k, v, causal)
+        match choice {
+            FlashAttention::Burn => super::default_flash_attention::<Self>(q, k, v, causal),
+            FlashAttention::Tiles { planes, seq_q, seq_kv } => {
+                let half = matches!(q.dtype, DType::BF16 | DType::F16) && k.dtype == q.dtype && v.dtype == q.dtype;
+                // Above FLASH_QUERIES Burn's flash kernels lost accuracy (docs/parity.md, session 11):
+                // those lengths keep the model's composed chunks.
+                let fits = half && kv_heads == q.meta.shape()[1] && (!causal || keys == queries) && queries <= crate::model::nn::FLASH_QUERIES;
+                // Its query rows come in stages of `planes · seq_q` tiles of 16: without a causal
+                // mask, queries short of a whole stage (CLIP's 577) are padded with zero rows,
+                // whose outputs are dropped.
+                let stage = planes as usize * seq_q as usize * 16;
+                let pad = if causal { 0 } else { queries.next_multiple_of(stage) - queries };
+                let tensor = |t: FloatTensor<Self>| Tensor::<Self, 4>::from_primitive(TensorPrimitive::Float(t));
+                let padded = match pad {
+                    0 => q.clone(),
+                    pad => {
+                        let [b, h, _, d] = [q.meta.shape()[0], q.meta.shape()[1], queries, head_dim];
+                        let zeros = Tensor::<Self, 4>::zeros([b, h, pad, d], (&q.device, q.dtype));
+                        Tensor::cat(vec![tensor(q.clone()), zeros], 2).into_primitive().tensor()
+                    }
+                };
+                let tiled = fits.then(|| tiled_flash_attention(padded, k.clone(), v.clone(), causal, planes, seq_q, seq_kv).ok()).flatten();
+                match tiled {
+                    Some(out) if pad > 0 => tensor(out).narrow(2, 0, queries).into_primitive().tensor(),
+                    Some(out) => out,
+                    None => super::default_flash_attention::<Self>(q, k, v, causal),
+                }
+            }
+            FlashAttention::Unit => {
+                let fits = q.meta.shape()[0] * q.meta.shape()[1] <= MAX_CUBES_PER_DIM && head_dim > 0 && head_dim <= FLASH_MAX_HEAD_DIM && kv_heads > 0 && q.meta.shape()[1].is_multiple_of(kv_heads) && (!causal || keys >= queries);
+                if !fits {
+                    return super::default_flash_attention::<Self>(q, k, v, causal);
+                }
+                flash_attention(q, k, v, causal)
+            }
+        }
     }
 
     fn decode_attention(q: FloatTensor<Self>, k: FloatTensor<Self>, v: FloatTensor<Self>) -> FloatTensor<Self> {
@@ -896,6 +934,27 @@ fn flash_attention_kernel<E: Float>(
     for d in 0..head_dim {
         output[out + d] = E::cast_from(acc[d] * inv);
     }
+}
+
+/// CubeCL's tensor-core flash attention (cubek's blackbox-accelerated routine) with the given
+/// tiling ([`FlashAttention::Tiles`]); `Err` when the routine refuses the problem or tiling
+/// (the caller then takes Burn's attention). Causal is aligned top-left there: callers pass
+/// `causal` only with as many keys as queries.
+fn tiled_flash_attention<R: CubeRuntime>(
+    q: CubeTensor<R>,
+    k: CubeTensor<R>,
+    v: CubeTensor<R>,
+    causal: bool,
+    planes: u8,
+    seq_q: u8,
+    seq_kv: u8,
+) -> Result<CubeTensor<R>, String> {
+    use burn::tensor::ops::AttentionModuleOptions;
+    use burn_cubecl::kernel::attention::{AttentionStrategy, attention};
+    use cubek::attention::routines::blackbox_accelerated::BlackboxAcceleratedStrategy;
+    let strategy = AttentionStrategy::FlashBlackboxAccelerated(BlackboxAcceleratedStrategy { num_planes: planes, seq_q, seq_kv });
+    let options = AttentionModuleOptions { scale: None, softcap: None, is_causal: causal };
+    attention::<R>(q, k, v, None, None, options, strategy).map_err(|e| format!("{e:?}"))
 }
 
 /// Attention of every query over its keys; see [`Kernels::flash_attention`].

@@ -586,12 +586,104 @@ pub fn attention<B: Kernels>(q: Tensor<B, 4>, k: Tensor<B, 4>, v: Tensor<B, 4>, 
     crate::model::nn::attend(q, repeat_kv(k, rep), repeat_kv(v, rep), mask, causal)
 }
 
-/// Whether [`Kernels::flash_attention`]'s GPU kernel runs under [`KernelPolicy::Verified`]:
-/// only with `PHI3V_FLASH_ATTENTION=1` until it is measured against Burn's attention on a GPU
-/// (it is tested for correctness like the others; [`KernelPolicy::Forced`] runs it).
+/// Which GPU kernel [`Kernels::flash_attention`] runs on the CubeCL backends under
+/// [`KernelPolicy::Verified`]. `PHI3V_FLASH_ATTENTION` sets it for a process (read once):
+/// unset or `0` → [`FlashAttention::Burn`]; `1`/`unit` → [`FlashAttention::Unit`];
+/// `planes,seq_q,seq_kv` (e.g. `4,1,2`) → [`FlashAttention::Tiles`]. [`set_flash_attention`]
+/// sets it at any time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FlashAttention {
+    /// Burn's attention (its autotune picks among its flash and composed kernels): the default,
+    /// since neither other choice has measured faster on a GPU yet (docs/kernels.md).
+    Burn,
+    /// This crate's CUDA-core kernel: one unit per query row, f32 sums in registers.
+    Unit,
+    /// CubeCL's tensor-core flash attention (cubek's "blackbox accelerated" routine, 16×16
+    /// tiles in f16 with f32 sums) with a tiling Burn's autotune does not try: `planes` planes
+    /// per cube, each owning `seq_q` tiles of 16 query rows, and `seq_kv` tiles of 16 keys per
+    /// step of the loop over the keys. Only for bf16/f16 inputs with as many key as query heads
+    /// and, when causal, as many keys as queries (its causal mask is aligned top-left), up to
+    /// 4096 queries (above, Burn's flash kernels lost accuracy: docs/parity.md); the others,
+    /// and tilings the routine refuses, take [`FlashAttention::Burn`]'s path.
+    Tiles {
+        /// Planes per cube (1–16).
+        planes: u8,
+        /// Query tiles per plane (1–8).
+        seq_q: u8,
+        /// Key tiles per step (1–16).
+        seq_kv: u8,
+    },
+}
+
+impl FlashAttention {
+    /// Whether the kernels take these values.
+    pub fn is_valid(&self) -> bool {
+        match *self {
+            Self::Tiles { planes, seq_q, seq_kv } => (1..=16).contains(&planes) && (1..=8).contains(&seq_q) && (1..=16).contains(&seq_kv),
+            _ => true,
+        }
+    }
+
+    /// Reads `PHI3V_FLASH_ATTENTION`'s syntax; `None` when it is not one of them or invalid.
+    pub fn parse(s: &str) -> Option<Self> {
+        let choice = match s.trim() {
+            "" | "0" | "false" | "off" | "burn" => Self::Burn,
+            "1" | "true" | "on" | "unit" => Self::Unit,
+            tiles => {
+                let v: Vec<u8> = tiles.split(',').map(|p| p.trim().parse().ok()).collect::<Option<_>>()?;
+                match v.as_slice() {
+                    [planes, seq_q, seq_kv] => Self::Tiles { planes: *planes, seq_q: *seq_q, seq_kv: *seq_kv },
+                    _ => return None,
+                }
+            }
+        };
+        choice.is_valid().then_some(choice)
+    }
+
+    fn pack(self) -> u32 {
+        match self {
+            Self::Burn => 1,
+            Self::Unit => 2,
+            Self::Tiles { planes, seq_q, seq_kv } => 3 | (planes as u32) << 8 | (seq_q as u32) << 16 | (seq_kv as u32) << 24,
+        }
+    }
+
+    fn unpack(v: u32) -> Self {
+        match v & 0xff {
+            1 => Self::Burn,
+            2 => Self::Unit,
+            _ => Self::Tiles { planes: (v >> 8) as u8, seq_q: (v >> 16) as u8, seq_kv: (v >> 24) as u8 },
+        }
+    }
+}
+
+/// 0 = not read from the environment yet.
+static FLASH_ATTENTION: AtomicU32 = AtomicU32::new(0);
+
+/// The [`FlashAttention`] choice for every later call; `false` (nothing changed) when invalid.
+pub fn set_flash_attention(choice: FlashAttention) -> bool {
+    if choice.is_valid() {
+        FLASH_ATTENTION.store(choice.pack(), Ordering::Relaxed);
+    }
+    choice.is_valid()
+}
+
+/// The current [`FlashAttention`] choice (an invalid `PHI3V_FLASH_ATTENTION` leaves the default).
+pub fn flash_attention_choice() -> FlashAttention {
+    match FLASH_ATTENTION.load(Ordering::Relaxed) {
+        0 => {
+            let choice = std::env::var("PHI3V_FLASH_ATTENTION").ok().and_then(|v| FlashAttention::parse(&v)).unwrap_or(FlashAttention::Burn);
+            set_flash_attention(choice);
+            choice
+        }
+        v => FlashAttention::unpack(v),
+    }
+}
+
+/// Whether [`Kernels::flash_attention`] runs one of this crate's choices rather than Burn's
+/// attention under [`KernelPolicy::Verified`] (see [`flash_attention_choice`]).
 pub fn flash_attention_opted_in() -> bool {
-    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| std::env::var("PHI3V_FLASH_ATTENTION").is_ok_and(|v| v == "1" || v == "true"))
+    flash_attention_choice() != FlashAttention::Burn
 }
 
 /// [`Kernels::decode_attention`] on tensors: one query row (`q`'s third dimension is 1);

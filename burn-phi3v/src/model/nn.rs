@@ -144,7 +144,7 @@ pub fn attend<B: Backend>(
 /// where composed attention gives 7.4e-6 and 5.0e-5, and in bf16 on CUDA the case agreed with
 /// the reference on 2327 of 4455 top-1 tokens (session 11; docs/parity.md). So attention over
 /// more queries runs composed, in chunks of query rows, in every dtype.
-const FLASH_QUERIES: usize = 4096;
+pub(crate) const FLASH_QUERIES: usize = 4096;
 
 /// Attention scores one chunk may hold (`batch · heads · rows · keys`): 2²⁴, 64 MiB in f32,
 /// under wgpu's default 128 MiB limit on one storage binding (a 146 MB chunk failed to

@@ -64,6 +64,11 @@ pub struct BreakdownArgs {
     /// Whole steps run under the profiler per phase.
     #[arg(long, default_value_t = 100)]
     profile_steps: usize,
+    /// Also time the prefill's attention under each of these flash-attention choices
+    /// (`PHI3V_FLASH_ATTENTION`'s syntax, separated by `;`: `burn`, `unit`,
+    /// `planes,seq_q,seq_kv`), one extra stage each; the whole step keeps the process's choice.
+    #[arg(long, value_delimiter = ';')]
+    flash: Vec<String>,
     /// Output folder (breakdown.json, breakdown.md).
     #[arg(long, default_value = "breakdown-out")]
     out: PathBuf,
@@ -170,14 +175,19 @@ impl DeviceFn for BreakdownJob {
             runs: a.runs.max(1),
         };
         let profile = a.profile.as_ref().map(|dir| (dir.as_path(), a.profile_steps.max(1)));
+        let flash = a
+            .flash
+            .iter()
+            .map(|c| kernels::FlashAttention::parse(c).ok_or_else(|| format!("--flash: `{c}` is not burn, unit or planes,seq_q,seq_kv")))
+            .collect::<Result<Vec<_>, _>>()?;
         let mut phases = Vec::new();
         for &b in &a.decode_batches {
             eprintln!("decode b={b} ctx={}", a.context);
-            phases.push(phase(&model, &timer, dtype, b, 1, a.context, profile)?);
+            phases.push(phase(&model, &timer, dtype, b, 1, a.context, profile, &[])?);
         }
         if a.prefill > 0 {
             eprintln!("prefill {}", a.prefill);
-            phases.push(phase(&model, &timer, dtype, 1, a.prefill, 0, profile)?);
+            phases.push(phase(&model, &timer, dtype, 1, a.prefill, 0, profile, &flash)?);
         }
         let norm = &model.model.norm;
         let token = random::<B, 3>([1, 1, self.config.text.hidden_size], device, dtype);
@@ -234,7 +244,9 @@ fn random<B: Kernels, const D: usize>(shape: [usize; D], device: &B::Device, dty
 }
 
 /// `b` rows of `s` new tokens after `ctx` cached keys; with `profile` (folder, steps), that many
-/// whole steps are also run under the host profiler.
+/// whole steps are also run under the host profiler; a prefill's attention is also timed under
+/// each `flash` choice.
+#[allow(clippy::too_many_arguments)]
 fn phase<B: Kernels>(
     model: &Phi3VForCausalLM<B>,
     timer: &Timer<B>,
@@ -243,6 +255,7 @@ fn phase<B: Kernels>(
     s: usize,
     ctx: usize,
     profile: Option<(&Path, usize)>,
+    flash: &[kernels::FlashAttention],
 ) -> CliResult<Phase> {
     let device = &timer.device;
     let c = &model.config.text;
@@ -316,10 +329,19 @@ fn phase<B: Kernels>(
             if s == 1 && ctx > 0 {
                 kernels::decode_attention(q.clone(), keys.clone(), values.clone()) // what a decode step runs
             } else {
-                burn_phi3v::model::nn::attend(q.clone(), keys.clone(), values.clone(), None, causal)
+                kernels::attention(q.clone(), keys.clone(), values.clone(), None, causal) // what a prefill runs
             }
         }),
     );
+    if ctx == 0 && s > 1 {
+        let process_choice = kernels::flash_attention_choice();
+        for &choice in flash {
+            kernels::set_flash_attention(choice);
+            let us = timer.time(|| kernels::attention(q.clone(), keys.clone(), values.clone(), None, causal));
+            stage(&format!("attention with flash {choice:?}"), 1, us);
+        }
+        kernels::set_flash_attention(process_choice);
+    }
     stage("o_proj + residual add", 1, timer.time(|| kernels::linear_add(attn_out.clone(), &attn.o_proj.weight, x.clone())));
     stage(
         "post_attention_layernorm + gate_up_proj + silu(gate)·up",
