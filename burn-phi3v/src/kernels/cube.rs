@@ -65,6 +65,34 @@ where
         rotary_append(qkv, cos, sin, k_cache, v_cache, heads, cached)
     }
 
+    fn rotary_write_paged(
+        qkv: FloatTensor<Self>,
+        cos: FloatTensor<Self>,
+        sin: FloatTensor<Self>,
+        k_pool: FloatTensor<Self>,
+        v_pool: FloatTensor<Self>,
+        slots: IntTensor<Self>,
+        heads: usize,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        // The kernel writes the pools through their strides, values contiguous. Not verified on
+        // CUDA yet (session 15: its first version assumed packed pools and failed the bf16
+        // kernels test on a pitched copy): it runs when forced or named in PHI3V_KERNELS_ON.
+        let pd = k_pool.meta.shape().clone();
+        let fits = pd.num_dims() == 3
+            && pd == *v_pool.meta.shape()
+            && qkv.meta.shape()[0] == 1
+            && qkv.meta.shape()[2] == (heads + 2 * pd[1]) * pd[2]
+            && pd[2] % 2 == 0
+            && k_pool.meta.strides()[2] == 1
+            && v_pool.meta.strides()[2] == 1
+            && slots.meta.shape().num_elements() == qkv.meta.shape()[1];
+        let wanted = super::kernel_policy() == KernelPolicy::Forced || super::kernel_opted_in("rotary_write_paged");
+        if !fits || !wanted || !runs_here(&qkv.client) {
+            return super::default_rotary_write_paged::<Self>(qkv, cos, sin, k_pool, v_pool, slots, heads);
+        }
+        rotary_write_paged(qkv, cos, sin, k_pool, v_pool, slots, heads)
+    }
+
     fn silu_mul(gate_up: FloatTensor<Self>) -> FloatTensor<Self> {
         // An odd last dimension (not a gate_up_proj output) has no row stride of 2 · width:
         // the composed default takes it (its halves end before the last column).
@@ -134,27 +162,36 @@ where
             FlashAttention::Burn => super::default_flash_attention::<Self>(q, k, v, causal),
             FlashAttention::Tiles { planes, seq_q, seq_kv } => {
                 let half = matches!(q.dtype, DType::BF16 | DType::F16) && k.dtype == q.dtype && v.dtype == q.dtype;
-                // Above FLASH_QUERIES Burn's flash kernels lost accuracy (docs/parity.md, session 11):
-                // those lengths keep the model's composed chunks.
-                let fits = half && kv_heads == q.meta.shape()[1] && (!causal || keys == queries) && queries <= crate::model::nn::FLASH_QUERIES;
-                // Its query rows come in stages of `planes · seq_q` tiles of 16: without a causal
-                // mask, queries short of a whole stage (CLIP's 577) are padded with zero rows,
-                // whose outputs are dropped.
+                // Its causal mode gave wrong outputs on CUDA at every tiling tried (relative error
+                // ~1.4 against ~1e-2 without the mask; kernels test, docs/kernels.md session 15):
+                // causal problems keep Burn's attention. Above FLASH_QUERIES Burn's flash kernels
+                // lost accuracy (docs/parity.md, session 11): those lengths keep the composed chunks.
+                let fits = half && kv_heads == q.meta.shape()[1] && !causal && queries <= crate::model::nn::FLASH_QUERIES;
+                // Its query rows come in stages of `planes · seq_q` tiles of 16: queries short of a
+                // whole stage (CLIP's 577) are padded with zero rows, whose outputs are dropped.
                 let stage = planes as usize * seq_q as usize * 16;
-                let pad = if causal { 0 } else { queries.next_multiple_of(stage) - queries };
+                let pad = queries.next_multiple_of(stage) - queries;
+                // The routine computes in f16 tiles and reads the queries straight into them, so
+                // it refuses bf16 queries ("Query global and tile types must be the same"): bf16
+                // queries go in as f16 (keys and values are cast in its shared-memory stages),
+                // and the output comes back in the queries' dtype.
                 let tensor = |t: FloatTensor<Self>| Tensor::<Self, 4>::from_primitive(TensorPrimitive::Float(t));
-                let padded = match pad {
-                    0 => q.clone(),
-                    pad => {
-                        let [b, h, _, d] = [q.meta.shape()[0], q.meta.shape()[1], queries, head_dim];
-                        let zeros = Tensor::<Self, 4>::zeros([b, h, pad, d], (&q.device, q.dtype));
-                        Tensor::cat(vec![tensor(q.clone()), zeros], 2).into_primitive().tensor()
-                    }
-                };
-                let tiled = fits.then(|| tiled_flash_attention(padded, k.clone(), v.clone(), causal, planes, seq_q, seq_kv).ok()).flatten();
+                let mut padded = tensor(q.clone());
+                if pad > 0 {
+                    let [b, h, _, d] = [q.meta.shape()[0], q.meta.shape()[1], queries, head_dim];
+                    let zeros = Tensor::<Self, 4>::zeros([b, h, pad, d], (&q.device, q.dtype));
+                    padded = Tensor::cat(vec![padded, zeros], 2);
+                }
+                let padded = padded.cast(DType::F16).into_primitive().tensor();
+                let tiled = fits
+                    .then(|| {
+                        tiled_flash_attention(padded, k.clone(), v.clone(), causal, planes, seq_q, seq_kv)
+                            .map_err(|e| super::refuse_flash_attention(format!("{planes},{seq_q},{seq_kv} on {:?}: {e}", q.meta.shape().as_slice())))
+                            .ok()
+                    })
+                    .flatten();
                 match tiled {
-                    Some(out) if pad > 0 => tensor(out).narrow(2, 0, queries).into_primitive().tensor(),
-                    Some(out) => out,
+                    Some(out) => tensor(out).narrow(2, 0, queries).cast(q.dtype).into_primitive().tensor(),
                     None => super::default_flash_attention::<Self>(q, k, v, causal),
                 }
             }
@@ -599,6 +636,117 @@ pub(crate) fn rotary_append<R: CubeRuntime>(
     (q, k_cache, v_cache)
 }
 
+/// Where [`rotary_write_pool_kernel`] reads and writes: the heads, the token stride of `qkv`
+/// (`[1, tokens, width]`, values contiguous) and the pools' row and head strides (values
+/// contiguous).
+#[derive(CubeLaunch, CubeType)]
+struct PoolWriteLayout {
+    heads: usize,
+    kv_heads: usize,
+    head_dim: usize,
+    /// `(heads + 2·kv_heads)·head_dim`.
+    width: usize,
+    x_token: usize,
+    k_row: usize,
+    k_head: usize,
+    v_row: usize,
+    v_head: usize,
+}
+
+/// One unit per value of `qkv`: a query or key value is rotated as [`rotary_append_kernel`]
+/// does it and written to the queries (`[tokens, heads, head_dim]`, contiguous) or to the key
+/// pool at the token's slot (through the pools' strides); a value is copied to the value pool there.
+#[cube(launch_unchecked, address_type = "dynamic")]
+fn rotary_write_pool_kernel<E: Float, I: Int>(
+    qkv: &Array<E>,
+    cos: &Array<E>,
+    sin: &Array<E>,
+    slots: &Array<I>,
+    q: &mut Array<E>,
+    k_pool: &mut Array<E>,
+    v_pool: &mut Array<E>,
+    layout: PoolWriteLayout,
+    total: usize,
+    #[define(E, I)] _dtypes: [StorageType; 2],
+) {
+    if ABSOLUTE_POS >= total {
+        terminate!();
+    }
+    let col = ABSOLUTE_POS % layout.width;
+    let token = ABSOLUTE_POS / layout.width;
+    let input = token * layout.x_token;
+    let value = qkv[input + col];
+    let hd = layout.head_dim;
+    let head = col / hd;
+    let c = col % hd;
+    let slot = u32::cast_from(slots[token]) as usize;
+    if head < layout.heads + layout.kv_heads {
+        let half = hd / 2;
+        let table = token * hd + c;
+        let rotated = if c < half { -qkv[input + col + half] } else { qkv[input + col - half] };
+        let out = value * cos[table] + rotated * sin[table];
+        if head < layout.heads {
+            q[(token * layout.heads + head) * hd + c] = out;
+        } else {
+            k_pool[slot * layout.k_row + (head - layout.heads) * layout.k_head + c] = out;
+        }
+    } else {
+        v_pool[slot * layout.v_row + (head - layout.heads - layout.kv_heads) * layout.v_head + c] = value;
+    }
+}
+
+/// The rotary embedding, head split and paged-pool write of an engine pass; see
+/// [`Kernels::rotary_write_paged`]. A pool something else holds is copied first.
+pub(crate) fn rotary_write_paged<R: CubeRuntime>(
+    qkv: CubeTensor<R>,
+    cos: CubeTensor<R>,
+    sin: CubeTensor<R>,
+    k_pool: CubeTensor<R>,
+    v_pool: CubeTensor<R>,
+    slots: CubeTensor<R>,
+    heads: usize,
+) -> (CubeTensor<R>, CubeTensor<R>, CubeTensor<R>) {
+    let qkv = if qkv.meta.strides()[2] == 1 { qkv } else { into_contiguous(qkv) };
+    let (cos, sin, slots) = (into_contiguous(cos), into_contiguous(sin), into_contiguous(slots));
+    let own = |t: CubeTensor<R>| if t.can_mut() { t } else { t.copy() };
+    let (k_pool, v_pool) = (own(k_pool), own(v_pool));
+    let [tokens, width] = [qkv.meta.shape()[1], qkv.meta.shape()[2]];
+    let [kv_heads, head_dim] = [k_pool.meta.shape()[1], k_pool.meta.shape()[2]];
+    let q = empty_device_contiguous_dtype(qkv.client.clone(), qkv.device.clone(), [tokens, heads, head_dim].into(), qkv.dtype);
+    let units = tokens * width;
+    if units == 0 {
+        return (q, k_pool, v_pool);
+    }
+    let (ks, vs) = (k_pool.meta.strides().clone(), v_pool.meta.strides().clone());
+    let layout = PoolWriteLayoutLaunch::new(heads, kv_heads, head_dim, width, qkv.meta.strides()[1], ks[0], ks[1], vs[0], vs[1]);
+    let cube_dim = CubeDim::new(&qkv.client, units);
+    let cube_count = calculate_cube_count_elemwise(&qkv.client, units, cube_dim);
+    let address = [qkv.required_address_type(), k_pool.required_address_type(), v_pool.required_address_type(), q.required_address_type()]
+        .into_iter()
+        .max()
+        .unwrap_or_default();
+    let dtypes = [qkv.dtype.into(), slots.dtype.into()];
+    unsafe {
+        rotary_write_pool_kernel::launch_unchecked(
+            &q.client,
+            cube_count,
+            cube_dim,
+            address,
+            qkv.into_array_arg(),
+            cos.into_array_arg(),
+            sin.into_array_arg(),
+            slots.into_array_arg(),
+            q.clone().into_array_arg(),
+            k_pool.clone().into_array_arg(),
+            v_pool.clone().into_array_arg(),
+            layout,
+            units,
+            dtypes,
+        )
+    };
+    (q, k_pool, v_pool)
+}
+
 /// One unit per output value of `[rows, width]`: `up · SiLU(gate)` with SiLU in f32, where row
 /// `r` of the input holds `[gate, up]` (`2 · width` values).
 #[cube(launch_unchecked, address_type = "dynamic")]
@@ -938,8 +1086,8 @@ fn flash_attention_kernel<E: Float>(
 
 /// CubeCL's tensor-core flash attention (cubek's blackbox-accelerated routine) with the given
 /// tiling ([`FlashAttention::Tiles`]); `Err` when the routine refuses the problem or tiling
-/// (the caller then takes Burn's attention). Causal is aligned top-left there: callers pass
-/// `causal` only with as many keys as queries.
+/// (the caller then takes Burn's attention). Its causal mode is wrong on CUDA (session 15):
+/// the caller passes `causal: false` only.
 fn tiled_flash_attention<R: CubeRuntime>(
     q: CubeTensor<R>,
     k: CubeTensor<R>,

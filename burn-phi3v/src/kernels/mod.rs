@@ -92,6 +92,28 @@ pub trait Kernels: Backend {
         default_rotary_append::<Self>(qkv, cos, sin, k_cache, v_cache, heads, cached)
     }
 
+    /// [`Kernels::rotary_append`] for a paged cache (the serving engine's pass: a flat list of
+    /// tokens from several sequences): rotates the queries and keys of `qkv`, writes each
+    /// token's key and value heads at its pool row `slots[t]` (the pools are updated in place
+    /// where nothing else holds them) and returns the rotated queries, one row per token.
+    ///
+    /// # Shapes
+    /// `qkv`: `[1, tokens, (heads + 2·kv_heads)·head_dim]`; `cos`, `sin`: `[1, 1, tokens,
+    /// head_dim]`; `k_pool`, `v_pool`: `[pool_rows, kv_heads, head_dim]`; `slots`: `[tokens, 1]`
+    /// → `[tokens, heads, head_dim]` and the two pools
+    #[allow(clippy::too_many_arguments)]
+    fn rotary_write_paged(
+        qkv: FloatTensor<Self>,
+        cos: FloatTensor<Self>,
+        sin: FloatTensor<Self>,
+        k_pool: FloatTensor<Self>,
+        v_pool: FloatTensor<Self>,
+        slots: IntTensor<Self>,
+        heads: usize,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        default_rotary_write_paged::<Self>(qkv, cos, sin, k_pool, v_pool, slots, heads)
+    }
+
     /// The MLP's activation: `up · SiLU(gate)` where `[gate, up]` are the two halves of the
     /// last dimension.
     ///
@@ -208,6 +230,30 @@ fn default_rotary_append<B: Kernels>(
     let t4 = |t| Tensor::<B, 4>::from_primitive(TensorPrimitive::Float(t));
     let (q, k, v) = rotate_then_append(t3(qkv), &t4(cos), &t4(sin), t4(k_cache), t4(v_cache), heads, cached);
     (q.into_primitive().tensor(), k.into_primitive().tensor(), v.into_primitive().tensor())
+}
+
+/// [`Kernels::rotary_write_paged`]'s default: [`rotate_split`], the heads laid out one row per
+/// token, then two `scatter_nd`s into the pools.
+fn default_rotary_write_paged<B: Kernels>(
+    qkv: FloatTensor<B>,
+    cos: FloatTensor<B>,
+    sin: FloatTensor<B>,
+    k_pool: FloatTensor<B>,
+    v_pool: FloatTensor<B>,
+    slots: IntTensor<B>,
+    heads: usize,
+) -> (FloatTensor<B>, FloatTensor<B>, FloatTensor<B>) {
+    let t3 = |t| Tensor::<B, 3>::from_primitive(TensorPrimitive::Float(t));
+    let t4 = |t| Tensor::<B, 4>::from_primitive(TensorPrimitive::Float(t));
+    let (k_pool, v_pool, slots) = (t3(k_pool), t3(v_pool), Tensor::<B, 2, Int>::from_primitive(slots));
+    let [_, kv_heads, hd] = k_pool.dims();
+    let tokens = slots.dims()[0];
+    let (q, k, v) = rotate_split(t3(qkv), &t4(cos), &t4(sin), heads, kv_heads);
+    let rows = |x: Tensor<B, 4>, n: usize| x.swap_dims(1, 2).reshape([tokens, n, hd]); // [tokens, n, hd]
+    let assign = burn::tensor::IndexingUpdateOp::Assign;
+    let k_pool = k_pool.scatter_nd(slots.clone(), rows(k, kv_heads), assign);
+    let v_pool = v_pool.scatter_nd(slots, rows(v, kv_heads), assign);
+    (rows(q, heads).into_primitive().tensor(), k_pool.into_primitive().tensor(), v_pool.into_primitive().tensor())
 }
 
 /// [`Kernels::rotary_append`] as separate steps: [`rotate_split`], then two `slice_assign`s into
@@ -476,11 +522,12 @@ pub fn fused_kernels() -> bool {
 /// (no split of the keys over several cubes and no combining launch);
 /// `add_rms_norm` off adds with Burn, then normalises with `rms_norm`; `rotary_append` off
 /// rotates with `rotary`, then appends with Burn's `slice_assign`.
-pub const KERNEL_NAMES: [&str; 11] = [
+pub const KERNEL_NAMES: [&str; 12] = [
     "rms_norm",
     "add_rms_norm",
     "rotary",
     "rotary_append",
+    "rotary_write_paged",
     "silu_mul",
     "decode_attention",
     "decode_attention_planes",
@@ -501,6 +548,19 @@ pub fn kernel_on(name: &str) -> bool {
             .unwrap_or_default()
     });
     fused_kernels() && !off.iter().any(|n| n == name)
+}
+
+/// Whether `PHI3V_KERNELS_ON` (a comma-separated list of names, read once) names the kernel
+/// `name`: kernels not yet verified on a device run under [`KernelPolicy::Verified`] only when
+/// named there (`rotary_write_paged`).
+pub fn kernel_opted_in(name: &str) -> bool {
+    static ON: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+    let on = ON.get_or_init(|| {
+        std::env::var("PHI3V_KERNELS_ON")
+            .map(|v| v.split(',').map(|n| n.trim().to_string()).filter(|n| !n.is_empty()).collect())
+            .unwrap_or_default()
+    });
+    kernel_on(name) && on.iter().any(|n| n == name)
 }
 
 /// [`Kernels::rms_norm`] on tensors (composed when [`fused_kernels`] is off).
@@ -557,6 +617,29 @@ pub fn rotary_append<B: Kernels>(
     (t(q), t(k), t(v))
 }
 
+/// [`Kernels::rotary_write_paged`] on tensors (composed when the `rotary_write_paged` kernel is
+/// off); see there for the shapes.
+#[allow(clippy::too_many_arguments)]
+pub fn rotary_write_paged<B: Kernels>(
+    qkv: Tensor<B, 3>,
+    cos: &Tensor<B, 4>,
+    sin: &Tensor<B, 4>,
+    k_pool: Tensor<B, 3>,
+    v_pool: Tensor<B, 3>,
+    slots: &Tensor<B, 2, Int>,
+    heads: usize,
+) -> (Tensor<B, 3>, Tensor<B, 3>, Tensor<B, 3>) {
+    let p = |t: Tensor<B, 3>| t.into_primitive().tensor();
+    let (c, s) = (cos.clone().into_primitive().tensor(), sin.clone().into_primitive().tensor());
+    let (q, k, v) = if kernel_on("rotary_write_paged") {
+        B::rotary_write_paged(p(qkv), c, s, p(k_pool), p(v_pool), slots.clone().into_primitive(), heads)
+    } else {
+        default_rotary_write_paged::<B>(p(qkv), c, s, p(k_pool), p(v_pool), slots.clone().into_primitive(), heads)
+    };
+    let t = |x| Tensor::<B, 3>::from_primitive(TensorPrimitive::Float(x));
+    (t(q), t(k), t(v))
+}
+
 /// [`Kernels::silu_mul`] on tensors (composed when [`fused_kernels`] is off).
 pub fn silu_mul<B: Kernels>(gate_up: Tensor<B, 3>) -> Tensor<B, 3> {
     if !kernel_on("silu_mul") {
@@ -601,10 +684,11 @@ pub enum FlashAttention {
     /// CubeCL's tensor-core flash attention (cubek's "blackbox accelerated" routine, 16×16
     /// tiles in f16 with f32 sums) with a tiling Burn's autotune does not try: `planes` planes
     /// per cube, each owning `seq_q` tiles of 16 query rows, and `seq_kv` tiles of 16 keys per
-    /// step of the loop over the keys. Only for bf16/f16 inputs with as many key as query heads
-    /// and, when causal, as many keys as queries (its causal mask is aligned top-left), up to
-    /// 4096 queries (above, Burn's flash kernels lost accuracy: docs/parity.md); the others,
-    /// and tilings the routine refuses, take [`FlashAttention::Burn`]'s path.
+    /// step of the loop over the keys. Only for attention without a causal mask (the vision
+    /// tower's; the routine's causal mode gave wrong outputs on CUDA, docs/kernels.md session
+    /// 15), bf16/f16 inputs (bf16 queries go in as f16) with as many key as query heads, up to
+    /// 4096 queries; the others, and tilings the routine refuses, take
+    /// [`FlashAttention::Burn`]'s path.
     Tiles {
         /// Planes per cube (1–16).
         planes: u8,
@@ -677,6 +761,25 @@ pub fn flash_attention_choice() -> FlashAttention {
             choice
         }
         v => FlashAttention::unpack(v),
+    }
+}
+
+/// Why [`FlashAttention::Tiles`] took Burn's attention instead since the process started: the
+/// tensor-core routine's setup errors, each distinct one once, with the tiling it refused.
+pub fn flash_attention_refusals() -> Vec<String> {
+    FLASH_REFUSALS.lock().map(|r| r.clone()).unwrap_or_default()
+}
+
+static FLASH_REFUSALS: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+
+/// Records a refusal for [`flash_attention_refusals`] (kept once; at most 64 kept).
+#[cfg_attr(not(feature = "cube"), allow(dead_code))]
+pub(crate) fn refuse_flash_attention(reason: String) {
+    if let Ok(mut r) = FLASH_REFUSALS.lock()
+        && r.len() < 64
+        && !r.contains(&reason)
+    {
+        r.push(reason);
     }
 }
 
@@ -866,12 +969,17 @@ pub fn linear<B: Kernels, const D: usize>(x: Tensor<B, D>, weight: &Tensor<B, 2>
     let dims = x.dims();
     let [d_in, d_out] = weight.dims();
     let rows = x.shape().num_elements() / d_in.max(1);
-    if bias.is_some() || !skinny(rows) {
-        return burn::tensor::module::linear(x, weight.clone(), bias.cloned());
-    }
-    let out = B::skinny_linear(x.reshape([rows, d_in]).into_primitive().tensor(), weight.clone().into_primitive().tensor());
     let mut out_dims = dims;
     out_dims[D - 1] = d_out;
+    let x = x.reshape([rows, d_in]);
+    if bias.is_some() || !skinny(rows) {
+        // As one [rows, d_in] product: Burn's `linear` on [batch, seq, d_in] broadcasts the
+        // weight into a batched product, which at one token per row (a static decode batch)
+        // is `batch` products of one row, each reading the whole weight (64 rows on the H200:
+        // `gate_up_proj` 1443 µs instead of ~80, docs/kernels.md session 15).
+        return burn::tensor::module::linear(x, weight.clone(), bias.cloned()).reshape(out_dims);
+    }
+    let out = B::skinny_linear(x.into_primitive().tensor(), weight.clone().into_primitive().tensor());
     Tensor::<B, 2>::from_primitive(TensorPrimitive::Float(out)).reshape(out_dims)
 }
 

@@ -45,6 +45,24 @@ impl<B: Backend> PagedLayer<B> {
         scatter(&mut self.v, v);
     }
 
+    /// Rotates the queries and keys of one pass's `qkv` with `cos`/`sin`, writes the keys and
+    /// values at `batch`'s slots (in place where the pools are not shared) and returns the
+    /// queries: one [`kernels::rotary_write_paged`].
+    ///
+    /// # Shapes
+    /// `qkv`: `[1, tokens, (heads + 2·kv_heads)·head_dim]`; `cos`, `sin`: `[1, 1, tokens,
+    /// head_dim]` → `[tokens, heads, head_dim]`
+    pub fn rotate_write(&mut self, batch: &PagedBatch<B>, qkv: Tensor<B, 3>, cos: &Tensor<B, 4>, sin: &Tensor<B, 4>, heads: usize) -> Tensor<B, 3>
+    where
+        B: Kernels,
+    {
+        const FULL: &str = "the pool is only empty inside a write";
+        let (k, v) = (self.k.take().expect(FULL), self.v.take().expect(FULL));
+        let (q, k, v) = kernels::rotary_write_paged(qkv, cos, sin, k, v, &batch.write_slots, heads);
+        (self.k, self.v) = (Some(k), Some(v));
+        q
+    }
+
     /// The keys and values at `slots`.
     ///
     /// # Shapes

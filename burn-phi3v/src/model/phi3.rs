@@ -418,11 +418,9 @@ impl<B: Kernels> Phi3Attention<B> {
         batch: &PagedBatch<B>,
     ) -> Tensor<B, 3> {
         let t = qkv.dims()[1];
-        let (h, kvh, hd) = (self.num_heads, self.num_kv_heads, self.head_dim);
-        let (q, k, v) = self.project(qkv, cos, sin);
-        let tokens = |x: Tensor<B, 4>, n: usize| x.swap_dims(1, 2).reshape([t, n, hd]); // [t, n, hd]
-        cache.write(batch, tokens(k, kvh), tokens(v, kvh));
-        paged_attention(tokens(q, h), cache, batch).reshape([1, t, h * hd])
+        let (h, hd) = (self.num_heads, self.head_dim);
+        let q = cache.rotate_write(batch, qkv, cos, sin, h); // [t, h, hd]
+        paged_attention(q, cache, batch).reshape([1, t, h * hd])
     }
 }
 

@@ -341,6 +341,9 @@ fn phase<B: Kernels>(
             stage(&format!("attention with flash {choice:?}"), 1, us);
         }
         kernels::set_flash_attention(process_choice);
+        for reason in kernels::flash_attention_refusals() {
+            eprintln!("  (flash tiling refused, Burn's attention ran: {reason})");
+        }
     }
     stage("o_proj + residual add", 1, timer.time(|| kernels::linear_add(attn_out.clone(), &attn.o_proj.weight, x.clone())));
     stage(
