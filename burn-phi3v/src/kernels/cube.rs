@@ -167,6 +167,9 @@ where
                 // causal problems keep Burn's attention. Above FLASH_QUERIES Burn's flash kernels
                 // lost accuracy (docs/parity.md, session 11): those lengths keep the composed chunks.
                 let fits = half && kv_heads == q.meta.shape()[1] && !causal && queries <= crate::model::nn::FLASH_QUERIES;
+                if !fits {
+                    return super::default_flash_attention::<Self>(q, k, v, causal);
+                }
                 // Its query rows come in stages of `planes · seq_q` tiles of 16: queries short of a
                 // whole stage (CLIP's 577) are padded with zero rows, whose outputs are dropped.
                 let stage = planes as usize * seq_q as usize * 16;
@@ -183,16 +186,12 @@ where
                     padded = Tensor::cat(vec![padded, zeros], 2);
                 }
                 let padded = padded.cast(DType::F16).into_primitive().tensor();
-                let tiled = fits
-                    .then(|| {
-                        tiled_flash_attention(padded, k.clone(), v.clone(), causal, planes, seq_q, seq_kv)
-                            .map_err(|e| super::refuse_flash_attention(format!("{planes},{seq_q},{seq_kv} on {:?}: {e}", q.meta.shape().as_slice())))
-                            .ok()
-                    })
-                    .flatten();
-                match tiled {
-                    Some(out) => tensor(out).narrow(2, 0, queries).cast(q.dtype).into_primitive().tensor(),
-                    None => super::default_flash_attention::<Self>(q, k, v, causal),
+                match tiled_flash_attention(padded, k.clone(), v.clone(), planes, seq_q, seq_kv) {
+                    Ok(out) => tensor(out).narrow(2, 0, queries).cast(q.dtype).into_primitive().tensor(),
+                    Err(e) => {
+                        super::refuse_flash_attention(format!("{planes},{seq_q},{seq_kv} on {:?}: {e}", q.meta.shape().as_slice()));
+                        super::default_flash_attention::<Self>(q, k, v, causal)
+                    }
                 }
             }
             FlashAttention::Unit => {
@@ -461,8 +460,18 @@ fn rotary_kernel<E: Float>(
     let input = b * x_batch + s * x_seq;
     let value = x[input + j];
     let table = row * head_dim + c;
-    let rotated = if c < half { -x[input + j + half] } else { x[input + j - half] };
-    output[ABSOLUTE_POS] = value * cos[table] + rotated * sin[table];
+    output[ABSOLUTE_POS] = rotate_value(x, input + j, value, c, half, cos, sin, table);
+}
+
+/// `value = x[at]` rotated as HF's `apply_rotary_pos_emb` does it, `value · cos + rotate_half ·
+/// sin`, where `c` is its index in its head (`half` = head_dim / 2: the first half takes the
+/// negated second, the second the first) and `table` its entry in the cos/sin tables. The one
+/// rotation of [`rotary_kernel`], [`rotary_append_kernel`] and [`rotary_write_pool_kernel`].
+#[cube]
+#[allow(clippy::too_many_arguments)]
+fn rotate_value<E: Float>(x: &Array<E>, at: usize, value: E, c: usize, half: usize, cos: &Array<E>, sin: &Array<E>, table: usize) -> E {
+    let rotated = if c < half { -x[at + half] } else { x[at - half] };
+    value * cos[table] + rotated * sin[table]
 }
 
 /// Rotary embedding of every head; see [`Kernels::rotary`].
@@ -525,7 +534,7 @@ struct AppendLayout {
     v_key: usize,
 }
 
-/// One unit per value of `qkv`: a query or key value is rotated as [`rotary_kernel`] does it and
+/// One unit per value of `qkv`: a query or key value is rotated ([`rotate_value`]) and
 /// written to the queries (`[batch, heads, seq, head_dim]`, contiguous) or to the key buffer at
 /// position `cached + s`; a value is copied to the value buffer there.
 #[cube(launch_unchecked, address_type = "dynamic")]
@@ -556,8 +565,7 @@ fn rotary_append_kernel<E: Float>(
     if head < layout.heads + layout.kv_heads {
         let half = hd / 2;
         let table = row * hd + c;
-        let rotated = if c < half { -qkv[input + col + half] } else { qkv[input + col - half] };
-        let out = value * cos[table] + rotated * sin[table];
+        let out = rotate_value(qkv, input + col, value, c, half, cos, sin, table);
         if head < layout.heads {
             q[((b * layout.heads + head) * layout.seq + s) * hd + c] = out;
         } else {
@@ -653,8 +661,7 @@ struct PoolWriteLayout {
     v_head: usize,
 }
 
-/// One unit per value of `qkv`: a query or key value is rotated as [`rotary_append_kernel`]
-/// does it and written to the queries (`[tokens, heads, head_dim]`, contiguous) or to the key
+/// One unit per value of `qkv`: a query or key value is rotated ([`rotate_value`]) and written to the queries (`[tokens, heads, head_dim]`, contiguous) or to the key
 /// pool at the token's slot (through the pools' strides); a value is copied to the value pool there.
 #[cube(launch_unchecked, address_type = "dynamic")]
 fn rotary_write_pool_kernel<E: Float, I: Int>(
@@ -683,8 +690,7 @@ fn rotary_write_pool_kernel<E: Float, I: Int>(
     if head < layout.heads + layout.kv_heads {
         let half = hd / 2;
         let table = token * hd + c;
-        let rotated = if c < half { -qkv[input + col + half] } else { qkv[input + col - half] };
-        let out = value * cos[table] + rotated * sin[table];
+        let out = rotate_value(qkv, input + col, value, c, half, cos, sin, table);
         if head < layout.heads {
             q[(token * layout.heads + head) * hd + c] = out;
         } else {
@@ -1086,13 +1092,12 @@ fn flash_attention_kernel<E: Float>(
 
 /// CubeCL's tensor-core flash attention (cubek's blackbox-accelerated routine) with the given
 /// tiling ([`FlashAttention::Tiles`]); `Err` when the routine refuses the problem or tiling
-/// (the caller then takes Burn's attention). Its causal mode is wrong on CUDA (session 15):
-/// the caller passes `causal: false` only.
+/// (the caller then takes Burn's attention). Without a causal mask: the routine's causal mode
+/// is wrong on CUDA (session 15).
 fn tiled_flash_attention<R: CubeRuntime>(
     q: CubeTensor<R>,
     k: CubeTensor<R>,
     v: CubeTensor<R>,
-    causal: bool,
     planes: u8,
     seq_q: u8,
     seq_kv: u8,
@@ -1101,7 +1106,7 @@ fn tiled_flash_attention<R: CubeRuntime>(
     use burn_cubecl::kernel::attention::{AttentionStrategy, attention};
     use cubek::attention::routines::blackbox_accelerated::BlackboxAcceleratedStrategy;
     let strategy = AttentionStrategy::FlashBlackboxAccelerated(BlackboxAcceleratedStrategy { num_planes: planes, seq_q, seq_kv });
-    let options = AttentionModuleOptions { scale: None, softcap: None, is_causal: causal };
+    let options = AttentionModuleOptions { scale: None, softcap: None, is_causal: false };
     attention::<R>(q, k, v, None, None, options, strategy).map_err(|e| format!("{e:?}"))
 }
 

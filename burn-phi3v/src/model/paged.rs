@@ -4,7 +4,8 @@
 //! ([`Phi3Model::forward_paged`](crate::model::phi3::Phi3Model::forward_paged)); which sequences
 //! share a pass and which blocks they own is the caller's business (the serving engine).
 //!
-//! New keys and values are scattered into the pool at their slots. Decoding sequences (one new
+//! New keys and values are rotated and scattered into the pool at their slots in one
+//! [`kernels::rotary_write_paged`]. Decoding sequences (one new
 //! token each) attend together through their block tables in one
 //! [`kernels::paged_decode_attention`] (a kernel on the GPU backends; gather, mask and attend
 //! composed from Burn ops elsewhere), whatever their lengths. A prefill chunk gathers its
@@ -15,7 +16,6 @@
 //! output is put back in token order.
 
 use burn::tensor::{Bool, DType, Int, Tensor, TensorData, backend::Backend};
-use burn::tensor::IndexingUpdateOp;
 
 use crate::kernels::{self, Kernels};
 use crate::model::nn::repeat_kv;
@@ -31,20 +31,6 @@ pub struct PagedLayer<B: Backend> {
 }
 
 impl<B: Backend> PagedLayer<B> {
-    /// Writes one pass's new keys and values at `batch`'s slots (each slot is written once).
-    ///
-    /// # Shapes
-    /// `k`, `v`: `[tokens, kv_heads, head_dim]`
-    pub fn write(&mut self, batch: &PagedBatch<B>, k: Tensor<B, 3>, v: Tensor<B, 3>) {
-        let scatter = |pool: &mut Option<Tensor<B, 3>>, values: Tensor<B, 3>| {
-            // Taken out so the backend may update the pool in place (sole owner).
-            let old = pool.take().expect("the pool is only empty inside write");
-            *pool = Some(old.scatter_nd(batch.write_slots.clone(), values, IndexingUpdateOp::Assign));
-        };
-        scatter(&mut self.k, k);
-        scatter(&mut self.v, v);
-    }
-
     /// Rotates the queries and keys of one pass's `qkv` with `cos`/`sin`, writes the keys and
     /// values at `batch`'s slots (in place where the pools are not shared) and returns the
     /// queries: one [`kernels::rotary_write_paged`].
