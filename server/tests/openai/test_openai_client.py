@@ -8,6 +8,7 @@ Run: `cargo build -p phi3v-cli && python3 -m pytest -q server/tests/openai`.
 import base64
 import json
 import subprocess
+import time
 import urllib.error
 import urllib.request
 
@@ -181,6 +182,12 @@ def test_sigterm_lets_the_stream_in_flight_finish_and_refuses_new_requests():
                                            extra_body={"min_tokens": tokens})
         text = next(iter(stream)).choices[0].text
         server.proc.send_signal(signal.SIGTERM)
+        # The server handles the signal asynchronously: wait until /health says it is draining,
+        # so the request below cannot reach it before it knows (CI once lost that race).
+        deadline = time.monotonic() + 30
+        while http("GET", server.url + "/health")[0] != 503:
+            assert time.monotonic() < deadline, "the server never reported shutting_down after SIGTERM"
+            time.sleep(0.01)
         # New requests are refused while the stream drains.
         expect(openai.InternalServerError, 503, lambda: client.completions.create(model=MODEL.name, prompt="Hi", max_tokens=2),
                code="service_unavailable")
