@@ -230,7 +230,8 @@ impl KernelJob {
         // (aligned bottom-right), not causal (CLIP's 64-dim heads), grouped-query heads, and
         // 128-dim heads. The composed side gets the causal mask explicitly (backends disagree on
         // where a causal flag aligns when keys outnumber queries).
-        let mut flash = |batch: usize, heads: usize, kv_heads: usize, queries: usize, keys: usize, head_dim: usize, causal: bool, tiling: &str| {
+        // `chunk_bytes` runs `scores_attention` with that chunk size instead of `attention`.
+        let mut flash = |batch: usize, heads: usize, kv_heads: usize, queries: usize, keys: usize, head_dim: usize, causal: bool, tiling: &str, chunk_bytes: Option<usize>| {
             let q = tensor(input(vec![batch * heads * queries * head_dim], 2.0)).reshape([batch, heads, queries, head_dim]);
             let k = tensor(input(vec![batch * kv_heads * keys * head_dim], 2.0)).reshape([batch, kv_heads, keys, head_dim]);
             let v = tensor(input(vec![batch * kv_heads * keys * head_dim], 1.0)).reshape([batch, kv_heads, keys, head_dim]);
@@ -238,7 +239,9 @@ impl KernelJob {
                 .unsqueeze::<4>()
                 .expand([batch, heads, queries, keys]);
             let outputs = both(&|| {
-                let out = if kernels::fused_kernels() {
+                let out = if let (true, Some(bytes)) = (kernels::fused_kernels(), chunk_bytes) {
+                    kernels::scores_attention(q.clone(), k.clone(), v.clone(), causal, bytes)
+                } else if kernels::fused_kernels() {
                     kernels::attention(q.clone(), k.clone(), v.clone(), None, causal)
                 } else {
                     kernels::attention(q.clone(), k.clone(), v.clone(), causal.then(|| mask.clone()), false)
@@ -254,7 +257,7 @@ impl KernelJob {
         for (batch, heads, kv_heads, queries, keys, head_dim, causal) in
             [(1, 4, 4, 70, 70, 96, true), (2, 3, 3, 20, 50, 64, true), (2, 2, 2, 33, 33, 64, false), (1, 4, 2, 17, 40, 32, false), (1, 2, 1, 130, 130, 128, true)]
         {
-            flash(batch, heads, kv_heads, queries, keys, head_dim, causal, "");
+            flash(batch, heads, kv_heads, queries, keys, head_dim, causal, "", None);
         }
         // CubeCL's tensor-core flash attention at tilings Burn's autotune does not try
         // (`FlashAttention::Tiles`: bf16/f16 without a causal mask on devices with tensor cores;
@@ -267,9 +270,24 @@ impl KernelJob {
             let tiles = kernels::FlashAttention::Tiles { planes, seq_q, seq_kv };
             assert!(kernels::set_flash_attention(tiles), "{tiles:?}");
             let tiling = format!(" at {planes},{seq_q},{seq_kv}");
-            flash(1, 4, 4, 128, 128, 96, true, &tiling);
-            flash(2, 2, 2, 64, 100, 64, false, &tiling);
-            flash(1, 2, 2, 33, 33, 64, false, &tiling); // queries padded to a whole stage
+            flash(1, 4, 4, 128, 128, 96, true, &tiling, None);
+            flash(2, 2, 2, 64, 100, 64, false, &tiling, None);
+            flash(1, 2, 2, 33, 33, 64, false, &tiling, None); // queries padded to a whole stage
+        }
+        // Burn's matmuls around the one-pass softmax (`FlashAttention::Scores`): every case
+        // above in one chunk, then in chunks of 16 and of 7 query rows (causal chunks see fewer
+        // keys than the whole; the last chunk is partial).
+        assert!(kernels::set_flash_attention(kernels::FlashAttention::Scores));
+        for (batch, heads, kv_heads, queries, keys, head_dim, causal) in
+            [(1, 4, 4, 70, 70, 96, true), (2, 3, 3, 20, 50, 64, true), (2, 2, 2, 33, 33, 64, false), (1, 4, 2, 17, 40, 32, false), (1, 2, 1, 130, 130, 128, true)]
+        {
+            flash(batch, heads, kv_heads, queries, keys, head_dim, causal, " as scores", None);
+        }
+        let row_bytes = |batch: usize, heads: usize, keys: usize| batch * heads * keys * dtype.size();
+        for (rows, causal) in [(16, true), (7, true), (16, false)] {
+            let chunk = format!(" as scores in chunks of {rows} rows");
+            flash(1, 4, 4, 70, 70, 96, causal, &chunk, Some(rows * row_bytes(1, 4, 70)));
+            flash(2, 3, 3, 20, 50, 64, causal, &chunk, Some(rows * row_bytes(2, 3, 50)));
         }
         eprintln!("flash tilings refused on this target (Burn's attention ran instead): {:?}", kernels::flash_attention_refusals());
         assert!(kernels::set_flash_attention(default_flash));
@@ -277,8 +295,20 @@ impl KernelJob {
         assert_eq!(kernels::flash_attention_choice(), default_flash, "an invalid choice changed nothing");
         assert_eq!(kernels::FlashAttention::parse("4, 1,2"), Some(kernels::FlashAttention::Tiles { planes: 4, seq_q: 1, seq_kv: 2 }));
         assert_eq!(kernels::FlashAttention::parse("unit"), Some(kernels::FlashAttention::Unit));
+        assert_eq!(kernels::FlashAttention::parse("scores"), Some(kernels::FlashAttention::Scores));
         assert_eq!(kernels::FlashAttention::parse("0"), Some(kernels::FlashAttention::Burn));
         assert_eq!(kernels::FlashAttention::parse("4,1"), None);
+
+        // The softmax between the two matmuls alone: rows narrower and wider than a cube's 256
+        // units, causal over as many keys as queries, after cached keys, and over fewer keys
+        // than queries (the first rows see no key: zeros), and more rows than one launch
+        // dimension holds (65535).
+        for (batch, heads, queries, keys, causal) in [(2, 3, 9, 9, true), (1, 2, 5, 1000, false), (1, 2, 40, 300, true), (1, 1, 12, 5, true), (1, 1, 70000, 3, false)] {
+            let scores = tensor(input(vec![batch * heads * queries * keys], 64.0)).reshape([batch, heads, queries, keys]);
+            let outputs = both(&|| kernels::attention_softmax(scores.clone(), 0.125, causal).reshape([1, batch * heads * queries, keys]));
+            let how = if causal { "causal" } else { "full" };
+            compare(format!("attention_softmax [{batch}, {heads}, {queries}, {keys}] {how}"), 2, outputs);
+        }
 
         // The engine's rotary + paged-pool write: 7 tokens written at scattered rows of a 40-row
         // pool (96-dim heads, 4 query and 2 key/value heads); the queries and both pools (the

@@ -159,7 +159,8 @@ where
             return super::default_flash_attention::<Self>(q, k, v, causal);
         }
         match choice {
-            FlashAttention::Burn => super::default_flash_attention::<Self>(q, k, v, causal),
+            // `Scores` is composed above this trait (`kernels::scores_attention`).
+            FlashAttention::Burn | FlashAttention::Scores => super::default_flash_attention::<Self>(q, k, v, causal),
             FlashAttention::Tiles { planes, seq_q, seq_kv } => {
                 let half = matches!(q.dtype, DType::BF16 | DType::F16) && k.dtype == q.dtype && v.dtype == q.dtype;
                 // Its causal mode gave wrong outputs on CUDA at every tiling tried (relative error
@@ -202,6 +203,14 @@ where
                 flash_attention(q, k, v, causal)
             }
         }
+    }
+
+    fn attention_softmax(scores: FloatTensor<Self>, scale: f64, causal: bool) -> FloatTensor<Self> {
+        if !runs_here(&scores.client) {
+            let scores = Tensor::<Self, 4>::from_primitive(TensorPrimitive::Float(scores));
+            return super::composed::attention_softmax(scores, scale, causal).into_primitive().tensor();
+        }
+        attention_softmax(scores, scale, causal)
     }
 
     fn decode_attention(q: FloatTensor<Self>, k: FloatTensor<Self>, v: FloatTensor<Self>) -> FloatTensor<Self> {
@@ -1088,6 +1097,108 @@ fn flash_attention_kernel<E: Float>(
     for d in 0..head_dim {
         output[out + d] = E::cast_from(acc[d] * inv);
     }
+}
+
+/// One cube per row of scores `[rows = batch · heads · queries, keys]` (contiguous): each unit
+/// keeps a running maximum and sum of `exp(scale · s − max)` over its strided share of the
+/// keys the row's query sees (all, or `0..i + keys − queries + 1` when causal), the pairs are
+/// merged by a tree reduction in shared memory, then each unit writes its share of
+/// `exp(scale · s − max) / sum` (0 for hidden keys, and for a row that sees none).
+#[cube(launch_unchecked, address_type = "dynamic")]
+fn attention_softmax_kernel<E: Float>(
+    scores: &Array<E>,
+    output: &mut Array<E>,
+    rows: usize,
+    queries: usize,
+    keys: usize,
+    scale: f32,
+    #[comptime] causal: bool,
+    #[comptime] units: usize,
+    #[define(E)] _dtype: StorageType,
+) {
+    if CUBE_POS >= rows {
+        terminate!();
+    }
+    let base = CUBE_POS * keys;
+    let unit = UNIT_POS as usize;
+    let mut end = keys;
+    if causal {
+        // Key j is seen while j < i + keys − queries + 1 (unsigned: no key when that is ≤ 0).
+        let limit = CUBE_POS % queries + keys + 1;
+        let seen = limit - select(limit > queries, queries, limit);
+        end = select(seen < keys, seen, keys);
+    }
+    let mut max_score = f32::new(NO_SCORE);
+    let mut total = f32::new(0.0);
+    let mut j = unit;
+    while j < end {
+        let x = f32::cast_from(scores[base + j]) * scale;
+        if x > max_score {
+            total = total * f32::exp(max_score - x) + f32::new(1.0);
+            max_score = x;
+        } else {
+            total += f32::exp(x - max_score);
+        }
+        j += units;
+    }
+    let mut maxima = SharedMemory::<f32>::new(units);
+    let mut totals = SharedMemory::<f32>::new(units);
+    maxima[unit] = max_score;
+    totals[unit] = total;
+    sync_cube();
+    let mut active = CUBE_DIM / 2;
+    while active > 0 {
+        if UNIT_POS < active {
+            let other = unit + active as usize;
+            let (m1, m2) = (maxima[unit], maxima[other]);
+            let m = select(m2 > m1, m2, m1);
+            totals[unit] = totals[unit] * f32::exp(m1 - m) + totals[other] * f32::exp(m2 - m);
+            maxima[unit] = m;
+        }
+        sync_cube();
+        active /= 2;
+    }
+    let m = maxima[0];
+    let sum = totals[0];
+    let inv = select(sum > f32::new(0.0), f32::new(1.0) / sum, f32::new(0.0));
+    let mut j = unit;
+    while j < keys {
+        let p = f32::exp(f32::cast_from(scores[base + j]) * scale - m) * inv;
+        output[base + j] = E::cast_from(select(j < end, p, f32::new(0.0)));
+        j += units;
+    }
+}
+
+/// Attention probabilities from raw scores in one launch; see [`Kernels::attention_softmax`].
+pub(crate) fn attention_softmax<R: CubeRuntime>(scores: CubeTensor<R>, scale: f64, causal: bool) -> CubeTensor<R> {
+    let scores = into_contiguous(scores);
+    let shape = scores.meta.shape().clone();
+    let (queries, keys) = (shape[2], shape[3]);
+    let rows = shape.num_elements() / keys.max(1);
+    let output = empty_device_contiguous_dtype(scores.client.clone(), scores.device.clone(), shape, scores.dtype);
+    if rows == 0 || keys == 0 {
+        return output;
+    }
+    let address = [scores.required_address_type(), output.required_address_type()].into_iter().max().unwrap_or_default();
+    let dtype = scores.dtype;
+    unsafe {
+        attention_softmax_kernel::launch_unchecked(
+            &output.client,
+            row_cubes(rows),
+            CubeDim::new_1d(ROW_UNITS),
+            address,
+            scores.into_array_arg(),
+            output.clone().into_array_arg(),
+            rows,
+            queries,
+            keys,
+            scale as f32,
+            causal,
+            ROW_UNITS as usize,
+            dtype.into(),
+        )
+    };
+    output
 }
 
 /// CubeCL's tensor-core flash attention (cubek's blackbox-accelerated routine) with the given

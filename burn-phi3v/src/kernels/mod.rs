@@ -157,6 +157,19 @@ pub trait Kernels: Backend {
         default_flash_attention::<Self>(q, k, v, causal)
     }
 
+    /// Attention probabilities from raw scores: `softmax(scale · scores)` over the last
+    /// dimension, in f32, written in the scores' dtype. `causal` hides key `j` from query `i`
+    /// when `j > i + keys − queries` (bottom-right, as [`Kernels::flash_attention`]); a row
+    /// with every key hidden comes out as zeros. [`FlashAttention::Scores`] runs it between
+    /// two Burn matmuls.
+    ///
+    /// # Shapes
+    /// `scores`: `[batch, heads, queries, keys]` → the same
+    fn attention_softmax(scores: FloatTensor<Self>, scale: f64, causal: bool) -> FloatTensor<Self> {
+        let scores = Tensor::<Self, 4>::from_primitive(TensorPrimitive::Float(scores));
+        composed::attention_softmax(scores, scale, causal).into_primitive().tensor()
+    }
+
     /// Attention of one new query row over every key, no mask, `scale = 1/sqrt(head_dim)`:
     /// a decode step. Keys and values have `kv_heads` heads (grouped-query attention: query
     /// head `h` reads kv head `h / (heads / kv_heads)`).
@@ -396,6 +409,22 @@ pub mod composed {
         x * weight.unsqueeze()
     }
 
+    /// See [`Kernels::attention_softmax`]: Burn's NaN-safe softmax (as its attention
+    /// fallback's) over f32 scores with the causal keys filled with −∞.
+    pub fn attention_softmax<B: Backend>(scores: Tensor<B, 4>, scale: f64, causal: bool) -> Tensor<B, 4> {
+        let dtype = scores.dtype();
+        let [batch, heads, queries, keys] = scores.dims();
+        let mut x = scores.cast(burn::tensor::FloatDType::F32) * scale;
+        if causal {
+            let hidden = Tensor::<B, 2, Bool>::tril_mask([queries, keys], keys as i64 - queries as i64, &x.device());
+            x = x.mask_fill(hidden.unsqueeze::<4>().expand([batch, heads, queries, keys]), f32::NEG_INFINITY);
+        }
+        let max = x.clone().max_dim(3).clamp_min(f32::MIN);
+        let e = (x - max).exp();
+        let total = e.clone().sum_dim(3).clamp_min(f32::MIN_POSITIVE);
+        (e / total).cast(dtype)
+    }
+
     /// See [`Kernels::add_rms_norm`].
     pub fn add_rms_norm<B: Backend>(x: Tensor<B, 3>, residual: Tensor<B, 3>, weight: Tensor<B, 1>, eps: f64) -> (Tensor<B, 3>, Tensor<B, 3>) {
         let sum = x + residual;
@@ -522,7 +551,7 @@ pub fn fused_kernels() -> bool {
 /// (no split of the keys over several cubes and no combining launch);
 /// `add_rms_norm` off adds with Burn, then normalises with `rms_norm`; `rotary_append` off
 /// rotates with `rotary`, then appends with Burn's `slice_assign`.
-pub const KERNEL_NAMES: [&str; 12] = [
+pub const KERNEL_NAMES: [&str; 13] = [
     "rms_norm",
     "add_rms_norm",
     "rotary",
@@ -535,6 +564,7 @@ pub const KERNEL_NAMES: [&str; 12] = [
     "skinny_linear",
     "fused_linear",
     "flash_attention",
+    "attention_softmax",
 ];
 
 /// Whether the backend's kernel `name` (one of [`KERNEL_NAMES`]) runs: [`fused_kernels`] is
@@ -662,6 +692,9 @@ pub fn attention<B: Kernels>(q: Tensor<B, 4>, k: Tensor<B, 4>, v: Tensor<B, 4>, 
     let [_, kv_heads, keys, _] = k.dims();
     let grouped = kv_heads > 0 && heads.is_multiple_of(kv_heads);
     if mask.is_none() && grouped && (!causal || keys >= queries) && kernel_on("flash_attention") {
+        if flash_attention_choice() == FlashAttention::Scores {
+            return scores_attention(q, k, v, causal, SCORES_CHUNK_BYTES);
+        }
         let out = B::flash_attention(q.into_primitive().tensor(), k.into_primitive().tensor(), v.into_primitive().tensor(), causal);
         return Tensor::from_primitive(TensorPrimitive::Float(out));
     }
@@ -669,11 +702,52 @@ pub fn attention<B: Kernels>(q: Tensor<B, 4>, k: Tensor<B, 4>, v: Tensor<B, 4>, 
     crate::model::nn::attend(q, repeat_kv(k, rep), repeat_kv(v, rep), mask, causal)
 }
 
+/// Bytes of attention scores one chunk of [`scores_attention`] holds: 64 MiB, half of wgpu's
+/// default limit on one storage binding (1024 queries × 1024 keys × 32 heads in bf16 is one
+/// chunk).
+const SCORES_CHUNK_BYTES: usize = 1 << 26;
+
+/// [`FlashAttention::Scores`]: `softmax(q·kᵀ/√d)·v` as Burn's matmul, [`attention_softmax`]
+/// (one pass, f32 inside) and Burn's matmul, over chunks of query rows whose scores fit in
+/// `chunk_bytes`. A causal chunk multiplies only the keys its last query sees (rows `r0..r1`
+/// see keys `0..r1 + keys − queries`), so a causal prefill does about half the work of a
+/// full one. `causal` needs `keys ≥ queries`.
+///
+/// # Shapes
+/// as [`attention`] without a mask
+pub fn scores_attention<B: Kernels>(q: Tensor<B, 4>, k: Tensor<B, 4>, v: Tensor<B, 4>, causal: bool, chunk_bytes: usize) -> Tensor<B, 4> {
+    let [batch, heads, queries, head_dim] = q.dims();
+    let [_, kv_heads, keys, _] = k.dims();
+    let rep = heads / kv_heads.max(1);
+    let (k, v) = (repeat_kv(k, rep), repeat_kv(v, rep));
+    let scale = 1.0 / (head_dim as f64).sqrt();
+    let row_bytes = (batch * heads * keys * q.dtype().size()).max(1);
+    let rows = (chunk_bytes / row_bytes).clamp(1, queries.max(1));
+    let chunks: Vec<Tensor<B, 4>> = (0..queries)
+        .step_by(rows)
+        .map(|r0| {
+            let n = rows.min(queries - r0);
+            let seen = if causal { r0 + n + keys - queries } else { keys };
+            let scores = q.clone().narrow(2, r0, n).matmul(k.clone().narrow(2, 0, seen).swap_dims(2, 3));
+            attention_softmax(scores, scale, causal).matmul(v.clone().narrow(2, 0, seen))
+        })
+        .collect();
+    if chunks.len() == 1 { chunks.into_iter().next().expect("one chunk") } else { Tensor::cat(chunks, 2) }
+}
+
+/// [`Kernels::attention_softmax`] on tensors (composed when its kernel is off).
+pub fn attention_softmax<B: Kernels>(scores: Tensor<B, 4>, scale: f64, causal: bool) -> Tensor<B, 4> {
+    if !kernel_on("attention_softmax") {
+        return composed::attention_softmax(scores, scale, causal);
+    }
+    Tensor::from_primitive(TensorPrimitive::Float(B::attention_softmax(scores.into_primitive().tensor(), scale, causal)))
+}
+
 /// Which GPU kernel [`Kernels::flash_attention`] runs on the CubeCL backends under
 /// [`KernelPolicy::Verified`]. `PHI3V_FLASH_ATTENTION` sets it for a process (read once):
 /// unset or `0` → [`FlashAttention::Burn`]; `1`/`unit` → [`FlashAttention::Unit`];
-/// `planes,seq_q,seq_kv` (e.g. `4,1,2`) → [`FlashAttention::Tiles`]. [`set_flash_attention`]
-/// sets it at any time.
+/// `planes,seq_q,seq_kv` (e.g. `4,1,2`) → [`FlashAttention::Tiles`]; `scores` →
+/// [`FlashAttention::Scores`]. [`set_flash_attention`] sets it at any time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FlashAttention {
     /// Burn's attention (its autotune picks among its flash and composed kernels): the default,
@@ -697,6 +771,12 @@ pub enum FlashAttention {
         /// Key tiles per step (1–16).
         seq_kv: u8,
     },
+    /// Not a flash kernel: the scores materialised, chunk by chunk, between Burn's two
+    /// (tensor-core) matmuls, with this crate's one-pass [`Kernels::attention_softmax`] in
+    /// place of Burn's eight elementwise and reduction passes in the dtype
+    /// ([`scores_attention`]); causal chunks skip the keys none of their queries see. Any
+    /// dtype, causal or not; grouped-query heads are repeated.
+    Scores,
 }
 
 impl FlashAttention {
@@ -713,6 +793,7 @@ impl FlashAttention {
         let choice = match s.trim() {
             "" | "0" | "false" | "off" | "burn" => Self::Burn,
             "1" | "true" | "on" | "unit" => Self::Unit,
+            "scores" => Self::Scores,
             tiles => {
                 let v: Vec<u8> = tiles.split(',').map(|p| p.trim().parse().ok()).collect::<Option<_>>()?;
                 match v.as_slice() {
@@ -728,6 +809,7 @@ impl FlashAttention {
         match self {
             Self::Burn => 1,
             Self::Unit => 2,
+            Self::Scores => 4,
             Self::Tiles { planes, seq_q, seq_kv } => 3 | (planes as u32) << 8 | (seq_q as u32) << 16 | (seq_kv as u32) << 24,
         }
     }
@@ -736,6 +818,7 @@ impl FlashAttention {
         match v & 0xff {
             1 => Self::Burn,
             2 => Self::Unit,
+            4 => Self::Scores,
             _ => Self::Tiles { planes: (v >> 8) as u8, seq_q: (v >> 16) as u8, seq_kv: (v >> 24) as u8 },
         }
     }

@@ -65,7 +65,7 @@ pub struct BreakdownArgs {
     #[arg(long, default_value_t = 100)]
     profile_steps: usize,
     /// Also time the prefill's attention under each of these flash-attention choices
-    /// (`PHI3V_FLASH_ATTENTION`'s syntax, separated by `;`: `burn`, `unit`,
+    /// (`PHI3V_FLASH_ATTENTION`'s syntax, separated by `;`: `burn`, `unit`, `scores`,
     /// `planes,seq_q,seq_kv`), one extra stage each; the whole step keeps the process's choice.
     #[arg(long, value_delimiter = ';')]
     flash: Vec<String>,
@@ -178,7 +178,7 @@ impl DeviceFn for BreakdownJob {
         let flash = a
             .flash
             .iter()
-            .map(|c| kernels::FlashAttention::parse(c).ok_or_else(|| format!("--flash: `{c}` is not burn, unit or planes,seq_q,seq_kv")))
+            .map(|c| kernels::FlashAttention::parse(c).ok_or_else(|| format!("--flash: `{c}` is not burn, unit, scores or planes,seq_q,seq_kv")))
             .collect::<Result<Vec<_>, _>>()?;
         let mut phases = Vec::new();
         for &b in &a.decode_batches {
