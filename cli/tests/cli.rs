@@ -157,6 +157,33 @@ fn bench_smoke_run_writes_card_graphs_and_results() {
     let _ = std::fs::remove_dir_all(&out);
 }
 
+/// `phi3v bench attention`: every choice on every problem, each output equal to the first
+/// choice's (on the CPU every choice but `scores` is Burn's attention, and `scores` composes its
+/// softmax there); bad problems and choices are messages.
+#[test]
+fn bench_attention_times_every_choice_and_compares_outputs() {
+    let out = std::env::temp_dir().join(format!("phi3v-bench-attention-{}.json", std::process::id()));
+    let o = phi3v(&[
+        "bench", "attention", "--device", "cpu", "--shapes", "1,2,40,40,16,causal;2,3,9,20,8", "--flash", "burn;scores", "--warmup", "0",
+        "--runs", "2", "--out", out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let r: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+    let timings = r["timings"].as_array().unwrap();
+    assert_eq!(timings.len(), 4, "{r}");
+    for t in timings {
+        assert!(t["us"].as_f64().unwrap() > 0.0, "{t}");
+        assert!(t["rel_diff"].as_f64().unwrap() < 1e-5, "{t}");
+    }
+    assert_eq!(timings[1]["choice"], "Scores");
+    assert!(stdout(&o).contains("| 1×2×40×40×16 causal | Scores |"), "{}", stdout(&o));
+    for (flag, value, message) in [("--shapes", "1,2,8,4,16,causal", "needs keys ≥ queries"), ("--shapes", "1,2,3", "is not batch,heads"), ("--flash", "fast", "`fast` is not burn")] {
+        let bad = phi3v(&["bench", "attention", "--device", "cpu", flag, value]);
+        assert!(!bad.status.success() && stderr(&bad).contains(message), "{flag} {value}: {}", stderr(&bad));
+    }
+    let _ = std::fs::remove_file(&out);
+}
+
 /// `--shared-prefix`: the requests of a generation point share their first tokens; the engine
 /// with prefix caching takes them from its cache (one prompt per pass, so the later requests
 /// find the first one's blocks), the engine without it computes them every time.

@@ -209,15 +209,15 @@ impl DeviceFn for BreakdownJob {
     }
 }
 
-struct Timer<B: Kernels> {
-    device: B::Device,
-    warmup: usize,
-    runs: usize,
+pub(super) struct Timer<B: Kernels> {
+    pub(super) device: B::Device,
+    pub(super) warmup: usize,
+    pub(super) runs: usize,
 }
 
 impl<B: Kernels> Timer<B> {
     /// Mean microseconds per call of `f`, `runs` calls between two synchronisations.
-    fn time<T>(&self, f: impl FnMut() -> T) -> f64 {
+    pub(super) fn time<T>(&self, f: impl FnMut() -> T) -> f64 {
         self.time_host(f).0
     }
 
@@ -239,7 +239,7 @@ impl<B: Kernels> Timer<B> {
     }
 }
 
-fn random<B: Kernels, const D: usize>(shape: [usize; D], device: &B::Device, dtype: DType) -> Tensor<B, D> {
+pub(super) fn random<B: Kernels, const D: usize>(shape: [usize; D], device: &B::Device, dtype: DType) -> Tensor<B, D> {
     Tensor::<B, D>::random(shape, Distribution::Normal(0.0, 1.0), device).cast(dtype)
 }
 

@@ -3,6 +3,7 @@
 //! the real model shapes with random weights or a model folder. Every timed region starts and
 //! ends with the device synchronised; warm-up runs come first; medians of several runs.
 
+pub mod attention;
 pub mod breakdown;
 mod plot;
 mod profile;
@@ -50,6 +51,9 @@ pub enum BenchCommand {
     /// Time every stage of a decoder layer at the real shapes (decode and prefill), beside the
     /// PyTorch peer's (bench/peer_kernels.py) when given.
     Breakdown(breakdown::BreakdownArgs),
+    /// Time the attention of a prefill and of the vision tower alone under each flash-attention
+    /// choice (`burn`, `unit`, `scores`, a tiling), with each output compared with the first's.
+    Attention(attention::AttentionArgs),
 }
 
 /// Options of `phi3v bench run`.
@@ -171,6 +175,7 @@ pub fn run(cmd: BenchCommand) -> CliResult<()> {
             Ok(())
         }
         BenchCommand::Breakdown(a) => breakdown::run(a),
+        BenchCommand::Attention(a) => attention::run(a),
     }
 }
 
