@@ -20,6 +20,7 @@ enum Kind {
     Rotary { head_dim: usize },
     SiluMul,
     DecodeAttention,
+    AttentionSoftmax { scale: f64, causal: bool },
     SkinnyLinear,
     /// Inputs: `x`, `weight`, then the norm's weight when `norm_eps` is given, then the
     /// residual when `then` is [`Then::Residual`].
@@ -54,6 +55,7 @@ impl<B: FusionBackend + Kernels> Operation<B::FusionRuntime> for Step<B> {
             Kind::Rotary { head_dim } => vec![B::rotary(input(0), input(1), input(2), head_dim)],
             Kind::SiluMul => vec![B::silu_mul(input(0))],
             Kind::DecodeAttention => vec![B::decode_attention(input(0), input(1), input(2))],
+            Kind::AttentionSoftmax { scale, causal } => vec![B::attention_softmax(input(0), scale, causal)],
             Kind::SkinnyLinear => vec![B::skinny_linear(input(0), input(1))],
             Kind::FusedLinear { norm_eps, then } => {
                 let (x, weight) = (input(0), input(1));
@@ -145,6 +147,11 @@ impl<B: FusionBackend + Kernels> Kernels for Fusion<B> {
             super::Epilogue::SiluMul => (Then::SiluMul, d_out / 2),
         };
         register::<B>("phi3v_fused_linear", Kind::FusedLinear { norm_eps, then }, inputs, Shape::new([rows, width]))
+    }
+
+    fn attention_softmax(scores: FloatTensor<Self>, scale: f64, causal: bool) -> FloatTensor<Self> {
+        let shape = scores.shape.clone();
+        register::<B>("phi3v_attention_softmax", Kind::AttentionSoftmax { scale, causal }, vec![scores], shape)
     }
 
     fn decode_attention(q: FloatTensor<Self>, k: FloatTensor<Self>, v: FloatTensor<Self>) -> FloatTensor<Self> {
