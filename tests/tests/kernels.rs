@@ -254,9 +254,8 @@ impl KernelJob {
             // was loose enough to pass session 15's wrong causal outputs at 1.4 relative error).
             compare(format!("flash_attention{tiling} [{batch}, {heads}/{kv_heads} heads, {queries} queries, {keys} keys, {head_dim}] {how}"), ATTENTION_TERMS, outputs);
         };
-        for (batch, heads, kv_heads, queries, keys, head_dim, causal) in
-            [(1, 4, 4, 70, 70, 96, true), (2, 3, 3, 20, 50, 64, true), (2, 2, 2, 33, 33, 64, false), (1, 4, 2, 17, 40, 32, false), (1, 2, 1, 130, 130, 128, true)]
-        {
+        let flash_cases = [(1, 4, 4, 70, 70, 96, true), (2, 3, 3, 20, 50, 64, true), (2, 2, 2, 33, 33, 64, false), (1, 4, 2, 17, 40, 32, false), (1, 2, 1, 130, 130, 128, true)];
+        for (batch, heads, kv_heads, queries, keys, head_dim, causal) in flash_cases {
             flash(batch, heads, kv_heads, queries, keys, head_dim, causal, "", None);
         }
         // CubeCL's tensor-core flash attention at tilings Burn's autotune does not try
@@ -278,9 +277,7 @@ impl KernelJob {
         // above in one chunk, then in chunks of 16 and of 7 query rows (causal chunks see fewer
         // keys than the whole; the last chunk is partial).
         assert!(kernels::set_flash_attention(kernels::FlashAttention::Scores));
-        for (batch, heads, kv_heads, queries, keys, head_dim, causal) in
-            [(1, 4, 4, 70, 70, 96, true), (2, 3, 3, 20, 50, 64, true), (2, 2, 2, 33, 33, 64, false), (1, 4, 2, 17, 40, 32, false), (1, 2, 1, 130, 130, 128, true)]
-        {
+        for (batch, heads, kv_heads, queries, keys, head_dim, causal) in flash_cases {
             flash(batch, heads, kv_heads, queries, keys, head_dim, causal, " as scores", None);
         }
         let row_bytes = |batch: usize, heads: usize, keys: usize| batch * heads * keys * dtype.size();
