@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # Session 16 — written, not run (the session had 155 s of device time, less than a machine
 # start): the first device call of the next session. Build first:
-#   TESTS="kernels engine" bash scripts/build_gpu_slim.sh      (carry [".gpu"])
+#   TESTS="kernels engine" PROF=1 bash scripts/build_gpu_slim.sh      (carry [".gpu"])
 #   background (compilation-bound):
 #     kernels-bf16, kernels-f32 — the kernels test on cuda (rotate_value in the three rotary
 #       kernels, the strided rotary_write_paged, attention_softmax and FlashAttention::Scores,
 #       the tilings); if both pass, drop rotary_write_paged's opt-in check in cube.rs;
 #     engine — the engine's tests on cuda f32 with PHI3V_KERNELS_ON=rotary_write_paged;
 #   foreground (timing), one after the other:
+#     bd   — with phi3v-prof: the host profile of decode steps at 1 and 10 rows;
 #     att  — `phi3v bench attention`: Burn's, scores, the 4,2,2 tiling at the prefill 1024 and
 #            4096 shapes and the vision tower's (17 crops); outputs compared with Burn's;
 #     pre  — prefill 1024/4096 and image encode at num_crops 16, default vs
@@ -26,6 +27,14 @@ s=$(date +%s)
 timeout ${ATT_S:-150} $B/phi3v bench attention --device cuda --dtype bf16 --flash "burn;scores;4,2,2" \
   --shapes "1,32,1024,1024,96,causal;1,32,4096,4096,96,causal;17,16,577,577,64" --warmup 3 --runs 20 --out $RS/att.json > $RS/att.log 2>&1
 echo "=== att rc=$? $(( $(date +%s) - s )) s"; grep -v "^Problem" $RS/att.log | cut -c1-200
+# The host profile of decode steps at 1 and 10 rows (built with PROF=1; issue 10's b=1 lever).
+if [ -x $B/phi3v-prof ]; then
+  s=$(date +%s)
+  timeout ${BD_S:-120} $B/phi3v-prof bench breakdown --preset phi3v-128k --device cuda --dtype bf16 --decode-batches 1,10 --context 1024 \
+    --prefill 0 --warmup 2 --runs 10 --profile $RS/profile --profile-steps 200 --out $RS/bd > $RS/bd.log 2>&1
+  echo "=== bd (profile) rc=$? $(( $(date +%s) - s )) s"; grep "whole step\|^## \|Host:" $RS/bd/breakdown.md
+  for f in $RS/profile/*.top.md; do [ -f "$f" ] && { echo "=== $f"; head -25 "$f" | cut -c1-180; }; done
+fi
 P="--scenarios prefill,images --prompt-lengths 1024,4096 --prefill-batches 1 --images 1344x1344 --num-crops 16 --warmup 1 --runs 5"
 for part in "pre-burn:burn:${PRE_S:-90}" "pre-scores:scores:${PRE_S:-90}"; do
   name=${part%%:*}; rest=${part#*:}; flash=${rest%%:*}; secs=${rest#*:}
