@@ -321,6 +321,8 @@ fn model_ops<B: Kernels>(c: &mut Ctx<B>) {
     let pq = c.input([2, 4, 96], 1.0);
     // Prefill attention (flash): 4 heads of 96 over 70 positions, causal.
     let (fq, fk, fv) = (c.input([1, 4, 70, 96], 2.0), c.input([1, 4, 70, 96], 2.0), c.input([1, 4, 70, 96], 1.0));
+    // The softmax between the two products of attention, causal over 70 keys.
+    let scores = c.input([1, 4, 70, 70], 8.0);
     // Projections of a decode step (1 and 3 token rows) with a checkpoint-layout weight.
     let weight = c.input([40, 256], 0.1).transpose();
     let (x1, x3) = (c.input([1, 1, 256], 1.0), c.input([1, 3, 256], 1.0));
@@ -343,6 +345,10 @@ fn model_ops<B: Kernels>(c: &mut Ctx<B>) {
         c.record(format!("paged decode attention [2 rows of 9, 5 keys, 4 heads of 96, blocks of 4], {how}"), 9, paged);
         let flash = kernels::attention(fq.clone(), fk.clone(), fv.clone(), None, true);
         c.record(format!("causal attention [1, 4, 70, 96] (prefill), {how}"), 70, flash);
+        c.record(format!("attention softmax [1, 4, 70, 70] causal, {how}"), 2, kernels::attention_softmax(scores.clone(), 0.125, true));
+        // The same attention as two products around that softmax, in chunks of 16 query rows.
+        let chunked = kernels::scores_attention(fq.clone(), fk.clone(), fv.clone(), true, 16 * 4 * 70 * c.compute.size());
+        c.record(format!("causal attention [1, 4, 70, 96] as scores in chunks, {how}"), 70, chunked);
         for x in [&x1, &x3] {
             let rows = x.dims()[1];
             c.record(format!("linear [{rows}, 256] · [256, 40] (decode-step rows), {how}"), 256, kernels::linear(x.clone(), &weight, None));
