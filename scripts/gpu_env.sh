@@ -56,3 +56,17 @@ parity_report() {
   echo "=== parity bf16 (one job per case)"; cat $W/parity-bf16-*/out.txt | grep "^| [a-z]\|rc=" | sort -u | cut -c1-300
   grep -h "differs\|instead of\|error\| s$" $W/parity-bf16-*/err.txt 2>/dev/null | cut -c1-250 | head
 }
+# bench_parts DIR PART…: one `phi3v bench run` (phi3v-128k shapes on cuda) per part
+# "name:VAR=value …:seconds:args", the variables set for that run only (none: empty), its
+# results in DIR/name and its log in DIR/name.log; prints the exit code, the time and the log's tail.
+bench_parts() {
+  local dir=$1; shift
+  local part name rest vars secs args s rc
+  for part in "$@"; do
+    name=${part%%:*}; rest=${part#*:}; vars=${rest%%:*}; rest=${rest#*:}; secs=${rest%%:*}; args=${rest#*:}
+    s=$(date +%s)
+    env $vars timeout "$secs" $B/phi3v bench run --preset phi3v-128k --device cuda $args --out "$dir/$name" > "$dir/$name.log" 2>&1; rc=$?
+    echo "=== $name (${vars:-defaults}) rc=$rc $(( $(date +%s) - s )) s"
+    grep -v "^\s*$" "$dir/$name.log" | grep -v "^kernel cache\|parameters on" | tail -${TAIL:-5} | cut -c1-220
+  done
+}

@@ -36,11 +36,7 @@ if [ -x $B/phi3v-prof ]; then
   for f in $RS/profile/*.top.md; do [ -f "$f" ] && { echo "=== $f"; head -25 "$f" | cut -c1-180; }; done
 fi
 P="--scenarios prefill,images --prompt-lengths 1024,4096 --prefill-batches 1 --images 1344x1344 --num-crops 16 --warmup 1 --runs 5"
-for part in "pre-burn:burn:${PRE_S:-75}" "pre-scores:scores:${PRE_S:-75}"; do
-  name=${part%%:*}; rest=${part#*:}; flash=${rest%%:*}; secs=${rest#*:}
-  s=$(date +%s); PHI3V_FLASH_ATTENTION=$flash timeout $secs $B/phi3v bench run --preset phi3v-128k --device cuda $P --out $RS/$name > $RS/$name.log 2>&1
-  echo "=== $name rc=$? $(( $(date +%s) - s )) s"; grep -v "^\s*$" $RS/$name.log | grep -v "^kernel cache\|parameters on" | tail -6 | cut -c1-220
-done
+bench_parts $RS "pre-burn:PHI3V_FLASH_ATTENTION=burn:${PRE_S:-75}:$P" "pre-scores:PHI3V_FLASH_ATTENTION=scores:${PRE_S:-75}:$P"
 cd $R
 if [ "${PEER_S:-100}" != 0 ]; then
   timeout ${PEER_S:-100} python3 bench/peer_torch.py --preset cli/presets/phi3v-128k.json --out $RS/peer.json --ours $RS/pre-scores/results.json \

@@ -20,12 +20,8 @@ printf '[compilation]\ncache = "local"\n[autotune]\ncache = "local"\n' > $D/cube
 [ -f .gpu/cache.tgz ] && tar xzf .gpu/cache.tgz -C $D
 cd $D
 G="--scenarios generation --parallel 1 --batching static --shapes 1024x128 --warmup 1 --generation-runs 3"
-for part in "base::50:$G" "nosplit:decode_attention_split:50:$G" "noplanes:decode_attention_planes:50:$G" \
-            "lat::50:--scenarios latency --latency-shape 1024x128 --warmup 1 --runs 5"; do
-  name=${part%%:*}; rest=${part#*:}; off=${rest%%:*}; rest=${rest#*:}; secs=${rest%%:*}; args=${rest#*:}
-  s=$(date +%s); PHI3V_KERNELS_OFF=$off timeout $secs $B/phi3v bench run --preset phi3v-128k --device cuda $args --out $RS/$name > $RS/$name.log 2>&1
-  echo "=== $name (kernels off: ${off:-none}) rc=$? $(( $(date +%s) - s )) s"; grep -v "^\s*$" $RS/$name.log | grep -v "^kernel cache\|parameters on" | tail -4 | cut -c1-220
-done
+bench_parts $RS "base::50:$G" "nosplit:PHI3V_KERNELS_OFF=decode_attention_split:50:$G" \
+  "noplanes:PHI3V_KERNELS_OFF=decode_attention_planes:50:$G" "lat::50:--scenarios latency --latency-shape 1024x128 --warmup 1 --runs 5"
 cd $R
 (cd $OUT && tar czf s16c.tgz s16c && rm -rf s16c)
 tar czf - -C $D . | split -b 15M - $OUT/cache.tgz.part-

@@ -207,8 +207,7 @@ where
 
     fn attention_softmax(scores: FloatTensor<Self>, scale: f64, causal: bool) -> FloatTensor<Self> {
         if !runs_here(&scores.client) {
-            let scores = Tensor::<Self, 4>::from_primitive(TensorPrimitive::Float(scores));
-            return super::composed::attention_softmax(scores, scale, causal).into_primitive().tensor();
+            return super::default_attention_softmax::<Self>(scores, scale, causal);
         }
         attention_softmax(scores, scale, causal)
     }
@@ -370,6 +369,11 @@ fn inverse_rms(sums: &mut SharedMemory<f32>, unit: usize, width: usize, eps: f32
     f32::new(1.0) / f32::sqrt(sums[0] / f32::cast_from(width) + eps)
 }
 
+/// The address type a launch over `tensors` needs: the widest any of them requires.
+fn address_type<'a, R: CubeRuntime>(tensors: impl IntoIterator<Item = &'a CubeTensor<R>>) -> AddressType {
+    tensors.into_iter().map(|t| t.required_address_type()).max().unwrap_or_default()
+}
+
 /// Rows and width of a row kernel's operand (`[..., width]`).
 fn row_layout<R: CubeRuntime>(x: &CubeTensor<R>) -> (usize, usize) {
     let shape = x.meta.shape();
@@ -386,7 +390,7 @@ pub(crate) fn rms_norm<R: CubeRuntime>(x: CubeTensor<R>, weight: CubeTensor<R>, 
     if rows == 0 || width == 0 {
         return output;
     }
-    let address = [x.required_address_type(), output.required_address_type()].into_iter().max().unwrap_or_default();
+    let address = address_type([&x, &output]);
     let dtype = x.dtype;
     unsafe {
         rms_norm_kernel::launch_unchecked(
@@ -417,7 +421,7 @@ pub(crate) fn add_rms_norm<R: CubeRuntime>(x: CubeTensor<R>, residual: CubeTenso
     if rows == 0 || width == 0 {
         return (sum, output);
     }
-    let address = [x.required_address_type(), output.required_address_type()].into_iter().max().unwrap_or_default();
+    let address = address_type([&x, &output]);
     let dtype = x.dtype;
     unsafe {
         add_rms_norm_kernel::launch_unchecked(
@@ -497,7 +501,7 @@ pub(crate) fn rotary<R: CubeRuntime>(x: CubeTensor<R>, cos: CubeTensor<R>, sin: 
     }
     let cube_dim = CubeDim::new(&x.client, units);
     let cube_count = calculate_cube_count_elemwise(&x.client, units, cube_dim);
-    let address = [x.required_address_type(), output.required_address_type()].into_iter().max().unwrap_or_default();
+    let address = address_type([&x, &output]);
     let dtype = x.dtype;
     unsafe {
         rotary_kernel::launch_unchecked(
@@ -628,10 +632,7 @@ pub(crate) fn rotary_append<R: CubeRuntime>(
     );
     let cube_dim = CubeDim::new(&qkv.client, units);
     let cube_count = calculate_cube_count_elemwise(&qkv.client, units, cube_dim);
-    let address = [qkv.required_address_type(), k_cache.required_address_type(), v_cache.required_address_type(), q.required_address_type()]
-        .into_iter()
-        .max()
-        .unwrap_or_default();
+    let address = address_type([&qkv, &k_cache, &v_cache, &q]);
     let dtype = qkv.dtype;
     unsafe {
         rotary_append_kernel::launch_unchecked(
@@ -736,10 +737,7 @@ pub(crate) fn rotary_write_paged<R: CubeRuntime>(
     let layout = PoolWriteLayoutLaunch::new(heads, kv_heads, head_dim, width, qkv.meta.strides()[1], ks[0], ks[1], vs[0], vs[1]);
     let cube_dim = CubeDim::new(&qkv.client, units);
     let cube_count = calculate_cube_count_elemwise(&qkv.client, units, cube_dim);
-    let address = [qkv.required_address_type(), k_pool.required_address_type(), v_pool.required_address_type(), q.required_address_type()]
-        .into_iter()
-        .max()
-        .unwrap_or_default();
+    let address = address_type([&qkv, &k_pool, &v_pool, &q]);
     let dtypes = [qkv.dtype.into(), slots.dtype.into()];
     unsafe {
         rotary_write_pool_kernel::launch_unchecked(
@@ -791,7 +789,7 @@ pub(crate) fn silu_mul<R: CubeRuntime>(gate_up: CubeTensor<R>) -> CubeTensor<R> 
     }
     let cube_dim = CubeDim::new(&gate_up.client, units);
     let cube_count = calculate_cube_count_elemwise(&gate_up.client, units, cube_dim);
-    let address = [gate_up.required_address_type(), output.required_address_type()].into_iter().max().unwrap_or_default();
+    let address = address_type([&gate_up, &output]);
     let dtype: DType = gate_up.dtype;
     unsafe {
         silu_mul_kernel::launch_unchecked(
@@ -963,7 +961,7 @@ pub(crate) fn decode_attention<R: CubeRuntime>(q: CubeTensor<R>, k: CubeTensor<R
     let layout = DecodeLayoutLaunch::new(heads, heads / kv_heads.max(1), keys, qs[0], qs[1], ks[0], ks[1], ks[2], vs[0], vs[1], vs[2]);
     let scale = 1.0 / (head_dim as f32).sqrt();
     let dtype = q.dtype;
-    let address = [&q, &k, &v, &output].map(|t| t.required_address_type()).into_iter().max().unwrap_or_default();
+    let address = address_type([&q, &k, &v, &output]);
     if let Some(lanes) = decode_plane(&q.client, head_dim).filter(|_| super::kernel_on("decode_attention_planes")) {
         let output = decode_attention_planes(q, k, v, output, layout, batch * heads, keys, lanes, None);
         return output;
@@ -1179,7 +1177,7 @@ pub(crate) fn attention_softmax<R: CubeRuntime>(scores: CubeTensor<R>, scale: f6
     if rows == 0 || keys == 0 {
         return output;
     }
-    let address = [scores.required_address_type(), output.required_address_type()].into_iter().max().unwrap_or_default();
+    let address = address_type([&scores, &output]);
     let dtype = scores.dtype;
     unsafe {
         attention_softmax_kernel::launch_unchecked(
@@ -1236,7 +1234,7 @@ pub(crate) fn flash_attention<R: CubeRuntime>(q: CubeTensor<R>, k: CubeTensor<R>
     let layout = FlashLayoutLaunch::new(heads, heads / kv_heads.max(1), queries, keys, qs[0], qs[1], qs[2], ks[0], ks[1], ks[2], vs[0], vs[1], vs[2]);
     let scale = 1.0 / (head_dim as f32).sqrt();
     let dtype = q.dtype;
-    let address = [&q, &k, &v, &output].map(|t| t.required_address_type()).into_iter().max().unwrap_or_default();
+    let address = address_type([&q, &k, &v, &output]);
     unsafe {
         flash_attention_kernel::launch_unchecked(
             &output.client,
@@ -1291,11 +1289,7 @@ fn decode_attention_planes<R: CubeRuntime>(
         (none.clone(), none, 1, 1)
     });
     let int_dtype = tables.dtype;
-    let address = [&q, &k, &v, &output, &partials, &tables]
-        .map(|t| t.required_address_type())
-        .into_iter()
-        .max()
-        .unwrap_or_default();
+    let address = address_type([&q, &k, &v, &output, &partials, &tables]);
     unsafe {
         decode_attention_planes_kernel::launch_unchecked(
             &client,
@@ -1958,12 +1952,7 @@ pub(crate) fn fused_linear<R: CubeRuntime, F: FloatElement, I: IntElement, BT: B
     let (lanes, planes, split, plane_reduce) = skinny_shape(&x.client, rows, vectors, tuning);
     let group_columns = if silu { tuning.columns / 2 } else { tuning.columns };
     let cube_columns = if split { group_columns } else { planes * group_columns };
-    let address = [&x, &weight, &output]
-        .into_iter()
-        .chain(residual.iter())
-        .map(|t| t.required_address_type())
-        .max()
-        .unwrap_or_default();
+    let address = address_type([&x, &weight, &output].into_iter().chain(residual.iter()));
     let dtype = x.dtype;
     let (norm, add) = (norm_weight.is_some(), residual.is_some());
     // Unused buffers are stood in for by ones of the right kind (never read).

@@ -166,8 +166,7 @@ pub trait Kernels: Backend {
     /// # Shapes
     /// `scores`: `[batch, heads, queries, keys]` → the same
     fn attention_softmax(scores: FloatTensor<Self>, scale: f64, causal: bool) -> FloatTensor<Self> {
-        let scores = Tensor::<Self, 4>::from_primitive(TensorPrimitive::Float(scores));
-        composed::attention_softmax(scores, scale, causal).into_primitive().tensor()
+        default_attention_softmax::<Self>(scores, scale, causal)
     }
 
     /// Attention of one new query row over every key, no mask, `scale = 1/sqrt(head_dim)`:
@@ -365,6 +364,12 @@ pub(crate) fn default_flash_attention<B: Backend>(q: FloatTensor<B>, k: FloatTen
     let (q, k, v) = (tensor(q), tensor(k), tensor(v));
     let rep = q.dims()[1] / k.dims()[1].max(1);
     crate::model::nn::attend(q, repeat_kv(k, rep), repeat_kv(v, rep), None, causal).into_primitive().tensor()
+}
+
+/// [`Kernels::attention_softmax`]'s default, for implementations that fall back to it.
+pub(crate) fn default_attention_softmax<B: Backend>(scores: FloatTensor<B>, scale: f64, causal: bool) -> FloatTensor<B> {
+    let scores = Tensor::<B, 4>::from_primitive(TensorPrimitive::Float(scores));
+    composed::attention_softmax(scores, scale, causal).into_primitive().tensor()
 }
 
 /// [`Kernels::decode_attention`]'s default, for implementations that fall back to it.

@@ -13,7 +13,7 @@ use burn_phi3v::kernels::{self, FlashAttention, Kernels};
 use clap::Args;
 use serde::{Deserialize, Serialize};
 
-use super::breakdown::{Timer, random};
+use super::breakdown::{Timer, flash_choices, random};
 use crate::{CliResult, with_device};
 
 /// Options of `phi3v bench attention`.
@@ -115,11 +115,7 @@ pub struct AttentionReport {
 /// Entry point of `phi3v bench attention`.
 pub fn run(args: AttentionArgs) -> CliResult<()> {
     let problems = args.shapes.iter().map(|s| Problem::parse(s)).collect::<Result<Vec<_>, _>>()?;
-    let choices = args
-        .flash
-        .iter()
-        .map(|c| FlashAttention::parse(c).ok_or_else(|| format!("--flash: `{c}` is not burn, unit, scores or planes,seq_q,seq_kv")))
-        .collect::<Result<Vec<_>, _>>()?;
+    let choices = flash_choices(&args.flash)?;
     if choices.is_empty() {
         return Err("--flash: no choice given".into());
     }

@@ -175,11 +175,7 @@ impl DeviceFn for BreakdownJob {
             runs: a.runs.max(1),
         };
         let profile = a.profile.as_ref().map(|dir| (dir.as_path(), a.profile_steps.max(1)));
-        let flash = a
-            .flash
-            .iter()
-            .map(|c| kernels::FlashAttention::parse(c).ok_or_else(|| format!("--flash: `{c}` is not burn, unit, scores or planes,seq_q,seq_kv")))
-            .collect::<Result<Vec<_>, _>>()?;
+        let flash = flash_choices(&a.flash)?;
         let mut phases = Vec::new();
         for &b in &a.decode_batches {
             eprintln!("decode b={b} ctx={}", a.context);
@@ -207,6 +203,13 @@ impl DeviceFn for BreakdownJob {
             launch_us: Some(launch_us),
         })
     }
+}
+
+/// `--flash`'s choices, each in `PHI3V_FLASH_ATTENTION`'s syntax.
+pub(super) fn flash_choices(list: &[String]) -> Result<Vec<kernels::FlashAttention>, String> {
+    list.iter()
+        .map(|c| kernels::FlashAttention::parse(c).ok_or_else(|| format!("--flash: `{c}` is not burn, unit, scores or planes,seq_q,seq_kv")))
+        .collect()
 }
 
 pub(super) struct Timer<B: Kernels> {
