@@ -184,6 +184,49 @@ fn bench_attention_times_every_choice_and_compares_outputs() {
     let _ = std::fs::remove_file(&out);
 }
 
+/// `phi3v bench matmul`: every choice on every product, each output equal to the first choice's
+/// (on the CPU a tiling is Burn's matmul: the default `Kernels::tiled_matmul`), the peer's
+/// column from its JSON; bad products, tilings and peer files are messages.
+#[test]
+fn bench_matmul_times_every_choice_beside_the_peer() {
+    let dir = std::env::temp_dir().join(format!("phi3v-bench-matmul-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (out, peer) = (dir.join("matmul.json"), dir.join("peer.json"));
+    std::fs::write(&peer, r#"{"device": "test GPU", "dtype": "bf16", "timings": [{"product": {"rows": 40, "d_in": 24, "d_out": 56}, "us": 1e9, "tflops": 0.0}]}"#).unwrap();
+    let o = phi3v(&[
+        "bench", "matmul", "--device", "cpu", "--shapes", "40,24,56;7,9,5", "--tilings", "burn;double-mma:4,4,2:2,2", "--warmup", "0", "--runs", "2",
+        "--peer", peer.to_str().unwrap(), "--out", out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let r: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+    let timings = r["timings"].as_array().unwrap();
+    assert_eq!(timings.len(), 4, "{r}");
+    for t in timings {
+        assert!(t["us"].as_f64().unwrap() > 0.0, "{t}");
+        assert!(t["rel_diff"].as_f64().unwrap() < 1e-6, "{t}");
+    }
+    assert_eq!(timings[1]["choice"], "double-mma:4,4,2:2,2");
+    let table = stdout(&o);
+    assert!(table.contains("Peer: PyTorch `F.linear` on test GPU"), "{table}");
+    // The peer took 1e9 µs for the first product and has no figure for the second.
+    let row = table.lines().find(|l| l.starts_with("| 40 × 24 → 56 | burn |")).unwrap_or_else(|| panic!("{table}"));
+    assert!(!row.contains("| – |"), "{row}");
+    assert!(table.lines().any(|l| l.starts_with("| 7 × 9 → 5 | burn |") && l.contains("| – |")), "{table}");
+    let bad_peer = dir.join("bad.json");
+    std::fs::write(&bad_peer, "{}").unwrap();
+    for (flag, value, message) in [
+        ("--shapes", "1,2", "is not rows,d_in,d_out"),
+        ("--tilings", "fast:1,1,1:1,1", "is neither `burn` nor"),
+        ("--tilings", "double:1,1,1:8,8", "is neither `burn` nor"),
+        ("--peer", bad_peer.to_str().unwrap(), "is not bench/peer_matmul.py's JSON"),
+        ("--peer", "/nonexistent/peer.json", "cannot read"),
+    ] {
+        let bad = phi3v(&["bench", "matmul", "--device", "cpu", "--shapes", "4,4,4", flag, value]);
+        assert!(!bad.status.success() && stderr(&bad).contains(message), "{flag} {value}: {}", stderr(&bad));
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// `--shared-prefix`: the requests of a generation point share their first tokens; the engine
 /// with prefix caching takes them from its cache (one prompt per pass, so the later requests
 /// find the first one's blocks), the engine without it computes them every time.

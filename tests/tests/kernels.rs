@@ -356,6 +356,39 @@ impl KernelJob {
         assert_eq!(kernels::SkinnyTuning::parse("8, 2,4"), Some(kernels::SkinnyTuning { columns: 8, lane_vectors: 2, depth: 4 }));
         assert_eq!(kernels::SkinnyTuning::parse("4,4"), None);
 
+        // cubek-matmul's tensor-core routines at tilings of this crate's choosing (the weight as
+        // the model holds it: transposed), against Burn's matmul: k not a multiple of a stage's,
+        // m and n not multiples of a cube's block. Where a routine refuses (no tensor cores, as
+        // on lavapipe), Burn's matmul runs and the refusal is printed.
+        for tiling in ["double:2,2,2:2,2", "specialized_tma:2,4,2:2,1", "simple-mma:1,2,2:2,2", "ordered:2,4,2:2,1", "specialized:4,4,2:2,2"] {
+            let tiling = kernels::MatmulTiling::parse(tiling).expect("a valid tiling");
+            for (rows, d_in, d_out) in [(130, 200, 72), (64, 512, 96), (300, 96, 160)] {
+                let x = tensor(input(vec![rows * d_in], 1.0)).reshape([rows, d_in]);
+                let weight = tensor(input(vec![d_out * d_in], 0.05)).reshape([d_out, d_in]).transpose();
+                let tiled = || kernels::tiled_matmul(x.clone(), weight.clone(), tiling).reshape([1, rows, d_out]);
+                let outputs = (tiled(), tiled(), x.clone().matmul(weight.clone()).reshape([1, rows, d_out]));
+                compare(format!("tiled_matmul [{rows}, {d_in}] · [{d_in}, {d_out}] at {tiling}"), d_in, outputs);
+            }
+        }
+        eprintln!("matmul tilings refused on this target (Burn's matmul ran instead): {:?}", kernels::matmul_tiling_refusals());
+        // `linear` under a process-wide tiling (PHI3V_MATMUL): products of 128 rows and more take
+        // the tiled matmul, then the bias (CLIP's projections have one), as 3-d inputs.
+        {
+            let tiling = kernels::MatmulTiling::parse("double:2,2,2:2,2").expect("a valid tiling");
+            let (batch, seq, d_in, d_out) = (2, 65, 96, 80);
+            let x = tensor(input(vec![batch * seq * d_in], 1.0)).reshape([batch, seq, d_in]);
+            let weight = tensor(input(vec![d_out * d_in], 0.05)).reshape([d_out, d_in]).transpose();
+            let bias = tensor(input(vec![d_out], 1.0));
+            let previous = kernels::matmul_tiling();
+            let linear = |tiling| {
+                assert!(kernels::set_matmul_tiling(tiling));
+                kernels::linear(x.clone(), &weight, Some(&bias))
+            };
+            let outputs = (linear(Some(tiling)), linear(Some(tiling)), linear(None));
+            assert!(kernels::set_matmul_tiling(previous));
+            compare(format!("linear [{batch}, {seq}, {d_in}] → {d_out} with bias at {tiling}"), d_in, outputs);
+        }
+
         // Inputs must be random, never constant: a kernel reading the wrong element of a constant
         // tensor would pass.
         let x = tensor(input(vec![64], 1.0));

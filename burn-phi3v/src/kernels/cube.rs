@@ -82,7 +82,7 @@ where
             && pd == *v_pool.meta.shape()
             && qkv.meta.shape()[0] == 1
             && qkv.meta.shape()[2] == (heads + 2 * pd[1]) * pd[2]
-            && pd[2] % 2 == 0
+            && pd[2].is_multiple_of(2)
             && k_pool.meta.strides()[2] == 1
             && v_pool.meta.strides()[2] == 1
             && slots.meta.shape().num_elements() == qkv.meta.shape()[1];
@@ -201,6 +201,17 @@ where
                     return super::default_flash_attention::<Self>(q, k, v, causal);
                 }
                 flash_attention(q, k, v, causal)
+            }
+        }
+    }
+
+    fn tiled_matmul(lhs: FloatTensor<Self>, rhs: FloatTensor<Self>, tiling: super::MatmulTiling) -> FloatTensor<Self> {
+        match super::cube_tiling::tiled_matmul(lhs.clone(), rhs.clone(), tiling) {
+            Ok(out) => out,
+            Err(e) => {
+                let problem = [lhs.meta.shape()[0], lhs.meta.shape()[1], rhs.meta.shape()[1]];
+                super::refuse_matmul_tiling(format!("{tiling} on m,k,n {problem:?} ({:?}): {}", lhs.dtype, e.trim()));
+                Self::float_matmul(lhs, rhs)
             }
         }
     }
@@ -591,6 +602,16 @@ fn rotary_append_kernel<E: Float>(
     }
 }
 
+/// `t` itself where nothing else holds its buffer (a kernel may write it in place), else a
+/// copy, counted for [`super::shared_buffer_copies`].
+fn owned<R: CubeRuntime>(t: CubeTensor<R>) -> CubeTensor<R> {
+    if t.can_mut() {
+        return t;
+    }
+    super::count_shared_buffer_copy();
+    t.copy()
+}
+
 /// The rotary embedding, head split and KV-cache append of a decode step; see
 /// [`Kernels::rotary_append`]. A buffer something else holds is copied first.
 pub(crate) fn rotary_append<R: CubeRuntime>(
@@ -604,8 +625,7 @@ pub(crate) fn rotary_append<R: CubeRuntime>(
 ) -> (CubeTensor<R>, CubeTensor<R>, CubeTensor<R>) {
     let qkv = if qkv.meta.strides()[2] == 1 { qkv } else { into_contiguous(qkv) };
     let (cos, sin) = (into_contiguous(cos), into_contiguous(sin));
-    let own = |t: CubeTensor<R>| if t.can_mut() { t } else { t.copy() };
-    let (k_cache, v_cache) = (own(k_cache), own(v_cache));
+    let (k_cache, v_cache) = (owned(k_cache), owned(v_cache));
     let [batch, seq, width] = [0, 1, 2].map(|i| qkv.meta.shape()[i]);
     let [kv_heads, head_dim] = [1, 3].map(|i| k_cache.meta.shape()[i]);
     let q = empty_device_contiguous_dtype(qkv.client.clone(), qkv.device.clone(), [batch, heads, seq, head_dim].into(), qkv.dtype);
@@ -724,8 +744,7 @@ pub(crate) fn rotary_write_paged<R: CubeRuntime>(
 ) -> (CubeTensor<R>, CubeTensor<R>, CubeTensor<R>) {
     let qkv = if qkv.meta.strides()[2] == 1 { qkv } else { into_contiguous(qkv) };
     let (cos, sin, slots) = (into_contiguous(cos), into_contiguous(sin), into_contiguous(slots));
-    let own = |t: CubeTensor<R>| if t.can_mut() { t } else { t.copy() };
-    let (k_pool, v_pool) = (own(k_pool), own(v_pool));
+    let (k_pool, v_pool) = (owned(k_pool), owned(v_pool));
     let [tokens, width] = [qkv.meta.shape()[1], qkv.meta.shape()[2]];
     let [kv_heads, head_dim] = [k_pool.meta.shape()[1], k_pool.meta.shape()[2]];
     let q = empty_device_contiguous_dtype(qkv.client.clone(), qkv.device.clone(), [tokens, heads, head_dim].into(), qkv.dtype);

@@ -22,6 +22,7 @@ enum Kind {
     DecodeAttention,
     AttentionSoftmax { scale: f64, causal: bool },
     SkinnyLinear,
+    TiledMatmul { tiling: super::MatmulTiling },
     /// Inputs: `x`, `weight`, then the norm's weight when `norm_eps` is given, then the
     /// residual when `then` is [`Then::Residual`].
     FusedLinear { norm_eps: Option<f64>, then: Then },
@@ -57,6 +58,7 @@ impl<B: FusionBackend + Kernels> Operation<B::FusionRuntime> for Step<B> {
             Kind::DecodeAttention => vec![B::decode_attention(input(0), input(1), input(2))],
             Kind::AttentionSoftmax { scale, causal } => vec![B::attention_softmax(input(0), scale, causal)],
             Kind::SkinnyLinear => vec![B::skinny_linear(input(0), input(1))],
+            Kind::TiledMatmul { tiling } => vec![B::tiled_matmul(input(0), input(1), tiling)],
             Kind::FusedLinear { norm_eps, then } => {
                 let (x, weight) = (input(0), input(1));
                 let norm = norm_eps.map(|eps| (input(2), eps));
@@ -128,6 +130,11 @@ impl<B: FusionBackend + Kernels> Kernels for Fusion<B> {
     fn skinny_linear(x: FloatTensor<Self>, weight: FloatTensor<Self>) -> FloatTensor<Self> {
         let shape = Shape::new([x.shape[0], weight.shape[1]]);
         register::<B>("phi3v_skinny_linear", Kind::SkinnyLinear, vec![x, weight], shape)
+    }
+
+    fn tiled_matmul(lhs: FloatTensor<Self>, rhs: FloatTensor<Self>, tiling: super::MatmulTiling) -> FloatTensor<Self> {
+        let shape = Shape::new([lhs.shape[0], rhs.shape[1]]);
+        register::<B>("phi3v_tiled_matmul", Kind::TiledMatmul { tiling }, vec![lhs, rhs], shape)
     }
 
     fn fused_linear(x: FloatTensor<Self>, weight: FloatTensor<Self>, norm: Option<(FloatTensor<Self>, f64)>, epilogue: super::Epilogue<Self>) -> FloatTensor<Self> {

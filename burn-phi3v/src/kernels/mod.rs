@@ -31,8 +31,13 @@ use crate::model::nn::repeat_kv;
 
 #[cfg(feature = "cube")]
 mod cube;
+#[cfg(feature = "cube")]
+mod cube_tiling;
 #[cfg(all(feature = "fusion", feature = "cube"))]
 mod fusion;
+mod tiling;
+
+pub use tiling::{MATMUL_TILING_MIN_ROWS, MatmulRoutine, MatmulTiling, matmul_tiling, set_matmul_tiling};
 
 /// Fused operations of the model. Every method has a default composed from Burn ops.
 ///
@@ -167,6 +172,18 @@ pub trait Kernels: Backend {
     /// `scores`: `[batch, heads, queries, keys]` → the same
     fn attention_softmax(scores: FloatTensor<Self>, scale: f64, causal: bool) -> FloatTensor<Self> {
         default_attention_softmax::<Self>(scores, scale, causal)
+    }
+
+    /// `lhs · rhs` by CubeCL's tensor-core matmul at `tiling` instead of the tiling Burn's
+    /// autotune would run ([`MatmulTiling`]). Burn's matmul where the backend has no such
+    /// kernel, and where the routine refuses the tiling or the problem (each refusal is
+    /// recorded for [`matmul_tiling_refusals`]).
+    ///
+    /// # Shapes
+    /// `lhs`: `[m, k]`; `rhs`: `[k, n]` (any strides) → `[m, n]`
+    fn tiled_matmul(lhs: FloatTensor<Self>, rhs: FloatTensor<Self>, tiling: MatmulTiling) -> FloatTensor<Self> {
+        let _ = tiling;
+        Self::float_matmul(lhs, rhs)
     }
 
     /// Attention of one new query row over every key, no mask, `scale = 1/sqrt(head_dim)`:
@@ -852,23 +869,69 @@ pub fn flash_attention_choice() -> FlashAttention {
     }
 }
 
+/// Why a CubeCL routine at a chosen tiling did not run (each distinct reason once, at most 64).
+struct Refusals(std::sync::Mutex<Vec<String>>);
+
+impl Refusals {
+    const fn new() -> Self {
+        Self(std::sync::Mutex::new(Vec::new()))
+    }
+
+    fn list(&self) -> Vec<String> {
+        self.0.lock().map(|r| r.clone()).unwrap_or_default()
+    }
+
+    #[cfg_attr(not(feature = "cube"), allow(dead_code))]
+    fn record(&self, reason: String) {
+        if let Ok(mut r) = self.0.lock()
+            && r.len() < 64
+            && !r.contains(&reason)
+        {
+            r.push(reason);
+        }
+    }
+}
+
+static FLASH_REFUSALS: Refusals = Refusals::new();
+static MATMUL_REFUSALS: Refusals = Refusals::new();
+
 /// Why [`FlashAttention::Tiles`] took Burn's attention instead since the process started: the
 /// tensor-core routine's setup errors, each distinct one once, with the tiling it refused.
 pub fn flash_attention_refusals() -> Vec<String> {
-    FLASH_REFUSALS.lock().map(|r| r.clone()).unwrap_or_default()
+    FLASH_REFUSALS.list()
 }
 
-static FLASH_REFUSALS: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
-
-/// Records a refusal for [`flash_attention_refusals`] (kept once; at most 64 kept).
+/// Records a refusal for [`flash_attention_refusals`].
 #[cfg_attr(not(feature = "cube"), allow(dead_code))]
 pub(crate) fn refuse_flash_attention(reason: String) {
-    if let Ok(mut r) = FLASH_REFUSALS.lock()
-        && r.len() < 64
-        && !r.contains(&reason)
-    {
-        r.push(reason);
-    }
+    FLASH_REFUSALS.record(reason);
+}
+
+/// Why [`Kernels::tiled_matmul`] took Burn's matmul instead since the process started: the
+/// routine's setup errors, each distinct one once, with the tiling and problem it refused.
+pub fn matmul_tiling_refusals() -> Vec<String> {
+    MATMUL_REFUSALS.list()
+}
+
+/// Records a refusal for [`matmul_tiling_refusals`].
+#[cfg_attr(not(feature = "cube"), allow(dead_code))]
+pub(crate) fn refuse_matmul_tiling(reason: String) {
+    MATMUL_REFUSALS.record(reason);
+}
+
+/// How many times since the process started a kernel that writes a KV cache in place
+/// ([`Kernels::rotary_append`], [`Kernels::rotary_write_paged`]) found the buffer held by
+/// another tensor and wrote into a copy of it instead. A decode loop that owns its cache keeps
+/// this at zero; each copy moves the whole buffer.
+pub fn shared_buffer_copies() -> usize {
+    SHARED_BUFFER_COPIES.load(Ordering::Relaxed)
+}
+
+static SHARED_BUFFER_COPIES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+#[cfg_attr(not(feature = "cube"), allow(dead_code))]
+pub(crate) fn count_shared_buffer_copy() {
+    SHARED_BUFFER_COPIES.fetch_add(1, Ordering::Relaxed);
 }
 
 /// Whether [`Kernels::flash_attention`] runs one of this crate's choices rather than Burn's
@@ -1048,8 +1111,9 @@ pub fn skinny_min_rows() -> usize {
 }
 
 /// `nn.Linear` (`x · weight + bias`): [`Kernels::skinny_linear`] for [`skinny_min_rows`] to
-/// [`SKINNY_ROWS`] rows without bias, Burn's `linear` otherwise (and when [`fused_kernels`] is
-/// off).
+/// [`SKINNY_ROWS`] rows without bias, [`Kernels::tiled_matmul`] for [`MATMUL_TILING_MIN_ROWS`]
+/// or more rows when a [`matmul_tiling`] is set, Burn's `linear` otherwise (and when
+/// [`fused_kernels`] is off).
 ///
 /// # Shapes
 /// `x`: `[..., d_in]`; `weight`: `[d_in, d_out]`; `bias`: `[d_out]` → `[..., d_out]`
@@ -1060,6 +1124,14 @@ pub fn linear<B: Kernels, const D: usize>(x: Tensor<B, D>, weight: &Tensor<B, 2>
     let mut out_dims = dims;
     out_dims[D - 1] = d_out;
     let x = x.reshape([rows, d_in]);
+    if let Some(tiling) = matmul_tiling().filter(|_| rows >= MATMUL_TILING_MIN_ROWS && fused_kernels()) {
+        let y = tiled_matmul(x, weight.clone(), tiling);
+        let y = match bias {
+            Some(b) => y + b.clone().unsqueeze_dim(0),
+            None => y,
+        };
+        return y.reshape(out_dims);
+    }
     if bias.is_some() || !skinny(rows) {
         // As one [rows, d_in] product: Burn's `linear` on [batch, seq, d_in] broadcasts the
         // weight into a batched product, which at one token per row (a static decode batch)
@@ -1069,6 +1141,15 @@ pub fn linear<B: Kernels, const D: usize>(x: Tensor<B, D>, weight: &Tensor<B, 2>
     }
     let out = B::skinny_linear(x.into_primitive().tensor(), weight.clone().into_primitive().tensor());
     Tensor::<B, 2>::from_primitive(TensorPrimitive::Float(out)).reshape(out_dims)
+}
+
+/// [`Kernels::tiled_matmul`] on tensors.
+///
+/// # Shapes
+/// `lhs`: `[m, k]`; `rhs`: `[k, n]` → `[m, n]`
+pub fn tiled_matmul<B: Kernels>(lhs: Tensor<B, 2>, rhs: Tensor<B, 2>, tiling: MatmulTiling) -> Tensor<B, 2> {
+    let out = B::tiled_matmul(lhs.into_primitive().tensor(), rhs.into_primitive().tensor(), tiling);
+    Tensor::from_primitive(TensorPrimitive::Float(out))
 }
 
 /// Whether a product over `rows` rows takes [`Kernels::skinny_linear`] (see [`linear`]).

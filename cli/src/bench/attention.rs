@@ -13,7 +13,7 @@ use burn_phi3v::kernels::{self, FlashAttention, Kernels};
 use clap::Args;
 use serde::{Deserialize, Serialize};
 
-use super::breakdown::{Timer, flash_choices, random};
+use super::breakdown::{Timer, flash_choices, random, relative_difference};
 use crate::{CliResult, with_device};
 
 /// Options of `phi3v bench attention`.
@@ -154,14 +154,7 @@ impl DeviceFn for AttentionJob {
                 kernels::set_flash_attention(choice);
                 let us = timer.time(attend);
                 let out: Vec<f32> = attend().into_data().convert::<f32>().into_vec().unwrap_or_default();
-                let rel_diff = match &first {
-                    None => 0.0,
-                    Some(base) => {
-                        let scale = base.iter().fold(0f32, |m, x| m.max(x.abs())).max(f32::MIN_POSITIVE);
-                        let diff = base.iter().zip(&out).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
-                        if base.len() == out.len() { (diff / scale) as f64 } else { f64::INFINITY }
-                    }
-                };
+                let rel_diff = first.as_deref().map_or(0.0, |base| relative_difference(base, &out));
                 first.get_or_insert(out);
                 eprintln!("{p:?} {choice:?}: {us:.1} µs");
                 timings.push(Timing { problem: *p, choice: format!("{choice:?}"), us, tflops: p.flop() / us / 1e6, rel_diff });
@@ -202,7 +195,7 @@ mod tests {
         // A causal square problem does a little over half the products of a full one.
         let full = Problem { causal: false, ..p };
         assert!((p.flop() / full.flop() - 1025.0 / 2048.0).abs() < 1e-9);
-        assert_eq!(Problem::parse(" 17, 16,577,577,64").unwrap().causal, false);
+        assert!(!Problem::parse(" 17, 16,577,577,64").unwrap().causal);
         for bad in ["1,2,3,4", "1,2,3,4,0", "1,2,3,4,5,full", "1,2,8,4,5,causal", "a,2,3,4,5", "1,2,3,4,5,causal,7"] {
             assert!(Problem::parse(bad).is_err(), "{bad}");
         }

@@ -242,6 +242,16 @@ impl<B: Kernels> Timer<B> {
     }
 }
 
+/// Largest |out − base| over the largest |base| (infinite when the lengths differ).
+pub(super) fn relative_difference(base: &[f32], out: &[f32]) -> f64 {
+    if base.len() != out.len() {
+        return f64::INFINITY;
+    }
+    let scale = base.iter().fold(0f32, |m, x| m.max(x.abs())).max(f32::MIN_POSITIVE);
+    let diff = base.iter().zip(out).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+    f64::from(diff / scale)
+}
+
 pub(super) fn random<B: Kernels, const D: usize>(shape: [usize; D], device: &B::Device, dtype: DType) -> Tensor<B, D> {
     Tensor::<B, D>::random(shape, Distribution::Normal(0.0, 1.0), device).cast(dtype)
 }

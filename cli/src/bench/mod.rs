@@ -4,6 +4,7 @@
 //! ends with the device synchronised; warm-up runs come first; medians of several runs.
 
 pub mod attention;
+pub mod matmul;
 pub mod breakdown;
 mod plot;
 mod profile;
@@ -54,6 +55,9 @@ pub enum BenchCommand {
     /// Time the attention of a prefill and of the vision tower alone under each flash-attention
     /// choice (`burn`, `unit`, `scores`, a tiling), with each output compared with the first's.
     Attention(attention::AttentionArgs),
+    /// Time the model's large products (prefill, vision tower) through Burn's matmul and
+    /// through cubek-matmul's tensor-core routines at chosen tilings, beside PyTorch's when given.
+    Matmul(matmul::MatmulArgs),
 }
 
 /// Options of `phi3v bench run`.
@@ -176,6 +180,7 @@ pub fn run(cmd: BenchCommand) -> CliResult<()> {
         }
         BenchCommand::Breakdown(a) => breakdown::run(a),
         BenchCommand::Attention(a) => attention::run(a),
+        BenchCommand::Matmul(a) => matmul::run(a),
     }
 }
 

@@ -1,0 +1,176 @@
+//! [`MatmulTiling`]: a tensor-core matmul of CubeCL's (cubek-matmul) at a tiling chosen here
+//! instead of the one its selector infers, for the large products of a prefill and of the
+//! vision tower (issue 10, lever 5: Burn's autotune only tries the inferred tiling of each
+//! routine, ~160–220 TFLOP/s on an H200 where cuBLAS does ~790).
+
+use std::fmt;
+use std::sync::RwLock;
+
+/// cubek-matmul's global routine (how the operands reach shared memory) behind a
+/// [`MatmulTiling`]; the names are those of Burn's autotune candidates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum MatmulRoutine {
+    /// One stage in shared memory, loaded cyclically by every plane (`simple_cyclic`).
+    Simple,
+    /// Two stages, loaded cyclically (`double_cyclic`).
+    Double,
+    /// Two stages, the k loop ordered per plane (`ordered_double`).
+    Ordered,
+    /// Planes specialised in loading or computing, cyclic loads (`specialized_cyclic`).
+    Specialized,
+    /// One stage loaded by the tensor memory accelerator (`simple_tma`; Hopper and later).
+    SimpleTma,
+    /// Two stages loaded by the tensor memory accelerator (`double_tma`).
+    DoubleTma,
+    /// Load and compute planes with TMA loads (`specialized_tma`).
+    SpecializedTma,
+}
+
+impl MatmulRoutine {
+    /// Every routine with its name in [`MatmulTiling::parse`]'s syntax.
+    pub const ALL: [(&'static str, MatmulRoutine); 7] = [
+        ("simple", Self::Simple),
+        ("double", Self::Double),
+        ("ordered", Self::Ordered),
+        ("specialized", Self::Specialized),
+        ("simple_tma", Self::SimpleTma),
+        ("double_tma", Self::DoubleTma),
+        ("specialized_tma", Self::SpecializedTma),
+    ];
+
+    /// The routine's name in [`MatmulTiling::parse`]'s syntax.
+    pub fn name(self) -> &'static str {
+        Self::ALL.iter().find(|(_, r)| *r == self).map_or("?", |(n, _)| n)
+    }
+
+    /// Whether planes specialise in loading (the blueprint carries a load-only flow).
+    pub fn specialized(self) -> bool {
+        matches!(self, Self::Specialized | Self::SpecializedTma)
+    }
+}
+
+/// A tensor-core matmul tiling: each plane (warp) computes `partition[0] × partition[1]` tiles
+/// of the output and steps `partition[2]` tiles along `k`; a cube holds `stage[0] × stage[1]`
+/// planes (so its block of the output is `stage · partition · tile`); `tile` is the
+/// instruction's `m × n × k` (`None`: the one cubek-matmul picks for the problem, 16×16×16
+/// for square-ish bf16 problems on CUDA). `mma` selects the explicit `mma` instructions instead
+/// of `cmma` (wmma) fragments.
+///
+/// Text form (`PHI3V_MATMUL`, `phi3v bench matmul --tilings`):
+/// `ROUTINE[-mma]:PM,PN,PK:SM,SN[:TM,TN,TK]`, e.g. `specialized_tma:4,4,2:2,2`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct MatmulTiling {
+    /// How the operands reach shared memory.
+    pub routine: MatmulRoutine,
+    /// Explicit `mma` instructions instead of `cmma` fragments.
+    pub mma: bool,
+    /// Tiles per plane along m, n, k (each 1–16; m·n ≤ 64).
+    pub partition: [u32; 3],
+    /// Planes per cube along m, n (each 1–16; product ≤ 32).
+    pub stage: [u32; 2],
+    /// Instruction size m, n, k (each 8, 16 or 32).
+    pub tile: Option<[u32; 3]>,
+}
+
+impl MatmulTiling {
+    /// Whether the values are in range (the routine may still refuse the tiling at launch).
+    pub fn is_valid(&self) -> bool {
+        let [pm, pn, pk] = self.partition;
+        let [sm, sn] = self.stage;
+        let each = |v: u32| (1..=16).contains(&v);
+        [pm, pn, pk, sm, sn].into_iter().all(each)
+            && pm * pn <= 64
+            && sm * sn <= 32
+            && self.tile.is_none_or(|t| t.iter().all(|v| matches!(v, 8 | 16 | 32)))
+    }
+
+    /// Reads the text form; `None` when it is malformed or out of range.
+    pub fn parse(s: &str) -> Option<Self> {
+        let parts: Vec<&str> = s.trim().split(':').map(str::trim).collect();
+        let (name, mma) = match parts.first()?.strip_suffix("-mma") {
+            Some(name) => (name, true),
+            None => (parts[0], false),
+        };
+        let routine = MatmulRoutine::ALL.iter().find(|(n, _)| *n == name)?.1;
+        let numbers = |p: &str| -> Option<Vec<u32>> { p.split(',').map(|v| v.trim().parse().ok()).collect() };
+        let partition: [u32; 3] = numbers(parts.get(1)?)?.try_into().ok()?;
+        let stage: [u32; 2] = numbers(parts.get(2)?)?.try_into().ok()?;
+        let tile = match parts.get(3) {
+            None => None,
+            Some(t) => Some(numbers(t)?.try_into().ok()?),
+        };
+        if parts.len() > 4 {
+            return None;
+        }
+        let tiling = Self { routine, mma, partition, stage, tile };
+        tiling.is_valid().then_some(tiling)
+    }
+}
+
+impl fmt::Display for MatmulTiling {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let [pm, pn, pk] = self.partition;
+        let [sm, sn] = self.stage;
+        write!(f, "{}{}:{pm},{pn},{pk}:{sm},{sn}", self.routine.name(), if self.mma { "-mma" } else { "" })?;
+        if let Some([tm, tn, tk]) = self.tile {
+            write!(f, ":{tm},{tn},{tk}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Fewest rows a product has for [`super::linear`] to run it at the [`matmul_tiling`] (below,
+/// the skinny kernel or Burn's matmul: the tilings are for prefill and vision-tower shapes).
+pub const MATMUL_TILING_MIN_ROWS: usize = 128;
+
+/// `None` inside = Burn's autotuned matmul; the outer `None` = not read from the environment yet.
+static MATMUL_TILING: RwLock<Option<Option<MatmulTiling>>> = RwLock::new(None);
+
+/// The tiling [`super::linear`] runs products of [`MATMUL_TILING_MIN_ROWS`] or more rows at on
+/// the CubeCL backends; `None` (the default) leaves them to Burn's autotuned matmul.
+/// `PHI3V_MATMUL` sets it for a process (read once; `burn` or unset: `None`; an invalid value
+/// is ignored), [`set_matmul_tiling`] at any time.
+pub fn matmul_tiling() -> Option<MatmulTiling> {
+    if let Some(choice) = *MATMUL_TILING.read().unwrap_or_else(|e| e.into_inner()) {
+        return choice;
+    }
+    let choice = std::env::var("PHI3V_MATMUL").ok().and_then(|v| MatmulTiling::parse(&v));
+    set_matmul_tiling(choice);
+    choice
+}
+
+/// Sets [`matmul_tiling`] for every later call; `false` (nothing changed) for an invalid tiling.
+pub fn set_matmul_tiling(tiling: Option<MatmulTiling>) -> bool {
+    if tiling.is_some_and(|t| !t.is_valid()) {
+        return false;
+    }
+    *MATMUL_TILING.write().unwrap_or_else(|e| e.into_inner()) = Some(tiling);
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tilings_parse_print_and_reject_what_is_out_of_range() {
+        let t = MatmulTiling::parse("specialized_tma:4,4,2:2,2").unwrap();
+        assert_eq!((t.routine, t.mma, t.partition, t.stage, t.tile), (MatmulRoutine::SpecializedTma, false, [4, 4, 2], [2, 2], None));
+        let m = MatmulTiling::parse(" double-mma : 2,8,2 : 4,1 : 16,8,16 ").unwrap();
+        assert!(m.mma && m.tile == Some([16, 8, 16]) && m.routine == MatmulRoutine::Double);
+        for s in ["specialized_tma:4,4,2:2,2", "double-mma:2,8,2:4,1:16,8,16", "simple:1,1,1:1,1"] {
+            assert_eq!(MatmulTiling::parse(s).unwrap().to_string(), s);
+        }
+        for (name, routine) in MatmulRoutine::ALL {
+            assert_eq!(routine.name(), name);
+            assert_eq!(MatmulTiling::parse(&format!("{name}:1,2,2:2,1")).unwrap().routine, routine);
+        }
+        for bad in [
+            "", "burn", "fast:1,1,1:1,1", "simple", "simple:1,1:1,1", "simple:1,1,1:1", "simple:0,1,1:1,1", "simple:17,1,1:1,1",
+            "simple:16,8,1:1,1", "simple:1,1,1:8,8", "simple:1,1,1:1,1:12,16,16", "simple:1,1,1:1,1:16,16", "simple:1,1,1:1,1:16,16,16:x",
+            "simple-cmma:1,1,1:1,1", "simple:a,1,1:1,1",
+        ] {
+            assert!(MatmulTiling::parse(bad).is_none(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,235 @@
+//! `phi3v bench matmul`: the model's large products (a prefill's projections, the vision
+//! tower's) alone, through Burn's autotuned matmul and through cubek-matmul's tensor-core
+//! routines at chosen tilings ([`kernels::MatmulTiling`]), in one process on one device (issue
+//! 10, lever 5). Each choice is timed as `phi3v bench breakdown` times a stage (`warmup` calls,
+//! then `runs` calls between two device synchronisations; the mean per call) and its output is
+//! compared with the first choice's. The weight is laid out as the model holds it (the
+//! checkpoint's `[d_out, d_in]`, used transposed). With `--peer`, PyTorch's `F.linear` at the
+//! same shapes (bench/peer_matmul.py, same device call) is a column of its own.
+
+use std::path::PathBuf;
+
+use burn::tensor::DType;
+use burn_phi3v::DeviceFn;
+use burn_phi3v::device::{DeviceInfo, dtype_name};
+use burn_phi3v::kernels::{self, Kernels, MatmulTiling};
+use clap::Args;
+use serde::{Deserialize, Serialize};
+
+use super::breakdown::{Timer, random, relative_difference};
+use crate::{CliResult, with_device};
+
+/// Options of `phi3v bench matmul`.
+#[derive(Args, Clone, Debug)]
+pub struct MatmulArgs {
+    /// Device: cpu, cuda[:N], wgpu[:N], vulkan[:N].
+    #[arg(long, default_value = "cuda")]
+    device: String,
+    /// Compute dtype (default: the device's, bf16 on CUDA).
+    #[arg(long)]
+    dtype: Option<String>,
+    /// Products `rows,d_in,d_out`, separated by `;`. Default: Phi-3's projections in a prefill
+    /// of 1024 tokens (`qkv_proj`, `o_proj`, `gate_up_proj`, `down_proj`), CLIP ViT-L/14-336's
+    /// over the 17 crops of num_crops 16 (9809 rows: q/k/v/out, `fc1`, `fc2`), and 8192³.
+    #[arg(
+        long,
+        value_delimiter = ';',
+        default_value = "1024,3072,9216;1024,3072,3072;1024,3072,16384;1024,8192,3072;9809,1024,1024;9809,1024,4096;9809,4096,1024;8192,8192,8192"
+    )]
+    shapes: Vec<String>,
+    /// Choices, separated by `;`: `burn` (Burn's autotuned matmul, as the model runs it by
+    /// default) or a tiling `ROUTINE[-mma]:PM,PN,PK:SM,SN[:TM,TN,TK]` (`PHI3V_MATMUL`'s
+    /// syntax). The first is the one the others are compared with.
+    #[arg(long, value_delimiter = ';', default_value = "burn;specialized_tma:2,8,2:4,1;specialized_tma:4,4,2:2,2;double:4,4,2:2,2;double-mma:4,4,2:2,2")]
+    tilings: Vec<String>,
+    /// Calls before timing.
+    #[arg(long, default_value_t = 3)]
+    warmup: usize,
+    /// Timed calls per choice.
+    #[arg(long, default_value_t = 20)]
+    runs: usize,
+    /// The PyTorch peer's figures at the same shapes (bench/peer_matmul.py's JSON).
+    #[arg(long)]
+    peer: Option<PathBuf>,
+    /// Also write the results as JSON here.
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+/// One product: `[rows, d_in] · [d_in, d_out]`.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Product {
+    pub rows: usize,
+    pub d_in: usize,
+    pub d_out: usize,
+}
+
+impl Product {
+    /// Reads `rows,d_in,d_out` (positive numbers).
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let n: Vec<usize> = s
+            .split(',')
+            .map(|p| p.trim().parse().ok().filter(|&v| v > 0))
+            .collect::<Option<_>>()
+            .filter(|v: &Vec<usize>| v.len() == 3)
+            .ok_or_else(|| format!("--shapes: `{s}` is not rows,d_in,d_out (three positive numbers)"))?;
+        Ok(Self { rows: n[0], d_in: n[1], d_out: n[2] })
+    }
+
+    /// 2 · rows · d_in · d_out.
+    pub fn flop(&self) -> f64 {
+        2.0 * self.rows as f64 * self.d_in as f64 * self.d_out as f64
+    }
+}
+
+/// `burn` or a tiling.
+fn parse_choice(s: &str) -> Result<Option<MatmulTiling>, String> {
+    match s.trim() {
+        "burn" => Ok(None),
+        t => MatmulTiling::parse(t)
+            .map(Some)
+            .ok_or_else(|| format!("--tilings: `{t}` is neither `burn` nor ROUTINE[-mma]:PM,PN,PK:SM,SN[:TM,TN,TK] (routines: {})", kernels::MatmulRoutine::ALL.map(|(n, _)| n).join(", "))),
+    }
+}
+
+/// One choice's figures on one product.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Timing {
+    pub product: Product,
+    /// `burn` or the tiling's text form.
+    pub choice: String,
+    /// Mean microseconds per call.
+    pub us: f64,
+    /// [`Product::flop`] per second, in TFLOP/s.
+    pub tflops: f64,
+    /// Largest |output − first choice's output| over the largest |first choice's output|.
+    pub rel_diff: f64,
+    /// Whether the routine refused the tiling, so that Burn's matmul ran instead.
+    pub refused: bool,
+}
+
+/// What `phi3v bench matmul` writes (and, without `refused` and `rel_diff`, what
+/// bench/peer_matmul.py writes).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct MatmulReport {
+    pub device: String,
+    pub dtype: String,
+    pub timings: Vec<Timing>,
+}
+
+/// The peer's figures: one mean per product.
+#[derive(Debug, Clone, Deserialize)]
+struct PeerReport {
+    device: String,
+    timings: Vec<PeerTiming>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+struct PeerTiming {
+    product: Product,
+    us: f64,
+}
+
+/// Entry point of `phi3v bench matmul`.
+pub fn run(args: MatmulArgs) -> CliResult<()> {
+    let products = args.shapes.iter().map(|s| Product::parse(s)).collect::<Result<Vec<_>, _>>()?;
+    let choices = args.tilings.iter().map(|s| parse_choice(s)).collect::<Result<Vec<_>, _>>()?;
+    if choices.is_empty() {
+        return Err("--tilings: no choice given".into());
+    }
+    let peer = match &args.peer {
+        None => None,
+        Some(p) => {
+            let s = std::fs::read_to_string(p).map_err(|e| format!("cannot read {}: {e}", p.display()))?;
+            Some(serde_json::from_str::<PeerReport>(&s).map_err(|e| format!("{} is not bench/peer_matmul.py's JSON: {e}", p.display()))?)
+        }
+    };
+    let job = MatmulJob { products, choices, warmup: args.warmup, runs: args.runs.max(1) };
+    let report = with_device(&args.device, args.dtype.as_deref(), job)?;
+    print!("{}", markdown(&report, peer.as_ref()));
+    for r in kernels::matmul_tiling_refusals() {
+        eprintln!("refused (Burn's matmul ran instead): {r}");
+    }
+    if let Some(out) = &args.out {
+        std::fs::write(out, serde_json::to_string_pretty(&report)?).map_err(|e| format!("cannot write {}: {e}", out.display()))?;
+    }
+    Ok(())
+}
+
+struct MatmulJob {
+    products: Vec<Product>,
+    choices: Vec<Option<MatmulTiling>>,
+    warmup: usize,
+    runs: usize,
+}
+
+impl DeviceFn for MatmulJob {
+    type Output = MatmulReport;
+
+    fn run<B: Kernels>(self, device: &B::Device, info: &DeviceInfo, dtype: DType) -> MatmulReport {
+        let timer = Timer::<B> { device: device.clone(), warmup: self.warmup, runs: self.runs };
+        let mut timings = Vec::new();
+        for p in &self.products {
+            let x = random::<B, 2>([p.rows, p.d_in], device, dtype);
+            let weight = random::<B, 2>([p.d_out, p.d_in], device, dtype).transpose();
+            let mut first: Option<Vec<f32>> = None;
+            for choice in &self.choices {
+                let refusals = kernels::matmul_tiling_refusals().len();
+                let product = || match choice {
+                    None => x.clone().matmul(weight.clone()),
+                    Some(t) => kernels::tiled_matmul(x.clone(), weight.clone(), *t),
+                };
+                let out: Vec<f32> = product().into_data().convert::<f32>().into_vec().unwrap_or_default();
+                let refused = kernels::matmul_tiling_refusals().len() > refusals;
+                let us = timer.time(product);
+                let rel_diff = first.as_deref().map_or(0.0, |base| relative_difference(base, &out));
+                first.get_or_insert(out);
+                let name = choice.map_or_else(|| "burn".to_string(), |t| t.to_string());
+                eprintln!("{p:?} {name}: {us:.1} µs{}", if refused { " (refused: Burn's matmul)" } else { "" });
+                timings.push(Timing { product: *p, choice: name, us, tflops: p.flop() / us / 1e6, rel_diff, refused });
+            }
+        }
+        MatmulReport { device: format!("{} ({})", info.name, info.spec), dtype: dtype_name(dtype).into(), timings }
+    }
+}
+
+/// Markdown: one row per product and choice, with the time relative to the first choice's
+/// (and to the peer's, when given).
+fn markdown(r: &MatmulReport, peer: Option<&PeerReport>) -> String {
+    let mut s = format!("# Matmul on {} ({})\n\n", r.device, r.dtype);
+    if let Some(p) = peer {
+        s += &format!("Peer: PyTorch `F.linear` on {}.\n\n", p.device);
+    }
+    s += "| rows × d_in → d_out | choice | µs / call | TFLOP/s | speed-up vs first | vs PyTorch | rel. diff |\n|---|---|---|---|---|---|---|\n";
+    let mut first = None;
+    for t in &r.timings {
+        let p = t.product;
+        if first.is_none_or(|(fp, _)| fp != p) {
+            first = Some((p, t.us));
+        }
+        let base = first.map_or(t.us, |(_, us)| us);
+        let versus = peer.and_then(|peer| peer.timings.iter().find(|pt| pt.product == p)).map_or("–".to_string(), |pt| format!("{:.2}", pt.us / t.us));
+        let choice = if t.refused { format!("{} (refused)", t.choice) } else { t.choice.clone() };
+        s += &format!("| {} × {} → {} | {choice} | {:.1} | {:.1} | {:.2} | {versus} | {:.1e} |\n", p.rows, p.d_in, p.d_out, t.us, t.tflops, base / t.us, t.rel_diff);
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn products_and_choices_parse() {
+        let p = Product::parse(" 1024, 3072,9216").unwrap();
+        assert_eq!((p.rows, p.d_in, p.d_out), (1024, 3072, 9216));
+        assert_eq!(p.flop(), 2.0 * 1024.0 * 3072.0 * 9216.0);
+        for bad in ["1024,3072", "1024,3072,0", "a,1,2", "1,2,3,4"] {
+            assert!(Product::parse(bad).is_err(), "{bad}");
+        }
+        assert_eq!(parse_choice("burn").unwrap(), None);
+        assert_eq!(parse_choice("double:4,4,2:2,2").unwrap().unwrap().to_string(), "double:4,4,2:2,2");
+        let e = parse_choice("fast:1,1,1:1,1").unwrap_err();
+        assert!(e.contains("specialized_tma"), "{e}");
+    }
+}
