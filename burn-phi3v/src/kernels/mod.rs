@@ -705,6 +705,11 @@ pub fn silu_mul<B: Kernels>(gate_up: Tensor<B, 3>) -> Tensor<B, 3> {
 /// model's attention (`model::nn::attend`) with `mask`. Key/value heads may be fewer than the
 /// query heads (grouped-query attention).
 ///
+/// `causal` with a `mask` says the mask *is* the bottom-right causal one (new queries after
+/// cached keys, `keys > queries`): backends disagree on how a causal flag aligns there, so
+/// the mask is applied, except by [`FlashAttention::Scores`], which applies the same limit
+/// itself and skips the keys no query of a chunk sees.
+///
 /// # Shapes
 /// `q`: `[batch, heads, queries, head_dim]`; `k`, `v`: `[batch, kv_heads, keys, head_dim]`;
 /// `mask`: `[batch, heads, queries, keys]` (`true` = hidden) → `[batch, heads, queries,
@@ -713,10 +718,13 @@ pub fn attention<B: Kernels>(q: Tensor<B, 4>, k: Tensor<B, 4>, v: Tensor<B, 4>, 
     let [_, heads, queries, _] = q.dims();
     let [_, kv_heads, keys, _] = k.dims();
     let grouped = kv_heads > 0 && heads.is_multiple_of(kv_heads);
-    if mask.is_none() && grouped && (!causal || keys >= queries) && kernel_on("flash_attention") {
-        if flash_attention_choice() == FlashAttention::Scores {
-            return scores_attention(q, k, v, causal, SCORES_CHUNK_BYTES);
-        }
+    let flash = grouped && (!causal || keys >= queries) && kernel_on("flash_attention");
+    if flash && flash_attention_choice() == FlashAttention::Scores && (mask.is_none() || causal) {
+        return scores_attention(q, k, v, causal, SCORES_CHUNK_BYTES);
+    }
+    // An explicit causal mask stands for the flag (see above).
+    let causal = causal && mask.is_none();
+    if mask.is_none() && flash {
         let out = B::flash_attention(q.into_primitive().tensor(), k.into_primitive().tensor(), v.into_primitive().tensor(), causal);
         return Tensor::from_primitive(TensorPrimitive::Float(out));
     }

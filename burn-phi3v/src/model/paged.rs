@@ -137,10 +137,10 @@ struct ChunkRows<B: Backend> {
     query_index: Tensor<B, 1, Int>,
     /// `[keys]`: the pool slot of each key.
     key_slots: Tensor<B, 1, Int>,
-    /// `[1, 1, queries, keys]`, `true` = masked; `None` with `causal` for a chunk that is the
-    /// whole sequence (queries = keys).
+    /// `[1, 1, queries, keys]`, `true` = masked: the bottom-right causal mask of a chunk after
+    /// cached keys, given beside the causal flag (`kernels::attention`); `None` for a chunk
+    /// that is the whole sequence (queries = keys).
     mask: Option<Tensor<B, 4, Bool>>,
-    causal: bool,
 }
 
 /// One forward pass's view of a paged KV cache, built on the host from the rows' block tables.
@@ -220,7 +220,6 @@ impl<B: Backend> PagedBatch<B> {
                 query_index: int1((starts[i]..starts[i] + r.new).map(|t| t as i64).collect()),
                 key_slots: int1((0..keys).map(|p| r.slot(p, block_size)).collect()),
                 mask: (r.cached > 0).then(|| causal_mask::<B>(1, 1, r.new, keys, device)),
-                causal: r.cached == 0,
             });
         }
         let identity = order.iter().enumerate().all(|(k, &t)| k == t);
@@ -283,7 +282,7 @@ pub fn paged_attention<B: Kernels>(q: Tensor<B, 3>, layer: &PagedLayer<B>, batch
         let kvh = k.dims()[1];
         let kv = |t: Tensor<B, 3>| repeat_kv(t.reshape([1, nk, kvh, hd]).swap_dims(1, 2), heads / kvh); // [1, h, nk, hd]
         let mask = c.mask.clone().map(|m| m.expand([1, heads, nq, nk]));
-        let out = kernels::attention(q, kv(k), kv(v), mask, c.causal); // [1, h, nq, hd]
+        let out = kernels::attention(q, kv(k), kv(v), mask, true); // [1, h, nq, hd]
         outputs.push(out.swap_dims(1, 2).reshape([nq, heads * hd]));
     }
     let out = if outputs.len() == 1 { outputs.pop().expect("one output") } else { Tensor::cat(outputs, 0) }; // [tokens, h·hd], in output order

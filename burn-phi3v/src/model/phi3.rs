@@ -383,10 +383,9 @@ impl<B: Kernels> Phi3Attention<B> {
                 (q, k, v)
             }
         };
-        // Backends disagree on how a causal flag aligns when queries are fewer than keys
-        // (Burn's fallback: bottom-right; cubek's flash kernels: top-left), so the flag is
-        // only used when queries and keys coincide. One new query sees every key (a decode
-        // step); several new queries after a cached prefix get an explicit bottom-right mask.
+        // One new query sees every key (a decode step); several new queries after a cached
+        // prefix are causal with an explicit bottom-right mask beside the flag (backends
+        // disagree on how the flag alone aligns there; `kernels::attention`).
         let t = k.dims()[2];
         let out = match mask {
             None if s == 1 && t > 1 => kernels::decode_attention(q, k, v),
@@ -394,7 +393,7 @@ impl<B: Kernels> Phi3Attention<B> {
                 let (mask, is_causal) = match mask {
                     Some(m) => (Some(m), false),
                     None if t == s => (None, true),
-                    None => (Some(causal_mask::<B>(b, h, s, t, &k.device())), false),
+                    None => (Some(causal_mask::<B>(b, h, s, t, &k.device())), true),
                 };
                 kernels::attention(q, k, v, mask, is_causal) // key/value heads repeated inside
             }

@@ -185,7 +185,8 @@ impl DeviceFn for MatmulJob {
                 let rel_diff = first.as_deref().map_or(0.0, |base| relative_difference(base, &out));
                 first.get_or_insert(out);
                 let name = choice.map_or_else(|| "burn".to_string(), |t| t.to_string());
-                eprintln!("{p:?} {name}: {us:.1} µs{}", if refused { " (refused: Burn's matmul)" } else { "" });
+                // One line per timing, so a run cut short still tells what it measured.
+                eprintln!("{p:?} {name}: {us:.1} µs, rel. diff {rel_diff:.1e}{}", if refused { " (refused: Burn's matmul)" } else { "" });
                 timings.push(Timing { product: *p, choice: name, us, tflops: p.flop() / us / 1e6, rel_diff, refused });
             }
         }
