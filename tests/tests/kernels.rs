@@ -371,22 +371,24 @@ impl KernelJob {
             }
         }
         eprintln!("matmul tilings refused on this target (Burn's matmul ran instead): {:?}", kernels::matmul_tiling_refusals());
-        // `linear` under a process-wide tiling (PHI3V_MATMUL): products of 128 rows and more take
-        // the tiled matmul, then the bias (CLIP's projections have one), as 3-d inputs.
-        {
+        // `linear` under a process-wide tiling per row class (PHI3V_MATMUL for 128 rows and more,
+        // PHI3V_MATMUL_FEW between the skinny kernel's rows and 128): the tiled matmul, then the
+        // bias (CLIP's projections have one), from 3-d inputs.
+        for (class, batch, seq) in [(kernels::MatmulRows::Many, 2, 65), (kernels::MatmulRows::Few, 64, 1), (kernels::MatmulRows::Few, 1, 17)] {
             let tiling = kernels::MatmulTiling::parse("double:2,2,2:2,2").expect("a valid tiling");
-            let (batch, seq, d_in, d_out) = (2, 65, 96, 80);
+            assert_eq!(kernels::MatmulRows::of(batch * seq), Some(class));
+            let (d_in, d_out) = (96, 80);
             let x = tensor(input(vec![batch * seq * d_in], 1.0)).reshape([batch, seq, d_in]);
             let weight = tensor(input(vec![d_out * d_in], 0.05)).reshape([d_out, d_in]).transpose();
             let bias = tensor(input(vec![d_out], 1.0));
-            let previous = kernels::matmul_tiling();
+            let previous = kernels::matmul_tiling(class);
             let linear = |tiling| {
-                assert!(kernels::set_matmul_tiling(tiling));
+                assert!(kernels::set_matmul_tiling(class, tiling));
                 kernels::linear(x.clone(), &weight, Some(&bias))
             };
             let outputs = (linear(Some(tiling)), linear(Some(tiling)), linear(None));
-            assert!(kernels::set_matmul_tiling(previous));
-            compare(format!("linear [{batch}, {seq}, {d_in}] → {d_out} with bias at {tiling}"), d_in, outputs);
+            assert!(kernels::set_matmul_tiling(class, previous));
+            compare(format!("linear [{batch}, {seq}, {d_in}] → {d_out} with bias at {tiling} ({class:?} rows)"), d_in, outputs);
         }
 
         // Inputs must be random, never constant: a kernel reading the wrong element of a constant

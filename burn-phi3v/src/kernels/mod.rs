@@ -37,7 +37,7 @@ mod cube_tiling;
 mod fusion;
 mod tiling;
 
-pub use tiling::{MATMUL_TILING_MIN_ROWS, MatmulRoutine, MatmulTiling, matmul_tiling, set_matmul_tiling};
+pub use tiling::{MATMUL_MANY_ROWS, MatmulRoutine, MatmulRows, MatmulTiling, matmul_tiling, set_matmul_tiling};
 
 /// Fused operations of the model. Every method has a default composed from Burn ops.
 ///
@@ -1119,8 +1119,8 @@ pub fn skinny_min_rows() -> usize {
 }
 
 /// `nn.Linear` (`x · weight + bias`): [`Kernels::skinny_linear`] for [`skinny_min_rows`] to
-/// [`SKINNY_ROWS`] rows without bias, [`Kernels::tiled_matmul`] for [`MATMUL_TILING_MIN_ROWS`]
-/// or more rows when a [`matmul_tiling`] is set, Burn's `linear` otherwise (and when
+/// [`SKINNY_ROWS`] rows without bias, [`Kernels::tiled_matmul`] for more rows when a
+/// [`matmul_tiling`] is set for their [`MatmulRows`] class, Burn's `linear` otherwise (and when
 /// [`fused_kernels`] is off).
 ///
 /// # Shapes
@@ -1132,7 +1132,8 @@ pub fn linear<B: Kernels, const D: usize>(x: Tensor<B, D>, weight: &Tensor<B, 2>
     let mut out_dims = dims;
     out_dims[D - 1] = d_out;
     let x = x.reshape([rows, d_in]);
-    if let Some(tiling) = matmul_tiling().filter(|_| rows >= MATMUL_TILING_MIN_ROWS && fused_kernels()) {
+    let tiling = MatmulRows::of(rows).filter(|_| fused_kernels()).and_then(matmul_tiling);
+    if let Some(tiling) = tiling {
         let y = tiled_matmul(x, weight.clone(), tiling);
         let y = match bias {
             Some(b) => y + b.clone().unsqueeze_dim(0),

@@ -56,7 +56,7 @@ impl MatmulRoutine {
 /// for square-ish bf16 problems on CUDA). `mma` selects the explicit `mma` instructions instead
 /// of `cmma` (wmma) fragments.
 ///
-/// Text form (`PHI3V_MATMUL`, `phi3v bench matmul --tilings`):
+/// Text form (`PHI3V_MATMUL`, `PHI3V_MATMUL_FEW`, `phi3v bench matmul --tilings`):
 /// `ROUTINE[-mma]:PM,PN,PK:SM,SN[:TM,TN,TK]`, e.g. `specialized_tma:4,4,2:2,2`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct MatmulTiling {
@@ -119,32 +119,67 @@ impl fmt::Display for MatmulTiling {
     }
 }
 
-/// Fewest rows a product has for [`super::linear`] to run it at the [`matmul_tiling`] (below,
-/// the skinny kernel or Burn's matmul: the tilings are for prefill and vision-tower shapes).
-pub const MATMUL_TILING_MIN_ROWS: usize = 128;
+/// The products a [`matmul_tiling`] is set for, by their rows: a tiling that suits a prefill's
+/// thousands of rows does not suit a static decode batch's few dozen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum MatmulRows {
+    /// More than [`super::SKINNY_ROWS`] and fewer than [`MATMUL_MANY_ROWS`] (decode steps of
+    /// many sequences; `PHI3V_MATMUL_FEW`).
+    Few,
+    /// [`MATMUL_MANY_ROWS`] or more (prefill, the vision tower; `PHI3V_MATMUL`).
+    Many,
+}
 
-/// `None` inside = Burn's autotuned matmul; the outer `None` = not read from the environment yet.
-static MATMUL_TILING: RwLock<Option<Option<MatmulTiling>>> = RwLock::new(None);
+/// Fewest rows of a [`MatmulRows::Many`] product.
+pub const MATMUL_MANY_ROWS: usize = 128;
 
-/// The tiling [`super::linear`] runs products of [`MATMUL_TILING_MIN_ROWS`] or more rows at on
-/// the CubeCL backends; `None` (the default) leaves them to Burn's autotuned matmul.
-/// `PHI3V_MATMUL` sets it for a process (read once; `burn` or unset: `None`; an invalid value
-/// is ignored), [`set_matmul_tiling`] at any time.
-pub fn matmul_tiling() -> Option<MatmulTiling> {
-    if let Some(choice) = *MATMUL_TILING.read().unwrap_or_else(|e| e.into_inner()) {
+impl MatmulRows {
+    /// The class of a product over `rows` rows; `None` for the skinny kernel's rows.
+    pub fn of(rows: usize) -> Option<Self> {
+        match rows {
+            r if r >= MATMUL_MANY_ROWS => Some(Self::Many),
+            r if r > super::SKINNY_ROWS => Some(Self::Few),
+            _ => None,
+        }
+    }
+
+    /// The environment variable that sets the class's tiling.
+    pub fn env_var(self) -> &'static str {
+        match self {
+            Self::Few => "PHI3V_MATMUL_FEW",
+            Self::Many => "PHI3V_MATMUL",
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// Per [`MatmulRows`]: `None` inside = Burn's autotuned matmul; the outer `None` = not read
+/// from the environment yet.
+static MATMUL_TILINGS: RwLock<[Option<Option<MatmulTiling>>; 2]> = RwLock::new([None, None]);
+
+/// The tiling [`super::linear`] runs the products of a [`MatmulRows`] class at on the CubeCL
+/// backends; `None` (the default) leaves them to Burn's autotuned matmul. The class's
+/// environment variable ([`MatmulRows::env_var`]) sets it for a process (read once; `burn` or
+/// unset: `None`; an invalid value is ignored), [`set_matmul_tiling`] at any time.
+pub fn matmul_tiling(rows: MatmulRows) -> Option<MatmulTiling> {
+    if let Some(choice) = MATMUL_TILINGS.read().unwrap_or_else(|e| e.into_inner())[rows.index()] {
         return choice;
     }
-    let choice = std::env::var("PHI3V_MATMUL").ok().and_then(|v| MatmulTiling::parse(&v));
-    set_matmul_tiling(choice);
+    let choice = std::env::var(rows.env_var()).ok().and_then(|v| MatmulTiling::parse(&v));
+    set_matmul_tiling(rows, choice);
     choice
 }
 
-/// Sets [`matmul_tiling`] for every later call; `false` (nothing changed) for an invalid tiling.
-pub fn set_matmul_tiling(tiling: Option<MatmulTiling>) -> bool {
+/// Sets [`matmul_tiling`] of a class for every later call; `false` (nothing changed) for an
+/// invalid tiling.
+pub fn set_matmul_tiling(rows: MatmulRows, tiling: Option<MatmulTiling>) -> bool {
     if tiling.is_some_and(|t| !t.is_valid()) {
         return false;
     }
-    *MATMUL_TILING.write().unwrap_or_else(|e| e.into_inner()) = Some(tiling);
+    MATMUL_TILINGS.write().unwrap_or_else(|e| e.into_inner())[rows.index()] = Some(tiling);
     true
 }
 
@@ -165,6 +200,10 @@ mod tests {
             assert_eq!(routine.name(), name);
             assert_eq!(MatmulTiling::parse(&format!("{name}:1,2,2:2,1")).unwrap().routine, routine);
         }
+        assert_eq!(MatmulRows::of(super::super::SKINNY_ROWS), None);
+        assert_eq!(MatmulRows::of(super::super::SKINNY_ROWS + 1), Some(MatmulRows::Few));
+        assert_eq!(MatmulRows::of(MATMUL_MANY_ROWS - 1), Some(MatmulRows::Few));
+        assert_eq!(MatmulRows::of(MATMUL_MANY_ROWS), Some(MatmulRows::Many));
         for bad in [
             "", "burn", "fast:1,1,1:1,1", "simple", "simple:1,1:1,1", "simple:1,1,1:1", "simple:0,1,1:1,1", "simple:17,1,1:1,1",
             "simple:16,8,1:1,1", "simple:1,1,1:8,8", "simple:1,1,1:1,1:12,16,16", "simple:1,1,1:1,1:16,16", "simple:1,1,1:1,1:16,16,16:x",

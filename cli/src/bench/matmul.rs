@@ -1,11 +1,12 @@
-//! `phi3v bench matmul`: the model's large products (a prefill's projections, the vision
-//! tower's) alone, through Burn's autotuned matmul and through cubek-matmul's tensor-core
-//! routines at chosen tilings ([`kernels::MatmulTiling`]), in one process on one device (issue
-//! 10, lever 5). Each choice is timed as `phi3v bench breakdown` times a stage (`warmup` calls,
-//! then `runs` calls between two device synchronisations; the mean per call) and its output is
-//! compared with the first choice's. The weight is laid out as the model holds it (the
-//! checkpoint's `[d_out, d_in]`, used transposed). With `--peer`, PyTorch's `F.linear` at the
-//! same shapes (bench/peer_matmul.py, same device call) is a column of its own.
+//! `phi3v bench matmul`: the model's large products (a prefill's projections, a decode step's
+//! over many sequences, the vision tower's) alone, through Burn's autotuned matmul and through
+//! cubek-matmul's tensor-core routines at chosen tilings ([`kernels::MatmulTiling`]), in one
+//! process on one device (issue 10, lever 5). Each choice is timed as `phi3v bench breakdown`
+//! times a stage (`warmup` calls, then `runs` calls between two device synchronisations; the
+//! mean per call) and its output is compared with the first choice's. The weight is laid out as
+//! the model holds it (the checkpoint's `[d_out, d_in]`, used transposed). With `--peer`,
+//! PyTorch's `F.linear` at the same shapes (bench/peer_matmul.py, same device call) is a column
+//! of its own.
 
 use std::path::PathBuf;
 
@@ -29,17 +30,18 @@ pub struct MatmulArgs {
     #[arg(long)]
     dtype: Option<String>,
     /// Products `rows,d_in,d_out`, separated by `;`. Default: Phi-3's projections in a prefill
-    /// of 1024 tokens (`qkv_proj`, `o_proj`, `gate_up_proj`, `down_proj`), CLIP ViT-L/14-336's
-    /// over the 17 crops of num_crops 16 (9809 rows: q/k/v/out, `fc1`, `fc2`), and 8192³.
+    /// of 1024 tokens (`qkv_proj`, `o_proj`, `gate_up_proj`, `down_proj`) and in a decode step
+    /// of 64 sequences, CLIP ViT-L/14-336's over the 17 crops of num_crops 16 (9809 rows:
+    /// q/k/v/out, `fc1`, `fc2`), and 8192³.
     #[arg(
         long,
         value_delimiter = ';',
-        default_value = "1024,3072,9216;1024,3072,3072;1024,3072,16384;1024,8192,3072;9809,1024,1024;9809,1024,4096;9809,4096,1024;8192,8192,8192"
+        default_value = "1024,3072,9216;1024,3072,3072;1024,3072,16384;1024,8192,3072;64,3072,9216;64,3072,3072;64,3072,16384;64,8192,3072;9809,1024,1024;9809,1024,4096;9809,4096,1024;8192,8192,8192"
     )]
     shapes: Vec<String>,
     /// Choices, separated by `;`: `burn` (Burn's autotuned matmul, as the model runs it by
-    /// default) or a tiling `ROUTINE[-mma]:PM,PN,PK:SM,SN[:TM,TN,TK]` (`PHI3V_MATMUL`'s
-    /// syntax). The first is the one the others are compared with.
+    /// default) or a tiling `ROUTINE[-mma]:PM,PN,PK:SM,SN[:TM,TN,TK]` (the syntax of
+    /// `PHI3V_MATMUL` and `PHI3V_MATMUL_FEW`). The first is the one the others are compared with.
     #[arg(long, value_delimiter = ';', default_value = "burn;specialized_tma:2,8,2:4,1;specialized_tma:4,4,2:2,2;double:4,4,2:2,2;double-mma:4,4,2:2,2")]
     tilings: Vec<String>,
     /// Calls before timing.

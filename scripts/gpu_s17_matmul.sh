@@ -1,0 +1,101 @@
+#!/usr/bin/env bash
+# Session 17 — written, not run (no device machine was lent this session): the tensor-core
+# matmul tilings of `Kernels::tiled_matmul` (issue 10, lever 5) against Burn's autotuned matmul
+# and cuBLAS, then the best tiling end to end, for one row class:
+#   ROWS=many (default): prefill and vision-tower products (PHI3V_MATMUL);
+#   ROWS=few: a static decode step of 64 sequences (PHI3V_MATMUL_FEW).
+# Build first: TESTS="kernels engine" bash scripts/build_gpu_slim.sh   (carry [".gpu"])
+#   background (compilation-bound; KERNELS=0 skips it):
+#     kernels-bf16 — the kernels test on cuda bf16: the tiled products (5 tilings × 3 awkward
+#       shapes) and `linear` with bias under a tiling in both row classes, against Burn's
+#       matmul, beside every other kernel check;
+#   foreground (timing), one after the other:
+#     peer  — bench/peer_matmul.py: cuBLAS (`F.linear`) at the default products;
+#     sweep — `phi3v bench matmul` over 7 routine/instruction kinds × the class's tilings at
+#             two products (many: prefill gate_up_proj, CLIP fc1; few: gate_up_proj and
+#             down_proj at 64 rows), one process per product so a time limit keeps the
+#             other's results;
+#     top   — the TOP best tilings (geometric mean of the speed-up over Burn's; refused and
+#             wrong outputs excluded) at every default product, beside the peer;
+#     e2e   — many: prefill 1024/4096 and image encode at num_crops 16; few: 64 parallel
+#             static requests 1024 → 128; Burn's matmul vs the best tiling (FLASH=scores adds
+#             PHI3V_FLASH_ATTENTION=scores to both).
+# Returns s17-<rows>.tgz and the kernel caches. Usage (device tool):
+#   [ROWS=few] bash scripts/gpu_s17_matmul.sh   (~500 s; SWEEP_S per product, PEER_S, TOP_S, E2E_S, TESTS_S)
+source scripts/gpu_env.sh
+ROWS=${ROWS:-many}
+D=$W/bench; mkdir -p $D; RS=$OUT/s17-$ROWS; mkdir -p $RS
+printf '[compilation]\ncache = "local"\n[autotune]\ncache = "local"\n' > $D/cubecl.toml
+[ -f .gpu/cache.tgz ] && tar xzf .gpu/cache.tgz -C $D
+[ "${KERNELS:-1}" != 0 ] && LIMIT=${TESTS_S:-480} job kernels-bf16 env PHI3V_TEST_DEVICES=cuda:0:bf16 $B/kernels --nocapture
+s=$(date +%s)
+timeout ${PEER_S:-60} python3 bench/peer_matmul.py --out $RS/peer.json > $RS/peer.log 2>&1
+echo "=== peer rc=$? $(( $(date +%s) - s )) s"; grep -v Warning $RS/peer.log | tail -12
+if [ "$ROWS" = few ]; then
+  # 64 rows fit one cube's rows: cubes along n only, so narrow blocks (16–64 columns) give the
+  # SMs enough cubes; deep k steps keep loads in flight.
+  PRODUCTS=${SWEEP_PRODUCTS:-"64,3072,16384 64,8192,3072"}
+  TILINGS="1,2,4:4,1 1,4,4:4,1 1,1,4:4,1 1,2,8:4,1 1,2,2:4,1 2,2,4:2,1 4,2,4:1,1 1,8,2:4,1 1,2,4:4,2 2,8,2:2,1"
+  VAR=PHI3V_MATMUL_FEW
+  E2E="--scenarios generation --shapes 1024x128 --parallel 64 --batching static --warmup 1 --generation-runs 1"
+else
+  # The selector's inferred tilings for bf16 (8 planes: 1 or 2 tile rows each, the whole
+  # 128-wide n), then 2-d stages whose planes hold square 64×64 or 32×64 blocks.
+  PRODUCTS=${SWEEP_PRODUCTS:-"1024,3072,16384 9809,1024,4096"}
+  TILINGS="1,8,2:8,1 2,8,2:4,1 4,4,2:2,2 4,4,4:2,2 4,4,2:2,4 4,4,2:4,2 2,4,2:4,2 4,2,2:2,4 2,8,2:4,2 2,4,4:4,2"
+  VAR=PHI3V_MATMUL
+  E2E="--scenarios prefill,images --prompt-lengths 1024,4096 --prefill-batches 1 --images 1344x1344 --num-crops 16 --warmup 1 --runs 5"
+fi
+SWEEP="burn"
+for r in specialized_tma double_tma simple_tma double ordered specialized-mma double-mma; do
+  for t in $TILINGS; do SWEEP="$SWEEP;$r:$t"; done
+done
+cd $D
+for p in $PRODUCTS; do
+  s=$(date +%s)
+  timeout ${SWEEP_S:-110} $B/phi3v bench matmul --device cuda --dtype bf16 --shapes $p --tilings "$SWEEP" --warmup 2 --runs 10 \
+    --out $RS/sweep-$p.json > $RS/sweep-$p.md 2> $RS/sweep-$p.log
+  echo "=== sweep $p rc=$? $(( $(date +%s) - s )) s, $(grep -c "µs" $RS/sweep-$p.log) timings"
+done
+# The best tilings: the geometric mean over the swept products of Burn's µs / the tiling's,
+# outputs within 2e-2 of Burn's (read from the logs, which keep what a timed-out process did).
+BEST=$(python3 - "$RS" "${TOP:-4}" <<'PY'
+import glob, math, re, sys
+rs, top = sys.argv[1], int(sys.argv[2])
+speed = {}
+for f in glob.glob(rs + "/sweep-*.log"):
+    # "Product { rows: R, d_in: I, d_out: O } CHOICE: US µs, rel. diff D[ (refused…)]"
+    rows = [m.groups() for m in re.finditer(r"^Product \{ rows: (\d+), d_in: (\d+), d_out: (\d+) \} (\S+): ([\d.]+) µs, rel. diff (\S+?)( \(refused.*)?$", open(f).read(), re.M)]
+    burn = [float(r[4]) for r in rows if r[3] == "burn"]
+    for r in rows:
+        if r[3] == "burn" or r[6] or not burn or not float(r[5]) <= 2e-2:
+            continue
+        speed.setdefault(r[3], []).append(burn[0] / float(r[4]))
+n = max((len(v) for v in speed.values()), default=0)
+ranked = sorted(((math.exp(sum(map(math.log, v)) / len(v)), k) for k, v in speed.items() if len(v) == n), reverse=True)
+for g, k in ranked[:10]:
+    print(f"{g:.2f} {k}", file=sys.stderr)
+print(";".join(k for _, k in ranked[:top]))
+PY
+)
+echo "=== best: ${BEST:-none}"
+if [ -n "$BEST" ]; then
+  s=$(date +%s)
+  timeout ${TOP_S:-90} $B/phi3v bench matmul --device cuda --dtype bf16 --tilings "burn;$BEST" --warmup 3 --runs 20 \
+    --peer $RS/peer.json --out $RS/top.json > $RS/top.md 2> $RS/top.log
+  echo "=== top rc=$? $(( $(date +%s) - s )) s"; cat $RS/top.md
+  FIRST=${BEST%%;*}
+  [ "${FLASH:-burn}" = scores ] && export PHI3V_FLASH_ATTENTION=scores
+  for part in "e2e-burn:burn" "e2e-tiled:$FIRST"; do
+    name=${part%%:*}; s=$(date +%s)
+    env $VAR=${part#*:} timeout ${E2E_S:-80} $B/phi3v bench run --preset phi3v-128k --device cuda $E2E --out $RS/$name > $RS/$name.log 2>&1
+    echo "=== $name ($VAR=${part#*:}) rc=$? $(( $(date +%s) - s )) s"; grep -v "^\s*$" $RS/$name.log | tail -8 | cut -c1-200
+  done
+fi
+cd $R
+wait
+collect; cp /tmp/res/kernels-* $RS/ 2>/dev/null
+echo "=== kernels-bf16"; grep -E "test result|FAIL|panicked|rc=|tiled_matmul|with bias|tilings refused" $W/kernels-bf16/out.txt 2>/dev/null | cut -c1-220
+(cd $OUT && tar czf s17-$ROWS.tgz s17-$ROWS && rm -rf s17-$ROWS)
+tar czf - -C $D . | split -b 15M - $OUT/cache.tgz.part-
+ls -la $OUT
