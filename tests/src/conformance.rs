@@ -362,6 +362,13 @@ fn model_ops<B: Kernels>(c: &mut Ctx<B>) {
         }
     }
     set_kernel_policy(policy);
+    // cubek-matmul's tensor-core routines at tilings of this crate's choosing (PHI3V_MATMUL):
+    // Burn's matmul where a routine refuses (no tensor cores, or a tiling the device cannot run).
+    let (a, w) = (c.input([130, 200], 1.0), c.input([72, 200], 0.1).transpose());
+    for tiling in ["double:2,2,2:2,2", "specialized_tma:4,4,2:2,2"] {
+        let t = kernels::MatmulTiling::parse(tiling).expect("a valid tiling");
+        c.record(format!("tiled matmul [130, 200] · [200, 72] at {tiling}"), 200, kernels::tiled_matmul(a.clone(), w.clone(), t));
+    }
     let h = c.input([2, 9, 128], 3.0);
     c.record("quick_gelu [2, 9, 128]", 1, h.clone() * sigmoid(h * 1.702));
     // CLIP's patch embedding: 14×14 patches, stride 14, no bias.
