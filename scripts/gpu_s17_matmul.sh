@@ -16,6 +16,7 @@
 #             down_proj at 64 rows), one process per product and routine;
 #     top   — the TOP best tilings (geometric mean of the speed-up over Burn's; refused and
 #             wrong outputs excluded) at every default product, beside the peer;
+#     ten   — few only: 10-row products, the model's skinny kernel vs Burn's vs the best;
 #     e2e   — many: prefill 1024 and image encode at num_crops 16; few: 64 parallel
 #             static requests 1024 → 128; Burn's matmul vs the best tiling (FLASH=scores adds
 #             PHI3V_FLASH_ATTENTION=scores to both).
@@ -91,6 +92,15 @@ if [ -n "$BEST" ]; then
   timeout ${TOP_S:-70} $B/phi3v bench matmul --device cuda --dtype bf16 --tilings "burn;$BEST" --warmup 3 --runs 20 \
     "${PEER[@]}" --out $RS/top.json > $RS/top.md 2> $RS/top.log
   echo "=== top rc=$? $(( $(date +%s) - s )) s"; cat $RS/top.md
+  if [ "$ROWS" = few ]; then
+    # A decode step of 10 sequences: the model's CUDA-core skinny kernel (`model`) against
+    # Burn's and the best tensor-core tilings (the skinny kernel's 16-row limit keeps these
+    # rows away from PHI3V_MATMUL_FEW; this says whether a tiling should take them).
+    s=$(date +%s)
+    timeout ${TEN_S:-40} $B/phi3v bench matmul --device cuda --dtype bf16 --shapes "10,3072,9216;10,3072,3072;10,3072,16384;10,8192,3072" \
+      --tilings "model;burn;$BEST" --warmup 3 --runs 20 --out $RS/ten.json > $RS/ten.md 2> $RS/ten.log
+    echo "=== ten rows rc=$? $(( $(date +%s) - s )) s"; cat $RS/ten.md
+  fi
   FIRST=${BEST%%;*}
   [ "${FLASH:-burn}" = scores ] && export PHI3V_FLASH_ATTENTION=scores
   for part in "e2e-burn:burn" "e2e-tiled:$FIRST"; do

@@ -39,9 +39,10 @@ pub struct MatmulArgs {
         default_value = "1024,3072,9216;1024,3072,3072;1024,3072,16384;1024,8192,3072;64,3072,9216;64,3072,3072;64,3072,16384;64,8192,3072;9809,1024,1024;9809,1024,4096;9809,4096,1024;8192,8192,8192"
     )]
     shapes: Vec<String>,
-    /// Choices, separated by `;`: `burn` (Burn's autotuned matmul, as the model runs it by
-    /// default) or a tiling `ROUTINE[-mma]:PM,PN,PK:SM,SN[:TM,TN,TK]` (the syntax of
-    /// `PHI3V_MATMUL` and `PHI3V_MATMUL_FEW`). The first is the one the others are compared with.
+    /// Choices, separated by `;`: `burn` (Burn's autotuned matmul), `model` (the model's own
+    /// path, `kernels::linear`: the skinny kernel up to 16 rows) or a tiling
+    /// `ROUTINE[-mma]:PM,PN,PK:SM,SN[:TM,TN,TK]` (the syntax of `PHI3V_MATMUL` and
+    /// `PHI3V_MATMUL_FEW`). The first is the one the others are compared with.
     #[arg(long, value_delimiter = ';', default_value = "burn;specialized_tma:2,8,2:4,1;specialized_tma:4,4,2:2,2;double:4,4,2:2,2;double-mma:4,4,2:2,2")]
     tilings: Vec<String>,
     /// Calls before timing.
@@ -84,13 +85,36 @@ impl Product {
     }
 }
 
-/// `burn` or a tiling.
-fn parse_choice(s: &str) -> Result<Option<MatmulTiling>, String> {
-    match s.trim() {
-        "burn" => Ok(None),
-        t => MatmulTiling::parse(t)
-            .map(Some)
-            .ok_or_else(|| format!("--tilings: `{t}` is neither `burn` nor ROUTINE[-mma]:PM,PN,PK:SM,SN[:TM,TN,TK] (routines: {})", kernels::MatmulRoutine::ALL.map(|(n, _)| n).join(", "))),
+/// What computes a product.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Choice {
+    /// Burn's autotuned matmul.
+    Burn,
+    /// `kernels::linear`, the model's own path: the skinny kernel up to 16 rows, above them
+    /// Burn's matmul or the row class's `PHI3V_MATMUL*` tiling.
+    Model,
+    /// `kernels::tiled_matmul` at a tiling.
+    Tiled(MatmulTiling),
+}
+
+impl Choice {
+    fn parse(s: &str) -> Result<Self, String> {
+        match s.trim() {
+            "burn" => Ok(Self::Burn),
+            "model" => Ok(Self::Model),
+            t => MatmulTiling::parse(t).map(Self::Tiled).ok_or_else(|| {
+                let routines = kernels::MatmulRoutine::ALL.map(|(n, _)| n).join(", ");
+                format!("--tilings: `{t}` is neither `burn`, `model` nor ROUTINE[-mma]:PM,PN,PK:SM,SN[:TM,TN,TK] (routines: {routines})")
+            }),
+        }
+    }
+
+    fn name(&self) -> String {
+        match self {
+            Self::Burn => "burn".into(),
+            Self::Model => "model".into(),
+            Self::Tiled(t) => t.to_string(),
+        }
     }
 }
 
@@ -98,7 +122,7 @@ fn parse_choice(s: &str) -> Result<Option<MatmulTiling>, String> {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Timing {
     pub product: Product,
-    /// `burn` or the tiling's text form.
+    /// `burn`, `model` or the tiling's text form.
     pub choice: String,
     /// Mean microseconds per call.
     pub us: f64,
@@ -135,7 +159,7 @@ struct PeerTiming {
 /// Entry point of `phi3v bench matmul`.
 pub fn run(args: MatmulArgs) -> CliResult<()> {
     let products = args.shapes.iter().map(|s| Product::parse(s)).collect::<Result<Vec<_>, _>>()?;
-    let choices = args.tilings.iter().map(|s| parse_choice(s)).collect::<Result<Vec<_>, _>>()?;
+    let choices = args.tilings.iter().map(|s| Choice::parse(s)).collect::<Result<Vec<_>, _>>()?;
     if choices.is_empty() {
         return Err("--tilings: no choice given".into());
     }
@@ -160,7 +184,7 @@ pub fn run(args: MatmulArgs) -> CliResult<()> {
 
 struct MatmulJob {
     products: Vec<Product>,
-    choices: Vec<Option<MatmulTiling>>,
+    choices: Vec<Choice>,
     warmup: usize,
     runs: usize,
 }
@@ -178,15 +202,16 @@ impl DeviceFn for MatmulJob {
             for choice in &self.choices {
                 let refusals = kernels::matmul_tiling_refusals().len();
                 let product = || match choice {
-                    None => x.clone().matmul(weight.clone()),
-                    Some(t) => kernels::tiled_matmul(x.clone(), weight.clone(), *t),
+                    Choice::Burn => x.clone().matmul(weight.clone()),
+                    Choice::Model => kernels::linear(x.clone(), &weight, None),
+                    Choice::Tiled(t) => kernels::tiled_matmul(x.clone(), weight.clone(), *t),
                 };
                 let out: Vec<f32> = product().into_data().convert::<f32>().into_vec().unwrap_or_default();
                 let refused = kernels::matmul_tiling_refusals().len() > refusals;
                 let us = timer.time(product);
                 let rel_diff = first.as_deref().map_or(0.0, |base| relative_difference(base, &out));
                 first.get_or_insert(out);
-                let name = choice.map_or_else(|| "burn".to_string(), |t| t.to_string());
+                let name = choice.name();
                 // One line per timing, so a run cut short still tells what it measured.
                 eprintln!("{p:?} {name}: {us:.1} µs, rel. diff {rel_diff:.1e}{}", if refused { " (refused: Burn's matmul)" } else { "" });
                 timings.push(Timing { product: *p, choice: name, us, tflops: p.flop() / us / 1e6, rel_diff, refused });
@@ -230,9 +255,10 @@ mod tests {
         for bad in ["1024,3072", "1024,3072,0", "a,1,2", "1,2,3,4"] {
             assert!(Product::parse(bad).is_err(), "{bad}");
         }
-        assert_eq!(parse_choice("burn").unwrap(), None);
-        assert_eq!(parse_choice("double:4,4,2:2,2").unwrap().unwrap().to_string(), "double:4,4,2:2,2");
-        let e = parse_choice("fast:1,1,1:1,1").unwrap_err();
+        assert_eq!(Choice::parse("burn").unwrap(), Choice::Burn);
+        assert_eq!(Choice::parse(" model").unwrap().name(), "model");
+        assert_eq!(Choice::parse("double:4,4,2:2,2").unwrap().name(), "double:4,4,2:2,2");
+        let e = Choice::parse("fast:1,1,1:1,1").unwrap_err();
         assert!(e.contains("specialized_tma"), "{e}");
     }
 }
