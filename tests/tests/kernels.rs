@@ -360,7 +360,9 @@ impl KernelJob {
         // the model holds it: transposed), against Burn's matmul: k not a multiple of a stage's,
         // m and n not multiples of a cube's block. Where a routine refuses (no tensor cores, as
         // on lavapipe), Burn's matmul runs and the refusal is printed.
-        for tiling in ["double:2,2,2:2,2", "specialized_tma:2,4,2:2,1", "simple-mma:1,2,2:2,2", "ordered:2,4,2:2,1", "specialized:4,4,2:2,2"] {
+        // The unit routines (register tiles) run on every CubeCL device, lavapipe included.
+        let tilings = ["double:2,2,2:2,2", "specialized_tma:2,4,2:2,1", "simple-mma:1,2,2:2,2", "ordered:2,4,2:2,1", "specialized:4,4,2:2,2", "simple_unit:2,2,2:16,16:4,4,4", "double_unit:2,2,2:16,16"];
+        for tiling in tilings {
             let tiling = kernels::MatmulTiling::parse(tiling).expect("a valid tiling");
             for (rows, d_in, d_out) in [(130, 200, 72), (64, 512, 96), (300, 96, 160)] {
                 let x = tensor(input(vec![rows * d_in], 1.0)).reshape([rows, d_in]);
@@ -370,7 +372,9 @@ impl KernelJob {
                 compare(format!("tiled_matmul [{rows}, {d_in}] · [{d_in}, {d_out}] at {tiling}"), d_in, outputs);
             }
         }
-        eprintln!("matmul tilings refused on this target (Burn's matmul ran instead): {:?}", kernels::matmul_tiling_refusals());
+        let refused = kernels::matmul_tiling_refusals();
+        eprintln!("matmul tilings refused on this target (Burn's matmul ran instead): {refused:?}");
+        assert!(!refused.iter().any(|r| r.contains("_unit:")), "a unit routine was refused: {refused:?}");
         // `linear` under a process-wide tiling per row class (PHI3V_MATMUL for 128 rows and more,
         // PHI3V_MATMUL_FEW between the skinny kernel's rows and 128): the tiled matmul, then the
         // bias (CLIP's projections have one), from 3-d inputs.

@@ -1,5 +1,5 @@
 //! [`Kernels::tiled_matmul`](super::Kernels::tiled_matmul) on the CubeCL backends: one of
-//! cubek-matmul's tensor-core routines with a blueprint built here from a [`MatmulTiling`]
+//! cubek-matmul's routines (tensor cores, or register tiles) with a blueprint built here from a [`MatmulTiling`]
 //! (`BlueprintStrategy::Forced`) instead of the one its selector infers. The blueprint follows
 //! the selector's own choices for everything the tiling does not set (partition buffering,
 //! the cube order and count, load-only planes for the specialised routines, no swizzle).
@@ -31,7 +31,11 @@ pub(crate) fn tiled_matmul<R: CubeRuntime>(lhs: CubeTensor<R>, rhs: CubeTensor<R
     }
     let globals = MatmulGlobalElems { lhs: lhs.dtype.into(), rhs: rhs.dtype.into(), out: out.dtype.into() };
     let mut dtypes = MatmulElems::from_globals(&globals);
-    let kind = if tiling.mma { TileMatmulKind::Mma } else { TileMatmulKind::Cmma };
+    let kind = match (tiling.routine.unit(), tiling.mma) {
+        (true, _) => TileMatmulKind::Register,
+        (false, true) => TileMatmulKind::Mma,
+        (false, false) => TileMatmulKind::Cmma,
+    };
     let (lhs_dtype, rhs_dtype) = (lhs.dtype, rhs.dtype);
     let lhs = InputBinding::new(lhs.binding(), lhs_dtype.into());
     let rhs = InputBinding::new(rhs.binding(), rhs_dtype.into());
@@ -52,6 +56,7 @@ pub(crate) fn tiled_matmul<R: CubeRuntime>(lhs: CubeTensor<R>, rhs: CubeTensor<R
     .map_err(|e| format!("{e:?}"))?;
     let tile = match tiling.tile {
         Some([tm, tn, tk]) => TileSize::from((tm, tn, tk)),
+        None if tiling.routine.unit() => TileSize::from((4, 4, 4)),
         None => find_instruction_size(
             &client,
             (dtypes.lhs_register, dtypes.rhs_register, dtypes.acc_register),
@@ -70,12 +75,15 @@ pub(crate) fn tiled_matmul<R: CubeRuntime>(lhs: CubeTensor<R>, rhs: CubeTensor<R
         .with_stage_size(StageSize::new(sm, sn, 1))
         .build()
         .map_err(str::to_string)?;
-    // As cubek-matmul's plane selector: the one-stage routine keeps a single partition buffer,
-    // the others double it when a plane holds more than one tile along n.
-    let buffering = if tiling.routine == MatmulRoutine::Simple || pn < 2 { PartitionBuffering::Single } else { PartitionBuffering::Double };
-    let cube_count = match client.properties().hardware.num_streaming_multiprocessors {
-        Some(num_sms) => CubeCountStrategy::Sm { num_sms, sm_usage: SmAllocation::Exact, cubes_first: true },
-        None => CubeCountStrategy::FromProblem,
+    // As cubek-matmul's selectors: the one-stage plane routine and the unit routines keep a
+    // single partition buffer, the others double it when a plane holds more than one tile
+    // along n; units take cubes per SM in the other order.
+    let single = tiling.routine == MatmulRoutine::Simple || tiling.routine.unit() || pn < 2;
+    let buffering = if single { PartitionBuffering::Single } else { PartitionBuffering::Double };
+    let cube_count = match (client.properties().hardware.num_streaming_multiprocessors, tiling.routine.unit()) {
+        (Some(num_sms), unit) => CubeCountStrategy::Sm { num_sms, sm_usage: SmAllocation::Exact, cubes_first: !unit },
+        (None, false) => CubeCountStrategy::FromProblem,
+        (None, true) => CubeCountStrategy::Flattened,
     };
     let hypercube = HypercubeBlueprint::builder().global_order(GlobalOrder::SwizzleRow(4)).cube_count_strategy(cube_count).build();
     let plane_dim = match client.properties().hardware.plane_size_max {
@@ -119,5 +127,7 @@ fn strategy(tiling: MatmulTiling, bp: TilingBlueprint) -> Strategy {
         (DoubleTma, true) => Strategy::DoubleTmaMma(Forced(bp)),
         (SpecializedTma, false) => Strategy::SpecializedTmaCmma(Forced(bp)),
         (SpecializedTma, true) => Strategy::SpecializedTmaMma(Forced(bp)),
+        (SimpleUnit, _) => Strategy::SimpleUnit(Forced(bp)),
+        (DoubleUnit, _) => Strategy::DoubleUnit(Forced(bp)),
     }
 }

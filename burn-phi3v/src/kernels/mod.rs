@@ -877,7 +877,7 @@ pub fn flash_attention_choice() -> FlashAttention {
     }
 }
 
-/// Why a CubeCL routine at a chosen tiling did not run (each distinct reason once, at most 64).
+/// Why a CubeCL routine at a chosen tiling did not run (each distinct reason once, at most 256).
 struct Refusals(std::sync::Mutex<Vec<String>>);
 
 impl Refusals {
@@ -892,7 +892,7 @@ impl Refusals {
     #[cfg_attr(not(feature = "cube"), allow(dead_code))]
     fn record(&self, reason: String) {
         if let Ok(mut r) = self.0.lock()
-            && r.len() < 64
+            && r.len() < 256
             && !r.contains(&reason)
         {
             r.push(reason);

@@ -24,11 +24,16 @@ pub enum MatmulRoutine {
     DoubleTma,
     /// Load and compute planes with TMA loads (`specialized_tma`).
     SpecializedTma,
+    /// No tensor cores: each unit multiplies register tiles (`simple_unit`), one stage. Any
+    /// GPU, wgpu without cooperative matrices included; f32 works.
+    SimpleUnit,
+    /// Register tiles, two stages (`double_unit`).
+    DoubleUnit,
 }
 
 impl MatmulRoutine {
     /// Every routine with its name in [`MatmulTiling::parse`]'s syntax.
-    pub const ALL: [(&'static str, MatmulRoutine); 7] = [
+    pub const ALL: [(&'static str, MatmulRoutine); 9] = [
         ("simple", Self::Simple),
         ("double", Self::Double),
         ("ordered", Self::Ordered),
@@ -36,6 +41,8 @@ impl MatmulRoutine {
         ("simple_tma", Self::SimpleTma),
         ("double_tma", Self::DoubleTma),
         ("specialized_tma", Self::SpecializedTma),
+        ("simple_unit", Self::SimpleUnit),
+        ("double_unit", Self::DoubleUnit),
     ];
 
     /// The routine's name in [`MatmulTiling::parse`]'s syntax.
@@ -47,14 +54,21 @@ impl MatmulRoutine {
     pub fn specialized(self) -> bool {
         matches!(self, Self::Specialized | Self::SpecializedTma)
     }
+
+    /// Whether units multiply register tiles (no tensor cores): the stage counts units, not
+    /// planes, and the instruction size is a register tile's.
+    pub fn unit(self) -> bool {
+        matches!(self, Self::SimpleUnit | Self::DoubleUnit)
+    }
 }
 
-/// A tensor-core matmul tiling: each plane (warp) computes `partition[0] × partition[1]` tiles
-/// of the output and steps `partition[2]` tiles along `k`; a cube holds `stage[0] × stage[1]`
-/// planes (so its block of the output is `stage · partition · tile`); `tile` is the
+/// A matmul tiling: each plane (warp) computes `partition[0] × partition[1]` tiles of the
+/// output and steps `partition[2]` tiles along `k`; a cube holds `stage[0] × stage[1]` planes
+/// (so its block of the output is `stage · partition · tile`); `tile` is the tensor-core
 /// instruction's `m × n × k` (`None`: the one cubek-matmul picks for the problem, 16×16×16
 /// for square-ish bf16 problems on CUDA). `mma` selects the explicit `mma` instructions instead
-/// of `cmma` (wmma) fragments.
+/// of `cmma` (wmma) fragments. For the unit routines ([`MatmulRoutine::unit`]) the stage
+/// counts units and `tile` is each unit's register tile (default 4×4×4).
 ///
 /// Text form (`PHI3V_MATMUL`, `PHI3V_MATMUL_FEW`, `phi3v bench matmul --tilings`):
 /// `ROUTINE[-mma]:PM,PN,PK:SM,SN[:TM,TN,TK]`, e.g. `specialized_tma:4,4,2:2,2`.
@@ -64,11 +78,12 @@ pub struct MatmulTiling {
     pub routine: MatmulRoutine,
     /// Explicit `mma` instructions instead of `cmma` fragments.
     pub mma: bool,
-    /// Tiles per plane along m, n, k (each 1–16; m·n ≤ 64).
+    /// Tiles per plane (or unit) along m, n, k (each 1–16; m·n ≤ 64).
     pub partition: [u32; 3],
-    /// Planes per cube along m, n (each 1–16; product ≤ 32).
+    /// Planes per cube along m, n (each 1–16; product ≤ 32); units for the unit routines
+    /// (each 1–64; product ≤ 1024).
     pub stage: [u32; 2],
-    /// Instruction size m, n, k (each 8, 16 or 32).
+    /// Instruction size m, n, k (each 8, 16 or 32); a unit's register tile (each 1, 2, 4 or 8).
     pub tile: Option<[u32; 3]>,
 }
 
@@ -78,10 +93,12 @@ impl MatmulTiling {
         let [pm, pn, pk] = self.partition;
         let [sm, sn] = self.stage;
         let each = |v: u32| (1..=16).contains(&v);
-        [pm, pn, pk, sm, sn].into_iter().all(each)
-            && pm * pn <= 64
-            && sm * sn <= 32
-            && self.tile.is_none_or(|t| t.iter().all(|v| matches!(v, 8 | 16 | 32)))
+        let partition = [pm, pn, pk].into_iter().all(each) && pm * pn <= 64;
+        if self.routine.unit() {
+            let stage = [sm, sn].iter().all(|v| (1..=64).contains(v)) && sm * sn <= 1024;
+            return partition && stage && !self.mma && self.tile.is_none_or(|t| t.iter().all(|v| matches!(v, 1 | 2 | 4 | 8)));
+        }
+        partition && each(sm) && each(sn) && sm * sn <= 32 && self.tile.is_none_or(|t| t.iter().all(|v| matches!(v, 8 | 16 | 32)))
     }
 
     /// Reads the text form; `None` when it is malformed or out of range.
@@ -193,7 +210,9 @@ mod tests {
         assert_eq!((t.routine, t.mma, t.partition, t.stage, t.tile), (MatmulRoutine::SpecializedTma, false, [4, 4, 2], [2, 2], None));
         let m = MatmulTiling::parse(" double-mma : 2,8,2 : 4,1 : 16,8,16 ").unwrap();
         assert!(m.mma && m.tile == Some([16, 8, 16]) && m.routine == MatmulRoutine::Double);
-        for s in ["specialized_tma:4,4,2:2,2", "double-mma:2,8,2:4,1:16,8,16", "simple:1,1,1:1,1"] {
+        let u = MatmulTiling::parse("simple_unit:2,2,2:16,16:4,4,4").unwrap();
+        assert!(u.routine.unit() && u.stage == [16, 16]);
+        for s in ["specialized_tma:4,4,2:2,2", "double-mma:2,8,2:4,1:16,8,16", "simple:1,1,1:1,1", "double_unit:1,2,2:8,32:1,4,4"] {
             assert_eq!(MatmulTiling::parse(s).unwrap().to_string(), s);
         }
         for (name, routine) in MatmulRoutine::ALL {
@@ -207,7 +226,8 @@ mod tests {
         for bad in [
             "", "burn", "fast:1,1,1:1,1", "simple", "simple:1,1:1,1", "simple:1,1,1:1", "simple:0,1,1:1,1", "simple:17,1,1:1,1",
             "simple:16,8,1:1,1", "simple:1,1,1:8,8", "simple:1,1,1:1,1:12,16,16", "simple:1,1,1:1,1:16,16", "simple:1,1,1:1,1:16,16,16:x",
-            "simple-cmma:1,1,1:1,1", "simple:a,1,1:1,1",
+            "simple-cmma:1,1,1:1,1", "simple:a,1,1:1,1", "simple_unit-mma:1,1,1:16,16", "simple_unit:1,1,1:64,32", "simple_unit:1,1,1:8,8:16,16,16",
+            "simple:1,1,1:16,16",
         ] {
             assert!(MatmulTiling::parse(bad).is_none(), "{bad}");
         }
