@@ -877,20 +877,26 @@ pub fn flash_attention_choice() -> FlashAttention {
     }
 }
 
-/// Why a CubeCL routine at a chosen tiling did not run (each distinct reason once, at most 256).
-struct Refusals(std::sync::Mutex<Vec<String>>);
+/// Why a CubeCL routine at a chosen tiling did not run (each distinct reason once, at most 256),
+/// and how many times it did not (every refusal, repeats included).
+struct Refusals(std::sync::Mutex<Vec<String>>, std::sync::atomic::AtomicUsize);
 
 impl Refusals {
     const fn new() -> Self {
-        Self(std::sync::Mutex::new(Vec::new()))
+        Self(std::sync::Mutex::new(Vec::new()), std::sync::atomic::AtomicUsize::new(0))
     }
 
     fn list(&self) -> Vec<String> {
         self.0.lock().map(|r| r.clone()).unwrap_or_default()
     }
 
+    fn count(&self) -> usize {
+        self.1.load(Ordering::Relaxed)
+    }
+
     #[cfg_attr(not(feature = "cube"), allow(dead_code))]
     fn record(&self, reason: String) {
+        self.1.fetch_add(1, Ordering::Relaxed);
         if let Ok(mut r) = self.0.lock()
             && r.len() < 256
             && !r.contains(&reason)
@@ -919,6 +925,12 @@ pub(crate) fn refuse_flash_attention(reason: String) {
 /// routine's setup errors, each distinct one once, with the tiling and problem it refused.
 pub fn matmul_tiling_refusals() -> Vec<String> {
     MATMUL_REFUSALS.list()
+}
+
+/// How many calls of [`Kernels::tiled_matmul`] took Burn's matmul instead since the process
+/// started (repeats of one refusal included, unlike [`matmul_tiling_refusals`]).
+pub fn matmul_tiling_refusal_count() -> usize {
+    MATMUL_REFUSALS.count()
 }
 
 /// Records a refusal for [`matmul_tiling_refusals`].

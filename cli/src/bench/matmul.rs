@@ -200,14 +200,14 @@ impl DeviceFn for MatmulJob {
             let weight = random::<B, 2>([p.d_out, p.d_in], device, dtype).transpose();
             let mut first: Option<Vec<f32>> = None;
             for choice in &self.choices {
-                let refusals = kernels::matmul_tiling_refusals().len();
+                let refusals = kernels::matmul_tiling_refusal_count();
                 let product = || match choice {
                     Choice::Burn => x.clone().matmul(weight.clone()),
                     Choice::Model => kernels::linear(x.clone(), &weight, None),
                     Choice::Tiled(t) => kernels::tiled_matmul(x.clone(), weight.clone(), *t),
                 };
                 let out: Vec<f32> = product().into_data().convert::<f32>().into_vec().unwrap_or_default();
-                let refused = kernels::matmul_tiling_refusals().len() > refusals;
+                let refused = kernels::matmul_tiling_refusal_count() > refusals;
                 let us = timer.time(product);
                 let rel_diff = first.as_deref().map_or(0.0, |base| relative_difference(base, &out));
                 first.get_or_insert(out);
