@@ -134,6 +134,68 @@ def phase(cfg, W, time_it, b, s, ctx, dev, dtype):
             "step_us": None}
 
 
+def vision_phase(time_it, rows, cols, dev, dtype):
+    """The image encoding of one image with a rows x cols crop grid: CLIP ViT-L/14-336 (23 of 24
+    layers, as Phi-3-vision reads layer -2) stage by stage in eager ops as transformers'
+    CLIPEncoderLayer composes them (SDPA attention), and the whole encoding through
+    transformers' CLIPVisionModel plus the 2-layer projection (as bench/peer_torch.py)."""
+    from transformers import CLIPVisionConfig, CLIPVisionModel
+    d, heads, inter, size, patch, eps = 1024, 16, 4096, 336, 14, 1e-5
+    layers_used, crops = 23, 1 + rows * cols
+    tokens = 1 + (size // patch) ** 2
+    rnd = lambda *shape: torch.randn(*shape, device=dev, dtype=dtype) * 0.02
+    Wv = {"patch": rnd(d, 3, patch, patch), "cls": rnd(d), "pos": rnd(tokens, d), "ln_w": rnd(d) + 1, "ln_b": rnd(d),
+          "q": rnd(d, d), "k": rnd(d, d), "v": rnd(d, d), "o": rnd(d, d), "b": rnd(d), "fc1": rnd(inter, d),
+          "fc1_b": rnd(inter), "fc2": rnd(d, inter), "p0": rnd(3072, 4 * d), "p0_b": rnd(3072), "p2": rnd(3072, 3072)}
+    px = torch.randn(crops, 3, size, size, device=dev, dtype=dtype)
+    x, hidden = rnd(crops, tokens, d) * 50, rnd(crops, tokens, inter) * 50
+    split = lambda t: t.view(crops, tokens, heads, d // heads).transpose(1, 2)
+    q, k, v = (split(F.linear(x, Wv[n], Wv["b"])) for n in ("q", "k", "v"))
+    merged = rnd((crops * (tokens - 1)) // 4, 4 * d)
+    stages = []
+
+    def stage(name, per_step, us):
+        stages.append({"name": "vision: " + name, "us": us, "per_step": per_step})
+
+    def embeddings():
+        e = F.conv2d(px, Wv["patch"], stride=patch).flatten(2).transpose(1, 2)
+        e = torch.cat((Wv["cls"].expand(crops, 1, d), e), 1) + Wv["pos"]
+        return F.layer_norm(e, (d,), Wv["ln_w"], Wv["ln_b"], eps)
+    stage("embeddings + pre_layrnorm", 1, time_it(embeddings))
+    stage("layer_norm1", layers_used, time_it(lambda: F.layer_norm(x, (d,), Wv["ln_w"], Wv["ln_b"], eps)))
+    stage("q_proj + k_proj + v_proj", layers_used, time_it(lambda: [F.linear(x, Wv[n], Wv["b"]) for n in ("q", "k", "v")]))
+    stage("attention", layers_used,
+          time_it(lambda: F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(crops, tokens, d)))
+    stage("out_proj", layers_used, time_it(lambda: F.linear(x, Wv["o"], Wv["b"])))
+    stage("residual add", 2 * layers_used, time_it(lambda: x + x))
+    stage("layer_norm2", layers_used, time_it(lambda: F.layer_norm(x, (d,), Wv["ln_w"], Wv["ln_b"], eps)))
+    stage("fc1", layers_used, time_it(lambda: F.linear(x, Wv["fc1"], Wv["fc1_b"])))
+    stage("quick_gelu", layers_used, time_it(lambda: hidden * torch.sigmoid(1.702 * hidden)))
+    stage("fc2", layers_used, time_it(lambda: F.linear(hidden, Wv["fc2"], Wv["b"])))
+    stage("img_projection (HD layout excluded)", 1,
+          time_it(lambda: F.linear(F.gelu(F.linear(merged, Wv["p0"], Wv["p0_b"])), Wv["p2"], Wv["p0_b"])))
+    vcfg = CLIPVisionConfig(hidden_size=d, intermediate_size=inter, num_hidden_layers=24, num_attention_heads=heads,
+                            image_size=size, patch_size=patch, projection_dim=768, hidden_act="quick_gelu")
+    vcfg._attn_implementation = "sdpa"
+    with torch.device(dev):
+        vision = CLIPVisionModel._from_config(vcfg, torch_dtype=dtype).eval()
+        proj = torch.nn.Sequential(torch.nn.Linear(4 * d, 3072), torch.nn.GELU(), torch.nn.Linear(3072, 3072)).to(dtype)
+    layer = vision.vision_model.encoder.layers[0]
+
+    def run_layer():
+        try:  # transformers 4.x: (hidden_states, attention_mask, causal_attention_mask)
+            return layer(x, None, None)
+        except TypeError:  # later versions dropped the causal mask argument
+            return layer(x, attention_mask=None)
+    layer_us = time_it(run_layer)
+
+    def encode():
+        h = vision(pixel_values=px, output_hidden_states=True).hidden_states[-2][:, 1:]
+        return proj(h.reshape(-1, 4 * d))
+    return {"phase": f"vision {rows}x{cols} grid, {crops} crops", "stages": stages, "layer_us": layer_us,
+            "step_us": time_it(encode)}
+
+
 def whole_steps(cfg, phases, time_it, dev, dtype, context, batches, prefill):
     """The whole step through transformers' Phi3ForCausalLM (DynamicCache cropped back after every call)."""
     from transformers import DynamicCache, Phi3Config, Phi3ForCausalLM
@@ -170,6 +232,7 @@ def main():
     ap.add_argument("--prefill", type=int, default=1024)
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--runs", type=int, default=20)
+    ap.add_argument("--image-grid", default="4x4", help="crop grid of the vision phase (ROWSxCOLS); 'none' skips it")
     a = ap.parse_args()
     cfg = json.load(open(a.preset))
     dev, dtype = "cuda", torch.bfloat16
@@ -190,6 +253,14 @@ def main():
             log(f"prefill {a.prefill}")
             p = phase(cfg, W, time_it, 1, a.prefill, 0, dev, dtype)
             phases[p["phase"]] = p
+        if a.image_grid != "none":
+            rows, cols = (int(v) for v in a.image_grid.lower().split("x"))
+            log(f"vision {rows}x{cols}")
+            try:
+                p = vision_phase(time_it, rows, cols, dev, dtype)
+                phases[p["phase"]] = p
+            except Exception as e:  # keep the decoder's figures when the vision phase fails
+                log(f"vision phase not measured: {e!r}")
     del W
     try:
         whole_steps(cfg, phases, time_it, dev, dtype, a.context, batches, a.prefill)

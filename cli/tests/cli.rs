@@ -184,6 +184,44 @@ fn bench_attention_times_every_choice_and_compares_outputs() {
     let _ = std::fs::remove_file(&out);
 }
 
+/// `phi3v bench breakdown`: the decode, prefill and vision phases stage by stage (the vision
+/// phase at the crop grid asked, its alternatives under `--flash` kept out of the step's sum),
+/// the JSON and Markdown written; bad options are messages.
+#[test]
+fn bench_breakdown_times_decode_prefill_and_the_vision_tower() {
+    let out = std::env::temp_dir().join(format!("phi3v-bench-breakdown-{}", std::process::id()));
+    let o = phi3v(&[
+        "bench", "breakdown", "--preset", "tiny", "--device", "cpu", "--decode-batches", "1", "--context", "8", "--prefill", "8",
+        "--image-grid", "1x2", "--flash", "burn", "--warmup", "0", "--runs", "1", "--out", out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let r: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("breakdown.json")).unwrap()).unwrap();
+    let phases: Vec<&str> = r["phases"].as_array().unwrap().iter().map(|p| p["phase"].as_str().unwrap()).collect();
+    assert_eq!(phases, ["decode b=1 ctx=8", "prefill 8", "vision 1x2 grid, 3 crops"], "{r}");
+    let vision = &r["phases"][2];
+    let stages = vision["stages"].as_array().unwrap();
+    for name in ["vision: q_proj + k_proj + v_proj", "vision: attention", "vision: attention with flash Burn", "vision: fc1", "vision: img_projection (HD layout excluded)"] {
+        let st = stages.iter().find(|s| s["name"] == name).unwrap_or_else(|| panic!("{name} missing: {vision}"));
+        assert!(st["us"].as_f64().unwrap() > 0.0, "{st}");
+    }
+    // The tiny tower's layers (`layer_idx` −2 of its stored layers) count the per-layer stages.
+    let per_layer = stages.iter().find(|s| s["name"] == "vision: fc1").unwrap()["per_step"].as_u64().unwrap();
+    assert!(per_layer >= 1 && stages.iter().find(|s| s["name"] == "vision: residual add").unwrap()["per_step"].as_u64().unwrap() == 2 * per_layer);
+    assert!(vision["step_us"].as_f64().unwrap() > 0.0 && vision["layer_us"].as_f64().unwrap() > 0.0, "{vision}");
+    let md = std::fs::read_to_string(out.join("breakdown.md")).unwrap();
+    assert!(md.contains("## vision 1x2 grid, 3 crops") && md.contains("whole layer"), "{md}");
+    let no_image = phi3v(&[
+        "bench", "breakdown", "--preset", "tiny", "--device", "cpu", "--decode-batches", "1", "--context", "8", "--prefill", "0", "--no-image",
+        "--warmup", "0", "--runs", "1", "--out", out.to_str().unwrap(),
+    ]);
+    assert!(no_image.status.success() && !stdout(&no_image).contains("## vision"), "{}", stderr(&no_image));
+    for (flag, value, message) in [("--image-grid", "0x2", "`0x2` is not of the form"), ("--image-grid", "4", "`4` is not of the form"), ("--flash", "fast", "`fast` is not burn")] {
+        let bad = phi3v(&["bench", "breakdown", "--preset", "tiny", "--device", "cpu", flag, value, "--out", out.to_str().unwrap()]);
+        assert!(!bad.status.success() && stderr(&bad).contains(message), "{flag} {value}: {}", stderr(&bad));
+    }
+    let _ = std::fs::remove_dir_all(&out);
+}
+
 /// `phi3v bench matmul`: every choice on every product, each output equal to the first choice's
 /// (on the CPU a tiling is Burn's matmul: the default `Kernels::tiled_matmul`), the peer's
 /// column from its JSON; bad products, tilings and peer files are messages.

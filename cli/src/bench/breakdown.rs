@@ -69,6 +69,14 @@ pub struct BreakdownArgs {
     /// `planes,seq_q,seq_kv`), one extra stage each; the whole step keeps the process's choice.
     #[arg(long, value_delimiter = ';')]
     flash: Vec<String>,
+    /// Crop grid (ROWSxCOLS) of the image whose encoding the vision phase times: the CLIP
+    /// tower over `1 + ROWS·COLS` crops, stage by stage, then the HD layout and projection
+    /// (4x4: `num_crops` 16, 17 crops). Presets without a vision tower skip the phase.
+    #[arg(long, default_value = "4x4")]
+    image_grid: String,
+    /// Skip the vision phase.
+    #[arg(long)]
+    no_image: bool,
     /// Output folder (breakdown.json, breakdown.md).
     #[arg(long, default_value = "breakdown-out")]
     out: PathBuf,
@@ -128,6 +136,7 @@ pub const LAUNCH_CHAIN: usize = 256;
 /// Entry point of `phi3v bench breakdown`.
 pub fn run(args: BreakdownArgs) -> CliResult<()> {
     let (_, config) = super::preset_config(&args.preset)?;
+    super::parse_pair(&args.image_grid, "--image-grid")?;
     let peer = match &args.peer {
         Some(p) if p.is_file() => {
             let s = std::fs::read_to_string(p).map_err(|e| format!("cannot read {}: {e}", p.display()))?;
@@ -184,6 +193,11 @@ impl DeviceFn for BreakdownJob {
         if a.prefill > 0 {
             eprintln!("prefill {}", a.prefill);
             phases.push(phase(&model, &timer, dtype, 1, a.prefill, 0, profile, &flash)?);
+        }
+        if let (Some(_), false) = (&model.vision_embed_tokens, a.no_image) {
+            let (rows, cols) = super::parse_pair(&a.image_grid, "--image-grid")?;
+            eprintln!("vision {rows}x{cols} grid ({} crops)", 1 + rows * cols);
+            phases.push(vision_phase(&model, &timer, dtype, [rows, cols], &flash)?);
         }
         let norm = &model.model.norm;
         let token = random::<B, 3>([1, 1, self.config.text.hidden_size], device, dtype);
@@ -424,6 +438,77 @@ fn phase<B: Kernels>(
     })
 }
 
+/// The image encoding of one image with a `grid` of crops (`embed_images`), stage by stage of a
+/// CLIP encoder layer as `ClipEncoderLayer::forward` runs them, over `1 + rows·cols` crops of
+/// `1 + 576` tokens; the tower's attention is also timed under each `flash` choice. The whole
+/// "step" is `embed_images` (CLIP, 2×2 merge, HD layout, projection).
+fn vision_phase<B: Kernels>(model: &Phi3VForCausalLM<B>, timer: &Timer<B>, dtype: DType, grid: [usize; 2], flash: &[kernels::FlashAttention]) -> CliResult<Phase> {
+    let device = &timer.device;
+    let vision = model.vision_embed_tokens.as_ref().ok_or("this preset has no vision tower")?;
+    let c = &model.config.vision.as_ref().ok_or("this preset has no vision configuration")?.clip;
+    let tower = &vision.img_processor;
+    let (crops, size) = (1 + grid[0] * grid[1], c.image_size);
+    let (d, heads, inter) = (c.hidden_size, c.num_attention_heads, c.intermediate_size);
+    let tokens = 1 + (size / c.patch_size).pow(2);
+    let layers = tower.layers.len();
+    let layer = tower.layers.first().ok_or("the vision tower has no layers")?;
+    let attn = &layer.self_attn;
+    let pixels = random::<B, 4>([crops, c.num_channels, size, size], device, dtype);
+    let x = random::<B, 3>([crops, tokens, d], device, dtype);
+    let split = |y: Tensor<B, 3>| y.reshape([crops, tokens, heads, d / heads]).swap_dims(1, 2);
+    let (q, k, v) = (split(attn.q_proj.forward(x.clone())), split(attn.k_proj.forward(x.clone())), split(attn.v_proj.forward(x.clone())));
+    let hidden = random::<B, 3>([crops, tokens, inter], device, dtype);
+
+    let mut stages = Vec::new();
+    let mut stage = |name: &str, per_step: usize, us: f64| {
+        eprintln!("  {name}: {us:.1} µs");
+        stages.push(Stage { name: format!("vision: {name}"), us, per_step });
+    };
+    stage("embeddings + pre_layrnorm", 1, timer.time(|| tower.pre_layrnorm.forward(tower.embeddings.forward(pixels.clone()))));
+    stage("layer_norm1", layers, timer.time(|| layer.layer_norm1.forward(x.clone())));
+    stage(
+        "q_proj + k_proj + v_proj",
+        layers,
+        timer.time(|| (attn.q_proj.forward(x.clone()), attn.k_proj.forward(x.clone()), attn.v_proj.forward(x.clone()))),
+    );
+    // What `ClipAttention::forward` runs between its projections: the head split's views, the
+    // attention, and the heads merged back (a copy).
+    let attend = || kernels::attention(q.clone(), k.clone(), v.clone(), None, false).swap_dims(1, 2).reshape([crops, tokens, d]);
+    stage("attention", layers, timer.time(attend));
+    let process_choice = kernels::flash_attention_choice();
+    for &choice in flash {
+        kernels::set_flash_attention(choice);
+        let us = timer.time(attend);
+        stage(&format!("attention with flash {choice:?}"), layers, us);
+    }
+    kernels::set_flash_attention(process_choice);
+    for reason in kernels::flash_attention_refusals() {
+        eprintln!("  (flash tiling refused, Burn's attention ran: {reason})");
+    }
+    stage("out_proj", layers, timer.time(|| attn.out_proj.forward(x.clone())));
+    stage("residual add", 2 * layers, timer.time(|| x.clone() + x.clone()));
+    stage("layer_norm2", layers, timer.time(|| layer.layer_norm2.forward(x.clone())));
+    stage("fc1", layers, timer.time(|| layer.mlp.fc1.forward(x.clone())));
+    stage("quick_gelu", layers, timer.time(|| hidden.clone() * burn::tensor::activation::sigmoid(hidden.clone() * 1.702)));
+    stage("fc2", layers, timer.time(|| layer.mlp.fc2.forward(hidden.clone())));
+    let features = random::<B, 3>([crops, tokens - 1, d], device, dtype);
+    stage("img_projection (HD layout excluded)", 1, {
+        let merged_tokens = features.dims()[0] * features.dims()[1] / 4;
+        let merged = random::<B, 2>([merged_tokens, 4 * d], device, dtype);
+        timer.time(|| vision.img_projection_2.forward(burn::tensor::activation::gelu(vision.img_projection_0.forward(merged.clone()))))
+    });
+    let layer_us = timer.time(|| layer.forward(x.clone()));
+    model.embed_images(pixels.clone(), &[grid])?; // the shapes agree (then every timed call's do)
+    let (step_us, host_us) = timer.time_host(|| model.embed_images(pixels.clone(), &[grid]));
+    Ok(Phase {
+        phase: format!("vision {}x{} grid, {crops} crops", grid[0], grid[1]),
+        stages,
+        layer_us,
+        step_us,
+        host_us: Some(host_us),
+    })
+}
+
 /// Markdown: per phase, every stage's time per call and per step, its share of the measured
 /// step, and the peer's figure beside it when given.
 pub fn markdown(ours: &Breakdown, peer: Option<&Breakdown>) -> String {
@@ -439,7 +524,10 @@ pub fn markdown(ours: &Breakdown, peer: Option<&Breakdown>) -> String {
         let mut sum = 0.0;
         for st in &ph.stages {
             let per_step = st.us * st.per_step as f64;
-            sum += per_step;
+            // The alternatives to the process's attention (`--flash`) are not part of its step.
+            if !st.name.contains("attention with flash") {
+                sum += per_step;
+            }
             s += &format!("| {} | {} | {:.1} | {:.3} | {:.1} % |", st.name, st.per_step, st.us, per_step / 1e3, 100.0 * per_step / ph.step_us);
             if let Some(pp) = pp {
                 match pp.stages.iter().find(|x| x.name == st.name) {
@@ -449,7 +537,7 @@ pub fn markdown(ours: &Breakdown, peer: Option<&Breakdown>) -> String {
             }
             s += "\n";
         }
-        let layers = ph.stages.iter().find(|x| x.name.contains("qkv_proj")).map_or(1, |x| x.per_step);
+        let layers = ph.stages.iter().find(|x| x.name.contains("qkv_proj") || x.name.contains("q_proj")).map_or(1, |x| x.per_step);
         s += &format!(
             "\nSum of the stages: {:.2} ms; whole layer {:.1} µs × {layers} = {:.2} ms; whole step {:.2} ms",
             sum / 1e3,
@@ -510,6 +598,12 @@ mod tests {
         assert!(md.contains("| qkv_proj | 2 | 30.0 | 0.060 | 20.0 % | 10.0 | 3.00 |"), "{md}");
         assert!(md.contains("ours / peer 3.00"), "{md}");
         assert!(md.contains("returned after 0.15 ms (50 % of the step"), "{md}");
+        // An alternative attention (`--flash`) is listed but not summed into the step.
+        let mut with_alternative = sample("burn-phi3v", 30.0);
+        let alternative = Stage { name: "attention with flash Scores".into(), us: 1000.0, per_step: 2 };
+        with_alternative.phases[0].stages.push(alternative);
+        let md = markdown(&with_alternative, None);
+        assert!(md.contains("| attention with flash Scores | 2 | 1000.0 |") && md.contains("Sum of the stages: 0.06 ms"), "{md}");
         let alone = markdown(&sample("burn-phi3v", 30.0), None);
         assert!(!alone.contains("peer"), "{alone}");
         assert!(alone.contains("RMSNorm kernels over one token: 3.00 µs per kernel"), "{alone}");
