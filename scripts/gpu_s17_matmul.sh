@@ -19,7 +19,8 @@
 #     ten   — few only: 10-row products, the model's skinny kernel vs Burn's vs the best;
 #     e2e   — many: prefill 1024 and image encode at num_crops 16; few: 64 parallel
 #             static requests 1024 → 128; Burn's matmul vs the best tiling (FLASH=scores adds
-#             PHI3V_FLASH_ATTENTION=scores to both).
+#             PHI3V_FLASH_ATTENTION=scores to both); few also 10 parallel, the skinny kernel
+#             vs the best tiling with PHI3V_SKINNY_MAX_ROWS=3 (TEN_E2E=0 skips, TEN_E2E_S).
 # Returns s17-<rows>.tgz and the kernel caches. Usage (device tool):
 #   [ROWS=few] bash scripts/gpu_s17_matmul.sh   (~560 s; WARM_S and ROUTINE_S per product and routine, PEER_S, TOP_S, E2E_S, TESTS_S)
 source scripts/gpu_env.sh
@@ -94,8 +95,8 @@ if [ -n "$BEST" ]; then
   echo "=== top rc=$? $(( $(date +%s) - s )) s"; cat $RS/top.md
   if [ "$ROWS" = few ]; then
     # A decode step of 10 sequences: the model's CUDA-core skinny kernel (`model`) against
-    # Burn's and the best tensor-core tilings (the skinny kernel's 16-row limit keeps these
-    # rows away from PHI3V_MATMUL_FEW; this says whether a tiling should take them).
+    # Burn's and the best tensor-core tilings (this says whether a tiling should take them:
+    # PHI3V_SKINNY_MAX_ROWS below 10 sends them to PHI3V_MATMUL_FEW, timed end to end below).
     s=$(date +%s)
     timeout ${TEN_S:-40} $B/phi3v bench matmul --device cuda --dtype bf16 --shapes "10,3072,9216;10,3072,3072;10,3072,16384;10,8192,3072" \
       --tilings "model;burn;$BEST" --warmup 3 --runs 20 --out $RS/ten.json > $RS/ten.md 2> $RS/ten.log
@@ -108,6 +109,17 @@ if [ -n "$BEST" ]; then
     env $VAR=${part#*:} timeout ${E2E_S:-70} $B/phi3v bench run --preset phi3v-128k --device cuda $E2E --out $RS/$name > $RS/$name.log 2>&1
     echo "=== $name ($VAR=${part#*:}) rc=$? $(( $(date +%s) - s )) s"; grep -v "^\s*$" $RS/$name.log | tail -8 | cut -c1-200
   done
+  if [ "$ROWS" = few ] && [ "${TEN_E2E:-1}" != 0 ]; then
+    # 10 parallel static requests (issue 10's second goal): the skinny kernel (default) against
+    # the best tiling with the skinny kernel's rows lowered to 3 (PHI3V_SKINNY_MAX_ROWS), so
+    # that the 10-row products take PHI3V_MATMUL_FEW.
+    for part in "ten-skinny:16:burn" "ten-tiled:3:$FIRST"; do
+      name=${part%%:*}; rest=${part#*:}; s=$(date +%s)
+      env PHI3V_SKINNY_MAX_ROWS=${rest%%:*} PHI3V_MATMUL_FEW=${rest#*:} timeout ${TEN_E2E_S:-50} $B/phi3v bench run --preset phi3v-128k --device cuda \
+        --scenarios generation --shapes 1024x128 --parallel 10 --batching static --warmup 1 --generation-runs 1 --out $RS/$name > $RS/$name.log 2>&1
+      echo "=== $name (skinny rows ≤ ${rest%%:*}, PHI3V_MATMUL_FEW=${rest#*:}) rc=$? $(( $(date +%s) - s )) s"; grep -v "^\s*$" $RS/$name.log | tail -6 | cut -c1-200
+    done
+  fi
 fi
 cd $R
 wait

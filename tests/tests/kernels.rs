@@ -395,6 +395,41 @@ impl KernelJob {
             compare(format!("linear [{batch}, {seq}, {d_in}] → {d_out} with bias at {tiling} ({class:?} rows)"), d_in, outputs);
         }
 
+        // A static decode batch of 10 rows with the skinny kernel's rows lowered to 3
+        // (`PHI3V_SKINNY_MAX_ROWS`): its products join the few-rows class and run at its tiling,
+        // the decoder's fused projections composed around them (norm, product, SiLU·mul or
+        // residual add), against the same steps composed from Burn's ops. A unit tiling (runs
+        // on every CubeCL device) and a tensor-core one (Burn's matmul where refused).
+        let (default_max, default_few) = (kernels::skinny_max_rows(), kernels::matmul_tiling(kernels::MatmulRows::Few));
+        assert!(!kernels::set_skinny_max_rows(kernels::SKINNY_ROWS + 1), "above the kernel's rows");
+        assert_eq!(kernels::skinny_max_rows(), default_max, "an invalid setting changed nothing");
+        for tiling in ["simple_unit:2,2,2:16,16:4,4,4", "double:2,2,2:2,2"] {
+            let tiling = kernels::MatmulTiling::parse(tiling).expect("a valid tiling");
+            let (rows, d_in, d_out) = (10, 96, 80);
+            let x = tensor(input(vec![rows * d_in], 1.0)).reshape([rows, 1, d_in]);
+            let weight = tensor(input(vec![d_out * d_in], 0.05)).reshape([d_out, d_in]).transpose();
+            let norm = tensor(input(vec![d_in], 1.0));
+            let residual = tensor(input(vec![rows * d_out], 1.0)).reshape([rows, 1, d_out]);
+            let steps = || {
+                let flat = |t: Tensor<B, 3>| t.reshape([1, rows, d_out]);
+                let silu = kernels::norm_linear_silu_mul(x.clone(), &norm, 1e-5, &weight).reshape([1, rows, d_out / 2]);
+                Tensor::cat(vec![flat(kernels::norm_linear(x.clone(), &norm, 1e-5, &weight)), flat(kernels::linear_add(x.clone(), &weight, residual.clone())), silu], 2)
+            };
+            assert!(kernels::set_skinny_max_rows(3) && kernels::set_matmul_tiling(kernels::MatmulRows::Few, Some(tiling)));
+            assert_eq!(kernels::MatmulRows::of(rows), Some(kernels::MatmulRows::Few));
+            let refusals = kernels::matmul_tiling_refusal_count();
+            set_kernel_policy(KernelPolicy::Forced);
+            let (tiled, tiled_again) = (steps(), steps());
+            set_kernel_policy(KernelPolicy::Off);
+            let composed = steps();
+            set_kernel_policy(policy);
+            assert!(kernels::set_skinny_max_rows(default_max) && kernels::set_matmul_tiling(kernels::MatmulRows::Few, default_few));
+            if tiling.routine.unit() {
+                assert_eq!(kernels::matmul_tiling_refusal_count(), refusals, "{tiling} refused: {:?}", kernels::matmul_tiling_refusals());
+            }
+            compare(format!("10-row decode projections (norm_linear, linear_add, norm_linear_silu_mul) with skinny rows ≤ 3 at {tiling}"), d_in, (tiled, tiled_again, composed));
+        }
+
         // Inputs must be random, never constant: a kernel reading the wrong element of a constant
         // tensor would pass.
         let x = tensor(input(vec![64], 1.0));

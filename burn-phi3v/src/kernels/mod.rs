@@ -18,7 +18,7 @@
 //! `impl burn_phi3v::kernels::Kernels for MyBackend {}` (in the crate that defines the backend
 //! type, or on a newtype).
 
-use std::sync::atomic::{AtomicU8, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU32, AtomicUsize, Ordering};
 
 use burn::tensor::{
     Bool, Int, Tensor, TensorPrimitive,
@@ -1130,8 +1130,38 @@ pub fn skinny_min_rows() -> usize {
     })
 }
 
+/// 0 = not read from the environment yet; else the setting + 1.
+static SKINNY_MAX_ROWS: AtomicUsize = AtomicUsize::new(0);
+
+/// Most rows [`linear`] and the fused projections send to [`Kernels::skinny_linear`] and
+/// [`Kernels::fused_linear`]: [`SKINNY_ROWS`] by default, `PHI3V_SKINNY_MAX_ROWS` for a process
+/// (read once, clamped to 0..=[`SKINNY_ROWS`]; 0 sends every product elsewhere), and
+/// [`set_skinny_max_rows`] at any time. Products above it take the [`MatmulRows::Few`] class,
+/// so that a static decode batch of 4–16 rows can run at a tensor-core tiling
+/// (`PHI3V_MATMUL_FEW`) instead of the CUDA-core skinny kernel, which at 10 rows does as much
+/// arithmetic per weight byte as the cores allow (docs/kernels.md, session 11).
+pub fn skinny_max_rows() -> usize {
+    match SKINNY_MAX_ROWS.load(Ordering::Relaxed) {
+        0 => {
+            let n = std::env::var("PHI3V_SKINNY_MAX_ROWS").ok().and_then(|v| v.trim().parse::<usize>().ok()).unwrap_or(SKINNY_ROWS);
+            set_skinny_max_rows(n);
+            n.min(SKINNY_ROWS)
+        }
+        v => v - 1,
+    }
+}
+
+/// Sets [`skinny_max_rows`]; `false` (and no change) above [`SKINNY_ROWS`].
+pub fn set_skinny_max_rows(rows: usize) -> bool {
+    let valid = rows <= SKINNY_ROWS;
+    if valid {
+        SKINNY_MAX_ROWS.store(rows + 1, Ordering::Relaxed);
+    }
+    valid
+}
+
 /// `nn.Linear` (`x · weight + bias`): [`Kernels::skinny_linear`] for [`skinny_min_rows`] to
-/// [`SKINNY_ROWS`] rows without bias, [`Kernels::tiled_matmul`] for more rows when a
+/// [`skinny_max_rows`] rows without bias, [`Kernels::tiled_matmul`] for more rows when a
 /// [`matmul_tiling`] is set for their [`MatmulRows`] class, Burn's `linear` otherwise (and when
 /// [`fused_kernels`] is off).
 ///
@@ -1175,7 +1205,7 @@ pub fn tiled_matmul<B: Kernels>(lhs: Tensor<B, 2>, rhs: Tensor<B, 2>, tiling: Ma
 
 /// Whether a product over `rows` rows takes [`Kernels::skinny_linear`] (see [`linear`]).
 fn skinny(rows: usize) -> bool {
-    kernel_on("skinny_linear") && (skinny_min_rows()..=SKINNY_ROWS).contains(&rows)
+    kernel_on("skinny_linear") && (skinny_min_rows()..=skinny_max_rows()).contains(&rows)
 }
 
 /// What follows a product in [`fused`].

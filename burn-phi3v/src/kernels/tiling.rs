@@ -140,7 +140,7 @@ impl fmt::Display for MatmulTiling {
 /// thousands of rows does not suit a static decode batch's few dozen.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum MatmulRows {
-    /// More than [`super::SKINNY_ROWS`] and fewer than [`MATMUL_MANY_ROWS`] (decode steps of
+    /// More than [`super::skinny_max_rows`] and fewer than [`MATMUL_MANY_ROWS`] (decode steps of
     /// many sequences; `PHI3V_MATMUL_FEW`).
     Few,
     /// [`MATMUL_MANY_ROWS`] or more (prefill, the vision tower; `PHI3V_MATMUL`).
@@ -155,7 +155,7 @@ impl MatmulRows {
     pub fn of(rows: usize) -> Option<Self> {
         match rows {
             r if r >= MATMUL_MANY_ROWS => Some(Self::Many),
-            r if r > super::SKINNY_ROWS => Some(Self::Few),
+            r if r > super::skinny_max_rows() => Some(Self::Few),
             _ => None,
         }
     }
@@ -219,8 +219,8 @@ mod tests {
             assert_eq!(routine.name(), name);
             assert_eq!(MatmulTiling::parse(&format!("{name}:1,2,2:2,1")).unwrap().routine, routine);
         }
-        assert_eq!(MatmulRows::of(super::super::SKINNY_ROWS), None);
-        assert_eq!(MatmulRows::of(super::super::SKINNY_ROWS + 1), Some(MatmulRows::Few));
+        assert_eq!(MatmulRows::of(super::super::skinny_max_rows()), None);
+        assert_eq!(MatmulRows::of(super::super::skinny_max_rows() + 1), Some(MatmulRows::Few));
         assert_eq!(MatmulRows::of(MATMUL_MANY_ROWS - 1), Some(MatmulRows::Few));
         assert_eq!(MatmulRows::of(MATMUL_MANY_ROWS), Some(MatmulRows::Many));
         for bad in [
