@@ -259,11 +259,12 @@ impl KernelJob {
             flash(batch, heads, kv_heads, queries, keys, head_dim, causal, "", None);
         }
         // CubeCL's tensor-core flash attention at tilings Burn's autotune does not try
-        // (`FlashAttention::Tiles`: bf16/f16 without a causal mask on devices with tensor cores;
-        // Burn's attention elsewhere): full over a partial key tile (64-dim heads, 100 keys),
-        // full over fewer queries than a stage (padded with zero rows, as CLIP's 577), and a
-        // causal problem, which must take Burn's attention (the routine's causal outputs were
-        // wrong on CUDA, session 15).
+        // (`FlashAttention::Tiles`: bf16/f16 on devices with tensor cores; Burn's attention
+        // elsewhere): full over a partial key tile (64-dim heads, 100 keys), full over fewer
+        // queries than a stage (padded with zero rows, as CLIP's 577), and causal problems, over
+        // as many keys as queries and after cached keys (bottom-right), which the forced policy
+        // sends through the routine with the causal limit as a materialised mask
+        // (`flash_tiles_causal`; the routine's own causal mode was wrong on CUDA, session 15).
         let default_flash = kernels::flash_attention_choice();
         for (planes, seq_q, seq_kv) in [(4, 1, 1), (4, 2, 2), (2, 2, 2), (4, 1, 4)] {
             let tiles = kernels::FlashAttention::Tiles { planes, seq_q, seq_kv };
@@ -272,6 +273,7 @@ impl KernelJob {
             flash(1, 4, 4, 128, 128, 96, true, &tiling, None);
             flash(2, 2, 2, 64, 100, 64, false, &tiling, None);
             flash(1, 2, 2, 33, 33, 64, false, &tiling, None); // queries padded to a whole stage
+            flash(1, 2, 2, 40, 112, 64, true, &tiling, None); // after 72 cached keys, padded
         }
         // Burn's matmuls around the one-pass softmax (`FlashAttention::Scores`): every case
         // above in one chunk, then in chunks of 16 and of 7 query rows (causal chunks see fewer
