@@ -171,7 +171,7 @@ where
                 // too; not yet checked on CUDA). Above FLASH_QUERIES Burn's flash kernels lost
                 // accuracy (docs/parity.md, session 11): those lengths keep the composed chunks.
                 let masked = causal && super::kernel_on("flash_tiles_causal") && (super::kernel_policy() == KernelPolicy::Forced || super::kernel_opted_in("flash_tiles_causal"));
-                let fits = half && kv_heads == q.meta.shape()[1] && (!causal || masked) && keys >= queries && queries <= crate::model::nn::FLASH_QUERIES;
+                let fits = half && kv_heads == q.meta.shape()[1] && (!causal || (masked && keys >= queries)) && queries <= crate::model::nn::FLASH_QUERIES;
                 if !fits {
                     return super::default_flash_attention::<Self>(q, k, v, causal);
                 }

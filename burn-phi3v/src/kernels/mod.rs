@@ -794,7 +794,8 @@ pub enum FlashAttention {
     /// step of the loop over the keys. Only for attention without a causal mask (the vision
     /// tower's; the routine's causal mode gave wrong outputs on CUDA, docs/kernels.md session
     /// 15) unless `flash_tiles_causal` is opted in (`PHI3V_KERNELS_ON`: the causal limit as a
-    /// materialised mask, not yet verified on CUDA), bf16/f16 inputs (bf16 queries go in as f16) with as many key as query heads, up to
+    /// materialised mask, not yet verified on CUDA), bf16/f16 inputs (bf16 queries go in as
+    /// f16) with as many key as query heads, up to
     /// 4096 queries; the others, and tilings the routine refuses, take
     /// [`FlashAttention::Burn`]'s path.
     Tiles {
@@ -1147,9 +1148,9 @@ static SKINNY_MAX_ROWS: AtomicUsize = AtomicUsize::new(0);
 pub fn skinny_max_rows() -> usize {
     match SKINNY_MAX_ROWS.load(Ordering::Relaxed) {
         0 => {
-            let n = std::env::var("PHI3V_SKINNY_MAX_ROWS").ok().and_then(|v| v.trim().parse::<usize>().ok()).unwrap_or(SKINNY_ROWS);
+            let n = std::env::var("PHI3V_SKINNY_MAX_ROWS").ok().and_then(|v| v.trim().parse::<usize>().ok()).map_or(SKINNY_ROWS, |n| n.min(SKINNY_ROWS));
             set_skinny_max_rows(n);
-            n.min(SKINNY_ROWS)
+            n
         }
         v => v - 1,
     }
