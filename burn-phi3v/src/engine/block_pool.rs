@@ -13,6 +13,8 @@
 
 use std::collections::{BTreeMap, HashMap};
 
+use super::prefix::BlockHash;
+
 /// A pool of `num_blocks` blocks of `block_size` tokens.
 #[derive(Debug, Clone)]
 pub struct BlockPool {
@@ -23,9 +25,9 @@ pub struct BlockPool {
     /// Sequences holding each block.
     refs: Vec<u32>,
     /// The hash each block is registered under.
-    hash_of: Vec<Option<u64>>,
+    hash_of: Vec<Option<BlockHash>>,
     /// Registered blocks by hash.
-    by_hash: HashMap<u64, u32>,
+    by_hash: HashMap<BlockHash, u32>,
     /// Registered blocks nobody holds, by when they were released (oldest first): the ones
     /// handed out when `free` is empty.
     evictable: BTreeMap<u64, u32>,
@@ -144,7 +146,7 @@ impl BlockPool {
 
     /// How many of `hashes` (a chain of block hashes, first block first) name registered
     /// blocks, from the first on, and how many of those nobody holds now.
-    pub fn cached_prefix(&self, hashes: &[u64]) -> (usize, usize) {
+    pub fn cached_prefix(&self, hashes: &[BlockHash]) -> (usize, usize) {
         let mut unheld = 0;
         let n = hashes
             .iter()
@@ -161,7 +163,7 @@ impl BlockPool {
 
     /// Appends the registered blocks of the first `n` of `hashes` to `table`, holding them
     /// (`n` from [`BlockPool::cached_prefix`]).
-    pub fn take_cached(&mut self, hashes: &[u64], n: usize, table: &mut Vec<u32>) {
+    pub fn take_cached(&mut self, hashes: &[BlockHash], n: usize, table: &mut Vec<u32>) {
         for h in &hashes[..n] {
             let block = self.by_hash[h];
             let b = block as usize;
@@ -177,7 +179,7 @@ impl BlockPool {
     /// Registers `block` (held, full and computed) under `hash`, unless another block already
     /// is (two sequences computed the same prefix at once: the first stays) or `block` has a
     /// hash.
-    pub fn register(&mut self, block: u32, hash: u64) {
+    pub fn register(&mut self, block: u32, hash: BlockHash) {
         let b = block as usize;
         if self.hash_of[b].is_none() && !self.by_hash.contains_key(&hash) {
             self.hash_of[b] = Some(hash);
@@ -199,6 +201,10 @@ impl BlockPool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn hs(ns: &[u64]) -> Vec<BlockHash> {
+        ns.iter().map(|&n| BlockHash::from(n)).collect()
+    }
 
     #[test]
     fn grows_all_or_nothing_and_releases() {
@@ -227,21 +233,21 @@ mod tests {
         let mut pool = BlockPool::new(4, 4);
         let mut a = Vec::new();
         assert!(pool.grow(&mut a, 12)); // blocks 0, 1, 2
-        pool.register(a[0], 100);
-        pool.register(a[1], 101);
-        pool.register(a[1], 999); // a block keeps its first hash
+        pool.register(a[0], BlockHash::from(100));
+        pool.register(a[1], BlockHash::from(101));
+        pool.register(a[1], BlockHash::from(999)); // a block keeps its first hash
         assert_eq!(pool.cached_blocks(), 2);
         // A second sequence with the same first two blocks shares them.
-        assert_eq!(pool.cached_prefix(&[100, 101, 102]), (2, 0));
+        assert_eq!(pool.cached_prefix(&hs(&[100, 101, 102])), (2, 0));
         let mut b = Vec::new();
-        pool.take_cached(&[100, 101], 2, &mut b);
+        pool.take_cached(&hs(&[100, 101]), 2, &mut b);
         assert_eq!(b, [0, 1]);
         assert_eq!(pool.used_blocks(), 3, "shared blocks count once");
         // Another block cannot take the hash of a registered one.
         let mut c = Vec::new();
         assert!(pool.grow(&mut c, 1)); // block 3
-        pool.register(c[0], 100);
-        assert_eq!(pool.cached_prefix(&[100]), (1, 0));
+        pool.register(c[0], BlockHash::from(100));
+        assert_eq!(pool.cached_prefix(&hs(&[100])), (1, 0));
         pool.release(&mut c);
         assert_eq!(pool.free_blocks(), 1, "an unregistered block is free again");
         // `a` ends: its registered blocks stay held by `b`; block 2 is free.
@@ -250,17 +256,17 @@ mod tests {
         // `b` ends: both registered blocks are kept, unheld, and still count as free.
         pool.release(&mut b);
         assert_eq!((pool.used_blocks(), pool.free_blocks(), pool.cached_blocks()), (0, 4, 2));
-        assert_eq!(pool.cached_prefix(&[100, 101]), (2, 2));
+        assert_eq!(pool.cached_prefix(&hs(&[100, 101])), (2, 2));
         // Growing takes free blocks first (the last freed first), then the least recently
         // released cached one (block 1 was released before block 0: `release` walks the table
         // backwards).
         let mut d = Vec::new();
         assert!(pool.grow(&mut d, 12));
         assert_eq!(d, [2, 3, 1]);
-        assert_eq!(pool.cached_prefix(&[100, 101]), (1, 1), "block 1 lost its hash");
+        assert_eq!(pool.cached_prefix(&hs(&[100, 101])), (1, 1), "block 1 lost its hash");
         // Taking an unheld cached block holds it again.
         let mut e = Vec::new();
-        pool.take_cached(&[100], 1, &mut e);
+        pool.take_cached(&hs(&[100]), 1, &mut e);
         assert_eq!((e.as_slice(), pool.free_blocks()), (&[0u32][..], 0));
         pool.release(&mut d);
         pool.release(&mut e);

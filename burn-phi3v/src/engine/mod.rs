@@ -47,7 +47,7 @@ use crate::image_processor::ProcessedImage;
 use crate::model::{PagedBatch, PagedKvCache, PagedRow, Phi3VForCausalLM, RopeRegime};
 use crate::processor::{Phi3VProcessor, ProcessedPrompt};
 use block_pool::BlockPool;
-use prefix::{ImageKeys, extend_block_hashes};
+use prefix::{BlockHash, ImageKeys, extend_block_hashes};
 use scheduler::{Limits, Scheduler};
 
 /// Sizes of the engine: the KV-cache pool and the limits of one pass.
@@ -589,7 +589,7 @@ impl<B: Kernels> Engine<B> {
 
     /// `hashes` (of `seq`'s first blocks) extended to every full block of its known tokens;
     /// none without prefix caching.
-    fn block_hashes(&self, seq: &Sequence<B>, mut hashes: Vec<u64>) -> Vec<u64> {
+    fn block_hashes(&self, seq: &Sequence<B>, mut hashes: Vec<BlockHash>) -> Vec<BlockHash> {
         if self.config.prefix_caching {
             extend_block_hashes(&mut hashes, &seq.req.row.ids, &seq.req.image_keys, seq.hash_regime, self.config.block_size);
         }

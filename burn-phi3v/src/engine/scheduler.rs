@@ -21,6 +21,7 @@
 use std::collections::BTreeMap;
 
 use crate::engine::block_pool::BlockPool;
+use crate::engine::prefix::BlockHash;
 
 /// Where a sequence stands: `len` tokens known (prompt plus generated), the first `computed`
 /// of them in the cache, held in `blocks`; `hashes` name its full blocks of known tokens (none
@@ -30,7 +31,7 @@ pub(crate) struct SeqState {
     pub(crate) len: usize,
     pub(crate) computed: usize,
     pub(crate) blocks: Vec<u32>,
-    pub(crate) hashes: Vec<u64>,
+    pub(crate) hashes: Vec<BlockHash>,
     registered: usize,
 }
 
@@ -91,7 +92,7 @@ impl Scheduler {
 
     /// Queues a new sequence of `len` prompt tokens whose full blocks have `hashes`; ids must
     /// grow with arrival.
-    pub(crate) fn add(&mut self, id: u64, len: usize, hashes: Vec<u64>) {
+    pub(crate) fn add(&mut self, id: u64, len: usize, hashes: Vec<BlockHash>) {
         self.waiting.insert(id, SeqState { len, hashes, ..Default::default() });
     }
 
@@ -108,7 +109,7 @@ impl Scheduler {
     /// Replaces `id`'s block hashes (its known tokens' blocks, first block first). Those of
     /// blocks it holds must not change (the engine changes them only with nothing cached:
     /// waiting, or just restarted).
-    pub(crate) fn set_hashes(&mut self, id: u64, hashes: Vec<u64>) {
+    pub(crate) fn set_hashes(&mut self, id: u64, hashes: Vec<BlockHash>) {
         if let Some(s) = self.running.get_mut(&id).or_else(|| self.waiting.get_mut(&id)) {
             debug_assert!(s.registered == 0 || hashes.starts_with(&s.hashes[..s.registered]));
             s.hashes = hashes;
@@ -270,6 +271,10 @@ enum Reserve {
 mod tests {
     use super::*;
 
+    fn hs(ns: &[u64]) -> Vec<BlockHash> {
+        ns.iter().map(|&n| BlockHash::from(n)).collect()
+    }
+
     fn sched(blocks: usize, tokens: usize, running: usize) -> Scheduler {
         Scheduler::new(
             BlockPool::new(blocks, 4),
@@ -363,18 +368,18 @@ mod tests {
     fn a_cached_prefix_is_taken_not_computed_and_the_last_token_always_is() {
         // Blocks of 4 tokens. Sequence 0: 10 tokens, full blocks hashed [1, 2].
         let mut s = sched(10, 64, 10);
-        s.add(0, 10, vec![1, 2]);
+        s.add(0, 10, hs(&[1, 2]));
         let plan = s.schedule();
         assert_eq!(plan, [Scheduled { id: 0, start: 0, len: 10, fresh: true }]);
         s.commit(0);
         assert_eq!(s.pool.cached_blocks(), 2);
         // Same first block, different second: one block (4 tokens) taken.
-        s.add(1, 9, vec![1, 3]);
+        s.add(1, 9, hs(&[1, 3]));
         // Identical 8-token prompt: both blocks match, but the last token must be computed, so
         // only the first block is taken.
-        s.add(2, 8, vec![1, 2]);
+        s.add(2, 8, hs(&[1, 2]));
         // 12 tokens with both blocks: 8 taken, 4 computed.
-        s.add(3, 12, vec![1, 2, 7]);
+        s.add(3, 12, hs(&[1, 2, 7]));
         let plan = s.schedule();
         assert_eq!(
             plan,
@@ -399,13 +404,13 @@ mod tests {
             s.remove(id);
         }
         assert_eq!(s.pool.used_blocks(), 0);
-        s.add(4, 13, vec![1, 2, 7]);
+        s.add(4, 13, hs(&[1, 2, 7]));
         assert_eq!(s.schedule(), [Scheduled { id: 4, start: 12, len: 1, fresh: true }]);
         // A restart gives the blocks back and prefills from 0 in new ones.
         finish_pass(&mut s, &[Scheduled { id: 4, start: 12, len: 1, fresh: true }]);
         let shared = blocks(&s, 4);
         s.restart(4);
-        s.set_hashes(4, vec![9, 9, 9]);
+        s.set_hashes(4, hs(&[9, 9, 9]));
         let plan = s.schedule();
         assert_eq!(plan, [Scheduled { id: 4, start: 0, len: 14, fresh: false }]);
         assert!(blocks(&s, 4).iter().all(|b| !shared[..3].contains(b)), "registered blocks are not rewritten");
