@@ -180,7 +180,8 @@ def vision_phase(time_it, rows, cols, dev, dtype):
     with torch.device(dev):
         vision = CLIPVisionModel._from_config(vcfg, torch_dtype=dtype).eval()
         proj = torch.nn.Sequential(torch.nn.Linear(4 * d, 3072), torch.nn.GELU(), torch.nn.Linear(3072, 3072)).to(dtype)
-    layer = vision.vision_model.encoder.layers[0]
+    # The first encoder layer, wherever this transformers version keeps it.
+    layer = next(m for m in vision.modules() if type(m).__name__ == "CLIPEncoderLayer")
 
     def run_layer():
         try:  # transformers 4.x: (hidden_states, attention_mask, causal_attention_mask)

@@ -87,6 +87,17 @@ impl KernelJob {
             // Statistics in f32 on both sides: the dtype rounds the output only (no sqrt(n)).
             compare(format!("rms_norm [1, {rows}, {width}]"), 1, outputs);
         }
+        // CLIP's LayerNorm (mean and biased variance in f32, weight and bias in the dtype): its
+        // width 1024 and rows of 577 tokens, widths under and off a cube's 256 units, 3-d input,
+        // more rows than one launch dimension holds. Rows get a common offset so that a
+        // variance taken without subtracting the mean first would lose digits.
+        for (rows, width) in [(577, 1024), (3, 100), (5, 1000), (66000, 8)] {
+            let x = (tensor(input(vec![rows * width], 2.0)) + 3.0).reshape([1, rows, width]);
+            let weight = tensor(input(vec![width], 1.0));
+            let bias = tensor(input(vec![width], 1.0));
+            let outputs = both(&|| kernels::layer_norm(x.clone(), &weight, &bias, 1e-5));
+            compare(format!("layer_norm [1, {rows}, {width}]"), 1, outputs);
+        }
         // The residual add fused with the norm after it: the sum and the normed sum side by side.
         for (rows, width) in [(1, 3072), (10, 3072), (3, 100), (66000, 8)] {
             let x = tensor(input(vec![rows * width], 2.0)).reshape([1, rows, width]);

@@ -27,6 +27,16 @@ where
         rms_norm(x, weight, eps)
     }
 
+    fn layer_norm(x: FloatTensor<Self>, weight: FloatTensor<Self>, bias: FloatTensor<Self>, eps: f64) -> FloatTensor<Self> {
+        // Not yet checked on CUDA by the kernels test: by default only when named in
+        // PHI3V_KERNELS_ON (or forced).
+        let wanted = super::kernel_policy() == KernelPolicy::Forced || super::kernel_opted_in("layer_norm");
+        if !wanted || !runs_here(&x.client) {
+            return super::default_layer_norm::<Self>(x, weight, bias, eps);
+        }
+        layer_norm(x, weight, bias, eps)
+    }
+
     fn add_rms_norm(x: FloatTensor<Self>, residual: FloatTensor<Self>, weight: FloatTensor<Self>, eps: f64) -> (FloatTensor<Self>, FloatTensor<Self>) {
         if !runs_here(&x.client) || x.meta.shape() != residual.meta.shape() || x.dtype != residual.dtype {
             return super::default_add_rms_norm::<Self>(x, residual, weight, eps);
@@ -339,6 +349,51 @@ fn rms_norm_kernel<E: Float>(
     }
 }
 
+/// `nn.LayerNorm` over rows: one cube per row, the mean and then the biased variance in f32
+/// (two tree reductions in shared memory, as the composed path's two passes), then
+/// `(x − mean) · rsqrt(var + eps)` cast to the dtype, times `weight`, plus `bias`.
+#[cube(launch_unchecked, address_type = "dynamic")]
+fn layer_norm_kernel<E: Float>(
+    x: &Array<E>,
+    weight: &Array<E>,
+    bias: &Array<E>,
+    output: &mut Array<E>,
+    rows: usize,
+    width: usize,
+    eps: f32,
+    #[comptime] units: usize,
+    #[define(E)] _dtype: StorageType,
+) {
+    if CUBE_POS >= rows {
+        terminate!();
+    }
+    let base = CUBE_POS * width;
+    let unit = UNIT_POS as usize;
+    let mut sums = SharedMemory::<f32>::new(units);
+    sums[unit] = f32::new(0.0);
+    let mut i = unit;
+    while i < width {
+        sums[unit] += f32::cast_from(x[base + i]);
+        i += units;
+    }
+    let mean = cube_sum(&mut sums, unit) / f32::cast_from(width);
+    // Every unit has read the sum before any slot is reused.
+    sync_cube();
+    sums[unit] = f32::new(0.0);
+    let mut k = unit;
+    while k < width {
+        let d = f32::cast_from(x[base + k]) - mean;
+        sums[unit] += d * d;
+        k += units;
+    }
+    let inv = f32::new(1.0) / f32::sqrt(cube_sum(&mut sums, unit) / f32::cast_from(width) + eps);
+    let mut j = unit;
+    while j < width {
+        output[base + j] = E::cast_from((f32::cast_from(x[base + j]) - mean) * inv) * weight[j] + bias[j];
+        j += units;
+    }
+}
+
 /// [`rms_norm_kernel`] after a residual add: each unit writes `sum = x + residual` (in the
 /// dtype) over its share of the row and sums its squares, then normalises the values it wrote
 /// (a unit reads back only its own writes: no barrier needed for them).
@@ -382,6 +437,13 @@ fn add_rms_norm_kernel<E: Float>(
 /// (a tree reduction over the cube; every unit gets the result).
 #[cube]
 fn inverse_rms(sums: &mut SharedMemory<f32>, unit: usize, width: usize, eps: f32) -> f32 {
+    f32::new(1.0) / f32::sqrt(cube_sum(sums, unit) / f32::cast_from(width) + eps)
+}
+
+/// The sum of the cube's `sums` slots (each unit's partial sum), by a tree reduction; every
+/// unit gets it. The cube's unit count is a power of two.
+#[cube]
+fn cube_sum(sums: &mut SharedMemory<f32>, unit: usize) -> f32 {
     sync_cube();
     let mut active = CUBE_DIM / 2;
     while active > 0 {
@@ -392,7 +454,7 @@ fn inverse_rms(sums: &mut SharedMemory<f32>, unit: usize, width: usize, eps: f32
         sync_cube();
         active /= 2;
     }
-    f32::new(1.0) / f32::sqrt(sums[0] / f32::cast_from(width) + eps)
+    sums[0]
 }
 
 /// The address type a launch over `tensors` needs: the widest any of them requires.
@@ -426,6 +488,36 @@ pub(crate) fn rms_norm<R: CubeRuntime>(x: CubeTensor<R>, weight: CubeTensor<R>, 
             address,
             x.into_array_arg(),
             weight.into_array_arg(),
+            output.clone().into_array_arg(),
+            rows,
+            width,
+            eps as f32,
+            ROW_UNITS as usize,
+            dtype.into(),
+        )
+    };
+    output
+}
+
+/// `nn.LayerNorm` over the last dimension; see [`Kernels::layer_norm`].
+pub(crate) fn layer_norm<R: CubeRuntime>(x: CubeTensor<R>, weight: CubeTensor<R>, bias: CubeTensor<R>, eps: f64) -> CubeTensor<R> {
+    let (x, weight, bias) = (into_contiguous(x), into_contiguous(weight), into_contiguous(bias));
+    let (rows, width) = row_layout(&x);
+    let output = empty_device_contiguous_dtype(x.client.clone(), x.device.clone(), x.meta.shape().clone(), x.dtype);
+    if rows == 0 || width == 0 {
+        return output;
+    }
+    let address = address_type([&x, &output]);
+    let dtype = x.dtype;
+    unsafe {
+        layer_norm_kernel::launch_unchecked(
+            &output.client,
+            row_cubes(rows),
+            CubeDim::new_1d(ROW_UNITS),
+            address,
+            x.into_array_arg(),
+            weight.into_array_arg(),
+            bias.into_array_arg(),
             output.clone().into_array_arg(),
             rows,
             width,

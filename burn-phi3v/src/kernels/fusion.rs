@@ -16,6 +16,7 @@ use super::Kernels;
 #[derive(Clone, Copy, Debug)]
 enum Kind {
     RmsNorm { eps: f64 },
+    LayerNorm { eps: f64 },
     AddRmsNorm { eps: f64 },
     Rotary { head_dim: usize },
     SiluMul,
@@ -49,6 +50,7 @@ impl<B: FusionBackend + Kernels> Operation<B::FusionRuntime> for Step<B> {
         let mut input = |i: usize| handles.get_float_tensor::<B>(&self.desc.inputs[i]);
         let results = match self.kind {
             Kind::RmsNorm { eps } => vec![B::rms_norm(input(0), input(1), eps)],
+            Kind::LayerNorm { eps } => vec![<B as Kernels>::layer_norm(input(0), input(1), input(2), eps)],
             Kind::AddRmsNorm { eps } => {
                 let (sum, normed) = B::add_rms_norm(input(0), input(1), input(2), eps);
                 vec![sum, normed]
@@ -107,6 +109,11 @@ impl<B: FusionBackend + Kernels> Kernels for Fusion<B> {
     fn rms_norm(x: FloatTensor<Self>, weight: FloatTensor<Self>, eps: f64) -> FloatTensor<Self> {
         let shape = x.shape.clone();
         register::<B>("phi3v_rms_norm", Kind::RmsNorm { eps }, vec![x, weight], shape)
+    }
+
+    fn layer_norm(x: FloatTensor<Self>, weight: FloatTensor<Self>, bias: FloatTensor<Self>, eps: f64) -> FloatTensor<Self> {
+        let shape = x.shape.clone();
+        register::<B>("phi3v_layer_norm", Kind::LayerNorm { eps }, vec![x, weight, bias], shape)
     }
 
     fn add_rms_norm(x: FloatTensor<Self>, residual: FloatTensor<Self>, weight: FloatTensor<Self>, eps: f64) -> (FloatTensor<Self>, FloatTensor<Self>) {

@@ -52,6 +52,15 @@ pub trait Kernels: Backend {
         default_rms_norm::<Self>(x, weight, eps)
     }
 
+    /// `nn.LayerNorm` (the vision tower's): `(x − mean) / sqrt(var + eps)` over the last
+    /// dimension in f32 (biased variance), cast back to `x`'s dtype, times `weight` plus `bias`.
+    ///
+    /// # Shapes
+    /// `x`: `[..., d]` (any rank); `weight`, `bias`: `[d]` → as `x`
+    fn layer_norm(x: FloatTensor<Self>, weight: FloatTensor<Self>, bias: FloatTensor<Self>, eps: f64) -> FloatTensor<Self> {
+        default_layer_norm::<Self>(x, weight, bias, eps)
+    }
+
     /// The residual add and the next `Phi3RMSNorm` in one pass: `sum = x + residual` (rounded
     /// to the dtype, as the reference adds before it normalises) and [`Kernels::rms_norm`] of
     /// `sum`. Returns `(sum, normed)`.
@@ -226,6 +235,17 @@ fn default_rms_norm<B: Backend>(x: FloatTensor<B>, weight: FloatTensor<B>, eps: 
     let x = Tensor::<B, 3>::from_primitive(TensorPrimitive::Float(x));
     let weight = Tensor::<B, 1>::from_primitive(TensorPrimitive::Float(weight));
     composed::rms_norm(x, weight, eps).into_primitive().tensor()
+}
+
+/// [`Kernels::layer_norm`]'s default, for implementations that fall back to it (as a
+/// `[rows, d]` tensor: the composed steps do not depend on the rank).
+fn default_layer_norm<B: Backend>(x: FloatTensor<B>, weight: FloatTensor<B>, bias: FloatTensor<B>, eps: f64) -> FloatTensor<B> {
+    use burn::tensor::TensorMetadata;
+    let shape = x.shape();
+    let d = shape[shape.num_dims() - 1];
+    let rows = Tensor::<B, 2>::from_primitive(TensorPrimitive::Float(B::float_reshape(x, burn::tensor::Shape::new([shape.num_elements() / d.max(1), d]))));
+    let vector = |t| Tensor::<B, 1>::from_primitive(TensorPrimitive::Float(t));
+    B::float_reshape(composed::layer_norm(rows, vector(weight), vector(bias), eps).into_primitive().tensor(), shape)
 }
 
 /// [`Kernels::add_rms_norm`]'s default, for implementations that fall back to it.
@@ -422,6 +442,15 @@ impl Kernels for burn::backend::Flex {}
 pub mod composed {
     use super::*;
 
+    /// See [`Kernels::layer_norm`].
+    pub fn layer_norm<B: Backend, const D: usize>(x: Tensor<B, D>, weight: Tensor<B, 1>, bias: Tensor<B, 1>, eps: f64) -> Tensor<B, D> {
+        let dtype = x.dtype();
+        let x = x.cast(burn::tensor::FloatDType::F32);
+        let (var, mean) = x.clone().var_mean_bias(D - 1);
+        let x = ((x - mean) / (var + eps).sqrt()).cast(dtype);
+        x * weight.unsqueeze() + bias.unsqueeze()
+    }
+
     /// See [`Kernels::rms_norm`].
     pub fn rms_norm<B: Backend>(x: Tensor<B, 3>, weight: Tensor<B, 1>, eps: f64) -> Tensor<B, 3> {
         let dtype = x.dtype();
@@ -575,8 +604,9 @@ pub fn fused_kernels() -> bool {
 /// rotates with `rotary`, then appends with Burn's `slice_assign`; `flash_tiles_causal` (opt-in,
 /// [`kernel_opted_in`]) lets [`FlashAttention::Tiles`] take causal attention with the limit as
 /// a materialised mask.
-pub const KERNEL_NAMES: [&str; 14] = [
+pub const KERNEL_NAMES: [&str; 15] = [
     "rms_norm",
+    "layer_norm",
     "add_rms_norm",
     "rotary",
     "rotary_append",
@@ -607,7 +637,7 @@ pub fn kernel_on(name: &str) -> bool {
 
 /// Whether `PHI3V_KERNELS_ON` (a comma-separated list of names, read once) names the kernel
 /// `name`: kernels not yet verified on a device run under [`KernelPolicy::Verified`] only when
-/// named there (`rotary_write_paged`, `flash_tiles_causal`).
+/// named there (`rotary_write_paged`, `flash_tiles_causal`, `layer_norm`).
 pub fn kernel_opted_in(name: &str) -> bool {
     static ON: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
     let on = ON.get_or_init(|| {
@@ -616,6 +646,15 @@ pub fn kernel_opted_in(name: &str) -> bool {
             .unwrap_or_default()
     });
     kernel_on(name) && on.iter().any(|n| n == name)
+}
+
+/// [`Kernels::layer_norm`] on tensors (composed when its kernel is off).
+pub fn layer_norm<B: Kernels, const D: usize>(x: Tensor<B, D>, weight: &Tensor<B, 1>, bias: &Tensor<B, 1>, eps: f64) -> Tensor<B, D> {
+    if !kernel_on("layer_norm") {
+        return composed::layer_norm(x, weight.clone(), bias.clone(), eps);
+    }
+    let out = <B as Kernels>::layer_norm(x.into_primitive().tensor(), weight.clone().into_primitive().tensor(), bias.clone().into_primitive().tensor(), eps);
+    Tensor::from_primitive(TensorPrimitive::Float(out))
 }
 
 /// [`Kernels::rms_norm`] on tensors (composed when [`fused_kernels`] is off).

@@ -4,7 +4,7 @@
 use std::sync::atomic::{AtomicU8, Ordering};
 
 use burn::tensor::{
-    Bool, DType, FloatDType, Tensor,
+    Bool, Tensor,
     backend::Backend,
     module::{attention, attention_fallback},
     ops::AttentionModuleOptions,
@@ -45,17 +45,6 @@ impl<B: Kernels> Linear<B> {
     }
 }
 
-/// Casts to f32 for a reduction, remembering the dtype to return to.
-pub(crate) fn to_f32<const D: usize, B: Backend>(x: Tensor<B, D>) -> (Tensor<B, D>, DType) {
-    let dtype = x.dtype();
-    (x.cast(FloatDType::F32), dtype)
-}
-
-/// Casts back to `dtype` after an f32 step.
-pub(crate) fn from_f32<const D: usize, B: Backend>(x: Tensor<B, D>, dtype: DType) -> Tensor<B, D> {
-    x.cast(dtype)
-}
-
 /// CLIP's `nn.LayerNorm` (with bias), statistics in f32.
 #[derive(Debug, Clone)]
 pub struct LayerNorm<B: Backend> {
@@ -67,7 +56,7 @@ pub struct LayerNorm<B: Backend> {
     pub eps: f64,
 }
 
-impl<B: Backend> LayerNorm<B> {
+impl<B: Kernels> LayerNorm<B> {
     /// Loads `{prefix}.weight` and `{prefix}.bias`.
     pub fn load(w: &Weights<B>, prefix: &str, d: usize, eps: f64) -> Result<Self> {
         Ok(Self {
@@ -80,11 +69,7 @@ impl<B: Backend> LayerNorm<B> {
     /// # Shapes
     /// `[..., d]` → `[..., d]`
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
-        let (x, dtype) = to_f32(x);
-        let (var, mean) = x.clone().var_mean_bias(D - 1);
-        let x = (x - mean) / (var + self.eps).sqrt();
-        let x = from_f32(x, dtype);
-        x * self.weight.clone().unsqueeze() + self.bias.clone().unsqueeze()
+        kernels::layer_norm(x, &self.weight, &self.bias, self.eps)
     }
 }
 
