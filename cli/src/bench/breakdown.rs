@@ -466,6 +466,11 @@ fn vision_phase<B: Kernels>(model: &Phi3VForCausalLM<B>, timer: &Timer<B>, dtype
     };
     stage("embeddings + pre_layrnorm", 1, timer.time(|| tower.pre_layrnorm.forward(tower.embeddings.forward(pixels.clone()))));
     stage("layer_norm1", layers, timer.time(|| layer.layer_norm1.forward(x.clone())));
+    // The same norm composed from Burn's ops (what `layer_norm1` runs when `Kernels::layer_norm`
+    // is off): an alternative, not part of the step.
+    let ln = &layer.layer_norm1;
+    let composed = timer.time(|| kernels::composed::layer_norm(x.clone(), ln.weight.clone(), ln.bias.clone(), ln.eps));
+    stage("layer_norm1 (alternative: Burn's composed ops)", layers, composed);
     stage(
         "q_proj + k_proj + v_proj",
         layers,
@@ -524,8 +529,9 @@ pub fn markdown(ours: &Breakdown, peer: Option<&Breakdown>) -> String {
         let mut sum = 0.0;
         for st in &ph.stages {
             let per_step = st.us * st.per_step as f64;
-            // The alternatives to the process's attention (`--flash`) are not part of its step.
-            if !st.name.contains("attention with flash") {
+            // The alternatives (to the process's attention: `--flash`; to a kernel) are not
+            // part of its step.
+            if !st.name.contains("attention with flash") && !st.name.contains("(alternative") {
                 sum += per_step;
             }
             s += &format!("| {} | {} | {:.1} | {:.3} | {:.1} % |", st.name, st.per_step, st.us, per_step / 1e3, 100.0 * per_step / ph.step_us);
