@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# RUN in session 18 (call 1, docs/kernels.md); flash_tiles_causal, which it opts in, was removed after call 2 (wrong on CUDA): the name is now ignored.
 # Session 18 — written, not run (no device machine was lent in sessions 17 and 18): the first
 # device call of the next session (supersedes session 16's gpu_s16a.sh). Build first:
 #   TESTS="kernels engine" PROF=1 bash scripts/build_gpu_slim.sh      (carry [".gpu"])

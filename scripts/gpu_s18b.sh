@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# pre-tiles is off by default (TILES=1 runs it): the masked causal tiles were wrong on CUDA (session 18 call 2) and removed, so with TILES=1 causal prefill takes Burn's attention and only the image encode uses the tiling.
 # Session 18 — written, not run: the second device call of the next session, after
 # gpu_s18a.sh (its kernel cache returned and carried: fewer compilations). End to end on the
 # phi3v-128k shapes (bf16), with the PyTorch peer in the same call (issue 6):
@@ -18,7 +19,7 @@ printf '[compilation]\ncache = "local"\n[autotune]\ncache = "local"\n' > $D/cube
 cd $D
 P="--scenarios prefill,images --prompt-lengths 1024,4096 --prefill-batches 1 --images 1344x1344 --num-crops 16 --warmup 1 --runs 5"
 PARTS=("pre-burn:PHI3V_FLASH_ATTENTION=burn:${PRE_S:-75}:$P" "pre-scores:PHI3V_FLASH_ATTENTION=scores:${PRE_S:-75}:$P")
-[ "${TILES:-1}" != 0 ] && PARTS+=("pre-tiles:PHI3V_FLASH_ATTENTION=4,2,2 PHI3V_KERNELS_ON=flash_tiles_causal:${PRE_S:-75}:$P")
+[ "${TILES:-0}" != 0 ] && PARTS+=("pre-tiles:PHI3V_FLASH_ATTENTION=4,2,2 PHI3V_KERNELS_ON=flash_tiles_causal:${PRE_S:-75}:$P")
 G="--scenarios generation --shapes 1024x128 --parallel 1,10 --batching static,engine --warmup 1 --generation-runs 2"
 PARTS+=("gen:PHI3V_KERNELS_ON=rotary_write_paged:${GEN_S:-110}:$G")
 bench_parts $RS "${PARTS[@]}"

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# RUN in session 18 (call 2, docs/kernels.md); flash_tiles_causal, which it opts in, was removed after this call (wrong on CUDA): the name is now ignored.
 # Session 18, third call (after gpu_s18a.sh, whose kernel cache it carries as
 # .gpu/cache.tgz.part-aa): what s18a's compilation cut short, within ~400 s.
 #   att — bench attention at the prefill 1024 (causal) and vision-tower shapes: Burn's, scores,

@@ -270,12 +270,12 @@ impl KernelJob {
             flash(batch, heads, kv_heads, queries, keys, head_dim, causal, "", None);
         }
         // CubeCL's tensor-core flash attention at tilings Burn's autotune does not try
-        // (`FlashAttention::Tiles`: bf16/f16 on devices with tensor cores; Burn's attention
-        // elsewhere): full over a partial key tile (64-dim heads, 100 keys), full over fewer
-        // queries than a stage (padded with zero rows, as CLIP's 577), and causal problems, over
-        // as many keys as queries and after cached keys (bottom-right), which the forced policy
-        // sends through the routine with the causal limit as a materialised mask
-        // (`flash_tiles_causal`; the routine's own causal mode was wrong on CUDA, session 15).
+        // (`FlashAttention::Tiles`: bf16/f16 without a causal limit on devices with tensor cores;
+        // Burn's attention elsewhere): full over a partial key tile (64-dim heads, 100 keys),
+        // full over fewer queries than a stage (padded with zero rows, as CLIP's 577), and causal
+        // problems, over as many keys as queries and after cached keys, which must take Burn's
+        // attention (the routine's causal outputs are wrong on CUDA through its causal flag and
+        // through a materialised mask alike, sessions 15 and 18).
         let default_flash = kernels::flash_attention_choice();
         for (planes, seq_q, seq_kv) in [(4, 1, 1), (4, 2, 2), (2, 2, 2), (4, 1, 4)] {
             let tiles = kernels::FlashAttention::Tiles { planes, seq_q, seq_kv };

@@ -173,15 +173,13 @@ where
             FlashAttention::Burn | FlashAttention::Scores => super::default_flash_attention::<Self>(q, k, v, causal),
             FlashAttention::Tiles { planes, seq_q, seq_kv } => {
                 let half = matches!(q.dtype, DType::BF16 | DType::F16) && k.dtype == q.dtype && v.dtype == q.dtype;
-                // Its causal mode gave wrong outputs on CUDA at every tiling tried (relative error
-                // ~1.4 against ~1e-2 without the mask; kernels test, docs/kernels.md session 15):
-                // causal problems keep Burn's attention, unless `flash_tiles_causal` is opted in
-                // (or forced): the causal limit then goes in as a materialised mask, the routine's
-                // other masking path (right on lavapipe in its unit form, bottom-right aligned
-                // too; not yet checked on CUDA). Above FLASH_QUERIES Burn's flash kernels lost
-                // accuracy (docs/parity.md, session 11): those lengths keep the composed chunks.
-                let masked = causal && super::kernel_on("flash_tiles_causal") && (super::kernel_policy() == KernelPolicy::Forced || super::kernel_opted_in("flash_tiles_causal"));
-                let fits = half && kv_heads == q.meta.shape()[1] && (!causal || (masked && keys >= queries)) && queries <= crate::model::nn::FLASH_QUERIES;
+                // Its causal outputs are wrong on CUDA at every tiling tried, through its causal
+                // flag (relative error ~1.4, kernels test, docs/kernels.md session 15) and through
+                // a materialised causal mask alike (0.80, session 18): causal problems keep Burn's
+                // attention (`scores` is the fast causal choice). Above FLASH_QUERIES Burn's flash
+                // kernels lost accuracy (docs/parity.md, session 11): those lengths keep the
+                // composed chunks.
+                let fits = half && kv_heads == q.meta.shape()[1] && !causal && queries <= crate::model::nn::FLASH_QUERIES;
                 if !fits {
                     return super::default_flash_attention::<Self>(q, k, v, causal);
                 }
@@ -201,18 +199,7 @@ where
                     padded = Tensor::cat(vec![padded, zeros], 2);
                 }
                 let padded = padded.cast(DType::F16).into_primitive().tensor();
-                // `true` = masked: the keys after each query's position, aligned bottom-right; the
-                // padding rows see every key (their outputs are dropped). One [queries, keys]
-                // mask read by every batch and head (stride 0).
-                let mask = masked.then(|| {
-                    let [b, h] = [q.meta.shape()[0], q.meta.shape()[1]];
-                    let rows = queries + pad;
-                    Tensor::<Self, 2, burn::tensor::Bool>::tril_mask([rows, keys], (keys - queries) as i64, &q.device)
-                        .unsqueeze::<4>()
-                        .expand([b, h, rows, keys])
-                        .into_primitive()
-                });
-                match tiled_flash_attention(padded, k.clone(), v.clone(), mask, planes, seq_q, seq_kv) {
+                match tiled_flash_attention(padded, k.clone(), v.clone(), planes, seq_q, seq_kv) {
                     Ok(out) => tensor(out).narrow(2, 0, queries).cast(q.dtype).into_primitive().tensor(),
                     Err(e) => {
                         super::refuse_flash_attention(format!("{planes},{seq_q},{seq_kv} on {:?}: {e}", q.meta.shape().as_slice()));
@@ -1327,14 +1314,12 @@ pub(crate) fn attention_softmax<R: CubeRuntime>(scores: CubeTensor<R>, scale: f6
 
 /// CubeCL's tensor-core flash attention (cubek's blackbox-accelerated routine) with the given
 /// tiling ([`FlashAttention::Tiles`]); `Err` when the routine refuses the problem or tiling
-/// (the caller then takes Burn's attention). Never in the routine's causal mode (wrong on CUDA,
-/// session 15): a causal limit comes as `mask` (`true` = masked, `[batch, heads, queries,
-/// keys]`).
+/// (the caller then takes Burn's attention). Without a causal limit: the routine's causal
+/// outputs are wrong on CUDA (sessions 15 and 18).
 fn tiled_flash_attention<R: CubeRuntime>(
     q: CubeTensor<R>,
     k: CubeTensor<R>,
     v: CubeTensor<R>,
-    mask: Option<CubeTensor<R>>,
     planes: u8,
     seq_q: u8,
     seq_kv: u8,
@@ -1344,7 +1329,7 @@ fn tiled_flash_attention<R: CubeRuntime>(
     use cubek::attention::routines::blackbox_accelerated::BlackboxAcceleratedStrategy;
     let strategy = AttentionStrategy::FlashBlackboxAccelerated(BlackboxAcceleratedStrategy { num_planes: planes, seq_q, seq_kv });
     let options = AttentionModuleOptions { scale: None, softcap: None, is_causal: false };
-    attention::<R>(q, k, v, mask, None, options, strategy).map_err(|e| format!("{e:?}"))
+    attention::<R>(q, k, v, None, None, options, strategy).map_err(|e| format!("{e:?}"))
 }
 
 /// Attention of every query over its keys; see [`Kernels::flash_attention`].

@@ -601,10 +601,9 @@ pub fn fused_kernels() -> bool {
 /// `decode_attention_split` off keeps each (batch, head) of the planes variant in one cube
 /// (no split of the keys over several cubes and no combining launch);
 /// `add_rms_norm` off adds with Burn, then normalises with `rms_norm`; `rotary_append` off
-/// rotates with `rotary`, then appends with Burn's `slice_assign`; `flash_tiles_causal` (opt-in,
-/// [`kernel_opted_in`]) lets [`FlashAttention::Tiles`] take causal attention with the limit as
-/// a materialised mask.
-pub const KERNEL_NAMES: [&str; 15] = [
+/// rotates with `rotary`, then appends with Burn's `slice_assign`; `layer_norm` is opt-in
+/// ([`kernel_opted_in`]).
+pub const KERNEL_NAMES: [&str; 14] = [
     "rms_norm",
     "layer_norm",
     "add_rms_norm",
@@ -618,7 +617,6 @@ pub const KERNEL_NAMES: [&str; 15] = [
     "skinny_linear",
     "fused_linear",
     "flash_attention",
-    "flash_tiles_causal",
     "attention_softmax",
 ];
 
@@ -637,7 +635,7 @@ pub fn kernel_on(name: &str) -> bool {
 
 /// Whether `PHI3V_KERNELS_ON` (a comma-separated list of names, read once) names the kernel
 /// `name`: kernels not yet verified on a device run under [`KernelPolicy::Verified`] only when
-/// named there (`rotary_write_paged`, `flash_tiles_causal`, `layer_norm`).
+/// named there (`rotary_write_paged`, `layer_norm`).
 pub fn kernel_opted_in(name: &str) -> bool {
     static ON: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
     let on = ON.get_or_init(|| {
@@ -832,9 +830,8 @@ pub enum FlashAttention {
     /// per cube, each owning `seq_q` tiles of 16 query rows, and `seq_kv` tiles of 16 keys per
     /// step of the loop over the keys. Only for attention without a causal mask (the vision
     /// tower's; the routine's causal mode gave wrong outputs on CUDA, docs/kernels.md session
-    /// 15) unless `flash_tiles_causal` is opted in (`PHI3V_KERNELS_ON`: the causal limit as a
-    /// materialised mask, not yet verified on CUDA), bf16/f16 inputs (bf16 queries go in as
-    /// f16) with as many key as query heads, up to
+    /// 15; a materialised causal mask is wrong too, session 18), bf16/f16 inputs (bf16 queries
+    /// go in as f16) with as many key as query heads, up to
     /// 4096 queries; the others, and tilings the routine refuses, take
     /// [`FlashAttention::Burn`]'s path.
     Tiles {
