@@ -361,15 +361,8 @@ fn phase<B: Kernels>(
         }),
     );
     if ctx == 0 && s > 1 {
-        let process_choice = kernels::flash_attention_choice();
-        for &choice in flash {
-            kernels::set_flash_attention(choice);
-            let us = timer.time(|| kernels::attention(q.clone(), keys.clone(), values.clone(), None, causal));
-            stage(&format!("attention with flash {choice:?}"), 1, us);
-        }
-        kernels::set_flash_attention(process_choice);
-        for reason in kernels::flash_attention_refusals() {
-            eprintln!("  (flash tiling refused, Burn's attention ran: {reason})");
+        for (name, us) in time_flash_choices(timer, flash, || kernels::attention(q.clone(), keys.clone(), values.clone(), None, causal)) {
+            stage(&name, 1, us);
         }
     }
     stage("o_proj + residual add", 1, timer.time(|| kernels::linear_add(attn_out.clone(), &attn.o_proj.weight, x.clone())));
@@ -438,6 +431,24 @@ fn phase<B: Kernels>(
     })
 }
 
+/// `attend` timed under each `flash` choice in turn (the process's choice restored after), as
+/// `("attention with flash CHOICE", µs)` stages; the tilings refused are printed.
+fn time_flash_choices<B: Kernels, T>(timer: &Timer<B>, flash: &[kernels::FlashAttention], mut attend: impl FnMut() -> T) -> Vec<(String, f64)> {
+    let process_choice = kernels::flash_attention_choice();
+    let timed = flash
+        .iter()
+        .map(|&choice| {
+            kernels::set_flash_attention(choice);
+            (format!("attention with flash {choice:?}"), timer.time(&mut attend))
+        })
+        .collect();
+    kernels::set_flash_attention(process_choice);
+    for reason in kernels::flash_attention_refusals() {
+        eprintln!("  (flash tiling refused, Burn's attention ran: {reason})");
+    }
+    timed
+}
+
 /// The image encoding of one image with a `grid` of crops (`embed_images`), stage by stage of a
 /// CLIP encoder layer as `ClipEncoderLayer::forward` runs them, over `1 + rows·cols` crops of
 /// `1 + 576` tokens; the tower's attention is also timed under each `flash` choice. The whole
@@ -480,15 +491,8 @@ fn vision_phase<B: Kernels>(model: &Phi3VForCausalLM<B>, timer: &Timer<B>, dtype
     // attention, and the heads merged back (a copy).
     let attend = || kernels::attention(q.clone(), k.clone(), v.clone(), None, false).swap_dims(1, 2).reshape([crops, tokens, d]);
     stage("attention", layers, timer.time(attend));
-    let process_choice = kernels::flash_attention_choice();
-    for &choice in flash {
-        kernels::set_flash_attention(choice);
-        let us = timer.time(attend);
-        stage(&format!("attention with flash {choice:?}"), layers, us);
-    }
-    kernels::set_flash_attention(process_choice);
-    for reason in kernels::flash_attention_refusals() {
-        eprintln!("  (flash tiling refused, Burn's attention ran: {reason})");
+    for (name, us) in time_flash_choices(timer, flash, attend) {
+        stage(&name, layers, us);
     }
     stage("out_proj", layers, timer.time(|| attn.out_proj.forward(x.clone())));
     stage("residual add", 2 * layers, timer.time(|| x.clone() + x.clone()));
