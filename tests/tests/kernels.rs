@@ -98,6 +98,13 @@ impl KernelJob {
             let outputs = both(&|| kernels::layer_norm(x.clone(), &weight, &bias, 1e-5));
             compare(format!("layer_norm [1, {rows}, {width}]"), 1, outputs);
         }
+        // CLIP's quick-GELU over an fc1 output of 577 tokens × 4096, and a length off a cube's
+        // units; inputs wide enough that the sigmoid saturates at both ends.
+        for (rows, width) in [(577, 4096), (3, 1000)] {
+            let x = tensor(input(vec![rows * width], 12.0)).reshape([1, rows, width]);
+            let outputs = both(&|| kernels::quick_gelu(x.clone()));
+            compare(format!("quick_gelu [1, {rows}, {width}]"), 1, outputs);
+        }
         // The residual add fused with the norm after it: the sum and the normed sum side by side.
         for (rows, width) in [(1, 3072), (10, 3072), (3, 100), (66000, 8)] {
             let x = tensor(input(vec![rows * width], 2.0)).reshape([1, rows, width]);
@@ -266,8 +273,14 @@ impl KernelJob {
             compare(format!("flash_attention{tiling} [{batch}, {heads}/{kv_heads} heads, {queries} queries, {keys} keys, {head_dim}] {how}"), ATTENTION_TERMS, outputs);
         };
         let flash_cases = [(1, 4, 4, 70, 70, 96, true), (2, 3, 3, 20, 50, 64, true), (2, 2, 2, 33, 33, 64, false), (1, 4, 2, 17, 40, 32, false), (1, 2, 1, 130, 130, 128, true)];
-        for (batch, heads, kv_heads, queries, keys, head_dim, causal) in flash_cases {
-            flash(batch, heads, kv_heads, queries, keys, head_dim, causal, "", None);
+        // Under Burn's attention and under the default, `Auto` (`scores` when causal, the
+        // tensor-core tiling without a causal limit where the device runs it).
+        let default_flash = kernels::flash_attention_choice();
+        for choice in [kernels::FlashAttention::Burn, kernels::FlashAttention::Auto] {
+            assert!(kernels::set_flash_attention(choice));
+            for (batch, heads, kv_heads, queries, keys, head_dim, causal) in flash_cases {
+                flash(batch, heads, kv_heads, queries, keys, head_dim, causal, &format!(" as {choice:?}"), None);
+            }
         }
         // CubeCL's tensor-core flash attention at tilings Burn's autotune does not try
         // (`FlashAttention::Tiles`: bf16/f16 without a causal limit on devices with tensor cores;
@@ -276,7 +289,6 @@ impl KernelJob {
         // problems, over as many keys as queries and after cached keys, which must take Burn's
         // attention (the routine's causal outputs are wrong on CUDA through its causal flag and
         // through a materialised mask alike, sessions 15 and 18).
-        let default_flash = kernels::flash_attention_choice();
         for (planes, seq_q, seq_kv) in [(4, 1, 1), (4, 2, 2), (2, 2, 2), (4, 1, 4)] {
             let tiles = kernels::FlashAttention::Tiles { planes, seq_q, seq_kv };
             assert!(kernels::set_flash_attention(tiles), "{tiles:?}");
@@ -307,6 +319,11 @@ impl KernelJob {
         assert_eq!(kernels::FlashAttention::parse("unit"), Some(kernels::FlashAttention::Unit));
         assert_eq!(kernels::FlashAttention::parse("scores"), Some(kernels::FlashAttention::Scores));
         assert_eq!(kernels::FlashAttention::parse("0"), Some(kernels::FlashAttention::Burn));
+        assert_eq!(kernels::FlashAttention::parse("auto"), Some(kernels::FlashAttention::Auto));
+        assert_eq!(kernels::FlashAttention::parse(""), Some(kernels::FlashAttention::Auto));
+        assert_eq!(kernels::FlashAttention::Auto.resolve(true), kernels::FlashAttention::Scores);
+        assert_eq!(kernels::FlashAttention::Auto.resolve(false), kernels::FlashAttention::VISION_TILES);
+        assert_eq!(kernels::FlashAttention::Burn.resolve(true), kernels::FlashAttention::Burn);
         assert_eq!(kernels::FlashAttention::parse("4,1"), None);
 
         // The softmax between the two matmuls alone: rows narrower and wider than a cube's 256

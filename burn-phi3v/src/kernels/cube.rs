@@ -37,6 +37,16 @@ where
         layer_norm(x, weight, bias, eps)
     }
 
+    fn quick_gelu(x: FloatTensor<Self>) -> FloatTensor<Self> {
+        // Not yet checked on CUDA by the kernels test: by default only when named in
+        // PHI3V_KERNELS_ON (or forced).
+        let wanted = super::kernel_policy() == KernelPolicy::Forced || super::kernel_opted_in("quick_gelu");
+        if !wanted || !runs_here(&x.client) {
+            return super::default_quick_gelu::<Self>(x);
+        }
+        quick_gelu(x)
+    }
+
     fn add_rms_norm(x: FloatTensor<Self>, residual: FloatTensor<Self>, weight: FloatTensor<Self>, eps: f64) -> (FloatTensor<Self>, FloatTensor<Self>) {
         if !runs_here(&x.client) || x.meta.shape() != residual.meta.shape() || x.dtype != residual.dtype {
             return super::default_add_rms_norm::<Self>(x, residual, weight, eps);
@@ -155,14 +165,14 @@ where
     fn flash_attention(q: FloatTensor<Self>, k: FloatTensor<Self>, v: FloatTensor<Self>, causal: bool) -> FloatTensor<Self> {
         let [queries, head_dim] = [q.meta.shape()[2], q.meta.shape()[3]];
         let (kv_heads, keys) = (k.meta.shape()[1], k.meta.shape()[2]);
-        // Neither choice has measured faster than Burn's attention on a GPU yet: by default
-        // only when asked for (forced: the crate's own kernel unless a tiling is set).
+        // The process's choice for this problem (forced: the crate's own kernel where the
+        // choice is Burn's).
         let choice = match super::kernel_policy() {
-            KernelPolicy::Forced => match super::flash_attention_choice() {
+            KernelPolicy::Forced => match super::flash_attention_choice().resolve(causal) {
                 FlashAttention::Burn => FlashAttention::Unit,
                 choice => choice,
             },
-            KernelPolicy::Verified => super::flash_attention_choice(),
+            KernelPolicy::Verified => super::flash_attention_choice().resolve(causal),
             KernelPolicy::Off => FlashAttention::Burn,
         };
         if !runs_here(&q.client) {
@@ -170,7 +180,8 @@ where
         }
         match choice {
             // `Scores` is composed above this trait (`kernels::scores_attention`).
-            FlashAttention::Burn | FlashAttention::Scores => super::default_flash_attention::<Self>(q, k, v, causal),
+            // `Auto` is resolved above.
+            FlashAttention::Burn | FlashAttention::Scores | FlashAttention::Auto => super::default_flash_attention::<Self>(q, k, v, causal),
             FlashAttention::Tiles { planes, seq_q, seq_kv } => {
                 let half = matches!(q.dtype, DType::BF16 | DType::F16) && k.dtype == q.dtype && v.dtype == q.dtype;
                 // Its causal outputs are wrong on CUDA at every tiling tried, through its causal
@@ -916,6 +927,35 @@ pub(crate) fn silu_mul<R: CubeRuntime>(gate_up: CubeTensor<R>) -> CubeTensor<R> 
             width,
             dtype.into(),
         )
+    };
+    output
+}
+
+/// One unit per value: `x · σ(1.702 · x)` with the sigmoid in f32.
+#[cube(launch_unchecked, address_type = "dynamic")]
+fn quick_gelu_kernel<E: Float>(x: &Array<E>, output: &mut Array<E>, total: usize, #[define(E)] _dtype: StorageType) {
+    if ABSOLUTE_POS >= total {
+        terminate!();
+    }
+    let v = f32::cast_from(x[ABSOLUTE_POS]);
+    output[ABSOLUTE_POS] = E::cast_from(v / (f32::new(1.0) + f32::exp(f32::new(-1.702) * v)));
+}
+
+/// CLIP's quick-GELU; see [`Kernels::quick_gelu`].
+pub(crate) fn quick_gelu<R: CubeRuntime>(x: CubeTensor<R>) -> CubeTensor<R> {
+    let x = into_contiguous(x);
+    let shape = x.meta.shape().clone();
+    let output = empty_device_contiguous_dtype(x.client.clone(), x.device.clone(), shape.clone(), x.dtype);
+    let units = shape.num_elements();
+    if units == 0 {
+        return output;
+    }
+    let cube_dim = CubeDim::new(&x.client, units);
+    let cube_count = calculate_cube_count_elemwise(&x.client, units, cube_dim);
+    let address = address_type([&x, &output]);
+    let dtype: DType = x.dtype;
+    unsafe {
+        quick_gelu_kernel::launch_unchecked(&output.client, cube_count, cube_dim, address, x.into_array_arg(), output.clone().into_array_arg(), units, dtype.into())
     };
     output
 }

@@ -17,6 +17,7 @@ use super::Kernels;
 enum Kind {
     RmsNorm { eps: f64 },
     LayerNorm { eps: f64 },
+    QuickGelu,
     AddRmsNorm { eps: f64 },
     Rotary { head_dim: usize },
     SiluMul,
@@ -51,6 +52,7 @@ impl<B: FusionBackend + Kernels> Operation<B::FusionRuntime> for Step<B> {
         let results = match self.kind {
             Kind::RmsNorm { eps } => vec![B::rms_norm(input(0), input(1), eps)],
             Kind::LayerNorm { eps } => vec![<B as Kernels>::layer_norm(input(0), input(1), input(2), eps)],
+            Kind::QuickGelu => vec![B::quick_gelu(input(0))],
             Kind::AddRmsNorm { eps } => {
                 let (sum, normed) = B::add_rms_norm(input(0), input(1), input(2), eps);
                 vec![sum, normed]
@@ -114,6 +116,11 @@ impl<B: FusionBackend + Kernels> Kernels for Fusion<B> {
     fn layer_norm(x: FloatTensor<Self>, weight: FloatTensor<Self>, bias: FloatTensor<Self>, eps: f64) -> FloatTensor<Self> {
         let shape = x.shape.clone();
         register::<B>("phi3v_layer_norm", Kind::LayerNorm { eps }, vec![x, weight, bias], shape)
+    }
+
+    fn quick_gelu(x: FloatTensor<Self>) -> FloatTensor<Self> {
+        let shape = x.shape.clone();
+        register::<B>("phi3v_quick_gelu", Kind::QuickGelu, vec![x], shape)
     }
 
     fn add_rms_norm(x: FloatTensor<Self>, residual: FloatTensor<Self>, weight: FloatTensor<Self>, eps: f64) -> (FloatTensor<Self>, FloatTensor<Self>) {

@@ -22,7 +22,7 @@ use std::sync::atomic::{AtomicU8, AtomicU32, AtomicUsize, Ordering};
 
 use burn::tensor::{
     Bool, Int, Tensor, TensorPrimitive,
-    activation::silu,
+    activation::{sigmoid, silu},
     backend::Backend,
     ops::{FloatTensor, IntTensor},
 };
@@ -59,6 +59,15 @@ pub trait Kernels: Backend {
     /// `x`: `[..., d]` (any rank); `weight`, `bias`: `[d]` → as `x`
     fn layer_norm(x: FloatTensor<Self>, weight: FloatTensor<Self>, bias: FloatTensor<Self>, eps: f64) -> FloatTensor<Self> {
         default_layer_norm::<Self>(x, weight, bias, eps)
+    }
+
+    /// CLIP's quick-GELU, `x · σ(1.702 · x)`, with the sigmoid in f32, cast back to `x`'s
+    /// dtype.
+    ///
+    /// # Shapes
+    /// `x`: any → the same
+    fn quick_gelu(x: FloatTensor<Self>) -> FloatTensor<Self> {
+        default_quick_gelu::<Self>(x)
     }
 
     /// The residual add and the next `Phi3RMSNorm` in one pass: `sum = x + residual` (rounded
@@ -246,6 +255,15 @@ fn default_layer_norm<B: Backend>(x: FloatTensor<B>, weight: FloatTensor<B>, bia
     let rows = Tensor::<B, 2>::from_primitive(TensorPrimitive::Float(B::float_reshape(x, burn::tensor::Shape::new([shape.num_elements() / d.max(1), d]))));
     let vector = |t| Tensor::<B, 1>::from_primitive(TensorPrimitive::Float(t));
     B::float_reshape(composed::layer_norm(rows, vector(weight), vector(bias), eps).into_primitive().tensor(), shape)
+}
+
+/// [`Kernels::quick_gelu`]'s default, for implementations that fall back to it (as one flat
+/// vector: the steps are elementwise).
+fn default_quick_gelu<B: Backend>(x: FloatTensor<B>) -> FloatTensor<B> {
+    use burn::tensor::TensorMetadata;
+    let shape = x.shape();
+    let flat = Tensor::<B, 1>::from_primitive(TensorPrimitive::Float(B::float_reshape(x, burn::tensor::Shape::new([shape.num_elements()]))));
+    B::float_reshape(composed::quick_gelu(flat).into_primitive().tensor(), shape)
 }
 
 /// [`Kernels::add_rms_norm`]'s default, for implementations that fall back to it.
@@ -451,6 +469,12 @@ pub mod composed {
         x * weight.unsqueeze() + bias.unsqueeze()
     }
 
+    /// See [`Kernels::quick_gelu`]: `x · sigmoid(1.702 · x)` as HF's `QuickGELUActivation`
+    /// writes it (Burn's sigmoid runs in f32).
+    pub fn quick_gelu<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
+        x.clone() * sigmoid(x * 1.702)
+    }
+
     /// See [`Kernels::rms_norm`].
     pub fn rms_norm<B: Backend>(x: Tensor<B, 3>, weight: Tensor<B, 1>, eps: f64) -> Tensor<B, 3> {
         let dtype = x.dtype();
@@ -601,11 +625,12 @@ pub fn fused_kernels() -> bool {
 /// `decode_attention_split` off keeps each (batch, head) of the planes variant in one cube
 /// (no split of the keys over several cubes and no combining launch);
 /// `add_rms_norm` off adds with Burn, then normalises with `rms_norm`; `rotary_append` off
-/// rotates with `rotary`, then appends with Burn's `slice_assign`; `layer_norm` is opt-in
-/// ([`kernel_opted_in`]).
-pub const KERNEL_NAMES: [&str; 14] = [
+/// rotates with `rotary`, then appends with Burn's `slice_assign`; `layer_norm` and
+/// `quick_gelu` are opt-in ([`kernel_opted_in`]).
+pub const KERNEL_NAMES: [&str; 15] = [
     "rms_norm",
     "layer_norm",
+    "quick_gelu",
     "add_rms_norm",
     "rotary",
     "rotary_append",
@@ -635,7 +660,7 @@ pub fn kernel_on(name: &str) -> bool {
 
 /// Whether `PHI3V_KERNELS_ON` (a comma-separated list of names, read once) names the kernel
 /// `name`: kernels not yet verified on a device run under [`KernelPolicy::Verified`] only when
-/// named there (`rotary_write_paged`, `layer_norm`).
+/// named there (`rotary_write_paged`, `layer_norm`, `quick_gelu`).
 pub fn kernel_opted_in(name: &str) -> bool {
     static ON: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
     let on = ON.get_or_init(|| {
@@ -653,6 +678,14 @@ pub fn layer_norm<B: Kernels, const D: usize>(x: Tensor<B, D>, weight: &Tensor<B
     }
     let out = <B as Kernels>::layer_norm(x.into_primitive().tensor(), weight.clone().into_primitive().tensor(), bias.clone().into_primitive().tensor(), eps);
     Tensor::from_primitive(TensorPrimitive::Float(out))
+}
+
+/// [`Kernels::quick_gelu`] on tensors (composed when its kernel is off).
+pub fn quick_gelu<B: Kernels, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
+    if !kernel_on("quick_gelu") {
+        return composed::quick_gelu(x);
+    }
+    Tensor::from_primitive(TensorPrimitive::Float(B::quick_gelu(x.into_primitive().tensor())))
 }
 
 /// [`Kernels::rms_norm`] on tensors (composed when [`fused_kernels`] is off).
@@ -759,7 +792,7 @@ pub fn attention<B: Kernels>(q: Tensor<B, 4>, k: Tensor<B, 4>, v: Tensor<B, 4>, 
     let [_, kv_heads, keys, _] = k.dims();
     let grouped = kv_heads > 0 && heads.is_multiple_of(kv_heads);
     let flash = grouped && (!causal || keys >= queries) && kernel_on("flash_attention");
-    if flash && flash_attention_choice() == FlashAttention::Scores && (mask.is_none() || causal) {
+    if flash && flash_attention_choice().resolve(causal) == FlashAttention::Scores && (mask.is_none() || causal) {
         return scores_attention(q, k, v, causal, SCORES_CHUNK_BYTES);
     }
     // An explicit causal mask stands for the flag (see above).
@@ -815,13 +848,20 @@ pub fn attention_softmax<B: Kernels>(scores: Tensor<B, 4>, scale: f64, causal: b
 
 /// Which GPU kernel [`Kernels::flash_attention`] runs on the CubeCL backends under
 /// [`KernelPolicy::Verified`]. `PHI3V_FLASH_ATTENTION` sets it for a process (read once):
-/// unset or `0` → [`FlashAttention::Burn`]; `1`/`unit` → [`FlashAttention::Unit`];
-/// `planes,seq_q,seq_kv` (e.g. `4,1,2`) → [`FlashAttention::Tiles`]; `scores` →
-/// [`FlashAttention::Scores`]. [`set_flash_attention`] sets it at any time.
+/// unset or `auto` → [`FlashAttention::Auto`]; `0`/`burn` → [`FlashAttention::Burn`];
+/// `1`/`unit` → [`FlashAttention::Unit`]; `planes,seq_q,seq_kv` (e.g. `4,1,2`) →
+/// [`FlashAttention::Tiles`]; `scores` → [`FlashAttention::Scores`]. [`set_flash_attention`]
+/// sets it at any time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FlashAttention {
-    /// Burn's attention (its autotune picks among its flash and composed kernels): the default,
-    /// since neither other choice has measured faster on a GPU yet (docs/kernels.md).
+    /// The default: per problem, the choice measured fastest among those that are right on
+    /// CUDA ([`FlashAttention::resolve`]): [`FlashAttention::Scores`] for causal attention
+    /// (prefill; 287 µs against Burn's 571 at 1×32×1024×1024×96 in bf16 on the H200),
+    /// [`FlashAttention::VISION_TILES`] without a causal limit (the vision tower; 1037 µs against
+    /// Burn's 1840 at 17×16×577×64), which takes Burn's attention where the tiling cannot run
+    /// (f32, no tensor cores). docs/kernels.md sessions 15 and 18.
+    Auto,
+    /// Burn's attention (its autotune picks among its flash and composed kernels).
     Burn,
     /// This crate's CUDA-core kernel: one unit per query row, f32 sums in registers.
     Unit,
@@ -851,6 +891,21 @@ pub enum FlashAttention {
 }
 
 impl FlashAttention {
+    /// The tensor-core tiling [`FlashAttention::Auto`] gives attention without a causal limit:
+    /// 4 planes of 2 query tiles, 2 key tiles per step (the fastest of those timed for CLIP's
+    /// 577 × 64 heads on the H200, docs/kernels.md session 18).
+    pub const VISION_TILES: Self = Self::Tiles { planes: 4, seq_q: 2, seq_kv: 2 };
+
+    /// The choice that runs for attention with (`causal`) or without a causal limit:
+    /// [`FlashAttention::Auto`]'s pick, any other choice itself.
+    pub fn resolve(self, causal: bool) -> Self {
+        match (self, causal) {
+            (Self::Auto, true) => Self::Scores,
+            (Self::Auto, false) => Self::VISION_TILES,
+            (choice, _) => choice,
+        }
+    }
+
     /// Whether the kernels take these values.
     pub fn is_valid(&self) -> bool {
         match *self {
@@ -862,7 +917,8 @@ impl FlashAttention {
     /// Reads `PHI3V_FLASH_ATTENTION`'s syntax; `None` when it is not one of them or invalid.
     pub fn parse(s: &str) -> Option<Self> {
         let choice = match s.trim() {
-            "" | "0" | "false" | "off" | "burn" => Self::Burn,
+            "" | "auto" => Self::Auto,
+            "0" | "false" | "off" | "burn" => Self::Burn,
             "1" | "true" | "on" | "unit" => Self::Unit,
             "scores" => Self::Scores,
             tiles => {
@@ -881,6 +937,7 @@ impl FlashAttention {
             Self::Burn => 1,
             Self::Unit => 2,
             Self::Scores => 4,
+            Self::Auto => 5,
             Self::Tiles { planes, seq_q, seq_kv } => 3 | (planes as u32) << 8 | (seq_q as u32) << 16 | (seq_kv as u32) << 24,
         }
     }
@@ -890,6 +947,7 @@ impl FlashAttention {
             1 => Self::Burn,
             2 => Self::Unit,
             4 => Self::Scores,
+            5 => Self::Auto,
             _ => Self::Tiles { planes: (v >> 8) as u8, seq_q: (v >> 16) as u8, seq_kv: (v >> 24) as u8 },
         }
     }
@@ -910,7 +968,7 @@ pub fn set_flash_attention(choice: FlashAttention) -> bool {
 pub fn flash_attention_choice() -> FlashAttention {
     match FLASH_ATTENTION.load(Ordering::Relaxed) {
         0 => {
-            let choice = std::env::var("PHI3V_FLASH_ATTENTION").ok().and_then(|v| FlashAttention::parse(&v)).unwrap_or(FlashAttention::Burn);
+            let choice = std::env::var("PHI3V_FLASH_ATTENTION").ok().and_then(|v| FlashAttention::parse(&v)).unwrap_or(FlashAttention::Auto);
             set_flash_attention(choice);
             choice
         }

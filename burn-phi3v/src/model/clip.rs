@@ -2,7 +2,7 @@
 //! Phi-3-vision uses it: hidden states up to `layer_idx`, no pooled output.
 //! Reference: transformers `models/clip/modeling_clip.py`; spec §3.1–3.3.
 
-use burn::tensor::{Tensor, activation::sigmoid, backend::Backend};
+use burn::tensor::{Tensor, backend::Backend};
 
 use crate::config::VisionConfig;
 use crate::error::Result;
@@ -119,7 +119,7 @@ impl<B: Kernels> ClipMlp<B> {
     /// `[crops, tokens, hidden]` → same
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
         let x = self.fc1.forward(x);
-        let x = x.clone() * sigmoid(x * 1.702);
+        let x = kernels::quick_gelu(x);
         self.fc2.forward(x)
     }
 }

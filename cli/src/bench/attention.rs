@@ -29,9 +29,9 @@ pub struct AttentionArgs {
     /// prefill of 1024 tokens, and CLIP ViT-L/14-336 over the 17 crops of num_crops 16.
     #[arg(long, value_delimiter = ';', default_value = "1,32,1024,1024,96,causal;17,16,577,577,64")]
     shapes: Vec<String>,
-    /// Choices in `PHI3V_FLASH_ATTENTION`'s syntax (`burn`, `unit`, `scores`,
-    /// `planes,seq_q,seq_kv`), separated by `;`; the first is the one the others are compared with.
-    #[arg(long, value_delimiter = ';', default_value = "burn;scores")]
+    /// Choices in `PHI3V_FLASH_ATTENTION`'s syntax (`auto`, `burn`, `unit`,
+    /// `scores`, `planes,seq_q,seq_kv`), separated by `;`; the first is the one the others are compared with.
+    #[arg(long, value_delimiter = ';', default_value = "burn;scores;4,2,2")]
     flash: Vec<String>,
     /// Calls before timing.
     #[arg(long, default_value_t = 3)]

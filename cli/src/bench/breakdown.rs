@@ -65,7 +65,7 @@ pub struct BreakdownArgs {
     #[arg(long, default_value_t = 100)]
     profile_steps: usize,
     /// Also time the prefill's attention under each of these flash-attention choices
-    /// (`PHI3V_FLASH_ATTENTION`'s syntax, separated by `;`: `burn`, `unit`, `scores`,
+    /// (`PHI3V_FLASH_ATTENTION`'s syntax, separated by `;`: `auto`, `burn`, `unit`, `scores`,
     /// `planes,seq_q,seq_kv`), one extra stage each; the whole step keeps the process's choice.
     #[arg(long, value_delimiter = ';')]
     flash: Vec<String>,
@@ -205,10 +205,20 @@ impl DeviceFn for BreakdownJob {
         let launch_us = timer.time(chain) / LAUNCH_CHAIN as f64;
         eprintln!("launch floor: {launch_us:.2} µs per kernel");
         Ok(Breakdown {
-            engine: match (kernels::fused_kernels(), kernels::KERNEL_NAMES.iter().filter(|n| !kernels::kernel_on(n)).copied().collect::<Vec<_>>()) {
-                (false, _) => "burn-phi3v, composed steps".into(),
-                (true, off) if off.is_empty() => "burn-phi3v".into(),
-                (true, off) => format!("burn-phi3v, kernels off: {}", off.join(", ")),
+            engine: {
+                // The attention choice and the kernels that differ from the defaults, so that
+                // a breakdown says what it timed.
+                let names = |f: fn(&str) -> bool| kernels::KERNEL_NAMES.iter().filter(|n| f(n)).copied().collect::<Vec<_>>().join(", ");
+                let mut engine = format!("burn-phi3v, attention {:?}", kernels::flash_attention_choice());
+                if !kernels::fused_kernels() {
+                    engine.push_str(", composed steps");
+                }
+                for (label, list) in [("kernels off", names(|n| !kernels::kernel_on(n))), ("opted in", names(kernels::kernel_opted_in))] {
+                    if kernels::fused_kernels() && !list.is_empty() {
+                        engine.push_str(&format!(", {label}: {list}"));
+                    }
+                }
+                engine
             },
             device: format!("{} ({})", info.name, info.spec),
             dtype: dtype_name(dtype).into(),
@@ -222,7 +232,7 @@ impl DeviceFn for BreakdownJob {
 /// `--flash`'s choices, each in `PHI3V_FLASH_ATTENTION`'s syntax.
 pub(super) fn flash_choices(list: &[String]) -> Result<Vec<kernels::FlashAttention>, String> {
     list.iter()
-        .map(|c| kernels::FlashAttention::parse(c).ok_or_else(|| format!("--flash: `{c}` is not burn, unit, scores or planes,seq_q,seq_kv")))
+        .map(|c| kernels::FlashAttention::parse(c).ok_or_else(|| format!("--flash: `{c}` is not auto, burn, unit, scores or planes,seq_q,seq_kv")))
         .collect()
 }
 
@@ -498,7 +508,9 @@ fn vision_phase<B: Kernels>(model: &Phi3VForCausalLM<B>, timer: &Timer<B>, dtype
     stage("residual add", 2 * layers, timer.time(|| x.clone() + x.clone()));
     stage("layer_norm2", layers, timer.time(|| layer.layer_norm2.forward(x.clone())));
     stage("fc1", layers, timer.time(|| layer.mlp.fc1.forward(x.clone())));
-    stage("quick_gelu", layers, timer.time(|| hidden.clone() * burn::tensor::activation::sigmoid(hidden.clone() * 1.702)));
+    stage("quick_gelu", layers, timer.time(|| kernels::quick_gelu(hidden.clone())));
+    let composed = timer.time(|| kernels::composed::quick_gelu(hidden.clone()));
+    stage("quick_gelu (alternative: Burn's composed ops)", layers, composed);
     stage("fc2", layers, timer.time(|| layer.mlp.fc2.forward(hidden.clone())));
     let features = random::<B, 3>([crops, tokens - 1, d], device, dtype);
     stage("img_projection (HD layout excluded)", 1, {
