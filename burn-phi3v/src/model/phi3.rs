@@ -41,7 +41,16 @@ pub struct RotaryEmbedding {
     /// cos/sin multiplier (`scaling_factor` in the reference; 1 without scaling).
     mscale: f32,
     original_max_position_embeddings: usize,
+    /// Rows already computed, per regime (short, long): position `p`'s `head_dim / 2` cosines
+    /// then sines, times `mscale`, for positions `0..len / head_dim` (at most
+    /// [`CACHED_POSITIONS`]). Every pass starts at position 0, so a prefill's rows are
+    /// computed once, not per request.
+    rows: std::sync::Arc<std::sync::Mutex<[Vec<f32>; 2]>>,
 }
+
+/// Positions whose rotary rows [`RotaryEmbedding`] keeps (host memory: `2 · head_dim · 4` bytes
+/// each per regime, 12 MiB for Phi-3's 96-dim heads); rows past it are computed per call.
+pub const CACHED_POSITIONS: usize = 1 << 15;
 
 impl RotaryEmbedding {
     /// Builds the tables for `config`.
@@ -83,7 +92,16 @@ impl RotaryEmbedding {
             long_inv_freq,
             mscale: mscale as f32,
             original_max_position_embeddings: config.original_max_position_embeddings,
+            rows: Default::default(),
         }
+    }
+
+    /// Appends position `p`'s row (its `half` cosines, then its sines, times `mscale`) to `out`.
+    fn push_row(&self, inv_freq: &[f32], p: usize, out: &mut Vec<f32>) {
+        let half = self.head_dim / 2;
+        let angles = inv_freq.iter().take(half).map(|f| f * p as f32);
+        out.extend(angles.clone().map(|a| a.cos() * self.mscale));
+        out.extend(angles.map(|a| a.sin() * self.mscale));
     }
 
     /// The regime of a forward pass whose largest position is `max_position` (HF: long iff
@@ -110,26 +128,39 @@ impl RotaryEmbedding {
     ) -> (Tensor<B, 4>, Tensor<B, 4>) {
         let batch = positions.len();
         let seq = positions.first().map_or(0, Vec::len);
-        let half = self.head_dim / 2;
-        let mut cos = Vec::with_capacity(batch * seq * self.head_dim);
-        let mut sin = Vec::with_capacity(batch * seq * self.head_dim);
-        for (row, regime) in positions.iter().zip(regimes) {
-            let inv_freq = match (regime, &self.long_inv_freq) {
-                (RopeRegime::Long, Some(long)) => long,
-                _ => &self.short_inv_freq,
+        let (half, width) = (self.head_dim / 2, self.head_dim);
+        let mut cos = Vec::with_capacity(batch * seq * width);
+        let mut sin = Vec::with_capacity(batch * seq * width);
+        let mut cached = self.rows.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut row = Vec::with_capacity(width);
+        for (ps, regime) in positions.iter().zip(regimes) {
+            let (inv_freq, which) = match (regime, &self.long_inv_freq) {
+                (RopeRegime::Long, Some(long)) => (long, 1),
+                _ => (&self.short_inv_freq, 0),
             };
-            for &p in row {
-                // emb = cat(freqs, freqs): both halves use the same angles, computed once.
-                let start = cos.len();
-                for f in inv_freq.iter().take(half) {
-                    let angle = f * p as f32;
-                    cos.push(angle.cos() * self.mscale);
-                    sin.push(angle.sin() * self.mscale);
-                }
-                cos.extend_from_within(start..);
-                sin.extend_from_within(start..);
+            // Grow this regime's rows to cover the row's positions (up to the cap).
+            let needed = ps.iter().max().map_or(0, |&p| p + 1).min(CACHED_POSITIONS);
+            let rows = &mut cached[which];
+            for p in rows.len() / width..needed {
+                self.push_row(inv_freq, p, rows);
+            }
+            for &p in ps {
+                let r = if p < CACHED_POSITIONS {
+                    &rows[p * width..(p + 1) * width]
+                } else {
+                    row.clear();
+                    self.push_row(inv_freq, p, &mut row);
+                    &row[..]
+                };
+                // emb = cat(freqs, freqs): both halves use the same angles.
+                let (c, s) = r.split_at(half);
+                cos.extend_from_slice(c);
+                cos.extend_from_slice(c);
+                sin.extend_from_slice(s);
+                sin.extend_from_slice(s);
             }
         }
+        drop(cached);
         let shape = [batch, 1, seq, self.head_dim];
         let cos = Tensor::from_data(TensorData::new(cos, shape), (device, dtype));
         let sin = Tensor::from_data(TensorData::new(sin, shape), (device, dtype));
@@ -657,5 +688,41 @@ mod tests {
         let fork = kv.clone().append(random(1), random(1));
         assert_eq!((fork.len(), kv.len()), (558, 557));
         assert!(kv.keys().equal(before).all().into_scalar());
+    }
+
+    /// The rotary tables from the kept rows equal the reference's per-position computation
+    /// (bit for bit) in both regimes: rows computed on first use, rows served again, positions
+    /// out of order, and positions past [`CACHED_POSITIONS`].
+    #[test]
+    fn rotary_tables_from_kept_rows_equal_a_direct_computation() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/models/phi3v-tiny/config.json");
+        let config = crate::config::Phi3VConfig::from_file(&path).expect("tiny config");
+        let rope = RotaryEmbedding::new(&config.text);
+        assert!(rope.long_inv_freq.is_some(), "the tiny config has LongRoPE");
+        let direct = |ps: &[usize], regime: RopeRegime| -> (Vec<f32>, Vec<f32>) {
+            let inv = if regime == RopeRegime::Long { rope.long_inv_freq.as_ref().unwrap() } else { &rope.short_inv_freq };
+            let (mut cos, mut sin) = (Vec::new(), Vec::new());
+            for &p in ps {
+                for _ in 0..2 {
+                    cos.extend(inv.iter().map(|f| (f * p as f32).cos() * rope.mscale));
+                    sin.extend(inv.iter().map(|f| (f * p as f32).sin() * rope.mscale));
+                }
+            }
+            (cos, sin)
+        };
+        let host = |t: Tensor<B, 4>| t.into_data().to_vec::<f32>().unwrap();
+        let cases: [Vec<usize>; 4] = [(0..9).collect(), vec![7, 3, 8], vec![CACHED_POSITIONS - 2, CACHED_POSITIONS + 5, 1], (100..140).collect()];
+        for _ in 0..2 {
+            for ps in &cases {
+                for regime in [RopeRegime::Short, RopeRegime::Long] {
+                    let (cos, sin) = rope.tables::<B>(&[ps.clone(), ps.clone()], &[regime, regime], &Default::default(), DType::F32);
+                    assert_eq!(cos.dims(), [2, 1, ps.len(), rope.head_dim]);
+                    let (want_cos, want_sin) = direct(ps, regime);
+                    let twice = |v: Vec<f32>| [v.clone(), v].concat();
+                    assert_eq!(host(cos), twice(want_cos), "cos at {ps:?} {regime:?}");
+                    assert_eq!(host(sin), twice(want_sin), "sin at {ps:?} {regime:?}");
+                }
+            }
+        }
     }
 }
