@@ -460,6 +460,21 @@ impl KernelJob {
             compare(format!("10-row decode projections (norm_linear, linear_add, norm_linear_silu_mul) with skinny rows ≤ 3 at {tiling}"), d_in, (tiled, tiled_again, composed));
         }
 
+        // The vendor's BLAS (cuBLAS on CUDA; the other backends have none and take Burn's
+        // matmul): products of many rows through `kernels::linear`, with the weight as the
+        // model holds it (the checkpoint's `[d_out, d_in]` rows, transposed), row-major, and with
+        // a bias; 577 rows of CLIP's width.
+        for (rows, d_in, d_out) in [(130, 200, 72), (300, 96, 160), (577, 1024, 256)] {
+            let x = tensor(input(vec![rows * d_in], 1.0)).reshape([1, rows, d_in]);
+            let checkpoint = tensor(input(vec![d_out * d_in], 1.0)).reshape([d_out, d_in]);
+            let row_major = tensor(input(vec![d_in * d_out], 1.0)).reshape([d_in, d_out]);
+            let bias = tensor(input(vec![d_out], 1.0));
+            for (layout, weight, bias) in [("transposed", checkpoint.transpose(), None), ("row-major", row_major, Some(&bias))] {
+                let outputs = both(&|| kernels::linear(x.clone(), &weight, bias));
+                compare(format!("blas_matmul [{rows}, {d_in}] · [{d_in}, {d_out}] {layout}"), d_in, outputs);
+            }
+        }
+
         // Inputs must be random, never constant: a kernel reading the wrong element of a constant
         // tensor would pass.
         let x = tensor(input(vec![64], 1.0));
@@ -471,8 +486,15 @@ impl KernelJob {
 
 impl DeviceFn for KernelJob {
     type Output = Vec<Outputs>;
-    fn run<B: Kernels>(self, device: &B::Device, _: &DeviceInfo, dtype: DType) -> Vec<Outputs> {
-        self.outputs::<B>(device, dtype)
+    fn run<B: Kernels>(self, device: &B::Device, info: &DeviceInfo, dtype: DType) -> Vec<Outputs> {
+        let products = kernels::blas_matmul_count();
+        let outputs = self.outputs::<B>(device, dtype);
+        eprintln!("{} blas_matmul: {} products, refusals {:?}", info.spec, kernels::blas_matmul_count() - products, kernels::blas_matmul_refusals());
+        // Where the backend has a vendor BLAS (cuBLAS on CUDA), the checks above ran through it.
+        if cfg!(feature = "cuda") && info.backend == "cuda" {
+            assert!(kernels::blas_matmul_count() > products, "{}: cuBLAS never ran: {:?}", info.spec, kernels::blas_matmul_refusals());
+        }
+        outputs
     }
 }
 

@@ -16,17 +16,24 @@ pub const DTYPES: [DType; 3] = [DType::BF16, DType::F16, DType::F32];
 /// The default compute dtype.
 pub const DEFAULT_DTYPE: DType = DType::BF16;
 
-/// Runs `f` against the CUDA driver; `None` if the driver library is missing or fails.
-fn with_driver<T>(f: impl FnOnce() -> Option<T> + std::panic::UnwindSafe) -> Option<T> {
-    // cudarc panics when libcuda cannot be loaded: that means "no CUDA device here".
+/// Runs `f` with cudarc's panics caught and silenced (cudarc panics when a CUDA library cannot
+/// be loaded); `None` if it panicked.
+pub(crate) fn quietly<T>(f: impl FnOnce() -> T + std::panic::UnwindSafe) -> Option<T> {
     let hook = std::panic::take_hook();
     std::panic::set_hook(Box::new(|_| {}));
-    let r = std::panic::catch_unwind(|| {
+    let r = std::panic::catch_unwind(f);
+    std::panic::set_hook(hook);
+    r.ok()
+}
+
+/// Runs `f` against the CUDA driver; `None` if the driver library is missing or fails (a
+/// missing libcuda means "no CUDA device here").
+fn with_driver<T>(f: impl FnOnce() -> Option<T> + std::panic::UnwindSafe) -> Option<T> {
+    quietly(|| {
         cudarc::driver::result::init().ok()?;
         f()
-    });
-    std::panic::set_hook(hook);
-    r.ok().flatten()
+    })
+    .flatten()
 }
 
 /// Number of CUDA devices the driver reports (0 without a driver).

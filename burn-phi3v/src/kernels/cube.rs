@@ -228,6 +228,18 @@ where
         }
     }
 
+    fn blas_matmul(lhs: FloatTensor<Self>, rhs: FloatTensor<Self>) -> Option<FloatTensor<Self>> {
+        // cuBLAS where R is CUDA's runtime (the plugin runtime's CUDA reference plugin and
+        // the other runtimes have no vendor BLAS here).
+        #[cfg(feature = "cuda")]
+        return super::cublas::matmul(lhs, rhs);
+        #[cfg(not(feature = "cuda"))]
+        {
+            let _ = (lhs, rhs);
+            None
+        }
+    }
+
     fn tiled_matmul(lhs: FloatTensor<Self>, rhs: FloatTensor<Self>, tiling: super::MatmulTiling) -> FloatTensor<Self> {
         match super::cube_tiling::tiled_matmul(lhs.clone(), rhs.clone(), tiling) {
             Ok(out) => out,
@@ -458,6 +470,17 @@ fn cube_sum(sums: &mut SharedMemory<f32>, unit: usize) -> f32 {
 /// The address type a launch over `tensors` needs: the widest any of them requires.
 fn address_type<'a, R: CubeRuntime>(tensors: impl IntoIterator<Item = &'a CubeTensor<R>>) -> AddressType {
     tensors.into_iter().map(|t| t.required_address_type()).max().unwrap_or_default()
+}
+
+/// A one-unit-per-output-value kernel's new contiguous output of `shape` (in `input`'s dtype)
+/// and launch geometry: `(output, units, cube_dim, cube_count, address type)`.
+fn elementwise<R: CubeRuntime>(input: &CubeTensor<R>, shape: burn::tensor::Shape) -> (CubeTensor<R>, usize, CubeDim, CubeCount, AddressType) {
+    let units = shape.num_elements();
+    let output = empty_device_contiguous_dtype(input.client.clone(), input.device.clone(), shape, input.dtype);
+    let cube_dim = CubeDim::new(&input.client, units.max(1));
+    let cube_count = calculate_cube_count_elemwise(&input.client, units.max(1), cube_dim);
+    let address = address_type([input, &output]);
+    (output, units, cube_dim, cube_count, address)
 }
 
 /// Rows and width of a row kernel's operand (`[..., width]`).
@@ -906,14 +929,10 @@ pub(crate) fn silu_mul<R: CubeRuntime>(gate_up: CubeTensor<R>) -> CubeTensor<R> 
     let last = shape.num_dims() - 1;
     shape[last] /= 2;
     let width = shape[last];
-    let output = empty_device_contiguous_dtype(gate_up.client.clone(), gate_up.device.clone(), shape.clone(), gate_up.dtype);
-    let units = shape.num_elements();
+    let (output, units, cube_dim, cube_count, address) = elementwise(&gate_up, shape);
     if units == 0 {
         return output;
     }
-    let cube_dim = CubeDim::new(&gate_up.client, units);
-    let cube_count = calculate_cube_count_elemwise(&gate_up.client, units, cube_dim);
-    let address = address_type([&gate_up, &output]);
     let dtype: DType = gate_up.dtype;
     unsafe {
         silu_mul_kernel::launch_unchecked(
@@ -945,14 +964,10 @@ fn quick_gelu_kernel<E: Float>(x: &Array<E>, output: &mut Array<E>, total: usize
 pub(crate) fn quick_gelu<R: CubeRuntime>(x: CubeTensor<R>) -> CubeTensor<R> {
     let x = into_contiguous(x);
     let shape = x.meta.shape().clone();
-    let output = empty_device_contiguous_dtype(x.client.clone(), x.device.clone(), shape.clone(), x.dtype);
-    let units = shape.num_elements();
+    let (output, units, cube_dim, cube_count, address) = elementwise(&x, shape);
     if units == 0 {
         return output;
     }
-    let cube_dim = CubeDim::new(&x.client, units);
-    let cube_count = calculate_cube_count_elemwise(&x.client, units, cube_dim);
-    let address = address_type([&x, &output]);
     let dtype: DType = x.dtype;
     unsafe {
         quick_gelu_kernel::launch_unchecked(&output.client, cube_count, cube_dim, address, x.into_array_arg(), output.clone().into_array_arg(), units, dtype.into())

@@ -33,6 +33,8 @@ use crate::model::nn::repeat_kv;
 mod cube;
 #[cfg(feature = "cube")]
 mod cube_tiling;
+#[cfg(feature = "cuda")]
+mod cublas;
 #[cfg(all(feature = "fusion", feature = "cube"))]
 mod fusion;
 mod tiling;
@@ -202,6 +204,19 @@ pub trait Kernels: Backend {
     fn tiled_matmul(lhs: FloatTensor<Self>, rhs: FloatTensor<Self>, tiling: MatmulTiling) -> FloatTensor<Self> {
         let _ = tiling;
         Self::float_matmul(lhs, rhs)
+    }
+
+    /// `lhs · rhs` by the device vendor's BLAS library, f32 accumulation: cuBLAS on the CUDA
+    /// backend (loaded at run time). `None` where the backend has none (every other backend,
+    /// and CUDA inside Burn's fusion stream) or the library refuses (each refusal recorded
+    /// for [`blas_matmul_refusals`]); the caller then takes Burn's matmul.
+    ///
+    /// # Shapes
+    /// `lhs`: `[..., m, k]`; `rhs`: `[..., k, n]`, the same leading (batch) dimensions, each
+    /// matrix's rows or columns contiguous → `[..., m, n]`
+    fn blas_matmul(lhs: FloatTensor<Self>, rhs: FloatTensor<Self>) -> Option<FloatTensor<Self>> {
+        let _ = (lhs, rhs);
+        None
     }
 
     /// Attention of one new query row over every key, no mask, `scale = 1/sqrt(head_dim)`:
@@ -623,11 +638,12 @@ pub fn fused_kernels() -> bool {
 /// The model's kernels by name, each of which can be turned off alone (see [`kernel_on`]);
 /// `decode_attention_planes` off keeps decode attention on its units-over-keys variant;
 /// `decode_attention_split` off keeps each (batch, head) of the planes variant in one cube
-/// (no split of the keys over several cubes and no combining launch);
+/// (no split of the keys over several cubes and no combining launch); `blas_matmul` (the
+/// products of more than [`skinny_max_rows`] rows by cuBLAS on CUDA) is opt-in;
 /// `add_rms_norm` off adds with Burn, then normalises with `rms_norm`; `rotary_append` off
 /// rotates with `rotary`, then appends with Burn's `slice_assign`; `layer_norm` and
 /// `quick_gelu` are opt-in ([`kernel_opted_in`]).
-pub const KERNEL_NAMES: [&str; 15] = [
+pub const KERNEL_NAMES: [&str; 16] = [
     "rms_norm",
     "layer_norm",
     "quick_gelu",
@@ -641,6 +657,7 @@ pub const KERNEL_NAMES: [&str; 15] = [
     "decode_attention_split",
     "skinny_linear",
     "fused_linear",
+    "blas_matmul",
     "flash_attention",
     "attention_softmax",
 ];
@@ -660,7 +677,7 @@ pub fn kernel_on(name: &str) -> bool {
 
 /// Whether `PHI3V_KERNELS_ON` (a comma-separated list of names, read once) names the kernel
 /// `name`: kernels not yet verified on a device run under [`KernelPolicy::Verified`] only when
-/// named there (`rotary_write_paged`, `layer_norm`, `quick_gelu`).
+/// named there (`rotary_write_paged`, `layer_norm`, `quick_gelu`, `blas_matmul`).
 pub fn kernel_opted_in(name: &str) -> bool {
     static ON: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
     let on = ON.get_or_init(|| {
@@ -810,8 +827,8 @@ pub fn attention<B: Kernels>(q: Tensor<B, 4>, k: Tensor<B, 4>, v: Tensor<B, 4>, 
 /// chunk).
 const SCORES_CHUNK_BYTES: usize = 1 << 26;
 
-/// [`FlashAttention::Scores`]: `softmax(q·kᵀ/√d)·v` as Burn's matmul, [`attention_softmax`]
-/// (one pass, f32 inside) and Burn's matmul, over chunks of query rows whose scores fit in
+/// [`FlashAttention::Scores`]: `softmax(q·kᵀ/√d)·v` as Burn's matmul (or cuBLAS's, see
+/// [`matmul`]), [`attention_softmax`] (one pass, f32 inside) and the second matmul, over chunks of query rows whose scores fit in
 /// `chunk_bytes`. A causal chunk multiplies only the keys its last query sees (rows `r0..r1`
 /// see keys `0..r1 + keys − queries`), so a causal prefill does about half the work of a
 /// full one. `causal` needs `keys ≥ queries`.
@@ -831,8 +848,8 @@ pub fn scores_attention<B: Kernels>(q: Tensor<B, 4>, k: Tensor<B, 4>, v: Tensor<
         .map(|r0| {
             let n = rows.min(queries - r0);
             let seen = if causal { r0 + n + keys - queries } else { keys };
-            let scores = q.clone().narrow(2, r0, n).matmul(k.clone().narrow(2, 0, seen).swap_dims(2, 3));
-            attention_softmax(scores, scale, causal).matmul(v.clone().narrow(2, 0, seen))
+            let scores = matmul(q.clone().narrow(2, r0, n), k.clone().narrow(2, 0, seen).swap_dims(2, 3));
+            matmul(attention_softmax(scores, scale, causal), v.clone().narrow(2, 0, seen))
         })
         .collect();
     if chunks.len() == 1 { chunks.into_iter().next().expect("one chunk") } else { Tensor::cat(chunks, 2) }
@@ -1036,6 +1053,30 @@ pub fn matmul_tiling_refusal_count() -> usize {
 #[cfg_attr(not(feature = "cube"), allow(dead_code))]
 pub(crate) fn refuse_matmul_tiling(reason: String) {
     MATMUL_REFUSALS.record(reason);
+}
+
+static BLAS_REFUSALS: Refusals = Refusals::new();
+static BLAS_PRODUCTS: AtomicUsize = AtomicUsize::new(0);
+
+/// Why [`Kernels::blas_matmul`] refused since the process started (cuBLAS not found, a dtype
+/// or layout it does not take, a failing call), each distinct reason once.
+pub fn blas_matmul_refusals() -> Vec<String> {
+    BLAS_REFUSALS.list()
+}
+
+/// How many products [`Kernels::blas_matmul`] computed since the process started.
+pub fn blas_matmul_count() -> usize {
+    BLAS_PRODUCTS.load(Ordering::Relaxed)
+}
+
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+pub(crate) fn refuse_blas_matmul(reason: String) {
+    BLAS_REFUSALS.record(reason);
+}
+
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+pub(crate) fn count_blas_matmul() {
+    BLAS_PRODUCTS.fetch_add(1, Ordering::Relaxed);
 }
 
 /// How many times since the process started a kernel that writes a KV cache in place
@@ -1273,14 +1314,19 @@ pub fn linear<B: Kernels, const D: usize>(x: Tensor<B, D>, weight: &Tensor<B, 2>
     let mut out_dims = dims;
     out_dims[D - 1] = d_out;
     let x = x.reshape([rows, d_in]);
+    let add_bias = |y: Tensor<B, 2>| match bias {
+        Some(b) => y + b.clone().unsqueeze_dim(0),
+        None => y,
+    };
+    // The vendor's BLAS for the products of many rows (opt-in; see `Kernels::blas_matmul`).
+    if rows > skinny_max_rows()
+        && let Some(y) = blas_matmul(x.clone(), weight.clone())
+    {
+        return add_bias(y).reshape(out_dims);
+    }
     let tiling = MatmulRows::of(rows).filter(|_| fused_kernels()).and_then(matmul_tiling);
     if let Some(tiling) = tiling {
-        let y = tiled_matmul(x, weight.clone(), tiling);
-        let y = match bias {
-            Some(b) => y + b.clone().unsqueeze_dim(0),
-            None => y,
-        };
-        return y.reshape(out_dims);
+        return add_bias(tiled_matmul(x, weight.clone(), tiling)).reshape(out_dims);
     }
     if bias.is_some() || !skinny(rows) {
         // As one [rows, d_in] product: Burn's `linear` on [batch, seq, d_in] broadcasts the
@@ -1291,6 +1337,25 @@ pub fn linear<B: Kernels, const D: usize>(x: Tensor<B, D>, weight: &Tensor<B, 2>
     }
     let out = B::skinny_linear(x.into_primitive().tensor(), weight.clone().into_primitive().tensor());
     Tensor::<B, 2>::from_primitive(TensorPrimitive::Float(out)).reshape(out_dims)
+}
+
+/// [`Kernels::blas_matmul`] on tensors where it is wanted (named in `PHI3V_KERNELS_ON`, or the
+/// kernels forced) and runs; `None` otherwise.
+fn blas_matmul<B: Kernels, const D: usize>(lhs: Tensor<B, D>, rhs: Tensor<B, D>) -> Option<Tensor<B, D>> {
+    let wanted = kernel_policy() == KernelPolicy::Forced || kernel_opted_in("blas_matmul");
+    if !(wanted && kernel_on("blas_matmul")) {
+        return None;
+    }
+    B::blas_matmul(lhs.into_primitive().tensor(), rhs.into_primitive().tensor()).map(|y| Tensor::from_primitive(TensorPrimitive::Float(y)))
+}
+
+/// `lhs · rhs` as Burn's `matmul` (the same batch dimensions), by [`Kernels::blas_matmul`] where
+/// it is wanted and runs.
+pub fn matmul<B: Kernels, const D: usize>(lhs: Tensor<B, D>, rhs: Tensor<B, D>) -> Tensor<B, D> {
+    match blas_matmul(lhs.clone(), rhs.clone()) {
+        Some(y) => y,
+        None => lhs.matmul(rhs),
+    }
 }
 
 /// [`Kernels::tiled_matmul`] on tensors.

@@ -1,0 +1,217 @@
+//! [`Kernels::blas_matmul`](super::Kernels::blas_matmul) on the CUDA backend: the product by
+//! cuBLAS (`cublasGemmEx`, f32 accumulation), loaded at run time through cudarc.
+//!
+//! CubeCL runs its kernels on its own (non-blocking) streams from a device thread and does not
+//! expose them, so the product is ordered by the host: the inputs' pointers are taken, the
+//! calling thread's CubeCL stream is synchronised, cuBLAS runs on a stream of its own in the
+//! same (primary) context, and that stream is synchronised before the output is handed back.
+//! Each product thus drains the device queue once: worth it for the large products (prefill,
+//! the vision tower), not for a decode step's.
+
+use std::any::Any;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use burn::tensor::DType;
+use burn_cubecl::{CubeRuntime, kernel::into_contiguous, ops::numeric::empty_device_contiguous_dtype, tensor::CubeTensor};
+use cubecl::cuda::CudaRuntime;
+use cudarc::cublas::{
+    CudaBlas,
+    result::{gemm_ex, gemm_strided_batched_ex},
+    sys,
+};
+use cudarc::driver::{CudaContext, CudaStream};
+
+/// `lhs · rhs` by cuBLAS when `R` is CUDA's runtime; `None` on other runtimes, and where cuBLAS
+/// refuses (the reason recorded for [`super::blas_matmul_refusals`]).
+pub(crate) fn matmul<R: CubeRuntime>(lhs: CubeTensor<R>, rhs: CubeTensor<R>) -> Option<CubeTensor<R>> {
+    let lhs = (Box::new(lhs) as Box<dyn Any>).downcast::<CubeTensor<CudaRuntime>>().ok()?;
+    let rhs = (Box::new(rhs) as Box<dyn Any>).downcast::<CubeTensor<CudaRuntime>>().ok()?;
+    match cuda_matmul(*lhs, *rhs) {
+        Ok(out) => {
+            super::count_blas_matmul();
+            (Box::new(out) as Box<dyn Any>).downcast::<CubeTensor<R>>().ok().map(|out| *out)
+        }
+        Err(reason) => {
+            super::refuse_blas_matmul(reason);
+            None
+        }
+    }
+}
+
+/// One device's cuBLAS handle and the stream it runs on.
+struct Blas {
+    context: Arc<CudaContext>,
+    stream: Arc<CudaStream>,
+    blas: CudaBlas,
+}
+
+/// The handles by device ordinal (`Err`: why cuBLAS cannot run there, kept so that a missing
+/// library is looked for once).
+type Handles = Mutex<HashMap<usize, Result<Arc<Mutex<Blas>>, String>>>;
+
+fn handle(ordinal: usize) -> Result<Arc<Mutex<Blas>>, String> {
+    static HANDLES: OnceLock<Handles> = OnceLock::new();
+    let mut handles = HANDLES.get_or_init(Default::default).lock().map_err(|_| "cuBLAS handles poisoned".to_string())?;
+    handles
+        .entry(ordinal)
+        .or_insert_with(|| {
+            // cudarc panics when libcublas cannot be loaded: a typed refusal here.
+            crate::backends::cuda::quietly(|| {
+                let context = CudaContext::new(ordinal).map_err(|e| format!("CUDA context {ordinal}: {e}"))?;
+                let stream = context.new_stream().map_err(|e| format!("CUDA stream: {e}"))?;
+                let blas = CudaBlas::new(stream.clone()).map_err(|e| format!("cuBLAS handle: {e}"))?;
+                Ok(Arc::new(Mutex::new(Blas { context, stream, blas })))
+            })
+            .unwrap_or_else(|| Err("libcublas could not be loaded (is the CUDA toolkit's lib directory on LD_LIBRARY_PATH?)".into()))
+        })
+        .clone()
+}
+
+/// The device address of a CUDA tensor's first element. CubeCL keeps its CUDA resource type
+/// private; its `Debug` form (`GpuResource { ptr: …, … }`) names the address (offset included).
+fn address(resource: &impl std::fmt::Debug) -> Result<u64, String> {
+    let text = format!("{resource:?}");
+    text.split_once("ptr: ")
+        .and_then(|(_, rest)| rest.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|digits| digits.parse().ok())
+        .filter(|&ptr| ptr != 0)
+        .ok_or_else(|| format!("no device address in CubeCL's resource `{text}`"))
+}
+
+/// A `[..., rows, cols]` operand as cuBLAS sees it: its matrices' count, the elements between
+/// two of them (0 for one), whether each is transposed (columns contiguous) and its leading
+/// dimension (elements between rows, or columns when transposed; ≥ the row length for a
+/// pitched buffer). `None` when the batch dimensions do not step by one stride.
+fn layout(t: &CubeTensor<CudaRuntime>) -> Option<Operand> {
+    let (shape, strides) = (t.meta.shape(), t.meta.strides());
+    let r = shape.num_dims();
+    if r < 2 {
+        return None;
+    }
+    let [rows, cols] = [shape[r - 2], shape[r - 1]];
+    let (transposed, ld) = if strides[r - 1] == 1 && strides[r - 2] >= cols.max(1) {
+        (false, strides[r - 2])
+    } else if strides[r - 2] == 1 && strides[r - 1] >= rows.max(1) {
+        (true, strides[r - 1])
+    } else {
+        return None;
+    };
+    // Batch dimensions of more than one element, outermost first: each must step by the next
+    // one's stride times its extent (so that one stride walks them all).
+    let batch: Vec<(usize, usize)> = (0..r - 2).filter(|&i| shape[i] > 1).map(|i| (shape[i], strides[i])).collect();
+    let count = batch.iter().map(|(n, _)| n).product::<usize>();
+    if batch.windows(2).any(|w| w[0].1 != w[1].1 * w[1].0) {
+        return None;
+    }
+    let stride = batch.last().map_or(0, |&(_, s)| s);
+    Some(Operand { count, stride, transposed, ld })
+}
+
+/// See [`layout`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Operand {
+    count: usize,
+    stride: usize,
+    transposed: bool,
+    ld: usize,
+}
+
+fn cuda_matmul(lhs: CubeTensor<CudaRuntime>, rhs: CubeTensor<CudaRuntime>) -> Result<CubeTensor<CudaRuntime>, String> {
+    use sys::cublasOperation_t::{CUBLAS_OP_N, CUBLAS_OP_T};
+    let dtype = lhs.dtype;
+    let data_type = match dtype {
+        DType::BF16 => sys::cudaDataType::CUDA_R_16BF,
+        DType::F16 => sys::cudaDataType::CUDA_R_16F,
+        DType::F32 => sys::cudaDataType::CUDA_R_32F,
+        other => return Err(format!("dtype {other:?}")),
+    };
+    let (ls, rs) = (lhs.meta.shape().clone(), rhs.meta.shape().clone());
+    let r = ls.num_dims();
+    if r < 2 || rs.num_dims() != r || ls[r - 1] != rs[r - 2] || ls.as_slice()[..r - 2] != rs.as_slice()[..r - 2] || rhs.dtype != dtype {
+        return Err(format!("shapes {:?} · {:?} ({dtype:?} · {:?})", ls.as_slice(), rs.as_slice(), rhs.dtype));
+    }
+    let [m, k, n] = [ls[r - 2], ls[r - 1], rs[r - 1]];
+    let batch = ls.as_slice()[..r - 2].iter().product::<usize>();
+    let fits = |v: usize| i32::try_from(v).is_ok();
+    if ![m, k, n, batch, m * k, k * n, m * n].into_iter().all(fits) || m == 0 || k == 0 || n == 0 || batch == 0 {
+        return Err(format!("batch, m, k, n = {batch}, {m}, {k}, {n}"));
+    }
+    // `lhs`'s rows must be contiguous (cuBLAS takes a row pitch, not a column stride).
+    let lhs = match layout(&lhs) {
+        Some(Operand { transposed: false, .. }) => lhs,
+        _ => into_contiguous(lhs),
+    };
+    let rhs = if layout(&rhs).is_some() { rhs } else { into_contiguous(rhs) };
+    let (Some(a), Some(b)) = (layout(&lhs), layout(&rhs)) else {
+        return Err(format!("strides {:?} · {:?}", lhs.meta.strides(), rhs.meta.strides()));
+    };
+    let mut out_shape = ls.clone();
+    out_shape[r - 1] = n;
+    let out = empty_device_contiguous_dtype(lhs.client.clone(), lhs.device.clone(), out_shape, dtype);
+    let c = layout(&out).ok_or_else(|| format!("output strides {:?}", out.meta.strides()))?;
+    if a.transposed || c.transposed || a.count != batch || b.count != batch || c.count != batch {
+        return Err(format!("layouts {a:?} · {b:?} → {c:?} over {batch} products"));
+    }
+
+    let client = lhs.client.clone();
+    let resource = |t: &CubeTensor<CudaRuntime>| client.get_resource(t.handle.clone()).map_err(|e| format!("resource: {e:?}"));
+    // Held until the product is done: they keep the three allocations alive.
+    let (held_lhs, held_rhs, held_out) = (resource(&lhs)?, resource(&rhs)?, resource(&out)?);
+    let (lhs_ptr, rhs_ptr, out_ptr) = (address(held_lhs.resource())?, address(held_rhs.resource())?, address(held_out.resource())?);
+    // Everything queued before (the inputs' producers) is done.
+    cubecl::future::block_on(client.sync()).map_err(|e| format!("sync: {e:?}"))?;
+
+    let blas = handle(lhs.device.index)?;
+    let blas = blas.lock().map_err(|_| "cuBLAS handle poisoned".to_string())?;
+    blas.context.bind_to_thread().map_err(|e| format!("bind context: {e}"))?;
+    // Row-major `out[m, n] = lhs[m, k] · rhs[k, n]` is column-major `outᵀ = rhsᵀ · lhsᵀ`: cuBLAS's
+    // (m, n, k) are (n, m, k), its A is `rhs` (transposed when its columns are contiguous, as
+    // the model's weights: a view of the checkpoint's `[n, k]` rows) and its B is `lhs`.
+    let (alpha, beta) = (1.0f32, 0.0f32);
+    let op_rhs = if b.transposed { CUBLAS_OP_T } else { CUBLAS_OP_N };
+    let (alpha, beta) = ((&alpha as *const f32).cast(), (&beta as *const f32).cast());
+    let (rhs_ptr, lhs_ptr, out_ptr) = (rhs_ptr as *const std::ffi::c_void, lhs_ptr as *const std::ffi::c_void, out_ptr as *mut std::ffi::c_void);
+    let (compute, algo) = (sys::cublasComputeType_t::CUBLAS_COMPUTE_32F, sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT);
+    let (n_, m_, k_) = (n as i32, m as i32, k as i32);
+    let status = unsafe {
+        if batch == 1 {
+            gemm_ex(*blas.blas.handle(), op_rhs, CUBLAS_OP_N, n_, m_, k_, alpha, rhs_ptr, data_type, b.ld as i32, lhs_ptr, data_type, a.ld as i32, beta, out_ptr, data_type, c.ld as i32, compute, algo)
+        } else {
+            #[rustfmt::skip]
+            let status = gemm_strided_batched_ex(
+                *blas.blas.handle(), op_rhs, CUBLAS_OP_N, n_, m_, k_, alpha,
+                rhs_ptr, data_type, b.ld as i32, b.stride as i64,
+                lhs_ptr, data_type, a.ld as i32, a.stride as i64, beta,
+                out_ptr, data_type, c.ld as i32, c.stride as i64,
+                batch as i32, compute, algo,
+            );
+            status
+        }
+    };
+    status.map_err(|e| format!("cuBLAS product batch, m, k, n = {batch}, {m}, {k}, {n} ({dtype:?}): {e:?}"))?;
+    blas.stream.synchronize().map_err(|e| format!("cuBLAS stream: {e}"))?;
+    drop((held_lhs, held_rhs, held_out));
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::address;
+
+    /// The address is read from CubeCL's `Debug` form of its CUDA resource.
+    #[test]
+    fn address_is_read_from_the_resource_debug_form() {
+        #[derive(Debug)]
+        #[allow(dead_code)]
+        struct GpuResource {
+            ptr: u64,
+            binding: *mut std::ffi::c_void,
+            size: u64,
+        }
+        let r = GpuResource { ptr: 139_872_000_512, binding: std::ptr::null_mut(), size: 64 };
+        assert_eq!(address(&r), Ok(139_872_000_512));
+        assert!(address(&"GpuResource { binding: 0x0 }").is_err());
+        assert!(address(&GpuResource { ptr: 0, binding: std::ptr::null_mut(), size: 0 }).is_err());
+    }
+}
