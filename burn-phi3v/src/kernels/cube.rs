@@ -172,7 +172,12 @@ where
                 FlashAttention::Burn => FlashAttention::Unit,
                 choice => choice,
             },
-            KernelPolicy::Verified => super::flash_attention_choice().resolve(causal),
+            // `Auto`'s tensor-core tiling has been checked on CUDA only (wgpu adapters with
+            // cooperative matrices have not run it): Burn's attention elsewhere.
+            KernelPolicy::Verified => match (super::flash_attention_choice(), causal) {
+                (FlashAttention::Auto, false) if R::name(&q.client) != "cuda" => FlashAttention::Burn,
+                (choice, _) => choice.resolve(causal),
+            },
             KernelPolicy::Off => FlashAttention::Burn,
         };
         if !runs_here(&q.client) {

@@ -875,8 +875,9 @@ pub enum FlashAttention {
     /// CUDA ([`FlashAttention::resolve`]): [`FlashAttention::Scores`] for causal attention
     /// (prefill; 287 µs against Burn's 571 at 1×32×1024×1024×96 in bf16 on the H200),
     /// [`FlashAttention::VISION_TILES`] without a causal limit (the vision tower; 1037 µs against
-    /// Burn's 1840 at 17×16×577×64), which takes Burn's attention where the tiling cannot run
-    /// (f32, no tensor cores). docs/kernels.md sessions 15 and 18.
+    /// Burn's 1840 at 17×16×577×64) on CUDA, which takes Burn's attention where the tiling
+    /// cannot run (f32); Burn's attention without a causal limit on the other backends (the
+    /// tiling has not been checked there). docs/kernels.md sessions 15 and 18.
     Auto,
     /// Burn's attention (its autotune picks among its flash and composed kernels).
     Burn,
