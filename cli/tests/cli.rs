@@ -177,7 +177,7 @@ fn bench_attention_times_every_choice_and_compares_outputs() {
     }
     assert_eq!(timings[1]["choice"], "Scores");
     assert!(stdout(&o).contains("| 1×2×40×40×16 causal | Scores |"), "{}", stdout(&o));
-    for (flag, value, message) in [("--shapes", "1,2,8,4,16,causal", "needs keys ≥ queries"), ("--shapes", "1,2,3", "is not batch,heads"), ("--flash", "fast", "`fast` is not burn")] {
+    for (flag, value, message) in [("--shapes", "1,2,8,4,16,causal", "needs keys ≥ queries"), ("--shapes", "1,2,3", "is not batch,heads"), ("--flash", "fast", "`fast` is not auto, burn")] {
         let bad = phi3v(&["bench", "attention", "--device", "cpu", flag, value]);
         assert!(!bad.status.success() && stderr(&bad).contains(message), "{flag} {value}: {}", stderr(&bad));
     }
@@ -215,7 +215,7 @@ fn bench_breakdown_times_decode_prefill_and_the_vision_tower() {
         "--warmup", "0", "--runs", "1", "--out", out.to_str().unwrap(),
     ]);
     assert!(no_image.status.success() && !stdout(&no_image).contains("## vision"), "{}", stderr(&no_image));
-    for (flag, value, message) in [("--image-grid", "0x2", "`0x2` is not of the form"), ("--image-grid", "4", "`4` is not of the form"), ("--flash", "fast", "`fast` is not burn")] {
+    for (flag, value, message) in [("--image-grid", "0x2", "`0x2` is not of the form"), ("--image-grid", "4", "`4` is not of the form"), ("--flash", "fast", "`fast` is not auto, burn")] {
         let bad = phi3v(&["bench", "breakdown", "--preset", "tiny", "--device", "cpu", flag, value, "--out", out.to_str().unwrap()]);
         assert!(!bad.status.success() && stderr(&bad).contains(message), "{flag} {value}: {}", stderr(&bad));
     }
