@@ -84,9 +84,13 @@ fn address(resource: &impl std::fmt::Debug) -> Result<u64, String> {
 /// dimension (elements between rows, or columns when transposed; ≥ the row length for a
 /// pitched buffer). `None` when the batch dimensions do not step by one stride.
 fn layout(t: &CubeTensor<CudaRuntime>) -> Option<Operand> {
-    let (shape, strides) = (t.meta.shape(), t.meta.strides());
-    let r = shape.num_dims();
-    if r < 2 {
+    operand(t.meta.shape().as_slice(), t.meta.strides())
+}
+
+/// [`layout`] of a shape and its strides (in elements).
+fn operand(shape: &[usize], strides: &[usize]) -> Option<Operand> {
+    let r = shape.len();
+    if r < 2 || strides.len() != r {
         return None;
     }
     let [rows, cols] = [shape[r - 2], shape[r - 1]];
@@ -197,7 +201,7 @@ fn cuda_matmul(lhs: CubeTensor<CudaRuntime>, rhs: CubeTensor<CudaRuntime>) -> Re
 
 #[cfg(test)]
 mod tests {
-    use super::address;
+    use super::{Operand, address, operand};
 
     /// The address is read from CubeCL's `Debug` form of its CUDA resource.
     #[test]
@@ -213,5 +217,28 @@ mod tests {
         assert_eq!(address(&r), Ok(139_872_000_512));
         assert!(address(&"GpuResource { binding: 0x0 }").is_err());
         assert!(address(&GpuResource { ptr: 0, binding: std::ptr::null_mut(), size: 0 }).is_err());
+    }
+
+    /// The operand layouts cuBLAS is handed: the model's weights (a transposed view of the
+    /// checkpoint's rows), row-major and pitched activations, the `scores` attention's views
+    /// (keys narrowed then transposed, values narrowed, over batch × heads), and the layouts it
+    /// must refuse (no contiguous rows or columns, batch dimensions no one stride walks).
+    #[test]
+    fn operand_layouts() {
+        let op = |count, stride, transposed, ld| Some(Operand { count, stride, transposed, ld });
+        assert_eq!(operand(&[200, 72], &[72, 1]), op(1, 0, false, 72));
+        assert_eq!(operand(&[200, 72], &[80, 1]), op(1, 0, false, 80), "pitched rows");
+        assert_eq!(operand(&[3072, 9216], &[1, 3072]), op(1, 0, true, 3072), "checkpoint rows, transposed");
+        // k: [b=2, h=3, keys=50, d=64] narrowed to 20 keys, then swap_dims(2, 3) → [2, 3, 64, 20].
+        assert_eq!(operand(&[2, 3, 64, 20], &[3 * 50 * 64, 50 * 64, 1, 64]), op(6, 50 * 64, true, 64));
+        // v narrowed: [2, 3, 20, 64] with the strides of 50 keys.
+        assert_eq!(operand(&[2, 3, 20, 64], &[3 * 50 * 64, 50 * 64, 64, 1]), op(6, 50 * 64, false, 64));
+        // A batch dimension of one element does not count, whatever its stride.
+        assert_eq!(operand(&[1, 4, 8, 16], &[7, 128, 16, 1]), op(4, 128, false, 16));
+        // An expanded (broadcast) batch: stride 0.
+        assert_eq!(operand(&[4, 8, 16], &[0, 16, 1]), op(4, 0, false, 16));
+        assert_eq!(operand(&[8, 16], &[32, 2]), None, "neither rows nor columns contiguous");
+        assert_eq!(operand(&[2, 3, 8, 16], &[1000, 128, 16, 1]), None, "batch dimensions need two strides");
+        assert_eq!(operand(&[16], &[1]), None, "not a matrix");
     }
 }
