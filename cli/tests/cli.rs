@@ -232,19 +232,21 @@ fn bench_matmul_times_every_choice_beside_the_peer() {
     let (out, peer) = (dir.join("matmul.json"), dir.join("peer.json"));
     std::fs::write(&peer, r#"{"device": "test GPU", "dtype": "bf16", "timings": [{"product": {"rows": 40, "d_in": 24, "d_out": 56}, "us": 1e9, "tflops": 0.0}]}"#).unwrap();
     let o = phi3v(&[
-        "bench", "matmul", "--device", "cpu", "--shapes", "40,24,56;7,9,5", "--tilings", "burn;double-mma:4,4,2:2,2;model", "--warmup", "0", "--runs", "2",
+        "bench", "matmul", "--device", "cpu", "--shapes", "40,24,56;7,9,5", "--tilings", "burn;double-mma:4,4,2:2,2;model;blas", "--warmup", "0", "--runs", "2",
         "--peer", peer.to_str().unwrap(), "--out", out.to_str().unwrap(),
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
     let r: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
     let timings = r["timings"].as_array().unwrap();
-    assert_eq!(timings.len(), 6, "{r}");
+    assert_eq!(timings.len(), 8, "{r}");
     for t in timings {
         assert!(t["us"].as_f64().unwrap() > 0.0, "{t}");
         assert!(t["rel_diff"].as_f64().unwrap() < 1e-5, "{t}");
     }
     assert_eq!(timings[1]["choice"], "double-mma:4,4,2:2,2");
     assert_eq!(timings[2]["choice"], "model");
+    // The CPU has no vendor BLAS: Burn's matmul ran, marked refused.
+    assert!(timings[3]["choice"] == "blas" && timings[3]["refused"] == true, "{}", timings[3]);
     let table = stdout(&o);
     assert!(table.contains("Peer: PyTorch `F.linear` on test GPU"), "{table}");
     // The peer took 1e9 µs for the first product and has no figure for the second.
@@ -255,8 +257,8 @@ fn bench_matmul_times_every_choice_beside_the_peer() {
     std::fs::write(&bad_peer, "{}").unwrap();
     for (flag, value, message) in [
         ("--shapes", "1,2", "is not rows,d_in,d_out"),
-        ("--tilings", "fast:1,1,1:1,1", "is neither `burn`, `model` nor"),
-        ("--tilings", "double:1,1,1:8,8", "is neither `burn`, `model` nor"),
+        ("--tilings", "fast:1,1,1:1,1", "is neither `burn`, `blas`, `model` nor"),
+        ("--tilings", "double:1,1,1:8,8", "is neither `burn`, `blas`, `model` nor"),
         ("--peer", bad_peer.to_str().unwrap(), "is not bench/peer_matmul.py's JSON"),
         ("--peer", "/nonexistent/peer.json", "cannot read"),
     ] {

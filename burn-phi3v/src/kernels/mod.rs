@@ -1347,6 +1347,12 @@ fn blas_matmul<B: Kernels, const D: usize>(lhs: Tensor<B, D>, rhs: Tensor<B, D>)
     if !(wanted && kernel_on("blas_matmul")) {
         return None;
     }
+    vendor_matmul(lhs, rhs)
+}
+
+/// [`Kernels::blas_matmul`] on tensors, whatever the policy (to measure it: `phi3v bench
+/// matmul`'s `blas` choice); `None` where the backend has no vendor BLAS or it refused.
+pub fn vendor_matmul<B: Kernels, const D: usize>(lhs: Tensor<B, D>, rhs: Tensor<B, D>) -> Option<Tensor<B, D>> {
     B::blas_matmul(lhs.into_primitive().tensor(), rhs.into_primitive().tensor()).map(|y| Tensor::from_primitive(TensorPrimitive::Float(y)))
 }
 

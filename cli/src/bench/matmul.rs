@@ -39,11 +39,13 @@ pub struct MatmulArgs {
         default_value = "1024,3072,9216;1024,3072,3072;1024,3072,16384;1024,8192,3072;64,3072,9216;64,3072,3072;64,3072,16384;64,8192,3072;9809,1024,1024;9809,1024,4096;9809,4096,1024;8192,8192,8192"
     )]
     shapes: Vec<String>,
-    /// Choices, separated by `;`: `burn` (Burn's autotuned matmul), `model` (the model's own
-    /// path, `kernels::linear`: the skinny kernel up to 16 rows) or a tiling
+    /// Choices, separated by `;`: `burn` (Burn's autotuned matmul), `blas` (the vendor's BLAS:
+    /// cuBLAS on CUDA, `Kernels::blas_matmul`; Burn's matmul elsewhere, marked refused),
+    /// `model` (the model's own path, `kernels::linear`: the skinny kernel up to 16 rows) or a
+    /// tiling
     /// `ROUTINE[-mma]:PM,PN,PK:SM,SN[:TM,TN,TK]` (the syntax of `PHI3V_MATMUL` and
     /// `PHI3V_MATMUL_FEW`). The first is the one the others are compared with.
-    #[arg(long, value_delimiter = ';', default_value = "burn;specialized_tma:2,8,2:4,1;specialized_tma:4,4,2:2,2;double:4,4,2:2,2;double-mma:4,4,2:2,2")]
+    #[arg(long, value_delimiter = ';', default_value = "burn;blas;specialized_tma:2,8,2:4,1;specialized_tma:4,4,2:2,2;double:4,4,2:2,2;double-mma:4,4,2:2,2")]
     tilings: Vec<String>,
     /// Calls before timing.
     #[arg(long, default_value_t = 3)]
@@ -90,6 +92,8 @@ impl Product {
 enum Choice {
     /// Burn's autotuned matmul.
     Burn,
+    /// `Kernels::blas_matmul` (cuBLAS on CUDA).
+    Blas,
     /// `kernels::linear`, the model's own path: the skinny kernel up to 16 rows, above them
     /// Burn's matmul or the row class's `PHI3V_MATMUL*` tiling.
     Model,
@@ -101,10 +105,11 @@ impl Choice {
     fn parse(s: &str) -> Result<Self, String> {
         match s.trim() {
             "burn" => Ok(Self::Burn),
+            "blas" => Ok(Self::Blas),
             "model" => Ok(Self::Model),
             t => MatmulTiling::parse(t).map(Self::Tiled).ok_or_else(|| {
                 let routines = kernels::MatmulRoutine::ALL.map(|(n, _)| n).join(", ");
-                format!("--tilings: `{t}` is neither `burn`, `model` nor ROUTINE[-mma]:PM,PN,PK:SM,SN[:TM,TN,TK] (routines: {routines})")
+                format!("--tilings: `{t}` is neither `burn`, `blas`, `model` nor ROUTINE[-mma]:PM,PN,PK:SM,SN[:TM,TN,TK] (routines: {routines})")
             }),
         }
     }
@@ -112,6 +117,7 @@ impl Choice {
     fn name(&self) -> String {
         match self {
             Self::Burn => "burn".into(),
+            Self::Blas => "blas".into(),
             Self::Model => "model".into(),
             Self::Tiled(t) => t.to_string(),
         }
@@ -200,14 +206,18 @@ impl DeviceFn for MatmulJob {
             let weight = random::<B, 2>([p.d_out, p.d_in], device, dtype).transpose();
             let mut first: Option<Vec<f32>> = None;
             for choice in &self.choices {
-                let refusals = kernels::matmul_tiling_refusal_count();
+                let (refusals, blas_products) = (kernels::matmul_tiling_refusal_count(), kernels::blas_matmul_count());
                 let product = || match choice {
                     Choice::Burn => x.clone().matmul(weight.clone()),
+                    Choice::Blas => kernels::vendor_matmul(x.clone(), weight.clone()).unwrap_or_else(|| x.clone().matmul(weight.clone())),
                     Choice::Model => kernels::linear(x.clone(), &weight, None),
                     Choice::Tiled(t) => kernels::tiled_matmul(x.clone(), weight.clone(), *t),
                 };
                 let out: Vec<f32> = product().into_data().convert::<f32>().into_vec().unwrap_or_default();
-                let refused = kernels::matmul_tiling_refusal_count() > refusals;
+                let refused = match choice {
+                    Choice::Blas => kernels::blas_matmul_count() == blas_products,
+                    _ => kernels::matmul_tiling_refusal_count() > refusals,
+                };
                 let us = timer.time(product);
                 let rel_diff = first.as_deref().map_or(0.0, |base| relative_difference(base, &out));
                 first.get_or_insert(out);
@@ -216,6 +226,9 @@ impl DeviceFn for MatmulJob {
                 eprintln!("{p:?} {name}: {us:.1} µs, rel. diff {rel_diff:.1e}{}", if refused { " (refused: Burn's matmul)" } else { "" });
                 timings.push(Timing { product: *p, choice: name, us, tflops: p.flop() / us / 1e6, rel_diff, refused });
             }
+        }
+        for reason in kernels::blas_matmul_refusals() {
+            eprintln!("(blas refused, Burn's matmul ran: {reason})");
         }
         MatmulReport { device: format!("{} ({})", info.name, info.spec), dtype: dtype_name(dtype).into(), timings }
     }
@@ -256,6 +269,7 @@ mod tests {
             assert!(Product::parse(bad).is_err(), "{bad}");
         }
         assert_eq!(Choice::parse("burn").unwrap(), Choice::Burn);
+        assert_eq!(Choice::parse("blas").unwrap().name(), "blas");
         assert_eq!(Choice::parse(" model").unwrap().name(), "model");
         assert_eq!(Choice::parse("double:4,4,2:2,2").unwrap().name(), "double:4,4,2:2,2");
         let e = Choice::parse("fast:1,1,1:1,1").unwrap_err();
