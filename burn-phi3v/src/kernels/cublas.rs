@@ -135,6 +135,8 @@ fn cuda_matmul(lhs: CubeTensor<CudaRuntime>, rhs: CubeTensor<CudaRuntime>) -> Re
     if r < 2 || rs.num_dims() != r || ls[r - 1] != rs[r - 2] || ls.as_slice()[..r - 2] != rs.as_slice()[..r - 2] || rhs.dtype != dtype {
         return Err(format!("shapes {:?} · {:?} ({dtype:?} · {:?})", ls.as_slice(), rs.as_slice(), rhs.dtype));
     }
+    // First, so that a missing library costs no copy and no drain (its refusal is kept).
+    let blas = handle(lhs.device.index)?;
     let [m, k, n] = [ls[r - 2], ls[r - 1], rs[r - 1]];
     let batch = ls.as_slice()[..r - 2].iter().product::<usize>();
     let fits = |v: usize| i32::try_from(v).is_ok();
@@ -166,7 +168,6 @@ fn cuda_matmul(lhs: CubeTensor<CudaRuntime>, rhs: CubeTensor<CudaRuntime>) -> Re
     // Everything queued before (the inputs' producers) is done.
     cubecl::future::block_on(client.sync()).map_err(|e| format!("sync: {e:?}"))?;
 
-    let blas = handle(lhs.device.index)?;
     let blas = blas.lock().map_err(|_| "cuBLAS handle poisoned".to_string())?;
     blas.context.bind_to_thread().map_err(|e| format!("bind context: {e}"))?;
     // Row-major `out[m, n] = lhs[m, k] · rhs[k, n]` is column-major `outᵀ = rhsᵀ · lhsᵀ`: cuBLAS's
