@@ -30,7 +30,7 @@ where
     fn layer_norm(x: FloatTensor<Self>, weight: FloatTensor<Self>, bias: FloatTensor<Self>, eps: f64) -> FloatTensor<Self> {
         // Not yet checked on CUDA by the kernels test: by default only when named in
         // PHI3V_KERNELS_ON (or forced).
-        let wanted = super::kernel_policy() == KernelPolicy::Forced || super::kernel_opted_in("layer_norm");
+        let wanted = super::unverified_kernel_wanted("layer_norm");
         if !wanted || !runs_here(&x.client) {
             return super::default_layer_norm::<Self>(x, weight, bias, eps);
         }
@@ -40,7 +40,7 @@ where
     fn quick_gelu(x: FloatTensor<Self>) -> FloatTensor<Self> {
         // Not yet checked on CUDA by the kernels test: by default only when named in
         // PHI3V_KERNELS_ON (or forced).
-        let wanted = super::kernel_policy() == KernelPolicy::Forced || super::kernel_opted_in("quick_gelu");
+        let wanted = super::unverified_kernel_wanted("quick_gelu");
         if !wanted || !runs_here(&x.client) {
             return super::default_quick_gelu::<Self>(x);
         }
@@ -106,7 +106,7 @@ where
             && k_pool.meta.strides()[2] == 1
             && v_pool.meta.strides()[2] == 1
             && slots.meta.shape().num_elements() == qkv.meta.shape()[1];
-        let wanted = super::kernel_policy() == KernelPolicy::Forced || super::kernel_opted_in("rotary_write_paged");
+        let wanted = super::unverified_kernel_wanted("rotary_write_paged");
         if !fits || !wanted || !runs_here(&qkv.client) {
             return super::default_rotary_write_paged::<Self>(qkv, cos, sin, k_pool, v_pool, slots, heads);
         }

@@ -688,6 +688,12 @@ pub fn kernel_opted_in(name: &str) -> bool {
     kernel_on(name) && on.iter().any(|n| n == name)
 }
 
+/// Whether a kernel not yet verified on a device runs: the kernels are forced, or `name` is
+/// opted in ([`kernel_opted_in`]).
+pub(crate) fn unverified_kernel_wanted(name: &str) -> bool {
+    kernel_policy() == KernelPolicy::Forced || kernel_opted_in(name)
+}
+
 /// [`Kernels::layer_norm`] on tensors (composed when its kernel is off).
 pub fn layer_norm<B: Kernels, const D: usize>(x: Tensor<B, D>, weight: &Tensor<B, 1>, bias: &Tensor<B, 1>, eps: f64) -> Tensor<B, D> {
     if !kernel_on("layer_norm") {
@@ -1343,8 +1349,7 @@ pub fn linear<B: Kernels, const D: usize>(x: Tensor<B, D>, weight: &Tensor<B, 2>
 /// [`Kernels::blas_matmul`] on tensors where it is wanted (named in `PHI3V_KERNELS_ON`, or the
 /// kernels forced) and runs; `None` otherwise.
 fn blas_matmul<B: Kernels, const D: usize>(lhs: Tensor<B, D>, rhs: Tensor<B, D>) -> Option<Tensor<B, D>> {
-    let wanted = kernel_policy() == KernelPolicy::Forced || kernel_opted_in("blas_matmul");
-    if !(wanted && kernel_on("blas_matmul")) {
+    if !(unverified_kernel_wanted("blas_matmul") && kernel_on("blas_matmul")) {
         return None;
     }
     vendor_matmul(lhs, rhs)
