@@ -70,3 +70,13 @@ bench_parts() {
     grep -v "^\s*$" "$dir/$name.log" | grep -v "^kernel cache\|parameters on" | tail -${TAIL:-5} | cut -c1-220
   done
 }
+# merge_caches DEST DIR…: CubeCL's caches are append-only JSON-lines files (`*.json.log`), so the
+# caches of several jobs merge by appending each file onto the one at the same path in DEST.
+merge_caches() {
+  local dest=$1 d f; shift; mkdir -p "$dest"
+  for d in "$@"; do
+    (cd "$d" && find . -name "*.json.log" -type f) | while read -r f; do
+      mkdir -p "$dest/$(dirname "$f")"; cat "$d/$f" >> "$dest/$f"
+    done
+  done
+}
