@@ -70,12 +70,16 @@ bench_parts() {
     grep -v "^\s*$" "$dir/$name.log" | grep -v "^kernel cache\|parameters on" | tail -${TAIL:-5} | cut -c1-220
   done
 }
-# merge_caches DEST DIR…: CubeCL's caches are append-only JSON-lines files (`*.json.log`), so the
+# merge_caches DEST DIR…: CubeCL's caches are append-only files (autotune results and the compiled
+# kernels' table of contents as JSON lines, `*.json.log`; the kernels themselves as a sequence of
+# CBOR entries, `chunk0.cbor`, which the table names), and a key read twice keeps one value, so the
 # caches of several jobs merge by appending each file onto the one at the same path in DEST.
+# (Session 20 merged the tables without the chunks: a cache whose table names a missing chunk
+# panics when read.)
 merge_caches() {
   local dest=$1 d f; shift; mkdir -p "$dest"
   for d in "$@"; do
-    (cd "$d" && find . -name "*.json.log" -type f) | while read -r f; do
+    (cd "$d" && find . -type f \( -name "*.json.log" -o -name "*.cbor" \)) | while read -r f; do
       mkdir -p "$dest/$(dirname "$f")"; cat "$d/$f" >> "$dest/$f"
     done
   done

@@ -17,16 +17,17 @@ timeout ${PBD_S:-90} python3 bench/peer_kernels.py --preset cli/presets/phi3v-12
   --image-grid 4x4 --warmup 2 --runs 10 --out $RS/peer_bd.json 2>&1 | grep -v Warning | tail -4
 echo "=== pbd $(( $(date +%s) - s )) s"
 PEER=(); [ -s $RS/peer_bd.json ] && PEER=(--peer $RS/peer_bd.json)
-cd $D
 NEW=layer_norm,quick_gelu,blas_matmul
 for part in "bd-new:$NEW" "bd-base:none"; do
-  name=${part%%:*}; s=$(date +%s)
+  name=${part%%:*}; s=$(date +%s); cd $D
+  # On the machine gpu_s20a.sh left warm: its warm-up job's folder (compiled kernels), minus autotune.
+  [ -d $W/warm-$name ] && cd $W/warm-$name && rm -rf autotune
   PHI3V_KERNELS_ON=${part#*:} timeout ${BD_S:-110} $B/phi3v bench breakdown --preset phi3v-128k --device cuda --dtype bf16 \
     --decode-batches 1,10 --prefill 1024 --image-grid 4x4 --warmup 2 --runs 10 --flash "burn;scores" "${PEER[@]}" --out $RS/$name > $RS/$name.log 2>&1
   echo "=== $name rc=$? $(( $(date +%s) - s )) s"; grep -E "^## |whole step|proj|quick_gelu|layer_norm|attention" $RS/$name/breakdown.md | cut -c1-170
   grep -h "blas\|refus" $RS/$name.log | head -5
 done
-s=$(date +%s)
+s=$(date +%s); cd $D; [ -d $W/warm-bd-new ] && cd $W/warm-bd-new
 PHI3V_KERNELS_ON=blas_matmul PHI3V_SKINNY_MAX_ROWS=3 timeout ${BD10_S:-60} $B/phi3v bench breakdown --preset phi3v-128k --device cuda --dtype bf16 \
   --decode-batches 10 --prefill 0 --no-image --warmup 2 --runs 10 --out $RS/bd-b10-blas > $RS/bd-b10-blas.log 2>&1
 echo "=== bd-b10-blas rc=$? $(( $(date +%s) - s )) s"; grep -E "^## |whole step|proj" $RS/bd-b10-blas/breakdown.md | cut -c1-170

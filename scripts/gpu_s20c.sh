@@ -20,6 +20,6 @@ s=$(date +%s)
 timeout ${PEER_S:-200} python3 bench/peer_torch.py --preset cli/presets/phi3v-128k.json --out $RS/peer.json --ours $RS/ours/results.json \
   --scenarios prefill,images,generation,latency,kv --prompt-lengths 1024,4096 --prefill-batches 1 --parallel 1,10,64 --shapes 1024x128 --latency-shape 1024x128 --warmup 1 --runs 3 2>&1 | grep -v Warning | tail -12
 echo "=== peer rc=$? $(( $(date +%s) - s )) s"
-[ -f $RS/ours/results.json ] && [ -f $RS/peer.json ] && $B/phi3v bench compare $RS/ours/results.json $RS/peer.json --bandwidth 3.35e12 > $RS/compare.md && head -40 $RS/compare.md
+[ -f $RS/ours/results.json ] && [ -f $RS/peer.json ] && $B/phi3v bench compare $RS/ours/results.json $RS/peer.json --bandwidth $(nvidia-smi --query-gpu=name --format=csv,noheader | grep -q H200 && echo 4.8e12 || echo 3.35e12) > $RS/compare.md && head -40 $RS/compare.md
 (cd $OUT && tar czf s20c.tgz s20c && rm -rf s20c)
 ls -la $OUT

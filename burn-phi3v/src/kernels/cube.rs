@@ -28,20 +28,14 @@ where
     }
 
     fn layer_norm(x: FloatTensor<Self>, weight: FloatTensor<Self>, bias: FloatTensor<Self>, eps: f64) -> FloatTensor<Self> {
-        // Not yet checked on CUDA by the kernels test: by default only when named in
-        // PHI3V_KERNELS_ON (or forced).
-        let wanted = super::unverified_kernel_wanted("layer_norm");
-        if !wanted || !runs_here(&x.client) {
+        if !runs_here(&x.client) {
             return super::default_layer_norm::<Self>(x, weight, bias, eps);
         }
         layer_norm(x, weight, bias, eps)
     }
 
     fn quick_gelu(x: FloatTensor<Self>) -> FloatTensor<Self> {
-        // Not yet checked on CUDA by the kernels test: by default only when named in
-        // PHI3V_KERNELS_ON (or forced).
-        let wanted = super::unverified_kernel_wanted("quick_gelu");
-        if !wanted || !runs_here(&x.client) {
+        if !runs_here(&x.client) {
             return super::default_quick_gelu::<Self>(x);
         }
         quick_gelu(x)
@@ -94,9 +88,8 @@ where
         slots: IntTensor<Self>,
         heads: usize,
     ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
-        // The kernel writes the pools through their strides, values contiguous. Not verified on
-        // CUDA yet (session 15: its first version assumed packed pools and failed the bf16
-        // kernels test on a pitched copy): it runs when forced or named in PHI3V_KERNELS_ON.
+        // The kernel writes the pools through their strides, values contiguous (session 15's
+        // first version assumed packed pools and failed the bf16 kernels test on a pitched copy).
         let pd = k_pool.meta.shape().clone();
         let fits = pd.num_dims() == 3
             && pd == *v_pool.meta.shape()
@@ -106,8 +99,7 @@ where
             && k_pool.meta.strides()[2] == 1
             && v_pool.meta.strides()[2] == 1
             && slots.meta.shape().num_elements() == qkv.meta.shape()[1];
-        let wanted = super::unverified_kernel_wanted("rotary_write_paged");
-        if !fits || !wanted || !runs_here(&qkv.client) {
+        if !fits || !runs_here(&qkv.client) {
             return super::default_rotary_write_paged::<Self>(qkv, cos, sin, k_pool, v_pool, slots, heads);
         }
         rotary_write_paged(qkv, cos, sin, k_pool, v_pool, slots, heads)

@@ -10,6 +10,7 @@
 
 use std::any::Any;
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock};
 
 use burn::tensor::DType;
@@ -58,6 +59,7 @@ fn handle(ordinal: usize) -> Result<Arc<Mutex<Blas>>, String> {
         .or_insert_with(|| {
             // cudarc panics when libcublas cannot be loaded: a typed refusal here.
             crate::backends::cuda::quietly(|| {
+                load_from_toolkit();
                 let context = CudaContext::new(ordinal).map_err(|e| format!("CUDA context {ordinal}: {e}"))?;
                 let stream = context.new_stream().map_err(|e| format!("CUDA stream: {e}"))?;
                 let blas = CudaBlas::new(stream.clone()).map_err(|e| format!("cuBLAS handle: {e}"))?;
@@ -66,6 +68,37 @@ fn handle(ordinal: usize) -> Result<Arc<Mutex<Blas>>, String> {
             .unwrap_or_else(|| Err("libcublas could not be loaded (is the CUDA toolkit's lib directory on LD_LIBRARY_PATH?)".into()))
         })
         .clone()
+}
+
+/// The CUDA toolkit's library folders: `$CUDA_HOME`, `$CUDA_PATH`, `$CUDA_ROOT`, then
+/// `/usr/local/cuda`, each with `lib64`.
+fn toolkit_lib_dirs() -> Vec<PathBuf> {
+    ["CUDA_HOME", "CUDA_PATH", "CUDA_ROOT"]
+        .iter()
+        .filter_map(std::env::var_os)
+        .map(PathBuf::from)
+        .chain([PathBuf::from("/usr/local/cuda")])
+        .map(|root| root.join("lib64"))
+        .collect()
+}
+
+/// Where the loader's search path (`LD_LIBRARY_PATH`, the system's folders) has none of the
+/// libcublas names cudarc asks for, loads the first of them found in [`toolkit_lib_dirs`] and
+/// keeps it loaded: cudarc's load by name then finds it, as the loader matches a loaded library
+/// by its name. Nothing found: cudarc's own load fails and the products take Burn's matmul.
+fn load_from_toolkit() {
+    let names = cudarc::get_lib_name_candidates("cublas");
+    // SAFETY: loading libcublas runs its initialisers, as cudarc's own load does.
+    if names.iter().any(|name| unsafe { libloading::Library::new(name) }.is_ok()) {
+        return;
+    }
+    for path in toolkit_lib_dirs().iter().flat_map(|dir| names.iter().map(move |name| dir.join(name))).filter(|path| path.is_file()) {
+        // SAFETY: as above.
+        if let Ok(library) = unsafe { libloading::Library::new(&path) } {
+            std::mem::forget(library);
+            return;
+        }
+    }
 }
 
 /// The device address of a CUDA tensor's first element. CubeCL keeps its CUDA resource type
@@ -202,7 +235,14 @@ fn cuda_matmul(lhs: CubeTensor<CudaRuntime>, rhs: CubeTensor<CudaRuntime>) -> Re
 
 #[cfg(test)]
 mod tests {
-    use super::{Operand, address, operand};
+    use super::{Operand, address, operand, toolkit_lib_dirs};
+
+    /// The CUDA toolkit's default install is always among the folders searched, last (the
+    /// environment's folders come first).
+    #[test]
+    fn toolkit_folders_end_with_the_default_install() {
+        assert_eq!(toolkit_lib_dirs().last(), Some(&std::path::PathBuf::from("/usr/local/cuda/lib64")));
+    }
 
     /// The address is read from CubeCL's `Debug` form of its CUDA resource.
     #[test]

@@ -638,11 +638,10 @@ pub fn fused_kernels() -> bool {
 /// The model's kernels by name, each of which can be turned off alone (see [`kernel_on`]);
 /// `decode_attention_planes` off keeps decode attention on its units-over-keys variant;
 /// `decode_attention_split` off keeps each (batch, head) of the planes variant in one cube
-/// (no split of the keys over several cubes and no combining launch); `blas_matmul` (the
-/// products of more than [`skinny_max_rows`] rows by cuBLAS on CUDA) is opt-in;
+/// (no split of the keys over several cubes and no combining launch); `blas_matmul` off keeps
+/// the products of [`MATMUL_MANY_ROWS`] rows or more on Burn's matmul instead of cuBLAS (CUDA);
 /// `add_rms_norm` off adds with Burn, then normalises with `rms_norm`; `rotary_append` off
-/// rotates with `rotary`, then appends with Burn's `slice_assign`; `layer_norm` and
-/// `quick_gelu` are opt-in ([`kernel_opted_in`]).
+/// rotates with `rotary`, then appends with Burn's `slice_assign`.
 pub const KERNEL_NAMES: [&str; 16] = [
     "rms_norm",
     "layer_norm",
@@ -673,25 +672,6 @@ pub fn kernel_on(name: &str) -> bool {
             .unwrap_or_default()
     });
     fused_kernels() && !off.iter().any(|n| n == name)
-}
-
-/// Whether `PHI3V_KERNELS_ON` (a comma-separated list of names, read once) names the kernel
-/// `name`: kernels not yet verified on a device run under [`KernelPolicy::Verified`] only when
-/// named there (`rotary_write_paged`, `layer_norm`, `quick_gelu`, `blas_matmul`).
-pub fn kernel_opted_in(name: &str) -> bool {
-    static ON: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
-    let on = ON.get_or_init(|| {
-        std::env::var("PHI3V_KERNELS_ON")
-            .map(|v| v.split(',').map(|n| n.trim().to_string()).filter(|n| !n.is_empty()).collect())
-            .unwrap_or_default()
-    });
-    kernel_on(name) && on.iter().any(|n| n == name)
-}
-
-/// Whether a kernel not yet verified on a device runs: the kernels are forced, or `name` is
-/// opted in ([`kernel_opted_in`]).
-pub(crate) fn unverified_kernel_wanted(name: &str) -> bool {
-    kernel_policy() == KernelPolicy::Forced || kernel_opted_in(name)
 }
 
 /// [`Kernels::layer_norm`] on tensors (composed when its kernel is off).
@@ -833,8 +813,8 @@ pub fn attention<B: Kernels>(q: Tensor<B, 4>, k: Tensor<B, 4>, v: Tensor<B, 4>, 
 /// chunk).
 const SCORES_CHUNK_BYTES: usize = 1 << 26;
 
-/// [`FlashAttention::Scores`]: `softmax(q·kᵀ/√d)·v` as Burn's matmul (or cuBLAS's, see
-/// [`matmul`]), [`attention_softmax`] (one pass, f32 inside) and the second matmul, over
+/// [`FlashAttention::Scores`]: `softmax(q·kᵀ/√d)·v` as Burn's matmul (cuBLAS's, with its host
+/// syncs, was slower here: docs/kernels.md session 20), [`attention_softmax`] (one pass, f32 inside) and the second matmul, over
 /// chunks of query rows whose scores fit in `chunk_bytes`. A causal chunk multiplies only the keys its last query sees (rows `r0..r1`
 /// see keys `0..r1 + keys − queries`), so a causal prefill does about half the work of a
 /// full one. `causal` needs `keys ≥ queries`.
@@ -854,8 +834,8 @@ pub fn scores_attention<B: Kernels>(q: Tensor<B, 4>, k: Tensor<B, 4>, v: Tensor<
         .map(|r0| {
             let n = rows.min(queries - r0);
             let seen = if causal { r0 + n + keys - queries } else { keys };
-            let scores = matmul(q.clone().narrow(2, r0, n), k.clone().narrow(2, 0, seen).swap_dims(2, 3));
-            matmul(attention_softmax(scores, scale, causal), v.clone().narrow(2, 0, seen))
+            let scores = q.clone().narrow(2, r0, n).matmul(k.clone().narrow(2, 0, seen).swap_dims(2, 3));
+            attention_softmax(scores, scale, causal).matmul(v.clone().narrow(2, 0, seen))
         })
         .collect();
     if chunks.len() == 1 { chunks.into_iter().next().expect("one chunk") } else { Tensor::cat(chunks, 2) }
@@ -1325,8 +1305,11 @@ pub fn linear<B: Kernels, const D: usize>(x: Tensor<B, D>, weight: &Tensor<B, 2>
         Some(b) => y + b.clone().unsqueeze_dim(0),
         None => y,
     };
-    // The vendor's BLAS for the products of many rows (opt-in; see `Kernels::blas_matmul`).
-    if rows > skinny_max_rows()
+    // The vendor's BLAS for the products of many rows (prefill, the vision tower; see
+    // `Kernels::blas_matmul`). Fewer rows keep the kernels below: cuBLAS's host syncs cost
+    // more than its speed gains there (64-row products and 10-row decode steps on the H100,
+    // docs/kernels.md session 20).
+    if rows >= MATMUL_MANY_ROWS
         && let Some(y) = blas_matmul(x.clone(), weight.clone())
     {
         return add_bias(y).reshape(out_dims);
@@ -1346,10 +1329,10 @@ pub fn linear<B: Kernels, const D: usize>(x: Tensor<B, D>, weight: &Tensor<B, 2>
     Tensor::<B, 2>::from_primitive(TensorPrimitive::Float(out)).reshape(out_dims)
 }
 
-/// [`Kernels::blas_matmul`] on tensors where it is wanted (named in `PHI3V_KERNELS_ON`, or the
-/// kernels forced) and runs; `None` otherwise.
+/// [`Kernels::blas_matmul`] on tensors where its kernel is on ([`kernel_on`]) and it runs;
+/// `None` otherwise.
 fn blas_matmul<B: Kernels, const D: usize>(lhs: Tensor<B, D>, rhs: Tensor<B, D>) -> Option<Tensor<B, D>> {
-    if !(unverified_kernel_wanted("blas_matmul") && kernel_on("blas_matmul")) {
+    if !kernel_on("blas_matmul") {
         return None;
     }
     vendor_matmul(lhs, rhs)
@@ -1359,15 +1342,6 @@ fn blas_matmul<B: Kernels, const D: usize>(lhs: Tensor<B, D>, rhs: Tensor<B, D>)
 /// matmul`'s `blas` choice); `None` where the backend has no vendor BLAS or it refused.
 pub fn vendor_matmul<B: Kernels, const D: usize>(lhs: Tensor<B, D>, rhs: Tensor<B, D>) -> Option<Tensor<B, D>> {
     B::blas_matmul(lhs.into_primitive().tensor(), rhs.into_primitive().tensor()).map(|y| Tensor::from_primitive(TensorPrimitive::Float(y)))
-}
-
-/// `lhs · rhs` as Burn's `matmul` (the same batch dimensions), by [`Kernels::blas_matmul`] where
-/// it is wanted and runs.
-pub fn matmul<B: Kernels, const D: usize>(lhs: Tensor<B, D>, rhs: Tensor<B, D>) -> Tensor<B, D> {
-    match blas_matmul(lhs.clone(), rhs.clone()) {
-        Some(y) => y,
-        None => lhs.matmul(rhs),
-    }
 }
 
 /// [`Kernels::tiled_matmul`] on tensors.

@@ -208,15 +208,12 @@ impl DeviceFn for BreakdownJob {
             engine: {
                 // The attention choice and the kernels that differ from the defaults, so that
                 // a breakdown says what it timed.
-                let names = |f: fn(&str) -> bool| kernels::KERNEL_NAMES.iter().filter(|n| f(n)).copied().collect::<Vec<_>>().join(", ");
+                let off = kernels::KERNEL_NAMES.iter().filter(|n| !kernels::kernel_on(n)).copied().collect::<Vec<_>>().join(", ");
                 let mut engine = format!("burn-phi3v, attention {:?}", kernels::flash_attention_choice());
                 if !kernels::fused_kernels() {
                     engine.push_str(", composed steps");
-                }
-                for (label, list) in [("kernels off", names(|n| !kernels::kernel_on(n))), ("opted in", names(kernels::kernel_opted_in))] {
-                    if kernels::fused_kernels() && !list.is_empty() {
-                        engine.push_str(&format!(", {label}: {list}"));
-                    }
+                } else if !off.is_empty() {
+                    engine.push_str(&format!(", kernels off: {off}"));
                 }
                 engine
             },
