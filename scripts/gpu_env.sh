@@ -84,3 +84,12 @@ merge_caches() {
     done
   done
 }
+# timed_folders NAME: D=$W/bench, a folder for timed runs with its own CubeCL caches seeded from
+# .gpu/cache.tgz without the autotune results (taken when the GPU was shared, they are tuned
+# again), and RS=$OUT/NAME for the results; cuBLAS on LD_LIBRARY_PATH (gpu_cublas.sh).
+timed_folders() {
+  D=$W/bench; mkdir -p "$D"; RS=$OUT/$1; mkdir -p "$RS"
+  printf '[compilation]\ncache = "local"\n[autotune]\ncache = "local"\n' > "$D/cubecl.toml"
+  [ -f .gpu/cache.tgz ] && tar xzf .gpu/cache.tgz -C "$D" --exclude=./autotune
+  source scripts/gpu_cublas.sh
+}

@@ -8,10 +8,7 @@
 #   bd-new, bd-base — `bench breakdown` stage by stage with and without the opt-ins;
 #   bd-b10-blas — decode b=10 with its products on cuBLAS (PHI3V_SKINNY_MAX_ROWS=3);
 source scripts/gpu_env.sh
-source scripts/gpu_cublas.sh
-D=$W/bench; mkdir -p $D; RS=$OUT/s20b; mkdir -p $RS
-printf '[compilation]\ncache = "local"\n[autotune]\ncache = "local"\n' > $D/cubecl.toml
-[ -f .gpu/cache.tgz ] && tar xzf .gpu/cache.tgz -C $D --exclude=./autotune
+timed_folders s20b
 s=$(date +%s)
 timeout ${PBD_S:-90} python3 bench/peer_kernels.py --preset cli/presets/phi3v-128k.json --decode-batches 1,10 --prefill 1024 \
   --image-grid 4x4 --warmup 2 --runs 10 --out $RS/peer_bd.json 2>&1 | grep -v Warning | tail -4

@@ -8,10 +8,7 @@
 #   peer — bench/peer_torch.py on the same points, then `phi3v bench compare`.
 # Returns s20c.tgz (~420 s; OURS_S, PEER_S).
 source scripts/gpu_env.sh
-source scripts/gpu_cublas.sh
-D=$W/bench; mkdir -p $D; RS=$OUT/s20c; mkdir -p $RS
-printf '[compilation]\ncache = "local"\n[autotune]\ncache = "local"\n' > $D/cubecl.toml
-[ -f .gpu/cache.tgz ] && tar xzf .gpu/cache.tgz -C $D --exclude=./autotune
+timed_folders s20c
 cd $D
 K=${KERNELS:-rotary_write_paged,layer_norm,quick_gelu,blas_matmul}
 bench_parts $RS "ours:PHI3V_KERNELS_ON=$K:${OURS_S:-210}:--scenarios prefill,images,generation,latency,kv --prompt-lengths 1024,4096 --prefill-batches 1 --images 1344x1344 --num-crops 16 --shapes 1024x128 --parallel 1,10,64 --latency-shape 1024x128 --batching static,engine --warmup 1 --runs 5 --generation-runs 2"

@@ -7,10 +7,7 @@
 #   att, att-blas — `phi3v bench attention` (prefill 1024 causal, CLIP 17×16×577) under
 #           burn, scores and 4,2,2, without and with cuBLAS under `scores`.
 source scripts/gpu_env.sh
-source scripts/gpu_cublas.sh
-D=$W/bench; mkdir -p $D; RS=$OUT/s20d; mkdir -p $RS
-printf '[compilation]\ncache = "local"\n[autotune]\ncache = "local"\n' > $D/cubecl.toml
-[ -f .gpu/cache.tgz ] && tar xzf .gpu/cache.tgz -C $D --exclude=./autotune
+timed_folders s20d
 s=$(date +%s)
 timeout ${PEER_S:-45} python3 bench/peer_matmul.py --out $RS/peer.json > $RS/peer.log 2>&1
 echo "=== peer rc=$? $(( $(date +%s) - s )) s"; grep -v Warning $RS/peer.log | tail -14
