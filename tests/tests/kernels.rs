@@ -466,14 +466,22 @@ impl KernelJob {
         // matmul): products of many rows through `kernels::linear`, with the weight as the
         // model holds it (the checkpoint's `[d_out, d_in]` rows, transposed), row-major, and with
         // a bias; 577 rows of CLIP's width.
+        let default_ordering = kernels::blas_ordering();
         for (rows, d_in, d_out) in [(130, 200, 72), (300, 96, 160), (577, 1024, 256)] {
             let x = tensor(input(vec![rows * d_in], 1.0)).reshape([1, rows, d_in]);
             let checkpoint = tensor(input(vec![d_out * d_in], 1.0)).reshape([d_out, d_in]);
             let row_major = tensor(input(vec![d_in * d_out], 1.0)).reshape([d_in, d_out]);
             let bias = tensor(input(vec![d_out], 1.0));
             for (layout, weight, bias) in [("transposed", checkpoint.transpose(), None), ("row-major", row_major, Some(&bias))] {
-                let outputs = both(&|| kernels::linear(x.clone(), &weight, bias));
-                compare(format!("blas_matmul [{rows}, {d_in}] · [{d_in}, {d_out}] {layout}"), d_in, outputs);
+                // Under both orderings (`Stream`: on CubeCL's own stream, no host sync), with a
+                // kernel writing the input just before and one reading the output just after, so
+                // that a product not ordered with them reads or leaves stale values.
+                for ordering in [kernels::BlasOrdering::Host, kernels::BlasOrdering::Stream] {
+                    kernels::set_blas_ordering(ordering);
+                    let outputs = both(&|| kernels::linear(x.clone() * 0.5, &weight, bias) + 1.0);
+                    compare(format!("blas_matmul [{rows}, {d_in}] · [{d_in}, {d_out}] {layout}, {ordering:?} ordering"), d_in, outputs);
+                }
+                kernels::set_blas_ordering(default_ordering);
             }
         }
 
@@ -489,12 +497,16 @@ impl KernelJob {
 impl DeviceFn for KernelJob {
     type Output = Vec<Outputs>;
     fn run<B: Kernels>(self, device: &B::Device, info: &DeviceInfo, dtype: DType) -> Vec<Outputs> {
-        let products = kernels::blas_matmul_count();
+        let (products, on_stream) = (kernels::blas_matmul_count(), kernels::blas_matmul_stream_count());
         let outputs = self.outputs::<B>(device, dtype);
-        eprintln!("{} blas_matmul: {} products, refusals {:?}", info.spec, kernels::blas_matmul_count() - products, kernels::blas_matmul_refusals());
-        // Where the backend has a vendor BLAS (cuBLAS on CUDA), the checks above ran through it.
+        let on_stream = kernels::blas_matmul_stream_count() - on_stream;
+        eprintln!("{} blas_matmul: {} products ({on_stream} on CubeCL's stream), refusals {:?}", info.spec, kernels::blas_matmul_count() - products, kernels::blas_matmul_refusals());
+        // Where the backend has a vendor BLAS (cuBLAS on CUDA), the checks above ran through it,
+        // and under `BlasOrdering::Stream` on CubeCL's stream (the workspace patches cubecl-cuda
+        // so that its resources name their stream).
         if cfg!(feature = "cuda") && info.backend == "cuda" {
             assert!(kernels::blas_matmul_count() > products, "{}: cuBLAS never ran: {:?}", info.spec, kernels::blas_matmul_refusals());
+            assert!(on_stream > 0, "{}: no product ran on CubeCL's stream", info.spec);
         }
         outputs
     }

@@ -2,11 +2,18 @@
 //! cuBLAS (`cublasGemmEx`, f32 accumulation), loaded at run time through cudarc.
 //!
 //! CubeCL runs its kernels on its own (non-blocking) streams from a device thread and does not
-//! expose them, so the product is ordered by the host: the inputs' pointers are taken, the
-//! calling thread's CubeCL stream is synchronised, cuBLAS runs on a stream of its own in the
-//! same (primary) context, and that stream is synchronised before the output is handed back.
-//! Each product thus drains the device queue once: worth it for the large products (prefill,
-//! the vision tower), not for a decode step's.
+//! expose them. By default ([`BlasOrdering::Host`]) the product is ordered by the host: the
+//! inputs' pointers are taken, the calling thread's CubeCL stream is synchronised, cuBLAS runs
+//! on a stream of its own in the same (primary) context, and that stream is synchronised before
+//! the output is handed back. Each product thus drains the device queue once: worth it for the
+//! large products (prefill, the vision tower), not for a decode step's.
+//!
+//! With the workspace's cubecl-cuda patch a resource names its stream, and
+//! [`BlasOrdering::Stream`] enqueues cuBLAS on that stream instead, with one cuBLAS handle per
+//! stream: taking the resources is a round trip to CubeCL's device thread, so every kernel
+//! queued before has been launched on the stream, and every kernel queued after is launched
+//! after the product. The three tensors must live on the one stream (else: host ordering), so
+//! that a later reuse of their memory is ordered after the product too.
 
 use std::any::Any;
 use std::collections::HashMap;
@@ -23,14 +30,16 @@ use cudarc::cublas::{
 };
 use cudarc::driver::{CudaContext, CudaStream};
 
+use super::BlasOrdering;
+
 /// `lhs · rhs` by cuBLAS when `R` is CUDA's runtime; `None` on other runtimes, and where cuBLAS
 /// refuses (the reason recorded for [`super::blas_matmul_refusals`]).
 pub(crate) fn matmul<R: CubeRuntime>(lhs: CubeTensor<R>, rhs: CubeTensor<R>) -> Option<CubeTensor<R>> {
     let lhs = (Box::new(lhs) as Box<dyn Any>).downcast::<CubeTensor<CudaRuntime>>().ok()?;
     let rhs = (Box::new(rhs) as Box<dyn Any>).downcast::<CubeTensor<CudaRuntime>>().ok()?;
     match cuda_matmul(*lhs, *rhs) {
-        Ok(out) => {
-            super::count_blas_matmul();
+        Ok((out, ordering)) => {
+            super::count_blas_matmul(ordering);
             (Box::new(out) as Box<dyn Any>).downcast::<CubeTensor<R>>().ok().map(|out| *out)
         }
         Err(reason) => {
@@ -70,6 +79,30 @@ fn handle(ordinal: usize) -> Result<Arc<Mutex<Blas>>, String> {
         .clone()
 }
 
+/// A cuBLAS handle bound to one of CubeCL's streams (never destroyed: CubeCL's streams live as
+/// long as the process).
+#[derive(Clone, Copy)]
+struct StreamHandle(sys::cublasHandle_t);
+
+// SAFETY: a cuBLAS handle may be used from any thread as long as one thread uses it at a time;
+// each is used under the lock of the `Blas` of its device.
+unsafe impl Send for StreamHandle {}
+
+/// The handle for CubeCL's stream `stream` on device `ordinal`, created and bound to the stream
+/// on first use. The device's context must be current.
+fn stream_handle(ordinal: usize, stream: usize) -> Result<StreamHandle, String> {
+    static HANDLES: OnceLock<Mutex<HashMap<(usize, usize), StreamHandle>>> = OnceLock::new();
+    let mut handles = HANDLES.get_or_init(Default::default).lock().map_err(|_| "cuBLAS stream handles poisoned".to_string())?;
+    if let Some(&h) = handles.get(&(ordinal, stream)) {
+        return Ok(h);
+    }
+    let h = cudarc::cublas::result::create_handle().map_err(|e| format!("cuBLAS handle: {e:?}"))?;
+    // SAFETY: `h` was just created; `stream` is a live CUstream of this device's primary context.
+    unsafe { cudarc::cublas::result::set_stream(h, stream as sys::cudaStream_t) }.map_err(|e| format!("cuBLAS stream: {e:?}"))?;
+    handles.insert((ordinal, stream), StreamHandle(h));
+    Ok(StreamHandle(h))
+}
+
 /// The CUDA toolkit's library folders: `$CUDA_HOME`, `$CUDA_PATH`, `$CUDA_ROOT`, then
 /// `/usr/local/cuda`, each with `lib64`.
 fn toolkit_lib_dirs() -> Vec<PathBuf> {
@@ -99,6 +132,15 @@ fn load_from_toolkit() {
             return;
         }
     }
+}
+
+/// The CUDA stream a CUDA tensor's resource names (`stream: 0x…` in its `Debug` form, with the
+/// workspace's cubecl-cuda patch); `None` without it.
+fn stream(resource: &impl std::fmt::Debug) -> Option<usize> {
+    let text = format!("{resource:?}");
+    let (_, rest) = text.split_once("stream: 0x")?;
+    let hex: String = rest.chars().take_while(char::is_ascii_hexdigit).collect();
+    usize::from_str_radix(&hex, 16).ok().filter(|&s| s != 0)
 }
 
 /// The device address of a CUDA tensor's first element. CubeCL keeps its CUDA resource type
@@ -154,7 +196,7 @@ struct Operand {
     ld: usize,
 }
 
-fn cuda_matmul(lhs: CubeTensor<CudaRuntime>, rhs: CubeTensor<CudaRuntime>) -> Result<CubeTensor<CudaRuntime>, String> {
+fn cuda_matmul(lhs: CubeTensor<CudaRuntime>, rhs: CubeTensor<CudaRuntime>) -> Result<(CubeTensor<CudaRuntime>, BlasOrdering), String> {
     use sys::cublasOperation_t::{CUBLAS_OP_N, CUBLAS_OP_T};
     let dtype = lhs.dtype;
     let data_type = match dtype {
@@ -198,44 +240,109 @@ fn cuda_matmul(lhs: CubeTensor<CudaRuntime>, rhs: CubeTensor<CudaRuntime>) -> Re
     // Held until the product is done: they keep the three allocations alive.
     let (held_lhs, held_rhs, held_out) = (resource(&lhs)?, resource(&rhs)?, resource(&out)?);
     let (lhs_ptr, rhs_ptr, out_ptr) = (address(held_lhs.resource())?, address(held_rhs.resource())?, address(held_out.resource())?);
-    // Everything queued before (the inputs' producers) is done.
-    cubecl::future::block_on(client.sync()).map_err(|e| format!("sync: {e:?}"))?;
-
+    let gemm = Gemm { data_type, op_rhs: if b.transposed { CUBLAS_OP_T } else { CUBLAS_OP_N }, batch, m, k, n, a, b, c, lhs_ptr, rhs_ptr, out_ptr };
+    let failed = |e| format!("cuBLAS product batch, m, k, n = {batch}, {m}, {k}, {n} ({dtype:?}): {e:?}");
     let blas = blas.lock().map_err(|_| "cuBLAS handle poisoned".to_string())?;
     blas.context.bind_to_thread().map_err(|e| format!("bind context: {e}"))?;
-    // Row-major `out[m, n] = lhs[m, k] · rhs[k, n]` is column-major `outᵀ = rhsᵀ · lhsᵀ`: cuBLAS's
-    // (m, n, k) are (n, m, k), its A is `rhs` (transposed when its columns are contiguous, as
-    // the model's weights: a view of the checkpoint's `[n, k]` rows) and its B is `lhs`.
-    let (alpha, beta) = (1.0f32, 0.0f32);
-    let op_rhs = if b.transposed { CUBLAS_OP_T } else { CUBLAS_OP_N };
-    let (alpha, beta) = ((&alpha as *const f32).cast(), (&beta as *const f32).cast());
-    let (rhs_ptr, lhs_ptr, out_ptr) = (rhs_ptr as *const std::ffi::c_void, lhs_ptr as *const std::ffi::c_void, out_ptr as *mut std::ffi::c_void);
-    let (compute, algo) = (sys::cublasComputeType_t::CUBLAS_COMPUTE_32F, sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT);
-    let (n_, m_, k_) = (n as i32, m as i32, k as i32);
-    let status = unsafe {
-        if batch == 1 {
-            gemm_ex(*blas.blas.handle(), op_rhs, CUBLAS_OP_N, n_, m_, k_, alpha, rhs_ptr, data_type, b.ld as i32, lhs_ptr, data_type, a.ld as i32, beta, out_ptr, data_type, c.ld as i32, compute, algo)
-        } else {
-            #[rustfmt::skip]
-            let status = gemm_strided_batched_ex(
-                *blas.blas.handle(), op_rhs, CUBLAS_OP_N, n_, m_, k_, alpha,
-                rhs_ptr, data_type, b.ld as i32, b.stride as i64,
-                lhs_ptr, data_type, a.ld as i32, a.stride as i64, beta,
-                out_ptr, data_type, c.ld as i32, c.stride as i64,
-                batch as i32, compute, algo,
-            );
-            status
-        }
-    };
-    status.map_err(|e| format!("cuBLAS product batch, m, k, n = {batch}, {m}, {k}, {n} ({dtype:?}): {e:?}"))?;
+    let streams = [stream(held_lhs.resource()), stream(held_rhs.resource()), stream(held_out.resource())];
+    if super::blas_ordering() == BlasOrdering::Stream
+        && let [Some(s), ..] = streams
+        && streams.iter().all(|&t| t == Some(s))
+    {
+        let h = stream_handle(lhs.device.index, s)?;
+        // SAFETY: the pointers are live allocations of the shapes and layouts checked above,
+        // kept alive until the product is enqueued; reuse of their memory is ordered after it
+        // on the same stream.
+        unsafe { gemm.run(h.0) }.map_err(failed)?;
+        drop((held_lhs, held_rhs, held_out));
+        return Ok((out, BlasOrdering::Stream));
+    }
+    // Everything queued before (the inputs' producers) is done.
+    cubecl::future::block_on(client.sync()).map_err(|e| format!("sync: {e:?}"))?;
+    // SAFETY: as above; the inputs' producers are done and nothing else uses the output yet.
+    unsafe { gemm.run(*blas.blas.handle()) }.map_err(failed)?;
     blas.stream.synchronize().map_err(|e| format!("cuBLAS stream: {e}"))?;
     drop((held_lhs, held_rhs, held_out));
-    Ok(out)
+    Ok((out, BlasOrdering::Host))
+}
+
+/// One product as cuBLAS takes it (see [`cuda_matmul`]).
+struct Gemm {
+    data_type: sys::cudaDataType,
+    op_rhs: sys::cublasOperation_t,
+    batch: usize,
+    m: usize,
+    k: usize,
+    n: usize,
+    a: Operand,
+    b: Operand,
+    c: Operand,
+    lhs_ptr: u64,
+    rhs_ptr: u64,
+    out_ptr: u64,
+}
+
+impl Gemm {
+    /// Enqueues the product on `handle`'s stream.
+    ///
+    /// # Safety
+    /// The pointers must be live device allocations of the operands' layouts, in the context
+    /// current on this thread, which `handle` belongs to.
+    unsafe fn run(&self, handle: sys::cublasHandle_t) -> Result<(), cudarc::cublas::result::CublasError> {
+        use sys::cublasOperation_t::CUBLAS_OP_N;
+        let Self { data_type, op_rhs, batch, m, k, n, a, b, c, .. } = *self;
+        // Row-major `out[m, n] = lhs[m, k] · rhs[k, n]` is column-major `outᵀ = rhsᵀ · lhsᵀ`:
+        // cuBLAS's (m, n, k) are (n, m, k), its A is `rhs` (transposed when its columns are
+        // contiguous, as the model's weights: a view of the checkpoint's `[n, k]` rows) and its B
+        // is `lhs`.
+        let (alpha, beta) = (1.0f32, 0.0f32);
+        let (alpha, beta) = ((&alpha as *const f32).cast(), (&beta as *const f32).cast());
+        let (rhs_ptr, lhs_ptr, out_ptr) = (self.rhs_ptr as *const std::ffi::c_void, self.lhs_ptr as *const std::ffi::c_void, self.out_ptr as *mut std::ffi::c_void);
+        let (compute, algo) = (sys::cublasComputeType_t::CUBLAS_COMPUTE_32F, sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT);
+        let (n_, m_, k_) = (n as i32, m as i32, k as i32);
+        // SAFETY: the caller's.
+        unsafe {
+            if batch == 1 {
+                gemm_ex(handle, op_rhs, CUBLAS_OP_N, n_, m_, k_, alpha, rhs_ptr, data_type, b.ld as i32, lhs_ptr, data_type, a.ld as i32, beta, out_ptr, data_type, c.ld as i32, compute, algo)
+            } else {
+                #[rustfmt::skip]
+                let status = gemm_strided_batched_ex(
+                    handle, op_rhs, CUBLAS_OP_N, n_, m_, k_, alpha,
+                    rhs_ptr, data_type, b.ld as i32, b.stride as i64,
+                    lhs_ptr, data_type, a.ld as i32, a.stride as i64, beta,
+                    out_ptr, data_type, c.ld as i32, c.stride as i64,
+                    batch as i32, compute, algo,
+                );
+                status
+            }
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::{Operand, address, operand, toolkit_lib_dirs};
+    use super::{Operand, address, operand, stream, toolkit_lib_dirs};
+
+    /// The fields of CubeCL's CUDA resource (`GpuResource`, private to cubecl-cuda) with the
+    /// workspace's patch (`patches/cubecl-cuda`: `stream`), for its `Debug` form.
+    #[derive(Debug, Clone, Copy)]
+    #[allow(dead_code)]
+    struct GpuResource {
+        ptr: u64,
+        binding: *mut std::ffi::c_void,
+        size: u64,
+        stream: *mut std::ffi::c_void,
+    }
+
+    /// The stream is read from the `Debug` form of the patched resource, and is absent from
+    /// upstream's.
+    #[test]
+    fn stream_is_read_from_the_patched_resource_debug_form() {
+        let r = GpuResource { ptr: 1 << 20, binding: std::ptr::null_mut(), size: 64, stream: 0x5a3c_e000_f0a8usize as *mut _ };
+        assert_eq!(stream(&r), Some(0x5a3c_e000_f0a8));
+        assert_eq!(stream(&GpuResource { stream: std::ptr::null_mut(), ..r }), None, "a null stream");
+        assert_eq!(stream(&"GpuResource { ptr: 1048576, binding: 0x0, size: 64 }"), None, "upstream's form");
+    }
 
     /// The CUDA toolkit's default install is always among the folders searched, last (the
     /// environment's folders come first).
@@ -247,17 +354,10 @@ mod tests {
     /// The address is read from CubeCL's `Debug` form of its CUDA resource.
     #[test]
     fn address_is_read_from_the_resource_debug_form() {
-        #[derive(Debug)]
-        #[allow(dead_code)]
-        struct GpuResource {
-            ptr: u64,
-            binding: *mut std::ffi::c_void,
-            size: u64,
-        }
-        let r = GpuResource { ptr: 139_872_000_512, binding: std::ptr::null_mut(), size: 64 };
+        let r = GpuResource { ptr: 139_872_000_512, binding: std::ptr::null_mut(), size: 64, stream: std::ptr::null_mut() };
         assert_eq!(address(&r), Ok(139_872_000_512));
         assert!(address(&"GpuResource { binding: 0x0 }").is_err());
-        assert!(address(&GpuResource { ptr: 0, binding: std::ptr::null_mut(), size: 0 }).is_err());
+        assert!(address(&GpuResource { ptr: 0, ..r }).is_err());
     }
 
     /// The operand layouts cuBLAS is handed: the model's weights (a transposed view of the
