@@ -215,6 +215,9 @@ impl DeviceFn for BreakdownJob {
                 } else if !off.is_empty() {
                     engine.push_str(&format!(", kernels off: {off}"));
                 }
+                if kernels::kernel_on("blas_matmul") && kernels::blas_ordering() == kernels::BlasOrdering::Stream {
+                    engine.push_str(", cuBLAS on CubeCL's stream");
+                }
                 engine
             },
             device: format!("{} ({})", info.name, info.spec),
