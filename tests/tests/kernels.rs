@@ -481,9 +481,9 @@ impl KernelJob {
                     let outputs = both(&|| kernels::linear(x.clone() * 0.5, &weight, bias) + 1.0);
                     compare(format!("blas_matmul [{rows}, {d_in}] · [{d_in}, {d_out}] {layout}, {ordering:?} ordering"), d_in, outputs);
                 }
-                kernels::set_blas_ordering(default_ordering);
             }
         }
+        kernels::set_blas_ordering(default_ordering);
 
         // Inputs must be random, never constant: a kernel reading the wrong element of a constant
         // tensor would pass.

@@ -134,24 +134,23 @@ fn load_from_toolkit() {
     }
 }
 
-/// The CUDA stream a CUDA tensor's resource names (`stream: 0x…` in its `Debug` form, with the
-/// workspace's cubecl-cuda patch); `None` without it.
-fn stream(resource: &impl std::fmt::Debug) -> Option<usize> {
+/// Where a CUDA tensor's resource lives: the device address of its first element, and the CUDA
+/// stream it names (`None` without the workspace's cubecl-cuda patch). CubeCL keeps its CUDA
+/// resource type private; its `Debug` form (`GpuResource { ptr: …, …, stream: 0x… }`) names
+/// both (the address with its offset), read from one formatting.
+fn located(resource: &impl std::fmt::Debug) -> Result<(u64, Option<usize>), String> {
     let text = format!("{resource:?}");
-    let (_, rest) = text.split_once("stream: 0x")?;
-    let hex: String = rest.chars().take_while(char::is_ascii_hexdigit).collect();
-    usize::from_str_radix(&hex, 16).ok().filter(|&s| s != 0)
-}
-
-/// The device address of a CUDA tensor's first element. CubeCL keeps its CUDA resource type
-/// private; its `Debug` form (`GpuResource { ptr: …, … }`) names the address (offset included).
-fn address(resource: &impl std::fmt::Debug) -> Result<u64, String> {
-    let text = format!("{resource:?}");
-    text.split_once("ptr: ")
+    let address = text
+        .split_once("ptr: ")
         .and_then(|(_, rest)| rest.split(|c: char| !c.is_ascii_digit()).next())
         .and_then(|digits| digits.parse().ok())
         .filter(|&ptr| ptr != 0)
-        .ok_or_else(|| format!("no device address in CubeCL's resource `{text}`"))
+        .ok_or_else(|| format!("no device address in CubeCL's resource `{text}`"))?;
+    let stream = text.split_once("stream: 0x").and_then(|(_, rest)| {
+        let hex: String = rest.chars().take_while(char::is_ascii_hexdigit).collect();
+        usize::from_str_radix(&hex, 16).ok().filter(|&s| s != 0)
+    });
+    Ok((address, stream))
 }
 
 /// A `[..., rows, cols]` operand as cuBLAS sees it: its matrices' count, the elements between
@@ -237,14 +236,15 @@ fn cuda_matmul(lhs: CubeTensor<CudaRuntime>, rhs: CubeTensor<CudaRuntime>) -> Re
 
     let client = lhs.client.clone();
     let resource = |t: &CubeTensor<CudaRuntime>| client.get_resource(t.handle.clone()).map_err(|e| format!("resource: {e:?}"));
-    // Held until the product is done: they keep the three allocations alive.
+    // Held until the product is enqueued (stream ordering) or done (host ordering): they keep the
+    // three allocations alive until then.
     let (held_lhs, held_rhs, held_out) = (resource(&lhs)?, resource(&rhs)?, resource(&out)?);
-    let (lhs_ptr, rhs_ptr, out_ptr) = (address(held_lhs.resource())?, address(held_rhs.resource())?, address(held_out.resource())?);
+    let [(lhs_ptr, lhs_stream), (rhs_ptr, rhs_stream), (out_ptr, out_stream)] = [located(held_lhs.resource())?, located(held_rhs.resource())?, located(held_out.resource())?];
     let gemm = Gemm { data_type, op_rhs: if b.transposed { CUBLAS_OP_T } else { CUBLAS_OP_N }, batch, m, k, n, a, b, c, lhs_ptr, rhs_ptr, out_ptr };
     let failed = |e| format!("cuBLAS product batch, m, k, n = {batch}, {m}, {k}, {n} ({dtype:?}): {e:?}");
     let blas = blas.lock().map_err(|_| "cuBLAS handle poisoned".to_string())?;
     blas.context.bind_to_thread().map_err(|e| format!("bind context: {e}"))?;
-    let streams = [stream(held_lhs.resource()), stream(held_rhs.resource()), stream(held_out.resource())];
+    let streams = [lhs_stream, rhs_stream, out_stream];
     if super::blas_ordering() == BlasOrdering::Stream
         && let [Some(s), ..] = streams
         && streams.iter().all(|&t| t == Some(s))
@@ -321,7 +321,7 @@ impl Gemm {
 
 #[cfg(test)]
 mod tests {
-    use super::{Operand, address, operand, stream, toolkit_lib_dirs};
+    use super::{Operand, located, operand, toolkit_lib_dirs};
 
     /// The fields of CubeCL's CUDA resource (`GpuResource`, private to cubecl-cuda) with the
     /// workspace's patch (`patches/cubecl-cuda`: `stream`), for its `Debug` form.
@@ -339,9 +339,9 @@ mod tests {
     #[test]
     fn stream_is_read_from_the_patched_resource_debug_form() {
         let r = GpuResource { ptr: 1 << 20, binding: std::ptr::null_mut(), size: 64, stream: 0x5a3c_e000_f0a8usize as *mut _ };
-        assert_eq!(stream(&r), Some(0x5a3c_e000_f0a8));
-        assert_eq!(stream(&GpuResource { stream: std::ptr::null_mut(), ..r }), None, "a null stream");
-        assert_eq!(stream(&"GpuResource { ptr: 1048576, binding: 0x0, size: 64 }"), None, "upstream's form");
+        assert_eq!(located(&r), Ok((1 << 20, Some(0x5a3c_e000_f0a8))));
+        assert_eq!(located(&GpuResource { stream: std::ptr::null_mut(), ..r }), Ok((1 << 20, None)), "a null stream");
+        assert_eq!(located(&"GpuResource { ptr: 1048576, binding: 0x0, size: 64 }"), Ok((1 << 20, None)), "upstream's form");
     }
 
     /// The CUDA toolkit's default install is always among the folders searched, last (the
@@ -355,9 +355,9 @@ mod tests {
     #[test]
     fn address_is_read_from_the_resource_debug_form() {
         let r = GpuResource { ptr: 139_872_000_512, binding: std::ptr::null_mut(), size: 64, stream: std::ptr::null_mut() };
-        assert_eq!(address(&r), Ok(139_872_000_512));
-        assert!(address(&"GpuResource { binding: 0x0 }").is_err());
-        assert!(address(&GpuResource { ptr: 0, ..r }).is_err());
+        assert_eq!(located(&r).map(|(address, _)| address), Ok(139_872_000_512));
+        assert!(located(&"GpuResource { binding: 0x0 }").is_err());
+        assert!(located(&GpuResource { ptr: 0, ..r }).is_err());
     }
 
     /// The operand layouts cuBLAS is handed: the model's weights (a transposed view of the

@@ -815,9 +815,10 @@ const SCORES_CHUNK_BYTES: usize = 1 << 26;
 
 /// [`FlashAttention::Scores`]: `softmax(q·kᵀ/√d)·v` as Burn's matmul (cuBLAS's, with its host
 /// syncs, was slower here: docs/kernels.md session 20), [`attention_softmax`] (one pass, f32
-/// inside) and the second matmul, over chunks of query rows whose scores fit in `chunk_bytes`. A causal chunk multiplies only the keys its last query sees (rows `r0..r1`
-/// see keys `0..r1 + keys − queries`), so a causal prefill does about half the work of a
-/// full one. `causal` needs `keys ≥ queries`.
+/// inside) and the second matmul, over chunks of query rows whose scores fit in `chunk_bytes`.
+/// A causal chunk multiplies only the keys its last query sees (rows `r0..r1` see keys
+/// `0..r1 + keys − queries`), so a causal prefill does about half the work of a full one.
+/// `causal` needs `keys ≥ queries`.
 ///
 /// # Shapes
 /// as [`attention`] without a mask
