@@ -5,7 +5,8 @@
 #     20's stopped on the test's own unit tiling), cuBLAS under both orderings (host; on CubeCL's
 #     stream, which needs the patched cubecl-cuda: the test asserts products ran there);
 #   engine — the engine tests on cuda f32 with cuBLAS on CubeCL's stream;
-#   warm-bd, warm-mm — gpu_s21b.sh's benchmarks, one run each, only to compile their kernels.
+#   warm-bd, warm-mm — gpu_s21b.sh's benchmarks (breakdown; matmul and attention), one run each,
+#     only to compile their kernels.
 # Then gpu_s21b.sh at once (the machine stays warm 30 s; it runs in the warm-* folders).
 source scripts/gpu_env.sh
 source scripts/gpu_cublas.sh
@@ -14,7 +15,7 @@ LIMIT=${TESTS_S:-530} job kernels-bf16 env PHI3V_TEST_DEVICES=cuda:0:bf16 $B/ker
 LIMIT=300 job engine env PHI3V_TEST_DEVICES=cuda:0:f32 PHI3V_CUBLAS_ORDER=stream $B/engine
 LIMIT=${WARM_S:-500}
 job warm-bd $B/phi3v bench breakdown --preset phi3v-128k --device cuda --dtype bf16 --decode-batches 1,10 --prefill 1024 --image-grid 4x4 --warmup 1 --runs 1 --out ours
-job warm-mm $B/phi3v bench matmul --device cuda --dtype bf16 --tilings "burn;blas;model" --warmup 1 --runs 1 --out mm.json
+job warm-mm bash -c "$B/phi3v bench matmul --device cuda --dtype bf16 --tilings 'burn;blas;model' --warmup 1 --runs 1 --out mm.json && $B/phi3v bench attention --device cuda --dtype bf16 --flash 'burn;scores;4,2,2' --warmup 1 --runs 1 --out att.json"
 wait; collect; cp /tmp/res/* $RS/ 2>/dev/null
 echo "=== kernels-bf16"; grep -hE "test result|FAIL|panicked|rc=|blas_matmul|ordering" $W/kernels-bf16/out.txt $W/kernels-bf16/err.txt | cut -c1-220 | tail -30
 TAIL=12 show engine | tail -14

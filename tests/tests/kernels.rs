@@ -298,19 +298,25 @@ impl KernelJob {
             flash(1, 2, 2, 33, 33, 64, false, &tiling, None); // queries padded to a whole stage
             flash(1, 2, 2, 40, 112, 64, true, &tiling, None); // after 72 cached keys, padded
         }
-        // Burn's matmuls around the one-pass softmax (`FlashAttention::Scores`): every case
-        // above in one chunk, then in chunks of 16 and of 7 query rows (causal chunks see fewer
-        // keys than the whole; the last chunk is partial).
+        // Two matmuls around the one-pass softmax (`FlashAttention::Scores`): every case above in
+        // one chunk, then in chunks of 16 and of 7 query rows (causal chunks see fewer keys than
+        // the whole; the last chunk is partial). Burn's matmuls under host ordering, the vendor's
+        // BLAS (cuBLAS on CUDA) under stream ordering.
         assert!(kernels::set_flash_attention(kernels::FlashAttention::Scores));
-        for (batch, heads, kv_heads, queries, keys, head_dim, causal) in flash_cases {
-            flash(batch, heads, kv_heads, queries, keys, head_dim, causal, " as scores", None);
+        let default_ordering = kernels::blas_ordering();
+        for ordering in [kernels::BlasOrdering::Host, kernels::BlasOrdering::Stream] {
+            kernels::set_blas_ordering(ordering);
+            for (batch, heads, kv_heads, queries, keys, head_dim, causal) in flash_cases {
+                flash(batch, heads, kv_heads, queries, keys, head_dim, causal, &format!(" as scores, {ordering:?} ordering"), None);
+            }
+            let row_bytes = |batch: usize, heads: usize, keys: usize| batch * heads * keys * dtype.size();
+            for (rows, causal) in [(16, true), (7, true), (16, false)] {
+                let chunk = format!(" as scores in chunks of {rows} rows, {ordering:?} ordering");
+                flash(1, 4, 4, 70, 70, 96, causal, &chunk, Some(rows * row_bytes(1, 4, 70)));
+                flash(2, 3, 3, 20, 50, 64, causal, &chunk, Some(rows * row_bytes(2, 3, 50)));
+            }
         }
-        let row_bytes = |batch: usize, heads: usize, keys: usize| batch * heads * keys * dtype.size();
-        for (rows, causal) in [(16, true), (7, true), (16, false)] {
-            let chunk = format!(" as scores in chunks of {rows} rows");
-            flash(1, 4, 4, 70, 70, 96, causal, &chunk, Some(rows * row_bytes(1, 4, 70)));
-            flash(2, 3, 3, 20, 50, 64, causal, &chunk, Some(rows * row_bytes(2, 3, 50)));
-        }
+        kernels::set_blas_ordering(default_ordering);
         eprintln!("flash tilings refused on this target (Burn's attention ran instead): {:?}", kernels::flash_attention_refusals());
         assert!(kernels::set_flash_attention(default_flash));
         assert!(!kernels::set_flash_attention(kernels::FlashAttention::Tiles { planes: 0, seq_q: 1, seq_kv: 1 }), "no planes");

@@ -835,11 +835,24 @@ pub fn scores_attention<B: Kernels>(q: Tensor<B, 4>, k: Tensor<B, 4>, v: Tensor<
         .map(|r0| {
             let n = rows.min(queries - r0);
             let seen = if causal { r0 + n + keys - queries } else { keys };
-            let scores = q.clone().narrow(2, r0, n).matmul(k.clone().narrow(2, 0, seen).swap_dims(2, 3));
-            attention_softmax(scores, scale, causal).matmul(v.clone().narrow(2, 0, seen))
+            let scores = scores_product(q.clone().narrow(2, r0, n), k.clone().narrow(2, 0, seen).swap_dims(2, 3));
+            scores_product(attention_softmax(scores, scale, causal), v.clone().narrow(2, 0, seen))
         })
         .collect();
     if chunks.len() == 1 { chunks.into_iter().next().expect("one chunk") } else { Tensor::cat(chunks, 2) }
+}
+
+/// One of [`scores_attention`]'s two batched products: the vendor's BLAS when its products are
+/// ordered on the backend's own stream ([`BlasOrdering::Stream`], no host sync), Burn's matmul
+/// otherwise (ordered by the host, cuBLAS was slower here than Burn's matmul: docs/kernels.md
+/// session 20).
+fn scores_product<B: Kernels>(lhs: Tensor<B, 4>, rhs: Tensor<B, 4>) -> Tensor<B, 4> {
+    if blas_ordering() == BlasOrdering::Stream
+        && let Some(out) = blas_matmul(lhs.clone(), rhs.clone())
+    {
+        return out;
+    }
+    lhs.matmul(rhs)
 }
 
 /// [`Kernels::attention_softmax`] on tensors (composed when its kernel is off).
