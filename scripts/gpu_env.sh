@@ -93,3 +93,15 @@ timed_folders() {
   [ -f .gpu/cache.tgz ] && tar xzf .gpu/cache.tgz -C "$D" --exclude=./autotune
   source scripts/gpu_cublas.sh
 }
+# plugin_launch_cost DIR PLUGIN [SECONDS]: issue 9's launch cost, batch-1 decode latency on the
+# tiny preset (f32, launch-bound) on `cuda`, then through the plugin library PLUGIN, one after
+# the other on a quiet GPU; results in DIR/launch-cuda and DIR/launch-plugin.
+plugin_launch_cost() {
+  local dir=$1 pl=$2 secs=${3:-60} d n rc s=$(date +%s)
+  for d in cuda:0 plugin:$pl:0; do
+    n=${d%%:*}; mkdir -p "$W/launch-$n"
+    (cd "$W/launch-$n" && timeout "$secs" $B/phi3v bench run --preset tiny --device $d --dtype f32 --scenarios latency --latency-shape 128x64 \
+      --warmup 2 --runs 10 --out "$dir/launch-$n" > "$dir/launch-$n.log" 2>&1); rc=$?
+    echo "=== launch-$n rc=$rc $(( $(date +%s) - s )) s"; grep -i "latency\|error" "$dir/launch-$n.log" | cut -c1-200 | tail -4
+  done
+}

@@ -34,12 +34,7 @@ for n in generate-cuda-bf16 generate-cuda-f32 generate-wgpu-f32; do
 done
 [ -n "${BF16_CASES:-}" ] && parity_report
 ls $PHI3V_PLUGIN_KERNEL_DIR 2>/dev/null | head
-s=$(date +%s)
-for d in cuda:0 plugin:$PL:0; do
-  n=${d%%:*}; mkdir -p $W/launch-$n; cd $W/launch-$n
-  timeout ${LAUNCH_S:-60} $B/phi3v bench run --preset tiny --device $d --dtype f32 --scenarios latency --latency-shape 128x64 --warmup 2 --runs 10 --out $RS/launch-$n > $RS/launch-$n.log 2>&1
-  echo "=== launch-$n rc=$? $(( $(date +%s) - s )) s"; grep -i "latency\|error" $RS/launch-$n.log | cut -c1-200 | tail -4
-done
-cd $R; cp /tmp/res/* $RS/ 2>/dev/null; [ -d $PHI3V_PLUGIN_KERNEL_DIR ] && cp -r $PHI3V_PLUGIN_KERNEL_DIR $RS/
+plugin_launch_cost $RS $PL ${LAUNCH_S:-60}
+cp /tmp/res/* $RS/ 2>/dev/null; [ -d $PHI3V_PLUGIN_KERNEL_DIR ] && cp -r $PHI3V_PLUGIN_KERNEL_DIR $RS/
 (cd $OUT && tar czf s21c.tgz s21c && rm -rf s21c)
 ls -la $OUT

@@ -639,7 +639,8 @@ pub fn fused_kernels() -> bool {
 /// `decode_attention_planes` off keeps decode attention on its units-over-keys variant;
 /// `decode_attention_split` off keeps each (batch, head) of the planes variant in one cube
 /// (no split of the keys over several cubes and no combining launch); `blas_matmul` off keeps
-/// the products of [`MATMUL_MANY_ROWS`] rows or more on Burn's matmul instead of cuBLAS (CUDA);
+/// the products of many rows (see [`BLAS_STREAM_MIN_ROWS`]) on Burn's matmul instead of cuBLAS
+/// (CUDA);
 /// `add_rms_norm` off adds with Burn, then normalises with `rms_norm`; `rotary_append` off
 /// rotates with `rotary`, then appends with Burn's `slice_assign`.
 pub const KERNEL_NAMES: [&str; 16] = [
@@ -1092,16 +1093,18 @@ pub fn blas_matmul_stream_count() -> usize {
 }
 
 /// How a [`Kernels::blas_matmul`] product on CUDA is ordered with CubeCL's kernels
-/// (`PHI3V_CUBLAS_ORDER`: `host`, the default, or `stream`; [`set_blas_ordering`]).
+/// (`PHI3V_CUBLAS_ORDER`: `stream`, the default, or `host`; [`set_blas_ordering`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BlasOrdering {
     /// By the host: CubeCL's stream is synchronised, cuBLAS runs on a stream of its own, which
     /// is synchronised before the output is handed back (~70–120 µs per product on the H100).
     Host,
-    /// On CubeCL's own stream (read from the tensors' resources, which name it only with the
-    /// workspace's cubecl-cuda patch, `patches/cubecl-cuda`): no host synchronisation. Products
-    /// whose three tensors are not on one stream, or whose stream is not named, are ordered by
-    /// the host. Not yet checked on a GPU (session 20).
+    /// The default: on CubeCL's own stream (read from the tensors' resources, which name it
+    /// only with the workspace's cubecl-cuda patch, `patches/cubecl-cuda`), no host
+    /// synchronisation. Products whose three tensors are not on one stream, or whose stream is
+    /// not named, are ordered by the host. On the H200 (docs/kernels.md session 21) a
+    /// 1024 × 3072 → 9216 product took 84.8 µs against the host ordering's 146.8 (PyTorch 81.8),
+    /// and a phi3v-128k prefill of 1024 tokens 21.5 ms against 41.6.
     Stream,
 }
 
@@ -1113,12 +1116,12 @@ pub fn set_blas_ordering(ordering: BlasOrdering) {
 }
 
 /// The current [`BlasOrdering`] (`PHI3V_CUBLAS_ORDER` until [`set_blas_ordering`]; any value but
-/// `stream` is [`BlasOrdering::Host`]).
+/// `host` is [`BlasOrdering::Stream`]).
 pub fn blas_ordering() -> BlasOrdering {
     match BLAS_ORDERING.load(Ordering::Relaxed) {
         0 => {
-            let stream = std::env::var("PHI3V_CUBLAS_ORDER").is_ok_and(|v| v.trim() == "stream");
-            let ordering = if stream { BlasOrdering::Stream } else { BlasOrdering::Host };
+            let host = std::env::var("PHI3V_CUBLAS_ORDER").is_ok_and(|v| v.trim() == "host");
+            let ordering = if host { BlasOrdering::Host } else { BlasOrdering::Stream };
             set_blas_ordering(ordering);
             ordering
         }
@@ -1350,8 +1353,9 @@ pub fn set_skinny_max_rows(rows: usize) -> bool {
 
 /// `nn.Linear` (`x · weight + bias`): [`Kernels::skinny_linear`] for [`skinny_min_rows`] to
 /// [`skinny_max_rows`] rows without bias, [`Kernels::tiled_matmul`] for more rows when a
-/// [`matmul_tiling`] is set for their [`MatmulRows`] class, Burn's `linear` otherwise (and when
-/// [`fused_kernels`] is off).
+/// [`matmul_tiling`] is set for their [`MatmulRows`] class, else [`Kernels::blas_matmul`] from
+/// [`blas_min_rows`] rows where the backend has a vendor BLAS, Burn's `linear` otherwise (and
+/// when [`fused_kernels`] is off).
 ///
 /// # Shapes
 /// `x`: `[..., d_in]`; `weight`: `[d_in, d_out]`; `bias`: `[d_out]` → `[..., d_out]`
@@ -1366,18 +1370,19 @@ pub fn linear<B: Kernels, const D: usize>(x: Tensor<B, D>, weight: &Tensor<B, 2>
         Some(b) => y + b.clone().unsqueeze_dim(0),
         None => y,
     };
-    // The vendor's BLAS for the products of many rows (prefill, the vision tower; see
-    // `Kernels::blas_matmul`). Fewer rows keep the kernels below: cuBLAS's host syncs cost
-    // more than its speed gains there (64-row products and 10-row decode steps on the H100,
-    // docs/kernels.md session 20).
-    if rows >= MATMUL_MANY_ROWS
-        && let Some(y) = blas_matmul(x.clone(), weight.clone())
-    {
-        return add_bias(y).reshape(out_dims);
-    }
+    // A tiling set for the product's row class (`PHI3V_MATMUL`, `PHI3V_MATMUL_FEW`) first: the
+    // user asked for it.
     let tiling = MatmulRows::of(rows).filter(|_| fused_kernels()).and_then(matmul_tiling);
     if let Some(tiling) = tiling {
         return add_bias(tiled_matmul(x, weight.clone(), tiling)).reshape(out_dims);
+    }
+    // The vendor's BLAS for the products of many rows (prefill, the vision tower, static and
+    // engine decode batches of 64 sequences or more; see `Kernels::blas_matmul`). Fewer rows
+    // keep the kernels below.
+    if rows >= blas_min_rows()
+        && let Some(y) = blas_matmul(x.clone(), weight.clone())
+    {
+        return add_bias(y).reshape(out_dims);
     }
     if bias.is_some() || !skinny(rows) {
         // As one [rows, d_in] product: Burn's `linear` on [batch, seq, d_in] broadcasts the
@@ -1389,6 +1394,23 @@ pub fn linear<B: Kernels, const D: usize>(x: Tensor<B, D>, weight: &Tensor<B, 2>
     let out = B::skinny_linear(x.into_primitive().tensor(), weight.clone().into_primitive().tensor());
     Tensor::<B, 2>::from_primitive(TensorPrimitive::Float(out)).reshape(out_dims)
 }
+
+/// Fewest rows of a product [`linear`] hands the vendor's BLAS: [`BLAS_STREAM_MIN_ROWS`] when
+/// its products run on the backend's stream ([`BlasOrdering::Stream`]), [`MATMUL_MANY_ROWS`]
+/// when the host orders them (its syncs cost more than cuBLAS gains on 64-row products and
+/// 10-row decode steps: docs/kernels.md session 20).
+pub fn blas_min_rows() -> usize {
+    match blas_ordering() {
+        BlasOrdering::Stream => BLAS_STREAM_MIN_ROWS,
+        BlasOrdering::Host => MATMUL_MANY_ROWS,
+    }
+}
+
+/// Fewest rows of a product [`linear`] hands the vendor's BLAS under [`BlasOrdering::Stream`]:
+/// on the H200 cuBLAS on CubeCL's stream took 47–50 µs for the 64-row products of a decode
+/// step (3072 → 9216, 3072 → 16384, 8192 → 3072) where Burn's matmul and the model's kernels
+/// took 83–154 (docs/kernels.md session 21). Between 17 and 63 rows is not measured.
+pub const BLAS_STREAM_MIN_ROWS: usize = 64;
 
 /// [`Kernels::blas_matmul`] on tensors where its kernel is on ([`kernel_on`]) and it runs;
 /// `None` otherwise.
