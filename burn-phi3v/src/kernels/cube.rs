@@ -1332,7 +1332,74 @@ fn attention_softmax_kernel<E: Float>(
     }
 }
 
-/// Attention probabilities from raw scores in one launch; see [`Kernels::attention_softmax`].
+/// Rows of scores per cube of [`attention_softmax_planes_kernel`] (one per plane).
+const SOFTMAX_ROW_PLANES: usize = 8;
+
+/// Most keys for which a row of scores takes a plane of its own
+/// ([`attention_softmax_planes_kernel`]) rather than a cube of [`ROW_UNITS`] units: CLIP's 577
+/// keys and prefill chunks of a few thousand. A cube of 256 units spends more on its eight
+/// barriers than on a row of 577 (a lane of a 32-wide plane reads 18 of them).
+const SOFTMAX_PLANE_MAX_KEYS: usize = 4096;
+
+/// [`attention_softmax_kernel`] with one plane per row of scores ([`SOFTMAX_ROW_PLANES`] rows per
+/// cube): each lane keeps the running maximum and sum of its strided share of the keys, the
+/// plane merges them with `plane_max` and `plane_sum` (no shared memory, no barrier), then each
+/// lane writes its share. Rows past the last are whole planes, so every plane that reaches the
+/// plane operations has all its lanes.
+#[cube(launch_unchecked, address_type = "dynamic")]
+fn attention_softmax_planes_kernel<E: Float>(
+    scores: &Array<E>,
+    output: &mut Array<E>,
+    rows: usize,
+    queries: usize,
+    keys: usize,
+    scale: f32,
+    #[comptime] causal: bool,
+    #[comptime] lanes: usize,
+    #[define(E)] _dtype: StorageType,
+) {
+    let row = CUBE_POS * CUBE_DIM_Y as usize + UNIT_POS_Y as usize;
+    if row >= rows {
+        terminate!();
+    }
+    let base = row * keys;
+    let lane = UNIT_POS_X as usize;
+    let mut end = keys;
+    if causal {
+        // As in `attention_softmax_kernel`.
+        let limit = row % queries + keys + 1;
+        let seen = limit - select(limit > queries, queries, limit);
+        end = select(seen < keys, seen, keys);
+    }
+    let mut max_score = f32::new(NO_SCORE);
+    let mut total = f32::new(0.0);
+    let mut j = lane;
+    while j < end {
+        let x = f32::cast_from(scores[base + j]) * scale;
+        if x > max_score {
+            total = total * f32::exp(max_score - x) + f32::new(1.0);
+            max_score = x;
+        } else {
+            total += f32::exp(x - max_score);
+        }
+        j += lanes;
+    }
+    let m = plane_max(max_score);
+    // A lane that saw no key has total 0, whatever its maximum.
+    let sum = plane_sum(total * f32::exp(max_score - m));
+    let inv = select(sum > f32::new(0.0), f32::new(1.0) / sum, f32::new(0.0));
+    let mut j = lane;
+    while j < keys {
+        let p = f32::exp(f32::cast_from(scores[base + j]) * scale - m) * inv;
+        output[base + j] = E::cast_from(select(j < end, p, f32::new(0.0)));
+        j += lanes;
+    }
+}
+
+/// Attention probabilities from raw scores in one launch; see [`Kernels::attention_softmax`]:
+/// a plane per row up to [`SOFTMAX_PLANE_MAX_KEYS`] keys where the device has planes of one
+/// width ([`attention_softmax_planes_kernel`]), a cube per row otherwise
+/// ([`attention_softmax_kernel`]).
 pub(crate) fn attention_softmax<R: CubeRuntime>(scores: CubeTensor<R>, scale: f64, causal: bool) -> CubeTensor<R> {
     let scores = into_contiguous(scores);
     let shape = scores.meta.shape().clone();
@@ -1344,6 +1411,26 @@ pub(crate) fn attention_softmax<R: CubeRuntime>(scores: CubeTensor<R>, scale: f6
     }
     let address = address_type([&scores, &output]);
     let dtype = scores.dtype;
+    if let Some(lanes) = uniform_plane(&scores.client).filter(|_| keys <= SOFTMAX_PLANE_MAX_KEYS && super::kernel_on("attention_softmax_planes")) {
+        unsafe {
+            attention_softmax_planes_kernel::launch_unchecked(
+                &output.client,
+                row_cubes(rows.div_ceil(SOFTMAX_ROW_PLANES)),
+                CubeDim::new_2d(lanes as u32, SOFTMAX_ROW_PLANES as u32),
+                address,
+                scores.into_array_arg(),
+                output.clone().into_array_arg(),
+                rows,
+                queries,
+                keys,
+                scale as f32,
+                causal,
+                lanes,
+                dtype.into(),
+            )
+        };
+        return output;
+    }
     unsafe {
         attention_softmax_kernel::launch_unchecked(
             &output.client,

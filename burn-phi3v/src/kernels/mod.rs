@@ -641,9 +641,11 @@ pub fn fused_kernels() -> bool {
 /// (no split of the keys over several cubes and no combining launch); `blas_matmul` off keeps
 /// the products of many rows (see [`BLAS_STREAM_MIN_ROWS`]) on Burn's matmul instead of cuBLAS
 /// (CUDA);
+/// `attention_softmax_planes` off keeps the softmax at one cube per row of scores (its
+/// plane-per-row variant runs up to 4096 keys where the device's planes have one width);
 /// `add_rms_norm` off adds with Burn, then normalises with `rms_norm`; `rotary_append` off
 /// rotates with `rotary`, then appends with Burn's `slice_assign`.
-pub const KERNEL_NAMES: [&str; 16] = [
+pub const KERNEL_NAMES: [&str; 17] = [
     "rms_norm",
     "layer_norm",
     "quick_gelu",
@@ -660,6 +662,7 @@ pub const KERNEL_NAMES: [&str; 16] = [
     "blas_matmul",
     "flash_attention",
     "attention_softmax",
+    "attention_softmax_planes",
 ];
 
 /// Whether the backend's kernel `name` (one of [`KERNEL_NAMES`]) runs: [`fused_kernels`] is
