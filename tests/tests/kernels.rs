@@ -339,7 +339,8 @@ impl KernelJob {
         // units and than a plane, CLIP's 577 keys, causal over as many keys as queries, after
         // cached keys, and over fewer keys than queries (the first rows see no key: zeros);
         // more rows than one launch dimension holds (65535) at a cube per row and at 8 rows per
-        // cube (a plane per row); rows of more keys than a plane takes (4096: a cube per row).
+        // cube (a plane per row, where the device's planes have one width: CUDA, not lavapipe);
+        // rows of more keys than a plane takes (4096: a cube per row).
         let softmax_cases = [
             (2, 3, 9, 9, true),
             (1, 2, 5, 1000, false),

@@ -639,8 +639,7 @@ pub fn fused_kernels() -> bool {
 /// `decode_attention_planes` off keeps decode attention on its units-over-keys variant;
 /// `decode_attention_split` off keeps each (batch, head) of the planes variant in one cube
 /// (no split of the keys over several cubes and no combining launch); `blas_matmul` off keeps
-/// the products of many rows (see [`BLAS_STREAM_MIN_ROWS`]) on Burn's matmul instead of cuBLAS
-/// (CUDA);
+/// the products of many rows ([`blas_min_rows`]) on Burn's matmul instead of cuBLAS (CUDA);
 /// `attention_softmax_planes` off keeps the softmax at one cube per row of scores (its
 /// plane-per-row variant runs up to 4096 keys where the device's planes have one width);
 /// `add_rms_norm` off adds with Burn, then normalises with `rms_norm`; `rotary_append` off
