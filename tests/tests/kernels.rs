@@ -495,7 +495,6 @@ impl KernelJob {
         // matmul): products of many rows through `kernels::linear`, with the weight as the
         // model holds it (the checkpoint's `[d_out, d_in]` rows, transposed), row-major, and with
         // a bias; 577 rows of CLIP's width.
-        let default_ordering = kernels::blas_ordering();
         for (rows, d_in, d_out) in [(130, 200, 72), (300, 96, 160), (577, 1024, 256)] {
             let x = tensor(input(vec![rows * d_in], 1.0)).reshape([1, rows, d_in]);
             let checkpoint = tensor(input(vec![d_out * d_in], 1.0)).reshape([d_out, d_in]);
