@@ -159,13 +159,13 @@ fn bench_smoke_run_writes_card_graphs_and_results() {
 
 /// `phi3v bench attention`: every choice on every problem, each output equal to the first
 /// choice's (on the CPU every choice but `scores` is Burn's attention, and `scores` composes its
-/// softmax there); bad problems and choices are messages.
+/// softmax there); `--parts` times scores' parts; bad problems and choices are messages.
 #[test]
 fn bench_attention_times_every_choice_and_compares_outputs() {
     let out = std::env::temp_dir().join(format!("phi3v-bench-attention-{}.json", std::process::id()));
     let o = phi3v(&[
         "bench", "attention", "--device", "cpu", "--shapes", "1,2,40,40,16,causal;2,3,9,20,8", "--flash", "burn;scores", "--warmup", "0",
-        "--runs", "2", "--out", out.to_str().unwrap(),
+        "--runs", "2", "--parts", "--out", out.to_str().unwrap(),
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
     let r: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
@@ -177,6 +177,11 @@ fn bench_attention_times_every_choice_and_compares_outputs() {
     }
     assert_eq!(timings[1]["choice"], "Scores");
     assert!(stdout(&o).contains("| 1×2×40×40×16 causal | Scores |"), "{}", stdout(&o));
+    // `--parts`: scores in one chunk and its three parts, per problem.
+    let parts: Vec<&str> = r["parts"].as_array().unwrap().iter().map(|p| p["part"].as_str().unwrap()).collect();
+    assert_eq!(parts, ["scores, one chunk", "q·kᵀ", "softmax", "p·v"].repeat(2), "{r}");
+    assert!(r["parts"].as_array().unwrap().iter().all(|p| p["us"].as_f64().unwrap() > 0.0), "{r}");
+    assert!(stdout(&o).contains("| 2×3×9×20×8 | softmax |"), "{}", stdout(&o));
     for (flag, value, message) in [("--shapes", "1,2,8,4,16,causal", "needs keys ≥ queries"), ("--shapes", "1,2,3", "is not batch,heads"), ("--flash", "fast", "`fast` is not auto, burn")] {
         let bad = phi3v(&["bench", "attention", "--device", "cpu", flag, value]);
         assert!(!bad.status.success() && stderr(&bad).contains(message), "{flag} {value}: {}", stderr(&bad));

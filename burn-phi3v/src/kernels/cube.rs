@@ -1284,30 +1284,12 @@ fn attention_softmax_kernel<E: Float>(
     }
     let base = CUBE_POS * keys;
     let unit = UNIT_POS as usize;
-    let mut end = keys;
-    if causal {
-        // Key j is seen while j < i + keys − queries + 1 (unsigned: no key when that is ≤ 0).
-        let limit = CUBE_POS % queries + keys + 1;
-        let seen = limit - select(limit > queries, queries, limit);
-        end = select(seen < keys, seen, keys);
-    }
-    let mut max_score = f32::new(NO_SCORE);
-    let mut total = f32::new(0.0);
-    let mut j = unit;
-    while j < end {
-        let x = f32::cast_from(scores[base + j]) * scale;
-        if x > max_score {
-            total = total * f32::exp(max_score - x) + f32::new(1.0);
-            max_score = x;
-        } else {
-            total += f32::exp(x - max_score);
-        }
-        j += units;
-    }
+    let end = seen_keys(CUBE_POS, queries, keys, causal);
+    let own = running_sum(scores, base, unit, end, scale, units);
     let mut maxima = SharedMemory::<f32>::new(units);
     let mut totals = SharedMemory::<f32>::new(units);
-    maxima[unit] = max_score;
-    totals[unit] = total;
+    maxima[unit] = own.max;
+    totals[unit] = own.total;
     sync_cube();
     let mut active = CUBE_DIM / 2;
     while active > 0 {
@@ -1321,14 +1303,72 @@ fn attention_softmax_kernel<E: Float>(
         sync_cube();
         active /= 2;
     }
-    let m = maxima[0];
-    let sum = totals[0];
-    let inv = select(sum > f32::new(0.0), f32::new(1.0) / sum, f32::new(0.0));
-    let mut j = unit;
+    write_probabilities(scores, output, base, unit, keys, end, scale, RunningSum { max: maxima[0], total: totals[0] }, units);
+}
+
+/// The keys `0..end` a row of scores sees: all, or when `causal` key `j` while
+/// `j < i + keys − queries + 1` for the row's query `i` (none when that is ≤ 0).
+#[cube]
+fn seen_keys(row: usize, queries: usize, keys: usize, #[comptime] causal: bool) -> usize {
+    let mut end = keys;
+    if causal {
+        // Unsigned: `limit − queries` clamped at 0.
+        let limit = row % queries + keys + 1;
+        let seen = limit - select(limit > queries, queries, limit);
+        end = select(seen < keys, seen, keys);
+    }
+    end
+}
+
+/// A running maximum of `scale · s` and the sum of `exp(scale · s − max)` over some scores.
+#[derive(CubeType)]
+struct RunningSum {
+    max: f32,
+    total: f32,
+}
+
+/// [`RunningSum`] of one worker's strided share of a row's visible scores: keys
+/// `first, first + step, …` below `end` of the row at `base`.
+#[cube]
+fn running_sum<E: Float>(scores: &Array<E>, base: usize, first: usize, end: usize, scale: f32, #[comptime] step: usize) -> RunningSum {
+    let mut max_score = f32::new(NO_SCORE);
+    let mut total = f32::new(0.0);
+    let mut j = first;
+    while j < end {
+        let x = f32::cast_from(scores[base + j]) * scale;
+        if x > max_score {
+            total = total * f32::exp(max_score - x) + f32::new(1.0);
+            max_score = x;
+        } else {
+            total += f32::exp(x - max_score);
+        }
+        j += step;
+    }
+    RunningSum { max: max_score, total }
+}
+
+/// Writes one worker's strided share (`first, first + step, …` below `keys`) of a row's
+/// probabilities `exp(scale · s − max) / total` from the whole row's [`RunningSum`]: 0 for the
+/// hidden keys (`≥ end`), and for a row that sees none.
+#[cube]
+#[allow(clippy::too_many_arguments)]
+fn write_probabilities<E: Float>(
+    scores: &Array<E>,
+    output: &mut Array<E>,
+    base: usize,
+    first: usize,
+    keys: usize,
+    end: usize,
+    scale: f32,
+    row: RunningSum,
+    #[comptime] step: usize,
+) {
+    let inv = select(row.total > f32::new(0.0), f32::new(1.0) / row.total, f32::new(0.0));
+    let mut j = first;
     while j < keys {
-        let p = f32::exp(f32::cast_from(scores[base + j]) * scale - m) * inv;
+        let p = f32::exp(f32::cast_from(scores[base + j]) * scale - row.max) * inv;
         output[base + j] = E::cast_from(select(j < end, p, f32::new(0.0)));
-        j += units;
+        j += step;
     }
 }
 
@@ -1364,36 +1404,12 @@ fn attention_softmax_planes_kernel<E: Float>(
     }
     let base = row * keys;
     let lane = UNIT_POS_X as usize;
-    let mut end = keys;
-    if causal {
-        // As in `attention_softmax_kernel`.
-        let limit = row % queries + keys + 1;
-        let seen = limit - select(limit > queries, queries, limit);
-        end = select(seen < keys, seen, keys);
-    }
-    let mut max_score = f32::new(NO_SCORE);
-    let mut total = f32::new(0.0);
-    let mut j = lane;
-    while j < end {
-        let x = f32::cast_from(scores[base + j]) * scale;
-        if x > max_score {
-            total = total * f32::exp(max_score - x) + f32::new(1.0);
-            max_score = x;
-        } else {
-            total += f32::exp(x - max_score);
-        }
-        j += lanes;
-    }
-    let m = plane_max(max_score);
+    let end = seen_keys(row, queries, keys, causal);
+    let own = running_sum(scores, base, lane, end, scale, lanes);
+    let max = plane_max(own.max);
     // A lane that saw no key has total 0, whatever its maximum.
-    let sum = plane_sum(total * f32::exp(max_score - m));
-    let inv = select(sum > f32::new(0.0), f32::new(1.0) / sum, f32::new(0.0));
-    let mut j = lane;
-    while j < keys {
-        let p = f32::exp(f32::cast_from(scores[base + j]) * scale - m) * inv;
-        output[base + j] = E::cast_from(select(j < end, p, f32::new(0.0)));
-        j += lanes;
-    }
+    let total = plane_sum(own.total * f32::exp(own.max - max));
+    write_probabilities(scores, output, base, lane, keys, end, scale, RunningSum { max, total }, lanes);
 }
 
 /// Attention probabilities from raw scores in one launch; see [`Kernels::attention_softmax`]:

@@ -849,7 +849,10 @@ pub fn scores_attention<B: Kernels>(q: Tensor<B, 4>, k: Tensor<B, 4>, v: Tensor<
 /// ordered on the backend's own stream ([`BlasOrdering::Stream`], no host sync), Burn's matmul
 /// otherwise (ordered by the host, cuBLAS was slower here than Burn's matmul: docs/kernels.md
 /// session 20).
-fn scores_product<B: Kernels>(lhs: Tensor<B, 4>, rhs: Tensor<B, 4>) -> Tensor<B, 4> {
+///
+/// # Shapes
+/// `lhs`: `[batch, heads, m, k]`, `rhs`: `[batch, heads, k, n]` → `[batch, heads, m, n]`
+pub fn scores_product<B: Kernels>(lhs: Tensor<B, 4>, rhs: Tensor<B, 4>) -> Tensor<B, 4> {
     if blas_ordering() == BlasOrdering::Stream
         && let Some(out) = blas_matmul(lhs.clone(), rhs.clone())
     {

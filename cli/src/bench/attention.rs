@@ -33,6 +33,10 @@ pub struct AttentionArgs {
     /// `scores`, `planes,seq_q,seq_kv`), separated by `;`; the first is the one the others are compared with.
     #[arg(long, value_delimiter = ';', default_value = "burn;scores;4,2,2")]
     flash: Vec<String>,
+    /// Also time the parts of the `scores` choice on each whole problem (one chunk: q·kᵀ, the
+    /// softmax, p·v), and `scores` in one chunk, to see where its time goes.
+    #[arg(long)]
+    parts: bool,
     /// Calls before timing.
     #[arg(long, default_value_t = 3)]
     warmup: usize,
@@ -104,12 +108,25 @@ pub struct Timing {
     pub rel_diff: f64,
 }
 
+/// One part of the `scores` choice timed alone (`--parts`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct PartTiming {
+    pub problem: Problem,
+    /// `scores, one chunk`, `q·kᵀ`, `softmax` or `p·v`.
+    pub part: String,
+    /// Mean microseconds per call.
+    pub us: f64,
+}
+
 /// What `phi3v bench attention` writes.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct AttentionReport {
     pub device: String,
     pub dtype: String,
     pub timings: Vec<Timing>,
+    /// `--parts`: the parts of `scores`, per problem.
+    #[serde(default)]
+    pub parts: Vec<PartTiming>,
 }
 
 /// Entry point of `phi3v bench attention`.
@@ -119,7 +136,7 @@ pub fn run(args: AttentionArgs) -> CliResult<()> {
     if choices.is_empty() {
         return Err("--flash: no choice given".into());
     }
-    let job = AttentionJob { problems, choices, warmup: args.warmup, runs: args.runs.max(1) };
+    let job = AttentionJob { problems, choices, parts: args.parts, warmup: args.warmup, runs: args.runs.max(1) };
     let report = with_device(&args.device, args.dtype.as_deref(), job)?;
     print!("{}", markdown(&report));
     for r in kernels::flash_attention_refusals() {
@@ -134,6 +151,7 @@ pub fn run(args: AttentionArgs) -> CliResult<()> {
 struct AttentionJob {
     problems: Vec<Problem>,
     choices: Vec<FlashAttention>,
+    parts: bool,
     warmup: usize,
     runs: usize,
 }
@@ -144,7 +162,7 @@ impl DeviceFn for AttentionJob {
     fn run<B: Kernels>(self, device: &B::Device, info: &DeviceInfo, dtype: DType) -> AttentionReport {
         let timer = Timer::<B> { device: device.clone(), warmup: self.warmup, runs: self.runs };
         let process_choice = kernels::flash_attention_choice();
-        let mut timings = Vec::new();
+        let (mut timings, mut parts) = (Vec::new(), Vec::new());
         for p in &self.problems {
             let shape = |n| [p.batch, p.heads, n, p.head_dim];
             let (q, k, v) = (random::<B, 4>(shape(p.queries), device, dtype), random::<B, 4>(shape(p.keys), device, dtype), random::<B, 4>(shape(p.keys), device, dtype));
@@ -159,9 +177,23 @@ impl DeviceFn for AttentionJob {
                 eprintln!("{p:?} {choice:?}: {us:.1} µs");
                 timings.push(Timing { problem: *p, choice: format!("{choice:?}"), us, tflops: p.flop() / us / 1e6, rel_diff });
             }
+            if self.parts {
+                // The whole problem at once: a causal one multiplies every key here.
+                let scale = 1.0 / (p.head_dim as f64).sqrt();
+                let scores = kernels::scores_product(q.clone(), k.clone().swap_dims(2, 3));
+                let probabilities = kernels::attention_softmax(scores.clone(), scale, p.causal);
+                let mut part = |name: &str, us: f64| {
+                    eprintln!("{p:?} {name}: {us:.1} µs");
+                    parts.push(PartTiming { problem: *p, part: name.into(), us });
+                };
+                part("scores, one chunk", timer.time(|| kernels::scores_attention(q.clone(), k.clone(), v.clone(), p.causal, usize::MAX)));
+                part("q·kᵀ", timer.time(|| kernels::scores_product(q.clone(), k.clone().swap_dims(2, 3))));
+                part("softmax", timer.time(|| kernels::attention_softmax(scores.clone(), scale, p.causal)));
+                part("p·v", timer.time(|| kernels::scores_product(probabilities.clone(), v.clone())));
+            }
         }
         kernels::set_flash_attention(process_choice);
-        AttentionReport { device: format!("{} ({})", info.name, info.spec), dtype: dtype_name(dtype).into(), timings }
+        AttentionReport { device: format!("{} ({})", info.name, info.spec), dtype: dtype_name(dtype).into(), timings, parts }
     }
 }
 
@@ -180,6 +212,14 @@ pub fn markdown(r: &AttentionReport) -> String {
             "| {}×{}×{}×{}×{}{how} | {} | {:.1} | {:.2} | {:.2} | {:.1e} |\n",
             p.batch, p.heads, p.queries, p.keys, p.head_dim, t.choice, t.us, t.tflops, base / t.us, t.rel_diff
         );
+    }
+    if !r.parts.is_empty() {
+        s += "\n## The parts of `scores`, each problem whole (one chunk)\n\n| problem | part | µs / call |\n|---|---|---|\n";
+        for t in &r.parts {
+            let p = t.problem;
+            let how = if p.causal { " causal" } else { "" };
+            s += &format!("| {}×{}×{}×{}×{}{how} | {} | {:.1} |\n", p.batch, p.heads, p.queries, p.keys, p.head_dim, t.part, t.us);
+        }
     }
     s
 }
