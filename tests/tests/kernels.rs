@@ -276,8 +276,7 @@ impl KernelJob {
             compare(format!("flash_attention{tiling} [{batch}, {heads}/{kv_heads} heads, {queries} queries, {keys} keys, {head_dim}] {how}"), ATTENTION_TERMS, outputs);
         };
         let flash_cases = [(1, 4, 4, 70, 70, 96, true), (2, 3, 3, 20, 50, 64, true), (2, 2, 2, 33, 33, 64, false), (1, 4, 2, 17, 40, 32, false), (1, 2, 1, 130, 130, 128, true)];
-        // Under Burn's attention and under the default, `Auto` (`scores` when causal, the
-        // tensor-core tiling without a causal limit where the device runs it).
+        // Under Burn's attention and under the default, `Auto` (`scores`).
         let default_flash = kernels::flash_attention_choice();
         for choice in [kernels::FlashAttention::Burn, kernels::FlashAttention::Auto] {
             assert!(kernels::set_flash_attention(choice));
@@ -300,6 +299,9 @@ impl KernelJob {
             flash(2, 2, 2, 64, 100, 64, false, &tiling, None);
             flash(1, 2, 2, 33, 33, 64, false, &tiling, None); // queries padded to a whole stage
             flash(1, 2, 2, 40, 112, 64, true, &tiling, None); // after 72 cached keys, padded
+            // 16-dim heads (the tiny checkpoints' CLIP): the routine's outputs were wrong there
+            // (session 22), so they must take Burn's attention.
+            flash(3, 2, 2, 577, 577, 16, false, &tiling, None);
         }
         // Two matmuls around the one-pass softmax (`FlashAttention::Scores`): every case above in
         // one chunk, then in chunks of 16 and of 7 query rows (causal chunks see fewer keys than
@@ -331,7 +333,7 @@ impl KernelJob {
         assert_eq!(kernels::FlashAttention::parse("auto"), Some(kernels::FlashAttention::Auto));
         assert_eq!(kernels::FlashAttention::parse(""), Some(kernels::FlashAttention::Auto));
         assert_eq!(kernels::FlashAttention::Auto.resolve(true), kernels::FlashAttention::Scores);
-        assert_eq!(kernels::FlashAttention::Auto.resolve(false), kernels::FlashAttention::VISION_TILES);
+        assert_eq!(kernels::FlashAttention::Auto.resolve(false), kernels::FlashAttention::Scores);
         assert_eq!(kernels::FlashAttention::Burn.resolve(true), kernels::FlashAttention::Burn);
         assert_eq!(kernels::FlashAttention::parse("4,1"), None);
 
@@ -340,25 +342,30 @@ impl KernelJob {
         // cached keys, and over fewer keys than queries (the first rows see no key: zeros);
         // more rows than one launch dimension holds (65535) at a cube per row and at 8 rows per
         // cube (a plane per row, where the device's planes have one width: CUDA, not lavapipe);
-        // rows of more keys than a plane takes (4096: a cube per row).
+        // rows of more keys than a plane takes (4096: a cube per row). The last number is the
+        // columns: past the keys they are padding, as `scores` pads CLIP's 577 keys to 584
+        // (written as 0, left out of the sums).
         let softmax_cases = [
-            (2, 3, 9, 9, true),
-            (1, 2, 5, 1000, false),
-            (1, 2, 40, 300, true),
-            (1, 4, 6, 577, false),
-            (1, 1, 12, 5, true),
-            (1, 1, 70000, 3, false),
-            (1, 1, 600_000, 2, false),
-            (1, 2, 3, 5000, true),
-            (1, 1, 2, 4100, false),
+            (2, 3, 9, 9, true, 9),
+            (1, 2, 5, 1000, false, 1000),
+            (1, 2, 40, 300, true, 300),
+            (1, 4, 6, 577, false, 577),
+            (1, 1, 12, 5, true, 5),
+            (1, 1, 70000, 3, false, 3),
+            (1, 1, 600_000, 2, false, 2),
+            (1, 2, 3, 5000, true, 5000),
+            (1, 1, 2, 4100, false, 4100),
+            (2, 3, 9, 577, false, 584),
+            (1, 2, 20, 37, true, 40),
+            (1, 1, 30, 20, true, 24),
         ];
-        for (batch, heads, queries, keys, causal) in softmax_cases {
-            let scores = tensor(input(vec![batch * heads * queries * keys], 64.0)).reshape([batch, heads, queries, keys]);
-            let outputs = both(&|| kernels::attention_softmax(scores.clone(), 0.125, causal).reshape([1, batch * heads * queries, keys]));
+        for (batch, heads, queries, keys, causal, columns) in softmax_cases {
+            let scores = tensor(input(vec![batch * heads * queries * columns], 64.0)).reshape([batch, heads, queries, columns]);
+            let outputs = both(&|| kernels::attention_softmax_padded(scores.clone(), 0.125, causal, keys).reshape([1, batch * heads * queries, columns]));
             let how = if causal { "causal" } else { "full" };
             // Each probability is divided by a sum of `keys` terms (in f32 on every side; at 4100
             // and 5000 keys the CPU's own composed softmax is 3–5e-6 from its fused one).
-            compare(format!("attention_softmax [{batch}, {heads}, {queries}, {keys}] {how}"), keys, outputs);
+            compare(format!("attention_softmax [{batch}, {heads}, {queries}, {keys} of {columns}] {how}"), keys, outputs);
         }
 
         // The engine's rotary + paged-pool write: 7 tokens written at scattered rows of a 40-row

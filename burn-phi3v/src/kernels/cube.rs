@@ -164,12 +164,7 @@ where
                 FlashAttention::Burn => FlashAttention::Unit,
                 choice => choice,
             },
-            // `Auto`'s tensor-core tiling has been checked on CUDA only (wgpu adapters with
-            // cooperative matrices have not run it): Burn's attention elsewhere.
-            KernelPolicy::Verified => match (super::flash_attention_choice(), causal) {
-                (FlashAttention::Auto, false) if R::name(&q.client) != "cuda" => FlashAttention::Burn,
-                (choice, _) => choice.resolve(causal),
-            },
+            KernelPolicy::Verified => super::flash_attention_choice().resolve(causal),
             KernelPolicy::Off => FlashAttention::Burn,
         };
         if !runs_here(&q.client) {
@@ -187,7 +182,11 @@ where
                 // attention (`scores` is the fast causal choice). Above FLASH_QUERIES Burn's flash
                 // kernels lost accuracy (docs/parity.md, session 11): those lengths keep the
                 // composed chunks.
-                let fits = half && kv_heads == q.meta.shape()[1] && !causal && queries <= crate::model::nn::FLASH_QUERIES;
+                let fits = half
+                    && kv_heads == q.meta.shape()[1]
+                    && !causal
+                    && queries <= crate::model::nn::FLASH_QUERIES
+                    && super::TILES_HEAD_DIMS.contains(&head_dim);
                 if !fits {
                     return super::default_flash_attention::<Self>(q, k, v, causal);
                 }
@@ -248,11 +247,11 @@ where
         }
     }
 
-    fn attention_softmax(scores: FloatTensor<Self>, scale: f64, causal: bool) -> FloatTensor<Self> {
+    fn attention_softmax(scores: FloatTensor<Self>, scale: f64, causal: bool, keys: usize) -> FloatTensor<Self> {
         if !runs_here(&scores.client) {
-            return super::default_attention_softmax::<Self>(scores, scale, causal);
+            return super::default_attention_softmax::<Self>(scores, scale, causal, keys);
         }
-        attention_softmax(scores, scale, causal)
+        attention_softmax(scores, scale, causal, keys)
     }
 
     fn decode_attention(q: FloatTensor<Self>, k: FloatTensor<Self>, v: FloatTensor<Self>) -> FloatTensor<Self> {
@@ -1262,11 +1261,12 @@ fn flash_attention_kernel<E: Float>(
     }
 }
 
-/// One cube per row of scores `[rows = batch · heads · queries, keys]` (contiguous): each unit
-/// keeps a running maximum and sum of `exp(scale · s − max)` over its strided share of the
-/// keys the row's query sees (all, or `0..i + keys − queries + 1` when causal), the pairs are
-/// merged by a tree reduction in shared memory, then each unit writes its share of
-/// `exp(scale · s − max) / sum` (0 for hidden keys, and for a row that sees none).
+/// One cube per row of scores `[rows = batch · heads · queries, stride]` (contiguous; columns
+/// `keys..stride` are padding): each unit keeps a running maximum and sum of
+/// `exp(scale · s − max)` over its strided share of the keys the row's query sees (all `keys`,
+/// or `0..i + keys − queries + 1` when causal), the pairs are merged by a tree reduction in
+/// shared memory, then each unit writes its share of `exp(scale · s − max) / sum` (0 for hidden
+/// keys and padding, and for a row that sees none).
 #[cube(launch_unchecked, address_type = "dynamic")]
 fn attention_softmax_kernel<E: Float>(
     scores: &Array<E>,
@@ -1274,6 +1274,7 @@ fn attention_softmax_kernel<E: Float>(
     rows: usize,
     queries: usize,
     keys: usize,
+    stride: usize,
     scale: f32,
     #[comptime] causal: bool,
     #[comptime] units: usize,
@@ -1282,7 +1283,7 @@ fn attention_softmax_kernel<E: Float>(
     if CUBE_POS >= rows {
         terminate!();
     }
-    let base = CUBE_POS * keys;
+    let base = CUBE_POS * stride;
     let unit = UNIT_POS as usize;
     let end = seen_keys(CUBE_POS, queries, keys, causal);
     let own = running_sum(scores, base, unit, end, scale, units);
@@ -1303,7 +1304,7 @@ fn attention_softmax_kernel<E: Float>(
         sync_cube();
         active /= 2;
     }
-    write_probabilities(scores, output, base, unit, keys, end, scale, RunningSum { max: maxima[0], total: totals[0] }, units);
+    write_probabilities(scores, output, base, unit, stride, end, scale, RunningSum { max: maxima[0], total: totals[0] }, units);
 }
 
 /// The keys `0..end` a row of scores sees: all, or when `causal` key `j` while
@@ -1347,9 +1348,10 @@ fn running_sum<E: Float>(scores: &Array<E>, base: usize, first: usize, end: usiz
     RunningSum { max: max_score, total }
 }
 
-/// Writes one worker's strided share (`first, first + step, …` below `keys`) of a row's
-/// probabilities `exp(scale · s − max) / total` from the whole row's [`RunningSum`]: 0 for the
-/// hidden keys (`≥ end`), and for a row that sees none.
+/// Writes one worker's strided share (`first, first + step, …` below `stride`, the row's
+/// length) of a row's probabilities `exp(scale · s − max) / total` from the whole row's
+/// [`RunningSum`]: 0 for the hidden keys and the padding (`≥ end`), and for a row that sees
+/// none.
 #[cube]
 #[allow(clippy::too_many_arguments)]
 fn write_probabilities<E: Float>(
@@ -1357,7 +1359,7 @@ fn write_probabilities<E: Float>(
     output: &mut Array<E>,
     base: usize,
     first: usize,
-    keys: usize,
+    stride: usize,
     end: usize,
     scale: f32,
     row: RunningSum,
@@ -1365,7 +1367,7 @@ fn write_probabilities<E: Float>(
 ) {
     let inv = select(row.total > f32::new(0.0), f32::new(1.0) / row.total, f32::new(0.0));
     let mut j = first;
-    while j < keys {
+    while j < stride {
         let p = f32::exp(f32::cast_from(scores[base + j]) * scale - row.max) * inv;
         output[base + j] = E::cast_from(select(j < end, p, f32::new(0.0)));
         j += step;
@@ -1393,6 +1395,7 @@ fn attention_softmax_planes_kernel<E: Float>(
     rows: usize,
     queries: usize,
     keys: usize,
+    stride: usize,
     scale: f32,
     #[comptime] causal: bool,
     #[comptime] lanes: usize,
@@ -1402,32 +1405,33 @@ fn attention_softmax_planes_kernel<E: Float>(
     if row >= rows {
         terminate!();
     }
-    let base = row * keys;
+    let base = row * stride;
     let lane = UNIT_POS_X as usize;
     let end = seen_keys(row, queries, keys, causal);
     let own = running_sum(scores, base, lane, end, scale, lanes);
     let max = plane_max(own.max);
     // A lane that saw no key has total 0, whatever its maximum.
     let total = plane_sum(own.total * f32::exp(own.max - max));
-    write_probabilities(scores, output, base, lane, keys, end, scale, RunningSum { max, total }, lanes);
+    write_probabilities(scores, output, base, lane, stride, end, scale, RunningSum { max, total }, lanes);
 }
 
 /// Attention probabilities from raw scores in one launch; see [`Kernels::attention_softmax`]:
 /// a plane per row up to [`SOFTMAX_PLANE_MAX_KEYS`] keys where the device has planes of one
 /// width ([`attention_softmax_planes_kernel`]), a cube per row otherwise
 /// ([`attention_softmax_kernel`]).
-pub(crate) fn attention_softmax<R: CubeRuntime>(scores: CubeTensor<R>, scale: f64, causal: bool) -> CubeTensor<R> {
+pub(crate) fn attention_softmax<R: CubeRuntime>(scores: CubeTensor<R>, scale: f64, causal: bool, keys: usize) -> CubeTensor<R> {
     let scores = into_contiguous(scores);
     let shape = scores.meta.shape().clone();
-    let (queries, keys) = (shape[2], shape[3]);
-    let rows = shape.num_elements() / keys.max(1);
+    let (queries, stride) = (shape[2], shape[3]);
+    let keys = keys.min(stride);
+    let rows = shape.num_elements() / stride.max(1);
     let output = empty_device_contiguous_dtype(scores.client.clone(), scores.device.clone(), shape, scores.dtype);
-    if rows == 0 || keys == 0 {
+    if rows == 0 || stride == 0 {
         return output;
     }
     let address = address_type([&scores, &output]);
     let dtype = scores.dtype;
-    if let Some(lanes) = uniform_plane(&scores.client).filter(|_| keys <= SOFTMAX_PLANE_MAX_KEYS && super::kernel_on("attention_softmax_planes")) {
+    if let Some(lanes) = uniform_plane(&scores.client).filter(|_| stride <= SOFTMAX_PLANE_MAX_KEYS && super::kernel_on("attention_softmax_planes")) {
         unsafe {
             attention_softmax_planes_kernel::launch_unchecked(
                 &output.client,
@@ -1439,6 +1443,7 @@ pub(crate) fn attention_softmax<R: CubeRuntime>(scores: CubeTensor<R>, scale: f6
                 rows,
                 queries,
                 keys,
+                stride,
                 scale as f32,
                 causal,
                 lanes,
@@ -1458,6 +1463,7 @@ pub(crate) fn attention_softmax<R: CubeRuntime>(scores: CubeTensor<R>, scale: f6
             rows,
             queries,
             keys,
+            stride,
             scale as f32,
             causal,
             ROW_UNITS as usize,

@@ -22,7 +22,7 @@ enum Kind {
     Rotary { head_dim: usize },
     SiluMul,
     DecodeAttention,
-    AttentionSoftmax { scale: f64, causal: bool },
+    AttentionSoftmax { scale: f64, causal: bool, keys: usize },
     SkinnyLinear,
     TiledMatmul { tiling: super::MatmulTiling },
     /// Inputs: `x`, `weight`, then the norm's weight when `norm_eps` is given, then the
@@ -60,7 +60,7 @@ impl<B: FusionBackend + Kernels> Operation<B::FusionRuntime> for Step<B> {
             Kind::Rotary { head_dim } => vec![B::rotary(input(0), input(1), input(2), head_dim)],
             Kind::SiluMul => vec![B::silu_mul(input(0))],
             Kind::DecodeAttention => vec![B::decode_attention(input(0), input(1), input(2))],
-            Kind::AttentionSoftmax { scale, causal } => vec![B::attention_softmax(input(0), scale, causal)],
+            Kind::AttentionSoftmax { scale, causal, keys } => vec![B::attention_softmax(input(0), scale, causal, keys)],
             Kind::SkinnyLinear => vec![B::skinny_linear(input(0), input(1))],
             Kind::TiledMatmul { tiling } => vec![B::tiled_matmul(input(0), input(1), tiling)],
             Kind::FusedLinear { norm_eps, then } => {
@@ -170,9 +170,9 @@ impl<B: FusionBackend + Kernels> Kernels for Fusion<B> {
         register::<B>("phi3v_fused_linear", Kind::FusedLinear { norm_eps, then }, inputs, Shape::new([rows, width]))
     }
 
-    fn attention_softmax(scores: FloatTensor<Self>, scale: f64, causal: bool) -> FloatTensor<Self> {
+    fn attention_softmax(scores: FloatTensor<Self>, scale: f64, causal: bool, keys: usize) -> FloatTensor<Self> {
         let shape = scores.shape.clone();
-        register::<B>("phi3v_attention_softmax", Kind::AttentionSoftmax { scale, causal }, vec![scores], shape)
+        register::<B>("phi3v_attention_softmax", Kind::AttentionSoftmax { scale, causal, keys }, vec![scores], shape)
     }
 
     fn decode_attention(q: FloatTensor<Self>, k: FloatTensor<Self>, v: FloatTensor<Self>) -> FloatTensor<Self> {

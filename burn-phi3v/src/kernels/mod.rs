@@ -182,16 +182,16 @@ pub trait Kernels: Backend {
         default_flash_attention::<Self>(q, k, v, causal)
     }
 
-    /// Attention probabilities from raw scores: `softmax(scale · scores)` over the last
-    /// dimension, in f32, written in the scores' dtype. `causal` hides key `j` from query `i`
-    /// when `j > i + keys − queries` (bottom-right, as [`Kernels::flash_attention`]); a row
-    /// with every key hidden comes out as zeros. [`FlashAttention::Scores`] runs it between
-    /// two Burn matmuls.
+    /// Attention probabilities from raw scores: `softmax(scale · scores)` over the first `keys`
+    /// columns, in f32, written in the scores' dtype; the columns past `keys` are padding
+    /// (written as 0). `causal` hides key `j` from query `i` when `j > i + keys − queries`
+    /// (bottom-right, as [`Kernels::flash_attention`]); a row with every key hidden comes out
+    /// as zeros. [`FlashAttention::Scores`] runs it between two matmuls.
     ///
     /// # Shapes
-    /// `scores`: `[batch, heads, queries, keys]` → the same
-    fn attention_softmax(scores: FloatTensor<Self>, scale: f64, causal: bool) -> FloatTensor<Self> {
-        default_attention_softmax::<Self>(scores, scale, causal)
+    /// `scores`: `[batch, heads, queries, columns ≥ keys]` → the same
+    fn attention_softmax(scores: FloatTensor<Self>, scale: f64, causal: bool, keys: usize) -> FloatTensor<Self> {
+        default_attention_softmax::<Self>(scores, scale, causal, keys)
     }
 
     /// `lhs · rhs` by CubeCL's tensor-core matmul at `tiling` instead of the tiling Burn's
@@ -437,9 +437,9 @@ pub(crate) fn default_flash_attention<B: Backend>(q: FloatTensor<B>, k: FloatTen
 }
 
 /// [`Kernels::attention_softmax`]'s default, for implementations that fall back to it.
-pub(crate) fn default_attention_softmax<B: Backend>(scores: FloatTensor<B>, scale: f64, causal: bool) -> FloatTensor<B> {
+pub(crate) fn default_attention_softmax<B: Backend>(scores: FloatTensor<B>, scale: f64, causal: bool, keys: usize) -> FloatTensor<B> {
     let scores = Tensor::<B, 4>::from_primitive(TensorPrimitive::Float(scores));
-    composed::attention_softmax(scores, scale, causal).into_primitive().tensor()
+    composed::attention_softmax(scores, scale, causal, keys).into_primitive().tensor()
 }
 
 /// [`Kernels::decode_attention`]'s default, for implementations that fall back to it.
@@ -500,14 +500,22 @@ pub mod composed {
     }
 
     /// See [`Kernels::attention_softmax`]: Burn's NaN-safe softmax (as its attention
-    /// fallback's) over f32 scores with the causal keys filled with −∞.
-    pub fn attention_softmax<B: Backend>(scores: Tensor<B, 4>, scale: f64, causal: bool) -> Tensor<B, 4> {
+    /// fallback's) over f32 scores with the causal keys and the padding filled with −∞.
+    pub fn attention_softmax<B: Backend>(scores: Tensor<B, 4>, scale: f64, causal: bool, keys: usize) -> Tensor<B, 4> {
         let dtype = scores.dtype();
-        let [batch, heads, queries, keys] = scores.dims();
+        let [batch, heads, queries, columns] = scores.dims();
+        let keys = keys.min(columns);
         let mut x = scores.cast(burn::tensor::FloatDType::F32) * scale;
-        if causal {
-            let hidden = Tensor::<B, 2, Bool>::tril_mask([queries, keys], keys as i64 - queries as i64, &x.device());
-            x = x.mask_fill(hidden.unsqueeze::<4>().expand([batch, heads, queries, keys]), f32::NEG_INFINITY);
+        let device = x.device();
+        // Key `j` hidden from query `i`: `j > i + keys − queries` when causal (which hides the
+        // padding too), `j ≥ keys` otherwise.
+        let hidden = if causal {
+            Some(Tensor::<B, 2, Bool>::tril_mask([queries, columns], keys as i64 - queries as i64, &device))
+        } else {
+            (keys < columns).then(|| Tensor::<B, 1, Int>::arange(0..columns as i64, &device).greater_equal_elem(keys as i64).unsqueeze::<2>().expand([queries, columns]))
+        };
+        if let Some(hidden) = hidden {
+            x = x.mask_fill(hidden.unsqueeze::<4>().expand([batch, heads, queries, columns]), f32::NEG_INFINITY);
         }
         let max = x.clone().max_dim(3).clamp_min(f32::MIN);
         let e = (x - max).exp();
@@ -831,15 +839,27 @@ pub fn scores_attention<B: Kernels>(q: Tensor<B, 4>, k: Tensor<B, 4>, v: Tensor<
     let rep = heads / kv_heads.max(1);
     let (k, v) = (repeat_kv(k, rep), repeat_kv(v, rep));
     let scale = 1.0 / (head_dim as f64).sqrt();
-    let row_bytes = (batch * heads * keys * q.dtype().size()).max(1);
+    // Zero keys and values up to a multiple of SCORES_KEY_ALIGN: the scores' rows (the first
+    // product's output, the second's input) then start on 16-byte boundaries, which cuBLAS's
+    // fast kernels need (at CLIP's 577 keys its products ran ~4× slower, docs/kernels.md
+    // session 22). The softmax writes 0 for the padding, whose zero values then add nothing.
+    let padded = keys.next_multiple_of(SCORES_KEY_ALIGN);
+    let (k, v) = if padded > keys {
+        let zeros = Tensor::<B, 4>::zeros([batch, heads, padded - keys, head_dim], (&q.device(), q.dtype()));
+        (Tensor::cat(vec![k, zeros.clone()], 2), Tensor::cat(vec![v, zeros], 2))
+    } else {
+        (k, v)
+    };
+    let row_bytes = (batch * heads * padded * q.dtype().size()).max(1);
     let rows = (chunk_bytes / row_bytes).clamp(1, queries.max(1));
     let chunks: Vec<Tensor<B, 4>> = (0..queries)
         .step_by(rows)
         .map(|r0| {
             let n = rows.min(queries - r0);
             let seen = if causal { r0 + n + keys - queries } else { keys };
-            let scores = scores_product(q.clone().narrow(2, r0, n), k.clone().narrow(2, 0, seen).swap_dims(2, 3));
-            scores_product(attention_softmax(scores, scale, causal), v.clone().narrow(2, 0, seen))
+            let columns = seen.next_multiple_of(SCORES_KEY_ALIGN);
+            let scores = scores_product(q.clone().narrow(2, r0, n), k.clone().narrow(2, 0, columns).swap_dims(2, 3));
+            scores_product(attention_softmax_padded(scores, scale, causal, seen), v.clone().narrow(2, 0, columns))
         })
         .collect();
     if chunks.len() == 1 { chunks.into_iter().next().expect("one chunk") } else { Tensor::cat(chunks, 2) }
@@ -861,13 +881,24 @@ pub fn scores_product<B: Kernels>(lhs: Tensor<B, 4>, rhs: Tensor<B, 4>) -> Tenso
     lhs.matmul(rhs)
 }
 
-/// [`Kernels::attention_softmax`] on tensors (composed when its kernel is off).
+/// [`Kernels::attention_softmax`] on tensors over all their columns (composed when its kernel
+/// is off).
 pub fn attention_softmax<B: Kernels>(scores: Tensor<B, 4>, scale: f64, causal: bool) -> Tensor<B, 4> {
-    if !kernel_on("attention_softmax") {
-        return composed::attention_softmax(scores, scale, causal);
-    }
-    Tensor::from_primitive(TensorPrimitive::Float(B::attention_softmax(scores.into_primitive().tensor(), scale, causal)))
+    let keys = scores.dims()[3];
+    attention_softmax_padded(scores, scale, causal, keys)
 }
+
+/// [`Kernels::attention_softmax`] on tensors whose columns past `keys` are padding (composed
+/// when its kernel is off).
+pub fn attention_softmax_padded<B: Kernels>(scores: Tensor<B, 4>, scale: f64, causal: bool, keys: usize) -> Tensor<B, 4> {
+    if !kernel_on("attention_softmax") {
+        return composed::attention_softmax(scores, scale, causal, keys);
+    }
+    Tensor::from_primitive(TensorPrimitive::Float(B::attention_softmax(scores.into_primitive().tensor(), scale, causal, keys)))
+}
+
+/// [`scores_attention`] pads the keys to a multiple of this many (16 bytes of a 16-bit dtype).
+pub const SCORES_KEY_ALIGN: usize = 8;
 
 /// Which GPU kernel [`Kernels::flash_attention`] runs on the CubeCL backends under
 /// [`KernelPolicy::Verified`]. `PHI3V_FLASH_ATTENTION` sets it for a process (read once):
@@ -877,13 +908,12 @@ pub fn attention_softmax<B: Kernels>(scores: Tensor<B, 4>, scale: f64, causal: b
 /// sets it at any time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FlashAttention {
-    /// The default: per problem, the choice measured fastest among those that are right on
-    /// CUDA ([`FlashAttention::resolve`]): [`FlashAttention::Scores`] for causal attention
-    /// (prefill; 287 µs against Burn's 571 at 1×32×1024×1024×96 in bf16 on the H200),
-    /// [`FlashAttention::VISION_TILES`] without a causal limit (the vision tower; 1037 µs against
-    /// Burn's 1840 at 17×16×577×64) on CUDA, which takes Burn's attention where the tiling
-    /// cannot run (f32); Burn's attention without a causal limit on the other backends (the
-    /// tiling has not been checked there). docs/kernels.md sessions 15 and 18.
+    /// The default: [`FlashAttention::Scores`], causal or not, on every backend: the fastest of
+    /// the choices that are right on CUDA (H100, bf16, session 22: 159.5 µs against Burn's 628.4
+    /// at 1×32×1024×1024×96 causal; 961 against Burn's 1941 and the 4,2,2 tiles' 1047 at CLIP's
+    /// 17×16×577×64). Until session 22 the vision tower took [`FlashAttention::VISION_TILES`] on
+    /// CUDA: its outputs were wrong at 16-dim heads (the tiny checkpoints' CLIP), which put half
+    /// precision on CUDA off the fixtures (docs/parity.md, session 22).
     Auto,
     /// Burn's attention (its autotune picks among its flash and composed kernels).
     Burn,
@@ -895,9 +925,9 @@ pub enum FlashAttention {
     /// step of the loop over the keys. Only for attention without a causal mask (the vision
     /// tower's; the routine's causal mode gave wrong outputs on CUDA, docs/kernels.md session
     /// 15; a materialised causal mask is wrong too, session 18), bf16/f16 inputs (bf16 queries
-    /// go in as f16) with as many key as query heads, up to
-    /// 4096 queries; the others, and tilings the routine refuses, take
-    /// [`FlashAttention::Burn`]'s path.
+    /// go in as f16) with as many key as query heads, up to 4096 queries, at the head
+    /// dimensions [`TILES_HEAD_DIMS`] (16-dim heads gave wrong outputs, session 22); the others,
+    /// and tilings the routine refuses, take [`FlashAttention::Burn`]'s path.
     Tiles {
         /// Planes per cube (1–16).
         planes: u8,
@@ -915,17 +945,17 @@ pub enum FlashAttention {
 }
 
 impl FlashAttention {
-    /// The tensor-core tiling [`FlashAttention::Auto`] gives attention without a causal limit:
-    /// 4 planes of 2 query tiles, 2 key tiles per step (the fastest of those timed for CLIP's
-    /// 577 × 64 heads on the H200, docs/kernels.md session 18).
+    /// The tensor-core tiling fastest of those timed for CLIP's 577 × 64 heads on the H200
+    /// (docs/kernels.md session 18): 4 planes of 2 query tiles, 2 key tiles per step. Opt-in
+    /// (`PHI3V_FLASH_ATTENTION=4,2,2`); [`FlashAttention::Auto`] gave it the vision tower on
+    /// CUDA until session 22.
     pub const VISION_TILES: Self = Self::Tiles { planes: 4, seq_q: 2, seq_kv: 2 };
 
     /// The choice that runs for attention with (`causal`) or without a causal limit:
     /// [`FlashAttention::Auto`]'s pick, any other choice itself.
     pub fn resolve(self, causal: bool) -> Self {
         match (self, causal) {
-            (Self::Auto, true) => Self::Scores,
-            (Self::Auto, false) => Self::VISION_TILES,
+            (Self::Auto, _) => Self::Scores,
             (choice, _) => choice,
         }
     }
@@ -976,6 +1006,10 @@ impl FlashAttention {
         }
     }
 }
+
+/// The head dimensions at which [`FlashAttention::Tiles`] runs: those its outputs were checked
+/// at on CUDA (CLIP's 64; at 16 they were wrong, docs/parity.md session 22).
+pub const TILES_HEAD_DIMS: [usize; 1] = [64];
 
 /// 0 = not read from the environment yet.
 static FLASH_ATTENTION: AtomicU32 = AtomicU32::new(0);

@@ -208,6 +208,22 @@ mod tests {
         (a - b).abs().max().into_scalar()
     }
 
+    /// The attention softmax over padded scores (as `scores_attention` pads the keys) equals the
+    /// softmax over the real keys alone, with zeros in the padding, causal or not.
+    #[test]
+    fn padded_softmax_equals_the_softmax_of_the_keys() {
+        for (queries, keys, columns, causal) in [(5, 5, 8, true), (3, 9, 16, true), (4, 6, 8, false), (2, 7, 7, false)] {
+            let scores = random([2, 3, queries, columns]);
+            let padded = crate::kernels::attention_softmax_padded(scores.clone(), 0.5, causal, keys);
+            let alone = crate::kernels::attention_softmax(scores.narrow(3, 0, keys), 0.5, causal);
+            assert!(max_diff(padded.clone().narrow(3, 0, keys), alone) < 1e-6, "{queries}×{keys} of {columns}");
+            if columns > keys {
+                let pad: f32 = padded.narrow(3, keys, columns - keys).abs().max().into_scalar();
+                assert_eq!(pad, 0.0, "{queries}×{keys} of {columns}: padding");
+            }
+        }
+    }
+
     /// Chunked composed attention equals Burn's composed attention in one piece: causal with as
     /// many keys as queries, causal with more keys (bottom-right aligned), an explicit mask, and
     /// both, for chunk sizes that do and do not divide the queries.
