@@ -6,7 +6,8 @@
 #   img  — `bench run --scenarios images`: the image encode at num_crops 16 (41.4 ms in call 2);
 #   then side by side: the fixture parity suite on cuda f16 and bf16 (f16 failed every image
 #   case under the 4,2,2 tiles), `generate` on cuda bf16 against the fixture's ids, wgpu f16
-#   parity (its vision tower now takes `scores` too), the kernels test on cuda f32.
+#   parity (its vision tower now takes `scores` too), cuda f32 parity, the kernels test on cuda
+#   f32, and issue 9's op checks through the reference CUDA plugin in f16 and bf16.
 source scripts/gpu_env.sh
 timed_folders s22e
 cd $D
@@ -21,9 +22,12 @@ job parity-cuda-f16 $B/phi3v-parity --device cuda --dtype f16
 job parity-cuda-bf16 $B/phi3v-parity --device cuda --dtype bf16
 job generate-cuda-bf16 $B/phi3v "${GEN_TINY[@]}" --device cuda --dtype bf16
 job parity-wgpu-f16 $B/phi3v-parity --device wgpu --dtype f16
+job parity-cuda-f32 $B/phi3v-parity --device cuda --dtype f32
 job kernels-f32 env PHI3V_TEST_DEVICES=cuda:0:f32 $B/kernels --nocapture
+job plugin-ops-half $B/phi3v-plugin-conformance --device plugin:$B/libphi3v_plugin_cuda.so:0 --ops-only --dtypes f16,bf16
 wait; collect; cp /tmp/res/* $RS/ 2>/dev/null
-for n in parity-cuda-f16 parity-cuda-bf16 parity-wgpu-f16; do echo "=== $n: $(tail -n1 $W/$n/out.txt)"; grep "^| [a-z]" $W/$n/out.txt | cut -c1-200; done
+for n in parity-cuda-f16 parity-cuda-bf16 parity-wgpu-f16 parity-cuda-f32; do echo "=== $n: $(tail -n1 $W/$n/out.txt)"; grep "^| [a-z]" $W/$n/out.txt | cut -c1-200; done
 python3 scripts/greedy_check.py $W/generate-cuda-bf16/out.txt $R/tests/fixtures/cases/astronaut_describe.json generate-cuda-bf16; tail -n1 $W/generate-cuda-bf16/out.txt
 echo "=== kernels-f32"; grep -hE "test result|FAIL|panicked|rc=|softmax.*of" $W/kernels-f32/out.txt $W/kernels-f32/err.txt | cut -c1-200 | tail -20
+echo "=== plugin-ops-half"; grep -E "FAIL|op checks pass|CONFORMANT|rc=" $W/plugin-ops-half/out.txt | cut -c1-200 | tail -12
 (cd $OUT && tar czf s22e.tgz s22e && rm -rf s22e)

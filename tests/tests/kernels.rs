@@ -64,8 +64,12 @@ impl KernelJob {
         let tensor = |(v, shape): (Vec<f32>, Vec<usize>)| Tensor::<B, 1>::from_data(TensorData::new(v, [shape.iter().product::<usize>()]), (device, dtype));
         let mut checks = Vec::new();
         let host = |t: Tensor<B, 3>| -> Vec<f32> { t.into_data().convert::<f32>().into_vec().unwrap() };
+        // Progress with the time since the start: a device run that runs out of its time says
+        // which check it reached (three CUDA bf16 runs ended without a word, sessions 20–22).
+        let start = std::time::Instant::now();
         let mut compare = |what: String, accumulated: usize, (fused, fused_again, composed): (Tensor<B, 3>, Tensor<B, 3>, Tensor<B, 3>)| {
             assert_eq!(fused.dims(), composed.dims(), "{what}");
+            eprintln!("{:8.1} s  ran {what}", start.elapsed().as_secs_f64());
             checks.push(Outputs { what, accumulated, fused: host(fused), fused_again: host(fused_again), composed: host(composed) });
         };
         // The kernels forced on (tested even where they are not on by default), then composed.
@@ -541,6 +545,13 @@ impl DeviceFn for KernelJob {
         // Where the backend has a vendor BLAS (cuBLAS on CUDA), the checks above ran through it,
         // and under `BlasOrdering::Stream` on CubeCL's stream (the workspace patches cubecl-cuda
         // so that its resources name their stream).
+        // `scores` chunks stay under wgpu's binding limit (128 MiB by default) on every backend
+        // but CUDA, which takes larger ones (`Kernels::scores_chunk_bytes`).
+        let chunk = B::scores_chunk_bytes(device);
+        let expected = if info.backend == "cuda" { kernels::SCORES_CHUNK_BYTES_CUDA } else { kernels::SCORES_CHUNK_BYTES };
+        if chunk != expected {
+            problems.push(format!("scores chunks of {chunk} bytes on {}, expected {expected}", info.backend));
+        }
         if cfg!(feature = "cuda") && info.backend == "cuda" {
             if kernels::blas_matmul_count() == products {
                 problems.push(format!("cuBLAS never ran: {:?}", kernels::blas_matmul_refusals()));

@@ -20,6 +20,10 @@ where
     I: IntElement,
     BT: BoolElement,
 {
+    fn scores_chunk_bytes(device: &Self::Device) -> usize {
+        if R::name(&R::client(device)) == "cuda" { super::SCORES_CHUNK_BYTES_CUDA } else { super::SCORES_CHUNK_BYTES }
+    }
+
     fn rms_norm(x: FloatTensor<Self>, weight: FloatTensor<Self>, eps: f64) -> FloatTensor<Self> {
         if !runs_here(&x.client) {
             return super::default_rms_norm::<Self>(x, weight, eps);

@@ -108,6 +108,10 @@ fn register_n<B: FusionBackend + Kernels, const N: usize>(name: &'static str, ki
 }
 
 impl<B: FusionBackend + Kernels> Kernels for Fusion<B> {
+    fn scores_chunk_bytes(device: &Self::Device) -> usize {
+        B::scores_chunk_bytes(device)
+    }
+
     fn rms_norm(x: FloatTensor<Self>, weight: FloatTensor<Self>, eps: f64) -> FloatTensor<Self> {
         let shape = x.shape.clone();
         register::<B>("phi3v_rms_norm", Kind::RmsNorm { eps }, vec![x, weight], shape)

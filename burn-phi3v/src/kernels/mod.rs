@@ -194,6 +194,14 @@ pub trait Kernels: Backend {
         default_attention_softmax::<Self>(scores, scale, causal, keys)
     }
 
+    /// Bytes of attention scores one chunk of query rows of [`scores_attention`] may hold on
+    /// `device`: [`SCORES_CHUNK_BYTES`] (half of wgpu's default limit on one storage binding)
+    /// unless the backend allows more.
+    fn scores_chunk_bytes(device: &Self::Device) -> usize {
+        let _ = device;
+        SCORES_CHUNK_BYTES
+    }
+
     /// `lhs · rhs` by CubeCL's tensor-core matmul at `tiling` instead of the tiling Burn's
     /// autotune would run ([`MatmulTiling`]). Burn's matmul where the backend has no such
     /// kernel, and where the routine refuses the tiling or the problem (each refusal is
@@ -807,7 +815,8 @@ pub fn attention<B: Kernels>(q: Tensor<B, 4>, k: Tensor<B, 4>, v: Tensor<B, 4>, 
     let grouped = kv_heads > 0 && heads.is_multiple_of(kv_heads);
     let flash = grouped && (!causal || keys >= queries) && kernel_on("flash_attention");
     if flash && flash_attention_choice().resolve(causal) == FlashAttention::Scores && (mask.is_none() || causal) {
-        return scores_attention(q, k, v, causal, SCORES_CHUNK_BYTES);
+        let chunk_bytes = B::scores_chunk_bytes(&q.device());
+        return scores_attention(q, k, v, causal, chunk_bytes);
     }
     // An explicit causal mask stands for the flag (see above).
     let causal = causal && mask.is_none();
@@ -819,14 +828,22 @@ pub fn attention<B: Kernels>(q: Tensor<B, 4>, k: Tensor<B, 4>, v: Tensor<B, 4>, 
     crate::model::nn::attend(q, repeat_kv(k, rep), repeat_kv(v, rep), mask, causal)
 }
 
-/// Bytes of attention scores one chunk of [`scores_attention`] holds: 64 MiB, half of wgpu's
-/// default limit on one storage binding (1024 queries × 1024 keys × 32 heads in bf16 is one
-/// chunk).
-const SCORES_CHUNK_BYTES: usize = 1 << 26;
+/// Bytes of attention scores one chunk of [`scores_attention`] holds by default
+/// ([`Kernels::scores_chunk_bytes`]): 64 MiB, half of wgpu's default limit on one storage
+/// binding (1024 queries × 1024 keys × 32 heads in bf16 is one chunk).
+pub const SCORES_CHUNK_BYTES: usize = 1 << 26;
 
-/// [`FlashAttention::Scores`]: `softmax(q·kᵀ/√d)·v` as Burn's matmul (cuBLAS's, with its host
-/// syncs, was slower here: docs/kernels.md session 20), [`attention_softmax`] (one pass, f32
-/// inside) and the second matmul, over chunks of query rows whose scores fit in `chunk_bytes`.
+/// [`Kernels::scores_chunk_bytes`] on CUDA, which has no binding limit: 256 MiB, so that CLIP's
+/// 17 crops (183 MB of scores) are one chunk. In three 64 MiB chunks `scores` took 760.6 µs
+/// there, in one 489.8 (H100, bf16, docs/kernels.md session 22). A chunk's scores and
+/// probabilities (512 MiB at most) must fit beside the engine's KV pool, which leaves 10 % of
+/// the free memory by default; a prefill of 8192 tokens (32 heads, 4 GiB of scores) goes in 16.
+pub const SCORES_CHUNK_BYTES_CUDA: usize = 1 << 28;
+
+/// [`FlashAttention::Scores`]: `softmax(q·kᵀ/√d)·v` as a batched product ([`scores_product`]:
+/// cuBLAS on CubeCL's stream on CUDA, Burn's matmul elsewhere), [`attention_softmax_padded`]
+/// (one pass, f32 inside) and the second product, over chunks of query rows whose scores fit in
+/// `chunk_bytes`; the keys are zero-padded to a multiple of [`SCORES_KEY_ALIGN`].
 /// A causal chunk multiplies only the keys its last query sees (rows `r0..r1` see keys
 /// `0..r1 + keys − queries`), so a causal prefill does about half the work of a full one.
 /// `causal` needs `keys ≥ queries`.
