@@ -19,4 +19,4 @@ echo "=== parity-bf16: $(tail -n1 $W/parity-bf16/out.txt)"; grep "^| [a-z]" $W/p
 timed_folders s23a-img; cd $D
 bench_parts $RS "img::${IMG_S:-100}:--scenarios images --images 1344x1344 --num-crops 16 --warmup 1 --runs 5"
 cd $R
-(cd $OUT && tar czf s23a.tgz s23a && rm -rf s23a)
+(cd $OUT && tar czf s23a.tgz s23a s23a-img && rm -rf s23a s23a-img)
