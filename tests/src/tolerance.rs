@@ -58,6 +58,12 @@ impl Tolerance {
         gross_vision: 1.0,
     };
 
+    /// Why a vision error (`what`: CLIP features or image tokens) fails whatever the dtype:
+    /// above [`Tolerance::gross_vision`], or NaN.
+    pub fn gross_vision_failure(&self, what: &str, err: f32) -> Option<String> {
+        (err.is_nan() || err > self.gross_vision).then(|| format!("{what} error {err:e} > {:e}: a wrong computation, not rounding", self.gross_vision))
+    }
+
     /// The tolerance for a compute dtype.
     pub fn for_dtype(dtype: DType) -> Tolerance {
         match dtype {

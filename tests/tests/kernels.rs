@@ -336,9 +336,8 @@ impl KernelJob {
         assert_eq!(kernels::FlashAttention::parse("0"), Some(kernels::FlashAttention::Burn));
         assert_eq!(kernels::FlashAttention::parse("auto"), Some(kernels::FlashAttention::Auto));
         assert_eq!(kernels::FlashAttention::parse(""), Some(kernels::FlashAttention::Auto));
-        assert_eq!(kernels::FlashAttention::Auto.resolve(true), kernels::FlashAttention::Scores);
-        assert_eq!(kernels::FlashAttention::Auto.resolve(false), kernels::FlashAttention::Scores);
-        assert_eq!(kernels::FlashAttention::Burn.resolve(true), kernels::FlashAttention::Burn);
+        assert_eq!(kernels::FlashAttention::Auto.resolve(), kernels::FlashAttention::Scores);
+        assert_eq!(kernels::FlashAttention::Burn.resolve(), kernels::FlashAttention::Burn);
         assert_eq!(kernels::FlashAttention::parse("4,1"), None);
 
         // The softmax between the two matmuls alone: rows narrower and wider than a cube's 256

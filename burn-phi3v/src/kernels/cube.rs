@@ -164,11 +164,11 @@ where
         // The process's choice for this problem (forced: the crate's own kernel where the
         // choice is Burn's).
         let choice = match super::kernel_policy() {
-            KernelPolicy::Forced => match super::flash_attention_choice().resolve(causal) {
+            KernelPolicy::Forced => match super::flash_attention_choice().resolve() {
                 FlashAttention::Burn => FlashAttention::Unit,
                 choice => choice,
             },
-            KernelPolicy::Verified => super::flash_attention_choice().resolve(causal),
+            KernelPolicy::Verified => super::flash_attention_choice().resolve(),
             KernelPolicy::Off => FlashAttention::Burn,
         };
         if !runs_here(&q.client) {

@@ -814,7 +814,7 @@ pub fn attention<B: Kernels>(q: Tensor<B, 4>, k: Tensor<B, 4>, v: Tensor<B, 4>, 
     let [_, kv_heads, keys, _] = k.dims();
     let grouped = kv_heads > 0 && heads.is_multiple_of(kv_heads);
     let flash = grouped && (!causal || keys >= queries) && kernel_on("flash_attention");
-    if flash && flash_attention_choice().resolve(causal) == FlashAttention::Scores && (mask.is_none() || causal) {
+    if flash && flash_attention_choice().resolve() == FlashAttention::Scores && (mask.is_none() || causal) {
         let chunk_bytes = B::scores_chunk_bytes(&q.device());
         return scores_attention(q, k, v, causal, chunk_bytes);
     }
@@ -968,12 +968,12 @@ impl FlashAttention {
     /// CUDA until session 22.
     pub const VISION_TILES: Self = Self::Tiles { planes: 4, seq_q: 2, seq_kv: 2 };
 
-    /// The choice that runs for attention with (`causal`) or without a causal limit:
-    /// [`FlashAttention::Auto`]'s pick, any other choice itself.
-    pub fn resolve(self, causal: bool) -> Self {
-        match (self, causal) {
-            (Self::Auto, _) => Self::Scores,
-            (choice, _) => choice,
+    /// The choice that runs: [`FlashAttention::Auto`]'s pick (the same with or without a causal
+    /// limit since session 22), any other choice itself.
+    pub fn resolve(self) -> Self {
+        match self {
+            Self::Auto => Self::Scores,
+            choice => choice,
         }
     }
 

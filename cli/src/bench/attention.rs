@@ -81,6 +81,12 @@ impl Problem {
         Ok(Self { batch: n[0], heads: n[1], queries: n[2], keys: n[3], head_dim: n[4], causal })
     }
 
+    /// `batch×heads×queries×keys×head_dim[ causal]`, as the Markdown tables name it.
+    pub fn label(&self) -> String {
+        let how = if self.causal { " causal" } else { "" };
+        format!("{}×{}×{}×{}×{}{how}", self.batch, self.heads, self.queries, self.keys, self.head_dim)
+    }
+
     /// Multiply-adds ×2 of the two products a query row's visible keys need (a causal row
     /// sees `i + keys − queries + 1` keys).
     pub fn flop(&self) -> f64 {
@@ -207,18 +213,12 @@ pub fn markdown(r: &AttentionReport) -> String {
             first = Some((p, t.us));
         }
         let base = first.map_or(t.us, |(_, us)| us);
-        let how = if p.causal { " causal" } else { "" };
-        s += &format!(
-            "| {}×{}×{}×{}×{}{how} | {} | {:.1} | {:.2} | {:.2} | {:.1e} |\n",
-            p.batch, p.heads, p.queries, p.keys, p.head_dim, t.choice, t.us, t.tflops, base / t.us, t.rel_diff
-        );
+        s += &format!("| {} | {} | {:.1} | {:.2} | {:.2} | {:.1e} |\n", p.label(), t.choice, t.us, t.tflops, base / t.us, t.rel_diff);
     }
     if !r.parts.is_empty() {
         s += "\n## The parts of `scores`, each problem whole (one chunk)\n\n| problem | part | µs / call |\n|---|---|---|\n";
         for t in &r.parts {
-            let p = t.problem;
-            let how = if p.causal { " causal" } else { "" };
-            s += &format!("| {}×{}×{}×{}×{}{how} | {} | {:.1} |\n", p.batch, p.heads, p.queries, p.keys, p.head_dim, t.part, t.us);
+            s += &format!("| {} | {} | {:.1} |\n", t.problem.label(), t.part, t.us);
         }
     }
     s
