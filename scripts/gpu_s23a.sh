@@ -1,21 +1,33 @@
 #!/usr/bin/env bash
-# Next session's first call (written in session 22; H100, full pack of the current `main` in
-# .gpu, carry .gpu and .gl). Two jobs only, so that the kernels test finally reaches its CUDA
-# comparisons (it prints each check with its elapsed time; ~540 s):
-#   kernels-bf16 — the kernels test on cuda bf16 (padded softmax, padded scores, 16-dim tiles);
-#   parity-bf16  — the whole fixture suite on cuda bf16 (issue 5: session 22 reached 6 of 9
-#                  cases and no probe after the tiles fix);
+# Session 23, first call (H100, full pack of `main` from scripts/build_gpu_bins.sh in .gpu, and
+# .gl; carry both). Correctness jobs side by side with CubeCL's minimal autotune (the checks
+# compare kernels against their composed fallback; autotune only picks among correct matmuls, and
+# compiling every candidate is what kept the kernels test from reporting in sessions 20-22):
+#   kernels-bf16    — the kernels test on cuda bf16 (padded softmax, padded scores, 16-dim tiles);
+#   parity-bf16     — issue 5: the whole fixture suite on cuda bf16 (session 22 reached 6 of 9
+#                     cases and no probe after the tiles fix);
+#   plugin-ops-half — issue 9: the op checks through the reference CUDA plugin in f16 and bf16;
+#   iluvatar-f16    — issue 9: the whole fixture suite through the Iluvatar shim in stand-in mode;
 # then, on the quiet GPU, the image encode at num_crops 16 with CLIP's scores in one 256 MiB chunk
 # (session 22's prediction: ~28 ms, from 41.4).
 source scripts/gpu_env.sh
 source scripts/gpu_cublas.sh
 RS=$OUT/s23a; mkdir -p $RS
-LIMIT=${TESTS_S:-420} job kernels-bf16 env PHI3V_TEST_DEVICES=cuda:0:bf16 $B/kernels --nocapture
-LIMIT=${TESTS_S:-420} job parity-bf16 $B/phi3v-parity --device cuda --dtype bf16
+IL=$B/libphi3v_plugin_iluvatar.so; PL=$B/libphi3v_plugin_cuda.so
+export PHI3V_PLUGIN_KERNEL_DIR=$W/failed-kernels
+export JOB_AUTOTUNE_LEVEL=minimal LIMIT=${JOBS_S:-430}
+job kernels-bf16 env PHI3V_TEST_DEVICES=cuda:0:bf16 $B/kernels --nocapture
+job parity-bf16 $B/phi3v-parity --device cuda --dtype bf16
+job plugin-ops-half nice -n 5 $B/phi3v-plugin-conformance --device plugin:$PL:0 --ops-only --dtypes f16,bf16
+job iluvatar-f16 env PHI3V_COREX_STANDIN=1 nice -n 5 $B/phi3v-parity --device plugin:$IL:0 --dtype f16
 wait; collect; cp /tmp/res/* $RS/ 2>/dev/null
-echo "=== kernels-bf16"; grep -hE "test result|FAIL|panicked|rc=|blas_matmul" $W/kernels-bf16/out.txt $W/kernels-bf16/err.txt | cut -c1-220 | tail -30
-grep -h " s  ran " $W/kernels-bf16/err.txt | tail -3
-echo "=== parity-bf16: $(tail -n1 $W/parity-bf16/out.txt)"; grep "^| [a-z]" $W/parity-bf16/out.txt | cut -c1-200
+echo "=== kernels-bf16"; grep -hE "test result|FAIL|panicked|rc=" $W/kernels-bf16/out.txt $W/kernels-bf16/err.txt | cut -c1-220 | tail -20
+grep -h " s  ran " $W/kernels-bf16/err.txt $W/kernels-bf16/out.txt | tail -3 | cut -c1-200
+for n in parity-bf16 iluvatar-f16; do
+  echo "=== $n: $(tail -n1 $W/$n/out.txt)"; grep -E "^\| [a-z]|probe" $W/$n/out.txt | cut -c1-200 | tail -14; grep -v "^\s*$" $W/$n/err.txt | tail -3 | cut -c1-200
+done
+echo "=== plugin-ops-half"; grep -E "FAIL|op checks pass|CONFORMANT|rc=" $W/plugin-ops-half/out.txt | cut -c1-200 | tail -12
+ls $PHI3V_PLUGIN_KERNEL_DIR 2>/dev/null | head; [ -d $PHI3V_PLUGIN_KERNEL_DIR ] && cp -r $PHI3V_PLUGIN_KERNEL_DIR $RS/
 timed_folders s23a-img; cd $D
 bench_parts $RS "img::${IMG_S:-100}:--scenarios images --images 1344x1344 --num-crops 16 --warmup 1 --runs 5"
 cd $R
