@@ -9,7 +9,8 @@
 #   plugin-ops-half — issue 9: the op checks through the reference CUDA plugin in f16 and bf16;
 #   iluvatar-f16    — issue 9: the whole fixture suite through the Iluvatar shim in stand-in mode;
 # then, on the quiet GPU, the image encode at num_crops 16 with CLIP's scores in one 256 MiB chunk
-# (session 22's prediction: ~28 ms, from 41.4).
+# (session 22's prediction: ~28 ms, from 41.4), and with the 4,2,2 tiles (session 22's default
+# for the vision tower) in the same call.
 source scripts/gpu_env.sh
 source scripts/gpu_cublas.sh
 RS=$OUT/s23a; mkdir -p $RS
@@ -29,6 +30,7 @@ done
 echo "=== plugin-ops-half"; grep -E "FAIL|op checks pass|CONFORMANT|rc=" $W/plugin-ops-half/out.txt | cut -c1-200 | tail -12
 ls $PHI3V_PLUGIN_KERNEL_DIR 2>/dev/null | head; [ -d $PHI3V_PLUGIN_KERNEL_DIR ] && cp -r $PHI3V_PLUGIN_KERNEL_DIR $RS/
 timed_folders s23a-img; cd $D
-bench_parts $RS "img::${IMG_S:-100}:--scenarios images --images 1344x1344 --num-crops 16 --warmup 1 --runs 5"
+bench_parts $RS "img::${IMG_S:-100}:--scenarios images --images 1344x1344 --num-crops 16 --warmup 1 --runs 5" \
+  "img-tiles:PHI3V_FLASH_ATTENTION=4,2,2:${IMG_S:-100}:--scenarios images --images 1344x1344 --num-crops 16 --warmup 1 --runs 5"
 cd $R
 (cd $OUT && tar czf s23a.tgz s23a s23a-img && rm -rf s23a s23a-img)
