@@ -87,7 +87,7 @@ fn stop_tokens_min_new_tokens_and_stop_strings() {
     let want: Vec<u32> = case.tensor("greedy_ids").i64().iter().map(|&i| i as u32).collect();
     // Stop token: generation ends on it (it is included, as in HF).
     let p = GenerationParams { max_new_tokens: 10, stop_token_ids: vec![want[3]], ..Default::default() };
-    let out = &generate(&m.model, &m.processor, &[&prompt], &[p.clone()], |_| {}).expect("generate")[0];
+    let out = &generate(&m.model, &m.processor, &[&prompt], std::slice::from_ref(&p), |_| {}).expect("generate")[0];
     assert_eq!(out.token_ids, want[..4]);
     assert_eq!(out.finish_reason, FinishReason::Stop);
     // min_new_tokens suppresses it until then.
@@ -173,7 +173,7 @@ fn chunked_prefill_equals_one_pass() {
     let regime = [m.model.rope_regime(n - 1)];
     let one = {
         let mut cache = m.model.new_cache();
-        let e = m.model.embed_inputs(&[ids.clone()], None).unwrap();
+        let e = m.model.embed_inputs(std::slice::from_ref(&ids), None).unwrap();
         m.model.forward(e, &[(0..n).collect()], &regime, &mut cache, None, false).last_hidden_state
     };
     let mut cache = m.model.new_cache();

@@ -313,7 +313,7 @@ impl KernelJob {
         // BLAS (cuBLAS on CUDA) under stream ordering.
         assert!(kernels::set_flash_attention(kernels::FlashAttention::Scores));
         let default_ordering = kernels::blas_ordering();
-        for ordering in [kernels::BlasOrdering::Host, kernels::BlasOrdering::Stream] {
+        for ordering in [kernels::BlasOrdering::Host, kernels::BlasOrdering::Stream, kernels::BlasOrdering::Queued] {
             kernels::set_blas_ordering(ordering);
             for (batch, heads, kv_heads, queries, keys, head_dim, causal) in flash_cases {
                 flash(batch, heads, kv_heads, queries, keys, head_dim, causal, &format!(" as scores, {ordering:?} ordering"), None);
@@ -514,7 +514,7 @@ impl KernelJob {
                 // Under both orderings (`Stream`: on CubeCL's own stream, no host sync), with a
                 // kernel writing the input just before and one reading the output just after, so
                 // that a product not ordered with them reads or leaves stale values.
-                for ordering in [kernels::BlasOrdering::Host, kernels::BlasOrdering::Stream] {
+                for ordering in [kernels::BlasOrdering::Host, kernels::BlasOrdering::Stream, kernels::BlasOrdering::Queued] {
                     kernels::set_blas_ordering(ordering);
                     let outputs = both(&|| kernels::linear(x.clone() * 0.5, &weight, bias) + 1.0);
                     compare(format!("blas_matmul [{rows}, {d_in}] · [{d_in}, {d_out}] {layout}, {ordering:?} ordering"), d_in, outputs);
@@ -536,11 +536,12 @@ impl DeviceFn for KernelJob {
     /// The checks' outputs and the problems that are not a comparison ([`KernelJob::outputs`]).
     type Output = (Vec<Outputs>, Vec<String>);
     fn run<B: Kernels>(self, device: &B::Device, info: &DeviceInfo, dtype: DType) -> Self::Output {
-        let (products, on_stream) = (kernels::blas_matmul_count(), kernels::blas_matmul_stream_count());
+        let (products, on_stream, queued) = (kernels::blas_matmul_count(), kernels::blas_matmul_stream_count(), kernels::blas_matmul_queued_count());
         let mut problems = Vec::new();
         let outputs = self.outputs::<B>(device, dtype, &mut problems);
         let on_stream = kernels::blas_matmul_stream_count() - on_stream;
-        eprintln!("{} blas_matmul: {} products ({on_stream} on CubeCL's stream), refusals {:?}", info.spec, kernels::blas_matmul_count() - products, kernels::blas_matmul_refusals());
+        let queued = kernels::blas_matmul_queued_count() - queued;
+        eprintln!("{} blas_matmul: {} products ({on_stream} on CubeCL's stream, {queued} of them queued), refusals {:?}", info.spec, kernels::blas_matmul_count() - products, kernels::blas_matmul_refusals());
         // Where the backend has a vendor BLAS (cuBLAS on CUDA), the checks above ran through it,
         // and under `BlasOrdering::Stream` on CubeCL's stream (the workspace patches cubecl-cuda
         // so that its resources name their stream).
@@ -557,6 +558,11 @@ impl DeviceFn for KernelJob {
             }
             if on_stream == 0 {
                 problems.push("no cuBLAS product ran on CubeCL's stream".into());
+            }
+            // Each check runs twice: the second run of a product queues it
+            // (`BlasOrdering::Queued`, the workspace's cubecl-runtime patch).
+            if queued == 0 {
+                problems.push("no cuBLAS product was queued for CubeCL's device thread".into());
             }
         }
         (outputs, problems)

@@ -14,6 +14,14 @@
 //! queued before has been launched on the stream, and every kernel queued after is launched
 //! after the product. The three tensors must live on the one stream (else: host ordering), so
 //! that a later reuse of their memory is ordered after the product too.
+//!
+//! [`BlasOrdering::Queued`] (the default with the `queued-blas` feature, which needs the
+//! workspace's cubecl-runtime patch) skips those round trips: the resource look-ups and the
+//! cuBLAS call are queued for CubeCL's device thread like a kernel launch
+//! (`ComputeClient::submit_with_server`), so the calling thread goes on queueing kernels. A
+//! product is queued only where a product of the same shape, dtype and layouts, with tensors
+//! created on the same CubeCL streams, has already run on one CUDA stream through the round trip
+//! (the device thread cannot fall back to Burn's matmul if cuBLAS refused).
 
 use std::any::Any;
 use std::collections::HashMap;
@@ -81,26 +89,78 @@ fn handle(ordinal: usize) -> Result<Arc<Mutex<Blas>>, String> {
 
 /// A cuBLAS handle bound to one of CubeCL's streams (never destroyed: CubeCL's streams live as
 /// long as the process).
-#[derive(Clone, Copy)]
 struct StreamHandle(sys::cublasHandle_t);
 
 // SAFETY: a cuBLAS handle may be used from any thread as long as one thread uses it at a time;
-// each is used under the lock of the `Blas` of its device.
+// each is used under its own lock (`stream_handle`).
 unsafe impl Send for StreamHandle {}
 
 /// The handle for CubeCL's stream `stream` on device `ordinal`, created and bound to the stream
-/// on first use. The device's context must be current.
-fn stream_handle(ordinal: usize, stream: usize) -> Result<StreamHandle, String> {
-    static HANDLES: OnceLock<Mutex<HashMap<(usize, usize), StreamHandle>>> = OnceLock::new();
+/// on first use. The device's primary context must be current (it is on CubeCL's device thread).
+/// Its lock is held only while a product is enqueued, never across a wait: the calling thread
+/// and the device thread both use it.
+fn stream_handle(ordinal: usize, stream: usize) -> Result<Arc<Mutex<StreamHandle>>, String> {
+    type ByStream = HashMap<(usize, usize), Arc<Mutex<StreamHandle>>>;
+    static HANDLES: OnceLock<Mutex<ByStream>> = OnceLock::new();
     let mut handles = HANDLES.get_or_init(Default::default).lock().map_err(|_| "cuBLAS stream handles poisoned".to_string())?;
-    if let Some(&h) = handles.get(&(ordinal, stream)) {
-        return Ok(h);
+    if let Some(h) = handles.get(&(ordinal, stream)) {
+        return Ok(h.clone());
     }
     let h = cudarc::cublas::result::create_handle().map_err(|e| format!("cuBLAS handle: {e:?}"))?;
     // SAFETY: `h` was just created; `stream` is a live CUstream of this device's primary context.
     unsafe { cudarc::cublas::result::set_stream(h, stream as sys::cudaStream_t) }.map_err(|e| format!("cuBLAS stream: {e:?}"))?;
-    handles.insert((ordinal, stream), StreamHandle(h));
-    Ok(StreamHandle(h))
+    let h = Arc::new(Mutex::new(StreamHandle(h)));
+    handles.insert((ordinal, stream), h.clone());
+    Ok(h)
+}
+
+/// Enqueues `gemm` on `stream`'s handle.
+fn run_on_stream(ordinal: usize, stream: usize, gemm: &Gemm) -> Result<(), String> {
+    let h = stream_handle(ordinal, stream)?;
+    let h = h.lock().map_err(|_| "cuBLAS stream handle poisoned".to_string())?;
+    // SAFETY: the caller's: the pointers are live allocations of the shapes and layouts checked
+    // in `cuda_matmul`, kept alive until the product is enqueued; reuse of their memory is
+    // ordered after it on the same stream.
+    unsafe { gemm.run(h.0) }.map_err(|e| gemm.failed(e))
+}
+
+/// The products (all but their addresses) that cuBLAS has run on CubeCL's stream through the
+/// round trip, with the CubeCL streams their tensors were created on (which the round trip found
+/// to be one CUDA stream): these may be [`BlasOrdering::Queued`] from then on.
+type Proven = std::collections::HashSet<(GemmKey, [cubecl::stream_id::StreamId; 3])>;
+
+fn proven() -> &'static Mutex<Proven> {
+    static PROVEN: OnceLock<Mutex<Proven>> = OnceLock::new();
+    PROVEN.get_or_init(Default::default)
+}
+
+/// Why a queued product failed on the device thread (its output is undefined), kept so that
+/// every later product refuses and takes Burn's matmul.
+static QUEUED_FAILURE: Mutex<Option<String>> = Mutex::new(None);
+
+/// On CubeCL's device thread: the operands' addresses from `server`, then the product on their
+/// stream. A failure is recorded ([`QUEUED_FAILURE`], the refusals).
+#[cfg(feature = "queued-blas")]
+fn queued(server: &mut <CudaRuntime as cubecl::Runtime>::Server, stream_id: cubecl::stream_id::StreamId, ordinal: usize, bindings: [cubecl::server::Binding; 3], mut gemm: Gemm) {
+    use cubecl::server::ComputeServer;
+    let run = || -> Result<(), String> {
+        let [lhs, rhs, out] = bindings;
+        let resource = |server: &mut <CudaRuntime as cubecl::Runtime>::Server, b| server.get_resource(b, stream_id).map_err(|e| format!("resource: {e:?}"));
+        let held = [resource(server, lhs)?, resource(server, rhs)?, resource(server, out)?];
+        let [(lhs_ptr, a), (rhs_ptr, b), (out_ptr, c)] = [located(held[0].resource())?, located(held[1].resource())?, located(held[2].resource())?];
+        let Some(stream) = a.filter(|&s| b == Some(s) && c == Some(s)) else {
+            return Err(format!("queued operands on streams {a:?}, {b:?}, {c:?}"));
+        };
+        (gemm.lhs_ptr, gemm.rhs_ptr, gemm.out_ptr) = (lhs_ptr, rhs_ptr, out_ptr);
+        run_on_stream(ordinal, stream, &gemm)
+    };
+    if let Err(e) = run() {
+        let reason = format!("a queued cuBLAS product failed on CubeCL's device thread (its output is undefined; later products take Burn's matmul): {e}");
+        if let Ok(mut failure) = QUEUED_FAILURE.lock() {
+            failure.get_or_insert(reason.clone());
+        }
+        super::refuse_blas_matmul(reason);
+    }
 }
 
 /// The CUDA toolkit's library folders: `$CUDA_HOME`, `$CUDA_PATH`, `$CUDA_ROOT`, then
@@ -187,7 +247,7 @@ fn operand(shape: &[usize], strides: &[usize]) -> Option<Operand> {
 }
 
 /// See [`layout`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 struct Operand {
     count: usize,
     stride: usize,
@@ -211,6 +271,9 @@ fn cuda_matmul(lhs: CubeTensor<CudaRuntime>, rhs: CubeTensor<CudaRuntime>) -> Re
     }
     // First, so that a missing library costs no copy and no drain (its refusal is kept).
     let blas = handle(lhs.device.index)?;
+    if let Some(failure) = QUEUED_FAILURE.lock().ok().and_then(|f| f.clone()) {
+        return Err(failure);
+    }
     let [m, k, n] = [ls[r - 2], ls[r - 1], rs[r - 1]];
     let batch = ls.as_slice()[..r - 2].iter().product::<usize>();
     let fits = |v: usize| i32::try_from(v).is_ok();
@@ -234,39 +297,72 @@ fn cuda_matmul(lhs: CubeTensor<CudaRuntime>, rhs: CubeTensor<CudaRuntime>) -> Re
         return Err(format!("layouts {a:?} · {b:?} → {c:?} over {batch} products"));
     }
 
+    let key = GemmKey { data_type: data_type as u32, op_rhs: if b.transposed { CUBLAS_OP_T } else { CUBLAS_OP_N } as u32, batch, m, k, n, a, b, c };
+    let mut gemm = Gemm { data_type, op_rhs: if b.transposed { CUBLAS_OP_T } else { CUBLAS_OP_N }, batch, m, k, n, a, b, c, lhs_ptr: 0, rhs_ptr: 0, out_ptr: 0 };
+    let ordering = super::blas_ordering();
+    // The CubeCL streams the three tensors were created on (each thread has its own).
+    let created = [lhs.handle.stream, rhs.handle.stream, out.handle.stream];
+    #[cfg(feature = "queued-blas")]
+    if ordering == BlasOrdering::Queued && proven().lock().is_ok_and(|p| p.contains(&(key, created))) {
+        let bindings = [lhs.handle.clone().binding(), rhs.handle.clone().binding(), out.handle.clone().binding()];
+        let ordinal = lhs.device.index;
+        // The bindings keep the three allocations alive until the task has run, as a kernel
+        // launch's do.
+        out.client.submit_with_server(move |server, stream_id| queued(server, stream_id, ordinal, bindings, gemm));
+        return Ok((out, BlasOrdering::Queued));
+    }
+
     let client = lhs.client.clone();
     let resource = |t: &CubeTensor<CudaRuntime>| client.get_resource(t.handle.clone()).map_err(|e| format!("resource: {e:?}"));
     // Held until the product is enqueued (stream ordering) or done (host ordering): they keep the
     // three allocations alive until then.
     let (held_lhs, held_rhs, held_out) = (resource(&lhs)?, resource(&rhs)?, resource(&out)?);
     let [(lhs_ptr, lhs_stream), (rhs_ptr, rhs_stream), (out_ptr, out_stream)] = [located(held_lhs.resource())?, located(held_rhs.resource())?, located(held_out.resource())?];
-    let gemm = Gemm { data_type, op_rhs: if b.transposed { CUBLAS_OP_T } else { CUBLAS_OP_N }, batch, m, k, n, a, b, c, lhs_ptr, rhs_ptr, out_ptr };
-    let failed = |e| format!("cuBLAS product batch, m, k, n = {batch}, {m}, {k}, {n} ({dtype:?}): {e:?}");
-    let blas = blas.lock().map_err(|_| "cuBLAS handle poisoned".to_string())?;
-    blas.context.bind_to_thread().map_err(|e| format!("bind context: {e}"))?;
+    (gemm.lhs_ptr, gemm.rhs_ptr, gemm.out_ptr) = (lhs_ptr, rhs_ptr, out_ptr);
     let streams = [lhs_stream, rhs_stream, out_stream];
-    if super::blas_ordering() == BlasOrdering::Stream
+    let ordered = if ordering != BlasOrdering::Host
         && let [Some(s), ..] = streams
         && streams.iter().all(|&t| t == Some(s))
     {
-        let h = stream_handle(lhs.device.index, s)?;
-        // SAFETY: the pointers are live allocations of the shapes and layouts checked above,
-        // kept alive until the product is enqueued; reuse of their memory is ordered after it
-        // on the same stream.
-        unsafe { gemm.run(h.0) }.map_err(failed)?;
-        drop((held_lhs, held_rhs, held_out));
-        return Ok((out, BlasOrdering::Stream));
-    }
-    // Everything queued before (the inputs' producers) is done.
-    cubecl::future::block_on(client.sync()).map_err(|e| format!("sync: {e:?}"))?;
-    // SAFETY: as above; the inputs' producers are done and nothing else uses the output yet.
-    unsafe { gemm.run(*blas.blas.handle()) }.map_err(failed)?;
-    blas.stream.synchronize().map_err(|e| format!("cuBLAS stream: {e}"))?;
+        run_on_stream(lhs.device.index, s, &gemm)?;
+        BlasOrdering::Stream
+    } else {
+        let blas = blas.lock().map_err(|_| "cuBLAS handle poisoned".to_string())?;
+        blas.context.bind_to_thread().map_err(|e| format!("bind context: {e}"))?;
+        // Everything queued before (the inputs' producers) is done.
+        cubecl::future::block_on(client.sync()).map_err(|e| format!("sync: {e:?}"))?;
+        // SAFETY: the pointers are live allocations of the shapes and layouts checked above; the
+        // inputs' producers are done and nothing else uses the output yet.
+        unsafe { gemm.run(*blas.blas.handle()) }.map_err(|e| gemm.failed(e))?;
+        blas.stream.synchronize().map_err(|e| format!("cuBLAS stream: {e}"))?;
+        BlasOrdering::Host
+    };
     drop((held_lhs, held_rhs, held_out));
-    Ok((out, BlasOrdering::Host))
+    if ordered == BlasOrdering::Stream
+        && let Ok(mut proven) = proven().lock()
+    {
+        proven.insert((key, created));
+    }
+    Ok((out, ordered))
+}
+
+/// A product as [`BlasOrdering::Queued`] recognises it: everything of a [`Gemm`] but the
+/// addresses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct GemmKey {
+    data_type: u32,
+    op_rhs: u32,
+    batch: usize,
+    m: usize,
+    k: usize,
+    n: usize,
+    a: Operand,
+    b: Operand,
+    c: Operand,
 }
 
 /// One product as cuBLAS takes it (see [`cuda_matmul`]).
+#[derive(Clone, Copy)]
 struct Gemm {
     data_type: sys::cudaDataType,
     op_rhs: sys::cublasOperation_t,
@@ -283,6 +379,12 @@ struct Gemm {
 }
 
 impl Gemm {
+    /// The refusal for a failed enqueue.
+    fn failed(&self, e: cudarc::cublas::result::CublasError) -> String {
+        let Self { batch, m, k, n, data_type, .. } = *self;
+        format!("cuBLAS product batch, m, k, n = {batch}, {m}, {k}, {n} ({data_type:?}): {e:?}")
+    }
+
     /// Enqueues the product on `handle`'s stream.
     ///
     /// # Safety

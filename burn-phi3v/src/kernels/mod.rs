@@ -1135,33 +1135,52 @@ pub(crate) fn refuse_blas_matmul(reason: String) {
 #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
 pub(crate) fn count_blas_matmul(ordering: BlasOrdering) {
     BLAS_PRODUCTS.fetch_add(1, Ordering::Relaxed);
-    if ordering == BlasOrdering::Stream {
+    if ordering != BlasOrdering::Host {
         BLAS_STREAM_PRODUCTS.fetch_add(1, Ordering::Relaxed);
+    }
+    if ordering == BlasOrdering::Queued {
+        BLAS_QUEUED_PRODUCTS.fetch_add(1, Ordering::Relaxed);
     }
 }
 
 static BLAS_STREAM_PRODUCTS: AtomicUsize = AtomicUsize::new(0);
+static BLAS_QUEUED_PRODUCTS: AtomicUsize = AtomicUsize::new(0);
 
-/// How many of [`blas_matmul_count`]'s products were ordered on CubeCL's stream
-/// ([`BlasOrdering::Stream`]).
+/// How many of [`blas_matmul_count`]'s products ran on CubeCL's stream
+/// ([`BlasOrdering::Stream`] or [`BlasOrdering::Queued`]).
 pub fn blas_matmul_stream_count() -> usize {
     BLAS_STREAM_PRODUCTS.load(Ordering::Relaxed)
 }
 
+/// How many of [`blas_matmul_stream_count`]'s products were queued for CubeCL's device thread
+/// ([`BlasOrdering::Queued`]) rather than enqueued after a round trip.
+pub fn blas_matmul_queued_count() -> usize {
+    BLAS_QUEUED_PRODUCTS.load(Ordering::Relaxed)
+}
+
 /// How a [`Kernels::blas_matmul`] product on CUDA is ordered with CubeCL's kernels
-/// (`PHI3V_CUBLAS_ORDER`: `stream`, the default, or `host`; [`set_blas_ordering`]).
+/// (`PHI3V_CUBLAS_ORDER`: `queued`, the default, `stream` or `host`; [`set_blas_ordering`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BlasOrdering {
     /// By the host: CubeCL's stream is synchronised, cuBLAS runs on a stream of its own, which
     /// is synchronised before the output is handed back (~70–120 µs per product on the H100).
     Host,
-    /// The default: on CubeCL's own stream (read from the tensors' resources, which name it
-    /// only with the workspace's cubecl-cuda patch, `patches/cubecl-cuda`), no host
-    /// synchronisation. Products whose three tensors are not on one stream, or whose stream is
-    /// not named, are ordered by the host. On the H200 (docs/kernels.md session 21) a
-    /// 1024 × 3072 → 9216 product took 84.8 µs against the host ordering's 146.8 (PyTorch 81.8),
-    /// and a phi3v-128k prefill of 1024 tokens 21.5 ms against 41.6.
+    /// On CubeCL's own stream (read from the tensors' resources, which name it only with the
+    /// workspace's cubecl-cuda patch, `patches/cubecl-cuda`), no host synchronisation; the
+    /// resources are asked for from the calling thread, three round trips to CubeCL's device
+    /// thread (~45 µs of host time per product on the H200). Products whose three tensors are
+    /// not on one stream, or whose stream is not named, are ordered by the host. On the H200
+    /// (docs/kernels.md session 21) a 1024 × 3072 → 9216 product took 84.8 µs against the host
+    /// ordering's 146.8 (PyTorch 81.8), and a phi3v-128k prefill of 1024 tokens 21.5 ms against
+    /// 41.6.
     Stream,
+    /// The default: as [`BlasOrdering::Stream`], but the resource look-ups and the cuBLAS call
+    /// are queued for CubeCL's device thread like a kernel launch, so the calling thread does
+    /// not wait (`kernels/cublas.rs`; needs the `queued-blas` feature and the workspace's
+    /// cubecl-runtime patch, else it is [`BlasOrdering::Stream`]). The first product of each
+    /// shape, dtype, layout and streams takes the round trip, so that a refusal still falls
+    /// back to Burn's matmul.
+    Queued,
 }
 
 static BLAS_ORDERING: AtomicUsize = AtomicUsize::new(0);
@@ -1171,18 +1190,22 @@ pub fn set_blas_ordering(ordering: BlasOrdering) {
     BLAS_ORDERING.store(1 + ordering as usize, Ordering::Relaxed);
 }
 
-/// The current [`BlasOrdering`] (`PHI3V_CUBLAS_ORDER` until [`set_blas_ordering`]; any value but
-/// `host` is [`BlasOrdering::Stream`]).
+/// The current [`BlasOrdering`] (`PHI3V_CUBLAS_ORDER` until [`set_blas_ordering`]: `host`,
+/// `stream`, else [`BlasOrdering::Queued`]).
 pub fn blas_ordering() -> BlasOrdering {
     match BLAS_ORDERING.load(Ordering::Relaxed) {
         0 => {
-            let host = std::env::var("PHI3V_CUBLAS_ORDER").is_ok_and(|v| v.trim() == "host");
-            let ordering = if host { BlasOrdering::Host } else { BlasOrdering::Stream };
+            let ordering = match std::env::var("PHI3V_CUBLAS_ORDER").as_deref().map(str::trim) {
+                Ok("host") => BlasOrdering::Host,
+                Ok("stream") => BlasOrdering::Stream,
+                _ => BlasOrdering::Queued,
+            };
             set_blas_ordering(ordering);
             ordering
         }
+        1 => BlasOrdering::Host,
         2 => BlasOrdering::Stream,
-        _ => BlasOrdering::Host,
+        _ => BlasOrdering::Queued,
     }
 }
 
@@ -1452,14 +1475,18 @@ pub fn linear<B: Kernels, const D: usize>(x: Tensor<B, D>, weight: &Tensor<B, 2>
 }
 
 /// Fewest rows of a product [`linear`] hands the vendor's BLAS: [`BLAS_STREAM_MIN_ROWS`] when
-/// its products run on the backend's stream ([`BlasOrdering::Stream`]), [`MATMUL_MANY_ROWS`]
-/// when the host orders them (its syncs cost more than cuBLAS gains on 64-row products and
-/// 10-row decode steps: docs/kernels.md session 20).
+/// its products run on the backend's stream ([`BlasOrdering::Stream`], [`BlasOrdering::Queued`]),
+/// [`MATMUL_MANY_ROWS`] when the host orders them (its syncs cost more than cuBLAS gains on
+/// 64-row products and 10-row decode steps: docs/kernels.md session 20). `PHI3V_BLAS_MIN_ROWS`
+/// (read once, at least 1) sets it for a process under either ordering, to measure cuBLAS on
+/// fewer rows (with `PHI3V_SKINNY_MAX_ROWS=0` for the products the skinny kernels take).
 pub fn blas_min_rows() -> usize {
-    match blas_ordering() {
-        BlasOrdering::Stream => BLAS_STREAM_MIN_ROWS,
+    static SET: std::sync::OnceLock<Option<usize>> = std::sync::OnceLock::new();
+    let set = *SET.get_or_init(|| std::env::var("PHI3V_BLAS_MIN_ROWS").ok().and_then(|v| v.trim().parse::<usize>().ok()).map(|n| n.max(1)));
+    set.unwrap_or(match blas_ordering() {
+        BlasOrdering::Stream | BlasOrdering::Queued => BLAS_STREAM_MIN_ROWS,
         BlasOrdering::Host => MATMUL_MANY_ROWS,
-    }
+    })
 }
 
 /// Fewest rows of a product [`linear`] hands the vendor's BLAS under [`BlasOrdering::Stream`]:

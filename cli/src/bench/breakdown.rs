@@ -215,8 +215,11 @@ impl DeviceFn for BreakdownJob {
                 } else if !off.is_empty() {
                     engine.push_str(&format!(", kernels off: {off}"));
                 }
-                if kernels::kernel_on("blas_matmul") && kernels::blas_ordering() == kernels::BlasOrdering::Stream {
-                    engine.push_str(", cuBLAS on CubeCL's stream");
+                match kernels::blas_ordering() {
+                    _ if !kernels::kernel_on("blas_matmul") => {}
+                    kernels::BlasOrdering::Stream => engine.push_str(", cuBLAS on CubeCL's stream"),
+                    kernels::BlasOrdering::Queued => engine.push_str(", cuBLAS queued on CubeCL's stream"),
+                    kernels::BlasOrdering::Host => {}
                 }
                 engine
             },

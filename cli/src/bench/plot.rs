@@ -106,7 +106,9 @@ fn generation_graph(root: &Area, r: &BenchReport, p: usize, o: usize, points: &[
     .map_err(err)?;
     let panels = body.split_evenly((1, 3));
     let modes = super::report::batching_modes(r);
-    let series = |f: &dyn Fn(&GenerationPoint) -> (f64, Option<(f64, f64)>)| -> Vec<(String, Series)> {
+    // A point's value and its error bar, if any.
+    type Value = (f64, Option<(f64, f64)>);
+    let series = |f: &dyn Fn(&GenerationPoint) -> Value| -> Vec<(String, Series)> {
         modes
             .iter()
             .map(|m| {
