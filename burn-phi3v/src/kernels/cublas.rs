@@ -15,7 +15,7 @@
 //! after the product. The three tensors must live on the one stream (else: host ordering), so
 //! that a later reuse of their memory is ordered after the product too.
 //!
-//! [`BlasOrdering::Queued`] (the default with the `queued-blas` feature, which needs the
+//! [`BlasOrdering::Queued`] (opt-in, with the `queued-blas` feature, which needs the
 //! workspace's cubecl-runtime patch) skips those round trips: the resource look-ups and the
 //! cuBLAS call are queued for CubeCL's device thread like a kernel launch
 //! (`ComputeClient::submit_with_server`), so the calling thread goes on queueing kernels. A

@@ -1159,13 +1159,13 @@ pub fn blas_matmul_queued_count() -> usize {
 }
 
 /// How a [`Kernels::blas_matmul`] product on CUDA is ordered with CubeCL's kernels
-/// (`PHI3V_CUBLAS_ORDER`: `queued`, the default, `stream` or `host`; [`set_blas_ordering`]).
+/// (`PHI3V_CUBLAS_ORDER`: `stream`, the default, `queued` or `host`; [`set_blas_ordering`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BlasOrdering {
     /// By the host: CubeCL's stream is synchronised, cuBLAS runs on a stream of its own, which
     /// is synchronised before the output is handed back (~70–120 µs per product on the H100).
     Host,
-    /// On CubeCL's own stream (read from the tensors' resources, which name it only with the
+    /// The default: on CubeCL's own stream (read from the tensors' resources, which name it only with the
     /// workspace's cubecl-cuda patch, `patches/cubecl-cuda`), no host synchronisation; the
     /// resources are asked for from the calling thread, three round trips to CubeCL's device
     /// thread (~45 µs of host time per product on the H200). Products whose three tensors are
@@ -1174,12 +1174,13 @@ pub enum BlasOrdering {
     /// ordering's 146.8 (PyTorch 81.8), and a phi3v-128k prefill of 1024 tokens 21.5 ms against
     /// 41.6.
     Stream,
-    /// The default: as [`BlasOrdering::Stream`], but the resource look-ups and the cuBLAS call
-    /// are queued for CubeCL's device thread like a kernel launch, so the calling thread does
-    /// not wait (`kernels/cublas.rs`; needs the `queued-blas` feature and the workspace's
-    /// cubecl-runtime patch, else it is [`BlasOrdering::Stream`]). The first product of each
-    /// shape, dtype, layout and streams takes the round trip, so that a refusal still falls
-    /// back to Burn's matmul.
+    /// As [`BlasOrdering::Stream`], but the resource look-ups and the cuBLAS call are queued
+    /// for CubeCL's device thread like a kernel launch, so the calling thread does not wait
+    /// (`kernels/cublas.rs`; needs the `queued-blas` feature and the workspace's cubecl-runtime
+    /// patch, else it is [`BlasOrdering::Stream`]). The first product of each shape, dtype,
+    /// layout and streams takes the round trip, so that a refusal still falls back to Burn's
+    /// matmul. Opt-in (`PHI3V_CUBLAS_ORDER=queued`) until it has run on a GPU (written in
+    /// session 23, when no GPU was lent; docs/kernels.md).
     Queued,
 }
 
@@ -1191,14 +1192,14 @@ pub fn set_blas_ordering(ordering: BlasOrdering) {
 }
 
 /// The current [`BlasOrdering`] (`PHI3V_CUBLAS_ORDER` until [`set_blas_ordering`]: `host`,
-/// `stream`, else [`BlasOrdering::Queued`]).
+/// `queued`, else [`BlasOrdering::Stream`]).
 pub fn blas_ordering() -> BlasOrdering {
     match BLAS_ORDERING.load(Ordering::Relaxed) {
         0 => {
             let ordering = match std::env::var("PHI3V_CUBLAS_ORDER").as_deref().map(str::trim) {
                 Ok("host") => BlasOrdering::Host,
-                Ok("stream") => BlasOrdering::Stream,
-                _ => BlasOrdering::Queued,
+                Ok("queued") => BlasOrdering::Queued,
+                _ => BlasOrdering::Stream,
             };
             set_blas_ordering(ordering);
             ordering
