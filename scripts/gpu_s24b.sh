@@ -8,7 +8,8 @@
 #   queued        — PHI3V_CUBLAS_ORDER=queued (the same products, queued for the device thread);
 #   queued-all    — queued, and every product on cuBLAS (PHI3V_SKINNY_MAX_ROWS=0 PHI3V_BLAS_MIN_ROWS=1);
 #   stream-all    — every product on cuBLAS after the round trips (the queue's share of the above);
-# then the PyTorch peer on the same points.
+# then the PyTorch peer on the same points. Next (warm, ~520 s): issue 8's sweep,
+# `NAME=s24c ORDER=queued bash scripts/gpu_s22c.sh` if `queued` won here, else ORDER=stream.
 source scripts/gpu_env.sh
 timed_folders s24b
 cd $D; [ -d $W/bench ] && cd $W/bench

@@ -127,7 +127,7 @@ fn run_on_stream(ordinal: usize, stream: usize, gemm: &Gemm) -> Result<(), Strin
 /// The products (all but their addresses) that cuBLAS has run on CubeCL's stream through the
 /// round trip, with the CubeCL streams their tensors were created on (which the round trip found
 /// to be one CUDA stream): these may be [`BlasOrdering::Queued`] from then on.
-type Proven = std::collections::HashSet<(GemmKey, [cubecl::stream_id::StreamId; 3])>;
+type Proven = std::collections::HashSet<(GemmShape, [cubecl::stream_id::StreamId; 3])>;
 
 fn proven() -> &'static Mutex<Proven> {
     static PROVEN: OnceLock<Mutex<Proven>> = OnceLock::new();
@@ -297,13 +297,13 @@ fn cuda_matmul(lhs: CubeTensor<CudaRuntime>, rhs: CubeTensor<CudaRuntime>) -> Re
         return Err(format!("layouts {a:?} · {b:?} → {c:?} over {batch} products"));
     }
 
-    let key = GemmKey { data_type: data_type as u32, op_rhs: if b.transposed { CUBLAS_OP_T } else { CUBLAS_OP_N } as u32, batch, m, k, n, a, b, c };
-    let mut gemm = Gemm { data_type, op_rhs: if b.transposed { CUBLAS_OP_T } else { CUBLAS_OP_N }, batch, m, k, n, a, b, c, lhs_ptr: 0, rhs_ptr: 0, out_ptr: 0 };
+    let shape = GemmShape { data_type, op_rhs: if b.transposed { CUBLAS_OP_T } else { CUBLAS_OP_N }, batch, m, k, n, a, b, c };
+    let mut gemm = Gemm { shape, lhs_ptr: 0, rhs_ptr: 0, out_ptr: 0 };
     let ordering = super::blas_ordering();
     // The CubeCL streams the three tensors were created on (each thread has its own).
     let created = [lhs.handle.stream, rhs.handle.stream, out.handle.stream];
     #[cfg(feature = "queued-blas")]
-    if ordering == BlasOrdering::Queued && proven().lock().is_ok_and(|p| p.contains(&(key, created))) {
+    if ordering == BlasOrdering::Queued && proven().lock().is_ok_and(|p| p.contains(&(shape, created))) {
         let bindings = [lhs.handle.clone().binding(), rhs.handle.clone().binding(), out.handle.clone().binding()];
         let ordinal = lhs.device.index;
         // The bindings keep the three allocations alive until the task has run, as a kernel
@@ -341,17 +341,17 @@ fn cuda_matmul(lhs: CubeTensor<CudaRuntime>, rhs: CubeTensor<CudaRuntime>) -> Re
     if ordered == BlasOrdering::Stream
         && let Ok(mut proven) = proven().lock()
     {
-        proven.insert((key, created));
+        proven.insert((shape, created));
     }
     Ok((out, ordered))
 }
 
-/// A product as [`BlasOrdering::Queued`] recognises it: everything of a [`Gemm`] but the
-/// addresses.
+/// A product as cuBLAS takes it but for the addresses; with the streams that created its
+/// tensors, what [`BlasOrdering::Queued`] recognises.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-struct GemmKey {
-    data_type: u32,
-    op_rhs: u32,
+struct GemmShape {
+    data_type: sys::cudaDataType,
+    op_rhs: sys::cublasOperation_t,
     batch: usize,
     m: usize,
     k: usize,
@@ -364,15 +364,7 @@ struct GemmKey {
 /// One product as cuBLAS takes it (see [`cuda_matmul`]).
 #[derive(Clone, Copy)]
 struct Gemm {
-    data_type: sys::cudaDataType,
-    op_rhs: sys::cublasOperation_t,
-    batch: usize,
-    m: usize,
-    k: usize,
-    n: usize,
-    a: Operand,
-    b: Operand,
-    c: Operand,
+    shape: GemmShape,
     lhs_ptr: u64,
     rhs_ptr: u64,
     out_ptr: u64,
@@ -381,7 +373,7 @@ struct Gemm {
 impl Gemm {
     /// The refusal for a failed enqueue.
     fn failed(&self, e: cudarc::cublas::result::CublasError) -> String {
-        let Self { batch, m, k, n, data_type, .. } = *self;
+        let GemmShape { batch, m, k, n, data_type, .. } = self.shape;
         format!("cuBLAS product batch, m, k, n = {batch}, {m}, {k}, {n} ({data_type:?}): {e:?}")
     }
 
@@ -392,7 +384,7 @@ impl Gemm {
     /// current on this thread, which `handle` belongs to.
     unsafe fn run(&self, handle: sys::cublasHandle_t) -> Result<(), cudarc::cublas::result::CublasError> {
         use sys::cublasOperation_t::CUBLAS_OP_N;
-        let Self { data_type, op_rhs, batch, m, k, n, a, b, c, .. } = *self;
+        let GemmShape { data_type, op_rhs, batch, m, k, n, a, b, c } = self.shape;
         // Row-major `out[m, n] = lhs[m, k] · rhs[k, n]` is column-major `outᵀ = rhsᵀ · lhsᵀ`:
         // cuBLAS's (m, n, k) are (n, m, k), its A is `rhs` (transposed when its columns are
         // contiguous, as the model's weights: a view of the checkpoint's `[n, k]` rows) and its B
