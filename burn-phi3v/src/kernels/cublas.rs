@@ -129,6 +129,10 @@ fn run_on_stream(ordinal: usize, stream: usize, gemm: &Gemm) -> Result<(), Strin
 /// to be one CUDA stream): these may be [`BlasOrdering::Queued`] from then on.
 type Proven = std::collections::HashSet<(GemmShape, [cubecl::stream_id::StreamId; 3])>;
 
+/// Most entries of [`proven`] (a server sees a new row count per prompt length: the set stays
+/// bounded, and products past it keep the round trip).
+const PROVEN_MAX: usize = 4096;
+
 fn proven() -> &'static Mutex<Proven> {
     static PROVEN: OnceLock<Mutex<Proven>> = OnceLock::new();
     PROVEN.get_or_init(Default::default)
@@ -340,6 +344,7 @@ fn cuda_matmul(lhs: CubeTensor<CudaRuntime>, rhs: CubeTensor<CudaRuntime>) -> Re
     drop((held_lhs, held_rhs, held_out));
     if ordered == BlasOrdering::Stream
         && let Ok(mut proven) = proven().lock()
+        && proven.len() < PROVEN_MAX
     {
         proven.insert((shape, created));
     }
