@@ -46,7 +46,24 @@ pub struct RotaryEmbedding {
     /// [`CACHED_POSITIONS`]). Every pass starts at position 0, so a prefill's rows are
     /// computed once, not per request.
     rows: std::sync::Arc<std::sync::Mutex<[Vec<f32>; 2]>>,
+    /// The same rows as device tensors, for the one backend, device and dtype last asked for
+    /// (a [`DeviceRows`]; type-erased, as the embedding is not generic over the backend).
+    device_rows: std::sync::Arc<std::sync::Mutex<Option<Box<dyn std::any::Any + Send>>>>,
 }
+
+/// [`RotaryEmbedding`]'s rows on one device in one dtype: per regime (short, long), the
+/// `[n, head_dim]` cos and sin tables of positions `0..n`, as [`RotaryEmbedding::tables`] builds
+/// them. A pass over consecutive positions (a prefill, a decode step of one sequence, a chunk of
+/// one sequence in the engine) takes a slice of them instead of uploading tables from the host.
+struct DeviceRows<B: Backend> {
+    device: B::Device,
+    dtype: DType,
+    regimes: [Option<(Tensor<B, 2>, Tensor<B, 2>)>; 2],
+}
+
+/// Fewest positions a device table is made with (it grows by powers of two up to
+/// [`CACHED_POSITIONS`]).
+const DEVICE_ROWS_MIN: usize = 1 << 12;
 
 /// Positions whose rotary rows [`RotaryEmbedding`] keeps (host memory: `2 · head_dim · 4` bytes
 /// each per regime, 12 MiB for Phi-3's 96-dim heads); rows past it are computed per call.
@@ -93,6 +110,7 @@ impl RotaryEmbedding {
             mscale: mscale as f32,
             original_max_position_embeddings: config.original_max_position_embeddings,
             rows: Default::default(),
+            device_rows: Default::default(),
         }
     }
 
@@ -115,7 +133,8 @@ impl RotaryEmbedding {
     }
 
     /// cos and sin for `positions[b][s]` with row b in `regimes[b]`, already multiplied by
-    /// the attention factor.
+    /// the attention factor: slices of the device tables ([`DeviceRows`]) where the positions,
+    /// row after row, are consecutive in one regime, else built on the host and uploaded.
     ///
     /// # Shapes
     /// → (`[batch, 1, seq, head_dim]`, `[batch, 1, seq, head_dim]`)
@@ -126,6 +145,43 @@ impl RotaryEmbedding {
         device: &B::Device,
         dtype: DType,
     ) -> (Tensor<B, 4>, Tensor<B, 4>) {
+        self.device_tables(positions, regimes, device, dtype).unwrap_or_else(|| self.host_tables(positions, regimes, device, dtype))
+    }
+
+    /// Index of a regime's rows: the long ones only where the config has them.
+    fn regime_index(&self, regime: RopeRegime) -> usize {
+        usize::from(regime == RopeRegime::Long && self.long_inv_freq.is_some())
+    }
+
+    /// [`RotaryEmbedding::tables`] as slices of the device tables; `None` where the positions
+    /// are not consecutive in one regime or reach past [`CACHED_POSITIONS`].
+    fn device_tables<B: Backend>(&self, positions: &[Vec<usize>], regimes: &[RopeRegime], device: &B::Device, dtype: DType) -> Option<(Tensor<B, 4>, Tensor<B, 4>)> {
+        let (batch, seq) = (positions.len(), positions.first()?.len());
+        let which = self.regime_index(*regimes.first()?);
+        let start = *positions[0].first()?;
+        let consecutive = positions.iter().flatten().enumerate().all(|(i, &p)| p == start + i);
+        let end = start + batch * seq;
+        if !consecutive || positions.iter().any(|ps| ps.len() != seq) || regimes.len() != batch || regimes.iter().any(|&r| self.regime_index(r) != which) || end > CACHED_POSITIONS {
+            return None;
+        }
+        let mut slot = self.device_rows.lock().ok()?;
+        if !slot.as_ref().and_then(|rows| rows.downcast_ref::<DeviceRows<B>>()).is_some_and(|rows| rows.device == *device && rows.dtype == dtype) {
+            *slot = Some(Box::new(DeviceRows::<B> { device: device.clone(), dtype, regimes: [None, None] }));
+        }
+        let rows = slot.as_mut()?.downcast_mut::<DeviceRows<B>>()?;
+        if rows.regimes[which].as_ref().is_none_or(|(cos, _)| cos.dims()[0] < end) {
+            let n = end.next_power_of_two().clamp(DEVICE_ROWS_MIN, CACHED_POSITIONS);
+            let regime = if which == 1 { RopeRegime::Long } else { RopeRegime::Short };
+            let (cos, sin) = self.host_tables::<B>(&[(0..n).collect()], &[regime], device, dtype);
+            rows.regimes[which] = Some((cos.reshape([n, self.head_dim]), sin.reshape([n, self.head_dim])));
+        }
+        let (cos, sin) = rows.regimes[which].as_ref()?;
+        let table = |t: &Tensor<B, 2>| t.clone().slice(start..end).reshape([batch, 1, seq, self.head_dim]);
+        Some((table(cos), table(sin)))
+    }
+
+    /// [`RotaryEmbedding::tables`] built on the host from the kept rows and uploaded.
+    fn host_tables<B: Backend>(&self, positions: &[Vec<usize>], regimes: &[RopeRegime], device: &B::Device, dtype: DType) -> (Tensor<B, 4>, Tensor<B, 4>) {
         let batch = positions.len();
         let seq = positions.first().map_or(0, Vec::len);
         let (half, width) = (self.head_dim / 2, self.head_dim);
@@ -724,5 +780,28 @@ mod tests {
                 }
             }
         }
+        // Consecutive positions in one regime take slices of the device tables: one row (a
+        // prefill, a decode step), one position per row (the engine's chunk of one sequence),
+        // the device table grown past its first size, and the last kept position.
+        let consecutive: [(usize, usize, usize); 5] = [(0, 1, 9), (100, 1, 40), (5, 3, 1), (DEVICE_ROWS_MIN - 2, 1, 7), (CACHED_POSITIONS - 4, 1, 4)];
+        for _ in 0..2 {
+            for (start, batch, seq) in consecutive {
+                let rows: Vec<Vec<usize>> = (0..batch).map(|b| (start + b * seq..start + (b + 1) * seq).collect()).collect();
+                for regime in [RopeRegime::Short, RopeRegime::Long] {
+                    assert!(rope.device_tables::<B>(&rows, &vec![regime; batch], &Default::default(), DType::F32).is_some(), "{rows:?} takes the device tables");
+                    let (cos, sin) = rope.tables::<B>(&rows, &vec![regime; batch], &Default::default(), DType::F32);
+                    assert_eq!(cos.dims(), [batch, 1, seq, rope.head_dim]);
+                    let (want_cos, want_sin) = direct(&rows.concat(), regime);
+                    assert_eq!(host(cos), want_cos, "cos at {rows:?} {regime:?}");
+                    assert_eq!(host(sin), want_sin, "sin at {rows:?} {regime:?}");
+                }
+            }
+        }
+        // Not consecutive, past the kept rows, or regimes that differ: the host builds them.
+        let none = |rows: &[Vec<usize>], regimes: &[RopeRegime]| rope.device_tables::<B>(rows, regimes, &Default::default(), DType::F32).is_none();
+        assert!(none(&[vec![3, 5]], &[RopeRegime::Short]));
+        assert!(none(&[(0..4).collect(), (0..4).collect()], &[RopeRegime::Short; 2]));
+        assert!(none(&[vec![CACHED_POSITIONS - 1, CACHED_POSITIONS]], &[RopeRegime::Short]));
+        assert!(none(&[vec![4], vec![5]], &[RopeRegime::Short, RopeRegime::Long]));
     }
 }
