@@ -1165,14 +1165,14 @@ pub enum BlasOrdering {
     /// By the host: CubeCL's stream is synchronised, cuBLAS runs on a stream of its own, which
     /// is synchronised before the output is handed back (~70–120 µs per product on the H100).
     Host,
-    /// The default: on CubeCL's own stream (read from the tensors' resources, which name it only with the
-    /// workspace's cubecl-cuda patch, `patches/cubecl-cuda`), no host synchronisation; the
-    /// resources are asked for from the calling thread, three round trips to CubeCL's device
-    /// thread (~45 µs of host time per product on the H200). Products whose three tensors are
-    /// not on one stream, or whose stream is not named, are ordered by the host. On the H200
-    /// (docs/kernels.md session 21) a 1024 × 3072 → 9216 product took 84.8 µs against the host
-    /// ordering's 146.8 (PyTorch 81.8), and a phi3v-128k prefill of 1024 tokens 21.5 ms against
-    /// 41.6.
+    /// The default: on CubeCL's own stream (read from the tensors' resources, which name it
+    /// only with the workspace's cubecl-cuda patch, `patches/cubecl-cuda`), no host
+    /// synchronisation; the resources are asked for from the calling thread, three round trips
+    /// to CubeCL's device thread (~45 µs of host time per product on the H200). Products whose
+    /// three tensors are not on one stream, or whose stream is not named, are ordered by the
+    /// host. On the H200 (docs/kernels.md session 21) a 1024 × 3072 → 9216 product took 84.8 µs
+    /// against the host ordering's 146.8 (PyTorch 81.8), and a phi3v-128k prefill of 1024 tokens
+    /// 21.5 ms against 41.6.
     Stream,
     /// As [`BlasOrdering::Stream`], but the resource look-ups and the cuBLAS call are queued
     /// for CubeCL's device thread like a kernel launch, so the calling thread does not wait
@@ -1479,7 +1479,7 @@ pub fn linear<B: Kernels, const D: usize>(x: Tensor<B, D>, weight: &Tensor<B, 2>
 /// its products run on the backend's stream ([`BlasOrdering::Stream`], [`BlasOrdering::Queued`]),
 /// [`MATMUL_MANY_ROWS`] when the host orders them (its syncs cost more than cuBLAS gains on
 /// 64-row products and 10-row decode steps: docs/kernels.md session 20). `PHI3V_BLAS_MIN_ROWS`
-/// (read once, at least 1) sets it for a process under either ordering, to measure cuBLAS on
+/// (read once, at least 1) sets it for a process under any ordering, to measure cuBLAS on
 /// fewer rows (with `PHI3V_SKINNY_MAX_ROWS=0` for the products the skinny kernels take).
 pub fn blas_min_rows() -> usize {
     static SET: std::sync::OnceLock<Option<usize>> = std::sync::OnceLock::new();
