@@ -133,7 +133,7 @@ impl RotaryEmbedding {
     }
 
     /// cos and sin for `positions[b][s]` with row b in `regimes[b]`, already multiplied by
-    /// the attention factor: slices of the device tables ([`DeviceRows`]) where the positions,
+    /// the attention factor: slices of tables kept on the device where the positions,
     /// row after row, are consecutive in one regime, else built on the host and uploaded.
     ///
     /// # Shapes
