@@ -141,6 +141,10 @@ fn bench_smoke_run_writes_card_graphs_and_results() {
     assert_eq!((img["crops"].as_u64(), img["image_tokens"].as_u64()), (Some(5), Some(757)), "336² at num_crops 4: 2×2 tiles + global view");
     assert_eq!(r["latency"]["runs"].as_u64(), Some(2));
     assert!(r["kv_cache"]["max_tokens"].as_u64().unwrap() > 0);
+    // The kernel choices it ran with.
+    let k = &r["settings"]["kernels"];
+    assert!(["Host", "Stream", "Queued"].contains(&k["cublas_ordering"].as_str().unwrap_or("")) && k["blas_min_rows"].as_u64() >= Some(1), "{k}");
+    assert!(k["attention"].is_string() && k["skinny_rows"].as_array().is_some_and(|r| r.len() == 2) && k["off"].is_array(), "{k}");
     for f in ["card.md", "results.csv", "prefill.png", "generation_24x6.png"] {
         assert!(std::fs::metadata(out.join(f)).map(|m| m.len() > 100).unwrap_or(false), "{f} missing");
     }

@@ -386,6 +386,7 @@ impl DeviceFn for BenchJob {
                 "memory_fraction": a.memory_fraction, "batching": "static (left-padded batch)",
                 "prompt_lengths": a.prompt_lengths, "parallel": a.parallel, "shapes": a.shapes,
                 "images": a.images, "num_crops": a.num_crops, "latency_shape": a.latency_shape,
+                "kernels": kernel_settings(),
             }),
             ..Default::default()
         };
@@ -821,6 +822,22 @@ impl LatencyReport {
             per_token_s: per_token,
         }
     }
+}
+
+/// The model's kernel choices in force for this process (environment variables and setters:
+/// `PHI3V_KERNELS_OFF`, `PHI3V_FLASH_ATTENTION`, `PHI3V_CUBLAS_ORDER`, `PHI3V_BLAS_MIN_ROWS`,
+/// `PHI3V_SKINNY_MIN_ROWS`/`MAX_ROWS`, `PHI3V_SKINNY`), so that a result file says what ran.
+fn kernel_settings() -> serde_json::Value {
+    use burn_phi3v::kernels;
+    serde_json::json!({
+        "fused": kernels::fused_kernels(),
+        "off": kernels::KERNEL_NAMES.iter().filter(|n| !kernels::kernel_on(n)).collect::<Vec<_>>(),
+        "attention": format!("{:?}", kernels::flash_attention_choice()),
+        "cublas_ordering": format!("{:?}", kernels::blas_ordering()),
+        "blas_min_rows": kernels::blas_min_rows(),
+        "skinny_rows": [kernels::skinny_min_rows(), kernels::skinny_max_rows()],
+        "skinny": format!("{:?}", kernels::skinny_tuning()),
+    })
 }
 
 #[cfg(test)]
