@@ -8,7 +8,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 # The commit the pack is built from (and whether the tree had changes), for the next session
 # to check before it carries an old pack: .gpu/commit.txt.
-mkdir -p .gpu && { git rev-parse HEAD; git status --short --untracked-files=no | grep -v "^?? " | sed 's/^/changed: /'; } > .gpu/commit.txt
+mkdir -p .gpu && { git rev-parse HEAD; git status --short --untracked-files=no | sed 's/^/changed: /'; } > .gpu/commit.txt
 P="-p phi3v-cli -p phi3v-tests -p phi3v-plugin-cuda -p phi3v-plugin-iluvatar"
 F=phi3v-cli/cuda,phi3v-cli/wgpu,phi3v-cli/plugin,phi3v-tests/cuda,phi3v-tests/wgpu,phi3v-tests/plugin
 cargo build --release $P --features $F
