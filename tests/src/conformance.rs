@@ -47,6 +47,13 @@ impl OpTolerance {
     pub fn bound(&self, n: usize) -> f32 {
         self.ulps * self.epsilon * (n.max(1) as f32).sqrt()
     }
+
+    /// The allowed relative error for an op whose statistics sum `n` values in f32 and whose
+    /// output is rounded once to the dtype (the norms): in half precision the rounding
+    /// dominates, in f32 the summation.
+    pub fn bound_f32_statistics(&self, n: usize) -> f32 {
+        self.bound(1) + OpTolerance::for_dtype(DType::F32).bound(n)
+    }
 }
 
 /// One op's output on one side.

@@ -35,7 +35,7 @@ impl Terms {
     fn bound(self, tolerance: &OpTolerance) -> f32 {
         match self {
             Terms::Dtype(n) => tolerance.bound(n),
-            Terms::F32Statistics(n) => tolerance.bound(1) + OpTolerance::for_dtype(DType::F32).bound(n),
+            Terms::F32Statistics(n) => tolerance.bound_f32_statistics(n),
         }
     }
 }

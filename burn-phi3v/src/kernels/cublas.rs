@@ -145,7 +145,7 @@ static QUEUED_FAILURE: Mutex<Option<String>> = Mutex::new(None);
 /// On CubeCL's device thread: the operands' addresses from `server`, then the product on their
 /// stream. A failure is recorded ([`QUEUED_FAILURE`], the refusals).
 #[cfg(feature = "queued-blas")]
-fn queued(server: &mut <CudaRuntime as cubecl::Runtime>::Server, stream_id: cubecl::stream_id::StreamId, ordinal: usize, bindings: [cubecl::server::Binding; 3], mut gemm: Gemm) {
+fn queued(server: &mut <CudaRuntime as cubecl::Runtime>::Server, stream_id: cubecl::stream_id::StreamId, ordinal: usize, bindings: [cubecl::server::Binding; 3], shape: GemmShape) {
     use cubecl::server::ComputeServer;
     let run = || -> Result<(), String> {
         let [lhs, rhs, out] = bindings;
@@ -155,8 +155,7 @@ fn queued(server: &mut <CudaRuntime as cubecl::Runtime>::Server, stream_id: cube
         let Some(stream) = a.filter(|&s| b == Some(s) && c == Some(s)) else {
             return Err(format!("queued operands on streams {a:?}, {b:?}, {c:?}"));
         };
-        (gemm.lhs_ptr, gemm.rhs_ptr, gemm.out_ptr) = (lhs_ptr, rhs_ptr, out_ptr);
-        run_on_stream(ordinal, stream, &gemm)
+        run_on_stream(ordinal, stream, &Gemm { shape, lhs_ptr, rhs_ptr, out_ptr })
     };
     if let Err(e) = run() {
         let reason = format!("a queued cuBLAS product failed on CubeCL's device thread (its output is undefined; later products take Burn's matmul): {e}");
@@ -302,7 +301,6 @@ fn cuda_matmul(lhs: CubeTensor<CudaRuntime>, rhs: CubeTensor<CudaRuntime>) -> Re
     }
 
     let shape = GemmShape { data_type, op_rhs: if b.transposed { CUBLAS_OP_T } else { CUBLAS_OP_N }, batch, m, k, n, a, b, c };
-    let mut gemm = Gemm { shape, lhs_ptr: 0, rhs_ptr: 0, out_ptr: 0 };
     let ordering = super::blas_ordering();
     // The CubeCL streams the three tensors were created on (each thread has its own).
     let created = [lhs.handle.stream, rhs.handle.stream, out.handle.stream];
@@ -312,7 +310,7 @@ fn cuda_matmul(lhs: CubeTensor<CudaRuntime>, rhs: CubeTensor<CudaRuntime>) -> Re
         let ordinal = lhs.device.index;
         // The bindings keep the three allocations alive until the task has run, as a kernel
         // launch's do.
-        out.client.submit_with_server(move |server, stream_id| queued(server, stream_id, ordinal, bindings, gemm));
+        out.client.submit_with_server(move |server, stream_id| queued(server, stream_id, ordinal, bindings, shape));
         return Ok((out, BlasOrdering::Queued));
     }
 
@@ -322,7 +320,7 @@ fn cuda_matmul(lhs: CubeTensor<CudaRuntime>, rhs: CubeTensor<CudaRuntime>) -> Re
     // three allocations alive until then.
     let (held_lhs, held_rhs, held_out) = (resource(&lhs)?, resource(&rhs)?, resource(&out)?);
     let [(lhs_ptr, lhs_stream), (rhs_ptr, rhs_stream), (out_ptr, out_stream)] = [located(held_lhs.resource())?, located(held_rhs.resource())?, located(held_out.resource())?];
-    (gemm.lhs_ptr, gemm.rhs_ptr, gemm.out_ptr) = (lhs_ptr, rhs_ptr, out_ptr);
+    let gemm = Gemm { shape, lhs_ptr, rhs_ptr, out_ptr };
     let streams = [lhs_stream, rhs_stream, out_stream];
     let ordered = if ordering != BlasOrdering::Host
         && let [Some(s), ..] = streams
@@ -342,7 +340,10 @@ fn cuda_matmul(lhs: CubeTensor<CudaRuntime>, rhs: CubeTensor<CudaRuntime>) -> Re
         BlasOrdering::Host
     };
     drop((held_lhs, held_rhs, held_out));
-    if ordered == BlasOrdering::Stream
+    // Only what a later `Queued` product looks up (none without the feature).
+    if cfg!(feature = "queued-blas")
+        && ordering == BlasOrdering::Queued
+        && ordered == BlasOrdering::Stream
         && let Ok(mut proven) = proven().lock()
         && proven.len() < PROVEN_MAX
     {

@@ -208,7 +208,7 @@ impl DeviceFn for BreakdownJob {
             engine: {
                 // The attention choice and the kernels that differ from the defaults, so that
                 // a breakdown says what it timed.
-                let off = kernels::KERNEL_NAMES.iter().filter(|n| !kernels::kernel_on(n)).copied().collect::<Vec<_>>().join(", ");
+                let off = super::kernels_off().join(", ");
                 let mut engine = format!("burn-phi3v, attention {:?}", kernels::flash_attention_choice());
                 if !kernels::fused_kernels() {
                     engine.push_str(", composed steps");

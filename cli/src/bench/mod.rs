@@ -824,6 +824,11 @@ impl LatencyReport {
     }
 }
 
+/// The model's kernels turned off for this process (`PHI3V_KERNELS_OFF`, the kernel policy).
+pub(crate) fn kernels_off() -> Vec<&'static str> {
+    burn_phi3v::kernels::KERNEL_NAMES.iter().filter(|n| !burn_phi3v::kernels::kernel_on(n)).copied().collect()
+}
+
 /// The model's kernel choices in force for this process (environment variables and setters:
 /// `PHI3V_KERNELS_OFF`, `PHI3V_FLASH_ATTENTION`, `PHI3V_CUBLAS_ORDER`, `PHI3V_BLAS_MIN_ROWS`,
 /// `PHI3V_SKINNY_MIN_ROWS`/`MAX_ROWS`, `PHI3V_SKINNY`), so that a result file says what ran.
@@ -831,7 +836,7 @@ fn kernel_settings() -> serde_json::Value {
     use burn_phi3v::kernels;
     serde_json::json!({
         "fused": kernels::fused_kernels(),
-        "off": kernels::KERNEL_NAMES.iter().filter(|n| !kernels::kernel_on(n)).collect::<Vec<_>>(),
+        "off": kernels_off(),
         "attention": format!("{:?}", kernels::flash_attention_choice()),
         "cublas_ordering": format!("{:?}", kernels::blas_ordering()),
         "blas_min_rows": kernels::blas_min_rows(),
