@@ -42,6 +42,9 @@ echo "=== plugin-ops-half"; grep -E "FAIL|op checks pass|CONFORMANT|rc=" $W/plug
 ls $PHI3V_PLUGIN_KERNEL_DIR 2>/dev/null | head; [ -d $PHI3V_PLUGIN_KERNEL_DIR ] && cp -r $PHI3V_PLUGIN_KERNEL_DIR $RS/
 timed_folders s24a-img; cd $D
 IMG="--scenarios images --images 1344x1344 --num-crops 16 --warmup 1 --runs 5"
-bench_parts $RS "img::${IMG_S:-100}:$IMG" "img-tiles:PHI3V_FLASH_ATTENTION=4,2,2:${IMG_S:-100}:$IMG"
+IMG_PARTS=("img::${IMG_S:-100}:$IMG")
+# IMG_TILES=0: `scores` only (less device time).
+[ "${IMG_TILES:-1}" != 0 ] && IMG_PARTS+=("img-tiles:PHI3V_FLASH_ATTENTION=4,2,2:${IMG_S:-100}:$IMG")
+bench_parts $RS "${IMG_PARTS[@]}"
 cd $R
 (cd $OUT && tar czf s24a.tgz s24a s24a-img && rm -rf s24a s24a-img)
