@@ -65,8 +65,11 @@ pub struct OpOutput {
     pub dtype: DType,
     /// Terms accumulated per output value (1 for elementwise ops).
     pub accumulated: usize,
-    /// The output, as f32.
+    /// The output, as f32 (empty when it could not be read).
     pub values: Vec<f32>,
+    /// Why the output could not be read back (a launch or execution error on the device;
+    /// after one, a CubeCL server refuses the ops that follow too).
+    pub error: Option<String>,
 }
 
 /// One op's comparison.
@@ -82,8 +85,10 @@ pub struct OpCheck {
     pub rel_err: f32,
     /// The allowed `rel_err`.
     pub bound: f32,
-    /// Whether it is within the bound (and finite, and of the right length).
+    /// Whether it is within the bound (and finite, and of the right length, and was read).
     pub pass: bool,
+    /// The device's error for this op, if its output could not be read.
+    pub error: Option<String>,
 }
 
 /// The op list, run as a [`DeviceFn`]: on the device under test with `compute = None` (each
@@ -142,10 +147,14 @@ impl<B: Kernels> Ctx<'_, B> {
 
     fn record<const D: usize>(&mut self, op: impl Into<String>, accumulated: usize, t: Tensor<B, D>) {
         let op = op.into();
-        let values = t.into_data().convert::<f32>().to_vec::<f32>().expect("f32 data");
+        // A device error is this op's failure, not the tool's: the table names it.
+        let (values, error) = match t.try_into_data() {
+            Ok(data) => (data.convert::<f32>().to_vec::<f32>().expect("f32 data"), None),
+            Err(e) => (Vec::new(), Some(format!("{e}").lines().filter(|l| !l.trim().is_empty()).collect::<Vec<_>>().join(" / "))),
+        };
         // Progress on stderr: on a device where an op stalls, the last line names the op before.
-        eprintln!("  {} done: {op}", dtype_name(self.round));
-        self.out.push(OpOutput { op, dtype: self.round, accumulated, values });
+        eprintln!("  {} {}: {op}", dtype_name(self.round), if error.is_some() { "FAILED" } else { "done" });
+        self.out.push(OpOutput { op, dtype: self.round, accumulated, values, error });
     }
 }
 
@@ -391,10 +400,14 @@ pub fn compare(reference: &[OpOutput], got: &[OpOutput]) -> Vec<OpCheck> {
         .iter()
         .zip(got)
         .map(|(r, g)| {
+            let bound = OpTolerance::for_dtype(g.dtype).bound(g.accumulated);
+            let error = g.error.clone().or_else(|| r.error.as_ref().map(|e| format!("on the CPU: {e}")));
+            if error.is_some() {
+                return OpCheck { op: g.op.clone(), dtype: g.dtype, max_abs_err: f32::NAN, rel_err: f32::NAN, bound, pass: false, error };
+            }
             let max_abs_err = crate::tolerance::max_abs_diff(&r.values, &g.values);
             let rel_err = max_abs_err / crate::tolerance::magnitude(&r.values);
-            let bound = OpTolerance::for_dtype(g.dtype).bound(g.accumulated);
-            OpCheck { op: g.op.clone(), dtype: g.dtype, max_abs_err, rel_err, bound, pass: rel_err <= bound }
+            OpCheck { op: g.op.clone(), dtype: g.dtype, max_abs_err, rel_err, bound, pass: rel_err <= bound, error: None }
         })
         .collect()
 }
@@ -418,7 +431,11 @@ pub fn table(checks: &[OpCheck]) -> String {
             c.max_abs_err,
             c.rel_err,
             c.bound,
-            if c.pass { "pass" } else { "FAIL" }
+            match (&c.error, c.pass) {
+                (Some(e), _) => format!("FAIL: {}", e.replace('|', "/")),
+                (None, true) => "pass".into(),
+                (None, false) => "FAIL".into(),
+            }
         );
     }
     s

@@ -26,7 +26,7 @@ fn every_op_matches_the_cpu_on_every_target() {
 }
 
 fn output(values: Vec<f32>, dtype: DType, accumulated: usize) -> OpOutput {
-    OpOutput { op: "op".into(), dtype, accumulated, values }
+    OpOutput { op: "op".into(), dtype, accumulated, values, error: None }
 }
 
 #[test]
@@ -45,6 +45,11 @@ fn the_comparison_fails_what_exceeds_the_dtype_bound() {
     // NaN, and a wrong length, fail.
     assert!(!compare(&reference, &[output(vec![f32::NAN, -2.0, 0.5], DType::BF16, 1)])[0].pass);
     assert!(!compare(&reference, &[output(vec![1.0, -2.0], DType::BF16, 1)])[0].pass);
+    // An output the device could not hand back fails, and the table says why.
+    let lost = OpOutput { error: Some("tensor maps (TMA) are not part of the plugin ABI".into()), ..output(Vec::new(), DType::F16, 1) };
+    let checks = compare(&reference, &[lost]);
+    assert!(!checks[0].pass);
+    assert!(table(&checks).contains("FAIL: tensor maps (TMA)"), "{}", table(&checks));
     // Accumulating ops get sqrt(n) more room.
     assert!(OpTolerance::for_dtype(DType::F16).bound(100) > 9.0 * OpTolerance::for_dtype(DType::F16).bound(1));
 }

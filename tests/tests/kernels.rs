@@ -61,6 +61,24 @@ struct KernelJob {
     /// The inputs are rounded to this dtype on the host, so that the CPU witness (f32) sees
     /// exactly the values a half-precision target holds.
     inputs: DType,
+    /// The CPU witness's outputs (computed first): each check on the target is compared as it
+    /// runs, so that a device run cut short by its time limit still reports the checks it
+    /// reached (the CUDA bf16 runs of sessions 20–24 compiled for 330–540 s and compared none).
+    witness: Option<std::sync::Arc<Vec<Outputs>>>,
+}
+
+/// A check's verdict against the witness: whether it passes, and the line that says so.
+fn verdict(o: &Outputs, w: &Outputs, tolerance: &OpTolerance) -> (bool, String) {
+    let bound = o.accumulated.bound(tolerance);
+    let (vs_composed, vs_cpu, composed_vs_cpu) = (rel_err(&o.composed, &o.fused), rel_err(&w.composed, &o.fused), rel_err(&w.composed, &o.composed));
+    let repeat = rel_err(&o.fused, &o.fused_again);
+    let pass = vs_composed <= bound && vs_cpu <= bound && repeat == 0.0;
+    let line = format!(
+        "{}: {vs_composed:.2e} vs composed, {vs_cpu:.2e} vs cpu (bound {bound:.2e}); repeat {repeat:.1e}; composed vs cpu {composed_vs_cpu:.2e}{}",
+        o.what,
+        if pass { "" } else { "  FAIL" }
+    );
+    (pass, line)
 }
 
 fn round_to(dtype: DType, v: f32) -> f32 {
@@ -88,10 +106,16 @@ impl KernelJob {
         // Progress with the time since the start: a device run that runs out of its time says
         // which check it reached (three CUDA bf16 runs ended without a word, sessions 20–22).
         let start = std::time::Instant::now();
+        let tolerance = OpTolerance::for_dtype(dtype);
         let mut compare = |what: String, accumulated: Terms, (fused, fused_again, composed): (Tensor<B, 3>, Tensor<B, 3>, Tensor<B, 3>)| {
             assert_eq!(fused.dims(), composed.dims(), "{what}");
-            eprintln!("{:8.1} s  ran {what}", start.elapsed().as_secs_f64());
-            checks.push(Outputs { what, accumulated, fused: host(fused), fused_again: host(fused_again), composed: host(composed) });
+            let o = Outputs { what, accumulated, fused: host(fused), fused_again: host(fused_again), composed: host(composed) };
+            let elapsed = start.elapsed().as_secs_f64();
+            match self.witness.as_ref().and_then(|w| w.get(checks.len())) {
+                Some(w) => eprintln!("{elapsed:8.1} s  {}", verdict(&o, w, &tolerance).1),
+                None => eprintln!("{elapsed:8.1} s  ran {}", o.what),
+            }
+            checks.push(o);
         };
         // The kernels forced on (tested even where they are not on by default), then composed.
         let policy = kernel_policy();
@@ -108,7 +132,8 @@ impl KernelJob {
         // RMSNorm: Phi-3's hidden 3072, a width under the 256 units of a row, one not a multiple
         // of them; one row and many.
         // 66000 rows: more cubes than one launch dimension holds (65535).
-        for (rows, width) in [(1, 3072), (7, 3072), (3, 100), (5, 1000), (66000, 8)] {
+        // Rows of 77 and 6 values take vectors of 1 and 2 (the others 4 or 8).
+        for (rows, width) in [(1, 3072), (7, 3072), (3, 100), (5, 1000), (66000, 8), (2, 77), (3, 6)] {
             let x = tensor(input(vec![rows * width], 2.0)).reshape([1, rows, width]);
             let weight = tensor(input(vec![width], 1.0));
             let outputs = both(&|| kernels::rms_norm(x.clone(), &weight, 1e-5));
@@ -119,7 +144,7 @@ impl KernelJob {
         // width 1024 and rows of 577 tokens, widths under and off a cube's 256 units, 3-d input,
         // more rows than one launch dimension holds. Rows get a common offset so that a
         // variance taken without subtracting the mean first would lose digits.
-        for (rows, width) in [(577, 1024), (3, 100), (5, 1000), (66000, 8)] {
+        for (rows, width) in [(577, 1024), (3, 100), (5, 1000), (66000, 8), (2, 77)] {
             let x = (tensor(input(vec![rows * width], 2.0)) + 3.0).reshape([1, rows, width]);
             let weight = tensor(input(vec![width], 1.0));
             let bias = tensor(input(vec![width], 1.0));
@@ -127,14 +152,15 @@ impl KernelJob {
             compare(format!("layer_norm [1, {rows}, {width}]"), Terms::F32Statistics(width), outputs);
         }
         // CLIP's quick-GELU over an fc1 output of 577 tokens × 4096, and a length off a cube's
-        // units; inputs wide enough that the sigmoid saturates at both ends.
-        for (rows, width) in [(577, 4096), (3, 1000)] {
+        // units; inputs wide enough that the sigmoid saturates at both ends. Rows of 77 and 6
+        // take vectors of 1 and 2 values (4096 and 1000 take 8 where the device loads 8).
+        for (rows, width) in [(577, 4096), (3, 1000), (2, 77), (5, 6)] {
             let x = tensor(input(vec![rows * width], 12.0)).reshape([1, rows, width]);
             let outputs = both(&|| kernels::quick_gelu(x.clone()));
             compare(format!("quick_gelu [1, {rows}, {width}]"), Terms::Dtype(1), outputs);
         }
         // The residual add fused with the norm after it: the sum and the normed sum side by side.
-        for (rows, width) in [(1, 3072), (10, 3072), (3, 100), (66000, 8)] {
+        for (rows, width) in [(1, 3072), (10, 3072), (3, 100), (66000, 8), (2, 77)] {
             let x = tensor(input(vec![rows * width], 2.0)).reshape([1, rows, width]);
             let residual = tensor(input(vec![rows * width], 2.0)).reshape([1, rows, width]);
             let weight = tensor(input(vec![width], 1.0));
@@ -194,7 +220,9 @@ impl KernelJob {
 
         // SiLU·mul over gate_up_proj's output: Phi-3's 2 × 8192, an odd half, and an odd whole
         // (not a gate_up_proj output: its last column is left out, as the composed step does).
-        for (rows, width) in [(1, 16384), (3, 16384), (2, 154), (3, 21)] {
+        // Halves of 8192, 77, 10 (the odd whole: single values) and 6 take vectors of 8, 1, 1
+        // and 2 values.
+        for (rows, width) in [(1, 16384), (3, 16384), (2, 154), (3, 21), (4, 12)] {
             let gate_up = tensor(input(vec![rows * width], 3.0)).reshape([1, rows, width]);
             let outputs = both(&|| kernels::silu_mul(gate_up.clone()));
             compare(format!("silu_mul [1, {rows}, {width}]"), Terms::Dtype(1), outputs);
@@ -599,23 +627,17 @@ fn kernels_equal_their_composed_fallbacks_on_every_target() {
     let seed = clock_seed();
     let mut failed = Vec::new();
     for (spec, dtype) in test_targets() {
-        let (witness, witness_problems) = burn_phi3v::device::with_device_dtype("cpu", Some(DType::F32), KernelJob { seed, inputs: dtype }).unwrap();
-        let (outputs, problems) = burn_phi3v::device::with_device_dtype(&spec, Some(dtype), KernelJob { seed, inputs: dtype }).unwrap_or_else(|e| panic!("{spec}: {e}"));
+        let (witness, witness_problems) = burn_phi3v::device::with_device_dtype("cpu", Some(DType::F32), KernelJob { seed, inputs: dtype, witness: None }).unwrap();
+        let witness = std::sync::Arc::new(witness);
+        let job = KernelJob { seed, inputs: dtype, witness: Some(witness.clone()) };
+        let (outputs, problems) = burn_phi3v::device::with_device_dtype(&spec, Some(dtype), job).unwrap_or_else(|e| panic!("{spec}: {e}"));
         assert!(outputs.len() >= 30 && outputs.len() == witness.len(), "{spec}: the kernel list ran short");
         let tolerance = OpTolerance::for_dtype(dtype);
-        for (o, w) in outputs.iter().zip(&witness) {
-            let bound = o.accumulated.bound(&tolerance);
-            let (vs_composed, vs_cpu, composed_vs_cpu) = (rel_err(&o.composed, &o.fused), rel_err(&w.composed, &o.fused), rel_err(&w.composed, &o.composed));
-            let repeat = rel_err(&o.fused, &o.fused_again);
-            let pass = vs_composed <= bound && vs_cpu <= bound && repeat == 0.0;
-            eprintln!(
-                "{spec} {} {}: {vs_composed:.2e} vs composed, {vs_cpu:.2e} vs cpu (bound {bound:.2e}); repeat {repeat:.1e}; composed vs cpu {composed_vs_cpu:.2e}{}",
-                dtype_name(dtype),
-                o.what,
-                if pass { "" } else { "  FAIL" }
-            );
+        for (o, w) in outputs.iter().zip(witness.iter()) {
+            let (pass, line) = verdict(o, w, &tolerance);
+            eprintln!("{spec} {} {line}", dtype_name(dtype));
             if !pass {
-                failed.push(format!("{spec} {}: {}: {vs_composed:.2e} vs composed, {vs_cpu:.2e} vs cpu, repeat {repeat:.1e} (bound {bound:.2e})", dtype_name(dtype), o.what));
+                failed.push(format!("{spec} {}: {line}", dtype_name(dtype)));
             }
         }
         failed.extend(witness_problems.iter().map(|p| format!("cpu (witness) f32: {p}")));

@@ -321,15 +321,19 @@ fn row_cubes(n: usize) -> CubeCount {
 // a device buffer at every launch (a host-to-device copy before the kernel), an array's not.
 // Indices are `usize` (the launch's address type, 32 or 64 bits).
 
+// The norms read and write rows in vectors of `N` values (`vectors = width / N` per row; each
+// unit strides over the row's vectors); their f32 sums take the values in another order than
+// with single values, so results may differ in the last bits of f32 between vector widths.
+
 /// One cube per row: the sum of squares in f32 (each unit strides over the row, then a tree
 /// reduction in shared memory), then `x · rsqrt(mean + eps)` cast to the dtype, times `weight`.
 #[cube(launch_unchecked, address_type = "dynamic")]
-fn rms_norm_kernel<E: Float>(
-    x: &Array<E>,
-    weight: &Array<E>,
-    output: &mut Array<E>,
+fn rms_norm_kernel<E: Float, N: Size>(
+    x: &Array<Vector<E, N>>,
+    weight: &Array<Vector<E, N>>,
+    output: &mut Array<Vector<E, N>>,
     rows: usize,
-    width: usize,
+    vectors: usize,
     eps: f32,
     #[comptime] units: usize,
     #[define(E)] _dtype: StorageType,
@@ -338,7 +342,8 @@ fn rms_norm_kernel<E: Float>(
     if CUBE_POS >= rows {
         terminate!();
     }
-    let base = CUBE_POS * width;
+    let width = N::value();
+    let base = CUBE_POS * vectors;
     let unit = UNIT_POS as usize;
 
     // Each unit's partial sum accumulates in its shared-memory slot (a runtime variable; a
@@ -346,15 +351,26 @@ fn rms_norm_kernel<E: Float>(
     let mut sums = SharedMemory::<f32>::new(units);
     sums[unit] = f32::new(0.0);
     let mut i = unit;
-    while i < width {
-        let v = f32::cast_from(x[base + i]);
-        sums[unit] += v * v;
+    while i < vectors {
+        let xv = x[base + i];
+        #[unroll]
+        for e in 0..width {
+            let v = f32::cast_from(xv[e]);
+            sums[unit] += v * v;
+        }
         i += units;
     }
-    let inv = inverse_rms(&mut sums, unit, width, eps);
+    let inv = inverse_rms(&mut sums, unit, vectors * width, eps);
     let mut j = unit;
-    while j < width {
-        output[base + j] = E::cast_from(f32::cast_from(x[base + j]) * inv) * weight[j];
+    while j < vectors {
+        let xv = x[base + j];
+        let wv = weight[j];
+        let mut out = Vector::<E, N>::empty();
+        #[unroll]
+        for e in 0..width {
+            out[e] = E::cast_from(f32::cast_from(xv[e]) * inv) * wv[e];
+        }
+        output[base + j] = out;
         j += units;
     }
 }
@@ -363,13 +379,13 @@ fn rms_norm_kernel<E: Float>(
 /// (two tree reductions in shared memory, as the composed path's two passes), then
 /// `(x − mean) · rsqrt(var + eps)` cast to the dtype, times `weight`, plus `bias`.
 #[cube(launch_unchecked, address_type = "dynamic")]
-fn layer_norm_kernel<E: Float>(
-    x: &Array<E>,
-    weight: &Array<E>,
-    bias: &Array<E>,
-    output: &mut Array<E>,
+fn layer_norm_kernel<E: Float, N: Size>(
+    x: &Array<Vector<E, N>>,
+    weight: &Array<Vector<E, N>>,
+    bias: &Array<Vector<E, N>>,
+    output: &mut Array<Vector<E, N>>,
     rows: usize,
-    width: usize,
+    vectors: usize,
     eps: f32,
     #[comptime] units: usize,
     #[define(E)] _dtype: StorageType,
@@ -377,29 +393,46 @@ fn layer_norm_kernel<E: Float>(
     if CUBE_POS >= rows {
         terminate!();
     }
-    let base = CUBE_POS * width;
+    let width = N::value();
+    let base = CUBE_POS * vectors;
     let unit = UNIT_POS as usize;
+    let count = f32::cast_from(vectors * width);
     let mut sums = SharedMemory::<f32>::new(units);
     sums[unit] = f32::new(0.0);
     let mut i = unit;
-    while i < width {
-        sums[unit] += f32::cast_from(x[base + i]);
+    while i < vectors {
+        let xv = x[base + i];
+        #[unroll]
+        for e in 0..width {
+            sums[unit] += f32::cast_from(xv[e]);
+        }
         i += units;
     }
-    let mean = cube_sum(&mut sums, unit) / f32::cast_from(width);
+    let mean = cube_sum(&mut sums, unit) / count;
     // Every unit has read the sum before any slot is reused.
     sync_cube();
     sums[unit] = f32::new(0.0);
     let mut k = unit;
-    while k < width {
-        let d = f32::cast_from(x[base + k]) - mean;
-        sums[unit] += d * d;
+    while k < vectors {
+        let xv = x[base + k];
+        #[unroll]
+        for e in 0..width {
+            let d = f32::cast_from(xv[e]) - mean;
+            sums[unit] += d * d;
+        }
         k += units;
     }
-    let inv = f32::new(1.0) / f32::sqrt(cube_sum(&mut sums, unit) / f32::cast_from(width) + eps);
+    let inv = f32::new(1.0) / f32::sqrt(cube_sum(&mut sums, unit) / count + eps);
     let mut j = unit;
-    while j < width {
-        output[base + j] = E::cast_from((f32::cast_from(x[base + j]) - mean) * inv) * weight[j] + bias[j];
+    while j < vectors {
+        let xv = x[base + j];
+        let (wv, bv) = (weight[j], bias[j]);
+        let mut out = Vector::<E, N>::empty();
+        #[unroll]
+        for e in 0..width {
+            out[e] = E::cast_from((f32::cast_from(xv[e]) - mean) * inv) * wv[e] + bv[e];
+        }
+        output[base + j] = out;
         j += units;
     }
 }
@@ -408,14 +441,14 @@ fn layer_norm_kernel<E: Float>(
 /// dtype) over its share of the row and sums its squares, then normalises the values it wrote
 /// (a unit reads back only its own writes: no barrier needed for them).
 #[cube(launch_unchecked, address_type = "dynamic")]
-fn add_rms_norm_kernel<E: Float>(
-    x: &Array<E>,
-    residual: &Array<E>,
-    weight: &Array<E>,
-    sum: &mut Array<E>,
-    output: &mut Array<E>,
+fn add_rms_norm_kernel<E: Float, N: Size>(
+    x: &Array<Vector<E, N>>,
+    residual: &Array<Vector<E, N>>,
+    weight: &Array<Vector<E, N>>,
+    sum: &mut Array<Vector<E, N>>,
+    output: &mut Array<Vector<E, N>>,
     rows: usize,
-    width: usize,
+    vectors: usize,
     eps: f32,
     #[comptime] units: usize,
     #[define(E)] _dtype: StorageType,
@@ -423,22 +456,33 @@ fn add_rms_norm_kernel<E: Float>(
     if CUBE_POS >= rows {
         terminate!();
     }
-    let base = CUBE_POS * width;
+    let width = N::value();
+    let base = CUBE_POS * vectors;
     let unit = UNIT_POS as usize;
     let mut sums = SharedMemory::<f32>::new(units);
     sums[unit] = f32::new(0.0);
     let mut i = unit;
-    while i < width {
+    while i < vectors {
         let s = x[base + i] + residual[base + i];
         sum[base + i] = s;
-        let v = f32::cast_from(s);
-        sums[unit] += v * v;
+        #[unroll]
+        for e in 0..width {
+            let v = f32::cast_from(s[e]);
+            sums[unit] += v * v;
+        }
         i += units;
     }
-    let inv = inverse_rms(&mut sums, unit, width, eps);
+    let inv = inverse_rms(&mut sums, unit, vectors * width, eps);
     let mut j = unit;
-    while j < width {
-        output[base + j] = E::cast_from(f32::cast_from(sum[base + j]) * inv) * weight[j];
+    while j < vectors {
+        let sv = sum[base + j];
+        let wv = weight[j];
+        let mut out = Vector::<E, N>::empty();
+        #[unroll]
+        for e in 0..width {
+            out[e] = E::cast_from(f32::cast_from(sv[e]) * inv) * wv[e];
+        }
+        output[base + j] = out;
         j += units;
     }
 }
@@ -472,15 +516,29 @@ fn address_type<'a, R: CubeRuntime>(tensors: impl IntoIterator<Item = &'a CubeTe
     tensors.into_iter().map(|t| t.required_address_type()).max().unwrap_or_default()
 }
 
-/// A one-unit-per-output-value kernel's new contiguous output of `shape` (in `input`'s dtype)
-/// and launch geometry: `(output, units, cube_dim, cube_count, address type)`.
-fn elementwise<R: CubeRuntime>(input: &CubeTensor<R>, shape: burn::tensor::Shape) -> (CubeTensor<R>, usize, CubeDim, CubeCount, AddressType) {
-    let units = shape.num_elements();
-    let output = empty_device_contiguous_dtype(input.client.clone(), input.device.clone(), shape, input.dtype);
-    let cube_dim = CubeDim::new(&input.client, units.max(1));
-    let cube_count = calculate_cube_count_elemwise(&input.client, units.max(1), cube_dim);
-    let address = address_type([input, &output]);
-    (output, units, cube_dim, cube_count, address)
+/// Launch geometry of a one-unit-per-output-vector kernel over `output` (contiguous) in
+/// vectors of `vector_size` values: `(units, cube_dim, cube_count, address type)`.
+fn elementwise_vectors<R: CubeRuntime>(input: &CubeTensor<R>, output: &CubeTensor<R>, vector_size: usize) -> (usize, CubeDim, CubeCount, AddressType) {
+    let units = output.meta.shape().num_elements() / vector_size.max(1);
+    let cube_dim = CubeDim::new(&output.client, units.max(1));
+    let cube_count = calculate_cube_count_elemwise(&output.client, units.max(1), cube_dim);
+    (units, cube_dim, cube_count, address_type([input, output]))
+}
+
+/// Values per load of the memory-bound kernels (the softmax, quick-GELU, SiLU·mul):
+/// [`load_vector_size`] for rows of `width`, or 1 when `vector_loads` is off
+/// (`PHI3V_KERNELS_OFF=vector_loads`, to measure what the vectors bring).
+fn vector_loads<R: CubeRuntime>(buffers: &[&CubeTensor<R>], width: usize) -> usize {
+    if super::kernel_on("vector_loads") { load_vector_size(buffers, width) } else { 1 }
+}
+
+/// The norms' vector width ([`vector_loads`]) for rows of `width`, and their units per cube:
+/// a power of two from 32 to [`ROW_UNITS`], no more than the row's vectors need (CLIP's 1024
+/// values in vectors of 8 take 128 units, not 256 with half of them idle).
+fn norm_vectors<R: CubeRuntime>(buffers: &[&CubeTensor<R>], width: usize) -> (usize, usize) {
+    let vector_size = vector_loads(buffers, width);
+    let units = (width / vector_size).next_power_of_two().clamp(32, ROW_UNITS as usize);
+    (vector_size, units)
 }
 
 /// Rows and width of a row kernel's operand (`[..., width]`).
@@ -501,19 +559,21 @@ pub(crate) fn rms_norm<R: CubeRuntime>(x: CubeTensor<R>, weight: CubeTensor<R>, 
     }
     let address = address_type([&x, &output]);
     let dtype = x.dtype;
+    let (vector_size, units) = norm_vectors(&[&x, &weight, &output], width);
     unsafe {
         rms_norm_kernel::launch_unchecked(
             &output.client,
             row_cubes(rows),
-            CubeDim::new_1d(ROW_UNITS),
+            CubeDim::new_1d(units as u32),
             address,
+            vector_size,
             x.into_array_arg(),
             weight.into_array_arg(),
             output.clone().into_array_arg(),
             rows,
-            width,
+            width / vector_size,
             eps as f32,
-            ROW_UNITS as usize,
+            units,
             dtype.into(),
         )
     };
@@ -530,20 +590,22 @@ pub(crate) fn layer_norm<R: CubeRuntime>(x: CubeTensor<R>, weight: CubeTensor<R>
     }
     let address = address_type([&x, &output]);
     let dtype = x.dtype;
+    let (vector_size, units) = norm_vectors(&[&x, &weight, &bias, &output], width);
     unsafe {
         layer_norm_kernel::launch_unchecked(
             &output.client,
             row_cubes(rows),
-            CubeDim::new_1d(ROW_UNITS),
+            CubeDim::new_1d(units as u32),
             address,
+            vector_size,
             x.into_array_arg(),
             weight.into_array_arg(),
             bias.into_array_arg(),
             output.clone().into_array_arg(),
             rows,
-            width,
+            width / vector_size,
             eps as f32,
-            ROW_UNITS as usize,
+            units,
             dtype.into(),
         )
     };
@@ -562,21 +624,23 @@ pub(crate) fn add_rms_norm<R: CubeRuntime>(x: CubeTensor<R>, residual: CubeTenso
     }
     let address = address_type([&x, &output]);
     let dtype = x.dtype;
+    let (vector_size, units) = norm_vectors(&[&x, &residual, &weight, &sum, &output], width);
     unsafe {
         add_rms_norm_kernel::launch_unchecked(
             &output.client,
             row_cubes(rows),
-            CubeDim::new_1d(ROW_UNITS),
+            CubeDim::new_1d(units as u32),
             address,
+            vector_size,
             x.into_array_arg(),
             residual.into_array_arg(),
             weight.into_array_arg(),
             sum.clone().into_array_arg(),
             output.clone().into_array_arg(),
             rows,
-            width,
+            width / vector_size,
             eps as f32,
-            ROW_UNITS as usize,
+            units,
             dtype.into(),
         )
     };
@@ -907,19 +971,25 @@ pub(crate) fn rotary_write_paged<R: CubeRuntime>(
     (q, k_pool, v_pool)
 }
 
-/// One unit per output value of `[rows, width]`: `up · SiLU(gate)` with SiLU in f32, where row
-/// `r` of the input holds `[gate, up]` (`2 · width` values).
+/// One unit per vector of `N` output values of `[rows, width]` (`vectors = width / N` per row):
+/// `up · SiLU(gate)` with SiLU in f32, where row `r` of the input holds `[gate, up]`
+/// (`2 · width` values).
 #[cube(launch_unchecked, address_type = "dynamic")]
-fn silu_mul_kernel<E: Float>(gate_up: &Array<E>, output: &mut Array<E>, total: usize, width: usize, #[define(E)] _dtype: StorageType) {
+fn silu_mul_kernel<E: Float, N: Size>(gate_up: &Array<Vector<E, N>>, output: &mut Array<Vector<E, N>>, total: usize, vectors: usize, #[define(E)] _dtype: StorageType) {
     if ABSOLUTE_POS >= total {
         terminate!();
     }
-    let row = ABSOLUTE_POS / width;
-    let i = ABSOLUTE_POS % width;
-    let gate = f32::cast_from(gate_up[row * 2 * width + i]);
-    let up = gate_up[row * 2 * width + width + i];
-    let silu = gate / (f32::new(1.0) + f32::exp(-gate));
-    output[ABSOLUTE_POS] = up * E::cast_from(silu);
+    let row = ABSOLUTE_POS / vectors;
+    let i = ABSOLUTE_POS % vectors;
+    let gate = gate_up[row * 2 * vectors + i];
+    let up = gate_up[row * 2 * vectors + vectors + i];
+    let mut out = Vector::<E, N>::empty();
+    #[unroll]
+    for e in 0..N::value() {
+        let g = f32::cast_from(gate[e]);
+        out[e] = up[e] * E::cast_from(g / (f32::new(1.0) + f32::exp(-g)));
+    }
+    output[ABSOLUTE_POS] = out;
 }
 
 /// `up · SiLU(gate)` over the two halves of the last dimension; see [`Kernels::silu_mul`].
@@ -927,9 +997,13 @@ pub(crate) fn silu_mul<R: CubeRuntime>(gate_up: CubeTensor<R>) -> CubeTensor<R> 
     let gate_up = into_contiguous(gate_up);
     let mut shape = gate_up.meta.shape().clone();
     let last = shape.num_dims() - 1;
+    let whole = shape[last];
     shape[last] /= 2;
     let width = shape[last];
-    let (output, units, cube_dim, cube_count, address) = elementwise(&gate_up, shape);
+    let output = empty_device_contiguous_dtype(gate_up.client.clone(), gate_up.device.clone(), shape, gate_up.dtype);
+    // Vectors where the halves start on whole vectors (an odd whole keeps single values).
+    let vector_size = if whole.is_multiple_of(2) { vector_loads(&[&gate_up, &output], width) } else { 1 };
+    let (units, cube_dim, cube_count, address) = elementwise_vectors(&gate_up, &output, vector_size);
     if units == 0 {
         return output;
     }
@@ -940,37 +1014,47 @@ pub(crate) fn silu_mul<R: CubeRuntime>(gate_up: CubeTensor<R>) -> CubeTensor<R> 
             cube_count,
             cube_dim,
             address,
+            vector_size,
             gate_up.into_array_arg(),
             output.clone().into_array_arg(),
             units,
-            width,
+            width / vector_size,
             dtype.into(),
         )
     };
     output
 }
 
-/// One unit per value: `x · σ(1.702 · x)` with the sigmoid in f32.
+/// One unit per vector of `N` values: `x · σ(1.702 · x)` with the sigmoid in f32.
 #[cube(launch_unchecked, address_type = "dynamic")]
-fn quick_gelu_kernel<E: Float>(x: &Array<E>, output: &mut Array<E>, total: usize, #[define(E)] _dtype: StorageType) {
+fn quick_gelu_kernel<E: Float, N: Size>(x: &Array<Vector<E, N>>, output: &mut Array<Vector<E, N>>, total: usize, #[define(E)] _dtype: StorageType) {
     if ABSOLUTE_POS >= total {
         terminate!();
     }
-    let v = f32::cast_from(x[ABSOLUTE_POS]);
-    output[ABSOLUTE_POS] = E::cast_from(v / (f32::new(1.0) + f32::exp(f32::new(-1.702) * v)));
+    let xv = x[ABSOLUTE_POS];
+    let mut out = Vector::<E, N>::empty();
+    #[unroll]
+    for e in 0..N::value() {
+        let v = f32::cast_from(xv[e]);
+        out[e] = E::cast_from(v / (f32::new(1.0) + f32::exp(f32::new(-1.702) * v)));
+    }
+    output[ABSOLUTE_POS] = out;
 }
 
 /// CLIP's quick-GELU; see [`Kernels::quick_gelu`].
 pub(crate) fn quick_gelu<R: CubeRuntime>(x: CubeTensor<R>) -> CubeTensor<R> {
     let x = into_contiguous(x);
     let shape = x.meta.shape().clone();
-    let (output, units, cube_dim, cube_count, address) = elementwise(&x, shape);
+    let width = shape[shape.num_dims() - 1];
+    let output = empty_device_contiguous_dtype(x.client.clone(), x.device.clone(), shape, x.dtype);
+    let vector_size = vector_loads(&[&x, &output], width);
+    let (units, cube_dim, cube_count, address) = elementwise_vectors(&x, &output, vector_size);
     if units == 0 {
         return output;
     }
     let dtype: DType = x.dtype;
     unsafe {
-        quick_gelu_kernel::launch_unchecked(&output.client, cube_count, cube_dim, address, x.into_array_arg(), output.clone().into_array_arg(), units, dtype.into())
+        quick_gelu_kernel::launch_unchecked(&output.client, cube_count, cube_dim, address, vector_size, x.into_array_arg(), output.clone().into_array_arg(), units, dtype.into())
     };
     output
 }
@@ -1265,20 +1349,21 @@ fn flash_attention_kernel<E: Float>(
     }
 }
 
-/// One cube per row of scores `[rows = batch · heads · queries, stride]` (contiguous; columns
+/// One cube per row of scores `[rows = batch · heads · queries, stride]` (contiguous, read
+/// and written in vectors of `N` values, `vectors = stride / N` per row; columns
 /// `keys..stride` are padding): each unit keeps a running maximum and sum of
 /// `exp(scale · s − max)` over its strided share of the keys the row's query sees (all `keys`,
 /// or `0..i + keys − queries + 1` when causal), the pairs are merged by a tree reduction in
 /// shared memory, then each unit writes its share of `exp(scale · s − max) / sum` (0 for hidden
 /// keys and padding, and for a row that sees none).
 #[cube(launch_unchecked, address_type = "dynamic")]
-fn attention_softmax_kernel<E: Float>(
-    scores: &Array<E>,
-    output: &mut Array<E>,
+fn attention_softmax_kernel<E: Float, N: Size>(
+    scores: &Array<Vector<E, N>>,
+    output: &mut Array<Vector<E, N>>,
     rows: usize,
     queries: usize,
     keys: usize,
-    stride: usize,
+    vectors: usize,
     scale: f32,
     #[comptime] causal: bool,
     #[comptime] units: usize,
@@ -1287,7 +1372,7 @@ fn attention_softmax_kernel<E: Float>(
     if CUBE_POS >= rows {
         terminate!();
     }
-    let base = CUBE_POS * stride;
+    let base = CUBE_POS * vectors;
     let unit = UNIT_POS as usize;
     let end = seen_keys(CUBE_POS, queries, keys, causal);
     let own = running_sum(scores, base, unit, end, scale, units);
@@ -1308,7 +1393,7 @@ fn attention_softmax_kernel<E: Float>(
         sync_cube();
         active /= 2;
     }
-    write_probabilities(scores, output, base, unit, stride, end, scale, RunningSum { max: maxima[0], total: totals[0] }, units);
+    write_probabilities(scores, output, base, unit, vectors, end, scale, RunningSum { max: maxima[0], total: totals[0] }, units);
 }
 
 /// The keys `0..end` a row of scores sees: all, or when `causal` key `j` while
@@ -1332,48 +1417,63 @@ struct RunningSum {
     total: f32,
 }
 
-/// [`RunningSum`] of one worker's strided share of a row's visible scores: keys
-/// `first, first + step, …` below `end` of the row at `base`.
+/// [`RunningSum`] of one worker's strided share of a row's visible scores: the vectors
+/// `first, first + step, …` of the row at `base` (in vectors of `N` scores) that hold keys
+/// below `end`, each key in order.
 #[cube]
-fn running_sum<E: Float>(scores: &Array<E>, base: usize, first: usize, end: usize, scale: f32, #[comptime] step: usize) -> RunningSum {
+fn running_sum<E: Float, N: Size>(scores: &Array<Vector<E, N>>, base: usize, first: usize, end: usize, scale: f32, #[comptime] step: usize) -> RunningSum {
+    let width = N::value();
     let mut max_score = f32::new(NO_SCORE);
     let mut total = f32::new(0.0);
     let mut j = first;
-    while j < end {
-        let x = f32::cast_from(scores[base + j]) * scale;
-        if x > max_score {
-            total = total * f32::exp(max_score - x) + f32::new(1.0);
-            max_score = x;
-        } else {
-            total += f32::exp(x - max_score);
+    while j * width < end {
+        let v = scores[base + j];
+        #[unroll]
+        for e in 0..width {
+            if j * width + e < end {
+                let x = f32::cast_from(v[e]) * scale;
+                if x > max_score {
+                    total = total * f32::exp(max_score - x) + f32::new(1.0);
+                    max_score = x;
+                } else {
+                    total += f32::exp(x - max_score);
+                }
+            }
         }
         j += step;
     }
     RunningSum { max: max_score, total }
 }
 
-/// Writes one worker's strided share (`first, first + step, …` below `stride`, the row's
-/// length) of a row's probabilities `exp(scale · s − max) / total` from the whole row's
+/// Writes one worker's strided share (vectors `first, first + step, …` below `vectors`, the
+/// row's length) of a row's probabilities `exp(scale · s − max) / total` from the whole row's
 /// [`RunningSum`]: 0 for the hidden keys and the padding (`≥ end`), and for a row that sees
 /// none.
 #[cube]
 #[allow(clippy::too_many_arguments)]
-fn write_probabilities<E: Float>(
-    scores: &Array<E>,
-    output: &mut Array<E>,
+fn write_probabilities<E: Float, N: Size>(
+    scores: &Array<Vector<E, N>>,
+    output: &mut Array<Vector<E, N>>,
     base: usize,
     first: usize,
-    stride: usize,
+    vectors: usize,
     end: usize,
     scale: f32,
     row: RunningSum,
     #[comptime] step: usize,
 ) {
+    let width = N::value();
     let inv = select(row.total > f32::new(0.0), f32::new(1.0) / row.total, f32::new(0.0));
     let mut j = first;
-    while j < stride {
-        let p = f32::exp(f32::cast_from(scores[base + j]) * scale - row.max) * inv;
-        output[base + j] = E::cast_from(select(j < end, p, f32::new(0.0)));
+    while j < vectors {
+        let v = scores[base + j];
+        let mut out = Vector::<E, N>::empty();
+        #[unroll]
+        for e in 0..width {
+            let p = f32::exp(f32::cast_from(v[e]) * scale - row.max) * inv;
+            out[e] = E::cast_from(select(j * width + e < end, p, f32::new(0.0)));
+        }
+        output[base + j] = out;
         j += step;
     }
 }
@@ -1388,18 +1488,18 @@ const SOFTMAX_ROW_PLANES: usize = 8;
 const SOFTMAX_PLANE_MAX_KEYS: usize = 4096;
 
 /// [`attention_softmax_kernel`] with one plane per row of scores ([`SOFTMAX_ROW_PLANES`] rows per
-/// cube): each lane keeps the running maximum and sum of its strided share of the keys, the
-/// plane merges them with `plane_max` and `plane_sum` (no shared memory, no barrier), then each
-/// lane writes its share. Rows past the last are whole planes, so every plane that reaches the
-/// plane operations has all its lanes.
+/// cube): each lane keeps the running maximum and sum of its strided share of the row's
+/// vectors, the plane merges them with `plane_max` and `plane_sum` (no shared memory, no
+/// barrier), then each lane writes its share. Rows past the last are whole planes, so every
+/// plane that reaches the plane operations has all its lanes.
 #[cube(launch_unchecked, address_type = "dynamic")]
-fn attention_softmax_planes_kernel<E: Float>(
-    scores: &Array<E>,
-    output: &mut Array<E>,
+fn attention_softmax_planes_kernel<E: Float, N: Size>(
+    scores: &Array<Vector<E, N>>,
+    output: &mut Array<Vector<E, N>>,
     rows: usize,
     queries: usize,
     keys: usize,
-    stride: usize,
+    vectors: usize,
     scale: f32,
     #[comptime] causal: bool,
     #[comptime] lanes: usize,
@@ -1409,14 +1509,14 @@ fn attention_softmax_planes_kernel<E: Float>(
     if row >= rows {
         terminate!();
     }
-    let base = row * stride;
+    let base = row * vectors;
     let lane = UNIT_POS_X as usize;
     let end = seen_keys(row, queries, keys, causal);
     let own = running_sum(scores, base, lane, end, scale, lanes);
     let max = plane_max(own.max);
     // A lane that saw no key has total 0, whatever its maximum.
     let total = plane_sum(own.total * f32::exp(own.max - max));
-    write_probabilities(scores, output, base, lane, stride, end, scale, RunningSum { max, total }, lanes);
+    write_probabilities(scores, output, base, lane, vectors, end, scale, RunningSum { max, total }, lanes);
 }
 
 /// Attention probabilities from raw scores in one launch; see [`Kernels::attention_softmax`]:
@@ -1435,6 +1535,9 @@ pub(crate) fn attention_softmax<R: CubeRuntime>(scores: CubeTensor<R>, scale: f6
     }
     let address = address_type([&scores, &output]);
     let dtype = scores.dtype;
+    // Scores in vectors of up to 8 (16 bytes of a 16-bit dtype: `scores` pads its rows to that).
+    let vector_size = vector_loads(&[&scores, &output], stride);
+    let vectors = stride / vector_size;
     if let Some(lanes) = uniform_plane(&scores.client).filter(|_| stride <= SOFTMAX_PLANE_MAX_KEYS && super::kernel_on("attention_softmax_planes")) {
         unsafe {
             attention_softmax_planes_kernel::launch_unchecked(
@@ -1442,12 +1545,13 @@ pub(crate) fn attention_softmax<R: CubeRuntime>(scores: CubeTensor<R>, scale: f6
                 row_cubes(rows.div_ceil(SOFTMAX_ROW_PLANES)),
                 CubeDim::new_2d(lanes as u32, SOFTMAX_ROW_PLANES as u32),
                 address,
+                vector_size,
                 scores.into_array_arg(),
                 output.clone().into_array_arg(),
                 rows,
                 queries,
                 keys,
-                stride,
+                vectors,
                 scale as f32,
                 causal,
                 lanes,
@@ -1462,12 +1566,13 @@ pub(crate) fn attention_softmax<R: CubeRuntime>(scores: CubeTensor<R>, scale: f6
             row_cubes(rows),
             CubeDim::new_1d(ROW_UNITS),
             address,
+            vector_size,
             scores.into_array_arg(),
             output.clone().into_array_arg(),
             rows,
             queries,
             keys,
-            stride,
+            vectors,
             scale as f32,
             causal,
             ROW_UNITS as usize,
@@ -2157,8 +2262,9 @@ fn skinny_accumulate<E: Float, N: Size>(
 }
 
 /// Values per vector load: the widest of 8, 4, 2 that the runtime loads at once for this
-/// dtype, that divides `d_in`, and that every buffer's offset is aligned to; else 1.
-fn skinny_vector_size<R: CubeRuntime>(buffers: &[&CubeTensor<R>], d_in: usize) -> usize {
+/// dtype, that divides `d_in` (a row's length), and that every buffer's offset is aligned to;
+/// else 1.
+fn load_vector_size<R: CubeRuntime>(buffers: &[&CubeTensor<R>], d_in: usize) -> usize {
     let bytes = buffers[0].dtype.size();
     let aligned = |t: &CubeTensor<R>, n: usize| t.handle.offset_start.unwrap_or(0).is_multiple_of((n * bytes) as u64);
     buffers[0]
@@ -2224,7 +2330,7 @@ pub(crate) fn fused_linear<R: CubeRuntime, F: FloatElement, I: IntElement, BT: B
     };
     let mut buffers = vec![&x, &weight];
     buffers.extend(norm_weight.iter());
-    let vector_size = skinny_vector_size(&buffers, d_in);
+    let vector_size = load_vector_size(&buffers, d_in);
     let vectors = d_in / vector_size;
     let tuning = super::skinny_tuning();
     let (lanes, planes, split, plane_reduce) = skinny_shape(&x.client, rows, vectors, tuning);

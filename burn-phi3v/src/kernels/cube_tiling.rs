@@ -25,6 +25,11 @@ pub(crate) fn tiled_matmul<R: CubeRuntime>(lhs: CubeTensor<R>, rhs: CubeTensor<R
     }
     let (m, k, n) = (ls[0], ls[1], rs[1]);
     let client = lhs.client.clone();
+    // cubek-matmul does not ask: a TMA routine on a device without tensor maps fails at launch,
+    // after this returned (session 24: the plugin runtime's f16 checks on the H100).
+    if tiling.routine.tma() && !client.properties().features.tma.contains(cubecl::ir::features::Tma::Base) {
+        return Err(format!("{} needs tensor maps (TMA), which this device does not offer", tiling.routine.name()));
+    }
     let out = empty_device_contiguous_dtype(client.clone(), lhs.device.clone(), [m, n].into(), lhs.dtype);
     if m * n == 0 {
         return Ok(out);

@@ -139,8 +139,9 @@ fn proven() -> &'static Mutex<Proven> {
 }
 
 /// Why a queued product failed on the device thread (its output is undefined), kept so that
-/// every later product refuses and takes Burn's matmul.
-static QUEUED_FAILURE: Mutex<Option<String>> = Mutex::new(None);
+/// every later product refuses and takes Burn's matmul. Set once; read without a lock on every
+/// product.
+static QUEUED_FAILURE: OnceLock<String> = OnceLock::new();
 
 /// On CubeCL's device thread: the operands' addresses from `server`, then the product on their
 /// stream. A failure is recorded ([`QUEUED_FAILURE`], the refusals).
@@ -159,9 +160,8 @@ fn queued(server: &mut <CudaRuntime as cubecl::Runtime>::Server, stream_id: cube
     };
     if let Err(e) = run() {
         let reason = format!("a queued cuBLAS product failed on CubeCL's device thread (its output is undefined; later products take Burn's matmul): {e}");
-        if let Ok(mut failure) = QUEUED_FAILURE.lock() {
-            failure.get_or_insert(reason.clone());
-        }
+        // The first failure is the one kept.
+        let _ = QUEUED_FAILURE.set(reason.clone());
         super::refuse_blas_matmul(reason);
     }
 }
@@ -274,8 +274,8 @@ fn cuda_matmul(lhs: CubeTensor<CudaRuntime>, rhs: CubeTensor<CudaRuntime>) -> Re
     }
     // First, so that a missing library costs no copy and no drain (its refusal is kept).
     let blas = handle(lhs.device.index)?;
-    if let Some(failure) = QUEUED_FAILURE.lock().ok().and_then(|f| f.clone()) {
-        return Err(failure);
+    if let Some(failure) = QUEUED_FAILURE.get() {
+        return Err(failure.clone());
     }
     let [m, k, n] = [ls[r - 2], ls[r - 1], rs[r - 1]];
     let batch = ls.as_slice()[..r - 2].iter().product::<usize>();

@@ -658,9 +658,12 @@ pub fn fused_kernels() -> bool {
 /// the products of many rows ([`blas_min_rows`]) on Burn's matmul instead of cuBLAS (CUDA);
 /// `attention_softmax_planes` off keeps the softmax at one cube per row of scores (its
 /// plane-per-row variant runs up to 4096 keys where the device's planes have one width);
+/// `vector_loads` off has the memory-bound kernels (the norms, the attention softmax,
+/// quick-GELU, SiLU·mul) read and write one value at a time (else vectors of up to 8 where
+/// the row length allows);
 /// `add_rms_norm` off adds with Burn, then normalises with `rms_norm`; `rotary_append` off
 /// rotates with `rotary`, then appends with Burn's `slice_assign`.
-pub const KERNEL_NAMES: [&str; 17] = [
+pub const KERNEL_NAMES: [&str; 18] = [
     "rms_norm",
     "layer_norm",
     "quick_gelu",
@@ -678,6 +681,7 @@ pub const KERNEL_NAMES: [&str; 17] = [
     "flash_attention",
     "attention_softmax",
     "attention_softmax_planes",
+    "vector_loads",
 ];
 
 /// Whether the backend's kernel `name` (one of [`KERNEL_NAMES`]) runs: [`fused_kernels`] is
@@ -883,14 +887,15 @@ pub fn scores_attention<B: Kernels>(q: Tensor<B, 4>, k: Tensor<B, 4>, v: Tensor<
 }
 
 /// One of [`scores_attention`]'s two batched products: the vendor's BLAS when its products are
-/// ordered on the backend's own stream ([`BlasOrdering::Stream`], no host sync), Burn's matmul
-/// otherwise (ordered by the host, cuBLAS was slower here than Burn's matmul: docs/kernels.md
-/// session 20).
+/// ordered on the backend's own stream ([`BlasOrdering::Stream`] or [`BlasOrdering::Queued`],
+/// no host sync), Burn's matmul otherwise (ordered by the host, cuBLAS was slower here than
+/// Burn's matmul: docs/kernels.md session 20). Until session 24 `Queued` took Burn's matmul
+/// here, which made a 4096-token prefill 37 ms slower under it (docs/kernels.md).
 ///
 /// # Shapes
 /// `lhs`: `[batch, heads, m, k]`, `rhs`: `[batch, heads, k, n]` → `[batch, heads, m, n]`
 pub fn scores_product<B: Kernels>(lhs: Tensor<B, 4>, rhs: Tensor<B, 4>) -> Tensor<B, 4> {
-    if blas_ordering() == BlasOrdering::Stream
+    if blas_ordering() != BlasOrdering::Host
         && let Some(out) = blas_matmul(lhs.clone(), rhs.clone())
     {
         return out;

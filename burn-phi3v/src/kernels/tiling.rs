@@ -55,6 +55,13 @@ impl MatmulRoutine {
         matches!(self, Self::Specialized | Self::SpecializedTma)
     }
 
+    /// Whether the routine loads through the tensor memory accelerator (tensor maps): only
+    /// where the device lists TMA among its features (CUDA on Hopper and later, not the plugin
+    /// runtime, whose ABI has no tensor maps).
+    pub fn tma(self) -> bool {
+        matches!(self, Self::SimpleTma | Self::DoubleTma | Self::SpecializedTma)
+    }
+
     /// Whether units multiply register tiles (no tensor cores): the stage counts units, not
     /// planes, and the instruction size is a register tile's.
     pub fn unit(self) -> bool {

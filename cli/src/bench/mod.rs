@@ -580,7 +580,10 @@ impl<B: Kernels> Bench<'_, B> {
                         shared_prefix: a.shared_prefix.min(prompt),
                         ..Default::default()
                     };
-                    if stop || !self.fits(n, prompt, prompt + output) || prompt + output > self.model.config.text.max_position_embeddings {
+                    // Static batching holds every request's cache and activations at once; the
+                    // engine's pool is capped by the memory budget instead (`engine_timed`).
+                    let fits = mode != "static" || self.fits(n, prompt, prompt + output);
+                    if stop || !fits || prompt + output > self.model.config.text.max_position_embeddings {
                         p.skipped = Some("estimated not to fit the device memory".into());
                         stop = true;
                         report.generation.push(p);
@@ -625,14 +628,16 @@ impl<B: Kernels> Bench<'_, B> {
     }
 
     /// The same requests through the engine (continuous batching, paged KV cache), all
-    /// submitted at once; the pool holds every request's tokens, so nothing is preempted and
-    /// the comparison with the static batch is like for like. Also returns the prompt tokens
-    /// taken from the prefix cache.
+    /// submitted at once; the pool holds every request's tokens where the memory budget allows,
+    /// so nothing is preempted and the comparison with the static batch is like for like.
+    /// Beyond that the pool is as large as the budget allows and the requests it cannot hold
+    /// wait for blocks (vLLM's behaviour; until session 24 such points were skipped, as static
+    /// batching's are). Also returns the prompt tokens taken from the prefix cache.
     fn engine_timed(&self, prompts: Vec<ProcessedPrompt>, output: usize, prefix_caching: bool) -> CliResult<(Vec<Vec<f64>>, u64)> {
         let text = &self.model.config.text;
         let block = EngineConfig::default().block_size;
         let blocks: usize = prompts.iter().map(|p| (p.input_ids.len() + output).div_ceil(block)).sum();
-        let config = EngineConfig {
+        let mut config = EngineConfig {
             num_blocks: blocks.max(1),
             max_running: prompts.len().max(1),
             max_batched_tokens: self.args.max_batched_tokens,
@@ -641,15 +646,21 @@ impl<B: Kernels> Bench<'_, B> {
         };
         if let Some(budget) = self.budget {
             let most = EngineConfig::default().with_memory_budget(budget.max(0.0) as u64, text, self.model.dtype()).num_blocks;
-            if config.num_blocks > most {
-                return Err(format!("{} KV blocks do not fit the device memory ({most} do)", config.num_blocks).into());
+            let largest = prompts.iter().map(|p| (p.input_ids.len() + output).div_ceil(block)).max().unwrap_or(1);
+            let blocks = pool_blocks(config.num_blocks, largest, most)?;
+            if blocks < config.num_blocks {
+                eprintln!("engine pool capped at {blocks} blocks of {block} tokens ({} wanted): requests wait for blocks", config.num_blocks);
             }
+            config.num_blocks = blocks;
         }
         let mut engine = Engine::new(self.model.clone(), self.processor.clone(), config)?;
         // As a server starts (`phi3v serve --warm-up-rows`): every decode batch size this run
         // can meet compiled before the clock starts (without it, the first run at 10 requests
         // stalled on compilation: 4.9 tokens/s per request, then 75.4 in the same process).
+        let warm = Instant::now();
         engine.warm_up(prompts.len())?;
+        // On stderr, so that a point cut short by a time limit says whether it reached its run.
+        eprintln!("engine warm-up for {} requests: {:.1} s", prompts.len(), warm.elapsed().as_secs_f64());
         let params = GenerationParams { max_new_tokens: output, min_new_tokens: output, stop_token_ids: Vec::new(), ..Default::default() };
         let _ = B::sync(self.device);
         let start = Instant::now();
@@ -845,9 +856,27 @@ fn kernel_settings() -> serde_json::Value {
     })
 }
 
+/// Blocks of the benchmark's engine pool: the `wanted` blocks of every request at once, or as
+/// many as the memory budget holds (`most`), so long as the `largest` request fits on its own
+/// (the others wait for blocks).
+fn pool_blocks(wanted: usize, largest: usize, most: usize) -> CliResult<usize> {
+    if largest > most {
+        return Err(format!("one request's {largest} KV blocks do not fit the device memory ({most} do)").into());
+    }
+    Ok(wanted.min(most))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_engine_pool_is_capped_by_memory_but_holds_one_request() {
+        assert_eq!(pool_blocks(100, 10, 1000).unwrap(), 100);
+        assert_eq!(pool_blocks(20_000, 72, 9_000).unwrap(), 9_000);
+        let e = pool_blocks(20_000, 10_000, 9_000).unwrap_err().to_string();
+        assert!(e.contains("10000 KV blocks") && e.contains("9000 do"), "{e}");
+    }
 
     #[test]
     fn shapes_parse_and_reject_garbage() {
