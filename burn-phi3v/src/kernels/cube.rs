@@ -361,18 +361,7 @@ fn rms_norm_kernel<E: Float, N: Size>(
         i += units;
     }
     let inv = inverse_rms(&mut sums, unit, vectors * width, eps);
-    let mut j = unit;
-    while j < vectors {
-        let xv = x[base + j];
-        let wv = weight[j];
-        let mut out = Vector::<E, N>::empty();
-        #[unroll]
-        for e in 0..width {
-            out[e] = E::cast_from(f32::cast_from(xv[e]) * inv) * wv[e];
-        }
-        output[base + j] = out;
-        j += units;
-    }
+    write_rms_normed(x, weight, output, base, unit, vectors, inv, units);
 }
 
 /// `nn.LayerNorm` over rows: one cube per row, the mean and then the biased variance in f32
@@ -473,17 +462,34 @@ fn add_rms_norm_kernel<E: Float, N: Size>(
         i += units;
     }
     let inv = inverse_rms(&mut sums, unit, vectors * width, eps);
-    let mut j = unit;
+    write_rms_normed(sum, weight, output, base, unit, vectors, inv, units);
+}
+
+/// The RMS norms' last step over one unit's strided share of a row (vectors `first, first +
+/// step, …` below `vectors`, the row at `base`): `x · inv` cast to the dtype, times `weight`.
+#[cube]
+#[allow(clippy::too_many_arguments)]
+fn write_rms_normed<E: Float, N: Size>(
+    x: &Array<Vector<E, N>>,
+    weight: &Array<Vector<E, N>>,
+    output: &mut Array<Vector<E, N>>,
+    base: usize,
+    first: usize,
+    vectors: usize,
+    inv: f32,
+    #[comptime] step: usize,
+) {
+    let mut j = first;
     while j < vectors {
-        let sv = sum[base + j];
+        let xv = x[base + j];
         let wv = weight[j];
         let mut out = Vector::<E, N>::empty();
         #[unroll]
-        for e in 0..width {
-            out[e] = E::cast_from(f32::cast_from(sv[e]) * inv) * wv[e];
+        for e in 0..N::value() {
+            out[e] = E::cast_from(f32::cast_from(xv[e]) * inv) * wv[e];
         }
         output[base + j] = out;
-        j += units;
+        j += step;
     }
 }
 
