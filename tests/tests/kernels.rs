@@ -375,6 +375,22 @@ impl KernelJob {
             }
         }
         kernels::set_blas_ordering(default_ordering);
+        // This crate's flash kernel on tensor cores (`FlashAttention::Mma`: f16/bf16 where the
+        // device has 16×16×16 tiles, `scores` elsewhere): every case above, then more query rows
+        // than a cube's 64 over several 64-key steps (causal, the cubes stopping at different
+        // steps), fewer queries than keys without a mask over a partial last step, and CLIP's
+        // 577 tokens at the tiny checkpoints' 16-dim heads.
+        let mma_before = kernels::mma_attention_count();
+        assert!(kernels::set_flash_attention(kernels::FlashAttention::Mma));
+        let mma_cases = [(1, 2, 2, 200, 200, 96, true), (2, 4, 4, 77, 150, 64, false), (3, 2, 2, 577, 577, 16, false)];
+        for (batch, heads, kv_heads, queries, keys, head_dim, causal) in flash_cases.into_iter().chain(mma_cases) {
+            flash(batch, heads, kv_heads, queries, keys, head_dim, causal, " as mma", None);
+        }
+        let mma_ran = kernels::mma_attention_count() - mma_before;
+        eprintln!("mma attention: {mma_ran} launches on this target");
+        if mma_ran == 0 && matches!(dtype, DType::F16 | DType::BF16) && format!("{device:?}").contains("Cuda") {
+            problems.push(format!("the tensor-core flash kernel never ran on CUDA in {dtype:?}: {:?}", kernels::flash_attention_refusals()));
+        }
         eprintln!("flash tilings refused on this target (Burn's attention ran instead): {:?}", kernels::flash_attention_refusals());
         assert!(kernels::set_flash_attention(default_flash));
         assert!(!kernels::set_flash_attention(kernels::FlashAttention::Tiles { planes: 0, seq_q: 1, seq_kv: 1 }), "no planes");
@@ -382,6 +398,8 @@ impl KernelJob {
         assert_eq!(kernels::FlashAttention::parse("4, 1,2"), Some(kernels::FlashAttention::Tiles { planes: 4, seq_q: 1, seq_kv: 2 }));
         assert_eq!(kernels::FlashAttention::parse("unit"), Some(kernels::FlashAttention::Unit));
         assert_eq!(kernels::FlashAttention::parse("scores"), Some(kernels::FlashAttention::Scores));
+        assert_eq!(kernels::FlashAttention::parse("mma"), Some(kernels::FlashAttention::Mma));
+        assert_eq!(kernels::FlashAttention::Mma.resolve(), kernels::FlashAttention::Mma);
         assert_eq!(kernels::FlashAttention::parse("0"), Some(kernels::FlashAttention::Burn));
         assert_eq!(kernels::FlashAttention::parse("auto"), Some(kernels::FlashAttention::Auto));
         assert_eq!(kernels::FlashAttention::parse(""), Some(kernels::FlashAttention::Auto));

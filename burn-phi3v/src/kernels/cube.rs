@@ -177,7 +177,8 @@ where
         match choice {
             // `Scores` is composed above this trait (`kernels::scores_attention`).
             // `Auto` is resolved above.
-            FlashAttention::Burn | FlashAttention::Scores | FlashAttention::Auto => super::default_flash_attention::<Self>(q, k, v, causal),
+            // `Scores` and `Mma` are chosen above this trait (`kernels::attention`).
+            FlashAttention::Burn | FlashAttention::Scores | FlashAttention::Mma | FlashAttention::Auto => super::default_flash_attention::<Self>(q, k, v, causal),
             FlashAttention::Tiles { planes, seq_q, seq_kv } => {
                 let half = matches!(q.dtype, DType::BF16 | DType::F16) && k.dtype == q.dtype && v.dtype == q.dtype;
                 // Its causal outputs are wrong on CUDA at every tiling tried, through its causal
@@ -226,6 +227,14 @@ where
                 flash_attention(q, k, v, causal)
             }
         }
+    }
+
+    fn mma_attention(q: FloatTensor<Self>, k: FloatTensor<Self>, v: FloatTensor<Self>, causal: bool) -> Option<FloatTensor<Self>> {
+        if !runs_here(&q.client) {
+            return None;
+        }
+        let shape = q.meta.shape().clone();
+        mma_attention(q, k, v, causal).map_err(|e| super::refuse_flash_attention(format!("mma on {:?}: {e}", shape.as_slice()))).ok()
     }
 
     fn blas_matmul(lhs: FloatTensor<Self>, rhs: FloatTensor<Self>) -> Option<FloatTensor<Self>> {
@@ -1643,6 +1652,330 @@ pub(crate) fn flash_attention<R: CubeRuntime>(q: CubeTensor<R>, k: CubeTensor<R>
         )
     };
     output
+}
+
+/// Query rows of one plane of [`mma_attention_kernel`] (one 16-row tile of the MMA shape).
+const MMA_TILE: usize = 16;
+/// Planes per cube of [`mma_attention_kernel`]: they share each step's staged keys and values.
+const MMA_PLANES: usize = 4;
+/// Keys per step of [`mma_attention_kernel`]'s loop (a multiple of [`MMA_TILE`]).
+const MMA_KEYS: usize = 64;
+/// Lanes per plane [`mma_attention_kernel`] is written for (two lanes per query row in the
+/// softmax, a column of every row each in the outputs).
+const MMA_LANES: usize = 32;
+
+/// Flash attention on tensor cores (`cmma`: 16×16×16 tiles of the input dtype, f32 sums):
+/// cubes of [`MMA_PLANES`] planes, each plane owning 16 query rows of one (batch, head), stage
+/// their queries once, then walk the keys in steps of [`MMA_KEYS`]: the cube stages the step's
+/// keys and values in shared memory (zeros past the last key), each plane multiplies its
+/// queries by the keys into f32 scores; two lanes per row (half the step's keys each, read in
+/// an order that puts the 32 lanes on 32 banks) update the row's running maximum and sum and
+/// write `exp(scale · s − max)` in the dtype; the plane multiplies those by the values into f32
+/// partial outputs, and each lane rescales and adds the columns it owns (`lane + 32·c` of each
+/// of the 16 rows, kept in registers; the rows' factors shuffled from the lanes that hold
+/// them). `causal` hides key `j` from query `i` when `j > i + keys − queries`; a cube stops at
+/// the last key its last row sees, and a plane skips the steps its rows see nothing of.
+/// Operands are read in vectors of `N` values (strides in vectors); the output is contiguous
+/// `[batch, heads, queries, head_dim]`.
+#[cube(launch_unchecked, address_type = "dynamic")]
+fn mma_attention_kernel<E: Float, N: Size>(
+    q: &Array<Vector<E, N>>,
+    k: &Array<Vector<E, N>>,
+    v: &Array<Vector<E, N>>,
+    output: &mut Array<E>,
+    layout: &FlashLayout,
+    scale: f32,
+    #[comptime] head_dim: usize,
+    #[comptime] causal: bool,
+    #[define(E)] _dtype: StorageType,
+) {
+    let bh = CUBE_POS_Y as usize;
+    let b = bh / layout.heads;
+    let h = bh % layout.heads;
+    let hk = h / layout.group;
+    let (queries, keys) = (layout.queries, layout.keys);
+    let plane = UNIT_POS_Y as usize;
+    let lane = UNIT_POS_X as usize;
+    let unit = plane * MMA_LANES + lane;
+    let units = MMA_PLANES * MMA_LANES;
+    let block_q = MMA_PLANES * MMA_TILE;
+    let q0 = CUBE_POS_X as usize * block_q;
+    let vectors = comptime!(head_dim / N::value());
+    let width = N::value();
+    let stride = comptime!(head_dim as u32);
+    let keys_stride = comptime!(MMA_KEYS as u32);
+    // A 16-row tile at `start` of a buffer with rows of `row` values spans this many values.
+    let tile_q = comptime!((MMA_TILE - 1) * head_dim + MMA_TILE);
+    let tile_s = comptime!((MMA_TILE - 1) * MMA_KEYS + MMA_TILE);
+    // Output columns per lane: `lane + 32·c` for c below this (16-dim heads leave lanes idle).
+    let columns = comptime!(head_dim.div_ceil(MMA_LANES));
+
+    let mut q_s = SharedMemory::<E>::new_aligned(block_q * head_dim, 32usize);
+    let mut k_s = SharedMemory::<E>::new_aligned(MMA_KEYS * head_dim, 32usize);
+    let mut v_s = SharedMemory::<E>::new_aligned(MMA_KEYS * head_dim, 32usize);
+    let mut s_s = SharedMemory::<f32>::new_aligned(block_q * MMA_KEYS, 32usize);
+    let mut p_s = SharedMemory::<E>::new_aligned(block_q * MMA_KEYS, 32usize);
+    let mut o_s = SharedMemory::<f32>::new_aligned(block_q * head_dim, 32usize);
+
+    // The cube's queries, zero rows past the last.
+    let q_base = b * layout.q_batch + h * layout.q_head;
+    let mut i = unit;
+    while i < block_q * vectors {
+        let r = i / vectors;
+        let c = i % vectors;
+        let mut value = Vector::<E, N>::empty().fill(E::from_int(0));
+        if q0 + r < queries {
+            value = q[q_base + (q0 + r) * layout.q_row + c];
+        }
+        #[unroll]
+        for e in 0..width {
+            q_s[r * head_dim + c * width + e] = value[e];
+        }
+        i += units;
+    }
+
+    // Keys seen by the cube's last row and by the plane's last row (rows past `queries` see no
+    // more than the last real one).
+    let mut end = keys;
+    let mut plane_end = keys;
+    if causal {
+        let last = q0 + block_q;
+        end = select(last < queries, last, queries) + keys - queries;
+        let plane_last = q0 + (plane + 1) * MMA_TILE;
+        plane_end = select(plane_last < queries, plane_last, queries) + keys - queries;
+    }
+    // The softmax's row (`r` of the plane's 16) and half of each step's keys, for this lane.
+    let r = lane % MMA_TILE;
+    let half = lane / MMA_TILE;
+    let row = q0 + plane * MMA_TILE + r;
+    let mut row_end = keys;
+    if causal {
+        let seen = row + keys - queries + 1;
+        row_end = select(seen < keys, seen, keys);
+    }
+    let half_keys = comptime!(MMA_KEYS / 2);
+    let mut acc = Array::<f32>::new(comptime!(MMA_TILE * head_dim.div_ceil(MMA_LANES)));
+    #[unroll]
+    for a in 0..MMA_TILE * columns {
+        acc[a] = f32::new(0.0);
+    }
+    let mut max_score = f32::new(NO_SCORE);
+    let mut total = f32::new(0.0);
+    let plane_q = plane * MMA_TILE * head_dim;
+    let plane_s = plane * MMA_TILE * MMA_KEYS;
+    let k_base = b * layout.k_batch + hk * layout.k_head;
+    let v_base = b * layout.v_batch + hk * layout.v_head;
+
+    let mut k0 = 0usize;
+    while k0 < end {
+        // The step's keys and values (zeros past the last: a zero value times a zero
+        // probability adds nothing, where stale memory could hold a NaN).
+        sync_cube();
+        let mut i = unit;
+        while i < MMA_KEYS * vectors {
+            let key = k0 + i / vectors;
+            let c = i % vectors;
+            let mut kv = Vector::<E, N>::empty().fill(E::from_int(0));
+            let mut vv = Vector::<E, N>::empty().fill(E::from_int(0));
+            if key < keys {
+                kv = k[k_base + key * layout.k_key + c];
+                vv = v[v_base + key * layout.v_key + c];
+            }
+            let at = (i / vectors) * head_dim + c * width;
+            #[unroll]
+            for e in 0..width {
+                k_s[at + e] = kv[e];
+                v_s[at + e] = vv[e];
+            }
+            i += units;
+        }
+        sync_cube();
+        let active = k0 < plane_end;
+
+        // Scores of the plane's 16 rows: q (16 × head_dim) · kᵀ (head_dim × MMA_KEYS).
+        if active {
+            #[unroll]
+            for t in 0..MMA_KEYS / MMA_TILE {
+                let s = cmma::Matrix::<f32>::from_value(cmma::MatrixIdent::Accumulator, 16usize, 16usize, 16usize, cmma::MatrixLayout::Undefined, f32::new(0.0));
+                #[unroll]
+                for c in 0..head_dim / MMA_TILE {
+                    let qa = plane_q + c * MMA_TILE;
+                    let a = cmma::Matrix::<E>::from_slice(cmma::MatrixIdent::A, 16usize, 16usize, 16usize, cmma::MatrixLayout::RowMajor, &q_s.slice(qa, qa + tile_q), stride);
+                    let kb = t * MMA_TILE * head_dim + c * MMA_TILE;
+                    let bm = cmma::Matrix::<E>::from_slice(cmma::MatrixIdent::B, 16usize, 16usize, 16usize, cmma::MatrixLayout::ColMajor, &k_s.slice(kb, kb + tile_q), stride);
+                    cmma::execute::<E, E, f32, f32>(&a, &bm, &s, &s);
+                }
+                let sa = plane_s + t * MMA_TILE;
+                cmma::store(&mut s_s.slice_mut(sa, sa + tile_s), &s, keys_stride, cmma::MatrixLayout::RowMajor);
+            }
+        }
+        sync_cube();
+
+        // The row's running maximum and sum over the step's keys it sees; probabilities
+        // relative to the new maximum, in the dtype, for the second product. Column
+        // `(j + r + 16·half) mod 32` of the lane's half at step `j`: the 32 lanes on 32 banks.
+        let mut correction = f32::new(1.0);
+        if active {
+            let at = plane_s + r * MMA_KEYS + half * half_keys;
+            let first = k0 + half * half_keys;
+            let mut step_max = max_score;
+            #[unroll]
+            for j in 0..half_keys {
+                let col = (j + r + half * MMA_TILE) % half_keys;
+                let score = s_s[at + col] * scale;
+                step_max = select(first + col < row_end && score > step_max, score, step_max);
+            }
+            let other = plane_shuffle_xor(step_max, MMA_TILE as u32);
+            let new_max = select(other > step_max, other, step_max);
+            correction = f32::exp(max_score - new_max);
+            let mut sum = f32::new(0.0);
+            #[unroll]
+            for j in 0..half_keys {
+                let col = (j + r + half * MMA_TILE) % half_keys;
+                let p = select(first + col < row_end, f32::exp(s_s[at + col] * scale - new_max), f32::new(0.0));
+                sum += p;
+                p_s[at + col] = E::cast_from(p);
+            }
+            total = total * correction + sum + plane_shuffle_xor(sum, MMA_TILE as u32);
+            max_score = new_max;
+        }
+        sync_cube();
+
+        // The step's outputs of the plane's rows: p (16 × MMA_KEYS) · v (MMA_KEYS × head_dim).
+        if active {
+            #[unroll]
+            for t in 0..head_dim / MMA_TILE {
+                let o = cmma::Matrix::<f32>::from_value(cmma::MatrixIdent::Accumulator, 16usize, 16usize, 16usize, cmma::MatrixLayout::Undefined, f32::new(0.0));
+                #[unroll]
+                for c in 0..MMA_KEYS / MMA_TILE {
+                    let pa = plane_s + c * MMA_TILE;
+                    let a = cmma::Matrix::<E>::from_slice(cmma::MatrixIdent::A, 16usize, 16usize, 16usize, cmma::MatrixLayout::RowMajor, &p_s.slice(pa, pa + tile_s), keys_stride);
+                    let vb = c * MMA_TILE * head_dim + t * MMA_TILE;
+                    let bm = cmma::Matrix::<E>::from_slice(cmma::MatrixIdent::B, 16usize, 16usize, 16usize, cmma::MatrixLayout::RowMajor, &v_s.slice(vb, vb + tile_q), stride);
+                    cmma::execute::<E, E, f32, f32>(&a, &bm, &o, &o);
+                }
+                let oa = plane_q + t * MMA_TILE;
+                cmma::store(&mut o_s.slice_mut(oa, oa + tile_q), &o, stride, cmma::MatrixLayout::RowMajor);
+            }
+        }
+        sync_cube();
+        if active {
+            // Row `i`'s factor from lane `i` (its first half's lane).
+            #[unroll]
+            for i in 0..MMA_TILE {
+                let factor = plane_shuffle(correction, i as u32);
+                #[unroll]
+                for c in 0..columns {
+                    let d = lane + c * MMA_LANES;
+                    if d < head_dim {
+                        acc[i * columns + c] = acc[i * columns + c] * factor + o_s[plane_q + i * head_dim + d];
+                    }
+                }
+            }
+        }
+        k0 += MMA_KEYS;
+    }
+
+    let inv = select(total > f32::new(0.0), f32::new(1.0) / total, f32::new(0.0));
+    #[unroll]
+    for i in 0..MMA_TILE {
+        let factor = plane_shuffle(inv, i as u32);
+        let out_row = q0 + plane * MMA_TILE + i;
+        #[unroll]
+        for c in 0..columns {
+            let d = lane + c * MMA_LANES;
+            if out_row < queries && d < head_dim {
+                output[(bh * queries + out_row) * head_dim + d] = E::cast_from(acc[i * columns + c] * factor);
+            }
+        }
+    }
+}
+
+/// Head dimensions [`mma_attention`] takes: multiples of 16 (the MMA tile) up to 128 (each
+/// lane holds `16 · ⌈head_dim / 32⌉` output sums in registers).
+const MMA_HEAD_DIMS: [usize; 5] = [16, 32, 64, 96, 128];
+
+/// Why [`mma_attention`] cannot run this problem here, `None` when it can: tensor cores with
+/// 16×16×16 tiles of the dtype and f32 sums, 32-lane planes with shuffles, a supported head
+/// dimension, as many query heads as a multiple of the key/value heads, and the shared memory.
+fn mma_attention_refusal<R: CubeRuntime>(q: &CubeTensor<R>, k: &CubeTensor<R>, v: &CubeTensor<R>, causal: bool) -> Option<String> {
+    let properties = q.client.properties();
+    let dtype = q.dtype;
+    let mma = cubecl::ir::features::MmaConfig { a_type: dtype.into(), b_type: dtype.into(), cd_type: DType::F32.into(), m: 16, n: 16, k: 16 };
+    let [batch, heads, queries, head_dim] = [q.meta.shape()[0], q.meta.shape()[1], q.meta.shape()[2], q.meta.shape()[3]];
+    let (kv_heads, keys) = (k.meta.shape()[1], k.meta.shape()[2]);
+    let shared = mma_attention_shared_bytes(head_dim, dtype.size());
+    if !matches!(dtype, DType::F16 | DType::BF16) || k.dtype != dtype || v.dtype != dtype {
+        Some(format!("{dtype:?} (f16 and bf16 only)"))
+    } else if !properties.features.matmul.cmma.contains(&mma) {
+        Some(format!("no {dtype:?} 16×16×16 tensor-core tiles with f32 sums"))
+    } else if uniform_plane(&q.client) != Some(MMA_LANES) || !properties.features.plane.contains(cubecl::features::Plane::Ops) {
+        Some(format!("planes of {:?} lanes, not {MMA_LANES}", uniform_plane(&q.client)))
+    } else if !MMA_HEAD_DIMS.contains(&head_dim) {
+        Some(format!("head dimension {head_dim}"))
+    } else if kv_heads == 0 || !heads.is_multiple_of(kv_heads) || (causal && keys < queries) {
+        Some(format!("{heads} query heads over {kv_heads} key heads, {queries} queries over {keys} keys"))
+    } else if batch * heads > MAX_CUBES_PER_DIM {
+        Some(format!("{} (batch, head) pairs", batch * heads))
+    } else if shared > properties.hardware.max_shared_memory_size {
+        Some(format!("{shared} bytes of shared memory, the device has {}", properties.hardware.max_shared_memory_size))
+    } else {
+        None
+    }
+}
+
+/// Shared memory of one [`mma_attention_kernel`] cube: queries, keys and values, scores and
+/// probabilities, partial outputs.
+fn mma_attention_shared_bytes(head_dim: usize, dtype_bytes: usize) -> usize {
+    let rows = MMA_PLANES * MMA_TILE;
+    (rows * head_dim + 2 * MMA_KEYS * head_dim + rows * MMA_KEYS) * dtype_bytes + (rows * MMA_KEYS + rows * head_dim) * 4
+}
+
+/// [`Kernels::mma_attention`]: `Err` with the reason where [`mma_attention_kernel`] cannot run
+/// the problem (see [`mma_attention_refusal`]).
+pub(crate) fn mma_attention<R: CubeRuntime>(q: CubeTensor<R>, k: CubeTensor<R>, v: CubeTensor<R>, causal: bool) -> Result<CubeTensor<R>, String> {
+    if let Some(reason) = mma_attention_refusal(&q, &k, &v, causal) {
+        return Err(reason);
+    }
+    let last_unit = |t: CubeTensor<R>| if t.meta.strides()[3] == 1 { t } else { into_contiguous(t) };
+    let (q, k, v) = (last_unit(q), last_unit(k), last_unit(v));
+    let shape = q.meta.shape().clone();
+    let (batch, heads, queries, head_dim) = (shape[0], shape[1], shape[2], shape[3]);
+    let (kv_heads, keys) = (k.meta.shape()[1], k.meta.shape()[2]);
+    let output = empty_device_contiguous_dtype(q.client.clone(), q.device.clone(), shape, q.dtype);
+    if batch * heads * queries == 0 {
+        return Ok(output);
+    }
+    let (qs, ks, vs) = (q.meta.strides().clone(), k.meta.strides().clone(), v.meta.strides().clone());
+    // Vectors where every row start is a whole number of them (strides and offsets).
+    let strides = [qs[0], qs[1], qs[2], ks[0], ks[1], ks[2], vs[0], vs[1], vs[2]];
+    let width = if super::kernel_on("vector_loads") { load_vector_size(&[&q, &k, &v], head_dim) } else { 1 };
+    let width = (1..=width).rev().find(|n| width.is_multiple_of(*n) && n.is_power_of_two() && strides.iter().all(|s| s.is_multiple_of(*n))).unwrap_or(1);
+    let [qb, qh, qr, kb, kh, kk, vb, vh, vk] = strides.map(|s| s / width);
+    let layout = FlashLayoutLaunch::new(heads, heads / kv_heads, queries, keys, qb, qh, qr, kb, kh, kk, vb, vh, vk);
+    let scale = 1.0 / (head_dim as f32).sqrt();
+    let dtype = q.dtype;
+    let address = address_type([&q, &k, &v, &output]);
+    super::count_mma_attention();
+    unsafe {
+        mma_attention_kernel::launch_unchecked(
+            &output.client,
+            CubeCount::new_2d(queries.div_ceil(MMA_PLANES * MMA_TILE) as u32, (batch * heads) as u32),
+            CubeDim::new_2d(MMA_LANES as u32, MMA_PLANES as u32),
+            address,
+            width,
+            q.into_array_arg(),
+            k.into_array_arg(),
+            v.into_array_arg(),
+            output.clone().into_array_arg(),
+            layout,
+            scale,
+            head_dim,
+            causal,
+            dtype.into(),
+        )
+    };
+    Ok(output)
 }
 
 /// A paged cache's block tables and row lengths (`Int` tensors), entries per table row, and

@@ -182,6 +182,18 @@ pub trait Kernels: Backend {
         default_flash_attention::<Self>(q, k, v, causal)
     }
 
+    /// [`Kernels::flash_attention`] by a flash kernel on tensor cores ([`FlashAttention::Mma`]):
+    /// f16 or bf16 operands, f32 sums, `causal` aligned bottom-right. `None` where the backend
+    /// has no such kernel or the kernel cannot take the problem here (each reason recorded for
+    /// [`flash_attention_refusals`]); the caller then takes [`scores_attention`].
+    ///
+    /// # Shapes
+    /// as [`Kernels::flash_attention`]
+    fn mma_attention(q: FloatTensor<Self>, k: FloatTensor<Self>, v: FloatTensor<Self>, causal: bool) -> Option<FloatTensor<Self>> {
+        let _ = (q, k, v, causal);
+        None
+    }
+
     /// Attention probabilities from raw scores: `softmax(scale · scores)` over the first `keys`
     /// columns, in f32, written in the scores' dtype; the columns past `keys` are padding
     /// (written as 0). `causal` hides key `j` from query `i` when `j > i + keys − queries`
@@ -806,8 +818,9 @@ pub fn silu_mul<B: Kernels>(gate_up: Tensor<B, 3>) -> Tensor<B, 3> {
 ///
 /// `causal` with a `mask` says the mask *is* the bottom-right causal one (new queries after
 /// cached keys, `keys > queries`): backends disagree on how a causal flag aligns there, so
-/// the mask is applied, except by [`FlashAttention::Scores`], which applies the same limit
-/// itself and skips the keys no query of a chunk sees.
+/// the mask is applied, except by [`FlashAttention::Scores`] and [`FlashAttention::Mma`], which
+/// apply the same limit themselves (`Scores` skips the keys no query of a chunk sees, `Mma` the
+/// steps of keys no query of a cube sees).
 ///
 /// # Shapes
 /// `q`: `[batch, heads, queries, head_dim]`; `k`, `v`: `[batch, kv_heads, keys, head_dim]`;
@@ -818,7 +831,13 @@ pub fn attention<B: Kernels>(q: Tensor<B, 4>, k: Tensor<B, 4>, v: Tensor<B, 4>, 
     let [_, kv_heads, keys, _] = k.dims();
     let grouped = kv_heads > 0 && heads.is_multiple_of(kv_heads);
     let flash = grouped && (!causal || keys >= queries) && kernel_on("flash_attention");
-    if flash && flash_attention_choice().resolve() == FlashAttention::Scores && (mask.is_none() || causal) {
+    let choice = flash_attention_choice().resolve();
+    if flash && matches!(choice, FlashAttention::Scores | FlashAttention::Mma) && (mask.is_none() || causal) {
+        if choice == FlashAttention::Mma
+            && let Some(out) = B::mma_attention(q.clone().into_primitive().tensor(), k.clone().into_primitive().tensor(), v.clone().into_primitive().tensor(), causal)
+        {
+            return Tensor::from_primitive(TensorPrimitive::Float(out));
+        }
         let chunk_bytes = B::scores_chunk_bytes(&q.device());
         return scores_attention(q, k, v, causal, chunk_bytes);
     }
@@ -926,7 +945,8 @@ pub const SCORES_KEY_ALIGN: usize = 8;
 /// [`KernelPolicy::Verified`]. `PHI3V_FLASH_ATTENTION` sets it for a process (read once):
 /// unset or `auto` → [`FlashAttention::Auto`]; `0`/`burn` → [`FlashAttention::Burn`];
 /// `1`/`unit` → [`FlashAttention::Unit`]; `planes,seq_q,seq_kv` (e.g. `4,1,2`) →
-/// [`FlashAttention::Tiles`]; `scores` → [`FlashAttention::Scores`]. [`set_flash_attention`]
+/// [`FlashAttention::Tiles`]; `scores` → [`FlashAttention::Scores`]; `mma` →
+/// [`FlashAttention::Mma`]. [`set_flash_attention`]
 /// sets it at any time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FlashAttention {
@@ -964,6 +984,13 @@ pub enum FlashAttention {
     /// ([`scores_attention`]); causal chunks skip the keys none of their queries see. Any
     /// dtype, causal or not; grouped-query heads are repeated.
     Scores,
+    /// This crate's flash kernel on tensor cores ([`Kernels::mma_attention`]: 16-row query
+    /// tiles, steps of 64 keys, scores and probability·value products on 16×16×16 tiles with
+    /// f32 sums, the online softmax in f32 between them), causal or not, grouped-query heads
+    /// read in place; f16/bf16 on devices with such tiles, head dimensions 16–128 in steps of
+    /// 16 (32 and 64 and 96 and 128 included). Elsewhere, [`FlashAttention::Scores`].
+    /// Opt-in (`PHI3V_FLASH_ATTENTION=mma`) until measured on a GPU.
+    Mma,
 }
 
 impl FlashAttention {
@@ -997,6 +1024,7 @@ impl FlashAttention {
             "0" | "false" | "off" | "burn" => Self::Burn,
             "1" | "true" | "on" | "unit" => Self::Unit,
             "scores" => Self::Scores,
+            "mma" => Self::Mma,
             tiles => {
                 let v: Vec<u8> = tiles.split(',').map(|p| p.trim().parse().ok()).collect::<Option<_>>()?;
                 match v.as_slice() {
@@ -1014,6 +1042,7 @@ impl FlashAttention {
             Self::Unit => 2,
             Self::Scores => 4,
             Self::Auto => 5,
+            Self::Mma => 6,
             Self::Tiles { planes, seq_q, seq_kv } => 3 | (planes as u32) << 8 | (seq_q as u32) << 16 | (seq_kv as u32) << 24,
         }
     }
@@ -1024,6 +1053,7 @@ impl FlashAttention {
             2 => Self::Unit,
             4 => Self::Scores,
             5 => Self::Auto,
+            6 => Self::Mma,
             _ => Self::Tiles { planes: (v >> 8) as u8, seq_q: (v >> 16) as u8, seq_kv: (v >> 24) as u8 },
         }
     }
@@ -1130,6 +1160,18 @@ pub fn blas_matmul_refusals() -> Vec<String> {
 /// How many products [`Kernels::blas_matmul`] computed since the process started.
 pub fn blas_matmul_count() -> usize {
     BLAS_PRODUCTS.load(Ordering::Relaxed)
+}
+
+/// How many attentions [`Kernels::mma_attention`]'s kernel computed since the process started.
+pub fn mma_attention_count() -> usize {
+    MMA_ATTENTIONS.load(Ordering::Relaxed)
+}
+
+static MMA_ATTENTIONS: AtomicUsize = AtomicUsize::new(0);
+
+#[cfg_attr(not(feature = "cube"), allow(dead_code))]
+pub(crate) fn count_mma_attention() {
+    MMA_ATTENTIONS.fetch_add(1, Ordering::Relaxed);
 }
 
 #[cfg_attr(not(feature = "cuda"), allow(dead_code))]

@@ -30,7 +30,7 @@ pub struct AttentionArgs {
     #[arg(long, value_delimiter = ';', default_value = "1,32,1024,1024,96,causal;17,16,577,577,64")]
     shapes: Vec<String>,
     /// Choices in `PHI3V_FLASH_ATTENTION`'s syntax (`auto`, `burn`, `unit`,
-    /// `scores`, `planes,seq_q,seq_kv`), separated by `;`; the first is the one the others are compared with.
+    /// `scores`, `mma`, `planes,seq_q,seq_kv`), separated by `;`; the first is the one the others are compared with.
     #[arg(long, value_delimiter = ';', default_value = "burn;scores;4,2,2")]
     flash: Vec<String>,
     /// Also time the parts of the `scores` choice on each whole problem (one chunk: q·kᵀ, the

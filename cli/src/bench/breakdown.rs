@@ -65,7 +65,7 @@ pub struct BreakdownArgs {
     #[arg(long, default_value_t = 100)]
     profile_steps: usize,
     /// Also time the prefill's attention under each of these flash-attention choices
-    /// (`PHI3V_FLASH_ATTENTION`'s syntax, separated by `;`: `auto`, `burn`, `unit`, `scores`,
+    /// (`PHI3V_FLASH_ATTENTION`'s syntax, separated by `;`: `auto`, `burn`, `unit`, `scores`, `mma`,
     /// `planes,seq_q,seq_kv`), one extra stage each; the whole step keeps the process's choice.
     #[arg(long, value_delimiter = ';')]
     flash: Vec<String>,
@@ -235,7 +235,7 @@ impl DeviceFn for BreakdownJob {
 /// `--flash`'s choices, each in `PHI3V_FLASH_ATTENTION`'s syntax.
 pub(super) fn flash_choices(list: &[String]) -> Result<Vec<kernels::FlashAttention>, String> {
     list.iter()
-        .map(|c| kernels::FlashAttention::parse(c).ok_or_else(|| format!("--flash: `{c}` is not auto, burn, unit, scores or planes,seq_q,seq_kv")))
+        .map(|c| kernels::FlashAttention::parse(c).ok_or_else(|| format!("--flash: `{c}` is not auto, burn, unit, scores, mma or planes,seq_q,seq_kv")))
         .collect()
 }
 
