@@ -1686,6 +1686,7 @@ fn mma_attention_kernel<E: Float, N: Size>(
     layout: &FlashLayout,
     scale: f32,
     #[comptime] head_dim: usize,
+    #[comptime] vectors: usize,
     #[comptime] causal: bool,
     #[define(E)] _dtype: StorageType,
 ) {
@@ -1700,7 +1701,6 @@ fn mma_attention_kernel<E: Float, N: Size>(
     let units = MMA_PLANES * MMA_LANES;
     let block_q = MMA_PLANES * MMA_TILE;
     let q0 = CUBE_POS_X as usize * block_q;
-    let vectors = comptime!(head_dim / N::value());
     let width = N::value();
     let stride = comptime!(head_dim as u32);
     let keys_stride = comptime!(MMA_KEYS as u32);
@@ -1713,9 +1713,11 @@ fn mma_attention_kernel<E: Float, N: Size>(
     let mut q_s = SharedMemory::<E>::new_aligned(block_q * head_dim, 32usize);
     let mut k_s = SharedMemory::<E>::new_aligned(MMA_KEYS * head_dim, 32usize);
     let mut v_s = SharedMemory::<E>::new_aligned(MMA_KEYS * head_dim, 32usize);
-    let mut s_s = SharedMemory::<f32>::new_aligned(block_q * MMA_KEYS, 32usize);
     let mut p_s = SharedMemory::<E>::new_aligned(block_q * MMA_KEYS, 32usize);
-    let mut o_s = SharedMemory::<f32>::new_aligned(block_q * head_dim, 32usize);
+    // The f32 scores (rows of MMA_KEYS) and, later in each step, the f32 partial outputs (rows
+    // of head_dim) share one buffer: a cube-wide barrier separates every use of one from the
+    // next use of the other.
+    let mut f_s = SharedMemory::<f32>::new_aligned(comptime!(block_q * if MMA_KEYS > head_dim { MMA_KEYS } else { head_dim }), 32usize);
 
     // The cube's queries, zero rows past the last.
     let q_base = b * layout.q_batch + h * layout.q_head;
@@ -1806,7 +1808,7 @@ fn mma_attention_kernel<E: Float, N: Size>(
                     cmma::execute::<E, E, f32, f32>(&a, &bm, &s, &s);
                 }
                 let sa = plane_s + t * MMA_TILE;
-                cmma::store(&mut s_s.slice_mut(sa, sa + tile_s), &s, keys_stride, cmma::MatrixLayout::RowMajor);
+                cmma::store(&mut f_s.slice_mut(sa, sa + tile_s), &s, keys_stride, cmma::MatrixLayout::RowMajor);
             }
         }
         sync_cube();
@@ -1822,7 +1824,7 @@ fn mma_attention_kernel<E: Float, N: Size>(
             #[unroll]
             for j in 0..half_keys {
                 let col = (j + r + half * MMA_TILE) % half_keys;
-                let score = s_s[at + col] * scale;
+                let score = f_s[at + col] * scale;
                 step_max = select(first + col < row_end && score > step_max, score, step_max);
             }
             let other = plane_shuffle_xor(step_max, MMA_TILE as u32);
@@ -1832,7 +1834,7 @@ fn mma_attention_kernel<E: Float, N: Size>(
             #[unroll]
             for j in 0..half_keys {
                 let col = (j + r + half * MMA_TILE) % half_keys;
-                let p = select(first + col < row_end, f32::exp(s_s[at + col] * scale - new_max), f32::new(0.0));
+                let p = select(first + col < row_end, f32::exp(f_s[at + col] * scale - new_max), f32::new(0.0));
                 sum += p;
                 p_s[at + col] = E::cast_from(p);
             }
@@ -1855,7 +1857,7 @@ fn mma_attention_kernel<E: Float, N: Size>(
                     cmma::execute::<E, E, f32, f32>(&a, &bm, &o, &o);
                 }
                 let oa = plane_q + t * MMA_TILE;
-                cmma::store(&mut o_s.slice_mut(oa, oa + tile_q), &o, stride, cmma::MatrixLayout::RowMajor);
+                cmma::store(&mut f_s.slice_mut(oa, oa + tile_q), &o, stride, cmma::MatrixLayout::RowMajor);
             }
         }
         sync_cube();
@@ -1868,7 +1870,7 @@ fn mma_attention_kernel<E: Float, N: Size>(
                 for c in 0..columns {
                     let d = lane + c * MMA_LANES;
                     if d < head_dim {
-                        acc[i * columns + c] = acc[i * columns + c] * factor + o_s[plane_q + i * head_dim + d];
+                        acc[i * columns + c] = acc[i * columns + c] * factor + f_s[plane_q + i * head_dim + d];
                     }
                 }
             }
@@ -1924,11 +1926,11 @@ fn mma_attention_refusal<R: CubeRuntime>(q: &CubeTensor<R>, k: &CubeTensor<R>, v
     }
 }
 
-/// Shared memory of one [`mma_attention_kernel`] cube: queries, keys and values, scores and
-/// probabilities, partial outputs.
+/// Shared memory of one [`mma_attention_kernel`] cube: queries, keys and values,
+/// probabilities, and the buffer the scores and the partial outputs share.
 fn mma_attention_shared_bytes(head_dim: usize, dtype_bytes: usize) -> usize {
     let rows = MMA_PLANES * MMA_TILE;
-    (rows * head_dim + 2 * MMA_KEYS * head_dim + rows * MMA_KEYS) * dtype_bytes + (rows * MMA_KEYS + rows * head_dim) * 4
+    (rows * head_dim + 2 * MMA_KEYS * head_dim + rows * MMA_KEYS) * dtype_bytes + rows * MMA_KEYS.max(head_dim) * 4
 }
 
 /// [`Kernels::mma_attention`]: `Err` with the reason where [`mma_attention_kernel`] cannot run
@@ -1971,6 +1973,7 @@ pub(crate) fn mma_attention<R: CubeRuntime>(q: CubeTensor<R>, k: CubeTensor<R>, 
             layout,
             scale,
             head_dim,
+            head_dim / width,
             causal,
             dtype.into(),
         )

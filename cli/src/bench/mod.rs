@@ -606,6 +606,11 @@ impl<B: Kernels> Bench<'_, B> {
                         }
                         Ok(runs)
                     });
+                    // The point's memory (an engine's KV pool, a static batch's caches) back to
+                    // the device: CubeCL's pool keeps freed pages for reuse, and pages of one
+                    // point's sizes left no room for the next (session 25, H200: static batching
+                    // at 10 requests could not allocate 2.3 GB after the engine's 256).
+                    B::memory_cleanup(self.device);
                     match r {
                         Ok(runs) => {
                             let (times, cached): (Vec<_>, Vec<u64>) = runs.into_iter().unzip();
