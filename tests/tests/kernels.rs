@@ -378,11 +378,12 @@ impl KernelJob {
         // This crate's flash kernel on tensor cores (`FlashAttention::Mma`: f16/bf16 where the
         // device has 16×16×16 tiles, `scores` elsewhere): every case above, then more query rows
         // than a cube's 64 over several 64-key steps (causal, the cubes stopping at different
-        // steps), fewer queries than keys without a mask over a partial last step, and CLIP's
-        // 577 tokens at the tiny checkpoints' 16-dim heads.
+        // steps), fewer queries than keys without a mask over a partial last step, CLIP's 577
+        // tokens at the tiny checkpoints' 16-dim heads, and 80-dim heads (not a multiple of the
+        // 32 lanes that share a row's output columns).
         let mma_before = kernels::mma_attention_count();
         assert!(kernels::set_flash_attention(kernels::FlashAttention::Mma));
-        let mma_cases = [(1, 2, 2, 200, 200, 96, true), (2, 4, 4, 77, 150, 64, false), (3, 2, 2, 577, 577, 16, false)];
+        let mma_cases = [(1, 2, 2, 200, 200, 96, true), (2, 4, 4, 77, 150, 64, false), (3, 2, 2, 577, 577, 16, false), (1, 3, 3, 90, 90, 80, true)];
         for (batch, heads, kv_heads, queries, keys, head_dim, causal) in flash_cases.into_iter().chain(mma_cases) {
             flash(batch, heads, kv_heads, queries, keys, head_dim, causal, " as mma", None);
         }

@@ -1893,9 +1893,9 @@ fn mma_attention_kernel<E: Float, N: Size>(
     }
 }
 
-/// Head dimensions [`mma_attention`] takes: multiples of 16 (the MMA tile) up to 128 (each
-/// lane holds `16 · ⌈head_dim / 32⌉` output sums in registers).
-const MMA_HEAD_DIMS: [usize; 5] = [16, 32, 64, 96, 128];
+/// Largest head dimension [`mma_attention`] takes (each lane holds `16 · ⌈head_dim / 32⌉`
+/// output sums in registers); it takes the multiples of 16 (the tile) up to this.
+const MMA_MAX_HEAD_DIM: usize = 128;
 
 /// Why [`mma_attention`] cannot run this problem here, `None` when it can: tensor cores with
 /// 16×16×16 tiles of the dtype and f32 sums, 32-lane planes with shuffles, a supported head
@@ -1913,7 +1913,7 @@ fn mma_attention_refusal<R: CubeRuntime>(q: &CubeTensor<R>, k: &CubeTensor<R>, v
         Some(format!("no {dtype:?} 16×16×16 tensor-core tiles with f32 sums"))
     } else if uniform_plane(&q.client) != Some(MMA_LANES) || !properties.features.plane.contains(cubecl::features::Plane::Ops) {
         Some(format!("planes of {:?} lanes, not {MMA_LANES}", uniform_plane(&q.client)))
-    } else if !MMA_HEAD_DIMS.contains(&head_dim) {
+    } else if head_dim == 0 || !head_dim.is_multiple_of(MMA_TILE) || head_dim > MMA_MAX_HEAD_DIM {
         Some(format!("head dimension {head_dim}"))
     } else if kv_heads == 0 || !heads.is_multiple_of(kv_heads) || (causal && keys < queries) {
         Some(format!("{heads} query heads over {kv_heads} key heads, {queries} queries over {keys} keys"))

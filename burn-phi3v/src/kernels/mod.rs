@@ -987,9 +987,9 @@ pub enum FlashAttention {
     /// This crate's flash kernel on tensor cores ([`Kernels::mma_attention`]: 16-row query
     /// tiles, steps of 64 keys, scores and probability·value products on 16×16×16 tiles with
     /// f32 sums, the online softmax in f32 between them), causal or not, grouped-query heads
-    /// read in place; f16/bf16 on devices with such tiles, head dimensions 16–128 in steps of
-    /// 16 (32 and 64 and 96 and 128 included). Elsewhere, [`FlashAttention::Scores`].
-    /// Opt-in (`PHI3V_FLASH_ATTENTION=mma`) until measured on a GPU.
+    /// read in place; f16/bf16 on devices with such tiles, head dimensions 16, 32, 48, …, 128.
+    /// Elsewhere, [`FlashAttention::Scores`]. Opt-in (`PHI3V_FLASH_ATTENTION=mma`) until
+    /// measured on a GPU.
     Mma,
 }
 

@@ -275,7 +275,8 @@ pub(super) fn relative_difference(base: &[f32], out: &[f32]) -> f64 {
         return f64::INFINITY;
     }
     let scale = base.iter().fold(0f32, |m, x| m.max(x.abs())).max(f32::MIN_POSITIVE);
-    let diff = base.iter().zip(out).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+    // `f32::max` passes over a NaN: a NaN difference is counted as infinite instead.
+    let diff = base.iter().zip(out).fold(0f32, |m, (a, b)| if (a - b).is_nan() { f32::INFINITY } else { m.max((a - b).abs()) });
     f64::from(diff / scale)
 }
 
@@ -615,6 +616,14 @@ mod tests {
             }],
             launch_us: Some(us / 10.0),
         }
+    }
+
+    #[test]
+    fn a_nan_or_a_length_mismatch_is_an_infinite_difference() {
+        assert_eq!(relative_difference(&[1.0, -2.0], &[1.0, -2.0]), 0.0);
+        assert!((relative_difference(&[1.0, -2.0], &[1.0, -1.0]) - 0.5).abs() < 1e-12);
+        assert_eq!(relative_difference(&[1.0, -2.0], &[f32::NAN, -2.0]), f64::INFINITY);
+        assert_eq!(relative_difference(&[1.0, -2.0], &[1.0]), f64::INFINITY);
     }
 
     #[test]
