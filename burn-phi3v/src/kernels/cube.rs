@@ -1702,11 +1702,6 @@ fn mma_attention_kernel<E: Float, N: Size>(
     let block_q = MMA_PLANES * MMA_TILE;
     let q0 = CUBE_POS_X as usize * block_q;
     let width = N::value();
-    let stride = comptime!(head_dim as u32);
-    let keys_stride = comptime!(MMA_KEYS as u32);
-    // A 16-row tile at `start` of a buffer with rows of `row` values spans this many values.
-    let tile_q = comptime!((MMA_TILE - 1) * head_dim + MMA_TILE);
-    let tile_s = comptime!((MMA_TILE - 1) * MMA_KEYS + MMA_TILE);
     // Output columns per lane: `lane + 32·c` for c below this (16-dim heads leave lanes idle).
     let columns = comptime!(head_dim.div_ceil(MMA_LANES));
 
@@ -1794,22 +1789,10 @@ fn mma_attention_kernel<E: Float, N: Size>(
         sync_cube();
         let active = k0 < plane_end;
 
-        // Scores of the plane's 16 rows: q (16 × head_dim) · kᵀ (head_dim × MMA_KEYS).
+        // Scores of the plane's 16 rows: q (16 × head_dim) · kᵀ (head_dim × MMA_KEYS); kᵀ's
+        // tile (c, t) is keys 16t.. at dims 16c.., a column-major tile of k's rows.
         if active {
-            #[unroll]
-            for t in 0..MMA_KEYS / MMA_TILE {
-                let s = cmma::Matrix::<f32>::from_value(cmma::MatrixIdent::Accumulator, 16usize, 16usize, 16usize, cmma::MatrixLayout::Undefined, f32::new(0.0));
-                #[unroll]
-                for c in 0..head_dim / MMA_TILE {
-                    let qa = plane_q + c * MMA_TILE;
-                    let a = cmma::Matrix::<E>::from_slice(cmma::MatrixIdent::A, 16usize, 16usize, 16usize, cmma::MatrixLayout::RowMajor, &q_s.slice(qa, qa + tile_q), stride);
-                    let kb = t * MMA_TILE * head_dim + c * MMA_TILE;
-                    let bm = cmma::Matrix::<E>::from_slice(cmma::MatrixIdent::B, 16usize, 16usize, 16usize, cmma::MatrixLayout::ColMajor, &k_s.slice(kb, kb + tile_q), stride);
-                    cmma::execute::<E, E, f32, f32>(&a, &bm, &s, &s);
-                }
-                let sa = plane_s + t * MMA_TILE;
-                cmma::store(&mut f_s.slice_mut(sa, sa + tile_s), &s, keys_stride, cmma::MatrixLayout::RowMajor);
-            }
+            plane_tile_product::<E>(&q_s, plane_q, head_dim, &k_s, 1usize, head_dim, head_dim, cmma::MatrixLayout::ColMajor, &mut f_s, plane_s, MMA_KEYS, head_dim, MMA_KEYS);
         }
         sync_cube();
 
@@ -1843,22 +1826,10 @@ fn mma_attention_kernel<E: Float, N: Size>(
         }
         sync_cube();
 
-        // The step's outputs of the plane's rows: p (16 × MMA_KEYS) · v (MMA_KEYS × head_dim).
+        // The step's outputs of the plane's rows: p (16 × MMA_KEYS) · v (MMA_KEYS × head_dim);
+        // v's tile (c, t) is keys 16c.. at dims 16t.., row-major.
         if active {
-            #[unroll]
-            for t in 0..head_dim / MMA_TILE {
-                let o = cmma::Matrix::<f32>::from_value(cmma::MatrixIdent::Accumulator, 16usize, 16usize, 16usize, cmma::MatrixLayout::Undefined, f32::new(0.0));
-                #[unroll]
-                for c in 0..MMA_KEYS / MMA_TILE {
-                    let pa = plane_s + c * MMA_TILE;
-                    let a = cmma::Matrix::<E>::from_slice(cmma::MatrixIdent::A, 16usize, 16usize, 16usize, cmma::MatrixLayout::RowMajor, &p_s.slice(pa, pa + tile_s), keys_stride);
-                    let vb = c * MMA_TILE * head_dim + t * MMA_TILE;
-                    let bm = cmma::Matrix::<E>::from_slice(cmma::MatrixIdent::B, 16usize, 16usize, 16usize, cmma::MatrixLayout::RowMajor, &v_s.slice(vb, vb + tile_q), stride);
-                    cmma::execute::<E, E, f32, f32>(&a, &bm, &o, &o);
-                }
-                let oa = plane_q + t * MMA_TILE;
-                cmma::store(&mut f_s.slice_mut(oa, oa + tile_q), &o, stride, cmma::MatrixLayout::RowMajor);
-            }
+            plane_tile_product::<E>(&p_s, plane_s, MMA_KEYS, &v_s, head_dim, 1usize, head_dim, cmma::MatrixLayout::RowMajor, &mut f_s, plane_q, head_dim, MMA_KEYS, head_dim);
         }
         sync_cube();
         if active {
@@ -1890,6 +1861,46 @@ fn mma_attention_kernel<E: Float, N: Size>(
                 output[(bh * queries + out_row) * head_dim + d] = E::cast_from(acc[i * columns + c] * factor);
             }
         }
+    }
+}
+
+/// One plane's 16 rows of `a · b` on 16×16×16 tiles with f32 sums (`cmma`), into `out`: `a`
+/// holds the 16 rows of `inner` values from `a_at`, `a_row` apart (row-major); `b`'s tile
+/// (c, t) — its rows `16c..` and columns `16t..` — starts at `16 · (c · b_inner + t · b_outer)`,
+/// in `b_layout` with `b_row` between its rows (row-major) or its columns (column-major); the
+/// 16 × `width` product goes to `out` from `out_at`, rows `out_row` apart.
+#[cube]
+#[allow(clippy::too_many_arguments)]
+fn plane_tile_product<E: Float>(
+    a: &SharedMemory<E>,
+    a_at: usize,
+    #[comptime] a_row: usize,
+    b: &SharedMemory<E>,
+    #[comptime] b_inner: usize,
+    #[comptime] b_outer: usize,
+    #[comptime] b_row: usize,
+    b_layout: cmma::MatrixLayout,
+    out: &mut SharedMemory<f32>,
+    out_at: usize,
+    #[comptime] out_row: usize,
+    #[comptime] inner: usize,
+    #[comptime] width: usize,
+) {
+    // A 16-row tile with rows `row` apart spans this many values from its start.
+    let (a_span, b_span, out_span) = comptime!(((MMA_TILE - 1) * a_row + MMA_TILE, (MMA_TILE - 1) * b_row + MMA_TILE, (MMA_TILE - 1) * out_row + MMA_TILE));
+    #[unroll]
+    for t in 0..width / MMA_TILE {
+        let product = cmma::Matrix::<f32>::from_value(cmma::MatrixIdent::Accumulator, 16usize, 16usize, 16usize, cmma::MatrixLayout::Undefined, f32::new(0.0));
+        #[unroll]
+        for c in 0..inner / MMA_TILE {
+            let at = a_at + c * MMA_TILE;
+            let am = cmma::Matrix::<E>::from_slice(cmma::MatrixIdent::A, 16usize, 16usize, 16usize, cmma::MatrixLayout::RowMajor, &a.slice(at, at + a_span), comptime!(a_row as u32));
+            let bt = (c * b_inner + t * b_outer) * MMA_TILE;
+            let bm = cmma::Matrix::<E>::from_slice(cmma::MatrixIdent::B, 16usize, 16usize, 16usize, b_layout, &b.slice(bt, bt + b_span), comptime!(b_row as u32));
+            cmma::execute::<E, E, f32, f32>(&am, &bm, &product, &product);
+        }
+        let at = out_at + t * MMA_TILE;
+        cmma::store(&mut out.slice_mut(at, at + out_span), &product, comptime!(out_row as u32), cmma::MatrixLayout::RowMajor);
     }
 }
 
