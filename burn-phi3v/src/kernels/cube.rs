@@ -1617,19 +1617,32 @@ fn tiled_flash_attention<R: CubeRuntime>(
     attention::<R>(q, k, v, None, None, options, strategy).map_err(|e| format!("{e:?}"))
 }
 
-/// Attention of every query over its keys; see [`Kernels::flash_attention`].
-pub(crate) fn flash_attention<R: CubeRuntime>(q: CubeTensor<R>, k: CubeTensor<R>, v: CubeTensor<R>, causal: bool) -> CubeTensor<R> {
+/// A flash kernel's operands with their last dimension contiguous (copied where it is not),
+/// and its output, contiguous `[batch, heads, queries, head_dim]` in the queries' dtype.
+fn flash_operands<R: CubeRuntime>(q: CubeTensor<R>, k: CubeTensor<R>, v: CubeTensor<R>) -> (CubeTensor<R>, CubeTensor<R>, CubeTensor<R>, CubeTensor<R>) {
     let last_unit = |t: CubeTensor<R>| if t.meta.strides()[3] == 1 { t } else { into_contiguous(t) };
     let (q, k, v) = (last_unit(q), last_unit(k), last_unit(v));
-    let shape = q.meta.shape().clone();
-    let (batch, heads, queries, head_dim) = (shape[0], shape[1], shape[2], shape[3]);
+    let output = empty_device_contiguous_dtype(q.client.clone(), q.device.clone(), q.meta.shape().clone(), q.dtype);
+    (q, k, v, output)
+}
+
+/// [`FlashLayout`] of [`flash_operands`], strides in vectors of `width` values (`width` divides
+/// the batch, head and row strides).
+fn flash_layout<R: CubeRuntime>(q: &CubeTensor<R>, k: &CubeTensor<R>, v: &CubeTensor<R>, width: usize) -> FlashLayoutLaunch<R> {
+    let [qs, ks, vs] = [q, k, v].map(|t| [0, 1, 2].map(|d| t.meta.strides()[d] / width));
+    let (heads, queries) = (q.meta.shape()[1], q.meta.shape()[2]);
     let (kv_heads, keys) = (k.meta.shape()[1], k.meta.shape()[2]);
-    let output = empty_device_contiguous_dtype(q.client.clone(), q.device.clone(), shape, q.dtype);
+    FlashLayoutLaunch::new(heads, heads / kv_heads.max(1), queries, keys, qs[0], qs[1], qs[2], ks[0], ks[1], ks[2], vs[0], vs[1], vs[2])
+}
+
+/// Attention of every query over its keys; see [`Kernels::flash_attention`].
+pub(crate) fn flash_attention<R: CubeRuntime>(q: CubeTensor<R>, k: CubeTensor<R>, v: CubeTensor<R>, causal: bool) -> CubeTensor<R> {
+    let (q, k, v, output) = flash_operands(q, k, v);
+    let [batch, heads, queries, head_dim] = [q.meta.shape()[0], q.meta.shape()[1], q.meta.shape()[2], q.meta.shape()[3]];
     if batch * heads * queries == 0 || head_dim == 0 {
         return output;
     }
-    let (qs, ks, vs) = (q.meta.strides().clone(), k.meta.strides().clone(), v.meta.strides().clone());
-    let layout = FlashLayoutLaunch::new(heads, heads / kv_heads.max(1), queries, keys, qs[0], qs[1], qs[2], ks[0], ks[1], ks[2], vs[0], vs[1], vs[2]);
+    let layout = flash_layout(&q, &k, &v, 1);
     let scale = 1.0 / (head_dim as f32).sqrt();
     let dtype = q.dtype;
     let address = address_type([&q, &k, &v, &output]);
@@ -1950,22 +1963,16 @@ pub(crate) fn mma_attention<R: CubeRuntime>(q: CubeTensor<R>, k: CubeTensor<R>, 
     if let Some(reason) = mma_attention_refusal(&q, &k, &v, causal) {
         return Err(reason);
     }
-    let last_unit = |t: CubeTensor<R>| if t.meta.strides()[3] == 1 { t } else { into_contiguous(t) };
-    let (q, k, v) = (last_unit(q), last_unit(k), last_unit(v));
-    let shape = q.meta.shape().clone();
-    let (batch, heads, queries, head_dim) = (shape[0], shape[1], shape[2], shape[3]);
-    let (kv_heads, keys) = (k.meta.shape()[1], k.meta.shape()[2]);
-    let output = empty_device_contiguous_dtype(q.client.clone(), q.device.clone(), shape, q.dtype);
+    let (q, k, v, output) = flash_operands(q, k, v);
+    let [batch, heads, queries, head_dim] = [q.meta.shape()[0], q.meta.shape()[1], q.meta.shape()[2], q.meta.shape()[3]];
     if batch * heads * queries == 0 {
         return Ok(output);
     }
-    let (qs, ks, vs) = (q.meta.strides().clone(), k.meta.strides().clone(), v.meta.strides().clone());
     // Vectors where every row start is a whole number of them (strides and offsets).
-    let strides = [qs[0], qs[1], qs[2], ks[0], ks[1], ks[2], vs[0], vs[1], vs[2]];
     let width = if super::kernel_on("vector_loads") { load_vector_size(&[&q, &k, &v], head_dim) } else { 1 };
-    let width = (1..=width).rev().find(|n| width.is_multiple_of(*n) && n.is_power_of_two() && strides.iter().all(|s| s.is_multiple_of(*n))).unwrap_or(1);
-    let [qb, qh, qr, kb, kh, kk, vb, vh, vk] = strides.map(|s| s / width);
-    let layout = FlashLayoutLaunch::new(heads, heads / kv_heads, queries, keys, qb, qh, qr, kb, kh, kk, vb, vh, vk);
+    let strides = [&q, &k, &v].map(|t| [t.meta.strides()[0], t.meta.strides()[1], t.meta.strides()[2]]);
+    let width = (1..=width).rev().find(|n| width.is_multiple_of(*n) && n.is_power_of_two() && strides.iter().flatten().all(|s| s.is_multiple_of(*n))).unwrap_or(1);
+    let layout = flash_layout(&q, &k, &v, width);
     let scale = 1.0 / (head_dim as f32).sqrt();
     let dtype = q.dtype;
     let address = address_type([&q, &k, &v, &output]);
