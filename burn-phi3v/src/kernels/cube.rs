@@ -175,9 +175,8 @@ where
             return super::default_flash_attention::<Self>(q, k, v, causal);
         }
         match choice {
-            // `Scores` is composed above this trait (`kernels::scores_attention`).
-            // `Auto` is resolved above.
-            // `Scores` and `Mma` are chosen above this trait (`kernels::attention`).
+            // `Scores` and `Mma` are chosen above this trait (`kernels::attention`); `Auto` is
+            // resolved above.
             FlashAttention::Burn | FlashAttention::Scores | FlashAttention::Mma | FlashAttention::Auto => super::default_flash_attention::<Self>(q, k, v, causal),
             FlashAttention::Tiles { planes, seq_q, seq_kv } => {
                 let half = matches!(q.dtype, DType::BF16 | DType::F16) && k.dtype == q.dtype && v.dtype == q.dtype;
@@ -1935,7 +1934,7 @@ fn mma_attention_refusal<R: CubeRuntime>(q: &CubeTensor<R>, k: &CubeTensor<R>, v
         Some(format!("{dtype:?} (f16 and bf16 only)"))
     } else if !properties.features.matmul.cmma.contains(&mma) {
         Some(format!("no {dtype:?} 16×16×16 tensor-core tiles with f32 sums"))
-    } else if uniform_plane(&q.client) != Some(MMA_LANES) || !properties.features.plane.contains(cubecl::features::Plane::Ops) {
+    } else if uniform_plane(&q.client) != Some(MMA_LANES) {
         Some(format!("planes of {:?} lanes, not {MMA_LANES}", uniform_plane(&q.client)))
     } else if head_dim == 0 || !head_dim.is_multiple_of(MMA_TILE) || head_dim > MMA_MAX_HEAD_DIM {
         Some(format!("head dimension {head_dim}"))
@@ -1968,10 +1967,12 @@ pub(crate) fn mma_attention<R: CubeRuntime>(q: CubeTensor<R>, k: CubeTensor<R>, 
     if batch * heads * queries == 0 {
         return Ok(output);
     }
-    // Vectors where every row start is a whole number of them (strides and offsets).
-    let width = if super::kernel_on("vector_loads") { load_vector_size(&[&q, &k, &v], head_dim) } else { 1 };
-    let strides = [&q, &k, &v].map(|t| [t.meta.strides()[0], t.meta.strides()[1], t.meta.strides()[2]]);
-    let width = (1..=width).rev().find(|n| width.is_multiple_of(*n) && n.is_power_of_two() && strides.iter().flatten().all(|s| s.is_multiple_of(*n))).unwrap_or(1);
+    // Vectors where every row start is a whole number of them (offsets, then strides; the
+    // load widths are powers of two).
+    let mut width = if super::kernel_on("vector_loads") { load_vector_size(&[&q, &k, &v], head_dim) } else { 1 };
+    while width > 1 && [&q, &k, &v].iter().any(|t| t.meta.strides()[..3].iter().any(|s| !s.is_multiple_of(width))) {
+        width /= 2;
+    }
     let layout = flash_layout(&q, &k, &v, width);
     let scale = 1.0 / (head_dim as f32).sqrt();
     let dtype = q.dtype;
