@@ -1724,7 +1724,7 @@ fn mma_attention_kernel<E: Float, N: Size>(
     // The f32 scores (rows of MMA_KEYS) and, later in each step, the f32 partial outputs (rows
     // of head_dim) share one buffer: a cube-wide barrier separates every use of one from the
     // next use of the other.
-    let mut f_s = SharedMemory::<f32>::new_aligned(comptime!(block_q * if MMA_KEYS > head_dim { MMA_KEYS } else { head_dim }), 32usize);
+    let mut f_s = SharedMemory::<f32>::new_aligned(comptime!(block_q * MMA_KEYS.max(head_dim)), 32usize);
 
     // The cube's queries, zero rows past the last.
     let q_base = b * layout.q_batch + h * layout.q_head;
@@ -1763,7 +1763,7 @@ fn mma_attention_kernel<E: Float, N: Size>(
         row_end = select(seen < keys, seen, keys);
     }
     let half_keys = comptime!(MMA_KEYS / 2);
-    let mut acc = Array::<f32>::new(comptime!(MMA_TILE * head_dim.div_ceil(MMA_LANES)));
+    let mut acc = Array::<f32>::new(comptime!(MMA_TILE * columns));
     #[unroll]
     for a in 0..MMA_TILE * columns {
         acc[a] = f32::new(0.0);
