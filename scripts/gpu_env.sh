@@ -105,3 +105,17 @@ plugin_launch_cost() {
     echo "=== launch-$n rc=$rc $(( $(date +%s) - s )) s"; grep -i "latency\|error" "$dir/launch-$n.log" | cut -c1-200 | tail -4
   done
 }
+# attention_ab DIR: `phi3v bench attention --flash "scores;mma"` in bf16 then f16 on the quiet GPU
+# (prefill 1024 and 4096, causal, 96-dim heads; CLIP's 17×16×577×64, ${ATT_S:-45} s each): each
+# kernel's time and its output's relative difference against `scores`, in DIR/att-DTYPE.{json,log};
+# then torch's SDPA at the same shapes (bench/peer_attention.py), in DIR/peer-att-DTYPE.json.
+attention_ab() {
+  local dir=$1 dt s shapes="1,32,1024,1024,96,causal;1,32,4096,4096,96,causal;17,16,577,577,64"
+  for dt in bf16 f16; do
+    s=$(date +%s)
+    timeout ${ATT_S:-45} $B/phi3v bench attention --device cuda --dtype $dt --flash "scores;mma" --shapes "$shapes" \
+      --warmup 2 --runs 10 --out $dir/att-$dt.json > $dir/att-$dt.log 2>&1
+    echo "=== attention $dt rc=$? $(( $(date +%s) - s )) s"; grep "^|\|panicked\|refused\|rror" $dir/att-$dt.log | sort -u | head -12 | cut -c1-200
+    timeout 40 python3 $R/bench/peer_attention.py --dtype $dt --shapes "$shapes" --out $dir/peer-att-$dt.json 2>&1 | tail -5
+  done
+}
