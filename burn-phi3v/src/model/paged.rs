@@ -77,13 +77,18 @@ pub struct PagedKvCache<B: Backend> {
 
 impl<B: Backend> PagedKvCache<B> {
     /// A zeroed pool of `slots` slots for `num_layers` layers of `kv_heads × head_dim` keys and
-    /// values in `dtype`.
+    /// values in `dtype`, in the device's persistent memory (`Backend::memory_persistent_allocations`,
+    /// as the weights are): on the CubeCL backends each layer's pool is then one allocation of
+    /// its own size. In CubeCL's sliced pages (1/16, 1/64, … of the device's memory on CUDA),
+    /// layer pools of 906 MB went five to a 5.3 GB page on the H100, so the 58 GB pool of 128
+    /// requests of 1152 tokens took ~69 GB and the first step's activations found no room
+    /// (docs/benchmarks.md, session 26).
     pub fn new(num_layers: usize, slots: usize, kv_heads: usize, head_dim: usize, device: &B::Device, dtype: DType) -> Self {
-        let zeros = || Some(Tensor::<B, 3>::zeros([slots, kv_heads, head_dim], (device, dtype)));
-        Self {
-            layers: (0..num_layers).map(|_| PagedLayer { k: zeros(), v: zeros() }).collect(),
-            slots,
-        }
+        let layers = B::memory_persistent_allocations(device, (), |()| {
+            let zeros = || Some(Tensor::<B, 3>::zeros([slots, kv_heads, head_dim], (device, dtype)));
+            (0..num_layers).map(|_| PagedLayer { k: zeros(), v: zeros() }).collect()
+        });
+        Self { layers, slots }
     }
 
     /// Number of slots (tokens) per layer.
