@@ -1675,6 +1675,14 @@ const MMA_KEYS: usize = 64;
 /// Lanes per plane [`mma_attention_kernel`] is written for (two lanes per query row in the
 /// softmax, a column of every row each in the outputs).
 const MMA_LANES: usize = 32;
+/// Values [`mma_attention_kernel`] adds to each row of its shared buffers beyond the row's
+/// width: 16 bytes in the 16-bit dtype (its queries, keys, values and probabilities), 4 f32 in
+/// the f32 scores and partial outputs, so that the rows of a 16×16 tile start on different
+/// banks. Unpadded, rows of 64 keys or 96 dims start on the same few banks and every tile load
+/// and store waits on bank conflicts (Nsight Compute, H100, session 26: L1 83 % busy while the
+/// tensor cores and memory idled).
+const MMA_PAD: usize = 8;
+const MMA_PAD_F32: usize = 4;
 
 /// Flash attention on tensor cores (`cmma`: 16×16×16 tiles of the input dtype, f32 sums):
 /// cubes of [`MMA_PLANES`] planes, each plane owning 16 query rows of one (batch, head), stage
@@ -1716,15 +1724,21 @@ fn mma_attention_kernel<E: Float, N: Size>(
     let width = N::value();
     // Output columns per lane: `lane + 32·c` for c below this (16-dim heads leave lanes idle).
     let columns = comptime!(head_dim.div_ceil(MMA_LANES));
+    // Row strides of the shared buffers (padded: `MMA_PAD`): queries, keys and values;
+    // probabilities; f32 scores; f32 partial outputs.
+    let hs = comptime!(head_dim + MMA_PAD);
+    let ps = comptime!(MMA_KEYS + MMA_PAD);
+    let ss = comptime!(MMA_KEYS + MMA_PAD_F32);
+    let os = comptime!(head_dim + MMA_PAD_F32);
 
-    let mut q_s = SharedMemory::<E>::new_aligned(block_q * head_dim, 32usize);
-    let mut k_s = SharedMemory::<E>::new_aligned(MMA_KEYS * head_dim, 32usize);
-    let mut v_s = SharedMemory::<E>::new_aligned(MMA_KEYS * head_dim, 32usize);
-    let mut p_s = SharedMemory::<E>::new_aligned(block_q * MMA_KEYS, 32usize);
-    // The f32 scores (rows of MMA_KEYS) and, later in each step, the f32 partial outputs (rows
-    // of head_dim) share one buffer: a cube-wide barrier separates every use of one from the
-    // next use of the other.
-    let mut f_s = SharedMemory::<f32>::new_aligned(comptime!(block_q * MMA_KEYS.max(head_dim)), 32usize);
+    let mut q_s = SharedMemory::<E>::new_aligned(block_q * hs, 32usize);
+    let mut k_s = SharedMemory::<E>::new_aligned(MMA_KEYS * hs, 32usize);
+    let mut v_s = SharedMemory::<E>::new_aligned(MMA_KEYS * hs, 32usize);
+    let mut p_s = SharedMemory::<E>::new_aligned(block_q * ps, 32usize);
+    // The f32 scores (rows of `ss`) and, later in each step, the f32 partial outputs (rows of
+    // `os`) share one buffer: a cube-wide barrier separates every use of one from the next use
+    // of the other.
+    let mut f_s = SharedMemory::<f32>::new_aligned(comptime!(block_q * ss.max(os)), 32usize);
 
     // The cube's queries, zero rows past the last.
     let q_base = b * layout.q_batch + h * layout.q_head;
@@ -1738,7 +1752,7 @@ fn mma_attention_kernel<E: Float, N: Size>(
         }
         #[unroll]
         for e in 0..width {
-            q_s[r * head_dim + c * width + e] = value[e];
+            q_s[r * hs + c * width + e] = value[e];
         }
         i += units;
     }
@@ -1770,8 +1784,10 @@ fn mma_attention_kernel<E: Float, N: Size>(
     }
     let mut max_score = f32::new(NO_SCORE);
     let mut total = f32::new(0.0);
-    let plane_q = plane * MMA_TILE * head_dim;
-    let plane_s = plane * MMA_TILE * MMA_KEYS;
+    let plane_q = plane * MMA_TILE * hs;
+    let plane_p = plane * MMA_TILE * ps;
+    let plane_s = plane * MMA_TILE * ss;
+    let plane_o = plane * MMA_TILE * os;
     let k_base = b * layout.k_batch + hk * layout.k_head;
     let v_base = b * layout.v_batch + hk * layout.v_head;
 
@@ -1790,7 +1806,7 @@ fn mma_attention_kernel<E: Float, N: Size>(
                 kv = k[k_base + key * layout.k_key + c];
                 vv = v[v_base + key * layout.v_key + c];
             }
-            let at = (i / vectors) * head_dim + c * width;
+            let at = (i / vectors) * hs + c * width;
             #[unroll]
             for e in 0..width {
                 k_s[at + e] = kv[e];
@@ -1804,7 +1820,7 @@ fn mma_attention_kernel<E: Float, N: Size>(
         // Scores of the plane's 16 rows: q (16 × head_dim) · kᵀ (head_dim × MMA_KEYS); kᵀ's
         // tile (c, t) is keys 16t.. at dims 16c.., a column-major tile of k's rows.
         if active {
-            plane_tile_product::<E>(&q_s, plane_q, head_dim, &k_s, 1usize, head_dim, head_dim, cmma::MatrixLayout::ColMajor, &mut f_s, plane_s, MMA_KEYS, head_dim, MMA_KEYS);
+            plane_tile_product::<E>(&q_s, plane_q, hs, &k_s, 1usize, hs, hs, cmma::MatrixLayout::ColMajor, &mut f_s, plane_s, ss, head_dim, MMA_KEYS);
         }
         sync_cube();
 
@@ -1813,7 +1829,8 @@ fn mma_attention_kernel<E: Float, N: Size>(
         // `(j + r + 16·half) mod 32` of the lane's half at step `j`: the 32 lanes on 32 banks.
         let mut correction = f32::new(1.0);
         if active {
-            let at = plane_s + r * MMA_KEYS + half * half_keys;
+            let at = plane_s + r * ss + half * half_keys;
+            let at_p = plane_p + r * ps + half * half_keys;
             let first = k0 + half * half_keys;
             let mut step_max = max_score;
             #[unroll]
@@ -1831,7 +1848,7 @@ fn mma_attention_kernel<E: Float, N: Size>(
                 let col = (j + r + half * MMA_TILE) % half_keys;
                 let p = select(first + col < row_end, f32::exp(f_s[at + col] * scale - new_max), f32::new(0.0));
                 sum += p;
-                p_s[at + col] = E::cast_from(p);
+                p_s[at_p + col] = E::cast_from(p);
             }
             total = total * correction + sum + plane_shuffle_xor(sum, MMA_TILE as u32);
             max_score = new_max;
@@ -1841,7 +1858,7 @@ fn mma_attention_kernel<E: Float, N: Size>(
         // The step's outputs of the plane's rows: p (16 × MMA_KEYS) · v (MMA_KEYS × head_dim);
         // v's tile (c, t) is keys 16c.. at dims 16t.., row-major.
         if active {
-            plane_tile_product::<E>(&p_s, plane_s, MMA_KEYS, &v_s, head_dim, 1usize, head_dim, cmma::MatrixLayout::RowMajor, &mut f_s, plane_q, head_dim, MMA_KEYS, head_dim);
+            plane_tile_product::<E>(&p_s, plane_p, ps, &v_s, hs, 1usize, hs, cmma::MatrixLayout::RowMajor, &mut f_s, plane_o, os, MMA_KEYS, head_dim);
         }
         sync_cube();
         if active {
@@ -1853,7 +1870,7 @@ fn mma_attention_kernel<E: Float, N: Size>(
                 for c in 0..columns {
                     let d = lane + c * MMA_LANES;
                     if d < head_dim {
-                        acc[i * columns + c] = acc[i * columns + c] * factor + f_s[plane_q + i * head_dim + d];
+                        acc[i * columns + c] = acc[i * columns + c] * factor + f_s[plane_o + i * os + d];
                     }
                 }
             }
@@ -1953,7 +1970,8 @@ fn mma_attention_refusal<R: CubeRuntime>(q: &CubeTensor<R>, k: &CubeTensor<R>, v
 /// probabilities, and the buffer the scores and the partial outputs share.
 fn mma_attention_shared_bytes(head_dim: usize, dtype_bytes: usize) -> usize {
     let rows = MMA_PLANES * MMA_TILE;
-    (rows * head_dim + 2 * MMA_KEYS * head_dim + rows * MMA_KEYS) * dtype_bytes + rows * MMA_KEYS.max(head_dim) * 4
+    let (hs, ps) = (head_dim + MMA_PAD, MMA_KEYS + MMA_PAD);
+    (rows * hs + 2 * MMA_KEYS * hs + rows * ps) * dtype_bytes + rows * (MMA_KEYS + MMA_PAD_F32).max(head_dim + MMA_PAD_F32) * 4
 }
 
 /// [`Kernels::mma_attention`]: `Err` with the reason where [`mma_attention_kernel`] cannot run

@@ -369,7 +369,8 @@ impl DeviceFn for BenchJob {
         let weights_bytes = (parameters * dtype_bytes) as u64;
         let device_memory = info.total_memory.or(a.device_memory);
         let budget = device_memory.map(|m| m as f64 * a.memory_fraction - weights_bytes as f64);
-        let bench = Bench { model: &model, processor: &processor, device, args: a, budget, kv_bytes_per_token };
+        let engine_budget = device_memory.zip(budget).map(|(m, b)| engine_pool_budget(m, b));
+        let bench = Bench { model: &model, processor: &processor, device, args: a, budget, engine_budget, kv_bytes_per_token };
 
         let mut report = BenchReport {
             engine: "burn-phi3v".into(),
@@ -430,6 +431,8 @@ struct Bench<'a, B: Kernels> {
     args: &'a BenchArgs,
     /// Device bytes left for activations and the KV cache, when the device size is known.
     budget: Option<f64>,
+    /// Of `budget`, the bytes the engine's KV pool may take ([`engine_pool_budget`]).
+    engine_budget: Option<f64>,
     kv_bytes_per_token: u64,
 }
 
@@ -649,7 +652,7 @@ impl<B: Kernels> Bench<'_, B> {
             prefix_caching,
             ..Default::default()
         };
-        if let Some(budget) = self.budget {
+        if let Some(budget) = self.engine_budget {
             let most = EngineConfig::default().with_memory_budget(budget.max(0.0) as u64, text, self.model.dtype()).num_blocks;
             let largest = prompts.iter().map(|p| (p.input_ids.len() + output).div_ceil(block)).max().unwrap_or(1);
             let blocks = pool_blocks(config.num_blocks, largest, most)?;
@@ -861,6 +864,20 @@ fn kernel_settings() -> serde_json::Value {
     })
 }
 
+/// Share of the device's memory the engine's steps keep beside its KV pool: activations, and
+/// CubeCL's sliced pages, of which the largest hold 1/16 of the memory each on CUDA, so a step
+/// that needs one more buffer of 0.3–2.7 GB needs a whole 5.3 GB page on the H100. Measured
+/// there (session 26): with the pool of 128 requests × 1152 tokens (58 GB) beside 8.3 GB of
+/// weights, a step still found no room for 1.2 GB at 80.7 GB in use, so the steps took more
+/// than 14.4 GB (17 % of the memory); at 64 requests ~6.5 GB.
+const ENGINE_RESERVE_FRACTION: f64 = 0.2;
+
+/// Bytes of the benchmark's engine pool at most: the `budget` (the memory fraction less the
+/// weights) less [`ENGINE_RESERVE_FRACTION`] of the device's `memory`.
+fn engine_pool_budget(memory: u64, budget: f64) -> f64 {
+    (budget - memory as f64 * ENGINE_RESERVE_FRACTION).max(0.0)
+}
+
 /// Blocks of the benchmark's engine pool: the `wanted` blocks of every request at once, or as
 /// many as the memory budget holds (`most`), so long as the `largest` request fits on its own
 /// (the others wait for blocks).
@@ -874,6 +891,17 @@ fn pool_blocks(wanted: usize, largest: usize, most: usize) -> CliResult<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_engine_pool_leaves_room_for_the_steps() {
+        // The H100's 79.2 GiB at the default 0.9 with 8.3 GB of weights: a 51 GB pool at most,
+        // less than 128 requests of 1152 tokens (58 GB), so some of them wait for blocks.
+        let memory = 85_017_493_504u64;
+        let budget = memory as f64 * 0.9 - 8.3e9;
+        let pool = engine_pool_budget(memory, budget);
+        assert!((pool - (budget - 0.2 * memory as f64)).abs() < 1.0 && pool < 58e9 && pool > 50e9, "{pool}");
+        assert_eq!(engine_pool_budget(1 << 30, 1e8), 0.0);
+    }
 
     #[test]
     fn the_engine_pool_is_capped_by_memory_but_holds_one_request() {
