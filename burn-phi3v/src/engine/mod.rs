@@ -87,7 +87,10 @@ impl EngineConfig {
     }
 
     /// This configuration with as many blocks as fit in `bytes` of KV cache for a model of
-    /// `text` in `dtype` (e.g. `bytes` = 0.9 × the device's free memory after loading weights).
+    /// `text` in `dtype`. Leave the steps room beside the pool: on the H100, with the pool of
+    /// 128 sequences of 1152 tokens (58 GB) beside 8.3 GB of weights, the steps needed more
+    /// than the 14 GB left (CubeCL takes memory in pages of up to 1/16 of the device); `phi3v
+    /// bench` gives the pool its memory fraction less the weights less 20 % of the device.
     pub fn with_memory_budget(self, bytes: u64, text: &TextConfig, dtype: DType) -> Self {
         let per_block = (Self::kv_bytes_per_token(text, dtype) * self.block_size.max(1)) as u64;
         Self {
