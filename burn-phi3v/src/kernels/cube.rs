@@ -1682,6 +1682,7 @@ const MMA_LANES: usize = 32;
 /// and store waits on bank conflicts (Nsight Compute, H100, session 26: L1 83 % busy while the
 /// tensor cores and memory idled).
 const MMA_PAD: usize = 8;
+/// [`MMA_PAD`]'s counterpart in the f32 buffers (16 bytes).
 const MMA_PAD_F32: usize = 4;
 
 /// Flash attention on tensor cores (`cmma`: 16×16×16 tiles of the input dtype, f32 sums):
