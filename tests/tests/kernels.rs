@@ -664,3 +664,89 @@ fn kernels_equal_their_composed_fallbacks_on_every_target() {
     }
     assert!(failed.is_empty(), "seed {seed}:\n{}", failed.join("\n"));
 }
+
+/// The few-row products on tensor cores (`kernels::MmaLinearTuning`, f16 and bf16 where the
+/// device has them; elsewhere these are the CUDA-core skinny kernel's cases again): the decode
+/// projections at 4 to 16 rows with each epilogue, against the composed fallback on the same
+/// device. Weights whose `d_in` or output columns are not multiples of the 16-wide tile take the
+/// skinny kernel.
+struct MmaLinearJob {
+    seed: u64,
+}
+
+/// `(rows, d_in, d_out, epilogue)`: 0 none (`linear`), 1 the norm before (`norm_linear`), 2
+/// the norm before and `up · SiLU(gate)` after (`d_out` weight rows, `d_out / 2` outputs), 3
+/// the residual add after (`linear_add`).
+const MMA_LINEAR_CASES: [(usize, usize, usize, u8); 8] =
+    [(4, 256, 64, 3), (10, 3072, 1024, 2), (16, 8192, 128, 1), (10, 3072, 48, 0), (10, 64, 16, 3), (13, 512, 96, 2), (10, 1000, 64, 0), (7, 96, 40, 3)];
+
+/// Whether [`MMA_LINEAR_CASES`]' case fits the tensor-core tile.
+fn mma_linear_fits(d_in: usize, d_out: usize, epilogue: u8) -> bool {
+    let outputs = if epilogue == 2 { d_out / 2 } else { d_out };
+    d_in.is_multiple_of(16) && outputs.is_multiple_of(16)
+}
+
+impl DeviceFn for MmaLinearJob {
+    /// Per case: what, the relative difference from the composed output, the bound, whether two
+    /// runs agreed; then how many tensor-core products ran.
+    type Output = (Vec<(String, f32, f32, bool)>, usize);
+    fn run<B: Kernels>(self, device: &B::Device, _info: &DeviceInfo, dtype: DType) -> Self::Output {
+        let mut rng = Rng(self.seed | 1);
+        let mut input = |n: usize, scale: f32| -> Tensor<B, 1> {
+            let v: Vec<f32> = (0..n).map(|_| round_to(dtype, (rng.unit() * 2.0 - 1.0) * scale)).collect();
+            Tensor::from_data(TensorData::new(v, [n]), (device, dtype))
+        };
+        let tolerance = OpTolerance::for_dtype(dtype);
+        let host = |t: Tensor<B, 3>| -> Vec<f32> { t.into_data().convert::<f32>().into_vec().unwrap() };
+        let policy = kernel_policy();
+        let before = kernels::mma_linear_count();
+        let mut results = Vec::new();
+        for (rows, d_in, d_out, epilogue) in MMA_LINEAR_CASES {
+            let x = input(rows * d_in, 1.0).reshape([1, rows, d_in]);
+            let weight = input(d_out * d_in, 0.05).reshape([d_out, d_in]).transpose();
+            let norm = input(d_in, 1.0);
+            let residual = input(rows * d_out, 1.0).reshape([1, rows, d_out]);
+            let run = || match epilogue {
+                0 => kernels::linear(x.clone(), &weight, None),
+                1 => kernels::norm_linear(x.clone(), &norm, 1e-5, &weight),
+                2 => kernels::norm_linear_silu_mul(x.clone(), &norm, 1e-5, &weight),
+                _ => kernels::linear_add(x.clone(), &weight, residual.clone()),
+            };
+            set_kernel_policy(KernelPolicy::Forced);
+            let (fused, again) = (host(run()), host(run()));
+            set_kernel_policy(KernelPolicy::Off);
+            let composed = host(run());
+            set_kernel_policy(policy);
+            let what = format!("[{rows}, {d_in}] · [{d_in}, {d_out}], epilogue {epilogue}");
+            results.push((what, rel_err(&composed, &fused), Terms::Dtype(d_in).bound(&tolerance), fused == again));
+        }
+        (results, kernels::mma_linear_count() - before)
+    }
+}
+
+/// Each case within the dtype's bound of the composed product and equal when run twice; on
+/// CUDA in f16 and bf16 (tensor cores), every case that fits the tile ran on them, twice.
+#[test]
+fn tensor_core_products_equal_the_composed_ones() {
+    let seed = clock_seed();
+    let mut failed = Vec::new();
+    for (spec, dtype) in test_targets() {
+        let job = MmaLinearJob { seed };
+        let (results, products) = burn_phi3v::device::with_device_dtype(&spec, Some(dtype), job).unwrap_or_else(|e| panic!("{spec}: {e}"));
+        for (what, err, bound, repeat) in results {
+            let pass = err <= bound && repeat;
+            eprintln!("{spec} {} mma_linear {what}: {err:.2e} vs composed (bound {bound:.2e}), repeat {}{}", dtype_name(dtype), if repeat { "equal" } else { "DIFFERS" }, if pass { "" } else { "  FAIL" });
+            if !pass {
+                failed.push(format!("{spec} {} {what}: {err:.2e} (bound {bound:.2e}), repeat equal: {repeat}", dtype_name(dtype)));
+            }
+        }
+        let tensor_cores = spec.starts_with("cuda") && matches!(dtype, DType::F16 | DType::BF16) && kernels::kernel_on("mma_linear");
+        let fitting = MMA_LINEAR_CASES.iter().filter(|&&(rows, d_in, d_out, e)| rows >= kernels::mma_linear_tuning().min_rows && mma_linear_fits(d_in, d_out, e)).count();
+        let expected = if tensor_cores { 2 * fitting } else { 0 };
+        eprintln!("{spec} {}: {products} tensor-core products (expected {expected})", dtype_name(dtype));
+        if products != expected {
+            failed.push(format!("{spec} {}: {products} tensor-core products, expected {expected}", dtype_name(dtype)));
+        }
+    }
+    assert!(failed.is_empty(), "seed {seed}:\n{}", failed.join("\n"));
+}

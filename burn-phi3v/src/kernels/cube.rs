@@ -2708,6 +2708,39 @@ pub(crate) fn fused_linear<R: CubeRuntime, F: FloatElement, I: IntElement, BT: B
         Epilogue::Residual(r) => Some(into_contiguous(r)),
         _ => None,
     };
+    if norm_weight.is_none()
+        && let Some((planes, chunk)) = mma_linear_shape(&x, &weight, rows, d_in, d_out, silu)
+    {
+        let vector_size = load_vector_size(&[&x], d_in);
+        let address = address_type([&x, &weight, &output].into_iter().chain(residual.iter()));
+        let (dtype, add) = (x.dtype, residual.is_some());
+        let residual = residual.unwrap_or_else(|| x.clone());
+        super::count_mma_linear();
+        unsafe {
+            mma_linear_kernel::launch_unchecked(
+                &output.client,
+                row_cubes(d_out.div_ceil(MMA_TILE)),
+                CubeDim::new_2d(MMA_LANES as u32, planes as u32),
+                address,
+                vector_size,
+                x.into_array_arg(),
+                weight.into_array_arg(),
+                residual.into_array_arg(),
+                output.clone().into_array_arg(),
+                rows,
+                d_in,
+                d_out,
+                d_in / vector_size,
+                planes,
+                chunk,
+                chunk / vector_size,
+                silu,
+                add,
+                dtype.into(),
+            )
+        };
+        return output;
+    }
     let mut buffers = vec![&x, &weight];
     buffers.extend(norm_weight.iter());
     let vector_size = load_vector_size(&buffers, d_in);
@@ -2751,4 +2784,165 @@ pub(crate) fn fused_linear<R: CubeRuntime, F: FloatElement, I: IntElement, BT: B
         )
     };
     output
+}
+
+/// `x · weightᵀ` for 1 to 16 rows of `x` on tensor cores (`cmma`, 16×16×16 tiles of the dtype,
+/// f32 sums): the rows are the 16-row A tile (rows past `rows` hold zeros), the checkpoint's
+/// weight rows the column-major B tiles, read straight from global memory (each weight value
+/// once). Each cube owns 16 output columns (with `silu`, also the 16 up rows `d_out..` after
+/// them); its `planes` planes split `d_in` in chunks of `chunk` values (plane `p` takes chunks
+/// `p, p + planes, …`), staging each chunk of the input rows in a shared buffer of its own
+/// (rows `chunk + MMA_PAD` apart) and multiplying it by the weight tiles; the planes' f32 sums
+/// meet in shared memory, and one unit per (row, column) adds them and writes the output with
+/// the epilogue: `up · SiLU(gate)` (`silu`) or `residual +` (`add`), rounding to `E` where the
+/// composed steps do, as [`skinny_linear_kernel`] does. `x` is read in vectors of `N` values,
+/// `row_vectors` per row and `vectors` per chunk.
+#[cube(launch_unchecked, address_type = "dynamic")]
+fn mma_linear_kernel<E: Float, N: Size>(
+    x: &Array<Vector<E, N>>,
+    weight: &Array<E>,
+    residual: &Array<E>,
+    output: &mut Array<E>,
+    rows: usize,
+    d_in: usize,
+    d_out: usize,
+    row_vectors: usize,
+    #[comptime] planes: usize,
+    #[comptime] chunk: usize,
+    #[comptime] vectors: usize,
+    #[comptime] silu: bool,
+    #[comptime] add: bool,
+    #[define(E)] _dtype: StorageType,
+) {
+    let width = N::value();
+    let lane = UNIT_POS_X as usize;
+    let plane = UNIT_POS_Y as usize;
+    let unit = UNIT_POS as usize;
+    let units = planes * MMA_LANES;
+    // Row stride of a plane's staged inputs, and the values a 16-row tile spans in them.
+    let xs = comptime!(chunk + MMA_PAD);
+    let x_span = comptime!((MMA_TILE - 1) * (chunk + MMA_PAD) + MMA_TILE);
+    let tiles = comptime!(if silu { 2usize } else { 1usize });
+    // Row stride of the planes' f32 sums.
+    let os = comptime!(MMA_TILE + MMA_PAD_F32);
+    let o_span = comptime!((MMA_TILE - 1) * (MMA_TILE + MMA_PAD_F32) + MMA_TILE);
+    let column0 = CUBE_POS as usize * MMA_TILE;
+    // Cubes past the last columns (a launch grid rounded up) read the last tile, write nothing.
+    let n0 = min(column0, d_out - MMA_TILE);
+    let ld = u32::cast_from(d_in);
+    let w_span = (MMA_TILE - 1) * d_in + MMA_TILE;
+    let gate_at = n0 * d_in;
+    let up_at = (d_out + n0) * d_in;
+
+    let mut x_s = SharedMemory::<E>::new_aligned(comptime!(planes * MMA_TILE * (chunk + MMA_PAD)), 32usize);
+    let plane_x = plane * MMA_TILE * xs;
+    // Rows past the input's: zeros (their sums are never written; zeros keep them finite).
+    let mut i = rows * xs + lane;
+    while i < MMA_TILE * xs {
+        x_s[plane_x + i] = E::from_int(0);
+        i += MMA_LANES;
+    }
+    let gate = cmma::Matrix::<f32>::from_value(cmma::MatrixIdent::Accumulator, 16usize, 16usize, 16usize, cmma::MatrixLayout::Undefined, f32::new(0.0));
+    let up = cmma::Matrix::<f32>::from_value(cmma::MatrixIdent::Accumulator, 16usize, 16usize, 16usize, cmma::MatrixLayout::Undefined, f32::new(0.0));
+    let chunks = d_in / chunk;
+    let mut c = plane;
+    while c < chunks {
+        let k0 = c * chunk;
+        // The chunk of every input row into the plane's buffer (after its last use).
+        sync_plane();
+        let mut i = lane;
+        while i < rows * vectors {
+            let r = i / vectors;
+            let v = i % vectors;
+            let value = x[r * row_vectors + c * vectors + v];
+            #[unroll]
+            for e in 0..width {
+                x_s[plane_x + r * xs + v * width + e] = value[e];
+            }
+            i += MMA_LANES;
+        }
+        sync_plane();
+        #[unroll]
+        for t in 0..chunk / MMA_TILE {
+            let a_at = plane_x + t * MMA_TILE;
+            let a = cmma::Matrix::<E>::from_slice(cmma::MatrixIdent::A, 16usize, 16usize, 16usize, cmma::MatrixLayout::RowMajor, &x_s.slice(a_at, a_at + x_span), comptime!(xs as u32));
+            let k = k0 + t * MMA_TILE;
+            let b = cmma::Matrix::<E>::from_slice(cmma::MatrixIdent::B, 16usize, 16usize, 16usize, cmma::MatrixLayout::ColMajor, &weight.slice(gate_at + k, gate_at + k + w_span), ld);
+            cmma::execute::<E, E, f32, f32>(&a, &b, &gate, &gate);
+            if silu {
+                let b_up = cmma::Matrix::<E>::from_slice(cmma::MatrixIdent::B, 16usize, 16usize, 16usize, cmma::MatrixLayout::ColMajor, &weight.slice(up_at + k, up_at + k + w_span), ld);
+                cmma::execute::<E, E, f32, f32>(&a, &b_up, &up, &up);
+            }
+        }
+        c += planes;
+    }
+
+    // Every plane's sums side by side (tile `g` of plane `p` at `(p · tiles + g) · 16 · os`).
+    let mut sums = SharedMemory::<f32>::new_aligned(comptime!(planes * tiles * MMA_TILE * (MMA_TILE + MMA_PAD_F32)), 32usize);
+    let at = plane * tiles * MMA_TILE * os;
+    cmma::store(&mut sums.slice_mut(at, at + o_span), &gate, comptime!(os as u32), cmma::MatrixLayout::RowMajor);
+    if silu {
+        let at_up = at + MMA_TILE * os;
+        cmma::store(&mut sums.slice_mut(at_up, at_up + o_span), &up, comptime!(os as u32), cmma::MatrixLayout::RowMajor);
+    }
+    sync_cube();
+    let mut k = unit;
+    while k < rows * MMA_TILE {
+        let r = k / MMA_TILE;
+        let o = k % MMA_TILE;
+        let column = column0 + o;
+        if column < d_out {
+            let mut sum = f32::new(0.0);
+            #[unroll]
+            for p in 0..planes {
+                sum += sums[p * tiles * MMA_TILE * os + r * os + o];
+            }
+            let index = r * d_out + column;
+            if silu {
+                let mut up_sum = f32::new(0.0);
+                #[unroll]
+                for p in 0..planes {
+                    up_sum += sums[(p * tiles + 1) * MMA_TILE * os + r * os + o];
+                }
+                let g = f32::cast_from(E::cast_from(sum));
+                output[index] = E::cast_from(up_sum) * E::cast_from(g / (f32::new(1.0) + f32::exp(-g)));
+            } else if add {
+                output[index] = E::cast_from(sum) + residual[index];
+            } else {
+                output[index] = E::cast_from(sum);
+            }
+        }
+        k += units;
+    }
+}
+
+/// Whether the device multiplies 16×16×16 tiles of `dtype` on tensor cores with f32 sums
+/// (`cmma`), in planes of [`MMA_LANES`] lanes.
+fn tensor_core_tiles<R: CubeRuntime>(client: &ComputeClient<R>, dtype: DType) -> bool {
+    let mma = cubecl::ir::features::MmaConfig { a_type: dtype.into(), b_type: dtype.into(), cd_type: DType::F32.into(), m: 16, n: 16, k: 16 };
+    matches!(dtype, DType::F16 | DType::BF16) && client.properties().features.matmul.cmma.contains(&mma) && uniform_plane(client) == Some(MMA_LANES)
+}
+
+/// [`mma_linear_kernel`]'s shape for a product: `(planes, chunk)`, or `None` where it cannot
+/// take it: no tensor-core tiles of the dtype, `d_in` or the output columns not a multiple of
+/// 16 (the tile), a weight whose rows do not start 32 bytes apart from a 32-byte boundary
+/// (tensor-core loads), fewer rows than the tuning's `min_rows`, or shared memory
+/// the device lacks. `chunk` is the tuning's, halved until it divides `d_in`.
+fn mma_linear_shape<R: CubeRuntime>(x: &CubeTensor<R>, weight: &CubeTensor<R>, rows: usize, d_in: usize, d_out: usize, silu: bool) -> Option<(usize, usize)> {
+    let tuning = super::mma_linear_tuning();
+    let dtype = x.dtype;
+    let weight_aligned = weight.handle.offset_start.unwrap_or(0).is_multiple_of(32);
+    if !super::kernel_on("mma_linear") || rows < tuning.min_rows || rows > MMA_TILE || weight.dtype != dtype || !tensor_core_tiles(&x.client, dtype) {
+        return None;
+    }
+    if d_in == 0 || !d_in.is_multiple_of(MMA_TILE) || d_out == 0 || !d_out.is_multiple_of(MMA_TILE) || !weight_aligned {
+        return None;
+    }
+    let mut chunk = tuning.chunk;
+    while !d_in.is_multiple_of(chunk) {
+        chunk /= 2;
+    }
+    let tiles = if silu { 2 } else { 1 };
+    let shared = tuning.planes * MMA_TILE * ((chunk + MMA_PAD) * dtype.size() + tiles * (MMA_TILE + MMA_PAD_F32) * 4);
+    (shared <= x.client.properties().hardware.max_shared_memory_size).then_some((tuning.planes, chunk))
 }

@@ -674,8 +674,10 @@ pub fn fused_kernels() -> bool {
 /// quick-GELU, SiLU·mul) read and write one value at a time (else vectors of up to 8 where
 /// the row length allows);
 /// `add_rms_norm` off adds with Burn, then normalises with `rms_norm`; `rotary_append` off
-/// rotates with `rotary`, then appends with Burn's `slice_assign`.
-pub const KERNEL_NAMES: [&str; 18] = [
+/// rotates with `rotary`, then appends with Burn's `slice_assign`; `mma_linear` off keeps the
+/// few-row products on the CUDA-core skinny kernel where tensor cores could take them
+/// ([`MmaLinearTuning`]).
+pub const KERNEL_NAMES: [&str; 19] = [
     "rms_norm",
     "layer_norm",
     "quick_gelu",
@@ -694,6 +696,7 @@ pub const KERNEL_NAMES: [&str; 18] = [
     "attention_softmax",
     "attention_softmax_planes",
     "vector_loads",
+    "mma_linear",
 ];
 
 /// Whether the backend's kernel `name` (one of [`KERNEL_NAMES`]) runs: [`fused_kernels`] is
@@ -1432,6 +1435,94 @@ pub fn skinny_tuning() -> SkinnyTuning {
         }
         v => SkinnyTuning::unpack(v),
     }
+}
+
+/// The shape of the tensor-core product behind [`Kernels::skinny_linear`] and
+/// [`Kernels::fused_linear`] on CubeCL backends whose device multiplies 16×16×16 tiles of the
+/// dtype (f16, bf16) with f32 sums: from `min_rows` rows of `x` (to [`SKINNY_ROWS`]) the
+/// product runs on tensor cores instead of the CUDA-core skinny kernel, where each weight value
+/// times 10 rows is 10 multiply-adds of one lane. A cube owns 16 output columns; `planes`
+/// planes split `d_in` in chunks of `chunk` values. `PHI3V_MMA_LINEAR=planes,chunk,min_rows`
+/// sets it for a process (read once; an invalid value leaves the default),
+/// [`set_mma_linear_tuning`] at any time; `PHI3V_KERNELS_OFF=mma_linear` turns the kernel off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MmaLinearTuning {
+    /// Planes per cube: 1, 2, 4, 8 (default) or 16.
+    pub planes: usize,
+    /// Values of `d_in` a plane stages at a time: 16, 32, 64, 128 (default) or 256.
+    pub chunk: usize,
+    /// Fewest rows the kernel takes, 1 to [`SKINNY_ROWS`] (default 4: up to 3 rows the skinny
+    /// kernel also fuses the norm before the product).
+    pub min_rows: usize,
+}
+
+impl Default for MmaLinearTuning {
+    fn default() -> Self {
+        Self { planes: 8, chunk: 128, min_rows: 4 }
+    }
+}
+
+impl MmaLinearTuning {
+    /// Whether the kernel takes these values.
+    pub fn is_valid(&self) -> bool {
+        matches!(self.planes, 1 | 2 | 4 | 8 | 16) && matches!(self.chunk, 16 | 32 | 64 | 128 | 256) && (1..=SKINNY_ROWS).contains(&self.min_rows)
+    }
+
+    /// `planes,chunk,min_rows`, if valid.
+    pub fn parse(s: &str) -> Option<Self> {
+        let v: Vec<usize> = s.split(',').map(|p| p.trim().parse().ok()).collect::<Option<_>>()?;
+        let t = match v.as_slice() {
+            [planes, chunk, min_rows] => Self { planes: *planes, chunk: *chunk, min_rows: *min_rows },
+            _ => return None,
+        };
+        t.is_valid().then_some(t)
+    }
+
+    fn pack(self) -> u32 {
+        (self.planes | self.chunk << 8 | self.min_rows << 20) as u32
+    }
+
+    fn unpack(v: u32) -> Self {
+        let v = v as usize;
+        Self { planes: v & 0xff, chunk: (v >> 8) & 0xfff, min_rows: v >> 20 }
+    }
+}
+
+/// 0 = not read from the environment yet.
+static MMA_LINEAR_TUNING: AtomicU32 = AtomicU32::new(0);
+
+/// The tensor-core product's shape for every later launch; `false` (nothing changed) when
+/// invalid.
+pub fn set_mma_linear_tuning(tuning: MmaLinearTuning) -> bool {
+    if tuning.is_valid() {
+        MMA_LINEAR_TUNING.store(tuning.pack(), Ordering::Relaxed);
+    }
+    tuning.is_valid()
+}
+
+/// The current [`MmaLinearTuning`].
+pub fn mma_linear_tuning() -> MmaLinearTuning {
+    match MMA_LINEAR_TUNING.load(Ordering::Relaxed) {
+        0 => {
+            let t = std::env::var("PHI3V_MMA_LINEAR").ok().and_then(|v| MmaLinearTuning::parse(&v)).unwrap_or_default();
+            set_mma_linear_tuning(t);
+            t
+        }
+        v => MmaLinearTuning::unpack(v),
+    }
+}
+
+/// How many products the tensor-core product kernel ([`MmaLinearTuning`]) computed since the
+/// process started.
+pub fn mma_linear_count() -> usize {
+    MMA_LINEARS.load(Ordering::Relaxed)
+}
+
+static MMA_LINEARS: AtomicUsize = AtomicUsize::new(0);
+
+#[cfg_attr(not(feature = "cube"), allow(dead_code))]
+pub(crate) fn count_mma_linear() {
+    MMA_LINEARS.fetch_add(1, Ordering::Relaxed);
 }
 
 /// Fewest rows [`linear`] sends to [`Kernels::skinny_linear`]: 1, or `PHI3V_SKINNY_MIN_ROWS`
