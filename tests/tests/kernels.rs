@@ -677,8 +677,9 @@ struct MmaLinearJob {
 /// `(rows, d_in, d_out, epilogue)`: 0 none (`linear`), 1 the norm before (`norm_linear`), 2
 /// the norm before and `up · SiLU(gate)` after (`d_out` weight rows, `d_out / 2` outputs), 3
 /// the residual add after (`linear_add`).
-const MMA_LINEAR_CASES: [(usize, usize, usize, u8); 8] =
-    [(4, 256, 64, 3), (10, 3072, 1024, 2), (16, 8192, 128, 1), (10, 3072, 48, 0), (10, 64, 16, 3), (13, 512, 96, 2), (10, 1000, 64, 0), (7, 96, 40, 3)];
+/// `d_in` 48 takes chunks of 16 values.
+const MMA_LINEAR_CASES: [(usize, usize, usize, u8); 9] =
+    [(4, 256, 64, 3), (10, 3072, 1024, 2), (16, 8192, 128, 1), (10, 3072, 48, 0), (10, 64, 16, 3), (13, 512, 96, 2), (5, 48, 32, 0), (10, 1000, 64, 0), (7, 96, 40, 3)];
 
 /// Whether [`MMA_LINEAR_CASES`]' case fits the tensor-core tile.
 fn mma_linear_fits(d_in: usize, d_out: usize, epilogue: u8) -> bool {
@@ -701,31 +702,38 @@ impl DeviceFn for MmaLinearJob {
         let policy = kernel_policy();
         let before = kernels::mma_linear_count();
         let mut results = Vec::new();
-        for (rows, d_in, d_out, epilogue) in MMA_LINEAR_CASES {
-            let x = input(rows * d_in, 1.0).reshape([1, rows, d_in]);
-            let weight = input(d_out * d_in, 0.05).reshape([d_out, d_in]).transpose();
-            let norm = input(d_in, 1.0);
-            let residual = input(rows * d_out, 1.0).reshape([1, rows, d_out]);
-            let run = || match epilogue {
-                0 => kernels::linear(x.clone(), &weight, None),
-                1 => kernels::norm_linear(x.clone(), &norm, 1e-5, &weight),
-                2 => kernels::norm_linear_silu_mul(x.clone(), &norm, 1e-5, &weight),
-                _ => kernels::linear_add(x.clone(), &weight, residual.clone()),
-            };
-            set_kernel_policy(KernelPolicy::Forced);
-            let (fused, again) = (host(run()), host(run()));
-            set_kernel_policy(KernelPolicy::Off);
-            let composed = host(run());
-            set_kernel_policy(policy);
-            let what = format!("[{rows}, {d_in}] · [{d_in}, {d_out}], epilogue {epilogue}");
-            results.push((what, rel_err(&composed, &fused), Terms::Dtype(d_in).bound(&tolerance), fused == again));
+        let tuning = kernels::mma_linear_tuning();
+        // Both ways of reading the weights (`staged` and straight from global memory).
+        for staged in [true, false] {
+            assert!(kernels::set_mma_linear_tuning(kernels::MmaLinearTuning { staged, ..tuning }));
+            for &(rows, d_in, d_out, epilogue) in &MMA_LINEAR_CASES {
+                let x = input(rows * d_in, 1.0).reshape([1, rows, d_in]);
+                let weight = input(d_out * d_in, 0.05).reshape([d_out, d_in]).transpose();
+                let norm = input(d_in, 1.0);
+                let residual = input(rows * d_out, 1.0).reshape([1, rows, d_out]);
+                let run = || match epilogue {
+                    0 => kernels::linear(x.clone(), &weight, None),
+                    1 => kernels::norm_linear(x.clone(), &norm, 1e-5, &weight),
+                    2 => kernels::norm_linear_silu_mul(x.clone(), &norm, 1e-5, &weight),
+                    _ => kernels::linear_add(x.clone(), &weight, residual.clone()),
+                };
+                set_kernel_policy(KernelPolicy::Forced);
+                let (fused, again) = (host(run()), host(run()));
+                set_kernel_policy(KernelPolicy::Off);
+                let composed = host(run());
+                set_kernel_policy(policy);
+                let what = format!("[{rows}, {d_in}] · [{d_in}, {d_out}], epilogue {epilogue}, staged {staged}");
+                results.push((what, rel_err(&composed, &fused), Terms::Dtype(d_in).bound(&tolerance), fused == again));
+            }
         }
+        assert!(kernels::set_mma_linear_tuning(tuning));
         (results, kernels::mma_linear_count() - before)
     }
 }
 
 /// Each case within the dtype's bound of the composed product and equal when run twice; on
-/// CUDA in f16 and bf16 (tensor cores), every case that fits the tile ran on them, twice.
+/// CUDA in f16 and bf16 (tensor cores), every case that fits the tile ran on them, twice each
+/// way of reading the weights.
 #[test]
 fn tensor_core_products_equal_the_composed_ones() {
     let seed = clock_seed();
@@ -742,7 +750,8 @@ fn tensor_core_products_equal_the_composed_ones() {
         }
         let tensor_cores = spec.starts_with("cuda") && matches!(dtype, DType::F16 | DType::BF16) && kernels::kernel_on("mma_linear");
         let fitting = MMA_LINEAR_CASES.iter().filter(|&&(rows, d_in, d_out, e)| rows >= kernels::mma_linear_tuning().min_rows && mma_linear_fits(d_in, d_out, e)).count();
-        let expected = if tensor_cores { 2 * fitting } else { 0 };
+        // Each case twice per way of reading the weights.
+        let expected = if tensor_cores { 4 * fitting } else { 0 };
         eprintln!("{spec} {}: {products} tensor-core products (expected {expected})", dtype_name(dtype));
         if products != expected {
             failed.push(format!("{spec} {}: {products} tensor-core products, expected {expected}", dtype_name(dtype)));

@@ -1727,10 +1727,10 @@ fn mma_attention_kernel<E: Float, N: Size>(
     let columns = comptime!(head_dim.div_ceil(MMA_LANES));
     // Row strides of the shared buffers (padded: `MMA_PAD`): queries, keys and values;
     // probabilities; f32 scores; f32 partial outputs.
-    let hs = comptime!(head_dim + MMA_PAD);
-    let ps = comptime!(MMA_KEYS + MMA_PAD);
-    let ss = comptime!(MMA_KEYS + MMA_PAD_F32);
-    let os = comptime!(head_dim + MMA_PAD_F32);
+    let hs = comptime!(MmaStrides::new(head_dim).heads);
+    let ps = comptime!(MmaStrides::new(head_dim).probabilities);
+    let ss = comptime!(MmaStrides::new(head_dim).scores);
+    let os = comptime!(MmaStrides::new(head_dim).outputs);
 
     let mut q_s = SharedMemory::<E>::new_aligned(block_q * hs, 32usize);
     let mut k_s = SharedMemory::<E>::new_aligned(MMA_KEYS * hs, 32usize);
@@ -1967,12 +1967,31 @@ fn mma_attention_refusal<R: CubeRuntime>(q: &CubeTensor<R>, k: &CubeTensor<R>, v
     }
 }
 
+/// Row strides (values) of [`mma_attention_kernel`]'s shared buffers, padded ([`MMA_PAD`],
+/// [`MMA_PAD_F32`]); the kernel and the host's count of its shared memory both take them here.
+struct MmaStrides {
+    /// Queries, keys and values.
+    heads: usize,
+    /// Probabilities (the dtype).
+    probabilities: usize,
+    /// f32 scores.
+    scores: usize,
+    /// f32 partial outputs.
+    outputs: usize,
+}
+
+impl MmaStrides {
+    fn new(head_dim: usize) -> Self {
+        Self { heads: head_dim + MMA_PAD, probabilities: MMA_KEYS + MMA_PAD, scores: MMA_KEYS + MMA_PAD_F32, outputs: head_dim + MMA_PAD_F32 }
+    }
+}
+
 /// Shared memory of one [`mma_attention_kernel`] cube: queries, keys and values,
 /// probabilities, and the buffer the scores and the partial outputs share.
 fn mma_attention_shared_bytes(head_dim: usize, dtype_bytes: usize) -> usize {
     let rows = MMA_PLANES * MMA_TILE;
-    let (hs, ps) = (head_dim + MMA_PAD, MMA_KEYS + MMA_PAD);
-    (rows * hs + 2 * MMA_KEYS * hs + rows * ps) * dtype_bytes + rows * (MMA_KEYS + MMA_PAD_F32).max(head_dim + MMA_PAD_F32) * 4
+    let s = MmaStrides::new(head_dim);
+    (rows * s.heads + 2 * MMA_KEYS * s.heads + rows * s.probabilities) * dtype_bytes + rows * s.scores.max(s.outputs) * 4
 }
 
 /// [`Kernels::mma_attention`]: `Err` with the reason where [`mma_attention_kernel`] cannot run
@@ -2709,9 +2728,9 @@ pub(crate) fn fused_linear<R: CubeRuntime, F: FloatElement, I: IntElement, BT: B
         _ => None,
     };
     if norm_weight.is_none()
-        && let Some((planes, chunk)) = mma_linear_shape(&x, &weight, rows, d_in, d_out, silu)
+        && let Some((planes, chunk, staged)) = mma_linear_shape(&x, &weight, rows, d_in, d_out, silu)
     {
-        let vector_size = load_vector_size(&[&x], d_in);
+        let vector_size = load_vector_size(&[&x, &weight], d_in);
         let address = address_type([&x, &weight, &output].into_iter().chain(residual.iter()));
         let (dtype, add) = (x.dtype, residual.is_some());
         let residual = residual.unwrap_or_else(|| x.clone());
@@ -2724,6 +2743,7 @@ pub(crate) fn fused_linear<R: CubeRuntime, F: FloatElement, I: IntElement, BT: B
                 address,
                 vector_size,
                 x.into_array_arg(),
+                weight.clone().into_array_arg(),
                 weight.into_array_arg(),
                 residual.into_array_arg(),
                 output.clone().into_array_arg(),
@@ -2736,6 +2756,7 @@ pub(crate) fn fused_linear<R: CubeRuntime, F: FloatElement, I: IntElement, BT: B
                 chunk / vector_size,
                 silu,
                 add,
+                staged,
                 dtype.into(),
             )
         };
@@ -2788,18 +2809,23 @@ pub(crate) fn fused_linear<R: CubeRuntime, F: FloatElement, I: IntElement, BT: B
 
 /// `x · weightᵀ` for 1 to 16 rows of `x` on tensor cores (`cmma`, 16×16×16 tiles of the dtype,
 /// f32 sums): the rows are the 16-row A tile (rows past `rows` hold zeros), the checkpoint's
-/// weight rows the column-major B tiles, read straight from global memory (each weight value
-/// once). Each cube owns 16 output columns (with `silu`, also the 16 up rows `d_out..` after
-/// them); its `planes` planes split `d_in` in chunks of `chunk` values (plane `p` takes chunks
-/// `p, p + planes, …`), staging each chunk of the input rows in a shared buffer of its own
-/// (rows `chunk + MMA_PAD` apart) and multiplying it by the weight tiles; the planes' f32 sums
-/// meet in shared memory, and one unit per (row, column) adds them and writes the output with
-/// the epilogue: `up · SiLU(gate)` (`silu`) or `residual +` (`add`), rounding to `E` where the
-/// composed steps do, as [`skinny_linear_kernel`] does. `x` is read in vectors of `N` values,
-/// `row_vectors` per row and `vectors` per chunk.
+/// weight rows the column-major B tiles (each weight value read once). Each cube owns 16 output
+/// columns (with `silu`, also the 16 up rows `d_out..` after them); its `planes` planes split
+/// `d_in` in chunks of `chunk` values (plane `p` takes chunks `p, p + planes, …`), staging each
+/// chunk of the input rows in a shared buffer of its own (rows `chunk + MMA_PAD` apart).
+/// `staged`: each lane loads its part of the plane's next weight chunk into registers (vectors
+/// of `N`, `loads` per lane) while the tensor cores multiply the current one, and the plane
+/// stores it in its shared buffer before it multiplies; else the tiles are read straight from
+/// global memory (the loads of one step then wait for the step before: tensor-core loads are
+/// not reordered). The planes' f32 sums meet in shared memory, and one unit per (row, column)
+/// adds them and writes the output with the epilogue: `up · SiLU(gate)` (`silu`) or
+/// `residual +` (`add`), rounding to `E` where the composed steps do, as
+/// [`skinny_linear_kernel`] does. `x` and `weight_v` are read in vectors of `N` values,
+/// `row_vectors` per row and `vectors` per chunk; `weight` is the same buffer as `weight_v`.
 #[cube(launch_unchecked, address_type = "dynamic")]
 fn mma_linear_kernel<E: Float, N: Size>(
     x: &Array<Vector<E, N>>,
+    weight_v: &Array<Vector<E, N>>,
     weight: &Array<E>,
     residual: &Array<E>,
     output: &mut Array<E>,
@@ -2812,6 +2838,7 @@ fn mma_linear_kernel<E: Float, N: Size>(
     #[comptime] vectors: usize,
     #[comptime] silu: bool,
     #[comptime] add: bool,
+    #[comptime] staged: bool,
     #[define(E)] _dtype: StorageType,
 ) {
     let width = N::value();
@@ -2819,14 +2846,18 @@ fn mma_linear_kernel<E: Float, N: Size>(
     let plane = UNIT_POS_Y as usize;
     let unit = UNIT_POS as usize;
     let units = planes * MMA_LANES;
-    // Row stride of a plane's staged inputs, and the values a 16-row tile spans in them.
+    // Row stride of a plane's staged rows (inputs and weights), in values and in vectors, and
+    // the values a 16-row tile spans in them.
     let xs = comptime!(chunk + MMA_PAD);
+    let xv = comptime!((chunk + MMA_PAD) / (chunk / vectors));
     let x_span = comptime!((MMA_TILE - 1) * (chunk + MMA_PAD) + MMA_TILE);
     let tiles = comptime!(if silu { 2usize } else { 1usize });
+    // Weight vectors per lane per chunk (staged).
+    let loads = comptime!((if silu { 2usize } else { 1usize }) * MMA_TILE * vectors / MMA_LANES);
     // Row stride of the planes' f32 sums.
     let os = comptime!(MMA_TILE + MMA_PAD_F32);
     let o_span = comptime!((MMA_TILE - 1) * (MMA_TILE + MMA_PAD_F32) + MMA_TILE);
-    let column0 = CUBE_POS as usize * MMA_TILE;
+    let column0 = CUBE_POS * MMA_TILE;
     // Cubes past the last columns (a launch grid rounded up) read the last tile, write nothing.
     let n0 = min(column0, d_out - MMA_TILE);
     let ld = u32::cast_from(d_in);
@@ -2836,6 +2867,9 @@ fn mma_linear_kernel<E: Float, N: Size>(
 
     let mut x_s = SharedMemory::<E>::new_aligned(comptime!(planes * MMA_TILE * (chunk + MMA_PAD)), 32usize);
     let plane_x = plane * MMA_TILE * xs;
+    // The plane's weight rows (staged): tile `g`'s 16 rows from `plane_w + g · 16 · xs`.
+    let mut w_s = SharedMemory::<E>::new_aligned(comptime!(if staged { planes * (if silu { 2usize } else { 1usize }) * MMA_TILE * (chunk + MMA_PAD) } else { 8usize }), 32usize);
+    let plane_w = plane * tiles * MMA_TILE * xs;
     // Rows past the input's: zeros (their sums are never written; zeros keep them finite).
     let mut i = rows * xs + lane;
     while i < MMA_TILE * xs {
@@ -2846,35 +2880,69 @@ fn mma_linear_kernel<E: Float, N: Size>(
     let up = cmma::Matrix::<f32>::from_value(cmma::MatrixIdent::Accumulator, 16usize, 16usize, 16usize, cmma::MatrixLayout::Undefined, f32::new(0.0));
     let chunks = d_in / chunk;
     let mut c = plane;
+    // This lane's weight vectors of chunk `c`: vector `lane + 32·l` of the tiles' rows.
+    let mut held = Array::<Vector<E, N>>::new(comptime!(if staged { loads } else { 1usize }));
+    if staged && c < chunks {
+        mma_linear_weight_loads::<E, N>(weight_v, &mut held, n0, d_out, row_vectors, c, lane, vectors, loads);
+    }
     while c < chunks {
         let k0 = c * chunk;
-        // The chunk of every input row into the plane's buffer (after its last use).
+        // The chunk of every input row (and the held weights) into the plane's buffers, after
+        // their last use.
         sync_plane();
         let mut i = lane;
         while i < rows * vectors {
             let r = i / vectors;
             let v = i % vectors;
             let value = x[r * row_vectors + c * vectors + v];
-            #[unroll]
-            for e in 0..width {
-                x_s[plane_x + r * xs + v * width + e] = value[e];
+            if staged {
+                let mut view = x_s.slice_mut(plane_x, plane_x + MMA_TILE * xs).into_vectorized().with_vector_size::<N>();
+                view[r * xv + v] = value;
+            } else {
+                #[unroll]
+                for e in 0..width {
+                    x_s[plane_x + r * xs + v * width + e] = value[e];
+                }
             }
             i += MMA_LANES;
         }
+        if staged {
+            let mut view = w_s.slice_mut(plane_w, plane_w + tiles * MMA_TILE * xs).into_vectorized().with_vector_size::<N>();
+            #[unroll]
+            for l in 0..loads {
+                let at = lane + l * MMA_LANES;
+                view[(at / vectors) * xv + at % vectors] = held[l];
+            }
+        }
         sync_plane();
+        let next = c + planes;
+        if staged && next < chunks {
+            mma_linear_weight_loads::<E, N>(weight_v, &mut held, n0, d_out, row_vectors, next, lane, vectors, loads);
+        }
         #[unroll]
         for t in 0..chunk / MMA_TILE {
             let a_at = plane_x + t * MMA_TILE;
             let a = cmma::Matrix::<E>::from_slice(cmma::MatrixIdent::A, 16usize, 16usize, 16usize, cmma::MatrixLayout::RowMajor, &x_s.slice(a_at, a_at + x_span), comptime!(xs as u32));
-            let k = k0 + t * MMA_TILE;
-            let b = cmma::Matrix::<E>::from_slice(cmma::MatrixIdent::B, 16usize, 16usize, 16usize, cmma::MatrixLayout::ColMajor, &weight.slice(gate_at + k, gate_at + k + w_span), ld);
-            cmma::execute::<E, E, f32, f32>(&a, &b, &gate, &gate);
-            if silu {
-                let b_up = cmma::Matrix::<E>::from_slice(cmma::MatrixIdent::B, 16usize, 16usize, 16usize, cmma::MatrixLayout::ColMajor, &weight.slice(up_at + k, up_at + k + w_span), ld);
-                cmma::execute::<E, E, f32, f32>(&a, &b_up, &up, &up);
+            if staged {
+                let b_at = plane_w + t * MMA_TILE;
+                let b = cmma::Matrix::<E>::from_slice(cmma::MatrixIdent::B, 16usize, 16usize, 16usize, cmma::MatrixLayout::ColMajor, &w_s.slice(b_at, b_at + x_span), comptime!(xs as u32));
+                cmma::execute::<E, E, f32, f32>(&a, &b, &gate, &gate);
+                if silu {
+                    let u_at = b_at + MMA_TILE * xs;
+                    let b_up = cmma::Matrix::<E>::from_slice(cmma::MatrixIdent::B, 16usize, 16usize, 16usize, cmma::MatrixLayout::ColMajor, &w_s.slice(u_at, u_at + x_span), comptime!(xs as u32));
+                    cmma::execute::<E, E, f32, f32>(&a, &b_up, &up, &up);
+                }
+            } else {
+                let k = k0 + t * MMA_TILE;
+                let b = cmma::Matrix::<E>::from_slice(cmma::MatrixIdent::B, 16usize, 16usize, 16usize, cmma::MatrixLayout::ColMajor, &weight.slice(gate_at + k, gate_at + k + w_span), ld);
+                cmma::execute::<E, E, f32, f32>(&a, &b, &gate, &gate);
+                if silu {
+                    let b_up = cmma::Matrix::<E>::from_slice(cmma::MatrixIdent::B, 16usize, 16usize, 16usize, cmma::MatrixLayout::ColMajor, &weight.slice(up_at + k, up_at + k + w_span), ld);
+                    cmma::execute::<E, E, f32, f32>(&a, &b_up, &up, &up);
+                }
             }
         }
-        c += planes;
+        c = next;
     }
 
     // Every plane's sums side by side (tile `g` of plane `p` at `(p · tiles + g) · 16 · os`).
@@ -2916,6 +2984,34 @@ fn mma_linear_kernel<E: Float, N: Size>(
     }
 }
 
+/// [`mma_linear_kernel`]'s weight loads of chunk `c` for one lane: vector `lane + 32·l` (`l` below
+/// `loads`) of the chunk's rows, gate rows `n0..` then up rows `d_out + n0..`, `vectors` per row.
+#[cube]
+#[allow(clippy::too_many_arguments)]
+fn mma_linear_weight_loads<E: Float, N: Size>(
+    weight: &Array<Vector<E, N>>,
+    held: &mut Array<Vector<E, N>>,
+    n0: usize,
+    d_out: usize,
+    row_vectors: usize,
+    c: usize,
+    lane: usize,
+    #[comptime] vectors: usize,
+    #[comptime] loads: usize,
+) {
+    #[unroll]
+    for l in 0..loads {
+        let at = lane + l * MMA_LANES;
+        let row = at / vectors;
+        // Rows 16.. are the up rows (SiLU·mul).
+        let mut first = n0 + row;
+        if row >= MMA_TILE {
+            first = d_out + n0 + row - MMA_TILE;
+        }
+        held[l] = weight[first * row_vectors + c * vectors + at % vectors];
+    }
+}
+
 /// Whether the device multiplies 16×16×16 tiles of `dtype` on tensor cores with f32 sums
 /// (`cmma`), in planes of [`MMA_LANES`] lanes.
 fn tensor_core_tiles<R: CubeRuntime>(client: &ComputeClient<R>, dtype: DType) -> bool {
@@ -2923,12 +3019,13 @@ fn tensor_core_tiles<R: CubeRuntime>(client: &ComputeClient<R>, dtype: DType) ->
     matches!(dtype, DType::F16 | DType::BF16) && client.properties().features.matmul.cmma.contains(&mma) && uniform_plane(client) == Some(MMA_LANES)
 }
 
-/// [`mma_linear_kernel`]'s shape for a product: `(planes, chunk)`, or `None` where it cannot
-/// take it: no tensor-core tiles of the dtype, `d_in` or the output columns not a multiple of
-/// 16 (the tile), a weight whose rows do not start 32 bytes apart from a 32-byte boundary
-/// (tensor-core loads), fewer rows than the tuning's `min_rows`, or shared memory
-/// the device lacks. `chunk` is the tuning's, halved until it divides `d_in`.
-fn mma_linear_shape<R: CubeRuntime>(x: &CubeTensor<R>, weight: &CubeTensor<R>, rows: usize, d_in: usize, d_out: usize, silu: bool) -> Option<(usize, usize)> {
+/// [`mma_linear_kernel`]'s shape for a product: `(planes, chunk, staged)`, or `None` where it
+/// cannot take it: no tensor-core tiles of the dtype, `d_in` or the output columns not a
+/// multiple of 16 (the tile), a weight whose rows do not start 32 bytes apart from a 32-byte
+/// boundary (tensor-core loads), fewer rows than the tuning's `min_rows`, or shared memory the
+/// device lacks. `chunk` is the tuning's, halved until it divides `d_in` (and, staged, until a
+/// lane holds at most 16 weight vectors of a chunk).
+fn mma_linear_shape<R: CubeRuntime>(x: &CubeTensor<R>, weight: &CubeTensor<R>, rows: usize, d_in: usize, d_out: usize, silu: bool) -> Option<(usize, usize, bool)> {
     let tuning = super::mma_linear_tuning();
     let dtype = x.dtype;
     let weight_aligned = weight.handle.offset_start.unwrap_or(0).is_multiple_of(32);
@@ -2938,11 +3035,13 @@ fn mma_linear_shape<R: CubeRuntime>(x: &CubeTensor<R>, weight: &CubeTensor<R>, r
     if d_in == 0 || !d_in.is_multiple_of(MMA_TILE) || d_out == 0 || !d_out.is_multiple_of(MMA_TILE) || !weight_aligned {
         return None;
     }
+    let tiles = if silu { 2 } else { 1 };
+    let width = load_vector_size(&[x, weight], d_in);
     let mut chunk = tuning.chunk;
-    while !d_in.is_multiple_of(chunk) {
+    while !d_in.is_multiple_of(chunk) || (tuning.staged && chunk > MMA_TILE && tiles * MMA_TILE * (chunk / width) > 16 * MMA_LANES) {
         chunk /= 2;
     }
-    let tiles = if silu { 2 } else { 1 };
-    let shared = tuning.planes * MMA_TILE * ((chunk + MMA_PAD) * dtype.size() + tiles * (MMA_TILE + MMA_PAD_F32) * 4);
-    (shared <= x.client.properties().hardware.max_shared_memory_size).then_some((tuning.planes, chunk))
+    let rows_staged = if tuning.staged { 1 + tiles } else { 1 };
+    let shared = tuning.planes * MMA_TILE * (rows_staged * (chunk + MMA_PAD) * dtype.size() + tiles * (MMA_TILE + MMA_PAD_F32) * 4);
+    (shared <= x.client.properties().hardware.max_shared_memory_size).then_some((tuning.planes, chunk, tuning.staged))
 }

@@ -1442,23 +1442,28 @@ pub fn skinny_tuning() -> SkinnyTuning {
 /// dtype (f16, bf16) with f32 sums: from `min_rows` rows of `x` (to [`SKINNY_ROWS`]) the
 /// product runs on tensor cores instead of the CUDA-core skinny kernel, where each weight value
 /// times 10 rows is 10 multiply-adds of one lane. A cube owns 16 output columns; `planes`
-/// planes split `d_in` in chunks of `chunk` values. `PHI3V_MMA_LINEAR=planes,chunk,min_rows`
-/// sets it for a process (read once; an invalid value leaves the default),
+/// planes split `d_in` in chunks of `chunk` values; `staged`: each lane loads the next chunk's
+/// weights into registers while the current one is multiplied, through shared memory (else
+/// tensor-core loads straight from global memory, which wait for each other).
+/// `PHI3V_MMA_LINEAR=planes,chunk,min_rows,staged` (staged 0 or 1) sets it for a process (read once; an invalid value leaves the default),
 /// [`set_mma_linear_tuning`] at any time; `PHI3V_KERNELS_OFF=mma_linear` turns the kernel off.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MmaLinearTuning {
     /// Planes per cube: 1, 2, 4, 8 (default) or 16.
     pub planes: usize,
-    /// Values of `d_in` a plane stages at a time: 16, 32, 64, 128 (default) or 256.
+    /// Values of `d_in` a plane stages at a time: 16, 32, 64 (default), 128 or 256.
     pub chunk: usize,
     /// Fewest rows the kernel takes, 1 to [`SKINNY_ROWS`] (default 4: up to 3 rows the skinny
     /// kernel also fuses the norm before the product).
     pub min_rows: usize,
+    /// Weights through registers and shared memory, the next chunk's loads in flight while
+    /// the current one is multiplied (default), or tensor-core loads from global memory.
+    pub staged: bool,
 }
 
 impl Default for MmaLinearTuning {
     fn default() -> Self {
-        Self { planes: 8, chunk: 128, min_rows: 4 }
+        Self { planes: 8, chunk: 64, min_rows: 4, staged: true }
     }
 }
 
@@ -1468,23 +1473,23 @@ impl MmaLinearTuning {
         matches!(self.planes, 1 | 2 | 4 | 8 | 16) && matches!(self.chunk, 16 | 32 | 64 | 128 | 256) && (1..=SKINNY_ROWS).contains(&self.min_rows)
     }
 
-    /// `planes,chunk,min_rows`, if valid.
+    /// `planes,chunk,min_rows,staged` (staged 0 or 1), if valid.
     pub fn parse(s: &str) -> Option<Self> {
         let v: Vec<usize> = s.split(',').map(|p| p.trim().parse().ok()).collect::<Option<_>>()?;
         let t = match v.as_slice() {
-            [planes, chunk, min_rows] => Self { planes: *planes, chunk: *chunk, min_rows: *min_rows },
+            [planes, chunk, min_rows, staged @ (0 | 1)] => Self { planes: *planes, chunk: *chunk, min_rows: *min_rows, staged: *staged == 1 },
             _ => return None,
         };
         t.is_valid().then_some(t)
     }
 
     fn pack(self) -> u32 {
-        (self.planes | self.chunk << 8 | self.min_rows << 20) as u32
+        (self.planes | self.chunk << 8 | self.min_rows << 20 | usize::from(self.staged) << 28) as u32
     }
 
     fn unpack(v: u32) -> Self {
         let v = v as usize;
-        Self { planes: v & 0xff, chunk: (v >> 8) & 0xfff, min_rows: v >> 20 }
+        Self { planes: v & 0xff, chunk: (v >> 8) & 0xfff, min_rows: (v >> 20) & 0xff, staged: v >> 28 == 1 }
     }
 }
 

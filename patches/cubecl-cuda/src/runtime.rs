@@ -46,7 +46,15 @@ pub struct CudaRuntime;
 
 impl DeviceService for CudaServer {
     fn init(device_id: cubecl_common::device::DeviceId) -> Self {
-        let options = RuntimeOptions::default();
+        // burn-phi3v patch: `CUBECL_CUDA_MEMORY=exclusive` takes whole pages per allocation
+        // (size buckets, no slicing: no page scan and coalescing per allocation), else the
+        // default sliced pages.
+        let options = RuntimeOptions {
+            memory_config: match std::env::var("CUBECL_CUDA_MEMORY").as_deref() {
+                Ok("exclusive") => MemoryConfiguration::ExclusivePages,
+                _ => MemoryConfiguration::default(),
+            },
+        };
         let device = CudaDevice::from_id(device_id);
 
         // To get the supported WMMA features, and memory properties, we have to initialize the server immediately.
