@@ -19,6 +19,10 @@ fn clock_seed() -> u64 {
 /// The terms an attention check's bound allows for (see `flash`'s comment).
 const ATTENTION_TERMS: usize = 4;
 
+/// Held by each test for its whole run: the tests switch process-wide settings (the kernel
+/// policy, the tensor-core product's tuning), and libtest runs tests on parallel threads.
+static PROCESS_SETTINGS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// What each output value of a check accumulates, which sets its error bound.
 #[derive(Clone, Copy)]
 enum Terms {
@@ -643,6 +647,7 @@ impl DeviceFn for KernelJob {
 /// against the witness is printed: when the two disagree, it names the side that is wrong.
 #[test]
 fn kernels_equal_their_composed_fallbacks_on_every_target() {
+    let _settings = PROCESS_SETTINGS.lock().unwrap_or_else(|e| e.into_inner());
     let seed = clock_seed();
     let mut failed = Vec::new();
     for (spec, dtype) in test_targets() {
@@ -750,6 +755,7 @@ impl DeviceFn for MmaLinearJob {
 /// every case that fits the tile ran on them, twice each way of reading the weights.
 #[test]
 fn tensor_core_products_equal_the_composed_ones() {
+    let _settings = PROCESS_SETTINGS.lock().unwrap_or_else(|e| e.into_inner());
     let seed = clock_seed();
     let mut failed = Vec::new();
     for (spec, dtype) in test_targets() {
