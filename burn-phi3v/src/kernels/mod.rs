@@ -1445,8 +1445,9 @@ pub fn skinny_tuning() -> SkinnyTuning {
 /// planes split `d_in` in chunks of `chunk` values; `staged`: each lane loads the next chunk's
 /// weights into registers while the current one is multiplied, through shared memory (else
 /// tensor-core loads straight from global memory, which wait for each other).
-/// `PHI3V_MMA_LINEAR=planes,chunk,min_rows,staged` (staged 0 or 1) sets it for a process (read once; an invalid value leaves the default),
-/// [`set_mma_linear_tuning`] at any time; `PHI3V_KERNELS_OFF=mma_linear` turns the kernel off.
+/// `PHI3V_MMA_LINEAR=planes,chunk,min_rows,staged` (staged 0 or 1) sets it for a process (read
+/// once; an invalid value leaves the default), [`set_mma_linear_tuning`] at any time;
+/// `PHI3V_KERNELS_OFF=mma_linear` turns the kernel off.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MmaLinearTuning {
     /// Planes per cube: 1, 2, 4, 8 (default) or 16.
@@ -1729,4 +1730,26 @@ pub fn norm_linear_silu_mul<B: Kernels>(x: Tensor<B, 3>, norm: &Tensor<B, 1>, ep
 /// `x`: `[batch, seq, d_in]`; `weight`: `[d_in, d_out]`; `residual`: `[batch, seq, d_out]` → same
 pub fn linear_add<B: Kernels>(x: Tensor<B, 3>, weight: &Tensor<B, 2>, residual: Tensor<B, 3>) -> Tensor<B, 3> {
     fused(x, weight, None, Then::Residual(residual))
+}
+
+#[cfg(test)]
+mod mma_linear_tuning_tests {
+    use super::MmaLinearTuning;
+
+    #[test]
+    fn tunings_parse_and_pack_round_trip() {
+        let t = MmaLinearTuning::parse("16, 256, 10, 0").expect("valid");
+        assert_eq!(t, MmaLinearTuning { planes: 16, chunk: 256, min_rows: 10, staged: false });
+        for t in [t, MmaLinearTuning::default(), MmaLinearTuning { planes: 1, chunk: 16, min_rows: 1, staged: true }] {
+            assert_eq!(MmaLinearTuning::unpack(t.pack()), t);
+            assert_ne!(t.pack(), 0, "0 means not read yet");
+        }
+    }
+
+    #[test]
+    fn invalid_tunings_are_refused() {
+        for s in ["", "8,64,4", "8,64,4,2", "3,64,4,1", "8,48,4,1", "8,64,0,1", "8,64,17,1", "8,64,4,1,1", "a,64,4,1"] {
+            assert_eq!(MmaLinearTuning::parse(s), None, "{s:?}");
+        }
+    }
 }
