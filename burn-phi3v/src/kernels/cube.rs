@@ -1944,16 +1944,13 @@ const MMA_MAX_HEAD_DIM: usize = 128;
 fn mma_attention_refusal<R: CubeRuntime>(q: &CubeTensor<R>, k: &CubeTensor<R>, v: &CubeTensor<R>, causal: bool) -> Option<String> {
     let properties = q.client.properties();
     let dtype = q.dtype;
-    let mma = cubecl::ir::features::MmaConfig { a_type: dtype.into(), b_type: dtype.into(), cd_type: DType::F32.into(), m: 16, n: 16, k: 16 };
     let [batch, heads, queries, head_dim] = [q.meta.shape()[0], q.meta.shape()[1], q.meta.shape()[2], q.meta.shape()[3]];
     let (kv_heads, keys) = (k.meta.shape()[1], k.meta.shape()[2]);
     let shared = mma_attention_shared_bytes(head_dim, dtype.size());
-    if !matches!(dtype, DType::F16 | DType::BF16) || k.dtype != dtype || v.dtype != dtype {
-        Some(format!("{dtype:?} (f16 and bf16 only)"))
-    } else if !properties.features.matmul.cmma.contains(&mma) {
-        Some(format!("no {dtype:?} 16×16×16 tensor-core tiles with f32 sums"))
-    } else if uniform_plane(&q.client) != Some(MMA_LANES) {
-        Some(format!("planes of {:?} lanes, not {MMA_LANES}", uniform_plane(&q.client)))
+    if k.dtype != dtype || v.dtype != dtype {
+        Some(format!("{dtype:?} queries, {:?} keys, {:?} values", k.dtype, v.dtype))
+    } else if let Some(reason) = tensor_core_refusal(&q.client, dtype) {
+        Some(reason)
     } else if head_dim == 0 || !head_dim.is_multiple_of(MMA_TILE) || head_dim > MMA_MAX_HEAD_DIM {
         Some(format!("head dimension {head_dim}"))
     } else if kv_heads == 0 || !heads.is_multiple_of(kv_heads) || (causal && keys < queries) {
@@ -2728,9 +2725,8 @@ pub(crate) fn fused_linear<R: CubeRuntime, F: FloatElement, I: IntElement, BT: B
         _ => None,
     };
     if norm_weight.is_none()
-        && let Some((planes, chunk, staged)) = mma_linear_shape(&x, &weight, rows, d_in, d_out, silu)
+        && let Some(MmaLinearShape { planes, chunk, staged, vector_size }) = mma_linear_shape(&x, &weight, rows, d_in, d_out, silu)
     {
-        let vector_size = load_vector_size(&[&x, &weight], d_in);
         let address = address_type([&x, &weight, &output].into_iter().chain(residual.iter()));
         let (dtype, add) = (x.dtype, residual.is_some());
         let residual = residual.unwrap_or_else(|| x.clone());
@@ -3012,24 +3008,41 @@ fn mma_linear_weight_loads<E: Float, N: Size>(
     }
 }
 
-/// Whether the device multiplies 16×16×16 tiles of `dtype` on tensor cores with f32 sums
-/// (`cmma`), in planes of [`MMA_LANES`] lanes.
-fn tensor_core_tiles<R: CubeRuntime>(client: &ComputeClient<R>, dtype: DType) -> bool {
+/// Why the device cannot multiply 16×16×16 tiles of `dtype` on tensor cores with f32 sums
+/// (`cmma`) in planes of [`MMA_LANES`] lanes, `None` when it can.
+fn tensor_core_refusal<R: CubeRuntime>(client: &ComputeClient<R>, dtype: DType) -> Option<String> {
     let mma = cubecl::ir::features::MmaConfig { a_type: dtype.into(), b_type: dtype.into(), cd_type: DType::F32.into(), m: 16, n: 16, k: 16 };
-    matches!(dtype, DType::F16 | DType::BF16) && client.properties().features.matmul.cmma.contains(&mma) && uniform_plane(client) == Some(MMA_LANES)
+    if !matches!(dtype, DType::F16 | DType::BF16) {
+        Some(format!("{dtype:?} (f16 and bf16 only)"))
+    } else if !client.properties().features.matmul.cmma.contains(&mma) {
+        Some(format!("no {dtype:?} 16×16×16 tensor-core tiles with f32 sums"))
+    } else if uniform_plane(client) != Some(MMA_LANES) {
+        Some(format!("planes of {:?} lanes, not {MMA_LANES}", uniform_plane(client)))
+    } else {
+        None
+    }
 }
 
-/// [`mma_linear_kernel`]'s shape for a product: `(planes, chunk, staged)`, or `None` where it
+/// [`mma_linear_kernel`]'s launch shape: the tuning's planes and way of reading the weights, the
+/// chunk, and the values per vector load of `x` and the weight.
+struct MmaLinearShape {
+    planes: usize,
+    chunk: usize,
+    staged: bool,
+    vector_size: usize,
+}
+
+/// [`mma_linear_kernel`]'s shape for a product ([`MmaLinearShape`]), or `None` where it
 /// cannot take it: no tensor-core tiles of the dtype, `d_in` or the output columns not a
 /// multiple of 16 (the tile), a weight whose rows do not start 32 bytes apart from a 32-byte
 /// boundary (tensor-core loads), fewer rows than the tuning's `min_rows`, or shared memory the
 /// device lacks. `chunk` is the tuning's, halved until it divides `d_in` (and, staged, until a
 /// lane holds at most 16 weight vectors of a chunk).
-fn mma_linear_shape<R: CubeRuntime>(x: &CubeTensor<R>, weight: &CubeTensor<R>, rows: usize, d_in: usize, d_out: usize, silu: bool) -> Option<(usize, usize, bool)> {
+fn mma_linear_shape<R: CubeRuntime>(x: &CubeTensor<R>, weight: &CubeTensor<R>, rows: usize, d_in: usize, d_out: usize, silu: bool) -> Option<MmaLinearShape> {
     let tuning = super::mma_linear_tuning();
     let dtype = x.dtype;
     let weight_aligned = weight.handle.offset_start.unwrap_or(0).is_multiple_of(32);
-    if !super::kernel_on("mma_linear") || rows < tuning.min_rows || rows > MMA_TILE || weight.dtype != dtype || !tensor_core_tiles(&x.client, dtype) {
+    if !super::kernel_on("mma_linear") || rows < tuning.min_rows || rows > MMA_TILE || weight.dtype != dtype || tensor_core_refusal(&x.client, dtype).is_some() {
         return None;
     }
     if d_in == 0 || !d_in.is_multiple_of(MMA_TILE) || d_out == 0 || !d_out.is_multiple_of(MMA_TILE) || !weight_aligned {
@@ -3043,5 +3056,5 @@ fn mma_linear_shape<R: CubeRuntime>(x: &CubeTensor<R>, weight: &CubeTensor<R>, r
     }
     let rows_staged = if tuning.staged { 1 + tiles } else { 1 };
     let shared = tuning.planes * MMA_TILE * (rows_staged * (chunk + MMA_PAD) * dtype.size() + tiles * (MMA_TILE + MMA_PAD_F32) * 4);
-    (shared <= x.client.properties().hardware.max_shared_memory_size).then_some((tuning.planes, chunk, tuning.staged))
+    (shared <= x.client.properties().hardware.max_shared_memory_size).then_some(MmaLinearShape { planes: tuning.planes, chunk, staged: tuning.staged, vector_size: width })
 }
