@@ -689,6 +689,10 @@ struct MmaLinearJob {
 const MMA_LINEAR_CASES: [(usize, usize, usize, u8); 9] =
     [(4, 256, 64, 3), (10, 3072, 1024, 2), (16, 8192, 128, 1), (10, 3072, 48, 0), (10, 64, 16, 3), (13, 512, 96, 2), (5, 48, 32, 0), (10, 1000, 64, 0), (7, 96, 40, 3)];
 
+/// The ways of reading the inputs the tensor-core product is checked in: `(staged, depth)`,
+/// weights through shared memory or straight from global memory, and 1 to 4 chunks held ahead.
+const MMA_LINEAR_READINGS: [(bool, usize); 4] = [(true, 1), (true, 2), (true, 4), (false, 2)];
+
 /// Whether [`MMA_LINEAR_CASES`]' case fits the tensor-core tile.
 fn mma_linear_fits(d_in: usize, d_out: usize, epilogue: u8) -> bool {
     let outputs = if epilogue == 2 { d_out / 2 } else { d_out };
@@ -719,9 +723,8 @@ impl DeviceFn for MmaLinearJob {
         let before = kernels::mma_linear_count();
         let mut results = Vec::new();
         let tuning = kernels::mma_linear_tuning();
-        // Both ways of reading the weights (`staged` and straight from global memory).
-        for staged in [true, false] {
-            assert!(kernels::set_mma_linear_tuning(kernels::MmaLinearTuning { staged, ..tuning }));
+        for &(staged, depth) in &MMA_LINEAR_READINGS {
+            assert!(kernels::set_mma_linear_tuning(kernels::MmaLinearTuning { staged, depth, ..tuning }));
             for &(rows, d_in, d_out, epilogue) in &MMA_LINEAR_CASES {
                 let x = input(rows * d_in, 1.0).reshape([1, rows, d_in]);
                 let weight = input(d_out * d_in, 0.05).reshape([d_out, d_in]).transpose();
@@ -738,7 +741,7 @@ impl DeviceFn for MmaLinearJob {
                 set_kernel_policy(KernelPolicy::Off);
                 let composed = host(run());
                 set_kernel_policy(policy);
-                let what = format!("[{rows}, {d_in}] · [{d_in}, {d_out}], epilogue {epilogue}, staged {staged}");
+                let what = format!("[{rows}, {d_in}] · [{d_in}, {d_out}], epilogue {epilogue}, staged {staged}, depth {depth}");
                 results.push(ProductOutputs { what, d_in, fused, fused_again, composed });
             }
         }
@@ -752,7 +755,8 @@ impl DeviceFn for MmaLinearJob {
 /// of the CPU's f32 product (`Terms::F32Statistics`: the kernels sum in f32 and round the
 /// product, the normed input and the epilogue's steps to the dtype, as the composed steps do;
 /// 16 ulps of the dtype cover those few roundings). On CUDA in f16 and bf16 (tensor cores),
-/// every case that fits the tile ran on them, twice each way of reading the weights.
+/// every case that fits the tile ran on them, twice each way of reading the inputs
+/// ([`MMA_LINEAR_READINGS`]).
 #[test]
 fn tensor_core_products_equal_the_composed_ones() {
     let _settings = PROCESS_SETTINGS.lock().unwrap_or_else(|e| e.into_inner());
@@ -780,8 +784,8 @@ fn tensor_core_products_equal_the_composed_ones() {
         }
         let tensor_cores = spec.starts_with("cuda") && matches!(dtype, DType::F16 | DType::BF16) && kernels::kernel_on("mma_linear");
         let fitting = MMA_LINEAR_CASES.iter().filter(|&&(rows, d_in, d_out, e)| rows >= kernels::mma_linear_tuning().min_rows && mma_linear_fits(d_in, d_out, e)).count();
-        // Each case twice per way of reading the weights.
-        let expected = if tensor_cores { 4 * fitting } else { 0 };
+        // Each case twice per way of reading the inputs.
+        let expected = if tensor_cores { 2 * MMA_LINEAR_READINGS.len() * fitting } else { 0 };
         eprintln!("{spec} {}: {products} tensor-core products (expected {expected})", dtype_name(dtype));
         if products != expected {
             failed.push(format!("{spec} {}: {products} tensor-core products, expected {expected}", dtype_name(dtype)));

@@ -2589,21 +2589,16 @@ fn skinny_linear_kernel<E: Float, N: Size>(
             for p in 1..parts {
                 sum += partials[at + p];
             }
-            let index = r * d_out + column;
+            // With SiLU·mul, the up row's sums are `outs` sums later.
+            let mut up = f32::new(0.0);
             if silu {
-                // The up row's sums are `outs` sums later.
                 let up_at = at + outs * parts;
-                let mut up = partials[up_at];
+                up = partials[up_at];
                 for p in 1..parts {
                     up += partials[up_at + p];
                 }
-                let gate = f32::cast_from(E::cast_from(sum));
-                output[index] = E::cast_from(up) * E::cast_from(gate / (f32::new(1.0) + f32::exp(-gate)));
-            } else if add {
-                output[index] = E::cast_from(sum) + residual[index];
-            } else {
-                output[index] = E::cast_from(sum);
             }
+            write_linear_output::<E>(output, residual, r * d_out + column, sum, up, silu, add);
         }
         k += units;
     }
@@ -2725,7 +2720,7 @@ pub(crate) fn fused_linear<R: CubeRuntime, F: FloatElement, I: IntElement, BT: B
         _ => None,
     };
     if norm_weight.is_none()
-        && let Some(MmaLinearShape { planes, chunk, staged, vector_size }) = mma_linear_shape(&x, &weight, rows, d_in, d_out, silu)
+        && let Some(MmaLinearShape { planes, chunk, staged, depth, vector_size }) = mma_linear_shape(&x, &weight, rows, d_in, d_out, silu)
     {
         let address = address_type([&x, &weight, &output].into_iter().chain(residual.iter()));
         let (dtype, add) = (x.dtype, residual.is_some());
@@ -2753,6 +2748,7 @@ pub(crate) fn fused_linear<R: CubeRuntime, F: FloatElement, I: IntElement, BT: B
                 silu,
                 add,
                 staged,
+                depth,
                 dtype.into(),
             )
         };
@@ -2809,15 +2805,17 @@ pub(crate) fn fused_linear<R: CubeRuntime, F: FloatElement, I: IntElement, BT: B
 /// columns (with `silu`, also the 16 up rows `d_out..` after them); its `planes` planes split
 /// `d_in` in chunks of `chunk` values (plane `p` takes chunks `p, p + planes, …`), staging each
 /// chunk of the input rows in a shared buffer of its own (rows `chunk + MMA_PAD` apart).
-/// `staged`: each lane loads its part of the plane's next weight chunk into registers (vectors
-/// of `N`, `loads` per lane) while the tensor cores multiply the current one, and the plane
-/// stores it in its shared buffer before it multiplies; else the tiles are read straight from
-/// global memory (the loads of one step then wait for the step before: tensor-core loads are
-/// not reordered). The planes' f32 sums meet in shared memory, and one unit per (row, column)
-/// adds them and writes the output with the epilogue: `up · SiLU(gate)` (`silu`) or
-/// `residual +` (`add`), rounding to `E` where the composed steps do, as
-/// [`skinny_linear_kernel`] does. `x` and `weight_v` are read in vectors of `N` values,
-/// `row_vectors` per row and `vectors` per chunk; `weight` is the same buffer as `weight_v`.
+///
+/// Each lane holds its part of the plane's next `depth` chunks in registers (vectors of `N`:
+/// `x_loads` of the input rows and, `staged`, `loads` of the weight rows), so that their loads
+/// are in flight while the tensor cores multiply the current chunk; the plane stores a chunk
+/// into its shared buffers just before it multiplies it and loads the chunk `depth` ahead into
+/// the registers it freed. Not `staged`: the weight tiles are read straight from global memory
+/// (the loads of one step then wait for the step before: tensor-core loads are not reordered).
+/// The planes' f32 sums meet in shared memory, and one unit per (row, column) adds them and
+/// writes the output through [`write_linear_output`]. `x` and `weight_v` are read in vectors of
+/// `N` values, `row_vectors` per row and `vectors` per chunk; `weight` is the same buffer as
+/// `weight_v`.
 #[cube(launch_unchecked, address_type = "dynamic")]
 fn mma_linear_kernel<E: Float, N: Size>(
     x: &Array<Vector<E, N>>,
@@ -2835,9 +2833,9 @@ fn mma_linear_kernel<E: Float, N: Size>(
     #[comptime] silu: bool,
     #[comptime] add: bool,
     #[comptime] staged: bool,
+    #[comptime] depth: usize,
     #[define(E)] _dtype: StorageType,
 ) {
-    let width = N::value();
     let lane = UNIT_POS_X as usize;
     let plane = UNIT_POS_Y as usize;
     let unit = UNIT_POS as usize;
@@ -2847,9 +2845,11 @@ fn mma_linear_kernel<E: Float, N: Size>(
     let xs = comptime!(chunk + MMA_PAD);
     let xv = comptime!((chunk + MMA_PAD) / (chunk / vectors));
     let x_span = comptime!((MMA_TILE - 1) * (chunk + MMA_PAD) + MMA_TILE);
+    // Weight tiles per chunk (the up rows' too with SiLU·mul), and each lane's vector loads of
+    // one chunk: weights (staged) and input rows.
     let tiles = comptime!(if silu { 2usize } else { 1usize });
-    // Weight vectors per lane per chunk (staged).
-    let loads = comptime!((if silu { 2usize } else { 1usize }) * MMA_TILE * vectors / MMA_LANES);
+    let loads = comptime!(tiles * MMA_TILE * vectors / MMA_LANES);
+    let x_loads = comptime!(MMA_TILE * vectors / MMA_LANES);
     // Row stride of the planes' f32 sums.
     let os = comptime!(MMA_TILE + MMA_PAD_F32);
     let o_span = comptime!((MMA_TILE - 1) * (MMA_TILE + MMA_PAD_F32) + MMA_TILE);
@@ -2864,7 +2864,7 @@ fn mma_linear_kernel<E: Float, N: Size>(
     let mut x_s = SharedMemory::<E>::new_aligned(comptime!(planes * MMA_TILE * (chunk + MMA_PAD)), 32usize);
     let plane_x = plane * MMA_TILE * xs;
     // The plane's weight rows (staged): tile `g`'s 16 rows from `plane_w + g · 16 · xs`.
-    let mut w_s = SharedMemory::<E>::new_aligned(comptime!(if staged { planes * (if silu { 2usize } else { 1usize }) * MMA_TILE * (chunk + MMA_PAD) } else { 8usize }), 32usize);
+    let mut w_s = SharedMemory::<E>::new_aligned(comptime!(if staged { planes * tiles * MMA_TILE * (chunk + MMA_PAD) } else { 8usize }), 32usize);
     let plane_w = plane * tiles * MMA_TILE * xs;
     // Rows past the input's: zeros (their sums are never written; zeros keep them finite).
     let mut i = rows * xs + lane;
@@ -2875,70 +2875,73 @@ fn mma_linear_kernel<E: Float, N: Size>(
     let gate = cmma::Matrix::<f32>::from_value(cmma::MatrixIdent::Accumulator, 16usize, 16usize, 16usize, cmma::MatrixLayout::Undefined, f32::new(0.0));
     let up = cmma::Matrix::<f32>::from_value(cmma::MatrixIdent::Accumulator, 16usize, 16usize, 16usize, cmma::MatrixLayout::Undefined, f32::new(0.0));
     let chunks = d_in / chunk;
-    let mut c = plane;
-    // This lane's weight vectors of chunk `c`: vector `lane + 32·l` of the tiles' rows.
-    let mut held = Array::<Vector<E, N>>::new(comptime!(if staged { loads } else { 1usize }));
-    if staged && c < chunks {
-        mma_linear_weight_loads::<E, N>(weight_v, &mut held, n0, d_out, row_vectors, c, lane, vectors, loads);
+    // Slot `s` of the registers holds chunk `c + s · planes` of the current round.
+    let mut x_held = Array::<Vector<E, N>>::new(comptime!(depth * x_loads));
+    let mut held = Array::<Vector<E, N>>::new(comptime!(if staged { depth * loads } else { 1usize }));
+    #[unroll]
+    for s in 0..depth {
+        let first = plane + s * planes;
+        if first < chunks {
+            mma_linear_loads::<E, N>(x, weight_v, &mut x_held, &mut held, s, n0, rows, d_out, row_vectors, first, lane, vectors, x_loads, loads, staged);
+        }
     }
+    let mut c = plane;
     while c < chunks {
-        let k0 = c * chunk;
-        // The chunk of every input row (and the held weights) into the plane's buffers, after
-        // their last use.
-        sync_plane();
-        let mut i = lane;
-        while i < rows * vectors {
-            let r = i / vectors;
-            let v = i % vectors;
-            let value = x[r * row_vectors + c * vectors + v];
-            if staged {
-                let mut view = x_s.slice_mut(plane_x, plane_x + MMA_TILE * xs).into_vectorized().with_vector_size::<N>();
-                view[r * xv + v] = value;
-            } else {
-                #[unroll]
-                for e in 0..width {
-                    x_s[plane_x + r * xs + v * width + e] = value[e];
-                }
-            }
-            i += MMA_LANES;
-        }
-        if staged {
-            let mut view = w_s.slice_mut(plane_w, plane_w + tiles * MMA_TILE * xs).into_vectorized().with_vector_size::<N>();
-            #[unroll]
-            for l in 0..loads {
-                let at = lane + l * MMA_LANES;
-                view[(at / vectors) * xv + at % vectors] = held[l];
-            }
-        }
-        sync_plane();
-        let next = c + planes;
-        if staged && next < chunks {
-            mma_linear_weight_loads::<E, N>(weight_v, &mut held, n0, d_out, row_vectors, next, lane, vectors, loads);
-        }
         #[unroll]
-        for t in 0..chunk / MMA_TILE {
-            let a_at = plane_x + t * MMA_TILE;
-            let a = cmma::Matrix::<E>::from_slice(cmma::MatrixIdent::A, 16usize, 16usize, 16usize, cmma::MatrixLayout::RowMajor, &x_s.slice(a_at, a_at + x_span), comptime!(xs as u32));
-            if staged {
-                let b_at = plane_w + t * MMA_TILE;
-                let b = cmma::Matrix::<E>::from_slice(cmma::MatrixIdent::B, 16usize, 16usize, 16usize, cmma::MatrixLayout::ColMajor, &w_s.slice(b_at, b_at + x_span), comptime!(xs as u32));
-                cmma::execute::<E, E, f32, f32>(&a, &b, &gate, &gate);
-                if silu {
-                    let u_at = b_at + MMA_TILE * xs;
-                    let b_up = cmma::Matrix::<E>::from_slice(cmma::MatrixIdent::B, 16usize, 16usize, 16usize, cmma::MatrixLayout::ColMajor, &w_s.slice(u_at, u_at + x_span), comptime!(xs as u32));
-                    cmma::execute::<E, E, f32, f32>(&a, &b_up, &up, &up);
+        for s in 0..depth {
+            let current = c + s * planes;
+            if current < chunks {
+                // The chunk's input rows (and weights) into the plane's buffers, after their
+                // last use.
+                sync_plane();
+                let mut x_view = x_s.slice_mut(plane_x, plane_x + MMA_TILE * xs).into_vectorized().with_vector_size::<N>();
+                #[unroll]
+                for l in 0..x_loads {
+                    let at = lane + l * MMA_LANES;
+                    if at / vectors < rows {
+                        x_view[(at / vectors) * xv + at % vectors] = x_held[s * x_loads + l];
+                    }
                 }
-            } else {
-                let k = k0 + t * MMA_TILE;
-                let b = cmma::Matrix::<E>::from_slice(cmma::MatrixIdent::B, 16usize, 16usize, 16usize, cmma::MatrixLayout::ColMajor, &weight.slice(gate_at + k, gate_at + k + w_span), ld);
-                cmma::execute::<E, E, f32, f32>(&a, &b, &gate, &gate);
-                if silu {
-                    let b_up = cmma::Matrix::<E>::from_slice(cmma::MatrixIdent::B, 16usize, 16usize, 16usize, cmma::MatrixLayout::ColMajor, &weight.slice(up_at + k, up_at + k + w_span), ld);
-                    cmma::execute::<E, E, f32, f32>(&a, &b_up, &up, &up);
+                if staged {
+                    let mut w_view = w_s.slice_mut(plane_w, plane_w + tiles * MMA_TILE * xs).into_vectorized().with_vector_size::<N>();
+                    #[unroll]
+                    for l in 0..loads {
+                        let at = lane + l * MMA_LANES;
+                        w_view[(at / vectors) * xv + at % vectors] = held[s * loads + l];
+                    }
+                }
+                sync_plane();
+                let ahead = current + depth * planes;
+                if ahead < chunks {
+                    mma_linear_loads::<E, N>(x, weight_v, &mut x_held, &mut held, s, n0, rows, d_out, row_vectors, ahead, lane, vectors, x_loads, loads, staged);
+                }
+                let k0 = current * chunk;
+                #[unroll]
+                for t in 0..chunk / MMA_TILE {
+                    let a_at = plane_x + t * MMA_TILE;
+                    let a = cmma::Matrix::<E>::from_slice(cmma::MatrixIdent::A, 16usize, 16usize, 16usize, cmma::MatrixLayout::RowMajor, &x_s.slice(a_at, a_at + x_span), comptime!(xs as u32));
+                    if staged {
+                        let b_at = plane_w + t * MMA_TILE;
+                        let b = cmma::Matrix::<E>::from_slice(cmma::MatrixIdent::B, 16usize, 16usize, 16usize, cmma::MatrixLayout::ColMajor, &w_s.slice(b_at, b_at + x_span), comptime!(xs as u32));
+                        cmma::execute::<E, E, f32, f32>(&a, &b, &gate, &gate);
+                        if silu {
+                            let u_at = b_at + MMA_TILE * xs;
+                            let b_up = cmma::Matrix::<E>::from_slice(cmma::MatrixIdent::B, 16usize, 16usize, 16usize, cmma::MatrixLayout::ColMajor, &w_s.slice(u_at, u_at + x_span), comptime!(xs as u32));
+                            cmma::execute::<E, E, f32, f32>(&a, &b_up, &up, &up);
+                        }
+                    } else {
+                        let k = k0 + t * MMA_TILE;
+                        let b = cmma::Matrix::<E>::from_slice(cmma::MatrixIdent::B, 16usize, 16usize, 16usize, cmma::MatrixLayout::ColMajor, &weight.slice(gate_at + k, gate_at + k + w_span), ld);
+                        cmma::execute::<E, E, f32, f32>(&a, &b, &gate, &gate);
+                        if silu {
+                            let b_up = cmma::Matrix::<E>::from_slice(cmma::MatrixIdent::B, 16usize, 16usize, 16usize, cmma::MatrixLayout::ColMajor, &weight.slice(up_at + k, up_at + k + w_span), ld);
+                            cmma::execute::<E, E, f32, f32>(&a, &b_up, &up, &up);
+                        }
+                    }
                 }
             }
         }
-        c = next;
+        c += depth * planes;
     }
 
     // Every plane's sums side by side (tile `g` of plane `p` at `(p · tiles + g) · 16 · os`).
@@ -2957,54 +2960,78 @@ fn mma_linear_kernel<E: Float, N: Size>(
         let column = column0 + o;
         if column < d_out {
             let mut sum = f32::new(0.0);
+            let mut up_sum = f32::new(0.0);
             #[unroll]
             for p in 0..planes {
                 sum += sums[p * tiles * MMA_TILE * os + r * os + o];
-            }
-            let index = r * d_out + column;
-            if silu {
-                let mut up_sum = f32::new(0.0);
-                #[unroll]
-                for p in 0..planes {
+                if silu {
                     up_sum += sums[(p * tiles + 1) * MMA_TILE * os + r * os + o];
                 }
-                let g = f32::cast_from(E::cast_from(sum));
-                output[index] = E::cast_from(up_sum) * E::cast_from(g / (f32::new(1.0) + f32::exp(-g)));
-            } else if add {
-                output[index] = E::cast_from(sum) + residual[index];
-            } else {
-                output[index] = E::cast_from(sum);
             }
+            write_linear_output::<E>(output, residual, r * d_out + column, sum, up_sum, silu, add);
         }
         k += units;
     }
 }
 
-/// [`mma_linear_kernel`]'s weight loads of chunk `c` for one lane: vector `lane + 32·l` (`l` below
-/// `loads`) of the chunk's rows, gate rows `n0..` then up rows `d_out + n0..`, `vectors` per row.
+/// One output value of the few-row products ([`skinny_linear_kernel`], [`mma_linear_kernel`])
+/// from its f32 sums, rounding to `E` where the composed steps do: `up · SiLU(gate)` (`silu`:
+/// `sum` is the gate row's, `up` the up row's), `residual + sum` (`add`), else `sum`.
+#[cube]
+fn write_linear_output<E: Float>(output: &mut Array<E>, residual: &Array<E>, index: usize, sum: f32, up: f32, #[comptime] silu: bool, #[comptime] add: bool) {
+    if silu {
+        let gate = f32::cast_from(E::cast_from(sum));
+        output[index] = E::cast_from(up) * E::cast_from(gate / (f32::new(1.0) + f32::exp(-gate)));
+    } else if add {
+        output[index] = E::cast_from(sum) + residual[index];
+    } else {
+        output[index] = E::cast_from(sum);
+    }
+}
+
+/// [`mma_linear_kernel`]'s loads of chunk `c` for one lane into register slot `slot`: input
+/// vector `lane + 32·l` (`l` below `x_loads`; rows `rows..` are not read) and, `staged`, weight
+/// vector `lane + 32·l` (`l` below `loads`) of the chunk's rows, gate rows `n0..` then up rows
+/// `d_out + n0..`; `vectors` per row of the chunk.
 #[cube]
 #[allow(clippy::too_many_arguments)]
-fn mma_linear_weight_loads<E: Float, N: Size>(
+fn mma_linear_loads<E: Float, N: Size>(
+    x: &Array<Vector<E, N>>,
     weight: &Array<Vector<E, N>>,
+    x_held: &mut Array<Vector<E, N>>,
     held: &mut Array<Vector<E, N>>,
+    slot: usize,
     n0: usize,
+    rows: usize,
     d_out: usize,
     row_vectors: usize,
     c: usize,
     lane: usize,
     #[comptime] vectors: usize,
+    #[comptime] x_loads: usize,
     #[comptime] loads: usize,
+    #[comptime] staged: bool,
 ) {
-    #[unroll]
-    for l in 0..loads {
-        let at = lane + l * MMA_LANES;
-        let row = at / vectors;
-        // Rows 16.. are the up rows (SiLU·mul).
-        let mut first = n0 + row;
-        if row >= MMA_TILE {
-            first = d_out + n0 + row - MMA_TILE;
+    if staged {
+        #[unroll]
+        for l in 0..loads {
+            let at = lane + l * MMA_LANES;
+            let row = at / vectors;
+            // Rows 16.. are the up rows (SiLU·mul).
+            let mut first = n0 + row;
+            if row >= MMA_TILE {
+                first = d_out + n0 + row - MMA_TILE;
+            }
+            held[slot * loads + l] = weight[first * row_vectors + c * vectors + at % vectors];
         }
-        held[l] = weight[first * row_vectors + c * vectors + at % vectors];
+    }
+    #[unroll]
+    for l in 0..x_loads {
+        let at = lane + l * MMA_LANES;
+        let r = at / vectors;
+        if r < rows {
+            x_held[slot * x_loads + l] = x[r * row_vectors + c * vectors + at % vectors];
+        }
     }
 }
 
@@ -3023,12 +3050,13 @@ fn tensor_core_refusal<R: CubeRuntime>(client: &ComputeClient<R>, dtype: DType) 
     }
 }
 
-/// [`mma_linear_kernel`]'s launch shape: the tuning's planes and way of reading the weights, the
-/// chunk, and the values per vector load of `x` and the weight.
+/// [`mma_linear_kernel`]'s launch shape: the tuning's planes, way of reading the weights and
+/// chunks held ahead, the chunk, and the values per vector load of `x` and the weight.
 struct MmaLinearShape {
     planes: usize,
     chunk: usize,
     staged: bool,
+    depth: usize,
     vector_size: usize,
 }
 
@@ -3036,8 +3064,9 @@ struct MmaLinearShape {
 /// cannot take it: no tensor-core tiles of the dtype, `d_in` or the output columns not a
 /// multiple of 16 (the tile), a weight whose rows do not start 32 bytes apart from a 32-byte
 /// boundary (tensor-core loads), fewer rows than the tuning's `min_rows`, or shared memory the
-/// device lacks. `chunk` is the tuning's, halved until it divides `d_in` (and, staged, until a
-/// lane holds at most 16 weight vectors of a chunk).
+/// device lacks. `chunk` is the tuning's, halved until it divides `d_in` and a lane holds at
+/// most [`MMA_LINEAR_HELD_VECTORS`](super::MMA_LINEAR_HELD_VECTORS) vectors for the `depth`
+/// chunks ahead (input rows, and weights when staged).
 fn mma_linear_shape<R: CubeRuntime>(x: &CubeTensor<R>, weight: &CubeTensor<R>, rows: usize, d_in: usize, d_out: usize, silu: bool) -> Option<MmaLinearShape> {
     let tuning = super::mma_linear_tuning();
     let dtype = x.dtype;
@@ -3050,11 +3079,13 @@ fn mma_linear_shape<R: CubeRuntime>(x: &CubeTensor<R>, weight: &CubeTensor<R>, r
     }
     let tiles = if silu { 2 } else { 1 };
     let width = load_vector_size(&[x, weight], d_in);
+    // Vectors a lane holds for the chunks ahead: the input rows', and the weights' when staged.
+    let held = |chunk: usize| tuning.depth * (1 + if tuning.staged { tiles } else { 0 }) * MMA_TILE * (chunk / width) / MMA_LANES;
     let mut chunk = tuning.chunk;
-    while !d_in.is_multiple_of(chunk) || (tuning.staged && chunk > MMA_TILE && tiles * MMA_TILE * (chunk / width) > 16 * MMA_LANES) {
+    while !d_in.is_multiple_of(chunk) || (chunk > MMA_TILE && held(chunk) > super::MMA_LINEAR_HELD_VECTORS) {
         chunk /= 2;
     }
     let rows_staged = if tuning.staged { 1 + tiles } else { 1 };
     let shared = tuning.planes * MMA_TILE * (rows_staged * (chunk + MMA_PAD) * dtype.size() + tiles * (MMA_TILE + MMA_PAD_F32) * 4);
-    (shared <= x.client.properties().hardware.max_shared_memory_size).then_some(MmaLinearShape { planes: tuning.planes, chunk, staged: tuning.staged, vector_size: width })
+    (shared <= x.client.properties().hardware.max_shared_memory_size).then_some(MmaLinearShape { planes: tuning.planes, chunk, staged: tuning.staged, depth: tuning.depth, vector_size: width })
 }

@@ -1442,12 +1442,13 @@ pub fn skinny_tuning() -> SkinnyTuning {
 /// dtype (f16, bf16) with f32 sums: from `min_rows` rows of `x` (to [`SKINNY_ROWS`]) the
 /// product runs on tensor cores instead of the CUDA-core skinny kernel, where each weight value
 /// times 10 rows is 10 multiply-adds of one lane. A cube owns 16 output columns; `planes`
-/// planes split `d_in` in chunks of `chunk` values; `staged`: each lane loads the next chunk's
-/// weights into registers while the current one is multiplied, through shared memory (else
-/// tensor-core loads straight from global memory, which wait for each other).
-/// `PHI3V_MMA_LINEAR=planes,chunk,min_rows,staged` (staged 0 or 1) sets it for a process (read
-/// once; an invalid value leaves the default), [`set_mma_linear_tuning`] at any time;
-/// `PHI3V_KERNELS_OFF=mma_linear` turns the kernel off.
+/// planes split `d_in` in chunks of `chunk` values; each lane holds its part of the plane's
+/// next `depth` chunks of the input rows in registers (their loads in flight while the current
+/// chunk is multiplied); `staged`: the weights too, through shared memory (else tensor-core
+/// loads straight from global memory, which wait for each other).
+/// `PHI3V_MMA_LINEAR=planes,chunk,min_rows,staged[,depth]` (staged 0 or 1) sets it for a
+/// process (read once; an invalid value leaves the default), [`set_mma_linear_tuning`] at any
+/// time; `PHI3V_KERNELS_OFF=mma_linear` turns the kernel off.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MmaLinearTuning {
     /// Planes per cube: 1, 2, 4, 8 (default) or 16.
@@ -1460,37 +1461,48 @@ pub struct MmaLinearTuning {
     /// Weights through registers and shared memory, the next chunk's loads in flight while
     /// the current one is multiplied (default), or tensor-core loads from global memory.
     pub staged: bool,
+    /// Chunks a plane holds in registers ahead of the one it multiplies: 1 to 4 (default 2).
+    /// The chunk shrinks where they would take more than [`MMA_LINEAR_HELD_VECTORS`] vector
+    /// registers per lane.
+    pub depth: usize,
 }
+
+/// Most vector loads (of up to 16 bytes) a lane of the tensor-core product holds in registers
+/// for the chunks ahead ([`MmaLinearTuning::depth`]).
+pub const MMA_LINEAR_HELD_VECTORS: usize = 32;
 
 impl Default for MmaLinearTuning {
     fn default() -> Self {
-        Self { planes: 8, chunk: 64, min_rows: 4, staged: true }
+        Self { planes: 8, chunk: 64, min_rows: 4, staged: true, depth: 2 }
     }
 }
 
 impl MmaLinearTuning {
     /// Whether the kernel takes these values.
     pub fn is_valid(&self) -> bool {
-        matches!(self.planes, 1 | 2 | 4 | 8 | 16) && matches!(self.chunk, 16 | 32 | 64 | 128 | 256) && (1..=SKINNY_ROWS).contains(&self.min_rows)
+        matches!(self.planes, 1 | 2 | 4 | 8 | 16) && matches!(self.chunk, 16 | 32 | 64 | 128 | 256) && (1..=SKINNY_ROWS).contains(&self.min_rows) && (1..=4).contains(&self.depth)
     }
 
-    /// `planes,chunk,min_rows,staged` (staged 0 or 1), if valid.
+    /// `planes,chunk,min_rows,staged[,depth]` (staged 0 or 1; without `depth`, the default's),
+    /// if valid.
     pub fn parse(s: &str) -> Option<Self> {
         let v: Vec<usize> = s.split(',').map(|p| p.trim().parse().ok()).collect::<Option<_>>()?;
-        let t = match v.as_slice() {
-            [planes, chunk, min_rows, staged @ (0 | 1)] => Self { planes: *planes, chunk: *chunk, min_rows: *min_rows, staged: *staged == 1 },
+        let (planes, chunk, min_rows, staged, depth) = match *v.as_slice() {
+            [planes, chunk, min_rows, staged @ (0 | 1)] => (planes, chunk, min_rows, staged, Self::default().depth),
+            [planes, chunk, min_rows, staged @ (0 | 1), depth] => (planes, chunk, min_rows, staged, depth),
             _ => return None,
         };
+        let t = Self { planes, chunk, min_rows, staged: staged == 1, depth };
         t.is_valid().then_some(t)
     }
 
     fn pack(self) -> u32 {
-        (self.planes | self.chunk << 8 | self.min_rows << 20 | usize::from(self.staged) << 28) as u32
+        (self.planes | self.chunk << 8 | self.min_rows << 20 | usize::from(self.staged) << 28 | self.depth << 29) as u32
     }
 
     fn unpack(v: u32) -> Self {
         let v = v as usize;
-        Self { planes: v & 0xff, chunk: (v >> 8) & 0xfff, min_rows: (v >> 20) & 0xff, staged: v >> 28 == 1 }
+        Self { planes: v & 0xff, chunk: (v >> 8) & 0xfff, min_rows: (v >> 20) & 0xff, staged: (v >> 28) & 1 == 1, depth: v >> 29 }
     }
 }
 
@@ -1739,8 +1751,10 @@ mod mma_linear_tuning_tests {
     #[test]
     fn tunings_parse_and_pack_round_trip() {
         let t = MmaLinearTuning::parse("16, 256, 10, 0").expect("valid");
-        assert_eq!(t, MmaLinearTuning { planes: 16, chunk: 256, min_rows: 10, staged: false });
-        for t in [t, MmaLinearTuning::default(), MmaLinearTuning { planes: 1, chunk: 16, min_rows: 1, staged: true }] {
+        assert_eq!(t, MmaLinearTuning { planes: 16, chunk: 256, min_rows: 10, staged: false, depth: MmaLinearTuning::default().depth });
+        let deep = MmaLinearTuning::parse("4,32,16,1,4").expect("valid");
+        assert_eq!(deep, MmaLinearTuning { planes: 4, chunk: 32, min_rows: 16, staged: true, depth: 4 });
+        for t in [t, deep, MmaLinearTuning::default(), MmaLinearTuning { planes: 1, chunk: 16, min_rows: 1, staged: true, depth: 1 }] {
             assert_eq!(MmaLinearTuning::unpack(t.pack()), t);
             assert_ne!(t.pack(), 0, "0 means not read yet");
         }
@@ -1748,7 +1762,7 @@ mod mma_linear_tuning_tests {
 
     #[test]
     fn invalid_tunings_are_refused() {
-        for s in ["", "8,64,4", "8,64,4,2", "3,64,4,1", "8,48,4,1", "8,64,0,1", "8,64,17,1", "8,64,4,1,1", "a,64,4,1"] {
+        for s in ["", "8,64,4", "8,64,4,2", "3,64,4,1", "8,48,4,1", "8,64,0,1", "8,64,17,1", "8,64,4,1,0", "8,64,4,1,5", "8,64,4,1,2,1", "a,64,4,1"] {
             assert_eq!(MmaLinearTuning::parse(s), None, "{s:?}");
         }
     }
