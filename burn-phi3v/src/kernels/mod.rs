@@ -1396,12 +1396,23 @@ impl SkinnyTuning {
 
     /// `columns,lane_vectors,depth`, if valid.
     pub fn parse(s: &str) -> Option<Self> {
-        let v: Vec<usize> = s.split(',').map(|p| p.trim().parse().ok()).collect::<Option<_>>()?;
-        let t = match v.as_slice() {
-            [columns, lane_vectors, depth] => Self { columns: *columns, lane_vectors: *lane_vectors, depth: *depth },
+        let t = match *tuning_values(s)?.as_slice() {
+            [columns, lane_vectors, depth] => Self { columns, lane_vectors, depth },
             _ => return None,
         };
         t.is_valid().then_some(t)
+    }
+}
+
+impl PackedTuning for SkinnyTuning {
+    const VARIABLE: &str = "PHI3V_SKINNY";
+
+    fn parse(s: &str) -> Option<Self> {
+        Self::parse(s)
+    }
+
+    fn is_valid(&self) -> bool {
+        Self::is_valid(self)
     }
 
     fn pack(self) -> u32 {
@@ -1414,27 +1425,56 @@ impl SkinnyTuning {
     }
 }
 
+/// A kernel shape that a process reads once from an environment variable and that can be set
+/// at any time ([`SkinnyTuning`], [`MmaLinearTuning`]): held packed in one `u32`, 0 meaning
+/// "not read yet", so that every launch reads it without a lock.
+trait PackedTuning: Copy + Default {
+    /// The environment variable it is read from.
+    const VARIABLE: &str;
+    fn parse(s: &str) -> Option<Self>;
+    fn is_valid(&self) -> bool;
+    /// Never 0 for a valid value.
+    fn pack(self) -> u32;
+    fn unpack(v: u32) -> Self;
+}
+
+/// Stores `tuning` in `cell` for every later launch; `false` (nothing changed) when invalid.
+fn store_tuning<T: PackedTuning>(cell: &AtomicU32, tuning: T) -> bool {
+    if tuning.is_valid() {
+        cell.store(tuning.pack(), Ordering::Relaxed);
+    }
+    tuning.is_valid()
+}
+
+/// The tuning in `cell`, read from its environment variable the first time (an invalid or
+/// missing value gives the default).
+fn load_tuning<T: PackedTuning>(cell: &AtomicU32) -> T {
+    match cell.load(Ordering::Relaxed) {
+        0 => {
+            let t = std::env::var(T::VARIABLE).ok().and_then(|v| T::parse(&v)).unwrap_or_default();
+            store_tuning(cell, t);
+            t
+        }
+        v => T::unpack(v),
+    }
+}
+
+/// Comma-separated unsigned integers (spaces around them allowed), `None` if any is not one.
+fn tuning_values(s: &str) -> Option<Vec<usize>> {
+    s.split(',').map(|p| p.trim().parse().ok()).collect()
+}
+
 /// 0 = not read from the environment yet.
 static SKINNY_TUNING: AtomicU32 = AtomicU32::new(0);
 
 /// The skinny kernel's shape for every later launch; `false` (nothing changed) when invalid.
 pub fn set_skinny_tuning(tuning: SkinnyTuning) -> bool {
-    if tuning.is_valid() {
-        SKINNY_TUNING.store(tuning.pack(), Ordering::Relaxed);
-    }
-    tuning.is_valid()
+    store_tuning(&SKINNY_TUNING, tuning)
 }
 
 /// The current [`SkinnyTuning`].
 pub fn skinny_tuning() -> SkinnyTuning {
-    match SKINNY_TUNING.load(Ordering::Relaxed) {
-        0 => {
-            let t = std::env::var("PHI3V_SKINNY").ok().and_then(|v| SkinnyTuning::parse(&v)).unwrap_or_default();
-            set_skinny_tuning(t);
-            t
-        }
-        v => SkinnyTuning::unpack(v),
-    }
+    load_tuning(&SKINNY_TUNING)
 }
 
 /// The shape of the tensor-core product behind [`Kernels::skinny_linear`] and
@@ -1486,14 +1526,26 @@ impl MmaLinearTuning {
     /// `planes,chunk,min_rows,staged[,depth]` (staged 0 or 1; without `depth`, the default's),
     /// if valid.
     pub fn parse(s: &str) -> Option<Self> {
-        let v: Vec<usize> = s.split(',').map(|p| p.trim().parse().ok()).collect::<Option<_>>()?;
-        let (planes, chunk, min_rows, staged, depth) = match *v.as_slice() {
+        let (planes, chunk, min_rows, staged, depth) = match *tuning_values(s)?.as_slice() {
             [planes, chunk, min_rows, staged @ (0 | 1)] => (planes, chunk, min_rows, staged, Self::default().depth),
             [planes, chunk, min_rows, staged @ (0 | 1), depth] => (planes, chunk, min_rows, staged, depth),
             _ => return None,
         };
         let t = Self { planes, chunk, min_rows, staged: staged == 1, depth };
         t.is_valid().then_some(t)
+    }
+
+}
+
+impl PackedTuning for MmaLinearTuning {
+    const VARIABLE: &str = "PHI3V_MMA_LINEAR";
+
+    fn parse(s: &str) -> Option<Self> {
+        Self::parse(s)
+    }
+
+    fn is_valid(&self) -> bool {
+        Self::is_valid(self)
     }
 
     fn pack(self) -> u32 {
@@ -1512,22 +1564,12 @@ static MMA_LINEAR_TUNING: AtomicU32 = AtomicU32::new(0);
 /// The tensor-core product's shape for every later launch; `false` (nothing changed) when
 /// invalid.
 pub fn set_mma_linear_tuning(tuning: MmaLinearTuning) -> bool {
-    if tuning.is_valid() {
-        MMA_LINEAR_TUNING.store(tuning.pack(), Ordering::Relaxed);
-    }
-    tuning.is_valid()
+    store_tuning(&MMA_LINEAR_TUNING, tuning)
 }
 
 /// The current [`MmaLinearTuning`].
 pub fn mma_linear_tuning() -> MmaLinearTuning {
-    match MMA_LINEAR_TUNING.load(Ordering::Relaxed) {
-        0 => {
-            let t = std::env::var("PHI3V_MMA_LINEAR").ok().and_then(|v| MmaLinearTuning::parse(&v)).unwrap_or_default();
-            set_mma_linear_tuning(t);
-            t
-        }
-        v => MmaLinearTuning::unpack(v),
-    }
+    load_tuning(&MMA_LINEAR_TUNING)
 }
 
 /// How many products the tensor-core product kernel ([`MmaLinearTuning`]) computed since the
@@ -1746,7 +1788,7 @@ pub fn linear_add<B: Kernels>(x: Tensor<B, 3>, weight: &Tensor<B, 2>, residual: 
 
 #[cfg(test)]
 mod mma_linear_tuning_tests {
-    use super::MmaLinearTuning;
+    use super::{MmaLinearTuning, PackedTuning, SkinnyTuning};
 
     #[test]
     fn tunings_parse_and_pack_round_trip() {
@@ -1757,6 +1799,19 @@ mod mma_linear_tuning_tests {
         for t in [t, deep, MmaLinearTuning::default(), MmaLinearTuning { planes: 1, chunk: 16, min_rows: 1, staged: true, depth: 1 }] {
             assert_eq!(MmaLinearTuning::unpack(t.pack()), t);
             assert_ne!(t.pack(), 0, "0 means not read yet");
+        }
+    }
+
+    #[test]
+    fn skinny_tunings_parse_and_pack_round_trip() {
+        let t = SkinnyTuning::parse(" 8, 64, 4").expect("valid");
+        assert_eq!(t, SkinnyTuning { columns: 8, lane_vectors: 64, depth: 4 });
+        for t in [t, SkinnyTuning::default(), SkinnyTuning { columns: 2, lane_vectors: 1, depth: 1 }] {
+            assert_eq!(SkinnyTuning::unpack(t.pack()), t);
+            assert_ne!(t.pack(), 0, "0 means not read yet");
+        }
+        for s in ["", "4,4", "3,4,1", "4,0,1", "4,65,1", "4,4,3", "4,4,1,1", "x,4,1"] {
+            assert_eq!(SkinnyTuning::parse(s), None, "{s:?}");
         }
     }
 
