@@ -231,38 +231,10 @@ impl KernelJob {
             let outputs = both(&|| kernels::silu_mul(gate_up.clone()));
             compare(format!("silu_mul [1, {rows}, {width}]"), Terms::Dtype(1), outputs);
         }
-        // Decode attention: one query row over the cache. Phi-3's 32 heads of 96 over 1024
-        // keys; grouped-query heads (4 over 2) reading a cache view with spare capacity (a
-        // strided narrow); one key; head_dim 128; 67200 (batch, head) cubes (two launch
-        // dimensions).
-        for (batch, heads, kv_heads, keys, capacity, head_dim) in [(1, 32, 32, 1024, 1024, 96), (3, 4, 2, 37, 50, 64), (2, 2, 2, 1, 1, 96), (1, 2, 1, 300, 301, 128), (2100, 32, 32, 2, 2, 8)] {
-            let q = tensor(input(vec![batch * heads * head_dim], 1.0)).reshape([batch, heads, 1, head_dim]);
-            let cache = |t: Tensor<B, 1>| t.reshape([batch, kv_heads, capacity, head_dim]).narrow(2, 0, keys);
-            let k = cache(tensor(input(vec![batch * kv_heads * capacity * head_dim], 1.0)));
-            let v = cache(tensor(input(vec![batch * kv_heads * capacity * head_dim], 1.0)));
-            let outputs = both(&|| {
-                let out = kernels::decode_attention(q.clone(), k.clone(), v.clone());
-                out.reshape([batch, heads, head_dim])
-            });
-            compare(format!("decode_attention [{batch}, {heads}/{kv_heads} heads, {keys} keys, {head_dim}]"), Terms::Dtype(head_dim), outputs);
-        }
-        // Decode attention through block tables (the engine's paged pool): Phi-3's heads over
-        // rows of different lengths (the longest split over cubes on a GPU), grouped-query
-        // heads with a one-key row. Each row's blocks are a scattered permutation of the pool.
-        for (heads, kv_heads, head_dim, block_size, lengths) in [(32, 32, 96, 16, vec![1024, 700, 33]), (4, 2, 64, 4, vec![9, 1])] {
-            let rows = lengths.len();
-            let keys: usize = *lengths.iter().max().unwrap();
-            let blocks = keys.div_ceil(block_size);
-            let pool_blocks = (rows * blocks + 1..).find(|n| (2..*n).all(|d| n % d != 0)).unwrap(); // a prime
-            let tables: Vec<i64> = (0..rows * blocks).map(|i| ((i * 7 + 1) % pool_blocks) as i64).collect();
-            let block_tables = Tensor::<B, 2, Int>::from_data(TensorData::new(tables, [rows, blocks]), device);
-            let row_lengths = Tensor::<B, 1, Int>::from_data(TensorData::new(lengths.iter().map(|&n| n as i64).collect::<Vec<_>>(), [rows]), device);
-            let q = tensor(input(vec![rows * heads * head_dim], 1.0)).reshape([rows, heads, head_dim]);
-            let pool = |t: Tensor<B, 1>| t.reshape([pool_blocks * block_size, kv_heads, head_dim]);
-            let k = pool(tensor(input(vec![pool_blocks * block_size * kv_heads * head_dim], 1.0)));
-            let v = pool(tensor(input(vec![pool_blocks * block_size * kv_heads * head_dim], 1.0)));
-            let outputs = both(&|| kernels::paged_decode_attention(q.clone(), &k, &v, &block_tables, &row_lengths, block_size, keys));
-            compare(format!("paged_decode_attention [{heads}/{kv_heads} heads of {head_dim}, blocks of {block_size}, lengths {lengths:?}]"), Terms::Dtype(head_dim), outputs);
+        // Decode attention (`DECODE_CASES`), the variant the device runs by default.
+        for case in DECODE_CASES {
+            let (what, run) = decode_check::<B>(case, device, &mut |n| tensor(input(vec![n], 1.0)));
+            compare(what, Terms::Dtype(case.head_dim()), both(&*run));
         }
         // Skinny products: 2 to 16 rows (decode steps of several sequences) against the
         // checkpoint-layout weight (`[d_out, d_in]` rows, used transposed as `Linear::load`
@@ -666,6 +638,143 @@ fn kernels_equal_their_composed_fallbacks_on_every_target() {
         }
         failed.extend(witness_problems.iter().map(|p| format!("cpu (witness) f32: {p}")));
         failed.extend(problems.iter().map(|p| format!("{spec} {}: {p}", dtype_name(dtype))));
+    }
+    assert!(failed.is_empty(), "seed {seed}:\n{}", failed.join("\n"));
+}
+
+/// A decode attention check: one query row per sequence over its keys.
+#[derive(Clone, Copy)]
+enum DecodeCase {
+    /// `(batch, heads, kv_heads, keys, capacity, head_dim)`: a cache of `capacity` keys per
+    /// sequence, its first `keys` read (a strided narrow).
+    Cache(usize, usize, usize, usize, usize, usize),
+    /// `(heads, kv_heads, head_dim, block_size, lengths)`: the engine's paged pool, each
+    /// sequence's blocks a scattered permutation of it.
+    Paged(usize, usize, usize, usize, &'static [usize]),
+}
+
+impl DecodeCase {
+    fn head_dim(self) -> usize {
+        match self {
+            DecodeCase::Cache(.., head_dim) | DecodeCase::Paged(_, _, head_dim, ..) => head_dim,
+        }
+    }
+}
+
+/// Decode attention: Phi-3's 32 heads of 96 over 1024 keys; grouped-query heads (4 over 2)
+/// reading a cache view with spare capacity; one key; head_dim 128; 67200 (batch, head) cubes
+/// (two launch dimensions); through block tables, Phi-3's heads over sequences of different
+/// lengths (the longest split over cubes on a GPU) and grouped-query heads with a one-key
+/// sequence.
+const DECODE_CASES: [DecodeCase; 7] = [
+    DecodeCase::Cache(1, 32, 32, 1024, 1024, 96),
+    DecodeCase::Cache(3, 4, 2, 37, 50, 64),
+    DecodeCase::Cache(2, 2, 2, 1, 1, 96),
+    DecodeCase::Cache(1, 2, 1, 300, 301, 128),
+    DecodeCase::Cache(2100, 32, 32, 2, 2, 8),
+    DecodeCase::Paged(32, 32, 96, 16, &[1024, 700, 33]),
+    DecodeCase::Paged(4, 2, 64, 4, &[9, 1]),
+];
+
+/// A [`DecodeCase`]'s name and the call that computes it (`[sequences, heads, head_dim]`), its
+/// inputs drawn from `values` (`n` random values).
+#[allow(clippy::type_complexity)]
+fn decode_check<B: Kernels>(case: DecodeCase, device: &B::Device, values: &mut dyn FnMut(usize) -> Tensor<B, 1>) -> (String, Box<dyn Fn() -> Tensor<B, 3>>) {
+    match case {
+        DecodeCase::Cache(batch, heads, kv_heads, keys, capacity, head_dim) => {
+            let q = values(batch * heads * head_dim).reshape([batch, heads, 1, head_dim]);
+            let mut cache = || values(batch * kv_heads * capacity * head_dim).reshape([batch, kv_heads, capacity, head_dim]).narrow(2, 0, keys);
+            let (k, v) = (cache(), cache());
+            let what = format!("decode_attention [{batch}, {heads}/{kv_heads} heads, {keys} keys, {head_dim}]");
+            (what, Box::new(move || kernels::decode_attention(q.clone(), k.clone(), v.clone()).reshape([batch, heads, head_dim])))
+        }
+        DecodeCase::Paged(heads, kv_heads, head_dim, block_size, lengths) => {
+            let rows = lengths.len();
+            let keys: usize = *lengths.iter().max().unwrap();
+            let blocks = keys.div_ceil(block_size);
+            let pool_blocks = (rows * blocks + 1..).find(|n| (2..*n).all(|d| n % d != 0)).unwrap(); // a prime
+            let tables: Vec<i64> = (0..rows * blocks).map(|i| ((i * 7 + 1) % pool_blocks) as i64).collect();
+            let block_tables = Tensor::<B, 2, Int>::from_data(TensorData::new(tables, [rows, blocks]), device);
+            let row_lengths = Tensor::<B, 1, Int>::from_data(TensorData::new(lengths.iter().map(|&n| n as i64).collect::<Vec<_>>(), [rows]), device);
+            let q = values(rows * heads * head_dim).reshape([rows, heads, head_dim]);
+            let mut pool = || values(pool_blocks * block_size * kv_heads * head_dim).reshape([pool_blocks * block_size, kv_heads, head_dim]);
+            let (k, v) = (pool(), pool());
+            let what = format!("paged_decode_attention [{heads}/{kv_heads} heads of {head_dim}, blocks of {block_size}, lengths {lengths:?}]");
+            (what, Box::new(move || kernels::paged_decode_attention(q.clone(), &k, &v, &block_tables, &row_lengths, block_size, keys)))
+        }
+    }
+}
+
+/// Decode attention's variants ([`DECODE_CASES`]): the planes kernel reading key and value rows
+/// in vectors (`decode_attention_vector`, default where the head fits a plane's lanes) and
+/// reading one value per lane (`decode_attention_vector` off), each against the composed
+/// fallback on the same device and the CPU's f32 result of the same inputs, and equal when run
+/// twice. (The main kernels test checks whichever variant a device runs by default.)
+struct DecodeJob {
+    seed: u64,
+    inputs: DType,
+}
+
+impl DeviceFn for DecodeJob {
+    /// Per case and variant: its name and outputs (the variant's twice, the composed one);
+    /// how many launches read vectors.
+    type Output = (Vec<(String, usize, [Vec<f32>; 3])>, usize);
+    fn run<B: Kernels>(self, device: &B::Device, _info: &DeviceInfo, dtype: DType) -> Self::Output {
+        let mut rng = Rng(self.seed | 1);
+        let inputs = self.inputs;
+        let mut values = |n: usize| -> Tensor<B, 1> {
+            let v: Vec<f32> = (0..n).map(|_| round_to(inputs, rng.unit() * 2.0 - 1.0)).collect();
+            Tensor::from_data(TensorData::new(v, [n]), (device, dtype))
+        };
+        let host = |t: Tensor<B, 3>| -> Vec<f32> { t.into_data().convert::<f32>().into_vec().unwrap() };
+        let policy = kernel_policy();
+        let before = kernels::decode_attention_vector_count();
+        let mut results = Vec::new();
+        for case in DECODE_CASES {
+            let (what, run) = decode_check::<B>(case, device, &mut values);
+            set_kernel_policy(KernelPolicy::Off);
+            let composed = host(run());
+            set_kernel_policy(KernelPolicy::Forced);
+            for vector in [true, false] {
+                kernels::set_kernel_on("decode_attention_vector", vector);
+                let (fused, fused_again) = (host(run()), host(run()));
+                results.push((format!("{what}, vectors {vector}"), case.head_dim(), [fused, fused_again, composed.clone()]));
+            }
+            kernels::set_kernel_on("decode_attention_vector", true);
+            set_kernel_policy(policy);
+        }
+        (results, kernels::decode_attention_vector_count() - before)
+    }
+}
+
+#[test]
+fn decode_attention_variants_equal_the_composed_one() {
+    let _settings = PROCESS_SETTINGS.lock().unwrap_or_else(|e| e.into_inner());
+    let seed = clock_seed();
+    let mut failed = Vec::new();
+    for (spec, dtype) in test_targets() {
+        let (witness, _) = burn_phi3v::device::with_device_dtype("cpu", Some(DType::F32), DecodeJob { seed, inputs: dtype }).unwrap();
+        let (results, vector_launches) = burn_phi3v::device::with_device_dtype(&spec, Some(dtype), DecodeJob { seed, inputs: dtype }).unwrap_or_else(|e| panic!("{spec}: {e}"));
+        // On CUDA (planes of 32 lanes) every case whose head the planes kernel takes (a multiple
+        // of the lanes) reads vectors, twice.
+        let planes_cases = DECODE_CASES.iter().filter(|c| c.head_dim().is_multiple_of(32)).count();
+        let expected = if spec.starts_with("cuda") { 2 * planes_cases } else { vector_launches };
+        eprintln!("{spec} {}: {vector_launches} decode attention launches read vectors (expected {expected})", dtype_name(dtype));
+        if vector_launches != expected {
+            failed.push(format!("{spec} {}: {vector_launches} decode attention launches read vectors, expected {expected}", dtype_name(dtype)));
+        }
+        assert_eq!(results.len(), 2 * DECODE_CASES.len(), "{spec}: the case list ran short");
+        let tolerance = OpTolerance::for_dtype(dtype);
+        for ((what, head_dim, [fused, fused_again, composed]), (_, _, [_, _, cpu])) in results.iter().zip(witness.iter()) {
+            let bound = Terms::Dtype(*head_dim).bound(&tolerance);
+            let (vs_composed, vs_cpu) = (rel_err(composed, fused), rel_err(cpu, fused));
+            let pass = vs_composed <= bound && vs_cpu <= bound && fused == fused_again;
+            let line = format!("{what}: {vs_composed:.2e} vs composed, {vs_cpu:.2e} vs cpu (bound {bound:.2e}), repeat {}", if fused == fused_again { "equal" } else { "DIFFERS" });
+            eprintln!("{spec} {} {line}{}", dtype_name(dtype), if pass { "" } else { "  FAIL" });
+            if !pass {
+                failed.push(format!("{spec} {}: {line}", dtype_name(dtype)));
+            }
+        }
     }
     assert!(failed.is_empty(), "seed {seed}:\n{}", failed.join("\n"));
 }

@@ -1095,6 +1095,33 @@ struct DecodeLayout {
     v_key: usize,
 }
 
+/// A decode attention's [`DecodeLayout`] on the host, strides in elements.
+#[derive(Clone, Copy)]
+struct DecodeStrides {
+    heads: usize,
+    group: usize,
+    keys: usize,
+    /// `q`'s batch and head strides.
+    q: [usize; 2],
+    /// `k`'s batch, head and key strides (batch 0 for a paged pool).
+    k: [usize; 3],
+    /// `v`'s, as `k`'s.
+    v: [usize; 3],
+}
+
+impl DecodeStrides {
+    /// Whether every stride is a multiple of `width` (a kernel reading vectors of `width`).
+    fn divisible(&self, width: usize) -> bool {
+        self.q.iter().chain(&self.k).chain(&self.v).all(|s| s.is_multiple_of(width))
+    }
+
+    /// The launch argument, strides in vectors of `width` values.
+    fn launch<R: CubeRuntime>(&self, width: usize) -> DecodeLayoutLaunch<R> {
+        let (q, k, v) = (self.q.map(|s| s / width), self.k.map(|s| s / width), self.v.map(|s| s / width));
+        DecodeLayoutLaunch::new(self.heads, self.group, self.keys, q[0], q[1], k[0], k[1], k[2], v[0], v[1], v[2])
+    }
+}
+
 /// One cube per (batch, head) for one query row: the scores `q·k_j / sqrt(head_dim)` in f32
 /// (units over keys, into `scores`), their maximum and the sum of `exp(score − max)` by tree
 /// reductions in shared memory, then `Σ_j p_j v_j` with the units split into
@@ -1224,12 +1251,12 @@ pub(crate) fn decode_attention<R: CubeRuntime>(q: CubeTensor<R>, k: CubeTensor<R
         return output;
     }
     let (qs, ks, vs) = (q.meta.strides().clone(), k.meta.strides().clone(), v.meta.strides().clone());
-    let layout = DecodeLayoutLaunch::new(heads, heads / kv_heads.max(1), keys, qs[0], qs[1], ks[0], ks[1], ks[2], vs[0], vs[1], vs[2]);
+    let strides = DecodeStrides { heads, group: heads / kv_heads.max(1), keys, q: [qs[0], qs[1]], k: [ks[0], ks[1], ks[2]], v: [vs[0], vs[1], vs[2]] };
     let scale = 1.0 / (head_dim as f32).sqrt();
     let dtype = q.dtype;
     let address = address_type([&q, &k, &v, &output]);
     if let Some(lanes) = decode_plane(&q.client, head_dim).filter(|_| super::kernel_on("decode_attention_planes")) {
-        let output = decode_attention_planes(q, k, v, output, layout, batch * heads, keys, lanes, None);
+        let output = decode_attention_planes(q, k, v, output, strides, batch * heads, keys, lanes, None);
         return output;
     }
     let scores = empty_device_contiguous_dtype(q.client.clone(), q.device.clone(), [batch * heads, keys].into(), DType::F32);
@@ -1245,7 +1272,7 @@ pub(crate) fn decode_attention<R: CubeRuntime>(q: CubeTensor<R>, k: CubeTensor<R
             v.into_array_arg(),
             scores.into_array_arg(),
             output.clone().into_array_arg(),
-            layout,
+            strides.launch(1),
             batch * heads,
             scale,
             head_dim,
@@ -2048,7 +2075,7 @@ fn decode_attention_planes<R: CubeRuntime>(
     k: CubeTensor<R>,
     v: CubeTensor<R>,
     output: CubeTensor<R>,
-    layout: DecodeLayoutLaunch<R>,
+    strides: DecodeStrides,
     batch_heads: usize,
     keys: usize,
     lanes: usize,
@@ -2069,6 +2096,35 @@ fn decode_attention_planes<R: CubeRuntime>(
     });
     let int_dtype = tables.dtype;
     let address = address_type([&q, &k, &v, &output, &partials, &tables]);
+    if let Some(DecodeVectorShape { width, group }) = decode_vector_shape(&q, &k, &v, &strides, lanes) {
+        super::count_decode_attention_vector();
+        unsafe {
+            decode_attention_vector_kernel::launch_unchecked(
+                &client,
+                row_cubes(batch_heads * splits),
+                CubeDim::new_2d(lanes as u32, DECODE_PLANES),
+                address,
+                width,
+                q.into_array_arg(),
+                k.into_array_arg(),
+                v.into_array_arg(),
+                output.clone().into_array_arg(),
+                partials.clone().into_array_arg(),
+                PagesLaunch::new(tables.into_array_arg(), lengths.into_array_arg(), blocks, block_size),
+                strides.launch(width),
+                batch_heads,
+                splits,
+                chunk,
+                1.0 / (head_dim as f32).sqrt(),
+                head_dim,
+                lanes,
+                group,
+                DECODE_PLANES as usize,
+                paged,
+                [dtype.into(), int_dtype.into()],
+            )
+        };
+    } else {
     unsafe {
         decode_attention_planes_kernel::launch_unchecked(
             &client,
@@ -2081,7 +2137,7 @@ fn decode_attention_planes<R: CubeRuntime>(
             output.clone().into_array_arg(),
             partials.clone().into_array_arg(),
             PagesLaunch::new(tables.into_array_arg(), lengths.into_array_arg(), blocks, block_size),
-            layout,
+            strides.launch(1),
             batch_heads,
             splits,
             chunk,
@@ -2095,6 +2151,7 @@ fn decode_attention_planes<R: CubeRuntime>(
             [dtype.into(), int_dtype.into()],
         )
     };
+    }
     if splits > 1 {
         unsafe {
             decode_attention_combine_kernel::launch_unchecked(
@@ -2139,8 +2196,8 @@ pub(crate) fn paged_decode_attention<R: CubeRuntime>(
     }
     let (qs, ks, vs) = (q.meta.strides().clone(), k.meta.strides().clone(), v.meta.strides().clone());
     // Rows of the pool are the keys; no batch stride (the block tables place each row).
-    let layout = DecodeLayoutLaunch::new(heads, heads / kv_heads.max(1), keys, qs[0], qs[1], 0, ks[1], ks[0], 0, vs[1], vs[0]);
-    decode_attention_planes(q, k, v, output, layout, rows * heads, keys, lanes, Some((tables, lengths, blocks, block_size)))
+    let strides = DecodeStrides { heads, group: heads / kv_heads.max(1), keys, q: [qs[0], qs[1]], k: [0, ks[1], ks[0]], v: [0, vs[1], vs[0]] };
+    decode_attention_planes(q, k, v, output, strides, rows * heads, keys, lanes, Some((tables, lengths, blocks, block_size)))
 }
 
 /// Planes per cube of [`decode_attention_planes_kernel`].
@@ -2331,6 +2388,215 @@ fn decode_attention_planes_kernel<E: Float, I: Int>(
         } else {
             let base = cube * (head_dim + 2);
             partials[base + unit] = sum;
+            if unit == 0 {
+                partials[base + head_dim] = big;
+                partials[base + head_dim + 1] = total;
+            }
+        }
+    }
+}
+
+/// [`decode_attention_vector_kernel`]'s shape: values per vector load and lanes per key.
+struct DecodeVectorShape {
+    width: usize,
+    group: usize,
+}
+
+/// Most vector loads a lane of [`decode_attention_vector_kernel`] makes per key row.
+const DECODE_VECTOR_LOADS: usize = 8;
+
+/// [`decode_attention_vector_kernel`]'s shape, or `None` where it cannot run: turned off
+/// (`decode_attention_vector`), no vector width of 2 to 8 values that divides the head and every
+/// stride and that the buffers' offsets are aligned to, or a row of more vectors than a plane
+/// has lanes. `group`: the fewest lanes per key (a power of two dividing the plane and the row's
+/// vectors) that leave each at most [`DECODE_VECTOR_LOADS`] loads.
+fn decode_vector_shape<R: CubeRuntime>(q: &CubeTensor<R>, k: &CubeTensor<R>, v: &CubeTensor<R>, strides: &DecodeStrides, lanes: usize) -> Option<DecodeVectorShape> {
+    if !super::kernel_on("decode_attention_vector") {
+        return None;
+    }
+    let head_dim = q.meta.shape()[q.meta.shape().num_dims() - 1];
+    let bytes = q.dtype.size();
+    let aligned = |t: &CubeTensor<R>, n: usize| t.handle.offset_start.unwrap_or(0).is_multiple_of((n * bytes) as u64);
+    let width = q
+        .client
+        .io_optimized_vector_sizes(bytes)
+        .filter(|&n| (2..=8).contains(&n) && head_dim.is_multiple_of(n) && strides.divisible(n) && [q, k, v].iter().all(|t| aligned(t, n)))
+        .max()?;
+    let row = head_dim / width;
+    if row > lanes {
+        return None;
+    }
+    let group = (0..=lanes.trailing_zeros()).map(|b| 1usize << b).find(|&g| row.is_multiple_of(g) && lanes.is_multiple_of(g) && row / g <= DECODE_VECTOR_LOADS)?;
+    Some(DecodeVectorShape { width, group })
+}
+
+/// Decode attention reading key and value rows in vectors of `N` values (`head_dim / N` of
+/// them per row, at most one per lane): `splits` cubes per (batch, head), each over `chunk`
+/// consecutive keys, of `planes` planes of `lanes` units, as [`decode_attention_planes_kernel`]
+/// (same `partials` for [`decode_attention_combine_kernel`]); strides in `layout` are in
+/// vectors. A plane takes `lanes / group` keys at a time:
+/// - scores: `group` lanes per key, each with its `row / group` consecutive vectors of the key
+///   row and of the query (f32, scaled), summed within the group by plane shuffles;
+/// - softmax: one plane maximum per step, the running maximum and a per-lane running sum (the
+///   group's first lane adds its key's weight), summed over the plane at the end;
+/// - values: lane `l` below `(lanes / row) · row` reads vector `l % row` of key `l / row`, then
+///   of every `lanes / row`-th key after it, weighting it by the key's probability fetched from
+///   the key's lanes by a plane shuffle (every lane takes part in the shuffles).
+///
+/// The planes' (and each plane's key offsets') accumulators meet in shared memory at the end.
+#[cube(launch_unchecked, address_type = "dynamic")]
+fn decode_attention_vector_kernel<E: Float, N: Size, I: Int>(
+    q: &Array<Vector<E, N>>,
+    k: &Array<Vector<E, N>>,
+    v: &Array<Vector<E, N>>,
+    output: &mut Array<E>,
+    partials: &mut Array<f32>,
+    pages: &Pages<I>,
+    layout: &DecodeLayout,
+    batch_heads: usize,
+    splits: usize,
+    chunk: usize,
+    scale: f32,
+    #[comptime] head_dim: usize,
+    #[comptime] lanes: usize,
+    #[comptime] group: usize,
+    #[comptime] planes: usize,
+    #[comptime] paged: bool,
+    #[define(E, I)] _dtypes: [StorageType; 2],
+) {
+    let width = N::value();
+    let row = comptime!(head_dim / N::value());
+    let per_lane = comptime!(head_dim / N::value() / group);
+    // Keys per step, value rows read side by side, and steps over the keys for the values.
+    let step_keys = comptime!(lanes / group);
+    let v_rows = comptime!(lanes / (head_dim / N::value()));
+    let v_steps = comptime!((lanes / group).div_ceil(lanes / (head_dim / N::value())));
+    let cube = CUBE_POS;
+    if cube >= batch_heads * splits {
+        terminate!();
+    }
+    let bh = cube / splits;
+    let b = bh / layout.heads;
+    let keys = if paged { u32::cast_from(pages.lengths[b]) as usize } else { layout.keys };
+    let lo = (cube % splits) * chunk;
+    let hi = select(keys > lo, min(keys, lo + chunk), lo);
+    let table = b * pages.blocks;
+    let h = bh % layout.heads;
+    let hk = h / layout.group;
+    let lane = UNIT_POS_X as usize;
+    let plane = UNIT_POS_Y as usize;
+    // Scores: this lane's key within a step and its part of the row.
+    let key_in_step = lane / group;
+    let part = (lane % group) * per_lane;
+    let k_base = b * layout.k_batch + hk * layout.k_head + part;
+    let q_base = b * layout.q_batch + h * layout.q_head + part;
+    // Values: this lane's first key within a step and its vector of the row.
+    let v_key = lane / row;
+    let v_active = v_key < v_rows;
+    let v_base = b * layout.v_batch + hk * layout.v_head + lane % row;
+
+    let mut query = Array::<f32>::new(comptime!(head_dim / group));
+    #[unroll]
+    for i in 0..per_lane {
+        let qv = q[q_base + i];
+        #[unroll]
+        for e in 0..width {
+            query[i * width + e] = f32::cast_from(qv[e]) * scale;
+        }
+    }
+    let mut acc = Array::<f32>::new(N::value());
+    #[unroll]
+    for e in 0..width {
+        acc[e] = f32::new(0.0);
+    }
+    let mut best = f32::new(NO_SCORE);
+    let mut sum = f32::new(0.0);
+    let last = hi - 1;
+    let mut start = lo + plane * step_keys;
+    while start < hi {
+        let j = start + key_in_step;
+        let key = k_base + key_row(pages, table, min(j, last), paged) * layout.k_key;
+        let mut dot = f32::new(0.0);
+        #[unroll]
+        for i in 0..per_lane {
+            let kv = k[key + i];
+            #[unroll]
+            for e in 0..width {
+                dot += query[i * width + e] * f32::cast_from(kv[e]);
+            }
+        }
+        #[unroll]
+        for g in 1..group {
+            if comptime!(g.is_power_of_two()) {
+                dot += plane_shuffle_xor(dot, g as u32);
+            }
+        }
+        let score = select(j < hi, dot, f32::new(NO_SCORE));
+        let top = plane_max(score);
+        let new_best = select(top > best, top, best);
+        let correction = f32::exp(best - new_best);
+        best = new_best;
+        let p = f32::exp(score - best);
+        sum = sum * correction + select(part == 0, p, f32::new(0.0));
+        #[unroll]
+        for e in 0..width {
+            acc[e] *= correction;
+        }
+        #[unroll]
+        for s in 0..v_steps {
+            let t = min(v_key + s * v_rows, step_keys - 1);
+            let pt = plane_shuffle(p, (t * group) as u32);
+            let jv = start + t;
+            if v_active && v_key + s * v_rows < step_keys && jv < hi {
+                let vv = v[v_base + key_row(pages, table, jv, paged) * layout.v_key];
+                #[unroll]
+                for e in 0..width {
+                    acc[e] += pt * f32::cast_from(vv[e]);
+                }
+            }
+        }
+        start += planes * step_keys;
+    }
+    let total_sum = plane_sum(sum);
+
+    // Every plane's maximum and sum, and each (plane, key offset)'s accumulator, meet in
+    // shared memory.
+    let mut stats = SharedMemory::<f32>::new(comptime!(planes * 2));
+    let mut parts = SharedMemory::<f32>::new(comptime!(planes * (lanes / (head_dim / N::value())) * head_dim));
+    if lane == 0 {
+        stats[plane * 2] = best;
+        stats[plane * 2 + 1] = total_sum;
+    }
+    if v_active {
+        #[unroll]
+        for e in 0..width {
+            parts[(plane * v_rows + v_key) * head_dim + (lane % row) * width + e] = acc[e];
+        }
+    }
+    sync_cube();
+    let unit = UNIT_POS as usize;
+    if unit < head_dim {
+        let mut big = stats[0];
+        for p in 1..planes {
+            let m = stats[p * 2];
+            big = select(m > big, m, big);
+        }
+        let mut total = f32::new(0.0);
+        let mut out = f32::new(0.0);
+        for p in 0..planes {
+            let w = f32::exp(stats[p * 2] - big);
+            total += stats[p * 2 + 1] * w;
+            let mut plane_out = f32::new(0.0);
+            for r in 0..v_rows {
+                plane_out += parts[(p * v_rows + r) * head_dim + unit];
+            }
+            out += plane_out * w;
+        }
+        if splits == 1 {
+            output[bh * head_dim + unit] = E::cast_from(out / total);
+        } else {
+            let base = cube * (head_dim + 2);
+            partials[base + unit] = out;
             if unit == 0 {
                 partials[base + head_dim] = big;
                 partials[base + head_dim + 1] = total;

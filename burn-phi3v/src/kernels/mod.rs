@@ -676,8 +676,9 @@ pub fn fused_kernels() -> bool {
 /// `add_rms_norm` off adds with Burn, then normalises with `rms_norm`; `rotary_append` off
 /// rotates with `rotary`, then appends with Burn's `slice_assign`; `mma_linear` off keeps the
 /// few-row products on the CUDA-core skinny kernel where tensor cores could take them
-/// ([`MmaLinearTuning`]).
-pub const KERNEL_NAMES: [&str; 19] = [
+/// ([`MmaLinearTuning`]); `decode_attention_vector` off keeps decode attention's planes
+/// variant reading one value per lane and key instead of key and value rows in vectors.
+pub const KERNEL_NAMES: [&str; 20] = [
     "rms_norm",
     "layer_norm",
     "quick_gelu",
@@ -689,6 +690,7 @@ pub const KERNEL_NAMES: [&str; 19] = [
     "decode_attention",
     "decode_attention_planes",
     "decode_attention_split",
+    "decode_attention_vector",
     "skinny_linear",
     "fused_linear",
     "blas_matmul",
@@ -700,16 +702,34 @@ pub const KERNEL_NAMES: [&str; 19] = [
 ];
 
 /// Whether the backend's kernel `name` (one of [`KERNEL_NAMES`]) runs: [`fused_kernels`] is
-/// on and `PHI3V_KERNELS_OFF` (a comma-separated list of names, read once) does not name it.
-/// Turning one kernel off works around it on a device where it misbehaves, or measures it.
+/// on and it is not turned off: by `PHI3V_KERNELS_OFF` (a comma-separated list of names, read
+/// once) or later by [`set_kernel_on`]. Turning one kernel off works around it on a device
+/// where it misbehaves, or measures it.
 pub fn kernel_on(name: &str) -> bool {
-    static OFF: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
-    let off = OFF.get_or_init(|| {
-        std::env::var("PHI3V_KERNELS_OFF")
-            .map(|v| v.split(',').map(|n| n.trim().to_string()).filter(|n| !n.is_empty()).collect())
-            .unwrap_or_default()
-    });
-    fused_kernels() && !off.iter().any(|n| n == name)
+    fused_kernels() && !kernels_off().read().unwrap_or_else(|e| e.into_inner()).iter().any(|n| n == name)
+}
+
+/// Turns kernel `name` (one of [`KERNEL_NAMES`]) on or off for every later launch of the
+/// process, over `PHI3V_KERNELS_OFF`; `false` (nothing changed) for a name not in the list.
+pub fn set_kernel_on(name: &str, on: bool) -> bool {
+    if !KERNEL_NAMES.contains(&name) {
+        return false;
+    }
+    let mut off = kernels_off().write().unwrap_or_else(|e| e.into_inner());
+    off.retain(|n| n != name);
+    if !on {
+        off.push(name.to_string());
+    }
+    true
+}
+
+/// The kernels turned off, first from `PHI3V_KERNELS_OFF`.
+fn kernels_off() -> &'static std::sync::RwLock<Vec<String>> {
+    static OFF: std::sync::OnceLock<std::sync::RwLock<Vec<String>>> = std::sync::OnceLock::new();
+    OFF.get_or_init(|| {
+        let names = std::env::var("PHI3V_KERNELS_OFF").map(|v| v.split(',').map(|n| n.trim().to_string()).filter(|n| !n.is_empty()).collect());
+        std::sync::RwLock::new(names.unwrap_or_default())
+    })
 }
 
 /// [`Kernels::layer_norm`] on tensors (composed when its kernel is off).
@@ -1579,6 +1599,19 @@ pub fn mma_linear_count() -> usize {
 }
 
 static MMA_LINEARS: AtomicUsize = AtomicUsize::new(0);
+
+/// How many decode attentions read their key and value rows in vectors (the kernel
+/// `decode_attention_vector`) since the process started.
+pub fn decode_attention_vector_count() -> usize {
+    DECODE_VECTORS.load(Ordering::Relaxed)
+}
+
+static DECODE_VECTORS: AtomicUsize = AtomicUsize::new(0);
+
+#[cfg_attr(not(feature = "cube"), allow(dead_code))]
+pub(crate) fn count_decode_attention_vector() {
+    DECODE_VECTORS.fetch_add(1, Ordering::Relaxed);
+}
 
 #[cfg_attr(not(feature = "cube"), allow(dead_code))]
 pub(crate) fn count_mma_linear() {
