@@ -119,3 +119,13 @@ attention_ab() {
     timeout 40 python3 $R/bench/peer_attention.py --dtype $dt --shapes "$shapes" --out $dir/peer-att-$dt.json 2>&1 | tail -5
   done
 }
+# Nsight Compute where the image has it (no Nsight Systems there): NCU, the sections a kernel's
+# report takes (speed of light, occupancy, memory, warp states and their stall reasons, launch
+# and scheduler statistics), and ncu_report FILE: the stall reasons above 0.5 cycles per
+# instruction and the figures that decide a memory-bound kernel's next change.
+NCU=$(command -v ncu || ls /usr/local/cuda/bin/ncu 2>/dev/null | head -1)
+NCU_SECTIONS="--section SpeedOfLight --section Occupancy --section MemoryWorkloadAnalysis --section WarpStateStats --section LaunchStats --section SchedulerStats --metrics regex:smsp__average_warps_issue_stalled_.*_per_issue_active.ratio"
+ncu_report() {
+  grep -E "stalled_" "$1" | awk '$NF+0 > 0.5' | sed 's/smsp__average_warps_issue_stalled_//;s/_per_issue_active.ratio//' | awk '{print $1, $NF}' | paste -sd' ' | cut -c1-400
+  grep -E "^  [a-z_]+.*\(|Duration|DRAM Throughput|Achieved Occupancy|Theoretical Occupancy|Registers Per|Grid Size|Block Limit Reg|Block Limit Shared|Warp Cycles Per Issued|No Eligible|L1/TEX Hit" "$1" | sed 's/  */ /g' | cut -c1-100 | head -60
+}

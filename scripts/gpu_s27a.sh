@@ -26,17 +26,7 @@ for p in 1 10; do
     timeout ${NCU_S:-120} $NCU --metrics gpu__time_duration.sum --csv --launch-skip ${SKIP:-6000} --launch-count 1500 \
       "${RUN[@]}" --parallel $p --out $RS/run$p > $RS/ncu$p.csv 2> $RS/ncu$p.err
     echo "=== ncu parallel $p rc=$? $(( $(date +%s) - s )) s"; tail -3 $RS/ncu$p.err
-    python3 - $RS/ncu$p.csv <<'PY'
-import csv, sys, re, collections
-rows = [r for r in csv.DictReader(l for l in open(sys.argv[1]) if l.startswith('"'))]
-t = collections.defaultdict(lambda: [0, 0.0])
-for r in rows:
-    n = re.sub(r"[<(].*", "", r.get("Kernel Name", ""))[:60]; v = float(r["Metric Value"].replace(",", "")); u = r["Metric Unit"]
-    v = v / 1e3 if u == "nsecond" else v * 1e3 if u == "msecond" else v
-    t[n][0] += 1; t[n][1] += v
-tot = sum(x[1] for x in t.values()); print(f"{len(rows)} kernels, {tot:.0f} us GPU")
-for n, (c, s) in sorted(t.items(), key=lambda kv: -kv[1][1])[:25]: print(f"| {n} | {c} | {s/c:.2f} | {s:.0f} |")
-PY
+    python3 $R/bench/ncu_kernel_times.py $RS/ncu$p.csv
   fi
 done
 nvidia-smi --query-gpu=name,clocks.sm,clocks.mem --format=csv,noheader

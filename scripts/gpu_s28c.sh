@@ -33,30 +33,14 @@ done
 GEN="--scenarios generation --shapes 1024x128 --warmup 1 --runs 5 --generation-runs 1 --batching engine"
 TAIL=3 bench_parts $RS "gen-default::${GEN_S:-75}:$GEN --parallel 1,10" "gen-attplanes:PHI3V_KERNELS_OFF=decode_attention_vector:${GEN_S:-55}:$GEN --parallel 10" "gen-d1:PHI3V_MMA_LINEAR=8,64,4,1,1:${GEN_S:-55}:$GEN --parallel 10"
 grep -H "^generation" $RS/*.log | cut -c1-220
-NCU=$(command -v ncu || ls /usr/local/cuda/bin/ncu 2>/dev/null | head -1)
-SECTIONS="--section SpeedOfLight --section Occupancy --section MemoryWorkloadAnalysis --section WarpStateStats --section LaunchStats --section SchedulerStats --metrics regex:smsp__average_warps_issue_stalled_.*_per_issue_active.ratio"
 BD1=(bench breakdown --preset phi3v-128k --device cuda --dtype bf16 --prefill 0 --no-image --decode-batches 10 --warmup 0 --runs 1)
-ncu_report() {
-  grep -E "stalled_" $1 | awk '$NF+0 > 0.5' | sed 's/smsp__average_warps_issue_stalled_//;s/_per_issue_active.ratio//' | awk '{print $1, $NF}' | paste -sd' ' | cut -c1-400
-  grep -E "^  [a-z_]+.*\(|Duration|DRAM Throughput|Achieved Occupancy|Theoretical Occupancy|Registers Per|Grid Size|Block Limit Reg|Block Limit Shared|Warp Cycles Per Issued|No Eligible|L1/TEX Hit" $1 | sed 's/  */ /g' | cut -c1-100 | head -60
-}
 for part in "mma:mma_linear:4" "att:decode_attention:2"; do
   IFS=: read -r name kernel count <<< "$part"
-  timeout ${NCU_S:-50} $NCU --kernel-name regex:$kernel --launch-count $count $SECTIONS $B/phi3v "${BD1[@]}" --out $RS/ncu-bd-$name > $RS/ncu-$name.txt 2>&1
+  timeout ${NCU_S:-50} $NCU --kernel-name regex:$kernel --launch-count $count $NCU_SECTIONS $B/phi3v "${BD1[@]}" --out $RS/ncu-bd-$name > $RS/ncu-$name.txt 2>&1
   echo "=== ncu $name rc=$?"; ncu_report $RS/ncu-$name.txt
 done
 timeout ${TIMELINE_S:-70} $NCU --metrics gpu__time_duration.sum --csv --launch-skip ${SKIP:-3000} --launch-count 250 \
   $B/phi3v bench run --preset phi3v-128k --device cuda --dtype bf16 --scenarios generation --shapes 1024x64 --warmup 0 --runs 1 --generation-runs 1 --batching engine --parallel 1 --out $RS/tl1 > $RS/ncu-tl1.csv 2> $RS/ncu-tl1.err
 echo "=== ncu timeline b=1 rc=$?"; tail -2 $RS/ncu-tl1.err | cut -c1-200
-python3 - $RS/ncu-tl1.csv <<'PY'
-import csv, sys, re, collections
-rows = [r for r in csv.DictReader(l for l in open(sys.argv[1]) if l.startswith('"'))]
-t = collections.defaultdict(lambda: [0, 0.0])
-for r in rows:
-    n = re.sub(r"[<(].*", "", r.get("Kernel Name", ""))[:60]; v = float(r["Metric Value"].replace(",", "")); u = r["Metric Unit"]
-    v = v / 1e3 if u == "nsecond" else v * 1e3 if u == "msecond" else v
-    t[n][0] += 1; t[n][1] += v
-tot = sum(x[1] for x in t.values()); print(f"{len(rows)} kernels, {tot:.0f} us GPU")
-for n, (c, s) in sorted(t.items(), key=lambda kv: -kv[1][1])[:25]: print(f"| {n} | {c} | {s/c:.2f} | {s:.0f} |")
-PY
+python3 $R/bench/ncu_kernel_times.py $RS/ncu-tl1.csv
 cd $R; (cd $OUT && tar czf s28c.tgz s28c && rm -rf s28c)

@@ -2125,32 +2125,32 @@ fn decode_attention_planes<R: CubeRuntime>(
             )
         };
     } else {
-    unsafe {
-        decode_attention_planes_kernel::launch_unchecked(
-            &client,
-            row_cubes(batch_heads * splits),
-            CubeDim::new_2d(lanes as u32, DECODE_PLANES),
-            address,
-            q.into_array_arg(),
-            k.into_array_arg(),
-            v.into_array_arg(),
-            output.clone().into_array_arg(),
-            partials.clone().into_array_arg(),
-            PagesLaunch::new(tables.into_array_arg(), lengths.into_array_arg(), blocks, block_size),
-            strides.launch(1),
-            batch_heads,
-            splits,
-            chunk,
-            1.0 / (head_dim as f32).sqrt(),
-            head_dim,
-            lanes,
-            head_dim / lanes,
-            DECODE_PLANES as usize,
-            DECODE_TILE,
-            paged,
-            [dtype.into(), int_dtype.into()],
-        )
-    };
+        unsafe {
+            decode_attention_planes_kernel::launch_unchecked(
+                &client,
+                row_cubes(batch_heads * splits),
+                CubeDim::new_2d(lanes as u32, DECODE_PLANES),
+                address,
+                q.into_array_arg(),
+                k.into_array_arg(),
+                v.into_array_arg(),
+                output.clone().into_array_arg(),
+                partials.clone().into_array_arg(),
+                PagesLaunch::new(tables.into_array_arg(), lengths.into_array_arg(), blocks, block_size),
+                strides.launch(1),
+                batch_heads,
+                splits,
+                chunk,
+                1.0 / (head_dim as f32).sqrt(),
+                head_dim,
+                lanes,
+                head_dim / lanes,
+                DECODE_PLANES as usize,
+                DECODE_TILE,
+                paged,
+                [dtype.into(), int_dtype.into()],
+            )
+        };
     }
     if splits > 1 {
         unsafe {
@@ -2284,15 +2284,7 @@ fn decode_attention_planes_kernel<E: Float, I: Int>(
     if cube >= batch_heads * splits {
         terminate!();
     }
-    let bh = cube / splits;
-    let b = bh / layout.heads;
-    let keys = if paged { u32::cast_from(pages.lengths[b]) as usize } else { layout.keys };
-    let lo = (cube % splits) * chunk;
-    // An empty range (a paged row shorter than the longest) leaves the cube's state empty.
-    let hi = select(keys > lo, min(keys, lo + chunk), lo);
-    let table = b * pages.blocks;
-    let h = bh % layout.heads;
-    let hk = h / layout.group;
+    let DecodeKeys { bh, b, h, hk, lo, hi, table } = decode_keys(pages, layout, cube, splits, chunk, paged);
     let lane = UNIT_POS_X as usize;
     let plane = UNIT_POS_Y as usize;
     let k_base = b * layout.k_batch + hk * layout.k_head + lane;
@@ -2369,6 +2361,55 @@ fn decode_attention_planes_kernel<E: Float, I: Int>(
         parts[plane * head_dim + lane + i * lanes] = acc[i];
     }
     sync_cube();
+    decode_attention_finish::<E>(&stats, &parts, output, partials, bh, cube, splits, head_dim, planes, 1usize);
+}
+
+/// The keys of a decode attention cube (`splits` per (batch, head), `chunk` keys each): its
+/// (batch, head) `bh`, batch `b`, head `h` and key/value head `hk`, its keys `lo..hi` (an empty
+/// range where a paged row is shorter than the longest, which leaves the cube's state empty),
+/// and where its row's block table starts.
+#[derive(CubeType)]
+struct DecodeKeys {
+    bh: usize,
+    b: usize,
+    h: usize,
+    hk: usize,
+    lo: usize,
+    hi: usize,
+    table: usize,
+}
+
+#[cube]
+fn decode_keys<I: Int>(pages: &Pages<I>, layout: &DecodeLayout, cube: usize, splits: usize, chunk: usize, #[comptime] paged: bool) -> DecodeKeys {
+    let bh = cube / splits;
+    let b = bh / layout.heads;
+    let keys = if paged { u32::cast_from(pages.lengths[b]) as usize } else { layout.keys };
+    let lo = (cube % splits) * chunk;
+    let h = bh % layout.heads;
+    DecodeKeys { bh, b, h, hk: h / layout.group, lo, hi: select(keys > lo, min(keys, lo + chunk), lo), table: b * pages.blocks }
+}
+
+/// The end of the decode attention kernels, after the cube's barrier: `stats` holds each
+/// plane's maximum score and sum of weights, `parts` each plane's `rows` accumulators of
+/// `head_dim` values (at `(plane · rows + r) · head_dim`); one unit per output value weighs
+/// them by the planes' maxima and writes the output (`splits == 1`) or the cube's
+/// unnormalised output, maximum and sum into `partials` for
+/// [`decode_attention_combine_kernel`]. A plane with no key has maximum `NO_SCORE` and weighs
+/// nothing.
+#[cube]
+#[allow(clippy::too_many_arguments)]
+fn decode_attention_finish<E: Float>(
+    stats: &SharedMemory<f32>,
+    parts: &SharedMemory<f32>,
+    output: &mut Array<E>,
+    partials: &mut Array<f32>,
+    bh: usize,
+    cube: usize,
+    splits: usize,
+    #[comptime] head_dim: usize,
+    #[comptime] planes: usize,
+    #[comptime] rows: usize,
+) {
     let unit = UNIT_POS as usize;
     if unit < head_dim {
         let mut big = stats[0];
@@ -2381,7 +2422,12 @@ fn decode_attention_planes_kernel<E: Float, I: Int>(
         for p in 0..planes {
             let w = f32::exp(stats[p * 2] - big);
             total += stats[p * 2 + 1] * w;
-            sum += parts[p * head_dim + unit] * w;
+            let mut plane_sum = f32::new(0.0);
+            #[unroll]
+            for r in 0..rows {
+                plane_sum += parts[(p * rows + r) * head_dim + unit];
+            }
+            sum += plane_sum * w;
         }
         if splits == 1 {
             output[bh * head_dim + unit] = E::cast_from(sum / total);
@@ -2475,14 +2521,7 @@ fn decode_attention_vector_kernel<E: Float, N: Size, I: Int>(
     if cube >= batch_heads * splits {
         terminate!();
     }
-    let bh = cube / splits;
-    let b = bh / layout.heads;
-    let keys = if paged { u32::cast_from(pages.lengths[b]) as usize } else { layout.keys };
-    let lo = (cube % splits) * chunk;
-    let hi = select(keys > lo, min(keys, lo + chunk), lo);
-    let table = b * pages.blocks;
-    let h = bh % layout.heads;
-    let hk = h / layout.group;
+    let DecodeKeys { bh, b, h, hk, lo, hi, table } = decode_keys(pages, layout, cube, splits, chunk, paged);
     let lane = UNIT_POS_X as usize;
     let plane = UNIT_POS_Y as usize;
     // Scores: this lane's key within a step and its part of the row.
@@ -2574,35 +2613,7 @@ fn decode_attention_vector_kernel<E: Float, N: Size, I: Int>(
         }
     }
     sync_cube();
-    let unit = UNIT_POS as usize;
-    if unit < head_dim {
-        let mut big = stats[0];
-        for p in 1..planes {
-            let m = stats[p * 2];
-            big = select(m > big, m, big);
-        }
-        let mut total = f32::new(0.0);
-        let mut out = f32::new(0.0);
-        for p in 0..planes {
-            let w = f32::exp(stats[p * 2] - big);
-            total += stats[p * 2 + 1] * w;
-            let mut plane_out = f32::new(0.0);
-            for r in 0..v_rows {
-                plane_out += parts[(p * v_rows + r) * head_dim + unit];
-            }
-            out += plane_out * w;
-        }
-        if splits == 1 {
-            output[bh * head_dim + unit] = E::cast_from(out / total);
-        } else {
-            let base = cube * (head_dim + 2);
-            partials[base + unit] = out;
-            if unit == 0 {
-                partials[base + head_dim] = big;
-                partials[base + head_dim + 1] = total;
-            }
-        }
-    }
+    decode_attention_finish::<E>(&stats, &parts, output, partials, bh, cube, splits, head_dim, planes, v_rows);
 }
 
 /// The output of split decode attention: one cube of `head_dim` units per (batch, head)
