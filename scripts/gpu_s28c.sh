@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Session 28, call 3 (H100 or H200; the pack of 3bcb4b1 in .gpu; carry .gpu and .gl). ~560 s,
+# Session 28, call 3 (H100 or H200; the pack of 321af47 in .gpu; carry .gpu and .gl). ~560 s,
 # bf16 unless said, phi3v-128k shapes, one timed process at a time on the quiet GPU:
 #   1. tests on cuda bf16 and f16 side by side: the tensor-core products (staged with 1, 2, 4
 #      chunks held ahead; weights from global memory) and the decode attention variants
