@@ -2117,6 +2117,7 @@ fn decode_attention_planes<R: CubeRuntime>(
                 chunk,
                 1.0 / (head_dim as f32).sqrt(),
                 head_dim,
+                head_dim / width,
                 lanes,
                 group,
                 DECODE_PLANES as usize,
@@ -2504,19 +2505,21 @@ fn decode_attention_vector_kernel<E: Float, N: Size, I: Int>(
     chunk: usize,
     scale: f32,
     #[comptime] head_dim: usize,
+    #[comptime] row: usize,
     #[comptime] lanes: usize,
     #[comptime] group: usize,
     #[comptime] planes: usize,
     #[comptime] paged: bool,
     #[define(E, I)] _dtypes: [StorageType; 2],
 ) {
+    // `row` (vectors per key row) is `head_dim / N`, given by the host: a vector size is only
+    // known inside the kernel's expansion, not in `comptime!` blocks.
     let width = N::value();
-    let row = comptime!(head_dim / N::value());
-    let per_lane = comptime!(head_dim / N::value() / group);
+    let per_lane = comptime!(row / group);
     // Keys per step, value rows read side by side, and steps over the keys for the values.
     let step_keys = comptime!(lanes / group);
-    let v_rows = comptime!(lanes / (head_dim / N::value()));
-    let v_steps = comptime!((lanes / group).div_ceil(lanes / (head_dim / N::value())));
+    let v_rows = comptime!(lanes / row);
+    let v_steps = comptime!((lanes / group).div_ceil(lanes / row));
     let cube = CUBE_POS;
     if cube >= batch_heads * splits {
         terminate!();
@@ -2543,7 +2546,7 @@ fn decode_attention_vector_kernel<E: Float, N: Size, I: Int>(
             query[i * width + e] = f32::cast_from(qv[e]) * scale;
         }
     }
-    let mut acc = Array::<f32>::new(N::value());
+    let mut acc = Array::<f32>::new(width);
     #[unroll]
     for e in 0..width {
         acc[e] = f32::new(0.0);
@@ -2601,7 +2604,7 @@ fn decode_attention_vector_kernel<E: Float, N: Size, I: Int>(
     // Every plane's maximum and sum, and each (plane, key offset)'s accumulator, meet in
     // shared memory.
     let mut stats = SharedMemory::<f32>::new(comptime!(planes * 2));
-    let mut parts = SharedMemory::<f32>::new(comptime!(planes * (lanes / (head_dim / N::value())) * head_dim));
+    let mut parts = SharedMemory::<f32>::new(comptime!(planes * (lanes / row) * head_dim));
     if lane == 0 {
         stats[plane * 2] = best;
         stats[plane * 2 + 1] = total_sum;

@@ -1521,9 +1521,11 @@ pub struct MmaLinearTuning {
     /// Weights through registers and shared memory, the next chunk's loads in flight while
     /// the current one is multiplied (default), or tensor-core loads from global memory.
     pub staged: bool,
-    /// Chunks a plane holds in registers ahead of the one it multiplies: 1 to 4 (default 2).
-    /// The chunk shrinks where they would take more than [`MMA_LINEAR_HELD_VECTORS`] vector
-    /// registers per lane.
+    /// Chunks a plane holds in registers ahead of the one it multiplies: 1 to 4 (default 1:
+    /// on the H100 deeper rings took the registers that let a second cube share a
+    /// multiprocessor, and the 10-row step was slower, docs/kernels.md session 28). The chunk
+    /// shrinks where they would take more than [`MMA_LINEAR_HELD_VECTORS`] vector registers
+    /// per lane.
     pub depth: usize,
 }
 
@@ -1533,7 +1535,7 @@ pub const MMA_LINEAR_HELD_VECTORS: usize = 32;
 
 impl Default for MmaLinearTuning {
     fn default() -> Self {
-        Self { planes: 8, chunk: 64, min_rows: 4, staged: true, depth: 2 }
+        Self { planes: 8, chunk: 64, min_rows: 4, staged: true, depth: 1 }
     }
 }
 
