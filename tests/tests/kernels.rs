@@ -728,6 +728,7 @@ impl DeviceFn for DecodeJob {
         };
         let host = |t: Tensor<B, 3>| -> Vec<f32> { t.into_data().convert::<f32>().into_vec().unwrap() };
         let policy = kernel_policy();
+        let vector_on = kernels::kernel_on("decode_attention_vector");
         let before = kernels::decode_attention_vector_count();
         let mut results = Vec::new();
         for case in DECODE_CASES {
@@ -740,9 +741,9 @@ impl DeviceFn for DecodeJob {
                 let (fused, fused_again) = (host(run()), host(run()));
                 results.push((format!("{what}, vectors {vector}"), case.head_dim(), [fused, fused_again, composed.clone()]));
             }
-            kernels::set_kernel_on("decode_attention_vector", true);
             set_kernel_policy(policy);
         }
+        kernels::set_kernel_on("decode_attention_vector", vector_on);
         (results, kernels::decode_attention_vector_count() - before)
     }
 }
