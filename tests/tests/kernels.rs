@@ -5,7 +5,7 @@
 
 use burn::tensor::{Bool, DType, Int, Tensor, TensorData, TensorPrimitive, bf16, f16};
 use burn_phi3v::device::{DeviceInfo, dtype_name};
-use burn_phi3v::kernels::{self, KernelPolicy, Kernels, kernel_policy, set_kernel_policy};
+use burn_phi3v::kernels::{self, KernelPolicy, Kernels, MmaLinearReads, kernel_policy, set_kernel_policy};
 use phi3v_devices::DeviceFn;
 use phi3v_tests::conformance::OpTolerance;
 use phi3v_tests::devices::test_targets;
@@ -799,9 +799,11 @@ struct MmaLinearJob {
 const MMA_LINEAR_CASES: [(usize, usize, usize, u8); 9] =
     [(4, 256, 64, 3), (10, 3072, 1024, 2), (16, 8192, 128, 1), (10, 3072, 48, 0), (10, 64, 16, 3), (13, 512, 96, 2), (5, 48, 32, 0), (10, 1000, 64, 0), (7, 96, 40, 3)];
 
-/// The ways of reading the inputs the tensor-core product is checked in: `(staged, depth)`,
-/// weights through shared memory or straight from global memory, and 1 to 4 chunks held ahead.
-const MMA_LINEAR_READINGS: [(bool, usize); 4] = [(true, 1), (true, 2), (true, 4), (false, 2)];
+/// The ways of reading the inputs the tensor-core product is checked in: `(reads, depth)`,
+/// through registers with 1 to 4 chunks held ahead, weights straight from global memory, and
+/// asynchronous copies into rings of 2 and 4 chunks.
+const MMA_LINEAR_READINGS: [(MmaLinearReads, usize); 6] =
+    [(MmaLinearReads::Registers, 1), (MmaLinearReads::Registers, 2), (MmaLinearReads::Registers, 4), (MmaLinearReads::Global, 2), (MmaLinearReads::CopyAsync, 1), (MmaLinearReads::CopyAsync, 3)];
 
 /// Whether [`MMA_LINEAR_CASES`]' case fits the tensor-core tile.
 fn mma_linear_fits(d_in: usize, d_out: usize, epilogue: u8) -> bool {
@@ -819,9 +821,9 @@ struct ProductOutputs {
 }
 
 impl DeviceFn for MmaLinearJob {
-    /// Every case's outputs (both ways of reading the weights), and how many tensor-core
-    /// products ran.
-    type Output = (Vec<ProductOutputs>, usize);
+    /// Every case's outputs (each way of reading the inputs), how many tensor-core products
+    /// ran, and how many of them copied their chunks asynchronously.
+    type Output = (Vec<ProductOutputs>, usize, usize);
     fn run<B: Kernels>(self, device: &B::Device, _info: &DeviceInfo, dtype: DType) -> Self::Output {
         let mut rng = Rng(self.seed | 1);
         let mut input = |n: usize, scale: f32| -> Tensor<B, 1> {
@@ -830,11 +832,11 @@ impl DeviceFn for MmaLinearJob {
         };
         let host = |t: Tensor<B, 3>| -> Vec<f32> { t.into_data().convert::<f32>().into_vec().unwrap() };
         let policy = kernel_policy();
-        let before = kernels::mma_linear_count();
+        let (before, copies_before) = (kernels::mma_linear_count(), kernels::mma_linear_copy_count());
         let mut results = Vec::new();
         let tuning = kernels::mma_linear_tuning();
-        for &(staged, depth) in &MMA_LINEAR_READINGS {
-            assert!(kernels::set_mma_linear_tuning(kernels::MmaLinearTuning { staged, depth, ..tuning }));
+        for &(reads, depth) in &MMA_LINEAR_READINGS {
+            assert!(kernels::set_mma_linear_tuning(kernels::MmaLinearTuning { reads, depth, ..tuning }));
             for &(rows, d_in, d_out, epilogue) in &MMA_LINEAR_CASES {
                 let x = input(rows * d_in, 1.0).reshape([1, rows, d_in]);
                 let weight = input(d_out * d_in, 0.05).reshape([d_out, d_in]).transpose();
@@ -851,12 +853,12 @@ impl DeviceFn for MmaLinearJob {
                 set_kernel_policy(KernelPolicy::Off);
                 let composed = host(run());
                 set_kernel_policy(policy);
-                let what = format!("[{rows}, {d_in}] · [{d_in}, {d_out}], epilogue {epilogue}, staged {staged}, depth {depth}");
+                let what = format!("[{rows}, {d_in}] · [{d_in}, {d_out}], epilogue {epilogue}, {reads:?} reads, depth {depth}");
                 results.push(ProductOutputs { what, d_in, fused, fused_again, composed });
             }
         }
         assert!(kernels::set_mma_linear_tuning(tuning));
-        (results, kernels::mma_linear_count() - before)
+        (results, kernels::mma_linear_count() - before, kernels::mma_linear_copy_count() - copies_before)
     }
 }
 
@@ -873,9 +875,9 @@ fn tensor_core_products_equal_the_composed_ones() {
     let seed = clock_seed();
     let mut failed = Vec::new();
     for (spec, dtype) in test_targets() {
-        let (witness, _) = burn_phi3v::device::with_device_dtype("cpu", Some(DType::F32), MmaLinearJob { seed, inputs: dtype }).unwrap();
+        let (witness, _, _) = burn_phi3v::device::with_device_dtype("cpu", Some(DType::F32), MmaLinearJob { seed, inputs: dtype }).unwrap();
         let job = MmaLinearJob { seed, inputs: dtype };
-        let (results, products) = burn_phi3v::device::with_device_dtype(&spec, Some(dtype), job).unwrap_or_else(|e| panic!("{spec}: {e}"));
+        let (results, products, copies) = burn_phi3v::device::with_device_dtype(&spec, Some(dtype), job).unwrap_or_else(|e| panic!("{spec}: {e}"));
         let tolerance = OpTolerance::for_dtype(dtype);
         for (o, w) in results.iter().zip(witness.iter()) {
             let (vs_composed, vs_cpu) = (rel_err(&o.composed, &o.fused), rel_err(&w.composed, &o.fused));
@@ -896,9 +898,12 @@ fn tensor_core_products_equal_the_composed_ones() {
         let fitting = MMA_LINEAR_CASES.iter().filter(|&&(rows, d_in, d_out, e)| rows >= kernels::mma_linear_tuning().min_rows && mma_linear_fits(d_in, d_out, e)).count();
         // Each case twice per way of reading the inputs.
         let expected = if tensor_cores { 2 * MMA_LINEAR_READINGS.len() * fitting } else { 0 };
-        eprintln!("{spec} {}: {products} tensor-core products (expected {expected})", dtype_name(dtype));
-        if products != expected {
-            failed.push(format!("{spec} {}: {products} tensor-core products, expected {expected}", dtype_name(dtype)));
+        // CUDA's tensor-core devices (compute capability 8.0 and later) have the asynchronous copies.
+        let copy_readings = MMA_LINEAR_READINGS.iter().filter(|r| r.0 == MmaLinearReads::CopyAsync).count();
+        let expected_copies = if tensor_cores { 2 * copy_readings * fitting } else { 0 };
+        eprintln!("{spec} {}: {products} tensor-core products (expected {expected}), {copies} of them copied (expected {expected_copies})", dtype_name(dtype));
+        if products != expected || copies != expected_copies {
+            failed.push(format!("{spec} {}: {products} tensor-core products, expected {expected}; {copies} copied, expected {expected_copies}", dtype_name(dtype)));
         }
     }
     assert!(failed.is_empty(), "seed {seed}:\n{}", failed.join("\n"));

@@ -9,7 +9,7 @@ use burn_cubecl::{
     ops::numeric::empty_device_contiguous_dtype,
     tensor::CubeTensor,
 };
-use cubecl::{calculate_cube_count_elemwise, prelude::*};
+use cubecl::{calculate_cube_count_elemwise, prelude::barrier::{Barrier, copy_async}, prelude::*};
 
 use super::{Epilogue, FlashAttention, KernelPolicy, Kernels, SkinnyTuning};
 
@@ -3000,12 +3000,38 @@ pub(crate) fn fused_linear<R: CubeRuntime, F: FloatElement, I: IntElement, BT: B
         _ => None,
     };
     if norm_weight.is_none()
-        && let Some(MmaLinearShape { planes, chunk, staged, depth, vector_size }) = mma_linear_shape(&x, &weight, rows, d_in, d_out, silu)
+        && let Some(MmaLinearShape { planes, chunk, reads, depth, vector_size }) = mma_linear_shape(&x, &weight, rows, d_in, d_out, silu)
     {
         let address = address_type([&x, &weight, &output].into_iter().chain(residual.iter()));
         let (dtype, add) = (x.dtype, residual.is_some());
         let residual = residual.unwrap_or_else(|| x.clone());
         super::count_mma_linear();
+        if reads == super::MmaLinearReads::CopyAsync {
+            super::count_mma_linear_copies();
+            unsafe {
+                mma_linear_async_kernel::launch_unchecked(
+                    &output.client,
+                    row_cubes(d_out.div_ceil(MMA_TILE)),
+                    CubeDim::new_2d(MMA_LANES as u32, planes as u32),
+                    address,
+                    x.into_array_arg(),
+                    weight.into_array_arg(),
+                    residual.into_array_arg(),
+                    output.clone().into_array_arg(),
+                    rows,
+                    d_in,
+                    d_out,
+                    planes,
+                    chunk,
+                    vector_size,
+                    depth + 1,
+                    silu,
+                    add,
+                    dtype.into(),
+                )
+            };
+            return output;
+        }
         unsafe {
             mma_linear_kernel::launch_unchecked(
                 &output.client,
@@ -3027,7 +3053,7 @@ pub(crate) fn fused_linear<R: CubeRuntime, F: FloatElement, I: IntElement, BT: B
                 chunk / vector_size,
                 silu,
                 add,
-                staged,
+                reads == super::MmaLinearReads::Registers,
                 depth,
                 dtype.into(),
             )
@@ -3118,8 +3144,6 @@ fn mma_linear_kernel<E: Float, N: Size>(
 ) {
     let lane = UNIT_POS_X as usize;
     let plane = UNIT_POS_Y as usize;
-    let unit = UNIT_POS as usize;
-    let units = planes * MMA_LANES;
     // Row stride of a plane's staged rows (inputs and weights), in values and in vectors, and
     // the values a 16-row tile spans in them.
     let xs = comptime!(chunk + MMA_PAD);
@@ -3130,9 +3154,6 @@ fn mma_linear_kernel<E: Float, N: Size>(
     let tiles = comptime!(if silu { 2usize } else { 1usize });
     let loads = comptime!(tiles * MMA_TILE * vectors / MMA_LANES);
     let x_loads = comptime!(MMA_TILE * vectors / MMA_LANES);
-    // Row stride of the planes' f32 sums.
-    let os = comptime!(MMA_TILE + MMA_PAD_F32);
-    let o_span = comptime!((MMA_TILE - 1) * (MMA_TILE + MMA_PAD_F32) + MMA_TILE);
     let column0 = CUBE_POS * MMA_TILE;
     // Cubes past the last columns (a launch grid rounded up) read the last tile, write nothing.
     let n0 = min(column0, d_out - MMA_TILE);
@@ -3195,21 +3216,14 @@ fn mma_linear_kernel<E: Float, N: Size>(
                 if ahead < chunks {
                     mma_linear_loads::<E, N>(x, weight_v, &mut x_held, &mut held, s, n0, rows, d_out, row_vectors, ahead, lane, vectors, x_loads, loads, staged);
                 }
-                let k0 = current * chunk;
-                #[unroll]
-                for t in 0..chunk / MMA_TILE {
-                    let a_at = plane_x + t * MMA_TILE;
-                    let a = cmma::Matrix::<E>::from_slice(cmma::MatrixIdent::A, 16usize, 16usize, 16usize, cmma::MatrixLayout::RowMajor, &x_s.slice(a_at, a_at + x_span), comptime!(xs as u32));
-                    if staged {
-                        let b_at = plane_w + t * MMA_TILE;
-                        let b = cmma::Matrix::<E>::from_slice(cmma::MatrixIdent::B, 16usize, 16usize, 16usize, cmma::MatrixLayout::ColMajor, &w_s.slice(b_at, b_at + x_span), comptime!(xs as u32));
-                        cmma::execute::<E, E, f32, f32>(&a, &b, &gate, &gate);
-                        if silu {
-                            let u_at = b_at + MMA_TILE * xs;
-                            let b_up = cmma::Matrix::<E>::from_slice(cmma::MatrixIdent::B, 16usize, 16usize, 16usize, cmma::MatrixLayout::ColMajor, &w_s.slice(u_at, u_at + x_span), comptime!(xs as u32));
-                            cmma::execute::<E, E, f32, f32>(&a, &b_up, &up, &up);
-                        }
-                    } else {
+                if staged {
+                    mma_linear_chunk::<E>(&x_s, plane_x, &w_s, plane_w, &gate, &up, chunk, xs, silu);
+                } else {
+                    let k0 = current * chunk;
+                    #[unroll]
+                    for t in 0..chunk / MMA_TILE {
+                        let a_at = plane_x + t * MMA_TILE;
+                        let a = cmma::Matrix::<E>::from_slice(cmma::MatrixIdent::A, 16usize, 16usize, 16usize, cmma::MatrixLayout::RowMajor, &x_s.slice(a_at, a_at + x_span), comptime!(xs as u32));
                         let k = k0 + t * MMA_TILE;
                         let b = cmma::Matrix::<E>::from_slice(cmma::MatrixIdent::B, 16usize, 16usize, 16usize, cmma::MatrixLayout::ColMajor, &weight.slice(gate_at + k, gate_at + k + w_span), ld);
                         cmma::execute::<E, E, f32, f32>(&a, &b, &gate, &gate);
@@ -3224,16 +3238,41 @@ fn mma_linear_kernel<E: Float, N: Size>(
         c += depth * planes;
     }
 
-    // Every plane's sums side by side (tile `g` of plane `p` at `(p · tiles + g) · 16 · os`).
+    mma_linear_output::<E>(&gate, &up, output, residual, rows, d_out, column0, planes, silu, add);
+}
+
+/// The end of the tensor-core products ([`mma_linear_kernel`], [`mma_linear_async_kernel`]):
+/// every plane's f32 sums (`gate`, and `up` with `silu`) meet in shared memory, side by side
+/// (tile `g` of plane `p` at `(p · tiles + g) · 16 · os`), and one unit per (row, column)
+/// adds them and writes the output through [`write_linear_output`].
+#[cube]
+#[allow(clippy::too_many_arguments)]
+fn mma_linear_output<E: Float>(
+    gate: &cmma::Matrix<f32>,
+    up: &cmma::Matrix<f32>,
+    output: &mut Array<E>,
+    residual: &Array<E>,
+    rows: usize,
+    d_out: usize,
+    column0: usize,
+    #[comptime] planes: usize,
+    #[comptime] silu: bool,
+    #[comptime] add: bool,
+) {
+    let plane = UNIT_POS_Y as usize;
+    let tiles = comptime!(if silu { 2usize } else { 1usize });
+    // Row stride of the planes' f32 sums.
+    let os = comptime!(MMA_TILE + MMA_PAD_F32);
+    let o_span = comptime!((MMA_TILE - 1) * (MMA_TILE + MMA_PAD_F32) + MMA_TILE);
     let mut sums = SharedMemory::<f32>::new_aligned(comptime!(planes * tiles * MMA_TILE * (MMA_TILE + MMA_PAD_F32)), 32usize);
     let at = plane * tiles * MMA_TILE * os;
-    cmma::store(&mut sums.slice_mut(at, at + o_span), &gate, comptime!(os as u32), cmma::MatrixLayout::RowMajor);
+    cmma::store(&mut sums.slice_mut(at, at + o_span), gate, comptime!(os as u32), cmma::MatrixLayout::RowMajor);
     if silu {
         let at_up = at + MMA_TILE * os;
-        cmma::store(&mut sums.slice_mut(at_up, at_up + o_span), &up, comptime!(os as u32), cmma::MatrixLayout::RowMajor);
+        cmma::store(&mut sums.slice_mut(at_up, at_up + o_span), up, comptime!(os as u32), cmma::MatrixLayout::RowMajor);
     }
     sync_cube();
-    let mut k = unit;
+    let mut k = UNIT_POS as usize;
     while k < rows * MMA_TILE {
         let r = k / MMA_TILE;
         let o = k % MMA_TILE;
@@ -3250,7 +3289,226 @@ fn mma_linear_kernel<E: Float, N: Size>(
             }
             write_linear_output::<E>(output, residual, r * d_out + column, sum, up_sum, silu, add);
         }
-        k += units;
+        k += comptime!(planes * MMA_LANES);
+    }
+}
+
+/// One chunk of the tensor-core products from shared memory: the 16 input rows from `a_at`
+/// (row-major) times the weight rows from `b_at` (the B tiles, column-major; with `silu` the
+/// 16 up rows `16 · stride` values after them), rows `stride` values apart in both, summed into
+/// `gate` (and `up`).
+#[cube]
+#[allow(clippy::too_many_arguments)]
+fn mma_linear_chunk<E: Float>(
+    a: &SharedMemory<E>,
+    a_at: usize,
+    b: &SharedMemory<E>,
+    b_at: usize,
+    gate: &cmma::Matrix<f32>,
+    up: &cmma::Matrix<f32>,
+    #[comptime] chunk: usize,
+    #[comptime] stride: usize,
+    #[comptime] silu: bool,
+) {
+    let span = comptime!((MMA_TILE - 1) * stride + MMA_TILE);
+    #[unroll]
+    for t in 0..chunk / MMA_TILE {
+        let at = a_at + t * MMA_TILE;
+        let am = cmma::Matrix::<E>::from_slice(cmma::MatrixIdent::A, 16usize, 16usize, 16usize, cmma::MatrixLayout::RowMajor, &a.slice(at, at + span), comptime!(stride as u32));
+        let bt = b_at + t * MMA_TILE;
+        let bm = cmma::Matrix::<E>::from_slice(cmma::MatrixIdent::B, 16usize, 16usize, 16usize, cmma::MatrixLayout::ColMajor, &b.slice(bt, bt + span), comptime!(stride as u32));
+        cmma::execute::<E, E, f32, f32>(&am, &bm, gate, gate);
+        if silu {
+            let ut = bt + MMA_TILE * stride;
+            let um = cmma::Matrix::<E>::from_slice(cmma::MatrixIdent::B, 16usize, 16usize, 16usize, cmma::MatrixLayout::ColMajor, &b.slice(ut, ut + span), comptime!(stride as u32));
+            cmma::execute::<E, E, f32, f32>(&am, &um, up, up);
+        }
+    }
+}
+
+/// Most chunks in [`mma_linear_async_kernel`]'s ring (`depth + 1`, one barrier each).
+const MMA_ASYNC_MAX_STAGES: usize = 5;
+
+/// [`mma_linear_kernel`] with its chunks copied, not loaded: `x · weightᵀ` for 1 to 16 rows of
+/// `x` on tensor cores, each cube owning 16 output columns (with `silu`, also the 16 up rows
+/// `d_out..` after them), its `planes` planes splitting `d_in` in chunks of `chunk` values
+/// (plane `p` takes chunks `p, p + planes, …`: step `i` of the cube is chunk `p + i · planes`
+/// of each plane). The input rows and weight rows of a step go into a ring of `stages` slots
+/// of shared memory by asynchronous copies of `copy` values (16 bytes where aligned; `cp.async`
+/// on CUDA), each slot with a barrier of its own that every unit arrives on once its copies
+/// into the slot are issued, and that completes when they have landed. A plane waits for its
+/// slot, issues the copies of the step `stages - 1` ahead into the slot the previous step
+/// freed, and multiplies, so `stages - 1` steps of copies are in flight with no registers
+/// held. Every unit arrives on every step (a plane past the last chunk copies nothing and
+/// multiplies nothing), so the barriers' phases stay in step. Each slot holds, per plane, the
+/// 16 input rows (rows `rows..` zeros, written once) then the `tiles · 16` weight rows, rows
+/// `chunk + MMA_PAD` values apart.
+#[cube(launch_unchecked, address_type = "dynamic")]
+fn mma_linear_async_kernel<E: Float>(
+    x: &Array<E>,
+    weight: &Array<E>,
+    residual: &Array<E>,
+    output: &mut Array<E>,
+    rows: usize,
+    d_in: usize,
+    d_out: usize,
+    #[comptime] planes: usize,
+    #[comptime] chunk: usize,
+    #[comptime] copy: usize,
+    #[comptime] stages: usize,
+    #[comptime] silu: bool,
+    #[comptime] add: bool,
+    #[define(E)] _dtype: StorageType,
+) {
+    let lane = UNIT_POS_X as usize;
+    let plane = UNIT_POS_Y as usize;
+    let xs = comptime!(chunk + MMA_PAD);
+    let tiles = comptime!(if silu { 2usize } else { 1usize });
+    // Values of one plane's part of a slot, and of a whole slot.
+    let plane_values = comptime!((1 + tiles) * MMA_TILE * (chunk + MMA_PAD));
+    let slot_values = comptime!(planes * (1 + tiles) * MMA_TILE * (chunk + MMA_PAD));
+    let column0 = CUBE_POS * MMA_TILE;
+    // Cubes past the last columns (a launch grid rounded up) read the last tile, write nothing.
+    let n0 = min(column0, d_out - MMA_TILE);
+    let mut ring = SharedMemory::<E>::new_aligned(comptime!(stages * planes * (1 + tiles) * MMA_TILE * (chunk + MMA_PAD)), 32usize);
+    // Rows past the input's: zeros in every slot (their sums are never written; zeros keep
+    // them finite). No copy writes them.
+    #[unroll]
+    for slot in 0..stages {
+        let base = slot * slot_values + plane * plane_values;
+        let mut i = rows * xs + lane;
+        while i < MMA_TILE * xs {
+            ring[base + i] = E::from_int(0);
+            i += MMA_LANES;
+        }
+    }
+    let b0 = Barrier::shared(CUBE_DIM, UNIT_POS == 0);
+    let b1 = Barrier::shared(CUBE_DIM, UNIT_POS == 0);
+    let b2 = Barrier::shared(CUBE_DIM, UNIT_POS == 0);
+    let b3 = Barrier::shared(CUBE_DIM, UNIT_POS == 0);
+    let b4 = Barrier::shared(CUBE_DIM, UNIT_POS == 0);
+    let gate = cmma::Matrix::<f32>::from_value(cmma::MatrixIdent::Accumulator, 16usize, 16usize, 16usize, cmma::MatrixLayout::Undefined, f32::new(0.0));
+    let up = cmma::Matrix::<f32>::from_value(cmma::MatrixIdent::Accumulator, 16usize, 16usize, 16usize, cmma::MatrixLayout::Undefined, f32::new(0.0));
+    let chunks = d_in / chunk;
+    let steps = (chunks + planes - 1) / planes;
+    #[unroll]
+    for first in 0..stages - 1 {
+        if first < steps {
+            let base = first * slot_values + plane * plane_values;
+            mma_linear_copies::<E>(x, weight, &mut ring, base, plane + first * planes, chunks, n0, rows, d_in, d_out, lane, chunk, copy, tiles);
+            mma_linear_arrive(&b0, &b1, &b2, &b3, &b4, first);
+        }
+    }
+    let mut step = 0usize;
+    while step < steps {
+        let slot = step % stages;
+        mma_linear_wait(&b0, &b1, &b2, &b3, &b4, slot, u32::cast_from((step / stages) % 2));
+        // The slot the step before multiplied from, free once the plane's lanes are past it.
+        sync_plane();
+        let ahead = step + stages - 1;
+        if ahead < steps {
+            let ahead_slot = ahead % stages;
+            let base = ahead_slot * slot_values + plane * plane_values;
+            mma_linear_copies::<E>(x, weight, &mut ring, base, plane + ahead * planes, chunks, n0, rows, d_in, d_out, lane, chunk, copy, tiles);
+            mma_linear_arrive(&b0, &b1, &b2, &b3, &b4, ahead_slot);
+        }
+        if plane + step * planes < chunks {
+            let base = slot * slot_values + plane * plane_values;
+            mma_linear_chunk::<E>(&ring, base, &ring, base + MMA_TILE * xs, &gate, &up, chunk, xs, silu);
+        }
+        step += 1;
+    }
+    mma_linear_output::<E>(&gate, &up, output, residual, rows, d_out, column0, planes, silu, add);
+}
+
+/// [`mma_linear_async_kernel`]'s copies of chunk `c` (none past `chunks`) for one lane into the
+/// plane's part of a slot from `base`: weight rows `n0..` (then up rows `d_out + n0..`) after
+/// the 16 input rows, input rows `0..rows`, `copy` values a copy.
+#[cube]
+#[allow(clippy::too_many_arguments)]
+fn mma_linear_copies<E: Float>(
+    x: &Array<E>,
+    weight: &Array<E>,
+    ring: &mut SharedMemory<E>,
+    base: usize,
+    c: usize,
+    chunks: usize,
+    n0: usize,
+    rows: usize,
+    d_in: usize,
+    d_out: usize,
+    lane: usize,
+    #[comptime] chunk: usize,
+    #[comptime] copy: usize,
+    #[comptime] tiles: usize,
+) {
+    let xs = comptime!(chunk + MMA_PAD);
+    let per_row = comptime!(chunk / copy);
+    if c < chunks {
+        let k0 = c * chunk;
+        #[unroll]
+        for l in 0..comptime!(tiles * MMA_TILE * chunk / copy / MMA_LANES) {
+            let at = lane + l * MMA_LANES;
+            let row = at / per_row;
+            let v = at % per_row;
+            // Rows 16.. are the up rows (SiLU·mul).
+            let mut first = n0 + row;
+            if row >= MMA_TILE {
+                first = d_out + n0 + row - MMA_TILE;
+            }
+            let from = first * d_in + k0 + v * copy;
+            let to = base + (MMA_TILE + row) * xs + v * copy;
+            copy_async::<E>(&weight.slice(from, from + copy), &mut ring.slice_mut(to, to + copy), comptime!(copy as u32));
+        }
+        #[unroll]
+        for l in 0..comptime!(MMA_TILE * chunk / copy / MMA_LANES) {
+            let at = lane + l * MMA_LANES;
+            let r = at / per_row;
+            if r < rows {
+                let v = at % per_row;
+                let from = r * d_in + k0 + v * copy;
+                let to = base + r * xs + v * copy;
+                copy_async::<E>(&x.slice(from, from + copy), &mut ring.slice_mut(to, to + copy), comptime!(copy as u32));
+            }
+        }
+    }
+}
+
+/// Slot `slot`'s barrier of [`mma_linear_async_kernel`]: the unit's copies issued so far
+/// complete on it, and the unit arrives.
+#[cube]
+fn mma_linear_arrive(b0: &Barrier, b1: &Barrier, b2: &Barrier, b3: &Barrier, b4: &Barrier, slot: usize) {
+    if slot == 0 {
+        b0.commit_copy_async();
+        b0.arrive();
+    } else if slot == 1 {
+        b1.commit_copy_async();
+        b1.arrive();
+    } else if slot == 2 {
+        b2.commit_copy_async();
+        b2.arrive();
+    } else if slot == 3 {
+        b3.commit_copy_async();
+        b3.arrive();
+    } else {
+        b4.commit_copy_async();
+        b4.arrive();
+    }
+}
+
+/// Waits for phase `phase` of slot `slot`'s barrier of [`mma_linear_async_kernel`].
+#[cube]
+fn mma_linear_wait(b0: &Barrier, b1: &Barrier, b2: &Barrier, b3: &Barrier, b4: &Barrier, slot: usize, phase: u32) {
+    if slot == 0 {
+        b0.wait_parity(phase);
+    } else if slot == 1 {
+        b1.wait_parity(phase);
+    } else if slot == 2 {
+        b2.wait_parity(phase);
+    } else if slot == 3 {
+        b3.wait_parity(phase);
+    } else {
+        b4.wait_parity(phase);
     }
 }
 
@@ -3330,24 +3588,29 @@ fn tensor_core_refusal<R: CubeRuntime>(client: &ComputeClient<R>, dtype: DType) 
     }
 }
 
-/// [`mma_linear_kernel`]'s launch shape: the tuning's planes, way of reading the weights and
-/// chunks held ahead, the chunk, and the values per vector load of `x` and the weight.
+/// [`mma_linear_kernel`]'s or [`mma_linear_async_kernel`]'s launch shape: the tuning's planes,
+/// the way of reading the chunks and the chunks in flight ahead, the chunk, and the values per
+/// vector load (or copy) of `x` and the weight.
 struct MmaLinearShape {
     planes: usize,
     chunk: usize,
-    staged: bool,
+    reads: super::MmaLinearReads,
     depth: usize,
     vector_size: usize,
 }
 
-/// [`mma_linear_kernel`]'s shape for a product ([`MmaLinearShape`]), or `None` where it
-/// cannot take it: no tensor-core tiles of the dtype, `d_in` or the output columns not a
+/// The shape of the tensor-core products for a product ([`MmaLinearShape`]), or `None` where
+/// they cannot take it: no tensor-core tiles of the dtype, `d_in` or the output columns not a
 /// multiple of 16 (the tile), a weight whose rows do not start 32 bytes apart from a 32-byte
 /// boundary (tensor-core loads), fewer rows than the tuning's `min_rows`, or shared memory the
-/// device lacks. `chunk` is the tuning's, halved until it divides `d_in` and a lane holds at
-/// most [`MMA_LINEAR_HELD_VECTORS`](super::MMA_LINEAR_HELD_VECTORS) vectors for the `depth`
-/// chunks ahead (input rows, and weights when staged).
+/// device lacks. `chunk` is the tuning's, halved until it divides `d_in` and, held in
+/// registers, a lane holds at most [`MMA_LINEAR_HELD_VECTORS`](super::MMA_LINEAR_HELD_VECTORS)
+/// vectors for the `depth` chunks ahead (input rows, and weights unless read from global
+/// memory); copied, until the ring of `depth + 1` chunks fits the shared memory. Copies need
+/// the device's asynchronous copies and barriers, and copies of 4 to 16 bytes; without them
+/// the chunks go through registers.
 fn mma_linear_shape<R: CubeRuntime>(x: &CubeTensor<R>, weight: &CubeTensor<R>, rows: usize, d_in: usize, d_out: usize, silu: bool) -> Option<MmaLinearShape> {
+    use super::MmaLinearReads;
     let tuning = super::mma_linear_tuning();
     let dtype = x.dtype;
     let weight_aligned = weight.handle.offset_start.unwrap_or(0).is_multiple_of(32);
@@ -3359,13 +3622,29 @@ fn mma_linear_shape<R: CubeRuntime>(x: &CubeTensor<R>, weight: &CubeTensor<R>, r
     }
     let tiles = if silu { 2 } else { 1 };
     let width = load_vector_size(&[x, weight], d_in);
-    // Vectors a lane holds for the chunks ahead: the input rows', and the weights' when staged.
-    let held = |chunk: usize| tuning.depth * (1 + if tuning.staged { tiles } else { 0 }) * MMA_TILE * (chunk / width) / MMA_LANES;
+    let properties = x.client.properties();
+    let max_shared = properties.hardware.max_shared_memory_size;
+    // The planes' f32 sums at the end.
+    let sums = tuning.planes * tiles * MMA_TILE * (MMA_TILE + MMA_PAD_F32) * 4;
+    let copies = properties.features.copy_async && properties.supports_type(cubecl::ir::OpaqueType::Barrier(cubecl::ir::BarrierLevel::Cube)) && matches!(width * dtype.size(), 4 | 8 | 16);
     let mut chunk = tuning.chunk;
+    if tuning.reads == MmaLinearReads::CopyAsync && copies {
+        let stages = tuning.depth + 1;
+        let ring = |chunk: usize| stages * tuning.planes * (1 + tiles) * MMA_TILE * (chunk + MMA_PAD) * dtype.size();
+        while chunk > MMA_TILE && (!d_in.is_multiple_of(chunk) || ring(chunk) + sums > max_shared) {
+            chunk /= 2;
+        }
+        let fits = d_in.is_multiple_of(chunk) && ring(chunk) + sums <= max_shared && stages <= MMA_ASYNC_MAX_STAGES;
+        return fits.then_some(MmaLinearShape { planes: tuning.planes, chunk, reads: MmaLinearReads::CopyAsync, depth: tuning.depth, vector_size: width });
+    }
+    let reads = if tuning.reads == MmaLinearReads::Global { MmaLinearReads::Global } else { MmaLinearReads::Registers };
+    let staged = reads == MmaLinearReads::Registers;
+    // Vectors a lane holds for the chunks ahead: the input rows', and the weights' when staged.
+    let held = |chunk: usize| tuning.depth * (1 + if staged { tiles } else { 0 }) * MMA_TILE * (chunk / width) / MMA_LANES;
     while !d_in.is_multiple_of(chunk) || (chunk > MMA_TILE && held(chunk) > super::MMA_LINEAR_HELD_VECTORS) {
         chunk /= 2;
     }
-    let rows_staged = if tuning.staged { 1 + tiles } else { 1 };
-    let shared = tuning.planes * MMA_TILE * (rows_staged * (chunk + MMA_PAD) * dtype.size() + tiles * (MMA_TILE + MMA_PAD_F32) * 4);
-    (shared <= x.client.properties().hardware.max_shared_memory_size).then_some(MmaLinearShape { planes: tuning.planes, chunk, staged: tuning.staged, depth: tuning.depth, vector_size: width })
+    let rows_staged = if staged { 1 + tiles } else { 1 };
+    let shared = tuning.planes * MMA_TILE * rows_staged * (chunk + MMA_PAD) * dtype.size() + sums;
+    (shared <= max_shared).then_some(MmaLinearShape { planes: tuning.planes, chunk, reads, depth: tuning.depth, vector_size: width })
 }

@@ -707,22 +707,29 @@ pub const KERNEL_NAMES: [&str; 20] = [
 /// by [`set_kernel_on`]. Turning one kernel off works around it on a device
 /// where it misbehaves, or measures it.
 pub fn kernel_on(name: &str) -> bool {
-    fused_kernels() && !kernels_off().read().unwrap_or_else(|e| e.into_inner()).iter().any(|n| n == name)
+    fused_kernels() && kernel_bit(name).is_none_or(|bit| kernels_off().load(Ordering::Relaxed) & bit == 0)
 }
 
 /// Turns kernel `name` (one of [`KERNEL_NAMES`]) on or off for every later launch of the
 /// process, over `PHI3V_KERNELS_OFF`; `false` (nothing changed) for a name not in the list.
 pub fn set_kernel_on(name: &str, on: bool) -> bool {
-    if !KERNEL_NAMES.contains(&name) {
+    let Some(bit) = kernel_bit(name) else {
         return false;
-    }
-    let mut off = kernels_off().write().unwrap_or_else(|e| e.into_inner());
-    off.retain(|n| n != name);
-    if !on {
-        off.push(name.to_string());
+    };
+    if on {
+        kernels_off().fetch_and(!bit, Ordering::Relaxed);
+    } else {
+        kernels_off().fetch_or(bit, Ordering::Relaxed);
     }
     true
 }
+
+/// Kernel `name`'s bit in the mask of kernels off: bit `i` for `KERNEL_NAMES[i]`.
+fn kernel_bit(name: &str) -> Option<u32> {
+    KERNEL_NAMES.iter().position(|n| *n == name).map(|i| 1 << i)
+}
+
+const _: () = assert!(KERNEL_NAMES.len() <= 32, "one bit per kernel in a u32");
 
 /// Kernels off unless turned on (`PHI3V_KERNELS_ON` or [`set_kernel_on`]): right, but not
 /// faster than what runs without them. `decode_attention_vector`: passes its test on CUDA bf16
@@ -731,16 +738,16 @@ pub fn set_kernel_on(name: &str, on: bool) -> bool {
 /// 43 % of DRAM bandwidth).
 pub const KERNELS_OFF_BY_DEFAULT: [&str; 1] = ["decode_attention_vector"];
 
-/// The kernels turned off: [`KERNELS_OFF_BY_DEFAULT`] less those `PHI3V_KERNELS_ON` names, and
-/// those `PHI3V_KERNELS_OFF` names (both comma-separated lists, read once).
-fn kernels_off() -> &'static std::sync::RwLock<Vec<String>> {
-    static OFF: std::sync::OnceLock<std::sync::RwLock<Vec<String>>> = std::sync::OnceLock::new();
+/// The kernels turned off, a bit each ([`kernel_bit`]): [`KERNELS_OFF_BY_DEFAULT`] less those
+/// `PHI3V_KERNELS_ON` names, and those `PHI3V_KERNELS_OFF` names (both comma-separated lists,
+/// read once; names not in [`KERNEL_NAMES`] are ignored). One atomic load per launch.
+fn kernels_off() -> &'static AtomicU32 {
+    static OFF: std::sync::OnceLock<AtomicU32> = std::sync::OnceLock::new();
     OFF.get_or_init(|| {
         let names = |var: &str| -> Vec<String> { std::env::var(var).map(|v| v.split(',').map(|n| n.trim().to_string()).filter(|n| !n.is_empty()).collect()).unwrap_or_default() };
         let on = names("PHI3V_KERNELS_ON");
-        let mut off: Vec<String> = KERNELS_OFF_BY_DEFAULT.iter().map(|n| n.to_string()).filter(|n| !on.contains(n)).collect();
-        off.extend(names("PHI3V_KERNELS_OFF"));
-        std::sync::RwLock::new(off)
+        let off = KERNELS_OFF_BY_DEFAULT.iter().map(|n| n.to_string()).filter(|n| !on.contains(n)).chain(names("PHI3V_KERNELS_OFF"));
+        AtomicU32::new(off.filter_map(|n| kernel_bit(&n)).fold(0, |mask, bit| mask | bit))
     })
 }
 
@@ -1514,13 +1521,12 @@ pub fn skinny_tuning() -> SkinnyTuning {
 /// dtype (f16, bf16) with f32 sums: from `min_rows` rows of `x` (to [`SKINNY_ROWS`]) the
 /// product runs on tensor cores instead of the CUDA-core skinny kernel, where each weight value
 /// times 10 rows is 10 multiply-adds of one lane. A cube owns 16 output columns; `planes`
-/// planes split `d_in` in chunks of `chunk` values; each lane holds its part of the plane's
-/// next `depth` chunks of the input rows in registers (their loads in flight while the current
-/// chunk is multiplied); `staged`: the weights too, through shared memory (else tensor-core
-/// loads straight from global memory, which wait for each other).
-/// `PHI3V_MMA_LINEAR=planes,chunk,min_rows,staged[,depth]` (staged 0 or 1) sets it for a
-/// process (read once; an invalid value leaves the default), [`set_mma_linear_tuning`] at any
-/// time; `PHI3V_KERNELS_OFF=mma_linear` turns the kernel off.
+/// planes split `d_in` in chunks of `chunk` values, and keep the next `depth` chunks in flight
+/// while they multiply the current one, the way `reads` says ([`MmaLinearReads`]).
+/// `PHI3V_MMA_LINEAR=planes,chunk,min_rows,reads[,depth]` (reads 0 global, 1 registers, 2
+/// asynchronous copies) sets it for a process (read once; an invalid value leaves the
+/// default), [`set_mma_linear_tuning`] at any time; `PHI3V_KERNELS_OFF=mma_linear` turns the
+/// kernel off.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MmaLinearTuning {
     /// Planes per cube: 1, 2, 4, 8 (default) or 16.
@@ -1530,15 +1536,43 @@ pub struct MmaLinearTuning {
     /// Fewest rows the kernel takes, 1 to [`SKINNY_ROWS`] (default 4: up to 3 rows the skinny
     /// kernel also fuses the norm before the product).
     pub min_rows: usize,
-    /// Weights through registers and shared memory, the next chunk's loads in flight while
-    /// the current one is multiplied (default), or tensor-core loads from global memory.
-    pub staged: bool,
-    /// Chunks a plane holds in registers ahead of the one it multiplies: 1 to 4 (default 1:
-    /// on the H100 deeper rings took the registers that let a second cube share a
-    /// multiprocessor, and the 10-row step was slower, docs/kernels.md session 28). The chunk
-    /// shrinks where they would take more than [`MMA_LINEAR_HELD_VECTORS`] vector registers
-    /// per lane.
+    /// How the chunks reach the tensor cores (default [`MmaLinearReads::Registers`]).
+    pub reads: MmaLinearReads,
+    /// Chunks a plane has in flight ahead of the one it multiplies: 1 to 4 (default 1: on the
+    /// H100 deeper register rings took the registers that let a second cube share a
+    /// multiprocessor, and the 10-row step was slower, docs/kernels.md session 28). Held in
+    /// registers, the chunk shrinks where they would take more than
+    /// [`MMA_LINEAR_HELD_VECTORS`] vector registers per lane; copied asynchronously, where the
+    /// ring of `depth + 1` chunks would not fit the device's shared memory.
     pub depth: usize,
+}
+
+/// How [`MmaLinearTuning`]'s planes read their chunks of the input rows and the weights.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MmaLinearReads {
+    /// The input rows through registers into shared memory; the weights by tensor-core loads
+    /// straight from global memory (the loads of one step wait for the step before: tensor-core
+    /// loads are not reordered).
+    Global,
+    /// Both through registers into shared memory: each lane holds its part of the next `depth`
+    /// chunks, so their loads are in flight while the current chunk is multiplied.
+    Registers,
+    /// Both copied into a ring of `depth + 1` chunks in shared memory by asynchronous copies
+    /// (`cp.async` on CUDA), with no registers held; where the device lacks them, as
+    /// `Registers`.
+    CopyAsync,
+}
+
+impl MmaLinearReads {
+    /// The way numbered `n` in `PHI3V_MMA_LINEAR` (0, 1, 2), if any.
+    pub fn from_index(n: usize) -> Option<Self> {
+        [Self::Global, Self::Registers, Self::CopyAsync].get(n).copied()
+    }
+
+    /// Its number in `PHI3V_MMA_LINEAR`.
+    pub fn index(self) -> usize {
+        self as usize
+    }
 }
 
 /// Most vector loads (of up to 16 bytes) a lane of the tensor-core product holds in registers
@@ -1547,7 +1581,7 @@ pub const MMA_LINEAR_HELD_VECTORS: usize = 32;
 
 impl Default for MmaLinearTuning {
     fn default() -> Self {
-        Self { planes: 8, chunk: 64, min_rows: 4, staged: true, depth: 1 }
+        Self { planes: 8, chunk: 64, min_rows: 4, reads: MmaLinearReads::Registers, depth: 1 }
     }
 }
 
@@ -1557,18 +1591,17 @@ impl MmaLinearTuning {
         matches!(self.planes, 1 | 2 | 4 | 8 | 16) && matches!(self.chunk, 16 | 32 | 64 | 128 | 256) && (1..=SKINNY_ROWS).contains(&self.min_rows) && (1..=4).contains(&self.depth)
     }
 
-    /// `planes,chunk,min_rows,staged[,depth]` (staged 0 or 1; without `depth`, the default's),
-    /// if valid.
+    /// `planes,chunk,min_rows,reads[,depth]` (reads 0, 1 or 2, [`MmaLinearReads::from_index`];
+    /// without `depth`, the default's), if valid.
     pub fn parse(s: &str) -> Option<Self> {
-        let (planes, chunk, min_rows, staged, depth) = match *tuning_values(s)?.as_slice() {
-            [planes, chunk, min_rows, staged @ (0 | 1)] => (planes, chunk, min_rows, staged, Self::default().depth),
-            [planes, chunk, min_rows, staged @ (0 | 1), depth] => (planes, chunk, min_rows, staged, depth),
+        let (planes, chunk, min_rows, reads, depth) = match *tuning_values(s)?.as_slice() {
+            [planes, chunk, min_rows, reads] => (planes, chunk, min_rows, reads, Self::default().depth),
+            [planes, chunk, min_rows, reads, depth] => (planes, chunk, min_rows, reads, depth),
             _ => return None,
         };
-        let t = Self { planes, chunk, min_rows, staged: staged == 1, depth };
+        let t = Self { planes, chunk, min_rows, reads: MmaLinearReads::from_index(reads)?, depth };
         t.is_valid().then_some(t)
     }
-
 }
 
 impl PackedTuning for MmaLinearTuning {
@@ -1583,12 +1616,14 @@ impl PackedTuning for MmaLinearTuning {
     }
 
     fn pack(self) -> u32 {
-        (self.planes | self.chunk << 8 | self.min_rows << 20 | usize::from(self.staged) << 28 | self.depth << 29) as u32
+        (self.planes | self.chunk << 8 | self.min_rows << 18 | self.reads.index() << 24 | self.depth << 26) as u32
     }
 
     fn unpack(v: u32) -> Self {
         let v = v as usize;
-        Self { planes: v & 0xff, chunk: (v >> 8) & 0xfff, min_rows: (v >> 20) & 0xff, staged: (v >> 28) & 1 == 1, depth: v >> 29 }
+        // An unknown `reads` (never packed) reads as the default's.
+        let reads = MmaLinearReads::from_index((v >> 24) & 3).unwrap_or(Self::default().reads);
+        Self { planes: v & 0xff, chunk: (v >> 8) & 0x3ff, min_rows: (v >> 18) & 0x3f, reads, depth: (v >> 26) & 0x3f }
     }
 }
 
@@ -1630,6 +1665,19 @@ pub(crate) fn count_decode_attention_vector() {
 #[cfg_attr(not(feature = "cube"), allow(dead_code))]
 pub(crate) fn count_mma_linear() {
     MMA_LINEARS.fetch_add(1, Ordering::Relaxed);
+}
+
+/// How many of the tensor-core products ([`mma_linear_count`]) copied their chunks
+/// asynchronously ([`MmaLinearReads::CopyAsync`]) since the process started.
+pub fn mma_linear_copy_count() -> usize {
+    MMA_LINEAR_COPIES.load(Ordering::Relaxed)
+}
+
+static MMA_LINEAR_COPIES: AtomicUsize = AtomicUsize::new(0);
+
+#[cfg_attr(not(feature = "cube"), allow(dead_code))]
+pub(crate) fn count_mma_linear_copies() {
+    MMA_LINEAR_COPIES.fetch_add(1, Ordering::Relaxed);
 }
 
 /// Fewest rows [`linear`] sends to [`Kernels::skinny_linear`]: 1, or `PHI3V_SKINNY_MIN_ROWS`
@@ -1834,16 +1882,43 @@ pub fn linear_add<B: Kernels>(x: Tensor<B, 3>, weight: &Tensor<B, 2>, residual: 
 }
 
 #[cfg(test)]
+mod kernel_switch_tests {
+    use super::{KERNEL_NAMES, fused_kernels, kernel_bit, kernel_on, set_kernel_on};
+
+    #[test]
+    fn each_kernel_has_a_bit_of_its_own_and_switches() {
+        let bits: Vec<u32> = KERNEL_NAMES.iter().map(|n| kernel_bit(n).expect("listed")).collect();
+        assert_eq!(bits.iter().fold(0, |m, b| m | b).count_ones() as usize, KERNEL_NAMES.len());
+        assert!(!set_kernel_on("no_such_kernel", false));
+        assert!(kernel_on("no_such_kernel") == fused_kernels(), "names not listed are never off");
+        // A CUDA-only kernel, off by default: flipping it touches no test on this machine.
+        let name = "decode_attention_vector";
+        let before = kernel_on(name);
+        assert!(set_kernel_on(name, true));
+        assert_eq!(kernel_on(name), fused_kernels());
+        assert!(set_kernel_on(name, false));
+        assert!(!kernel_on(name));
+        assert!(set_kernel_on(name, before));
+        assert_eq!(kernel_on(name), before);
+    }
+}
+
+#[cfg(test)]
 mod mma_linear_tuning_tests {
-    use super::{MmaLinearTuning, PackedTuning, SkinnyTuning};
+    use super::{MmaLinearReads, MmaLinearTuning, PackedTuning, SkinnyTuning};
 
     #[test]
     fn tunings_parse_and_pack_round_trip() {
         let t = MmaLinearTuning::parse("16, 256, 10, 0").expect("valid");
-        assert_eq!(t, MmaLinearTuning { planes: 16, chunk: 256, min_rows: 10, staged: false, depth: MmaLinearTuning::default().depth });
+        assert_eq!(t, MmaLinearTuning { planes: 16, chunk: 256, min_rows: 10, reads: MmaLinearReads::Global, depth: MmaLinearTuning::default().depth });
         let deep = MmaLinearTuning::parse("4,32,16,1,4").expect("valid");
-        assert_eq!(deep, MmaLinearTuning { planes: 4, chunk: 32, min_rows: 16, staged: true, depth: 4 });
-        for t in [t, deep, MmaLinearTuning::default(), MmaLinearTuning { planes: 1, chunk: 16, min_rows: 1, staged: true, depth: 1 }] {
+        assert_eq!(deep, MmaLinearTuning { planes: 4, chunk: 32, min_rows: 16, reads: MmaLinearReads::Registers, depth: 4 });
+        let copied = MmaLinearTuning::parse("8,128,4,2,3").expect("valid");
+        assert_eq!(copied, MmaLinearTuning { planes: 8, chunk: 128, min_rows: 4, reads: MmaLinearReads::CopyAsync, depth: 3 });
+        for bad in ["8,64,4,3", "8,64,4,1,5", "8,48,4,1", "8,64,17,1", "8,64,4"] {
+            assert_eq!(MmaLinearTuning::parse(bad), None, "{bad}");
+        }
+        for t in [t, deep, copied, MmaLinearTuning::default(), MmaLinearTuning { planes: 1, chunk: 16, min_rows: 1, reads: MmaLinearReads::Global, depth: 1 }] {
             assert_eq!(MmaLinearTuning::unpack(t.pack()), t);
             assert_ne!(t.pack(), 0, "0 means not read yet");
         }
