@@ -767,10 +767,13 @@ fn decode_attention_variants_equal_the_composed_one() {
         assert_eq!(results.len(), 2 * DECODE_CASES.len(), "{spec}: the case list ran short");
         let tolerance = OpTolerance::for_dtype(dtype);
         for ((what, head_dim, [fused, fused_again, composed]), (_, _, [_, _, cpu])) in results.iter().zip(witness.iter()) {
-            let bound = Terms::Dtype(*head_dim).bound(&tolerance);
+            // Against the composed steps (which may round the scores and probabilities to the
+            // dtype): the dtype's bound over the head's terms. Against the CPU: the kernels keep
+            // scores, softmax and sums in f32 and round the output once.
+            let (bound, bound_cpu) = (Terms::Dtype(*head_dim).bound(&tolerance), Terms::F32Statistics(*head_dim).bound(&tolerance));
             let (vs_composed, vs_cpu) = (rel_err(composed, fused), rel_err(cpu, fused));
-            let pass = vs_composed <= bound && vs_cpu <= bound && fused == fused_again;
-            let line = format!("{what}: {vs_composed:.2e} vs composed, {vs_cpu:.2e} vs cpu (bound {bound:.2e}), repeat {}", if fused == fused_again { "equal" } else { "DIFFERS" });
+            let pass = vs_composed <= bound && vs_cpu <= bound_cpu && fused == fused_again;
+            let line = format!("{what}: {vs_composed:.2e} vs composed (bound {bound:.2e}), {vs_cpu:.2e} vs cpu (bound {bound_cpu:.2e}), repeat {}", if fused == fused_again { "equal" } else { "DIFFERS" });
             eprintln!("{spec} {} {line}{}", dtype_name(dtype), if pass { "" } else { "  FAIL" });
             if !pass {
                 failed.push(format!("{spec} {}: {line}", dtype_name(dtype)));
