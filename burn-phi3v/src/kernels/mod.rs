@@ -1915,9 +1915,6 @@ mod mma_linear_tuning_tests {
         assert_eq!(deep, MmaLinearTuning { planes: 4, chunk: 32, min_rows: 16, reads: MmaLinearReads::Registers, depth: 4 });
         let copied = MmaLinearTuning::parse("8,128,4,2,3").expect("valid");
         assert_eq!(copied, MmaLinearTuning { planes: 8, chunk: 128, min_rows: 4, reads: MmaLinearReads::CopyAsync, depth: 3 });
-        for bad in ["8,64,4,3", "8,64,4,1,5", "8,48,4,1", "8,64,17,1", "8,64,4"] {
-            assert_eq!(MmaLinearTuning::parse(bad), None, "{bad}");
-        }
         for t in [t, deep, copied, MmaLinearTuning::default(), MmaLinearTuning { planes: 1, chunk: 16, min_rows: 1, reads: MmaLinearReads::Global, depth: 1 }] {
             assert_eq!(MmaLinearTuning::unpack(t.pack()), t);
             assert_ne!(t.pack(), 0, "0 means not read yet");
@@ -1939,7 +1936,7 @@ mod mma_linear_tuning_tests {
 
     #[test]
     fn invalid_tunings_are_refused() {
-        for s in ["", "8,64,4", "8,64,4,2", "3,64,4,1", "8,48,4,1", "8,64,0,1", "8,64,17,1", "8,64,4,1,0", "8,64,4,1,5", "8,64,4,1,2,1", "a,64,4,1"] {
+        for s in ["", "8,64,4", "8,64,4,3", "3,64,4,1", "8,48,4,1", "8,64,0,1", "8,64,17,1", "8,64,4,1,0", "8,64,4,1,5", "8,64,4,1,2,1", "a,64,4,1"] {
             assert_eq!(MmaLinearTuning::parse(s), None, "{s:?}");
         }
     }
