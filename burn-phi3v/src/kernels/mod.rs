@@ -677,8 +677,10 @@ pub fn fused_kernels() -> bool {
 /// rotates with `rotary`, then appends with Burn's `slice_assign`; `mma_linear` off keeps the
 /// few-row products on the CUDA-core skinny kernel where tensor cores could take them
 /// ([`MmaLinearTuning`]); `decode_attention_vector` off keeps decode attention's planes
-/// variant reading one value per lane and key instead of key and value rows in vectors.
-pub const KERNEL_NAMES: [&str; 20] = [
+/// variant reading one value per lane and key instead of key and value rows in vectors;
+/// `decode_attention_copies` off keeps it reading the rows from global memory instead of
+/// copying them into shared memory asynchronously, several tiles ahead.
+pub const KERNEL_NAMES: [&str; 21] = [
     "rms_norm",
     "layer_norm",
     "quick_gelu",
@@ -691,6 +693,7 @@ pub const KERNEL_NAMES: [&str; 20] = [
     "decode_attention_planes",
     "decode_attention_split",
     "decode_attention_vector",
+    "decode_attention_copies",
     "skinny_linear",
     "fused_linear",
     "blas_matmul",
@@ -735,8 +738,8 @@ const _: () = assert!(KERNEL_NAMES.len() <= 32, "one bit per kernel in a u32");
 /// faster than what runs without them. `decode_attention_vector`: passes its test on CUDA bf16
 /// and f16, but at 10 sequences of 1024 keys it took 89.5 µs per layer against the planes
 /// kernel's 73.0 (H100, session 28: 114 registers per thread, two cubes per multiprocessor,
-/// 43 % of DRAM bandwidth).
-pub const KERNELS_OFF_BY_DEFAULT: [&str; 1] = ["decode_attention_vector"];
+/// 43 % of DRAM bandwidth). `decode_attention_copies` (session 29): not yet run on a GPU.
+pub const KERNELS_OFF_BY_DEFAULT: [&str; 2] = ["decode_attention_vector", "decode_attention_copies"];
 
 /// The kernels turned off, a bit each ([`kernel_bit`]): [`KERNELS_OFF_BY_DEFAULT`] less those
 /// `PHI3V_KERNELS_ON` names, and those `PHI3V_KERNELS_OFF` names (both comma-separated lists,
@@ -1656,6 +1659,19 @@ pub fn decode_attention_vector_count() -> usize {
 }
 
 static DECODE_VECTORS: AtomicUsize = AtomicUsize::new(0);
+
+#[cfg_attr(not(feature = "cube"), allow(dead_code))]
+pub(crate) fn count_decode_attention_copies() {
+    DECODE_COPIES.fetch_add(1, Ordering::Relaxed);
+}
+
+/// How many decode attentions copied their key and value rows into shared memory
+/// asynchronously (the kernel `decode_attention_copies`) since the process started.
+pub fn decode_attention_copy_count() -> usize {
+    DECODE_COPIES.load(Ordering::Relaxed)
+}
+
+static DECODE_COPIES: AtomicUsize = AtomicUsize::new(0);
 
 #[cfg_attr(not(feature = "cube"), allow(dead_code))]
 pub(crate) fn count_decode_attention_vector() {
