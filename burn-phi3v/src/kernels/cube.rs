@@ -3260,10 +3260,12 @@ pub(crate) fn fused_linear<R: CubeRuntime, F: FloatElement, I: IntElement, BT: B
         super::count_mma_linear();
         if reads == super::MmaLinearReads::CopyAsync {
             super::count_mma_linear_copies();
+            let tiles = d_out / MMA_TILE;
+            let cubes = mma_linear_async_cubes(&output.client, tiles, planes, chunk, depth + 1, silu, dtype);
             unsafe {
                 mma_linear_async_kernel::launch_unchecked(
                     &output.client,
-                    row_cubes(d_out.div_ceil(MMA_TILE)),
+                    CubeCount::Static(cubes as u32, 1, 1),
                     CubeDim::new_2d(MMA_LANES as u32, planes as u32),
                     address,
                     x.into_array_arg(),
@@ -3273,6 +3275,7 @@ pub(crate) fn fused_linear<R: CubeRuntime, F: FloatElement, I: IntElement, BT: B
                     rows,
                     d_in,
                     d_out,
+                    tiles,
                     planes,
                     chunk,
                     vector_size,
@@ -3581,22 +3584,25 @@ fn mma_linear_chunk<E: Float>(
 /// Most chunks in [`mma_linear_async_kernel`]'s ring (`depth + 1`, one barrier each).
 const MMA_ASYNC_MAX_STAGES: usize = 5;
 
-/// [`mma_linear_kernel`] with its chunks copied, not loaded: `x · weightᵀ` for 1 to 16 rows of
-/// `x` on tensor cores, each cube owning 16 output columns (with `silu`, also the 16 up rows
-/// `d_out..` after them), its `planes` planes splitting `d_in` in chunks of `chunk` values
-/// (plane `p` takes chunks `p, p + planes, …`: step `i` of the cube is chunk `p + i · planes`
-/// of each plane). The input rows and weight rows of a step go into a ring of `stages` slots
-/// of shared memory by asynchronous copies of `copy` values (16 bytes where aligned; `cp.async`
-/// on CUDA), each slot with a barrier of its own that every unit arrives on once its copies
-/// into the slot are issued, and that completes when they have landed. A plane waits for its
-/// slot, issues the copies of the step `stages - 1` ahead into the slot the previous step
-/// freed, and multiplies, so `stages - 1` steps of copies are in flight with no registers
-/// held. Every unit arrives on every step (a plane past the last chunk copies nothing and
+/// [`mma_linear_kernel`] with its chunks copied, not loaded, by cubes that stay: `x · weightᵀ`
+/// for 1 to 16 rows of `x` on tensor cores, over `tiles` tiles of 16 output columns (with
+/// `silu`, also the 16 up rows `d_out..` after each). The launch has fewer cubes than tiles
+/// (as many as the multiprocessors hold at once); cube `i` takes tiles `i, i + cubes, …`, each
+/// in `steps` steps: its `planes` planes split `d_in` in chunks of `chunk` values (step `s` of
+/// plane `p` is chunk `p + s · planes`). The input rows and weight rows of a step go into a
+/// ring of `stages` slots of shared memory by asynchronous copies of `copy` values (16 bytes
+/// where aligned; `cp.async` on CUDA), each slot with a barrier of its own that every unit
+/// arrives on once its copies into the slot are issued, and that completes when they have
+/// landed. A plane waits for its slot, issues the copies of the step `stages - 1` ahead (the
+/// cube's steps run on across its tiles, so the next tile's first chunks are in flight while
+/// the current one ends) into the slot the step before freed, and multiplies; after a tile's
+/// last step the planes' sums go out through [`mma_linear_output`] and start again from zero.
+/// Every unit arrives on every step (a plane past the last chunk copies nothing and
 /// multiplies nothing), so the barriers' phases stay in step. Each slot holds, per plane, the
 /// 16 input rows (rows `rows..` zeros, written once) then the `tiles · 16` weight rows, rows
 /// `chunk + MMA_PAD` values apart.
 #[cube(launch_unchecked, address_type = "dynamic")]
-#[allow(clippy::manual_div_ceil)] // the form the device ran (session 29); plain integer ops
+#[allow(clippy::manual_div_ceil)] // plain integer ops in the kernel
 fn mma_linear_async_kernel<E: Float>(
     x: &Array<E>,
     weight: &Array<E>,
@@ -3605,6 +3611,7 @@ fn mma_linear_async_kernel<E: Float>(
     rows: usize,
     d_in: usize,
     d_out: usize,
+    tiles: usize,
     #[comptime] planes: usize,
     #[comptime] chunk: usize,
     #[comptime] copy: usize,
@@ -3615,15 +3622,14 @@ fn mma_linear_async_kernel<E: Float>(
 ) {
     let lane = UNIT_POS_X as usize;
     let plane = UNIT_POS_Y as usize;
+    let cube = CUBE_POS_X as usize;
+    let cubes = CUBE_COUNT_X as usize;
     let xs = comptime!(chunk + MMA_PAD);
-    let tiles = comptime!(if silu { 2usize } else { 1usize });
+    let row_tiles = comptime!(if silu { 2usize } else { 1usize });
     // Values of one plane's part of a slot, and of a whole slot.
-    let plane_values = comptime!((1 + tiles) * MMA_TILE * (chunk + MMA_PAD));
-    let slot_values = comptime!(planes * (1 + tiles) * MMA_TILE * (chunk + MMA_PAD));
-    let column0 = CUBE_POS * MMA_TILE;
-    // Cubes past the last columns (a launch grid rounded up) read the last tile, write nothing.
-    let n0 = min(column0, d_out - MMA_TILE);
-    let mut ring = SharedMemory::<E>::new_aligned(comptime!(stages * planes * (1 + tiles) * MMA_TILE * (chunk + MMA_PAD)), 32usize);
+    let plane_values = comptime!((1 + row_tiles) * MMA_TILE * (chunk + MMA_PAD));
+    let slot_values = comptime!(planes * (1 + row_tiles) * MMA_TILE * (chunk + MMA_PAD));
+    let mut ring = SharedMemory::<E>::new_aligned(comptime!(stages * planes * (1 + row_tiles) * MMA_TILE * (chunk + MMA_PAD)), 32usize);
     // Rows past the input's: zeros in every slot (their sums are never written; zeros keep
     // them finite). No copy writes them.
     #[unroll]
@@ -3644,39 +3650,52 @@ fn mma_linear_async_kernel<E: Float>(
     let up = cmma::Matrix::<f32>::from_value(cmma::MatrixIdent::Accumulator, 16usize, 16usize, 16usize, cmma::MatrixLayout::Undefined, f32::new(0.0));
     let chunks = d_in / chunk;
     let steps = (chunks + planes - 1) / planes;
+    // This cube's tiles and steps over all of them.
+    let my_tiles = select(cube < tiles, (tiles - cube + cubes - 1) / cubes, 0);
+    let total = my_tiles * steps;
     #[unroll]
     for first in 0..stages - 1 {
-        if first < steps {
+        if first < total {
             let base = first * slot_values + plane * plane_values;
-            mma_linear_copies::<E>(x, weight, &mut ring, base, plane + first * planes, chunks, n0, rows, d_in, d_out, lane, chunk, copy, tiles);
+            let n0 = (cube + (first / steps) * cubes) * MMA_TILE;
+            mma_linear_copies::<E>(x, weight, &mut ring, base, plane + (first % steps) * planes, chunks, n0, rows, d_in, d_out, lane, chunk, copy, row_tiles);
             ring_arrive(&b0, &b1, &b2, &b3, &b4, first);
         }
     }
-    let mut step = 0usize;
-    while step < steps {
-        let slot = step % stages;
-        ring_wait(&b0, &b1, &b2, &b3, &b4, slot, u32::cast_from((step / stages) % 2));
+    let mut g = 0usize;
+    while g < total {
+        let slot = g % stages;
+        ring_wait(&b0, &b1, &b2, &b3, &b4, slot, u32::cast_from((g / stages) % 2));
         // The slot the step before multiplied from, free once the plane's lanes are past it.
         sync_plane();
-        let ahead = step + stages - 1;
-        if ahead < steps {
+        let ahead = g + stages - 1;
+        if ahead < total {
             let ahead_slot = ahead % stages;
             let base = ahead_slot * slot_values + plane * plane_values;
-            mma_linear_copies::<E>(x, weight, &mut ring, base, plane + ahead * planes, chunks, n0, rows, d_in, d_out, lane, chunk, copy, tiles);
+            let n0 = (cube + (ahead / steps) * cubes) * MMA_TILE;
+            mma_linear_copies::<E>(x, weight, &mut ring, base, plane + (ahead % steps) * planes, chunks, n0, rows, d_in, d_out, lane, chunk, copy, row_tiles);
             ring_arrive(&b0, &b1, &b2, &b3, &b4, ahead_slot);
         }
-        if plane + step * planes < chunks {
+        let s = g % steps;
+        if plane + s * planes < chunks {
             let base = slot * slot_values + plane * plane_values;
             mma_linear_chunk::<E>(&ring, base, &ring, base + MMA_TILE * xs, &gate, &up, chunk, xs, silu);
         }
-        step += 1;
+        if s == steps - 1 {
+            // The tile's last step: its sums out (after the last tile's sums were read), and
+            // from zero for the next.
+            sync_cube();
+            mma_linear_output::<E>(&gate, &up, output, residual, rows, d_out, (cube + (g / steps) * cubes) * MMA_TILE, planes, silu, add);
+            cmma::fill(&gate, f32::new(0.0));
+            cmma::fill(&up, f32::new(0.0));
+        }
+        g += 1;
     }
-    mma_linear_output::<E>(&gate, &up, output, residual, rows, d_out, column0, planes, silu, add);
 }
 
 /// [`mma_linear_async_kernel`]'s copies of chunk `c` (none past `chunks`) for one lane into the
-/// plane's part of a slot from `base`: weight rows `n0..` (then up rows `d_out + n0..`) after
-/// the 16 input rows, input rows `0..rows`, `copy` values a copy.
+/// plane's part of a slot from `base`: weight rows `n0..` (then up rows `d_out + n0..`; `tiles`
+/// groups of 16 rows) after the 16 input rows, input rows `0..rows`, `copy` values a copy.
 #[cube]
 #[allow(clippy::too_many_arguments)]
 fn mma_linear_copies<E: Float>(
@@ -3843,6 +3862,28 @@ fn tensor_core_refusal<R: CubeRuntime>(client: &ComputeClient<R>, dtype: DType) 
     }
 }
 
+/// [`mma_linear_async_kernel`]'s shared memory per cube: the ring of `stages` chunks (input
+/// rows and weight rows) and the planes' f32 sums.
+fn mma_linear_async_shared(planes: usize, chunk: usize, stages: usize, silu: bool, dtype: DType) -> usize {
+    let tiles = if silu { 2 } else { 1 };
+    stages * planes * (1 + tiles) * MMA_TILE * (chunk + MMA_PAD) * dtype.size() + planes * tiles * MMA_TILE * (MMA_TILE + MMA_PAD_F32) * 4
+}
+
+/// Cubes [`mma_linear_async_kernel`] launches for `tiles` tiles of columns: as many as the
+/// multiprocessors hold at once (by shared memory and by units, [`MMA_ASYNC_UNITS_PER_SM`]), at
+/// most one per tile.
+fn mma_linear_async_cubes<R: CubeRuntime>(client: &ComputeClient<R>, tiles: usize, planes: usize, chunk: usize, stages: usize, silu: bool, dtype: DType) -> usize {
+    let hardware = &client.properties().hardware;
+    let sms = hardware.num_streaming_multiprocessors.map_or(DECODE_DEFAULT_SMS, |n| n as usize);
+    let by_shared = hardware.max_shared_memory_size / mma_linear_async_shared(planes, chunk, stages, silu, dtype).max(1);
+    let by_units = MMA_ASYNC_UNITS_PER_SM / (planes * MMA_LANES);
+    (sms * by_shared.min(by_units).max(1)).min(tiles).max(1)
+}
+
+/// Units a multiprocessor runs at once (2048 on NVIDIA's since Volta), for
+/// [`mma_linear_async_cubes`].
+const MMA_ASYNC_UNITS_PER_SM: usize = 2048;
+
 /// [`mma_linear_kernel`]'s or [`mma_linear_async_kernel`]'s launch shape: the tuning's planes,
 /// the way of reading the chunks and the chunks in flight ahead, the chunk, and the values per
 /// vector load (or copy) of `x` and the weight.
@@ -3885,11 +3926,11 @@ fn mma_linear_shape<R: CubeRuntime>(x: &CubeTensor<R>, weight: &CubeTensor<R>, r
     let mut chunk = tuning.chunk;
     if tuning.reads == MmaLinearReads::CopyAsync && copies {
         let stages = tuning.depth + 1;
-        let ring = |chunk: usize| stages * tuning.planes * (1 + tiles) * MMA_TILE * (chunk + MMA_PAD) * dtype.size();
-        while chunk > MMA_TILE && (!d_in.is_multiple_of(chunk) || ring(chunk) + sums > max_shared) {
+        let shared = |chunk: usize| mma_linear_async_shared(tuning.planes, chunk, stages, silu, dtype);
+        while chunk > MMA_TILE && (!d_in.is_multiple_of(chunk) || shared(chunk) > max_shared) {
             chunk /= 2;
         }
-        let fits = d_in.is_multiple_of(chunk) && ring(chunk) + sums <= max_shared && stages <= MMA_ASYNC_MAX_STAGES;
+        let fits = d_in.is_multiple_of(chunk) && shared(chunk) <= max_shared && stages <= MMA_ASYNC_MAX_STAGES;
         return fits.then_some(MmaLinearShape { planes: tuning.planes, chunk, reads: MmaLinearReads::CopyAsync, depth: tuning.depth, vector_size: width });
     }
     let reads = if tuning.reads == MmaLinearReads::Global { MmaLinearReads::Global } else { MmaLinearReads::Registers };
