@@ -33,20 +33,7 @@ for part in "${VARIANTS[@]}"; do
   grep -E "panicked|rror" $RS/bd-$name.log | head -2 | cut -c1-200
 done
 # The four projections' µs per call (third column) summed, per variant; the fastest copied one.
-BEST=$(python3 - "$RS" "${VARIANTS[@]}" <<'PY'
-import re, sys
-rs, best = sys.argv[1], None
-for part in sys.argv[2:]:
-    name, _, vars = part.partition(":")
-    try: md = open(f"{rs}/bd-{name}/breakdown.md").read()
-    except OSError: continue
-    us = [float(m.group(1)) for m in re.finditer(r"^\| [^|]*proj[^|]* \| \d+ \| ([\d.]+) \|", md, re.M)]
-    if len(us) != 4: continue
-    print(f"{name}: projections {sum(us):.1f} µs per layer ({' / '.join(f'{u:.1f}' for u in us)})", file=sys.stderr)
-    if vars and (best is None or sum(us) < best[0]): best = (sum(us), vars)
-print(best[1] if best else "")
-PY
-)
+BEST=$(python3 $R/bench/breakdown_projections.py "$RS" "${VARIANTS[@]}")
 echo "fastest copied: ${BEST:-none}"
 GEN="--scenarios generation --shapes 1024x128 --warmup 1 --runs 4 --generation-runs 1 --batching engine --parallel 10"
 if [ $SECONDS -lt ${GEN_UNTIL:-430} ]; then
