@@ -25,7 +25,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let content = if messages.is_empty() { format!("<|image_1|>\n{question}") } else { question };
         messages.push(Message::new("user", content));
         print!("assistant: ");
-        let out = pipeline.chat(&messages, &[image.clone()], &params, |t| {
+        let out = pipeline.chat(&messages, std::slice::from_ref(&image), &params, |t| {
             print!("{t}");
             let _ = std::io::stdout().flush();
         })?;

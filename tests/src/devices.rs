@@ -39,6 +39,7 @@ pub fn test_targets() -> Vec<(String, DType)> {
 
 /// Whether this crate's features name `backend`. burn-phi3v may have more compiled in: in a
 /// workspace build, cargo unifies the features the thin backend crates ask of it.
+#[allow(clippy::match_like_matches_macro)] // which arms are true depends on the features
 fn backend_selected(backend: &str) -> bool {
     match backend {
         "cpu" => cfg!(feature = "cpu"),

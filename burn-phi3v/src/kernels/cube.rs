@@ -2039,7 +2039,7 @@ pub(crate) fn mma_attention<R: CubeRuntime>(q: CubeTensor<R>, k: CubeTensor<R>, 
     let scale = 1.0 / (head_dim as f32).sqrt();
     let dtype = q.dtype;
     let address = address_type([&q, &k, &v, &output]);
-    super::count_mma_attention();
+    super::MMA_ATTENTIONS.add();
     unsafe {
         mma_attention_kernel::launch_unchecked(
             &output.client,
@@ -2097,7 +2097,7 @@ fn decode_attention_planes<R: CubeRuntime>(
     let int_dtype = tables.dtype;
     let address = address_type([&q, &k, &v, &output, &partials, &tables]);
     if let Some(copy) = decode_copy_width(&q, &k, &v, &strides, lanes) {
-        super::count_decode_attention_copies();
+        super::DECODE_COPIES.add();
         unsafe {
             decode_attention_copies_kernel::launch_unchecked(
                 &client,
@@ -2127,7 +2127,7 @@ fn decode_attention_planes<R: CubeRuntime>(
             )
         };
     } else if let Some(DecodeVectorShape { width, group }) = decode_vector_shape(&q, &k, &v, &strides, lanes) {
-        super::count_decode_attention_vector();
+        super::DECODE_VECTORS.add();
         unsafe {
             decode_attention_vector_kernel::launch_unchecked(
                 &client,
@@ -3257,9 +3257,9 @@ pub(crate) fn fused_linear<R: CubeRuntime, F: FloatElement, I: IntElement, BT: B
         let address = address_type([&x, &weight, &output].into_iter().chain(residual.iter()));
         let (dtype, add) = (x.dtype, residual.is_some());
         let residual = residual.unwrap_or_else(|| x.clone());
-        super::count_mma_linear();
+        super::MMA_LINEARS.add();
         if reads == super::MmaLinearReads::CopyAsync {
-            super::count_mma_linear_copies();
+            super::MMA_LINEAR_COPIES.add();
             let tiles = d_out / MMA_TILE;
             let cubes = mma_linear_async_cubes(&output.client, tiles, planes, chunk, depth + 1, silu, dtype);
             unsafe {

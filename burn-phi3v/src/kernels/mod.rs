@@ -1209,14 +1209,7 @@ pub fn blas_matmul_count() -> usize {
 
 /// How many attentions [`Kernels::mma_attention`]'s kernel computed since the process started.
 pub fn mma_attention_count() -> usize {
-    MMA_ATTENTIONS.load(Ordering::Relaxed)
-}
-
-static MMA_ATTENTIONS: AtomicUsize = AtomicUsize::new(0);
-
-#[cfg_attr(not(feature = "cube"), allow(dead_code))]
-pub(crate) fn count_mma_attention() {
-    MMA_ATTENTIONS.fetch_add(1, Ordering::Relaxed);
+    MMA_ATTENTIONS.get()
 }
 
 #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
@@ -1647,54 +1640,51 @@ pub fn mma_linear_tuning() -> MmaLinearTuning {
 /// How many products the tensor-core product kernel ([`MmaLinearTuning`]) computed since the
 /// process started.
 pub fn mma_linear_count() -> usize {
-    MMA_LINEARS.load(Ordering::Relaxed)
-}
-
-static MMA_LINEARS: AtomicUsize = AtomicUsize::new(0);
-
-/// How many decode attentions read their key and value rows in vectors (the kernel
-/// `decode_attention_vector`) since the process started.
-pub fn decode_attention_vector_count() -> usize {
-    DECODE_VECTORS.load(Ordering::Relaxed)
-}
-
-static DECODE_VECTORS: AtomicUsize = AtomicUsize::new(0);
-
-#[cfg_attr(not(feature = "cube"), allow(dead_code))]
-pub(crate) fn count_decode_attention_copies() {
-    DECODE_COPIES.fetch_add(1, Ordering::Relaxed);
-}
-
-/// How many decode attentions copied their key and value rows into shared memory
-/// asynchronously (the kernel `decode_attention_copies`) since the process started.
-pub fn decode_attention_copy_count() -> usize {
-    DECODE_COPIES.load(Ordering::Relaxed)
-}
-
-static DECODE_COPIES: AtomicUsize = AtomicUsize::new(0);
-
-#[cfg_attr(not(feature = "cube"), allow(dead_code))]
-pub(crate) fn count_decode_attention_vector() {
-    DECODE_VECTORS.fetch_add(1, Ordering::Relaxed);
-}
-
-#[cfg_attr(not(feature = "cube"), allow(dead_code))]
-pub(crate) fn count_mma_linear() {
-    MMA_LINEARS.fetch_add(1, Ordering::Relaxed);
+    MMA_LINEARS.get()
 }
 
 /// How many of the tensor-core products ([`mma_linear_count`]) copied their chunks
 /// asynchronously ([`MmaLinearReads::CopyAsync`]) since the process started.
 pub fn mma_linear_copy_count() -> usize {
-    MMA_LINEAR_COPIES.load(Ordering::Relaxed)
+    MMA_LINEAR_COPIES.get()
 }
 
-static MMA_LINEAR_COPIES: AtomicUsize = AtomicUsize::new(0);
-
-#[cfg_attr(not(feature = "cube"), allow(dead_code))]
-pub(crate) fn count_mma_linear_copies() {
-    MMA_LINEAR_COPIES.fetch_add(1, Ordering::Relaxed);
+/// How many decode attentions read their key and value rows in vectors (the kernel
+/// `decode_attention_vector`) since the process started.
+pub fn decode_attention_vector_count() -> usize {
+    DECODE_VECTORS.get()
 }
+
+/// How many decode attentions copied their key and value rows into shared memory
+/// asynchronously (the kernel `decode_attention_copies`) since the process started.
+pub fn decode_attention_copy_count() -> usize {
+    DECODE_COPIES.get()
+}
+
+/// Launches of one kernel variant since the process started, for the tests to check that the
+/// variant they ask for ran (a kernel that cannot take a problem falls back without a word).
+pub(crate) struct LaunchCount(AtomicUsize);
+
+impl LaunchCount {
+    const fn new() -> Self {
+        Self(AtomicUsize::new(0))
+    }
+
+    #[cfg_attr(not(feature = "cube"), allow(dead_code))]
+    pub(crate) fn add(&self) {
+        self.0.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn get(&self) -> usize {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+pub(crate) static MMA_ATTENTIONS: LaunchCount = LaunchCount::new();
+pub(crate) static MMA_LINEARS: LaunchCount = LaunchCount::new();
+pub(crate) static MMA_LINEAR_COPIES: LaunchCount = LaunchCount::new();
+pub(crate) static DECODE_VECTORS: LaunchCount = LaunchCount::new();
+pub(crate) static DECODE_COPIES: LaunchCount = LaunchCount::new();
 
 /// Fewest rows [`linear`] sends to [`Kernels::skinny_linear`]: 1, or `PHI3V_SKINNY_MIN_ROWS`
 /// (read once, clamped to 1..=[`SKINNY_ROWS`]). One-row products (a decode step of one
