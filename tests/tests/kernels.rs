@@ -707,8 +707,7 @@ fn decode_check<B: Kernels>(case: DecodeCase, device: &B::Device, values: &mut d
 
 /// Decode attention's variants ([`DECODE_CASES`]): the planes kernel copying key and value rows
 /// into shared memory asynchronously (`decode_attention_copies`, where the device has the
-/// copies), reading them in vectors (`decode_attention_vector`, where the head fits a plane's
-/// lanes) and reading one value per lane (both off), each against the composed fallback on the
+/// copies) and reading them one value per lane (off), each against the composed fallback on the
 /// same device and the CPU's f32 result of the same inputs, and equal when run twice. (The main
 /// kernels test checks whichever variant a device runs by default.)
 struct DecodeJob {
@@ -718,8 +717,8 @@ struct DecodeJob {
 
 impl DeviceFn for DecodeJob {
     /// Per case and variant: its name and outputs (the variant's twice, the composed one);
-    /// how many launches read vectors, and how many copied.
-    type Output = (Vec<(String, usize, [Vec<f32>; 3])>, usize, usize);
+    /// how many launches copied.
+    type Output = (Vec<(String, usize, [Vec<f32>; 3])>, usize);
     fn run<B: Kernels>(self, device: &B::Device, _info: &DeviceInfo, dtype: DType) -> Self::Output {
         let mut rng = Rng(self.seed | 1);
         let inputs = self.inputs;
@@ -729,9 +728,8 @@ impl DeviceFn for DecodeJob {
         };
         let host = |t: Tensor<B, 3>| -> Vec<f32> { t.into_data().convert::<f32>().into_vec().unwrap() };
         let policy = kernel_policy();
-        let switches = ["decode_attention_copies", "decode_attention_vector"];
-        let were_on = switches.map(kernels::kernel_on);
-        let before = (kernels::decode_attention_vector_count(), kernels::decode_attention_copy_count());
+        let were_on = kernels::kernel_on("decode_attention_copies");
+        let before = kernels::decode_attention_copy_count();
         let mut results = Vec::new();
         for case in DECODE_CASES {
             let (what, run) = decode_check::<B>(case, device, &mut values);
@@ -739,24 +737,19 @@ impl DeviceFn for DecodeJob {
             let composed = host(run());
             set_kernel_policy(KernelPolicy::Forced);
             for (variant, on) in DECODE_VARIANTS {
-                for (name, on) in switches.iter().zip(on) {
-                    kernels::set_kernel_on(name, on);
-                }
+                kernels::set_kernel_on("decode_attention_copies", on);
                 let (fused, fused_again) = (host(run()), host(run()));
                 results.push((format!("{what}, {variant}"), case.head_dim(), [fused, fused_again, composed.clone()]));
             }
             set_kernel_policy(policy);
         }
-        for (name, on) in switches.iter().zip(were_on) {
-            kernels::set_kernel_on(name, on);
-        }
-        (results, kernels::decode_attention_vector_count() - before.0, kernels::decode_attention_copy_count() - before.1)
+        kernels::set_kernel_on("decode_attention_copies", were_on);
+        (results, kernels::decode_attention_copy_count() - before)
     }
 }
 
-/// [`DecodeJob`]'s variants: a name, and `decode_attention_copies` and
-/// `decode_attention_vector` on or off.
-const DECODE_VARIANTS: [(&str, [bool; 2]); 3] = [("copies", [true, false]), ("vectors", [false, true]), ("one value per lane", [false, false])];
+/// [`DecodeJob`]'s variants: a name, and `decode_attention_copies` on or off.
+const DECODE_VARIANTS: [(&str, bool); 2] = [("copies", true), ("one value per lane", false)];
 
 #[test]
 fn decode_attention_variants_equal_the_composed_one() {
@@ -764,16 +757,15 @@ fn decode_attention_variants_equal_the_composed_one() {
     let seed = clock_seed();
     let mut failed = Vec::new();
     for (spec, dtype) in test_targets() {
-        let (witness, _, _) = burn_phi3v::device::with_device_dtype("cpu", Some(DType::F32), DecodeJob { seed, inputs: dtype }).unwrap();
-        let (results, vector_launches, copy_launches) = burn_phi3v::device::with_device_dtype(&spec, Some(dtype), DecodeJob { seed, inputs: dtype }).unwrap_or_else(|e| panic!("{spec}: {e}"));
+        let (witness, _) = burn_phi3v::device::with_device_dtype("cpu", Some(DType::F32), DecodeJob { seed, inputs: dtype }).unwrap();
+        let (results, copy_launches) = burn_phi3v::device::with_device_dtype(&spec, Some(dtype), DecodeJob { seed, inputs: dtype }).unwrap_or_else(|e| panic!("{spec}: {e}"));
         // On CUDA (planes of 32 lanes, asynchronous copies) every case whose head the planes
-        // kernel takes (a multiple of the lanes) reads vectors twice, and copies twice.
+        // kernel takes (a multiple of the lanes) copies, twice.
         let planes_cases = DECODE_CASES.iter().filter(|c| c.head_dim().is_multiple_of(32)).count();
-        let cuda = spec.starts_with("cuda");
-        let expected = if cuda { [2 * planes_cases; 2] } else { [vector_launches, copy_launches] };
-        eprintln!("{spec} {}: {vector_launches} decode attention launches read vectors, {copy_launches} copied (expected {expected:?})", dtype_name(dtype));
-        if [vector_launches, copy_launches] != expected {
-            failed.push(format!("{spec} {}: {vector_launches} decode attention launches read vectors and {copy_launches} copied, expected {expected:?}", dtype_name(dtype)));
+        let expected = if spec.starts_with("cuda") { 2 * planes_cases } else { copy_launches };
+        eprintln!("{spec} {}: {copy_launches} decode attention launches copied (expected {expected})", dtype_name(dtype));
+        if copy_launches != expected {
+            failed.push(format!("{spec} {}: {copy_launches} decode attention launches copied, expected {expected}", dtype_name(dtype)));
         }
         assert_eq!(results.len(), DECODE_VARIANTS.len() * DECODE_CASES.len(), "{spec}: the case list ran short");
         let tolerance = OpTolerance::for_dtype(dtype);

@@ -676,11 +676,10 @@ pub fn fused_kernels() -> bool {
 /// `add_rms_norm` off adds with Burn, then normalises with `rms_norm`; `rotary_append` off
 /// rotates with `rotary`, then appends with Burn's `slice_assign`; `mma_linear` off keeps the
 /// few-row products on the CUDA-core skinny kernel where tensor cores could take them
-/// ([`MmaLinearTuning`]); `decode_attention_vector` off keeps decode attention's planes
-/// variant reading one value per lane and key instead of key and value rows in vectors;
-/// `decode_attention_copies` off keeps it reading the rows from global memory instead of
-/// copying them into shared memory asynchronously, several tiles ahead.
-pub const KERNEL_NAMES: [&str; 21] = [
+/// ([`MmaLinearTuning`]); `decode_attention_copies` off keeps decode attention's planes
+/// variant reading key and value rows from global memory instead of copying them into shared
+/// memory asynchronously, several tiles ahead.
+pub const KERNEL_NAMES: [&str; 20] = [
     "rms_norm",
     "layer_norm",
     "quick_gelu",
@@ -692,7 +691,6 @@ pub const KERNEL_NAMES: [&str; 21] = [
     "decode_attention",
     "decode_attention_planes",
     "decode_attention_split",
-    "decode_attention_vector",
     "decode_attention_copies",
     "skinny_linear",
     "fused_linear",
@@ -735,11 +733,12 @@ fn kernel_bit(name: &str) -> Option<u32> {
 const _: () = assert!(KERNEL_NAMES.len() <= 32, "one bit per kernel in a u32");
 
 /// Kernels off unless turned on (`PHI3V_KERNELS_ON` or [`set_kernel_on`]): right, but not
-/// faster than what runs without them. `decode_attention_vector`: passes its test on CUDA bf16
-/// and f16, but at 10 sequences of 1024 keys it took 89.5 µs per layer against the planes
-/// kernel's 73.0 (H100, session 28: 114 registers per thread, two cubes per multiprocessor,
-/// 43 % of DRAM bandwidth). `decode_attention_copies` (session 29): not yet run on a GPU.
-pub const KERNELS_OFF_BY_DEFAULT: [&str; 2] = ["decode_attention_vector", "decode_attention_copies"];
+/// faster than what runs without them. `decode_attention_copies`: passes its test on CUDA bf16
+/// and f16, but at 10 sequences of 1024 keys it took 81.1 µs per layer against the planes
+/// kernel's 74.3 (H100, session 29: two cubes per multiprocessor, 44 % of DRAM bandwidth).
+/// (Session 28's `decode_attention_vector`, right and slower too — 89.5 against 73.0 µs — was
+/// removed in session 29.)
+pub const KERNELS_OFF_BY_DEFAULT: [&str; 1] = ["decode_attention_copies"];
 
 /// The kernels turned off, a bit each ([`kernel_bit`]): [`KERNELS_OFF_BY_DEFAULT`] less those
 /// `PHI3V_KERNELS_ON` names, and those `PHI3V_KERNELS_OFF` names (both comma-separated lists,
@@ -1649,12 +1648,6 @@ pub fn mma_linear_copy_count() -> usize {
     MMA_LINEAR_COPIES.get()
 }
 
-/// How many decode attentions read their key and value rows in vectors (the kernel
-/// `decode_attention_vector`) since the process started.
-pub fn decode_attention_vector_count() -> usize {
-    DECODE_VECTORS.get()
-}
-
 /// How many decode attentions copied their key and value rows into shared memory
 /// asynchronously (the kernel `decode_attention_copies`) since the process started.
 pub fn decode_attention_copy_count() -> usize {
@@ -1683,7 +1676,6 @@ impl LaunchCount {
 pub(crate) static MMA_ATTENTIONS: LaunchCount = LaunchCount::new();
 pub(crate) static MMA_LINEARS: LaunchCount = LaunchCount::new();
 pub(crate) static MMA_LINEAR_COPIES: LaunchCount = LaunchCount::new();
-pub(crate) static DECODE_VECTORS: LaunchCount = LaunchCount::new();
 pub(crate) static DECODE_COPIES: LaunchCount = LaunchCount::new();
 
 /// Fewest rows [`linear`] sends to [`Kernels::skinny_linear`]: 1, or `PHI3V_SKINNY_MIN_ROWS`
@@ -1898,7 +1890,7 @@ mod kernel_switch_tests {
         assert!(!set_kernel_on("no_such_kernel", false));
         assert!(kernel_on("no_such_kernel") == fused_kernels(), "names not listed are never off");
         // A CUDA-only kernel, off by default: flipping it touches no test on this machine.
-        let name = "decode_attention_vector";
+        let name = "decode_attention_copies";
         let before = kernel_on(name);
         assert!(set_kernel_on(name, true));
         assert_eq!(kernel_on(name), fused_kernels());
