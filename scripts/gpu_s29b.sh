@@ -22,17 +22,9 @@ for n in mma-bf16 mma-f16 dec-bf16 dec-f16; do echo "=== $n"
   grep -q "test result: ok" $W/$n/out.txt || grep -v "^\s*$" $W/$n/err.txt | grep -v "mma_linear \[\|decode_attention \[\|s  " | tail -8 | cut -c1-300; done
 echo "tests done at $SECONDS s"
 cd $D
-BD=(bench breakdown --preset phi3v-128k --device cuda --dtype bf16 --prefill 0 --no-image --warmup 3 --runs 20 --decode-batches 10)
 VARIANTS=("reg1:" "cp2:PHI3V_MMA_LINEAR=8,64,4,2,2" "p4cp3:PHI3V_MMA_LINEAR=4,64,4,2,3" "p4cp2:PHI3V_MMA_LINEAR=4,64,4,2,2"
   "p2cp3:PHI3V_MMA_LINEAR=2,64,4,2,3" "c128cp2:PHI3V_MMA_LINEAR=8,128,4,2,2" "attcp:PHI3V_KERNELS_ON=decode_attention_copies")
-for part in "${VARIANTS[@]}"; do
-  IFS=: read -r name vars <<< "$part"
-  [ $SECONDS -gt ${BD_UNTIL:-300} ] && { echo "=== breakdown $name: no time left ($SECONDS s)"; continue; }
-  env $vars timeout ${BD_S:-40} $B/phi3v "${BD[@]}" --out $RS/bd-$name > $RS/bd-$name.log 2>&1
-  echo "=== breakdown $name (${vars:-defaults}) rc=$? at $SECONDS s"
-  grep -E "proj|attention \||whole" $RS/bd-$name/breakdown.md 2>/dev/null | grep -v "^# " | cut -c1-110 | head -7
-  grep -E "panicked|rror" $RS/bd-$name.log | head -2 | cut -c1-200
-done
+BD_S=${BD_S:-45} breakdown_variants ${BD_UNTIL:-300} "${VARIANTS[@]}"
 # The four projections' µs per call (third column) summed, per variant; the fastest copied one.
 BEST=$(python3 $R/bench/breakdown_projections.py "$RS" "${VARIANTS[@]}")
 echo "fastest copied: ${BEST:-none}"

@@ -15,14 +15,8 @@ timeout 60 $B/phi3v bench run --preset phi3v-128k --device cuda $GEN --out $RS/g
 env $CP timeout 40 $B/phi3v bench run --preset phi3v-128k --device cuda $GEN --out $RS/gen-compile-cp > $RS/gen-compile-cp.log 2>&1
 echo "compiled at $SECONDS s"
 TAIL=1 bench_parts $RS "gen-default-1::40:$GEN" "gen-copied-1:$CP:40:$GEN" "gen-default-2::40:$GEN" "gen-copied-2:$CP:40:$GEN"
-BD=(bench breakdown --preset phi3v-128k --device cuda --dtype bf16 --prefill 0 --no-image --warmup 3 --runs 20 --decode-batches 10)
 VARIANTS=("reg1a:" "cpa:$CP" "reg1b:" "cpb:$CP" "c128cp1:PHI3V_MMA_LINEAR=8,128,4,2,1" "p16cp2:PHI3V_MMA_LINEAR=16,64,4,2,2")
-for part in "${VARIANTS[@]}"; do
-  IFS=: read -r name vars <<< "$part"
-  [ $SECONDS -gt ${BD_UNTIL:-170} ] && { echo "=== breakdown $name: no time left ($SECONDS s)"; continue; }
-  env $vars timeout 30 $B/phi3v "${BD[@]}" --out $RS/bd-$name > $RS/bd-$name.log 2>&1
-  echo "=== breakdown $name (${vars:-defaults}) rc=$? at $SECONDS s"
-done
+BD_S=30 breakdown_variants ${BD_UNTIL:-170} "${VARIANTS[@]}" > /dev/null
 python3 $R/bench/breakdown_projections.py "$RS" "${VARIANTS[@]}" > /dev/null
 grep -H "^generation" $RS/gen-*.log | cut -c1-200
 echo "done at $SECONDS s"
