@@ -814,7 +814,7 @@ fn owned<R: CubeRuntime>(t: CubeTensor<R>) -> CubeTensor<R> {
     if t.can_mut() {
         return t;
     }
-    super::count_shared_buffer_copy();
+    super::SHARED_BUFFER_COPIES.add();
     t.copy()
 }
 

@@ -1193,7 +1193,7 @@ pub(crate) fn refuse_matmul_tiling(reason: String) {
 }
 
 static BLAS_REFUSALS: Refusals = Refusals::new();
-static BLAS_PRODUCTS: AtomicUsize = AtomicUsize::new(0);
+static BLAS_PRODUCTS: LaunchCount = LaunchCount::new();
 
 /// Why [`Kernels::blas_matmul`] refused since the process started (cuBLAS not found, a dtype
 /// or layout it does not take, a failing call), each distinct reason once.
@@ -1203,7 +1203,7 @@ pub fn blas_matmul_refusals() -> Vec<String> {
 
 /// How many products [`Kernels::blas_matmul`] computed since the process started.
 pub fn blas_matmul_count() -> usize {
-    BLAS_PRODUCTS.load(Ordering::Relaxed)
+    BLAS_PRODUCTS.get()
 }
 
 /// How many attentions [`Kernels::mma_attention`]'s kernel computed since the process started.
@@ -1218,28 +1218,28 @@ pub(crate) fn refuse_blas_matmul(reason: String) {
 
 #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
 pub(crate) fn count_blas_matmul(ordering: BlasOrdering) {
-    BLAS_PRODUCTS.fetch_add(1, Ordering::Relaxed);
+    BLAS_PRODUCTS.add();
     if ordering != BlasOrdering::Host {
-        BLAS_STREAM_PRODUCTS.fetch_add(1, Ordering::Relaxed);
+        BLAS_STREAM_PRODUCTS.add();
     }
     if ordering == BlasOrdering::Queued {
-        BLAS_QUEUED_PRODUCTS.fetch_add(1, Ordering::Relaxed);
+        BLAS_QUEUED_PRODUCTS.add();
     }
 }
 
-static BLAS_STREAM_PRODUCTS: AtomicUsize = AtomicUsize::new(0);
-static BLAS_QUEUED_PRODUCTS: AtomicUsize = AtomicUsize::new(0);
+static BLAS_STREAM_PRODUCTS: LaunchCount = LaunchCount::new();
+static BLAS_QUEUED_PRODUCTS: LaunchCount = LaunchCount::new();
 
 /// How many of [`blas_matmul_count`]'s products ran on CubeCL's stream
 /// ([`BlasOrdering::Stream`] or [`BlasOrdering::Queued`]).
 pub fn blas_matmul_stream_count() -> usize {
-    BLAS_STREAM_PRODUCTS.load(Ordering::Relaxed)
+    BLAS_STREAM_PRODUCTS.get()
 }
 
 /// How many of [`blas_matmul_stream_count`]'s products were queued for CubeCL's device thread
 /// ([`BlasOrdering::Queued`]) rather than enqueued after a round trip.
 pub fn blas_matmul_queued_count() -> usize {
-    BLAS_QUEUED_PRODUCTS.load(Ordering::Relaxed)
+    BLAS_QUEUED_PRODUCTS.get()
 }
 
 /// How a [`Kernels::blas_matmul`] product on CUDA is ordered with CubeCL's kernels
@@ -1299,15 +1299,10 @@ pub fn blas_ordering() -> BlasOrdering {
 /// another tensor and wrote into a copy of it instead. A decode loop that owns its cache keeps
 /// this at zero; each copy moves the whole buffer.
 pub fn shared_buffer_copies() -> usize {
-    SHARED_BUFFER_COPIES.load(Ordering::Relaxed)
+    SHARED_BUFFER_COPIES.get()
 }
 
-static SHARED_BUFFER_COPIES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-
-#[cfg_attr(not(feature = "cube"), allow(dead_code))]
-pub(crate) fn count_shared_buffer_copy() {
-    SHARED_BUFFER_COPIES.fetch_add(1, Ordering::Relaxed);
-}
+pub(crate) static SHARED_BUFFER_COPIES: LaunchCount = LaunchCount::new();
 
 /// Whether [`Kernels::flash_attention`] runs one of this crate's choices rather than Burn's
 /// attention under [`KernelPolicy::Verified`] (see [`flash_attention_choice`]).
@@ -1654,8 +1649,9 @@ pub fn decode_attention_copy_count() -> usize {
     DECODE_COPIES.get()
 }
 
-/// Launches of one kernel variant since the process started, for the tests to check that the
-/// variant they ask for ran (a kernel that cannot take a problem falls back without a word).
+/// How many times something happened since the process started: launches of one kernel
+/// variant (for the tests to check that the variant they ask for ran: a kernel that cannot
+/// take a problem falls back without a word), products by one route, copies of a shared buffer.
 pub(crate) struct LaunchCount(AtomicUsize);
 
 impl LaunchCount {
