@@ -2211,14 +2211,19 @@ const DECODE_TILE: usize = 8;
 /// head) pairs would leave most multiprocessors idle, each cube reading its whole cache row.
 const DECODE_CUBES_PER_SM: usize = 4;
 /// Multiprocessors assumed where the runtime does not say.
-const DECODE_DEFAULT_SMS: usize = 4;
+const DEFAULT_SMS: usize = 4;
+
+/// The device's multiprocessors ([`DEFAULT_SMS`] where the runtime does not say).
+fn multiprocessors<R: CubeRuntime>(client: &ComputeClient<R>) -> usize {
+    client.properties().hardware.num_streaming_multiprocessors.map_or(DEFAULT_SMS, |n| n as usize)
+}
 
 /// How [`decode_attention_planes_kernel`] splits the keys of each (batch, head): `(splits,
 /// chunk)`, `chunk` keys per cube (whole rounds of the cube's planes and tiles), enough cubes
 /// for [`DECODE_CUBES_PER_SM`] per multiprocessor. `(1, keys)` when one cube per pair fills the
 /// device or `decode_attention_split` is off.
 fn decode_splits<R: CubeRuntime>(client: &ComputeClient<R>, batch_heads: usize, keys: usize) -> (usize, usize) {
-    let sms = client.properties().hardware.num_streaming_multiprocessors.map_or(DECODE_DEFAULT_SMS, |n| n as usize);
+    let sms = multiprocessors(client);
     let round = DECODE_PLANES as usize * DECODE_TILE;
     let wanted = (DECODE_CUBES_PER_SM * sms).div_ceil(batch_heads.max(1));
     let splits = wanted.clamp(1, keys.div_ceil(round).max(1));
@@ -3669,7 +3674,7 @@ fn mma_linear_async_shared(planes: usize, chunk: usize, stages: usize, silu: boo
 /// most one per tile.
 fn mma_linear_async_cubes<R: CubeRuntime>(client: &ComputeClient<R>, tiles: usize, planes: usize, chunk: usize, stages: usize, silu: bool, dtype: DType) -> usize {
     let hardware = &client.properties().hardware;
-    let sms = hardware.num_streaming_multiprocessors.map_or(DECODE_DEFAULT_SMS, |n| n as usize);
+    let sms = multiprocessors(client);
     let by_shared = hardware.max_shared_memory_size / mma_linear_async_shared(planes, chunk, stages, silu, dtype).max(1);
     let by_units = MMA_ASYNC_UNITS_PER_SM / (planes * MMA_LANES);
     (sms * by_shared.min(by_units).max(1)).min(tiles).max(1)
