@@ -801,20 +801,51 @@ struct MmaLinearJob {
 /// `(rows, d_in, d_out, epilogue)`: 0 none (`linear`), 1 the norm before (`norm_linear`), 2
 /// the norm before and `up · SiLU(gate)` after (`d_out` weight rows, `d_out / 2` outputs), 3
 /// the residual add after (`linear_add`).
-/// `d_in` 48 takes chunks of 16 values.
-const MMA_LINEAR_CASES: [(usize, usize, usize, u8); 9] =
-    [(4, 256, 64, 3), (10, 3072, 1024, 2), (16, 8192, 128, 1), (10, 3072, 48, 0), (10, 64, 16, 3), (13, 512, 96, 2), (5, 48, 32, 0), (10, 1000, 64, 0), (7, 96, 40, 3)];
+/// `d_in` 48 takes chunks of 16 values (and, being no multiple of 32, not the register
+/// fragments). The last two have enough output columns for the register fragments' cubes to
+/// stay 64 and 32 columns wide on a GPU of up to 136 multiprocessors (the H100's and H200's 132:
+/// fewer than 2 cubes per multiprocessor halve them, and the smaller cases take 16), and
+/// `d_in` 96 leaves blocks for the fragments' loop after its depth-wide steps.
+const MMA_LINEAR_CASES: [(usize, usize, usize, u8); 11] = [
+    (4, 256, 64, 3),
+    (10, 3072, 1024, 2),
+    (16, 8192, 128, 1),
+    (10, 3072, 48, 0),
+    (10, 64, 16, 3),
+    (13, 512, 96, 2),
+    (5, 48, 32, 0),
+    (10, 1000, 64, 0),
+    (7, 96, 40, 3),
+    (10, 96, 17408, 3),
+    (6, 128, 16896, 2),
+];
 
-/// The ways of reading the inputs the tensor-core product is checked in: `(reads, depth)`,
-/// through registers with 1 to 4 chunks held ahead, weights straight from global memory, and
-/// asynchronous copies into rings of 2 and 4 chunks.
-const MMA_LINEAR_READINGS: [(MmaLinearReads, usize); 6] =
-    [(MmaLinearReads::Registers, 1), (MmaLinearReads::Registers, 2), (MmaLinearReads::Registers, 4), (MmaLinearReads::Global, 2), (MmaLinearReads::CopyAsync, 1), (MmaLinearReads::CopyAsync, 3)];
+/// The ways of reading the inputs the tensor-core product is checked in: `(reads, depth,
+/// chunk)`, through registers with 1 to 4 chunks held ahead, weights straight from global
+/// memory, asynchronous copies into rings of 2 and 4 chunks, and register fragments with 1 to
+/// 4 blocks in flight and cubes of up to 64 or 32 columns.
+const MMA_LINEAR_READINGS: [(MmaLinearReads, usize, usize); 9] = [
+    (MmaLinearReads::Registers, 1, 64),
+    (MmaLinearReads::Registers, 2, 64),
+    (MmaLinearReads::Registers, 4, 64),
+    (MmaLinearReads::Global, 2, 64),
+    (MmaLinearReads::CopyAsync, 1, 64),
+    (MmaLinearReads::CopyAsync, 3, 64),
+    (MmaLinearReads::Fragments, 1, 64),
+    (MmaLinearReads::Fragments, 2, 64),
+    (MmaLinearReads::Fragments, 4, 32),
+];
 
 /// Whether [`MMA_LINEAR_CASES`]' case fits the tensor-core tile.
 fn mma_linear_fits(d_in: usize, d_out: usize, epilogue: u8) -> bool {
     let outputs = if epilogue == 2 { d_out / 2 } else { d_out };
     d_in.is_multiple_of(16) && outputs.is_multiple_of(16)
+}
+
+/// Whether a case that fits the tensor-core tile also takes the register fragments: `d_in` in
+/// whole blocks of 32 (the test's buffers take 16-byte loads).
+fn mma_fragments_fit(d_in: usize) -> bool {
+    d_in.is_multiple_of(32)
 }
 
 /// One case's outputs on the host: the kernels' (twice) and the composed fallback's.
@@ -828,8 +859,9 @@ struct ProductOutputs {
 
 impl DeviceFn for MmaLinearJob {
     /// Every case's outputs (each way of reading the inputs), how many tensor-core products
-    /// ran, and how many of them copied their chunks asynchronously.
-    type Output = (Vec<ProductOutputs>, usize, usize);
+    /// ran, how many of them copied their chunks asynchronously, and how many loaded register
+    /// fragments.
+    type Output = (Vec<ProductOutputs>, usize, usize, usize);
     fn run<B: Kernels>(self, device: &B::Device, _info: &DeviceInfo, dtype: DType) -> Self::Output {
         let mut rng = Rng(self.seed | 1);
         let mut input = |n: usize, scale: f32| -> Tensor<B, 1> {
@@ -838,11 +870,11 @@ impl DeviceFn for MmaLinearJob {
         };
         let host = |t: Tensor<B, 3>| -> Vec<f32> { t.into_data().convert::<f32>().into_vec().unwrap() };
         let policy = kernel_policy();
-        let (before, copies_before) = (kernels::mma_linear_count(), kernels::mma_linear_copy_count());
+        let (before, copies_before, fragments_before) = (kernels::mma_linear_count(), kernels::mma_linear_copy_count(), kernels::mma_linear_fragment_count());
         let mut results = Vec::new();
         let tuning = kernels::mma_linear_tuning();
-        for &(reads, depth) in &MMA_LINEAR_READINGS {
-            assert!(kernels::set_mma_linear_tuning(kernels::MmaLinearTuning { reads, depth, ..tuning }));
+        for &(reads, depth, chunk) in &MMA_LINEAR_READINGS {
+            assert!(kernels::set_mma_linear_tuning(kernels::MmaLinearTuning { reads, depth, chunk, ..tuning }));
             for &(rows, d_in, d_out, epilogue) in &MMA_LINEAR_CASES {
                 let x = input(rows * d_in, 1.0).reshape([1, rows, d_in]);
                 let weight = input(d_out * d_in, 0.05).reshape([d_out, d_in]).transpose();
@@ -859,12 +891,13 @@ impl DeviceFn for MmaLinearJob {
                 set_kernel_policy(KernelPolicy::Off);
                 let composed = host(run());
                 set_kernel_policy(policy);
-                let what = format!("[{rows}, {d_in}] · [{d_in}, {d_out}], epilogue {epilogue}, {reads:?} reads, depth {depth}");
+                let what = format!("[{rows}, {d_in}] · [{d_in}, {d_out}], epilogue {epilogue}, {reads:?} reads, depth {depth}, chunk {chunk}");
                 results.push(ProductOutputs { what, d_in, fused, fused_again, composed });
             }
         }
         assert!(kernels::set_mma_linear_tuning(tuning));
-        (results, kernels::mma_linear_count() - before, kernels::mma_linear_copy_count() - copies_before)
+        let fragments = kernels::mma_linear_fragment_count() - fragments_before;
+        (results, kernels::mma_linear_count() - before, kernels::mma_linear_copy_count() - copies_before, fragments)
     }
 }
 
@@ -874,16 +907,17 @@ impl DeviceFn for MmaLinearJob {
 /// product, the normed input and the epilogue's steps to the dtype, as the composed steps do;
 /// 16 ulps of the dtype cover those few roundings). On CUDA in f16 and bf16 (tensor cores),
 /// every case that fits the tile ran on them, twice each way of reading the inputs
-/// ([`MMA_LINEAR_READINGS`]).
+/// ([`MMA_LINEAR_READINGS`]), the asynchronous copies and the register fragments where asked
+/// for and the case takes them.
 #[test]
 fn tensor_core_products_equal_the_composed_ones() {
     let _settings = PROCESS_SETTINGS.lock().unwrap_or_else(|e| e.into_inner());
     let seed = clock_seed();
     let mut failed = Vec::new();
     for (spec, dtype) in test_targets() {
-        let (witness, _, _) = burn_phi3v::device::with_device_dtype("cpu", Some(DType::F32), MmaLinearJob { seed, inputs: dtype }).unwrap();
+        let (witness, _, _, _) = burn_phi3v::device::with_device_dtype("cpu", Some(DType::F32), MmaLinearJob { seed, inputs: dtype }).unwrap();
         let job = MmaLinearJob { seed, inputs: dtype };
-        let (results, products, copies) = burn_phi3v::device::with_device_dtype(&spec, Some(dtype), job).unwrap_or_else(|e| panic!("{spec}: {e}"));
+        let (results, products, copies, fragments) = burn_phi3v::device::with_device_dtype(&spec, Some(dtype), job).unwrap_or_else(|e| panic!("{spec}: {e}"));
         let tolerance = OpTolerance::for_dtype(dtype);
         for (o, w) in results.iter().zip(witness.iter()) {
             let (vs_composed, vs_cpu) = (rel_err(&o.composed, &o.fused), rel_err(&w.composed, &o.fused));
@@ -901,15 +935,26 @@ fn tensor_core_products_equal_the_composed_ones() {
             }
         }
         let tensor_cores = spec.starts_with("cuda") && matches!(dtype, DType::F16 | DType::BF16) && kernels::kernel_on("mma_linear");
-        let fitting = MMA_LINEAR_CASES.iter().filter(|&&(rows, d_in, d_out, e)| rows >= kernels::mma_linear_tuning().min_rows && mma_linear_fits(d_in, d_out, e)).count();
+        let fits = |&&(rows, d_in, d_out, e): &&(usize, usize, usize, u8)| rows >= kernels::mma_linear_tuning().min_rows && mma_linear_fits(d_in, d_out, e);
+        let fitting = MMA_LINEAR_CASES.iter().filter(fits).count();
+        let fitting_fragments = MMA_LINEAR_CASES.iter().filter(fits).filter(|c| mma_fragments_fit(c.1)).count();
         // Each case twice per way of reading the inputs.
         let expected = if tensor_cores { 2 * MMA_LINEAR_READINGS.len() * fitting } else { 0 };
         // CUDA's tensor-core devices (compute capability 8.0 and later) have the asynchronous copies.
         let copy_readings = MMA_LINEAR_READINGS.iter().filter(|r| r.0 == MmaLinearReads::CopyAsync).count();
         let expected_copies = if tensor_cores { 2 * copy_readings * fitting } else { 0 };
-        eprintln!("{spec} {}: {products} tensor-core products (expected {expected}), {copies} of them copied (expected {expected_copies})", dtype_name(dtype));
-        if products != expected || copies != expected_copies {
-            failed.push(format!("{spec} {}: {products} tensor-core products, expected {expected}; {copies} copied, expected {expected_copies}", dtype_name(dtype)));
+        // And the register fragments (`mma.m16n8k16`, compute capability 8.0 and later).
+        let fragment_readings = MMA_LINEAR_READINGS.iter().filter(|r| r.0 == MmaLinearReads::Fragments).count();
+        let expected_fragments = if tensor_cores { 2 * fragment_readings * fitting_fragments } else { 0 };
+        eprintln!(
+            "{spec} {}: {products} tensor-core products (expected {expected}), {copies} of them copied (expected {expected_copies}), {fragments} from register fragments (expected {expected_fragments})",
+            dtype_name(dtype)
+        );
+        if products != expected || copies != expected_copies || fragments != expected_fragments {
+            failed.push(format!(
+                "{spec} {}: {products} tensor-core products, expected {expected}; {copies} copied, expected {expected_copies}; {fragments} from fragments, expected {expected_fragments}",
+                dtype_name(dtype)
+            ));
         }
     }
     assert!(failed.is_empty(), "seed {seed}:\n{}", failed.join("\n"));

@@ -3058,6 +3058,32 @@ pub(crate) fn fused_linear<R: CubeRuntime, F: FloatElement, I: IntElement, BT: B
         let (dtype, add) = (x.dtype, residual.is_some());
         let residual = residual.unwrap_or_else(|| x.clone());
         super::MMA_LINEARS.add();
+        if reads == super::MmaLinearReads::Fragments {
+            super::MMA_LINEAR_FRAGMENTS.add();
+            unsafe {
+                mma_linear_fragments_kernel::launch_unchecked(
+                    &output.client,
+                    row_cubes(d_out.div_ceil(chunk)),
+                    CubeDim::new_2d(MMA_LANES as u32, planes as u32),
+                    address,
+                    vector_size,
+                    x.into_array_arg(),
+                    weight.into_array_arg(),
+                    residual.into_array_arg(),
+                    output.clone().into_array_arg(),
+                    rows,
+                    d_out,
+                    d_in / vector_size,
+                    planes,
+                    chunk / MMA_FRAGMENT_COLUMNS,
+                    depth,
+                    silu,
+                    add,
+                    dtype.into(),
+                )
+            };
+            return output;
+        }
         if reads == super::MmaLinearReads::CopyAsync {
             super::MMA_LINEAR_COPIES.add();
             let tiles = d_out / MMA_TILE;
@@ -3378,6 +3404,248 @@ fn mma_linear_chunk<E: Float>(
             let um = cmma::Matrix::<E>::from_slice(cmma::MatrixIdent::B, 16usize, 16usize, 16usize, cmma::MatrixLayout::ColMajor, &b.slice(ut, ut + span), comptime!(stride as u32));
             cmma::execute::<E, E, f32, f32>(&am, &um, up, up);
         }
+    }
+}
+
+/// Output columns of one tensor-core step of [`mma_linear_fragments_kernel`] (the `n` of
+/// `mma.m16n8k16`).
+const MMA_FRAGMENT_COLUMNS: usize = 8;
+/// Values one lane of [`mma_linear_fragments_kernel`] loads at once (16 bytes of f16 or bf16);
+/// the four lanes of a group load one block of `4 · 8 = 32` values of `d_in`.
+const MMA_FRAGMENT_VECTOR: usize = 8;
+/// Values of `d_in` in one block of [`mma_linear_fragments_kernel`].
+const MMA_FRAGMENT_BLOCK: usize = 4 * MMA_FRAGMENT_VECTOR;
+/// Most output columns per cube of [`mma_linear_fragments_kernel`]: 8 tiles (16 with SiLU·mul),
+/// each lane holding `depth` 16-byte loads of every tile.
+const MMA_FRAGMENT_MAX_COLUMNS: usize = 64;
+
+/// `x · weightᵀ` for 1 to 16 rows on tensor cores from register fragments (`mma.m16n8k16` of
+/// the dtype with f32 sums, CubeCL's `MmaDefinition`): no shared memory until the planes' sums
+/// meet. A cube owns `tiles` tiles of 8 output columns (with `silu`, also the `tiles` tiles of
+/// up rows `d_out..` after them); its `planes` planes split `d_in` in blocks of 32 values
+/// (plane `p` takes blocks `p, p + planes, …`), `depth` blocks at a time: every load of a
+/// block is issued before the first product of the first block.
+///
+/// Within a group of four lanes (`g = lane / 4`, `t = lane % 4`), lane `t` loads values
+/// `8t..8t + 8` of a block in one 16-byte load: of weight row `g` of each tile, and of input
+/// rows `g` and `g + 8` (zeros past `rows`). A dot product may take `d_in` in any order as long
+/// as both sides take the same one, so the block's values are given to the two 16-deep steps of
+/// `mma.m16n8k16` in an order that makes each lane's share contiguous: the lane's fragment
+/// values `2t, 2t + 1, 2t + 8, 2t + 9` (PTX's layout of the A columns and the B rows for
+/// `.f16`/`.bf16`) are its loaded values `4h..4h + 4` in step `h`. Each weight value is read
+/// once, by one 16-byte load of a lane, and the input rows' loads serve all the cube's tiles.
+/// The lane's sums are rows `g` and `g + 8`, columns `2t, 2t + 1` of each tile (PTX's
+/// accumulator layout); the planes' sums meet in shared memory and one unit per (row, column)
+/// writes the output through [`write_linear_output`]. Columns past `d_out` read the last weight
+/// row and are not written. `row_vectors = d_in / 8`.
+#[cube(launch_unchecked, address_type = "dynamic")]
+fn mma_linear_fragments_kernel<E: Float, N: Size>(
+    x: &Array<Vector<E, N>>,
+    weight: &Array<Vector<E, N>>,
+    residual: &Array<E>,
+    output: &mut Array<E>,
+    rows: usize,
+    d_out: usize,
+    row_vectors: usize,
+    #[comptime] planes: usize,
+    #[comptime] tiles: usize,
+    #[comptime] depth: usize,
+    #[comptime] silu: bool,
+    #[comptime] add: bool,
+    #[define(E)] _dtype: StorageType,
+) {
+    let lane = UNIT_POS_X as usize;
+    let plane = UNIT_POS_Y as usize;
+    let g = lane / 4;
+    let t = lane % 4;
+    let columns = comptime!(tiles * MMA_FRAGMENT_COLUMNS);
+    // B tiles: the gate (or only) tiles, then with SiLU·mul the up tiles.
+    let b_tiles = comptime!(if silu { 2 * tiles } else { tiles });
+    let column0 = CUBE_POS * columns;
+    // Where this lane's weight row of each B tile starts, at its vector `t`.
+    let mut bases = Array::<usize>::new(b_tiles);
+    #[unroll]
+    for i in 0..b_tiles {
+        let o = min(column0 + (i % tiles) * MMA_FRAGMENT_COLUMNS + g, d_out - 1);
+        let mut row = o;
+        if i >= tiles {
+            row = d_out + o;
+        }
+        bases[i] = row * row_vectors + t;
+    }
+    let (low, high) = (g < rows, g + 8 < rows);
+    let (x_low, x_high) = (g * row_vectors + t, (g + 8) * row_vectors + t);
+    let zero = Vector::<E, N>::new(E::from_int(0));
+    // Two accumulator registers (rows g and g + 8) per B tile.
+    let mut acc = Array::<Vector<f32, Const<2>>>::new(comptime!(2 * b_tiles));
+    #[unroll]
+    for i in 0..2 * b_tiles {
+        acc[i] = Vector::new(f32::new(0.0));
+    }
+    let blocks = row_vectors / 4;
+    let mut w = Array::<Vector<E, N>>::new(comptime!(depth * b_tiles));
+    let mut xs = Array::<Vector<E, N>>::new(comptime!(2 * depth));
+    let mut kb = plane;
+    while kb + comptime!((depth - 1) * planes) < blocks {
+        #[unroll]
+        for d in 0..depth {
+            let at = (kb + d * planes) * 4;
+            #[unroll]
+            for i in 0..b_tiles {
+                w[d * b_tiles + i] = weight[bases[i] + at];
+            }
+            xs[2 * d] = zero;
+            xs[2 * d + 1] = zero;
+            if low {
+                xs[2 * d] = x[x_low + at];
+            }
+            if high {
+                xs[2 * d + 1] = x[x_high + at];
+            }
+        }
+        #[unroll]
+        for d in 0..depth {
+            mma_fragments_block::<E, N>(&w, d * b_tiles, xs[2 * d], xs[2 * d + 1], &mut acc, b_tiles);
+        }
+        kb += comptime!(depth * planes);
+    }
+    while kb < blocks {
+        let at = kb * 4;
+        #[unroll]
+        for i in 0..b_tiles {
+            w[i] = weight[bases[i] + at];
+        }
+        xs[0] = zero;
+        xs[1] = zero;
+        if low {
+            xs[0] = x[x_low + at];
+        }
+        if high {
+            xs[1] = x[x_high + at];
+        }
+        mma_fragments_block::<E, N>(&w, 0, xs[0], xs[1], &mut acc, b_tiles);
+        kb += planes;
+    }
+
+    // The planes' sums: tile `i` of plane `p` at `((p · b_tiles + i) · 16 + row) · 8 + column`.
+    let mut sums = SharedMemory::<f32>::new(comptime!(planes * b_tiles * MMA_TILE * MMA_FRAGMENT_COLUMNS));
+    #[unroll]
+    for i in 0..b_tiles {
+        let at = ((plane * b_tiles + i) * MMA_TILE + g) * MMA_FRAGMENT_COLUMNS + 2 * t;
+        let (near, far) = (acc[2 * i], acc[2 * i + 1]);
+        sums[at] = near[0];
+        sums[at + 1] = near[1];
+        sums[at + 8 * MMA_FRAGMENT_COLUMNS] = far[0];
+        sums[at + 8 * MMA_FRAGMENT_COLUMNS + 1] = far[1];
+    }
+    sync_cube();
+    let mut k = UNIT_POS as usize;
+    while k < rows * columns {
+        let r = k / columns;
+        let o = k % columns;
+        let column = column0 + o;
+        if column < d_out {
+            let at = ((o / MMA_FRAGMENT_COLUMNS) * MMA_TILE + r) * MMA_FRAGMENT_COLUMNS + o % MMA_FRAGMENT_COLUMNS;
+            let mut sum = f32::new(0.0);
+            let mut up = f32::new(0.0);
+            #[unroll]
+            for p in 0..planes {
+                sum += sums[p * b_tiles * MMA_TILE * MMA_FRAGMENT_COLUMNS + at];
+                if silu {
+                    up += sums[(p * b_tiles + tiles) * MMA_TILE * MMA_FRAGMENT_COLUMNS + at];
+                }
+            }
+            write_linear_output::<E>(output, residual, r * d_out + column, sum, up, silu, add);
+        }
+        k += comptime!(planes * MMA_LANES);
+    }
+}
+
+/// One block of 32 values of `d_in` for [`mma_linear_fragments_kernel`]: the lane's input
+/// vectors of rows `g` (`x_low`) and `g + 8` (`x_high`) times its weight vector of each of the
+/// `b_tiles` tiles (`w[w_at..]`), as two `mma.m16n8k16` steps per tile added to `acc`.
+#[cube]
+fn mma_fragments_block<E: Float, N: Size>(
+    w: &Array<Vector<E, N>>,
+    w_at: usize,
+    x_low: Vector<E, N>,
+    x_high: Vector<E, N>,
+    acc: &mut Array<Vector<f32, Const<2>>>,
+    #[comptime] b_tiles: usize,
+) {
+    let mma = cmma::MmaDefinition::<E, E, f32>::new(16usize, 8usize, 16usize);
+    #[unroll]
+    for h in 0..2usize {
+        // The A registers: (row g, columns 2t, 2t + 1), (row g + 8, same), (row g, columns
+        // 2t + 8, 2t + 9), (row g + 8, same) = loaded values 4h, 4h + 1 then 4h + 2, 4h + 3.
+        let mut a = Array::<Vector<E, Const<2>>>::new(4usize);
+        a[0] = fragment_pair::<E, N>(x_low, comptime!(4 * h));
+        a[1] = fragment_pair::<E, N>(x_high, comptime!(4 * h));
+        a[2] = fragment_pair::<E, N>(x_low, comptime!(4 * h + 2));
+        a[3] = fragment_pair::<E, N>(x_high, comptime!(4 * h + 2));
+        #[unroll]
+        for i in 0..b_tiles {
+            let wv = w[w_at + i];
+            // The B registers: (rows 2t, 2t + 1, column g), (rows 2t + 8, 2t + 9, column g).
+            let mut b = Array::<Vector<E, Const<2>>>::new(2usize);
+            b[0] = fragment_pair::<E, N>(wv, comptime!(4 * h));
+            b[1] = fragment_pair::<E, N>(wv, comptime!(4 * h + 2));
+            let mut c = Array::<Vector<f32, Const<2>>>::new(2usize);
+            c[0] = acc[2 * i];
+            c[1] = acc[2 * i + 1];
+            let d = mma.execute::<Const<2>, Const<2>, Const<2>>(&a, &b, &c);
+            acc[2 * i] = d[0];
+            acc[2 * i + 1] = d[1];
+        }
+    }
+}
+
+/// Values `at` and `at + 1` of `v` as one register of two.
+#[cube]
+fn fragment_pair<E: Float, N: Size>(v: Vector<E, N>, #[comptime] at: usize) -> Vector<E, Const<2>> {
+    let mut pair = Vector::<E, Const<2>>::empty();
+    pair[0] = v[at];
+    pair[1] = v[at + 1];
+    pair
+}
+
+/// [`mma_linear_fragments_kernel`]'s output columns per cube and blocks in flight for `d_out`
+/// columns on `sms` multiprocessors, from the tuning's `chunk` (at most
+/// [`MMA_FRAGMENT_MAX_COLUMNS`]) and `depth`: the columns halve (to 16) while the product
+/// would have fewer than [`MMA_FRAGMENT_CUBES_PER_SM`] cubes per multiprocessor (the cubes
+/// split no more than `d_in` between their planes), then the depth shrinks until a lane holds
+/// at most [`MMA_FRAGMENT_HELD_VECTORS`] weight loads.
+fn mma_fragments_shape(chunk: usize, depth: usize, d_out: usize, silu: bool, sms: usize) -> (usize, usize) {
+    let mut columns = chunk.clamp(2 * MMA_FRAGMENT_COLUMNS, MMA_FRAGMENT_MAX_COLUMNS);
+    while columns > 2 * MMA_FRAGMENT_COLUMNS && d_out.div_ceil(columns) < MMA_FRAGMENT_CUBES_PER_SM * sms {
+        columns /= 2;
+    }
+    let b_tiles = columns / MMA_FRAGMENT_COLUMNS * if silu { 2 } else { 1 };
+    let mut depth = depth.max(1);
+    while depth > 1 && depth * b_tiles > MMA_FRAGMENT_HELD_VECTORS {
+        depth -= 1;
+    }
+    (columns, depth)
+}
+
+/// Fewest cubes per multiprocessor [`mma_fragments_shape`] keeps while it can narrow the cubes.
+const MMA_FRAGMENT_CUBES_PER_SM: usize = 2;
+/// Most 16-byte weight loads a lane of [`mma_linear_fragments_kernel`] holds (64 registers).
+const MMA_FRAGMENT_HELD_VECTORS: usize = 16;
+
+/// Why the device cannot run [`mma_linear_fragments_kernel`] for `dtype`, `None` when it can:
+/// it needs `mma.m16n8k16` of the dtype with f32 sums and PTX's register layout of its
+/// fragments (CUDA; ROCm's `MmaDefinition` lays them out otherwise).
+fn mma_fragments_refusal<R: CubeRuntime>(client: &ComputeClient<R>, dtype: DType) -> Option<String> {
+    let mma = cubecl::ir::features::MmaConfig { a_type: dtype.into(), b_type: dtype.into(), cd_type: DType::F32.into(), m: 16, n: 8, k: 16 };
+    if let Some(why) = tensor_core_refusal(client, dtype) {
+        Some(why)
+    } else if !matches!(R::name(client), "cuda" | "plugin-cuda") {
+        Some(format!("{} (PTX's fragment layout: CUDA only)", R::name(client)))
+    } else if !client.properties().features.matmul.mma.contains(&mma) {
+        Some(format!("no {dtype:?} m16n8k16 register products with f32 sums"))
+    } else {
+        None
     }
 }
 
@@ -3704,7 +3972,10 @@ struct MmaLinearShape {
 /// vectors for the `depth` chunks ahead (input rows, and weights unless read from global
 /// memory); copied, until the ring of `depth + 1` chunks fits the shared memory. Copies need
 /// the device's asynchronous copies and barriers, and copies of 4 to 16 bytes; without them
-/// the chunks go through registers.
+/// the chunks go through registers. Register fragments ([`mma_linear_fragments_kernel`]) need
+/// its register products ([`mma_fragments_refusal`]), `d_in` a multiple of 32, 16-byte loads
+/// of both buffers and the planes' sums within the shared memory; `chunk` is then the tuning's
+/// columns per cube (at most [`MMA_FRAGMENT_MAX_COLUMNS`]); without them, as held in registers.
 fn mma_linear_shape<R: CubeRuntime>(x: &CubeTensor<R>, weight: &CubeTensor<R>, rows: usize, d_in: usize, d_out: usize, silu: bool) -> Option<MmaLinearShape> {
     use super::MmaLinearReads;
     let tuning = super::mma_linear_tuning();
@@ -3723,6 +3994,17 @@ fn mma_linear_shape<R: CubeRuntime>(x: &CubeTensor<R>, weight: &CubeTensor<R>, r
     // The planes' f32 sums at the end.
     let sums = tuning.planes * tiles * MMA_TILE * (MMA_TILE + MMA_PAD_F32) * 4;
     let copies = copies_async(&x.client) && matches!(width * dtype.size(), 4 | 8 | 16);
+    if tuning.reads == MmaLinearReads::Fragments
+        && width == MMA_FRAGMENT_VECTOR
+        && d_in.is_multiple_of(MMA_FRAGMENT_BLOCK)
+        && mma_fragments_refusal(&x.client, dtype).is_none()
+    {
+        let (columns, depth) = mma_fragments_shape(tuning.chunk, tuning.depth, d_out, silu, multiprocessors(&x.client));
+        let shared = tuning.planes * tiles * columns * MMA_TILE * 4;
+        if shared <= max_shared {
+            return Some(MmaLinearShape { planes: tuning.planes, chunk: columns, reads: MmaLinearReads::Fragments, depth, vector_size: width });
+        }
+    }
     let mut chunk = tuning.chunk;
     if tuning.reads == MmaLinearReads::CopyAsync && copies {
         let stages = tuning.depth + 1;
@@ -3743,4 +4025,29 @@ fn mma_linear_shape<R: CubeRuntime>(x: &CubeTensor<R>, weight: &CubeTensor<R>, r
     let rows_staged = if staged { 1 + tiles } else { 1 };
     let shared = tuning.planes * MMA_TILE * rows_staged * (chunk + MMA_PAD) * dtype.size() + sums;
     (shared <= max_shared).then_some(MmaLinearShape { planes: tuning.planes, chunk, reads, depth: tuning.depth, vector_size: width })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::mma_fragments_shape;
+
+    /// The register fragments' cubes narrow until a 132-multiprocessor GPU has 2 per
+    /// multiprocessor (not below 16 columns), and the blocks in flight shrink to 16 weight loads
+    /// per lane: Phi-3's projections at 10 rows and cases of the kernels test.
+    #[test]
+    fn fragment_cubes_narrow_and_their_depth_fits_the_registers() {
+        // o_proj, down_proj (3072 columns): 16 columns, 192 cubes.
+        assert_eq!(mma_fragments_shape(64, 2, 3072, false, 132), (16, 2));
+        // qkv_proj (9216): 32 columns, 288 cubes.
+        assert_eq!(mma_fragments_shape(64, 4, 9216, false, 132), (32, 4));
+        // gate_up_proj (8192 outputs, each of a gate and an up row): 16 columns, 4 B tiles.
+        assert_eq!(mma_fragments_shape(64, 4, 8192, true, 132), (16, 4));
+        // Wide enough for 64 columns; the depth then shrinks to 16 / 8 = 2 (1 with SiLU·mul).
+        assert_eq!(mma_fragments_shape(64, 4, 17408, false, 132), (64, 2));
+        assert_eq!(mma_fragments_shape(64, 4, 17408, true, 132), (64, 1));
+        // Few columns: 16, and never wider than 64 or narrower than 16.
+        assert_eq!(mma_fragments_shape(256, 1, 16, false, 132), (16, 1));
+        assert_eq!(mma_fragments_shape(256, 1, 1 << 20, false, 132), (64, 1));
+        assert_eq!(mma_fragments_shape(16, 3, 1 << 20, true, 132), (16, 3));
+    }
 }

@@ -1514,14 +1514,17 @@ pub fn skinny_tuning() -> SkinnyTuning {
 /// planes split `d_in` in chunks of `chunk` values, and keep the next `depth` chunks in flight
 /// while they multiply the current one, the way `reads` says ([`MmaLinearReads`]).
 /// `PHI3V_MMA_LINEAR=planes,chunk,min_rows,reads[,depth]` (reads 0 global, 1 registers, 2
-/// asynchronous copies) sets it for a process (read once; an invalid value leaves the
+/// asynchronous copies, 3 register fragments: then `chunk` is the output columns per cube)
+/// sets it for a process (read once; an invalid value leaves the
 /// default), [`set_mma_linear_tuning`] at any time; `PHI3V_KERNELS_OFF=mma_linear` turns the
 /// kernel off.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MmaLinearTuning {
     /// Planes per cube: 1, 2, 4, 8 (default) or 16.
     pub planes: usize,
-    /// Values of `d_in` a plane stages at a time: 16, 32, 64 (default), 128 or 256.
+    /// Values of `d_in` a plane stages at a time: 16, 32, 64 (default), 128 or 256. With
+    /// [`MmaLinearReads::Fragments`], the output columns a cube owns (16, 32 or 64; more take
+    /// 64).
     pub chunk: usize,
     /// Fewest rows the kernel takes, 1 to [`SKINNY_ROWS`] (default 4: up to 3 rows the skinny
     /// kernel also fuses the norm before the product).
@@ -1551,12 +1554,20 @@ pub enum MmaLinearReads {
     /// (`cp.async` on CUDA), with no registers held; where the device lacks them, as
     /// `Registers`.
     CopyAsync,
+    /// Neither staged nor copied: each lane loads its own share of the tensor-core operands
+    /// (16 bytes of a weight row per tile, 16 of each of two input rows) straight into the
+    /// registers of `mma.m16n8k16` steps, and a cube owns `chunk` output columns (16, 32 or
+    /// 64, sharing each input load) instead of 16; its planes split `d_in` in blocks of 32
+    /// values, `depth` blocks in flight. Where the device lacks these register products (CUDA
+    /// only), `d_in` is not a multiple of 32 or the buffers take no 16-byte loads, as
+    /// `Registers`.
+    Fragments,
 }
 
 impl MmaLinearReads {
-    /// The way numbered `n` in `PHI3V_MMA_LINEAR` (0, 1, 2), if any.
+    /// The way numbered `n` in `PHI3V_MMA_LINEAR` (0, 1, 2, 3), if any.
     pub fn from_index(n: usize) -> Option<Self> {
-        [Self::Global, Self::Registers, Self::CopyAsync].get(n).copied()
+        [Self::Global, Self::Registers, Self::CopyAsync, Self::Fragments].get(n).copied()
     }
 
     /// Its number in `PHI3V_MMA_LINEAR`.
@@ -1581,7 +1592,7 @@ impl MmaLinearTuning {
         matches!(self.planes, 1 | 2 | 4 | 8 | 16) && matches!(self.chunk, 16 | 32 | 64 | 128 | 256) && (1..=SKINNY_ROWS).contains(&self.min_rows) && (1..=4).contains(&self.depth)
     }
 
-    /// `planes,chunk,min_rows,reads[,depth]` (reads 0, 1 or 2, [`MmaLinearReads::from_index`];
+    /// `planes,chunk,min_rows,reads[,depth]` (reads 0 to 3, [`MmaLinearReads::from_index`];
     /// without `depth`, the default's), if valid.
     pub fn parse(s: &str) -> Option<Self> {
         let (planes, chunk, min_rows, reads, depth) = match *tuning_values(s)?.as_slice() {
@@ -1643,6 +1654,12 @@ pub fn mma_linear_copy_count() -> usize {
     MMA_LINEAR_COPIES.get()
 }
 
+/// How many of the tensor-core products ([`mma_linear_count`]) loaded their operands straight
+/// into register fragments ([`MmaLinearReads::Fragments`]) since the process started.
+pub fn mma_linear_fragment_count() -> usize {
+    MMA_LINEAR_FRAGMENTS.get()
+}
+
 /// How many decode attentions copied their key and value rows into shared memory
 /// asynchronously (the kernel `decode_attention_copies`) since the process started.
 pub fn decode_attention_copy_count() -> usize {
@@ -1672,6 +1689,7 @@ impl LaunchCount {
 pub(crate) static MMA_ATTENTIONS: LaunchCount = LaunchCount::new();
 pub(crate) static MMA_LINEARS: LaunchCount = LaunchCount::new();
 pub(crate) static MMA_LINEAR_COPIES: LaunchCount = LaunchCount::new();
+pub(crate) static MMA_LINEAR_FRAGMENTS: LaunchCount = LaunchCount::new();
 pub(crate) static DECODE_COPIES: LaunchCount = LaunchCount::new();
 
 /// Fewest rows [`linear`] sends to [`Kernels::skinny_linear`]: 1, or `PHI3V_SKINNY_MIN_ROWS`
@@ -1909,7 +1927,9 @@ mod mma_linear_tuning_tests {
         assert_eq!(deep, MmaLinearTuning { planes: 4, chunk: 32, min_rows: 16, reads: MmaLinearReads::Registers, depth: 4 });
         let copied = MmaLinearTuning::parse("8,128,4,2,3").expect("valid");
         assert_eq!(copied, MmaLinearTuning { planes: 8, chunk: 128, min_rows: 4, reads: MmaLinearReads::CopyAsync, depth: 3 });
-        for t in [t, deep, copied, MmaLinearTuning::default(), MmaLinearTuning { planes: 1, chunk: 16, min_rows: 1, reads: MmaLinearReads::Global, depth: 1 }] {
+        let fragments = MmaLinearTuning::parse("16,32,4,3,2").expect("valid");
+        assert_eq!(fragments, MmaLinearTuning { planes: 16, chunk: 32, min_rows: 4, reads: MmaLinearReads::Fragments, depth: 2 });
+        for t in [t, deep, copied, fragments, MmaLinearTuning::default(), MmaLinearTuning { planes: 1, chunk: 16, min_rows: 1, reads: MmaLinearReads::Global, depth: 1 }] {
             assert_eq!(MmaLinearTuning::unpack(t.pack()), t);
             assert_ne!(t.pack(), 0, "0 means not read yet");
         }
@@ -1930,7 +1950,7 @@ mod mma_linear_tuning_tests {
 
     #[test]
     fn invalid_tunings_are_refused() {
-        for s in ["", "8,64,4", "8,64,4,3", "3,64,4,1", "8,48,4,1", "8,64,0,1", "8,64,17,1", "8,64,4,1,0", "8,64,4,1,5", "8,64,4,1,2,1", "a,64,4,1"] {
+        for s in ["", "8,64,4", "8,64,4,4", "3,64,4,1", "8,48,4,1", "8,64,0,1", "8,64,17,1", "8,64,4,1,0", "8,64,4,1,5", "8,64,4,1,2,1", "a,64,4,1"] {
             assert_eq!(MmaLinearTuning::parse(s), None, "{s:?}");
         }
     }
