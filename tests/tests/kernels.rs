@@ -836,6 +836,14 @@ const MMA_LINEAR_READINGS: [(MmaLinearReads, usize, usize); 9] = [
     (MmaLinearReads::Fragments, 4, 32),
 ];
 
+/// [`MMA_LINEAR_READINGS`], or those whose way of reading is numbered in
+/// `PHI3V_TEST_MMA_READS` (comma-separated [`MmaLinearReads::index`]es: a device call checking
+/// one new way spends no time on the others).
+fn mma_linear_readings() -> Vec<(MmaLinearReads, usize, usize)> {
+    let only: Option<Vec<usize>> = std::env::var("PHI3V_TEST_MMA_READS").ok().map(|v| v.split(',').filter_map(|n| n.trim().parse().ok()).collect());
+    MMA_LINEAR_READINGS.iter().copied().filter(|r| only.as_ref().is_none_or(|o| o.contains(&r.0.index()))).collect()
+}
+
 /// Whether [`MMA_LINEAR_CASES`]' case fits the tensor-core tile.
 fn mma_linear_fits(d_in: usize, d_out: usize, epilogue: u8) -> bool {
     let outputs = if epilogue == 2 { d_out / 2 } else { d_out };
@@ -873,7 +881,7 @@ impl DeviceFn for MmaLinearJob {
         let (before, copies_before, fragments_before) = (kernels::mma_linear_count(), kernels::mma_linear_copy_count(), kernels::mma_linear_fragment_count());
         let mut results = Vec::new();
         let tuning = kernels::mma_linear_tuning();
-        for &(reads, depth, chunk) in &MMA_LINEAR_READINGS {
+        for (reads, depth, chunk) in mma_linear_readings() {
             assert!(kernels::set_mma_linear_tuning(kernels::MmaLinearTuning { reads, depth, chunk, ..tuning }));
             for &(rows, d_in, d_out, epilogue) in &MMA_LINEAR_CASES {
                 let x = input(rows * d_in, 1.0).reshape([1, rows, d_in]);
@@ -939,12 +947,13 @@ fn tensor_core_products_equal_the_composed_ones() {
         let fitting = MMA_LINEAR_CASES.iter().filter(fits).count();
         let fitting_fragments = MMA_LINEAR_CASES.iter().filter(fits).filter(|c| mma_fragments_fit(c.1)).count();
         // Each case twice per way of reading the inputs.
-        let expected = if tensor_cores { 2 * MMA_LINEAR_READINGS.len() * fitting } else { 0 };
+        let readings = mma_linear_readings();
+        let expected = if tensor_cores { 2 * readings.len() * fitting } else { 0 };
         // CUDA's tensor-core devices (compute capability 8.0 and later) have the asynchronous copies.
-        let copy_readings = MMA_LINEAR_READINGS.iter().filter(|r| r.0 == MmaLinearReads::CopyAsync).count();
+        let copy_readings = readings.iter().filter(|r| r.0 == MmaLinearReads::CopyAsync).count();
         let expected_copies = if tensor_cores { 2 * copy_readings * fitting } else { 0 };
         // And the register fragments (`mma.m16n8k16`, compute capability 8.0 and later).
-        let fragment_readings = MMA_LINEAR_READINGS.iter().filter(|r| r.0 == MmaLinearReads::Fragments).count();
+        let fragment_readings = readings.iter().filter(|r| r.0 == MmaLinearReads::Fragments).count();
         let expected_fragments = if tensor_cores { 2 * fragment_readings * fitting_fragments } else { 0 };
         eprintln!(
             "{spec} {}: {products} tensor-core products (expected {expected}), {copies} of them copied (expected {expected_copies}), {fragments} from register fragments (expected {expected_fragments})",
