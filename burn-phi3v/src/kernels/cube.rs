@@ -150,9 +150,11 @@ where
         }
         // Above SKINNY_SPLIT_ROWS rows the per-element normalisation costs more arithmetic
         // than the product can hide (10 rows on the H200, session 12: `qkv_proj` 59 → 73 µs,
-        // `gate_up_proj` 75 → 101 µs): the norm runs as its own kernel there.
+        // `gate_up_proj` 75 → 101 µs): the norm runs as its own kernel there, and wherever the
+        // tensor-core products may take the rows (they have no norm before them).
+        let tensor_cores = super::kernel_on("mma_linear") && rows >= super::mma_linear_tuning().min_rows && tensor_core_refusal(&x.client, x.dtype).is_none();
         let (x, norm) = match norm {
-            Some((w, eps)) if rows > SKINNY_SPLIT_ROWS => (rms_norm(x, w, eps), None), // rows of the last dimension
+            Some((w, eps)) if rows > SKINNY_SPLIT_ROWS || tensor_cores => (rms_norm(x, w, eps), None), // rows of the last dimension
             norm => (x, norm),
         };
         fused_linear::<R, F, I, BT>(x, weight, norm, epilogue)
