@@ -1112,11 +1112,6 @@ struct DecodeStrides {
 }
 
 impl DecodeStrides {
-    /// Whether every stride is a multiple of `width` (a kernel reading vectors of `width`).
-    fn divisible(&self, width: usize) -> bool {
-        self.q.iter().chain(&self.k).chain(&self.v).all(|s| s.is_multiple_of(width))
-    }
-
     /// The launch argument, strides in vectors of `width` values.
     fn launch<R: CubeRuntime>(&self, width: usize) -> DecodeLayoutLaunch<R> {
         let (q, k, v) = (self.q.map(|s| s / width), self.k.map(|s| s / width), self.v.map(|s| s / width));
@@ -2098,64 +2093,32 @@ fn decode_attention_planes<R: CubeRuntime>(
     });
     let int_dtype = tables.dtype;
     let address = address_type([&q, &k, &v, &output, &partials, &tables]);
-    if let Some(copy) = decode_copy_width(&q, &k, &v, &strides, lanes) {
-        super::DECODE_COPIES.add();
-        unsafe {
-            decode_attention_copies_kernel::launch_unchecked(
-                &client,
-                row_cubes(batch_heads * splits),
-                CubeDim::new_2d(lanes as u32, DECODE_PLANES),
-                address,
-                q.into_array_arg(),
-                k.into_array_arg(),
-                v.into_array_arg(),
-                output.clone().into_array_arg(),
-                partials.clone().into_array_arg(),
-                PagesLaunch::new(tables.into_array_arg(), lengths.into_array_arg(), blocks, block_size),
-                strides.launch(1),
-                batch_heads,
-                splits,
-                chunk,
-                1.0 / (head_dim as f32).sqrt(),
-                head_dim,
-                lanes,
-                head_dim / lanes,
-                DECODE_PLANES as usize,
-                DECODE_TILE,
-                copy,
-                DECODE_COPY_STAGES,
-                paged,
-                [dtype.into(), int_dtype.into()],
-            )
-        };
-    } else {
-        unsafe {
-            decode_attention_planes_kernel::launch_unchecked(
-                &client,
-                row_cubes(batch_heads * splits),
-                CubeDim::new_2d(lanes as u32, DECODE_PLANES),
-                address,
-                q.into_array_arg(),
-                k.into_array_arg(),
-                v.into_array_arg(),
-                output.clone().into_array_arg(),
-                partials.clone().into_array_arg(),
-                PagesLaunch::new(tables.into_array_arg(), lengths.into_array_arg(), blocks, block_size),
-                strides.launch(1),
-                batch_heads,
-                splits,
-                chunk,
-                1.0 / (head_dim as f32).sqrt(),
-                head_dim,
-                lanes,
-                head_dim / lanes,
-                DECODE_PLANES as usize,
-                DECODE_TILE,
-                paged,
-                [dtype.into(), int_dtype.into()],
-            )
-        };
-    }
+    unsafe {
+        decode_attention_planes_kernel::launch_unchecked(
+            &client,
+            row_cubes(batch_heads * splits),
+            CubeDim::new_2d(lanes as u32, DECODE_PLANES),
+            address,
+            q.into_array_arg(),
+            k.into_array_arg(),
+            v.into_array_arg(),
+            output.clone().into_array_arg(),
+            partials.clone().into_array_arg(),
+            PagesLaunch::new(tables.into_array_arg(), lengths.into_array_arg(), blocks, block_size),
+            strides.launch(1),
+            batch_heads,
+            splits,
+            chunk,
+            1.0 / (head_dim as f32).sqrt(),
+            head_dim,
+            lanes,
+            head_dim / lanes,
+            DECODE_PLANES as usize,
+            DECODE_TILE,
+            paged,
+            [dtype.into(), int_dtype.into()],
+        )
+    };
     if splits > 1 {
         unsafe {
             decode_attention_combine_kernel::launch_unchecked(
@@ -2373,204 +2336,6 @@ fn decode_attention_planes_kernel<E: Float, I: Int>(
     decode_attention_finish::<E>(&stats, &parts, output, partials, bh, cube, splits, head_dim, planes, 1usize);
 }
 
-/// Slots in [`decode_attention_copies_kernel`]'s ring: two steps of copies in flight.
-const DECODE_COPY_STAGES: usize = 3;
-
-/// [`decode_attention_planes_kernel`] with its key and value rows copied, not loaded: each step
-/// a plane's tile of `tile` keys (key and value rows) goes into a ring of `stages` slots of
-/// shared memory by asynchronous copies of `copy` values (`cp.async` on CUDA; one barrier per
-/// slot, as [`mma_linear_async_kernel`]), `stages - 1` steps ahead of the tile the plane scores,
-/// so the rows' reads are in flight with no registers held. Step `i` of plane `p` is the tile
-/// from key `lo + (i · planes + p) · tile`; every unit arrives on every step's barrier (a plane
-/// past the cube's keys copies and computes nothing). Scores, online softmax and values are the
-/// planes kernel's, read from the slot; so are `partials` and the end.
-#[cube(launch_unchecked, address_type = "dynamic")]
-#[allow(clippy::manual_div_ceil)] // plain integer ops in the kernel
-fn decode_attention_copies_kernel<E: Float, I: Int>(
-    q: &Array<E>,
-    k: &Array<E>,
-    v: &Array<E>,
-    output: &mut Array<E>,
-    partials: &mut Array<f32>,
-    pages: &Pages<I>,
-    layout: &DecodeLayout,
-    batch_heads: usize,
-    splits: usize,
-    chunk: usize,
-    scale: f32,
-    #[comptime] head_dim: usize,
-    #[comptime] lanes: usize,
-    #[comptime] per_lane: usize,
-    #[comptime] planes: usize,
-    #[comptime] tile: usize,
-    #[comptime] copy: usize,
-    #[comptime] stages: usize,
-    #[comptime] paged: bool,
-    #[define(E, I)] _dtypes: [StorageType; 2],
-) {
-    let cube = CUBE_POS;
-    if cube >= batch_heads * splits {
-        terminate!();
-    }
-    let DecodeKeys { bh, b, h, hk, lo, hi, table } = decode_keys(pages, layout, cube, splits, chunk, paged);
-    let lane = UNIT_POS_X as usize;
-    let plane = UNIT_POS_Y as usize;
-    let rows = DecodeRows { k: b * layout.k_batch + hk * layout.k_head, v: b * layout.v_batch + hk * layout.v_head, table, hi };
-    let q_base = b * layout.q_batch + h * layout.q_head + lane;
-
-    let mut query = Array::<f32>::new(per_lane);
-    let mut acc = Array::<f32>::new(per_lane);
-    #[unroll]
-    for i in 0..per_lane {
-        query[i] = f32::cast_from(q[q_base + i * lanes]) * scale;
-        acc[i] = f32::new(0.0);
-    }
-    let mut state = Array::<f32>::new(2usize);
-    state[0usize] = f32::new(NO_SCORE);
-    state[1usize] = f32::new(0.0);
-    let mut scores = Array::<f32>::new(tile);
-
-    // A plane's part of a slot: its tile's key rows, then its value rows.
-    let plane_values = comptime!(2 * tile * head_dim);
-    let slot_values = comptime!(planes * 2 * tile * head_dim);
-    let mut ring = SharedMemory::<E>::new_aligned(comptime!(stages * planes * 2 * tile * head_dim), 32usize);
-    let b0 = Barrier::shared(CUBE_DIM, UNIT_POS == 0);
-    let b1 = Barrier::shared(CUBE_DIM, UNIT_POS == 0);
-    let b2 = Barrier::shared(CUBE_DIM, UNIT_POS == 0);
-    let b3 = Barrier::shared(CUBE_DIM, UNIT_POS == 0);
-    let b4 = Barrier::shared(CUBE_DIM, UNIT_POS == 0);
-    let span = comptime!(planes * tile);
-    let steps = (hi - lo + span - 1) / span;
-    #[unroll]
-    for first in 0..stages - 1 {
-        if first < steps {
-            let base = first * slot_values + plane * plane_values;
-            decode_copies::<E, I>(k, v, &mut ring, base, pages, layout, &rows, lo + (first * planes + plane) * tile, lane, head_dim, lanes, tile, copy, paged);
-            ring_arrive(&b0, &b1, &b2, &b3, &b4, first);
-        }
-    }
-    let mut step = 0usize;
-    while step < steps {
-        let slot = step % stages;
-        ring_wait(&b0, &b1, &b2, &b3, &b4, slot, u32::cast_from((step / stages) % 2));
-        // The slot the step before read, free once the plane's lanes are past it.
-        sync_plane();
-        let ahead = step + stages - 1;
-        if ahead < steps {
-            let ahead_slot = ahead % stages;
-            let base = ahead_slot * slot_values + plane * plane_values;
-            decode_copies::<E, I>(k, v, &mut ring, base, pages, layout, &rows, lo + (ahead * planes + plane) * tile, lane, head_dim, lanes, tile, copy, paged);
-            ring_arrive(&b0, &b1, &b2, &b3, &b4, ahead_slot);
-        }
-        let start = lo + (step * planes + plane) * tile;
-        if start < hi {
-            let keys_at = slot * slot_values + plane * plane_values + lane;
-            let values_at = keys_at + tile * head_dim;
-            #[unroll]
-            for t in 0..tile {
-                let mut dot = query[0usize] * f32::cast_from(ring[keys_at + t * head_dim]);
-                #[unroll]
-                for i in 1..per_lane {
-                    dot += query[i] * f32::cast_from(ring[keys_at + t * head_dim + i * lanes]);
-                }
-                scores[t] = dot;
-            }
-            let mut best = state[0usize];
-            #[unroll]
-            for t in 0..tile {
-                let s = select(start + t < hi, plane_sum(scores[t]), f32::new(NO_SCORE));
-                scores[t] = s;
-                best = select(s > best, s, best);
-            }
-            let correction = f32::exp(state[0usize] - best);
-            let mut sum = state[1usize] * correction;
-            #[unroll]
-            for i in 0..per_lane {
-                acc[i] *= correction;
-            }
-            #[unroll]
-            for t in 0..tile {
-                let p = f32::exp(scores[t] - best);
-                sum += p;
-                #[unroll]
-                for i in 0..per_lane {
-                    acc[i] += p * f32::cast_from(ring[values_at + t * head_dim + i * lanes]);
-                }
-            }
-            state[0usize] = best;
-            state[1usize] = sum;
-        }
-        step += 1;
-    }
-
-    let mut stats = SharedMemory::<f32>::new(planes * 2);
-    let mut parts = SharedMemory::<f32>::new(planes * head_dim);
-    if UNIT_POS_X == 0 {
-        stats[plane * 2] = state[0usize];
-        stats[plane * 2 + 1] = state[1usize];
-    }
-    #[unroll]
-    for i in 0..per_lane {
-        parts[plane * head_dim + lane + i * lanes] = acc[i];
-    }
-    sync_cube();
-    decode_attention_finish::<E>(&stats, &parts, output, partials, bh, cube, splits, head_dim, planes, 1usize);
-}
-
-/// Where [`decode_attention_copies_kernel`]'s cube reads its rows: the first key and value
-/// rows of its (batch, key/value head), its row's block table, and its keys' end.
-#[derive(CubeType)]
-struct DecodeRows {
-    k: usize,
-    v: usize,
-    table: usize,
-    hi: usize,
-}
-
-/// [`decode_attention_copies_kernel`]'s copies of one plane's tile of keys from `start` (none
-/// from `rows.hi` on; keys past it copy the last key's rows, masked out of the softmax) into
-/// its part of a slot from `base`: `tile` key rows, then `tile` value rows, `head_dim` values
-/// apart, `copy` values a copy.
-#[cube]
-#[allow(clippy::too_many_arguments)]
-fn decode_copies<E: Float, I: Int>(
-    k: &Array<E>,
-    v: &Array<E>,
-    ring: &mut SharedMemory<E>,
-    base: usize,
-    pages: &Pages<I>,
-    layout: &DecodeLayout,
-    rows: &DecodeRows,
-    start: usize,
-    lane: usize,
-    #[comptime] head_dim: usize,
-    #[comptime] lanes: usize,
-    #[comptime] tile: usize,
-    #[comptime] copy: usize,
-    #[comptime] paged: bool,
-) {
-    if start < rows.hi {
-        let last = rows.hi - 1;
-        let row_copies = comptime!(head_dim / copy);
-        let copies = comptime!(tile * head_dim / copy);
-        #[unroll]
-        for l in 0..comptime!((tile * head_dim / copy).div_ceil(lanes)) {
-            let at = lane + l * lanes;
-            if at < copies {
-                let t = at / row_copies;
-                let e = (at % row_copies) * copy;
-                let row = key_row(pages, rows.table, select(start + t < rows.hi, start + t, last), paged);
-                let from_k = rows.k + row * layout.k_key + e;
-                let to_k = base + t * head_dim + e;
-                copy_async::<E>(&k.slice(from_k, from_k + copy), &mut ring.slice_mut(to_k, to_k + copy), comptime!(copy as u32));
-                let from_v = rows.v + row * layout.v_key + e;
-                let to_v = to_k + tile * head_dim;
-                copy_async::<E>(&v.slice(from_v, from_v + copy), &mut ring.slice_mut(to_v, to_v + copy), comptime!(copy as u32));
-            }
-        }
-    }
-}
-
 /// The keys of a decode attention cube (`splits` per (batch, head), `chunk` keys each): its
 /// (batch, head) `bh`, batch `b`, head `h` and key/value head `hk`, its keys `lo..hi` (an empty
 /// range where a paged row is shorter than the longest, which leaves the cube's state empty),
@@ -2654,23 +2419,6 @@ fn decode_attention_finish<E: Float>(
 fn copies_async<R: CubeRuntime>(client: &ComputeClient<R>) -> bool {
     let properties = client.properties();
     properties.features.copy_async && properties.supports_type(cubecl::ir::OpaqueType::Barrier(cubecl::ir::BarrierLevel::Cube))
-}
-
-/// [`decode_attention_copies_kernel`]'s values per copy, or `None` where it cannot run: turned
-/// off (`decode_attention_copies`), no asynchronous copies ([`copies_async`]), no copy of 4 to
-/// 16 bytes that divides the head and every stride and that the buffers' offsets are aligned
-/// to, or a ring larger than the device's shared memory.
-fn decode_copy_width<R: CubeRuntime>(q: &CubeTensor<R>, k: &CubeTensor<R>, v: &CubeTensor<R>, strides: &DecodeStrides, lanes: usize) -> Option<usize> {
-    if !super::kernel_on("decode_attention_copies") || !copies_async(&q.client) {
-        return None;
-    }
-    let head_dim = q.meta.shape()[q.meta.shape().num_dims() - 1];
-    let bytes = q.dtype.size();
-    let aligned = |t: &CubeTensor<R>, n: usize| t.handle.offset_start.unwrap_or(0).is_multiple_of((n * bytes) as u64);
-    let copy = [8, 4, 2, 1].into_iter().find(|&n| matches!(n * bytes, 4 | 8 | 16) && head_dim.is_multiple_of(n) && strides.divisible(n) && [k, v].iter().all(|t| aligned(t, n)))?;
-    let ring = DECODE_COPY_STAGES * DECODE_PLANES as usize * 2 * DECODE_TILE * head_dim * bytes;
-    let finish = DECODE_PLANES as usize * (head_dim + 2) * 4;
-    (ring + finish <= q.client.properties().hardware.max_shared_memory_size && head_dim.is_multiple_of(lanes)).then_some(copy)
 }
 
 /// The output of split decode attention: one cube of `head_dim` units per (batch, head)
@@ -3079,6 +2827,7 @@ pub(crate) fn fused_linear<R: CubeRuntime, F: FloatElement, I: IntElement, BT: B
                     planes,
                     chunk / MMA_FRAGMENT_COLUMNS,
                     depth,
+                    super::kernel_on("mma_linear_runs"),
                     silu,
                     add,
                     dtype.into(),
@@ -3425,8 +3174,9 @@ const MMA_FRAGMENT_MAX_COLUMNS: usize = 64;
 /// the dtype with f32 sums, CubeCL's `MmaDefinition`): no shared memory until the planes' sums
 /// meet. A cube owns `tiles` tiles of 8 output columns (with `silu`, also the `tiles` tiles of
 /// up rows `d_out..` after them); its `planes` planes split `d_in` in blocks of 32 values
-/// (plane `p` takes blocks `p, p + planes, …`), `depth` blocks at a time: every load of a
-/// block is issued before the first product of the first block.
+/// (`runs`: plane `p` takes runs of `depth` adjacent blocks from `p · depth`, every
+/// `depth · planes` blocks; else blocks `p, p + planes, …`), `depth` blocks at a time: every
+/// load of them is issued before the first product.
 ///
 /// Within a group of four lanes (`g = lane / 4`, `t = lane % 4`), lane `t` loads values
 /// `8t..8t + 8` of a block in one 16-byte load: of weight row `g` of each tile, and of input
@@ -3452,6 +3202,7 @@ fn mma_linear_fragments_kernel<E: Float, N: Size>(
     #[comptime] planes: usize,
     #[comptime] tiles: usize,
     #[comptime] depth: usize,
+    #[comptime] runs: bool,
     #[comptime] silu: bool,
     #[comptime] add: bool,
     #[define(E)] _dtype: StorageType,
@@ -3487,11 +3238,15 @@ fn mma_linear_fragments_kernel<E: Float, N: Size>(
     let blocks = row_vectors / 4;
     let mut w = Array::<Vector<E, N>>::new(comptime!(depth * b_tiles));
     let mut xs = Array::<Vector<E, N>>::new(comptime!(2 * depth));
-    let mut kb = plane;
-    while kb + comptime!((depth - 1) * planes) < blocks {
+    // Plane `p`'s blocks: with `runs`, runs of `depth` adjacent blocks (`p · depth..`, then
+    // every `depth · planes`), so that a group's lanes read `depth · 64` adjacent bytes of each
+    // weight row; else single blocks `p, p + planes, …`, `depth` of them at a time.
+    let (first, gap, stride) = if runs { (plane * depth, 1usize, depth * planes) } else { (plane, planes, depth * planes) };
+    let mut kb = first;
+    while kb + (depth - 1) * gap < blocks {
         #[unroll]
         for d in 0..depth {
-            let at = (kb + d * planes) * 4;
+            let at = (kb + d * gap) * 4;
             #[unroll]
             for i in 0..b_tiles {
                 w[d * b_tiles + i] = weight[bases[i] + at];
@@ -3509,9 +3264,15 @@ fn mma_linear_fragments_kernel<E: Float, N: Size>(
         for d in 0..depth {
             mma_fragments_block::<E, N>(&w, d * b_tiles, xs[2 * d], xs[2 * d + 1], &mut acc, b_tiles);
         }
-        kb += comptime!(depth * planes);
+        kb += stride;
     }
-    while kb < blocks {
+    // The blocks left: with `runs`, the rest of this plane's last run (none past `blocks`);
+    // else its last blocks one at a time.
+    let mut end = blocks;
+    if runs {
+        end = min(kb + depth, blocks);
+    }
+    while kb < end {
         let at = kb * 4;
         #[unroll]
         for i in 0..b_tiles {
@@ -3526,7 +3287,7 @@ fn mma_linear_fragments_kernel<E: Float, N: Size>(
             xs[1] = x[x_high + at];
         }
         mma_fragments_block::<E, N>(&w, 0, xs[0], xs[1], &mut acc, b_tiles);
-        kb += planes;
+        kb += gap;
     }
 
     // The planes' sums: tile `i` of plane `p` at `((p · b_tiles + i) · 16 + row) · 8 + column`.
@@ -3816,8 +3577,8 @@ fn mma_linear_copies<E: Float>(
     }
 }
 
-/// Slot `slot`'s barrier of a ring of asynchronous copies ([`mma_linear_async_kernel`],
-/// [`decode_attention_copies_kernel`]; up to [`MMA_ASYNC_MAX_STAGES`] slots): the unit's copies
+/// Slot `slot`'s barrier of a ring of asynchronous copies ([`mma_linear_async_kernel`]; up to
+/// [`MMA_ASYNC_MAX_STAGES`] slots): the unit's copies
 /// issued so far complete on it, and the unit arrives.
 #[cube]
 fn ring_arrive(b0: &Barrier, b1: &Barrier, b2: &Barrier, b3: &Barrier, b4: &Barrier, slot: usize) {

@@ -676,9 +676,9 @@ pub fn fused_kernels() -> bool {
 /// `add_rms_norm` off adds with Burn, then normalises with `rms_norm`; `rotary_append` off
 /// rotates with `rotary`, then appends with Burn's `slice_assign`; `mma_linear` off keeps the
 /// few-row products on the CUDA-core skinny kernel where tensor cores could take them
-/// ([`MmaLinearTuning`]); `decode_attention_copies` off keeps decode attention's planes
-/// variant reading key and value rows from global memory instead of copying them into shared
-/// memory asynchronously, several tiles ahead.
+/// ([`MmaLinearTuning`]); `mma_linear_runs` off has the register-fragment product
+/// ([`MmaLinearReads::Fragments`]) take its planes' blocks of `d_in` one at a time, strided
+/// by the planes, instead of in runs of `depth` adjacent blocks.
 pub const KERNEL_NAMES: [&str; 20] = [
     "rms_norm",
     "layer_norm",
@@ -691,7 +691,6 @@ pub const KERNEL_NAMES: [&str; 20] = [
     "decode_attention",
     "decode_attention_planes",
     "decode_attention_split",
-    "decode_attention_copies",
     "skinny_linear",
     "fused_linear",
     "blas_matmul",
@@ -700,6 +699,7 @@ pub const KERNEL_NAMES: [&str; 20] = [
     "attention_softmax_planes",
     "vector_loads",
     "mma_linear",
+    "mma_linear_runs",
 ];
 
 /// Whether the backend's kernel `name` (one of [`KERNEL_NAMES`]) runs: [`fused_kernels`] is
@@ -733,12 +733,11 @@ fn kernel_bit(name: &str) -> Option<u32> {
 const _: () = assert!(KERNEL_NAMES.len() <= 32, "one bit per kernel in a u32");
 
 /// Kernels off unless turned on (`PHI3V_KERNELS_ON` or [`set_kernel_on`]): right, but not
-/// faster than what runs without them. `decode_attention_copies`: passes its test on CUDA bf16
-/// and f16, but at 10 sequences of 1024 keys it took 81.1 µs per layer against the planes
-/// kernel's 74.3 (H100, session 29: two cubes per multiprocessor, 44 % of DRAM bandwidth).
-/// (Session 28's `decode_attention_vector`, right and slower too — 89.5 against 73.0 µs — was
-/// removed in session 29.)
-pub const KERNELS_OFF_BY_DEFAULT: [&str; 1] = ["decode_attention_copies"];
+/// faster than what runs without them. None now: the two decode attention variants that were
+/// (session 28's one lane per query value, 89.5 against the planes kernel's 73.0 µs per layer
+/// at 10 sequences of 1024 keys; session 29's keys and values copied into shared memory
+/// asynchronously, 81.1 against 74.3 µs) were removed in sessions 29 and 30 (docs/kernels.md).
+pub const KERNELS_OFF_BY_DEFAULT: [&str; 0] = [];
 
 /// The kernels turned off, a bit each ([`kernel_bit`]): [`KERNELS_OFF_BY_DEFAULT`] less those
 /// `PHI3V_KERNELS_ON` names, and those `PHI3V_KERNELS_OFF` names (both comma-separated lists,
@@ -1660,12 +1659,6 @@ pub fn mma_linear_fragment_count() -> usize {
     MMA_LINEAR_FRAGMENTS.get()
 }
 
-/// How many decode attentions copied their key and value rows into shared memory
-/// asynchronously (the kernel `decode_attention_copies`) since the process started.
-pub fn decode_attention_copy_count() -> usize {
-    DECODE_COPIES.get()
-}
-
 /// How many times something happened since the process started: launches of one kernel
 /// variant (for the tests to check that the variant they ask for ran: a kernel that cannot
 /// take a problem falls back without a word), products by one route, copies of a shared buffer.
@@ -1690,7 +1683,6 @@ pub(crate) static MMA_ATTENTIONS: LaunchCount = LaunchCount::new();
 pub(crate) static MMA_LINEARS: LaunchCount = LaunchCount::new();
 pub(crate) static MMA_LINEAR_COPIES: LaunchCount = LaunchCount::new();
 pub(crate) static MMA_LINEAR_FRAGMENTS: LaunchCount = LaunchCount::new();
-pub(crate) static DECODE_COPIES: LaunchCount = LaunchCount::new();
 
 /// Fewest rows [`linear`] sends to [`Kernels::skinny_linear`]: 1, or `PHI3V_SKINNY_MIN_ROWS`
 /// (read once, clamped to 1..=[`SKINNY_ROWS`]). One-row products (a decode step of one
@@ -1903,8 +1895,8 @@ mod kernel_switch_tests {
         assert_eq!(bits.iter().fold(0, |m, b| m | b).count_ones() as usize, KERNEL_NAMES.len());
         assert!(!set_kernel_on("no_such_kernel", false));
         assert!(kernel_on("no_such_kernel") == fused_kernels(), "names not listed are never off");
-        // A CUDA-only kernel, off by default: flipping it touches no test on this machine.
-        let name = "decode_attention_copies";
+        // A CUDA-only kernel: flipping it touches no test on this machine.
+        let name = "mma_linear";
         let before = kernel_on(name);
         assert!(set_kernel_on(name, true));
         assert_eq!(kernel_on(name), fused_kernels());
