@@ -1581,11 +1581,16 @@ pub const MMA_LINEAR_HELD_VECTORS: usize = 32;
 
 impl Default for MmaLinearTuning {
     fn default() -> Self {
-        Self { planes: 8, chunk: 64, min_rows: 4, reads: MmaLinearReads::Registers, depth: 1 }
+        Self::REGISTERS
     }
 }
 
 impl MmaLinearTuning {
+    /// The register kernel's shape (8 planes, chunks of 64, from 4 rows, depth 1: the fastest
+    /// on the H100 in sessions 28–29), also what runs where register fragments
+    /// ([`MmaLinearReads::Fragments`]) are asked for and refused.
+    pub const REGISTERS: Self = Self { planes: 8, chunk: 64, min_rows: 4, reads: MmaLinearReads::Registers, depth: 1 };
+
     /// Whether the kernel takes these values.
     pub fn is_valid(&self) -> bool {
         matches!(self.planes, 1 | 2 | 4 | 8 | 16) && matches!(self.chunk, 16 | 32 | 64 | 128 | 256) && (1..=SKINNY_ROWS).contains(&self.min_rows) && (1..=4).contains(&self.depth)
