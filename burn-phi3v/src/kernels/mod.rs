@@ -1535,7 +1535,9 @@ pub struct MmaLinearTuning {
     /// multiprocessor, and the 10-row step was slower, docs/kernels.md session 28). Held in
     /// registers, the chunk shrinks where they would take more than
     /// [`MMA_LINEAR_HELD_VECTORS`] vector registers per lane; copied asynchronously, where the
-    /// ring of `depth + 1` chunks would not fit the device's shared memory.
+    /// ring of `depth + 1` chunks would not fit the device's shared memory. With
+    /// [`MmaLinearReads::Fragments`], the blocks of 32 values whose loads a plane issues
+    /// together (fewer where a lane would hold more than 16 weight loads).
     pub depth: usize,
 }
 
