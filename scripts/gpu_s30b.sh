@@ -35,7 +35,7 @@ if [ $SECONDS -lt ${GEN_UNTIL:-320} ]; then
   grep -H "^generation" $RS/gen-*.log | cut -c1-220
 fi
 BD1=(bench breakdown --preset phi3v-128k --device cuda --dtype bf16 --prefill 0 --no-image --decode-batches 10 --warmup 0 --runs 1)
-if [ $SECONDS -lt ${NCU_UNTIL:-380} ]; then
+if [ $SECONDS -lt ${NCU_UNTIL:-330} ]; then
   env ${BEST:-PHI3V_MMA_LINEAR=16,32,4,3,2} timeout ${NCU_S:-40} $NCU --kernel-name regex:mma_linear_fragments --launch-count 4 $NCU_SECTIONS $B/phi3v "${BD1[@]}" --out $RS/ncu-bd > $RS/ncu-frag.txt 2>&1
   echo "=== ncu fragments rc=$?"; ncu_report $RS/ncu-frag.txt | grep -v "µs$" | grep -E "mma_linear|DRAM|Duration|Registers|Theoretical|Achieved|L1/TEX"
 fi

@@ -803,27 +803,29 @@ const MMA_LINEAR_CASES: [(usize, usize, usize, u8); 11] = [
 ];
 
 /// The ways of reading the inputs the tensor-core product is checked in: `(reads, depth,
-/// chunk, runs)`, through registers with 1 to 4 chunks held ahead, weights straight from global
-/// memory, asynchronous copies into rings of 2 and 4 chunks, and register fragments with 1 to 4
-/// blocks in flight, cubes of up to 64 or 32 columns, and each plane's blocks in runs of `depth`
-/// adjacent ones (the switch `mma_linear_runs`) or strided by the planes.
-const MMA_LINEAR_READINGS: [(MmaLinearReads, usize, usize, bool); 10] = [
-    (MmaLinearReads::Registers, 1, 64, true),
-    (MmaLinearReads::Registers, 2, 64, true),
-    (MmaLinearReads::Registers, 4, 64, true),
-    (MmaLinearReads::Global, 2, 64, true),
-    (MmaLinearReads::CopyAsync, 1, 64, true),
-    (MmaLinearReads::CopyAsync, 3, 64, true),
-    (MmaLinearReads::Fragments, 1, 64, true),
-    (MmaLinearReads::Fragments, 2, 64, true),
-    (MmaLinearReads::Fragments, 4, 32, true),
-    (MmaLinearReads::Fragments, 2, 64, false),
+/// chunk, runs, planes)`, through registers with 1 to 4 chunks held ahead, weights straight
+/// from global memory, asynchronous copies into rings of 2 and 4 chunks, and register fragments
+/// with 1 to 4 blocks in flight, cubes of up to 64 or 32 columns, 8 or 16 planes, and each
+/// plane's blocks in runs of `depth` adjacent ones (the switch `mma_linear_runs`) or strided
+/// by the planes.
+const MMA_LINEAR_READINGS: [(MmaLinearReads, usize, usize, bool, usize); 11] = [
+    (MmaLinearReads::Registers, 1, 64, true, 8),
+    (MmaLinearReads::Registers, 2, 64, true, 8),
+    (MmaLinearReads::Registers, 4, 64, true, 8),
+    (MmaLinearReads::Global, 2, 64, true, 8),
+    (MmaLinearReads::CopyAsync, 1, 64, true, 8),
+    (MmaLinearReads::CopyAsync, 3, 64, true, 8),
+    (MmaLinearReads::Fragments, 1, 64, true, 8),
+    (MmaLinearReads::Fragments, 2, 64, true, 8),
+    (MmaLinearReads::Fragments, 4, 32, true, 8),
+    (MmaLinearReads::Fragments, 2, 64, false, 8),
+    (MmaLinearReads::Fragments, 2, 32, false, 16),
 ];
 
 /// [`MMA_LINEAR_READINGS`], or those whose way of reading is numbered in
 /// `PHI3V_TEST_MMA_READS` (comma-separated [`MmaLinearReads::index`]es: a device call checking
 /// one new way spends no time on the others).
-fn mma_linear_readings() -> Vec<(MmaLinearReads, usize, usize, bool)> {
+fn mma_linear_readings() -> Vec<(MmaLinearReads, usize, usize, bool, usize)> {
     let only: Option<Vec<usize>> = std::env::var("PHI3V_TEST_MMA_READS").ok().map(|v| v.split(',').filter_map(|n| n.trim().parse().ok()).collect());
     MMA_LINEAR_READINGS.iter().copied().filter(|r| only.as_ref().is_none_or(|o| o.contains(&r.0.index()))).collect()
 }
@@ -866,8 +868,8 @@ impl DeviceFn for MmaLinearJob {
         let mut results = Vec::new();
         let tuning = kernels::mma_linear_tuning();
         let runs_were_on = kernels::kernel_on("mma_linear_runs");
-        for (reads, depth, chunk, runs) in mma_linear_readings() {
-            assert!(kernels::set_mma_linear_tuning(kernels::MmaLinearTuning { reads, depth, chunk, ..tuning }));
+        for (reads, depth, chunk, runs, planes) in mma_linear_readings() {
+            assert!(kernels::set_mma_linear_tuning(kernels::MmaLinearTuning { reads, depth, chunk, planes, ..tuning }));
             kernels::set_kernel_on("mma_linear_runs", runs);
             for &(rows, d_in, d_out, epilogue) in &MMA_LINEAR_CASES {
                 let x = input(rows * d_in, 1.0).reshape([1, rows, d_in]);
@@ -885,7 +887,7 @@ impl DeviceFn for MmaLinearJob {
                 set_kernel_policy(KernelPolicy::Off);
                 let composed = host(run());
                 set_kernel_policy(policy);
-                let what = format!("[{rows}, {d_in}] · [{d_in}, {d_out}], epilogue {epilogue}, {reads:?} reads, depth {depth}, chunk {chunk}, runs {runs}");
+                let what = format!("[{rows}, {d_in}] · [{d_in}, {d_out}], epilogue {epilogue}, {reads:?} reads, depth {depth}, chunk {chunk}, runs {runs}, {planes} planes");
                 results.push(ProductOutputs { what, d_in, fused, fused_again, composed });
             }
         }
