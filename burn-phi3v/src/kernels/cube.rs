@@ -3768,10 +3768,10 @@ fn mma_linear_shape<R: CubeRuntime>(x: &CubeTensor<R>, weight: &CubeTensor<R>, r
             return Some(MmaLinearShape { planes: tuning.planes, chunk: columns, reads: MmaLinearReads::Fragments, depth, vector_size: width });
         }
     }
-    // Register fragments refused: the register kernel at its own chunk and depth (the tuning's
-    // `chunk` counts output columns there, its `depth` blocks of 32 values).
+    // Register fragments refused: the register kernel in its own shape (the tuning's `chunk`
+    // counts output columns there, its `depth` blocks of 32 values), from the tuning's rows.
     let tuning = match tuning.reads {
-        MmaLinearReads::Fragments => super::MmaLinearTuning { reads: MmaLinearReads::Registers, chunk: super::MmaLinearTuning::REGISTERS.chunk, depth: super::MmaLinearTuning::REGISTERS.depth, ..tuning },
+        MmaLinearReads::Fragments => super::MmaLinearTuning { min_rows: tuning.min_rows, ..super::MmaLinearTuning::REGISTERS },
         _ => tuning,
     };
     let mut chunk = tuning.chunk;

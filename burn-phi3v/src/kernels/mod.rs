@@ -732,12 +732,14 @@ fn kernel_bit(name: &str) -> Option<u32> {
 
 const _: () = assert!(KERNEL_NAMES.len() <= 32, "one bit per kernel in a u32");
 
-/// Kernels off unless turned on (`PHI3V_KERNELS_ON` or [`set_kernel_on`]): right, but not
-/// faster than what runs without them. None now: the two decode attention variants that were
-/// (session 28's one lane per query value, 89.5 against the planes kernel's 73.0 µs per layer
-/// at 10 sequences of 1024 keys; session 29's keys and values copied into shared memory
-/// asynchronously, 81.1 against 74.3 µs) were removed in sessions 29 and 30 (docs/kernels.md).
-pub const KERNELS_OFF_BY_DEFAULT: [&str; 0] = [];
+/// Kernels off unless turned on (`PHI3V_KERNELS_ON` or [`set_kernel_on`]): not faster than
+/// what runs without them, or not yet run on a device that takes them. `mma_linear_runs`
+/// (session 30): the register-fragment product's planes in runs of adjacent blocks, right on
+/// the CPU and lavapipe (which never take the fragments), not yet run on a GPU; the default
+/// takes call 1's measured strided blocks. (The two decode attention variants that were here,
+/// session 28's one lane per query value and session 29's rows copied into shared memory, right
+/// and slower, were removed in sessions 29 and 30, docs/kernels.md.)
+pub const KERNELS_OFF_BY_DEFAULT: [&str; 1] = ["mma_linear_runs"];
 
 /// The kernels turned off, a bit each ([`kernel_bit`]): [`KERNELS_OFF_BY_DEFAULT`] less those
 /// `PHI3V_KERNELS_ON` names, and those `PHI3V_KERNELS_OFF` names (both comma-separated lists,
@@ -1519,20 +1521,21 @@ pub fn skinny_tuning() -> SkinnyTuning {
 /// kernel off.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MmaLinearTuning {
-    /// Planes per cube: 1, 2, 4, 8 (default) or 16.
+    /// Planes per cube: 1, 2, 4, 8 or 16 (default).
     pub planes: usize,
-    /// Values of `d_in` a plane stages at a time: 16, 32, 64 (default), 128 or 256. With
-    /// [`MmaLinearReads::Fragments`], the output columns a cube owns (16, 32 or 64; more take
-    /// 64).
+    /// Values of `d_in` a plane stages at a time: 16, 32, 64, 128 or 256. With
+    /// [`MmaLinearReads::Fragments`] (the default), the output columns a cube owns (16, 32 —
+    /// the default — or 64; more take 64).
     pub chunk: usize,
     /// Fewest rows the kernel takes, 1 to [`SKINNY_ROWS`] (default 4: up to 3 rows the skinny
     /// kernel also fuses the norm before the product).
     pub min_rows: usize,
-    /// How the chunks reach the tensor cores (default [`MmaLinearReads::Registers`]).
+    /// How the chunks reach the tensor cores (default [`MmaLinearReads::Fragments`]).
     pub reads: MmaLinearReads,
-    /// Chunks a plane has in flight ahead of the one it multiplies: 1 to 4 (default 1: on the
-    /// H100 deeper register rings took the registers that let a second cube share a
-    /// multiprocessor, and the 10-row step was slower, docs/kernels.md session 28). Held in
+    /// Chunks a plane has in flight ahead of the one it multiplies: 1 to 4 (the register
+    /// kernel's 1, [`Self::REGISTERS`]: on the H100 deeper register rings took the registers
+    /// that let a second cube share a multiprocessor, and the 10-row step was slower,
+    /// docs/kernels.md session 28; the fragments' default 2). Held in
     /// registers, the chunk shrinks where they would take more than
     /// [`MMA_LINEAR_HELD_VECTORS`] vector registers per lane; copied asynchronously, where the
     /// ring of `depth + 1` chunks would not fit the device's shared memory. With
@@ -1582,8 +1585,13 @@ impl MmaLinearReads {
 pub const MMA_LINEAR_HELD_VECTORS: usize = 32;
 
 impl Default for MmaLinearTuning {
+    /// Register fragments, 16 planes, cubes of up to 32 columns, 2 blocks in flight: on
+    /// the H100 (docs/kernels.md session 30) the fastest of the shapes tried, its projections
+    /// at 10 rows 134.4 µs per layer against the `cmma` register kernel's 145.0 in the same
+    /// call, generation level (132.8 against 130.9 tokens/s per request). Where the fragments
+    /// are refused, [`Self::REGISTERS`].
     fn default() -> Self {
-        Self::REGISTERS
+        Self { planes: 16, chunk: 32, min_rows: 4, reads: MmaLinearReads::Fragments, depth: 2 }
     }
 }
 
