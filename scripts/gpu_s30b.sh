@@ -29,7 +29,7 @@ BD_S=${BD_S:-35} breakdown_variants ${BD_UNTIL:-300} "${VARIANTS[@]}" > /dev/nul
 BEST=$(python3 $R/bench/breakdown_projections.py "$RS" "${VARIANTS[@]}")
 echo "fastest fragments: ${BEST:-none} at $SECONDS s"
 GEN="--scenarios generation --shapes 1024x128 --warmup 1 --runs 8 --generation-runs 1 --batching engine --parallel 10"
-if [ $SECONDS -lt ${GEN_UNTIL:-320} ]; then
+if [ $SECONDS -lt ${GEN_UNTIL:-250} ]; then
   TAIL=1 bench_parts $RS "gen-compile::${GEN_S:-45}:$GEN" "gen-default-1::${GEN_S:-45}:$GEN" ${BEST:+"gen-best-1:$BEST:${GEN_S:-45}:$GEN"} \
     "gen-default-2::${GEN_S:-45}:$GEN" ${BEST:+"gen-best-2:$BEST:${GEN_S:-45}:$GEN"} > /dev/null
   grep -H "^generation" $RS/gen-*.log | cut -c1-220
