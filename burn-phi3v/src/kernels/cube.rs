@@ -152,9 +152,8 @@ where
         // than the product can hide (10 rows on the H200, session 12: `qkv_proj` 59 → 73 µs,
         // `gate_up_proj` 75 → 101 µs): the norm runs as its own kernel there, and wherever the
         // tensor-core products may take the rows (they have no norm before them).
-        let tensor_cores = super::kernel_on("mma_linear") && rows >= super::mma_linear_tuning().min_rows && tensor_core_refusal(&x.client, x.dtype).is_none();
         let (x, norm) = match norm {
-            Some((w, eps)) if rows > SKINNY_SPLIT_ROWS || tensor_cores => (rms_norm(x, w, eps), None), // rows of the last dimension
+            Some((w, eps)) if rows > SKINNY_SPLIT_ROWS || mma_linear_takes_rows(&x.client, x.dtype, rows) => (rms_norm(x, w, eps), None), // rows of the last dimension
             norm => (x, norm),
         };
         fused_linear::<R, F, I, BT>(x, weight, norm, epilogue)
@@ -3396,6 +3395,13 @@ const MMA_FRAGMENT_CUBES_PER_SM: usize = 2;
 /// Most 16-byte weight loads a lane of [`mma_linear_fragments_kernel`] holds (64 registers).
 const MMA_FRAGMENT_HELD_VECTORS: usize = 16;
 
+/// Whether the tensor-core products may take `rows` rows of `dtype` on `client`: turned on,
+/// from the tuning's `min_rows` to one tile of rows, on tensor cores ([`tensor_core_refusal`]).
+/// The shape of a given product ([`mma_linear_shape`]) may still refuse it.
+fn mma_linear_takes_rows<R: CubeRuntime>(client: &ComputeClient<R>, dtype: DType, rows: usize) -> bool {
+    super::kernel_on("mma_linear") && (super::mma_linear_tuning().min_rows..=MMA_TILE).contains(&rows) && tensor_core_refusal(client, dtype).is_none()
+}
+
 /// Why the device cannot run [`mma_linear_fragments_kernel`] for `dtype`, `None` when it can:
 /// it needs `mma.m16n8k16` of the dtype with f32 sums and PTX's register layout of its
 /// fragments (CUDA; ROCm's `MmaDefinition` lays them out otherwise).
@@ -3744,7 +3750,7 @@ fn mma_linear_shape<R: CubeRuntime>(x: &CubeTensor<R>, weight: &CubeTensor<R>, r
     let tuning = super::mma_linear_tuning();
     let dtype = x.dtype;
     let weight_aligned = weight.handle.offset_start.unwrap_or(0).is_multiple_of(32);
-    if !super::kernel_on("mma_linear") || rows < tuning.min_rows || rows > MMA_TILE || weight.dtype != dtype || tensor_core_refusal(&x.client, dtype).is_some() {
+    if weight.dtype != dtype || !mma_linear_takes_rows(&x.client, dtype, rows) {
         return None;
     }
     if d_in == 0 || !d_in.is_multiple_of(MMA_TILE) || d_out == 0 || !d_out.is_multiple_of(MMA_TILE) || !weight_aligned {
