@@ -784,11 +784,13 @@ struct MmaLinearJob {
 /// the norm before and `up · SiLU(gate)` after (`d_out` weight rows, `d_out / 2` outputs), 3
 /// the residual add after (`linear_add`).
 /// `d_in` 48 takes chunks of 16 values (and, being no multiple of 32, not the register
-/// fragments). The last two have enough output columns for the register fragments' cubes to
-/// stay 64 and 32 columns wide on a GPU of up to 136 multiprocessors (the H100's and H200's 132:
+/// fragments). Those of 17408 and 16896 columns have enough for the register fragments' cubes
+/// to stay 64 and 32 columns wide on a GPU of up to 136 multiprocessors (the H100's and H200's 132:
 /// fewer than 2 cubes per multiprocessor halve them, and the smaller cases take 16), and
-/// `d_in` 96 leaves blocks for the fragments' loop after its depth-wide steps.
-const MMA_LINEAR_CASES: [(usize, usize, usize, u8); 11] = [
+/// `d_in` 96 leaves blocks for the fragments' loop after its depth-wide steps. Fitted to whole
+/// waves (`mma_fragments_waves`) on 132 multiprocessors, 9216 columns take cubes of 5 tiles
+/// (`qkv_proj`'s shape), 17408 of 3, and 48 columns of `d_in` 3072 cubes of 32 planes.
+const MMA_LINEAR_CASES: [(usize, usize, usize, u8); 12] = [
     (4, 256, 64, 3),
     (10, 3072, 1024, 2),
     (16, 8192, 128, 1),
@@ -800,32 +802,40 @@ const MMA_LINEAR_CASES: [(usize, usize, usize, u8); 11] = [
     (7, 96, 40, 3),
     (10, 96, 17408, 3),
     (6, 128, 16896, 2),
+    (10, 64, 9216, 0),
 ];
 
 /// The ways of reading the inputs the tensor-core product is checked in: `(reads, depth,
-/// chunk, runs, planes)`, through registers with 1 to 4 chunks held ahead, weights straight
-/// from global memory, asynchronous copies into rings of 2 and 4 chunks, and register fragments
-/// with 1 to 4 blocks in flight, cubes of up to 64 or 32 columns, 8 or 16 planes, and each
+/// chunk, planes, switches on)`, through registers with 1 to 4 chunks held ahead, weights
+/// straight from global memory, asynchronous copies into rings of 2 and 4 chunks, and register
+/// fragments with 1 to 4 blocks in flight, cubes of up to 64 or 32 columns, 8 or 16 planes, each
 /// plane's blocks in runs of `depth` adjacent ones (the switch `mma_linear_runs`) or strided
-/// by the planes.
-const MMA_LINEAR_READINGS: [(MmaLinearReads, usize, usize, bool, usize); 11] = [
-    (MmaLinearReads::Registers, 1, 64, true, 8),
-    (MmaLinearReads::Registers, 2, 64, true, 8),
-    (MmaLinearReads::Registers, 4, 64, true, 8),
-    (MmaLinearReads::Global, 2, 64, true, 8),
-    (MmaLinearReads::CopyAsync, 1, 64, true, 8),
-    (MmaLinearReads::CopyAsync, 3, 64, true, 8),
-    (MmaLinearReads::Fragments, 1, 64, true, 8),
-    (MmaLinearReads::Fragments, 2, 64, true, 8),
-    (MmaLinearReads::Fragments, 4, 32, true, 8),
-    (MmaLinearReads::Fragments, 2, 64, false, 8),
-    (MmaLinearReads::Fragments, 2, 32, false, 16),
+/// by the planes, and cubes fitted to whole waves (`mma_fragments_waves`: also 32 planes, and
+/// tile counts that are not powers of two) or not. The switches of [`MMA_LINEAR_SWITCHES`] not
+/// named are off.
+const MMA_LINEAR_READINGS: [(MmaLinearReads, usize, usize, usize, &[&str]); 13] = [
+    (MmaLinearReads::Registers, 1, 64, 8, &[]),
+    (MmaLinearReads::Registers, 2, 64, 8, &[]),
+    (MmaLinearReads::Registers, 4, 64, 8, &[]),
+    (MmaLinearReads::Global, 2, 64, 8, &[]),
+    (MmaLinearReads::CopyAsync, 1, 64, 8, &[]),
+    (MmaLinearReads::CopyAsync, 3, 64, 8, &[]),
+    (MmaLinearReads::Fragments, 1, 64, 8, &["mma_linear_runs"]),
+    (MmaLinearReads::Fragments, 2, 64, 8, &["mma_linear_runs"]),
+    (MmaLinearReads::Fragments, 4, 32, 8, &["mma_linear_runs"]),
+    (MmaLinearReads::Fragments, 2, 64, 8, &[]),
+    (MmaLinearReads::Fragments, 2, 32, 16, &[]),
+    (MmaLinearReads::Fragments, 2, 64, 16, &["mma_fragments_waves"]),
+    (MmaLinearReads::Fragments, 4, 64, 8, &["mma_linear_runs", "mma_fragments_waves"]),
 ];
+
+/// The tensor-core product's switches a reading of [`MMA_LINEAR_READINGS`] may turn on.
+const MMA_LINEAR_SWITCHES: [&str; 2] = ["mma_linear_runs", "mma_fragments_waves"];
 
 /// [`MMA_LINEAR_READINGS`], or those whose way of reading is numbered in
 /// `PHI3V_TEST_MMA_READS` (comma-separated [`MmaLinearReads::index`]es: a device call checking
 /// one new way spends no time on the others).
-fn mma_linear_readings() -> Vec<(MmaLinearReads, usize, usize, bool, usize)> {
+fn mma_linear_readings() -> Vec<(MmaLinearReads, usize, usize, usize, &'static [&'static str])> {
     let only: Option<Vec<usize>> = std::env::var("PHI3V_TEST_MMA_READS").ok().map(|v| v.split(',').filter_map(|n| n.trim().parse().ok()).collect());
     MMA_LINEAR_READINGS.iter().copied().filter(|r| only.as_ref().is_none_or(|o| o.contains(&r.0.index()))).collect()
 }
@@ -867,10 +877,12 @@ impl DeviceFn for MmaLinearJob {
         let (before, copies_before, fragments_before) = (kernels::mma_linear_count(), kernels::mma_linear_copy_count(), kernels::mma_linear_fragment_count());
         let mut results = Vec::new();
         let tuning = kernels::mma_linear_tuning();
-        let runs_were_on = kernels::kernel_on("mma_linear_runs");
-        for (reads, depth, chunk, runs, planes) in mma_linear_readings() {
+        let switches_were_on = MMA_LINEAR_SWITCHES.map(kernels::kernel_on);
+        for (reads, depth, chunk, planes, on) in mma_linear_readings() {
             assert!(kernels::set_mma_linear_tuning(kernels::MmaLinearTuning { reads, depth, chunk, planes, ..tuning }));
-            kernels::set_kernel_on("mma_linear_runs", runs);
+            for switch in MMA_LINEAR_SWITCHES {
+                assert!(kernels::set_kernel_on(switch, on.contains(&switch)));
+            }
             for &(rows, d_in, d_out, epilogue) in &MMA_LINEAR_CASES {
                 let x = input(rows * d_in, 1.0).reshape([1, rows, d_in]);
                 let weight = input(d_out * d_in, 0.05).reshape([d_out, d_in]).transpose();
@@ -887,12 +899,14 @@ impl DeviceFn for MmaLinearJob {
                 set_kernel_policy(KernelPolicy::Off);
                 let composed = host(run());
                 set_kernel_policy(policy);
-                let what = format!("[{rows}, {d_in}] · [{d_in}, {d_out}], epilogue {epilogue}, {reads:?} reads, depth {depth}, chunk {chunk}, runs {runs}, {planes} planes");
+                let what = format!("[{rows}, {d_in}] · [{d_in}, {d_out}], epilogue {epilogue}, {reads:?} reads, depth {depth}, chunk {chunk}, {planes} planes, on {on:?}");
                 results.push(ProductOutputs { what, d_in, fused, fused_again, composed });
             }
         }
         assert!(kernels::set_mma_linear_tuning(tuning));
-        kernels::set_kernel_on("mma_linear_runs", runs_were_on);
+        for (switch, was_on) in MMA_LINEAR_SWITCHES.into_iter().zip(switches_were_on) {
+            kernels::set_kernel_on(switch, was_on);
+        }
         let fragments = kernels::mma_linear_fragment_count() - fragments_before;
         (results, kernels::mma_linear_count() - before, kernels::mma_linear_copy_count() - copies_before, fragments)
     }

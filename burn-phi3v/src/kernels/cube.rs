@@ -3395,6 +3395,64 @@ const MMA_FRAGMENT_CUBES_PER_SM: usize = 2;
 /// Most 16-byte weight loads a lane of [`mma_linear_fragments_kernel`] holds (64 registers).
 const MMA_FRAGMENT_HELD_VECTORS: usize = 16;
 
+/// Threads of [`mma_linear_fragments_kernel`] a multiprocessor holds at once: 65 536 registers
+/// at 64 per thread (Nsight Compute on the H100, session 30: 2 cubes of 16 planes each; a cube
+/// of 32 planes is held to 64 registers by its launch bound).
+const MMA_FRAGMENT_SM_THREADS: usize = 1024;
+/// Most 16-byte weight loads a lane of [`mma_fragments_waves`]' shapes holds: `depth · b_tiles`
+/// of session 30's fastest shape (4 tiles, depth 2), at 64 registers per thread.
+const MMA_FRAGMENT_WAVE_HELD_VECTORS: usize = 8;
+
+/// [`mma_linear_fragments_kernel`]'s shape fitted to whole waves (the switch
+/// `mma_fragments_waves`): `(planes, columns, depth)` for a product of `d_in` by `d_out`
+/// columns on `sms` multiprocessors. Cubes of the tuning's `planes`, or twice as many (up to
+/// [`MMA_FRAGMENT_SM_THREADS`] threads), and 2 to `chunk / 8` tiles of 8 columns (any count, not
+/// only powers of two) are weighed by the work of the busiest plane: the waves of cubes the
+/// device runs one after another (as many at once per multiprocessor as its threads and shared
+/// memory allow) times a wave's work: the tiles of a cube times the blocks of 32 values of
+/// `d_in` each of its planes takes, plus [`MMA_FRAGMENT_WAVE_FILL`]. The least work wins; between equals, the fewer cubes. `qkv_proj` of Phi-3 on
+/// 132 multiprocessors takes 5 tiles (231 cubes, one wave) where [`mma_fragments_shape`]'s 4
+/// make 288 cubes (1.09 waves, the last one nearly empty). The depth is the tuning's, shrunk
+/// until a lane holds at most [`MMA_FRAGMENT_WAVE_HELD_VECTORS`] weight loads. `None` when the
+/// planes' sums fit no shape's shared memory.
+fn mma_fragments_waves(tuning: &super::MmaLinearTuning, d_in: usize, d_out: usize, silu: bool, sms: usize, max_shared: usize) -> Option<(usize, usize, usize)> {
+    let (planes, chunk, depth) = (tuning.planes, tuning.chunk, tuning.depth);
+    let blocks = d_in.div_ceil(MMA_FRAGMENT_BLOCK);
+    let most_tiles = chunk.clamp(2 * MMA_FRAGMENT_COLUMNS, MMA_FRAGMENT_MAX_COLUMNS) / MMA_FRAGMENT_COLUMNS;
+    let mut best: Option<((usize, usize), (usize, usize))> = None;
+    for planes in [planes, 2 * planes].into_iter().filter(|p| (1..=MMA_FRAGMENT_SM_THREADS / MMA_LANES).contains(p)) {
+        for tiles in 2..=most_tiles {
+            let b_tiles = tiles * if silu { 2 } else { 1 };
+            let shared = mma_fragments_shared(planes, b_tiles);
+            if shared > max_shared {
+                continue;
+            }
+            let per_sm = (MMA_FRAGMENT_SM_THREADS / (planes * MMA_LANES)).min(max_shared / shared).max(1);
+            let cubes = d_out.div_ceil(tiles * MMA_FRAGMENT_COLUMNS);
+            let work = cubes.div_ceil(per_sm * sms.max(1)) * (tiles * blocks.div_ceil(planes) + MMA_FRAGMENT_WAVE_FILL);
+            if best.is_none_or(|(key, _)| (work, cubes) < key) {
+                best = Some(((work, cubes), (planes, tiles)));
+            }
+        }
+    }
+    best.map(|(_, (planes, tiles))| {
+        let b_tiles = tiles * if silu { 2 } else { 1 };
+        (planes, tiles * MMA_FRAGMENT_COLUMNS, depth.clamp(1, (MMA_FRAGMENT_WAVE_HELD_VECTORS / b_tiles).max(1)))
+    })
+}
+
+/// What a wave of [`mma_linear_fragments_kernel`]'s cubes costs beyond its blocks, in blocks of
+/// one tile: its first loads' latency and its planes' sums at the end. About one DRAM latency
+/// (~0.7 µs) against ~0.65 µs per tile-block of each of 32 warps per multiprocessor at the H100's
+/// 3.35 TB/s: 2 tips three waves of 3 tiles (the busiest plane's 27 tile-blocks) for
+/// `qkv_proj` over one of 5 (30).
+const MMA_FRAGMENT_WAVE_FILL: usize = 2;
+
+/// Bytes of shared memory [`mma_linear_fragments_kernel`] takes for its planes' f32 sums.
+fn mma_fragments_shared(planes: usize, b_tiles: usize) -> usize {
+    planes * b_tiles * MMA_TILE * MMA_FRAGMENT_COLUMNS * 4
+}
+
 /// Whether the tensor-core products may take `rows` rows of `dtype` on `client`: turned on,
 /// from the tuning's `min_rows` to one tile of rows, on tensor cores ([`tensor_core_refusal`]).
 /// The shape of a given product ([`mma_linear_shape`]) may still refuse it.
@@ -3768,10 +3826,16 @@ fn mma_linear_shape<R: CubeRuntime>(x: &CubeTensor<R>, weight: &CubeTensor<R>, r
         && d_in.is_multiple_of(MMA_FRAGMENT_BLOCK)
         && mma_fragments_refusal(&x.client, dtype).is_none()
     {
-        let (columns, depth) = mma_fragments_shape(tuning.chunk, tuning.depth, d_out, silu, multiprocessors(&x.client));
-        let shared = tuning.planes * tiles * columns * MMA_TILE * 4;
-        if shared <= max_shared {
-            return Some(MmaLinearShape { planes: tuning.planes, chunk: columns, reads: MmaLinearReads::Fragments, depth, vector_size: width });
+        let sms = multiprocessors(&x.client);
+        let shape = if super::kernel_on("mma_fragments_waves") {
+            mma_fragments_waves(&tuning, d_in, d_out, silu, sms, max_shared)
+        } else {
+            let (columns, depth) = mma_fragments_shape(tuning.chunk, tuning.depth, d_out, silu, sms);
+            let shared = mma_fragments_shared(tuning.planes, tiles * columns / MMA_FRAGMENT_COLUMNS);
+            (shared <= max_shared).then_some((tuning.planes, columns, depth))
+        };
+        if let Some((planes, columns, depth)) = shape {
+            return Some(MmaLinearShape { planes, chunk: columns, reads: MmaLinearReads::Fragments, depth, vector_size: width });
         }
     }
     // Register fragments refused: the register kernel in its own shape (the tuning's `chunk`
@@ -3804,7 +3868,13 @@ fn mma_linear_shape<R: CubeRuntime>(x: &CubeTensor<R>, weight: &CubeTensor<R>, r
 
 #[cfg(test)]
 mod tests {
-    use super::mma_fragments_shape;
+    use super::{mma_fragments_shape, mma_fragments_waves};
+    use crate::kernels::MmaLinearTuning;
+
+    /// [`mma_fragments_waves`] from a tuning of `planes`, `chunk` and `depth`.
+    fn waves(planes: usize, chunk: usize, depth: usize, d_in: usize, d_out: usize, silu: bool, max_shared: usize) -> Option<(usize, usize, usize)> {
+        mma_fragments_waves(&MmaLinearTuning { planes, chunk, depth, ..MmaLinearTuning::default() }, d_in, d_out, silu, 132, max_shared)
+    }
 
     /// The register fragments' cubes narrow until a 132-multiprocessor GPU has 2 per
     /// multiprocessor (not below 16 columns), and the blocks in flight shrink to 16 weight loads
@@ -3824,5 +3894,29 @@ mod tests {
         assert_eq!(mma_fragments_shape(256, 1, 16, false, 132), (16, 1));
         assert_eq!(mma_fragments_shape(256, 1, 1 << 20, false, 132), (64, 1));
         assert_eq!(mma_fragments_shape(16, 3, 1 << 20, true, 132), (16, 3));
+    }
+
+    /// Fitted to whole waves on 132 multiprocessors (shared memory of the H100's 227 KiB per
+    /// cube), Phi-3's projections at 10 rows take one wave each, or two full ones: `qkv_proj` 5
+    /// tiles of 16 planes (231 cubes), `o_proj` and `down_proj` 3 tiles of 32 planes (128
+    /// cubes, half the blocks per plane), `gate_up_proj` 4 tiles of 16 planes (256 cubes,
+    /// 8 B tiles: depth 1). The depth holds at most 8 weight loads per lane.
+    #[test]
+    fn fragment_cubes_fit_whole_waves() {
+        let h100 = 227 * 1024;
+        assert_eq!(waves(16, 64, 2, 3072, 9216, false, h100), Some((16, 40, 1)));
+        assert_eq!(waves(16, 64, 2, 3072, 3072, false, h100), Some((32, 24, 2)));
+        assert_eq!(waves(16, 64, 2, 8192, 3072, false, h100), Some((32, 24, 2)));
+        assert_eq!(waves(16, 64, 2, 3072, 8192, true, h100), Some((16, 32, 1)));
+        // The tuning's columns bound the tiles: at 32 columns qkv_proj has no one-wave shape,
+        // and takes 32 planes of 3 tiles (384 cubes, 3 waves of 3 blocks per plane).
+        assert_eq!(waves(16, 32, 2, 3072, 9216, false, h100), Some((32, 24, 2)));
+        // Shared memory of 48 KiB: 32 planes of 3 tiles (48 KiB of sums) still fit; of 4 KiB,
+        // no shape's sums do.
+        assert_eq!(waves(16, 64, 2, 3072, 3072, false, 48 * 1024), Some((32, 24, 2)));
+        assert_eq!(waves(16, 16, 4, 64, 64, false, 4 * 1024), None);
+        // Few columns: one cube of 2 tiles, with the more planes where d_in has blocks for them.
+        assert_eq!(waves(16, 64, 2, 3072, 16, false, h100), Some((32, 16, 2)));
+        assert_eq!(waves(16, 64, 2, 64, 16, false, h100), Some((16, 16, 2)));
     }
 }
