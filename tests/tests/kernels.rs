@@ -676,6 +676,9 @@ const DECODE_CASES: [DecodeCase; 7] = [
     DecodeCase::Paged(4, 2, 64, 4, &[9, 1]),
 ];
 
+/// The decode attention's switches [`DecodeJob`] checks both ways.
+const DECODE_SWITCHES: [&str; 1] = ["decode_attention_early_values"];
+
 /// A [`DecodeCase`]'s name and the call that computes it (`[sequences, heads, head_dim]`), its
 /// inputs drawn from `values` (`n` random values).
 #[allow(clippy::type_complexity)]
@@ -708,8 +711,8 @@ fn decode_check<B: Kernels>(case: DecodeCase, device: &B::Device, values: &mut d
 /// Decode attention's kernels on [`DECODE_CASES`] (whichever variant the device runs: the
 /// planes kernel on CUDA, one unit per query row where the planes have no single width),
 /// against the composed fallback on the same device and the CPU's f32 result of the same
-/// inputs, and equal when run twice. (The main kernels test holds the kernels to the composed
-/// result only.)
+/// inputs, and equal when run twice, with and without each switch of [`DECODE_SWITCHES`].
+/// (The main kernels test holds the kernels to the composed result only.)
 struct DecodeJob {
     seed: u64,
     inputs: DType,
@@ -728,14 +731,21 @@ impl DeviceFn for DecodeJob {
         let host = |t: Tensor<B, 3>| -> Vec<f32> { t.into_data().convert::<f32>().into_vec().unwrap() };
         let policy = kernel_policy();
         let mut results = Vec::new();
-        for case in DECODE_CASES {
-            let (what, run) = decode_check::<B>(case, device, &mut values);
-            set_kernel_policy(KernelPolicy::Off);
-            let composed = host(run());
-            set_kernel_policy(KernelPolicy::Forced);
-            let (fused, fused_again) = (host(run()), host(run()));
-            set_kernel_policy(policy);
-            results.push((what, case.head_dim(), [fused, fused_again, composed]));
+        for switch in DECODE_SWITCHES {
+            let was_on = kernels::kernel_on(switch);
+            for on in [false, true] {
+                kernels::set_kernel_on(switch, on);
+                for case in DECODE_CASES {
+                    let (what, run) = decode_check::<B>(case, device, &mut values);
+                    set_kernel_policy(KernelPolicy::Off);
+                    let composed = host(run());
+                    set_kernel_policy(KernelPolicy::Forced);
+                    let (fused, fused_again) = (host(run()), host(run()));
+                    set_kernel_policy(policy);
+                    results.push((format!("{what}, {switch} {}", if on { "on" } else { "off" }), case.head_dim(), [fused, fused_again, composed]));
+                }
+            }
+            kernels::set_kernel_on(switch, was_on);
         }
         results
     }
@@ -749,7 +759,7 @@ fn decode_attention_equals_the_composed_and_cpu_results() {
     for (spec, dtype) in test_targets() {
         let witness = burn_phi3v::device::with_device_dtype("cpu", Some(DType::F32), DecodeJob { seed, inputs: dtype }).unwrap();
         let results = burn_phi3v::device::with_device_dtype(&spec, Some(dtype), DecodeJob { seed, inputs: dtype }).unwrap_or_else(|e| panic!("{spec}: {e}"));
-        assert_eq!(results.len(), DECODE_CASES.len(), "{spec}: the case list ran short");
+        assert_eq!(results.len(), 2 * DECODE_SWITCHES.len() * DECODE_CASES.len(), "{spec}: the case list ran short");
         let tolerance = OpTolerance::for_dtype(dtype);
         for ((what, head_dim, [fused, fused_again, composed]), (_, _, [_, _, cpu])) in results.iter().zip(witness.iter()) {
             // Against the composed steps (which may round the scores and probabilities to the

@@ -2115,6 +2115,7 @@ fn decode_attention_planes<R: CubeRuntime>(
             DECODE_PLANES as usize,
             DECODE_TILE,
             paged,
+            super::kernel_on("decode_attention_early_values"),
             [dtype.into(), int_dtype.into()],
         )
     };
@@ -2226,7 +2227,10 @@ fn key_row<I: Int>(pages: &Pages<I>, table: usize, j: usize, #[comptime] paged: 
 /// them); the plane takes keys in tiles of `tile`: each lane's partial dot products, one plane
 /// sum per key, then an online softmax (running maximum and sum) and the weighted values
 /// accumulated per lane, reading each key and value row once with consecutive lanes on
-/// consecutive values. The planes' results meet in shared memory at the end: the output when
+/// consecutive values; with `early_values` (the switch `decode_attention_early_values`) each
+/// lane loads its values of the tile's value rows together with its key loads, so that they
+/// are in flight while the scores' plane sums and the softmax run, at `tile · per_lane` more
+/// registers. The planes' results meet in shared memory at the end: the output when
 /// the keys are not split, else the cube's unnormalised output, maximum and sum into
 /// `partials` (`head_dim + 2` values per cube) for [`decode_attention_combine_kernel`]. No
 /// scores buffer and no cube-wide barrier in the loop.
@@ -2249,6 +2253,7 @@ fn decode_attention_planes_kernel<E: Float, I: Int>(
     #[comptime] planes: usize,
     #[comptime] tile: usize,
     #[comptime] paged: bool,
+    #[comptime] early_values: bool,
     #[define(E, I)] _dtypes: [StorageType; 2],
 ) {
     let cube = CUBE_POS;
@@ -2274,6 +2279,8 @@ fn decode_attention_planes_kernel<E: Float, I: Int>(
     state[0usize] = f32::new(NO_SCORE);
     state[1usize] = f32::new(0.0);
     let mut scores = Array::<f32>::new(tile);
+    // With `early_values`, the tile's value rows, loaded beside its key rows.
+    let mut values = Array::<E>::new(comptime!(if early_values { tile * per_lane } else { 1 }));
 
     let last = hi - 1;
     let mut start = lo + plane * tile;
@@ -2282,13 +2289,21 @@ fn decode_attention_planes_kernel<E: Float, I: Int>(
         #[unroll]
         for t in 0..tile {
             let j = select(start + t < hi, start + t, last);
-            let key = k_base + key_row(pages, table, j, paged) * layout.k_key;
+            let row = key_row(pages, table, j, paged);
+            let key = k_base + row * layout.k_key;
             let mut dot = query[0usize] * f32::cast_from(k[key]);
             #[unroll]
             for i in 1..per_lane {
                 dot += query[i] * f32::cast_from(k[key + i * lanes]);
             }
             scores[t] = dot;
+            if early_values {
+                let value = v_base + row * layout.v_key;
+                #[unroll]
+                for i in 0..per_lane {
+                    values[t * per_lane + i] = v[value + i * lanes];
+                }
+            }
         }
         let mut best = state[0usize];
         #[unroll]
@@ -2307,11 +2322,18 @@ fn decode_attention_planes_kernel<E: Float, I: Int>(
         for t in 0..tile {
             let p = f32::exp(scores[t] - best);
             sum += p;
-            let j = select(start + t < hi, start + t, last);
-            let value = v_base + key_row(pages, table, j, paged) * layout.v_key;
-            #[unroll]
-            for i in 0..per_lane {
-                acc[i] += p * f32::cast_from(v[value + i * lanes]);
+            if early_values {
+                #[unroll]
+                for i in 0..per_lane {
+                    acc[i] += p * f32::cast_from(values[t * per_lane + i]);
+                }
+            } else {
+                let j = select(start + t < hi, start + t, last);
+                let value = v_base + key_row(pages, table, j, paged) * layout.v_key;
+                #[unroll]
+                for i in 0..per_lane {
+                    acc[i] += p * f32::cast_from(v[value + i * lanes]);
+                }
             }
         }
         state[0usize] = best;

@@ -681,8 +681,11 @@ pub fn fused_kernels() -> bool {
 /// by the planes, instead of in runs of `depth` adjacent blocks; `mma_fragments_waves` on
 /// fits the register-fragment product's planes and columns per cube to whole waves of cubes
 /// on the device's multiprocessors (`chunk` is then the most columns, `planes` the fewest
-/// planes) instead of halving the columns to two cubes per multiprocessor.
-pub const KERNEL_NAMES: [&str; 21] = [
+/// planes) instead of halving the columns to two cubes per multiprocessor;
+/// `decode_attention_early_values` on has the decode attention's lanes load a tile's value
+/// rows together with its key rows (in flight during the scores' sums and the softmax) instead
+/// of after the softmax.
+pub const KERNEL_NAMES: [&str; 22] = [
     "rms_norm",
     "layer_norm",
     "quick_gelu",
@@ -704,6 +707,7 @@ pub const KERNEL_NAMES: [&str; 21] = [
     "mma_linear",
     "mma_linear_runs",
     "mma_fragments_waves",
+    "decode_attention_early_values",
 ];
 
 /// Whether the backend's kernel `name` (one of [`KERNEL_NAMES`]) runs: [`fused_kernels`] is
@@ -741,10 +745,11 @@ const _: () = assert!(KERNEL_NAMES.len() <= 32, "one bit per kernel in a u32");
 /// (session 30): the register-fragment product's planes in runs of adjacent blocks, right on
 /// the CPU and lavapipe (which never take the fragments), not yet run on a GPU; the default
 /// takes call 1's measured strided blocks. `mma_fragments_waves` (session 31): the same
-/// product's cubes fitted to whole waves, right on the CPU and lavapipe only. (The two decode attention variants that were here,
+/// product's cubes fitted to whole waves, right on the CPU and lavapipe only;
+/// `decode_attention_early_values` (session 31), likewise. (The two decode attention variants that were here,
 /// session 28's one lane per query value and session 29's rows copied into shared memory, right
 /// and slower, were removed in sessions 29 and 30, docs/kernels.md.)
-pub const KERNELS_OFF_BY_DEFAULT: [&str; 2] = ["mma_linear_runs", "mma_fragments_waves"];
+pub const KERNELS_OFF_BY_DEFAULT: [&str; 3] = ["mma_linear_runs", "mma_fragments_waves", "decode_attention_early_values"];
 
 /// The kernels turned off, a bit each ([`kernel_bit`]): [`KERNELS_OFF_BY_DEFAULT`] less those
 /// `PHI3V_KERNELS_ON` names, and those `PHI3V_KERNELS_OFF` names (both comma-separated lists,
