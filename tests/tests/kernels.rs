@@ -268,10 +268,18 @@ impl KernelJob {
             let weight = tensor(input(vec![d_out * d_in], 0.05)).reshape([d_out, d_in]).transpose();
             let norm = tensor(input(vec![d_in], 1.0));
             let residual = tensor(input(vec![rows * d_out], 1.0)).reshape([1, rows, d_out]);
-            let outputs = both(&|| kernels::norm_linear(x.clone(), &norm, 1e-5, &weight));
-            compare(format!("norm_linear [{rows}, {d_in}] · [{d_in}, {d_out}]"), Terms::Dtype(d_in), outputs);
-            let outputs = both(&|| kernels::norm_linear_silu_mul(x.clone(), &norm, 1e-5, &weight));
-            compare(format!("norm_linear_silu_mul [{rows}, {d_in}] · [{d_in}, {d_out}]"), Terms::Dtype(d_in), outputs);
+            // The norm's scale from a first pass over the rows, then (`skinny_norm_after`) from
+            // the squares summed beside the products.
+            let after_was_on = kernels::kernel_on("skinny_norm_after");
+            for after in [false, true] {
+                assert!(kernels::set_kernel_on("skinny_norm_after", after));
+                let how = if after { ", norm after" } else { "" };
+                let outputs = both(&|| kernels::norm_linear(x.clone(), &norm, 1e-5, &weight));
+                compare(format!("norm_linear [{rows}, {d_in}] · [{d_in}, {d_out}]{how}"), Terms::Dtype(d_in), outputs);
+                let outputs = both(&|| kernels::norm_linear_silu_mul(x.clone(), &norm, 1e-5, &weight));
+                compare(format!("norm_linear_silu_mul [{rows}, {d_in}] · [{d_in}, {d_out}]{how}"), Terms::Dtype(d_in), outputs);
+            }
+            kernels::set_kernel_on("skinny_norm_after", after_was_on);
             let outputs = both(&|| kernels::linear_add(x.clone(), &weight, residual.clone()));
             compare(format!("linear_add [{rows}, {d_in}] · [{d_in}, {d_out}]"), Terms::Dtype(d_in), outputs);
         }
@@ -357,16 +365,22 @@ impl KernelJob {
         // steps), fewer queries than keys without a mask over a partial last step, CLIP's 577
         // tokens at the tiny checkpoints' 16-dim heads, and 80-dim heads (not a multiple of the
         // 32 lanes that share a row's output columns).
-        let mma_before = kernels::mma_attention_count();
+        let (mma_before, fragments_before) = (kernels::mma_attention_count(), kernels::mma_attention_fragment_count());
         assert!(kernels::set_flash_attention(kernels::FlashAttention::Mma));
         let mma_cases = [(1, 2, 2, 200, 200, 96, true), (2, 4, 4, 77, 150, 64, false), (3, 2, 2, 577, 577, 16, false), (1, 3, 3, 90, 90, 80, true)];
         for (batch, heads, kv_heads, queries, keys, head_dim, causal) in flash_cases.into_iter().chain(mma_cases) {
             flash(batch, heads, kv_heads, queries, keys, head_dim, causal, " as mma", None);
         }
         let mma_ran = kernels::mma_attention_count() - mma_before;
-        eprintln!("mma attention: {mma_ran} launches on this target");
-        if mma_ran == 0 && matches!(dtype, DType::F16 | DType::BF16) && format!("{device:?}").contains("Cuda") {
+        let fragments_ran = kernels::mma_attention_fragment_count() - fragments_before;
+        eprintln!("mma attention: {mma_ran} launches on this target, {fragments_ran} of them from register fragments");
+        let cuda_half = matches!(dtype, DType::F16 | DType::BF16) && format!("{device:?}").contains("Cuda");
+        if cuda_half && mma_ran == 0 {
             problems.push(format!("the tensor-core flash kernel never ran on CUDA in {dtype:?}: {:?}", kernels::flash_attention_refusals()));
+        }
+        // CUDA's tensor-core devices have the register products and `ldmatrix` of both dtypes.
+        if cuda_half && kernels::kernel_on("mma_attention_fragments") && fragments_ran != mma_ran {
+            problems.push(format!("{fragments_ran} of {mma_ran} tensor-core flash attentions kept their scores in register fragments on CUDA in {dtype:?}"));
         }
         eprintln!("flash tilings refused on this target (Burn's attention ran instead): {:?}", kernels::flash_attention_refusals());
         assert!(kernels::set_flash_attention(default_flash));

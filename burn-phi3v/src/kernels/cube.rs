@@ -1957,6 +1957,319 @@ fn plane_tile_product<E: Float>(
     }
 }
 
+/// Keys per step of [`mma_attention_fragments_kernel`]: 8 tiles of 8 keys for the scores, 4
+/// steps of 16 for the values.
+const MMA_FRAGMENT_KEYS: usize = 64;
+
+/// [`mma_attention_kernel`] with the scores and probabilities in registers (`mma.m16n8k16` of
+/// the dtype with f32 sums, CubeCL's `MmaDefinition`; the `mma_attention_fragments` switch): cubes
+/// of [`MMA_PLANES`] planes, each owning 16 query rows of one (batch, head), stage their queries
+/// in shared memory and load them once into A fragments (`ldmatrix`); then per step of
+/// [`MMA_FRAGMENT_KEYS`] keys the cube stages the keys and values (zeros past the last key),
+/// and each plane
+/// - multiplies its queries by the keys: the B fragments of 8 keys each are the key rows as
+///   stored (`ldmatrix`), the scores 8 tiles of 16 rows × 8 keys in the accumulator layout (lane
+///   `4g + t` holds rows `g` and `g + 8`, keys `2t, 2t + 1` of each tile);
+/// - updates each row's running maximum over the keys it sees (the four lanes of a row meet by
+///   two shuffles), rescales its outputs and its share of the row's sum, and turns the scores
+///   into probabilities in the dtype: the accumulator layout of two key tiles is the A fragment
+///   of 16 keys, so they stay in the lane's registers;
+/// - multiplies them by the values: the B fragments are the value rows transposed on the way
+///   in (`ldmatrix.trans`), the outputs 16 rows × `head_dim` in f32 registers.
+/// At the end the four lanes of each row add their sums, and each lane writes its two rows'
+/// columns `2t, 2t + 1` of every 8-column tile. `causal` hides key `j` from query `i` when
+/// `j > i + keys − queries`; a cube stops after the last key its last row sees, and a plane
+/// skips the steps its rows see nothing of. Shared rows are `head_dim + 8` values apart (16
+/// bytes more: `ldmatrix`'s eight 16-byte rows fall on different banks).
+#[cube(launch_unchecked, address_type = "dynamic")]
+fn mma_attention_fragments_kernel<E: Float, N: Size>(
+    q: &Array<Vector<E, N>>,
+    k: &Array<Vector<E, N>>,
+    v: &Array<Vector<E, N>>,
+    output: &mut Array<E>,
+    layout: &FlashLayout,
+    scale: f32,
+    #[comptime] head_dim: usize,
+    #[comptime] vectors: usize,
+    #[comptime] causal: bool,
+    #[define(E)] _dtype: StorageType,
+) {
+    let bh = CUBE_POS_Y as usize;
+    let b = bh / layout.heads;
+    let h = bh % layout.heads;
+    let hk = h / layout.group;
+    let (queries, keys) = (layout.queries, layout.keys);
+    let plane = UNIT_POS_Y as usize;
+    let lane = UNIT_POS_X as usize;
+    let unit = plane * MMA_LANES + lane;
+    let units = MMA_PLANES * MMA_LANES;
+    let block_q = MMA_PLANES * MMA_TILE;
+    let q0 = CUBE_POS_X as usize * block_q;
+    let width = N::value();
+    let (g, t) = (lane / 4, lane % 4);
+    // `ldmatrix`: lane `l` gives the address of row `l % 8` of matrix `l / 8`.
+    let (matrix, matrix_row) = (lane / 8, lane % 8);
+    let stride = comptime!(head_dim + MMA_PAD);
+    // 16-value steps of head_dim (the queries' and keys' k), 8-column tiles of the outputs.
+    let steps = comptime!(head_dim / MMA_TILE);
+    let tiles = comptime!(head_dim / MMA_FRAGMENT_COLUMNS);
+    let key_tiles = comptime!(MMA_FRAGMENT_KEYS / MMA_FRAGMENT_COLUMNS);
+
+    let mut q_s = SharedMemory::<E>::new_aligned(block_q * stride, 32usize);
+    let mut k_s = SharedMemory::<E>::new_aligned(MMA_FRAGMENT_KEYS * stride, 32usize);
+    let mut v_s = SharedMemory::<E>::new_aligned(MMA_FRAGMENT_KEYS * stride, 32usize);
+
+    // The cube's queries, zero rows past the last.
+    let q_base = b * layout.q_batch + h * layout.q_head;
+    let mut i = unit;
+    while i < block_q * vectors {
+        let r = i / vectors;
+        let c = i % vectors;
+        let mut value = Vector::<E, N>::empty().fill(E::from_int(0));
+        if q0 + r < queries {
+            value = q[q_base + (q0 + r) * layout.q_row + c];
+        }
+        #[unroll]
+        for e in 0..width {
+            q_s[r * stride + c * width + e] = value[e];
+        }
+        i += units;
+    }
+    sync_cube();
+    let mma = cmma::MmaDefinition::<E, E, f32>::new(16usize, 8usize, 16usize);
+    // The plane's A fragments of the queries, 4 registers per 16 values of head_dim: matrices
+    // (rows 0–7, values 0–7), (rows 8–15, 0–7), (rows 0–7, 8–15), (rows 8–15, 8–15).
+    let mut qa = Array::<Vector<E, Const<2>>>::new(comptime!(4 * steps));
+    #[unroll]
+    for c in 0..steps {
+        let at = (plane * MMA_TILE + (matrix % 2) * 8 + matrix_row) * stride + c * MMA_TILE + (matrix / 2) * 8;
+        let regs = mma.load_matrix::<E, Const<2>>(&q_s.slice(at, at + 8), cmma::MatrixIdent::A, 4usize, false);
+        #[unroll]
+        for x in 0..4usize {
+            qa[4 * c + x] = regs[x];
+        }
+    }
+
+    // Keys seen by the cube's last row, by the plane's last row, and by this lane's rows g and
+    // g + 8 (rows past `queries` see no more than the last real one).
+    let mut end = keys;
+    let mut plane_end = keys;
+    let row_lo = q0 + plane * MMA_TILE + g;
+    let row_hi = row_lo + 8;
+    let mut sees_lo = keys;
+    let mut sees_hi = keys;
+    if causal {
+        let last = q0 + block_q;
+        end = select(last < queries, last, queries) + keys - queries;
+        let plane_last = q0 + (plane + 1) * MMA_TILE;
+        plane_end = select(plane_last < queries, plane_last, queries) + keys - queries;
+        sees_lo = min(row_lo + 1 + keys - queries, keys);
+        sees_hi = min(row_hi + 1 + keys - queries, keys);
+    }
+    // Rows g and g + 8 of each output tile (the accumulator layout), their running maxima and
+    // this lane's shares of their sums.
+    let mut out = Array::<Vector<f32, Const<2>>>::new(comptime!(2 * tiles));
+    #[unroll]
+    for x in 0..2 * tiles {
+        out[x] = Vector::new(f32::new(0.0));
+    }
+    let mut max_lo = f32::new(NO_SCORE);
+    let mut max_hi = f32::new(NO_SCORE);
+    let mut sum_lo = f32::new(0.0);
+    let mut sum_hi = f32::new(0.0);
+    let k_base = b * layout.k_batch + hk * layout.k_head;
+    let v_base = b * layout.v_batch + hk * layout.v_head;
+
+    let mut k0 = 0usize;
+    while k0 < end {
+        // The step's keys and values (zeros past the last: a zero value times a zero
+        // probability adds nothing, where stale memory could hold a NaN).
+        sync_cube();
+        let mut i = unit;
+        while i < MMA_FRAGMENT_KEYS * vectors {
+            let key = k0 + i / vectors;
+            let c = i % vectors;
+            let mut kv = Vector::<E, N>::empty().fill(E::from_int(0));
+            let mut vv = Vector::<E, N>::empty().fill(E::from_int(0));
+            if key < keys {
+                kv = k[k_base + key * layout.k_key + c];
+                vv = v[v_base + key * layout.v_key + c];
+            }
+            let at = (i / vectors) * stride + c * width;
+            #[unroll]
+            for e in 0..width {
+                k_s[at + e] = kv[e];
+                v_s[at + e] = vv[e];
+            }
+            i += units;
+        }
+        sync_cube();
+        if k0 < plane_end {
+            // Scores: tile n holds keys 8n.. of the step.
+            let mut s = Array::<Vector<f32, Const<2>>>::new(comptime!(2 * key_tiles));
+            #[unroll]
+            for x in 0..2 * key_tiles {
+                s[x] = Vector::new(f32::new(0.0));
+            }
+            #[unroll]
+            for c in 0..steps {
+                let mut a = Array::<Vector<E, Const<2>>>::new(4usize);
+                #[unroll]
+                for x in 0..4usize {
+                    a[x] = qa[4 * c + x];
+                }
+                #[unroll]
+                for pair in 0..key_tiles / 2 {
+                    // Matrices (keys 0–7, values 0–7), (keys 0–7, 8–15), (keys 8–15, 0–7),
+                    // (keys 8–15, 8–15) of keys 16·pair..: B registers of two key tiles.
+                    let at = (pair * 16 + (matrix / 2) * 8 + matrix_row) * stride + c * MMA_TILE + (matrix % 2) * 8;
+                    let kb = mma.load_matrix::<E, Const<2>>(&k_s.slice(at, at + 8), cmma::MatrixIdent::B, 4usize, false);
+                    #[unroll]
+                    for half in 0..2usize {
+                        let n = 2 * pair + half;
+                        let mut bb = Array::<Vector<E, Const<2>>>::new(2usize);
+                        bb[0] = kb[2 * half];
+                        bb[1] = kb[2 * half + 1];
+                        let mut cc = Array::<Vector<f32, Const<2>>>::new(2usize);
+                        cc[0] = s[2 * n];
+                        cc[1] = s[2 * n + 1];
+                        let d = mma.execute::<Const<2>, Const<2>, Const<2>>(&a, &bb, &cc);
+                        s[2 * n] = d[0];
+                        s[2 * n + 1] = d[1];
+                    }
+                }
+            }
+            // The rows' maxima over the keys they see, met across the row's four lanes.
+            let mut top_lo = max_lo;
+            let mut top_hi = max_hi;
+            #[unroll]
+            for n in 0..key_tiles {
+                let (lo, hi) = (s[2 * n], s[2 * n + 1]);
+                #[unroll]
+                for e in 0..2usize {
+                    let key = k0 + n * MMA_FRAGMENT_COLUMNS + 2 * t + e;
+                    let (x_lo, x_hi) = (lo[e] * scale, hi[e] * scale);
+                    top_lo = select(key < sees_lo && x_lo > top_lo, x_lo, top_lo);
+                    top_hi = select(key < sees_hi && x_hi > top_hi, x_hi, top_hi);
+                }
+            }
+            top_lo = quad_max(top_lo);
+            top_hi = quad_max(top_hi);
+            let (fix_lo, fix_hi) = (f32::exp(max_lo - top_lo), f32::exp(max_hi - top_hi));
+            max_lo = top_lo;
+            max_hi = top_hi;
+            sum_lo *= fix_lo;
+            sum_hi *= fix_hi;
+            #[unroll]
+            for x in 0..tiles {
+                let mut lo = out[2 * x];
+                let mut hi = out[2 * x + 1];
+                #[unroll]
+                for e in 0..2usize {
+                    lo[e] *= fix_lo;
+                    hi[e] *= fix_hi;
+                }
+                out[2 * x] = lo;
+                out[2 * x + 1] = hi;
+            }
+            // Probabilities in the dtype: key tiles 2j and 2j + 1 are the A fragment of keys
+            // 16j.. (rows g and g + 8 of keys 2t, 2t + 1, then of keys 2t + 8, 2t + 9).
+            let mut p = Array::<Vector<E, Const<2>>>::new(comptime!(2 * key_tiles));
+            #[unroll]
+            for n in 0..key_tiles {
+                let (lo, hi) = (s[2 * n], s[2 * n + 1]);
+                let mut p_lo = Vector::<E, Const<2>>::empty();
+                let mut p_hi = Vector::<E, Const<2>>::empty();
+                #[unroll]
+                for e in 0..2usize {
+                    let key = k0 + n * MMA_FRAGMENT_COLUMNS + 2 * t + e;
+                    let x_lo = select(key < sees_lo, f32::exp(lo[e] * scale - max_lo), f32::new(0.0));
+                    let x_hi = select(key < sees_hi, f32::exp(hi[e] * scale - max_hi), f32::new(0.0));
+                    sum_lo += x_lo;
+                    sum_hi += x_hi;
+                    p_lo[e] = E::cast_from(x_lo);
+                    p_hi[e] = E::cast_from(x_hi);
+                }
+                p[2 * n] = p_lo;
+                p[2 * n + 1] = p_hi;
+            }
+            // Outputs: probabilities (16 rows × 16 keys) times values (16 keys × 8 columns).
+            #[unroll]
+            for j in 0..key_tiles / 2 {
+                let mut a = Array::<Vector<E, Const<2>>>::new(4usize);
+                #[unroll]
+                for x in 0..4usize {
+                    a[x] = p[4 * j + x];
+                }
+                #[unroll]
+                for c in 0..steps {
+                    // Matrices (keys 0–7, columns 0–7), (keys 8–15, 0–7), (keys 0–7, 8–15),
+                    // (keys 8–15, 8–15) of keys 16j.., transposed: B registers of two column tiles.
+                    let at = (j * 16 + (matrix % 2) * 8 + matrix_row) * stride + c * MMA_TILE + (matrix / 2) * 8;
+                    let vb = mma.load_matrix::<E, Const<2>>(&v_s.slice(at, at + 8), cmma::MatrixIdent::B, 4usize, true);
+                    #[unroll]
+                    for half in 0..2usize {
+                        let x = 2 * c + half;
+                        let mut bb = Array::<Vector<E, Const<2>>>::new(2usize);
+                        bb[0] = vb[2 * half];
+                        bb[1] = vb[2 * half + 1];
+                        let mut cc = Array::<Vector<f32, Const<2>>>::new(2usize);
+                        cc[0] = out[2 * x];
+                        cc[1] = out[2 * x + 1];
+                        let d = mma.execute::<Const<2>, Const<2>, Const<2>>(&a, &bb, &cc);
+                        out[2 * x] = d[0];
+                        out[2 * x + 1] = d[1];
+                    }
+                }
+            }
+        }
+        k0 += MMA_FRAGMENT_KEYS;
+    }
+
+    // The rows' sums from their four lanes, then this lane's columns of rows g and g + 8.
+    sum_lo = quad_sum(sum_lo);
+    sum_hi = quad_sum(sum_hi);
+    let inv_lo = select(sum_lo > f32::new(0.0), f32::new(1.0) / sum_lo, f32::new(0.0));
+    let inv_hi = select(sum_hi > f32::new(0.0), f32::new(1.0) / sum_hi, f32::new(0.0));
+    #[unroll]
+    for x in 0..tiles {
+        let column = x * MMA_FRAGMENT_COLUMNS + 2 * t;
+        let (lo, hi) = (out[2 * x], out[2 * x + 1]);
+        if row_lo < queries {
+            let at = (bh * queries + row_lo) * head_dim + column;
+            output[at] = E::cast_from(lo[0] * inv_lo);
+            output[at + 1] = E::cast_from(lo[1] * inv_lo);
+        }
+        if row_hi < queries {
+            let at = (bh * queries + row_hi) * head_dim + column;
+            output[at] = E::cast_from(hi[0] * inv_hi);
+            output[at + 1] = E::cast_from(hi[1] * inv_hi);
+        }
+    }
+}
+
+/// The largest of `x` over the four lanes `4g..4g + 4` of a plane (two shuffles).
+#[cube]
+fn quad_max(x: f32) -> f32 {
+    let a = plane_shuffle_xor(x, 1u32);
+    let y = select(a > x, a, x);
+    let b = plane_shuffle_xor(y, 2u32);
+    select(b > y, b, y)
+}
+
+/// The sum of `x` over the four lanes `4g..4g + 4` of a plane (two shuffles).
+#[cube]
+fn quad_sum(x: f32) -> f32 {
+    let y = x + plane_shuffle_xor(x, 1u32);
+    y + plane_shuffle_xor(y, 2u32)
+}
+
+/// Why the device cannot run [`mma_attention_fragments_kernel`] for `dtype`, `None` when it can:
+/// the register products of [`mma_fragments_refusal`] and `ldmatrix` of the dtype.
+fn mma_attention_fragments_refusal<R: CubeRuntime>(client: &ComputeClient<R>, dtype: DType) -> Option<String> {
+    mma_fragments_refusal(client, dtype).or_else(|| (!client.properties().features.matmul.ldmatrix.contains(&dtype.into())).then(|| format!("no {dtype:?} ldmatrix")))
+}
+
 /// Largest head dimension [`mma_attention`] takes (each lane holds `16 · ⌈head_dim / 32⌉`
 /// output sums in registers); it takes the multiples of 16 (the tile) up to this.
 const MMA_MAX_HEAD_DIM: usize = 128;
@@ -2036,6 +2349,29 @@ pub(crate) fn mma_attention<R: CubeRuntime>(q: CubeTensor<R>, k: CubeTensor<R>, 
     let dtype = q.dtype;
     let address = address_type([&q, &k, &v, &output]);
     super::MMA_ATTENTIONS.add();
+    if super::kernel_on("mma_attention_fragments") && mma_attention_fragments_refusal(&q.client, dtype).is_none() {
+        super::MMA_ATTENTION_FRAGMENTS.add();
+        unsafe {
+            mma_attention_fragments_kernel::launch_unchecked(
+                &output.client,
+                CubeCount::new_2d(queries.div_ceil(MMA_PLANES * MMA_TILE) as u32, (batch * heads) as u32),
+                CubeDim::new_2d(MMA_LANES as u32, MMA_PLANES as u32),
+                address,
+                width,
+                q.into_array_arg(),
+                k.into_array_arg(),
+                v.into_array_arg(),
+                output.clone().into_array_arg(),
+                layout,
+                scale,
+                head_dim,
+                head_dim / width,
+                causal,
+                dtype.into(),
+            )
+        };
+        return Ok(output);
+    }
     unsafe {
         mma_attention_kernel::launch_unchecked(
             &output.client,
@@ -2546,6 +2882,7 @@ fn skinny_linear_kernel<E: Float, N: Size>(
     #[comptime] split: bool,
     #[comptime] plane_reduce: bool,
     #[comptime] norm: bool,
+    #[comptime] norm_after: bool,
     #[comptime] silu: bool,
     #[comptime] add: bool,
     #[define(E)] _dtype: StorageType,
@@ -2574,9 +2911,10 @@ fn skinny_linear_kernel<E: Float, N: Size>(
         part_cube = plane;
     }
 
-    // The norm's 1 / sqrt(mean(x²) + eps) of each row, from every unit's share of the row.
+    // The norm's 1 / sqrt(mean(x²) + eps) of each row, from every unit's share of the row
+    // (with `norm_after`, at the end from the squares summed beside the products).
     let mut inv = Array::<f32>::new(rows);
-    if norm {
+    if norm && !norm_after {
         #[unroll]
         for r in 0..rows {
             inv[r] = f32::new(0.0);
@@ -2613,9 +2951,11 @@ fn skinny_linear_kernel<E: Float, N: Size>(
         }
     }
 
-    let mut acc = Array::<f32>::new(sums);
+    // With `norm_after`, every row's squares after its `rows × columns` sums.
+    let held = comptime!(if norm && norm_after { sums + rows } else { sums });
+    let mut acc = Array::<f32>::new(held);
     #[unroll]
-    for i in 0..sums {
+    for i in 0..held {
         acc[i] = f32::new(0.0);
     }
     let mut bases = Array::<usize>::new(columns);
@@ -2642,7 +2982,7 @@ fn skinny_linear_kernel<E: Float, N: Size>(
             }
             #[unroll]
             for k in 0..depth {
-                skinny_accumulate::<E, N>(x, norm_weight, &w, k * columns, &inv, &mut xs, &mut acc, j + k * step, vectors, rows, columns, norm);
+                skinny_accumulate::<E, N>(x, norm_weight, &w, k * columns, &inv, &mut xs, &mut acc, j + k * step, vectors, rows, columns, norm, norm_after);
             }
             j += depth * step;
         }
@@ -2652,7 +2992,7 @@ fn skinny_linear_kernel<E: Float, N: Size>(
         for c in 0..columns {
             w[c] = weight[bases[c] + j];
         }
-        skinny_accumulate::<E, N>(x, norm_weight, &w, 0, &inv, &mut xs, &mut acc, j, vectors, rows, columns, norm);
+        skinny_accumulate::<E, N>(x, norm_weight, &w, 0, &inv, &mut xs, &mut acc, j, vectors, rows, columns, norm, norm_after);
         j += step;
     }
     // Sum i (= r · columns + c) of every unit of a group: `parts` partials per sum, at
@@ -2671,12 +3011,12 @@ fn skinny_linear_kernel<E: Float, N: Size>(
             part = 0;
         }
     }
-    let mut partials = SharedMemory::<f32>::new(groups * sums * parts);
+    let mut partials = SharedMemory::<f32>::new(groups * held * parts);
     #[unroll]
-    for i in 0..sums {
+    for i in 0..held {
         let s = if plane_reduce { plane_sum(acc[i]) } else { acc[i] };
         if !plane_reduce || lane == 0 {
-            partials[(group * sums + i) * parts + part] = s;
+            partials[(group * held + i) * parts + part] = s;
         }
     }
     sync_cube();
@@ -2687,11 +3027,23 @@ fn skinny_linear_kernel<E: Float, N: Size>(
         let (g, r, o) = (k / per_group, (k % per_group) / outs, k % outs);
         let column = (CUBE_POS * groups + g) * outs + o;
         if column < d_out {
-            let at = (g * sums + r * columns + o) * parts;
+            let at = (g * held + r * columns + o) * parts;
             let mut sum = partials[at];
             for p in 1..parts {
                 sum += partials[at + p];
             }
+            // With `norm_after`, the row's scale from the group's squares (the group's units
+            // cover the whole row).
+            let mut scale = f32::new(1.0);
+            if norm && norm_after {
+                let squares_at = (g * held + sums + r) * parts;
+                let mut squares = partials[squares_at];
+                for p in 1..parts {
+                    squares += partials[squares_at + p];
+                }
+                scale = f32::new(1.0) / f32::sqrt(squares / f32::cast_from(vectors * width) + eps);
+            }
+            sum *= scale;
             // With SiLU·mul, the up row's sums are `outs` sums later.
             let mut up = f32::new(0.0);
             if silu {
@@ -2700,6 +3052,7 @@ fn skinny_linear_kernel<E: Float, N: Size>(
                 for p in 1..parts {
                     up += partials[up_at + p];
                 }
+                up *= scale;
             }
             write_linear_output::<E>(output, residual, r * d_out + column, sum, up, silu, add);
         }
@@ -2709,7 +3062,9 @@ fn skinny_linear_kernel<E: Float, N: Size>(
 
 /// [`skinny_linear_kernel`]'s arithmetic on one vector of `d_in` (index `j`): every row's input
 /// vector (normalised when `norm`) times the `columns` weight vectors at `w[w_at..]`, added to
-/// `acc` (`rows × columns`).
+/// `acc` (`rows × columns`). With `norm_after` the input is only scaled by the norm's weight,
+/// and the row's squares go to `acc[rows · columns + r]` (the kernel applies `1 / rms` to the
+/// sums at the end).
 #[cube]
 #[allow(clippy::too_many_arguments)]
 fn skinny_accumulate<E: Float, N: Size>(
@@ -2725,6 +3080,7 @@ fn skinny_accumulate<E: Float, N: Size>(
     #[comptime] rows: usize,
     #[comptime] columns: usize,
     #[comptime] norm: bool,
+    #[comptime] norm_after: bool,
 ) {
     let width = N::value();
     let mut nv = w[w_at];
@@ -2736,7 +3092,11 @@ fn skinny_accumulate<E: Float, N: Size>(
         let xv = x[r * vectors + j];
         #[unroll]
         for e in 0..width {
-            if norm {
+            if norm && norm_after {
+                let value = f32::cast_from(xv[e]);
+                acc[comptime!(rows * columns) + r] += value * value;
+                xs[e] = value * f32::cast_from(nv[e]);
+            } else if norm {
                 xs[e] = f32::cast_from(E::cast_from(f32::cast_from(xv[e]) * inv[r]) * nv[e]);
             } else {
                 xs[e] = f32::cast_from(xv[e]);
@@ -2950,6 +3310,7 @@ pub(crate) fn fused_linear<R: CubeRuntime, F: FloatElement, I: IntElement, BT: B
             split,
             plane_reduce,
             norm,
+            norm && super::kernel_on("skinny_norm_after"),
             silu,
             add,
             dtype.into(),

@@ -684,8 +684,12 @@ pub fn fused_kernels() -> bool {
 /// planes) instead of halving the columns to two cubes per multiprocessor;
 /// `decode_attention_early_values` on has the decode attention's lanes load a tile's value
 /// rows together with its key rows (in flight during the scores' sums and the softmax) instead
-/// of after the softmax.
-pub const KERNEL_NAMES: [&str; 22] = [
+/// of after the softmax; `mma_attention_fragments` off has [`FlashAttention::Mma`] stage its
+/// scores and probabilities in shared memory for `cmma` tiles instead of keeping them in
+/// `mma.m16n8k16` register fragments; `skinny_norm_after` on has the skinny product with a
+/// norm before it sum each row's squares beside its products and scale the sums at the end,
+/// instead of a first pass over the input rows before the products.
+pub const KERNEL_NAMES: [&str; 24] = [
     "rms_norm",
     "layer_norm",
     "quick_gelu",
@@ -708,6 +712,8 @@ pub const KERNEL_NAMES: [&str; 22] = [
     "mma_linear_runs",
     "mma_fragments_waves",
     "decode_attention_early_values",
+    "mma_attention_fragments",
+    "skinny_norm_after",
 ];
 
 /// Whether the backend's kernel `name` (one of [`KERNEL_NAMES`]) runs: [`fused_kernels`] is
@@ -746,10 +752,10 @@ const _: () = assert!(KERNEL_NAMES.len() <= 32, "one bit per kernel in a u32");
 /// the CPU and lavapipe (which never take the fragments), not yet run on a GPU; the default
 /// takes call 1's measured strided blocks. `mma_fragments_waves` (session 31): the same
 /// product's cubes fitted to whole waves, right on the CPU and lavapipe only;
-/// `decode_attention_early_values` (session 31), likewise. (The two decode attention variants that were here,
+/// `decode_attention_early_values` and `skinny_norm_after` (session 31), likewise. (The two decode attention variants that were here,
 /// session 28's one lane per query value and session 29's rows copied into shared memory, right
 /// and slower, were removed in sessions 29 and 30, docs/kernels.md.)
-pub const KERNELS_OFF_BY_DEFAULT: [&str; 3] = ["mma_linear_runs", "mma_fragments_waves", "decode_attention_early_values"];
+pub const KERNELS_OFF_BY_DEFAULT: [&str; 4] = ["mma_linear_runs", "mma_fragments_waves", "decode_attention_early_values", "skinny_norm_after"];
 
 /// The kernels turned off, a bit each ([`kernel_bit`]): [`KERNELS_OFF_BY_DEFAULT`] less those
 /// `PHI3V_KERNELS_ON` names, and those `PHI3V_KERNELS_OFF` names (both comma-separated lists,
@@ -1220,6 +1226,12 @@ pub fn blas_matmul_count() -> usize {
 /// How many attentions [`Kernels::mma_attention`]'s kernel computed since the process started.
 pub fn mma_attention_count() -> usize {
     MMA_ATTENTIONS.get()
+}
+
+/// How many of [`mma_attention_count`]'s attentions kept their scores in register fragments
+/// (`mma_attention_fragments`).
+pub fn mma_attention_fragment_count() -> usize {
+    MMA_ATTENTION_FRAGMENTS.get()
 }
 
 #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
@@ -1705,6 +1717,7 @@ impl LaunchCount {
 }
 
 pub(crate) static MMA_ATTENTIONS: LaunchCount = LaunchCount::new();
+pub(crate) static MMA_ATTENTION_FRAGMENTS: LaunchCount = LaunchCount::new();
 pub(crate) static MMA_LINEARS: LaunchCount = LaunchCount::new();
 pub(crate) static MMA_LINEAR_COPIES: LaunchCount = LaunchCount::new();
 pub(crate) static MMA_LINEAR_FRAGMENTS: LaunchCount = LaunchCount::new();
