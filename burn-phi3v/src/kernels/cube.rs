@@ -1734,18 +1734,13 @@ fn mma_attention_kernel<E: Float, N: Size>(
     #[comptime] causal: bool,
     #[define(E)] _dtype: StorageType,
 ) {
-    let bh = CUBE_POS_Y as usize;
-    let b = bh / layout.heads;
-    let h = bh % layout.heads;
-    let hk = h / layout.group;
     let (queries, keys) = (layout.queries, layout.keys);
     let plane = UNIT_POS_Y as usize;
     let lane = UNIT_POS_X as usize;
     let unit = plane * MMA_LANES + lane;
     let units = MMA_PLANES * MMA_LANES;
     let block_q = MMA_PLANES * MMA_TILE;
-    let q0 = CUBE_POS_X as usize * block_q;
-    let width = N::value();
+    let FlashCube { bh, b, h, hk, q0, end, plane_end } = flash_cube(layout, plane, causal);
     // Output columns per lane: `lane + 32·c` for c below this (16-dim heads leave lanes idle).
     let columns = comptime!(head_dim.div_ceil(MMA_LANES));
     // Row strides of the shared buffers (padded: `MMA_PAD`): queries, keys and values;
@@ -1765,32 +1760,8 @@ fn mma_attention_kernel<E: Float, N: Size>(
     let mut f_s = SharedMemory::<f32>::new_aligned(comptime!(block_q * ss.max(os)), 32usize);
 
     // The cube's queries, zero rows past the last.
-    let q_base = b * layout.q_batch + h * layout.q_head;
-    let mut i = unit;
-    while i < block_q * vectors {
-        let r = i / vectors;
-        let c = i % vectors;
-        let mut value = Vector::<E, N>::empty().fill(E::from_int(0));
-        if q0 + r < queries {
-            value = q[q_base + (q0 + r) * layout.q_row + c];
-        }
-        #[unroll]
-        for e in 0..width {
-            q_s[r * hs + c * width + e] = value[e];
-        }
-        i += units;
-    }
+    stage_queries::<E, N>(q, &mut q_s, layout, b * layout.q_batch + h * layout.q_head, q0, unit, units, block_q, vectors, hs);
 
-    // Keys seen by the cube's last row and by the plane's last row (rows past `queries` see no
-    // more than the last real one).
-    let mut end = keys;
-    let mut plane_end = keys;
-    if causal {
-        let last = q0 + block_q;
-        end = select(last < queries, last, queries) + keys - queries;
-        let plane_last = q0 + (plane + 1) * MMA_TILE;
-        plane_end = select(plane_last < queries, plane_last, queries) + keys - queries;
-    }
     // The softmax's row (`r` of the plane's 16) and half of each step's keys, for this lane.
     let r = lane % MMA_TILE;
     let half = lane / MMA_TILE;
@@ -1817,27 +1788,9 @@ fn mma_attention_kernel<E: Float, N: Size>(
 
     let mut k0 = 0usize;
     while k0 < end {
-        // The step's keys and values (zeros past the last: a zero value times a zero
-        // probability adds nothing, where stale memory could hold a NaN).
+        // The step's keys and values (zeros past the last).
         sync_cube();
-        let mut i = unit;
-        while i < MMA_KEYS * vectors {
-            let key = k0 + i / vectors;
-            let c = i % vectors;
-            let mut kv = Vector::<E, N>::empty().fill(E::from_int(0));
-            let mut vv = Vector::<E, N>::empty().fill(E::from_int(0));
-            if key < keys {
-                kv = k[k_base + key * layout.k_key + c];
-                vv = v[v_base + key * layout.v_key + c];
-            }
-            let at = (i / vectors) * hs + c * width;
-            #[unroll]
-            for e in 0..width {
-                k_s[at + e] = kv[e];
-                v_s[at + e] = vv[e];
-            }
-            i += units;
-        }
+        stage_keys_values::<E, N>(k, v, &mut k_s, &mut v_s, layout, k_base, v_base, k0, unit, units, MMA_KEYS, vectors, hs);
         sync_cube();
         let active = k0 < plane_end;
 
@@ -1914,6 +1867,116 @@ fn mma_attention_kernel<E: Float, N: Size>(
                 output[(bh * queries + out_row) * head_dim + d] = E::cast_from(acc[i * columns + c] * factor);
             }
         }
+    }
+}
+
+/// Where a cube of the tensor-core flash kernels works ([`flash_cube`]).
+#[derive(CubeType)]
+struct FlashCube {
+    /// Its (batch, head), batch, head and key/value head.
+    bh: usize,
+    b: usize,
+    h: usize,
+    hk: usize,
+    /// Its first query row.
+    q0: usize,
+    /// Keys seen by its last row and by the last row of the calling unit's plane (rows past
+    /// `queries` see no more than the last real one).
+    end: usize,
+    plane_end: usize,
+}
+
+/// [`FlashCube`] of the cube at `CUBE_POS` ([`MMA_PLANES`] planes of 16 query rows of one
+/// (batch, head)) for a unit of plane `plane`.
+#[cube]
+fn flash_cube(layout: &FlashLayout, plane: usize, #[comptime] causal: bool) -> FlashCube {
+    let bh = CUBE_POS_Y as usize;
+    let h = bh % layout.heads;
+    let q0 = CUBE_POS_X as usize * MMA_PLANES * MMA_TILE;
+    let (queries, keys) = (layout.queries, layout.keys);
+    let mut end = keys;
+    let mut plane_end = keys;
+    if causal {
+        let last = q0 + MMA_PLANES * MMA_TILE;
+        end = select(last < queries, last, queries) + keys - queries;
+        let plane_last = q0 + (plane + 1) * MMA_TILE;
+        plane_end = select(plane_last < queries, plane_last, queries) + keys - queries;
+    }
+    FlashCube { bh, b: bh / layout.heads, h, hk: h / layout.group, q0, end, plane_end }
+}
+
+/// The flash kernels' staging of a cube's `block_q` query rows from `q0` (zero rows past the
+/// last query) into `q_s`, rows `stride` values apart, by units `unit, unit + units, …` of
+/// `vectors` loads per row from `q_base`.
+#[cube]
+#[allow(clippy::too_many_arguments)]
+fn stage_queries<E: Float, N: Size>(
+    q: &Array<Vector<E, N>>,
+    q_s: &mut SharedMemory<E>,
+    layout: &FlashLayout,
+    q_base: usize,
+    q0: usize,
+    unit: usize,
+    units: usize,
+    #[comptime] block_q: usize,
+    #[comptime] vectors: usize,
+    #[comptime] stride: usize,
+) {
+    let width = N::value();
+    let mut i = unit;
+    while i < block_q * vectors {
+        let r = i / vectors;
+        let c = i % vectors;
+        let mut value = Vector::<E, N>::empty().fill(E::from_int(0));
+        if q0 + r < layout.queries {
+            value = q[q_base + (q0 + r) * layout.q_row + c];
+        }
+        #[unroll]
+        for e in 0..width {
+            q_s[r * stride + c * width + e] = value[e];
+        }
+        i += units;
+    }
+}
+
+/// The flash kernels' staging of keys and values `k0..k0 + rows` into `k_s` and `v_s`, rows
+/// `stride` values apart (zeros past the last key: a zero value times a zero probability adds
+/// nothing, where stale memory could hold a NaN).
+#[cube]
+#[allow(clippy::too_many_arguments)]
+fn stage_keys_values<E: Float, N: Size>(
+    k: &Array<Vector<E, N>>,
+    v: &Array<Vector<E, N>>,
+    k_s: &mut SharedMemory<E>,
+    v_s: &mut SharedMemory<E>,
+    layout: &FlashLayout,
+    k_base: usize,
+    v_base: usize,
+    k0: usize,
+    unit: usize,
+    units: usize,
+    #[comptime] rows: usize,
+    #[comptime] vectors: usize,
+    #[comptime] stride: usize,
+) {
+    let width = N::value();
+    let mut i = unit;
+    while i < rows * vectors {
+        let key = k0 + i / vectors;
+        let c = i % vectors;
+        let mut kv = Vector::<E, N>::empty().fill(E::from_int(0));
+        let mut vv = Vector::<E, N>::empty().fill(E::from_int(0));
+        if key < layout.keys {
+            kv = k[k_base + key * layout.k_key + c];
+            vv = v[v_base + key * layout.v_key + c];
+        }
+        let at = (i / vectors) * stride + c * width;
+        #[unroll]
+        for e in 0..width {
+            k_s[at + e] = kv[e];
+            v_s[at + e] = vv[e];
+        }
+        i += units;
     }
 }
 
@@ -1994,18 +2057,13 @@ fn mma_attention_fragments_kernel<E: Float, N: Size>(
     #[comptime] causal: bool,
     #[define(E)] _dtype: StorageType,
 ) {
-    let bh = CUBE_POS_Y as usize;
-    let b = bh / layout.heads;
-    let h = bh % layout.heads;
-    let hk = h / layout.group;
     let (queries, keys) = (layout.queries, layout.keys);
     let plane = UNIT_POS_Y as usize;
     let lane = UNIT_POS_X as usize;
     let unit = plane * MMA_LANES + lane;
     let units = MMA_PLANES * MMA_LANES;
     let block_q = MMA_PLANES * MMA_TILE;
-    let q0 = CUBE_POS_X as usize * block_q;
-    let width = N::value();
+    let FlashCube { bh, b, h, hk, q0, end, plane_end } = flash_cube(layout, plane, causal);
     let (g, t) = (lane / 4, lane % 4);
     // `ldmatrix`: lane `l` gives the address of row `l % 8` of matrix `l / 8`.
     let (matrix, matrix_row) = (lane / 8, lane % 8);
@@ -2020,21 +2078,7 @@ fn mma_attention_fragments_kernel<E: Float, N: Size>(
     let mut v_s = SharedMemory::<E>::new_aligned(MMA_FRAGMENT_KEYS * stride, 32usize);
 
     // The cube's queries, zero rows past the last.
-    let q_base = b * layout.q_batch + h * layout.q_head;
-    let mut i = unit;
-    while i < block_q * vectors {
-        let r = i / vectors;
-        let c = i % vectors;
-        let mut value = Vector::<E, N>::empty().fill(E::from_int(0));
-        if q0 + r < queries {
-            value = q[q_base + (q0 + r) * layout.q_row + c];
-        }
-        #[unroll]
-        for e in 0..width {
-            q_s[r * stride + c * width + e] = value[e];
-        }
-        i += units;
-    }
+    stage_queries::<E, N>(q, &mut q_s, layout, b * layout.q_batch + h * layout.q_head, q0, unit, units, block_q, vectors, stride);
     sync_cube();
     let mma = cmma::MmaDefinition::<E, E, f32>::new(16usize, 8usize, 16usize);
     // The plane's A fragments of the queries, 4 registers per 16 values of head_dim: matrices
@@ -2050,19 +2094,12 @@ fn mma_attention_fragments_kernel<E: Float, N: Size>(
         }
     }
 
-    // Keys seen by the cube's last row, by the plane's last row, and by this lane's rows g and
-    // g + 8 (rows past `queries` see no more than the last real one).
-    let mut end = keys;
-    let mut plane_end = keys;
+    // Keys seen by this lane's rows g and g + 8.
     let row_lo = q0 + plane * MMA_TILE + g;
     let row_hi = row_lo + 8;
     let mut sees_lo = keys;
     let mut sees_hi = keys;
     if causal {
-        let last = q0 + block_q;
-        end = select(last < queries, last, queries) + keys - queries;
-        let plane_last = q0 + (plane + 1) * MMA_TILE;
-        plane_end = select(plane_last < queries, plane_last, queries) + keys - queries;
         sees_lo = min(row_lo + 1 + keys - queries, keys);
         sees_hi = min(row_hi + 1 + keys - queries, keys);
     }
@@ -2082,27 +2119,9 @@ fn mma_attention_fragments_kernel<E: Float, N: Size>(
 
     let mut k0 = 0usize;
     while k0 < end {
-        // The step's keys and values (zeros past the last: a zero value times a zero
-        // probability adds nothing, where stale memory could hold a NaN).
+        // The step's keys and values (zeros past the last).
         sync_cube();
-        let mut i = unit;
-        while i < MMA_FRAGMENT_KEYS * vectors {
-            let key = k0 + i / vectors;
-            let c = i % vectors;
-            let mut kv = Vector::<E, N>::empty().fill(E::from_int(0));
-            let mut vv = Vector::<E, N>::empty().fill(E::from_int(0));
-            if key < keys {
-                kv = k[k_base + key * layout.k_key + c];
-                vv = v[v_base + key * layout.v_key + c];
-            }
-            let at = (i / vectors) * stride + c * width;
-            #[unroll]
-            for e in 0..width {
-                k_s[at + e] = kv[e];
-                v_s[at + e] = vv[e];
-            }
-            i += units;
-        }
+        stage_keys_values::<E, N>(k, v, &mut k_s, &mut v_s, layout, k_base, v_base, k0, unit, units, MMA_FRAGMENT_KEYS, vectors, stride);
         sync_cube();
         if k0 < plane_end {
             // Scores: tile n holds keys 8n.. of the step.
