@@ -26,10 +26,10 @@ echo "pack of $(head -1 .gpu/commit.txt)"
 timed_folders s31a
 cd $R
 for dt in bf16 f16; do
-  LIMIT=${TEST_S:-200} job mma-$dt env PHI3V_TEST_DEVICES=cuda:0:$dt PHI3V_TEST_MMA_READS=3 $B/kernels tensor_core --nocapture
+  LIMIT=${TEST_S:-170} job mma-$dt env PHI3V_TEST_DEVICES=cuda:0:$dt PHI3V_TEST_MMA_READS=3 $B/kernels tensor_core --nocapture
 done
-LIMIT=${TEST_S:-200} job decode-bf16 env PHI3V_TEST_DEVICES=cuda:0:bf16,cuda:0:f16 $B/kernels decode_attention_equals --nocapture
-LIMIT=${TEST_S:-200} job kernels-bf16 env PHI3V_TEST_DEVICES=cuda:0:bf16 $B/kernels kernels_equal --nocapture
+LIMIT=${TEST_S:-170} job decode-bf16 env PHI3V_TEST_DEVICES=cuda:0:bf16,cuda:0:f16 $B/kernels decode_attention_equals --nocapture
+LIMIT=${TEST_S:-170} job kernels-bf16 env PHI3V_TEST_DEVICES=cuda:0:bf16 $B/kernels kernels_equal --nocapture
 wait; collect; cp /tmp/res/mma-* /tmp/res/decode-* /tmp/res/kernels-* $RS/ 2>/dev/null
 echo "=== kernels (flash attention as mma, register fragments)"; grep -hE "test result|panicked|rc=|FAIL|as mma|mma attention:|fragments" $W/kernels-bf16/out.txt $W/kernels-bf16/err.txt | grep -E "FAIL|test result|panicked|rc=|mma attention:|577, 577|200 queries|never|fragments" | cut -c1-230 | head -14
 echo "=== decode"; grep -hE "test result|panicked|rc=|FAIL|\[1, 32/32 heads, 1024 keys|lengths \[1024" $W/decode-bf16/out.txt $W/decode-bf16/err.txt | cut -c1-230 | head -12
@@ -53,7 +53,7 @@ VARIANTS=("def:" "w64:PHI3V_MMA_LINEAR=16,64,4,3,2 $ON=mma_fragments_waves" "w64
   "runs:$ON=mma_linear_runs" "w32:$ON=mma_fragments_waves" "w64p32:PHI3V_MMA_LINEAR=32,64,4,3,2 $ON=mma_fragments_waves"
   "w64p8:PHI3V_MMA_LINEAR=8,64,4,3,4 $ON=mma_fragments_waves" "reg:PHI3V_MMA_LINEAR=8,64,4,1,1" "early:$ON=decode_attention_early_values"
   "def2:" "w64b:PHI3V_MMA_LINEAR=16,64,4,3,2 $ON=mma_fragments_waves" "early2:$ON=decode_attention_early_values")
-BD_S=${BD_S:-35} breakdown_variants ${BD_UNTIL:-330} "${VARIANTS[@]}" > /dev/null
+BD_S=${BD_S:-35} breakdown_variants ${BD_UNTIL:-290} "${VARIANTS[@]}" > /dev/null
 BEST=$(python3 $R/bench/breakdown_projections.py --prefix PHI3V_ "$RS" "${VARIANTS[@]}")
 # The attention's µs per call of a breakdown variant, and the early values added to BEST's
 # switches where both of their runs beat both of the default's.
@@ -65,7 +65,7 @@ if [ -n "$A" ] && [ -n "$E" ] && python3 -c "import sys; sys.exit(0 if $E < $A e
 fi
 echo "fastest variant: ${BEST:-none} at $SECONDS s"
 GEN="--scenarios generation --shapes 1024x128 --warmup 1 --runs 8 --generation-runs 1 --batching engine --parallel 10"
-if [ $SECONDS -lt ${GEN_UNTIL:-330} ]; then
+if [ $SECONDS -lt ${GEN_UNTIL:-320} ]; then
   TAIL=1 bench_parts $RS "gen-compile::${GEN_S:-45}:$GEN" "gen-default-1::${GEN_S:-45}:$GEN" ${BEST:+"gen-best-1:$BEST:${GEN_S:-45}:$GEN"} \
     "gen-default-2::${GEN_S:-45}:$GEN" ${BEST:+"gen-best-2:$BEST:${GEN_S:-45}:$GEN"} > /dev/null
   grep -H "^generation" $RS/gen-*.log | cut -c1-220
@@ -75,7 +75,7 @@ B1=("b1-def:" "b1-s442:PHI3V_SKINNY=4,4,2" "b1-s421:PHI3V_SKINNY=4,2,1" "b1-s841
   "b1-def2:" "b1-after2:$ON=skinny_norm_after" "b1-both:$ON=skinny_norm_after,decode_attention_early_values")
 for part in "${B1[@]}"; do
   IFS=: read -r name vars <<< "$part"
-  [ $SECONDS -gt ${B1_UNTIL:-380} ] && { echo "=== breakdown $name: no time left ($SECONDS s)"; continue; }
+  [ $SECONDS -gt ${B1_UNTIL:-400} ] && { echo "=== breakdown $name: no time left ($SECONDS s)"; continue; }
   env $vars timeout ${BD_S:-35} $B/phi3v bench breakdown --preset phi3v-128k --device cuda --dtype bf16 --prefill 0 --no-image \
     --warmup 3 --runs 20 --decode-batches 1 --out $RS/bd-$name > $RS/bd-$name.log 2>&1
   grep -E "panicked|rror" $RS/bd-$name.log | head -2 | cut -c1-200
@@ -83,11 +83,11 @@ done
 python3 $R/bench/breakdown_projections.py --prefix PHI3V_ "$RS" "${B1[@]}" > /dev/null
 grep -H "whole step" $RS/bd-b1-*/breakdown.md | sed 's|.*/bd-||' | cut -c1-120
 BD1=(bench breakdown --preset phi3v-128k --device cuda --dtype bf16 --prefill 0 --no-image --decode-batches 10 --warmup 0 --runs 1)
-if [ $SECONDS -lt ${NCU_UNTIL:-380} ]; then
+if [ $SECONDS -lt ${NCU_UNTIL:-420} ]; then
   env PHI3V_MMA_LINEAR=16,64,4,3,2 $ON=mma_fragments_waves timeout ${NCU_S:-40} $NCU --kernel-name regex:mma_linear_fragments --launch-count 4 $NCU_SECTIONS $B/phi3v "${BD1[@]}" --out $RS/ncu-bd > $RS/ncu-waves.txt 2>&1
   echo "=== ncu waves rc=$?"; ncu_report $RS/ncu-waves.txt | grep -v "µs$" | grep -E "mma_linear|DRAM|Duration|Registers|Theoretical|Achieved|Grid|Block Limit"
 fi
-if [ $SECONDS -lt ${NCU_UNTIL:-420} ]; then
+if [ $SECONDS -lt ${NCU2_UNTIL:-450} ]; then
   timeout ${NCU_S:-40} $NCU --kernel-name regex:skinny --launch-count 4 $NCU_SECTIONS $B/phi3v "${BD1[@]:0:11}" --decode-batches 1 --warmup 0 --runs 1 --out $RS/ncu-b1 > $RS/ncu-skinny.txt 2>&1
   echo "=== ncu skinny b=1 rc=$?"; ncu_report $RS/ncu-skinny.txt | grep -v "µs$"
 fi
