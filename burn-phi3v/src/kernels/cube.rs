@@ -2145,16 +2145,7 @@ fn mma_attention_fragments_kernel<E: Float, N: Size>(
                     let kb = mma.load_matrix::<E, Const<2>>(&k_s.slice(at, at + 8), cmma::MatrixIdent::B, 4usize, false);
                     #[unroll]
                     for half in 0..2usize {
-                        let n = 2 * pair + half;
-                        let mut bb = Array::<Vector<E, Const<2>>>::new(2usize);
-                        bb[0] = kb[2 * half];
-                        bb[1] = kb[2 * half + 1];
-                        let mut cc = Array::<Vector<f32, Const<2>>>::new(2usize);
-                        cc[0] = s[2 * n];
-                        cc[1] = s[2 * n + 1];
-                        let d = mma.execute::<Const<2>, Const<2>, Const<2>>(&a, &bb, &cc);
-                        s[2 * n] = d[0];
-                        s[2 * n + 1] = d[1];
+                        mma_step::<E>(&a, kb[2 * half], kb[2 * half + 1], &mut s, comptime!(2 * pair + half));
                     }
                 }
             }
@@ -2228,16 +2219,7 @@ fn mma_attention_fragments_kernel<E: Float, N: Size>(
                     let vb = mma.load_matrix::<E, Const<2>>(&v_s.slice(at, at + 8), cmma::MatrixIdent::B, 4usize, true);
                     #[unroll]
                     for half in 0..2usize {
-                        let x = 2 * c + half;
-                        let mut bb = Array::<Vector<E, Const<2>>>::new(2usize);
-                        bb[0] = vb[2 * half];
-                        bb[1] = vb[2 * half + 1];
-                        let mut cc = Array::<Vector<f32, Const<2>>>::new(2usize);
-                        cc[0] = out[2 * x];
-                        cc[1] = out[2 * x + 1];
-                        let d = mma.execute::<Const<2>, Const<2>, Const<2>>(&a, &bb, &cc);
-                        out[2 * x] = d[0];
-                        out[2 * x + 1] = d[1];
+                        mma_step::<E>(&a, vb[2 * half], vb[2 * half + 1], &mut out, comptime!(2 * c + half));
                     }
                 }
             }
@@ -3737,7 +3719,6 @@ fn mma_fragments_block<E: Float, N: Size>(
     acc: &mut Array<Vector<f32, Const<2>>>,
     #[comptime] b_tiles: usize,
 ) {
-    let mma = cmma::MmaDefinition::<E, E, f32>::new(16usize, 8usize, 16usize);
     #[unroll]
     for h in 0..2usize {
         // The A registers: (row g, columns 2t, 2t + 1), (row g + 8, same), (row g, columns
@@ -3751,17 +3732,26 @@ fn mma_fragments_block<E: Float, N: Size>(
         for i in 0..b_tiles {
             let wv = w[w_at + i];
             // The B registers: (rows 2t, 2t + 1, column g), (rows 2t + 8, 2t + 9, column g).
-            let mut b = Array::<Vector<E, Const<2>>>::new(2usize);
-            b[0] = fragment_pair::<E, N>(wv, comptime!(4 * h));
-            b[1] = fragment_pair::<E, N>(wv, comptime!(4 * h + 2));
-            let mut c = Array::<Vector<f32, Const<2>>>::new(2usize);
-            c[0] = acc[2 * i];
-            c[1] = acc[2 * i + 1];
-            let d = mma.execute::<Const<2>, Const<2>, Const<2>>(&a, &b, &c);
-            acc[2 * i] = d[0];
-            acc[2 * i + 1] = d[1];
+            mma_step::<E>(&a, fragment_pair::<E, N>(wv, comptime!(4 * h)), fragment_pair::<E, N>(wv, comptime!(4 * h + 2)), acc, i);
         }
     }
+}
+
+/// One `mma.m16n8k16` step of the register-fragment kernels: the 8-column tile `tile` of
+/// `acc` (its rows g and g + 8 at `acc[2 · tile]` and `acc[2 · tile + 1]`, PTX's accumulator
+/// layout) plus the A registers `a` times the B registers `b0`, `b1`.
+#[cube]
+fn mma_step<E: Float>(a: &Array<Vector<E, Const<2>>>, b0: Vector<E, Const<2>>, b1: Vector<E, Const<2>>, acc: &mut Array<Vector<f32, Const<2>>>, #[comptime] tile: usize) {
+    let mma = cmma::MmaDefinition::<E, E, f32>::new(16usize, 8usize, 16usize);
+    let mut b = Array::<Vector<E, Const<2>>>::new(2usize);
+    b[0] = b0;
+    b[1] = b1;
+    let mut c = Array::<Vector<f32, Const<2>>>::new(2usize);
+    c[0] = acc[2 * tile];
+    c[1] = acc[2 * tile + 1];
+    let d = mma.execute::<Const<2>, Const<2>, Const<2>>(a, &b, &c);
+    acc[2 * tile] = d[0];
+    acc[2 * tile + 1] = d[1];
 }
 
 /// Values `at` and `at + 1` of `v` as one register of two.
