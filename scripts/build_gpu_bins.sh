@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds (here, 2 cores: ~30 min from clean) the release binaries the device scripts run and
-# packs them into .gpu/bin as .xz (carry .gpu; gpu_env.sh unpacks them): phi3v (cuda, wgpu,
+# packs them into .gpu/bin as .xz (carry .gpu; gpu_env.sh unpacks them): phi3v (cuda, wgpu with vulkan,
 # plugin), phi3v-plugin-conformance, phi3v-logits-diff, phi3v-parity, the test binaries
 # engine, matmul_k_stages and kernels, and the plugins libphi3v_plugin_cuda.so and
 # libphi3v_plugin_iluvatar.so.
@@ -10,7 +10,7 @@ cd "$(dirname "$0")/.."
 # to check before it carries an old pack: .gpu/commit.txt.
 mkdir -p .gpu && { git rev-parse HEAD; git status --short --untracked-files=no | sed 's/^/changed: /'; } > .gpu/commit.txt
 P="-p phi3v-cli -p phi3v-tests -p phi3v-plugin-cuda -p phi3v-plugin-iluvatar"
-F=phi3v-cli/cuda,phi3v-cli/wgpu,phi3v-cli/plugin,phi3v-tests/cuda,phi3v-tests/wgpu,phi3v-tests/plugin
+F=phi3v-cli/cuda,phi3v-cli/wgpu,phi3v-cli/vulkan,phi3v-cli/plugin,phi3v-tests/cuda,phi3v-tests/wgpu,phi3v-tests/plugin
 cargo build --release $P --features $F
 mkdir -p .gpu/bin && rm -f .gpu/bin/*
 for f in phi3v phi3v-plugin-conformance phi3v-logits-diff phi3v-parity libphi3v_plugin_cuda.so libphi3v_plugin_iluvatar.so; do
