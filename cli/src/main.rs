@@ -224,6 +224,8 @@ fn tokenize(args: &TokenizeArgs) -> CliResult<()> {
 fn devices() {
     let list = phi3v_devices::available_devices();
     println!("compiled backends: {}", phi3v_devices::compiled_backends().join(", "));
+    #[cfg(feature = "wgpu")]
+    println!("wgpu kernels on Vulkan: {} (feature `vulkan`: SPIR-V)", burn_phi3v::backends::wgpu::VULKAN_KERNELS);
     if let Some(cache) = KERNEL_CACHE.get() {
         println!("kernel cache: {cache} (--kernel-cache)");
     }

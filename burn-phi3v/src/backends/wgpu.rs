@@ -1,7 +1,9 @@
 //! The wgpu backend (feature `wgpu`): Burn's wgpu backend (CubeCL kernels as WGSL) on Vulkan,
 //! Metal or DX12, with autotune; Burn's fusion is opt-in (feature `fusion`: see
 //! docs/parity.md). f32 by default; f16 where the adapter has `SHADER_F16`; no bf16 (WGSL has
-//! no bf16 arithmetic).
+//! no bf16 arithmetic). With the feature `vulkan`, Vulkan adapters get their kernels as SPIR-V
+//! from CubeCL's own compiler instead, with cooperative matrices (tensor cores) where the driver
+//! offers `VK_KHR_cooperative_matrix` ([`VULKAN_KERNELS`]).
 
 use burn::backend::wgpu::{WgpuDevice, graphics};
 use crate::device::DeviceInfo;
@@ -14,6 +16,10 @@ pub use burn::backend::wgpu::WgpuDevice as Device;
 
 /// The default compute dtype.
 pub const DEFAULT_DTYPE: DType = DType::F32;
+
+/// The language Vulkan adapters get their kernels in: `SPIR-V` with the feature `vulkan`
+/// (CubeCL's compiler), else `WGSL` (translated by wgpu). Other graphics APIs always get WGSL.
+pub const VULKAN_KERNELS: &str = if cfg!(feature = "vulkan") { "SPIR-V" } else { "WGSL" };
 
 /// One adapter wgpu can see.
 #[derive(Debug, Clone)]
