@@ -49,12 +49,15 @@ for part in "att-frag:" "att-staged:PHI3V_KERNELS_OFF=mma_attention_fragments"; 
 done
 timeout 40 python3 $R/bench/peer_attention.py --dtype bf16 --shapes "$SHAPES" --out $RS/peer-att-bf16.json 2>&1 | tail -4
 ON=PHI3V_KERNELS_ON
-VARIANTS=("def:" "w64:PHI3V_MMA_LINEAR=16,64,4,3,2 $ON=mma_fragments_waves" "w64r:PHI3V_MMA_LINEAR=16,64,4,3,2 $ON=mma_fragments_waves,mma_linear_runs"
-  "runs:$ON=mma_linear_runs" "w32:$ON=mma_fragments_waves" "w64p32:PHI3V_MMA_LINEAR=32,64,4,3,2 $ON=mma_fragments_waves"
-  "w64p8:PHI3V_MMA_LINEAR=8,64,4,3,4 $ON=mma_fragments_waves" "reg:PHI3V_MMA_LINEAR=8,64,4,1,1" "early:$ON=decode_attention_early_values"
-  "def2:" "w64b:PHI3V_MMA_LINEAR=16,64,4,3,2 $ON=mma_fragments_waves" "early2:$ON=decode_attention_early_values")
+# In order of what decides most (a short call runs the first ones): default, whole waves, early
+# values, then their repeats, then the other shapes.
+VARIANTS=("def:" "w64:PHI3V_MMA_LINEAR=16,64,4,3,2 $ON=mma_fragments_waves" "early:$ON=decode_attention_early_values"
+  "w64r:PHI3V_MMA_LINEAR=16,64,4,3,2 $ON=mma_fragments_waves,mma_linear_runs" "def2:" "w64b:PHI3V_MMA_LINEAR=16,64,4,3,2 $ON=mma_fragments_waves"
+  "early2:$ON=decode_attention_early_values" "runs:$ON=mma_linear_runs" "w32:$ON=mma_fragments_waves"
+  "w64p32:PHI3V_MMA_LINEAR=32,64,4,3,2 $ON=mma_fragments_waves" "w64p8:PHI3V_MMA_LINEAR=8,64,4,3,4 $ON=mma_fragments_waves" "reg:PHI3V_MMA_LINEAR=8,64,4,1,1")
 BD_S=${BD_S:-35} breakdown_variants ${BD_UNTIL:-290} "${VARIANTS[@]}" > /dev/null
 BEST=$(python3 $R/bench/breakdown_projections.py --prefix PHI3V_ "$RS" "${VARIANTS[@]}")
+grep -H "whole step" $RS/bd-*/breakdown.md 2>/dev/null | grep -v "bd-b1-" | sed 's|.*/bd-||' | cut -c1-120
 # The attention's µs per call of a breakdown variant, and the early values added to BEST's
 # switches where both of their runs beat both of the default's.
 att() { grep -h "^| attention |" $RS/bd-$1/breakdown.md 2>/dev/null | awk -F'|' '{print $4+0}'; }
