@@ -313,12 +313,19 @@ impl KernelJob {
             compare(format!("flash_attention{tiling} [{batch}, {heads}/{kv_heads} heads, {queries} queries, {keys} keys, {head_dim}] {how}"), Terms::Dtype(ATTENTION_TERMS), outputs);
         };
         let flash_cases = [(1, 4, 4, 70, 70, 96, true), (2, 3, 3, 20, 50, 64, true), (2, 2, 2, 33, 33, 64, false), (1, 4, 2, 17, 40, 32, false), (1, 2, 1, 130, 130, 128, true)];
-        // Under Burn's attention and under the default, `Auto` (`scores`).
+        // Under Burn's attention and under the default, `Auto`: the tensor-core flash kernel
+        // from register fragments where it runs (CUDA, f16/bf16), `scores` elsewhere, never the
+        // staged tensor-core kernel (slower than `scores` at CLIP's shape).
         let default_flash = kernels::flash_attention_choice();
         for choice in [kernels::FlashAttention::Burn, kernels::FlashAttention::Auto] {
             assert!(kernels::set_flash_attention(choice));
+            let (mma_before, fragments_before) = (kernels::mma_attention_count(), kernels::mma_attention_fragment_count());
             for (batch, heads, kv_heads, queries, keys, head_dim, causal) in flash_cases {
                 flash(batch, heads, kv_heads, queries, keys, head_dim, causal, &format!(" as {choice:?}"), None);
+            }
+            let (mma_ran, fragments_ran) = (kernels::mma_attention_count() - mma_before, kernels::mma_attention_fragment_count() - fragments_before);
+            if mma_ran != fragments_ran {
+                problems.push(format!("{choice:?} ran the staged tensor-core flash kernel {} times", mma_ran - fragments_ran));
             }
         }
         // CubeCL's tensor-core flash attention at tilings Burn's autotune does not try
@@ -394,7 +401,7 @@ impl KernelJob {
         assert_eq!(kernels::FlashAttention::parse("0"), Some(kernels::FlashAttention::Burn));
         assert_eq!(kernels::FlashAttention::parse("auto"), Some(kernels::FlashAttention::Auto));
         assert_eq!(kernels::FlashAttention::parse(""), Some(kernels::FlashAttention::Auto));
-        assert_eq!(kernels::FlashAttention::Auto.resolve(), kernels::FlashAttention::Scores);
+        assert_eq!(kernels::FlashAttention::Auto.resolve(), kernels::FlashAttention::Mma);
         assert_eq!(kernels::FlashAttention::Burn.resolve(), kernels::FlashAttention::Burn);
         assert_eq!(kernels::FlashAttention::parse("4,1"), None);
 

@@ -229,8 +229,8 @@ where
         }
     }
 
-    fn mma_attention(q: FloatTensor<Self>, k: FloatTensor<Self>, v: FloatTensor<Self>, causal: bool) -> Option<FloatTensor<Self>> {
-        if !runs_here(&q.client) {
+    fn mma_attention(q: FloatTensor<Self>, k: FloatTensor<Self>, v: FloatTensor<Self>, causal: bool, staged: bool) -> Option<FloatTensor<Self>> {
+        if !runs_here(&q.client) || (!staged && !(super::kernel_on("mma_attention_fragments") && mma_attention_fragments_refusal(&q.client, q.dtype).is_none())) {
             return None;
         }
         let shape = q.meta.shape().clone();

@@ -183,14 +183,19 @@ pub trait Kernels: Backend {
     }
 
     /// [`Kernels::flash_attention`] by a flash kernel on tensor cores ([`FlashAttention::Mma`]):
-    /// f16 or bf16 operands, f32 sums, `causal` aligned bottom-right. `None` where the backend
-    /// has no such kernel or the kernel cannot take the problem here (each reason recorded for
-    /// [`flash_attention_refusals`]); the caller then takes [`scores_attention`].
+    /// f16 or bf16 operands, f32 sums, `causal` aligned bottom-right. `staged`: whether the
+    /// kernel that stages its scores in shared memory may run where the one that keeps them in
+    /// register fragments cannot ([`FlashAttention::Mma`] asks for it; [`FlashAttention::Auto`]
+    /// does not, the staged kernel being slower than [`scores_attention`] at CLIP's shape and
+    /// at 4096 tokens). `None` where the backend has no such kernel or the kernel cannot take
+    /// the problem here (each reason recorded for [`flash_attention_refusals`], except the
+    /// register fragments' absence when `staged` is false); the caller then takes
+    /// [`scores_attention`].
     ///
     /// # Shapes
     /// as [`Kernels::flash_attention`]
-    fn mma_attention(q: FloatTensor<Self>, k: FloatTensor<Self>, v: FloatTensor<Self>, causal: bool) -> Option<FloatTensor<Self>> {
-        let _ = (q, k, v, causal);
+    fn mma_attention(q: FloatTensor<Self>, k: FloatTensor<Self>, v: FloatTensor<Self>, causal: bool, staged: bool) -> Option<FloatTensor<Self>> {
+        let _ = (q, k, v, causal, staged);
         None
     }
 
@@ -678,17 +683,17 @@ pub fn fused_kernels() -> bool {
 /// few-row products on the CUDA-core skinny kernel where tensor cores could take them
 /// ([`MmaLinearTuning`]); `mma_linear_runs` off has the register-fragment product
 /// ([`MmaLinearReads::Fragments`]) take its planes' blocks of `d_in` one at a time, strided
-/// by the planes, instead of in runs of `depth` adjacent blocks; `mma_fragments_waves` on
-/// fits the register-fragment product's planes and columns per cube to whole waves of cubes
-/// on the device's multiprocessors (`chunk` is then the most columns, `planes` the fewest
-/// planes) instead of halving the columns to two cubes per multiprocessor;
+/// by the planes, instead of in runs of `depth` adjacent blocks; `mma_fragments_waves` off
+/// halves the register-fragment product's columns per cube to two cubes per multiprocessor
+/// instead of fitting its planes and columns per cube to whole waves of cubes on the device's
+/// multiprocessors (`chunk` the most columns, `planes` the fewest planes);
 /// `decode_attention_early_values` on has the decode attention's lanes load a tile's value
 /// rows together with its key rows (in flight during the scores' sums and the softmax) instead
 /// of after the softmax; `mma_attention_fragments` off has [`FlashAttention::Mma`] stage its
 /// scores and probabilities in shared memory for `cmma` tiles instead of keeping them in
-/// `mma.m16n8k16` register fragments; `skinny_norm_after` on has the skinny product with a
-/// norm before it sum each row's squares beside its products and scale the sums at the end,
-/// instead of a first pass over the input rows before the products.
+/// `mma.m16n8k16` register fragments; `skinny_norm_after` off has the skinny product with a
+/// norm before it make a first pass over the input rows before the products, instead of
+/// summing each row's squares beside its products and scaling the sums at the end.
 pub const KERNEL_NAMES: [&str; 24] = [
     "rms_norm",
     "layer_norm",
@@ -747,15 +752,17 @@ fn kernel_bit(name: &str) -> Option<u32> {
 const _: () = assert!(KERNEL_NAMES.len() <= 32, "one bit per kernel in a u32");
 
 /// Kernels off unless turned on (`PHI3V_KERNELS_ON` or [`set_kernel_on`]): not faster than
-/// what runs without them, or not yet run on a device that takes them. `mma_linear_runs`
-/// (session 30): the register-fragment product's planes in runs of adjacent blocks, right on
-/// the CPU and lavapipe (which never take the fragments), not yet run on a GPU; the default
-/// takes call 1's measured strided blocks. `mma_fragments_waves` (session 31): the same
-/// product's cubes fitted to whole waves, right on the CPU and lavapipe only;
-/// `decode_attention_early_values` and `skinny_norm_after` (session 31), likewise. (The two decode attention variants that were here,
-/// session 28's one lane per query value and session 29's rows copied into shared memory, right
-/// and slower, were removed in sessions 29 and 30, docs/kernels.md.)
-pub const KERNELS_OFF_BY_DEFAULT: [&str; 4] = ["mma_linear_runs", "mma_fragments_waves", "decode_attention_early_values", "skinny_norm_after"];
+/// what runs without them (docs/kernels.md). `mma_linear_runs` (session 30): the
+/// register-fragment product's planes in runs of adjacent blocks; on the H200 (session 32)
+/// its 10-row projections were 133.0–139.2 µs per layer against the strided blocks'
+/// 111.2–136.4. `decode_attention_early_values` (session 31): the decode attention's value rows
+/// loaded with its key rows; on the H200 (session 32) no faster at 10 rows (73.4 and 69.1 µs
+/// per layer against 71.0 and 67.8) nor at 1 row (whole step 4.15 ms against 4.16 and 4.18).
+/// (Session 31's `mma_fragments_waves` and `skinny_norm_after` were here until session 32
+/// measured them faster; the two decode attention variants that were here, session 28's one
+/// lane per query value and session 29's rows copied into shared memory, right and slower,
+/// were removed in sessions 29 and 30.)
+pub const KERNELS_OFF_BY_DEFAULT: [&str; 2] = ["mma_linear_runs", "decode_attention_early_values"];
 
 /// The kernels turned off, a bit each ([`kernel_bit`]): [`KERNELS_OFF_BY_DEFAULT`] less those
 /// `PHI3V_KERNELS_ON` names, and those `PHI3V_KERNELS_OFF` names (both comma-separated lists,
@@ -892,10 +899,12 @@ pub fn attention<B: Kernels>(q: Tensor<B, 4>, k: Tensor<B, 4>, v: Tensor<B, 4>, 
     let [_, kv_heads, keys, _] = k.dims();
     let grouped = kv_heads > 0 && heads.is_multiple_of(kv_heads);
     let flash = grouped && (!causal || keys >= queries) && kernel_on("flash_attention");
-    let choice = flash_attention_choice().resolve();
+    let asked = flash_attention_choice();
+    let choice = asked.resolve();
     if flash && matches!(choice, FlashAttention::Scores | FlashAttention::Mma) && (mask.is_none() || causal) {
+        let staged = asked == FlashAttention::Mma;
         if choice == FlashAttention::Mma
-            && let Some(out) = B::mma_attention(q.clone().into_primitive().tensor(), k.clone().into_primitive().tensor(), v.clone().into_primitive().tensor(), causal)
+            && let Some(out) = B::mma_attention(q.clone().into_primitive().tensor(), k.clone().into_primitive().tensor(), v.clone().into_primitive().tensor(), causal, staged)
         {
             return Tensor::from_primitive(TensorPrimitive::Float(out));
         }
@@ -1011,12 +1020,15 @@ pub const SCORES_KEY_ALIGN: usize = 8;
 /// sets it at any time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FlashAttention {
-    /// The default: [`FlashAttention::Scores`], causal or not, on every backend: the fastest of
-    /// the choices that are right on CUDA (H100, bf16, session 22: 159.5 µs against Burn's 628.4
-    /// at 1×32×1024×1024×96 causal; 961 against Burn's 1941 and the 4,2,2 tiles' 1047 at CLIP's
-    /// 17×16×577×64). Until session 22 the vision tower took [`FlashAttention::VISION_TILES`] on
-    /// CUDA: its outputs were wrong at 16-dim heads (the tiny checkpoints' CLIP), which put half
-    /// precision on CUDA off the fixtures (docs/parity.md, session 22).
+    /// The default: this crate's flash kernel on tensor cores with its scores in register
+    /// fragments ([`FlashAttention::Mma`] without its staged kernel) where it runs (CUDA, f16
+    /// and bf16), else [`FlashAttention::Scores`], causal or not. Session 32 (H200, bf16,
+    /// docs/kernels.md): 95.9–104.6 µs against `scores`' 111.4 at 1×32×1024×1024×96 causal,
+    /// 255.9–269.5 against 419.1–429.5 at CLIP's 17×16×577×64; the image encode at num_crops
+    /// 16 20.0 ms against 25.0. From session 22 to 31 `Scores` everywhere (the fastest of the
+    /// choices right on CUDA then); until session 22 the vision tower took
+    /// [`FlashAttention::VISION_TILES`] on CUDA, whose outputs were wrong at 16-dim heads
+    /// (docs/parity.md, session 22).
     Auto,
     /// Burn's attention (its autotune picks among its flash and composed kernels).
     Burn,
@@ -1049,8 +1061,10 @@ pub enum FlashAttention {
     /// tiles, steps of 64 keys, scores and probability·value products on 16×16×16 tiles with
     /// f32 sums, the online softmax in f32 between them), causal or not, grouped-query heads
     /// read in place; f16/bf16 on devices with such tiles, head dimensions 16, 32, 48, …, 128.
-    /// Elsewhere, [`FlashAttention::Scores`]. Opt-in (`PHI3V_FLASH_ATTENTION=mma`) until
-    /// measured on a GPU.
+    /// The scores stay in `mma.m16n8k16` register fragments where the device has them (CUDA;
+    /// `mma_attention_fragments`), else they are staged in shared memory for `cmma` tiles.
+    /// Elsewhere, [`FlashAttention::Scores`]. [`FlashAttention::Auto`] takes it without the
+    /// staged kernel.
     Mma,
 }
 
@@ -1061,11 +1075,12 @@ impl FlashAttention {
     /// CUDA until session 22.
     pub const VISION_TILES: Self = Self::Tiles { planes: 4, seq_q: 2, seq_kv: 2 };
 
-    /// The choice that runs: [`FlashAttention::Auto`]'s pick (the same with or without a causal
-    /// limit since session 22), any other choice itself.
+    /// The choice that runs: for [`FlashAttention::Auto`], [`FlashAttention::Mma`] (its
+    /// register-fragment kernel only, [`FlashAttention::Scores`] where that cannot run); any
+    /// other choice itself.
     pub fn resolve(self) -> Self {
         match self {
-            Self::Auto => Self::Scores,
+            Self::Auto => Self::Mma,
             choice => choice,
         }
     }
@@ -1546,8 +1561,8 @@ pub struct MmaLinearTuning {
     /// Planes per cube: 1, 2, 4, 8 or 16 (default).
     pub planes: usize,
     /// Values of `d_in` a plane stages at a time: 16, 32, 64, 128 or 256. With
-    /// [`MmaLinearReads::Fragments`] (the default), the output columns a cube owns (16, 32 —
-    /// the default — or 64; more take 64).
+    /// [`MmaLinearReads::Fragments`] (the default), the most output columns a cube owns (16, 32
+    /// or 64 — the default; more take 64).
     pub chunk: usize,
     /// Fewest rows the kernel takes, 1 to [`SKINNY_ROWS`] (default 4: up to 3 rows the skinny
     /// kernel also fuses the norm before the product).
@@ -1607,13 +1622,15 @@ impl MmaLinearReads {
 pub const MMA_LINEAR_HELD_VECTORS: usize = 32;
 
 impl Default for MmaLinearTuning {
-    /// Register fragments, 16 planes, cubes of up to 32 columns, 2 blocks in flight: on
-    /// the H100 (docs/kernels.md session 30) the fastest of the shapes tried, its projections
-    /// at 10 rows 134.4 µs per layer against the `cmma` register kernel's 145.0 in the same
-    /// call, generation level (132.8 against 130.9 tokens/s per request). Where the fragments
-    /// are refused, [`Self::REGISTERS`].
+    /// Register fragments, 16 planes, cubes of up to 64 columns (fitted to whole waves of the
+    /// device with `mma_fragments_waves`, on by default), 2 blocks in flight. Session 30 (H100):
+    /// fragments with cubes of up to 32 columns, projections at 10 rows 134.4 µs per layer
+    /// against the `cmma` register kernel's 145.0. Session 32 (H200, docs/kernels.md): whole
+    /// waves from up to 64 columns, 10 parallel requests 145.5 tokens/s each (median of six
+    /// runs) against 141.5 for 32 columns without waves, alternating in the same calls. Where
+    /// the fragments are refused, [`Self::REGISTERS`].
     fn default() -> Self {
-        Self { planes: 16, chunk: 32, min_rows: 4, reads: MmaLinearReads::Fragments, depth: 2 }
+        Self { planes: 16, chunk: 64, min_rows: 4, reads: MmaLinearReads::Fragments, depth: 2 }
     }
 }
 
