@@ -230,7 +230,12 @@ where
     }
 
     fn mma_attention(q: FloatTensor<Self>, k: FloatTensor<Self>, v: FloatTensor<Self>, causal: bool, staged: bool) -> Option<FloatTensor<Self>> {
-        if !runs_here(&q.client) || (!staged && !(super::kernel_on("mma_attention_fragments") && mma_attention_fragments_refusal(&q.client, q.dtype).is_none())) {
+        if !runs_here(&q.client) {
+            return None;
+        }
+        // Without `staged`, only where the register-fragment kernel runs (no refusal recorded).
+        let fragments = super::kernel_on("mma_attention_fragments") && mma_attention_fragments_refusal(&q.client, q.dtype).is_none();
+        if !staged && !fragments {
             return None;
         }
         let shape = q.meta.shape().clone();
