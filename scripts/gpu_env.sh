@@ -119,7 +119,7 @@ attention_ab() {
     timeout 40 python3 $R/bench/peer_attention.py --dtype $dt --shapes "$shapes" --out $dir/peer-att-$dt.json 2>&1 | tail -5
   done
 }
-# breakdown_variants UNTIL NAME:VARS…: the decode breakdown at 10 rows after 1024 tokens (bf16,
+# breakdown_variants UNTIL NAME:VARS…: the decode breakdown at ${BD_ROWS:-10} rows after 1024 tokens (bf16,
 # phi3v-128k shapes, no prefill; ${BD_S:-40} s each) once per variant, its environment VARS set
 # for that run only (none: empty), results in $RS/bd-NAME; skips the variants left when the
 # call has run UNTIL seconds. Prints each run's stages and any panic.
@@ -129,7 +129,7 @@ breakdown_variants() {
     IFS=: read -r name vars <<< "$part"
     [ $SECONDS -gt $until ] && { echo "=== breakdown $name: no time left ($SECONDS s)"; continue; }
     env $vars timeout ${BD_S:-40} $B/phi3v bench breakdown --preset phi3v-128k --device cuda --dtype bf16 --prefill 0 --no-image \
-      --warmup 3 --runs 20 --decode-batches 10 --out $RS/bd-$name > $RS/bd-$name.log 2>&1
+      --warmup 3 --runs 20 --decode-batches ${BD_ROWS:-10} --out $RS/bd-$name > $RS/bd-$name.log 2>&1
     echo "=== breakdown $name (${vars:-defaults}) rc=$? at $SECONDS s"
     grep -E "proj|attention \||whole" $RS/bd-$name/breakdown.md 2>/dev/null | grep -v "^# " | cut -c1-110 | head -7
     grep -E "panicked|rror" $RS/bd-$name.log | head -2 | cut -c1-200

@@ -76,13 +76,7 @@ fi
 B1=("b1-def:" "b1-s442:PHI3V_SKINNY=4,4,2" "b1-s421:PHI3V_SKINNY=4,2,1" "b1-s841:PHI3V_SKINNY=8,4,1" "b1-s822:PHI3V_SKINNY=8,2,2"
   "b1-w64:PHI3V_MMA_LINEAR=16,64,1,3,2 $ON=mma_fragments_waves" "b1-early:$ON=decode_attention_early_values" "b1-after:$ON=skinny_norm_after"
   "b1-def2:" "b1-after2:$ON=skinny_norm_after" "b1-both:$ON=skinny_norm_after,decode_attention_early_values")
-for part in "${B1[@]}"; do
-  IFS=: read -r name vars <<< "$part"
-  [ $SECONDS -gt ${B1_UNTIL:-400} ] && { echo "=== breakdown $name: no time left ($SECONDS s)"; continue; }
-  env $vars timeout ${BD_S:-35} $B/phi3v bench breakdown --preset phi3v-128k --device cuda --dtype bf16 --prefill 0 --no-image \
-    --warmup 3 --runs 20 --decode-batches 1 --out $RS/bd-$name > $RS/bd-$name.log 2>&1
-  grep -E "panicked|rror" $RS/bd-$name.log | head -2 | cut -c1-200
-done
+BD_ROWS=1 BD_S=${BD_S:-35} breakdown_variants ${B1_UNTIL:-400} "${B1[@]}" | grep "no time left\|panicked\|rror"
 python3 $R/bench/breakdown_projections.py --prefix PHI3V_ "$RS" "${B1[@]}" > /dev/null
 grep -H "whole step" $RS/bd-b1-*/breakdown.md | sed 's|.*/bd-||' | cut -c1-120
 BD1=(bench breakdown --preset phi3v-128k --device cuda --dtype bf16 --prefill 0 --no-image --decode-batches 10 --warmup 0 --runs 1)
