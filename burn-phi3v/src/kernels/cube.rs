@@ -233,13 +233,8 @@ where
         if !runs_here(&q.client) {
             return None;
         }
-        // Without `staged`, only where the register-fragment kernel runs (no refusal recorded).
-        let fragments = super::kernel_on("mma_attention_fragments") && mma_attention_fragments_refusal(&q.client, q.dtype).is_none();
-        if !staged && !fragments {
-            return None;
-        }
         let shape = q.meta.shape().clone();
-        mma_attention(q, k, v, causal).map_err(|e| super::refuse_flash_attention(format!("mma on {:?}: {e}", shape.as_slice()))).ok()
+        mma_attention(q, k, v, causal, staged).map_err(|e| super::refuse_flash_attention(format!("mma on {:?}: {e}", shape.as_slice()))).ok().flatten()
     }
 
     fn blas_matmul(lhs: FloatTensor<Self>, rhs: FloatTensor<Self>) -> Option<FloatTensor<Self>> {
@@ -2333,16 +2328,28 @@ fn mma_attention_shared_bytes(head_dim: usize, dtype_bytes: usize) -> usize {
     (rows * s.heads + 2 * MMA_KEYS * s.heads + rows * s.probabilities) * dtype_bytes + rows * s.scores.max(s.outputs) * 4
 }
 
-/// [`Kernels::mma_attention`]: `Err` with the reason where [`mma_attention_kernel`] cannot run
-/// the problem (see [`mma_attention_refusal`]).
-pub(crate) fn mma_attention<R: CubeRuntime>(q: CubeTensor<R>, k: CubeTensor<R>, v: CubeTensor<R>, causal: bool) -> Result<CubeTensor<R>, String> {
+/// [`Kernels::mma_attention`]: [`mma_attention_fragments_kernel`] where it runs (switch on, no
+/// refusal), else [`mma_attention_kernel`] when `staged`, else `Ok(None)` (no refusal recorded);
+/// `Err` with the reason where the chosen kernel cannot run the problem (see
+/// [`mma_attention_refusal`]).
+pub(crate) fn mma_attention<R: CubeRuntime>(
+    q: CubeTensor<R>,
+    k: CubeTensor<R>,
+    v: CubeTensor<R>,
+    causal: bool,
+    staged: bool,
+) -> Result<Option<CubeTensor<R>>, String> {
+    let fragments = super::kernel_on("mma_attention_fragments") && mma_attention_fragments_refusal(&q.client, q.dtype).is_none();
+    if !staged && !fragments {
+        return Ok(None);
+    }
     if let Some(reason) = mma_attention_refusal(&q, &k, &v, causal) {
         return Err(reason);
     }
     let (q, k, v, output) = flash_operands(q, k, v);
     let [batch, heads, queries, head_dim] = [q.meta.shape()[0], q.meta.shape()[1], q.meta.shape()[2], q.meta.shape()[3]];
     if batch * heads * queries == 0 {
-        return Ok(output);
+        return Ok(Some(output));
     }
     // Vectors where every row start is a whole number of them (offsets, then strides; the
     // load widths are powers of two).
@@ -2355,7 +2362,7 @@ pub(crate) fn mma_attention<R: CubeRuntime>(q: CubeTensor<R>, k: CubeTensor<R>, 
     let dtype = q.dtype;
     let address = address_type([&q, &k, &v, &output]);
     super::MMA_ATTENTIONS.add();
-    if super::kernel_on("mma_attention_fragments") && mma_attention_fragments_refusal(&q.client, dtype).is_none() {
+    if fragments {
         super::MMA_ATTENTION_FRAGMENTS.add();
         unsafe {
             mma_attention_fragments_kernel::launch_unchecked(
@@ -2376,7 +2383,7 @@ pub(crate) fn mma_attention<R: CubeRuntime>(q: CubeTensor<R>, k: CubeTensor<R>, 
                 dtype.into(),
             )
         };
-        return Ok(output);
+        return Ok(Some(output));
     }
     unsafe {
         mma_attention_kernel::launch_unchecked(
@@ -2397,7 +2404,7 @@ pub(crate) fn mma_attention<R: CubeRuntime>(q: CubeTensor<R>, k: CubeTensor<R>, 
             dtype.into(),
         )
     };
-    Ok(output)
+    Ok(Some(output))
 }
 
 /// A paged cache's block tables and row lengths (`Int` tensors), entries per table row, and
