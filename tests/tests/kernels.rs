@@ -378,6 +378,14 @@ impl KernelJob {
         for (batch, heads, kv_heads, queries, keys, head_dim, causal) in flash_cases.into_iter().chain(mma_cases) {
             flash(batch, heads, kv_heads, queries, keys, head_dim, causal, " as mma", None);
         }
+        // Again with the register-fragment kernel's keys and values prefetched into registers
+        // the other way (`mma_attention_prefetch`; head dimensions 16, 64, 80 and 96 take it).
+        let prefetch = kernels::kernel_on("mma_attention_prefetch");
+        kernels::set_kernel_on("mma_attention_prefetch", !prefetch);
+        for (batch, heads, kv_heads, queries, keys, head_dim, causal) in flash_cases.into_iter().chain(mma_cases) {
+            flash(batch, heads, kv_heads, queries, keys, head_dim, causal, &format!(" as mma, prefetch {}", !prefetch), None);
+        }
+        kernels::set_kernel_on("mma_attention_prefetch", prefetch);
         let mma_ran = kernels::mma_attention_count() - mma_before;
         let fragments_ran = kernels::mma_attention_fragment_count() - fragments_before;
         eprintln!("mma attention: {mma_ran} launches on this target, {fragments_ran} of them from register fragments");

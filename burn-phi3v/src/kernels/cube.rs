@@ -1881,7 +1881,8 @@ struct FlashCube {
     /// Its first query row.
     q0: usize,
     /// Keys seen by its last row and by the last row of the calling unit's plane (rows past
-    /// `queries` see no more than the last real one).
+    /// `queries` see no more than the last real one; a plane with no row before `queries`
+    /// sees none).
     end: usize,
     plane_end: usize,
 }
@@ -1901,6 +1902,10 @@ fn flash_cube(layout: &FlashLayout, plane: usize, #[comptime] causal: bool) -> F
         end = select(last < queries, last, queries) + keys - queries;
         let plane_last = q0 + (plane + 1) * MMA_TILE;
         plane_end = select(plane_last < queries, plane_last, queries) + keys - queries;
+    }
+    // A plane whose rows all lie past the last query (the last cube's) computes nothing.
+    if q0 + plane * MMA_TILE >= queries {
+        plane_end = 0;
     }
     FlashCube { bh, b: bh / layout.heads, h, hk: h / layout.group, q0, end, plane_end }
 }
@@ -1980,6 +1985,71 @@ fn stage_keys_values<E: Float, N: Size>(
     }
 }
 
+/// [`mma_attention_fragments_kernel`]'s keys and values of the step from `k0` into this unit's
+/// registers (`mma_attention_prefetch`): vector `unit + i · units` of the step's rows is
+/// register `i` (zeros past the last key), so the loads are in flight while the cube multiplies
+/// the step before.
+#[cube]
+#[allow(clippy::too_many_arguments)]
+fn load_keys_values<E: Float, N: Size>(
+    k: &Array<Vector<E, N>>,
+    v: &Array<Vector<E, N>>,
+    k_r: &mut Array<Vector<E, N>>,
+    v_r: &mut Array<Vector<E, N>>,
+    layout: &FlashLayout,
+    k_base: usize,
+    v_base: usize,
+    k0: usize,
+    unit: usize,
+    #[comptime] units: usize,
+    #[comptime] loads: usize,
+    #[comptime] vectors: usize,
+) {
+    #[unroll]
+    for i in 0..loads {
+        let at = unit + i * units;
+        let key = k0 + at / vectors;
+        let c = at % vectors;
+        let mut kv = Vector::<E, N>::empty().fill(E::from_int(0));
+        let mut vv = Vector::<E, N>::empty().fill(E::from_int(0));
+        if key < layout.keys {
+            kv = k[k_base + key * layout.k_key + c];
+            vv = v[v_base + key * layout.v_key + c];
+        }
+        k_r[i] = kv;
+        v_r[i] = vv;
+    }
+}
+
+/// [`load_keys_values`]'s registers into `k_s` and `v_s` (rows `stride` values apart), a vector
+/// per store.
+#[cube]
+#[allow(clippy::too_many_arguments)]
+fn store_keys_values<E: Float, N: Size>(
+    k_r: &Array<Vector<E, N>>,
+    v_r: &Array<Vector<E, N>>,
+    k_s: &mut SharedMemory<E>,
+    v_s: &mut SharedMemory<E>,
+    unit: usize,
+    #[comptime] units: usize,
+    #[comptime] loads: usize,
+    #[comptime] vectors: usize,
+    #[comptime] stride: usize,
+) {
+    let rows = comptime!(loads * units / vectors);
+    // Vectors per shared row (`stride` is the head dimension and the pad, both whole vectors).
+    let row_vectors = comptime!(stride / ((stride - MMA_PAD) / vectors));
+    let mut k_view = k_s.slice_mut(0, rows * stride).into_vectorized().with_vector_size::<N>();
+    let mut v_view = v_s.slice_mut(0, rows * stride).into_vectorized().with_vector_size::<N>();
+    #[unroll]
+    for i in 0..loads {
+        let at = unit + i * units;
+        let to = (at / vectors) * row_vectors + at % vectors;
+        k_view[to] = k_r[i];
+        v_view[to] = v_r[i];
+    }
+}
+
 /// One plane's 16 rows of `a · b` on 16×16×16 tiles with f32 sums (`cmma`), into `out`: `a`
 /// holds the 16 rows of `inner` values from `a_at`, `a_row` apart (row-major); `b`'s tile
 /// (c, t) — its rows `16c..` and columns `16t..` — starts at `16 · (c · b_inner + t · b_outer)`,
@@ -2055,13 +2125,14 @@ fn mma_attention_fragments_kernel<E: Float, N: Size>(
     #[comptime] head_dim: usize,
     #[comptime] vectors: usize,
     #[comptime] causal: bool,
+    #[comptime] prefetch: bool,
     #[define(E)] _dtype: StorageType,
 ) {
     let (queries, keys) = (layout.queries, layout.keys);
     let plane = UNIT_POS_Y as usize;
     let lane = UNIT_POS_X as usize;
     let unit = plane * MMA_LANES + lane;
-    let units = MMA_PLANES * MMA_LANES;
+    let units = comptime!(MMA_PLANES * MMA_LANES);
     let block_q = MMA_PLANES * MMA_TILE;
     let FlashCube { bh, b, h, hk, q0, end, plane_end } = flash_cube(layout, plane, causal);
     let (g, t) = (lane / 4, lane % 4);
@@ -2116,13 +2187,30 @@ fn mma_attention_fragments_kernel<E: Float, N: Size>(
     let mut sum_hi = f32::new(0.0);
     let k_base = b * layout.k_batch + hk * layout.k_head;
     let v_base = b * layout.v_batch + hk * layout.v_head;
+    // With `prefetch`, each step's keys and values come from registers loaded during the step
+    // before (the first step's here).
+    let loads = comptime!(MMA_FRAGMENT_KEYS * vectors / units);
+    let mut k_r = Array::<Vector<E, N>>::new(loads);
+    let mut v_r = Array::<Vector<E, N>>::new(loads);
+    if prefetch {
+        load_keys_values::<E, N>(k, v, &mut k_r, &mut v_r, layout, k_base, v_base, 0, unit, units, loads, vectors);
+    }
 
     let mut k0 = 0usize;
     while k0 < end {
         // The step's keys and values (zeros past the last).
         sync_cube();
-        stage_keys_values::<E, N>(k, v, &mut k_s, &mut v_s, layout, k_base, v_base, k0, unit, units, MMA_FRAGMENT_KEYS, vectors, stride);
-        sync_cube();
+        if prefetch {
+            store_keys_values::<E, N>(&k_r, &v_r, &mut k_s, &mut v_s, unit, units, loads, vectors, stride);
+            sync_cube();
+            let next = k0 + MMA_FRAGMENT_KEYS;
+            if next < end {
+                load_keys_values::<E, N>(k, v, &mut k_r, &mut v_r, layout, k_base, v_base, next, unit, units, loads, vectors);
+            }
+        } else {
+            stage_keys_values::<E, N>(k, v, &mut k_s, &mut v_s, layout, k_base, v_base, k0, unit, units, MMA_FRAGMENT_KEYS, vectors, stride);
+            sync_cube();
+        }
         if k0 < plane_end {
             // Scores: tile n holds keys 8n.. of the step.
             let mut s = Array::<Vector<f32, Const<2>>>::new(comptime!(2 * key_tiles));
@@ -2271,6 +2359,19 @@ fn mma_attention_fragments_refusal<R: CubeRuntime>(client: &ComputeClient<R>, dt
     mma_fragments_refusal(client, dtype).or_else(|| (!client.properties().features.matmul.ldmatrix.contains(&dtype.into())).then(|| format!("no {dtype:?} ldmatrix")))
 }
 
+/// Most values of each operand one lane of [`mma_attention_fragments_kernel`] holds for the
+/// next step with `mma_attention_prefetch` (its keys' and values' registers beside the
+/// queries', scores' and outputs' ones): 48 is head dimension 96 in vectors of 8.
+const MMA_PREFETCH_MAX_VALUES: usize = 48;
+
+/// Whether [`mma_attention_fragments_kernel`] prefetches each step's keys and values into
+/// registers for this head dimension and load width: the cube's units split the step's vectors
+/// evenly, and each holds at most [`MMA_PREFETCH_MAX_VALUES`] values of each operand.
+fn mma_attention_prefetch_fits(head_dim: usize, width: usize) -> bool {
+    let (vectors, units) = (head_dim / width, MMA_PLANES * MMA_LANES);
+    (MMA_FRAGMENT_KEYS * vectors).is_multiple_of(units) && MMA_FRAGMENT_KEYS * vectors / units * width <= MMA_PREFETCH_MAX_VALUES
+}
+
 /// Largest head dimension [`mma_attention`] takes (each lane holds `16 · ⌈head_dim / 32⌉`
 /// output sums in registers); it takes the multiples of 16 (the tile) up to this.
 const MMA_MAX_HEAD_DIM: usize = 128;
@@ -2364,6 +2465,7 @@ pub(crate) fn mma_attention<R: CubeRuntime>(
     super::MMA_ATTENTIONS.add();
     if fragments {
         super::MMA_ATTENTION_FRAGMENTS.add();
+        let prefetch = super::kernel_on("mma_attention_prefetch") && mma_attention_prefetch_fits(head_dim, width);
         unsafe {
             mma_attention_fragments_kernel::launch_unchecked(
                 &output.client,
@@ -2380,6 +2482,7 @@ pub(crate) fn mma_attention<R: CubeRuntime>(
                 head_dim,
                 head_dim / width,
                 causal,
+                prefetch,
                 dtype.into(),
             )
         };

@@ -693,8 +693,12 @@ pub fn fused_kernels() -> bool {
 /// scores and probabilities in shared memory for `cmma` tiles instead of keeping them in
 /// `mma.m16n8k16` register fragments; `skinny_norm_after` off has the skinny product with a
 /// norm before it make a first pass over the input rows before the products, instead of
-/// summing each row's squares beside its products and scaling the sums at the end.
-pub const KERNEL_NAMES: [&str; 24] = [
+/// summing each row's squares beside its products and scaling the sums at the end;
+/// `mma_attention_prefetch` off has the register-fragment flash kernel load each step's keys
+/// and values when the step starts (every lane waiting on memory, then storing them into
+/// shared memory one value at a time) instead of loading them into registers during the step
+/// before and storing whole vectors.
+pub const KERNEL_NAMES: [&str; 25] = [
     "rms_norm",
     "layer_norm",
     "quick_gelu",
@@ -719,6 +723,7 @@ pub const KERNEL_NAMES: [&str; 24] = [
     "decode_attention_early_values",
     "mma_attention_fragments",
     "skinny_norm_after",
+    "mma_attention_prefetch",
 ];
 
 /// Whether the backend's kernel `name` (one of [`KERNEL_NAMES`]) runs: [`fused_kernels`] is
@@ -758,11 +763,12 @@ const _: () = assert!(KERNEL_NAMES.len() <= 32, "one bit per kernel in a u32");
 /// 111.2–136.4. `decode_attention_early_values` (session 31): the decode attention's value rows
 /// loaded with its key rows; on the H200 (session 32) no faster at 10 rows (73.4 and 69.1 µs
 /// per layer against 71.0 and 67.8) nor at 1 row (whole step 4.15 ms against 4.16 and 4.18).
+/// `mma_attention_prefetch` (session 33): off until measured on a GPU.
 /// (Session 31's `mma_fragments_waves` and `skinny_norm_after` were here until session 32
 /// measured them faster; the two decode attention variants that were here, session 28's one
 /// lane per query value and session 29's rows copied into shared memory, right and slower,
 /// were removed in sessions 29 and 30.)
-pub const KERNELS_OFF_BY_DEFAULT: [&str; 2] = ["mma_linear_runs", "decode_attention_early_values"];
+pub const KERNELS_OFF_BY_DEFAULT: [&str; 3] = ["mma_linear_runs", "decode_attention_early_values", "mma_attention_prefetch"];
 
 /// The kernels turned off, a bit each ([`kernel_bit`]): [`KERNELS_OFF_BY_DEFAULT`] less those
 /// `PHI3V_KERNELS_ON` names, and those `PHI3V_KERNELS_OFF` names (both comma-separated lists,
