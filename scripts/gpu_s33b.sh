@@ -25,7 +25,7 @@ ENC="--dtype bf16 --scenarios images --images 1344x1344 --num-crops 16 --warmup 
 PRE="--dtype bf16 --scenarios prefill --prompt-lengths 4096 --prefill-batches 1 --warmup 2 --runs 6"
 TAIL=1 bench_parts $RS "enc-compile::${ENC_S:-60}:$ENC" "enc-off-1::${ENC_S:-60}:$ENC" "enc-on-1:$PF:${ENC_S:-60}:$ENC" \
   "enc-off-2::${ENC_S:-60}:$ENC" "enc-on-2:$PF:${ENC_S:-60}:$ENC" "pre-off::${PRE_S:-60}:$PRE" "pre-on:$PF:${PRE_S:-60}:$PRE" > /dev/null
-grep -H "^image\|^prefill batch" $RS/enc-*.log $RS/pre-*.log | sed 's|.*/||' | cut -c1-200
+grep -H "^image\|^prefill batch" $RS/enc-*.log $RS/pre-*.log | sed 's|^.*/s33b/||' | cut -c1-200
 # 4. Nsight Compute on the kernel at CLIP's shape, off and on: where its warps stall.
 for part in "ncu-off:" "ncu-on:$PF"; do
   IFS=: read -r name vars <<< "$part"

@@ -378,23 +378,14 @@ impl KernelJob {
         for (batch, heads, kv_heads, queries, keys, head_dim, causal) in flash_cases.into_iter().chain(mma_cases) {
             flash(batch, heads, kv_heads, queries, keys, head_dim, causal, " as mma", None);
         }
-        // Again with each of the register-fragment kernel's switches the other way, then all
-        // of them: its keys and values prefetched into registers (`mma_attention_prefetch`, up
-        // to 64-dim heads), its planes' two row tiles (`mma_attention_row_pairs`, up to 64) and
-        // its rows' maxima in pairs (`mma_attention_tree_max`).
-        let defaults = ["mma_attention_prefetch", "mma_attention_row_pairs", "mma_attention_tree_max"].map(|name| (name, kernels::kernel_on(name)));
-        for flipped in [&defaults[..1], &defaults[1..2], &defaults[2..], &defaults[..]] {
-            let label: Vec<String> = flipped.iter().map(|(name, on)| format!("{name} {}", !on)).collect();
-            for (name, on) in flipped {
-                kernels::set_kernel_on(name, !on);
-            }
-            for (batch, heads, kv_heads, queries, keys, head_dim, causal) in flash_cases.into_iter().chain(mma_cases) {
-                flash(batch, heads, kv_heads, queries, keys, head_dim, causal, &format!(" as mma, {}", label.join(", ")), None);
-            }
-            for (name, on) in defaults {
-                kernels::set_kernel_on(name, on);
-            }
+        // Again with the register-fragment kernel's keys and values prefetched into registers
+        // the other way (`mma_attention_prefetch`; head dimensions 16 to 64 take it).
+        let prefetch = kernels::kernel_on("mma_attention_prefetch");
+        kernels::set_kernel_on("mma_attention_prefetch", !prefetch);
+        for (batch, heads, kv_heads, queries, keys, head_dim, causal) in flash_cases.into_iter().chain(mma_cases) {
+            flash(batch, heads, kv_heads, queries, keys, head_dim, causal, &format!(" as mma, prefetch {}", !prefetch), None);
         }
+        kernels::set_kernel_on("mma_attention_prefetch", prefetch);
         let mma_ran = kernels::mma_attention_count() - mma_before;
         let fragments_ran = kernels::mma_attention_fragment_count() - fragments_before;
         eprintln!("mma attention: {mma_ran} launches on this target, {fragments_ran} of them from register fragments");

@@ -1740,7 +1740,7 @@ fn mma_attention_kernel<E: Float, N: Size>(
     let unit = plane * MMA_LANES + lane;
     let units = MMA_PLANES * MMA_LANES;
     let block_q = MMA_PLANES * MMA_TILE;
-    let FlashCube { bh, b, h, hk, q0, end, plane_end } = flash_cube(layout, plane, causal, MMA_TILE);
+    let FlashCube { bh, b, h, hk, q0, end, plane_end } = flash_cube(layout, plane, causal);
     // Output columns per lane: `lane + 32·c` for c below this (16-dim heads leave lanes idle).
     let columns = comptime!(head_dim.div_ceil(MMA_LANES));
     // Row strides of the shared buffers (padded: `MMA_PAD`): queries, keys and values;
@@ -1887,24 +1887,24 @@ struct FlashCube {
     plane_end: usize,
 }
 
-/// [`FlashCube`] of the cube at `CUBE_POS` ([`MMA_PLANES`] planes of `plane_rows` query rows
-/// of one (batch, head)) for a unit of plane `plane`.
+/// [`FlashCube`] of the cube at `CUBE_POS` ([`MMA_PLANES`] planes of 16 query rows of one
+/// (batch, head)) for a unit of plane `plane`.
 #[cube]
-fn flash_cube(layout: &FlashLayout, plane: usize, #[comptime] causal: bool, #[comptime] plane_rows: usize) -> FlashCube {
+fn flash_cube(layout: &FlashLayout, plane: usize, #[comptime] causal: bool) -> FlashCube {
     let bh = CUBE_POS_Y as usize;
     let h = bh % layout.heads;
-    let q0 = CUBE_POS_X as usize * MMA_PLANES * plane_rows;
+    let q0 = CUBE_POS_X as usize * MMA_PLANES * MMA_TILE;
     let (queries, keys) = (layout.queries, layout.keys);
     let mut end = keys;
     let mut plane_end = keys;
     if causal {
-        let last = q0 + MMA_PLANES * plane_rows;
+        let last = q0 + MMA_PLANES * MMA_TILE;
         end = select(last < queries, last, queries) + keys - queries;
-        let plane_last = q0 + (plane + 1) * plane_rows;
+        let plane_last = q0 + (plane + 1) * MMA_TILE;
         plane_end = select(plane_last < queries, plane_last, queries) + keys - queries;
     }
     // A plane whose rows all lie past the last query (the last cube's) computes nothing.
-    if q0 + plane * plane_rows >= queries {
+    if q0 + plane * MMA_TILE >= queries {
         plane_end = 0;
     }
     FlashCube { bh, b: bh / layout.heads, h, hk: h / layout.group, q0, end, plane_end }
@@ -2093,36 +2093,28 @@ fn plane_tile_product<E: Float>(
 /// Keys per step of [`mma_attention_fragments_kernel`]: 8 tiles of 8 keys for the scores, 4
 /// steps of 16 for the values.
 const MMA_FRAGMENT_KEYS: usize = 64;
-/// log2 of the scores one lane of [`mma_attention_fragments_kernel`] holds per row and step
-/// (2 of each of the 8 key tiles): the levels of its pairwise maximum.
-const MMA_FRAGMENT_KEYS_PER_LANE_LOG2: usize = 4;
-const _: () = assert!(1 << MMA_FRAGMENT_KEYS_PER_LANE_LOG2 == MMA_FRAGMENT_KEYS / MMA_FRAGMENT_COLUMNS * 2);
 
 /// [`mma_attention_kernel`] with the scores and probabilities in registers (`mma.m16n8k16` of
 /// the dtype with f32 sums, CubeCL's `MmaDefinition`; the `mma_attention_fragments` switch): cubes
-/// of [`MMA_PLANES`] planes, each owning `row_tiles` tiles of 16 query rows of one (batch, head),
-/// stage their queries in shared memory and load them once into A fragments (`ldmatrix`); then
-/// per step of [`MMA_FRAGMENT_KEYS`] keys the cube stages the keys and values (zeros past the
-/// last key; with `prefetch` from registers loaded during the step before, see
-/// [`load_keys_values`]), and each plane
+/// of [`MMA_PLANES`] planes, each owning 16 query rows of one (batch, head), stage their queries
+/// in shared memory and load them once into A fragments (`ldmatrix`); then per step of
+/// [`MMA_FRAGMENT_KEYS`] keys the cube stages the keys and values (zeros past the last key),
+/// and each plane
 /// - multiplies its queries by the keys: the B fragments of 8 keys each are the key rows as
-///   stored (`ldmatrix`, each used by every row tile), the scores 8 tiles of 16 rows × 8 keys
-///   per row tile in the accumulator layout (lane `4g + t` holds rows `g` and `g + 8`, keys
-///   `2t, 2t + 1` of each tile);
+///   stored (`ldmatrix`), the scores 8 tiles of 16 rows × 8 keys in the accumulator layout (lane
+///   `4g + t` holds rows `g` and `g + 8`, keys `2t, 2t + 1` of each tile);
 /// - updates each row's running maximum over the keys it sees (the four lanes of a row meet by
 ///   two shuffles), rescales its outputs and its share of the row's sum, and turns the scores
 ///   into probabilities in the dtype: the accumulator layout of two key tiles is the A fragment
 ///   of 16 keys, so they stay in the lane's registers;
 /// - multiplies them by the values: the B fragments are the value rows transposed on the way
-///   in (`ldmatrix.trans`, each used by every row tile), the outputs 16 rows × `head_dim` per
-///   row tile in f32 registers.
-/// At the end the four lanes of each row add their sums, and each lane writes its rows'
+///   in (`ldmatrix.trans`), the outputs 16 rows × `head_dim` in f32 registers.
+/// At the end the four lanes of each row add their sums, and each lane writes its two rows'
 /// columns `2t, 2t + 1` of every 8-column tile. `causal` hides key `j` from query `i` when
 /// `j > i + keys − queries`; a cube stops after the last key its last row sees, and a plane
 /// skips the steps its rows see nothing of. Shared rows are `head_dim + 8` values apart (16
 /// bytes more: `ldmatrix`'s eight 16-byte rows fall on different banks).
 #[cube(launch_unchecked, address_type = "dynamic")]
-#[allow(clippy::too_many_arguments)]
 fn mma_attention_fragments_kernel<E: Float, N: Size>(
     q: &Array<Vector<E, N>>,
     k: &Array<Vector<E, N>>,
@@ -2134,8 +2126,6 @@ fn mma_attention_fragments_kernel<E: Float, N: Size>(
     #[comptime] vectors: usize,
     #[comptime] causal: bool,
     #[comptime] prefetch: bool,
-    #[comptime] row_tiles: usize,
-    #[comptime] tree_max: bool,
     #[define(E)] _dtype: StorageType,
 ) {
     let (queries, keys) = (layout.queries, layout.keys);
@@ -2143,9 +2133,8 @@ fn mma_attention_fragments_kernel<E: Float, N: Size>(
     let lane = UNIT_POS_X as usize;
     let unit = plane * MMA_LANES + lane;
     let units = comptime!(MMA_PLANES * MMA_LANES);
-    let plane_rows = comptime!(row_tiles * MMA_TILE);
-    let block_q = comptime!(MMA_PLANES * plane_rows);
-    let FlashCube { bh, b, h, hk, q0, end, plane_end } = flash_cube(layout, plane, causal, plane_rows);
+    let block_q = MMA_PLANES * MMA_TILE;
+    let FlashCube { bh, b, h, hk, q0, end, plane_end } = flash_cube(layout, plane, causal);
     let (g, t) = (lane / 4, lane % 4);
     // `ldmatrix`: lane `l` gives the address of row `l % 8` of matrix `l / 8`.
     let (matrix, matrix_row) = (lane / 8, lane % 8);
@@ -2163,39 +2152,39 @@ fn mma_attention_fragments_kernel<E: Float, N: Size>(
     stage_queries::<E, N>(q, &mut q_s, layout, b * layout.q_batch + h * layout.q_head, q0, unit, units, block_q, vectors, stride);
     sync_cube();
     let mma = cmma::MmaDefinition::<E, E, f32>::new(16usize, 8usize, 16usize);
-    // The plane's A fragments of the queries, 4 registers per row tile and 16 values of
-    // head_dim: matrices (rows 0–7, values 0–7), (rows 8–15, 0–7), (rows 0–7, 8–15), (rows
-    // 8–15, 8–15) of the tile; row tile m's step c at 4 · (m · steps + c).
-    let mut qa = Array::<Vector<E, Const<2>>>::new(comptime!(4 * steps * row_tiles));
+    // The plane's A fragments of the queries, 4 registers per 16 values of head_dim: matrices
+    // (rows 0–7, values 0–7), (rows 8–15, 0–7), (rows 0–7, 8–15), (rows 8–15, 8–15).
+    let mut qa = Array::<Vector<E, Const<2>>>::new(comptime!(4 * steps));
     #[unroll]
-    for m in 0..row_tiles {
+    for c in 0..steps {
+        let at = (plane * MMA_TILE + (matrix % 2) * 8 + matrix_row) * stride + c * MMA_TILE + (matrix / 2) * 8;
+        let regs = mma.load_matrix::<E, Const<2>>(&q_s.slice(at, at + 8), cmma::MatrixIdent::A, 4usize, false);
         #[unroll]
-        for c in 0..steps {
-            let at = (plane * plane_rows + m * MMA_TILE + (matrix % 2) * 8 + matrix_row) * stride + c * MMA_TILE + (matrix / 2) * 8;
-            let regs = mma.load_matrix::<E, Const<2>>(&q_s.slice(at, at + 8), cmma::MatrixIdent::A, 4usize, false);
-            #[unroll]
-            for x in 0..4usize {
-                qa[4 * (m * steps + c) + x] = regs[x];
-            }
+        for x in 0..4usize {
+            qa[4 * c + x] = regs[x];
         }
     }
 
-    // This lane's rows g and g + 8 of row tile m are `row0 + 16m` and `row0 + 16m + 8`. Their
-    // output tiles (the accumulator layout; row tile m's at 2 · (m · tiles + x)), running maxima
-    // and this lane's shares of their sums (row g + 8h of tile m at 2m + h).
-    let row0 = q0 + plane * plane_rows + g;
-    let mut out = Array::<Vector<f32, Const<2>>>::new(comptime!(2 * tiles * row_tiles));
+    // Keys seen by this lane's rows g and g + 8.
+    let row_lo = q0 + plane * MMA_TILE + g;
+    let row_hi = row_lo + 8;
+    let mut sees_lo = keys;
+    let mut sees_hi = keys;
+    if causal {
+        sees_lo = min(row_lo + 1 + keys - queries, keys);
+        sees_hi = min(row_hi + 1 + keys - queries, keys);
+    }
+    // Rows g and g + 8 of each output tile (the accumulator layout), their running maxima and
+    // this lane's shares of their sums.
+    let mut out = Array::<Vector<f32, Const<2>>>::new(comptime!(2 * tiles));
     #[unroll]
-    for x in 0..2 * tiles * row_tiles {
+    for x in 0..2 * tiles {
         out[x] = Vector::new(f32::new(0.0));
     }
-    let mut maxima = Array::<f32>::new(comptime!(2 * row_tiles));
-    let mut sums = Array::<f32>::new(comptime!(2 * row_tiles));
-    #[unroll]
-    for x in 0..2 * row_tiles {
-        maxima[x] = f32::new(NO_SCORE);
-        sums[x] = f32::new(0.0);
-    }
+    let mut max_lo = f32::new(NO_SCORE);
+    let mut max_hi = f32::new(NO_SCORE);
+    let mut sum_lo = f32::new(0.0);
+    let mut sum_hi = f32::new(0.0);
     let k_base = b * layout.k_batch + hk * layout.k_head;
     let v_base = b * layout.v_batch + hk * layout.v_head;
     // With `prefetch`, each step's keys and values come from registers loaded during the step
@@ -2223,14 +2212,19 @@ fn mma_attention_fragments_kernel<E: Float, N: Size>(
             sync_cube();
         }
         if k0 < plane_end {
-            // Scores: tile n of row tile m holds keys 8n.. of the step (at 2 · (m · key_tiles + n)).
-            let mut s = Array::<Vector<f32, Const<2>>>::new(comptime!(2 * key_tiles * row_tiles));
+            // Scores: tile n holds keys 8n.. of the step.
+            let mut s = Array::<Vector<f32, Const<2>>>::new(comptime!(2 * key_tiles));
             #[unroll]
-            for x in 0..2 * key_tiles * row_tiles {
+            for x in 0..2 * key_tiles {
                 s[x] = Vector::new(f32::new(0.0));
             }
             #[unroll]
             for c in 0..steps {
+                let mut a = Array::<Vector<E, Const<2>>>::new(4usize);
+                #[unroll]
+                for x in 0..4usize {
+                    a[x] = qa[4 * c + x];
+                }
                 #[unroll]
                 for pair in 0..key_tiles / 2 {
                     // Matrices (keys 0–7, values 0–7), (keys 0–7, 8–15), (keys 8–15, 0–7),
@@ -2238,121 +2232,73 @@ fn mma_attention_fragments_kernel<E: Float, N: Size>(
                     let at = (pair * 16 + (matrix / 2) * 8 + matrix_row) * stride + c * MMA_TILE + (matrix % 2) * 8;
                     let kb = mma.load_matrix::<E, Const<2>>(&k_s.slice(at, at + 8), cmma::MatrixIdent::B, 4usize, false);
                     #[unroll]
-                    for m in 0..row_tiles {
-                        let mut a = Array::<Vector<E, Const<2>>>::new(4usize);
-                        #[unroll]
-                        for x in 0..4usize {
-                            a[x] = qa[4 * (m * steps + c) + x];
-                        }
-                        #[unroll]
-                        for half in 0..2usize {
-                            mma_step::<E>(&a, kb[2 * half], kb[2 * half + 1], &mut s, comptime!(m * key_tiles + 2 * pair + half));
-                        }
+                    for half in 0..2usize {
+                        mma_step::<E>(&a, kb[2 * half], kb[2 * half + 1], &mut s, comptime!(2 * pair + half));
                     }
                 }
             }
-            // Probabilities in the dtype: key tiles 2j and 2j + 1 of a row tile are the A
-            // fragment of keys 16j.. (rows g and g + 8 of keys 2t, 2t + 1, then of keys 2t + 8,
-            // 2t + 9); row tile m's at 2 · (m · key_tiles + n).
-            let mut p = Array::<Vector<E, Const<2>>>::new(comptime!(2 * key_tiles * row_tiles));
+            // The rows' maxima over the keys they see, met across the row's four lanes.
+            let mut top_lo = max_lo;
+            let mut top_hi = max_hi;
             #[unroll]
-            for m in 0..row_tiles {
-                let row_lo = row0 + m * MMA_TILE;
-                let row_hi = row_lo + 8;
-                // Keys seen by rows g and g + 8 of the tile.
-                let mut sees_lo = keys;
-                let mut sees_hi = keys;
-                if causal {
-                    sees_lo = min(row_lo + 1 + keys - queries, keys);
-                    sees_hi = min(row_hi + 1 + keys - queries, keys);
-                }
-                // The rows' maxima over the keys they see, met across the row's four lanes: in
-                // one chain through the lane's 16 scores of each row, or (`tree_max`) in pairs,
-                // then pairs of pairs (4 dependent steps instead of 16).
-                let (max_lo, max_hi) = (maxima[2 * m], maxima[2 * m + 1]);
-                let mut top_lo = max_lo;
-                let mut top_hi = max_hi;
-                if tree_max {
-                    let mut x = Array::<f32>::new(comptime!(4 * key_tiles));
-                    #[unroll]
-                    for n in 0..key_tiles {
-                        let (lo, hi) = (s[2 * (m * key_tiles + n)], s[2 * (m * key_tiles + n) + 1]);
-                        #[unroll]
-                        for e in 0..2usize {
-                            let key = k0 + n * MMA_FRAGMENT_COLUMNS + 2 * t + e;
-                            x[2 * n + e] = select(key < sees_lo, lo[e] * scale, f32::new(NO_SCORE));
-                            x[2 * key_tiles + 2 * n + e] = select(key < sees_hi, hi[e] * scale, f32::new(NO_SCORE));
-                        }
-                    }
-                    #[unroll]
-                    for level in 0..comptime!(MMA_FRAGMENT_KEYS_PER_LANE_LOG2) {
-                        let half = comptime!(key_tiles >> level);
-                        #[unroll]
-                        for i in 0..half {
-                            let (a, b) = (x[i], x[i + half]);
-                            x[i] = select(b > a, b, a);
-                            let (c, d) = (x[2 * key_tiles + i], x[2 * key_tiles + i + half]);
-                            x[2 * key_tiles + i] = select(d > c, d, c);
-                        }
-                    }
-                    top_lo = select(x[0] > top_lo, x[0], top_lo);
-                    top_hi = select(x[2 * key_tiles] > top_hi, x[2 * key_tiles], top_hi);
-                } else {
-                    #[unroll]
-                    for n in 0..key_tiles {
-                        let (lo, hi) = (s[2 * (m * key_tiles + n)], s[2 * (m * key_tiles + n) + 1]);
-                        #[unroll]
-                        for e in 0..2usize {
-                            let key = k0 + n * MMA_FRAGMENT_COLUMNS + 2 * t + e;
-                            let (x_lo, x_hi) = (lo[e] * scale, hi[e] * scale);
-                            top_lo = select(key < sees_lo && x_lo > top_lo, x_lo, top_lo);
-                            top_hi = select(key < sees_hi && x_hi > top_hi, x_hi, top_hi);
-                        }
-                    }
-                }
-                top_lo = quad_max(top_lo);
-                top_hi = quad_max(top_hi);
-                let (fix_lo, fix_hi) = (f32::exp(max_lo - top_lo), f32::exp(max_hi - top_hi));
-                maxima[2 * m] = top_lo;
-                maxima[2 * m + 1] = top_hi;
-                let mut sum_lo = sums[2 * m] * fix_lo;
-                let mut sum_hi = sums[2 * m + 1] * fix_hi;
+            for n in 0..key_tiles {
+                let (lo, hi) = (s[2 * n], s[2 * n + 1]);
                 #[unroll]
-                for x in 0..tiles {
-                    let mut lo = out[2 * (m * tiles + x)];
-                    let mut hi = out[2 * (m * tiles + x) + 1];
-                    #[unroll]
-                    for e in 0..2usize {
-                        lo[e] *= fix_lo;
-                        hi[e] *= fix_hi;
-                    }
-                    out[2 * (m * tiles + x)] = lo;
-                    out[2 * (m * tiles + x) + 1] = hi;
+                for e in 0..2usize {
+                    let key = k0 + n * MMA_FRAGMENT_COLUMNS + 2 * t + e;
+                    let (x_lo, x_hi) = (lo[e] * scale, hi[e] * scale);
+                    top_lo = select(key < sees_lo && x_lo > top_lo, x_lo, top_lo);
+                    top_hi = select(key < sees_hi && x_hi > top_hi, x_hi, top_hi);
                 }
+            }
+            top_lo = quad_max(top_lo);
+            top_hi = quad_max(top_hi);
+            let (fix_lo, fix_hi) = (f32::exp(max_lo - top_lo), f32::exp(max_hi - top_hi));
+            max_lo = top_lo;
+            max_hi = top_hi;
+            sum_lo *= fix_lo;
+            sum_hi *= fix_hi;
+            #[unroll]
+            for x in 0..tiles {
+                let mut lo = out[2 * x];
+                let mut hi = out[2 * x + 1];
                 #[unroll]
-                for n in 0..key_tiles {
-                    let (lo, hi) = (s[2 * (m * key_tiles + n)], s[2 * (m * key_tiles + n) + 1]);
-                    let mut p_lo = Vector::<E, Const<2>>::empty();
-                    let mut p_hi = Vector::<E, Const<2>>::empty();
-                    #[unroll]
-                    for e in 0..2usize {
-                        let key = k0 + n * MMA_FRAGMENT_COLUMNS + 2 * t + e;
-                        let x_lo = select(key < sees_lo, f32::exp(lo[e] * scale - top_lo), f32::new(0.0));
-                        let x_hi = select(key < sees_hi, f32::exp(hi[e] * scale - top_hi), f32::new(0.0));
-                        sum_lo += x_lo;
-                        sum_hi += x_hi;
-                        p_lo[e] = E::cast_from(x_lo);
-                        p_hi[e] = E::cast_from(x_hi);
-                    }
-                    p[2 * (m * key_tiles + n)] = p_lo;
-                    p[2 * (m * key_tiles + n) + 1] = p_hi;
+                for e in 0..2usize {
+                    lo[e] *= fix_lo;
+                    hi[e] *= fix_hi;
                 }
-                sums[2 * m] = sum_lo;
-                sums[2 * m + 1] = sum_hi;
+                out[2 * x] = lo;
+                out[2 * x + 1] = hi;
+            }
+            // Probabilities in the dtype: key tiles 2j and 2j + 1 are the A fragment of keys
+            // 16j.. (rows g and g + 8 of keys 2t, 2t + 1, then of keys 2t + 8, 2t + 9).
+            let mut p = Array::<Vector<E, Const<2>>>::new(comptime!(2 * key_tiles));
+            #[unroll]
+            for n in 0..key_tiles {
+                let (lo, hi) = (s[2 * n], s[2 * n + 1]);
+                let mut p_lo = Vector::<E, Const<2>>::empty();
+                let mut p_hi = Vector::<E, Const<2>>::empty();
+                #[unroll]
+                for e in 0..2usize {
+                    let key = k0 + n * MMA_FRAGMENT_COLUMNS + 2 * t + e;
+                    let x_lo = select(key < sees_lo, f32::exp(lo[e] * scale - max_lo), f32::new(0.0));
+                    let x_hi = select(key < sees_hi, f32::exp(hi[e] * scale - max_hi), f32::new(0.0));
+                    sum_lo += x_lo;
+                    sum_hi += x_hi;
+                    p_lo[e] = E::cast_from(x_lo);
+                    p_hi[e] = E::cast_from(x_hi);
+                }
+                p[2 * n] = p_lo;
+                p[2 * n + 1] = p_hi;
             }
             // Outputs: probabilities (16 rows × 16 keys) times values (16 keys × 8 columns).
             #[unroll]
             for j in 0..key_tiles / 2 {
+                let mut a = Array::<Vector<E, Const<2>>>::new(4usize);
+                #[unroll]
+                for x in 0..4usize {
+                    a[x] = p[4 * j + x];
+                }
                 #[unroll]
                 for c in 0..steps {
                     // Matrices (keys 0–7, columns 0–7), (keys 8–15, 0–7), (keys 0–7, 8–15),
@@ -2360,16 +2306,8 @@ fn mma_attention_fragments_kernel<E: Float, N: Size>(
                     let at = (j * 16 + (matrix % 2) * 8 + matrix_row) * stride + c * MMA_TILE + (matrix / 2) * 8;
                     let vb = mma.load_matrix::<E, Const<2>>(&v_s.slice(at, at + 8), cmma::MatrixIdent::B, 4usize, true);
                     #[unroll]
-                    for m in 0..row_tiles {
-                        let mut a = Array::<Vector<E, Const<2>>>::new(4usize);
-                        #[unroll]
-                        for x in 0..4usize {
-                            a[x] = p[2 * (m * key_tiles) + 4 * j + x];
-                        }
-                        #[unroll]
-                        for half in 0..2usize {
-                            mma_step::<E>(&a, vb[2 * half], vb[2 * half + 1], &mut out, comptime!(m * tiles + 2 * c + half));
-                        }
+                    for half in 0..2usize {
+                        mma_step::<E>(&a, vb[2 * half], vb[2 * half + 1], &mut out, comptime!(2 * c + half));
                     }
                 }
             }
@@ -2377,30 +2315,24 @@ fn mma_attention_fragments_kernel<E: Float, N: Size>(
         k0 += MMA_FRAGMENT_KEYS;
     }
 
-    // Each row tile: the rows' sums from their four lanes, then this lane's columns of rows g
-    // and g + 8.
+    // The rows' sums from their four lanes, then this lane's columns of rows g and g + 8.
+    sum_lo = quad_sum(sum_lo);
+    sum_hi = quad_sum(sum_hi);
+    let inv_lo = select(sum_lo > f32::new(0.0), f32::new(1.0) / sum_lo, f32::new(0.0));
+    let inv_hi = select(sum_hi > f32::new(0.0), f32::new(1.0) / sum_hi, f32::new(0.0));
     #[unroll]
-    for m in 0..row_tiles {
-        let row_lo = row0 + m * MMA_TILE;
-        let row_hi = row_lo + 8;
-        let sum_lo = quad_sum(sums[2 * m]);
-        let sum_hi = quad_sum(sums[2 * m + 1]);
-        let inv_lo = select(sum_lo > f32::new(0.0), f32::new(1.0) / sum_lo, f32::new(0.0));
-        let inv_hi = select(sum_hi > f32::new(0.0), f32::new(1.0) / sum_hi, f32::new(0.0));
-        #[unroll]
-        for x in 0..tiles {
-            let column = x * MMA_FRAGMENT_COLUMNS + 2 * t;
-            let (lo, hi) = (out[2 * (m * tiles + x)], out[2 * (m * tiles + x) + 1]);
-            if row_lo < queries {
-                let at = (bh * queries + row_lo) * head_dim + column;
-                output[at] = E::cast_from(lo[0] * inv_lo);
-                output[at + 1] = E::cast_from(lo[1] * inv_lo);
-            }
-            if row_hi < queries {
-                let at = (bh * queries + row_hi) * head_dim + column;
-                output[at] = E::cast_from(hi[0] * inv_hi);
-                output[at + 1] = E::cast_from(hi[1] * inv_hi);
-            }
+    for x in 0..tiles {
+        let column = x * MMA_FRAGMENT_COLUMNS + 2 * t;
+        let (lo, hi) = (out[2 * x], out[2 * x + 1]);
+        if row_lo < queries {
+            let at = (bh * queries + row_lo) * head_dim + column;
+            output[at] = E::cast_from(lo[0] * inv_lo);
+            output[at + 1] = E::cast_from(lo[1] * inv_lo);
+        }
+        if row_hi < queries {
+            let at = (bh * queries + row_hi) * head_dim + column;
+            output[at] = E::cast_from(hi[0] * inv_hi);
+            output[at + 1] = E::cast_from(hi[1] * inv_hi);
         }
     }
 }
@@ -2442,20 +2374,6 @@ fn mma_attention_prefetch_fits(head_dim: usize, width: usize, dtype_bytes: usize
     let (vectors, units) = (head_dim / width, MMA_PLANES * MMA_LANES);
     let loads = MMA_FRAGMENT_KEYS * vectors / units;
     (MMA_FRAGMENT_KEYS * vectors).is_multiple_of(units) && loads * (width * dtype_bytes).div_ceil(4) <= MMA_PREFETCH_MAX_REGISTERS
-}
-
-/// Largest head dimension at which [`mma_attention_fragments_kernel`]'s planes take two row
-/// tiles each (`mma_attention_row_pairs`): their outputs, scores and probabilities double in
-/// registers (at 64, 192 registers of the 255 a lane has).
-const MMA_ROW_PAIRS_MAX_HEAD_DIM: usize = 64;
-
-/// Row tiles of 16 query rows per plane of [`mma_attention_fragments_kernel`]: two with
-/// `mma_attention_row_pairs` up to [`MMA_ROW_PAIRS_MAX_HEAD_DIM`] where the cube's shared
-/// memory (its queries, one step's keys and values) fits, else one.
-fn mma_attention_row_tiles<R: CubeRuntime>(client: &ComputeClient<R>, head_dim: usize, dtype_bytes: usize) -> usize {
-    let shared = (2 * MMA_PLANES * MMA_TILE + 2 * MMA_FRAGMENT_KEYS) * (head_dim + MMA_PAD) * dtype_bytes;
-    let pairs = super::kernel_on("mma_attention_row_pairs") && head_dim <= MMA_ROW_PAIRS_MAX_HEAD_DIM && shared <= client.properties().hardware.max_shared_memory_size;
-    if pairs { 2 } else { 1 }
 }
 
 /// Largest head dimension [`mma_attention`] takes (each lane holds `16 · ⌈head_dim / 32⌉`
@@ -2552,11 +2470,10 @@ pub(crate) fn mma_attention<R: CubeRuntime>(
     if fragments {
         super::MMA_ATTENTION_FRAGMENTS.add();
         let prefetch = super::kernel_on("mma_attention_prefetch") && mma_attention_prefetch_fits(head_dim, width, dtype.size());
-        let row_tiles = mma_attention_row_tiles(&output.client, head_dim, dtype.size());
         unsafe {
             mma_attention_fragments_kernel::launch_unchecked(
                 &output.client,
-                CubeCount::new_2d(queries.div_ceil(MMA_PLANES * MMA_TILE * row_tiles) as u32, (batch * heads) as u32),
+                CubeCount::new_2d(queries.div_ceil(MMA_PLANES * MMA_TILE) as u32, (batch * heads) as u32),
                 CubeDim::new_2d(MMA_LANES as u32, MMA_PLANES as u32),
                 address,
                 width,
@@ -2570,8 +2487,6 @@ pub(crate) fn mma_attention<R: CubeRuntime>(
                 head_dim / width,
                 causal,
                 prefetch,
-                row_tiles,
-                super::kernel_on("mma_attention_tree_max"),
                 dtype.into(),
             )
         };

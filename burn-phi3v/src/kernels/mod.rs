@@ -697,12 +697,8 @@ pub fn fused_kernels() -> bool {
 /// `mma_attention_prefetch` off has the register-fragment flash kernel load each step's keys
 /// and values when the step starts (every lane waiting on memory, then storing them into
 /// shared memory one value at a time) instead of loading them into registers during the step
-/// before and storing whole vectors (up to 64-dim heads); `mma_attention_row_pairs` on has each
-/// plane of that kernel take two tiles of 16 query rows (128 rows per cube, each key and value
-/// fragment read from shared memory used twice) up to 64-dim heads, instead of one;
-/// `mma_attention_tree_max` on has it take each row's maximum over a step's scores in pairs,
-/// then pairs of pairs, instead of in one chain.
-pub const KERNEL_NAMES: [&str; 27] = [
+/// before and storing whole vectors (up to 64-dim heads).
+pub const KERNEL_NAMES: [&str; 25] = [
     "rms_norm",
     "layer_norm",
     "quick_gelu",
@@ -728,8 +724,6 @@ pub const KERNEL_NAMES: [&str; 27] = [
     "mma_attention_fragments",
     "skinny_norm_after",
     "mma_attention_prefetch",
-    "mma_attention_row_pairs",
-    "mma_attention_tree_max",
 ];
 
 /// Whether the backend's kernel `name` (one of [`KERNEL_NAMES`]) runs: [`fused_kernels`] is
@@ -769,13 +763,11 @@ const _: () = assert!(KERNEL_NAMES.len() <= 32, "one bit per kernel in a u32");
 /// 111.2–136.4. `decode_attention_early_values` (session 31): the decode attention's value rows
 /// loaded with its key rows; on the H200 (session 32) no faster at 10 rows (73.4 and 69.1 µs
 /// per layer against 71.0 and 67.8) nor at 1 row (whole step 4.15 ms against 4.16 and 4.18).
-/// `mma_attention_row_pairs` and `mma_attention_tree_max` (session 33): off until measured on a
-/// GPU.
 /// (Session 31's `mma_fragments_waves` and `skinny_norm_after` were here until session 32
-/// measured them faster; the two decode attention variants that were here, session 28's one
+/// measured them faster, session 33's `mma_attention_prefetch` until session 33 did; the two decode attention variants that were here, session 28's one
 /// lane per query value and session 29's rows copied into shared memory, right and slower,
 /// were removed in sessions 29 and 30.)
-pub const KERNELS_OFF_BY_DEFAULT: [&str; 4] = ["mma_linear_runs", "decode_attention_early_values", "mma_attention_row_pairs", "mma_attention_tree_max"];
+pub const KERNELS_OFF_BY_DEFAULT: [&str; 2] = ["mma_linear_runs", "decode_attention_early_values"];
 
 /// The kernels turned off, a bit each ([`kernel_bit`]): [`KERNELS_OFF_BY_DEFAULT`] less those
 /// `PHI3V_KERNELS_ON` names, and those `PHI3V_KERNELS_OFF` names (both comma-separated lists,
