@@ -2362,7 +2362,7 @@ fn mma_attention_fragments_refusal<R: CubeRuntime>(client: &ComputeClient<R>, dt
 /// Most 32-bit registers one lane of [`mma_attention_fragments_kernel`] holds for each operand
 /// of the next step with `mma_attention_prefetch`, beside its queries', scores' and outputs'
 /// ones: 16 is head dimension 64 in 16-bit vectors of 8. (On the H100, session 33, the
-/// prefetch took CLIP's 64-dim attention from 254–262 to 229–236 µs, and Phi-3's 96-dim
+/// prefetch took CLIP's 64-dim attention from 254–262 to 229–244 µs, and Phi-3's 96-dim
 /// prefill attention, at 24 registers, from 98–101 to 107–109 µs at 1024 tokens.)
 const MMA_PREFETCH_MAX_REGISTERS: usize = 16;
 

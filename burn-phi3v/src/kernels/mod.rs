@@ -764,9 +764,9 @@ const _: () = assert!(KERNEL_NAMES.len() <= 32, "one bit per kernel in a u32");
 /// loaded with its key rows; on the H200 (session 32) no faster at 10 rows (73.4 and 69.1 µs
 /// per layer against 71.0 and 67.8) nor at 1 row (whole step 4.15 ms against 4.16 and 4.18).
 /// (Session 31's `mma_fragments_waves` and `skinny_norm_after` were here until session 32
-/// measured them faster, session 33's `mma_attention_prefetch` until session 33 did; the two decode attention variants that were here, session 28's one
-/// lane per query value and session 29's rows copied into shared memory, right and slower,
-/// were removed in sessions 29 and 30.)
+/// measured them faster, and `mma_attention_prefetch` until session 33 did; the two decode
+/// attention variants that were here, session 28's one lane per query value and session 29's
+/// rows copied into shared memory, right and slower, were removed in sessions 29 and 30.)
 pub const KERNELS_OFF_BY_DEFAULT: [&str; 2] = ["mma_linear_runs", "decode_attention_early_values"];
 
 /// The kernels turned off, a bit each ([`kernel_bit`]): [`KERNELS_OFF_BY_DEFAULT`] less those
