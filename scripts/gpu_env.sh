@@ -51,10 +51,24 @@ DECODE_BREAKDOWN=(bench breakdown --preset phi3v-128k --device cuda --dtype bf16
 # parity_jobs CASE…: the bf16 fixture parity on cuda, one job per case (compilation is per
 # process, so the cases compile side by side); parity_report: their table rows, exit codes and
 # failures (after `wait`).
-parity_jobs() { for c in "$@"; do job parity-bf16-$c $B/phi3v-plugin-conformance --device cuda --parity-only --parity-dtype bf16 --cases $c; done; }
+parity_job() { job parity-$1-$2 $B/phi3v-plugin-conformance --device cuda --parity-only --parity-dtype $1 --cases $2; }
+parity_jobs() { for c in "$@"; do parity_job bf16 $c; done; }
 parity_report() {
   echo "=== parity bf16 (one job per case)"; cat $W/parity-bf16-*/out.txt | grep "^| [a-z]\|rc=" | sort -u | cut -c1-300
   grep -h "differs\|instead of\|error\| s$" $W/parity-bf16-*/err.txt 2>/dev/null | cut -c1-250 | head
+}
+# fixture_cases: the fixture suite's case names (tests/fixtures/cases; not the vision probes,
+# which every parity job runs and `--cases` does not name).
+fixture_cases() { ls tests/fixtures/cases/*.safetensors | xargs -n1 basename | sed 's/\.safetensors$//' | grep -v "^vision_probe"; }
+# parity_dtype DT CASE…: the DT fixture parity on cuda, one job per case ($LIMIT s each), waits
+# for those jobs alone (others may run beside them), then prints their table rows, exit codes
+# and failures.
+parity_dtype() {
+  local dt=$1 c; shift
+  for c in "$@"; do parity_job $dt $c; done
+  while [ $(ls -d $W/parity-$dt-*/ | wc -l) -gt $(grep -l "^rc=" $W/parity-$dt-*/out.txt 2>/dev/null | wc -l) ]; do sleep 5; done
+  echo "=== parity $dt at $SECONDS s"; cat $W/parity-$dt-*/out.txt | grep "^| [a-z]\|rc=" | sort -u | cut -c1-250
+  grep -h "differs\|instead of\|rror" $W/parity-$dt-*/err.txt 2>/dev/null | cut -c1-250 | head
 }
 # bench_parts DIR PART…: one `phi3v bench run` (phi3v-128k shapes on cuda) per part
 # "name:VAR=value …:seconds:args", the variables set for that run only (none: empty), its

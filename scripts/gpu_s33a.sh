@@ -10,15 +10,9 @@
 source scripts/gpu_env.sh
 echo "pack of $(head -1 .gpu/commit.txt)"
 mkdir -p $OUT/s33a
-CASES=$(ls tests/fixtures/cases/*.safetensors | xargs -n1 basename | sed 's/\.safetensors$//')
 # The kernels test runs beside the parity jobs (correctness only: nothing here is timed).
 LIMIT=$(( ${END_S:-550} - 10 )) job kernels-bf16 env PHI3V_TEST_DEVICES=cuda:0:bf16 $B/kernels kernels_equal --nocapture
-for dt in bf16 f16; do
-  for c in $CASES; do LIMIT=${PARITY_S:-220} job parity-$dt-$c $B/phi3v-plugin-conformance --device cuda --parity-only --parity-dtype $dt --cases $c; done
-  while [ $(ls -d $W/parity-$dt-*/ | wc -l) -gt $(grep -l "^rc=" $W/parity-$dt-*/out.txt 2>/dev/null | wc -l) ]; do sleep 5; done
-  echo "=== parity $dt at $SECONDS s"; cat $W/parity-$dt-*/out.txt | grep "^| [a-z]\|rc=" | sort -u | cut -c1-250
-  grep -h "differs\|instead of\|rror" $W/parity-$dt-*/err.txt 2>/dev/null | cut -c1-250 | head
-done
+for dt in bf16 f16; do LIMIT=${PARITY_S:-220} parity_dtype $dt $(fixture_cases); done
 wait; collect; cp /tmp/res/* $OUT/s33a/ 2>/dev/null
 echo "=== kernels"; grep -hE "test result|panicked|rc=|FAIL|mma attention:|staged|577, 577" $W/kernels-bf16/out.txt $W/kernels-bf16/err.txt | cut -c1-230 | head -20
 echo "done at $SECONDS s"

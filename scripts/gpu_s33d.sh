@@ -8,13 +8,7 @@
 source scripts/gpu_env.sh
 echo "pack of $(head -1 .gpu/commit.txt)"
 mkdir -p $OUT/s33d
-CASES=$(ls tests/fixtures/cases/*.safetensors | xargs -n1 basename | sed 's/\.safetensors$//' | grep -v "^vision_probe")
-for dt in bf16 f16; do
-  for c in $CASES; do LIMIT=${PARITY_S:-200} job parity-$dt-$c $B/phi3v-plugin-conformance --device cuda --parity-only --parity-dtype $dt --cases $c; done
-  while [ $(ls -d $W/parity-$dt-*/ | wc -l) -gt $(grep -l "^rc=" $W/parity-$dt-*/out.txt 2>/dev/null | wc -l) ]; do sleep 5; done
-  echo "=== parity $dt at $SECONDS s"; cat $W/parity-$dt-*/out.txt | grep "^| [a-z]\|rc=" | sort -u | cut -c1-250
-  grep -h "differs\|instead of\|rror" $W/parity-$dt-*/err.txt 2>/dev/null | cut -c1-250 | head
-done
+for dt in bf16 f16; do LIMIT=${PARITY_S:-200} parity_dtype $dt $(fixture_cases); done
 collect; cp /tmp/res/parity-* $OUT/s33d/ 2>/dev/null
 timed_folders s33d
 cd $D
