@@ -23,15 +23,23 @@
 #             vs the best tiling with PHI3V_SKINNY_MAX_ROWS=3 (TEN_E2E=0 skips, TEN_E2E_S).
 # Returns s17-<rows>.tgz and the kernel caches. Usage (device tool):
 #   [ROWS=few] bash scripts/gpu_s17_matmul.sh   (~560 s; WARM_S and ROUTINE_S per product and routine, PEER_S, TOP_S, E2E_S, TESTS_S)
+# DEVICE (cuda), DTYPE (bf16) and ROUTINES (the 7 kinds below) choose another device: e.g.
+#   DEVICE=wgpu DTYPE=f16 KERNELS=0 ROUTINES="double ordered specialized simple" (SPIR-V's
+#   cooperative matrices; no TMA and no `mma` instruction there). The peer runs on CUDA only.
 source scripts/gpu_env.sh
 ROWS=${ROWS:-many}
-D=$W/bench; mkdir -p $D; RS=$OUT/s17-$ROWS; mkdir -p $RS
+DEVICE=${DEVICE:-cuda}; DTYPE=${DTYPE:-bf16}
+ROUTINES=${ROUTINES:-"specialized_tma double_tma simple_tma double ordered specialized-mma double-mma"}
+TAG=s17-$ROWS; [ "$DEVICE" != cuda ] && TAG=$TAG-$DEVICE
+D=$W/bench; mkdir -p $D; RS=$OUT/$TAG; mkdir -p $RS
 printf '[compilation]\ncache = "local"\n[autotune]\ncache = "local"\n' > $D/cubecl.toml
 [ -f .gpu/cache.tgz ] && tar xzf .gpu/cache.tgz -C $D
 [ "${KERNELS:-1}" != 0 ] && LIMIT=${TESTS_S:-480} job kernels-bf16 env PHI3V_TEST_DEVICES=cuda:0:bf16 $B/kernels --nocapture
-s=$(date +%s)
-timeout ${PEER_S:-45} python3 bench/peer_matmul.py --out $RS/peer.json > $RS/peer.log 2>&1
-echo "=== peer rc=$? $(( $(date +%s) - s )) s"; grep -v Warning $RS/peer.log | tail -12
+if [ "$DEVICE" = cuda ]; then
+  s=$(date +%s)
+  timeout ${PEER_S:-45} python3 bench/peer_matmul.py --out $RS/peer.json > $RS/peer.log 2>&1
+  echo "=== peer rc=$? $(( $(date +%s) - s )) s"; grep -v Warning $RS/peer.log | tail -12
+fi
 if [ "$ROWS" = few ]; then
   # 64 rows fit one cube's rows: cubes along n only, so narrow blocks (16–64 columns) give the
   # SMs enough cubes; deep k steps keep loads in flight.
@@ -54,12 +62,12 @@ cd $D
 for p in $PRODUCTS; do
   s=$(date +%s)
   # Burn's matmul alone first: its autotune (tens of candidates to compile) lands in the cache.
-  timeout ${WARM_S:-60} $B/phi3v bench matmul --device cuda --dtype bf16 --shapes $p --tilings burn --warmup 1 --runs 2 > /dev/null 2>&1
-  for r in specialized_tma double_tma simple_tma double ordered specialized-mma double-mma; do
+  timeout ${WARM_S:-60} $B/phi3v bench matmul --device $DEVICE --dtype $DTYPE --shapes $p --tilings burn --warmup 1 --runs 2 > /dev/null 2>&1
+  for r in $ROUTINES; do
     # The instruction pinned to 16×16×16, so that a tiling means the same blocks at every
     # product (cubek-matmul picks 8×32 or 32×8 for lopsided products otherwise).
     SWEEP="burn"; for t in $TILINGS; do SWEEP="$SWEEP;$r:$t:16,16,16"; done
-    timeout ${ROUTINE_S:-14} $B/phi3v bench matmul --device cuda --dtype bf16 --shapes $p --tilings "$SWEEP" --warmup 2 --runs 10 \
+    timeout ${ROUTINE_S:-14} $B/phi3v bench matmul --device $DEVICE --dtype $DTYPE --shapes $p --tilings "$SWEEP" --warmup 2 --runs 10 \
       > $RS/sweep-$p-$r.md 2> $RS/sweep-$p-$r.log || echo "  $p $r: rc=$?"
   done
   echo "=== sweep $p $(( $(date +%s) - s )) s, $(cat $RS/sweep-$p-*.log | grep -c "µs") timings"
@@ -90,7 +98,9 @@ echo "=== best: ${BEST:-none}"
 if [ -n "$BEST" ]; then
   s=$(date +%s)
   PEER=(); [ -s $RS/peer.json ] && PEER=(--peer $RS/peer.json)
-  timeout ${TOP_S:-70} $B/phi3v bench matmul --device cuda --dtype bf16 --tilings "burn;$BEST" --warmup 3 --runs 20 \
+  # TOP_SHAPES: fewer products than the default's 12 (each compiles and tunes Burn's matmul).
+  [ -n "${TOP_SHAPES:-}" ] && PEER+=(--shapes "$TOP_SHAPES")
+  timeout ${TOP_S:-70} $B/phi3v bench matmul --device $DEVICE --dtype $DTYPE --tilings "burn;$BEST" --warmup 3 --runs 20 \
     "${PEER[@]}" --out $RS/top.json > $RS/top.md 2> $RS/top.log
   echo "=== top rc=$? $(( $(date +%s) - s )) s"; cat $RS/top.md
   if [ "$ROWS" = few ]; then
@@ -98,7 +108,7 @@ if [ -n "$BEST" ]; then
     # Burn's and the best tensor-core tilings (this says whether a tiling should take them:
     # PHI3V_SKINNY_MAX_ROWS below 10 sends them to PHI3V_MATMUL_FEW, timed end to end below).
     s=$(date +%s)
-    timeout ${TEN_S:-40} $B/phi3v bench matmul --device cuda --dtype bf16 --shapes "10,3072,9216;10,3072,3072;10,3072,16384;10,8192,3072" \
+    timeout ${TEN_S:-40} $B/phi3v bench matmul --device $DEVICE --dtype $DTYPE --shapes "10,3072,9216;10,3072,3072;10,3072,16384;10,8192,3072" \
       --tilings "model;burn;$BEST" --warmup 3 --runs 20 --out $RS/ten.json > $RS/ten.md 2> $RS/ten.log
     echo "=== ten rows rc=$? $(( $(date +%s) - s )) s"; cat $RS/ten.md
   fi
@@ -106,7 +116,7 @@ if [ -n "$BEST" ]; then
   [ "${FLASH:-burn}" = scores ] && export PHI3V_FLASH_ATTENTION=scores
   for part in "e2e-burn:burn" "e2e-tiled:$FIRST"; do
     name=${part%%:*}; s=$(date +%s)
-    env $VAR=${part#*:} timeout ${E2E_S:-70} $B/phi3v bench run --preset phi3v-128k --device cuda $E2E --out $RS/$name > $RS/$name.log 2>&1
+    env $VAR=${part#*:} timeout ${E2E_S:-70} $B/phi3v bench run --preset phi3v-128k --device $DEVICE --dtype $DTYPE $E2E --out $RS/$name > $RS/$name.log 2>&1
     echo "=== $name ($VAR=${part#*:}) rc=$? $(( $(date +%s) - s )) s"; grep -v "^\s*$" $RS/$name.log | tail -8 | cut -c1-200
   done
   if [ "$ROWS" = few ] && [ "${TEN_E2E:-1}" != 0 ]; then
@@ -125,6 +135,6 @@ cd $R
 wait
 collect; cp /tmp/res/kernels-* $RS/ 2>/dev/null
 echo "=== kernels-bf16"; grep -E "test result|FAIL|panicked|rc=|tiled_matmul|with bias|tilings refused" $W/kernels-bf16/out.txt 2>/dev/null | cut -c1-220
-(cd $OUT && tar czf s17-$ROWS.tgz s17-$ROWS && rm -rf s17-$ROWS)
-tar czf - -C $D . | split -b 15M - $OUT/cache.tgz.part-
+(cd $OUT && tar czf $TAG.tgz $TAG && rm -rf $TAG)
+[ "$DEVICE" = cuda ] && tar czf - -C $D . | split -b 15M - $OUT/cache.tgz.part-
 ls -la $OUT
