@@ -157,11 +157,16 @@ impl KernelJob {
         }
         // CLIP's quick-GELU over an fc1 output of 577 tokens × 4096, and a length off a cube's
         // units; inputs wide enough that the sigmoid saturates at both ends. Rows of 77 and 6
-        // take vectors of 1 and 2 values (4096 and 1000 take 8 where the device loads 8).
+        // take vectors of 1 and 2 values (4096 and 1000 take 8 where the device loads 8). With
+        // fc1's bias added in the kernel's pass: the composed side rounds the sum to the dtype
+        // first, one rounding more.
         for (rows, width) in [(577, 4096), (3, 1000), (2, 77), (5, 6)] {
             let x = tensor(input(vec![rows * width], 12.0)).reshape([1, rows, width]);
-            let outputs = both(&|| kernels::quick_gelu(x.clone()));
+            let outputs = both(&|| kernels::quick_gelu(x.clone(), None));
             compare(format!("quick_gelu [1, {rows}, {width}]"), Terms::Dtype(1), outputs);
+            let bias = tensor(input(vec![width], 4.0));
+            let outputs = both(&|| kernels::quick_gelu(x.clone(), Some(&bias)));
+            compare(format!("quick_gelu with bias [1, {rows}, {width}]"), Terms::Dtype(2), outputs);
         }
         // The residual add fused with the norm after it: the sum and the normed sum side by side.
         for (rows, width) in [(1, 3072), (10, 3072), (3, 100), (66000, 8), (2, 77)] {

@@ -38,11 +38,13 @@ where
         layer_norm(x, weight, bias, eps)
     }
 
-    fn quick_gelu(x: FloatTensor<Self>) -> FloatTensor<Self> {
-        if !runs_here(&x.client) {
-            return super::default_quick_gelu::<Self>(x);
+    fn quick_gelu(x: FloatTensor<Self>, bias: Option<FloatTensor<Self>>) -> FloatTensor<Self> {
+        let width = x.meta.shape()[x.meta.shape().num_dims() - 1];
+        let bias_fits = bias.as_ref().is_none_or(|b| b.dtype == x.dtype && b.meta.shape().num_elements() == width);
+        if !runs_here(&x.client) || !bias_fits {
+            return super::default_quick_gelu::<Self>(x, bias);
         }
-        quick_gelu(x)
+        quick_gelu(x, bias)
     }
 
     fn add_rms_norm(x: FloatTensor<Self>, residual: FloatTensor<Self>, weight: FloatTensor<Self>, eps: f64) -> (FloatTensor<Self>, FloatTensor<Self>) {
@@ -1040,36 +1042,67 @@ pub(crate) fn silu_mul<R: CubeRuntime>(gate_up: CubeTensor<R>) -> CubeTensor<R> 
     output
 }
 
-/// One unit per vector of `N` values: `x · σ(1.702 · x)` with the sigmoid in f32.
+/// One unit per vector of `N` values: `x · σ(1.702 · x)` with the sigmoid in f32, of `x + bias`
+/// (added in f32; `bias` holds a row's `row_vectors` vectors) when `has_bias`.
 #[cube(launch_unchecked, address_type = "dynamic")]
-fn quick_gelu_kernel<E: Float, N: Size>(x: &Array<Vector<E, N>>, output: &mut Array<Vector<E, N>>, total: usize, #[define(E)] _dtype: StorageType) {
+fn quick_gelu_kernel<E: Float, N: Size>(
+    x: &Array<Vector<E, N>>,
+    bias: &Array<Vector<E, N>>,
+    output: &mut Array<Vector<E, N>>,
+    total: usize,
+    row_vectors: usize,
+    #[comptime] has_bias: bool,
+    #[define(E)] _dtype: StorageType,
+) {
     if ABSOLUTE_POS >= total {
         terminate!();
     }
     let xv = x[ABSOLUTE_POS];
+    let mut bv = Vector::<E, N>::empty().fill(E::from_int(0));
+    if has_bias {
+        bv = bias[ABSOLUTE_POS % row_vectors];
+    }
     let mut out = Vector::<E, N>::empty();
     #[unroll]
     for e in 0..N::value() {
-        let v = f32::cast_from(xv[e]);
+        let v = f32::cast_from(xv[e]) + f32::cast_from(bv[e]);
         out[e] = E::cast_from(v / (f32::new(1.0) + f32::exp(f32::new(-1.702) * v)));
     }
     output[ABSOLUTE_POS] = out;
 }
 
-/// CLIP's quick-GELU; see [`Kernels::quick_gelu`].
-pub(crate) fn quick_gelu<R: CubeRuntime>(x: CubeTensor<R>) -> CubeTensor<R> {
+/// CLIP's quick-GELU, of `x + bias` with a bias of `x`'s last dimension and dtype; see
+/// [`Kernels::quick_gelu`].
+pub(crate) fn quick_gelu<R: CubeRuntime>(x: CubeTensor<R>, bias: Option<CubeTensor<R>>) -> CubeTensor<R> {
     let x = into_contiguous(x);
     let shape = x.meta.shape().clone();
     let width = shape[shape.num_dims() - 1];
     let output = empty_device_contiguous_dtype(x.client.clone(), x.device.clone(), shape, x.dtype);
-    let vector_size = vector_loads(&[&x, &output], width);
+    let has_bias = bias.is_some();
+    // Without a bias the kernel is handed `x` again and never reads it.
+    let bias = bias.map_or_else(|| x.clone(), into_contiguous);
+    let vector_size = vector_loads(&[&x, &output, &bias], width);
     let (units, cube_dim, cube_count, address) = elementwise_vectors(&x, &output, vector_size);
     if units == 0 {
         return output;
     }
     let dtype: DType = x.dtype;
+    let row_vectors = width / vector_size;
     unsafe {
-        quick_gelu_kernel::launch_unchecked(&output.client, cube_count, cube_dim, address, vector_size, x.into_array_arg(), output.clone().into_array_arg(), units, dtype.into())
+        quick_gelu_kernel::launch_unchecked(
+            &output.client,
+            cube_count,
+            cube_dim,
+            address,
+            vector_size,
+            x.into_array_arg(),
+            bias.into_array_arg(),
+            output.clone().into_array_arg(),
+            units,
+            row_vectors,
+            has_bias,
+            dtype.into(),
+        )
     };
     output
 }

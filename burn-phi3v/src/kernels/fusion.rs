@@ -17,7 +17,8 @@ use super::Kernels;
 enum Kind {
     RmsNorm { eps: f64 },
     LayerNorm { eps: f64 },
-    QuickGelu,
+    /// Inputs: `x`, then the bias when `bias`.
+    QuickGelu { bias: bool },
     AddRmsNorm { eps: f64 },
     Rotary { head_dim: usize },
     SiluMul,
@@ -52,7 +53,7 @@ impl<B: FusionBackend + Kernels> Operation<B::FusionRuntime> for Step<B> {
         let results = match self.kind {
             Kind::RmsNorm { eps } => vec![B::rms_norm(input(0), input(1), eps)],
             Kind::LayerNorm { eps } => vec![<B as Kernels>::layer_norm(input(0), input(1), input(2), eps)],
-            Kind::QuickGelu => vec![B::quick_gelu(input(0))],
+            Kind::QuickGelu { bias } => vec![B::quick_gelu(input(0), bias.then(|| input(1)))],
             Kind::AddRmsNorm { eps } => {
                 let (sum, normed) = B::add_rms_norm(input(0), input(1), input(2), eps);
                 vec![sum, normed]
@@ -122,9 +123,10 @@ impl<B: FusionBackend + Kernels> Kernels for Fusion<B> {
         register::<B>("phi3v_layer_norm", Kind::LayerNorm { eps }, vec![x, weight, bias], shape)
     }
 
-    fn quick_gelu(x: FloatTensor<Self>) -> FloatTensor<Self> {
+    fn quick_gelu(x: FloatTensor<Self>, bias: Option<FloatTensor<Self>>) -> FloatTensor<Self> {
         let shape = x.shape.clone();
-        register::<B>("phi3v_quick_gelu", Kind::QuickGelu, vec![x], shape)
+        let kind = Kind::QuickGelu { bias: bias.is_some() };
+        register::<B>("phi3v_quick_gelu", kind, [Some(x), bias].into_iter().flatten().collect(), shape)
     }
 
     fn add_rms_norm(x: FloatTensor<Self>, residual: FloatTensor<Self>, weight: FloatTensor<Self>, eps: f64) -> (FloatTensor<Self>, FloatTensor<Self>) {

@@ -64,12 +64,13 @@ pub trait Kernels: Backend {
     }
 
     /// CLIP's quick-GELU, `x · σ(1.702 · x)`, with the sigmoid in f32, cast back to `x`'s
-    /// dtype.
+    /// dtype. With `bias`, of `x + bias` (the bias of the product before, added in f32 in the
+    /// same pass over `x`: `fc1`'s output is read and written once instead of twice).
     ///
     /// # Shapes
-    /// `x`: any → the same
-    fn quick_gelu(x: FloatTensor<Self>) -> FloatTensor<Self> {
-        default_quick_gelu::<Self>(x)
+    /// `x`: `[..., d]` (any rank); `bias`: `[d]` → as `x`
+    fn quick_gelu(x: FloatTensor<Self>, bias: Option<FloatTensor<Self>>) -> FloatTensor<Self> {
+        default_quick_gelu::<Self>(x, bias)
     }
 
     /// The residual add and the next `Phi3RMSNorm` in one pass: `sum = x + residual` (rounded
@@ -297,13 +298,18 @@ fn default_layer_norm<B: Backend>(x: FloatTensor<B>, weight: FloatTensor<B>, bia
     B::float_reshape(composed::layer_norm(rows, vector(weight), vector(bias), eps).into_primitive().tensor(), shape)
 }
 
-/// [`Kernels::quick_gelu`]'s default, for implementations that fall back to it (as one flat
-/// vector: the steps are elementwise).
-fn default_quick_gelu<B: Backend>(x: FloatTensor<B>) -> FloatTensor<B> {
+/// [`Kernels::quick_gelu`]'s default, for implementations that fall back to it (as rows of the
+/// last dimension: the steps are elementwise, the bias broadcast over the rows).
+fn default_quick_gelu<B: Backend>(x: FloatTensor<B>, bias: Option<FloatTensor<B>>) -> FloatTensor<B> {
     use burn::tensor::TensorMetadata;
     let shape = x.shape();
-    let flat = Tensor::<B, 1>::from_primitive(TensorPrimitive::Float(B::float_reshape(x, burn::tensor::Shape::new([shape.num_elements()]))));
-    B::float_reshape(composed::quick_gelu(flat).into_primitive().tensor(), shape)
+    let d = shape[shape.num_dims() - 1];
+    let rows = Tensor::<B, 2>::from_primitive(TensorPrimitive::Float(B::float_reshape(x, burn::tensor::Shape::new([shape.num_elements() / d.max(1), d]))));
+    let rows = match bias {
+        Some(b) => rows + Tensor::<B, 1>::from_primitive(TensorPrimitive::Float(b)).unsqueeze(),
+        None => rows,
+    };
+    B::float_reshape(composed::quick_gelu(rows).into_primitive().tensor(), shape)
 }
 
 /// [`Kernels::add_rms_norm`]'s default, for implementations that fall back to it.
@@ -791,12 +797,21 @@ pub fn layer_norm<B: Kernels, const D: usize>(x: Tensor<B, D>, weight: &Tensor<B
     Tensor::from_primitive(TensorPrimitive::Float(out))
 }
 
-/// [`Kernels::quick_gelu`] on tensors (composed when its kernel is off).
-pub fn quick_gelu<B: Kernels, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
+/// [`Kernels::quick_gelu`] on tensors, of `x + bias` with a bias (composed when its kernel is
+/// off).
+///
+/// # Shapes
+/// `x`: `[..., d]`; `bias`: `[d]` → as `x`
+pub fn quick_gelu<B: Kernels, const D: usize>(x: Tensor<B, D>, bias: Option<&Tensor<B, 1>>) -> Tensor<B, D> {
     if !kernel_on("quick_gelu") {
+        let x = match bias {
+            Some(b) => x + b.clone().unsqueeze(),
+            None => x,
+        };
         return composed::quick_gelu(x);
     }
-    Tensor::from_primitive(TensorPrimitive::Float(B::quick_gelu(x.into_primitive().tensor())))
+    let bias = bias.map(|b| b.clone().into_primitive().tensor());
+    Tensor::from_primitive(TensorPrimitive::Float(B::quick_gelu(x.into_primitive().tensor(), bias)))
 }
 
 /// [`Kernels::rms_norm`] on tensors (composed when [`fused_kernels`] is off).

@@ -118,8 +118,9 @@ impl<B: Kernels> ClipMlp<B> {
     /// # Shapes
     /// `[crops, tokens, hidden]` → same
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        let x = self.fc1.forward(x);
-        let x = kernels::quick_gelu(x);
+        // `fc1`'s bias is added by the activation's kernel, in its one pass over the output.
+        let x = kernels::linear(x, &self.fc1.weight, None);
+        let x = kernels::quick_gelu(x, self.fc1.bias.as_ref());
         self.fc2.forward(x)
     }
 }

@@ -511,8 +511,10 @@ fn vision_phase<B: Kernels>(model: &Phi3VForCausalLM<B>, timer: &Timer<B>, dtype
     stage("out_proj", layers, timer.time(|| attn.out_proj.forward(x.clone())));
     stage("residual add", 2 * layers, timer.time(|| x.clone() + x.clone()));
     stage("layer_norm2", layers, timer.time(|| layer.layer_norm2.forward(x.clone())));
-    stage("fc1", layers, timer.time(|| layer.mlp.fc1.forward(x.clone())));
-    stage("quick_gelu", layers, timer.time(|| kernels::quick_gelu(hidden.clone())));
+    // As `ClipMlp::forward`: fc1 without its bias, which the activation's kernel adds.
+    let fc1 = &layer.mlp.fc1;
+    stage("fc1", layers, timer.time(|| kernels::linear(x.clone(), &fc1.weight, None)));
+    stage("quick_gelu", layers, timer.time(|| kernels::quick_gelu(hidden.clone(), fc1.bias.as_ref())));
     let composed = timer.time(|| kernels::composed::quick_gelu(hidden.clone()));
     stage("quick_gelu (alternative: Burn's composed ops)", layers, composed);
     stage("fc2", layers, timer.time(|| layer.mlp.fc2.forward(hidden.clone())));
