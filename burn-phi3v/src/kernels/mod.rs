@@ -703,8 +703,10 @@ pub fn fused_kernels() -> bool {
 /// `mma_attention_prefetch` off has the register-fragment flash kernel load each step's keys
 /// and values when the step starts (every lane waiting on memory, then storing them into
 /// shared memory one value at a time) instead of loading them into registers during the step
-/// before and storing whole vectors (up to 64-dim heads).
-pub const KERNEL_NAMES: [&str; 25] = [
+/// before and storing whole vectors (up to 64-dim heads); `quick_gelu_bias` off has the product
+/// before quick-GELU add its bias (a pass of its own over `fc1`'s output) instead of the
+/// activation's kernel.
+pub const KERNEL_NAMES: [&str; 26] = [
     "rms_norm",
     "layer_norm",
     "quick_gelu",
@@ -730,6 +732,7 @@ pub const KERNEL_NAMES: [&str; 25] = [
     "mma_attention_fragments",
     "skinny_norm_after",
     "mma_attention_prefetch",
+    "quick_gelu_bias",
 ];
 
 /// Whether the backend's kernel `name` (one of [`KERNEL_NAMES`]) runs: [`fused_kernels`] is
@@ -803,14 +806,13 @@ pub fn layer_norm<B: Kernels, const D: usize>(x: Tensor<B, D>, weight: &Tensor<B
 /// # Shapes
 /// `x`: `[..., d]`; `bias`: `[d]` → as `x`
 pub fn quick_gelu<B: Kernels, const D: usize>(x: Tensor<B, D>, bias: Option<&Tensor<B, 1>>) -> Tensor<B, D> {
+    let (x, bias) = match bias {
+        Some(b) if !kernel_on("quick_gelu") || !kernel_on("quick_gelu_bias") => (x + b.clone().unsqueeze(), None),
+        _ => (x, bias.map(|b| b.clone().into_primitive().tensor())),
+    };
     if !kernel_on("quick_gelu") {
-        let x = match bias {
-            Some(b) => x + b.clone().unsqueeze(),
-            None => x,
-        };
         return composed::quick_gelu(x);
     }
-    let bias = bias.map(|b| b.clone().into_primitive().tensor());
     Tensor::from_primitive(TensorPrimitive::Float(B::quick_gelu(x.into_primitive().tensor(), bias)))
 }
 
