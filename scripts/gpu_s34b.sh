@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Session 34, call 2 (H100 or H200; a pack of 0f0b0c0-or-later code with phi3v and
+# Session 34, call 2 (H100 or H200; a pack of b725556 or later with phi3v and
 # phi3v-plugin-conformance; carry .gpu and .gl). ≤ 560 s. Two changes, each behind a switch:
 #   - CLIP's fc1 bias added inside the quick-GELU kernel (`quick_gelu_bias`, on; off = the bias
 #     added by a pass of its own, as before): fc1's output (9809 × 4096) read and written once
