@@ -152,26 +152,6 @@ impl MemoryPage {
         None
     }
 
-    /// burn-phi3v patch: reserves a free slice of exactly `size` plus its padding, as left by an
-    /// earlier reservation of the same size, without coalescing or splitting (the slice list is
-    /// unchanged, so no descriptor is rewritten). `None` where the page has none.
-    pub fn try_reserve_exact(&mut self, size: u64) -> Option<ManagedMemoryHandle> {
-        let padding = calculate_padding(size, self.alignment);
-        let effective_size = size + padding;
-        let slice = self
-            .slices
-            .iter_mut()
-            .find(|slice| slice.effective_size() == effective_size && slice.handle.is_free())?;
-        slice.storage.utilization.size = size;
-        slice.padding = padding;
-        Some(slice.handle.clone())
-    }
-
-    /// burn-phi3v patch: the number of slices (free and used) in the page.
-    pub fn slice_count(&self) -> usize {
-        self.slices.len()
-    }
-
     /// Gets the [storage handle](SliceHandle) with the correct offset and size using the slice
     /// binding.
     ///

@@ -49,27 +49,6 @@ impl MemoryPool for SlicedPool {
     }
 
     fn try_reserve(&mut self, size: u64) -> Option<super::ManagedMemoryHandle> {
-        // burn-phi3v patch: a free slice of exactly this size first, in any page, without
-        // coalescing (upstream coalesces every page it visits and splits the merged slice again,
-        // rebuilding the page's slice list at both steps: most of a decode step's device-thread
-        // time in session 9's and 18's host profiles). A steady stream of same-sized
-        // reservations (every decode step) then leaves the slice lists as they are. Where none
-        // fits exactly, upstream's coalesce and first fit as before. `CUBECL_POOL_EXACT_FIRST=0`
-        // restores upstream's order.
-        let stats = pool_stats::enabled();
-        if pool_stats::exact_first() {
-            for (page, _) in self.pages.iter_mut() {
-                if let Some(handle) = page.try_reserve_exact(size) {
-                    if stats {
-                        pool_stats::record(true, self.pages.iter().map(|(p, _)| p.slice_count()).sum());
-                    }
-                    return Some(handle);
-                }
-            }
-        }
-        if stats {
-            pool_stats::record(false, self.pages.iter().map(|(p, _)| p.slice_count()).sum());
-        }
         for (page, _) in self.pages.iter_mut() {
             page.coalesce();
             if let Some(handle) = page.try_reserve(size) {
@@ -194,57 +173,5 @@ impl Display for SlicedPool {
         f.write_fmt(format_args!("\n{}\n", self.get_memory_usage()))?;
 
         Ok(())
-    }
-}
-
-/// burn-phi3v patch: the switch of the exact-size pass (`CUBECL_POOL_EXACT_FIRST`, on unless
-/// `0`) and, with `CUBECL_POOL_STATS=1`, a line on stderr every 100000 reservations of the sliced
-/// pools: how many found an exact slice, and the mean number of slices their pool's pages held.
-mod pool_stats {
-    use core::sync::atomic::{AtomicU64, AtomicU8, Ordering};
-
-    /// 0: not read yet; 1: off; 2: on.
-    static EXACT_FIRST: AtomicU8 = AtomicU8::new(0);
-    static STATS: AtomicU8 = AtomicU8::new(0);
-    static RESERVES: AtomicU64 = AtomicU64::new(0);
-    static EXACT: AtomicU64 = AtomicU64::new(0);
-    static SLICES: AtomicU64 = AtomicU64::new(0);
-
-    fn flag(cell: &AtomicU8, var: &str, default: bool) -> bool {
-        match cell.load(Ordering::Relaxed) {
-            0 => {
-                #[cfg(feature = "std")]
-                let on = std::env::var(var).map(|v| v.trim() != "0").unwrap_or(default);
-                #[cfg(not(feature = "std"))]
-                let on = {
-                    let _ = var;
-                    default
-                };
-                cell.store(if on { 2 } else { 1 }, Ordering::Relaxed);
-                on
-            }
-            v => v == 2,
-        }
-    }
-
-    pub(super) fn exact_first() -> bool {
-        flag(&EXACT_FIRST, "CUBECL_POOL_EXACT_FIRST", true)
-    }
-
-    pub(super) fn enabled() -> bool {
-        flag(&STATS, "CUBECL_POOL_STATS", false)
-    }
-
-    pub(super) fn record(exact: bool, slices: usize) {
-        let n = RESERVES.fetch_add(1, Ordering::Relaxed) + 1;
-        let hits = EXACT.fetch_add(exact as u64, Ordering::Relaxed) + exact as u64;
-        let total = SLICES.fetch_add(slices as u64, Ordering::Relaxed) + slices as u64;
-        if n % 100_000 == 0 {
-            #[cfg(feature = "std")]
-            std::eprintln!(
-                "cubecl pool: {n} sliced reservations, {hits} exact, {:.1} slices per pool on average",
-                total as f64 / n as f64
-            );
-        }
     }
 }
