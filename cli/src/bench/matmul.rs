@@ -10,7 +10,7 @@
 
 use std::path::PathBuf;
 
-use burn::tensor::DType;
+use burn::tensor::{DType, Tensor};
 use burn_phi3v::DeviceFn;
 use burn_phi3v::device::{DeviceInfo, dtype_name};
 use burn_phi3v::kernels::{self, Kernels, MatmulTiling};
@@ -203,17 +203,27 @@ impl DeviceFn for MatmulJob {
         let mut timings = Vec::new();
         for p in &self.products {
             let x = random::<B, 2>([p.rows, p.d_in], device, dtype);
+            // The outputs compared are of other rows than the timed ones, and each stays
+            // allocated until the product's last choice: no output is handed a buffer that
+            // already holds the right answer, which a kernel that writes nothing would pass off
+            // as its own (session 34: a tiling on wgpu that ran no products "matched" Burn's
+            // output from the buffer the memory pool gave back).
+            let x_check = random::<B, 2>([p.rows, p.d_in], device, dtype);
             let weight = random::<B, 2>([p.d_out, p.d_in], device, dtype).transpose();
             let mut first: Option<Vec<f32>> = None;
+            let mut held = Vec::new();
             for choice in &self.choices {
                 let (refusals, blas_products) = (kernels::matmul_tiling_refusal_count(), kernels::blas_matmul_count());
-                let product = || match choice {
+                let product_of = |x: &Tensor<B, 2>| match choice {
                     Choice::Burn => x.clone().matmul(weight.clone()),
                     Choice::Blas => kernels::vendor_matmul(x.clone(), weight.clone()).unwrap_or_else(|| x.clone().matmul(weight.clone())),
                     Choice::Model => kernels::linear(x.clone(), &weight, None),
                     Choice::Tiled(t) => kernels::tiled_matmul(x.clone(), weight.clone(), *t),
                 };
-                let out: Vec<f32> = product().into_data().convert::<f32>().into_vec().unwrap_or_default();
+                let product = || product_of(&x);
+                let check = product_of(&x_check);
+                let out: Vec<f32> = check.clone().into_data().convert::<f32>().into_vec().unwrap_or_default();
+                held.push(check);
                 let refused = match choice {
                     Choice::Blas => kernels::blas_matmul_count() == blas_products,
                     _ => kernels::matmul_tiling_refusal_count() > refusals,
