@@ -12,8 +12,11 @@
 source scripts/gpu_env.sh
 echo "pack of $(head -1 .gpu/commit.txt)"
 mkdir -p $OUT/s34d
-LIMIT=${PARITY_S:-200} parity_dtype bf16 $(fixture_cases)
-collect; cp /tmp/res/parity-* $OUT/s34d/ 2>/dev/null
+# PARITY=0 skips it (a pack whose phi3v-plugin-conformance predates the final code).
+if [ "${PARITY:-1}" = 1 ]; then
+  LIMIT=${PARITY_S:-200} parity_dtype bf16 $(fixture_cases)
+  collect; cp /tmp/res/parity-* $OUT/s34d/ 2>/dev/null
+fi
 timed_folders s34d
 cd $D
 s=$(date +%s)
