@@ -7,7 +7,8 @@ export VK_DRIVER_FILES=${VK_DRIVER_FILES:-/usr/local/nvidia/share/vulkan/icd.d/n
 B=$PWD/.gpu/bin
 # bins.tar.xz (scripts/build_gpu_bins.sh): all binaries in one xz stream with a 320 MiB
 # dictionary, so the code they share is stored once (27 MB instead of 50 as separate .xz).
-for t in "$B"/*.tar.xz; do [ -f "$t" ] && tar xJf "$t" -C "$B" && find "$B" -type f ! -name "*.xz" -exec chmod +x {} +; done
+# Once per carried tar: a script that sources this again (or calls one that does) skips it.
+for t in "$B"/*.tar.xz; do [ -f "$t" ] && [ ! "$B/.unpacked" -nt "$t" ] && tar xJf "$t" -C "$B" && find "$B" -type f ! -name "*.xz" -exec chmod +x {} + && touch "$B/.unpacked"; done
 # Single .xz files (a binary rebuilt since the tar) replace the tar's copies.
 for f in "$B"/*.xz; do [[ $f == *.tar.xz ]] && continue; [ -f "$f" ] && xz -dkf "$f" && chmod +x "${f%.xz}"; done
 export PHI3V_FIXTURES=$PWD/tests/fixtures PYTHONUNBUFFERED=1
@@ -53,22 +54,22 @@ DECODE_BREAKDOWN=(bench breakdown --preset phi3v-128k --device cuda --dtype bf16
 # failures (after `wait`).
 parity_job() { job parity-$1-$2 $B/phi3v-plugin-conformance --device cuda --parity-only --parity-dtype $1 --cases $2; }
 parity_jobs() { for c in "$@"; do parity_job bf16 $c; done; }
+# parity_report [DT]: the DT (default bf16) parity jobs' table rows, exit codes and failures.
 parity_report() {
-  echo "=== parity bf16 (one job per case)"; cat $W/parity-bf16-*/out.txt | grep "^| [a-z]\|rc=" | sort -u | cut -c1-300
-  grep -h "differs\|instead of\|error\| s$" $W/parity-bf16-*/err.txt 2>/dev/null | cut -c1-250 | head
+  local dt=${1:-bf16}
+  echo "=== parity $dt (one job per case) at $SECONDS s"; cat $W/parity-$dt-*/out.txt | grep "^| [a-z]\|rc=" | sort -u | cut -c1-300
+  grep -h "differs\|instead of\|rror\| s$" $W/parity-$dt-*/err.txt 2>/dev/null | cut -c1-250 | head
 }
 # fixture_cases: the fixture suite's case names (tests/fixtures/cases; not the vision probes,
 # which every parity job runs and `--cases` does not name).
 fixture_cases() { ls tests/fixtures/cases/*.safetensors | xargs -n1 basename | sed 's/\.safetensors$//' | grep -v "^vision_probe"; }
 # parity_dtype DT CASE…: the DT fixture parity on cuda, one job per case ($LIMIT s each), waits
-# for those jobs alone (others may run beside them), then prints their table rows, exit codes
-# and failures.
+# for those jobs alone (others may run beside them), then reports them (parity_report).
 parity_dtype() {
   local dt=$1 c; shift
   for c in "$@"; do parity_job $dt $c; done
   while [ $(ls -d $W/parity-$dt-*/ | wc -l) -gt $(grep -l "^rc=" $W/parity-$dt-*/out.txt 2>/dev/null | wc -l) ]; do sleep 5; done
-  echo "=== parity $dt at $SECONDS s"; cat $W/parity-$dt-*/out.txt | grep "^| [a-z]\|rc=" | sort -u | cut -c1-250
-  grep -h "differs\|instead of\|rror" $W/parity-$dt-*/err.txt 2>/dev/null | cut -c1-250 | head
+  parity_report $dt
 }
 # bench_parts DIR PART…: one `phi3v bench run` (phi3v-128k shapes on cuda) per part
 # "name:VAR=value …:seconds:args", the variables set for that run only (none: empty), its
@@ -83,6 +84,16 @@ bench_parts() {
     echo "=== $name (${vars:-defaults}) rc=$rc $(( $(date +%s) - s )) s"
     grep -v "^\s*$" "$dir/$name.log" | grep -v "^kernel cache\|parameters on" | tail -${TAIL:-5} | cut -c1-220
   done
+}
+# alternate DIR NAME SECS "ARGS" A "A_VARS" B "B_VARS" [ROUNDS]: an A/B comparison through
+# bench_parts (quietly): NAME-compile (A's settings: its kernels compiled and tuned), then
+# NAME-A-i and NAME-B-i alternating for i = 1..ROUNDS (2), so that drift between runs falls on
+# both settings alike. The caller greps the logs for its summary lines.
+alternate() {
+  local dir=$1 name=$2 secs=$3 args=$4 a=$5 a_vars=$6 b=$7 b_vars=$8 rounds=${9:-2} i
+  local parts=("$name-compile:$a_vars:$secs:$args")
+  for i in $(seq $rounds); do parts+=("$name-$a-$i:$a_vars:$secs:$args" "$name-$b-$i:$b_vars:$secs:$args"); done
+  TAIL=1 bench_parts $dir "${parts[@]}" > /dev/null
 }
 # merge_caches DEST DIR…: CubeCL's caches are append-only files (autotune results and the compiled
 # kernels' table of contents as JSON lines, `*.json.log`; the kernels themselves as a sequence of
