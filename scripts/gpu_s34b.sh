@@ -19,14 +19,10 @@ collect; cp /tmp/res/parity-* $OUT/s34b/ 2>/dev/null
 timed_folders s34b
 cd $D
 ENC="--dtype bf16 --scenarios images --images 1344x1344 --num-crops 16 --warmup 2 --runs 10"
-OFF="PHI3V_KERNELS_OFF=quick_gelu_bias"
-TAIL=1 bench_parts $RS "enc-compile::${ENC_S:-60}:$ENC" "enc-on-1::${ENC_S:-60}:$ENC" "enc-off-1:$OFF:${ENC_S:-60}:$ENC" \
-  "enc-on-2::${ENC_S:-60}:$ENC" "enc-off-2:$OFF:${ENC_S:-60}:$ENC" > /dev/null
+alternate $RS enc ${ENC_S:-60} "$ENC" on "" off "PHI3V_KERNELS_OFF=quick_gelu_bias"
 grep -H "^image" $RS/enc-*.log | sed 's|^.*/s34b/||' | cut -c1-200
 GEN="--scenarios generation --shapes 1024x128 --warmup 1 --runs 8 --generation-runs 1 --batching engine --parallel 1"
-UP="CUBECL_POOL_EXACT_FIRST=0"
-TAIL=1 bench_parts $RS "gen1-compile::${GEN_S:-45}:$GEN" "gen1-exact-1::${GEN_S:-45}:$GEN" "gen1-upstream-1:$UP:${GEN_S:-45}:$GEN" \
-  "gen1-exact-2::${GEN_S:-45}:$GEN" "gen1-upstream-2:$UP:${GEN_S:-45}:$GEN" > /dev/null
+alternate $RS gen1 ${GEN_S:-45} "$GEN" exact "" upstream "CUBECL_POOL_EXACT_FIRST=0"
 grep -H "^generation" $RS/gen1-*.log | sed 's|^.*/s34b/||' | cut -c1-230
 echo "done at $SECONDS s"
 (cd $OUT && tar czf s34b.tgz s34b && rm -rf s34b)

@@ -10,8 +10,7 @@ timed_folders s34c
 cd $D
 UP="CUBECL_POOL_EXACT_FIRST=0"
 GEN10="--scenarios generation --shapes 1024x128 --warmup 1 --runs 8 --generation-runs 1 --batching engine --parallel 10"
-TAIL=1 bench_parts $RS "gen10-compile::${GEN_S:-50}:$GEN10" "gen10-exact-1::${GEN_S:-50}:$GEN10" "gen10-upstream-1:$UP:${GEN_S:-50}:$GEN10" \
-  "gen10-exact-2::${GEN_S:-50}:$GEN10" "gen10-upstream-2:$UP:${GEN_S:-50}:$GEN10" > /dev/null
+alternate $RS gen10 ${GEN_S:-50} "$GEN10" exact "" upstream "$UP"
 grep -H "^generation" $RS/gen10-*.log | sed 's|^.*/s34c/||' | cut -c1-230
 GEN="--scenarios generation --shapes 1024x128 --warmup 1 --runs 8 --generation-runs 1 --batching engine --parallel 1"
 TAIL=1 bench_parts $RS "gen1-exact-3::${GEN_S:-45}:$GEN" "gen1-upstream-3:$UP:${GEN_S:-45}:$GEN" \
