@@ -166,12 +166,13 @@ def vision_phase(time_it, rows, cols, dev, dtype):
     stage("q_proj + k_proj + v_proj", layers_used, time_it(lambda: [F.linear(x, Wv[n], Wv["b"]) for n in ("q", "k", "v")]))
     stage("attention", layers_used,
           time_it(lambda: F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(crops, tokens, d)))
-    stage("out_proj", layers_used, time_it(lambda: F.linear(x, Wv["o"], Wv["b"])))
-    stage("residual add", 2 * layers_used, time_it(lambda: x + x))
+    # As burn-phi3v's rows: each residual add with the product before it (the add listed alone too).
+    stage("out_proj + residual", layers_used, time_it(lambda: x + F.linear(x, Wv["o"], Wv["b"])))
+    stage("residual add (alternative: a pass of its own)", 2 * layers_used, time_it(lambda: x + x))
     stage("layer_norm2", layers_used, time_it(lambda: F.layer_norm(x, (d,), Wv["ln_w"], Wv["ln_b"], eps)))
     stage("fc1", layers_used, time_it(lambda: F.linear(x, Wv["fc1"], Wv["fc1_b"])))
     stage("quick_gelu", layers_used, time_it(lambda: hidden * torch.sigmoid(1.702 * hidden)))
-    stage("fc2", layers_used, time_it(lambda: F.linear(hidden, Wv["fc2"], Wv["b"])))
+    stage("fc2 + residual", layers_used, time_it(lambda: x + F.linear(hidden, Wv["fc2"], Wv["b"])))
     stage("img_projection (HD layout excluded)", 1,
           time_it(lambda: F.linear(F.gelu(F.linear(merged, Wv["p0"], Wv["p0_b"])), Wv["p2"], Wv["p0_b"])))
     vcfg = CLIPVisionConfig(hidden_size=d, intermediate_size=inter, num_hidden_layers=24, num_attention_heads=heads,

@@ -27,12 +27,14 @@ impl DeviceFn for Stages {
         let pre = clip.pre_layrnorm.forward(emb.clone());
         let l0 = &clip.layers[0];
         let ln1 = l0.layer_norm1.forward(pre.clone());
-        let attn = l0.self_attn.forward(ln1.clone());
+        // The modules add their residual: a zero one leaves each's own output.
+        let zeros = Tensor::<B, 3>::zeros(pre.dims(), (device, dtype));
+        let attn = l0.self_attn.forward(ln1.clone(), zeros.clone());
         let ln2 = l0.layer_norm2.forward(pre.clone() + attn.clone());
         let fc1 = l0.mlp.fc1.forward(ln2.clone());
         let act = fc1.clone() * burn::tensor::activation::sigmoid(fc1.clone() * 1.702);
         let fc2 = l0.mlp.fc2.forward(act.clone());
-        let mlp = l0.mlp.forward(ln2.clone());
+        let mlp = l0.mlp.forward(ln2.clone(), zeros);
         let out = clip.forward(px);
         vec![
             ("patch+class+position embeddings", host(emb)),

@@ -596,6 +596,11 @@ impl KernelJob {
                     kernels::set_blas_ordering(ordering);
                     let outputs = both(&|| kernels::linear(x.clone() * 0.5, &weight, bias) + 1.0);
                     compare(format!("blas_matmul [{rows}, {d_in}] · [{d_in}, {d_out}] {layout}, {ordering:?} ordering"), Terms::Dtype(d_in), outputs);
+                    // The residual (and the bias) in the product's epilogue (cuBLASLt on CUDA),
+                    // the residual written just before, the output read just after.
+                    let residual = tensor(input(vec![rows * d_out], 1.0)).reshape([1, rows, d_out]);
+                    let outputs = both(&|| kernels::linear_residual(x.clone(), &weight, bias, residual.clone() * 0.5) + 1.0);
+                    compare(format!("linear_residual [{rows}, {d_in}] · [{d_in}, {d_out}] {layout}, {ordering:?} ordering"), Terms::Dtype(d_in), outputs);
                 }
             }
         }
@@ -615,6 +620,7 @@ impl DeviceFn for KernelJob {
     type Output = (Vec<Outputs>, Vec<String>);
     fn run<B: Kernels>(self, device: &B::Device, info: &DeviceInfo, dtype: DType) -> Self::Output {
         let (products, on_stream, queued) = (kernels::blas_matmul_count(), kernels::blas_matmul_stream_count(), kernels::blas_matmul_queued_count());
+        let epilogues = kernels::blas_epilogue_count();
         let mut problems = Vec::new();
         let outputs = self.outputs::<B>(device, dtype, &mut problems);
         let on_stream = kernels::blas_matmul_stream_count() - on_stream;
@@ -636,6 +642,9 @@ impl DeviceFn for KernelJob {
             }
             if on_stream == 0 {
                 problems.push("no cuBLAS product ran on CubeCL's stream".into());
+            }
+            if kernels::blas_epilogue_count() == epilogues {
+                problems.push(format!("no product added its bias or residual in cuBLASLt's epilogue: {:?}", kernels::blas_matmul_refusals()));
             }
             // Each check runs twice: the second run of a product queues it
             // (`BlasOrdering::Queued`, the workspace's cubecl-runtime patch).

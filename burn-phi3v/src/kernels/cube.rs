@@ -251,6 +251,17 @@ where
         }
     }
 
+    fn blas_linear(x: FloatTensor<Self>, weight: FloatTensor<Self>, bias: Option<FloatTensor<Self>>, residual: Option<FloatTensor<Self>>) -> Option<FloatTensor<Self>> {
+        // cuBLASLt where R is CUDA's runtime (as `blas_matmul`).
+        #[cfg(feature = "cuda")]
+        return super::cublas::linear(x, weight, bias, residual);
+        #[cfg(not(feature = "cuda"))]
+        {
+            let _ = (x, weight, bias, residual);
+            None
+        }
+    }
+
     fn tiled_matmul(lhs: FloatTensor<Self>, rhs: FloatTensor<Self>, tiling: super::MatmulTiling) -> FloatTensor<Self> {
         match super::cube_tiling::tiled_matmul(lhs.clone(), rhs.clone(), tiling) {
             Ok(out) => out,

@@ -22,9 +22,17 @@
 //! product is queued only where a product of the same shape, dtype and layouts, with tensors
 //! created on the same CubeCL streams, has already run on one CUDA stream through the round trip
 //! (the device thread cannot fall back to Burn's matmul if cuBLAS refused).
+//!
+//! [`linear`] (for [`Kernels::blas_linear`](super::Kernels::blas_linear)) adds a bias and a
+//! residual to a product in its epilogue, by cuBLASLt (`cublasLtMatmul`: the bias as
+//! `CUBLASLT_EPILOGUE_BIAS`, the residual as C with β = 1, D a new tensor): the product's output
+//! is written once instead of being read and written again by an add per term. It is ordered as
+//! the plain products are (host or stream; never queued), with a 32 MiB workspace per CUDA stream
+//! and the heuristic's algorithm kept per shape, layout and alignment.
 
 use std::any::Any;
 use std::collections::HashMap;
+use std::ffi::c_void;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock};
 
@@ -36,6 +44,7 @@ use cudarc::cublas::{
     result::{gemm_ex, gemm_strided_batched_ex},
     sys,
 };
+use cudarc::cublaslt::{result as lt_result, sys as lt};
 use cudarc::driver::{CudaContext, CudaStream};
 
 use super::BlasOrdering;
@@ -45,7 +54,7 @@ use super::BlasOrdering;
 pub(crate) fn matmul<R: CubeRuntime>(lhs: CubeTensor<R>, rhs: CubeTensor<R>) -> Option<CubeTensor<R>> {
     let lhs = (Box::new(lhs) as Box<dyn Any>).downcast::<CubeTensor<CudaRuntime>>().ok()?;
     let rhs = (Box::new(rhs) as Box<dyn Any>).downcast::<CubeTensor<CudaRuntime>>().ok()?;
-    match cuda_matmul(*lhs, *rhs) {
+    match cuda_matmul(*lhs, *rhs, None) {
         Ok((out, ordering)) => {
             super::count_blas_matmul(ordering);
             (Box::new(out) as Box<dyn Any>).downcast::<CubeTensor<R>>().ok().map(|out| *out)
@@ -57,6 +66,44 @@ pub(crate) fn matmul<R: CubeRuntime>(lhs: CubeTensor<R>, rhs: CubeTensor<R>) -> 
     }
 }
 
+/// `x · weight (+ bias) (+ residual)` by cuBLASLt, the additions in the product's epilogue, when
+/// `R` is CUDA's runtime; `None` on other runtimes and where cuBLASLt refuses (the reason
+/// recorded for [`super::blas_matmul_refusals`]).
+///
+/// # Shapes
+/// `x`: `[m, k]`; `weight`: `[k, n]`; `bias`: `[n]`; `residual`: `[m, n]` → `[m, n]`
+pub(crate) fn linear<R: CubeRuntime>(x: CubeTensor<R>, weight: CubeTensor<R>, bias: Option<CubeTensor<R>>, residual: Option<CubeTensor<R>>) -> Option<CubeTensor<R>> {
+    fn cuda<R: CubeRuntime>(t: CubeTensor<R>) -> Option<CubeTensor<CudaRuntime>> {
+        (Box::new(t) as Box<dyn Any>).downcast::<CubeTensor<CudaRuntime>>().ok().map(|t| *t)
+    }
+    let (x, weight) = (cuda(x)?, cuda(weight)?);
+    let bias = match bias {
+        Some(b) => Some(cuda(b)?),
+        None => None,
+    };
+    let residual = match residual {
+        Some(r) => Some(cuda(r)?),
+        None => None,
+    };
+    match cuda_matmul(x, weight, Some(Terms { bias, residual })) {
+        Ok((out, ordering)) => {
+            super::count_blas_matmul(ordering);
+            super::count_blas_epilogue();
+            (Box::new(out) as Box<dyn Any>).downcast::<CubeTensor<R>>().ok().map(|out| *out)
+        }
+        Err(reason) => {
+            super::refuse_blas_matmul(format!("cuBLASLt epilogue: {reason}"));
+            None
+        }
+    }
+}
+
+/// What [`linear`] adds to its product.
+struct Terms {
+    bias: Option<CubeTensor<CudaRuntime>>,
+    residual: Option<CubeTensor<CudaRuntime>>,
+}
+
 /// One device's cuBLAS handle and the stream it runs on.
 struct Blas {
     context: Arc<CudaContext>,
@@ -64,27 +111,35 @@ struct Blas {
     blas: CudaBlas,
 }
 
-/// The handles by device ordinal (`Err`: why cuBLAS cannot run there, kept so that a missing
+/// Handles by device ordinal (`Err`: why the library cannot run there, kept so that a missing
 /// library is looked for once).
-type Handles = Mutex<HashMap<usize, Result<Arc<Mutex<Blas>>, String>>>;
+type PerDevice<T> = OnceLock<Mutex<HashMap<usize, Result<Arc<Mutex<T>>, String>>>>;
 
-fn handle(ordinal: usize) -> Result<Arc<Mutex<Blas>>, String> {
-    static HANDLES: OnceLock<Handles> = OnceLock::new();
-    let mut handles = HANDLES.get_or_init(Default::default).lock().map_err(|_| "cuBLAS handles poisoned".to_string())?;
+/// Device `ordinal`'s entry of `handles`, made by `create` after library `lib` is looked for
+/// ([`load_from_toolkit`]) on first use.
+fn per_device<T>(handles: &'static PerDevice<T>, ordinal: usize, lib: &str, create: impl FnOnce() -> Result<T, String> + std::panic::UnwindSafe) -> Result<Arc<Mutex<T>>, String> {
+    let mut handles = handles.get_or_init(Default::default).lock().map_err(|_| format!("{lib} handles poisoned"))?;
     handles
         .entry(ordinal)
         .or_insert_with(|| {
-            // cudarc panics when libcublas cannot be loaded: a typed refusal here.
+            // cudarc panics when the library cannot be loaded: a typed refusal here.
             crate::backends::cuda::quietly(|| {
-                load_from_toolkit();
-                let context = CudaContext::new(ordinal).map_err(|e| format!("CUDA context {ordinal}: {e}"))?;
-                let stream = context.new_stream().map_err(|e| format!("CUDA stream: {e}"))?;
-                let blas = CudaBlas::new(stream.clone()).map_err(|e| format!("cuBLAS handle: {e}"))?;
-                Ok(Arc::new(Mutex::new(Blas { context, stream, blas })))
+                load_from_toolkit(lib);
+                create().map(|t| Arc::new(Mutex::new(t)))
             })
-            .unwrap_or_else(|| Err("libcublas could not be loaded (is the CUDA toolkit's lib directory on LD_LIBRARY_PATH?)".into()))
+            .unwrap_or_else(|| Err(format!("lib{lib} could not be loaded (is the CUDA toolkit's lib directory on LD_LIBRARY_PATH?)")))
         })
         .clone()
+}
+
+fn handle(ordinal: usize) -> Result<Arc<Mutex<Blas>>, String> {
+    static HANDLES: PerDevice<Blas> = OnceLock::new();
+    per_device(&HANDLES, ordinal, "cublas", || {
+        let context = CudaContext::new(ordinal).map_err(|e| format!("CUDA context {ordinal}: {e}"))?;
+        let stream = context.new_stream().map_err(|e| format!("CUDA stream: {e}"))?;
+        let blas = CudaBlas::new(stream.clone()).map_err(|e| format!("cuBLAS handle: {e}"))?;
+        Ok(Blas { context, stream, blas })
+    })
 }
 
 /// A cuBLAS handle bound to one of CubeCL's streams (never destroyed: CubeCL's streams live as
@@ -179,12 +234,13 @@ fn toolkit_lib_dirs() -> Vec<PathBuf> {
 }
 
 /// Where the loader's search path (`LD_LIBRARY_PATH`, the system's folders) has none of the
-/// libcublas names cudarc asks for, loads the first of them found in [`toolkit_lib_dirs`] and
-/// keeps it loaded: cudarc's load by name then finds it, as the loader matches a loaded library
-/// by its name. Nothing found: cudarc's own load fails and the products take Burn's matmul.
-fn load_from_toolkit() {
-    let names = cudarc::get_lib_name_candidates("cublas");
-    // SAFETY: loading libcublas runs its initialisers, as cudarc's own load does.
+/// names cudarc asks for library `lib` (`cublas`, `cublasLt`) by, loads the first of them found
+/// in [`toolkit_lib_dirs`] and keeps it loaded: cudarc's load by name then finds it, as the
+/// loader matches a loaded library by its name. Nothing found: cudarc's own load fails and the
+/// products take Burn's matmul.
+fn load_from_toolkit(lib: &str) {
+    let names = cudarc::get_lib_name_candidates(lib);
+    // SAFETY: loading the library runs its initialisers, as cudarc's own load does.
     if names.iter().any(|name| unsafe { libloading::Library::new(name) }.is_ok()) {
         return;
     }
@@ -258,7 +314,8 @@ struct Operand {
     ld: usize,
 }
 
-fn cuda_matmul(lhs: CubeTensor<CudaRuntime>, rhs: CubeTensor<CudaRuntime>) -> Result<(CubeTensor<CudaRuntime>, BlasOrdering), String> {
+/// `lhs · rhs` by cuBLAS, or by cuBLASLt with `terms` added in its epilogue (2-d operands only).
+fn cuda_matmul(lhs: CubeTensor<CudaRuntime>, rhs: CubeTensor<CudaRuntime>, terms: Option<Terms>) -> Result<(CubeTensor<CudaRuntime>, BlasOrdering), String> {
     use sys::cublasOperation_t::{CUBLAS_OP_N, CUBLAS_OP_T};
     let dtype = lhs.dtype;
     let data_type = match dtype {
@@ -274,6 +331,9 @@ fn cuda_matmul(lhs: CubeTensor<CudaRuntime>, rhs: CubeTensor<CudaRuntime>) -> Re
     }
     // First, so that a missing library costs no copy and no drain (its refusal is kept).
     let blas = handle(lhs.device.index)?;
+    if terms.is_some() {
+        lt_handle(lhs.device.index)?;
+    }
     if let Some(failure) = QUEUED_FAILURE.get() {
         return Err(failure.clone());
     }
@@ -302,10 +362,14 @@ fn cuda_matmul(lhs: CubeTensor<CudaRuntime>, rhs: CubeTensor<CudaRuntime>) -> Re
 
     let shape = GemmShape { data_type, op_rhs: if b.transposed { CUBLAS_OP_T } else { CUBLAS_OP_N }, batch, m, k, n, a, b, c };
     let ordering = super::blas_ordering();
+    let terms = match terms {
+        Some(terms) => Some(epilogue_terms(terms, &out, c)?),
+        None => None,
+    };
     // The CubeCL streams the three tensors were created on (each thread has its own).
     let created = [lhs.handle.stream, rhs.handle.stream, out.handle.stream];
     #[cfg(feature = "queued-blas")]
-    if ordering == BlasOrdering::Queued && proven().lock().is_ok_and(|p| p.contains(&(shape, created))) {
+    if terms.is_none() && ordering == BlasOrdering::Queued && proven().lock().is_ok_and(|p| p.contains(&(shape, created))) {
         let bindings = [lhs.handle.clone().binding(), rhs.handle.clone().binding(), out.handle.clone().binding()];
         let ordinal = lhs.device.index;
         // The bindings keep the three allocations alive until the task has run, as a kernel
@@ -316,32 +380,51 @@ fn cuda_matmul(lhs: CubeTensor<CudaRuntime>, rhs: CubeTensor<CudaRuntime>) -> Re
 
     let client = lhs.client.clone();
     let resource = |t: &CubeTensor<CudaRuntime>| client.get_resource(t.handle.clone()).map_err(|e| format!("resource: {e:?}"));
+    // The operands, the output, then the epilogue's bias and residual where there are.
+    let operands = [&lhs, &rhs, &out].into_iter().chain(terms.iter().flat_map(|t| t.bias.iter().chain(t.residual.iter())));
     // Held until the product is enqueued (stream ordering) or done (host ordering): they keep the
-    // three allocations alive until then.
-    let (held_lhs, held_rhs, held_out) = (resource(&lhs)?, resource(&rhs)?, resource(&out)?);
-    let [(lhs_ptr, lhs_stream), (rhs_ptr, rhs_stream), (out_ptr, out_stream)] = [located(held_lhs.resource())?, located(held_rhs.resource())?, located(held_out.resource())?];
-    let gemm = Gemm { shape, lhs_ptr, rhs_ptr, out_ptr };
-    let streams = [lhs_stream, rhs_stream, out_stream];
+    // allocations alive until then.
+    let held = operands.map(resource).collect::<Result<Vec<_>, _>>()?;
+    let located = held.iter().map(|h| located(h.resource())).collect::<Result<Vec<_>, _>>()?;
+    let gemm = Gemm { shape, lhs_ptr: located[0].0, rhs_ptr: located[1].0, out_ptr: located[2].0 };
+    let product = match &terms {
+        None => Product::Gemm(gemm),
+        Some(t) => {
+            let mut more = located[3..].iter().map(|&(ptr, _)| ptr);
+            Product::Lt(LtGemm { gemm, bias_ptr: t.bias.as_ref().and_then(|_| more.next()), residual_ptr: t.residual.as_ref().and_then(|_| more.next()) })
+        }
+    };
+    let ordinal = lhs.device.index;
+    let stream = located[0].1.filter(|&s| located.iter().all(|&(_, t)| t == Some(s)));
     let ordered = if ordering != BlasOrdering::Host
-        && let [Some(s), ..] = streams
-        && streams.iter().all(|&t| t == Some(s))
+        && let Some(s) = stream
     {
-        run_on_stream(lhs.device.index, s, &gemm)?;
+        match &product {
+            Product::Gemm(gemm) => run_on_stream(ordinal, s, gemm)?,
+            Product::Lt(gemm) => {
+                let context = blas.lock().map_err(|_| "cuBLAS handle poisoned".to_string())?.context.clone();
+                run_lt(ordinal, &context, s, gemm)?
+            }
+        }
         BlasOrdering::Stream
     } else {
         let blas = blas.lock().map_err(|_| "cuBLAS handle poisoned".to_string())?;
         blas.context.bind_to_thread().map_err(|e| format!("bind context: {e}"))?;
         // Everything queued before (the inputs' producers) is done.
         cubecl::future::block_on(client.sync()).map_err(|e| format!("sync: {e:?}"))?;
-        // SAFETY: the pointers are live allocations of the shapes and layouts checked above; the
-        // inputs' producers are done and nothing else uses the output yet.
-        unsafe { gemm.run(*blas.blas.handle()) }.map_err(|e| gemm.failed(e))?;
+        match &product {
+            // SAFETY: the pointers are live allocations of the shapes and layouts checked above;
+            // the inputs' producers are done and nothing else uses the output yet.
+            Product::Gemm(gemm) => unsafe { gemm.run(*blas.blas.handle()) }.map_err(|e| gemm.failed(e))?,
+            Product::Lt(gemm) => run_lt(ordinal, &blas.context, blas.stream.cu_stream() as usize, gemm)?,
+        }
         blas.stream.synchronize().map_err(|e| format!("cuBLAS stream: {e}"))?;
         BlasOrdering::Host
     };
-    drop((held_lhs, held_rhs, held_out));
+    drop(held);
     // Only what a later `Queued` product looks up (none without the feature).
     if cfg!(feature = "queued-blas")
+        && terms.is_none()
         && ordering == BlasOrdering::Queued
         && ordered == BlasOrdering::Stream
         && let Ok(mut proven) = proven().lock()
@@ -350,6 +433,220 @@ fn cuda_matmul(lhs: CubeTensor<CudaRuntime>, rhs: CubeTensor<CudaRuntime>) -> Re
         proven.insert((shape, created));
     }
     Ok((out, ordered))
+}
+
+/// [`linear`]'s terms as cuBLASLt takes them: the bias one contiguous value per output column,
+/// the residual laid out as the output `out` (`out_layout`), each in the output's dtype; the
+/// product is one matrix.
+fn epilogue_terms(terms: Terms, out: &CubeTensor<CudaRuntime>, out_layout: Operand) -> Result<Terms, String> {
+    let shape = out.meta.shape().as_slice();
+    let n = shape[shape.len() - 1];
+    if out_layout.count != 1 {
+        return Err(format!("an epilogue over {} products", out_layout.count));
+    }
+    let bias = match terms.bias {
+        Some(b) if b.dtype != out.dtype || b.meta.shape().as_slice() != [n] => {
+            return Err(format!("bias {:?} ({:?}) for an output {shape:?} ({:?})", b.meta.shape().as_slice(), b.dtype, out.dtype));
+        }
+        Some(b) if b.meta.strides()[..] != [1] => Some(into_contiguous(b)),
+        b => b,
+    };
+    let residual = match terms.residual {
+        Some(r) if r.dtype != out.dtype || r.meta.shape().as_slice() != shape => {
+            return Err(format!("residual {:?} ({:?}) for an output {shape:?} ({:?})", r.meta.shape().as_slice(), r.dtype, out.dtype));
+        }
+        Some(r) => {
+            let r = if layout(&r) == Some(out_layout) { r } else { into_contiguous(r) };
+            if layout(&r) != Some(out_layout) {
+                return Err(format!("residual strides {:?} for an output's {:?}", r.meta.strides(), out.meta.strides()));
+            }
+            Some(r)
+        }
+        None => None,
+    };
+    Ok(Terms { bias, residual })
+}
+
+/// A product for cuBLAS, or for cuBLASLt with an epilogue.
+enum Product {
+    Gemm(Gemm),
+    Lt(LtGemm),
+}
+
+/// A [`Gemm`] with its epilogue's terms: the addresses of a bias (one value per output column)
+/// and of a residual (laid out as the output).
+struct LtGemm {
+    gemm: Gemm,
+    bias_ptr: Option<u64>,
+    residual_ptr: Option<u64>,
+}
+
+/// Bytes of cuBLASLt's workspace per CUDA stream (NVIDIA's advice for Hopper).
+const LT_WORKSPACE: usize = 32 << 20;
+
+/// One device's cuBLASLt handle, the workspace of each CUDA stream it has run on, and the
+/// algorithm its heuristic chose for each product (all but its addresses).
+struct Lt {
+    handle: lt::cublasLtHandle_t,
+    workspaces: HashMap<usize, u64>,
+    algos: HashMap<LtShape, lt::cublasLtMatmulAlgo_t>,
+}
+
+// SAFETY: the handle is used under its lock only (`lt_handle`).
+unsafe impl Send for Lt {}
+
+/// A cuBLASLt product but for its addresses, with their alignments (which its algorithm must
+/// allow): what its algorithm is kept by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct LtShape {
+    gemm: GemmShape,
+    bias: bool,
+    residual: bool,
+    /// Of A (the weight), B (the activations), C (the residual, else the output) and D (the
+    /// output), in bytes, at most 256.
+    align: [u32; 4],
+}
+
+/// The largest power of two (at most 256) that divides `address`.
+fn alignment(address: u64) -> u32 {
+    1 << address.trailing_zeros().min(8)
+}
+
+/// Device `ordinal`'s cuBLASLt handle, created on first use.
+fn lt_handle(ordinal: usize) -> Result<Arc<Mutex<Lt>>, String> {
+    static HANDLES: PerDevice<Lt> = OnceLock::new();
+    per_device(&HANDLES, ordinal, "cublasLt", || {
+        let handle = lt_result::create_handle().map_err(|e| format!("cuBLASLt handle: {e:?}"))?;
+        Ok(Lt { handle, workspaces: HashMap::new(), algos: HashMap::new() })
+    })
+}
+
+/// Enqueues `g` on CUDA stream `stream` by cuBLASLt, in `context` (the device's primary
+/// context, bound to this thread when a stream's workspace is allocated).
+fn run_lt(ordinal: usize, context: &CudaContext, stream: usize, g: &LtGemm) -> Result<(), String> {
+    let lt = lt_handle(ordinal)?;
+    let mut lt = lt.lock().map_err(|_| "cuBLASLt handle poisoned".to_string())?;
+    let workspace = match lt.workspaces.get(&stream) {
+        Some(&w) => w,
+        None => {
+            context.bind_to_thread().map_err(|e| format!("bind context: {e}"))?;
+            // SAFETY: an allocation in the bound context, used by this stream's products only
+            // (one after the other), never freed: CubeCL's streams live as long as the process.
+            let w = unsafe { cudarc::driver::result::malloc_sync(LT_WORKSPACE) }.map_err(|e| format!("cuBLASLt workspace: {e}"))?;
+            lt.workspaces.insert(stream, w);
+            w
+        }
+    };
+    let Gemm { shape, lhs_ptr, rhs_ptr, out_ptr } = g.gemm;
+    let c_ptr = g.residual_ptr.unwrap_or(out_ptr);
+    let key = LtShape { gemm: shape, bias: g.bias_ptr.is_some(), residual: g.residual_ptr.is_some(), align: [rhs_ptr, lhs_ptr, c_ptr, out_ptr].map(alignment) };
+    let descs = LtDescs::new(&key)?;
+    if let Some(bias) = g.bias_ptr {
+        descs.set_bias(bias)?;
+    }
+    let algo = match lt.algos.get(&key) {
+        Some(&algo) => algo,
+        None => {
+            let algo = descs.heuristic(lt.handle, &key)?;
+            if lt.algos.len() < PROVEN_MAX {
+                lt.algos.insert(key, algo);
+            }
+            algo
+        }
+    };
+    let (alpha, beta) = (1.0f32, if g.residual_ptr.is_some() { 1.0f32 } else { 0.0 });
+    let ptr = |address: u64| address as *const c_void;
+    // SAFETY: the caller's, as for `Gemm::run`: live allocations of the layouts `descs`
+    // describes (the bias one value per output column), enqueued on a stream of the context the
+    // handle and workspace belong to.
+    #[rustfmt::skip]
+    let status = unsafe {
+        lt_result::matmul(
+            lt.handle, descs.desc, (&alpha as *const f32).cast(), (&beta as *const f32).cast(),
+            ptr(rhs_ptr), descs.a, ptr(lhs_ptr), descs.b, ptr(c_ptr), descs.c, out_ptr as *mut c_void, descs.c,
+            &algo, workspace as *mut c_void, LT_WORKSPACE, stream as lt::cudaStream_t,
+        )
+    };
+    status.map_err(|e| format!("cublasLtMatmul m, k, n = {}, {}, {} ({:?}): {e:?}", shape.m, shape.k, shape.n, shape.data_type))
+}
+
+/// A cuBLASLt product's descriptors, destroyed on drop: the operation (f32 accumulation and
+/// scales; the weight transposed where its columns are contiguous; the bias epilogue) and the
+/// column-major layouts of A (the weight), B (the activations) and C = D (the output, the
+/// residual), as [`Gemm::run`] hands them to cuBLAS.
+struct LtDescs {
+    desc: lt::cublasLtMatmulDesc_t,
+    a: lt::cublasLtMatrixLayout_t,
+    b: lt::cublasLtMatrixLayout_t,
+    c: lt::cublasLtMatrixLayout_t,
+}
+
+impl LtDescs {
+    fn new(key: &LtShape) -> Result<Self, String> {
+        use lt::cublasLtMatmulDescAttributes_t::{CUBLASLT_MATMUL_DESC_EPILOGUE, CUBLASLT_MATMUL_DESC_TRANSA};
+        let GemmShape { data_type, op_rhs, m, k, n, a, b, c, .. } = key.gemm;
+        let failed = |what: &'static str| move |e: lt_result::CublasError| format!("cuBLASLt {what}: {e:?}");
+        let ty = match data_type {
+            sys::cudaDataType::CUDA_R_16BF => lt::cudaDataType::CUDA_R_16BF,
+            sys::cudaDataType::CUDA_R_16F => lt::cudaDataType::CUDA_R_16F,
+            sys::cudaDataType::CUDA_R_32F => lt::cudaDataType::CUDA_R_32F,
+            other => return Err(format!("cuBLASLt: data type {other:?}")),
+        };
+        let desc = lt_result::create_matmul_desc(lt::cublasComputeType_t::CUBLAS_COMPUTE_32F, lt::cudaDataType::CUDA_R_32F).map_err(failed("descriptor"))?;
+        let mut descs = Self { desc, a: std::ptr::null_mut(), b: std::ptr::null_mut(), c: std::ptr::null_mut() };
+        let transposed = op_rhs == sys::cublasOperation_t::CUBLAS_OP_T;
+        let (a_rows, a_cols) = if transposed { (k, n) } else { (n, k) };
+        let layout = |rows: usize, cols: usize, ld: usize| lt_result::create_matrix_layout(ty, rows as u64, cols as u64, ld as i64).map_err(failed("layout"));
+        descs.a = layout(a_rows, a_cols, b.ld)?;
+        descs.b = layout(k, m, a.ld)?;
+        descs.c = layout(n, m, c.ld)?;
+        let op = op_rhs as i32;
+        let epilogue = if key.bias { lt::cublasLtEpilogue_t::CUBLASLT_EPILOGUE_BIAS } else { lt::cublasLtEpilogue_t::CUBLASLT_EPILOGUE_DEFAULT };
+        // SAFETY: `desc` is live; each value has the attribute's type (int32, the epilogue enum).
+        unsafe {
+            lt_result::set_matmul_desc_attribute(desc, CUBLASLT_MATMUL_DESC_TRANSA, (&op as *const i32).cast(), size_of::<i32>()).map_err(failed("transa"))?;
+            lt_result::set_matmul_desc_attribute(desc, CUBLASLT_MATMUL_DESC_EPILOGUE, (&epilogue as *const lt::cublasLtEpilogue_t).cast(), size_of_val(&epilogue)).map_err(failed("epilogue"))?;
+        }
+        Ok(descs)
+    }
+
+    /// The bias epilogue's vector (one value per output column, the output's dtype).
+    fn set_bias(&self, address: u64) -> Result<(), String> {
+        let ptr = address as *const c_void;
+        // SAFETY: `desc` is live; the value is a device pointer, the attribute's type.
+        unsafe { lt_result::set_matmul_desc_attribute(self.desc, lt::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_BIAS_POINTER, (&ptr as *const *const c_void).cast(), size_of::<*const c_void>()) }
+            .map_err(|e| format!("cuBLASLt bias: {e:?}"))
+    }
+
+    /// The heuristic's fastest algorithm for `key` within [`LT_WORKSPACE`] and `key`'s alignments.
+    fn heuristic(&self, handle: lt::cublasLtHandle_t, key: &LtShape) -> Result<lt::cublasLtMatmulAlgo_t, String> {
+        use lt::cublasLtMatmulPreferenceAttributes_t as Pref;
+        let pref = lt_result::create_matmul_pref().map_err(|e| format!("cuBLASLt preference: {e:?}"))?;
+        let workspace = LT_WORKSPACE as u64;
+        let aligns = [Pref::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, Pref::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, Pref::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, Pref::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES];
+        // SAFETY: `pref` and the descriptors are live; each value has its attribute's type
+        // (uint64 bytes, uint32 alignments).
+        let found = unsafe {
+            lt_result::set_matmul_pref_attribute(pref, Pref::CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, (&workspace as *const u64).cast(), size_of::<u64>())
+                .and_then(|()| aligns.iter().zip(&key.align).try_for_each(|(&attr, align)| lt_result::set_matmul_pref_attribute(pref, attr, (align as *const u32).cast(), size_of::<u32>())))
+                .and_then(|()| lt_result::get_matmul_algo_heuristic(handle, self.desc, self.a, self.b, self.c, self.c, pref))
+        };
+        // SAFETY: created above, destroyed once.
+        let _ = unsafe { lt_result::destroy_matmul_pref(pref) };
+        found.map(|h| h.algo).map_err(|e| format!("cuBLASLt heuristic for {key:?}: {e:?}"))
+    }
+}
+
+impl Drop for LtDescs {
+    fn drop(&mut self) {
+        // SAFETY: each was created by `new` (or is null) and is destroyed once.
+        unsafe {
+            for layout in [self.a, self.b, self.c].into_iter().filter(|l| !l.is_null()) {
+                let _ = lt_result::destroy_matrix_layout(layout);
+            }
+            let _ = lt_result::destroy_matmul_desc(self.desc);
+        }
+    }
 }
 
 /// A product as cuBLAS takes it but for the addresses; with the streams that created its

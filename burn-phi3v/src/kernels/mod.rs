@@ -245,6 +245,18 @@ pub trait Kernels: Backend {
         None
     }
 
+    /// `x · weight (+ bias) (+ residual)` by the device vendor's BLAS with the additions in its
+    /// epilogue (cuBLASLt on the CUDA backend: the output written once, no pass of its own per
+    /// term), f32 accumulation. `None` where the backend has none or it refuses (as
+    /// [`Kernels::blas_matmul`]).
+    ///
+    /// # Shapes
+    /// `x`: `[m, k]`; `weight`: `[k, n]`; `bias`: `[n]`; `residual`: `[m, n]` → `[m, n]`
+    fn blas_linear(x: FloatTensor<Self>, weight: FloatTensor<Self>, bias: Option<FloatTensor<Self>>, residual: Option<FloatTensor<Self>>) -> Option<FloatTensor<Self>> {
+        let _ = (x, weight, bias, residual);
+        None
+    }
+
     /// Attention of one new query row over every key, no mask, `scale = 1/sqrt(head_dim)`:
     /// a decode step. Keys and values have `kv_heads` heads (grouped-query attention: query
     /// head `h` reads kv head `h / (heads / kv_heads)`).
@@ -705,8 +717,10 @@ pub fn fused_kernels() -> bool {
 /// shared memory one value at a time) instead of loading them into registers during the step
 /// before and storing whole vectors (up to 64-dim heads); `quick_gelu_bias` off has the product
 /// before quick-GELU add its bias (a pass of its own over `fc1`'s output) instead of the
-/// activation's kernel.
-pub const KERNEL_NAMES: [&str; 26] = [
+/// activation's kernel; `blas_epilogue` off has the vendor's BLAS compute a product of many
+/// rows alone, its bias and residual then added by passes of their own, instead of in the
+/// product's epilogue ([`Kernels::blas_linear`]).
+pub const KERNEL_NAMES: [&str; 27] = [
     "rms_norm",
     "layer_norm",
     "quick_gelu",
@@ -733,6 +747,7 @@ pub const KERNEL_NAMES: [&str; 26] = [
     "skinny_norm_after",
     "mma_attention_prefetch",
     "quick_gelu_bias",
+    "blas_epilogue",
 ];
 
 /// Whether the backend's kernel `name` (one of [`KERNEL_NAMES`]) runs: [`fused_kernels`] is
@@ -1287,6 +1302,19 @@ pub(crate) fn count_blas_matmul(ordering: BlasOrdering) {
     }
 }
 
+static BLAS_EPILOGUES: LaunchCount = LaunchCount::new();
+
+/// How many of [`blas_matmul_count`]'s products added a bias or residual in their epilogue
+/// ([`Kernels::blas_linear`]).
+pub fn blas_epilogue_count() -> usize {
+    BLAS_EPILOGUES.get()
+}
+
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+pub(crate) fn count_blas_epilogue() {
+    BLAS_EPILOGUES.add();
+}
+
 static BLAS_STREAM_PRODUCTS: LaunchCount = LaunchCount::new();
 static BLAS_QUEUED_PRODUCTS: LaunchCount = LaunchCount::new();
 
@@ -1831,12 +1859,17 @@ pub fn linear<B: Kernels, const D: usize>(x: Tensor<B, D>, weight: &Tensor<B, 2>
         return add_bias(tiled_matmul(x, weight.clone(), tiling)).reshape(out_dims);
     }
     // The vendor's BLAS for the products of many rows (prefill, the vision tower, static and
-    // engine decode batches of 64 sequences or more; see `Kernels::blas_matmul`). Fewer rows
-    // keep the kernels below.
-    if rows >= blas_min_rows()
-        && let Some(y) = blas_matmul(x.clone(), weight.clone())
-    {
-        return add_bias(y).reshape(out_dims);
+    // engine decode batches of 64 sequences or more; see `Kernels::blas_matmul`), the bias in
+    // its epilogue where it can. Fewer rows keep the kernels below.
+    if rows >= blas_min_rows() {
+        if let Some(bias) = bias
+            && let Some(y) = blas_epilogue(&x, weight, Some(bias), None)
+        {
+            return y.reshape(out_dims);
+        }
+        if let Some(y) = blas_matmul(x.clone(), weight.clone()) {
+            return add_bias(y).reshape(out_dims);
+        }
     }
     if bias.is_some() || !skinny(rows) {
         // As one [rows, d_in] product: Burn's `linear` on [batch, seq, d_in] broadcasts the
@@ -1869,6 +1902,41 @@ pub fn blas_min_rows() -> usize {
 /// step (3072 → 9216, 3072 → 16384, 8192 → 3072) where Burn's matmul and the model's kernels
 /// took 83–154 (docs/kernels.md session 21). Between 17 and 63 rows is not measured.
 pub const BLAS_STREAM_MIN_ROWS: usize = 64;
+
+/// `residual + linear(x, weight, bias)`: on many rows, the vendor's BLAS with the bias and the
+/// residual added in the product's epilogue (see [`Kernels::blas_linear`]), else [`linear`] and
+/// an add.
+///
+/// # Shapes
+/// `x`: `[..., d_in]`; `weight`: `[d_in, d_out]`; `bias`: `[d_out]`; `residual`: `[..., d_out]`
+/// → `[..., d_out]`
+pub fn linear_residual<B: Kernels, const D: usize>(x: Tensor<B, D>, weight: &Tensor<B, 2>, bias: Option<&Tensor<B, 1>>, residual: Tensor<B, D>) -> Tensor<B, D> {
+    let d_in = weight.dims()[0];
+    let rows = x.shape().num_elements() / d_in.max(1);
+    let dims = residual.dims();
+    // A tiling set for the row class (see `linear`) takes the product.
+    let tiled = MatmulRows::of(rows).filter(|_| fused_kernels()).and_then(matmul_tiling).is_some();
+    if !tiled && rows >= blas_min_rows() {
+        let flat = |t: &Tensor<B, D>, d: usize| t.clone().reshape([rows, d]);
+        if let Some(y) = blas_epilogue(&flat(&x, d_in), weight, bias, Some(&flat(&residual, dims[D - 1]))) {
+            return y.reshape(dims);
+        }
+    }
+    residual + linear(x, weight, bias)
+}
+
+/// [`Kernels::blas_linear`] on tensors where `blas_matmul` and `blas_epilogue` are on
+/// ([`kernel_on`]) and it runs; `None` otherwise (the tensors handed over are clones: the
+/// caller's stay as they were).
+fn blas_epilogue<B: Kernels>(x: &Tensor<B, 2>, weight: &Tensor<B, 2>, bias: Option<&Tensor<B, 1>>, residual: Option<&Tensor<B, 2>>) -> Option<Tensor<B, 2>> {
+    if !kernel_on("blas_matmul") || !kernel_on("blas_epilogue") {
+        return None;
+    }
+    let tensor = |t: Tensor<B, 2>| t.into_primitive().tensor();
+    let bias = bias.map(|b| b.clone().into_primitive().tensor());
+    let y = B::blas_linear(tensor(x.clone()), tensor(weight.clone()), bias, residual.cloned().map(tensor))?;
+    Some(Tensor::from_primitive(TensorPrimitive::Float(y)))
+}
 
 /// [`Kernels::blas_matmul`] on tensors where its kernel is on ([`kernel_on`]) and it runs;
 /// `None` otherwise.
@@ -1918,11 +1986,10 @@ fn fused<B: Kernels>(x: Tensor<B, 3>, weight: &Tensor<B, 2>, norm: Option<(&Tens
             Some((w, eps)) => rms_norm(x, w, eps),
             None => x,
         };
-        let y = linear(x, weight, None);
         return match then {
-            Then::Nothing => y,
-            Then::Residual(r) => r + y,
-            Then::SiluMul => silu_mul(y),
+            Then::Nothing => linear(x, weight, None),
+            Then::Residual(r) => linear_residual(x, weight, None, r),
+            Then::SiluMul => silu_mul(linear(x, weight, None)),
         };
     }
     let flat = |t: Tensor<B, 3>, d: usize| t.reshape([rows, d]).into_primitive().tensor();

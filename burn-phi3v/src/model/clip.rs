@@ -84,9 +84,12 @@ impl<B: Kernels> ClipAttention<B> {
         })
     }
 
+    /// `residual + CLIPAttention(x)`: the residual is added in `out_proj`'s epilogue where the
+    /// backend can.
+    ///
     /// # Shapes
-    /// `[crops, tokens, hidden]` → same
-    pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+    /// `x`, `residual`: `[crops, tokens, hidden]` → same
+    pub fn forward(&self, x: Tensor<B, 3>, residual: Tensor<B, 3>) -> Tensor<B, 3> {
         let [n, t, d] = x.dims();
         let (h, hd) = (self.num_heads, d / self.num_heads);
         let heads = |y: Tensor<B, 3>| y.reshape([n, t, h, hd]).swap_dims(1, 2); // [n, h, t, hd]
@@ -94,7 +97,7 @@ impl<B: Kernels> ClipAttention<B> {
         let k = heads(self.k_proj.forward(x.clone()));
         let v = heads(self.v_proj.forward(x));
         let out = kernels::attention(q, k, v, None, false).swap_dims(1, 2).reshape([n, t, d]); // head_dim^-0.5
-        self.out_proj.forward(out)
+        self.out_proj.forward_add(out, residual)
     }
 }
 
@@ -115,13 +118,15 @@ impl<B: Kernels> ClipMlp<B> {
         })
     }
 
+    /// `residual + CLIPMLP(x)`: the residual is added in `fc2`'s epilogue where the backend can.
+    ///
     /// # Shapes
-    /// `[crops, tokens, hidden]` → same
-    pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+    /// `x`, `residual`: `[crops, tokens, hidden]` → same
+    pub fn forward(&self, x: Tensor<B, 3>, residual: Tensor<B, 3>) -> Tensor<B, 3> {
         // `fc1`'s bias is added by the activation's kernel, in its one pass over the output.
         let x = kernels::linear(x, &self.fc1.weight, None);
         let x = kernels::quick_gelu(x, self.fc1.bias.as_ref());
-        self.fc2.forward(x)
+        self.fc2.forward_add(x, residual)
     }
 }
 
@@ -152,8 +157,8 @@ impl<B: Kernels> ClipEncoderLayer<B> {
     /// # Shapes
     /// `[crops, tokens, hidden]` → same
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        let x = x.clone() + self.self_attn.forward(self.layer_norm1.forward(x));
-        x.clone() + self.mlp.forward(self.layer_norm2.forward(x))
+        let x = self.self_attn.forward(self.layer_norm1.forward(x.clone()), x);
+        self.mlp.forward(self.layer_norm2.forward(x.clone()), x)
     }
 }
 

@@ -43,6 +43,15 @@ impl<B: Kernels> Linear<B> {
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
         kernels::linear(x, &self.weight, self.bias.as_ref())
     }
+
+    /// `residual + self.forward(x)`, the bias and the residual added in the product's epilogue
+    /// where the backend can ([`kernels::linear_residual`]).
+    ///
+    /// # Shapes
+    /// `x`: `[..., d_in]`; `residual`: `[..., d_out]` → `[..., d_out]`
+    pub fn forward_add<const D: usize>(&self, x: Tensor<B, D>, residual: Tensor<B, D>) -> Tensor<B, D> {
+        kernels::linear_residual(x, &self.weight, self.bias.as_ref(), residual)
+    }
 }
 
 /// CLIP's `nn.LayerNorm` (with bias), statistics in f32.

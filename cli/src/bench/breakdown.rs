@@ -508,8 +508,9 @@ fn vision_phase<B: Kernels>(model: &Phi3VForCausalLM<B>, timer: &Timer<B>, dtype
     for (name, us) in time_flash_choices(timer, flash, attend) {
         stage(&name, layers, us);
     }
-    stage("out_proj", layers, timer.time(|| attn.out_proj.forward(x.clone())));
-    stage("residual add", 2 * layers, timer.time(|| x.clone() + x.clone()));
+    // `out_proj` and `fc2` add the residual (in the product's epilogue where the backend can).
+    stage("out_proj + residual", layers, timer.time(|| attn.out_proj.forward_add(x.clone(), x.clone())));
+    stage("residual add (alternative: a pass of its own)", 2 * layers, timer.time(|| x.clone() + x.clone()));
     stage("layer_norm2", layers, timer.time(|| layer.layer_norm2.forward(x.clone())));
     // As `ClipMlp::forward`: fc1 without its bias, which the activation's kernel adds.
     let fc1 = &layer.mlp.fc1;
@@ -517,7 +518,7 @@ fn vision_phase<B: Kernels>(model: &Phi3VForCausalLM<B>, timer: &Timer<B>, dtype
     stage("quick_gelu", layers, timer.time(|| kernels::quick_gelu(hidden.clone(), fc1.bias.as_ref())));
     let composed = timer.time(|| kernels::composed::quick_gelu(hidden.clone()));
     stage("quick_gelu (alternative: Burn's composed ops)", layers, composed);
-    stage("fc2", layers, timer.time(|| layer.mlp.fc2.forward(hidden.clone())));
+    stage("fc2 + residual", layers, timer.time(|| layer.mlp.fc2.forward_add(hidden.clone(), x.clone())));
     let features = random::<B, 3>([crops, tokens - 1, d], device, dtype);
     stage("img_projection (HD layout excluded)", 1, {
         let merged_tokens = features.dims()[0] * features.dims()[1] / 4;

@@ -47,6 +47,11 @@ pub struct MatmulArgs {
     /// `PHI3V_MATMUL_FEW`). The first is the one the others are compared with.
     #[arg(long, value_delimiter = ';', default_value = "burn;blas;specialized_tma:2,8,2:4,1;specialized_tma:4,4,2:2,2;double:4,4,2:2,2;double-mma:4,4,2:2,2")]
     tilings: Vec<String>,
+    /// Each product adds a bias (one value per output column) and a residual (as CLIP's
+    /// `out_proj` and `fc2`): `model` in the product's epilogue where the backend can
+    /// (`kernels::linear_residual`: cuBLASLt on CUDA), the other choices by two adds after it.
+    #[arg(long)]
+    epilogue: bool,
     /// Calls before timing.
     #[arg(long, default_value_t = 3)]
     warmup: usize,
@@ -176,7 +181,7 @@ pub fn run(args: MatmulArgs) -> CliResult<()> {
             Some(serde_json::from_str::<PeerReport>(&s).map_err(|e| format!("{} is not bench/peer_matmul.py's JSON: {e}", p.display()))?)
         }
     };
-    let job = MatmulJob { products, choices, warmup: args.warmup, runs: args.runs.max(1) };
+    let job = MatmulJob { products, choices, epilogue: args.epilogue, warmup: args.warmup, runs: args.runs.max(1) };
     let report = with_device(&args.device, args.dtype.as_deref(), job)?;
     print!("{}", markdown(&report, peer.as_ref()));
     for r in kernels::matmul_tiling_refusals() {
@@ -191,6 +196,7 @@ pub fn run(args: MatmulArgs) -> CliResult<()> {
 struct MatmulJob {
     products: Vec<Product>,
     choices: Vec<Choice>,
+    epilogue: bool,
     warmup: usize,
     runs: usize,
 }
@@ -210,15 +216,22 @@ impl DeviceFn for MatmulJob {
             // output from the buffer the memory pool gave back).
             let x_check = random::<B, 2>([p.rows, p.d_in], device, dtype);
             let weight = random::<B, 2>([p.d_out, p.d_in], device, dtype).transpose();
+            // `--epilogue`'s bias and residual.
+            let terms = self.epilogue.then(|| (random::<B, 1>([p.d_out], device, dtype), random::<B, 2>([p.rows, p.d_out], device, dtype)));
+            let add_terms = |y: Tensor<B, 2>| match &terms {
+                Some((bias, residual)) => y + bias.clone().unsqueeze_dim(0) + residual.clone(),
+                None => y,
+            };
             let mut first: Option<Vec<f32>> = None;
             let mut held = Vec::new();
             for choice in &self.choices {
-                let (refusals, blas_products) = (kernels::matmul_tiling_refusal_count(), kernels::blas_matmul_count());
-                let product_of = |x: &Tensor<B, 2>| match choice {
-                    Choice::Burn => x.clone().matmul(weight.clone()),
-                    Choice::Blas => kernels::vendor_matmul(x.clone(), weight.clone()).unwrap_or_else(|| x.clone().matmul(weight.clone())),
-                    Choice::Model => kernels::linear(x.clone(), &weight, None),
-                    Choice::Tiled(t) => kernels::tiled_matmul(x.clone(), weight.clone(), *t),
+                let (refusals, blas_products, epilogues) = (kernels::matmul_tiling_refusal_count(), kernels::blas_matmul_count(), kernels::blas_epilogue_count());
+                let product_of = |x: &Tensor<B, 2>| match (choice, &terms) {
+                    (Choice::Burn, _) => add_terms(x.clone().matmul(weight.clone())),
+                    (Choice::Blas, _) => add_terms(kernels::vendor_matmul(x.clone(), weight.clone()).unwrap_or_else(|| x.clone().matmul(weight.clone()))),
+                    (Choice::Model, None) => kernels::linear(x.clone(), &weight, None),
+                    (Choice::Model, Some((bias, residual))) => kernels::linear_residual(x.clone(), &weight, Some(bias), residual.clone()),
+                    (Choice::Tiled(t), _) => add_terms(kernels::tiled_matmul(x.clone(), weight.clone(), *t)),
                 };
                 let product = || product_of(&x);
                 let check = product_of(&x_check);
@@ -226,6 +239,8 @@ impl DeviceFn for MatmulJob {
                 held.push(check);
                 let refused = match choice {
                     Choice::Blas => kernels::blas_matmul_count() == blas_products,
+                    // Burn's matmul and the adds ran instead of the epilogue.
+                    Choice::Model if self.epilogue => kernels::blas_epilogue_count() == epilogues,
                     _ => kernels::matmul_tiling_refusal_count() > refusals,
                 };
                 let us = timer.time(product);
