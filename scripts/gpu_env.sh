@@ -88,12 +88,33 @@ bench_parts() {
 # alternate DIR NAME SECS "ARGS" A "A_VARS" B "B_VARS" [ROUNDS]: an A/B comparison through
 # bench_parts (quietly): NAME-compile (A's settings: its kernels compiled and tuned), then
 # NAME-A-i and NAME-B-i alternating for i = 1..ROUNDS (2), so that drift between runs falls on
-# both settings alike. The caller greps the logs for its summary lines.
+# both settings alike. Prints each log's summary lines (image encode, prefill, generation), named
+# by the log.
 alternate() {
   local dir=$1 name=$2 secs=$3 args=$4 a=$5 a_vars=$6 b=$7 b_vars=$8 rounds=${9:-2} i
   local parts=("$name-compile:$a_vars:$secs:$args")
   for i in $(seq $rounds); do parts+=("$name-$a-$i:$a_vars:$secs:$args" "$name-$b-$i:$b_vars:$secs:$args"); done
   TAIL=1 bench_parts $dir "${parts[@]}" > /dev/null
+  grep -HE "^(image|prefill|generation)" $dir/$name-*.log | sed 's|^.*/||' | cut -c1-230
+}
+# peer_breakdown: in $D, bench/peer_kernels.py's b=1 decode step and vision tower (4x4 grid)
+# stage by stage, then `bench breakdown` of the same beside them, with the host sampled over
+# PROFILE_STEPS (1500; 0: not sampled, for a phi3v built without `profile`) b=1 steps. Results
+# in $RS: peer_bd.json, bd/, bd.log, profile/. Limits PBD_S (90 s) and BD_S (120 s).
+peer_breakdown() {
+  local s=$(date +%s) peer=() prof=()
+  (cd $D && timeout ${PBD_S:-90} python3 $R/bench/peer_kernels.py --preset $R/cli/presets/phi3v-128k.json --decode-batches 1 --prefill 0 \
+    --image-grid 4x4 --warmup 2 --runs 10 --out $RS/peer_bd.json 2>&1 | grep -v Warning | tail -3)
+  echo "=== peer breakdown $(( $(date +%s) - s )) s"
+  [ -s $RS/peer_bd.json ] && peer=(--peer $RS/peer_bd.json)
+  [ "${PROFILE_STEPS:-1500}" != 0 ] && prof=(--profile $RS/profile --profile-steps ${PROFILE_STEPS:-1500})
+  s=$(date +%s)
+  (cd $D && timeout ${BD_S:-120} $B/phi3v bench breakdown --preset phi3v-128k --device cuda --dtype bf16 --decode-batches 1 --prefill 0 \
+    --image-grid 4x4 --warmup 3 --runs 20 "${prof[@]}" "${peer[@]}" --out $RS/bd > $RS/bd.log 2>&1)
+  echo "=== breakdown rc=$? $(( $(date +%s) - s )) s"
+  grep -E "^\| vision|^\| [a-z]|Sum of|Host" $RS/bd/breakdown.md 2>/dev/null | cut -c1-160 | head -50
+  for f in $RS/profile/*.top.md; do [ -f "$f" ] && { echo "=== $(basename $f)"; head -30 "$f" | cut -c1-200; }; done
+  true
 }
 # merge_caches DEST DIR…: CubeCL's caches are append-only files (autotune results and the compiled
 # kernels' table of contents as JSON lines, `*.json.log`; the kernels themselves as a sequence of

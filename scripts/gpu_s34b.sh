@@ -20,9 +20,7 @@ timed_folders s34b
 cd $D
 ENC="--dtype bf16 --scenarios images --images 1344x1344 --num-crops 16 --warmup 2 --runs 10"
 alternate $RS enc ${ENC_S:-60} "$ENC" on "" off "PHI3V_KERNELS_OFF=quick_gelu_bias"
-grep -H "^image" $RS/enc-*.log | sed 's|^.*/s34b/||' | cut -c1-200
 GEN="--scenarios generation --shapes 1024x128 --warmup 1 --runs 8 --generation-runs 1 --batching engine --parallel 1"
 alternate $RS gen1 ${GEN_S:-45} "$GEN" exact "" upstream "CUBECL_POOL_EXACT_FIRST=0"
-grep -H "^generation" $RS/gen1-*.log | sed 's|^.*/s34b/||' | cut -c1-230
 echo "done at $SECONDS s"
 (cd $OUT && tar czf s34b.tgz s34b && rm -rf s34b)

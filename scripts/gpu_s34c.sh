@@ -11,11 +11,9 @@ cd $D
 UP="CUBECL_POOL_EXACT_FIRST=0"
 GEN10="--scenarios generation --shapes 1024x128 --warmup 1 --runs 8 --generation-runs 1 --batching engine --parallel 10"
 alternate $RS gen10 ${GEN_S:-50} "$GEN10" exact "" upstream "$UP"
-grep -H "^generation" $RS/gen10-*.log | sed 's|^.*/s34c/||' | cut -c1-230
 GEN="--scenarios generation --shapes 1024x128 --warmup 1 --runs 8 --generation-runs 1 --batching engine --parallel 1"
 TAIL=1 bench_parts $RS "gen1-exact-3::${GEN_S:-45}:$GEN" "gen1-upstream-3:$UP:${GEN_S:-45}:$GEN" \
   "gen1-stats-exact:CUBECL_POOL_STATS=1:${GEN_S:-45}:$GEN" "gen1-stats-upstream:CUBECL_POOL_STATS=1 $UP:${GEN_S:-45}:$GEN" > /dev/null
-grep -H "^generation" $RS/gen1-*.log | sed 's|^.*/s34c/||' | cut -c1-230
 for f in $RS/gen1-stats-*.log; do echo "== $(basename $f)"; grep "cubecl pool" $f | tail -2; done
 echo "done at $SECONDS s"
 (cd $OUT && tar czf s34c.tgz s34c && rm -rf s34c)

@@ -18,18 +18,8 @@ if [ "${PARITY:-1}" = 1 ]; then
   collect; cp /tmp/res/parity-* $OUT/s34d/ 2>/dev/null
 fi
 timed_folders s34d
+PROFILE_STEPS=${PROFILE_STEPS:-1500} BD_S=${BD_S:-150} peer_breakdown
 cd $D
-s=$(date +%s)
-timeout ${PBD_S:-90} python3 $R/bench/peer_kernels.py --preset $R/cli/presets/phi3v-128k.json --decode-batches 1 --prefill 0 \
-  --image-grid 4x4 --warmup 2 --runs 10 --out $RS/peer_bd.json 2>&1 | grep -v Warning | tail -3
-echo "=== peer breakdown $(( $(date +%s) - s )) s"
-PEER=(); [ -s $RS/peer_bd.json ] && PEER=(--peer $RS/peer_bd.json)
-s=$(date +%s)
-timeout ${BD_S:-150} $B/phi3v bench breakdown --preset phi3v-128k --device cuda --dtype bf16 --decode-batches 1 --prefill 0 \
-  --image-grid 4x4 --warmup 3 --runs 20 --profile $RS/profile --profile-steps ${PROFILE_STEPS:-1500} "${PEER[@]}" --out $RS/bd > $RS/bd.log 2>&1
-echo "=== breakdown rc=$? $(( $(date +%s) - s )) s"
-grep -E "^\| vision|^\| [a-z]|Sum of|Host" $RS/bd/breakdown.md 2>/dev/null | cut -c1-160 | head -50
-for f in $RS/profile/*.top.md; do echo "=== $(basename $f)"; head -40 "$f" | cut -c1-200; done
 # (On a machine without NVIDIA's Vulkan this fails at once.)
 timeout ${MM_S:-60} $B/phi3v bench matmul --device wgpu --dtype f16 --tilings "burn;specialized:2,4,2:4,2:16,16,16;double:1,8,2:8,1:16,16,16" \
   --shapes "1024,3072,9216" --warmup 2 --runs 10 > $RS/mm-wgpu.log 2>&1
