@@ -95,7 +95,7 @@ alternate() {
   local parts=("$name-compile:$a_vars:$secs:$args")
   for i in $(seq $rounds); do parts+=("$name-$a-$i:$a_vars:$secs:$args" "$name-$b-$i:$b_vars:$secs:$args"); done
   TAIL=1 bench_parts $dir "${parts[@]}" > /dev/null
-  grep -HE "^(image|prefill|generation)" $dir/$name-*.log | sed 's|^.*/||' | cut -c1-230
+  grep -HE "^(image|prefill|generation)" $dir/$name-*.log | sed 's|^[^:]*/||' | cut -c1-230
 }
 # peer_breakdown: in $D, bench/peer_kernels.py's b=1 decode step and vision tower (4x4 grid)
 # stage by stage, then `bench breakdown` of the same beside them, with the host sampled over

@@ -217,10 +217,14 @@ impl RotaryEmbedding {
             }
         }
         drop(cached);
+        // Uploaded as one row, then viewed as the tables: the rows stay dense. Uploaded as
+        // `[.., seq, head_dim]`, CubeCL's CUDA runtime pitches each row to a power of two
+        // (96 bf16 values to 128), so that every slice of them failed the rotary kernels'
+        // contiguity check and was copied, twice per layer and step (64 launches more in a b=1
+        // decode step: docs/kernels.md session 35).
         let shape = [batch, 1, seq, self.head_dim];
-        let cos = Tensor::from_data(TensorData::new(cos, shape), (device, dtype));
-        let sin = Tensor::from_data(TensorData::new(sin, shape), (device, dtype));
-        (cos, sin)
+        let upload = |v: Vec<f32>| Tensor::<B, 1>::from_data(TensorData::new(v, [batch * seq * self.head_dim]), (device, dtype)).reshape(shape);
+        (upload(cos), upload(sin))
     }
 }
 
@@ -805,3 +809,4 @@ mod tests {
         assert!(none(&[vec![4], vec![5]], &[RopeRegime::Short, RopeRegime::Long]));
     }
 }
+
