@@ -74,13 +74,15 @@ parity_dtype() {
 # bench_parts DIR PART…: one `phi3v bench run` (phi3v-128k shapes on cuda) per part
 # "name:VAR=value …:seconds:args", the variables set for that run only (none: empty), its
 # results in DIR/name and its log in DIR/name.log; prints the exit code, the time and the log's tail.
+# A variable PHI3V_BIN=NAME among them runs $B/NAME instead of $B/phi3v (another build of it).
 bench_parts() {
   local dir=$1; shift
-  local part name rest vars secs args s rc
+  local part name rest vars secs args s rc bin
   for part in "$@"; do
     name=${part%%:*}; rest=${part#*:}; vars=${rest%%:*}; rest=${rest#*:}; secs=${rest%%:*}; args=${rest#*:}
+    bin=$(echo " $vars " | sed -nE 's/.* PHI3V_BIN=([^ ]+) .*/\1/p'); bin=${bin:-phi3v}
     s=$(date +%s)
-    env $vars timeout "$secs" $B/phi3v bench run --preset phi3v-128k --device cuda $args --out "$dir/$name" > "$dir/$name.log" 2>&1; rc=$?
+    env $vars timeout "$secs" $B/$bin bench run --preset phi3v-128k --device cuda $args --out "$dir/$name" > "$dir/$name.log" 2>&1; rc=$?
     echo "=== $name (${vars:-defaults}) rc=$rc $(( $(date +%s) - s )) s"
     grep -v "^\s*$" "$dir/$name.log" | grep -v "^kernel cache\|parameters on" | tail -${TAIL:-5} | cut -c1-220
   done
