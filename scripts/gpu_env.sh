@@ -71,6 +71,14 @@ parity_dtype() {
   while [ $(ls -d $W/parity-$dt-*/ | wc -l) -gt $(grep -l "^rc=" $W/parity-$dt-*/out.txt 2>/dev/null | wc -l) ]; do sleep 5; done
   parity_report $dt
 }
+# parity_into_rs [SECONDS]: the fixture parity suite on cuda bf16 (one job per case, each limited
+# to PARITY_S or SECONDS, 180 by default), its results copied into $RS; returns to the caller's
+# folder.
+parity_into_rs() {
+  (cd $R && LIMIT=${PARITY_S:-${1:-180}} parity_dtype bf16 $(fixture_cases))
+  collect; cp /tmp/res/parity-* $RS/ 2>/dev/null
+  echo "parity done at $SECONDS s"
+}
 # bench_parts DIR PART…: one `phi3v bench run` (phi3v-128k shapes on cuda) per part
 # "name:VAR=value …:seconds:args", the variables set for that run only (none: empty), its
 # results in DIR/name and its log in DIR/name.log; prints the exit code, the time and the log's tail.

@@ -27,10 +27,7 @@ alternate $RS enc ${ENC_S:-60} "$ENC" on "" off "PHI3V_KERNELS_OFF=blas_epilogue
 PRE="--dtype bf16 --scenarios prefill --prompt-lengths 1024 --prefill-batches 1 --warmup 2 --runs 10"
 alternate $RS pre ${PRE_S:-45} "$PRE" on "" off "PHI3V_KERNELS_OFF=blas_epilogue"
 echo "benches done at $SECONDS s"
-cd $R
-LIMIT=${PARITY_S:-180} parity_dtype bf16 $(fixture_cases)
-collect; cp /tmp/res/parity-* $RS/ 2>/dev/null
-echo "parity done at $SECONDS s"
+parity_into_rs 180
 [ "${PBD_S:-90}" != 0 ] && peer_breakdown
 echo "done at $SECONDS s"
 (cd $OUT && tar czf s35a.tgz s35a && rm -rf s35a)

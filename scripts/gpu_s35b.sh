@@ -19,10 +19,7 @@ cd $D
 GEN="--scenarios generation --shapes 1024x128 --warmup 1 --runs 8 --generation-runs 1 --batching engine --parallel 1"
 alternate $RS gen1 ${GEN_S:-45} "$GEN" new "" old "PHI3V_BIN=phi3v-old"
 echo "b=1 done at $SECONDS s"
-cd $R
-LIMIT=${PARITY_S:-150} parity_dtype bf16 $(fixture_cases)
-collect; cp /tmp/res/parity-* $RS/ 2>/dev/null
-echo "parity done at $SECONDS s"
+parity_into_rs 150
 cd $D
 if [ "${GEN10_S:-50}" != 0 ]; then
   GEN10="--scenarios generation --shapes 1024x128 --warmup 1 --runs 8 --generation-runs 1 --batching engine --parallel 10"
