@@ -331,9 +331,10 @@ fn cuda_matmul(lhs: CubeTensor<CudaRuntime>, rhs: CubeTensor<CudaRuntime>, terms
     }
     // First, so that a missing library costs no copy and no drain (its refusal is kept).
     let blas = handle(lhs.device.index)?;
-    if terms.is_some() {
-        lt_handle(lhs.device.index)?;
-    }
+    let terms = match terms {
+        Some(terms) => Some((terms, lt_handle(lhs.device.index)?)),
+        None => None,
+    };
     if let Some(failure) = QUEUED_FAILURE.get() {
         return Err(failure.clone());
     }
@@ -363,7 +364,7 @@ fn cuda_matmul(lhs: CubeTensor<CudaRuntime>, rhs: CubeTensor<CudaRuntime>, terms
     let shape = GemmShape { data_type, op_rhs: if b.transposed { CUBLAS_OP_T } else { CUBLAS_OP_N }, batch, m, k, n, a, b, c };
     let ordering = super::blas_ordering();
     let terms = match terms {
-        Some(terms) => Some(epilogue_terms(terms, &out, c)?),
+        Some((terms, lt)) => Some((epilogue_terms(terms, &out, c)?, lt)),
         None => None,
     };
     // The CubeCL streams the three tensors were created on (each thread has its own).
@@ -381,7 +382,7 @@ fn cuda_matmul(lhs: CubeTensor<CudaRuntime>, rhs: CubeTensor<CudaRuntime>, terms
     let client = lhs.client.clone();
     let resource = |t: &CubeTensor<CudaRuntime>| client.get_resource(t.handle.clone()).map_err(|e| format!("resource: {e:?}"));
     // The operands, the output, then the epilogue's bias and residual where there are.
-    let operands = [&lhs, &rhs, &out].into_iter().chain(terms.iter().flat_map(|t| t.bias.iter().chain(t.residual.iter())));
+    let operands = [&lhs, &rhs, &out].into_iter().chain(terms.iter().flat_map(|(t, _)| t.bias.iter().chain(t.residual.iter())));
     // Held until the product is enqueued (stream ordering) or done (host ordering): they keep the
     // allocations alive until then.
     let held = operands.map(resource).collect::<Result<Vec<_>, _>>()?;
@@ -389,9 +390,10 @@ fn cuda_matmul(lhs: CubeTensor<CudaRuntime>, rhs: CubeTensor<CudaRuntime>, terms
     let gemm = Gemm { shape, lhs_ptr: located[0].0, rhs_ptr: located[1].0, out_ptr: located[2].0 };
     let product = match &terms {
         None => Product::Gemm(gemm),
-        Some(t) => {
+        Some((t, lt)) => {
             let mut more = located[3..].iter().map(|&(ptr, _)| ptr);
-            Product::Lt(LtGemm { gemm, bias_ptr: t.bias.as_ref().and_then(|_| more.next()), residual_ptr: t.residual.as_ref().and_then(|_| more.next()) })
+            let (bias_ptr, residual_ptr) = (t.bias.as_ref().and_then(|_| more.next()), t.residual.as_ref().and_then(|_| more.next()));
+            Product::Lt(LtGemm { gemm, bias_ptr, residual_ptr, lt: lt.clone() })
         }
     };
     let ordinal = lhs.device.index;
@@ -403,7 +405,7 @@ fn cuda_matmul(lhs: CubeTensor<CudaRuntime>, rhs: CubeTensor<CudaRuntime>, terms
             Product::Gemm(gemm) => run_on_stream(ordinal, s, gemm)?,
             Product::Lt(gemm) => {
                 let context = blas.lock().map_err(|_| "cuBLAS handle poisoned".to_string())?.context.clone();
-                run_lt(ordinal, &context, s, gemm)?
+                run_lt(&context, s, gemm)?
             }
         }
         BlasOrdering::Stream
@@ -416,7 +418,7 @@ fn cuda_matmul(lhs: CubeTensor<CudaRuntime>, rhs: CubeTensor<CudaRuntime>, terms
             // SAFETY: the pointers are live allocations of the shapes and layouts checked above;
             // the inputs' producers are done and nothing else uses the output yet.
             Product::Gemm(gemm) => unsafe { gemm.run(*blas.blas.handle()) }.map_err(|e| gemm.failed(e))?,
-            Product::Lt(gemm) => run_lt(ordinal, &blas.context, blas.stream.cu_stream() as usize, gemm)?,
+            Product::Lt(gemm) => run_lt(&blas.context, blas.stream.cu_stream() as usize, gemm)?,
         }
         blas.stream.synchronize().map_err(|e| format!("cuBLAS stream: {e}"))?;
         BlasOrdering::Host
@@ -474,11 +476,13 @@ enum Product {
 }
 
 /// A [`Gemm`] with its epilogue's terms: the addresses of a bias (one value per output column)
-/// and of a residual (laid out as the output).
+/// and of a residual (laid out as the output); and the device's cuBLASLt handle, looked up
+/// before the product's operands were copied or taken.
 struct LtGemm {
     gemm: Gemm,
     bias_ptr: Option<u64>,
     residual_ptr: Option<u64>,
+    lt: Arc<Mutex<Lt>>,
 }
 
 /// Bytes of cuBLASLt's workspace per CUDA stream (NVIDIA's advice for Hopper).
@@ -523,9 +527,8 @@ fn lt_handle(ordinal: usize) -> Result<Arc<Mutex<Lt>>, String> {
 
 /// Enqueues `g` on CUDA stream `stream` by cuBLASLt, in `context` (the device's primary
 /// context, bound to this thread when a stream's workspace is allocated).
-fn run_lt(ordinal: usize, context: &CudaContext, stream: usize, g: &LtGemm) -> Result<(), String> {
-    let lt = lt_handle(ordinal)?;
-    let mut lt = lt.lock().map_err(|_| "cuBLASLt handle poisoned".to_string())?;
+fn run_lt(context: &CudaContext, stream: usize, g: &LtGemm) -> Result<(), String> {
+    let mut lt = g.lt.lock().map_err(|_| "cuBLASLt handle poisoned".to_string())?;
     let workspace = match lt.workspaces.get(&stream) {
         Some(&w) => w,
         None => {

@@ -1854,8 +1854,7 @@ pub fn linear<B: Kernels, const D: usize>(x: Tensor<B, D>, weight: &Tensor<B, 2>
     };
     // A tiling set for the product's row class (`PHI3V_MATMUL`, `PHI3V_MATMUL_FEW`) first: the
     // user asked for it.
-    let tiling = MatmulRows::of(rows).filter(|_| fused_kernels()).and_then(matmul_tiling);
-    if let Some(tiling) = tiling {
+    if let Some(tiling) = row_class_tiling(rows) {
         return add_bias(tiled_matmul(x, weight.clone(), tiling)).reshape(out_dims);
     }
     // The vendor's BLAS for the products of many rows (prefill, the vision tower, static and
@@ -1914,15 +1913,21 @@ pub fn linear_residual<B: Kernels, const D: usize>(x: Tensor<B, D>, weight: &Ten
     let d_in = weight.dims()[0];
     let rows = x.shape().num_elements() / d_in.max(1);
     let dims = residual.dims();
-    // A tiling set for the row class (see `linear`) takes the product.
-    let tiled = MatmulRows::of(rows).filter(|_| fused_kernels()).and_then(matmul_tiling).is_some();
-    if !tiled && rows >= blas_min_rows() {
+    // A tiling set for the row class takes the product (see `linear`).
+    if row_class_tiling(rows).is_none() && rows >= blas_min_rows() {
         let flat = |t: &Tensor<B, D>, d: usize| t.clone().reshape([rows, d]);
         if let Some(y) = blas_epilogue(&flat(&x, d_in), weight, bias, Some(&flat(&residual, dims[D - 1]))) {
             return y.reshape(dims);
         }
     }
     residual + linear(x, weight, bias)
+}
+
+/// The tiling set for the row class of a product over `rows` rows (`PHI3V_MATMUL`,
+/// `PHI3V_MATMUL_FEW`, [`set_matmul_tiling`]), which [`linear`] runs before anything else;
+/// `None` where none is set or the model's kernels are off.
+fn row_class_tiling(rows: usize) -> Option<MatmulTiling> {
+    MatmulRows::of(rows).filter(|_| fused_kernels()).and_then(matmul_tiling)
 }
 
 /// [`Kernels::blas_linear`] on tensors where `blas_matmul` and `blas_epilogue` are on

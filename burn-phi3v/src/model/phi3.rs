@@ -809,4 +809,3 @@ mod tests {
         assert!(none(&[vec![4], vec![5]], &[RopeRegime::Short, RopeRegime::Long]));
     }
 }
-
