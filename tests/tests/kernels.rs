@@ -378,6 +378,7 @@ impl KernelJob {
         // tokens at the tiny checkpoints' 16-dim heads, and 80-dim heads (not a multiple of the
         // 32 lanes that share a row's output columns).
         let (mma_before, fragments_before) = (kernels::mma_attention_count(), kernels::mma_attention_fragment_count());
+        let copies_before = kernels::mma_attention_copy_count();
         assert!(kernels::set_flash_attention(kernels::FlashAttention::Mma));
         let mma_cases = [(1, 2, 2, 200, 200, 96, true), (2, 4, 4, 77, 150, 64, false), (3, 2, 2, 577, 577, 16, false), (1, 3, 3, 90, 90, 80, true)];
         for (batch, heads, kv_heads, queries, keys, head_dim, causal) in flash_cases.into_iter().chain(mma_cases) {
@@ -391,9 +392,19 @@ impl KernelJob {
             flash(batch, heads, kv_heads, queries, keys, head_dim, causal, &format!(" as mma, prefetch {}", !prefetch), None);
         }
         kernels::set_kernel_on("mma_attention_prefetch", prefetch);
+        // Again with its keys and values copied into a ring of two steps the other way
+        // (`mma_attention_copies`: asynchronous copies where the device has them; the cases'
+        // 64-key steps run in both slots and both phases of each slot's barrier).
+        let copies = kernels::kernel_on("mma_attention_copies");
+        kernels::set_kernel_on("mma_attention_copies", !copies);
+        for (batch, heads, kv_heads, queries, keys, head_dim, causal) in flash_cases.into_iter().chain(mma_cases) {
+            flash(batch, heads, kv_heads, queries, keys, head_dim, causal, &format!(" as mma, copies {}", !copies), None);
+        }
+        kernels::set_kernel_on("mma_attention_copies", copies);
+        let copies_ran = kernels::mma_attention_copy_count() - copies_before;
         let mma_ran = kernels::mma_attention_count() - mma_before;
         let fragments_ran = kernels::mma_attention_fragment_count() - fragments_before;
-        eprintln!("mma attention: {mma_ran} launches on this target, {fragments_ran} of them from register fragments");
+        eprintln!("mma attention: {mma_ran} launches on this target, {fragments_ran} of them from register fragments, {copies_ran} with their keys and values copied");
         let cuda_half = matches!(dtype, DType::F16 | DType::BF16) && format!("{device:?}").contains("Cuda");
         if cuda_half && mma_ran == 0 {
             problems.push(format!("the tensor-core flash kernel never ran on CUDA in {dtype:?}: {:?}", kernels::flash_attention_refusals()));
@@ -401,6 +412,11 @@ impl KernelJob {
         // CUDA's tensor-core devices have the register products and `ldmatrix` of both dtypes.
         if cuda_half && kernels::kernel_on("mma_attention_fragments") && fragments_ran != mma_ran {
             problems.push(format!("{fragments_ran} of {mma_ran} tensor-core flash attentions kept their scores in register fragments on CUDA in {dtype:?}"));
+        }
+        // CUDA's tensor-core devices copy asynchronously; every case's heads load in whole
+        // 16-byte vectors there, so the pass with the copies on copies.
+        if cuda_half && kernels::kernel_on("mma_attention_fragments") && copies_ran == 0 {
+            problems.push(format!("the flash kernel's asynchronous copies never ran on CUDA in {dtype:?}"));
         }
         eprintln!("flash tilings refused on this target (Burn's attention ran instead): {:?}", kernels::flash_attention_refusals());
         assert!(kernels::set_flash_attention(default_flash));

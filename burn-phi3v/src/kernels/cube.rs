@@ -2163,6 +2163,8 @@ fn mma_attention_fragments_kernel<E: Float, N: Size>(
     q: &Array<Vector<E, N>>,
     k: &Array<Vector<E, N>>,
     v: &Array<Vector<E, N>>,
+    k_values: &Array<E>,
+    v_values: &Array<E>,
     output: &mut Array<E>,
     layout: &FlashLayout,
     scale: f32,
@@ -2170,6 +2172,7 @@ fn mma_attention_fragments_kernel<E: Float, N: Size>(
     #[comptime] vectors: usize,
     #[comptime] causal: bool,
     #[comptime] prefetch: bool,
+    #[comptime] copies: bool,
     #[define(E)] _dtype: StorageType,
 ) {
     let (queries, keys) = (layout.queries, layout.keys);
@@ -2183,14 +2186,15 @@ fn mma_attention_fragments_kernel<E: Float, N: Size>(
     // `ldmatrix`: lane `l` gives the address of row `l % 8` of matrix `l / 8`.
     let (matrix, matrix_row) = (lane / 8, lane % 8);
     let stride = comptime!(head_dim + MMA_PAD);
-    // 16-value steps of head_dim (the queries' and keys' k), 8-column tiles of the outputs.
+    // 16-value steps of head_dim (the queries' k), 8-column tiles of the outputs.
     let steps = comptime!(head_dim / MMA_TILE);
     let tiles = comptime!(head_dim / MMA_FRAGMENT_COLUMNS);
-    let key_tiles = comptime!(MMA_FRAGMENT_KEYS / MMA_FRAGMENT_COLUMNS);
 
     let mut q_s = SharedMemory::<E>::new_aligned(block_q * stride, 32usize);
-    let mut k_s = SharedMemory::<E>::new_aligned(MMA_FRAGMENT_KEYS * stride, 32usize);
-    let mut v_s = SharedMemory::<E>::new_aligned(MMA_FRAGMENT_KEYS * stride, 32usize);
+    // A step's keys and values; with `copies`, a ring of two steps'.
+    let slots = comptime!(if copies { 2usize } else { 1usize });
+    let mut k_s = SharedMemory::<E>::new_aligned(comptime!(slots * MMA_FRAGMENT_KEYS * stride), 32usize);
+    let mut v_s = SharedMemory::<E>::new_aligned(comptime!(slots * MMA_FRAGMENT_KEYS * stride), 32usize);
 
     // The cube's queries, zero rows past the last.
     stage_queries::<E, N>(q, &mut q_s, layout, b * layout.q_batch + h * layout.q_head, q0, unit, units, block_q, vectors, stride);
@@ -2225,143 +2229,55 @@ fn mma_attention_fragments_kernel<E: Float, N: Size>(
     for x in 0..2 * tiles {
         out[x] = Vector::new(f32::new(0.0));
     }
-    let mut max_lo = f32::new(NO_SCORE);
-    let mut max_hi = f32::new(NO_SCORE);
-    let mut sum_lo = f32::new(0.0);
-    let mut sum_hi = f32::new(0.0);
+    // Running maxima and this lane's shares of the sums of rows g and g + 8: [max_lo, max_hi,
+    // sum_lo, sum_hi].
+    let mut running = Array::<f32>::new(4usize);
+    running[0] = f32::new(NO_SCORE);
+    running[1] = f32::new(NO_SCORE);
+    running[2] = f32::new(0.0);
+    running[3] = f32::new(0.0);
     let k_base = b * layout.k_batch + hk * layout.k_head;
     let v_base = b * layout.v_batch + hk * layout.v_head;
-    // With `prefetch`, each step's keys and values come from registers loaded during the step
-    // before (the first step's here).
-    let loads = comptime!(MMA_FRAGMENT_KEYS * vectors / units);
-    let mut k_r = Array::<Vector<E, N>>::new(loads);
-    let mut v_r = Array::<Vector<E, N>>::new(loads);
-    if prefetch {
-        load_keys_values::<E, N>(k, v, &mut k_r, &mut v_r, layout, k_base, v_base, 0, unit, units, loads, vectors);
-    }
-
-    let mut k0 = 0usize;
-    while k0 < end {
-        // The step's keys and values (zeros past the last).
-        sync_cube();
+    if copies {
+        // Offsets in values: the layout's are in vectors of the load width, one copy each.
+        let width = comptime!(N::value());
+        mma_attention_copied_steps::<E>(
+            k_values, v_values, &mut k_s, &mut v_s, &qa, &mut out, &mut running, layout, k_base * width, v_base * width, end, plane_end, sees_lo, sees_hi, scale, unit, lane, head_dim, width,
+        );
+    } else {
+        // With `prefetch`, each step's keys and values come from registers loaded during the
+        // step before (the first step's here).
+        let loads = comptime!(MMA_FRAGMENT_KEYS * vectors / units);
+        let mut k_r = Array::<Vector<E, N>>::new(loads);
+        let mut v_r = Array::<Vector<E, N>>::new(loads);
         if prefetch {
-            store_keys_values::<E, N>(&k_r, &v_r, &mut k_s, &mut v_s, unit, units, loads, vectors, stride);
-            sync_cube();
-            let next = k0 + MMA_FRAGMENT_KEYS;
-            if next < end {
-                load_keys_values::<E, N>(k, v, &mut k_r, &mut v_r, layout, k_base, v_base, next, unit, units, loads, vectors);
-            }
-        } else {
-            stage_keys_values::<E, N>(k, v, &mut k_s, &mut v_s, layout, k_base, v_base, k0, unit, units, MMA_FRAGMENT_KEYS, vectors, stride);
-            sync_cube();
+            load_keys_values::<E, N>(k, v, &mut k_r, &mut v_r, layout, k_base, v_base, 0, unit, units, loads, vectors);
         }
-        if k0 < plane_end {
-            // Scores: tile n holds keys 8n.. of the step.
-            let mut s = Array::<Vector<f32, Const<2>>>::new(comptime!(2 * key_tiles));
-            #[unroll]
-            for x in 0..2 * key_tiles {
-                s[x] = Vector::new(f32::new(0.0));
+        let mut k0 = 0usize;
+        while k0 < end {
+            // The step's keys and values (zeros past the last).
+            sync_cube();
+            if prefetch {
+                store_keys_values::<E, N>(&k_r, &v_r, &mut k_s, &mut v_s, unit, units, loads, vectors, stride);
+                sync_cube();
+                let next = k0 + MMA_FRAGMENT_KEYS;
+                if next < end {
+                    load_keys_values::<E, N>(k, v, &mut k_r, &mut v_r, layout, k_base, v_base, next, unit, units, loads, vectors);
+                }
+            } else {
+                stage_keys_values::<E, N>(k, v, &mut k_s, &mut v_s, layout, k_base, v_base, k0, unit, units, MMA_FRAGMENT_KEYS, vectors, stride);
+                sync_cube();
             }
-            #[unroll]
-            for c in 0..steps {
-                let mut a = Array::<Vector<E, Const<2>>>::new(4usize);
-                #[unroll]
-                for x in 0..4usize {
-                    a[x] = qa[4 * c + x];
-                }
-                #[unroll]
-                for pair in 0..key_tiles / 2 {
-                    // Matrices (keys 0–7, values 0–7), (keys 0–7, 8–15), (keys 8–15, 0–7),
-                    // (keys 8–15, 8–15) of keys 16·pair..: B registers of two key tiles.
-                    let at = (pair * 16 + (matrix / 2) * 8 + matrix_row) * stride + c * MMA_TILE + (matrix % 2) * 8;
-                    let kb = mma.load_matrix::<E, Const<2>>(&k_s.slice(at, at + 8), cmma::MatrixIdent::B, 4usize, false);
-                    #[unroll]
-                    for half in 0..2usize {
-                        mma_step::<E>(&a, kb[2 * half], kb[2 * half + 1], &mut s, comptime!(2 * pair + half));
-                    }
-                }
+            if k0 < plane_end {
+                mma_attention_fragments_step::<E>(&qa, &k_s, &v_s, 0, &mut out, &mut running, k0, sees_lo, sees_hi, scale, lane, head_dim);
             }
-            // The rows' maxima over the keys they see, met across the row's four lanes.
-            let mut top_lo = max_lo;
-            let mut top_hi = max_hi;
-            #[unroll]
-            for n in 0..key_tiles {
-                let (lo, hi) = (s[2 * n], s[2 * n + 1]);
-                #[unroll]
-                for e in 0..2usize {
-                    let key = k0 + n * MMA_FRAGMENT_COLUMNS + 2 * t + e;
-                    let (x_lo, x_hi) = (lo[e] * scale, hi[e] * scale);
-                    top_lo = select(key < sees_lo && x_lo > top_lo, x_lo, top_lo);
-                    top_hi = select(key < sees_hi && x_hi > top_hi, x_hi, top_hi);
-                }
-            }
-            top_lo = quad_max(top_lo);
-            top_hi = quad_max(top_hi);
-            let (fix_lo, fix_hi) = (f32::exp(max_lo - top_lo), f32::exp(max_hi - top_hi));
-            max_lo = top_lo;
-            max_hi = top_hi;
-            sum_lo *= fix_lo;
-            sum_hi *= fix_hi;
-            #[unroll]
-            for x in 0..tiles {
-                let mut lo = out[2 * x];
-                let mut hi = out[2 * x + 1];
-                #[unroll]
-                for e in 0..2usize {
-                    lo[e] *= fix_lo;
-                    hi[e] *= fix_hi;
-                }
-                out[2 * x] = lo;
-                out[2 * x + 1] = hi;
-            }
-            // Probabilities in the dtype: key tiles 2j and 2j + 1 are the A fragment of keys
-            // 16j.. (rows g and g + 8 of keys 2t, 2t + 1, then of keys 2t + 8, 2t + 9).
-            let mut p = Array::<Vector<E, Const<2>>>::new(comptime!(2 * key_tiles));
-            #[unroll]
-            for n in 0..key_tiles {
-                let (lo, hi) = (s[2 * n], s[2 * n + 1]);
-                let mut p_lo = Vector::<E, Const<2>>::empty();
-                let mut p_hi = Vector::<E, Const<2>>::empty();
-                #[unroll]
-                for e in 0..2usize {
-                    let key = k0 + n * MMA_FRAGMENT_COLUMNS + 2 * t + e;
-                    let x_lo = select(key < sees_lo, f32::exp(lo[e] * scale - max_lo), f32::new(0.0));
-                    let x_hi = select(key < sees_hi, f32::exp(hi[e] * scale - max_hi), f32::new(0.0));
-                    sum_lo += x_lo;
-                    sum_hi += x_hi;
-                    p_lo[e] = E::cast_from(x_lo);
-                    p_hi[e] = E::cast_from(x_hi);
-                }
-                p[2 * n] = p_lo;
-                p[2 * n + 1] = p_hi;
-            }
-            // Outputs: probabilities (16 rows × 16 keys) times values (16 keys × 8 columns).
-            #[unroll]
-            for j in 0..key_tiles / 2 {
-                let mut a = Array::<Vector<E, Const<2>>>::new(4usize);
-                #[unroll]
-                for x in 0..4usize {
-                    a[x] = p[4 * j + x];
-                }
-                #[unroll]
-                for c in 0..steps {
-                    // Matrices (keys 0–7, columns 0–7), (keys 8–15, 0–7), (keys 0–7, 8–15),
-                    // (keys 8–15, 8–15) of keys 16j.., transposed: B registers of two column tiles.
-                    let at = (j * 16 + (matrix % 2) * 8 + matrix_row) * stride + c * MMA_TILE + (matrix / 2) * 8;
-                    let vb = mma.load_matrix::<E, Const<2>>(&v_s.slice(at, at + 8), cmma::MatrixIdent::B, 4usize, true);
-                    #[unroll]
-                    for half in 0..2usize {
-                        mma_step::<E>(&a, vb[2 * half], vb[2 * half + 1], &mut out, comptime!(2 * c + half));
-                    }
-                }
-            }
+            k0 += MMA_FRAGMENT_KEYS;
         }
-        k0 += MMA_FRAGMENT_KEYS;
     }
 
     // The rows' sums from their four lanes, then this lane's columns of rows g and g + 8.
-    sum_lo = quad_sum(sum_lo);
-    sum_hi = quad_sum(sum_hi);
+    let sum_lo = quad_sum(running[2]);
+    let sum_hi = quad_sum(running[3]);
     let inv_lo = select(sum_lo > f32::new(0.0), f32::new(1.0) / sum_lo, f32::new(0.0));
     let inv_hi = select(sum_hi > f32::new(0.0), f32::new(1.0) / sum_hi, f32::new(0.0));
     #[unroll]
@@ -2379,6 +2295,238 @@ fn mma_attention_fragments_kernel<E: Float, N: Size>(
             output[at + 1] = E::cast_from(hi[1] * inv_hi);
         }
     }
+}
+
+/// [`mma_attention_fragments_kernel`]'s steps with its keys and values copied (`copies`):
+/// a ring of two slots of a step's rows each (`k_s`, `v_s`), filled by asynchronous copies of
+/// `copy` values (`cp.async` on CUDA) from `k` and `v` (the layout's strides times `copy`;
+/// `k_base`, `v_base` in values), each slot with a barrier every unit arrives on once its
+/// copies into it are issued. While a step multiplies from one slot, the next step's copies
+/// land in the other, which the cube leaves only once every plane is past the step before (a
+/// barrier of the cube); no lane holds the next step's rows in registers.
+#[cube]
+#[allow(clippy::too_many_arguments)]
+fn mma_attention_copied_steps<E: Float>(
+    k: &Array<E>,
+    v: &Array<E>,
+    k_s: &mut SharedMemory<E>,
+    v_s: &mut SharedMemory<E>,
+    qa: &Array<Vector<E, Const<2>>>,
+    out: &mut Array<Vector<f32, Const<2>>>,
+    running: &mut Array<f32>,
+    layout: &FlashLayout,
+    k_base: usize,
+    v_base: usize,
+    end: usize,
+    plane_end: usize,
+    sees_lo: usize,
+    sees_hi: usize,
+    scale: f32,
+    unit: usize,
+    lane: usize,
+    #[comptime] head_dim: usize,
+    #[comptime] copy: usize,
+) {
+    let slot_values = comptime!(MMA_FRAGMENT_KEYS * (head_dim + MMA_PAD));
+    let b0 = Barrier::shared(CUBE_DIM, UNIT_POS == 0);
+    let b1 = Barrier::shared(CUBE_DIM, UNIT_POS == 0);
+    // The ring helpers take up to five slots; this ring has two (slots 2.. never come).
+    copy_keys_values::<E>(k, v, k_s, v_s, 0, layout, k_base, v_base, 0, unit, head_dim, copy);
+    ring_arrive(&b0, &b1, &b1, &b1, &b1, 0);
+    let mut step = 0usize;
+    let mut k0 = 0usize;
+    while k0 < end {
+        let slot = step % 2;
+        let next = k0 + MMA_FRAGMENT_KEYS;
+        if next < end {
+            // The other slot held the step before: free once every plane is past it.
+            sync_cube();
+            copy_keys_values::<E>(k, v, k_s, v_s, (1 - slot) * slot_values, layout, k_base, v_base, next, unit, head_dim, copy);
+            ring_arrive(&b0, &b1, &b1, &b1, &b1, 1 - slot);
+        }
+        ring_wait(&b0, &b1, &b1, &b1, &b1, slot, u32::cast_from((step / 2) % 2));
+        if k0 < plane_end {
+            mma_attention_fragments_step::<E>(qa, k_s, v_s, slot * slot_values, out, running, k0, sees_lo, sees_hi, scale, lane, head_dim);
+        }
+        k0 = next;
+        step += 1;
+    }
+}
+
+/// [`mma_attention_copied_steps`]' copies of keys and values `k0..k0 + MMA_FRAGMENT_KEYS` into
+/// `k_s` and `v_s` from `slot` (rows `head_dim + MMA_PAD` values apart), `copy` values a copy
+/// by units `unit, unit + 128, …`; rows past the last key are zeros, stored (a zero value times
+/// a zero probability adds nothing, where stale memory could hold a NaN).
+#[cube]
+#[allow(clippy::too_many_arguments)]
+fn copy_keys_values<E: Float>(
+    k: &Array<E>,
+    v: &Array<E>,
+    k_s: &mut SharedMemory<E>,
+    v_s: &mut SharedMemory<E>,
+    slot: usize,
+    layout: &FlashLayout,
+    k_base: usize,
+    v_base: usize,
+    k0: usize,
+    unit: usize,
+    #[comptime] head_dim: usize,
+    #[comptime] copy: usize,
+) {
+    let (per_row, stride) = comptime!((head_dim / copy, head_dim + MMA_PAD));
+    let (k_key, v_key) = (layout.k_key * copy, layout.v_key * copy);
+    let mut i = unit;
+    while i < MMA_FRAGMENT_KEYS * per_row {
+        let row = i / per_row;
+        let c = (i % per_row) * copy;
+        let key = k0 + row;
+        let to = slot + row * stride + c;
+        if key < layout.keys {
+            let (from_k, from_v) = (k_base + key * k_key + c, v_base + key * v_key + c);
+            copy_async::<E>(&k.slice(from_k, from_k + copy), &mut k_s.slice_mut(to, to + copy), comptime!(copy as u32));
+            copy_async::<E>(&v.slice(from_v, from_v + copy), &mut v_s.slice_mut(to, to + copy), comptime!(copy as u32));
+        } else {
+            #[unroll]
+            for e in 0..copy {
+                k_s[to + e] = E::from_int(0);
+                v_s[to + e] = E::from_int(0);
+            }
+        }
+        i += MMA_PLANES * MMA_LANES;
+    }
+}
+
+/// One step of [`mma_attention_fragments_kernel`] for one plane (see there): the scores of its
+/// queries (`qa`'s A fragments) against keys `k0..k0 + MMA_FRAGMENT_KEYS` (rows from `slot` in
+/// `k_s`), the rows' running maxima and sums in `running` (`[max_lo, max_hi, sum_lo, sum_hi]`)
+/// and the outputs in `out` rescaled, then the probabilities times the values (from `slot` in
+/// `v_s`) added to `out`. Keys from `sees_lo` (row g) and `sees_hi` (row g + 8) on count for
+/// nothing.
+#[cube]
+#[allow(clippy::too_many_arguments)]
+fn mma_attention_fragments_step<E: Float>(
+    qa: &Array<Vector<E, Const<2>>>,
+    k_s: &SharedMemory<E>,
+    v_s: &SharedMemory<E>,
+    slot: usize,
+    out: &mut Array<Vector<f32, Const<2>>>,
+    running: &mut Array<f32>,
+    k0: usize,
+    sees_lo: usize,
+    sees_hi: usize,
+    scale: f32,
+    lane: usize,
+    #[comptime] head_dim: usize,
+) {
+    let t = lane % 4;
+    let (matrix, matrix_row) = (lane / 8, lane % 8);
+    let stride = comptime!(head_dim + MMA_PAD);
+    let steps = comptime!(head_dim / MMA_TILE);
+    let tiles = comptime!(head_dim / MMA_FRAGMENT_COLUMNS);
+    let key_tiles = comptime!(MMA_FRAGMENT_KEYS / MMA_FRAGMENT_COLUMNS);
+    let mma = cmma::MmaDefinition::<E, E, f32>::new(16usize, 8usize, 16usize);
+    // Scores: tile n holds keys 8n.. of the step.
+    let mut s = Array::<Vector<f32, Const<2>>>::new(comptime!(2 * key_tiles));
+    #[unroll]
+    for x in 0..2 * key_tiles {
+        s[x] = Vector::new(f32::new(0.0));
+    }
+    #[unroll]
+    for c in 0..steps {
+        let mut a = Array::<Vector<E, Const<2>>>::new(4usize);
+        #[unroll]
+        for x in 0..4usize {
+            a[x] = qa[4 * c + x];
+        }
+        #[unroll]
+        for pair in 0..key_tiles / 2 {
+            // Matrices (keys 0–7, values 0–7), (keys 0–7, 8–15), (keys 8–15, 0–7),
+            // (keys 8–15, 8–15) of keys 16·pair..: B registers of two key tiles.
+            let at = (pair * 16 + (matrix / 2) * 8 + matrix_row) * stride + c * MMA_TILE + (matrix % 2) * 8;
+            let kb = mma.load_matrix::<E, Const<2>>(&k_s.slice(slot + at, slot + at + 8), cmma::MatrixIdent::B, 4usize, false);
+            #[unroll]
+            for half in 0..2usize {
+                mma_step::<E>(&a, kb[2 * half], kb[2 * half + 1], &mut s, comptime!(2 * pair + half));
+            }
+        }
+    }
+    // The rows' maxima over the keys they see, met across the row's four lanes.
+    let mut top_lo = running[0];
+    let mut top_hi = running[1];
+    #[unroll]
+    for n in 0..key_tiles {
+        let (lo, hi) = (s[2 * n], s[2 * n + 1]);
+        #[unroll]
+        for e in 0..2usize {
+            let key = k0 + n * MMA_FRAGMENT_COLUMNS + 2 * t + e;
+            let (x_lo, x_hi) = (lo[e] * scale, hi[e] * scale);
+            top_lo = select(key < sees_lo && x_lo > top_lo, x_lo, top_lo);
+            top_hi = select(key < sees_hi && x_hi > top_hi, x_hi, top_hi);
+        }
+    }
+    top_lo = quad_max(top_lo);
+    top_hi = quad_max(top_hi);
+    let (fix_lo, fix_hi) = (f32::exp(running[0] - top_lo), f32::exp(running[1] - top_hi));
+    let (max_lo, max_hi) = (top_lo, top_hi);
+    let mut sum_lo = running[2] * fix_lo;
+    let mut sum_hi = running[3] * fix_hi;
+    #[unroll]
+    for x in 0..tiles {
+        let mut lo = out[2 * x];
+        let mut hi = out[2 * x + 1];
+        #[unroll]
+        for e in 0..2usize {
+            lo[e] *= fix_lo;
+            hi[e] *= fix_hi;
+        }
+        out[2 * x] = lo;
+        out[2 * x + 1] = hi;
+    }
+    // Probabilities in the dtype: key tiles 2j and 2j + 1 are the A fragment of keys
+    // 16j.. (rows g and g + 8 of keys 2t, 2t + 1, then of keys 2t + 8, 2t + 9).
+    let mut p = Array::<Vector<E, Const<2>>>::new(comptime!(2 * key_tiles));
+    #[unroll]
+    for n in 0..key_tiles {
+        let (lo, hi) = (s[2 * n], s[2 * n + 1]);
+        let mut p_lo = Vector::<E, Const<2>>::empty();
+        let mut p_hi = Vector::<E, Const<2>>::empty();
+        #[unroll]
+        for e in 0..2usize {
+            let key = k0 + n * MMA_FRAGMENT_COLUMNS + 2 * t + e;
+            let x_lo = select(key < sees_lo, f32::exp(lo[e] * scale - max_lo), f32::new(0.0));
+            let x_hi = select(key < sees_hi, f32::exp(hi[e] * scale - max_hi), f32::new(0.0));
+            sum_lo += x_lo;
+            sum_hi += x_hi;
+            p_lo[e] = E::cast_from(x_lo);
+            p_hi[e] = E::cast_from(x_hi);
+        }
+        p[2 * n] = p_lo;
+        p[2 * n + 1] = p_hi;
+    }
+    // Outputs: probabilities (16 rows × 16 keys) times values (16 keys × 8 columns).
+    #[unroll]
+    for j in 0..key_tiles / 2 {
+        let mut a = Array::<Vector<E, Const<2>>>::new(4usize);
+        #[unroll]
+        for x in 0..4usize {
+            a[x] = p[4 * j + x];
+        }
+        #[unroll]
+        for c in 0..steps {
+            // Matrices (keys 0–7, columns 0–7), (keys 8–15, 0–7), (keys 0–7, 8–15),
+            // (keys 8–15, 8–15) of keys 16j.., transposed: B registers of two column tiles.
+            let at = (j * 16 + (matrix % 2) * 8 + matrix_row) * stride + c * MMA_TILE + (matrix / 2) * 8;
+            let vb = mma.load_matrix::<E, Const<2>>(&v_s.slice(slot + at, slot + at + 8), cmma::MatrixIdent::B, 4usize, true);
+            #[unroll]
+            for half in 0..2usize {
+                mma_step::<E>(&a, vb[2 * half], vb[2 * half + 1], out, comptime!(2 * c + half));
+            }
+        }
+    }
+    running[0] = max_lo;
+    running[1] = max_hi;
+    running[2] = sum_lo;
+    running[3] = sum_hi;
 }
 
 /// The largest of `x` over the four lanes `4g..4g + 4` of a plane (two shuffles).
@@ -2418,6 +2566,15 @@ fn mma_attention_prefetch_fits(head_dim: usize, width: usize, dtype_bytes: usize
     let (vectors, units) = (head_dim / width, MMA_PLANES * MMA_LANES);
     let loads = MMA_FRAGMENT_KEYS * vectors / units;
     (MMA_FRAGMENT_KEYS * vectors).is_multiple_of(units) && loads * (width * dtype_bytes).div_ceil(4) <= MMA_PREFETCH_MAX_REGISTERS
+}
+
+/// Whether [`mma_attention_fragments_kernel`] copies its keys and values into a ring of two
+/// steps (`mma_attention_copies`) for this head dimension, load width and dtype: the device's
+/// asynchronous copies and barriers ([`copies_async`]), copies of 4 to 16 bytes (a load
+/// vector each), and the queries and the ring within the shared memory.
+fn mma_attention_copies_fit<R: CubeRuntime>(client: &ComputeClient<R>, head_dim: usize, width: usize, dtype_bytes: usize) -> bool {
+    let shared = (MMA_PLANES * MMA_TILE + 4 * MMA_FRAGMENT_KEYS) * (head_dim + MMA_PAD) * dtype_bytes;
+    copies_async(client) && matches!(width * dtype_bytes, 4 | 8 | 16) && shared <= client.properties().hardware.max_shared_memory_size
 }
 
 /// Largest head dimension [`mma_attention`] takes (each lane holds `16 · ⌈head_dim / 32⌉`
@@ -2513,7 +2670,11 @@ pub(crate) fn mma_attention<R: CubeRuntime>(
     super::MMA_ATTENTIONS.add();
     if fragments {
         super::MMA_ATTENTION_FRAGMENTS.add();
-        let prefetch = super::kernel_on("mma_attention_prefetch") && mma_attention_prefetch_fits(head_dim, width, dtype.size());
+        let copies = super::kernel_on("mma_attention_copies") && mma_attention_copies_fit(&q.client, head_dim, width, dtype.size());
+        let prefetch = !copies && super::kernel_on("mma_attention_prefetch") && mma_attention_prefetch_fits(head_dim, width, dtype.size());
+        if copies {
+            super::MMA_ATTENTION_COPIES.add();
+        }
         unsafe {
             mma_attention_fragments_kernel::launch_unchecked(
                 &output.client,
@@ -2522,6 +2683,8 @@ pub(crate) fn mma_attention<R: CubeRuntime>(
                 address,
                 width,
                 q.into_array_arg(),
+                k.clone().into_array_arg(),
+                v.clone().into_array_arg(),
                 k.into_array_arg(),
                 v.into_array_arg(),
                 output.clone().into_array_arg(),
@@ -2531,6 +2694,7 @@ pub(crate) fn mma_attention<R: CubeRuntime>(
                 head_dim / width,
                 causal,
                 prefetch,
+                copies,
                 dtype.into(),
             )
         };

@@ -719,8 +719,11 @@ pub fn fused_kernels() -> bool {
 /// before quick-GELU add its bias (a pass of its own over `fc1`'s output) instead of the
 /// activation's kernel; `blas_epilogue` off has the vendor's BLAS compute a product of many
 /// rows alone, its bias and residual then added by passes of their own, instead of in the
-/// product's epilogue ([`Kernels::blas_linear`]).
-pub const KERNEL_NAMES: [&str; 27] = [
+/// product's epilogue ([`Kernels::blas_linear`]); `mma_attention_copies` on has the
+/// register-fragment flash kernel copy each step's keys and values into a ring of two slots of
+/// shared memory asynchronously (`cp.async`, one step ahead; no registers held for them)
+/// instead of through registers (`mma_attention_prefetch`) or loads at the step's start.
+pub const KERNEL_NAMES: [&str; 28] = [
     "rms_norm",
     "layer_norm",
     "quick_gelu",
@@ -748,6 +751,7 @@ pub const KERNEL_NAMES: [&str; 27] = [
     "mma_attention_prefetch",
     "quick_gelu_bias",
     "blas_epilogue",
+    "mma_attention_copies",
 ];
 
 /// Whether the backend's kernel `name` (one of [`KERNEL_NAMES`]) runs: [`fused_kernels`] is
@@ -791,7 +795,8 @@ const _: () = assert!(KERNEL_NAMES.len() <= 32, "one bit per kernel in a u32");
 /// measured them faster, and `mma_attention_prefetch` until session 33 did; the two decode
 /// attention variants that were here, session 28's one lane per query value and session 29's
 /// rows copied into shared memory, right and slower, were removed in sessions 29 and 30.)
-pub const KERNELS_OFF_BY_DEFAULT: [&str; 2] = ["mma_linear_runs", "decode_attention_early_values"];
+/// `mma_attention_copies` (session 36): off until a GPU has checked and timed it.
+pub const KERNELS_OFF_BY_DEFAULT: [&str; 3] = ["mma_linear_runs", "decode_attention_early_values", "mma_attention_copies"];
 
 /// The kernels turned off, a bit each ([`kernel_bit`]): [`KERNELS_OFF_BY_DEFAULT`] less those
 /// `PHI3V_KERNELS_ON` names, and those `PHI3V_KERNELS_OFF` names (both comma-separated lists,
@@ -1284,6 +1289,12 @@ pub fn mma_attention_count() -> usize {
 /// (`mma_attention_fragments`).
 pub fn mma_attention_fragment_count() -> usize {
     MMA_ATTENTION_FRAGMENTS.get()
+}
+
+/// How many of [`mma_attention_fragment_count`]'s attentions copied their keys and values
+/// into shared memory asynchronously (`mma_attention_copies`).
+pub fn mma_attention_copy_count() -> usize {
+    MMA_ATTENTION_COPIES.get()
 }
 
 #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
@@ -1785,6 +1796,7 @@ impl LaunchCount {
 
 pub(crate) static MMA_ATTENTIONS: LaunchCount = LaunchCount::new();
 pub(crate) static MMA_ATTENTION_FRAGMENTS: LaunchCount = LaunchCount::new();
+pub(crate) static MMA_ATTENTION_COPIES: LaunchCount = LaunchCount::new();
 pub(crate) static MMA_LINEARS: LaunchCount = LaunchCount::new();
 pub(crate) static MMA_LINEAR_COPIES: LaunchCount = LaunchCount::new();
 pub(crate) static MMA_LINEAR_FRAGMENTS: LaunchCount = LaunchCount::new();
