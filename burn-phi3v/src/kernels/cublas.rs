@@ -493,7 +493,15 @@ const LT_WORKSPACE: usize = 32 << 20;
 struct Lt {
     handle: lt::cublasLtHandle_t,
     workspaces: HashMap<usize, u64>,
-    algos: HashMap<LtShape, lt::cublasLtMatmulAlgo_t>,
+    /// Each shape's descriptors and algorithm, made once (a product sets only its bias
+    /// pointer); at most [`PROVEN_MAX`], then made again from none.
+    plans: HashMap<LtShape, LtPlan>,
+}
+
+/// A cuBLASLt product's descriptors and the heuristic's algorithm for them.
+struct LtPlan {
+    descs: LtDescs,
+    algo: lt::cublasLtMatmulAlgo_t,
 }
 
 // SAFETY: the handle is used under its lock only (`lt_handle`).
@@ -521,7 +529,7 @@ fn lt_handle(ordinal: usize) -> Result<Arc<Mutex<Lt>>, String> {
     static HANDLES: PerDevice<Lt> = OnceLock::new();
     per_device(&HANDLES, ordinal, "cublasLt", || {
         let handle = lt_result::create_handle().map_err(|e| format!("cuBLASLt handle: {e:?}"))?;
-        Ok(Lt { handle, workspaces: HashMap::new(), algos: HashMap::new() })
+        Ok(Lt { handle, workspaces: HashMap::new(), plans: HashMap::new() })
     })
 }
 
@@ -543,20 +551,21 @@ fn run_lt(context: &CudaContext, stream: usize, g: &LtGemm) -> Result<(), String
     let Gemm { shape, lhs_ptr, rhs_ptr, out_ptr } = g.gemm;
     let c_ptr = g.residual_ptr.unwrap_or(out_ptr);
     let key = LtShape { gemm: shape, bias: g.bias_ptr.is_some(), residual: g.residual_ptr.is_some(), align: [rhs_ptr, lhs_ptr, c_ptr, out_ptr].map(alignment) };
-    let descs = LtDescs::new(&key)?;
+    if !lt.plans.contains_key(&key) {
+        if lt.plans.len() >= PROVEN_MAX {
+            lt.plans.clear();
+        }
+        let descs = LtDescs::new(&key)?;
+        let algo = descs.heuristic(lt.handle, &key)?;
+        lt.plans.insert(key, LtPlan { descs, algo });
+    }
+    let lt = &*lt;
+    let LtPlan { descs, algo } = &lt.plans[&key];
+    // cuBLASLt reads the descriptor when the product is enqueued: the next product may set
+    // another bias into it.
     if let Some(bias) = g.bias_ptr {
         descs.set_bias(bias)?;
     }
-    let algo = match lt.algos.get(&key) {
-        Some(&algo) => algo,
-        None => {
-            let algo = descs.heuristic(lt.handle, &key)?;
-            if lt.algos.len() < PROVEN_MAX {
-                lt.algos.insert(key, algo);
-            }
-            algo
-        }
-    };
     let (alpha, beta) = (1.0f32, if g.residual_ptr.is_some() { 1.0f32 } else { 0.0 });
     let ptr = |address: u64| address as *const c_void;
     // SAFETY: the caller's, as for `Gemm::run`: live allocations of the layouts `descs`
@@ -567,7 +576,7 @@ fn run_lt(context: &CudaContext, stream: usize, g: &LtGemm) -> Result<(), String
         lt_result::matmul(
             lt.handle, descs.desc, (&alpha as *const f32).cast(), (&beta as *const f32).cast(),
             ptr(rhs_ptr), descs.a, ptr(lhs_ptr), descs.b, ptr(c_ptr), descs.c, out_ptr as *mut c_void, descs.c,
-            &algo, workspace as *mut c_void, LT_WORKSPACE, stream as lt::cudaStream_t,
+            algo, workspace as *mut c_void, LT_WORKSPACE, stream as lt::cudaStream_t,
         )
     };
     status.map_err(|e| format!("cublasLtMatmul m, k, n = {}, {}, {} ({:?}): {e:?}", shape.m, shape.k, shape.n, shape.data_type))

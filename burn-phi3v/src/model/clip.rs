@@ -60,12 +60,9 @@ impl<B: Kernels> ClipVisionEmbeddings<B> {
 /// `CLIPAttention`: full (unmasked) multi-head attention with biased projections.
 #[derive(Debug, Clone)]
 pub struct ClipAttention<B: Backend> {
-    /// Query projection.
-    pub q_proj: Linear<B>,
-    /// Key projection.
-    pub k_proj: Linear<B>,
-    /// Value projection.
-    pub v_proj: Linear<B>,
+    /// The checkpoint's `q_proj`, `k_proj` and `v_proj` side by side (`[hidden, 3·hidden]`,
+    /// as vLLM's `qkv_proj`): one product instead of three.
+    pub qkv_proj: Linear<B>,
     /// Output projection.
     pub out_proj: Linear<B>,
     num_heads: usize,
@@ -74,12 +71,9 @@ pub struct ClipAttention<B: Backend> {
 impl<B: Kernels> ClipAttention<B> {
     fn load(w: &Weights<B>, prefix: &str, c: &VisionConfig) -> Result<Self> {
         let d = c.hidden_size;
-        let lin = |name: &str| Linear::load(w, &format!("{prefix}.{name}"), d, d, true);
         Ok(Self {
-            q_proj: lin("q_proj")?,
-            k_proj: lin("k_proj")?,
-            v_proj: lin("v_proj")?,
-            out_proj: lin("out_proj")?,
+            qkv_proj: Linear::load_stacked(w, prefix, &["q_proj", "k_proj", "v_proj"], d, d, true)?,
+            out_proj: Linear::load(w, &format!("{prefix}.out_proj"), d, d, true)?,
             num_heads: c.num_attention_heads,
         })
     }
@@ -92,10 +86,9 @@ impl<B: Kernels> ClipAttention<B> {
     pub fn forward(&self, x: Tensor<B, 3>, residual: Tensor<B, 3>) -> Tensor<B, 3> {
         let [n, t, d] = x.dims();
         let (h, hd) = (self.num_heads, d / self.num_heads);
-        let heads = |y: Tensor<B, 3>| y.reshape([n, t, h, hd]).swap_dims(1, 2); // [n, h, t, hd]
-        let q = heads(self.q_proj.forward(x.clone()));
-        let k = heads(self.k_proj.forward(x.clone()));
-        let v = heads(self.v_proj.forward(x));
+        let qkv = self.qkv_proj.forward(x); // [n, t, 3d]: q, k, v
+        let heads = |i: usize| qkv.clone().narrow(2, i * d, d).reshape([n, t, h, hd]).swap_dims(1, 2); // [n, h, t, hd]
+        let (q, k, v) = (heads(0), heads(1), heads(2));
         let out = kernels::attention(q, k, v, None, false).swap_dims(1, 2).reshape([n, t, d]); // head_dim^-0.5
         self.out_proj.forward_add(out, residual)
     }

@@ -35,6 +35,19 @@ impl<B: Backend> Linear<B> {
         Ok(Self { weight, bias })
     }
 
+    /// Projections of the same input stored side by side as one (vLLM's stacked parameters,
+    /// as its `QKVParallelLinear`): `{prefix}.{name}.weight` (`[d_out, d_in]`) and `.bias` for
+    /// each of `names`, their outputs in that order, so one product computes them all.
+    pub fn load_stacked(w: &Weights<B>, prefix: &str, names: &[&str], d_in: usize, d_out: usize, bias: bool) -> Result<Self> {
+        let weights = names.iter().map(|n| w.tensor(&format!("{prefix}.{n}.weight"), [d_out, d_in])).collect::<Result<Vec<Tensor<B, 2>>>>()?;
+        let bias = if bias {
+            let biases = names.iter().map(|n| w.tensor(&format!("{prefix}.{n}.bias"), [d_out])).collect::<Result<Vec<Tensor<B, 1>>>>()?;
+            Some(Tensor::cat(biases, 0))
+        } else {
+            None
+        };
+        Ok(Self { weight: Tensor::cat(weights, 0).transpose(), bias })
+    }
 }
 
 impl<B: Kernels> Linear<B> {

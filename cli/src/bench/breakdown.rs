@@ -480,8 +480,10 @@ fn vision_phase<B: Kernels>(model: &Phi3VForCausalLM<B>, timer: &Timer<B>, dtype
     let attn = &layer.self_attn;
     let pixels = random::<B, 4>([crops, c.num_channels, size, size], device, dtype);
     let x = random::<B, 3>([crops, tokens, d], device, dtype);
-    let split = |y: Tensor<B, 3>| y.reshape([crops, tokens, heads, d / heads]).swap_dims(1, 2);
-    let (q, k, v) = (split(attn.q_proj.forward(x.clone())), split(attn.k_proj.forward(x.clone())), split(attn.v_proj.forward(x.clone())));
+    // The heads as `ClipAttention::forward` splits them: views of `qkv_proj`'s output.
+    let qkv = attn.qkv_proj.forward(x.clone());
+    let split = |i: usize| qkv.clone().narrow(2, i * d, d).reshape([crops, tokens, heads, d / heads]).swap_dims(1, 2);
+    let (q, k, v) = (split(0), split(1), split(2));
     let hidden = random::<B, 3>([crops, tokens, inter], device, dtype);
 
     let mut stages = Vec::new();
@@ -496,11 +498,9 @@ fn vision_phase<B: Kernels>(model: &Phi3VForCausalLM<B>, timer: &Timer<B>, dtype
     let ln = &layer.layer_norm1;
     let composed = timer.time(|| kernels::composed::layer_norm(x.clone(), ln.weight.clone(), ln.bias.clone(), ln.eps));
     stage("layer_norm1 (alternative: Burn's composed ops)", layers, composed);
-    stage(
-        "q_proj + k_proj + v_proj",
-        layers,
-        timer.time(|| (attn.q_proj.forward(x.clone()), attn.k_proj.forward(x.clone()), attn.v_proj.forward(x.clone()))),
-    );
+    // One product of the three weights side by side (`qkv_proj`); the row keeps the name the
+    // peer's three products have.
+    stage("q_proj + k_proj + v_proj", layers, timer.time(|| attn.qkv_proj.forward(x.clone())));
     // What `ClipAttention::forward` runs between its projections: the head split's views, the
     // attention, and the heads merged back (a copy).
     let attend = || kernels::attention(q.clone(), k.clone(), v.clone(), None, false).swap_dims(1, 2).reshape([crops, tokens, d]);
