@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# Session 36's call for its two changes, not run in session 36 (no device lent): H100 or H200; a
+# pack with phi3v and phi3v-plugin-conformance of accfd2b or later, be52a1b's phi3v as
+# `phi3v-old` and be52a1b's kernels test (run that one apart: ~9 min); carry .gpu and .gl. ≤ 560 s.
+# The changes:
+# - the register-fragment flash kernel's keys and values copied into a ring of two 64-key steps
+#   of shared memory by `cp.async` (switch `mma_attention_copies`, off by default), in place of
+#   the register prefetch (heads ≤ 64: CLIP) or the loads at each step's start (96-dim heads).
+#   Prediction: ~130 registers instead of 150–168, 4 cubes per multiprocessor instead of 3;
+#   CLIP's attention 229–282 → ~150–190 µs per layer (SDPA 85–91); image encode at num_crops 16
+#   −1.5 to −3 ms (17.8–17.9 ms before, H100); prefill 1024 the same or faster;
+# - CLIP's q_proj, k_proj and v_proj as one product of the three weights side by side
+#   (`qkv_proj`), and cuBLASLt's descriptors made once per shape instead of per product (in
+#   accfd2b, not in be52a1b). Prediction: q/k/v 126 → ~100 µs per layer (the peer's three
+#   products 98), image encode −0.5 to −1 ms.
+#   1. `bench attention --flash "scores;mma"` (prefill 1024 and 4096 causal, CLIP's 17×16×577×64)
+#      with the copies on, then off, in bf16; torch's SDPA at the same shapes;
+#   2. image encode at num_crops 16: a compile run, then new with the copies, new without, old
+#      with the copies, in turn, twice;
+#   3. the fixture parity suite on cuda bf16 (new conformance binary, copies on);
+#   then while time is left: 4. prefill 1024, new with the copies on / off alternating twice;
+#   5. Nsight Compute of the flash kernel at CLIP's shape with the copies on; 6. the vision tower
+#   stage by stage beside the eager peer (copies on).
+source scripts/gpu_env.sh
+echo "pack of $(head -2 .gpu/commit.txt | tr '\n' ' ')"
+timed_folders s36c
+cd $D
+ON=PHI3V_KERNELS_ON=mma_attention_copies
+SHAPES="1,32,1024,1024,96,causal;1,32,4096,4096,96,causal;17,16,577,577,64"
+for part in "copies:$ON" "default:"; do
+  IFS=: read -r name vars <<< "$part"
+  s=$(date +%s)
+  env $vars timeout ${ATT_S:-60} $B/phi3v bench attention --device cuda --dtype bf16 --flash "scores;mma" --shapes "$SHAPES" \
+    --warmup 3 --runs 20 --out $RS/att-$name.json > $RS/att-$name.log 2>&1
+  echo "=== attention $name rc=$? $(( $(date +%s) - s )) s"; grep "^|\|panicked\|refused\|rror" $RS/att-$name.log | sort -u | head -12 | cut -c1-200
+done
+timeout 40 python3 $R/bench/peer_attention.py --dtype bf16 --shapes "$SHAPES" --out $RS/peer-att-bf16.json 2>&1 | tail -5
+ENC="--dtype bf16 --scenarios images --images 1344x1344 --num-crops 16 --warmup 2 --runs 10"
+P=("enc-compile:$ON:60:$ENC")
+for i in 1 2; do P+=("enc-new-copies-$i:$ON:45:$ENC" "enc-new-default-$i::45:$ENC" "enc-old-copies-$i:$ON PHI3V_BIN=phi3v-old:45:$ENC"); done
+TAIL=1 bench_parts $RS "${P[@]}" > /dev/null
+grep -HE "^image" $RS/enc-*.log | sed 's|^[^:]*/||' | cut -c1-230
+echo "benches done at $SECONDS s"
+export PHI3V_KERNELS_ON=mma_attention_copies
+parity_into_rs ${PARITY_S:-150}
+unset PHI3V_KERNELS_ON
+[ $SECONDS -lt ${PRE_UNTIL:-360} ] && {
+  PRE="--dtype bf16 --scenarios prefill --prompt-lengths 1024 --prefill-batches 1 --warmup 2 --runs 10"
+  alternate $RS pre ${PRE_S:-45} "$PRE" copies "$ON" default ""
+}
+[ $SECONDS -lt ${NCU_UNTIL:-400} ] && {
+  env $ON timeout ${NCU_S:-45} $NCU --kernel-name regex:mma_attention_fragments --launch-skip 2 --launch-count 1 $NCU_SECTIONS \
+    $B/phi3v bench attention --device cuda --dtype bf16 --flash mma --shapes "17,16,577,577,64" --warmup 2 --runs 1 > $RS/ncu-copies.txt 2>&1
+  echo "=== ncu copies rc=$? at $SECONDS s"; ncu_report $RS/ncu-copies.txt | grep -v "µs$" | head -24
+}
+export PHI3V_KERNELS_ON=mma_attention_copies
+[ $SECONDS -lt ${PBD_UNTIL:-400} ] && PROFILE_STEPS=0 peer_breakdown
+echo "done at $SECONDS s"
+(cd $OUT && tar czf s36c.tgz s36c && rm -rf s36c)
