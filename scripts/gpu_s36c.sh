@@ -17,7 +17,8 @@
 #      with the copies on, then off, in bf16; torch's SDPA at the same shapes;
 #   2. image encode at num_crops 16: a compile run, then new with the copies, new without, old
 #      with the copies, in turn, twice;
-#   3. the fixture parity suite on cuda bf16 (new conformance binary, copies on);
+#   3. the fixture parity suite on cuda bf16 (new conformance binary, the defaults: copies off;
+#      the copies' outputs are checked by 1 and by the kernels test);
 #   then while time is left: 4. prefill 1024, new with the copies on / off alternating twice;
 #   5. Nsight Compute of the flash kernel at CLIP's shape with the copies on; 6. the vision tower
 #   stage by stage beside the eager peer (copies on).
@@ -41,9 +42,8 @@ for i in 1 2; do P+=("enc-new-copies-$i:$ON:45:$ENC" "enc-new-default-$i::45:$EN
 TAIL=1 bench_parts $RS "${P[@]}" > /dev/null
 grep -HE "^image" $RS/enc-*.log | sed 's|^[^:]*/||' | cut -c1-230
 echo "benches done at $SECONDS s"
-export PHI3V_KERNELS_ON=mma_attention_copies
+# The defaults (copies off): the refactored flash kernel's step, as users run it.
 parity_into_rs ${PARITY_S:-150}
-unset PHI3V_KERNELS_ON
 [ $SECONDS -lt ${PRE_UNTIL:-360} ] && {
   PRE="--dtype bf16 --scenarios prefill --prompt-lengths 1024 --prefill-batches 1 --warmup 2 --runs 10"
   alternate $RS pre ${PRE_S:-45} "$PRE" copies "$ON" default ""
