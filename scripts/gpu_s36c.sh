@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Session 36's call for its two changes, not run in session 36 (no device lent): H100 or H200; a
 # pack with phi3v and phi3v-plugin-conformance of accfd2b or later, be52a1b's phi3v as
-# `phi3v-old` and be52a1b's kernels test (run that one apart: ~9 min); carry .gpu and .gl. ≤ 560 s.
+# `phi3v-old` and the kernels test of 37bde82 (its flash checks only); carry .gpu and .gl. ≤ 560 s.
 # The changes:
 # - the register-fragment flash kernel's keys and values copied into a ring of two 64-key steps
 #   of shared memory by `cp.async` (switch `mma_attention_copies`, off by default), in place of
@@ -17,8 +17,8 @@
 #      with the copies on, then off, in bf16; torch's SDPA at the same shapes;
 #   2. image encode at num_crops 16: a compile run, then new with the copies, new without, old
 #      with the copies, in turn, twice;
-#   3. the fixture parity suite on cuda bf16 (new conformance binary, the defaults: copies off;
-#      the copies' outputs are checked by 1 and by the kernels test);
+#   3. the fixture parity suite on cuda bf16 (new conformance binary, the defaults: copies off),
+#      beside it the kernels test's flash checks (the copies both ways);
 #   then while time is left: 4. prefill 1024, new with the copies on / off alternating twice;
 #   5. Nsight Compute of the flash kernel at CLIP's shape with the copies on; 6. the vision tower
 #   stage by stage beside the eager peer (copies on).
@@ -42,8 +42,15 @@ for i in 1 2; do P+=("enc-new-copies-$i:$ON:45:$ENC" "enc-new-default-$i::45:$EN
 TAIL=1 bench_parts $RS "${P[@]}" > /dev/null
 grep -HE "^image" $RS/enc-*.log | sed 's|^[^:]*/||' | cut -c1-230
 echo "benches done at $SECONDS s"
+# Beside the parity: the kernels test's flash checks (both ways of the copies) on cuda bf16
+# (the pack's kernels test must have PHI3V_TEST_KERNEL_CHECKS, 37bde82 or later).
+LIMIT=${KT_S:-240} job kernels-flash env PHI3V_TEST_KERNEL_CHECKS=flash PHI3V_TEST_DEVICES=cuda:0:bf16 $B/kernels kernels_equal --nocapture
 # The defaults (copies off): the refactored flash kernel's step, as users run it.
 parity_into_rs ${PARITY_S:-150}
+wait
+cp $W/kernels-flash/out.txt $RS/kernels-flash.txt; cp $W/kernels-flash/err.txt $RS/kernels-flash.err
+echo "=== kernels test (flash checks, cuda bf16) at $SECONDS s"; grep -E "test result|rc=" $W/kernels-flash/out.txt
+grep -E "FAIL|problem|mma attention|never|panicked|ran short" $W/kernels-flash/err.txt | head -12 | cut -c1-250
 [ $SECONDS -lt ${PRE_UNTIL:-360} ] && {
   PRE="--dtype bf16 --scenarios prefill --prompt-lengths 1024 --prefill-batches 1 --warmup 2 --runs 10"
   alternate $RS pre ${PRE_S:-45} "$PRE" copies "$ON" default ""
