@@ -2142,8 +2142,9 @@ const MMA_FRAGMENT_KEYS: usize = 64;
 /// the dtype with f32 sums, CubeCL's `MmaDefinition`; the `mma_attention_fragments` switch): cubes
 /// of [`MMA_PLANES`] planes, each owning 16 query rows of one (batch, head), stage their queries
 /// in shared memory and load them once into A fragments (`ldmatrix`); then per step of
-/// [`MMA_FRAGMENT_KEYS`] keys the cube stages the keys and values (zeros past the last key),
-/// and each plane
+/// [`MMA_FRAGMENT_KEYS`] keys the cube stages the keys and values (zeros past the last key;
+/// with `copies`, copied a step ahead, [`mma_attention_copied_steps`]), and each plane
+/// ([`mma_attention_fragments_step`])
 /// - multiplies its queries by the keys: the B fragments of 8 keys each are the key rows as
 ///   stored (`ldmatrix`), the scores 8 tiles of 16 rows × 8 keys in the accumulator layout (lane
 ///   `4g + t` holds rows `g` and `g + 8`, keys `2t, 2t + 1` of each tile);
