@@ -2571,11 +2571,11 @@ fn mma_attention_prefetch_fits(head_dim: usize, width: usize, dtype_bytes: usize
 
 /// Whether [`mma_attention_fragments_kernel`] copies its keys and values into a ring of two
 /// steps (`mma_attention_copies`) for this head dimension, load width and dtype: the device's
-/// asynchronous copies and barriers ([`copies_async`]), copies of 4 to 16 bytes (a load
-/// vector each), and the queries and the ring within the shared memory.
+/// asynchronous copies of a load vector each ([`copies_async`]), and the queries and the ring
+/// within the shared memory.
 fn mma_attention_copies_fit<R: CubeRuntime>(client: &ComputeClient<R>, head_dim: usize, width: usize, dtype_bytes: usize) -> bool {
     let shared = (MMA_PLANES * MMA_TILE + 4 * MMA_FRAGMENT_KEYS) * (head_dim + MMA_PAD) * dtype_bytes;
-    copies_async(client) && matches!(width * dtype_bytes, 4 | 8 | 16) && shared <= client.properties().hardware.max_shared_memory_size
+    copies_async(client, width * dtype_bytes) && shared <= client.properties().hardware.max_shared_memory_size
 }
 
 /// Largest head dimension [`mma_attention`] takes (each lane holds `16 · ⌈head_dim / 32⌉`
@@ -3100,11 +3100,12 @@ fn decode_attention_finish<E: Float>(
     }
 }
 
-/// Whether the device copies asynchronously from global into shared memory, with barriers in
-/// shared memory to wait on (`cp.async` and `mbarrier` on CUDA from compute capability 8.0).
-fn copies_async<R: CubeRuntime>(client: &ComputeClient<R>) -> bool {
+/// Whether the device copies `bytes` at a time asynchronously from global into shared memory,
+/// with barriers in shared memory to wait on (`cp.async` and `mbarrier` on CUDA from compute
+/// capability 8.0; copies of 4, 8 or 16 bytes).
+fn copies_async<R: CubeRuntime>(client: &ComputeClient<R>, bytes: usize) -> bool {
     let properties = client.properties();
-    properties.features.copy_async && properties.supports_type(cubecl::ir::OpaqueType::Barrier(cubecl::ir::BarrierLevel::Cube))
+    matches!(bytes, 4 | 8 | 16) && properties.features.copy_async && properties.supports_type(cubecl::ir::OpaqueType::Barrier(cubecl::ir::BarrierLevel::Cube))
 }
 
 /// The output of split decode attention: one cube of `head_dim` units per (batch, head)
@@ -4540,7 +4541,7 @@ fn mma_linear_shape<R: CubeRuntime>(x: &CubeTensor<R>, weight: &CubeTensor<R>, r
     let max_shared = properties.hardware.max_shared_memory_size;
     // The planes' f32 sums at the end.
     let sums = tuning.planes * tiles * MMA_TILE * (MMA_TILE + MMA_PAD_F32) * 4;
-    let copies = copies_async(&x.client) && matches!(width * dtype.size(), 4 | 8 | 16);
+    let copies = copies_async(&x.client, width * dtype.size());
     if tuning.reads == MmaLinearReads::Fragments
         && width == MMA_FRAGMENT_VECTOR
         && d_in.is_multiple_of(MMA_FRAGMENT_BLOCK)
