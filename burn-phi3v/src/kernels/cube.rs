@@ -6,7 +6,7 @@ use burn::tensor::ops::{FloatTensor, FloatTensorOps, IntTensor};
 use burn_cubecl::{
     BoolElement, CubeBackend, CubeRuntime, FloatElement, IntElement,
     kernel::into_contiguous,
-    ops::numeric::empty_device_contiguous_dtype,
+    ops::{numeric::empty_device_contiguous_dtype, permute},
     tensor::CubeTensor,
 };
 use cubecl::{calculate_cube_count_elemwise, prelude::barrier::{Barrier, copy_async}, prelude::*};
@@ -1325,7 +1325,9 @@ pub(crate) fn decode_attention<R: CubeRuntime>(q: CubeTensor<R>, k: CubeTensor<R
 
 /// Where a flash attention reads its operands and how many: heads, queries and keys, and the
 /// strides of `q` (`[batch, heads, queries, head_dim]`) and of `k`, `v` (`[batch, kv_heads,
-/// keys, head_dim]`), last strides 1, in elements. The output is contiguous.
+/// keys, head_dim]`), last strides 1, in elements (vectors of the load width where the kernel
+/// loads vectors), and the output's (`[batch, heads, queries, head_dim]`, last stride 1, in
+/// values; [`flash_operands`] lays it out as `[batch, queries, heads, head_dim]`).
 #[derive(CubeLaunch, CubeType)]
 struct FlashLayout {
     heads: usize,
@@ -1342,6 +1344,9 @@ struct FlashLayout {
     v_batch: usize,
     v_head: usize,
     v_key: usize,
+    o_batch: usize,
+    o_head: usize,
+    o_row: usize,
 }
 
 /// Largest head dimension of the flash attention kernel (its rows live in registers).
@@ -1422,7 +1427,7 @@ fn flash_attention_kernel<E: Float>(
         }
         key += 1;
     }
-    let out = (bh * queries + row) * head_dim;
+    let out = b * layout.o_batch + h * layout.o_head + row * layout.o_row;
     let inv = select(total > f32::new(0.0), f32::new(1.0) / total, f32::new(0.0));
     #[unroll]
     for d in 0..head_dim {
@@ -1684,21 +1689,26 @@ fn tiled_flash_attention<R: CubeRuntime>(
 }
 
 /// A flash kernel's operands with their last dimension contiguous (copied where it is not),
-/// and its output, contiguous `[batch, heads, queries, head_dim]` in the queries' dtype.
+/// and its output `[batch, heads, queries, head_dim]` in the queries' dtype, laid out as
+/// `[batch, queries, heads, head_dim]`: the heads of a query side by side, so that the caller's
+/// merge of the heads (`swap_dims(1, 2)`, then `[batch, queries, heads · head_dim]`) is a view,
+/// not a copy.
 fn flash_operands<R: CubeRuntime>(q: CubeTensor<R>, k: CubeTensor<R>, v: CubeTensor<R>) -> (CubeTensor<R>, CubeTensor<R>, CubeTensor<R>, CubeTensor<R>) {
     let last_unit = |t: CubeTensor<R>| if t.meta.strides()[3] == 1 { t } else { into_contiguous(t) };
     let (q, k, v) = (last_unit(q), last_unit(k), last_unit(v));
-    let output = empty_device_contiguous_dtype(q.client.clone(), q.device.clone(), q.meta.shape().clone(), q.dtype);
-    (q, k, v, output)
+    let [batch, heads, queries, head_dim] = [0, 1, 2, 3].map(|d| q.meta.shape()[d]);
+    let merged = empty_device_contiguous_dtype(q.client.clone(), q.device.clone(), [batch, queries, heads, head_dim].into(), q.dtype);
+    (q, k, v, permute(merged, &[0, 2, 1, 3]))
 }
 
-/// [`FlashLayout`] of [`flash_operands`], strides in vectors of `width` values (`width` divides
-/// the batch, head and row strides).
-fn flash_layout<R: CubeRuntime>(q: &CubeTensor<R>, k: &CubeTensor<R>, v: &CubeTensor<R>, width: usize) -> FlashLayoutLaunch<R> {
+/// [`FlashLayout`] of [`flash_operands`], the operands' strides in vectors of `width` values
+/// (`width` divides the batch, head and row strides), the output's in values.
+fn flash_layout<R: CubeRuntime>(q: &CubeTensor<R>, k: &CubeTensor<R>, v: &CubeTensor<R>, output: &CubeTensor<R>, width: usize) -> FlashLayoutLaunch<R> {
     let [qs, ks, vs] = [q, k, v].map(|t| [0, 1, 2].map(|d| t.meta.strides()[d] / width));
+    let os = [0, 1, 2].map(|d| output.meta.strides()[d]);
     let (heads, queries) = (q.meta.shape()[1], q.meta.shape()[2]);
     let (kv_heads, keys) = (k.meta.shape()[1], k.meta.shape()[2]);
-    FlashLayoutLaunch::new(heads, heads / kv_heads.max(1), queries, keys, qs[0], qs[1], qs[2], ks[0], ks[1], ks[2], vs[0], vs[1], vs[2])
+    FlashLayoutLaunch::new(heads, heads / kv_heads.max(1), queries, keys, qs[0], qs[1], qs[2], ks[0], ks[1], ks[2], vs[0], vs[1], vs[2], os[0], os[1], os[2])
 }
 
 /// Attention of every query over its keys; see [`Kernels::flash_attention`].
@@ -1708,7 +1718,7 @@ pub(crate) fn flash_attention<R: CubeRuntime>(q: CubeTensor<R>, k: CubeTensor<R>
     if batch * heads * queries == 0 || head_dim == 0 {
         return output;
     }
-    let layout = flash_layout(&q, &k, &v, 1);
+    let layout = flash_layout(&q, &k, &v, &output, 1);
     let scale = 1.0 / (head_dim as f32).sqrt();
     let dtype = q.dtype;
     let address = address_type([&q, &k, &v, &output]);
@@ -1784,7 +1794,7 @@ fn mma_attention_kernel<E: Float, N: Size>(
     let unit = plane * MMA_LANES + lane;
     let units = MMA_PLANES * MMA_LANES;
     let block_q = MMA_PLANES * MMA_TILE;
-    let FlashCube { bh, b, h, hk, q0, end, plane_end } = flash_cube(layout, plane, causal);
+    let FlashCube { b, h, hk, q0, end, plane_end } = flash_cube(layout, plane, causal);
     // Output columns per lane: `lane + 32·c` for c below this (16-dim heads leave lanes idle).
     let columns = comptime!(head_dim.div_ceil(MMA_LANES));
     // Row strides of the shared buffers (padded: `MMA_PAD`): queries, keys and values;
@@ -1908,7 +1918,7 @@ fn mma_attention_kernel<E: Float, N: Size>(
         for c in 0..columns {
             let d = lane + c * MMA_LANES;
             if out_row < queries && d < head_dim {
-                output[(bh * queries + out_row) * head_dim + d] = E::cast_from(acc[i * columns + c] * factor);
+                output[b * layout.o_batch + h * layout.o_head + out_row * layout.o_row + d] = E::cast_from(acc[i * columns + c] * factor);
             }
         }
     }
@@ -1917,8 +1927,7 @@ fn mma_attention_kernel<E: Float, N: Size>(
 /// Where a cube of the tensor-core flash kernels works ([`flash_cube`]).
 #[derive(CubeType)]
 struct FlashCube {
-    /// Its (batch, head), batch, head and key/value head.
-    bh: usize,
+    /// Its batch, head and key/value head.
     b: usize,
     h: usize,
     hk: usize,
@@ -1951,7 +1960,7 @@ fn flash_cube(layout: &FlashLayout, plane: usize, #[comptime] causal: bool) -> F
     if q0 + plane * MMA_TILE >= queries {
         plane_end = 0;
     }
-    FlashCube { bh, b: bh / layout.heads, h, hk: h / layout.group, q0, end, plane_end }
+    FlashCube { b: bh / layout.heads, h, hk: h / layout.group, q0, end, plane_end }
 }
 
 /// The flash kernels' staging of a cube's `block_q` query rows from `q0` (zero rows past the
@@ -2182,7 +2191,7 @@ fn mma_attention_fragments_kernel<E: Float, N: Size>(
     let unit = plane * MMA_LANES + lane;
     let units = comptime!(MMA_PLANES * MMA_LANES);
     let block_q = MMA_PLANES * MMA_TILE;
-    let FlashCube { bh, b, h, hk, q0, end, plane_end } = flash_cube(layout, plane, causal);
+    let FlashCube { b, h, hk, q0, end, plane_end } = flash_cube(layout, plane, causal);
     let (g, t) = (lane / 4, lane % 4);
     // `ldmatrix`: lane `l` gives the address of row `l % 8` of matrix `l / 8`.
     let (matrix, matrix_row) = (lane / 8, lane % 8);
@@ -2286,12 +2295,12 @@ fn mma_attention_fragments_kernel<E: Float, N: Size>(
         let column = x * MMA_FRAGMENT_COLUMNS + 2 * t;
         let (lo, hi) = (out[2 * x], out[2 * x + 1]);
         if row_lo < queries {
-            let at = (bh * queries + row_lo) * head_dim + column;
+            let at = b * layout.o_batch + h * layout.o_head + row_lo * layout.o_row + column;
             output[at] = E::cast_from(lo[0] * inv_lo);
             output[at + 1] = E::cast_from(lo[1] * inv_lo);
         }
         if row_hi < queries {
-            let at = (bh * queries + row_hi) * head_dim + column;
+            let at = b * layout.o_batch + h * layout.o_head + row_hi * layout.o_row + column;
             output[at] = E::cast_from(hi[0] * inv_hi);
             output[at + 1] = E::cast_from(hi[1] * inv_hi);
         }
@@ -2664,7 +2673,7 @@ pub(crate) fn mma_attention<R: CubeRuntime>(
     while width > 1 && [&q, &k, &v].iter().any(|t| t.meta.strides()[..3].iter().any(|s| !s.is_multiple_of(width))) {
         width /= 2;
     }
-    let layout = flash_layout(&q, &k, &v, width);
+    let layout = flash_layout(&q, &k, &v, &output, width);
     let scale = 1.0 / (head_dim as f32).sqrt();
     let dtype = q.dtype;
     let address = address_type([&q, &k, &v, &output]);
