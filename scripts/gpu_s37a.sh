@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Session 37's call: session 36's changes (scripts/gpu_s36c.sh, never run: no device was lent)
 # and session 37's. H100 or H200; a pack with phi3v and phi3v-plugin-conformance of baa5cf3 or
-# later, accfd2b's phi3v as `phi3v-prev`, be52a1b's as `phi3v-old`, the kernels test of 37bde82
+# later, accfd2b's phi3v as `phi3v-prev`, the kernels test of 37bde82
 # (its flash checks only); carry .gpu and .gl. ≤ 560 s.
 # The changes:
 # - (session 36) the register-fragment flash kernel's keys and values copied into a ring of two
@@ -18,7 +18,7 @@
 #   1. `bench attention --flash "scores;mma"` (prefill 1024 and 4096 causal, CLIP's 17×16×577×64)
 #      with the copies on, then off, in bf16; torch's SDPA at the same shapes;
 #   2. image encode at num_crops 16: a compile run, then new with the copies, new without,
-#      prev (accfd2b) and old (be52a1b) without, in turn, twice;
+#      prev (accfd2b) without, in turn, twice (be52a1b's binary is left out: the carry's 64 MiB);
 #   3. the fixture parity suite on cuda bf16 (new conformance binary, the defaults: copies off),
 #      beside it the kernels test's flash checks (the copies both ways);
 #   then while time is left: 4. prefill 1024, new with the copies on / off alternating twice;
@@ -40,7 +40,7 @@ done
 timeout 40 python3 $R/bench/peer_attention.py --dtype bf16 --shapes "$SHAPES" --out $RS/peer-att-bf16.json 2>&1 | tail -5
 ENC="--dtype bf16 --scenarios images --images 1344x1344 --num-crops 16 --warmup 2 --runs 10"
 P=("enc-compile:$ON:60:$ENC")
-for i in 1 2; do P+=("enc-new-copies-$i:$ON:45:$ENC" "enc-new-default-$i::45:$ENC" "enc-prev-default-$i:PHI3V_BIN=phi3v-prev:45:$ENC" "enc-old-default-$i:PHI3V_BIN=phi3v-old:45:$ENC"); done
+for i in 1 2; do P+=("enc-new-copies-$i:$ON:45:$ENC" "enc-new-default-$i::45:$ENC" "enc-prev-default-$i:PHI3V_BIN=phi3v-prev:45:$ENC"); done
 TAIL=1 bench_parts $RS "${P[@]}" > /dev/null
 grep -HE "^image" $RS/enc-*.log | sed 's|^[^:]*/||' | cut -c1-230
 echo "benches done at $SECONDS s"
