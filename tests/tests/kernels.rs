@@ -644,7 +644,7 @@ impl DeviceFn for KernelJob {
     type Output = (Vec<Outputs>, Vec<String>);
     fn run<B: Kernels>(self, device: &B::Device, info: &DeviceInfo, dtype: DType) -> Self::Output {
         let (products, on_stream, queued) = (kernels::blas_matmul_count(), kernels::blas_matmul_stream_count(), kernels::blas_matmul_queued_count());
-        let epilogues = kernels::blas_epilogue_count();
+        let (epilogues, queued_epilogues) = (kernels::blas_epilogue_count(), kernels::blas_epilogue_queued_count());
         let mut problems = Vec::new();
         let outputs = self.outputs::<B>(device, dtype, &mut problems);
         let on_stream = kernels::blas_matmul_stream_count() - on_stream;
@@ -674,6 +674,10 @@ impl DeviceFn for KernelJob {
             // (`BlasOrdering::Queued`, the workspace's cubecl-runtime patch).
             if queued == 0 {
                 problems.push("no cuBLAS product was queued for CubeCL's device thread".into());
+            }
+            // The same for the products with a bias or residual in cuBLASLt's epilogue.
+            if kernels::blas_epilogue_queued_count() == queued_epilogues {
+                problems.push("no cuBLASLt product (bias, residual) was queued for CubeCL's device thread".into());
             }
         }
         (outputs, problems)

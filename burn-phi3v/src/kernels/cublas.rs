@@ -27,8 +27,9 @@
 //! residual to a product in its epilogue, by cuBLASLt (`cublasLtMatmul`: the bias as
 //! `CUBLASLT_EPILOGUE_BIAS`, the residual as C with β = 1, D a new tensor): the product's output
 //! is written once instead of being read and written again by an add per term. It is ordered as
-//! the plain products are (host or stream; never queued), with a 32 MiB workspace per CUDA stream
-//! and the heuristic's algorithm kept per shape, layout and alignment.
+//! the plain products are (host, stream, or queued once a product of its shape and terms has
+//! run through the round trip), with a 32 MiB workspace per CUDA stream and the heuristic's
+//! algorithm kept per shape, layout and alignment.
 
 use std::any::Any;
 use std::collections::HashMap;
@@ -88,7 +89,7 @@ pub(crate) fn linear<R: CubeRuntime>(x: CubeTensor<R>, weight: CubeTensor<R>, bi
     match cuda_matmul(x, weight, Some(Terms { bias, residual })) {
         Ok((out, ordering)) => {
             super::count_blas_matmul(ordering);
-            super::count_blas_epilogue();
+            super::count_blas_epilogue(ordering);
             (Box::new(out) as Box<dyn Any>).downcast::<CubeTensor<R>>().ok().map(|out| *out)
         }
         Err(reason) => {
@@ -179,10 +180,12 @@ fn run_on_stream(ordinal: usize, stream: usize, gemm: &Gemm) -> Result<(), Strin
     unsafe { gemm.run(h.0) }.map_err(|e| gemm.failed(e))
 }
 
-/// The products (all but their addresses) that cuBLAS has run on CubeCL's stream through the
-/// round trip, with the CubeCL streams their tensors were created on (which the round trip found
-/// to be one CUDA stream): these may be [`BlasOrdering::Queued`] from then on.
-type Proven = std::collections::HashSet<(GemmShape, [cubecl::stream_id::StreamId; 3])>;
+/// The products (all but their addresses) that cuBLAS or cuBLASLt has run on CubeCL's stream
+/// through the round trip: each one's shape, whether it added a bias and a residual, and the
+/// CubeCL streams its tensors were created on (the operands, the output, then the bias and the
+/// residual where there are; the round trip found them on one CUDA stream). These may be
+/// [`BlasOrdering::Queued`] from then on.
+type Proven = std::collections::HashSet<(GemmShape, [bool; 2], Vec<cubecl::stream_id::StreamId>)>;
 
 /// Most entries of [`proven`] (a server sees a new row count per prompt length: the set stays
 /// bounded, and products past it keep the round trip).
@@ -198,20 +201,37 @@ fn proven() -> &'static Mutex<Proven> {
 /// product.
 static QUEUED_FAILURE: OnceLock<String> = OnceLock::new();
 
-/// On CubeCL's device thread: the operands' addresses from `server`, then the product on their
+/// A queued product but for its addresses: a cuBLAS product, or a cuBLASLt one with its terms
+/// (whether it adds a bias, a residual), the device's cuBLASLt handle and its context.
+#[cfg(feature = "queued-blas")]
+enum QueuedProduct {
+    Gemm(GemmShape),
+    Lt { shape: GemmShape, bias: bool, residual: bool, lt: Arc<Mutex<Lt>>, context: Arc<CudaContext> },
+}
+
+/// On CubeCL's device thread: the addresses of `bindings` (the operands, the output, then the
+/// bias and the residual where `product` has them) from `server`, then the product on their
 /// stream. A failure is recorded ([`QUEUED_FAILURE`], the refusals).
 #[cfg(feature = "queued-blas")]
-fn queued(server: &mut <CudaRuntime as cubecl::Runtime>::Server, stream_id: cubecl::stream_id::StreamId, ordinal: usize, bindings: [cubecl::server::Binding; 3], shape: GemmShape) {
+fn queued(server: &mut <CudaRuntime as cubecl::Runtime>::Server, stream_id: cubecl::stream_id::StreamId, ordinal: usize, bindings: Vec<cubecl::server::Binding>, product: QueuedProduct) {
     use cubecl::server::ComputeServer;
     let run = || -> Result<(), String> {
-        let [lhs, rhs, out] = bindings;
-        let resource = |server: &mut <CudaRuntime as cubecl::Runtime>::Server, b| server.get_resource(b, stream_id).map_err(|e| format!("resource: {e:?}"));
-        let held = [resource(server, lhs)?, resource(server, rhs)?, resource(server, out)?];
-        let [(lhs_ptr, a), (rhs_ptr, b), (out_ptr, c)] = [located(held[0].resource())?, located(held[1].resource())?, located(held[2].resource())?];
-        let Some(stream) = a.filter(|&s| b == Some(s) && c == Some(s)) else {
-            return Err(format!("queued operands on streams {a:?}, {b:?}, {c:?}"));
+        let held = bindings.into_iter().map(|b| server.get_resource(b, stream_id).map_err(|e| format!("resource: {e:?}"))).collect::<Result<Vec<_>, _>>()?;
+        let located = held.iter().map(|h| located(h.resource())).collect::<Result<Vec<_>, _>>()?;
+        let streams: Vec<Option<usize>> = located.iter().map(|&(_, s)| s).collect();
+        let Some(stream) = streams[0].filter(|&s| streams.iter().all(|&t| t == Some(s))) else {
+            return Err(format!("queued operands on streams {streams:?}"));
         };
-        run_on_stream(ordinal, stream, &Gemm { shape, lhs_ptr, rhs_ptr, out_ptr })
+        let ptrs: Vec<u64> = located.iter().map(|&(ptr, _)| ptr).collect();
+        match product {
+            QueuedProduct::Gemm(shape) => run_on_stream(ordinal, stream, &Gemm { shape, lhs_ptr: ptrs[0], rhs_ptr: ptrs[1], out_ptr: ptrs[2] }),
+            QueuedProduct::Lt { shape, bias, residual, lt, context } => {
+                let gemm = Gemm { shape, lhs_ptr: ptrs[0], rhs_ptr: ptrs[1], out_ptr: ptrs[2] };
+                let mut terms = ptrs[3..].iter().copied();
+                let (bias_ptr, residual_ptr) = (bias.then(|| terms.next()).flatten(), residual.then(|| terms.next()).flatten());
+                run_lt(&context, stream, &LtGemm { gemm, bias_ptr, residual_ptr, lt })
+            }
+        }
     };
     if let Err(e) = run() {
         let reason = format!("a queued cuBLAS product failed on CubeCL's device thread (its output is undefined; later products take Burn's matmul): {e}");
@@ -367,25 +387,33 @@ fn cuda_matmul(lhs: CubeTensor<CudaRuntime>, rhs: CubeTensor<CudaRuntime>, terms
         Some((terms, lt)) => Some((epilogue_terms(terms, &out, c)?, lt)),
         None => None,
     };
-    // The CubeCL streams the three tensors were created on (each thread has its own).
-    let created = [lhs.handle.stream, rhs.handle.stream, out.handle.stream];
+    // The tensors, in the order the product takes their addresses: the operands, the output,
+    // then the epilogue's bias and residual where there are; and the CubeCL streams they were
+    // created on (each thread has its own).
+    let tensors: Vec<&CubeTensor<CudaRuntime>> = [&lhs, &rhs, &out].into_iter().chain(terms.iter().flat_map(|(t, _)| t.bias.iter().chain(t.residual.iter()))).collect();
+    let has_terms = terms.as_ref().map_or([false; 2], |(t, _)| [t.bias.is_some(), t.residual.is_some()]);
+    let proven_key = (shape, has_terms, tensors.iter().map(|t| t.handle.stream).collect::<Vec<_>>());
     #[cfg(feature = "queued-blas")]
-    if terms.is_none() && ordering == BlasOrdering::Queued && proven().lock().is_ok_and(|p| p.contains(&(shape, created))) {
-        let bindings = [lhs.handle.clone().binding(), rhs.handle.clone().binding(), out.handle.clone().binding()];
+    if ordering == BlasOrdering::Queued && proven().lock().is_ok_and(|p| p.contains(&proven_key)) {
+        let bindings = tensors.iter().map(|t| t.handle.clone().binding()).collect::<Vec<_>>();
         let ordinal = lhs.device.index;
-        // The bindings keep the three allocations alive until the task has run, as a kernel
-        // launch's do.
-        out.client.submit_with_server(move |server, stream_id| queued(server, stream_id, ordinal, bindings, shape));
+        let product = match &terms {
+            None => QueuedProduct::Gemm(shape),
+            Some((_, lt)) => {
+                let context = blas.lock().map_err(|_| "cuBLAS handle poisoned".to_string())?.context.clone();
+                QueuedProduct::Lt { shape, bias: has_terms[0], residual: has_terms[1], lt: lt.clone(), context }
+            }
+        };
+        // The bindings keep the allocations alive until the task has run, as a kernel launch's do.
+        out.client.submit_with_server(move |server, stream_id| queued(server, stream_id, ordinal, bindings, product));
         return Ok((out, BlasOrdering::Queued));
     }
 
     let client = lhs.client.clone();
     let resource = |t: &CubeTensor<CudaRuntime>| client.get_resource(t.handle.clone()).map_err(|e| format!("resource: {e:?}"));
-    // The operands, the output, then the epilogue's bias and residual where there are.
-    let operands = [&lhs, &rhs, &out].into_iter().chain(terms.iter().flat_map(|(t, _)| t.bias.iter().chain(t.residual.iter())));
     // Held until the product is enqueued (stream ordering) or done (host ordering): they keep the
     // allocations alive until then.
-    let held = operands.map(resource).collect::<Result<Vec<_>, _>>()?;
+    let held = tensors.iter().map(|t| resource(t)).collect::<Result<Vec<_>, _>>()?;
     let located = held.iter().map(|h| located(h.resource())).collect::<Result<Vec<_>, _>>()?;
     let gemm = Gemm { shape, lhs_ptr: located[0].0, rhs_ptr: located[1].0, out_ptr: located[2].0 };
     let product = match &terms {
@@ -426,13 +454,12 @@ fn cuda_matmul(lhs: CubeTensor<CudaRuntime>, rhs: CubeTensor<CudaRuntime>, terms
     drop(held);
     // Only what a later `Queued` product looks up (none without the feature).
     if cfg!(feature = "queued-blas")
-        && terms.is_none()
         && ordering == BlasOrdering::Queued
         && ordered == BlasOrdering::Stream
         && let Ok(mut proven) = proven().lock()
         && proven.len() < PROVEN_MAX
     {
-        proven.insert((shape, created));
+        proven.insert(proven_key);
     }
     Ok((out, ordered))
 }

@@ -1322,8 +1322,19 @@ pub fn blas_epilogue_count() -> usize {
 }
 
 #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
-pub(crate) fn count_blas_epilogue() {
+pub(crate) fn count_blas_epilogue(ordering: BlasOrdering) {
     BLAS_EPILOGUES.add();
+    if ordering == BlasOrdering::Queued {
+        BLAS_QUEUED_EPILOGUES.add();
+    }
+}
+
+static BLAS_QUEUED_EPILOGUES: LaunchCount = LaunchCount::new();
+
+/// How many of [`blas_epilogue_count`]'s products were queued for CubeCL's device thread
+/// ([`BlasOrdering::Queued`]).
+pub fn blas_epilogue_queued_count() -> usize {
+    BLAS_QUEUED_EPILOGUES.get()
 }
 
 static BLAS_STREAM_PRODUCTS: LaunchCount = LaunchCount::new();
