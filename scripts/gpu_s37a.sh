@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Session 37's call: session 36's changes (scripts/gpu_s36c.sh, never run: no device was lent)
-# and session 37's. H100 or H200; a pack with phi3v and phi3v-plugin-conformance of baa5cf3 or
+# and session 37's. H100 or H200; a pack with phi3v and phi3v-plugin-conformance of 57ebbd8 or
 # later, accfd2b's phi3v as `phi3v-prev`, the kernels test of 37bde82
 # (its flash checks only); carry .gpu and .gl. ≤ 560 s.
 # The changes:
@@ -14,13 +14,21 @@
 # - (session 37, baa5cf3, not in accfd2b) the flash kernels write `[batch, queries, heads,
 #   head_dim]` and return its swapped view: the head merge after CLIP's attention (and Phi-3's
 #   prefill attention) is a view, no copy. Prediction: −15 to −30 µs per CLIP layer (one pass of
-#   ~20 MB read and written less), image encode −0.3 to −0.7 ms.
+#   ~20 MB read and written less), image encode −0.3 to −0.7 ms;
+# - (session 37, 57ebbd8) `PHI3V_CUBLAS_ORDER=queued` queues the cuBLASLt
+#   products (bias, residual in the epilogue) for CubeCL's device thread too, once a product of
+#   their shape has taken the round trip: the vision tower's four products per layer no longer
+#   wait on the device thread (three round trips each, ~45 µs of host time). Prediction: the
+#   host's time for the tower −3 to −4 ms (15.4 ms of 17.1 before); image encode the same or up
+#   to −0.5 ms now (the GPU sets the pace), more once the attention is faster.
 #   1. `bench attention --flash "scores;mma"` (prefill 1024 and 4096 causal, CLIP's 17×16×577×64)
 #      with the copies on, then off, in bf16; torch's SDPA at the same shapes;
-#   2. image encode at num_crops 16: a compile run, then new with the copies, new without,
-#      prev (accfd2b) without, in turn, twice (be52a1b's binary is left out: the carry's 64 MiB);
+#   2. image encode at num_crops 16: a compile run, then new with the copies, new without, new
+#      with cuBLAS queued, prev (accfd2b) without, in turn, twice (be52a1b's binary is left out:
+#      the carry's 64 MiB);
 #   3. the fixture parity suite on cuda bf16 (new conformance binary, the defaults: copies off),
-#      beside it the kernels test's flash checks (the copies both ways);
+#      beside it the kernels test's flash checks (the copies both ways) and three cases with
+#      cuBLAS queued (jobs parity-queued-*);
 #   then while time is left: 4. prefill 1024, new with the copies on / off alternating twice;
 #   5. Nsight Compute of the flash kernel at CLIP's shape with the copies on; 6. the vision tower
 #   stage by stage beside the eager peer (copies on).
@@ -40,16 +48,20 @@ done
 timeout 40 python3 $R/bench/peer_attention.py --dtype bf16 --shapes "$SHAPES" --out $RS/peer-att-bf16.json 2>&1 | tail -5
 ENC="--dtype bf16 --scenarios images --images 1344x1344 --num-crops 16 --warmup 2 --runs 10"
 P=("enc-compile:$ON:60:$ENC")
-for i in 1 2; do P+=("enc-new-copies-$i:$ON:45:$ENC" "enc-new-default-$i::45:$ENC" "enc-prev-default-$i:PHI3V_BIN=phi3v-prev:45:$ENC"); done
+for i in 1 2; do P+=("enc-new-copies-$i:$ON:45:$ENC" "enc-new-default-$i::45:$ENC" "enc-new-queued-$i:PHI3V_CUBLAS_ORDER=queued:45:$ENC" "enc-prev-default-$i:PHI3V_BIN=phi3v-prev:45:$ENC"); done
 TAIL=1 bench_parts $RS "${P[@]}" > /dev/null
 grep -HE "^image" $RS/enc-*.log | sed 's|^[^:]*/||' | cut -c1-230
 echo "benches done at $SECONDS s"
 # Beside the parity: the kernels test's flash checks (both ways of the copies) on cuda bf16
 # (the pack's kernels test must have PHI3V_TEST_KERNEL_CHECKS, 37bde82 or later).
+for c in two_images long_context_two_images astronaut_describe; do
+  LIMIT=${PARITY_S:-150} job parity-queued-$c env PHI3V_CUBLAS_ORDER=queued $B/phi3v-plugin-conformance --device cuda --parity-only --parity-dtype bf16 --cases $c
+done
 LIMIT=${KT_S:-240} job kernels-flash env PHI3V_TEST_KERNEL_CHECKS=flash PHI3V_TEST_DEVICES=cuda:0:bf16 $B/kernels kernels_equal --nocapture
 # The defaults (copies off): the refactored flash kernel's step, as users run it.
 parity_into_rs ${PARITY_S:-150}
 wait
+echo "=== parity with cuBLAS queued"; for c in $W/parity-queued-*/; do cp $c/out.txt $RS/$(basename $c).txt; cp $c/err.txt $RS/$(basename $c).err; grep -h "^| [a-z]\|rc=" $c/out.txt | cut -c1-250; grep -h "differs\|instead of\|rror\|queued" $c/err.txt | head -4 | cut -c1-250; done
 cp $W/kernels-flash/out.txt $RS/kernels-flash.txt; cp $W/kernels-flash/err.txt $RS/kernels-flash.err
 echo "=== kernels test (flash checks, cuda bf16) at $SECONDS s"; grep -E "test result|rc=" $W/kernels-flash/out.txt
 grep -E "FAIL|problem|mma attention|never|panicked|ran short" $W/kernels-flash/err.txt | head -12 | cut -c1-250
