@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Session 37's call: session 36's changes (scripts/gpu_s36c.sh, never run: no device was lent)
+# Session 37's call: session 36's changes (gpu_s36c.sh, never run: no device was lent; folded in here)
 # and session 37's. H100 or H200; a pack with phi3v and phi3v-plugin-conformance of 57ebbd8 or
 # later, accfd2b's phi3v as `phi3v-prev`, the kernels test of 37bde82
 # (its flash checks only); carry .gpu and .gl. ≤ 560 s.
