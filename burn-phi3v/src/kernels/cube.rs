@@ -2250,7 +2250,7 @@ fn mma_attention_fragments_kernel<E: Float, N: Size>(
     let v_base = b * layout.v_batch + hk * layout.v_head;
     if copies {
         // Offsets in values: the layout's are in vectors of the load width, one copy each.
-        let width = comptime!(N::value());
+        let width = N::value();
         mma_attention_copied_steps::<E>(
             k_values, v_values, &mut k_s, &mut v_s, &qa, &mut out, &mut running, layout, k_base * width, v_base * width, end, plane_end, sees_lo, sees_hi, scale, unit, lane, head_dim, width,
         );
