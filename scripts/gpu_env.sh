@@ -90,7 +90,15 @@ bench_parts() {
     name=${part%%:*}; rest=${part#*:}; vars=${rest%%:*}; rest=${rest#*:}; secs=${rest%%:*}; args=${rest#*:}
     bin=$(echo " $vars " | sed -nE 's/.* PHI3V_BIN=([^ ]+) .*/\1/p'); bin=${bin:-phi3v}
     s=$(date +%s)
-    env $vars timeout "$secs" $B/$bin bench run --preset phi3v-128k --device cuda $args --out "$dir/$name" > "$dir/$name.log" 2>&1; rc=$?
+    # Another build runs in a folder of its own: CubeCL's cache key is a kernel's type and
+    # settings, not its code, so in one folder a build would load another's kernels (session 37:
+    # an older build read a newer flash kernel's arguments wrong, CUDA_ERROR_ILLEGAL_ADDRESS).
+    local bd=$PWD
+    if [ "$bin" != phi3v ]; then
+      bd=$PWD/../bench-$bin; mkdir -p "$bd"
+      printf '[compilation]\ncache = "local"\n[autotune]\ncache = "local"\n' > "$bd/cubecl.toml"
+    fi
+    (cd "$bd" && env $vars timeout "$secs" $B/$bin bench run --preset phi3v-128k --device cuda $args --out "$dir/$name" > "$dir/$name.log" 2>&1); rc=$?
     echo "=== $name (${vars:-defaults}) rc=$rc $(( $(date +%s) - s )) s"
     grep -v "^\s*$" "$dir/$name.log" | grep -v "^kernel cache\|parameters on" | tail -${TAIL:-5} | cut -c1-220
   done
