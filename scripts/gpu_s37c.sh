@@ -9,8 +9,8 @@
 # at num_crops 16 16.6–16.7 ms (gpu_s37a.sh) −1.5 to −3 ms; prefill 1024 the same or faster.
 #   1. `bench attention --flash "scores;mma"` with the copies on, then off (rel. diff against
 #      `scores` first: the copies' check);
-#   2. image encode, copies on / off alternating twice; 3. prefill 1024 likewise;
-#   4. the vision tower stage by stage beside the eager peer, copies on;
+#   2. image encode, copies on / off alternating twice; 3. the vision tower stage by stage
+#   beside the eager peer, copies on; 4. prefill 1024 like the encode (PRE_UNTIL);
 #   5. three fixture cases on cuda bf16 with the copies on (≤ 150 s; the kernels test's binary
 #      of 132573b was not built in time);
 #   6. while time is left: 10 parallel requests, default / cuBLAS at 10 rows
@@ -31,9 +31,11 @@ done
 if grep -q "panicked\|inf |" $RS/att-copies.log; then echo "copies still wrong: no timing of them"; else
   ENC="--dtype bf16 --scenarios images --images 1344x1344 --num-crops 16 --warmup 2 --runs 10"
   alternate $RS enc ${ENC_S:-45} "$ENC" copies "$ON" default ""
-  PRE="--dtype bf16 --scenarios prefill --prompt-lengths 1024 --prefill-batches 1 --warmup 2 --runs 10"
-  alternate $RS pre ${PRE_S:-45} "$PRE" copies "$ON" default ""
   (export $ON; PROFILE_STEPS=0 peer_breakdown)
+  [ $SECONDS -lt ${PRE_UNTIL:-400} ] && {
+    PRE="--dtype bf16 --scenarios prefill --prompt-lengths 1024 --prefill-batches 1 --warmup 2 --runs 10"
+    alternate $RS pre ${PRE_S:-45} "$PRE" copies "$ON" default ""
+  }
 fi
 echo "benches done at $SECONDS s"
 for c in two_images long_context_two_images astronaut_describe; do
