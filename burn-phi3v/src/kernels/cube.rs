@@ -4601,6 +4601,42 @@ mod tests {
     use super::{mma_attention_prefetch_fits, mma_fragments_shape, mma_fragments_waves};
     use crate::kernels::MmaLinearTuning;
 
+    /// `comptime!(…)` runs its expression as plain Rust while a kernel is expanded: a launch-time
+    /// `Size`'s `value()` or any other cube function there panics at the kernel's first launch
+    /// ("Unexpanded Cube functions should not be called"). Branches only CUDA compiles (the
+    /// asynchronous copies) never reach lavapipe, so this reads the kernels' source instead:
+    /// session 37's copies read their load width as `comptime!(N::value())` and every launch of
+    /// them panicked on the H100.
+    #[test]
+    fn comptime_blocks_call_no_cube_function() {
+        // The kernels: the file up to its tests (whose text names the patterns).
+        let whole = include_str!("cube.rs");
+        let source = &whole[..whole.find(concat!("#[cfg(test)]\n", "mod tests {")).expect("the tests module")];
+        let mut offenders = Vec::new();
+        for (at, _) in source.match_indices("comptime!") {
+            // The macro's argument: from its opening bracket to the matching close.
+            let rest = &source[at + "comptime!".len()..];
+            let mut depth = 0usize;
+            let end = rest
+                .char_indices()
+                .find(|&(_, c)| {
+                    match c {
+                        '(' | '[' | '{' => depth += 1,
+                        ')' | ']' | '}' => depth = depth.saturating_sub(1),
+                        _ => {}
+                    }
+                    depth == 0
+                })
+                .map_or(rest.len(), |(i, _)| i + 1);
+            let body = &rest[..end];
+            if ["::value()", "cast_from(", "__expand"].iter().any(|call| body.contains(call)) {
+                let line = source[..at].matches('\n').count() + 1;
+                offenders.push(format!("cube.rs:{line}: comptime!{body}"));
+            }
+        }
+        assert!(offenders.is_empty(), "cube functions inside comptime!: {offenders:#?}");
+    }
+
     /// [`mma_fragments_waves`] from a tuning of `planes`, `chunk` and `depth`.
     fn waves(planes: usize, chunk: usize, depth: usize, d_in: usize, d_out: usize, silu: bool, max_shared: usize) -> Option<(usize, usize, usize)> {
         mma_fragments_waves(&MmaLinearTuning { planes, chunk, depth, ..MmaLinearTuning::default() }, d_in, d_out, silu, 132, max_shared)
