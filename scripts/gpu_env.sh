@@ -183,6 +183,19 @@ attention_ab() {
     timeout 40 python3 $R/bench/peer_attention.py --dtype $dt --shapes "$shapes" --out $dir/peer-att-$dt.json 2>&1 | tail -5
   done
 }
+# attention_variants DIR NAME:VARS…: `phi3v bench attention --flash "scores;mma"` in bf16 at
+# attention_ab's shapes once per variant, its environment VARS set for that run only (none:
+# empty), in DIR/att-NAME.{json,log} (${ATT_S:-60} s each); prints each table and any panic.
+attention_variants() {
+  local dir=$1 part name vars s; shift
+  for part in "$@"; do
+    IFS=: read -r name vars <<< "$part"
+    s=$(date +%s)
+    env $vars timeout ${ATT_S:-60} $B/phi3v bench attention --device cuda --dtype bf16 --flash "scores;mma" \
+      --shapes "1,32,1024,1024,96,causal;1,32,4096,4096,96,causal;17,16,577,577,64" --warmup 3 --runs 20 --out $dir/att-$name.json > $dir/att-$name.log 2>&1
+    echo "=== attention $name rc=$? $(( $(date +%s) - s )) s"; grep "^|\|panicked\|refused\|rror" $dir/att-$name.log | sort -u | head -12 | cut -c1-200
+  done
+}
 # breakdown_variants UNTIL NAME:VARS…: the decode breakdown at ${BD_ROWS:-10} rows after 1024 tokens (bf16,
 # phi3v-128k shapes, no prefill; ${BD_S:-40} s each) once per variant, its environment VARS set
 # for that run only (none: empty), results in $RS/bd-NAME; skips the variants left when the

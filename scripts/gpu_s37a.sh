@@ -38,13 +38,7 @@ timed_folders s37a
 cd $D
 ON=PHI3V_KERNELS_ON=mma_attention_copies
 SHAPES="1,32,1024,1024,96,causal;1,32,4096,4096,96,causal;17,16,577,577,64"
-for part in "copies:$ON" "default:"; do
-  IFS=: read -r name vars <<< "$part"
-  s=$(date +%s)
-  env $vars timeout ${ATT_S:-60} $B/phi3v bench attention --device cuda --dtype bf16 --flash "scores;mma" --shapes "$SHAPES" \
-    --warmup 3 --runs 20 --out $RS/att-$name.json > $RS/att-$name.log 2>&1
-  echo "=== attention $name rc=$? $(( $(date +%s) - s )) s"; grep "^|\|panicked\|refused\|rror" $RS/att-$name.log | sort -u | head -12 | cut -c1-200
-done
+attention_variants $RS "copies:$ON" "default:"
 timeout 40 python3 $R/bench/peer_attention.py --dtype bf16 --shapes "$SHAPES" --out $RS/peer-att-bf16.json 2>&1 | tail -5
 ENC="--dtype bf16 --scenarios images --images 1344x1344 --num-crops 16 --warmup 2 --runs 10"
 P=("enc-compile:$ON:60:$ENC")

@@ -20,14 +20,7 @@ echo "pack of $(head -2 .gpu/commit.txt | tr '\n' ' ')"
 timed_folders s37c
 cd $D
 ON=PHI3V_KERNELS_ON=mma_attention_copies
-SHAPES="1,32,1024,1024,96,causal;1,32,4096,4096,96,causal;17,16,577,577,64"
-for part in "copies:$ON" "default:"; do
-  IFS=: read -r name vars <<< "$part"
-  s=$(date +%s)
-  env $vars timeout ${ATT_S:-60} $B/phi3v bench attention --device cuda --dtype bf16 --flash "scores;mma" --shapes "$SHAPES" \
-    --warmup 3 --runs 20 --out $RS/att-$name.json > $RS/att-$name.log 2>&1
-  echo "=== attention $name rc=$? $(( $(date +%s) - s )) s"; grep "^|\|panicked\|refused\|rror" $RS/att-$name.log | sort -u | head -12 | cut -c1-200
-done
+attention_variants $RS "copies:$ON" "default:"
 if grep -q "panicked\|inf |" $RS/att-copies.log; then echo "copies still wrong: no timing of them"; else
   ENC="--dtype bf16 --scenarios images --images 1344x1344 --num-crops 16 --warmup 2 --runs 10"
   alternate $RS enc ${ENC_S:-45} "$ENC" copies "$ON" default ""
