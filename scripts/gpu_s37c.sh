@@ -3,7 +3,8 @@
 # width read by `N::value()` expanded; in gpu_s37a.sh every launch with the copies panicked,
 # "Unexpanded Cube functions should not be called"), then cuBLAS at 10 rows if time is left.
 # H100 or H200; a pack with phi3v and phi3v-plugin-conformance of 132573b or later; carry
-# .gpu and .gl. ≤ 480 s.
+# .gpu and .gl. ≤ 480 s; at least ~150 s with `ENC_ROUNDS=1 BD=0 PRE_UNTIL=0 GEN10_UNTIL=0
+# PARITY_CASES=two_images`.
 # Prediction (session 36's, unchanged): ~130 registers, 4 cubes per multiprocessor; CLIP's
 # attention 241.5 (gpu_s37a.sh, the default) → ~150–190 µs per layer (SDPA 86.3); image encode
 # at num_crops 16 16.6–16.7 ms (gpu_s37a.sh) −1.5 to −3 ms; prefill 1024 the same or faster.
@@ -23,15 +24,15 @@ ON=PHI3V_KERNELS_ON=mma_attention_copies
 attention_variants $RS "copies:$ON" "default:"
 if grep -q "panicked\|inf |" $RS/att-copies.log; then echo "copies still wrong: no timing of them"; else
   ENC="--dtype bf16 --scenarios images --images 1344x1344 --num-crops 16 --warmup 2 --runs 10"
-  alternate $RS enc ${ENC_S:-45} "$ENC" copies "$ON" default ""
-  (export $ON; PROFILE_STEPS=0 peer_breakdown)
+  alternate $RS enc ${ENC_S:-45} "$ENC" copies "$ON" default "" ${ENC_ROUNDS:-2}
+  [ "${BD:-1}" != 0 ] && (export $ON; PROFILE_STEPS=0 peer_breakdown)
   [ $SECONDS -lt ${PRE_UNTIL:-400} ] && {
     PRE="--dtype bf16 --scenarios prefill --prompt-lengths 1024 --prefill-batches 1 --warmup 2 --runs 10"
     alternate $RS pre ${PRE_S:-45} "$PRE" copies "$ON" default ""
   }
 fi
 echo "benches done at $SECONDS s"
-for c in two_images long_context_two_images astronaut_describe; do
+for c in ${PARITY_CASES:-two_images long_context_two_images astronaut_describe}; do
   LIMIT=${PARITY_S:-150} job parity-copies-$c env $ON $B/phi3v-plugin-conformance --device cuda --parity-only --parity-dtype bf16 --cases $c
 done
 wait
