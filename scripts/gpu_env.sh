@@ -183,6 +183,12 @@ attention_ab() {
     timeout 40 python3 $R/bench/peer_attention.py --dtype $dt --shapes "$shapes" --out $dir/peer-att-$dt.json 2>&1 | tail -5
   done
 }
+# gen_args N: `bench run`'s arguments for generation through the engine, 1024 → 128 tokens, N
+# parallel requests (the figures issue 10's decode goals are set in).
+gen_args() { echo "--scenarios generation --shapes 1024x128 --warmup 1 --runs 8 --generation-runs 1 --batching engine --parallel $1"; }
+# Every decoder product on cuBLAS(Lt), a decode step's included (the norms and SiLU·mul then by
+# kernels of their own): the setting gpu_s37b.sh compares with the defaults.
+BLAS_DECODE="PHI3V_BLAS_MIN_ROWS=1 PHI3V_SKINNY_MAX_ROWS=0"
 # attention_variants DIR NAME:VARS…: `phi3v bench attention --flash "scores;mma"` in bf16 at
 # attention_ab's shapes once per variant, its environment VARS set for that run only (none:
 # empty), in DIR/att-NAME.{json,log} (${ATT_S:-60} s each); prints each table and any panic.

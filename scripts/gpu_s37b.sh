@@ -17,18 +17,15 @@ source scripts/gpu_env.sh
 echo "pack of $(head -2 .gpu/commit.txt | tr '\n' ' ')"
 timed_folders s37b
 cd $D
-BLAS="PHI3V_BLAS_MIN_ROWS=1 PHI3V_SKINNY_MAX_ROWS=0"
-GEN10="--scenarios generation --shapes 1024x128 --warmup 1 --runs 8 --generation-runs 1 --batching engine --parallel 10"
-alternate $RS gen10 ${GEN10_S:-55} "$GEN10" default "" blas "$BLAS"
+alternate $RS gen10 ${GEN10_S:-55} "$(gen_args 10)" default "" blas "$BLAS_DECODE"
 echo "gen10 done at $SECONDS s"
-for part in "default:" "blas:$BLAS"; do
+for part in "default:" "blas:$BLAS_DECODE"; do
   IFS=: read -r name vars <<< "$part"
   env $vars timeout ${BD_S:-60} $B/phi3v bench breakdown --device cuda --dtype bf16 --preset phi3v-128k --decode-batches 10 --prefill 0 --no-image --out $RS/bd10-$name > $RS/bd10-$name.log 2>&1
   echo "=== breakdown 10 rows $name rc=$?"; grep -E "proj|step|attention|norm|silu" $RS/bd10-$name.log | head -12 | cut -c1-160
 done
 [ $SECONDS -lt ${GEN1_UNTIL:-430} ] && {
-  GEN1="--scenarios generation --shapes 1024x128 --warmup 1 --runs 8 --generation-runs 1 --batching engine --parallel 1"
-  alternate $RS gen1 ${GEN_S:-45} "$GEN1" default "" blas "$BLAS" 1
+  alternate $RS gen1 ${GEN_S:-45} "$(gen_args 1)" default "" blas "$BLAS_DECODE" 1
 }
 echo "done at $SECONDS s"
 (cd $OUT && tar czf s37b.tgz s37b && rm -rf s37b)

@@ -38,8 +38,7 @@ done
 wait
 echo "=== parity with the copies on at $SECONDS s"; for c in $W/parity-copies-*/; do cp $c/out.txt $RS/$(basename $c).txt; cp $c/err.txt $RS/$(basename $c).err; grep -h "^| [a-z]\|rc=" $c/out.txt | cut -c1-250; grep -h "differs\|instead of\|rror\|panicked" $c/err.txt | head -4 | cut -c1-250; done
 [ $SECONDS -lt ${GEN10_UNTIL:-280} ] && {
-  GEN10="--scenarios generation --shapes 1024x128 --warmup 1 --runs 8 --generation-runs 1 --batching engine --parallel 10"
-  alternate $RS gen10 ${GEN10_S:-50} "$GEN10" default "" blas "PHI3V_BLAS_MIN_ROWS=1 PHI3V_SKINNY_MAX_ROWS=0" 1
+  alternate $RS gen10 ${GEN10_S:-50} "$(gen_args 10)" default "" blas "$BLAS_DECODE" 1
 }
 echo "done at $SECONDS s"
 (cd $OUT && tar czf s37c.tgz s37c && rm -rf s37c)

@@ -39,8 +39,7 @@ done
   grep -E "FAIL|problem|never|panicked|ran short|queued" $W/kernels-all/err.txt | head -12 | cut -c1-250
 }
 [ $SECONDS -lt ${GEN10_UNTIL:-300} ] && {
-  GEN10="--scenarios generation --shapes 1024x128 --warmup 1 --runs 8 --generation-runs 1 --batching engine --parallel 10"
-  alternate $RS gen10 ${GEN10_S:-50} "$GEN10" default "" blas "PHI3V_BLAS_MIN_ROWS=1 PHI3V_SKINNY_MAX_ROWS=0" 1
+  alternate $RS gen10 ${GEN10_S:-50} "$(gen_args 10)" default "" blas "$BLAS_DECODE" 1
 }
 echo "done at $SECONDS s"
 (cd $OUT && tar czf s38a.tgz s38a && rm -rf s38a)
